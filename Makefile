@@ -1,0 +1,41 @@
+# One-command set-up: `make test` builds everything it needs from this repository.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+NPMSTAMP:= node_modules/.installed
+
+.PHONY: test venv npm lint sim perf mpy clean
+
+test: venv npm lint mpy
+	$(VPY) -m pytest -q tests
+
+venv: $(STAMP)
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	./tools/system-deps.sh
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -r requirements-dev.txt
+	$(VPY) -m pip install -q --no-deps -e .
+	touch $@
+
+npm: $(NPMSTAMP)
+$(NPMSTAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+# Compile every firmware and board file with mpy-cross for the Cortex-M4 and report the size.
+mpy: venv
+	$(VPY) -m host_tools.mpy_check
+
+sim: venv npm
+	$(VENV)/bin/v2g sim scenarios/demo.toml
+
+perf: venv npm
+	$(VPY) -m bench
+
+clean:
+	rm -rf $(VENV) node_modules build

@@ -1,0 +1,48 @@
+"""`v2g`: one command for the V2G charge controller's host tools.
+
+Each sub-command is a small module under host_tools/commands/ exposing a click command
+named `cli`; this table is the only place that lists them. Modules load when their
+command runs, so `v2g --help` stays fast.
+"""
+
+import importlib
+
+import click
+
+# name -> (module, one-line help). Order is the order of `v2g --help`.
+COMMANDS = {
+    "vboard": ("host_tools.commands.vboard", "Run the virtual controller board (firmware on the MicroPython VM)."),
+}
+
+
+class CommandTable(click.Group):
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module = importlib.import_module(COMMANDS[name][0])
+        return module.cli
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, help_) for name, (_, help_) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=CommandTable, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="v2g-controller")
+def main():
+    """Host tools for the V2G charge controller.
+
+    The controller firmware (MicroPython) owns safety and timing; these tools provision it,
+    bridge it to a CSMS and to the app, update it, diagnose it and simulate a whole station.
+    Run `v2g COMMAND --help` for each command.
+    """
+
+
+def diag_main():
+    """`v2g-diag`: the diagnostic report, kept as its own command for field engineers."""
+    module = importlib.import_module("host_tools.commands.diag")
+    module.cli()

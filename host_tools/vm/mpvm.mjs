@@ -1,0 +1,336 @@
+// Runs MicroPython (the real VM, compiled to WebAssembly) for the host tools.
+//
+//   node mpvm.mjs run   [--mount HOST:VM]... [--path VM]... [--cwd VM] [--heap BYTES] --code PY
+//   node mpvm.mjs board --state DIR [--raw-repl] [--heap BYTES]
+//
+// `run` executes PY once (top-level await allowed) with host folders copied into the VM's
+// filesystem; its output goes to stdout line by line; exit 0, or 1 with the traceback on stderr.
+//
+// `board` is the engine of the virtual controller board (host_tools/vboard.py owns the pseudo-
+// terminals). stdin/stdout carry frames [channel u8][length u32 LE][payload]; channel 0 is JSON
+// control, 1 the REPL, 2.. the board's other ports (see CHANNELS). The board's files live in
+// /flash and are mirrored to DIR, so they survive a restart like a real flash filesystem.
+import fs from "node:fs";
+import path from "node:path";
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+
+function usage(msg) {
+  if (msg) process.stderr.write(`mpvm: ${msg}\n`);
+  process.stderr.write("usage: mpvm.mjs run [--mount HOST:VM]... [--path VM]... [--cwd VM] --code PY\n" +
+                       "       mpvm.mjs board --state DIR [--raw-repl]\n");
+  process.exit(2);
+}
+
+async function loadVm(opts) {
+  let mod;
+  try {
+    mod = await import(require.resolve("@micropython/micropython-webassembly-pyscript"));
+  } catch (e) {
+    process.stderr.write("mpvm: the MicroPython VM package is not installed " +
+                         "(run `npm ci` in the project folder, or `make test`)\n");
+    process.exit(3);
+  }
+  return mod.loadMicroPython(opts);
+}
+
+function parseArgs(argv) {
+  const args = { mount: [], path: [], cwd: null, code: null, state: null, rawRepl: false,
+                 heap: 1024 * 1024 };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const next = () => { if (i + 1 >= argv.length) usage(`${a} needs a value`); return argv[++i]; };
+    if (a === "--mount") args.mount.push(next());
+    else if (a === "--path") args.path.push(next());
+    else if (a === "--cwd") args.cwd = next();
+    else if (a === "--code") args.code = next();
+    else if (a === "--state") args.state = next();
+    else if (a === "--heap") args.heap = parseInt(next(), 10);
+    else if (a === "--raw-repl") args.rawRepl = true;
+    else usage(`unknown argument ${a}`);
+  }
+  return args;
+}
+
+// ---- filesystem helpers -------------------------------------------------------------------
+
+function mkdirp(FS, dir) {
+  let cur = "";
+  for (const part of dir.split("/").filter(Boolean)) {
+    cur += "/" + part;
+    try { FS.mkdir(cur); } catch (e) { /* exists */ }
+  }
+}
+
+// Copy a host folder (or file) into the VM filesystem. Skips caches and dot-folders.
+function copyIn(FS, hostPath, vmPath) {
+  const st = fs.statSync(hostPath);
+  if (st.isDirectory()) {
+    mkdirp(FS, vmPath);
+    for (const name of fs.readdirSync(hostPath)) {
+      if (name.startsWith(".") || name === "__pycache__") continue;
+      copyIn(FS, path.join(hostPath, name), vmPath + "/" + name);
+    }
+  } else {
+    mkdirp(FS, path.posix.dirname(vmPath));
+    FS.writeFile(vmPath, fs.readFileSync(hostPath));
+  }
+}
+
+// Snapshot of /flash: relative path -> {dir} or {mtime,size}.
+function scanVm(FS, root) {
+  const out = new Map();
+  const walk = (rel) => {
+    for (const name of FS.readdir(root + rel)) {
+      if (name === "." || name === "..") continue;
+      const r = rel + "/" + name;
+      const st = FS.stat(root + r);
+      if (FS.isDir(st.mode)) { out.set(r, { dir: true }); walk(r); }
+      else out.set(r, { mtime: st.mtime.getTime(), size: st.size });
+    }
+  };
+  walk("");
+  return out;
+}
+
+// Write the VM's /flash to the state folder: changed files atomically (temp + rename),
+// vanished entries removed. Runs between Python steps, so what it sees is consistent.
+function syncOut(FS, root, dir, prev) {
+  const now = scanVm(FS, root);
+  for (const [rel, e] of now) {
+    const host = path.join(dir, rel);
+    if (e.dir) { fs.mkdirSync(host, { recursive: true }); continue; }
+    const old = prev.get(rel);
+    if (old && !old.dir && old.mtime === e.mtime && old.size === e.size) continue;
+    fs.mkdirSync(path.dirname(host), { recursive: true });
+    const tmp = host + ".vboard-tmp";
+    fs.writeFileSync(tmp, FS.readFile(root + rel));
+    fs.renameSync(tmp, host);
+  }
+  const gone = [...prev.keys()].filter((rel) => !now.has(rel)).sort().reverse();
+  for (const rel of gone) {
+    fs.rmSync(path.join(dir, rel), { recursive: true, force: true });
+  }
+  return now;
+}
+
+// ---- run mode -----------------------------------------------------------------------------
+
+async function runMode(args) {
+  if (!args.code) usage("run needs --code");
+  const mp = await loadVm({
+    heapsize: args.heap,
+    stdout: (line) => process.stdout.write(line + "\n"),
+    stderr: (line) => process.stderr.write(line + "\n"),
+    linebuffer: true,
+  });
+  for (const m of args.mount) {
+    const i = m.lastIndexOf(":");
+    if (i < 0) usage(`--mount wants HOST:VM, got ${m}`);
+    copyIn(mp.FS, m.slice(0, i), m.slice(i + 1));
+  }
+  mp.registerJsModule("hostio", hostioRun());
+  const setup = ["import sys"];
+  for (const p of args.path) setup.push(`sys.path.insert(0, ${JSON.stringify(p)})`);
+  if (args.cwd) { mkdirp(mp.FS, args.cwd); setup.push(`import os; os.chdir(${JSON.stringify(args.cwd)})`); }
+  mp.runPython(setup.join("\n"));
+  try {
+    await mp.runPythonAsync(args.code);
+  } catch (e) {
+    if (e.name === "PythonError") {
+      if (e.type === "SystemExit") process.exit(0);
+      process.stderr.write(e.message + "\n");
+      process.exit(1);
+    }
+    throw e;
+  }
+  process.exit(0);
+}
+
+// In run mode the firmware may still ask for host I/O (the simulator feeds everything itself);
+// a monotonic clock is the one thing offered.
+function hostioRun() {
+  return {
+    ticks_us: () => Number(process.hrtime.bigint() / 1000n) & 0x3fffffff,
+    emit: (line) => { process.stdout.write(line + "\n"); },
+  };
+}
+
+// The VM reports Emscripten errno numbers ("OSError: 44"); boards and mpremote use MicroPython's.
+const ERRNO = { 44: [2, "ENOENT"], 20: [17, "EEXIST"], 54: [20, "ENOTDIR"], 31: [21, "EISDIR"],
+                55: [39, "ENOTEMPTY"], 28: [22, "EINVAL"], 63: [13, "EACCES"], 8: [9, "EBADF"] };
+function fixErrno(buf) {
+  if (buf.indexOf("OSError") < 0) return buf;
+  const text = buf.toString("latin1").replace(/OSError: (\d+)/g, (m, n) =>
+    ERRNO[n] ? `OSError: [Errno ${ERRNO[n][0]}] ${ERRNO[n][1]}` : m);
+  return Buffer.from(text, "latin1");
+}
+
+// ---- board mode ---------------------------------------------------------------------------
+
+const CH_CONTROL = 0, CH_REPL = 1;
+const CHANNELS = { link: 2, plant: 3, rs485: 4, can: 5 };
+
+function sendFrame(ch, payload) {
+  const buf = Buffer.isBuffer(payload) ? payload : Buffer.from(payload);
+  const head = Buffer.alloc(5);
+  head[0] = ch;
+  head.writeUInt32LE(buf.length, 1);
+  process.stdout.write(Buffer.concat([head, buf]));
+}
+const control = (obj) => sendFrame(CH_CONTROL, Buffer.from(JSON.stringify(obj)));
+
+async function boardMode(args) {
+  if (!args.state) usage("board needs --state");
+  // REPL output: boards end lines with \r\n; the VM writes bare \n for printed text.
+  let replOut = [];
+  let lastByte = 0;
+  const flushRepl = () => {
+    if (replOut.length) { sendFrame(CH_REPL, fixErrno(Buffer.from(replOut))); replOut = []; }
+  };
+  const mp = await loadVm({
+    heapsize: args.heap,
+    linebuffer: false,
+    stdout: (u8) => {
+      for (const c of u8) {
+        if (c === 10 && lastByte !== 13) replOut.push(13);
+        replOut.push(c);
+        lastByte = c;
+      }
+      if (replOut.length > 4096) flushRepl();
+    },
+    stderr: (u8) => process.stderr.write(Buffer.from(u8)),
+  });
+  const FS = mp.FS;
+  mkdirp(FS, "/flash");
+  if (fs.existsSync(args.state)) copyIn(FS, args.state, "/flash");
+  let snapshot = scanVm(FS, "/flash");
+
+  // Byte queues between the host's ports and the firmware (read by boards/sim HAL via hostio).
+  const rx = {}; const txPending = [];
+  for (const name of Object.keys(CHANNELS)) rx[name] = [];
+  mp.registerJsModule("hostio", {
+    // Bytes waiting on a port, as a Uint8Array (bytes() in Python), or null when none.
+    read: (name) => {
+      const q = rx[name];
+      if (!q || q.length === 0) return null;
+      const out = Buffer.concat(q); q.length = 0;
+      return new Uint8Array(out);
+    },
+    // Python passes bytes as a hex string: the cheapest form the FFI converts without copies per byte.
+    write: (name, hex) => { txPending.push([CHANNELS[name], Buffer.from(hex, "hex")]); },
+    ticks_us: () => Number(process.hrtime.bigint() / 1000n) & 0x3fffffff,
+    board: () => "vboard",
+  });
+  mp.runPython("import sys, os\nos.chdir('/flash')\nsys.path[:] = ['', '/flash', '/flash/lib', '.frozen']");
+
+  // Run boot.py then main.py as a board does; main.py may start asyncio tasks and return.
+  const runFile = async (name) => {
+    try { FS.stat("/flash/" + name); } catch (e) { return; }
+    try {
+      await mp.runPythonAsync(`exec(open(${JSON.stringify(name)}).read(), {'__name__': '__main__'})`);
+    } catch (e) {
+      const text = (e.name === "PythonError" ? e.message : String(e)).replace(/\n/g, "\r\n");
+      replOut.push(...Buffer.from(text + "\r\n"));
+    }
+  };
+  await runFile("boot.py");
+  await runFile("main.py");
+
+  mp.replInit();
+  if (args.rawRepl) {
+    // After a soft reset in raw REPL mode a board comes back in raw REPL; mpremote expects it.
+    replOut = [];
+    await mp.replProcessCharWithAsyncify(1);
+  }
+  flushRepl();
+
+  const save = () => { snapshot = syncOut(FS, "/flash", args.state, snapshot); };
+
+  // Serial input is processed one char at a time in order; the raw-paste request (Ctrl-E A Ctrl-A)
+  // is answered "unsupported" because the VM hangs on it, and mpremote falls back to raw REPL.
+  let pending = Buffer.alloc(0);
+  let busy = false;
+  let held = [];
+  const pump = async () => {
+    if (busy) return;
+    busy = true;
+    try {
+      while (pending.length) {
+        const c = pending[0];
+        pending = pending.subarray(1);
+        if (held.length || c === 0x05) {
+          held.push(c);
+          if (held.length === 1) continue;
+          if (held.length === 2 && held[1] === 0x41) continue;
+          if (held.length === 3 && held[1] === 0x41 && held[2] === 0x01) {
+            held = [];
+            sendFrame(CH_REPL, Buffer.from([0x52, 0x00]));
+            continue;
+          }
+          const feed = held; held = [];
+          for (const h of feed) { if (await feedChar(h)) return; }
+          continue;
+        }
+        if (await feedChar(c)) return;
+      }
+    } finally {
+      busy = false;
+      flushRepl();
+    }
+  };
+  let inRaw = args.rawRepl;
+  const feedChar = async (c) => {
+    if (c === 0x01) inRaw = true;
+    if (c === 0x02) inRaw = false;
+    const r = await mp.replProcessCharWithAsyncify(c);
+    flushRepl();
+    if (r !== 0) {
+      // Soft reset: the host side restarts the VM process; files go to the state folder first.
+      save();
+      control({ op: "soft_reset", raw: inRaw });
+      process.exit(0);
+    }
+    return false;
+  };
+
+  // Frames from the host.
+  let inbuf = Buffer.alloc(0);
+  process.stdin.on("data", (data) => {
+    inbuf = Buffer.concat([inbuf, data]);
+    while (inbuf.length >= 5) {
+      const ch = inbuf[0];
+      const len = inbuf.readUInt32LE(1);
+      if (inbuf.length < 5 + len) break;
+      const payload = inbuf.subarray(5, 5 + len);
+      inbuf = inbuf.subarray(5 + len);
+      if (ch === CH_REPL) {
+        pending = Buffer.concat([pending, payload]);
+        pump();
+      } else if (ch === CH_CONTROL) {
+        const msg = JSON.parse(payload.toString());
+        if (msg.op === "save") { save(); control({ op: "saved" }); }
+        else if (msg.op === "shutdown") { save(); control({ op: "saved" }); process.exit(0); }
+      } else {
+        const name = Object.keys(CHANNELS).find((k) => CHANNELS[k] === ch);
+        if (name) rx[name].push(Buffer.from(payload));
+      }
+    }
+  });
+  // The parent went away: keep the files and leave, never linger as an orphan.
+  process.stdin.on("end", () => { save(); process.exit(0); });
+
+  // Port output from the firmware, and a periodic mirror of the filesystem to the state folder.
+  setInterval(() => {
+    while (txPending.length) { const [ch, b] = txPending.shift(); sendFrame(ch, b); }
+  }, 2);
+  setInterval(() => { if (!busy) save(); }, 300);
+  control({ op: "ready" });
+}
+
+const [mode, ...rest] = process.argv.slice(2);
+const args = parseArgs(rest);
+if (mode === "run") await runMode(args);
+else if (mode === "board") await boardMode(args);
+else usage(mode ? `unknown mode ${mode}` : "");

@@ -1,0 +1,116 @@
+"""Test set-up shared by every test.
+
+Firmware tests (tests/firmware/test_*.py) are collected twice: `name[cpython]` runs the
+function here, `name[micropython]` runs it inside the real MicroPython VM (Node +
+WebAssembly). Each firmware test module runs once per session in the VM, and its results
+are reported to pytest test by test.
+"""
+
+import ast
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from host_tools import vm
+
+vm.firmware_sys_path("sim")
+
+FIRMWARE_TESTS = Path(__file__).parent / "firmware"
+
+# The in-VM runner: import the module, run each test, print one JSON line per test.
+VM_RUNNER = """
+import sys, json, io
+sys.path.insert(0, '/tests')
+names = {names}
+try:
+    mod = __import__({module!r})
+except Exception as e:
+    buf = io.StringIO(); sys.print_exception(e, buf)
+    for n in names:
+        print(json.dumps({{'name': n, 'ok': False, 'err': 'import failed: ' + buf.getvalue()}}))
+else:
+    for n in names:
+        try:
+            getattr(mod, n)()
+            print(json.dumps({{'name': n, 'ok': True}}))
+        except Exception as e:
+            buf = io.StringIO(); sys.print_exception(e, buf)
+            print(json.dumps({{'name': n, 'ok': False, 'err': buf.getvalue()}}))
+"""
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    if Path(module_path).parent == FIRMWARE_TESTS:
+        return FirmwareModule.from_parent(parent, path=Path(module_path))
+    return None
+
+
+class FirmwareModule(pytest.File):
+    def collect(self):
+        tree = ast.parse(self.path.read_text())
+        names = [n.name for n in tree.body
+                 if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+        self.test_names = names
+        self._vm_results = None
+        for name in names:
+            for interp in ("cpython", "micropython"):
+                yield FirmwareItem.from_parent(self, name="{}[{}]".format(name, interp),
+                                               func_name=name, interp=interp)
+
+    def vm_results(self):
+        if self._vm_results is None:
+            code = VM_RUNNER.format(names=repr(self.test_names), module=self.path.stem)
+            mounts = vm.firmware_mounts("sim", extra=[(FIRMWARE_TESTS, "/tests")])
+            try:
+                out = vm.run_micropython(code, mounts=mounts, timeout=600)
+                self._vm_results = {}
+                for line in out.splitlines():
+                    if line.startswith("{") and '"name"' in line:
+                        rec = json.loads(line)
+                        self._vm_results[rec["name"]] = rec
+            except (vm.VmError, vm.VmMissing, subprocess.TimeoutExpired) as e:
+                self._vm_results = {n: {"ok": False, "err": "VM run failed: {}".format(e)}
+                                    for n in self.test_names}
+        return self._vm_results
+
+
+class FirmwareItem(pytest.Item):
+    def __init__(self, *, func_name, interp, **kw):
+        super().__init__(**kw)
+        self.func_name = func_name
+        self.interp = interp
+        self.add_marker(getattr(pytest.mark, interp))
+
+    def runtest(self):
+        if self.interp == "cpython":
+            import importlib
+            module = importlib.import_module(self.parent.path.stem)
+            getattr(module, self.func_name)()
+        else:
+            rec = self.parent.vm_results().get(self.func_name)
+            if rec is None:
+                raise FirmwareTestFailure("no result from the MicroPython VM (did the run crash?)")
+            if not rec["ok"]:
+                raise FirmwareTestFailure(rec["err"])
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, FirmwareTestFailure):
+            return "MicroPython VM:\n" + str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, None, self.name
+
+
+class FirmwareTestFailure(Exception):
+    pass
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cpython: firmware test run under CPython")
+    config.addinivalue_line("markers", "micropython: firmware test run in the MicroPython VM")
+    import sys
+    if str(FIRMWARE_TESTS) not in sys.path:
+        sys.path.insert(0, str(FIRMWARE_TESTS))
