@@ -248,11 +248,16 @@ async function boardMode(args) {
 
   const save = () => { snapshot = syncOut(FS, "/flash", args.state, snapshot); };
 
-  // Serial input is processed one char at a time in order; the raw-paste request (Ctrl-E A Ctrl-A)
-  // is answered "unsupported" because the VM hangs on it, and mpremote falls back to raw REPL.
+  // Serial input is processed one char at a time, in order. The VM's own raw-paste mode hangs
+  // (it wants to block for input), so raw-paste (Ctrl-E A Ctrl-A) is served here: the code is
+  // received with the protocol's flow control, then fed to the VM's raw REPL in one go. That
+  // saves mpremote's fallback path, which sleeps 10 ms for every 256 bytes it sends.
+  const PASTE_WINDOW = 4096;
   let pending = Buffer.alloc(0);
   let busy = false;
   let held = [];
+  let paste = null;   // while receiving a raw-paste: {code: [], left: window bytes left}
+  let inRaw = args.rawRepl;
   const pump = async () => {
     if (busy) return;
     busy = true;
@@ -260,39 +265,58 @@ async function boardMode(args) {
       while (pending.length) {
         const c = pending[0];
         pending = pending.subarray(1);
-        if (held.length || c === 0x05) {
+        if (paste) { if (pastedChar(c)) return; continue; }
+        if (held.length || (c === 0x05 && inRaw)) {
           held.push(c);
           if (held.length === 1) continue;
           if (held.length === 2 && held[1] === 0x41) continue;
           if (held.length === 3 && held[1] === 0x41 && held[2] === 0x01) {
             held = [];
-            sendFrame(CH_REPL, Buffer.from([0x52, 0x00]));
+            paste = { code: [], left: PASTE_WINDOW };
+            sendFrame(CH_REPL, Buffer.from([0x52, 0x01, PASTE_WINDOW & 0xff, PASTE_WINDOW >> 8]));
             continue;
           }
           const feed = held; held = [];
-          for (const h of feed) { if (await feedChar(h)) return; }
+          for (const h of feed) { if (feedChar(h)) return; }
           continue;
         }
-        if (await feedChar(c)) return;
+        if (feedChar(c)) return;
       }
     } finally {
       busy = false;
       flushRepl();
     }
   };
-  let inRaw = args.rawRepl;
-  const feedChar = async (c) => {
+  const pastedChar = (c) => {
+    if (c !== 0x04) {
+      paste.code.push(c);
+      if (--paste.left === 0) { paste.left = PASTE_WINDOW; sendFrame(CH_REPL, Buffer.from([0x01])); }
+      return false;
+    }
+    // End of the pasted code: acknowledge, then run it through the raw REPL, whose "OK" the
+    // raw-paste protocol does not have.
+    sendFrame(CH_REPL, Buffer.from([0x04]));
+    const code = paste.code;
+    paste = null;
+    flushRepl();
+    for (const b of code) mp.replProcessChar(b);
+    const r = mp.replProcessChar(0x04);
+    if (replOut[0] === 0x4f && replOut[1] === 0x4b) replOut.splice(0, 2);
+    flushRepl();
+    return r !== 0 && softReset();
+  };
+  const feedChar = (c) => {
     if (c === 0x01) inRaw = true;
     if (c === 0x02) inRaw = false;
-    const r = await mp.replProcessCharWithAsyncify(c);
+    const r = mp.replProcessChar(c);
     flushRepl();
-    if (r !== 0) {
-      // Soft reset: the host side restarts the VM process; files go to the state folder first.
-      save();
-      control({ op: "soft_reset", raw: inRaw });
-      process.exit(0);
-    }
-    return false;
+    return r !== 0 && softReset();
+  };
+  const softReset = () => {
+    // The host side restarts the VM process; the files go to the state folder first.
+    save();
+    control({ op: "soft_reset", raw: inRaw });
+    process.exit(0);
   };
 
   // Frames from the host.

@@ -1,0 +1,50 @@
+"""`v2g vboard`: run the virtual controller board."""
+
+import json
+import signal
+import sys
+import threading
+
+import click
+
+from host_tools import vm
+from host_tools.vboard import BoardError, VirtualBoard
+
+
+@click.command(name="vboard")
+@click.option("--state", "state_dir", default="state/vboard", show_default=True,
+              type=click.Path(file_okay=False),
+              help="Folder that holds the board's files (its flash); created if missing.")
+@click.option("--board", default="sim", show_default=True, help="Board folder under boards/.")
+@click.option("--blank", is_flag=True,
+              help="Start a new state folder empty, like a board with only MicroPython on it.")
+@click.option("--repl-port", type=click.IntRange(0, 65535), default=None,
+              help="Also serve the REPL on socket://127.0.0.1:PORT (0 picks a free port).")
+def cli(state_dir, board, blank, repl_port):
+    """Run the controller firmware on the MicroPython VM behind real ports.
+
+    Prints one JSON line naming the endpoints, then runs until Ctrl-C or SIGTERM:
+
+    \b
+      repl   pseudo-terminal with the MicroPython REPL (mpremote connect PATH)
+      link   the firmware's host-link UART (framed CBOR, see docs/host-link.md)
+      plant  JSON Lines in: scenario events (plug, ev_ready, grid, ...); one reply per line
+      rs485  the RS-485 port (Modbus RTU meter side)
+      can    the CAN bus as a serial-line CAN (slcan) adapter for python-can
+
+    A new state folder starts with the working tree's firmware on it (or empty with --blank);
+    what is copied onto the board stays there across restarts, like flash.
+    """
+    board_ = VirtualBoard(state_dir, board=board, blank=blank, repl_port=repl_port)
+    try:
+        endpoints = board_.start()
+    except (BoardError, vm.VmMissing) as e:
+        raise click.ClickException(str(e)) from e
+    print(json.dumps(endpoints), flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    while not done.wait(0.5):
+        pass
+    board_.stop()
+    print("vboard: files saved in {}".format(state_dir), file=sys.stderr)

@@ -1,0 +1,319 @@
+"""The virtual controller board: the firmware on the real MicroPython VM, behind the same
+kind of ports a real board has, so unmodified tools (mpremote, pyserial, python-can's slcan,
+a Modbus meter) connect to it.
+
+    host tool  <->  pseudo-terminal  <->  VirtualBoard (this module)  <->  node mpvm.mjs board
+
+The Node process is the board's CPU; this process owns the ports and the board's lifetime:
+- a soft reset (Ctrl-D) ends the Node process; it is started again on the same files, and if
+  the REPL was in raw mode it comes back in raw mode, as a board does;
+- `power_cut()` kills it without warning (files as last mirrored, as after a power loss);
+- the Node process dies with this one (parent-death signal, and it exits when stdin closes).
+"""
+
+import ctypes
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import tty
+from pathlib import Path
+
+from host_tools import vm
+
+CH_CONTROL, CH_REPL, CH_LINK, CH_PLANT, CH_RS485, CH_CAN = range(6)
+PORTS = {"link": CH_LINK, "plant": CH_PLANT, "rs485": CH_RS485, "can": CH_CAN}
+
+
+class BoardError(RuntimeError):
+    """The board cannot start; the message names what is missing and how to fix it."""
+
+
+def provision(state_dir, board="sim"):
+    """Lay the working tree's firmware into a fresh state folder, as `v2g flash` would."""
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
+    shutil.copytree(vm.FIRMWARE, state_dir, dirs_exist_ok=True, ignore=ignore)
+    shutil.copytree(vm.BOARDS / board, state_dir / "board", dirs_exist_ok=True, ignore=ignore)
+
+
+def _die_with_parent():
+    # PR_SET_PDEATHSIG: the VM gets SIGKILL if this process dies, so it never lingers.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+class Pty:
+    """One pseudo-terminal pair in raw mode; tools open `path`, the board keeps `master`."""
+
+    def __init__(self):
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        os.set_blocking(self.master, False)
+        self.path = os.ttyname(self.slave)
+
+    def write(self, data):
+        try:
+            os.write(self.master, data)
+        except (BlockingIOError, OSError):
+            pass  # nobody reading and the buffer is full: a UART drops bytes too
+
+    def close(self):
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class VirtualBoard:
+    def __init__(self, state_dir, board="sim", blank=False, repl_port=None, heap=None):
+        self.state_dir = Path(state_dir)
+        self.board = board
+        self.blank = blank
+        self.repl_port = repl_port
+        self.heap = heap
+        self.ptys = {}
+        self.proc = None
+        self.ready = threading.Event()
+        self.stopping = False
+        self.boots = 0
+        self._restart_raw = None
+        self._lock = threading.Lock()
+        self._pending_in = []
+        self._listener = None
+        self._client = None
+        self._thread = None
+        self._port_hooks = {}
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def check(self):
+        """Refuse to start, with the fix, when something is missing."""
+        vm.node_binary()  # raises VmMissing with the install command
+        if self.state_dir.exists() and not os.access(self.state_dir, os.W_OK | os.X_OK):
+            raise BoardError("state folder {} is not writable".format(self.state_dir))
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BoardError("cannot create state folder {}: {}".format(self.state_dir, e.strerror)) from e
+        if not (vm.BOARDS / self.board).is_dir():
+            known = sorted(p.name for p in vm.BOARDS.iterdir() if p.is_dir())
+            raise BoardError("unknown board {!r} (known: {})".format(self.board, ", ".join(known)))
+
+    def start(self):
+        self.check()
+        if not self.blank and not any(self.state_dir.iterdir()):
+            provision(self.state_dir, self.board)
+        self.ptys = {"repl": Pty()}
+        for name in PORTS:
+            self.ptys[name] = Pty()
+        if self.repl_port is not None:
+            self._listener = socket.create_server(("127.0.0.1", self.repl_port))
+            self._listener.setblocking(False)
+        self._spawn(raw=False)
+        self._thread = threading.Thread(target=self._relay, name="vboard-relay", daemon=True)
+        self._thread.start()
+        if not self.ready.wait(30):
+            self.stop()
+            raise BoardError("the MicroPython VM did not start within 30 s")
+        return self.endpoints()
+
+    def endpoints(self):
+        eps = {name: p.path for name, p in self.ptys.items()}
+        if self._listener is not None:
+            eps["repl_socket"] = "socket://127.0.0.1:{}".format(self._listener.getsockname()[1])
+        eps["state"] = str(self.state_dir)
+        return eps
+
+    def _spawn(self, raw):
+        cmd = [vm.node_binary(), str(vm.MPVM), "board", "--state", str(self.state_dir)]
+        if raw:
+            cmd.append("--raw-repl")
+        if self.heap:
+            cmd += ["--heap", str(self.heap)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=sys.stderr, preexec_fn=_die_with_parent)
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self.boots += 1
+        for ch, data in self._pending_in:
+            self._send(ch, data)
+        self._pending_in = []
+
+    # -- the relay ---------------------------------------------------------------------------
+
+    def _send(self, ch, data):
+        try:
+            self.proc.stdin.write(struct.pack("<BI", ch, len(data)) + data)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            self._pending_in.append((ch, data))  # the VM is restarting; deliver to the next one
+
+    def send_port(self, name, data):
+        """Bytes arriving on one of the board's ports from an in-process peer (e.g. slcan)."""
+        with self._lock:
+            self._send(PORTS[name], data)
+
+    def on_port_output(self, name, hook):
+        """Route the firmware's output on a port to hook(bytes) instead of its pseudo-terminal."""
+        self._port_hooks[PORTS[name]] = hook
+
+    def _repl_out(self, data):
+        self.ptys["repl"].write(data)
+        if self._client is not None:
+            try:
+                self._client.sendall(data)
+            except OSError:
+                self._drop_client()
+
+    def _drop_client(self, sel=None):
+        if self._client is not None:
+            if sel is not None:
+                try:
+                    sel.unregister(self._client)
+                except (KeyError, ValueError):
+                    pass
+            self._client.close()
+            self._client = None
+
+    def _relay(self):
+        sel = selectors.DefaultSelector()
+        by_fd = {}
+        for name, p in self.ptys.items():
+            ch = CH_REPL if name == "repl" else PORTS[name]
+            sel.register(p.master, selectors.EVENT_READ, ("pty", ch))
+            by_fd[p.master] = ch
+        if self._listener is not None:
+            sel.register(self._listener, selectors.EVENT_READ, ("listen", None))
+        buf = b""
+        proc = None
+        while True:
+            if proc is not self.proc:
+                if proc is not None:
+                    try:
+                        sel.unregister(proc.stdout)
+                    except (KeyError, ValueError):
+                        pass
+                proc = self.proc
+                buf = b""
+                sel.register(proc.stdout, selectors.EVENT_READ, ("vm", None))
+            for key, _ in sel.select(0.5):
+                kind, ch = key.data
+                if kind == "pty":
+                    try:
+                        data = os.read(key.fd, 4096)
+                    except (BlockingIOError, OSError):
+                        continue
+                    if data:
+                        with self._lock:
+                            self._send(ch, data)
+                elif kind == "listen":
+                    conn, _ = self._listener.accept()
+                    self._drop_client(sel)
+                    conn.setblocking(False)
+                    self._client = conn
+                    sel.register(conn, selectors.EVENT_READ, ("client", CH_REPL))
+                elif kind == "client":
+                    try:
+                        data = self._client.recv(4096)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if data:
+                        with self._lock:
+                            self._send(CH_REPL, data)
+                    else:
+                        self._drop_client(sel)
+                elif kind == "vm":
+                    try:
+                        data = os.read(proc.stdout.fileno(), 65536)
+                    except BlockingIOError:
+                        data = None
+                    except (OSError, ValueError):
+                        data = b""
+                    if data:
+                        buf += data
+                        buf = self._frames(buf)
+                    elif data == b"":
+                        if not self._vm_ended(proc, sel):
+                            sel.close()
+                            return
+
+    def _frames(self, buf):
+        while len(buf) >= 5:
+            ch, n = struct.unpack_from("<BI", buf)
+            if len(buf) < 5 + n:
+                break
+            payload, buf = buf[5:5 + n], buf[5 + n:]
+            if ch == CH_REPL:
+                self._repl_out(payload)
+            elif ch == CH_CONTROL:
+                msg = json.loads(payload)
+                if msg["op"] == "ready":
+                    self.ready.set()
+                elif msg["op"] == "soft_reset":
+                    self._restart_raw = bool(msg.get("raw"))
+            elif ch in self._port_hooks:
+                self._port_hooks[ch](payload)
+            else:
+                for name, c in PORTS.items():
+                    if c == ch:
+                        self.ptys[name].write(payload)
+        return buf
+
+    def _vm_ended(self, proc, sel):
+        """The VM process ended. Returns True if the board goes on (restarted)."""
+        proc.wait()
+        try:
+            sel.unregister(proc.stdout)
+        except (KeyError, ValueError):
+            pass
+        if self.stopping:
+            return False
+        raw = self._restart_raw
+        self._restart_raw = None
+        if raw is None:
+            # Not a soft reset: the VM crashed or was killed. A board's watchdog would reset it.
+            self._repl_out(b"\r\nMPY: VM exited with code %d; restarting\r\n" % proc.returncode)
+            raw = False
+        else:
+            self._repl_out(b"MPY: soft reboot\r\n")
+        with self._lock:
+            self._spawn(raw=raw)
+        return True
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def power_cut(self):
+        """Kill the VM at once, as a power loss would; the board then boots again."""
+        self.proc.kill()
+
+    def stop(self, timeout=10):
+        """Save the board's files and end the VM."""
+        self.stopping = True
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            with self._lock:
+                self._send(CH_CONTROL, b'{"op": "shutdown"}')
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._thread is not None:
+            self._thread.join(5)
+        for p in self.ptys.values():
+            p.close()
+        if self._listener is not None:
+            self._listener.close()
+        self._drop_client()
