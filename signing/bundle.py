@@ -1,0 +1,390 @@
+"""Signed update bundles: build, sign, check, and write as Intel HEX.
+
+Layout of a bundle file (all integers big-endian; docs/signed-updates.md has the details):
+
+    offset 0      4 bytes   magic b"V2GB"
+    offset 4      4 bytes   N = length of the COSE_Sign1 that follows (1 .. MAX_COSE_LEN)
+    offset 8      N bytes   COSE_Sign1 (RFC 9052, CBOR tag 18), deterministic CBOR
+    offset 8+N    ...       the component bytes, concatenated in manifest order, nothing after
+
+The COSE_Sign1 payload is the manifest, a deterministic-CBOR map with integer keys:
+
+    1 format version (uint, FORMAT_VERSION)      5 board class id (16-byte bstr, uuid5)
+    2 sequence number (uint, 1 .. 2**32-1)       6 version string (text, 1 .. 32 printable ASCII)
+    3 security counter (uint, 0 .. 2**32-1)      7 components: array of [name, size, sha256]
+    4 vendor id (16-byte bstr)
+
+The protected header holds alg (1: -7 ES256 or -8 EdDSA) and kid (4: 8 bytes); the
+unprotected header is empty. An ES256 signature is raw r||s (64 bytes), as COSE says.
+
+`verify()` checks in a fixed order and raises BundleError naming the first failure.
+The controller's checker (firmware/core/cose.py, manifest.py) applies the same rules.
+"""
+
+import hashlib
+import io
+import re
+import struct
+import uuid
+from collections.abc import Mapping
+
+import cbor2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+from signing import keys
+
+MAGIC = b"V2GB"
+HEADER_LEN = 8
+FORMAT_VERSION = 1
+COSE_SIGN1_TAG = 18
+
+# Limits, shared with firmware/core/manifest.py (a test checks they agree).
+MAX_COSE_LEN = 8192
+MAX_COMPONENTS = 64
+MAX_NAME_LEN = 64
+MAX_VERSION_LEN = 32
+MAX_U32 = 0xFFFFFFFF
+# Default capacity of one firmware slot; the installer passes the real one.
+MAX_TOTAL_SIZE = 512 * 1024
+
+# Manifest map keys.
+K_FORMAT, K_SEQ, K_SECCNT, K_VENDOR, K_BOARD, K_VERSION, K_COMPONENTS = 1, 2, 3, 4, 5, 6, 7
+MANIFEST_KEYS = (K_FORMAT, K_SEQ, K_SECCNT, K_VENDOR, K_BOARD, K_VERSION, K_COMPONENTS)
+# COSE header labels (RFC 9052 section 3.1).
+H_ALG, H_KID = 1, 4
+
+# Board class ids are uuid5(PROJECT_NAMESPACE, board name); the vendor id is
+# uuid5(PROJECT_NAMESPACE, "vendor:v2g-controller"). A colon cannot occur in a
+# board name, so the vendor id never equals a board class id.
+PROJECT_NAMESPACE = uuid.UUID("d828f43e-da22-4b68-87dc-37a6319e990c")
+VENDOR_ID = uuid.uuid5(PROJECT_NAMESPACE, "vendor:v2g-controller")
+KNOWN_BOARDS = ("sim", "pyboard")
+
+_BOARD_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+
+class BundleError(ValueError):
+    """A bundle failed a check. `what` is a short tag of the failed check
+    (header, truncated, cbor, cose, alg, kid, signature, manifest, board, rollback,
+    size, digest, trailing); str(e) says what and why."""
+
+    def __init__(self, what, msg):
+        super().__init__("{}: {}".format(what, msg))
+        self.what = what
+
+
+def board_class_id(board):
+    """The 16-byte board class id (uuid5 under PROJECT_NAMESPACE) of a board name."""
+    if not _BOARD_RE.match(board or ""):
+        raise ValueError("board name {!r}: use 1-32 of a-z 0-9 _ - (starting with a letter or digit)"
+                         .format(board))
+    return uuid.uuid5(PROJECT_NAMESPACE, board)
+
+
+def check_component_name(name):
+    """Raise ValueError unless name is a relative path the installer may write."""
+    if not isinstance(name, str) or not 1 <= len(name.encode()) <= MAX_NAME_LEN:
+        raise ValueError("component name {!r}: 1-{} bytes".format(name, MAX_NAME_LEN))
+    if not _NAME_RE.match(name) or any(part in (".", "..") for part in name.split("/")):
+        raise ValueError("component name {!r}: relative path of A-Z a-z 0-9 . _ - and /, no . or .."
+                         .format(name))
+
+
+def check_version(version):
+    if (not isinstance(version, str) or not 1 <= len(version) <= MAX_VERSION_LEN
+            or any(not 0x20 <= ord(c) <= 0x7E for c in version)):
+        raise ValueError("version {!r}: 1-{} printable ASCII characters".format(version, MAX_VERSION_LEN))
+
+
+def _u32(value, what, low):
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_U32:
+        raise ValueError("{} {!r}: an integer {} .. {}".format(what, value, low, MAX_U32))
+    return value
+
+
+# ------------------------------------------------------------------ signing
+
+def build_manifest(components, seq, version, board, security_counter=0, vendor_id=VENDOR_ID):
+    """The manifest map (integer keys) for components: a list of (name, bytes)."""
+    _u32(seq, "sequence", 1)
+    _u32(security_counter, "security counter", 0)
+    check_version(version)
+    if not 1 <= len(components) <= MAX_COMPONENTS:
+        raise ValueError("{} components: 1-{} allowed".format(len(components), MAX_COMPONENTS))
+    seen = set()
+    entries = []
+    total = 0
+    for name, data in components:
+        check_component_name(name)
+        if name in seen:
+            raise ValueError("component name {!r} given twice".format(name))
+        seen.add(name)
+        total += len(data)
+        entries.append([name, len(data), hashlib.sha256(data).digest()])
+    if total > MAX_TOTAL_SIZE:
+        raise ValueError("components total {} bytes, above the slot size {}".format(total, MAX_TOTAL_SIZE))
+    return {
+        K_FORMAT: FORMAT_VERSION,
+        K_SEQ: seq,
+        K_SECCNT: security_counter,
+        K_VENDOR: uuid.UUID(str(vendor_id)).bytes,
+        K_BOARD: board_class_id(board).bytes,
+        K_VERSION: version,
+        K_COMPONENTS: entries,
+    }
+
+
+def _dumps(obj):
+    # Integer keys of one encoded byte and text keys sort the same under cbor2's
+    # length-first rule and RFC 8949's bytewise rule, so this is deterministic CBOR.
+    return cbor2.dumps(obj, canonical=True)
+
+
+def sig_structure(protected, payload):
+    """The bytes that are signed (RFC 9052 section 4.4)."""
+    return _dumps(["Signature1", protected, b"", payload])
+
+
+def _raw_sign(key, data):
+    if keys.algorithm(key) == keys.ES256:
+        r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    return key.sign(data)
+
+
+def sign_payload(key, payload):
+    """COSE_Sign1 bytes over payload, with alg and kid in the protected header."""
+    protected = _dumps({H_ALG: keys.COSE_ALG[keys.algorithm(key)], H_KID: keys.key_id(key)})
+    signature = _raw_sign(key, sig_structure(protected, payload))
+    return _dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, signature]))
+
+
+def assemble(cose, body):
+    """Bundle bytes from a COSE_Sign1 and the concatenated component bytes."""
+    if not 1 <= len(cose) <= MAX_COSE_LEN:
+        raise ValueError("COSE_Sign1 of {} bytes: 1-{} allowed (fewer or smaller components)"
+                         .format(len(cose), MAX_COSE_LEN))
+    return MAGIC + struct.pack(">I", len(cose)) + cose + body
+
+
+def sign(key, components, seq, version, board, security_counter=0, vendor_id=VENDOR_ID):
+    """A complete bundle (bytes). components: list of (name, bytes), in install order."""
+    manifest = build_manifest(components, seq, version, board, security_counter, vendor_id)
+    cose = sign_payload(key, _dumps(manifest))
+    return assemble(cose, b"".join(data for _, data in components))
+
+
+# ------------------------------------------------------------------ checking
+
+def _strict_loads(data, what):
+    """Decode CBOR and insist on deterministic encoding: re-encoding must give the same bytes.
+
+    That one comparison refuses indefinite lengths, duplicate or unsorted map keys,
+    non-shortest heads, and anything after the item."""
+    try:
+        obj = cbor2.loads(data)
+    except (cbor2.CBORDecodeError, RecursionError, MemoryError, OverflowError, ValueError) as e:
+        raise BundleError("cbor", "{}: malformed CBOR ({})".format(what, e)) from None
+    try:
+        again = _dumps(obj)
+    except (cbor2.CBOREncodeError, ValueError, TypeError) as e:
+        raise BundleError("cbor", "{}: holds an item the format does not use ({})".format(what, e)) from None
+    if again != bytes(data):
+        raise BundleError("cbor", "{}: not deterministic CBOR (indefinite length, duplicate or "
+                                  "unsorted map key, non-shortest head, or extra bytes)".format(what))
+    return obj
+
+
+def split(bundle):
+    """(cose_bytes, body) of a bundle; checks the header and that the COSE part is all there."""
+    if len(bundle) < HEADER_LEN:
+        raise BundleError("truncated", "{} bytes, shorter than the {}-byte header".format(len(bundle), HEADER_LEN))
+    magic, n = struct.unpack(">4sI", bundle[:HEADER_LEN])
+    if magic != MAGIC:
+        raise BundleError("header", "magic {!r} is not {!r}: not an update bundle".format(magic, MAGIC))
+    if not 1 <= n <= MAX_COSE_LEN:
+        raise BundleError("header", "COSE_Sign1 length {} outside 1-{}".format(n, MAX_COSE_LEN))
+    if len(bundle) < HEADER_LEN + n:
+        raise BundleError("truncated", "COSE_Sign1 needs {} bytes, {} present"
+                          .format(n, len(bundle) - HEADER_LEN))
+    return bytes(bundle[HEADER_LEN:HEADER_LEN + n]), bytes(bundle[HEADER_LEN + n:])
+
+
+def open_sign1(cose, pubkey):
+    """Check a COSE_Sign1 against pubkey; return the payload bytes."""
+    obj = _strict_loads(cose, "COSE_Sign1")
+    if not isinstance(obj, cbor2.CBORTag) or obj.tag != COSE_SIGN1_TAG:
+        raise BundleError("cose", "not a tagged COSE_Sign1 (CBOR tag 18)")
+    v = obj.value
+    if not isinstance(v, (list, tuple)) or len(v) != 4:
+        raise BundleError("cose", "COSE_Sign1 must be an array of 4 items")
+    protected, unprotected, payload, signature = v
+    if not isinstance(protected, bytes) or not isinstance(payload, bytes) or not isinstance(signature, bytes):
+        raise BundleError("cose", "protected header, payload and signature must be byte strings")
+    if not isinstance(unprotected, Mapping):
+        raise BundleError("cose", "unprotected header must be a map")
+    if unprotected:
+        if H_ALG in unprotected:
+            raise BundleError("alg", "alg in the unprotected header; it is accepted only when protected")
+        raise BundleError("cose", "unprotected header must be empty (labels {})".format(sorted(unprotected, key=str)))
+    hdr = _strict_loads(protected, "protected header") if protected else {}
+    if not isinstance(hdr, Mapping):
+        raise BundleError("cose", "protected header must be a map")
+    if H_ALG not in hdr:
+        raise BundleError("alg", "no alg in the protected header")
+    extra = [k for k in hdr if k not in (H_ALG, H_KID)]
+    if extra:
+        raise BundleError("cose", "unexpected protected header labels {}".format(extra))
+    alg = hdr[H_ALG]
+    want_alg = keys.COSE_ALG[keys.algorithm(pubkey)]
+    if alg not in keys.COSE_ALG_NAME:
+        raise BundleError("alg", "alg {!r} is not ES256 (-7) or EdDSA (-8)".format(alg))
+    if alg != want_alg:
+        raise BundleError("alg", "bundle alg {} does not match the {} key".format(
+            keys.COSE_ALG_NAME[alg], keys.COSE_ALG_NAME[want_alg]))
+    kid = hdr.get(H_KID)
+    if not isinstance(kid, bytes):
+        raise BundleError("kid", "no kid (byte string) in the protected header")
+    if kid != keys.key_id(pubkey):
+        raise BundleError("kid", "unknown key id {} (this key is {})".format(kid.hex(), keys.key_id(pubkey).hex()))
+    if len(signature) != 64:
+        raise BundleError("signature", "{} bytes, 64 expected".format(len(signature)))
+    tbs = sig_structure(protected, payload)
+    pub = keys.as_public(pubkey)
+    try:
+        if alg == -7:
+            r = int.from_bytes(signature[:32], "big")
+            s = int.from_bytes(signature[32:], "big")
+            pub.verify(encode_dss_signature(r, s), tbs, ec.ECDSA(hashes.SHA256()))
+        else:
+            pub.verify(signature, tbs)
+    except InvalidSignature:
+        raise BundleError("signature", "does not verify with key {}".format(kid.hex())) from None
+    return payload
+
+
+def _manifest_fail(msg):
+    raise BundleError("manifest", msg)
+
+
+def _is_uint(v, low=0):
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= MAX_U32
+
+
+def decode_manifest(payload):
+    """Decode and check a manifest payload; return it as a readable dict."""
+    m = _strict_loads(payload, "manifest")
+    if not isinstance(m, Mapping):
+        _manifest_fail("not a map")
+    missing = [k for k in MANIFEST_KEYS if k not in m]
+    if missing:
+        _manifest_fail("missing keys {}".format(missing))
+    unknown = [k for k in m if k not in MANIFEST_KEYS]
+    if unknown:
+        _manifest_fail("unknown keys {}".format(unknown))
+    if m[K_FORMAT] != FORMAT_VERSION or isinstance(m[K_FORMAT], bool):
+        _manifest_fail("format version {!r}, this tool reads {}".format(m[K_FORMAT], FORMAT_VERSION))
+    if not _is_uint(m[K_SEQ], 1):
+        _manifest_fail("sequence {!r}: an integer 1 .. {}".format(m[K_SEQ], MAX_U32))
+    if not _is_uint(m[K_SECCNT]):
+        _manifest_fail("security counter {!r}: an integer 0 .. {}".format(m[K_SECCNT], MAX_U32))
+    for k, what in ((K_VENDOR, "vendor id"), (K_BOARD, "board class id")):
+        if not isinstance(m[k], bytes) or len(m[k]) != 16:
+            _manifest_fail("{}: 16-byte string expected".format(what))
+    try:
+        check_version(m[K_VERSION])
+    except ValueError as e:
+        _manifest_fail(str(e))
+    comps = m[K_COMPONENTS]
+    if not isinstance(comps, (list, tuple)) or not 1 <= len(comps) <= MAX_COMPONENTS:
+        _manifest_fail("components: a list of 1-{} entries".format(MAX_COMPONENTS))
+    out = []
+    seen = set()
+    offset = 0
+    for i, c in enumerate(comps):
+        if (not isinstance(c, (list, tuple)) or len(c) != 3 or not isinstance(c[0], str)
+                or not _is_uint(c[1]) or not isinstance(c[2], bytes) or len(c[2]) != 32):
+            _manifest_fail("component {}: [name, size, 32-byte sha256] expected".format(i))
+        try:
+            check_component_name(c[0])
+        except ValueError as e:
+            _manifest_fail(str(e))
+        if c[0] in seen:
+            _manifest_fail("component name {!r} twice".format(c[0]))
+        seen.add(c[0])
+        out.append({"name": c[0], "offset": offset, "size": c[1], "sha256": c[2].hex()})
+        offset += c[1]
+    board_id = uuid.UUID(bytes=m[K_BOARD])
+    board = next((b for b in KNOWN_BOARDS if board_class_id(b) == board_id), None)
+    return {
+        "format": m[K_FORMAT],
+        "sequence": m[K_SEQ],
+        "security_counter": m[K_SECCNT],
+        "vendor_id": str(uuid.UUID(bytes=m[K_VENDOR])),
+        "board_class_id": str(board_id),
+        "board": board,
+        "version": m[K_VERSION],
+        "components": out,
+        "total_size": offset,
+    }
+
+
+def verify(bundle, pubkey, board=None, stored_seq=None, stored_security_counter=None,
+           max_total=MAX_TOTAL_SIZE, vendor_id=VENDOR_ID):
+    """Check a whole bundle; return its manifest (readable dict) or raise BundleError.
+
+    Order: header, COSE structure, alg, kid, signature, manifest fields, vendor, board
+    (when given), rollback (when stored values are given), size limit, truncation,
+    trailing bytes, then each component's SHA-256.
+    """
+    cose, body = split(bundle)
+    payload = open_sign1(cose, pubkey)
+    man = decode_manifest(payload)
+    if man["vendor_id"] != str(vendor_id):
+        raise BundleError("manifest", "vendor id {} is not {}".format(man["vendor_id"], vendor_id))
+    if board is not None and man["board_class_id"] != str(board_class_id(board)):
+        raise BundleError("board", "bundle is for board class {} ({}), this is {}".format(
+            man["board_class_id"], man["board"] or "unknown board", board))
+    if stored_seq is not None and man["sequence"] <= stored_seq:
+        raise BundleError("rollback", "sequence {} is not newer than the installed {}".format(
+            man["sequence"], stored_seq))
+    if stored_security_counter is not None and man["security_counter"] < stored_security_counter:
+        raise BundleError("rollback", "security counter {} is below the installed {}".format(
+            man["security_counter"], stored_security_counter))
+    total = man["total_size"]
+    if total > max_total:
+        raise BundleError("size", "components total {} bytes, above the slot size {}".format(total, max_total))
+    if len(body) < total:
+        raise BundleError("truncated", "components need {} bytes, {} present".format(total, len(body)))
+    if len(body) > total:
+        raise BundleError("trailing", "{} bytes after the last component".format(len(body) - total))
+    for c in man["components"]:
+        digest = hashlib.sha256(body[c["offset"]:c["offset"] + c["size"]]).hexdigest()
+        if digest != c["sha256"]:
+            raise BundleError("digest", "component {!r}: sha256 {} does not match the manifest's {}".format(
+                c["name"], digest, c["sha256"]))
+    man["kid"] = keys.key_id(pubkey).hex()
+    man["alg"] = keys.COSE_ALG_NAME[keys.COSE_ALG[keys.algorithm(pubkey)]]
+    return man
+
+
+# ------------------------------------------------------------------ Intel HEX
+
+def to_intelhex(bundle, address):
+    """The bundle as Intel HEX text, placed at address (the start of the update partition)."""
+    from intelhex import IntelHex
+
+    if isinstance(address, bool) or not isinstance(address, int) or address < 0:
+        raise ValueError("hex address {!r}: a non-negative integer".format(address))
+    if address + len(bundle) > 0x100000000:
+        raise ValueError("bundle of {} bytes at 0x{:08X} runs past the 4 GiB address space"
+                         .format(len(bundle), address))
+    ih = IntelHex()
+    ih.frombytes(bundle, offset=address)
+    out = io.StringIO()
+    ih.write_hex_file(out, write_start_addr=False)
+    return out.getvalue()
