@@ -1,0 +1,346 @@
+"""Settings schema of v2g_vars.json (shared spec config.md, version 1).
+
+validate() is the single gate for every settings change: the controller runs it
+on boot and on config_set, host tools run the same module under CPython before
+flashing. A change is taken whole or refused whole (V2G-400) with every
+offending key named together with its allowed range.
+
+Values are kept twice: the JSON values as given (for config_get and the file)
+and integer milli-units for the control step (mA, dC, mHz, ms, per-mille SoC).
+Pure module: only json and hashlib, no I/O.
+"""
+import json
+
+try:
+    import hashlib
+except ImportError:  # pragma: no cover - every supported interpreter has it
+    hashlib = None
+
+VERSION = 1
+
+# kinds
+INT = 'int'      # JSON integer
+NUM = 'num'      # JSON integer or decimal
+BOOL = 'bool'
+ENUM = 'enum'    # one of a list of strings
+CHOICE = 'choice'  # one of a list of integers
+
+# key: (kind, low-or-choices, high, default, unit)
+SCHEMA = {
+    'version': (CHOICE, (1,), None, 1, ''),
+    'MAX_CHARGE_AMPS': (NUM, 6, 80, 32, 'A'),
+    'MAX_DISCHARGE_AMPS': (NUM, 0, 80, 32, 'A'),
+    'MIN_SOC_THRESHOLD': (NUM, 0, 100, 20, '%'),
+    'RESERVE_MARGIN': (NUM, 0, 100, 20, '%'),
+    'V2G_AVAILABLE_MARGIN': (NUM, 0, 50, 10, '%'),
+    'HEARTBEAT_TIMEOUT_S': (NUM, 1, 300, 10, 's'),
+    'PHASES': (CHOICE, (1, 3), None, 1, ''),
+    'NOMINAL_VOLTAGE_V': (NUM, 100, 480, 240, 'V'),
+    'GRID_PROFILE': (ENUM, ('IEEE1547_CAT_I_60HZ', 'IEEE1547_CAT_II_60HZ',
+                            'IEEE1547_CAT_III_60HZ', 'EN50549_50HZ'), None,
+                     'IEEE1547_CAT_II_60HZ', ''),
+    'FREQ_DROOP_ENABLED': (BOOL, None, None, True, ''),
+    'FREQ_DEADBAND_HZ': (NUM, 0.017, 1.0, 0.036, 'Hz'),
+    'FREQ_DROOP_PCT': (NUM, 2, 12, 5, '%'),
+    'FREQ_RESPONSE_S': (NUM, 0.2, 10, 0.5, 's'),
+    'EVSE_TEMP_DERATE_C': (NUM, 30, 90, 65, 'C'),
+    'EVSE_TEMP_LIMIT_C': (NUM, 35, 100, 75, 'C'),
+    'BATTERY_TEMP_DERATE_C': (NUM, 20, 60, 45, 'C'),
+    'BATTERY_TEMP_LIMIT_C': (NUM, 25, 70, 55, 'C'),
+    'THERMAL_HYSTERESIS_C': (NUM, 1, 20, 5, 'C'),
+    'VENTILATION_AVAILABLE': (BOOL, None, None, False, ''),
+    'METER_MODEL': (ENUM, ('SDM630', 'SDM120'), None, 'SDM630', ''),
+    'METER_ADDRESS': (INT, 1, 247, 1, ''),
+    'METER_BAUD': (CHOICE, (2400, 4800, 9600, 19200, 38400), None, 9600, 'baud'),
+    'METER_POLL_MS': (INT, 100, 10000, 500, 'ms'),
+    'METER_STALE_S': (NUM, 1, 60, 3, 's'),
+    'CAN_BITRATE': (CHOICE, (125000, 250000, 500000, 1000000), None, 500000, 'bit/s'),
+    'CAN_TIMEOUT_MS': (INT, 100, 10000, 1000, 'ms'),
+    'HOST_LATENCY_WARN_MS': (INT, 10, 5000, 100, 'ms'),
+}
+
+KEYS = tuple(sorted(SCHEMA))
+
+# nominal grid frequency by profile, mHz
+PROFILE_NOMINAL_MHZ = {
+    'IEEE1547_CAT_I_60HZ': 60000,
+    'IEEE1547_CAT_II_60HZ': 60000,
+    'IEEE1547_CAT_III_60HZ': 60000,
+    'EN50549_50HZ': 50000,
+}
+
+# board keys that are not settings
+BOARD_DISCHARGE_SEPARATE = 'discharge_rated_separately'
+
+
+class ConfigError(ValueError):
+    """Refusal of a settings change (V2G-400). .errors: list of (key, reason)."""
+
+    code = 'V2G-400'
+
+    def __init__(self, errors):
+        self.errors = errors
+        super().__init__(message(errors))
+
+    def keys(self):
+        return [k for k, _ in self.errors]
+
+
+def message(errors):
+    return 'V2G-400 invalid configuration: ' + '; '.join(
+        '{}: {}'.format(k, why) for k, why in errors)
+
+
+def _fmt(v):
+    if isinstance(v, float) and v == int(v):
+        return str(int(v))
+    return str(v)
+
+
+def _range_text(kind, lo, hi, unit):
+    u = (' ' + unit) if unit else ''
+    if kind == BOOL:
+        return 'true or false'
+    if kind in (ENUM, CHOICE):
+        return 'one of ' + ', '.join(str(c) for c in lo)
+    return '{} to {}{}'.format(_fmt(lo), _fmt(hi), u)
+
+
+def _bounds(key, board):
+    kind, lo, hi, default, unit = SCHEMA[key]
+    if board and key in board and kind in (INT, NUM):
+        blo, bhi = board[key]
+        if blo > lo:
+            lo = blo
+        if bhi < hi:
+            hi = bhi
+    elif board and key in board and kind in (ENUM, CHOICE):
+        allowed = board[key]
+        lo = tuple(c for c in lo if c in allowed)
+    return kind, lo, hi, default, unit
+
+
+def _check_one(key, value, board):
+    """None if value is acceptable for key, else the reason naming the range."""
+    if key not in SCHEMA:
+        return 'unknown key'
+    kind, lo, hi, default, unit = _bounds(key, board)
+    rng = _range_text(kind, lo, hi, unit)
+    if kind == BOOL:
+        if value is True or value is False:
+            return None
+        return 'wrong type {}: allowed {}'.format(_tname(value), rng)
+    if value is True or value is False:
+        return 'wrong type bool: allowed {}'.format(rng)
+    if kind == ENUM:
+        if not isinstance(value, str):
+            return 'wrong type {}: allowed {}'.format(_tname(value), rng)
+        if value not in lo:
+            return 'value {} not allowed: {}'.format(value, rng)
+        return None
+    if kind in (INT, CHOICE):
+        if isinstance(value, float) and value == int(value):
+            value = int(value)
+        if not isinstance(value, int):
+            return 'wrong type {}: allowed integer {}'.format(_tname(value), rng)
+        if kind == CHOICE:
+            if value not in lo:
+                return 'value {} not allowed: {}'.format(value, rng)
+            return None
+    elif not isinstance(value, (int, float)) or value != value:  # NaN refused
+        return 'wrong type {}: allowed number {}'.format(_tname(value), rng)
+    if value < lo or value > hi:
+        return 'value {} out of range: allowed {}'.format(_fmt(value), rng)
+    return None
+
+
+def _tname(v):
+    if v is None:
+        return 'null'
+    return type(v).__name__
+
+
+def defaults(board=None):
+    """Default settings, pulled inside a board's narrowed ranges."""
+    vals = {}
+    for key in KEYS:
+        kind, lo, hi, default, unit = _bounds(key, board)
+        if kind in (INT, NUM):
+            if default > hi:
+                default = hi
+            if default < lo:
+                default = lo
+        elif kind in (ENUM, CHOICE) and default not in lo and lo:
+            default = lo[0]
+        vals[key] = default
+    if not _separate(board) and vals['MAX_DISCHARGE_AMPS'] > vals['MAX_CHARGE_AMPS']:
+        vals['MAX_DISCHARGE_AMPS'] = vals['MAX_CHARGE_AMPS']
+    return vals
+
+
+def _separate(board):
+    return bool(board) and bool(board.get(BOARD_DISCHARGE_SEPARATE, False))
+
+
+def check(changes, current=None, board=None):
+    """(Config, []) when acceptable, else (None, [(key, reason), ...])."""
+    if board is None and current is not None:
+        board = current.board
+    if not isinstance(changes, dict):
+        return None, [('config', 'must be a map of KEY: value, got {}'.format(_tname(changes)))]
+    errors = []
+    for key in sorted(changes):
+        if not isinstance(key, str):
+            errors.append((str(key), 'key must be text'))
+            continue
+        why = _check_one(key, changes[key], board)
+        if why is not None:
+            errors.append((key, why))
+    if errors:
+        return None, errors
+    vals = dict(current.values) if current is not None else defaults(board)
+    for key in changes:
+        v = changes[key]
+        if SCHEMA[key][0] in (INT, CHOICE) and isinstance(v, float):
+            v = int(v)
+        vals[key] = v
+    _cross(vals, board, changes, errors)
+    if errors:
+        return None, errors
+    return Config(vals, board), []
+
+
+def _cross(vals, board, changes, errors):
+    pairs = (('EVSE_TEMP_DERATE_C', 'EVSE_TEMP_LIMIT_C'),
+             ('BATTERY_TEMP_DERATE_C', 'BATTERY_TEMP_LIMIT_C'))
+    for lo_key, hi_key in pairs:
+        if not vals[lo_key] < vals[hi_key]:
+            why = 'must be below {} ({} >= {})'.format(hi_key, _fmt(vals[lo_key]), _fmt(vals[hi_key]))
+            errors.append((lo_key, why))
+            errors.append((hi_key, 'must be above {} ({})'.format(lo_key, _fmt(vals[lo_key]))))
+    if not _separate(board) and vals['MAX_DISCHARGE_AMPS'] > vals['MAX_CHARGE_AMPS']:
+        errors.append(('MAX_DISCHARGE_AMPS', 'must be at most MAX_CHARGE_AMPS ({} > {}) on this board'.format(
+            _fmt(vals['MAX_DISCHARGE_AMPS']), _fmt(vals['MAX_CHARGE_AMPS']))))
+        errors.append(('MAX_CHARGE_AMPS', 'must be at least MAX_DISCHARGE_AMPS ({})'.format(
+            _fmt(vals['MAX_DISCHARGE_AMPS']))))
+
+
+def validate(changes, current=None, board=None):
+    """A new Config with changes applied over current (or the defaults).
+
+    Raises ConfigError naming every offending key; nothing is modified then.
+    """
+    cfg, errors = check(changes, current, board)
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def load_json(text, board=None):
+    """Config from the text of v2g_vars.json (missing keys take defaults)."""
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ConfigError([('config', 'not valid JSON: {}'.format(e))]) from None
+    return validate(data, None, board)
+
+
+def _milli(v, scale):
+    # round half away from zero; JSON decimals like 0.036 are not exact floats
+    x = v * scale
+    if x >= 0:
+        return int(x + 0.5)
+    return -int(-x + 0.5)
+
+
+class Config:
+    """A validated settings set. Treat as immutable: changes go through validate()."""
+
+    def __init__(self, values, board=None):
+        self.values = values
+        self.board = board
+        v = values
+        self.max_charge_ma = _milli(v['MAX_CHARGE_AMPS'], 1000)
+        self.max_discharge_ma = _milli(v['MAX_DISCHARGE_AMPS'], 1000)
+        self.min_soc_pm = _milli(v['MIN_SOC_THRESHOLD'], 10)
+        self.reserve_pm = _milli(v['RESERVE_MARGIN'], 10)
+        self.floor_pm = self.min_soc_pm if self.min_soc_pm > self.reserve_pm else self.reserve_pm
+        self.available_margin_pm = _milli(v['V2G_AVAILABLE_MARGIN'], 10)
+        self.heartbeat_timeout_ms = _milli(v['HEARTBEAT_TIMEOUT_S'], 1000)
+        self.phases = v['PHASES']
+        self.nominal_mv = _milli(v['NOMINAL_VOLTAGE_V'], 1000)
+        self.grid_profile = v['GRID_PROFILE']
+        self.nominal_mhz = PROFILE_NOMINAL_MHZ[v['GRID_PROFILE']]
+        self.droop_enabled = v['FREQ_DROOP_ENABLED']
+        self.deadband_mhz = _milli(v['FREQ_DEADBAND_HZ'], 1000)
+        self.droop_mpct = _milli(v['FREQ_DROOP_PCT'], 1000)   # 0.001 % units
+        self.response_ms = _milli(v['FREQ_RESPONSE_S'], 1000)
+        self.evse_derate_dc = _milli(v['EVSE_TEMP_DERATE_C'], 10)
+        self.evse_limit_dc = _milli(v['EVSE_TEMP_LIMIT_C'], 10)
+        self.batt_derate_dc = _milli(v['BATTERY_TEMP_DERATE_C'], 10)
+        self.batt_limit_dc = _milli(v['BATTERY_TEMP_LIMIT_C'], 10)
+        self.hysteresis_dc = _milli(v['THERMAL_HYSTERESIS_C'], 10)
+        self.ventilation = v['VENTILATION_AVAILABLE']
+        self.meter_model = v['METER_MODEL']
+        self.meter_address = v['METER_ADDRESS']
+        self.meter_baud = v['METER_BAUD']
+        self.meter_poll_ms = v['METER_POLL_MS']
+        self.meter_stale_ms = _milli(v['METER_STALE_S'], 1000)
+        self.can_bitrate = v['CAN_BITRATE']
+        self.can_timeout_ms = v['CAN_TIMEOUT_MS']
+        self.latency_warn_ms = v['HOST_LATENCY_WARN_MS']
+
+    def get(self, key):
+        return self.values[key]
+
+    def __getitem__(self, key):
+        return self.values[key]
+
+    def to_json(self):
+        """The settings as a plain dict of JSON values (a copy)."""
+        return dict(self.values)
+
+    def dumps(self):
+        """Canonical JSON text (sorted keys, no spaces): the file and the hash input."""
+        return canonical(self.values)
+
+    def config_hash(self):
+        return config_hash(self.values)
+
+    def diff(self, other):
+        """Keys whose value differs from other (a Config)."""
+        return [k for k in KEYS if self.values[k] != other.values[k]]
+
+
+def _num_text(v):
+    # identical text on CPython (doubles) and single-precision boards
+    if isinstance(v, float):
+        if v == int(v):
+            return str(int(v))
+        s = '%.6f' % v
+        s = s.rstrip('0')
+        return s
+    return str(v)
+
+
+def canonical(values):
+    parts = []
+    for k in sorted(values):
+        v = values[k]
+        if v is True:
+            t = 'true'
+        elif v is False:
+            t = 'false'
+        elif isinstance(v, str):
+            t = json.dumps(v)
+        else:
+            t = _num_text(v)
+        parts.append(json.dumps(k) + ':' + t)
+    return '{' + ','.join(parts) + '}'
+
+
+def config_hash(values):
+    """First 16 hex digits of sha256 over the canonical JSON of the settings."""
+    h = hashlib.sha256(canonical(values).encode())
+    d = h.digest()
+    return ''.join('%02x' % b for b in d[:8])

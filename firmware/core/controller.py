@@ -1,0 +1,785 @@
+"""The control step: IEC 61851 pilot state machine, contactor, limits, fallbacks.
+
+One step every CONTROL_PERIOD_MS with inputs the shell sampled from the HAL;
+the step returns the same Outputs object every time. The step allocates
+nothing once running (ints, bools and constant strings only); an event message
+is built only at the moment a code is raised or cleared, which is rare.
+
+Safety rules enforced here (shared spec errors.md):
+- energy flows only in state C, or D with VENTILATION_AVAILABLE, with a positive
+  limit in the direction asked; any change away from C/D acts in the same step.
+- a pilot fault (E, F, diode missing, a level that fits no state) opens the
+  contactor at once and drives state F; recovery only through A or B.
+- a welded or non-closing contactor latches V2G-011 until an operator clears it.
+- without host heartbeat: charge-only, discharge forbidden until the host is
+  back AND a fresh command arrived.
+- no discharge with a stale meter, missing BMS frames, or SoC at the floor.
+Every failure path names its safe state (SAFE_* below) in the event message.
+"""
+from micropython import const
+
+from core import config as _config
+from core import errors as E
+from core import limits as L
+from core import pilot as P
+from core import setpoint as S
+from core.eventlog import EventLog
+from core.journal import Journal
+from core.thermal import Derate
+
+CONTROL_PERIOD_MS = const(50)
+
+# named safe states (quoted in event messages)
+SAFE_OPEN = 'contactor open, discharge forbidden'
+SAFE_PILOT_F = 'contactor open, pilot state F (steady -12 V), discharge forbidden'
+SAFE_LOCKOUT = 'contactor open, pilot steady +12 V, new sessions refused until an operator clears V2G-011'
+SAFE_NO_TRANSFER = 'contactor open, no energy transfer'
+SAFE_CHARGE_ONLY = 'charge-only: discharge forbidden, charging continues at the pilot limit'
+SAFE_NO_DISCHARGE = 'discharge forbidden, charging continues at the pilot limit'
+SAFE_DERATED = 'current derated, stopped at the limit'
+
+PILOT_DEBOUNCE_SAMPLES = const(3)   # 150 ms before a change towards energy counts
+DIODE_SAMPLES = const(2)            # consecutive low-side readings without the diode
+FAULT_HOLD_MS = const(1000)         # state F held after a pilot fault before probing
+PROBE_MS = const(500)               # steady +12 V to see whether the EV is back in A/B
+PROBE_SAMPLES = const(3)
+CONTACTOR_SETTLE_MS = const(500)    # feedback must follow the command within this
+WELD_CURRENT_MA = const(2000)       # current with the contactor open that means welded
+SOFT_OPEN_MA = const(1000)          # a normal stop opens once the current is below this
+SOFT_OPEN_MS = const(1000)          # ... or after this long
+RAMP_MA_PER_S = const(10000)        # current increases at most 10 A/s (no steps)
+DEFAULT_CABLE_MA = const(13000)     # PP unknown: smallest IEC 62196 cable rating
+_MAX_DT_MS = const(1000)
+_TICKS_MASK = const(0x3FFFFFFF)     # ages computed modulo 2**30, like time.ticks_diff
+_LIMIT_MAX_A = const(1000)
+
+# pilot fault kinds
+_PF_NONE = const(0)
+_PF_LEVEL = const(1)     # E, F or unknown level
+_PF_DIODE = const(2)     # diode missing: recovery needs state A
+_PH_HOLD = const(0)
+_PH_PROBE = const(1)
+
+MODES = ('idle', 'connected', 'charging', 'discharging', 'paused', 'charge_only', 'fault')
+OPS = ('soc_target', 'limit', 'start', 'stop', 'charge_only', 'clear_fault',
+       'config_get', 'config_set', 'status')
+_READ_OPS = ('config_get', 'status')
+_FRESH_OPS = ('soc_target', 'limit', 'start', 'charge_only')
+
+
+def _age(now, then):
+    return (now - then) & _TICKS_MASK
+
+
+def _dec(v, div, unit):
+    # integer milli-units as text with one decimal: 16500 mA -> '16.5 A'
+    neg = v < 0
+    if neg:
+        v = -v
+    return '{}{}.{}{}'.format('-' if neg else '', v // div, (v % div) * 10 // div, unit)
+
+
+def _a(ma):
+    return _dec(ma, 1000, ' A')
+
+
+def _s(ms):
+    return _dec(ms, 1000, ' s')
+
+
+def _c(dc):
+    return _dec(dc, 10, ' C')
+
+
+def _pct(pm):
+    return _dec(pm, 10, ' %')
+
+
+class Inputs:
+    """Plant readings, preallocated by the shell and mutated in place."""
+
+    def __init__(self):
+        self.cp_high_mv = 12000
+        self.cp_low_mv = -12000
+        self.pp_limit_a = 0
+        self.contactor_closed = False
+        self.meter_ok = False
+        self.meter_age_ms = 1 << 29
+        self.meter_ma = 0
+        self.meter_mv = 0
+        self.meter_mhz = 0
+        self.evse_temp_dc = 250
+        self.bms_age_ms = 1 << 29
+        self.bms_soc_pm = 0
+        self.bms_temp_dc = 250
+        self.bms_max_charge_ma = 0
+        self.bms_max_discharge_ma = 0
+        self.bms_capacity_wh = 0
+
+
+class Outputs:
+    """Commands and status of one step; the same object every step."""
+
+    def __init__(self):
+        self.pwm_pm = P.PWM_OFF
+        self.contactor = False
+        self.request_ma = 0
+        self.limit_charge_ma = 0
+        self.limit_discharge_ma = 0
+        self.limit_charge_src = 'station'
+        self.limit_discharge_src = 'station'
+        self.mode = 'idle'
+        self.cp_state = 'A'
+        self.errors = 0
+        # additions beyond the fixed interface (status / telemetry)
+        self.soc_pm = -1                # -1 = unknown (no BMS)
+        self.target_pm = -1             # -1 = no SoC target
+        self.floor_pm = 0
+        self.v2g_available = False
+        self.discharge_capacity_wh = 0
+        self.direction = 0              # setpoint: 1 charge, -1 discharge, 0 hold
+
+
+class Controller:
+    def __init__(self, cfg=None, grid=None):
+        if cfg is None:
+            cfg = _config.validate({})
+        self.cfg = cfg
+        self.grid = grid
+        self.out = Outputs()
+        self.limits = L.Limits()
+        self.pilot = P.PilotFilter(PILOT_DEBOUNCE_SAMPLES)
+        self.evse_thermal = Derate(cfg.evse_derate_dc, cfg.evse_limit_dc, cfg.hysteresis_dc)
+        self.batt_thermal = Derate(cfg.batt_derate_dc, cfg.batt_limit_dc, cfg.hysteresis_dc)
+        self.setpoint = S.Setpoint(cfg.floor_pm, cfg.available_margin_pm)
+        self.journal = Journal()
+        self.log = EventLog()
+        self._events = []
+        self.errors = 0
+        self.cfg_dirty = False
+        # time
+        self._started = False
+        self._t_last = 0
+        # heartbeat
+        self._hb_last = 0
+        self.hb_lost = False
+        self.fallback = False          # charge-only until heartbeat back + fresh command
+        self.cmd_charge_only = False   # charge-only asked by the host
+        self.stopped = False           # session stopped by the host
+        # pilot fault
+        self._pf = _PF_NONE
+        self._pf_phase = _PH_HOLD
+        self._pf_since = 0
+        self._probe_count = 0
+        self._diode_bad = 0
+        # contactor
+        self._cmd_since = 0
+        self._soft_since = -1
+        self.weld = False
+        self._feedback = False
+        # host limits (CSMS)
+        self.csms_charge_ma = L.NO_LIMIT
+        self.csms_discharge_ma = L.NO_LIMIT
+        # grid slot (filled by the grid module or set_grid)
+        self.grid_charge_ma = L.NO_LIMIT
+        self.grid_discharge_ma = L.NO_LIMIT
+        self.grid_droop_ma = 0
+        self.grid_errors = 0
+        self.grid_trip = False
+        # request ramp
+        self._req = 0
+        self.rtt_ms = 0
+        self._bms_seen = False
+
+    # ------------------------------------------------------------ events
+    def _raise(self, now, bit, msg):
+        self.errors |= bit
+        self._emit(now, E.code(bit), True, msg)
+
+    def _clear(self, now, bit, msg):
+        self.errors &= ~bit
+        self._emit(now, E.code(bit), False, msg)
+
+    def _emit(self, now, code, on, msg):
+        self._events.append((now, code, on, msg))
+        self.log.append(now, code, on, msg)
+
+    def pop_events(self):
+        """Events since the last call, (t_ms, 'V2G-xxx', raised, msg), oldest first."""
+        ev = self._events
+        if self.grid is not None:
+            for e in self.grid.pop_events():
+                ev.append(e)
+                self.log.append(e[0], e[1], e[2], e[3])
+        self._events = []
+        return ev
+
+    # ------------------------------------------------------------ host side
+    def heartbeat(self, now_ms):
+        self._hb_last = now_ms
+        # V2G-101 stays active until a fresh command also arrived (see command())
+        self.hb_lost = False
+
+    def report_rtt(self, now_ms, rtt_ms):
+        """Host link round trip measured by the host (V2G-110 above HOST_LATENCY_WARN_MS)."""
+        self.rtt_ms = rtt_ms
+        warn = self.cfg.latency_warn_ms
+        if rtt_ms > warn and not (self.errors & E.E110):
+            self._raise(now_ms, E.E110, 'host link round trip {} ms above HOST_LATENCY_WARN_MS {} ms'.format(
+                rtt_ms, warn))
+        elif rtt_ms <= warn and (self.errors & E.E110):
+            self._clear(now_ms, E.E110, 'host link round trip {} ms back within {} ms'.format(rtt_ms, warn))
+
+    def set_grid(self, charge_ma, discharge_ma, droop_ma=0, err_mask=0, trip=False):
+        """Fill the grid slot: caps in mA, droop offset (+ = more charge), active grid codes."""
+        self.grid_charge_ma = charge_ma
+        self.grid_discharge_ma = discharge_ma
+        self.grid_droop_ma = droop_ma
+        self.grid_errors = err_mask
+        self.grid_trip = trip
+
+    def apply_config(self, cfg):
+        old = self.cfg
+        self.cfg = cfg
+        self.evse_thermal.configure(cfg.evse_derate_dc, cfg.evse_limit_dc, cfg.hysteresis_dc)
+        self.batt_thermal.configure(cfg.batt_derate_dc, cfg.batt_limit_dc, cfg.hysteresis_dc)
+        self.setpoint.configure(cfg.floor_pm, cfg.available_margin_pm)
+        if self.grid is not None and old is not cfg and hasattr(self.grid, 'from_config'):
+            keys = ('GRID_PROFILE', 'NOMINAL_VOLTAGE_V', 'FREQ_DROOP_ENABLED', 'FREQ_DEADBAND_HZ',
+                    'FREQ_DROOP_PCT', 'FREQ_RESPONSE_S', 'MAX_CHARGE_AMPS', 'MAX_DISCHARGE_AMPS')
+            for k in keys:
+                if old.values[k] != cfg.values[k]:
+                    try:
+                        # a fresh grid model starts by waiting to enter service: the safe side
+                        self.grid = type(self.grid).from_config(cfg)
+                    except ValueError:
+                        pass
+                    break
+
+    # ------------------------------------------------------------ the step
+    def step(self, now_ms, inp):
+        o = self.out
+        cfg = self.cfg
+        lim = self.limits
+        if not self._started:
+            self._started = True
+            self._t_last = now_ms
+            self._hb_last = now_ms      # grace: the host gets a full timeout after boot
+            self._cmd_since = now_ms
+        dt = _age(now_ms, self._t_last)
+        if dt > _MAX_DT_MS:
+            dt = _MAX_DT_MS
+        self._t_last = now_ms
+        self._feedback = inp.contactor_closed
+
+        # ---- pilot level and faults
+        raw = P.level(inp.cp_high_mv)
+        prev_pwm = o.pwm_pm
+        if self._pf != _PF_NONE:
+            st = self._pilot_fault_step(now_ms, raw, inp)
+        else:
+            st = self.pilot.update(raw)
+            if prev_pwm > 0 and prev_pwm < P.PWM_OFF and (st == P.B or st == P.C or st == P.D) \
+                    and raw == st and not P.diode_ok(inp.cp_low_mv):
+                self._diode_bad += 1
+            else:
+                self._diode_bad = 0
+            if st == P.E or st == P.F or st == P.UNKNOWN:
+                self._pilot_fault(now_ms, _PF_LEVEL, inp)
+            elif self._diode_bad >= DIODE_SAMPLES:
+                self._pilot_fault(now_ms, _PF_DIODE, inp)
+        pfault = self._pf != _PF_NONE
+        connected = st == P.B or st == P.C or st == P.D
+
+        # ---- contactor supervision (against the command of the last step)
+        self._check_contactor(now_ms, inp)
+
+        # ---- heartbeat
+        hb_age = _age(now_ms, self._hb_last)
+        if not self.hb_lost and hb_age > cfg.heartbeat_timeout_ms:
+            self.hb_lost = True
+            self.fallback = True
+            self._raise(now_ms, E.E101, 'no host heartbeat for {} (HEARTBEAT_TIMEOUT_S {}): {}'.format(
+                _s(hb_age), _s(cfg.heartbeat_timeout_ms), SAFE_CHARGE_ONLY))
+
+        # ---- meter and BMS freshness
+        meter_stale = inp.meter_age_ms > cfg.meter_stale_ms
+        if meter_stale:
+            if not (self.errors & E.E120):
+                self._raise(now_ms, E.E120, 'no valid meter reading for {} (METER_STALE_S {}): {}'.format(
+                    _s(inp.meter_age_ms), _s(cfg.meter_stale_ms), SAFE_NO_DISCHARGE))
+        elif self.errors & E.E120:
+            self._clear(now_ms, E.E120, 'meter readings back ({} ms old)'.format(inp.meter_age_ms))
+        bms_fresh = inp.bms_age_ms <= cfg.can_timeout_ms
+        if bms_fresh:
+            self._bms_seen = True
+        bms_missing = connected and not bms_fresh
+        if bms_missing:
+            if not (self.errors & E.E130):
+                self._raise(now_ms, E.E130, 'no BMS frame for {} (CAN_TIMEOUT_MS {}): {}'.format(
+                    _s(inp.bms_age_ms), cfg.can_timeout_ms, SAFE_NO_DISCHARGE))
+        elif self.errors & E.E130:
+            self._clear(now_ms, E.E130, 'BMS frames back' if bms_fresh else 'vehicle disconnected')
+
+        # ---- grid module (optional)
+        g = self.grid
+        if g is not None:
+            g.step(now_ms, inp.meter_mv, inp.meter_mhz, inp.meter_ok and not meter_stale)
+            self.grid_charge_ma = g.allow_charge_ma
+            self.grid_discharge_ma = g.allow_discharge_ma
+            self.grid_droop_ma = g.droop_ma
+            self.grid_errors = g.trip_code
+            self.grid_trip = g.trip_code != 0
+
+        # ---- thermal
+        self._thermal(now_ms, inp, bms_fresh)
+
+        # ---- setpoint direction
+        soc_known = bms_fresh
+        soc = inp.bms_soc_pm
+        sp = self.setpoint
+        charge_only = self.fallback or self.cmd_charge_only
+        direction = sp.update(soc_known, soc, charge_only)
+        unavailable = soc_known and connected and sp.wants_discharge and not sp.available
+        if unavailable:
+            if not (self.errors & E.E301):
+                self._raise(now_ms, E.E301, 'V2G unavailable: SoC {} at or below floor {} + margin {}: {}'.format(
+                    _pct(soc), _pct(sp.floor_pm), _pct(sp.margin_pm), SAFE_NO_DISCHARGE))
+        elif self.errors & E.E301:
+            self._clear(now_ms, E.E301, 'V2G available again (SoC {})'.format(_pct(soc)) if sp.available
+                        else 'no discharge asked')
+
+        # ---- ventilation
+        vent_fault = st == P.D and not cfg.ventilation
+        if vent_fault:
+            if not (self.errors & E.E012):
+                self._raise(now_ms, E.E012, 'EV asks for ventilation (state D) and VENTILATION_AVAILABLE is false: '
+                            + SAFE_NO_TRANSFER)
+        elif self.errors & E.E012:
+            self._clear(now_ms, E.E012, 'EV left state D')
+
+        # ---- limits
+        lim.set_both(L.STATION, cfg.max_charge_ma, cfg.max_discharge_ma)
+        pp = inp.pp_limit_a
+        cable = pp * 1000 if pp > 0 else DEFAULT_CABLE_MA
+        lim.set_both(L.CABLE, cable, cable)
+        if bms_fresh:
+            lim.set_both(L.BMS, inp.bms_max_charge_ma, inp.bms_max_discharge_ma)
+            lim.set_discharge(L.CAN, L.NO_LIMIT)
+        else:
+            lim.set_both(L.BMS, L.NO_LIMIT, L.NO_LIMIT)
+            lim.set_discharge(L.CAN, 0)
+        et = self.evse_thermal
+        bt = self.batt_thermal
+        tc = L.NO_LIMIT
+        td = L.NO_LIMIT
+        if et.factor < 1000:
+            tc = et.apply(cfg.max_charge_ma)
+            td = et.apply(cfg.max_discharge_ma)
+        if bt.factor < 1000:
+            x = bt.apply(cfg.max_discharge_ma)
+            if x < td:
+                td = x
+        lim.set_both(L.THERMAL, tc, td)
+        lim.set_both(L.GRID, self.grid_charge_ma, self.grid_discharge_ma)
+        lim.set_both(L.CSMS, self.csms_charge_ma, self.csms_discharge_ma)
+        if self.stopped:
+            lim.set_both(L.SETPOINT, 0, 0)
+        else:
+            lim.clear(L.SETPOINT)
+        lim.set_discharge(L.HEARTBEAT, 0 if self.fallback else L.NO_LIMIT)
+        lim.set_discharge(L.METER, 0 if meter_stale else L.NO_LIMIT)
+        lim.set_discharge(L.FLOOR, 0 if (soc_known and (soc <= sp.floor_pm or not sp.available))
+                          else L.NO_LIMIT)
+        lim.set_discharge(L.CHARGE_ONLY, 0 if self.cmd_charge_only else L.NO_LIMIT)
+        faulted = pfault or self.weld or vent_fault
+        if faulted or self.grid_trip:
+            lim.set_both(L.FAULT, 0, 0)
+        else:
+            lim.clear(L.FAULT)
+        lim.resolve()
+        if lim.charge_ma < P.MIN_OFFER_MA:
+            lim.force_charge(L.PILOT, 0)
+        lc = lim.charge_ma
+        ld = lim.discharge_ma
+
+        # ---- contactor
+        power_state = st == P.C or (st == P.D and cfg.ventilation)
+        want = (not faulted and power_state and not self.stopped
+                and ((direction == S.CHARGE and lc > 0) or (direction == S.DISCHARGE and ld > 0)))
+        if want:
+            close = True
+            self._soft_since = -1
+        elif faulted or not power_state or self.grid_trip:
+            close = False      # hard: open in this step
+            self._soft_since = -1
+        elif o.contactor:
+            # normal stop: the request is 0 now; open once the current has gone
+            if self._soft_since < 0:
+                self._soft_since = now_ms
+            close = not ((-SOFT_OPEN_MA < inp.meter_ma < SOFT_OPEN_MA)
+                         or _age(now_ms, self._soft_since) >= SOFT_OPEN_MS)
+            if not close:
+                self._soft_since = -1
+        else:
+            close = False
+        if close != o.contactor:
+            self._cmd_since = now_ms
+        o.contactor = close
+
+        # ---- current request (ramped up, cut down at once)
+        desired = 0
+        if want and close and inp.contactor_closed:
+            if direction == S.CHARGE:
+                desired = lc
+            else:
+                desired = -ld
+            desired += self.grid_droop_ma
+            if desired > lc:
+                desired = lc
+            if desired < -ld:
+                desired = -ld
+        cur = self._req
+        if (cur > 0 and desired < 0) or (cur < 0 and desired > 0):
+            cur = 0
+        elif (cur >= 0 and desired <= cur and desired >= 0) or (cur <= 0 and desired >= cur and desired <= 0):
+            cur = desired
+        else:
+            stepma = RAMP_MA_PER_S * dt // 1000
+            if desired > cur:
+                cur = cur + stepma if cur + stepma < desired else desired
+            else:
+                cur = cur - stepma if cur - stepma > desired else desired
+        if cur > lc:
+            cur = lc
+        if cur < -ld:
+            cur = -ld
+        if not close:
+            cur = 0
+        self._req = cur
+        o.request_ma = cur
+
+        # ---- pilot duty
+        if pfault:
+            o.pwm_pm = P.PWM_STATE_F if self._pf_phase == _PH_HOLD else P.PWM_OFF
+        elif self.weld or st == P.A or self.stopped:
+            o.pwm_pm = P.PWM_OFF
+        elif direction == S.CHARGE and lc >= P.MIN_OFFER_MA:
+            o.pwm_pm = P.duty_for_ma(lc)
+        else:
+            o.pwm_pm = P.PWM_DIGITAL   # discharge/hold: the current is asked over CAN
+
+        # ---- status
+        if faulted:
+            o.mode = 'fault'
+        elif st == P.A:
+            o.mode = 'idle'
+        elif charge_only:
+            o.mode = 'charge_only'
+        elif st == P.B:
+            o.mode = 'connected'
+        elif want:
+            o.mode = 'charging' if direction == S.CHARGE else 'discharging'
+        else:
+            o.mode = 'paused'
+        o.cp_state = P.LETTERS[st] if st != P.UNKNOWN else 'F'
+        o.limit_charge_ma = lc
+        o.limit_discharge_ma = ld
+        o.limit_charge_src = L.SOURCES[lim.charge_src]
+        o.limit_discharge_src = L.SOURCES[lim.discharge_src]
+        o.errors = self.errors | self.grid_errors
+        o.soc_pm = soc if soc_known else -1
+        o.target_pm = sp.target_pm
+        o.floor_pm = sp.floor_pm
+        o.v2g_available = sp.available and soc_known
+        o.discharge_capacity_wh = sp.capacity_wh(soc, inp.bms_capacity_wh) if soc_known else 0
+        o.direction = direction
+        return o
+
+    # ------------------------------------------------------------ step parts
+    def _pilot_fault(self, now, kind, inp):
+        self._pf = kind
+        self._pf_phase = _PH_HOLD
+        self._pf_since = now
+        self._probe_count = 0
+        self._diode_bad = 0
+        if not (self.errors & E.E010):
+            if kind == _PF_DIODE:
+                why = 'diode missing: pilot low side {} mV while PWM runs (needs <= {} mV)'.format(
+                    inp.cp_low_mv, P.DIODE_LOW_MAX_MV)
+            else:
+                lvl = P.level(inp.cp_high_mv)
+                why = 'pilot at {} mV ({})'.format(
+                    inp.cp_high_mv, 'fits no state' if lvl == P.UNKNOWN else 'state ' + P.LETTERS[lvl])
+            self._raise(now, E.E010, why + ': ' + SAFE_PILOT_F)
+
+    def _pilot_fault_step(self, now, raw, inp):
+        """Hold state F, then probe with steady +12 V until the EV shows A or B."""
+        if self._pf_phase == _PH_HOLD:
+            if _age(now, self._pf_since) >= FAULT_HOLD_MS:
+                self._pf_phase = _PH_PROBE
+                self._pf_since = now
+                self._probe_count = 0
+            return P.F if raw == P.UNKNOWN else raw
+        # probing: our output is steady +12 V, so the level is the EV's own
+        ok = raw == P.A or (raw == P.B and self._pf == _PF_LEVEL)
+        if ok:
+            self._probe_count += 1
+            if self._probe_count >= PROBE_SAMPLES:
+                self._pf = _PF_NONE
+                self._diode_bad = 0
+                self.pilot.reset(raw)
+                self._clear(now, E.E010, 'pilot back in state {} ({} mV): fault cleared'.format(
+                    P.LETTERS[raw], inp.cp_high_mv))
+                return raw
+        else:
+            self._probe_count = 0
+            if _age(now, self._pf_since) >= PROBE_MS:
+                self._pf_phase = _PH_HOLD
+                self._pf_since = now
+        return P.F if raw == P.UNKNOWN else raw
+
+    def _check_contactor(self, now, inp):
+        cmd = self.out.contactor
+        if self.weld or _age(now, self._cmd_since) < CONTACTOR_SETTLE_MS:
+            return
+        if cmd:
+            if not inp.contactor_closed:
+                self.weld = True
+                self._raise(now, E.E011, 'contactor fails to close: no feedback {} after the command: {}'.format(
+                    _s(_age(now, self._cmd_since)), SAFE_LOCKOUT))
+        else:
+            fresh = inp.meter_ok and inp.meter_age_ms <= self.cfg.meter_stale_ms
+            if inp.contactor_closed or (fresh and (inp.meter_ma > WELD_CURRENT_MA or inp.meter_ma < -WELD_CURRENT_MA)):
+                self.weld = True
+                self._raise(now, E.E011, 'contactor welded: {} {} after the open command (feedback {}): {}'.format(
+                    _a(inp.meter_ma), _s(_age(now, self._cmd_since)),
+                    'closed' if inp.contactor_closed else 'open', SAFE_LOCKOUT))
+
+    def _thermal(self, now, inp, bms_fresh):
+        cfg = self.cfg
+        et = self.evse_thermal
+        was = et.tripped
+        et.update(inp.evse_temp_dc)
+        bt = self.batt_thermal
+        bwas = bt.tripped
+        if bms_fresh:
+            bt.update(inp.bms_temp_dc)
+        if et.tripped != was:
+            if et.tripped:
+                self._emit_thermal(now, True, 'EVSE temperature {} at or above EVSE_TEMP_LIMIT_C {}: {}'.format(
+                    _c(inp.evse_temp_dc), _c(cfg.evse_limit_dc), SAFE_OPEN))
+            else:
+                self._emit_thermal(now, False, 'EVSE temperature {} below limit {} - hysteresis {}: resume'.format(
+                    _c(inp.evse_temp_dc), _c(cfg.evse_limit_dc), _c(cfg.hysteresis_dc)))
+        if bt.tripped != bwas:
+            if bt.tripped:
+                self._emit_thermal(now, True, 'battery temperature {} at or above BATTERY_TEMP_LIMIT_C {}: {}'.format(
+                    _c(inp.bms_temp_dc), _c(cfg.batt_limit_dc), SAFE_NO_DISCHARGE))
+            else:
+                self._emit_thermal(now, False, 'battery temperature {} below limit {} - hysteresis {}: resume'.format(
+                    _c(inp.bms_temp_dc), _c(cfg.batt_limit_dc), _c(cfg.hysteresis_dc)))
+
+    def _emit_thermal(self, now, on, msg):
+        # one code for both sensors: raised while either is tripped
+        tripped = self.evse_thermal.tripped or self.batt_thermal.tripped
+        if tripped:
+            self.errors |= E.E009
+        else:
+            self.errors &= ~E.E009
+        self._emit(now, 'V2G-009', on, msg)
+
+    # ------------------------------------------------------------ commands
+    def command(self, now_ms, txn, op, args):
+        """Apply a host command once per txn; returns (ok, code, msg, data)."""
+        if not isinstance(txn, str) or not txn or len(txn) > 64:
+            return (False, 'V2G-400', 'txn: must be text of 1 to 64 characters', {})
+        prev = self.journal.get(txn)
+        if prev is not None:
+            return prev
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            res = _refuse('args: must be a map, got {}'.format(type(args).__name__))
+        elif op not in OPS:
+            res = _refuse('op: unknown operation {!r} (allowed: {})'.format(op, ', '.join(OPS)))
+        else:
+            res = getattr(self, '_op_' + op)(now_ms, args)
+        if op not in _READ_OPS:
+            self.journal.put(txn, res)
+        if res[0] and op in _FRESH_OPS and self.fallback and not self.hb_lost:
+            self.fallback = False
+            self._clear(now_ms, E.E101, 'host heartbeat back and fresh command {}: discharge allowed again'
+                        .format(op))
+        return res
+
+    def _op_soc_target(self, now, args):
+        bad = _unknown_args(args, ('soc_pct', 'mode'))
+        if bad:
+            return bad
+        if 'soc_pct' not in args:
+            return _refuse('soc_pct: missing (0 to 100 %)')
+        v = args['soc_pct']
+        if not _is_num(v) or v < 0 or v > 100:
+            return _refuse('soc_pct: {!r} is not a number from 0 to 100'.format(v))
+        mode_name = args.get('mode', 'auto')
+        if mode_name is None:
+            mode_name = 'auto'
+        mode = S.mode_index(mode_name) if isinstance(mode_name, str) else -1
+        if mode < 0:
+            return _refuse('mode: {!r} not one of {}'.format(mode_name, ', '.join(S.MODE_NAMES)))
+        t = int(v * 10 + 0.5)
+        sp = self.setpoint
+        o = self.out
+        soc = o.soc_pm
+        if soc >= 0 and sp.would_discharge(soc, t, mode) and not self.cmd_charge_only:
+            sp.update_available(soc)
+            if not sp.available:
+                return (False, 'V2G-301', 'V2G unavailable: SoC {} below floor {} + margin {}; target {} refused'
+                        .format(_pct(soc), _pct(sp.floor_pm), _pct(sp.margin_pm), _pct(t)), {})
+        sp.set_target(t, mode)
+        msg = 'target {} ({})'.format(_pct(t), S.MODE_NAMES[mode])
+        if t < sp.floor_pm:
+            msg += '; discharge stops at the floor {}'.format(_pct(sp.floor_pm))
+        return (True, None, msg, {'target_pct': t / 10, 'mode': S.MODE_NAMES[mode],
+                                  'floor_pct': sp.floor_pm / 10})
+
+    def _op_limit(self, now, args):
+        bad = _unknown_args(args, ('charge_a', 'discharge_a'))
+        if bad:
+            return bad
+        if not args:
+            return _refuse('charge_a, discharge_a: give at least one (amps, or null to clear)')
+        vals = []
+        for key in ('charge_a', 'discharge_a'):
+            if key not in args:
+                vals.append(-1)
+                continue
+            v = args[key]
+            if v is None:
+                vals.append(L.NO_LIMIT)
+            elif not _is_num(v) or v < 0 or v > _LIMIT_MAX_A:
+                return _refuse('{}: {!r} is not a number from 0 to {} A or null'.format(key, v, _LIMIT_MAX_A))
+            else:
+                vals.append(int(v * 1000 + 0.5))
+        if vals[0] >= 0:
+            self.csms_charge_ma = vals[0]
+        if vals[1] >= 0:
+            self.csms_discharge_ma = vals[1]
+        return (True, None, 'CSMS limit charge {} discharge {}'.format(
+            _limit_text(self.csms_charge_ma), _limit_text(self.csms_discharge_ma)),
+            {'charge_a': _limit_a(self.csms_charge_ma), 'discharge_a': _limit_a(self.csms_discharge_ma)})
+
+    def _op_start(self, now, args):
+        bad = _unknown_args(args, ())
+        if bad:
+            return bad
+        if self.weld:
+            return (False, 'V2G-011', 'contactor fault latched: an operator must clear it (clear_fault)', {})
+        self.stopped = False
+        return (True, None, 'session enabled', {})
+
+    def _op_stop(self, now, args):
+        bad = _unknown_args(args, ())
+        if bad:
+            return bad
+        self.stopped = True
+        return (True, None, 'session stopped: ' + SAFE_NO_TRANSFER, {})
+
+    def _op_charge_only(self, now, args):
+        bad = _unknown_args(args, ('on',))
+        if bad:
+            return bad
+        on = args.get('on')
+        if on is not True and on is not False:
+            return _refuse('on: must be true or false, got {!r}'.format(on))
+        self.cmd_charge_only = on
+        return (True, None, 'charge-only ' + ('on' if on else 'off'), {'on': on})
+
+    def _op_clear_fault(self, now, args):
+        bad = _unknown_args(args, ())
+        if bad:
+            return bad
+        if not self.weld:
+            return (True, None, 'no contactor fault latched', {})
+        if self._feedback:
+            return (False, 'V2G-011', 'contactor feedback still closed: fault kept ({})'.format(SAFE_LOCKOUT), {})
+        self.weld = False
+        self._cmd_since = now
+        self._clear(now, E.E011, 'contactor fault cleared by operator')
+        return (True, None, 'contactor fault cleared', {})
+
+    def _op_config_get(self, now, args):
+        bad = _unknown_args(args, ('keys',))
+        if bad:
+            return bad
+        keys = args.get('keys')
+        vals = self.cfg.values
+        if keys is None:
+            data = dict(vals)
+        else:
+            if not isinstance(keys, list):
+                return _refuse('keys: must be a list of setting names')
+            unknown = [k for k in keys if k not in vals]
+            if unknown:
+                return _refuse('keys: unknown setting(s) {}'.format(', '.join(str(k) for k in unknown)))
+            data = {}
+            for k in keys:
+                data[k] = vals[k]
+        return (True, None, 'config {}'.format(self.cfg.config_hash()),
+                {'values': data, 'cfg_hash': self.cfg.config_hash()})
+
+    def _op_config_set(self, now, args):
+        new, errs = _config.check(args, self.cfg)
+        if errs:
+            return (False, 'V2G-400', _config.message(errs),
+                    {'errors': dict((k, why) for k, why in errs)})
+        changed = new.diff(self.cfg)
+        if changed:
+            self.apply_config(new)
+            self.cfg_dirty = True
+        return (True, None, 'config applied: {}'.format(', '.join(changed) if changed else 'no change'),
+                {'changed': changed, 'cfg_hash': self.cfg.config_hash()})
+
+    def _op_status(self, now, args):
+        bad = _unknown_args(args, ())
+        if bad:
+            return bad
+        return (True, None, self.out.mode, self.status())
+
+    def status(self):
+        o = self.out
+        return {
+            'mode': o.mode, 'cp_state': o.cp_state, 'pwm_pm': o.pwm_pm, 'contactor': o.contactor,
+            'request_ma': o.request_ma, 'limit_charge_ma': o.limit_charge_ma,
+            'limit_discharge_ma': o.limit_discharge_ma, 'limit_charge_src': o.limit_charge_src,
+            'limit_discharge_src': o.limit_discharge_src, 'errors': E.active(o.errors),
+            'soc_pm': o.soc_pm, 'target_pm': o.target_pm, 'floor_pm': o.floor_pm,
+            'v2g_available': o.v2g_available, 'discharge_capacity_wh': o.discharge_capacity_wh,
+            'heartbeat_lost': self.hb_lost, 'charge_only': self.fallback or self.cmd_charge_only,
+            'stopped': self.stopped, 'contactor_fault': self.weld, 'cfg_hash': self.cfg.config_hash(),
+        }
+
+
+def _refuse(msg):
+    return (False, 'V2G-400', msg, {})
+
+
+def _unknown_args(args, allowed):
+    extra = [k for k in args if k not in allowed]
+    if extra:
+        return _refuse('{}: unknown argument (allowed: {})'.format(
+            ', '.join(str(k) for k in extra), ', '.join(allowed) if allowed else 'none'))
+    return None
+
+
+def _is_num(v):
+    return (isinstance(v, int) or isinstance(v, float)) and v is not True and v is not False and v == v
+
+
+def _limit_text(ma):
+    return 'none' if ma >= L.NO_LIMIT else _a(ma)
+
+
+def _limit_a(ma):
+    return None if ma >= L.NO_LIMIT else ma / 1000

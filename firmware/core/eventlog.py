@@ -1,0 +1,74 @@
+"""Event log: a bounded ring of (t_ms, code, on, msg), oldest overwritten.
+
+Slots are preallocated; append() stores references only. dump()/load() give
+bytes for the shell to persist; `dirty` says there is something new to write.
+"""
+import json
+
+SIZE = 64
+
+
+class EventLog:
+    def __init__(self, size=SIZE):
+        self.size = size
+        self._t = [0] * size
+        self._code = [''] * size
+        self._on = [False] * size
+        self._msg = [''] * size
+        self._head = 0      # next slot to write
+        self._count = 0
+        self.total = 0      # events ever appended (survives load)
+        self.dirty = False
+
+    def __len__(self):
+        return self._count
+
+    def append(self, t_ms, code, on, msg):
+        i = self._head
+        self._t[i] = t_ms
+        self._code[i] = code
+        self._on[i] = on
+        self._msg[i] = msg
+        i += 1
+        if i == self.size:
+            i = 0
+        self._head = i
+        if self._count < self.size:
+            self._count += 1
+        self.total += 1
+        self.dirty = True
+
+    def entries(self):
+        """Oldest first, list of (t_ms, code, on, msg)."""
+        out = []
+        start = self._head - self._count
+        if start < 0:
+            start += self.size
+        for k in range(self._count):
+            i = (start + k) % self.size
+            out.append((self._t[i], self._code[i], self._on[i], self._msg[i]))
+        return out
+
+    def dump(self):
+        rows = [[t, c, o, m] for t, c, o, m in self.entries()]
+        self.dirty = False
+        return json.dumps({'v': 1, 'total': self.total, 'events': rows}).encode()
+
+    def load(self, blob):
+        """Replace the contents from dump() bytes; ValueError on bad data (nothing changes)."""
+        if isinstance(blob, (bytes, bytearray, memoryview)):
+            blob = bytes(blob).decode()
+        obj = json.loads(blob)
+        if not isinstance(obj, dict) or obj.get('v') != 1 or not isinstance(obj.get('events'), list):
+            raise ValueError('eventlog: not a version 1 log')
+        rows = obj['events']
+        for r in rows:
+            if not isinstance(r, list) or len(r) != 4:
+                raise ValueError('eventlog: bad entry')
+        rows = rows[-self.size:]
+        self._head = 0
+        self._count = 0
+        for r in rows:
+            self.append(r[0], r[1], r[2], r[3])
+        self.total = obj.get('total', len(rows))
+        self.dirty = False

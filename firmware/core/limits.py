@@ -1,0 +1,85 @@
+"""Arbitration of charge and discharge limits, each with the source that sets it.
+
+Every source has a fixed slot in two preallocated lists; resolve() takes the
+minimum of each list. The first source in SOURCES wins a tie, so the order puts
+the physical ratings first and the protective overrides after them.
+"""
+from micropython import const
+
+NO_LIMIT = const(1000000)   # 1000 A: "this source does not limit"
+
+STATION = const(0)     # MAX_CHARGE_AMPS / MAX_DISCHARGE_AMPS
+CABLE = const(1)       # proximity pin rating
+BMS = const(2)         # vehicle allowance over CAN
+THERMAL = const(3)     # EVSE / battery derating
+GRID = const(4)        # grid module: trip, enter-service, droop caps
+CSMS = const(5)        # charging-profile limit from the host
+SETPOINT = const(6)    # SoC target logic (direction and hold)
+HEARTBEAT = const(7)   # host lost: discharge forbidden
+METER = const(8)       # meter stale: discharge forbidden
+CAN = const(9)         # BMS frames missing: discharge forbidden
+FLOOR = const(10)      # SoC at the reserve floor
+CHARGE_ONLY = const(11)  # charge-only mode asked by the host
+FAULT = const(12)      # a fault forbids any transfer
+PILOT = const(13)      # below what the pilot can offer (6 A)
+N_SOURCES = const(14)
+
+SOURCES = ('station', 'cable', 'bms', 'thermal', 'grid', 'csms', 'setpoint',
+           'heartbeat', 'meter', 'can', 'floor', 'charge_only', 'fault', 'pilot')
+
+
+class Limits:
+    def __init__(self):
+        self.charge = [NO_LIMIT] * N_SOURCES
+        self.discharge = [NO_LIMIT] * N_SOURCES
+        self.charge_ma = 0
+        self.discharge_ma = 0
+        self.charge_src = STATION
+        self.discharge_src = STATION
+
+    def set_charge(self, src, ma):
+        self.charge[src] = ma
+
+    def set_discharge(self, src, ma):
+        self.discharge[src] = ma
+
+    def set_both(self, src, charge_ma, discharge_ma):
+        self.charge[src] = charge_ma
+        self.discharge[src] = discharge_ma
+
+    def clear(self, src):
+        self.charge[src] = NO_LIMIT
+        self.discharge[src] = NO_LIMIT
+
+    def resolve(self):
+        """Take the minimum of each direction; negative values count as 0."""
+        lst = self.charge
+        best = lst[0]
+        src = 0
+        for i in range(1, N_SOURCES):
+            if lst[i] < best:
+                best = lst[i]
+                src = i
+        self.charge_ma = best if best > 0 else 0
+        self.charge_src = src
+        lst = self.discharge
+        best = lst[0]
+        src = 0
+        for i in range(1, N_SOURCES):
+            if lst[i] < best:
+                best = lst[i]
+                src = i
+        self.discharge_ma = best if best > 0 else 0
+        self.discharge_src = src
+
+    def charge_name(self):
+        return SOURCES[self.charge_src]
+
+    def discharge_name(self):
+        return SOURCES[self.discharge_src]
+
+    def force_charge(self, src, ma):
+        """Lower the resolved charge limit after resolve() (e.g. pilot minimum)."""
+        if ma < self.charge_ma:
+            self.charge_ma = ma
+            self.charge_src = src
