@@ -1,0 +1,354 @@
+"""Modbus RTU master for the RS-485 energy meter (pure: no I/O, no clock).
+
+The shell owns the UART. It moves bytes between the UART and this master and
+passes in the time; the master decides what is a frame, what is an error and
+when the bus is quiet enough to talk:
+
+    master.request(unit, addr, count)        # queue a read-input-registers (0x04)
+    n = master.tx_ready(now_us)              # > 0: write master.tx[:n] to the UART
+    master.sent(now_us)                      # after the last byte left the wire
+    master.feed(buf, n, now_us)              # bytes read from the UART
+    r = master.poll(now_us)                  # BUSY, or the final result code
+
+Times are MicroPython `ticks_us()` values: differences are taken modulo the
+ticks period (2**30), so the shell may pass the raw ticks and never a bignum.
+
+Every failure ends in the named safe state IDLE with the reply discarded and a
+stats counter raised; the meter reader then keeps its last reading ageing, and
+the controller's METER_STALE_S rule (V2G-120) forbids discharge.
+"""
+
+from micropython import const
+
+FUNC_READ_INPUT = const(0x04)
+EXC_FLAG = const(0x80)
+
+# Result codes of parse_reply() and poll().
+OK = const(0)
+BUSY = const(1)
+ERR_TIMEOUT = const(-1)
+ERR_CRC = const(-2)
+ERR_WRONG_UNIT = const(-3)
+ERR_BAD_LENGTH = const(-4)
+ERR_EXCEPTION = const(-5)
+ERR_BAD_FUNCTION = const(-6)
+
+# Master states.
+IDLE = const(0)
+PENDING = const(1)  # request built, waiting for bus silence before sending
+SENT = const(2)  # bytes handed to the UART, waiting for sent()
+WAIT_REPLY = const(3)
+
+MAX_REGS = const(125)  # Modbus limit for function 0x04 (reply PDU <= 253 bytes)
+RX_SIZE = const(256)  # largest RTU frame
+TICKS_PERIOD = const(0x40000000)  # MicroPython ticks wrap here
+_TICKS_HALF = const(0x20000000)
+_TICKS_MASK = const(0x3FFFFFFF)
+
+# Largest magnitude returned by f32_milli (the MicroPython small-int limit).
+MILLI_MAX = const(0x3FFFFFFF)
+MILLI_INVALID = const(-0x40000000)  # NaN or infinity in the register pair
+
+
+def _make_table():
+    # CRC-16/MODBUS: reflected polynomial 0xA001, built once at import.
+    t = [0] * 256
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            if c & 1:
+                c = (c >> 1) ^ 0xA001
+            else:
+                c >>= 1
+        t[i] = c
+    return tuple(t)
+
+
+_CRC_TABLE = _make_table()
+
+
+def crc16(buf, n, start=0):
+    """CRC-16/MODBUS over buf[start:start+n]; init 0xFFFF. Sent low byte first."""
+    crc = 0xFFFF
+    t = _CRC_TABLE
+    for i in range(start, start + n):
+        crc = (crc >> 8) ^ t[(crc ^ buf[i]) & 0xFF]
+    return crc
+
+
+def ticks_diff(a, b):
+    """a - b for MicroPython ticks values (wrap at 2**30)."""
+    return ((a - b + _TICKS_HALF) & _TICKS_MASK) - _TICKS_HALF
+
+
+def build_read_input(buf, unit, addr, count):
+    """Write a function 0x04 request into buf (>= 8 bytes); return its length (8).
+
+    Raises ValueError naming the field if a value cannot be sent.
+    """
+    if unit < 1 or unit > 247:
+        raise ValueError("unit id out of 1..247")
+    if addr < 0 or addr > 0xFFFF:
+        raise ValueError("register address out of 0..65535")
+    if count < 1 or count > MAX_REGS or addr + count > 0x10000:
+        raise ValueError("register count out of 1..125")
+    buf[0] = unit
+    buf[1] = FUNC_READ_INPUT
+    buf[2] = addr >> 8
+    buf[3] = addr & 0xFF
+    buf[4] = count >> 8
+    buf[5] = count & 0xFF
+    crc = crc16(buf, 6)
+    buf[6] = crc & 0xFF
+    buf[7] = crc >> 8
+    return 8
+
+
+def parse_reply(buf, n, unit, func, count):
+    """Check a complete reply frame buf[:n] to a read of `count` registers.
+
+    Returns OK (registers at buf[3:3 + 2*count]) or an ERR_* code. For
+    ERR_EXCEPTION the exception code is buf[2].
+    The length is judged before the CRC so that a truncated or over-long frame
+    is reported as such rather than as line noise.
+    """
+    if n < 5:
+        return ERR_BAD_LENGTH
+    f = buf[1]
+    if f == func:
+        if n != 5 + 2 * count:
+            return ERR_BAD_LENGTH
+    elif f == func | EXC_FLAG:
+        if n != 5:
+            return ERR_BAD_LENGTH
+    crc = crc16(buf, n - 2)
+    if buf[n - 2] != crc & 0xFF or buf[n - 1] != crc >> 8:
+        return ERR_CRC
+    if buf[0] != unit:
+        return ERR_WRONG_UNIT
+    if f == func | EXC_FLAG:
+        return ERR_EXCEPTION
+    if f != func:
+        return ERR_BAD_FUNCTION
+    if buf[2] != 2 * count:
+        return ERR_BAD_LENGTH
+    return OK
+
+
+def f32_milli(buf, off):
+    """IEEE-754 float32, big-endian, high word first -> round(value * 1000) as int.
+
+    Integer arithmetic only, so the result is the same on the board (single
+    precision floats), on the VM (doubles) and on CPython, and nothing is
+    allocated. |result| saturates at MILLI_MAX; NaN/inf give MILLI_INVALID.
+    """
+    hi = (buf[off] << 8) | buf[off + 1]
+    lo = (buf[off + 2] << 8) | buf[off + 3]
+    e = (hi >> 7) & 0xFF
+    if e == 0xFF:
+        return MILLI_INVALID
+    if e == 0:
+        return 0  # zero or subnormal (< 1.2e-38)
+    m = ((hi & 0x7F) << 16) | lo | 0x800000  # 24-bit significand
+    # value * 1000 = m * 125 / 2**t with t = 150 - e - 3; m * 125 would pass
+    # 2**30, so split m = mh * 256 + ml.
+    t = 147 - e
+    if t < 1:
+        r = MILLI_MAX
+    elif t > 32:
+        r = 0
+    else:
+        a = (m >> 8) * 125
+        b = (m & 0xFF) * 125
+        if t <= 8:
+            r = (a << (8 - t)) + ((b + (1 << (t - 1))) >> t)
+        elif t <= 28:
+            u = t - 8
+            r = (a >> u) + ((((a & ((1 << u) - 1)) << 8) + b + (1 << (t - 1))) >> t)
+        else:
+            # below 4 milli-units: b only moves exact ties
+            u = t - 8
+            r = (a + (1 << (u - 1))) >> u
+        if r > MILLI_MAX:
+            r = MILLI_MAX
+    if hi & 0x8000:
+        return -r
+    return r
+
+
+class ModbusStats:
+    def __init__(self):
+        self.ok = 0
+        self.timeouts = 0
+        self.crc_errors = 0
+        self.wrong_unit = 0
+        self.bad_length = 0
+        self.bad_function = 0
+        self.stray_bytes = 0  # bytes received while no reply was expected
+        self.overruns = 0  # reply longer than the receive buffer
+        # exceptions[code] for codes 1..15; index 0 collects any other code
+        self.exceptions = [0] * 16
+
+    def exceptions_total(self):
+        s = 0
+        for c in self.exceptions:
+            s += c
+        return s
+
+    def clear(self):
+        self.__init__()
+
+
+class ModbusMaster:
+    def __init__(self, baud, timeout_ms, bits_per_char=10, min_gap_us=10000):
+        """baud: line speed; timeout_ms: reply timeout after the request left;
+        bits_per_char: 10 for 8N1, 11 for 8E1/8O1/8N2.
+
+        min_gap_us: the shell sees bytes when it polls the UART, not when they
+        arrive, so a short (bad) reply is declared complete after
+        max(t3.5, min_gap_us) of silence. Good replies end at their expected
+        length and never wait for it. t3.5 alone still rules when we transmit.
+        """
+        if baud < 1200 or baud > 115200:
+            raise ValueError("baud out of 1200..115200")
+        if timeout_ms < 10 or timeout_ms > 5000:
+            raise ValueError("timeout_ms out of 10..5000")
+        if bits_per_char not in (10, 11):
+            raise ValueError("bits_per_char must be 10 or 11")
+        self.baud = baud
+        self.char_us = (bits_per_char * 1000000 + baud - 1) // baud
+        if baud > 19200:
+            # Modbus over serial line: fixed values above 19200 baud
+            self.t35_us = 1750
+            self.t15_us = 750
+        else:
+            self.t35_us = (35 * self.char_us + 9) // 10
+            self.t15_us = (15 * self.char_us + 9) // 10
+        self.timeout_us = timeout_ms * 1000
+        self.gap_us = self.t35_us if self.t35_us > min_gap_us else min_gap_us
+        self.tx = bytearray(8)
+        self.rx = bytearray(RX_SIZE)
+        self.rx_n = 0
+        self.state = IDLE
+        self.unit = 0
+        self.count = 0
+        self.expect_n = 0
+        self.exc_code = 0
+        self.last_result = OK
+        self.t_sent = 0
+        self.t_last_rx = 0
+        self.t_quiet = 0  # last bus activity (our tx end or any rx byte)
+        self.heard = False  # t_quiet means nothing until the bus was active once
+        self.stats = ModbusStats()
+
+    def request(self, unit, addr, count):
+        """Queue a read of `count` input registers. False if a request is in flight."""
+        if self.state != IDLE:
+            return False
+        build_read_input(self.tx, unit, addr, count)
+        self.unit = unit
+        self.count = count
+        self.expect_n = 5 + 2 * count
+        self.state = PENDING
+        return True
+
+    def tx_ready(self, now_us):
+        """Bytes of self.tx to write now, or 0 (nothing queued, or bus not yet quiet for t3.5)."""
+        if self.state != PENDING:
+            return 0
+        if self.heard and ticks_diff(now_us, self.t_quiet) < self.t35_us:
+            return 0
+        self.state = SENT
+        self.rx_n = 0
+        return 8
+
+    def sent(self, now_us):
+        """The request has left the wire: the reply timeout starts now."""
+        if self.state == SENT:
+            self.state = WAIT_REPLY
+            self.t_sent = now_us
+            self.t_quiet = now_us
+            self.heard = True
+
+    def feed(self, buf, n, now_us):
+        """Bytes received from the line."""
+        if n <= 0:
+            return
+        self.t_quiet = now_us
+        self.heard = True
+        if self.state != WAIT_REPLY:
+            self.stats.stray_bytes += n  # a late or foreign reply: never parsed
+            return
+        i = 0
+        rx = self.rx
+        k = self.rx_n
+        while i < n:
+            if k >= RX_SIZE:
+                self.stats.overruns += 1
+                break
+            rx[k] = buf[i]
+            k += 1
+            i += 1
+        self.rx_n = k
+        self.t_last_rx = now_us
+
+    def poll(self, now_us):
+        """BUSY while a transaction runs (or nothing asked); else its final result.
+
+        A frame ends at its expected length, or after t3.5 of silence.
+        """
+        if self.state != WAIT_REPLY:
+            return BUSY
+        n = self.rx_n
+        if n == 0:
+            if ticks_diff(now_us, self.t_sent) >= self.timeout_us:
+                self.stats.timeouts += 1
+                return self._finish(ERR_TIMEOUT)
+            return BUSY
+        done = n >= self.expect_n or (n >= 5 and self.rx[1] & EXC_FLAG)
+        if not done and ticks_diff(now_us, self.t_last_rx) >= self.gap_us:
+            done = True
+        if not done:
+            if ticks_diff(now_us, self.t_sent) >= self.timeout_us + self.gap_us + self.char_us * RX_SIZE:
+                done = True  # a trickle that never completes
+            else:
+                return BUSY
+        r = parse_reply(self.rx, n, self.unit, FUNC_READ_INPUT, self.count)
+        s = self.stats
+        if r == OK:
+            s.ok += 1
+        elif r == ERR_CRC:
+            s.crc_errors += 1
+        elif r == ERR_WRONG_UNIT:
+            s.wrong_unit += 1
+        elif r == ERR_BAD_LENGTH:
+            s.bad_length += 1
+        elif r == ERR_BAD_FUNCTION:
+            s.bad_function += 1
+        elif r == ERR_EXCEPTION:
+            c = self.rx[2]
+            self.exc_code = c
+            if c < 16:
+                s.exceptions[c] += 1
+            else:
+                s.exceptions[0] += 1
+        return self._finish(r)
+
+    def _finish(self, r):
+        self.state = IDLE
+        self.last_result = r
+        return r
+
+    def abort(self):
+        """Drop any transaction (safe state IDLE); the next request waits t3.5."""
+        self.state = IDLE
+        self.rx_n = 0
+
+    def reg_offset(self, i):
+        """Offset in self.rx of register i of the last OK reply."""
+        return 3 + 2 * i
+
+    def wire_time_us(self, count):
+        """Time on the wire for one read of `count` registers at this baud:
+        request + t3.5 + reply + t3.5 (the meter's own latency not included)."""
+        return (8 + 5 + 2 * count) * self.char_us + 2 * self.t35_us

@@ -1,0 +1,161 @@
+"""Eastron SDM630/SDM120 maps and the snapshot reader, against a scripted meter."""
+
+import struct
+
+from fwtest import raises
+
+from core import meter_map as mm
+from core import modbus
+
+
+class FakeMeter:
+    """Input registers of a meter as floats; answers requests like the real one."""
+
+    def __init__(self, unit, values):
+        self.unit = unit
+        self.values = values  # register address -> float
+        self.requests = []
+
+    def answer(self, req):
+        unit, func = req[0], req[1]
+        addr = (req[2] << 8) | req[3]
+        count = (req[4] << 8) | req[5]
+        self.requests.append((addr, count))
+        body = bytearray([unit, func, 2 * count])
+        for r in range(addr, addr + count, 2):
+            body += struct.pack(">f", self.values.get(r, 0.0))
+        c = modbus.crc16(body, len(body))
+        body.append(c & 0xFF)
+        body.append(c >> 8)
+        return body
+
+
+SDM630_VALUES = {
+    0x00: 230.1, 0x02: 231.2, 0x04: 229.9, 0x06: 16.0, 0x08: 15.5, 0x0A: -16.25,
+    0x0C: 3680.0, 0x0E: 3583.6, 0x10: -3735.9, 0x34: 3527.7, 0x1E: 0.99, 0x20: 0.98, 0x22: -0.97,
+    0x46: 49.98, 0x48: 1234.5, 0x4A: 67.25,
+}
+
+
+def _snapshot(reader, meter, now_ms, corrupt=None):
+    m = reader.master
+    assert reader.start(now_ms)
+    now_us = now_ms * 1000
+    done = False
+    k = 0
+    while reader.busy():
+        n = m.tx_ready(now_us)
+        waited = 0
+        while n == 0:  # inter-frame silence
+            now_us += 1000
+            waited += 1000
+            assert waited <= m.t35_us + 1000
+            n = m.tx_ready(now_us)
+        assert n == 8
+        m.sent(now_us)
+        reply = meter.answer(m.tx)
+        if corrupt is not None and k == corrupt[0]:
+            reply = corrupt[1](reply)
+        now_us += 30000
+        if reply:
+            m.feed(reply, len(reply), now_us)
+        r = m.poll(now_us)
+        while r == modbus.BUSY:
+            now_us += 5000
+            r = m.poll(now_us)
+        done = reader.on_result(r, now_us // 1000)
+        now_us += 10000
+        k += 1
+    return done
+
+
+def test_blocks_fit_limit_and_cover_map():
+    for blocks, fmap in ((mm.BLOCKS_SDM630, mm.MAP_SDM630), (mm.BLOCKS_SDM120, mm.MAP_SDM120)):
+        assert len(blocks) == 2
+        for _start, count in blocks:
+            assert count <= mm.MAX_BLOCK_REGS and count % 2 == 0
+        for _field, reg in fmap:
+            assert any(s <= reg and reg + 2 <= s + c for s, c in blocks)
+
+
+def test_sdm630_snapshot_two_transactions():
+    meter = FakeMeter(1, SDM630_VALUES)
+    rd = mm.MeterReader(modbus.ModbusMaster(9600, 200), mm.SDM630, 1)
+    assert rd.reading.age_ms(0) >= 0x3FFFFFFF and not rd.reading.valid
+    assert _snapshot(rd, meter, 1000)
+    assert meter.requests == [(0x0000, 0x36), (0x0046, 6)]
+    r = rd.reading
+    assert r.valid and r.seq == 1
+    v = r.vals
+    assert v[mm.F_MV1] == 230100 and v[mm.F_MV2] == 231200 and v[mm.F_MV3] == 229900
+    assert v[mm.F_MA1] == 16000 and v[mm.F_MA3] == -16250
+    assert v[mm.F_MW1] == 3680000 and v[mm.F_MW3] == -3735900 and v[mm.F_MW_TOTAL] == 3527700
+    assert abs(v[mm.F_MW2] - 3583600) <= 1
+    assert v[mm.F_PF1] == 990 and v[mm.F_PF3] == -970
+    assert v[mm.F_MHZ] == 49980 and v[mm.F_IMPORT_WH] == 1234500 and v[mm.F_EXPORT_WH] == 67250
+    assert r.get("mhz") == 49980
+    assert r.age_ms(1500) == 1500 - r.t_ms
+
+
+def test_sdm120_snapshot():
+    meter = FakeMeter(3, {0x00: 229.0, 0x06: 7.5, 0x0C: 1717.5, 0x1E: 1.0, 0x46: 50.01, 0x48: 9.875, 0x4A: 0.5})
+    rd = mm.MeterReader(modbus.ModbusMaster(2400, 500), mm.model_from_name("SDM120"), 3)
+    assert _snapshot(rd, meter, 10)
+    assert meter.requests == [(0x0000, 0x20), (0x0046, 6)]
+    v = rd.reading.vals
+    assert v[mm.F_MV1] == 229000 and v[mm.F_MA1] == 7500 and v[mm.F_MW_TOTAL] == 1717500
+    assert v[mm.F_MV2] == 0 and v[mm.F_PF1] == 1000 and v[mm.F_IMPORT_WH] == 9875
+
+
+def _bad_crc(reply):
+    reply[-2] ^= 0x55
+    return reply
+
+
+def _silent(reply):
+    return b""
+
+
+def _nan(reply):
+    reply[3:7] = b"\x7f\xc0\x00\x00"
+    c = modbus.crc16(reply, len(reply) - 2)
+    reply[-2] = c & 0xFF
+    reply[-1] = c >> 8
+    return reply
+
+
+def test_failed_block_keeps_previous_reading():
+    meter = FakeMeter(1, SDM630_VALUES)
+    master = modbus.ModbusMaster(9600, 200)
+    rd = mm.MeterReader(master, mm.SDM630, 1)
+    assert _snapshot(rd, meter, 1000)
+    t_good = rd.reading.t_ms
+    now = 5000
+    for k, fault in ((0, _bad_crc), (1, _bad_crc), (1, _silent), (0, _nan)):
+        now += 2000
+        meter.values = dict(SDM630_VALUES)
+        meter.values[0x00] = 1.0  # would show if a partial snapshot leaked through
+        assert not _snapshot(rd, meter, now, corrupt=(k, fault))
+        assert rd.reading.vals[mm.F_MV1] == 230100 and rd.reading.t_ms == t_good
+        assert not rd.busy()
+    assert rd.snapshots_failed == 4 and rd.bad_values == 1
+    assert master.stats.crc_errors == 2 and master.stats.timeouts == 1
+    assert rd.reading.age_ms(now) == now - t_good
+
+
+def test_bad_config_refused():
+    m = modbus.ModbusMaster(9600, 200)
+    raises(ValueError, mm.MeterReader, m, 99, 1)
+    raises(ValueError, mm.MeterReader, m, mm.SDM630, 0)
+    raises(ValueError, mm.MeterReader, m, mm.SDM630, 248)
+    e = raises(ValueError, mm.model_from_name, "SDM72")
+    assert "SDM72" in str(e)
+
+
+def test_start_refused_while_busy():
+    m = modbus.ModbusMaster(9600, 200)
+    rd = mm.MeterReader(m, mm.SDM630, 1)
+    assert rd.start(0)
+    assert not rd.start(1)
+    assert not rd.on_result(modbus.ERR_TIMEOUT, 300)
+    assert not rd.busy() and not rd.reading.valid
