@@ -1,0 +1,479 @@
+"""Grid protection: voltage/frequency trips, enter service, frequency-watt droop.
+
+Pure and integer: one step() per control step with the latest meter reading.
+It allocates nothing in step() once constructed (tests check it under
+heap_lock). docs/grid.md is the reference for every rule below.
+
+State machine:
+  WAITING    no energy transfer (V2G-507) until the grid stays inside the
+             enter-service window for the enter-service delay. Also the boot state.
+  RAMP       the allowed current rises linearly from 0 to full over the ramp time.
+  IN_SERVICE full current allowed.
+  TRIPPED    a trip stage ran its clearing time: no energy transfer, the trip's
+             code (V2G-503..506) active until the first sample back inside the
+             enter-service window, then WAITING.
+Trip stages (and the droop) run in RAMP and IN_SERVICE only.
+"""
+from micropython import const
+
+from core import errors
+from core.grid_profiles import MEAN_BLOCK_MS, MEAN_BLOCKS, OF, OV, PROFILES, UV
+
+WAITING = const(0)
+RAMP = const(1)
+IN_SERVICE = const(2)
+TRIPPED = const(3)
+STATE_NAMES = ('waiting', 'ramp', 'in_service', 'tripped')
+
+_CODE_OF_KIND = (errors.E503, errors.E504, errors.E505, errors.E506)
+
+_EV_CAP = const(8)          # events kept until pop_events()
+_DECAY_BITS = const(16)     # filter table covers dt up to 2**16 - 1 ms
+_Q = const(15)              # fixed point of the filter's decay factors
+_ELAPSED_CAP = const(1 << 29)   # saturate timers so they stay small ints
+
+
+def _check(name, value, lo, hi):
+    if value is True or value is False or not isinstance(value, int):
+        raise ValueError('grid: {} must be an integer, got {!r}'.format(name, value))
+    if value < lo or value > hi:
+        raise ValueError('grid: {} = {} out of range {}..{}'.format(name, value, lo, hi))
+
+
+def _clamp(v, lo, hi):
+    if v < lo:
+        return lo
+    if v > hi:
+        return hi
+    return v
+
+
+def _mul_q15(x, d):
+    """x * d / 2**15 truncated toward zero, without leaving small-int range.
+
+    |x| < 2**24 and 0 <= d <= 2**15: x is split so no partial product reaches 2**30
+    (MicroPython's small-int limit on a 32-bit board; beyond it ints allocate).
+    """
+    neg = x < 0
+    if neg:
+        x = -x
+    r = (((x >> 10) * d) >> 5) + (((x & 1023) * d) >> 15)
+    return -r if neg else r
+
+
+class GridProtection:
+    """Trips, enter service and droop for one grid connection.
+
+    profile_name        a GRID_PROFILE value
+    nominal_mv          nominal line-neutral voltage, mV
+    droop_enabled       FREQ_DROOP_ENABLED
+    deadband_mhz        FREQ_DEADBAND_HZ in mHz (widened/narrowed to the profile's range)
+    droop_mpct          FREQ_DROOP_PCT in 0.001 % (5000 = 5 %), clamped to the profile's range
+    response_ms         FREQ_RESPONSE_S in ms: time to 90 % of a droop step
+    rated_charge_ma     MAX_CHARGE_AMPS in mA
+    rated_discharge_ma  MAX_DISCHARGE_AMPS in mA (0 = no V2G)
+    enter_service_delay_ms, ramp_ms   None = the profile's value
+    step_ms             the control period; trips are decided one step early
+                        rather than one step late (see docs/grid.md)
+    start_in_service    skip the boot enter-service wait (for a warm restart
+                        the integrator knows was inside a running session)
+    Bad values raise ValueError naming the parameter; nothing changes.
+    """
+
+    def __init__(self, profile_name, nominal_mv, droop_enabled=True, deadband_mhz=36,
+                 droop_mpct=5000, response_ms=500, rated_charge_ma=32000, rated_discharge_ma=32000,
+                 enter_service_delay_ms=None, ramp_ms=None, step_ms=50, start_in_service=False):
+        # preallocated state; configure() fills the parameters
+        self._stage_n = 0
+        self._s_kind = [0] * 8
+        self._s_thr = [0] * 8
+        self._s_clr = [0] * 8
+        self._s_el = [-1] * 8          # ms since the first outside sample, -1 = inside
+        self._decay = [0] * _DECAY_BITS
+        self._ring = [0] * MEAN_BLOCKS
+        self._ev_t = [0] * _EV_CAP
+        self._ev_bit = [0] * _EV_CAP
+        self._ev_on = [False] * _EV_CAP
+        self._ev_val = [0] * _EV_CAP
+        self._ev_ms = [0] * _EV_CAP
+        self._ev_head = 0
+        self._ev_n = 0
+        self.ev_lost = 0
+        self.profile_name = None
+        self.configure(profile_name, nominal_mv, droop_enabled, deadband_mhz, droop_mpct,
+                       response_ms, rated_charge_ma, rated_discharge_ma,
+                       enter_service_delay_ms, ramp_ms, step_ms)
+        self._have_last = False
+        self._last_ms = 0
+        self._ok_el = -1               # enter-service window held for this long, -1 = not inside
+        self._ramp_el = 0
+        self._y = 0                    # droop output, mA
+        self._yq = 0                   # the same in 1/16 mA (less rounding bias)
+        self._f_dt = -1                # dt of the cached filter factor
+        self._f_k = 0
+        self._target = 0               # droop operating point, mA
+        self._mean_reset()
+        self.trip_bit = 0
+        self.trip_value = 0
+        self._trip_ms = 0
+        self.changed = False
+        if start_in_service:
+            self.state = IN_SERVICE
+            self.trip_code = 0
+            self._set_allow(1000)
+        else:
+            self.state = WAITING
+            self.trip_code = errors.E507
+            self._set_allow(0)
+        self._boot_event = not start_in_service      # V2G-507 raised on the first step
+        self.droop_ma = 0
+
+    @classmethod
+    def from_config(cls, cfg, **kw):
+        """Build from a core.config.Config; keyword arguments override."""
+        args = {
+            'droop_enabled': cfg.droop_enabled,
+            'deadband_mhz': cfg.deadband_mhz,
+            'droop_mpct': cfg.droop_mpct,
+            'response_ms': cfg.response_ms,
+            'rated_charge_ma': cfg.max_charge_ma,
+            'rated_discharge_ma': cfg.max_discharge_ma,
+            'enter_service_delay_ms': getattr(cfg, 'grid_enter_service_ms', None),
+            'ramp_ms': getattr(cfg, 'grid_ramp_ms', None),
+        }
+        args.update(kw)
+        return cls(cfg.grid_profile, cfg.nominal_mv, **args)
+
+    def configure(self, profile_name, nominal_mv, droop_enabled, deadband_mhz, droop_mpct,
+                  response_ms, rated_charge_ma, rated_discharge_ma,
+                  enter_service_delay_ms=None, ramp_ms=None, step_ms=50):
+        """New settings; the trip/enter-service state carries on. All checked first."""
+        p = PROFILES.get(profile_name)
+        if p is None:
+            raise ValueError('grid: unknown profile {!r} (one of {})'.format(
+                profile_name, ', '.join(sorted(PROFILES))))
+        _check('nominal_mv', nominal_mv, 100000, 480000)
+        if droop_enabled is not True and droop_enabled is not False:
+            raise ValueError('grid: droop_enabled must be a bool, got {!r}'.format(droop_enabled))
+        _check('deadband_mhz', deadband_mhz, 17, 1000)
+        _check('droop_mpct', droop_mpct, 2000, 12000)
+        _check('response_ms', response_ms, 200, 10000)
+        _check('rated_charge_ma', rated_charge_ma, 0, 80000)
+        _check('rated_discharge_ma', rated_discharge_ma, 0, 80000)
+        if enter_service_delay_ms is None:
+            enter_service_delay_ms = p['es_delay_ms']
+        _check('enter_service_delay_ms', enter_service_delay_ms, 0, 600000)
+        if ramp_ms is None:
+            ramp_ms = p['es_ramp_ms']
+        _check('ramp_ms', ramp_ms, 0, 1000000)
+        _check('step_ms', step_ms, 1, 1000)
+
+        # everything valid: apply
+        changed_profile = profile_name != self.profile_name
+        self.profile_name = profile_name
+        self.nominal_mv = nominal_mv
+        self.nominal_mhz = p['nominal_mhz']
+        self.droop_enabled = droop_enabled
+        self.deadband_mhz = _clamp(deadband_mhz, p['db_mhz'][0], p['db_mhz'][1])
+        self.droop_mpct = _clamp(droop_mpct, p['droop_mpct'][0], p['droop_mpct'][1])
+        self.response_ms = response_ms
+        self.rated_charge_ma = rated_charge_ma
+        self.rated_discharge_ma = rated_discharge_ma
+        self.enter_service_delay_ms = enter_service_delay_ms
+        self.ramp_ms = ramp_ms
+        self.step_ms = step_ms
+
+        stages = p['stages']
+        self._stage_n = len(stages)
+        for i in range(len(stages)):
+            kind, thr, clr = stages[i]
+            if kind == OV or kind == UV:
+                thr = nominal_mv * thr // 1000
+            self._s_kind[i] = kind
+            self._s_thr[i] = thr
+            self._s_clr[i] = clr
+            if changed_profile:
+                self._s_el[i] = -1
+        self._mean_thr = nominal_mv * p['ov_mean_pm'] // 1000
+        self._es_v_lo = nominal_mv * p['es_v_pm'][0] // 1000
+        self._es_v_hi = nominal_mv * p['es_v_pm'][1] // 1000
+        self._es_f_lo = p['es_f_mhz'][0]
+        self._es_f_hi = p['es_f_mhz'][1]
+
+        # droop: full rated current per droop % of nominal frequency beyond the deadband
+        self._droop_den = self.droop_mpct * self.nominal_mhz // 100000   # mHz for 1x rated
+        r = rated_charge_ma if rated_charge_ma > rated_discharge_ma else rated_discharge_ma
+        self._rated = r
+        self._span = rated_charge_ma + rated_discharge_ma
+        # first-order lag with 90 % at response_ms: remaining error after t ms is 10**(-t/T90)
+        for i in range(_DECAY_BITS):
+            self._decay[i] = int(10.0 ** (-(1 << i) / response_ms) * (1 << _Q) + 0.5)
+        self._f_dt = -1
+
+    # ------------------------------------------------------------------ step
+    def step(self, now_ms, grid_mv, grid_mhz, meter_ok):
+        """Advance to now_ms with the latest meter reading (meter_ok False: it failed)."""
+        if self._have_last:
+            dt = now_ms - self._last_ms
+            if dt < 0:
+                dt = 0      # a clock that steps back counts as no time passing
+        else:
+            dt = 0
+            self._have_last = True
+        self._last_ms = now_ms
+        self.changed = False
+        if self._boot_event:
+            self._boot_event = False
+            self._event(now_ms, errors.E507, True, 0, self.enter_service_delay_ms)
+
+        mean_over = False
+        if meter_ok and self._mean_thr:
+            mean_over = self._mean_add(dt, grid_mv)
+
+        st = self.state
+        if st == RAMP or st == IN_SERVICE:
+            bit = self._stages(dt, grid_mv, grid_mhz, meter_ok)
+            if bit == 0 and mean_over:
+                bit = errors.E503
+                self.trip_value = self._mean_last
+                self._trip_ms = -1      # marks the 10-minute mean stage
+            if bit:
+                self._trip(now_ms, bit)
+                st = TRIPPED
+        # the 10-minute mean must be back under its limit too
+        inside = meter_ok and self._inside_window(grid_mv, grid_mhz) and self._mean_ok()
+        if st == TRIPPED and inside:
+            self._event(now_ms, self.trip_bit, False, 0, 0)
+            self.trip_bit = 0
+            self.trip_code = errors.E507
+            self._event(now_ms, errors.E507, True, 0, self.enter_service_delay_ms)
+            self._ok_el = -1
+            st = WAITING
+        if st == WAITING:
+            if inside:
+                if self._ok_el < 0:
+                    self._ok_el = 0
+                else:
+                    self._ok_el = self._add(self._ok_el, dt)
+                if self._ok_el >= self.enter_service_delay_ms:
+                    self._event(now_ms, errors.E507, False, 0, self._ok_el)
+                    self.trip_code = 0
+                    self._ramp_el = 0
+                    for i in range(self._stage_n):
+                        self._s_el[i] = -1
+                    st = RAMP
+                    dt = 0   # the ramp starts at this sample
+            else:
+                self._ok_el = -1
+        if st == RAMP:
+            self._ramp_el = self._add(self._ramp_el, dt)
+            if self._ramp_el >= self.ramp_ms:
+                st = IN_SERVICE
+            else:
+                self._set_allow(self._ramp_el * 1000 // self.ramp_ms)
+        if st == IN_SERVICE:
+            self._set_allow(1000)
+        self.state = st
+
+        if (st == RAMP or st == IN_SERVICE) and self.droop_enabled:
+            if meter_ok:
+                self._target = self._droop_target(grid_mhz)
+            self._filter(dt)
+        else:
+            self._target = 0
+            self._y = 0
+            self._yq = 0
+        self.droop_ma = self._y
+
+    # ------------------------------------------------------------- internals
+    def _add(self, el, dt):
+        el += dt
+        return el if el < _ELAPSED_CAP else _ELAPSED_CAP
+
+    def _stages(self, dt, mv, mhz, meter_ok):
+        """Run the stage timers; the bit of the first stage that trips, else 0."""
+        hit = 0
+        early = self.step_ms
+        for i in range(self._stage_n):
+            el = self._s_el[i]
+            if meter_ok:
+                kind = self._s_kind[i]
+                thr = self._s_thr[i]
+                if kind == OV:
+                    out = mv > thr
+                elif kind == UV:
+                    out = mv < thr
+                elif kind == OF:
+                    out = mhz > thr
+                else:
+                    out = mhz < thr
+                if not out:
+                    self._s_el[i] = -1
+                    continue
+                el = 0 if el < 0 else self._add(el, dt)
+            elif el < 0:
+                continue        # no reading: a stage that was inside stays so
+            else:
+                el = self._add(el, dt)   # no reading: a running excursion keeps counting
+            self._s_el[i] = el
+            # trip on the last sample at or before the clearing time: the next
+            # sample, one step later, would already be past it
+            if hit == 0 and el + early > self._s_clr[i]:
+                hit = _CODE_OF_KIND[self._s_kind[i]]
+                self.trip_value = mhz if self._s_kind[i] >= OF else mv
+                self._trip_ms = el
+        return hit
+
+    def _trip(self, now_ms, bit):
+        self.state = TRIPPED
+        self.trip_bit = bit
+        self.trip_code = bit
+        self._set_allow(0)
+        self._target = 0
+        self._y = 0
+        self._yq = 0
+        for i in range(self._stage_n):
+            self._s_el[i] = -1
+        self._event(now_ms, bit, True, self.trip_value, self._trip_ms)
+
+    def _inside_window(self, mv, mhz):
+        return (self._es_v_lo <= mv <= self._es_v_hi) and (self._es_f_lo <= mhz <= self._es_f_hi)
+
+    def _set_allow(self, pm):
+        self.allow_pm = pm
+        self.allow_charge_ma = self.rated_charge_ma * pm // 1000
+        self.allow_discharge_ma = self.rated_discharge_ma * pm // 1000
+        self.allow_ma = self.allow_charge_ma if self.allow_charge_ma > self.allow_discharge_ma \
+            else self.allow_discharge_ma
+
+    def _droop_target(self, mhz):
+        dev = mhz - self.nominal_mhz
+        neg = dev < 0
+        if neg:
+            dev = -dev
+        dev -= self.deadband_mhz
+        if dev <= 0 or self._droop_den <= 0:
+            return 0
+        den = self._droop_den
+        if dev > 2 * den:
+            dev = 2 * den        # twice rated is past the whole span anyway
+        q = dev * 4096 // den    # fraction of rated, Q12
+        t = self._rated * q >> 12
+        if t > self._span:
+            t = self._span
+        # over-frequency: take more from the grid (more charge, less discharge)
+        return -t if neg else t
+
+    def _filter(self, dt):
+        """First-order lag toward the target over dt ms; state kept in 1/16 mA."""
+        err = self._yq - (self._target << 4)
+        if err != 0 and dt != 0:
+            if dt != self._f_dt:
+                self._f_dt = dt
+                self._f_k = self._factor(dt)
+            err = _mul_q15(err, self._f_k)
+            self._yq = (self._target << 4) + err
+        y = self._yq
+        self._y = -((-y) >> 4) if y < 0 else y >> 4
+
+    def _factor(self, dt):
+        """10**(-dt/T90) in Q15 from the per-power-of-two table (no floats in step)."""
+        if dt >> _DECAY_BITS:
+            return 0
+        k = 1 << _Q
+        i = 0
+        while dt and k:
+            if dt & 1:
+                k = _mul_q15(k, self._decay[i])
+            dt >>= 1
+            i += 1
+        return k
+
+    def _mean_reset(self):
+        for i in range(MEAN_BLOCKS):
+            self._ring[i] = 0
+        self._ring_i = 0
+        self._ring_n = 0
+        self._ring_sum = 0
+        self._blk_sum = 0
+        self._blk_n = 0
+        self._blk_el = 0
+        self._mean_last = 0
+        self._mean_over = False
+
+    def _mean_add(self, dt, mv):
+        """Feed the 10-minute mean; True when a block just closed with the mean too high."""
+        self._blk_sum += mv
+        self._blk_n += 1
+        self._blk_el += dt
+        if self._blk_el < MEAN_BLOCK_MS and self._blk_n < 1000:
+            return False
+        b = self._blk_sum // self._blk_n
+        i = self._ring_i
+        self._ring_sum += b - self._ring[i]
+        self._ring[i] = b
+        self._ring_i = i + 1 if i + 1 < MEAN_BLOCKS else 0
+        if self._ring_n < MEAN_BLOCKS:
+            self._ring_n += 1
+        self._blk_sum = 0
+        self._blk_n = 0
+        self._blk_el = 0
+        # fewer than 10 minutes of blocks after boot: the shorter mean is the stricter one
+        self._mean_last = self._ring_sum // self._ring_n
+        self._mean_over = self._mean_last > self._mean_thr
+        return self._mean_over
+
+    def _mean_ok(self):
+        return not (self._mean_thr and self._mean_over)
+
+    def _event(self, t_ms, bit, on, value, ms):
+        if self._ev_n == _EV_CAP:
+            self._ev_head = self._ev_head + 1 if self._ev_head + 1 < _EV_CAP else 0
+            self._ev_n -= 1
+            self.ev_lost += 1
+        j = self._ev_head + self._ev_n
+        if j >= _EV_CAP:
+            j -= _EV_CAP
+        self._ev_t[j] = t_ms
+        self._ev_bit[j] = bit
+        self._ev_on[j] = on
+        self._ev_val[j] = value
+        self._ev_ms[j] = ms
+        self._ev_n += 1
+        self.changed = True
+
+    # --------------------------------------------------------- outside step
+    def pop_events(self):
+        """Events since the last call as (t_ms, 'V2G-xxx', raised, msg); allocates."""
+        out = []
+        while self._ev_n:
+            j = self._ev_head
+            out.append((self._ev_t[j], errors.code(self._ev_bit[j]), self._ev_on[j], self._msg(j)))
+            self._ev_head = j + 1 if j + 1 < _EV_CAP else 0
+            self._ev_n -= 1
+        return out
+
+    def _msg(self, j):
+        bit = self._ev_bit[j]
+        on = self._ev_on[j]
+        v = self._ev_val[j]
+        ms = self._ev_ms[j]
+        if bit == errors.E507:
+            if on:
+                return 'waiting for {:.3f}-{:.3f} V and {:.3f}-{:.3f} Hz to hold for {} s'.format(
+                    self._es_v_lo / 1000, self._es_v_hi / 1000, self._es_f_lo / 1000,
+                    self._es_f_hi / 1000, ms // 1000)
+            return 'entering service: ramp to full current over {} s'.format(self.ramp_ms // 1000)
+        if not on:
+            return 'grid back inside the enter-service window'
+        if bit == errors.E505 or bit == errors.E506:
+            return '{}: {:.3f} Hz for {} ms ({})'.format(
+                errors.text(errors.code(bit)), v / 1000, ms, self.profile_name)
+        if ms < 0:
+            return 'grid over-voltage: 10-minute mean {:.1f} V above {:.1f} V ({})'.format(
+                v / 1000, self._mean_thr / 1000, self.profile_name)
+        return '{}: {:.1f} V for {} ms ({})'.format(
+            errors.text(errors.code(bit)), v / 1000, ms, self.profile_name)
+
+    def state_name(self):
+        return STATE_NAMES[self.state]

@@ -1,0 +1,416 @@
+"""Grid protection: trips, ride-through, enter service, ramp, droop (both interpreters)."""
+import micropython
+
+from core import errors
+from core.grid import IN_SERVICE, RAMP, TRIPPED, WAITING, GridProtection
+from fwtest import approx, raises
+
+NOM_MV = 240000
+STEP = 50
+
+# Trip settings as printed in the issue (IEEE 1547-2018 defaults and our EN 50549 set):
+# (profile, what, threshold in pu (voltage) or mHz (frequency), clearing ms)
+IEEE_F = (('OF', 62000, 160), ('OF', 61200, 300000), ('UF', 56500, 160), ('UF', 58500, 300000))
+EXPECTED = {
+    'IEEE1547_CAT_I_60HZ': (('OV', 1200, 160), ('OV', 1100, 2000), ('UV', 700, 2000),
+                            ('UV', 450, 160)) + IEEE_F,
+    'IEEE1547_CAT_II_60HZ': (('OV', 1200, 160), ('OV', 1100, 2000), ('UV', 700, 10000),
+                             ('UV', 450, 160)) + IEEE_F,
+    'IEEE1547_CAT_III_60HZ': (('OV', 1200, 160), ('OV', 1100, 13000), ('UV', 880, 21000),
+                              ('UV', 500, 2000)) + IEEE_F,
+    'EN50549_50HZ': (('OV', 1150, 100), ('UV', 850, 3000), ('OF', 51500, 100), ('UF', 47500, 100)),
+}
+CODE = {'OV': errors.E503, 'UV': errors.E504, 'OF': errors.E505, 'UF': errors.E506}
+
+
+def nominal_mhz(profile):
+    return 50000 if profile.startswith('EN') else 60000
+
+
+def in_service(profile='IEEE1547_CAT_II_60HZ', **kw):
+    """A protection already in service (short enter-service delay and ramp), at t = 0."""
+    kw.setdefault('enter_service_delay_ms', 0)
+    kw.setdefault('ramp_ms', 0)
+    g = GridProtection(profile, NOM_MV, start_in_service=True, **kw)
+    g.step(0, NOM_MV, nominal_mhz(profile), True)
+    assert g.state == IN_SERVICE
+    g.pop_events()
+    return g
+
+
+def run(g, t, mv, mhz, n, ok=True):
+    """n samples, one control step apart, starting one step after t; returns the last t."""
+    for _ in range(n):
+        t += STEP
+        g.step(t, mv, mhz, ok)
+    return t
+
+
+def excursion(what, thr, nominal):
+    """(outside, inside) measurement for a stage: 1 unit past the threshold, and on it."""
+    if what in ('OV', 'UV'):
+        thr = NOM_MV * thr // 1000
+    out = thr + 1 if what in ('OV', 'OF') else thr - 1
+    return out, thr
+
+
+def sample(what, value, profile):
+    """(mv, mhz) with one quantity at value and the other nominal."""
+    if what in ('OV', 'UV'):
+        return value, nominal_mhz(profile)
+    return NOM_MV, value
+
+
+def test_every_trip_in_every_profile_at_its_clearing_time():
+    for profile, stages in EXPECTED.items():
+        for what, thr, clear_ms in stages:
+            out, _ = excursion(what, thr, nominal_mhz(profile))
+            mv, mhz = sample(what, out, profile)
+            g = in_service(profile, droop_enabled=False)
+            k = clear_ms // STEP            # samples after the first outside one
+            t = 0
+            # samples 0..k-1 outside: still in service
+            t = run(g, t, mv, mhz, k)
+            assert g.state == IN_SERVICE, (profile, what, thr)
+            assert g.allow_ma == 32000
+            # sample k (elapsed k * 50 ms, not after the clearing time): trips
+            t = run(g, t, mv, mhz, 1)
+            assert g.state == TRIPPED, (profile, what, thr)
+            assert g.trip_code == CODE[what], (profile, what, g.trip_code)
+            assert g.allow_ma == 0 and g.allow_charge_ma == 0 and g.allow_discharge_ma == 0
+            assert g.droop_ma == 0
+            elapsed = k * STEP
+            assert elapsed <= clear_ms and elapsed + STEP > clear_ms
+            ev = g.pop_events()
+            assert len(ev) == 1 and ev[0][1] == errors.code(CODE[what]) and ev[0][2] is True
+            assert ev[0][0] == t
+
+
+def test_just_inside_each_threshold_never_trips():
+    for profile, stages in EXPECTED.items():
+        for what, thr, clear_ms in stages:
+            _, inside = excursion(what, thr, nominal_mhz(profile))
+            mv, mhz = sample(what, inside, profile)
+            g = in_service(profile, droop_enabled=False)
+            run(g, 0, mv, mhz, clear_ms // STEP + 20)
+            assert g.state == IN_SERVICE, (profile, what, thr)
+            assert g.trip_code == 0
+
+
+def test_ride_through_one_sample_short_of_clearing():
+    for profile, stages in EXPECTED.items():
+        for what, thr, clear_ms in stages:
+            out, _ = excursion(what, thr, nominal_mhz(profile))
+            mv, mhz = sample(what, out, profile)
+            g = in_service(profile, droop_enabled=False)
+            k = clear_ms // STEP
+            t = run(g, 0, mv, mhz, k)          # k samples outside: the trip would be the next
+            t = run(g, t, NOM_MV, nominal_mhz(profile), 1)   # back inside: timer resets
+            assert g.state == IN_SERVICE, (profile, what)
+            # a fresh excursion needs its full clearing time again
+            t = run(g, t, mv, mhz, k)
+            assert g.state == IN_SERVICE, (profile, what)
+            run(g, t, mv, mhz, 1)
+            assert g.state == TRIPPED and g.trip_code == CODE[what]
+
+
+def test_trip_never_after_clearing_with_odd_step_period():
+    # 0.16 s stage with a 70 ms control step: 0, 70, 140 ms -> trips at 140, not 210
+    g = GridProtection('IEEE1547_CAT_II_60HZ', NOM_MV, enter_service_delay_ms=0, ramp_ms=0,
+                       step_ms=70, droop_enabled=False)
+    g.step(0, NOM_MV, 60000, True)
+    over = NOM_MV * 1200 // 1000 + 1
+    g.step(70, over, 60000, True)
+    g.step(140, over, 60000, True)
+    assert g.state == IN_SERVICE
+    g.step(210, over, 60000, True)
+    assert g.state == TRIPPED      # elapsed 140 ms <= 160 ms
+    assert g.trip_code == errors.E503
+
+
+def test_meter_failure_keeps_running_excursion_and_starts_none():
+    g = in_service(droop_enabled=False)
+    under = NOM_MV * 450 // 1000 - 1
+    t = run(g, 0, under, 60000, 1)           # excursion starts (elapsed 0)
+    t = run(g, t, 0, 0, 2, ok=False)         # no reading: elapsed keeps counting (100 ms)
+    assert g.state == IN_SERVICE
+    run(g, t, 0, 0, 1, ok=False)             # 150 ms: trips, the last reading was outside
+    assert g.state == TRIPPED and g.trip_code == errors.E504
+    # failed readings while inside start nothing, whatever numbers they carry
+    g = in_service(droop_enabled=False)
+    run(g, 0, 0, 0, 100, ok=False)
+    assert g.state == IN_SERVICE
+
+
+def test_boot_waits_for_enter_service_with_default_delay():
+    g = GridProtection('IEEE1547_CAT_II_60HZ', NOM_MV, droop_enabled=False)
+    assert g.state == WAITING and g.trip_code == errors.E507 and g.allow_ma == 0
+    assert g.enter_service_delay_ms == 300000 and g.ramp_ms == 300000
+    g.step(0, NOM_MV, 60000, True)
+    ev = g.pop_events()
+    assert len(ev) == 1 and ev[0][1] == 'V2G-507' and ev[0][2] is True
+    t = run(g, 0, NOM_MV, 60000, 300000 // STEP - 1)
+    assert g.state == WAITING and g.allow_ma == 0
+    t = run(g, t, NOM_MV, 60000, 1)          # held 300 s: enter service
+    assert g.state == RAMP and g.trip_code == 0
+    ev = g.pop_events()
+    assert len(ev) == 1 and ev[0][1] == 'V2G-507' and ev[0][2] is False
+
+
+def test_enter_service_window_edges():
+    p = 'IEEE1547_CAT_II_60HZ'
+    lo = NOM_MV * 917 // 1000
+    hi = NOM_MV * 1050 // 1000
+    for mv, mhz, ok in ((lo, 60000, True), (hi, 60000, True), (lo - 1, 60000, False),
+                        (hi + 1, 60000, False), (NOM_MV, 59500, True), (NOM_MV, 60100, True),
+                        (NOM_MV, 59499, False), (NOM_MV, 60101, False)):
+        g = GridProtection(p, NOM_MV, enter_service_delay_ms=1000, ramp_ms=1000)
+        g.step(0, mv, mhz, True)
+        run(g, 0, mv, mhz, 20)
+        assert (g.state == RAMP) == ok, (mv, mhz)
+    # EN 50549: 0.85-1.10 pu, 49.9-50.1 Hz, 60 s
+    g = GridProtection('EN50549_50HZ', 230000)
+    assert g.enter_service_delay_ms == 60000 and g.ramp_ms == 600000
+    g.step(0, 230000 * 850 // 1000, 49900, True)
+    t = run(g, 0, 230000 * 1100 // 1000, 50100, 60000 // STEP - 1)
+    assert g.state == WAITING
+    run(g, t, 230000, 50000, 1)
+    assert g.state == RAMP
+
+
+def test_window_interruption_restarts_the_delay():
+    g = GridProtection('IEEE1547_CAT_I_60HZ', NOM_MV, enter_service_delay_ms=2000, ramp_ms=1000)
+    g.step(0, NOM_MV, 60000, True)
+    t = run(g, 0, NOM_MV, 60000, 30)             # 1.5 s held
+    t = run(g, t, NOM_MV, 60200, 1)              # out of the window once
+    t = run(g, t, NOM_MV, 60000, 40)             # 1.95 s since the first sample back inside
+    assert g.state == WAITING
+    t = run(g, t, NOM_MV, 60000, 1)
+    assert g.state == RAMP
+    # a failed meter reading also restarts it (nothing proves the grid was fine)
+    g = GridProtection('IEEE1547_CAT_I_60HZ', NOM_MV, enter_service_delay_ms=2000, ramp_ms=1000)
+    g.step(0, NOM_MV, 60000, True)
+    t = run(g, 0, NOM_MV, 60000, 30)
+    t = run(g, t, NOM_MV, 60000, 1, ok=False)
+    t = run(g, t, NOM_MV, 60000, 40)
+    assert g.state == WAITING
+
+
+def test_trip_then_short_enter_service_and_ramp():
+    g = in_service(enter_service_delay_ms=1000, ramp_ms=2000, rated_charge_ma=32000,
+                   rated_discharge_ma=16000, droop_enabled=False)
+    t = run(g, 0, NOM_MV, 62001, 4)              # OF2 trips at 150 ms
+    assert g.state == TRIPPED and g.trip_code == errors.E505
+    t = run(g, t, NOM_MV, 60500, 10)             # below OF1, outside the window: still tripped
+    assert g.state == TRIPPED and g.trip_code == errors.E505 and g.allow_ma == 0
+    t = run(g, t, NOM_MV, 60000, 1)              # back inside the window: waiting
+    assert g.state == WAITING and g.trip_code == errors.E507
+    ev = g.pop_events()
+    assert [(e[1], e[2]) for e in ev] == [('V2G-505', True), ('V2G-505', False), ('V2G-507', True)]
+    t = run(g, t, NOM_MV, 60000, 19)
+    assert g.state == WAITING and g.allow_ma == 0
+    t = run(g, t, NOM_MV, 60000, 1)              # held 1 s
+    assert g.state == RAMP and g.allow_ma == 0
+    t = run(g, t, NOM_MV, 60000, 10)             # 0.5 of 2 s ramp
+    assert g.allow_charge_ma == 8000 and g.allow_discharge_ma == 4000 and g.allow_ma == 8000
+    t = run(g, t, NOM_MV, 60000, 20)             # 1.5 s
+    assert g.allow_charge_ma == 24000 and g.allow_discharge_ma == 12000
+    prev = g.allow_charge_ma
+    t = run(g, t, NOM_MV, 60000, 9)
+    assert prev < g.allow_charge_ma < 32000 and g.state == RAMP
+    run(g, t, NOM_MV, 60000, 1)                  # 2 s
+    assert g.state == IN_SERVICE and g.allow_charge_ma == 32000 and g.allow_discharge_ma == 16000
+
+
+def test_trip_during_ramp():
+    g = in_service(enter_service_delay_ms=0, ramp_ms=10000, droop_enabled=False)
+    t = run(g, 0, NOM_MV * 1200 // 1000 + 1, 60000, 4)
+    assert g.state == TRIPPED
+    t = run(g, t, NOM_MV, 60000, 1)              # zero delay: straight into the ramp
+    assert g.state == RAMP and g.allow_ma == 0
+    t = run(g, t, NOM_MV, 60000, 20)
+    assert g.allow_ma == 3200
+    run(g, t, NOM_MV * 450 // 1000 - 1, 60000, 4)
+    assert g.state == TRIPPED and g.trip_code == errors.E504 and g.allow_ma == 0
+
+
+def test_en50549_ten_minute_mean_over_voltage():
+    un = 230000
+    g = GridProtection('EN50549_50HZ', un, enter_service_delay_ms=0, ramp_ms=0, droop_enabled=False)
+    g.step(0, un, 50000, True)
+    t = run(g, 0, un, 50000, 600000 // STEP)     # ten minutes at nominal
+    high = un * 1120 // 1000                     # 1.12 pu: under stage 2, over the mean limit
+    # the mean passes 1.10 pu after 500 s at 1.12 pu; blocks close every 3 s
+    t = run(g, t, high, 50000, 495000 // STEP)
+    assert g.state == IN_SERVICE
+    n = 0
+    while g.state == IN_SERVICE and n < 200:
+        t = run(g, t, high, 50000, 1)
+        n += 1
+    assert g.state == TRIPPED and g.trip_code == errors.E503
+    assert 5000 <= n * STEP <= 9000, n * STEP
+    ev = g.pop_events()
+    assert '10-minute mean' in ev[-1][3]
+    # back to nominal: tripped until the mean is under 1.10 pu again
+    t = run(g, t, un, 50000, 20)
+    assert g.state == TRIPPED
+    n = 0
+    while g.state == TRIPPED and n < 3000:
+        t = run(g, t, un, 50000, 1)
+        n += 1
+    assert g.state != TRIPPED and n > 20
+
+
+def settle(profile, mhz, **kw):
+    """In service with the droop settled at mhz; returns (protection, last t)."""
+    g = in_service(profile, **kw)
+    t = run(g, 0, NOM_MV, mhz, 200)
+    return g, t
+
+
+def droop_settled(profile, mhz, **kw):
+    return settle(profile, mhz, **kw)[0]
+
+
+def test_droop_deadband_and_slope_60hz():
+    # 5 % of 60 Hz = 3 Hz for full rated current, beyond the 36 mHz deadband
+    for mhz, expect in ((60000, 0), (60036, 0), (59964, 0), (60536, 32000 * 500 // 3000),
+                        (59464, -32000 * 500 // 3000), (61036, 32000 // 3), (58964, -32000 // 3),
+                        (61200, 32000 * 1164 // 3000)):
+        g = droop_settled('IEEE1547_CAT_II_60HZ', mhz)
+        assert approx(g.droop_ma, expect, 16), (mhz, g.droop_ma, expect)
+    # just past the deadband it moves, in the right direction
+    assert droop_settled('IEEE1547_CAT_II_60HZ', 60040).droop_ma > 0
+    assert droop_settled('IEEE1547_CAT_II_60HZ', 59960).droop_ma < 0
+    # a 3 % droop is steeper, a 100 mHz deadband later
+    g = droop_settled('IEEE1547_CAT_III_60HZ', 60600, droop_mpct=3000, deadband_mhz=100)
+    assert approx(g.droop_ma, 32000 * 500 // 1800, 16)
+
+
+def test_droop_50hz_lfsm_thresholds():
+    # EN 50549: LFSM-O from 50.2 Hz, LFSM-U from 49.8 Hz; a 36 mHz deadband is widened to 200
+    for mhz, expect in ((50200, 0), (49800, 0), (50100, 0), (50700, 32000 * 500 // 2500),
+                        (49300, -32000 * 500 // 2500), (51450, 32000 * 1250 // 2500)):
+        g = droop_settled('EN50549_50HZ', mhz, deadband_mhz=36)
+        assert g.deadband_mhz == 200
+        assert approx(g.droop_ma, expect, 16), (mhz, g.droop_ma, expect)
+
+
+def test_droop_scale_and_cap():
+    # rated = the larger rating; the offset never exceeds the full charge-discharge span
+    g = droop_settled('IEEE1547_CAT_II_60HZ', 59000, rated_charge_ma=32000, rated_discharge_ma=0)
+    assert approx(g.droop_ma, -32000 * 964 // 3000, 16)
+    g = droop_settled('EN50549_50HZ', 47600, droop_mpct=2000, rated_charge_ma=10000,
+                      rated_discharge_ma=6000)
+    assert g.droop_ma == -16000
+
+
+def test_droop_off_and_inactive_when_not_in_service():
+    g = droop_settled('IEEE1547_CAT_II_60HZ', 59000, droop_enabled=False)
+    assert g.droop_ma == 0
+    g = GridProtection('IEEE1547_CAT_II_60HZ', NOM_MV, enter_service_delay_ms=10000)
+    g.step(0, NOM_MV, 59600, True)
+    run(g, 0, NOM_MV, 59600, 50)
+    assert g.state == WAITING and g.droop_ma == 0
+
+
+def test_droop_response_reaches_90_percent_within_response_time():
+    for resp in (500, 1000, 200, 5000):
+        g, t = settle('IEEE1547_CAT_II_60HZ', 60000, response_ms=resp)
+        assert g.droop_ma == 0
+        target = 32000 * 500 // 3000
+        t = run(g, t, NOM_MV, 60536, 1)          # first sample showing the step
+        assert g.droop_ma > 0                    # moves on that very sample
+        t0 = t
+        hit = None
+        while hit is None:
+            t = run(g, t, NOM_MV, 60536, 1)
+            if g.droop_ma * 10 >= target * 9:
+                hit = t - t0
+        assert hit <= resp, (resp, hit)
+        # first order, not a jump: 90 % is not reached much sooner than asked
+        assert hit >= resp - 2 * STEP, (resp, hit)
+        run(g, t, NOM_MV, 60536, 40 * resp // STEP)
+        assert approx(g.droop_ma, target, 16)
+    # and back down the same way
+    g, t = settle('IEEE1547_CAT_II_60HZ', 59464)
+    assert g.droop_ma < 0
+    t = run(g, t, NOM_MV, 60000, 9)
+    assert g.droop_ma < -5333 // 10
+    run(g, t, NOM_MV, 60000, 1)
+    assert g.droop_ma >= -5333 // 10 - 16
+
+
+def test_droop_holds_target_when_meter_fails():
+    g, t = settle('IEEE1547_CAT_II_60HZ', 59464)
+    before = g.droop_ma
+    run(g, t, 0, 0, 20, ok=False)
+    assert g.droop_ma == before and g.state == IN_SERVICE
+
+
+def test_bad_parameters_are_refused_and_change_nothing():
+    e = raises(ValueError, GridProtection, 'IEEE1547_CAT_IV', NOM_MV)
+    assert 'profile' in str(e)
+    e = raises(ValueError, GridProtection, 'EN50549_50HZ', 50000)
+    assert 'nominal_mv' in str(e)
+    e = raises(ValueError, GridProtection, 'EN50549_50HZ', NOM_MV, response_ms=100)
+    assert 'response_ms' in str(e)
+    e = raises(ValueError, GridProtection, 'EN50549_50HZ', NOM_MV, rated_charge_ma=True)
+    assert 'rated_charge_ma' in str(e)
+    e = raises(ValueError, GridProtection, 'EN50549_50HZ', NOM_MV, ramp_ms=-1)
+    assert 'ramp_ms' in str(e)
+    g = in_service('IEEE1547_CAT_II_60HZ')
+    e = raises(ValueError, g.configure, 'EN50549_50HZ', NOM_MV, True, 36, 5000, 500, 32000, 32000,
+               None, None, 0)
+    assert 'step_ms' in str(e)
+    assert g.profile_name == 'IEEE1547_CAT_II_60HZ' and g.nominal_mhz == 60000
+
+
+def test_configure_keeps_state_and_clamps_to_profile_ranges():
+    g = in_service('IEEE1547_CAT_I_60HZ', droop_mpct=12000, deadband_mhz=1000)
+    assert g.droop_mpct == 5000 and g.deadband_mhz == 1000
+    g.configure('IEEE1547_CAT_I_60HZ', NOM_MV, True, 36, 4000, 500, 16000, 8000)
+    assert g.state == IN_SERVICE and g.droop_mpct == 4000
+    run(g, 0, NOM_MV, 60000, 1)
+    assert g.allow_charge_ma == 16000 and g.allow_discharge_ma == 8000
+
+
+def test_event_queue_is_bounded():
+    g = in_service(enter_service_delay_ms=0, ramp_ms=0, droop_enabled=False)
+    t = 0
+    for _ in range(5):       # each trip + return makes 4 events
+        t = run(g, t, NOM_MV, 62001, 4)
+        t = run(g, t, NOM_MV, 60000, 1)
+    ev = g.pop_events()
+    assert len(ev) == 8 and g.ev_lost == 12
+    assert ev[-1][1] == 'V2G-507' and ev[-1][2] is False
+    assert g.pop_events() == []
+
+
+def test_no_allocation_over_1000_steps():
+    g = GridProtection('EN50549_50HZ', 230000, enter_service_delay_ms=500, ramp_ms=1000)
+    g2 = GridProtection('IEEE1547_CAT_III_60HZ', NOM_MV, enter_service_delay_ms=500, ramp_ms=1000)
+    t = 0
+    tripped = 0
+    micropython.heap_lock()
+    try:
+        for i in range(1000):
+            t += STEP
+            ph = i % 200
+            if ph < 150:
+                mhz = 50000 + (ph - 75) * 12       # sweeps through both LFSM bands
+                mv = 230000
+            elif ph < 160:
+                mhz = 51600                        # over-frequency trip
+                mv = 230000
+            else:
+                mhz = 50000
+                mv = 230000 + (ph - 180) * 100
+            g.step(t, mv, mhz, ph != 100)
+            g2.step(t, 240000 + (ph - 100) * 300, 60000 + (ph - 100) * 10, True)
+            if g.state == TRIPPED:
+                tripped += 1
+    finally:
+        micropython.heap_unlock()
+    assert tripped > 0 and g.ev_lost > 0
+    assert g.state in (WAITING, RAMP, IN_SERVICE, TRIPPED)
