@@ -1,0 +1,502 @@
+"""Plant model of the simulated station: EV, battery, meter, grid, pilot wiring, contactor.
+
+The plant answers the controller the way the hardware would. It is pure (time comes in
+as `now_ms`), runs under MicroPython and CPython, and keeps its state in integers in
+milli-units (mA, mV, mHz, 0.1 degC, mWh) so a long run neither drifts nor differs
+between the two interpreters.
+
+    plant = Plant(ev={...}, grid={...}, config={...})   # [ev], [grid], [config] of a scenario
+    plant.apply_event('plug', {})                       # the scenario vocabulary, without t_s
+    plant.fill_inputs(inputs, now_ms)                   # what the controller's sensors read
+    plant.step(now_ms, dt_ms, outputs)                  # physics for dt_ms under the outputs
+
+Vehicle model: the EV draws current only with the contactor closed and S2 closed (state
+C, or D with ventilation asked). It follows the lower of the pilot PWM limit (IEC 61851-1
+duty cycle) and the controller's CAN request, never more than its own or its BMS's
+allowance, through a first-order lag (EV_TAU_MS). Discharge needs a V2G-capable EV, a
+negative CAN request and a CAN link that works. With CAN lost the EV neither hears
+requests nor discharges; it charges at the pilot limit as a plain IEC 61851 vehicle.
+The battery is lossless: the energy through the meter is the energy in the battery.
+"""
+
+try:
+    from micropython import const
+except ImportError:  # plain CPython without the test shims
+    def const(x):
+        return x
+
+EV_TAU_MS = const(300)         # EV current controller time constant
+CONTACTOR_MS = const(30)       # contactor closing/opening time, feedback follows after it
+BMS_PERIOD_MS = const(100)     # BMS status frame period on CAN
+NEVER = const(1 << 29)         # "age" reported before the first valid reading
+MWH_PER_WH = const(1000)
+MJ_PER_MWH = const(3600)       # 1 mWh = 3.6 J = 3600 mJ
+
+# Pilot levels, mV
+CP_A = const(12000)
+CP_B = const(9000)
+CP_C = const(6000)
+CP_D = const(3000)
+CP_NEG = const(-12000)
+
+CP_FAULT_KINDS = ('short', 'diode', 'open')
+METER_FAULT_KINDS = ('timeout', 'crc', 'exception')
+CONTACTOR_FAULT_KINDS = ('welded', 'stuck_open')
+
+_NOMINAL_HZ = {
+    'EN50549_50HZ': 50,
+    'IEEE1547_CAT_I_60HZ': 60,
+    'IEEE1547_CAT_II_60HZ': 60,
+    'IEEE1547_CAT_III_60HZ': 60,
+}
+
+
+def scaled(x, scale):
+    """A number in base units (int or float) as an int in 1/scale units, rounded half away from 0."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ValueError('expected a number, got {!r}'.format(x))
+    if isinstance(x, int):
+        return x * scale
+    v = x * scale
+    return int(v + 0.5) if v >= 0 else -int(-v + 0.5)
+
+
+def pwm_limit_ma(pwm_pm):
+    """Current offered by a pilot duty cycle (IEC 61851-1 Annex A), mA; -1 = digital (5 %)."""
+    if 30 <= pwm_pm <= 70:
+        return -1                       # 5 % nominal: current set over digital communication
+    if 80 <= pwm_pm < 100:
+        return 6000                     # 8-10 % reads as 6 A
+    if 100 <= pwm_pm <= 850:
+        return pwm_pm * 60              # 0.6 A per %
+    if 850 < pwm_pm <= 960:
+        return (pwm_pm - 640) * 250     # (d - 64) * 2.5 A
+    if 960 < pwm_pm <= 970:
+        return 80000
+    return 0                            # no PWM, steady level or out of the allowed bands
+
+
+def _check(args, keys):
+    for k in args:
+        if k not in keys:
+            raise ValueError('unknown key {!r} (allowed: {})'.format(k, ', '.join(keys) or 'none'))
+
+
+def _need(args, key):
+    if key not in args:
+        raise ValueError('missing key {!r}'.format(key))
+    return args[key]
+
+
+def _kind(args, kinds):
+    k = _need(args, 'kind')
+    if k not in kinds:
+        raise ValueError('kind {!r} is not one of {}'.format(k, ', '.join(kinds)))
+    return k
+
+
+def _num(args, key, lo, hi, scale):
+    v = _need(args, key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError('{} must be a number, got {!r}'.format(key, v))
+    if v < lo or v > hi:
+        raise ValueError('{} = {} is out of range {} .. {}'.format(key, v, lo, hi))
+    return scaled(v, scale)
+
+
+# Ranges shared with the scenario validator (host_tools/scenario.py).
+RANGES = {
+    'voltage_v': (50, 600),
+    'frequency_hz': (40, 70),
+    'over_s': (0.05, 86400),
+    'c': (-40, 150),
+}
+
+# Events the plant itself acts on; the rest (setpoint, limit, heartbeat, reboot, config)
+# concern the host and the controller and are handled by the scenario driver.
+PLANT_EVENTS = ('plug', 'unplug', 'ev_ready', 'ev_pause', 'ev_ventilation', 'cp_fault', 'cp_restore',
+                'grid', 'grid_ramp', 'battery_temp', 'evse_temp', 'meter_fault', 'meter_restore',
+                'can_loss', 'can_restore', 'contactor_fault', 'contactor_restore')
+
+
+class _Ramp:
+    """A linear change of one grid quantity, in integer milli-units."""
+
+    def __init__(self):
+        self.active = False
+        self.start = 0
+        self.target = 0
+        self.t0 = 0
+        self.dur = 1
+
+    def set(self, start, target, t0, dur):
+        self.active = True
+        self.start = start
+        self.target = target
+        self.t0 = t0
+        self.dur = dur if dur > 0 else 1
+
+    def value(self, now_ms):
+        el = now_ms - self.t0
+        if el >= self.dur:
+            self.active = False
+            return self.target
+        if el <= 0:
+            return self.start
+        # keep the product small: per-mille of the ramp done, then interpolate
+        done_pm = el * 1000 // self.dur if el < 1000000 else el // (self.dur // 1000 + 1)
+        return self.start + (self.target - self.start) * done_pm // 1000
+
+
+class Plant:
+    def __init__(self, ev=None, grid=None, config=None):
+        ev = ev or {}
+        grid = grid or {}
+        config = config or {}
+        # --- vehicle and battery ---
+        self.capacity_wh = scaled(ev.get('capacity_kwh', 60.0), 1000)
+        if self.capacity_wh <= 0:
+            raise ValueError('capacity_kwh must be above 0')
+        soc_pm = scaled(ev.get('soc_pct', 50.0), 10)
+        if soc_pm < 0 or soc_pm > 1000:
+            raise ValueError('soc_pct must be 0 .. 100')
+        # stored energy in mWh plus a remainder in mJ: integer bookkeeping, no drift
+        self.energy_mwh = self.capacity_wh * soc_pm  # Wh * pm = mWh
+        self.energy_mj = 0
+        self.ev_max_charge_ma = scaled(ev.get('max_charge_a', 32), 1000)
+        self.ev_max_discharge_ma = scaled(ev.get('max_discharge_a', 32), 1000)
+        self.v2g_capable = bool(ev.get('v2g_capable', True))
+        if not self.v2g_capable:
+            self.ev_max_discharge_ma = 0
+        self.battery_temp_dc = scaled(ev.get('battery_temp_c', 25.0), 10)
+        self.cable_a = int(ev.get('cable_a', 32))
+        # --- grid ---
+        nominal_v = config.get('NOMINAL_VOLTAGE_V', 240)
+        nominal_hz = _NOMINAL_HZ.get(config.get('GRID_PROFILE', 'IEEE1547_CAT_II_60HZ'), 60)
+        self.grid_mv = scaled(grid.get('voltage_v', nominal_v), 1000)
+        self.grid_mhz = scaled(grid.get('frequency_hz', nominal_hz), 1000)
+        self.v_ramp = _Ramp()
+        self.f_ramp = _Ramp()
+        # --- station ---
+        self.evse_temp_dc = scaled(ev.get('evse_temp_c', 25.0), 10) if 'evse_temp_c' in ev else 250
+        self.meter_poll_ms = int(config.get('METER_POLL_MS', 500))
+        # --- dynamic state ---
+        self.plugged = False
+        self.s2 = False               # EV ready (S2 closed)
+        self.vent = False             # EV asks for ventilation (state D)
+        self.cp_fault = None          # None, 'short', 'diode', 'open'
+        self.meter_fault = None       # None, 'timeout', 'crc', 'exception'
+        self.can_lost = False
+        self.contactor_fault = None   # None, 'welded', 'stuck_open'
+        self.contactor_cmd = False
+        self.contactor_closed = False
+        self.contactor_change_ms = 0
+        self.ev_ma = 0                # current at the meter: + into the EV
+        self.pwm_pm = 1000
+        self.request_ma = 0
+        self.last_request_ma = 0
+        # meter registers and last valid reading
+        self.import_mwh = 0
+        self.import_mj = 0
+        self.export_mwh = 0
+        self.export_mj = 0
+        self.meter_read_ms = -NEVER   # time of the last valid poll
+        self.meter_next_ms = 0
+        self.meter_ma = 0
+        self.meter_mv = self.grid_mv
+        self.meter_mhz = self.grid_mhz
+        self.meter_valid = False
+        self.bms_frame_ms = -NEVER
+        self.bms_next_ms = 0
+        self.now_ms = 0
+
+    # ---------------------------------------------------------------- events
+    def apply_event(self, do, args, now_ms=None):
+        """Apply one scenario event (keys as in [[at]], without t_s). ValueError names the problem."""
+        if now_ms is None:
+            now_ms = self.now_ms
+        if not isinstance(args, dict):
+            raise ValueError('event arguments must be a table')
+        if do in ('plug', 'unplug', 'ev_ready', 'ev_pause', 'ev_ventilation', 'cp_restore',
+                  'can_loss', 'can_restore', 'contactor_restore'):
+            _check(args, ())
+            if do == 'plug':
+                self.plugged = True
+                self.s2 = False
+                self.vent = False
+            elif do == 'unplug':
+                self.plugged = False
+                self.s2 = False
+                self.vent = False
+            elif do == 'ev_ready':
+                self.s2 = True
+                self.vent = False
+            elif do == 'ev_pause':
+                self.s2 = False
+                self.vent = False
+            elif do == 'ev_ventilation':
+                self.s2 = True
+                self.vent = True
+            elif do == 'cp_restore':
+                self.cp_fault = None
+            elif do == 'can_loss':
+                self.can_lost = True
+            elif do == 'can_restore':
+                self.can_lost = False
+            else:
+                self.contactor_fault = None
+        elif do == 'cp_fault':
+            _check(args, ('kind',))
+            self.cp_fault = _kind(args, CP_FAULT_KINDS)
+        elif do == 'meter_fault':
+            _check(args, ('kind',))
+            self.meter_fault = _kind(args, METER_FAULT_KINDS)
+        elif do == 'meter_restore':
+            # the kind is optional here: restoring clears whatever fault is active
+            _check(args, ('kind',))
+            if 'kind' in args:
+                _kind(args, METER_FAULT_KINDS)
+            self.meter_fault = None
+        elif do == 'contactor_fault':
+            _check(args, ('kind',))
+            self.contactor_fault = _kind(args, CONTACTOR_FAULT_KINDS)
+            if self.contactor_fault == 'welded':
+                self.contactor_closed = True
+        elif do == 'grid':
+            _check(args, ('voltage_v', 'frequency_hz'))
+            if not args:
+                raise ValueError('grid needs voltage_v and/or frequency_hz')
+            if 'voltage_v' in args:
+                lo, hi = RANGES['voltage_v']
+                self.grid_mv = _num(args, 'voltage_v', lo, hi, 1000)
+                self.v_ramp.active = False
+            if 'frequency_hz' in args:
+                lo, hi = RANGES['frequency_hz']
+                self.grid_mhz = _num(args, 'frequency_hz', lo, hi, 1000)
+                self.f_ramp.active = False
+        elif do == 'grid_ramp':
+            _check(args, ('voltage_v', 'frequency_hz', 'over_s'))
+            lo, hi = RANGES['over_s']
+            dur = _num(args, 'over_s', lo, hi, 1000)
+            if 'voltage_v' not in args and 'frequency_hz' not in args:
+                raise ValueError('grid_ramp needs voltage_v or frequency_hz')
+            if 'voltage_v' in args:
+                lo, hi = RANGES['voltage_v']
+                self.v_ramp.set(self.grid_mv, _num(args, 'voltage_v', lo, hi, 1000), now_ms, dur)
+            if 'frequency_hz' in args:
+                lo, hi = RANGES['frequency_hz']
+                self.f_ramp.set(self.grid_mhz, _num(args, 'frequency_hz', lo, hi, 1000), now_ms, dur)
+        elif do == 'battery_temp':
+            _check(args, ('c',))
+            lo, hi = RANGES['c']
+            self.battery_temp_dc = _num(args, 'c', lo, hi, 10)
+        elif do == 'evse_temp':
+            _check(args, ('c',))
+            lo, hi = RANGES['c']
+            self.evse_temp_dc = _num(args, 'c', lo, hi, 10)
+        else:
+            raise ValueError('unknown plant event {!r}'.format(do))
+
+    # ---------------------------------------------------------------- derived state
+    def soc_pm(self):
+        """State of charge, 0.1 % (per-mille), rounded down."""
+        return self.energy_mwh // self.capacity_wh
+
+    def bms_charge_ma(self):
+        """BMS charge allowance: full up to 90 % SoC, tapering linearly to 0 at 100 %."""
+        soc = self.soc_pm()
+        if soc >= 1000:
+            return 0
+        if soc <= 900:
+            return self.ev_max_charge_ma
+        return self.ev_max_charge_ma * (1000 - soc) // 100
+
+    def bms_discharge_ma(self):
+        """BMS discharge allowance: full above 10 % SoC, tapering to 0 at 2 %."""
+        if not self.v2g_capable:
+            return 0
+        soc = self.soc_pm()
+        if soc <= 20:
+            return 0
+        if soc >= 100:
+            return self.ev_max_discharge_ma
+        return self.ev_max_discharge_ma * (soc - 20) // 80
+
+    def cp_state(self):
+        """The pilot state a good EVSE would read ('A'..'F'), for display."""
+        hi = self.cp_high_mv()
+        if hi <= -10000:
+            return 'F'
+        if hi >= 10500:
+            return 'A'
+        if hi >= 7500:
+            return 'B'
+        if hi >= 4500:
+            return 'C'
+        if hi >= 1500:
+            return 'D'
+        return 'E'
+
+    def cp_high_mv(self):
+        if self.pwm_pm <= 0:
+            return CP_NEG          # the EVSE holds -12 V (state F)
+        if self.cp_fault == 'short':
+            return 0
+        if self.cp_fault == 'open' or not self.plugged:
+            return CP_A
+        if self.vent:
+            return CP_D
+        if self.s2:
+            return CP_C
+        return CP_B
+
+    def cp_low_mv(self):
+        hi = self.cp_high_mv()
+        if hi == 0:
+            return 0
+        if self.plugged and self.cp_fault == 'diode' and hi > 0:
+            return -hi              # no diode: the EV's resistors load the negative half too
+        return CP_NEG
+
+    def ev_target_ma(self):
+        """Current the EV aims for under the present pilot, request and its own limits."""
+        if not self.plugged or not self.s2 or self.cp_fault is not None:
+            return 0
+        offered = pwm_limit_ma(self.pwm_pm)
+        if offered == 0:
+            return 0
+        req = self.request_ma
+        if self.can_lost:
+            # plain IEC 61851 vehicle: charge at the pilot limit, never export unsupervised
+            req = offered if offered > 0 else 0
+        if req > 0:
+            t = req
+            if offered > 0 and t > offered:
+                t = offered
+            lim = self.bms_charge_ma()
+            return t if t < lim else lim
+        if req < 0:
+            lim = self.bms_discharge_ma()
+            t = -req
+            if offered > 0 and t > offered:
+                t = offered
+            return -(t if t < lim else lim)
+        return 0
+
+    # ---------------------------------------------------------------- physics
+    def step(self, now_ms, dt_ms, outputs):
+        """Advance the plant by dt_ms from now_ms under the controller's outputs."""
+        self.pwm_pm = outputs.pwm_pm
+        if not self.can_lost:
+            self.request_ma = outputs.request_ma
+        self._contactor(now_ms, outputs.contactor)
+        end = now_ms + dt_ms
+        if self.v_ramp.active:
+            self.grid_mv = self.v_ramp.value(end)
+        if self.f_ramp.active:
+            self.grid_mhz = self.f_ramp.value(end)
+        # EV current: first-order lag towards the target, zero with the contacts apart
+        target = self.ev_target_ma() if self.contactor_closed else 0
+        if not self.contactor_closed:
+            self.ev_ma = 0
+        else:
+            diff = target - self.ev_ma
+            d = (diff if diff > 0 else -diff) * dt_ms // EV_TAU_MS
+            if d == 0 or d >= (diff if diff > 0 else -diff):
+                self.ev_ma = target
+            elif diff > 0:
+                self.ev_ma += d
+            else:
+                self.ev_ma -= d
+        self._energy(dt_ms)
+        self.now_ms = end
+
+    def _contactor(self, now_ms, cmd):
+        if cmd != self.contactor_cmd:
+            self.contactor_cmd = cmd
+            self.contactor_change_ms = now_ms
+        if self.contactor_fault == 'welded':
+            self.contactor_closed = True
+        elif self.contactor_fault == 'stuck_open':
+            self.contactor_closed = False
+        else:
+            # the contacts move within CONTACTOR_MS of the command, inside one control step,
+            # so the auxiliary contact reports the new position at the next sample
+            self.contactor_closed = cmd
+
+    def _energy(self, dt_ms):
+        ma = self.ev_ma
+        if ma == 0:
+            return
+        # power in mW without large intermediates: (0.1 V) * mA / 10
+        p_mw = (self.grid_mv // 100) * (ma if ma > 0 else -ma) // 10
+        mj = (p_mw // 1000) * dt_ms + ((p_mw % 1000) * dt_ms) // 1000  # W*ms + mW*ms/1000 = mJ
+        if ma > 0:
+            self.energy_mj += mj
+            self.import_mj += mj
+            if self.import_mj >= MJ_PER_MWH:
+                self.import_mwh += self.import_mj // MJ_PER_MWH
+                self.import_mj %= MJ_PER_MWH
+        else:
+            self.energy_mj -= mj
+            self.export_mj += mj
+            if self.export_mj >= MJ_PER_MWH:
+                self.export_mwh += self.export_mj // MJ_PER_MWH
+                self.export_mj %= MJ_PER_MWH
+        if self.energy_mj >= MJ_PER_MWH or self.energy_mj <= -MJ_PER_MWH:
+            q = self.energy_mj // MJ_PER_MWH if self.energy_mj > 0 else -((-self.energy_mj) // MJ_PER_MWH)
+            self.energy_mwh += q
+            self.energy_mj -= q * MJ_PER_MWH
+        full = self.capacity_wh * MWH_PER_WH
+        if self.energy_mwh > full:
+            self.energy_mwh = full
+        elif self.energy_mwh < 0:
+            self.energy_mwh = 0
+
+    # ---------------------------------------------------------------- sensors
+    def fill_inputs(self, inp, now_ms):
+        """Write what the controller's sensors read at now_ms into its Inputs object."""
+        inp.cp_high_mv = self.cp_high_mv()
+        inp.cp_low_mv = self.cp_low_mv()
+        inp.pp_limit_a = self.cable_a if self.plugged else 0
+        inp.contactor_closed = self.contactor_closed
+        # meter: polled every meter_poll_ms; a faulted poll leaves the last reading to age
+        if now_ms >= self.meter_next_ms:
+            self.meter_next_ms = now_ms + self.meter_poll_ms
+            if self.meter_fault is None:
+                self.meter_read_ms = now_ms
+                self.meter_ma = self.ev_ma
+                self.meter_mv = self.grid_mv
+                self.meter_mhz = self.grid_mhz
+                self.meter_valid = True
+            else:
+                self.meter_valid = False
+        inp.meter_ok = self.meter_valid
+        inp.meter_age_ms = now_ms - self.meter_read_ms
+        inp.meter_ma = self.meter_ma
+        inp.meter_mv = self.meter_mv
+        inp.meter_mhz = self.meter_mhz
+        inp.evse_temp_dc = self.evse_temp_dc
+        # BMS status frames every BMS_PERIOD_MS while the bus works and an EV is connected
+        if self.plugged and not self.can_lost and now_ms >= self.bms_next_ms:
+            self.bms_next_ms = now_ms + BMS_PERIOD_MS
+            self.bms_frame_ms = now_ms
+        if not self.plugged:
+            self.bms_frame_ms = -NEVER
+        inp.bms_age_ms = now_ms - self.bms_frame_ms
+        if inp.bms_age_ms > NEVER:
+            inp.bms_age_ms = NEVER
+        if inp.meter_age_ms > NEVER:
+            inp.meter_age_ms = NEVER
+        inp.bms_soc_pm = self.soc_pm()
+        inp.bms_temp_dc = self.battery_temp_dc
+        inp.bms_max_charge_ma = self.bms_charge_ma()
+        inp.bms_max_discharge_ma = self.bms_discharge_ma()
+        inp.bms_capacity_wh = self.capacity_wh
+
+    # ---------------------------------------------------------------- reporting
+    def energy_in_mwh(self):
+        return self.import_mwh
+
+    def energy_out_mwh(self):
+        return self.export_mwh

@@ -1,0 +1,254 @@
+"""Scenario files for `v2g sim` (shared spec scenario.md, version 1): load and validate.
+
+A scenario is checked whole before anything runs. Every problem is reported as a
+ScenarioError naming the file, where in it (a table or the index of an `[[at]]` event)
+and what is wrong. The `[config]` table goes through the firmware's own settings gate
+(core/config.py), so a starting configuration the controller would refuse is a bad file.
+
+`load(path)` returns the normalised scenario the driver (boards/sim/scenario_run.py)
+takes: times in integer milliseconds, events as {"t_ms", "do", "args"}.
+"""
+
+import math
+import tomllib
+from pathlib import Path
+
+from host_tools import vm
+
+VERSION = 1
+VMS = ("micropython", "cpython")
+MAX_DURATION_S = 7 * 24 * 3600
+
+# key -> (type, low, high); type is "num", "int", "bool", "str" or a tuple of allowed strings
+EV_KEYS = {
+    "capacity_kwh": ("num", 1, 500),
+    "soc_pct": ("num", 0, 100),
+    "max_charge_a": ("num", 0, 80),
+    "max_discharge_a": ("num", 0, 80),
+    "battery_temp_c": ("num", -40, 100),
+    "evse_temp_c": ("num", -40, 150),
+    "v2g_capable": ("bool", None, None),
+    "cable_a": ("int", 6, 80),
+}
+GRID_KEYS = {
+    "voltage_v": ("num", 50, 600),
+    "frequency_hz": ("num", 40, 70),
+}
+TEMP = ("num", -40, 150)
+KIND_CP = ("short", "diode", "open")
+KIND_METER = ("timeout", "crc", "exception")
+KIND_CONTACTOR = ("welded", "stuck_open")
+SETPOINT_MODES = ("auto", "charge", "discharge")   # core/setpoint.py MODE_NAMES
+
+# do -> (required keys, optional keys, key specs). Bare events take no keys.
+_BARE = ((), (), {})
+EVENTS = {
+    "plug": _BARE,
+    "unplug": _BARE,
+    "ev_ready": _BARE,
+    "ev_pause": _BARE,
+    "ev_ventilation": _BARE,
+    "cp_fault": (("kind",), (), {"kind": (KIND_CP, None, None)}),
+    "cp_restore": _BARE,
+    "setpoint": (("soc_target_pct", "txn"), ("mode",),
+                 {"soc_target_pct": ("num", 0, 100), "txn": ("str", 1, 64), "mode": (SETPOINT_MODES, None, None)}),
+    "limit": (("charge_a", "discharge_a"), ("txn",),
+              {"charge_a": ("num", 0, 80), "discharge_a": ("num", 0, 80), "txn": ("str", 1, 64)}),
+    "heartbeat_loss": _BARE,
+    "heartbeat_restore": _BARE,
+    "grid": ((), ("voltage_v", "frequency_hz"), GRID_KEYS),
+    "grid_ramp": (("over_s",), ("voltage_v", "frequency_hz"),
+                  dict(GRID_KEYS, over_s=("num", 0.05, 86400))),
+    "battery_temp": (("c",), (), {"c": TEMP}),
+    "evse_temp": (("c",), (), {"c": TEMP}),
+    "meter_fault": (("kind",), (), {"kind": (KIND_METER, None, None)}),
+    "meter_restore": ((), ("kind",), {"kind": (KIND_METER, None, None)}),
+    "can_loss": _BARE,
+    "can_restore": _BARE,
+    "contactor_fault": (("kind",), (), {"kind": (KIND_CONTACTOR, None, None)}),
+    "contactor_restore": _BARE,
+    "reboot": _BARE,
+    "config": None,   # any config keys; their values are judged by the controller at run time
+}
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be simulated. The message names file, place and problem."""
+
+    def __init__(self, file, where, problem):
+        self.file = str(file)
+        self.where = where
+        self.problem = problem
+        super().__init__("{}: {}: {}".format(self.file, where, problem))
+
+
+def _type_problem(key, value, spec):
+    kind, lo, hi = spec
+    if isinstance(kind, tuple):
+        if not isinstance(value, str):
+            return "{} must be one of {}, got {!r}".format(key, ", ".join(kind), value)
+        if value not in kind:
+            return "{} = {!r} is not one of {}".format(key, value, ", ".join(kind))
+        return None
+    if kind == "bool":
+        if not isinstance(value, bool):
+            return "{} must be true or false, got {!r}".format(key, value)
+        return None
+    if kind == "str":
+        if not isinstance(value, str):
+            return "{} must be text, got {!r}".format(key, value)
+        if not lo <= len(value) <= hi:
+            return "{} must be {} to {} characters long".format(key, lo, hi)
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "{} must be a number, got {!r}".format(key, value)
+    if kind == "int" and not isinstance(value, int):
+        return "{} must be an integer, got {!r}".format(key, value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "{} must be a finite number, got {!r}".format(key, value)
+    if value < lo or value > hi:
+        return "{} = {} is out of range {} .. {}".format(key, value, lo, hi)
+    return None
+
+
+def _check_table(file, name, table, specs):
+    if not isinstance(table, dict):
+        raise ScenarioError(file, "[{}]".format(name), "must be a table")
+    for key, value in table.items():
+        if key not in specs:
+            raise ScenarioError(file, "[{}]".format(name), "unknown key {!r} (allowed: {})".format(
+                key, ", ".join(specs)))
+        problem = _type_problem(key, value, specs[key])
+        if problem:
+            raise ScenarioError(file, "[{}]".format(name), problem)
+
+
+def _check_config(file, table):
+    if not isinstance(table, dict):
+        raise ScenarioError(file, "[config]", "must be a table")
+    vm.firmware_sys_path()
+    from core import config as fwconfig
+
+    try:
+        fwconfig.validate(dict(table))
+    except fwconfig.ConfigError as e:
+        raise ScenarioError(file, "[config]", "; ".join("{}: {}".format(k, why) for k, why in e.errors)) from None
+
+
+def _check_event(file, index, ev, duration_s, prev_t):
+    where = "event #{}".format(index)
+    if not isinstance(ev, dict):
+        raise ScenarioError(file, where, "must be a table")
+    if "do" in ev and isinstance(ev["do"], str):
+        where = "event #{} (do = {!r})".format(index, ev["do"])
+    if "t_s" not in ev:
+        raise ScenarioError(file, where, "missing key 't_s'")
+    t = ev["t_s"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        raise ScenarioError(file, where, "t_s must be a number, got {!r}".format(t))
+    if t < 0 or t > duration_s:
+        raise ScenarioError(file, where, "t_s = {} is outside the run (0 .. duration_s = {})".format(t, duration_s))
+    if prev_t is not None and t < prev_t:
+        raise ScenarioError(file, where, "events out of time order: t_s = {} comes after t_s = {}".format(t, prev_t))
+    if "do" not in ev:
+        raise ScenarioError(file, where, "missing key 'do'")
+    do = ev["do"]
+    if not isinstance(do, str) or do not in EVENTS:
+        raise ScenarioError(file, where, "unknown do {!r} (known: {})".format(do, ", ".join(sorted(EVENTS))))
+    args = {k: v for k, v in ev.items() if k not in ("t_s", "do")}
+    rule = EVENTS[do]
+    if rule is None:   # config: any keys, judged by the controller when the event happens
+        if not args:
+            raise ScenarioError(file, where, "config needs at least one settings key")
+        for k, v in args.items():
+            if isinstance(v, (dict, list)):
+                raise ScenarioError(file, where, "config value of {} must be a plain value".format(k))
+        return t, do, args
+    required, optional, specs = rule
+    for key in args:
+        if key not in required and key not in optional:
+            allowed = ", ".join(required + optional) or "none"
+            raise ScenarioError(file, where, "unknown key {!r} (allowed: {})".format(key, allowed))
+    for key in required:
+        if key not in args:
+            raise ScenarioError(file, where, "missing key {!r}".format(key))
+    for key, value in args.items():
+        problem = _type_problem(key, value, specs[key])
+        if problem:
+            raise ScenarioError(file, where, problem)
+    if do in ("grid", "grid_ramp") and "voltage_v" not in args and "frequency_hz" not in args:
+        raise ScenarioError(file, where, "{} needs voltage_v and/or frequency_hz".format(do))
+    return t, do, args
+
+
+def _ms(seconds):
+    return int(round(seconds * 1000))
+
+
+def validate(data, file="<scenario>"):
+    """The normalised scenario from a parsed TOML document; ScenarioError on the first problem."""
+    if not isinstance(data, dict):
+        raise ScenarioError(file, "file", "must be a TOML document")
+    allowed = ("version", "duration_s", "vm", "config", "ev", "grid", "at", "title", "description")
+    for key in data:
+        if key not in allowed:
+            raise ScenarioError(file, "top level", "unknown key {!r} (allowed: {})".format(key, ", ".join(allowed)))
+    if "version" not in data:
+        raise ScenarioError(file, "top level", "missing key 'version'")
+    if data["version"] != VERSION or isinstance(data["version"], bool):
+        raise ScenarioError(file, "top level", "version = {!r}: only version {} is known".format(
+            data["version"], VERSION))
+    if "duration_s" not in data:
+        raise ScenarioError(file, "top level", "missing key 'duration_s'")
+    problem = _type_problem("duration_s", data["duration_s"], ("num", 0.05, MAX_DURATION_S))
+    if problem:
+        raise ScenarioError(file, "top level", problem)
+    duration_s = data["duration_s"]
+    vm_name = data.get("vm", "micropython")
+    if vm_name not in VMS:
+        raise ScenarioError(file, "top level", "vm = {!r} is not one of {}".format(vm_name, ", ".join(VMS)))
+    for key in ("title", "description"):
+        if key in data and not isinstance(data[key], str):
+            raise ScenarioError(file, "top level", "{} must be text".format(key))
+    config = data.get("config", {})
+    _check_config(file, config)
+    ev = data.get("ev", {})
+    _check_table(file, "ev", ev, EV_KEYS)
+    grid = data.get("grid", {})
+    _check_table(file, "grid", grid, GRID_KEYS)
+    at = data.get("at", [])
+    if not isinstance(at, list):
+        raise ScenarioError(file, "[[at]]", "must be an array of tables ([[at]])")
+    events = []
+    prev = None
+    for i, item in enumerate(at):
+        t, do, args = _check_event(file, i, item, duration_s, prev)
+        prev = t
+        events.append({"t_ms": _ms(t), "do": do, "args": args})
+    return {
+        "version": VERSION,
+        "name": Path(str(file)).stem,
+        "title": data.get("title", ""),
+        "duration_ms": _ms(duration_s),
+        "vm": vm_name,
+        "config": dict(config),
+        "ev": dict(ev),
+        "grid": dict(grid),
+        "events": events,
+    }
+
+
+def load(path):
+    """Read and validate a scenario TOML file; ScenarioError (file, place, problem) when bad."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ScenarioError(path, "file", "cannot read: {}".format(e.strerror or e)) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ScenarioError(path, "file", "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(path, "file", "not valid TOML: {}".format(e)) from None
+    return validate(data, path)
