@@ -1,0 +1,215 @@
+"""ECDSA P-256 verification (core/p256.py) on both interpreters.
+
+The vectors were produced beforehand with the `cryptography` package (OpenSSL)
+and pasted here as inputs: public point, message, raw r||s signature. The
+verifier computes the verdict; nothing here is a recorded result of p256.py.
+"""
+
+import hashlib
+
+from fwtest import raises
+
+from core import p256
+
+# (uncompressed point hex, message, r||s hex); the last key is the private key 1 (Q = G).
+VECTORS = (
+    (
+        "04b5d0ea47da248a962ddfe526efb22a72c923f3980ff4a33ce6206bedcd69c806"
+        "83776262b15638d9d52e3f102a14a4a5aaa80c0772fbeeafae7a6b38ca692a91",
+        b'',
+        "fe3f8c34056c2699a061a014c9ef6081532ebfe2d7c2e95c6087591b9663202b"
+        "bdd61341f49e7860948fae593225bdaece5efd8ddd73c478fdb5c22b3e703361",
+    ),
+    (
+        "04230bc6ff69adcc331cdbd07e9ed232bd4b0d5db8131a63138351de4698d375df"
+        "a86344b0ddbc979ebb0fe74a18220123b5478cc2e1ef05478e6abc1742935d6c",
+        b'sample',
+        "b6d4891f6486e09f6c1be2a207394534058746d76d8454e6321bbcf23291f7bb"
+        "5a42df86bbaf425fbcb1336ea76f58fcaf3de616fb240a81610ddb1ec9fcabd4",
+    ),
+    (
+        "04d3570107f079eeea21b6a7075de467b81edd4653e336430c6c0dea6224f77050"
+        "d04ef006d5833ee8d247c3331fbeedc903634127a4d17eae75f0a65b3f3b2348",
+        b'signed firmware update',
+        "ac89d4ef31a8c9c7581028d568995554c8cea9babd1d166c5e35139328f1ce80"
+        "ba49ad99f4c8bad7c1b2eea0d9839832d4b91f2fb77aa82c44c26b3c05fba00b",
+    ),
+    (
+        "0429795b83bf3dce12ef364507b5e49f02cd47d5d01f258921fa53508c7d978cc9"
+        "9fc19eb40f690ec57a08a2533c8fb65f7cd1aa3abeef3d23b1a5f94321e75a36",
+        b'\x1es\xb5G)\xedv/\xd3\xceScr\xd8;Y \xf2\x89\xb0\x02\x85\xbc\xb0\xf9ZA\x9b@6\xe3\x1a)\xa2\xc6\xb2\xa8\xee\x1d\x9a',
+        "e8cc3fca5ac7636e7a14e4e188ccd5a79fb855d3f53b795bc54a675204df0129"
+        "256d642ac71bddad4edf23075ed801fa861731c2e894c769cc0e2dfc79066b1b",
+    ),
+    (
+        "046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296"
+        "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5",
+        b'private key one',
+        "76b8619a6d0e2014a79eb4b1629c4e8f5ff7fc6e6e9d0b5cff52334f7ef038e2"
+        "c9740b6699b979a5bfb459209b78bcb521271409d116485abdbb6a04ac814e1f",
+    ),
+)
+
+
+def _h(s):
+    return bytes.fromhex(s)
+
+
+def _sig(r, s):
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def _key(i):
+    return p256.PublicKey(_h(VECTORS[i][0]))
+
+
+def test_known_answer_vectors_verify():
+    for pt, msg, sig in VECTORS:
+        key = p256.PublicKey(_h(pt))
+        assert key.verify(msg, _h(sig))
+        assert key.verify_digest(hashlib.sha256(msg).digest(), _h(sig))
+
+
+def test_other_message_or_key_fails():
+    for i in range(len(VECTORS)):
+        pt, msg, sig = VECTORS[i]
+        key = p256.PublicKey(_h(pt))
+        assert not key.verify(msg + b"\x00", _h(sig))
+        other = p256.PublicKey(_h(VECTORS[(i + 1) % len(VECTORS)][0]))
+        assert not other.verify(msg, _h(sig))
+
+
+def test_bit_flips_in_signature_fail():
+    pt, msg, sig = VECTORS[1]
+    key = p256.PublicKey(_h(pt))
+    raw = _h(sig)
+    for bit in (0, 7, 100, 255, 256, 300, 511):
+        bad = bytearray(raw)
+        bad[bit // 8] ^= 1 << (bit % 8)
+        assert not key.verify(msg, bytes(bad))
+
+
+def test_r_and_s_range_checks():
+    pt, msg, sig = VECTORS[2]
+    key = p256.PublicKey(_h(pt))
+    raw = _h(sig)
+    r = int.from_bytes(raw[:32], "big")
+    s = int.from_bytes(raw[32:], "big")
+    n = p256.N
+    assert key.verify(msg, _sig(r, s))
+    # the other valid s of the pair (ECDSA malleability) is accepted: the bundle
+    # format does not depend on signature uniqueness
+    assert key.verify(msg, _sig(r, n - s))
+    for rr, ss in ((0, s), (r, 0), (n, s), (r, n), (r + n, s), (r, s + n), (0, 0)):
+        if rr < (1 << 256) and ss < (1 << 256):
+            assert not key.verify(msg, _sig(rr, ss))
+    max256 = (1 << 256) - 1
+    assert not key.verify(msg, _sig(max256, s))
+    assert not key.verify(msg, _sig(r, max256))
+
+
+def test_signature_and_digest_lengths():
+    pt, msg, sig = VECTORS[0]
+    key = p256.PublicKey(_h(pt))
+    raw = _h(sig)
+    assert not key.verify(msg, raw[:63])
+    assert not key.verify(msg, raw + b"\x00")
+    assert not key.verify(msg, b"")
+    assert not key.verify_digest(hashlib.sha256(msg).digest()[:31], raw)
+
+
+def test_public_key_checks():
+    pt = _h(VECTORS[0][0])
+    p256.PublicKey(pt)
+    raises(ValueError, p256.PublicKey, pt[1:])          # no 0x04 prefix
+    raises(ValueError, p256.PublicKey, b"\x02" + pt[1:33])  # compressed form refused
+    raises(ValueError, p256.PublicKey, b"\x05" + pt[1:])
+    raises(ValueError, p256.PublicKey, pt + b"\x00")
+    bad = bytearray(pt)
+    bad[64] ^= 1                                         # y changed: off the curve
+    raises(ValueError, p256.PublicKey, bytes(bad))
+    raises(ValueError, p256.PublicKey, b"\x04" + bytes(64))  # (0, 0): also how infinity is often written
+    # coordinates not reduced mod p: x + p has the same residue but is refused
+    x = int.from_bytes(pt[1:33], "big")
+    y = int.from_bytes(pt[33:], "big")
+    if x + p256.P < (1 << 256):
+        raises(ValueError, p256.PublicKey, b"\x04" + (x + p256.P).to_bytes(32, "big") + pt[33:])
+    if y + p256.P < (1 << 256):
+        raises(ValueError, p256.PublicKey, pt[:33] + (y + p256.P).to_bytes(32, "big"))
+
+
+def test_key_id_is_sha256_of_spki():
+    pt = _h(VECTORS[3][0])
+    key = p256.PublicKey(pt)
+    assert len(key.kid) == 8
+    assert key.kid == hashlib.sha256(p256.SPKI_PREFIX + pt).digest()[:8]
+    assert len(p256.SPKI_PREFIX + pt) == 91
+
+
+def _mul(k, x, y):
+    # reference: plain left-to-right double-and-add, independent of the wNAF path
+    rx, ry, rz = 1, 1, 0
+    i = 255
+    while i >= 0:
+        rx, ry, rz = p256._jdouble(rx, ry, rz)
+        if (k >> i) & 1:
+            rx, ry, rz = p256._jadd_affine(rx, ry, rz, x, y)
+        i -= 1
+    return rx, ry, rz
+
+
+def _same(a, b):
+    # equal Jacobian points (or both infinity)
+    if a[2] == 0 or b[2] == 0:
+        return a[2] == 0 and b[2] == 0
+    return p256._to_affine(*a) == p256._to_affine(*b)
+
+
+def test_g_table_holds_odd_multiples_of_g():
+    tab = p256._G_TABLE
+    assert len(tab) == 2 << (p256.W_G - 2)
+    for i in range(len(tab) // 2):
+        assert p256.on_curve(tab[2 * i], tab[2 * i + 1])
+        assert p256._to_affine(*_mul(2 * i + 1, p256.GX, p256.GY)) == (tab[2 * i], tab[2 * i + 1])
+
+
+def test_wnaf_digits_rebuild_the_scalar():
+    for k in (0, 1, 2, 3, 15, 16, 31, 32, 33, p256.N - 1, (1 << 256) - 1,
+              0xAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA,
+              0x7FFF0000FFFF0000FFFF0000FFFF0000FFFF0000FFFF0000FFFF0000FFFF0001):
+        for w in (p256.W_G, p256.W_Q):
+            d = p256._wnaf(k, w)
+            total = 0
+            for i in range(len(d)):
+                v = d[i]
+                if v:
+                    assert v % 2 == 1 and -(1 << (w - 1)) < v < (1 << (w - 1))
+                    total += v << i
+            assert total == k
+
+
+def test_shamir_matches_reference_including_special_cases():
+    key = _key(4)  # Q = G: equal and opposite points meet inside the loop
+    g = (p256.GX, p256.GY)
+    n = p256.N
+    for u1, u2 in ((1, 1), (2, 2), (1, n - 1), (5, n - 5), (3, 7), (12345, 678910),
+                   (n - 1, n - 1), (0xDEADBEEF << 200, 0xC0FFEE << 180)):
+        got = p256._shamir(u1, u2, key._tab)
+        want = _mul((u1 + u2) % n, g[0], g[1])
+        assert _same(got, want)
+    other = _key(1)
+    for u1, u2 in ((7, 9), (n - 2, 3)):
+        got = p256._shamir(u1, u2, other._tab)
+        a = _mul(u1, g[0], g[1])
+        ax, ay = p256._to_affine(*_mul(u2, other.x, other.y))
+        assert _same(got, p256._jadd_affine(a[0], a[1], a[2], ax, ay))
+
+
+def test_point_addition_edge_cases():
+    x, y = p256.GX, p256.GY
+    # G + (-G) is the point at infinity
+    assert p256._jadd_affine(x, y, 1, x, p256.P - y)[2] == 0
+    # infinity + G is G, G + G is 2G
+    assert p256._jadd_affine(1, 1, 0, x, y) == (x, y, 1)
+    assert _same(p256._jadd_affine(x, y, 1, x, y), p256._jdouble(x, y, 1))
+    assert p256._jdouble(1, 1, 0)[2] == 0
