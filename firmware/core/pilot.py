@@ -12,7 +12,9 @@ PWM_DIGITAL = const(50)    # 5 %: use digital communication (current asked over 
 
 MIN_OFFER_MA = const(6000)   # below 6 A the pilot cannot offer anything
 MAX_OFFER_MA = const(80000)
-_KNEE_MA = const(51000)      # 10-85 % band: A = duty% * 0.6; 85-96 %: A = (duty% - 64) * 2.5
+# 10-85 % duty: A = duty% * 0.6 (6-51 A); 85-96 %: A = (duty% - 64) * 2.5 (52.5-80 A).
+# 51-52.75 A cannot be expressed (85.1 % is 52.75 A): the offer stays at 85 % (51 A), never above the limit.
+_KNEE_MA = const(52500)
 _DUTY_MIN = const(100)
 _DUTY_KNEE = const(850)
 _DUTY_MAX = const(960)
@@ -38,8 +40,9 @@ def duty_for_ma(ma):
         return PWM_OFF
     if ma >= MAX_OFFER_MA:
         return _DUTY_MAX
-    if ma <= _KNEE_MA:
-        return ma // 60           # duty% = A / 0.6  ->  pm = mA / 60
+    if ma < _KNEE_MA:
+        d = ma // 60              # duty% = A / 0.6  ->  pm = mA / 60
+        return d if d < _DUTY_KNEE else _DUTY_KNEE
     return 640 + (ma * 4) // 1000  # duty% = A / 2.5 + 64  ->  pm = 4 A + 640
 
 

@@ -1,0 +1,159 @@
+import json
+
+from fwtest import raises
+
+from core import config as C
+
+
+def refused(changes, current=None, board=None):
+    cfg, errs = C.check(changes, current, board)
+    assert cfg is None
+    return dict(errs)
+
+
+def test_defaults_cover_every_key():
+    cfg = C.validate({})
+    for key in C.SCHEMA:
+        assert cfg.get(key) == C.SCHEMA[key][3], key
+    assert cfg.max_charge_ma == 32000 and cfg.max_discharge_ma == 32000
+    assert cfg.floor_pm == 200
+    assert cfg.heartbeat_timeout_ms == 10000
+    assert cfg.nominal_mhz == 60000
+
+
+def test_milli_units():
+    cfg = C.validate({'FREQ_DEADBAND_HZ': 0.036, 'EVSE_TEMP_DERATE_C': 62.5, 'FREQ_RESPONSE_S': 0.2,
+                      'MAX_CHARGE_AMPS': 16.5, 'MAX_DISCHARGE_AMPS': 10, 'MIN_SOC_THRESHOLD': 25.5,
+                      'RESERVE_MARGIN': 30, 'GRID_PROFILE': 'EN50549_50HZ', 'NOMINAL_VOLTAGE_V': 230,
+                      'METER_STALE_S': 2})
+    assert cfg.deadband_mhz == 36
+    assert cfg.evse_derate_dc == 625
+    assert cfg.response_ms == 200
+    assert cfg.max_charge_ma == 16500 and cfg.max_discharge_ma == 10000
+    assert cfg.min_soc_pm == 255 and cfg.reserve_pm == 300 and cfg.floor_pm == 300
+    assert cfg.nominal_mhz == 50000 and cfg.nominal_mv == 230000
+    assert cfg.meter_stale_ms == 2000
+    assert cfg.droop_mpct == 5000
+    # the JSON values are kept as given
+    assert cfg.get('FREQ_DEADBAND_HZ') == 0.036 and cfg.to_json()['MAX_CHARGE_AMPS'] == 16.5
+
+
+def test_every_numeric_range_edge():
+    for key in C.KEYS:
+        kind, lo, hi, default, unit = C.SCHEMA[key]
+        if kind not in (C.INT, C.NUM):
+            continue
+        below = lo - (1 if kind == C.INT else 0.001)
+        above = hi + (1 if kind == C.INT else 0.001)
+        errs = refused({key: below})
+        assert key in errs and 'out of range' in errs[key], (key, errs)
+        errs = refused({key: above})
+        assert key in errs, key
+        # the edges themselves are allowed (unless a cross-key rule bites)
+        for v in (lo, hi):
+            cfg, e = C.check({key: v})
+            assert cfg is not None or all(k != key or 'must be' in why for k, why in e), (key, v, e)
+
+
+def test_reason_names_the_range():
+    errs = refused({'MAX_CHARGE_AMPS': 100})
+    assert errs['MAX_CHARGE_AMPS'] == 'value 100 out of range: allowed 6 to 80 A'
+    errs = refused({'METER_BAUD': 1200})
+    assert '2400, 4800, 9600, 19200, 38400' in errs['METER_BAUD']
+    errs = refused({'GRID_PROFILE': 'UL1741'})
+    assert 'EN50549_50HZ' in errs['GRID_PROFILE']
+
+
+def test_types():
+    errs = refused({'MAX_CHARGE_AMPS': '32', 'VENTILATION_AVAILABLE': 1, 'METER_ADDRESS': 2.5,
+                    'PHASES': True, 'HEARTBEAT_TIMEOUT_S': None, 'METER_MODEL': 630})
+    assert set(errs) == {'MAX_CHARGE_AMPS', 'VENTILATION_AVAILABLE', 'METER_ADDRESS', 'PHASES',
+                         'HEARTBEAT_TIMEOUT_S', 'METER_MODEL'}
+    assert 'wrong type' in errs['MAX_CHARGE_AMPS']
+    assert 'true or false' in errs['VENTILATION_AVAILABLE']
+    # an integral decimal is an integer
+    assert C.validate({'METER_ADDRESS': 7.0}).get('METER_ADDRESS') == 7
+
+
+def test_unknown_key_and_every_offender_named():
+    errs = refused({'MAX_CHARGE_AMPS': 5, 'BOGUS': 1, 'PHASES': 2, 'HEARTBEAT_TIMEOUT_S': 10})
+    assert set(errs) == {'MAX_CHARGE_AMPS', 'BOGUS', 'PHASES'}
+    assert errs['BOGUS'] == 'unknown key'
+    e = raises(C.ConfigError, C.validate, {'MAX_CHARGE_AMPS': 5, 'BOGUS': 1})
+    assert e.code == 'V2G-400'
+    assert sorted(e.keys()) == ['BOGUS', 'MAX_CHARGE_AMPS']
+    assert 'V2G-400' in str(e) and 'MAX_CHARGE_AMPS' in str(e) and 'BOGUS' in str(e)
+
+
+def test_not_a_map():
+    errs = refused([1, 2])
+    assert 'config' in errs
+
+
+def test_version():
+    assert C.validate({'version': 1}).get('version') == 1
+    assert 'version' in refused({'version': 2})
+
+
+def test_cross_key_rules():
+    errs = refused({'EVSE_TEMP_DERATE_C': 80, 'EVSE_TEMP_LIMIT_C': 80})
+    assert 'EVSE_TEMP_DERATE_C' in errs and 'EVSE_TEMP_LIMIT_C' in errs
+    errs = refused({'BATTERY_TEMP_DERATE_C': 56})
+    assert 'BATTERY_TEMP_DERATE_C' in errs and 'BATTERY_TEMP_LIMIT_C' in errs
+    errs = refused({'MAX_CHARGE_AMPS': 16})    # discharge default 32 > 16
+    assert 'MAX_DISCHARGE_AMPS' in errs
+    assert C.validate({'MAX_CHARGE_AMPS': 16, 'MAX_DISCHARGE_AMPS': 16}).max_discharge_ma == 16000
+    sep = {'discharge_rated_separately': True}
+    assert C.validate({'MAX_CHARGE_AMPS': 16}, board=sep).max_discharge_ma == 32000
+
+
+def test_change_over_current_keeps_the_rest():
+    cur = C.validate({'MAX_CHARGE_AMPS': 40, 'MAX_DISCHARGE_AMPS': 20, 'VENTILATION_AVAILABLE': True})
+    new = C.validate({'HEARTBEAT_TIMEOUT_S': 30}, cur)
+    assert new.get('MAX_CHARGE_AMPS') == 40 and new.get('VENTILATION_AVAILABLE') is True
+    assert new.heartbeat_timeout_ms == 30000
+    assert new.diff(cur) == ['HEARTBEAT_TIMEOUT_S']
+    # cross-key rule against the current values
+    errs = refused({'MAX_CHARGE_AMPS': 10}, cur)
+    assert 'MAX_DISCHARGE_AMPS' in errs
+
+
+def test_whole_or_nothing():
+    cur = C.validate({})
+    before = cur.to_json()
+    errs = refused({'HEARTBEAT_TIMEOUT_S': 20, 'METER_POLL_MS': 5}, cur)
+    assert list(errs) == ['METER_POLL_MS']
+    assert cur.to_json() == before
+    assert cur.heartbeat_timeout_ms == 10000
+
+
+def test_board_narrows():
+    board = {'MAX_CHARGE_AMPS': [6, 16]}
+    cfg = C.validate({}, board=board)
+    assert cfg.max_charge_ma == 16000 and cfg.max_discharge_ma == 16000   # defaults pulled inside
+    errs = refused({'MAX_CHARGE_AMPS': 32}, board=board)
+    assert errs['MAX_CHARGE_AMPS'] == 'value 32 out of range: allowed 6 to 16 A'
+    # the board travels with the config for later changes
+    errs = refused({'MAX_CHARGE_AMPS': 20}, cfg)
+    assert 'MAX_CHARGE_AMPS' in errs
+    assert C.validate({'MAX_CHARGE_AMPS': 10, 'MAX_DISCHARGE_AMPS': 8}, cfg).max_charge_ma == 10000
+
+
+def test_hash_is_canonical():
+    a = C.validate({'MAX_CHARGE_AMPS': 20, 'MAX_DISCHARGE_AMPS': 10})
+    b = C.validate({'MAX_DISCHARGE_AMPS': 10, 'MAX_CHARGE_AMPS': 20.0})
+    assert a.config_hash() == b.config_hash()
+    assert len(a.config_hash()) == 16
+    assert a.config_hash() != C.validate({}).config_hash()
+    # same text on every interpreter
+    assert C.validate({}).config_hash() == '5c7fcbe328caa880'
+
+
+def test_dumps_and_load_json_roundtrip():
+    a = C.validate({'FREQ_DEADBAND_HZ': 0.05, 'GRID_PROFILE': 'EN50549_50HZ', 'VENTILATION_AVAILABLE': True})
+    text = a.dumps()
+    assert json.loads(text)['FREQ_DEADBAND_HZ'] == 0.05
+    b = C.load_json(text)
+    assert b.to_json() == a.to_json() and b.config_hash() == a.config_hash()
+    e = raises(C.ConfigError, C.load_json, '{"MAX_CHARGE_AMPS": ')
+    assert e.keys() == ['config']
