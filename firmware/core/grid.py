@@ -116,6 +116,8 @@ class GridProtection:
         self.trip_bit = 0
         self.trip_value = 0
         self._trip_ms = 0
+        self._good_mv = 0
+        self._good_mhz = 0
         self.changed = False
         if start_in_service:
             self.state = IN_SERVICE
@@ -227,8 +229,11 @@ class GridProtection:
             self._event(now_ms, errors.E507, True, 0, self.enter_service_delay_ms)
 
         mean_over = False
-        if meter_ok and self._mean_thr:
-            mean_over = self._mean_add(dt, grid_mv)
+        if meter_ok:
+            self._good_mv = grid_mv      # for the trip message when a reading then fails
+            self._good_mhz = grid_mhz
+            if self._mean_thr:
+                mean_over = self._mean_add(dt, grid_mv)
 
         st = self.state
         if st == RAMP or st == IN_SERVICE:
@@ -320,7 +325,7 @@ class GridProtection:
             # sample, one step later, would already be past it
             if hit == 0 and el + early > self._s_clr[i]:
                 hit = _CODE_OF_KIND[self._s_kind[i]]
-                self.trip_value = mhz if self._s_kind[i] >= OF else mv
+                self.trip_value = self._good_mhz if self._s_kind[i] >= OF else self._good_mv
                 self._trip_ms = el
         return hit
 

@@ -136,6 +136,7 @@ def test_meter_failure_keeps_running_excursion_and_starts_none():
     assert g.state == IN_SERVICE
     run(g, t, 0, 0, 1, ok=False)             # 150 ms: trips, the last reading was outside
     assert g.state == TRIPPED and g.trip_code == errors.E504
+    assert '108.0 V' in g.pop_events()[0][3]    # the last good reading (107999 mV), not the failed one
     # failed readings while inside start nothing, whatever numbers they carry
     g = in_service(droop_enabled=False)
     run(g, 0, 0, 0, 100, ok=False)
@@ -373,6 +374,19 @@ def test_configure_keeps_state_and_clamps_to_profile_ranges():
     assert g.state == IN_SERVICE and g.droop_mpct == 4000
     run(g, 0, NOM_MV, 60000, 1)
     assert g.allow_charge_ma == 16000 and g.allow_discharge_ma == 8000
+
+
+def test_from_config_uses_the_settings():
+    from core import config
+    cfg = config.validate({'GRID_PROFILE': 'EN50549_50HZ', 'NOMINAL_VOLTAGE_V': 230,
+                           'MAX_CHARGE_AMPS': 16, 'MAX_DISCHARGE_AMPS': 10,
+                           'FREQ_DROOP_PCT': 4, 'FREQ_RESPONSE_S': 1})
+    g = GridProtection.from_config(cfg, enter_service_delay_ms=0, ramp_ms=0)
+    assert g.profile_name == 'EN50549_50HZ' and g.nominal_mv == 230000 and g.nominal_mhz == 50000
+    assert g.droop_mpct == 4000 and g.response_ms == 1000 and g.deadband_mhz == 200
+    g.step(0, 230000, 50000, True)
+    assert g.state == IN_SERVICE
+    assert g.allow_charge_ma == 16000 and g.allow_discharge_ma == 10000
 
 
 def test_event_queue_is_bounded():
