@@ -209,6 +209,7 @@ async function boardMode(args) {
 
   // Byte queues between the host's ports and the firmware (read by boards/sim HAL via hostio).
   const rx = {}; const txPending = [];
+  let interrupted = false;
   for (const name of Object.keys(CHANNELS)) rx[name] = [];
   mp.registerJsModule("hostio", {
     // Bytes waiting on a port, as a Uint8Array (bytes() in Python), or null when none.
@@ -222,6 +223,10 @@ async function boardMode(args) {
     write: (name, hex) => { txPending.push([CHANNELS[name], Buffer.from(hex, "hex")]); },
     ticks_us: () => Number(process.hrtime.bigint() / 1000n) & 0x3fffffff,
     board: () => "vboard",
+    // Ctrl-C on the REPL stops the running application, as on a board.
+    interrupted: () => interrupted,
+    // A reset asked by the firmware or the plant port ("reboot"): like pressing RST.
+    reset: () => { setTimeout(() => { inRaw = false; softReset(); }, 0); },
   });
   mp.runPython("import sys, os\nos.chdir('/flash')\nsys.path[:] = ['', '/flash', '/flash/lib', '.frozen']");
 
@@ -306,6 +311,7 @@ async function boardMode(args) {
     return r !== 0 && softReset();
   };
   const feedChar = (c) => {
+    if (c === 0x03) interrupted = true;
     if (c === 0x01) inRaw = true;
     if (c === 0x02) inRaw = false;
     const r = mp.replProcessChar(c);
@@ -314,6 +320,7 @@ async function boardMode(args) {
   };
   const softReset = () => {
     // The host side restarts the VM process; the files go to the state folder first.
+    while (txPending.length) { const [ch, b] = txPending.shift(); sendFrame(ch, b); }
     save();
     control({ op: "soft_reset", raw: inRaw });
     process.exit(0);

@@ -1,0 +1,47 @@
+"""The asyncio shell: start the station and step it every CONTROL_PERIOD_MS.
+
+On a board, main.py calls run() and never returns. On the virtual board (MicroPython's
+WebAssembly port) asyncio runs on the host's event loop, so start() schedules the task and
+returns, leaving the REPL free as it would be after Ctrl-C on a board.
+"""
+import asyncio
+
+from board import hal as board_hal
+from core.controller import CONTROL_PERIOD_MS
+
+from app.station import Station
+
+station = None   # the running station, for the REPL and diagnostics
+
+
+async def control_loop(hal):
+    global station
+    now = hal.ticks_ms()
+    station = Station(hal, now)
+    next_ms = now
+    while not hal.stop_requested():
+        now = hal.ticks_ms()
+        if now - next_ms >= 0:
+            try:
+                station.tick(now)
+            except Exception as e:  # noqa: BLE001
+                # A bug in the step: outputs to the safe state (contactor open, pilot at
+                # state F, no discharge request) and stop feeding the watchdog, which
+                # resets the board into a clean start.
+                hal.safe_state()
+                hal.log_exception(e)
+                break
+            next_ms += CONTROL_PERIOD_MS
+            if now - next_ms > 10 * CONTROL_PERIOD_MS:
+                next_ms = now   # we fell far behind (debugger, flash write): do not burst
+        wait = next_ms - hal.ticks_ms()
+        await asyncio.sleep_ms(wait if wait > 0 else 0)
+    hal.safe_state()
+
+
+def start():
+    hal = board_hal.Hal()
+    run_forever = getattr(asyncio, 'run', None)
+    if run_forever is None:
+        return asyncio.create_task(control_loop(hal))
+    return run_forever(control_loop(hal))

@@ -1,0 +1,173 @@
+"""The station: one control step wired to the board and to the host link.
+
+Nothing clever lives here. Each tick reads the HAL into the preallocated Inputs, steps the
+pure core, writes the Outputs back to the HAL, then serves the host link. The core decides;
+this module only carries data and keeps what must survive a reset in storage.
+"""
+from core import config as config_mod
+from core import errors
+from core import link as L
+from core.controller import Controller, Inputs
+from core.grid import GridProtection
+
+from app import storage
+
+FW_VERSION = '0.1.0'
+CONFIG_FILE = 'v2g_vars.json'
+TEL_PERIOD_MS = 1000     # one telemetry sample a second ...
+TEL_BATCH = 1            # ... sent in batches of this many (the host may raise both)
+SAVE_EVERY_MS = 1000     # event log flush period; the journal is saved before each answer
+SHELL_OPS = ('diag', 'events', 'telemetry', 'hello')   # served here, not by the core
+
+
+def load_config(board_limits):
+    """The settings file validated as on every boot. A bad file is not used: the defaults run
+    instead and the reason is logged (V2G-400); the file itself is left for the operator."""
+    raw = storage.read_bytes(CONFIG_FILE)
+    if raw is None:
+        return config_mod.validate({}, board=board_limits), None
+    try:
+        return config_mod.load_json(raw, board=board_limits), None
+    except ValueError as e:   # ConfigError is a ValueError
+        return config_mod.validate({}, board=board_limits), str(e)
+
+
+def _load(target, name):
+    blob = storage.read_bytes(storage.state_path(name))
+    if blob:
+        try:
+            target.load(blob)
+        except ValueError:
+            pass   # a damaged journal or log starts empty rather than blocking the boot
+
+
+class Station:
+    def __init__(self, hal, now_ms):
+        self.hal = hal
+        self.cfg, cfg_problem = load_config(hal.BOARD_LIMITS)
+        self.ctl = Controller(self.cfg, grid=GridProtection.from_config(self.cfg))
+        self.inputs = Inputs()
+        _load(self.ctl.journal, 'journal.json')
+        _load(self.ctl.log, 'events.json')
+        boot = storage.read_json(storage.state_path('boot.json'), {}) or {}
+        self.boot_count = boot.get('count', 0) + 1
+        storage.write_json(storage.state_path('boot.json'), {'count': self.boot_count})
+        self.reset_cause = hal.reset_cause()
+        self.link = L.Link(hal.link_write)
+        self.tel_period_ms = TEL_PERIOD_MS
+        self.tel_batch = TEL_BATCH
+        self.tel_samples = []
+        self.next_tel_ms = now_ms
+        self.next_save_ms = now_ms + SAVE_EVERY_MS
+        if cfg_problem:
+            self.ctl.log.append(now_ms, 'V2G-400', True,
+                                'settings file refused, defaults in force: ' + cfg_problem)
+        self.send_hello()
+
+    # -- the control step ---------------------------------------------------------------------
+
+    def tick(self, now_ms):
+        self.hal.read_inputs(self.inputs, now_ms)
+        out = self.ctl.step(now_ms, self.inputs)
+        self.hal.apply(out, now_ms)
+        self.hal.feed_watchdog()
+        data = self.hal.link_read()
+        if data:
+            for msg in self.link.feed(data):
+                self.on_message(msg, now_ms)
+        evs = self.ctl.pop_events()
+        if evs:
+            self.link.send(L.evt(evs))
+        if now_ms - self.next_tel_ms >= 0:
+            self.next_tel_ms = now_ms + self.tel_period_ms
+            self.sample(now_ms, out)
+        if now_ms - self.next_save_ms >= 0:
+            self.next_save_ms = now_ms + SAVE_EVERY_MS
+            if self.ctl.log.dirty:
+                storage.write_atomic(storage.state_path('events.json'), self.ctl.log.dump())
+        return out
+
+    # -- host link ----------------------------------------------------------------------------
+
+    def send_hello(self):
+        self.link.send(L.hello(FW_VERSION, self.hal.BOARD_NAME, self.cfg.config_hash(),
+                               self.reset_cause, self.boot_count))
+
+    def on_message(self, msg, now_ms):
+        t = msg['t']
+        if t == 'hb':
+            self.ctl.heartbeat(now_ms)
+            self.link.send(L.hback(msg))
+        elif t == 'rtt':
+            self.ctl.report_rtt(now_ms, msg['ms'])
+        elif t == 'cmd':
+            self.link.send(L.res_from(msg['txn'], self.on_command(msg, now_ms)))
+        elif L.is_hello_request(msg):
+            self.send_hello()
+
+    def on_command(self, msg, now_ms):
+        op, args = msg['op'], msg['args']
+        if op == 'diag':
+            return True, None, 'diagnostics', self.diagnostics(now_ms)
+        if op == 'events':
+            return True, None, 'event log', {'events': [list(e) for e in self.ctl.log.entries()]}
+        if op == 'telemetry':
+            return self.set_telemetry(args)
+        if op == 'hello':
+            self.send_hello()
+            return True, None, 'hello sent', {}
+        result = self.ctl.command(now_ms, msg['txn'], op, args)
+        if result[0] and op == 'config_set':
+            self.cfg = self.ctl.cfg
+            storage.write_atomic(CONFIG_FILE, self.cfg.dumps().encode())
+        if self.ctl.journal.dirty:
+            # the answer leaves only once the transaction is on flash: a reset after it
+            # still returns the same result for the same txn
+            storage.write_atomic(storage.state_path('journal.json'), self.ctl.journal.dump())
+        return result
+
+    def set_telemetry(self, args):
+        period = args.get('period_ms', self.tel_period_ms)
+        batch = args.get('batch', self.tel_batch)
+        if not isinstance(period, int) or not 100 <= period <= 60000:
+            return False, 'V2G-400', 'period_ms: must be an integer 100 .. 60000', {}
+        if not isinstance(batch, int) or not 1 <= batch <= 20:
+            return False, 'V2G-400', 'batch: must be an integer 1 .. 20', {}
+        self.tel_period_ms, self.tel_batch = period, batch
+        return True, None, 'telemetry every {} ms, {} per message'.format(period, batch), {}
+
+    # -- telemetry and diagnostics ------------------------------------------------------------
+
+    def sample(self, now_ms, out):
+        inp = self.inputs
+        self.tel_samples.append({
+            't_ms': now_ms, 'cp': out.cp_state, 'mode': out.mode, 'contactor': out.contactor,
+            'pwm_pm': out.pwm_pm, 'ma': inp.meter_ma, 'mv': inp.meter_mv, 'mhz': inp.meter_mhz,
+            'w': (inp.meter_mv // 100) * inp.meter_ma // 10000,
+            'soc_pm': inp.bms_soc_pm, 'evse_dc': inp.evse_temp_dc, 'bat_dc': inp.bms_temp_dc,
+            'lim_chg_ma': out.limit_charge_ma, 'lim_chg_src': out.limit_charge_src,
+            'lim_dis_ma': out.limit_discharge_ma, 'lim_dis_src': out.limit_discharge_src,
+            'req_ma': out.request_ma, 'errors': errors.active(out.errors),
+            'e_in_wh': self.hal.energy_in_wh(), 'e_out_wh': self.hal.energy_out_wh(),
+        })
+        if len(self.tel_samples) >= self.tel_batch:
+            self.link.send(L.tel(self.tel_samples))
+            self.tel_samples = []
+
+    def diagnostics(self, now_ms):
+        out = self.ctl.out
+        saved = storage.read_json(CONFIG_FILE, {}) or {}
+        return {
+            'fw': FW_VERSION, 'board': self.hal.BOARD_NAME, 'boot_count': self.boot_count,
+            'reset_cause': self.reset_cause, 'uptime_ms': now_ms,
+            # the values themselves come with config_get (a frame holds 1 kB); here, which
+            # keys the settings file sets (the others are defaults)
+            'cfg_hash': self.cfg.config_hash(), 'config_file_keys': sorted(saved),
+            'mode': out.mode, 'cp_state': out.cp_state, 'contactor': out.contactor,
+            'limits': {'charge_ma': out.limit_charge_ma, 'charge_src': out.limit_charge_src,
+                       'discharge_ma': out.limit_discharge_ma, 'discharge_src': out.limit_discharge_src},
+            'errors': errors.active(out.errors),
+            'link': dict(self.link.stats),
+            'buses': self.hal.bus_stats(),
+            'events': len(self.ctl.log),
+        }

@@ -1,0 +1,162 @@
+"""The station shell with the simulated board: plant port, host link, persistence.
+
+Runs on both interpreters; the test plays the host through in-memory ports (the virtual
+board tests in tests/host drive the same code through real pseudo-terminals).
+"""
+import json
+import os
+import sys
+
+from app import station as station_mod
+from board import hal as sim_hal
+from core import link as L
+from core.controller import CONTROL_PERIOD_MS
+
+WORK = '/tmp/v2g_station_test_' + sys.implementation.name
+
+
+class Rig:
+    """A station on the simulated board, with a clock the test moves."""
+
+    def __init__(self, fresh=True):
+        if fresh:
+            _wipe(WORK)
+        self.ports = sim_hal.MemoryPorts()
+        self.now = 0
+        self.hal = sim_hal.Hal(ports=self.ports, clock=lambda: self.now)
+        self.st = station_mod.Station(self.hal, self.now)
+        self.host = L.Link(lambda b: None)
+        self.seq = 0
+
+    def plant(self, **ev):
+        self.ports.inbox['plant'] += (json.dumps(ev) + '\n').encode()
+
+    def send(self, msg):
+        self.ports.inbox['link'] += L.encode_frame(msg)
+
+    def run(self, ms, heartbeat=True):
+        end = self.now + ms
+        while self.now < end:
+            if heartbeat and self.now % 1000 == 0:
+                self.seq += 1
+                self.send(L.hb(self.seq, self.now))
+            self.st.tick(self.now)
+            self.now += CONTROL_PERIOD_MS
+
+    def received(self):
+        data = self.ports.outbox['link']
+        self.ports.outbox['link'] = b''
+        return list(self.host.feed(data))
+
+    def plant_replies(self):
+        data = self.ports.outbox['plant']
+        self.ports.outbox['plant'] = b''
+        return [json.loads(x) for x in data.decode().splitlines()]
+
+
+def _wipe(path):
+    try:
+        names = os.listdir(path)
+    except OSError:
+        os.mkdir(path)
+        names = []
+    for n in names:
+        p = path + '/' + n
+        try:
+            os.remove(p)
+        except OSError:
+            _wipe(p)
+            os.rmdir(p)
+
+
+def _in_work(fn):
+    def wrapped():
+        here = os.getcwd()
+        try:
+            os.mkdir(WORK)
+        except OSError:
+            pass
+        os.chdir(WORK)
+        try:
+            fn()
+        finally:
+            os.chdir(here)
+    return wrapped
+
+
+@_in_work
+def test_boot_sends_hello_with_boot_count():
+    rig = Rig()
+    hello = [m for m in rig.received() if m['t'] == 'hello']
+    assert len(hello) == 1 and hello[0]['boot_count'] == 1 and hello[0]['board'] == 'sim'
+    again = Rig(fresh=False)
+    assert [m for m in again.received() if m['t'] == 'hello'][0]['boot_count'] == 2
+
+
+@_in_work
+def test_heartbeat_is_echoed_and_plant_events_answered():
+    rig = Rig()
+    rig.plant(do='plug')
+    rig.plant(do='no_such_event')
+    rig.plant(do='setpoint', soc_target_pct=50, txn='x')
+    rig.run(200)
+    replies = rig.plant_replies()
+    assert replies[0] == {'ok': True, 'do': 'plug'}
+    assert not replies[1]['ok'] and 'unknown event' in replies[1]['error']
+    assert not replies[2]['ok'] and 'over the link' in replies[2]['error']
+    msgs = rig.received()
+    assert any(m['t'] == 'hback' and m['seq'] == 1 for m in msgs)
+
+
+@_in_work
+def test_plug_charge_and_telemetry():
+    rig = Rig()
+    rig.plant(do='plug')
+    rig.run(1000)
+    rig.plant(do='ev_ready')
+    rig.run(6000)
+    tel = [s for m in rig.received() if m['t'] == 'tel' for s in m['samples']]
+    last = tel[-1]
+    assert last['cp'] == 'C' and last['contactor'] is True and last['ma'] > 6000
+    assert last['mode'] == 'charging'
+
+
+@_in_work
+def test_command_result_is_idempotent_across_reboot():
+    rig = Rig()
+    rig.send(L.cmd('t-1', 'limit', {'charge_a': 10, 'discharge_a': 0}))
+    rig.run(100)
+    first = [m for m in rig.received() if m['t'] == 'res']
+    assert first and first[0]['ok'] is True and first[0]['txn'] == 't-1'
+    again = Rig(fresh=False)          # a reset: the journal comes back from storage
+    again.send(L.cmd('t-1', 'limit', {'charge_a': 20, 'discharge_a': 0}))
+    again.run(100)
+    second = [m for m in again.received() if m['t'] == 'res'][0]
+    assert second['ok'] == first[0]['ok'] and second['msg'] == first[0]['msg']
+
+
+@_in_work
+def test_bad_config_set_is_refused_and_file_untouched():
+    rig = Rig()
+    rig.send(L.cmd('c-1', 'config_set', {'MAX_CHARGE_AMPS': 16, 'MAX_DISCHARGE_AMPS': 16}))
+    rig.run(100)
+    before = open('v2g_vars.json').read()
+    rig.send(L.cmd('c-2', 'config_set', {'MAX_CHARGE_AMPS': 500, 'MIN_SOC_THRESHOLD': 20}))
+    rig.run(100)
+    res = [m for m in rig.received() if m['t'] == 'res']
+    assert res[0]['ok'] is True
+    assert res[1]['ok'] is False and res[1]['code'] == 'V2G-400' and 'MAX_CHARGE_AMPS' in res[1]['msg']
+    assert open('v2g_vars.json').read() == before
+    assert json.loads(before)['MAX_CHARGE_AMPS'] == 16
+
+
+@_in_work
+def test_garbage_on_the_link_is_counted_not_fatal():
+    rig = Rig()
+    rig.ports.inbox['link'] += b'\x01\x02garbage\x00\xff\xfe\x00'
+    rig.send(L.cmd('d-1', 'diag'))
+    rig.run(100)
+    res = [m for m in rig.received() if m['t'] == 'res']
+    assert res and res[0]['ok'] and res[0]['data']['link']['frames_ok'] >= 1
+    stats = res[0]['data']['link']
+    assert stats['cobs_errors'] + stats['crc_errors'] >= 1
