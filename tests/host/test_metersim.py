@@ -1,0 +1,128 @@
+"""The firmware Modbus master (under CPython) reads the pymodbus meter simulator over a
+real pseudo-terminal pair: good snapshots, live updates, and each fault kind."""
+
+import os
+import tty
+import warnings
+
+import pytest
+
+from host_tools import vm
+from host_tools.metersim import MeterSim, drive_snapshot
+
+vm.firmware_sys_path("sim")
+
+from core import meter_map as mm  # noqa: E402
+from core import modbus  # noqa: E402
+
+
+@pytest.fixture
+def line():
+    """(meter simulator on the pty slave, master fd the firmware side uses)."""
+    fd, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(fd, False)
+    sims = []
+
+    def make(**kw):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the simulator API must not be a deprecated one
+            sim = MeterSim(os.ttyname(slave), **kw).start()
+        sims.append(sim)
+        return sim
+
+    yield make, fd
+    for s in sims:
+        s.stop()
+    os.close(fd)
+    os.close(slave)
+
+
+def _reader(fd, model=mm.SDM630, unit=1, timeout_ms=300):
+    return mm.MeterReader(modbus.ModbusMaster(9600, timeout_ms), model, unit)
+
+
+def test_sdm630_snapshot_and_live_update(line):
+    make, fd = line
+    sim = make(model="SDM630", unit=1)
+    sim.update(v1=231.0, v2=229.5, v3=230.25, i1=16.0, i2=-8.5, i3=0.0, p1=3696.0, p2=-1950.75, p3=0.0,
+               pf1=0.99, pf2=-0.95, pf3=1.0, hz=49.95, import_kwh=1234.5, export_kwh=67.125)
+    rd = _reader(fd)
+    assert drive_snapshot(fd, rd)
+    v = rd.reading.vals
+    assert (v[mm.F_MV1], v[mm.F_MV2], v[mm.F_MV3]) == (231000, 229500, 230250)
+    assert (v[mm.F_MA1], v[mm.F_MA2], v[mm.F_MA3]) == (16000, -8500, 0)
+    assert (v[mm.F_MW1], v[mm.F_MW2], v[mm.F_MW_TOTAL]) == (3696000, -1950750, 1745250)
+    assert (v[mm.F_PF1], v[mm.F_PF2], v[mm.F_MHZ]) == (990, -950, 49950)
+    assert (v[mm.F_IMPORT_WH], v[mm.F_EXPORT_WH]) == (1234500, 67125)
+    assert rd.master.stats.ok == 2 and sim.requests == 2
+    sim.update(hz=50.2, import_kwh=1234.75)
+    assert drive_snapshot(fd, rd)
+    assert v[mm.F_MHZ] == 50200 and v[mm.F_IMPORT_WH] == 1234750 and rd.reading.seq == 2
+
+
+def test_sdm120_snapshot(line):
+    make, fd = line
+    sim = make(model="SDM120", unit=7)
+    sim.update(v1=239.9, i1=-10.0, p1=-2399.0, pf1=1.0, hz=60.0, export_kwh=3.5)
+    rd = _reader(fd, mm.SDM120, 7)
+    assert drive_snapshot(fd, rd)
+    v = rd.reading.vals
+    assert v[mm.F_MV1] == 239900 and v[mm.F_MA1] == -10000 and v[mm.F_MW_TOTAL] == -2399000
+    assert v[mm.F_MHZ] == 60000 and v[mm.F_EXPORT_WH] == 3500
+
+
+def _good_then(fd, sim, rd, fault):
+    assert drive_snapshot(fd, rd)
+    before = list(rd.reading.vals)
+    t = rd.reading.t_ms
+    sim.update(v1=100.0)
+    sim.fault = fault
+    assert not drive_snapshot(fd, rd)
+    assert rd.reading.vals == before and rd.reading.t_ms == t  # no reading from a failed poll
+    sim.fault = None
+    assert drive_snapshot(fd, rd)  # recovers on the next poll
+    assert rd.reading.vals[mm.F_MV1] == 100000
+    return rd.master.stats
+
+
+def test_fault_timeout(line):
+    make, fd = line
+    sim = make()
+    s = _good_then(fd, sim, _reader(fd), "timeout")
+    assert s.timeouts == 1 and s.crc_errors == 0 and s.ok == 4
+
+
+def test_fault_crc(line):
+    make, fd = line
+    sim = make()
+    s = _good_then(fd, sim, _reader(fd), "crc")
+    assert s.crc_errors == 1 and s.timeouts == 0
+
+
+def test_fault_exception(line):
+    make, fd = line
+    sim = make()
+    sim.exception_code = 6  # device busy
+    s = _good_then(fd, sim, _reader(fd), "exception")
+    assert s.exceptions[6] == 1 and s.exceptions_total() == 1 and s.crc_errors == 0
+
+
+def test_other_unit_id_is_silent(line):
+    make, fd = line
+    sim = make(unit=1)
+    rd = _reader(fd, unit=2)
+    assert not drive_snapshot(fd, rd)
+    assert rd.master.stats.timeouts == 1 and rd.master.stats.exceptions_total() == 0
+    assert sim.foreign == 1 and not rd.reading.valid
+
+
+def test_bad_simulator_arguments_refused():
+    with pytest.raises(ValueError, match="model"):
+        MeterSim("/dev/null", model="SDM72")
+    sim = MeterSim("/dev/null", model="SDM120")
+    with pytest.raises(ValueError, match="v2"):
+        sim.update(v1=230.0, v2=230.0)
+    assert sim.value("v1") == 230.0  # refused whole
+    with pytest.raises(ValueError, match="fault"):
+        sim.fault = "smoke"
