@@ -1,0 +1,545 @@
+"""Scenarios through Controller.step with hand-built inputs (one step = 50 ms)."""
+import micropython
+
+from core import config
+from core import errors as E
+from core.controller import CONTROL_PERIOD_MS, Controller, Inputs
+
+A_MV = 12000
+B_MV = 9000
+C_MV = 6000
+D_MV = 3000
+E_MV = 0
+
+
+class Rig:
+    """Controller plus a minimal obedient plant: the contactor follows its command,
+    the vehicle draws what is asked."""
+
+    def __init__(self, changes=None, soc_pm=800):
+        self.cfg = config.validate(changes or {})
+        self.c = Controller(self.cfg)
+        i = Inputs()
+        i.cp_high_mv = A_MV
+        i.cp_low_mv = -12000
+        i.pp_limit_a = 32
+        i.meter_ok = True
+        i.meter_age_ms = 100
+        i.meter_mv = 240000
+        i.meter_mhz = 60000
+        i.evse_temp_dc = 300
+        i.bms_age_ms = 50
+        i.bms_soc_pm = soc_pm
+        i.bms_temp_dc = 250
+        i.bms_max_charge_ma = 32000
+        i.bms_max_discharge_ma = 32000
+        i.bms_capacity_wh = 60000
+        self.i = i
+        self.t = 0
+        self.hb = True
+        self.feedback_follows = True
+        self.welded = False
+        self.o = None
+        self.n = 0
+
+    def step(self, n=1):
+        c = self.c
+        i = self.i
+        for _ in range(n):
+            self.t += CONTROL_PERIOD_MS
+            if self.hb:
+                c.heartbeat(self.t)
+            o = c.step(self.t, i)
+            if self.welded:
+                i.contactor_closed = True
+            elif self.feedback_follows:
+                i.contactor_closed = o.contactor
+            i.meter_ma = o.request_ma if i.contactor_closed else 0
+            self.o = o
+        return self.o
+
+    def until(self, pred, limit=400):
+        """Steps until pred(outputs) holds; returns how many."""
+        for k in range(1, limit + 1):
+            if pred(self.step()):
+                return k
+        raise AssertionError('condition not reached in {} steps'.format(limit))
+
+    def cmd(self, txn, op, args=None):
+        return self.c.command(self.t, txn, op, args)
+
+    def charging(self):
+        self.i.cp_high_mv = B_MV
+        self.step(2)
+        self.i.cp_high_mv = C_MV
+        self.until(lambda o: o.request_ma == self.o.limit_charge_ma and o.request_ma > 0)
+        return self.o
+
+    def codes(self):
+        return E.active(self.o.errors)
+
+    def events(self):
+        return self.c.pop_events()
+
+
+def test_plug_and_charge_timing():
+    r = Rig()
+    o = r.step(2)
+    assert o.cp_state == 'A' and o.mode == 'idle' and o.pwm_pm == 1000 and not o.contactor
+    r.i.cp_high_mv = B_MV
+    o = r.step()
+    assert o.cp_state == 'B' and o.mode == 'connected' and not o.contactor
+    assert o.pwm_pm == 533        # 32 A offer
+    r.i.cp_high_mv = C_MV
+    n = r.until(lambda o: o.contactor)
+    assert n == 3                  # 150 ms debounce, far inside the 3 s of IEC 61851
+    assert r.o.mode == 'charging' and r.o.cp_state == 'C'
+    # the request ramps up: no step above 10 A/s * 50 ms
+    last = 0
+    steps = 0
+    while r.o.request_ma < 32000:
+        o = r.step()
+        assert 0 <= o.request_ma - last <= 500, (last, o.request_ma)
+        last = o.request_ma
+        steps += 1
+    assert 60 <= steps <= 70
+    assert r.o.limit_charge_ma == 32000 and r.o.limit_charge_src == 'station'
+    assert r.codes() == []
+
+
+def test_pause_opens_contactor_in_one_step():
+    r = Rig()
+    r.charging()
+    r.i.cp_high_mv = B_MV
+    o = r.step()
+    assert not o.contactor and o.request_ma == 0 and o.mode == 'connected'   # 50 ms < 100 ms
+    r.i.cp_high_mv = C_MV
+    assert r.until(lambda o: o.contactor) == 3
+
+
+def test_unplug_opens_at_once():
+    r = Rig()
+    r.charging()
+    r.i.cp_high_mv = A_MV
+    o = r.step()
+    assert not o.contactor and o.mode == 'idle' and o.pwm_pm == 1000 and o.request_ma == 0
+
+
+def test_cable_and_bms_limits():
+    r = Rig()
+    r.i.pp_limit_a = 20
+    o = r.charging()
+    assert o.limit_charge_ma == 20000 and o.limit_charge_src == 'cable' and o.pwm_pm == 333
+    r.i.bms_max_charge_ma = 12000
+    o = r.step()
+    assert o.request_ma == 12000 and o.limit_charge_src == 'bms' and o.pwm_pm == 200
+    r.i.pp_limit_a = 0            # unknown cable: 13 A minimum rating assumed
+    r.i.bms_max_charge_ma = 32000
+    o = r.step()
+    assert o.limit_charge_ma == 13000 and o.limit_charge_src == 'cable'
+
+
+def test_state_e_fault_and_recovery_through_b():
+    r = Rig()
+    r.charging()
+    r.events()
+    r.i.cp_high_mv = E_MV
+    o = r.step()
+    assert not o.contactor and o.pwm_pm == 0 and o.mode == 'fault' and o.request_ma == 0
+    assert 'V2G-010' in r.codes()
+    ev = r.events()
+    assert ev[0][1] == 'V2G-010' and ev[0][2] is True and '0 mV' in ev[0][3] and 'state F' in ev[0][3]
+    # going straight back to C is not a recovery
+    r.i.cp_high_mv = C_MV
+    o = r.step(60)
+    assert 'V2G-010' in r.codes() and not o.contactor
+    r.i.cp_high_mv = B_MV
+    n = r.until(lambda o: not (o.errors & E.E010))
+    assert n <= 40
+    assert r.o.mode == 'connected'
+    ev = r.events()
+    assert ev[-1][1] == 'V2G-010' and ev[-1][2] is False
+    r.i.cp_high_mv = C_MV
+    assert r.until(lambda o: o.contactor) == 3
+
+
+def test_unknown_level_is_a_fault_at_once_while_energy_flows():
+    r = Rig()
+    r.charging()
+    r.i.cp_high_mv = 10500
+    o = r.step()
+    assert not o.contactor and o.pwm_pm == 0 and 'V2G-010' in r.codes()
+    assert 'fits no state' in r.events()[-1][3]
+
+
+def test_diode_missing_needs_state_a():
+    r = Rig()
+    r.charging()
+    r.i.cp_low_mv = -1000
+    n = r.until(lambda o: o.errors & E.E010)
+    assert n <= 2 and not r.o.contactor and r.o.pwm_pm == 0
+    assert 'diode' in r.events()[-1][3]
+    r.i.cp_high_mv = B_MV
+    r.step(80)
+    assert 'V2G-010' in r.codes()         # B is not enough for a missing diode
+    r.i.cp_high_mv = A_MV
+    r.i.cp_low_mv = -12000
+    r.until(lambda o: not (o.errors & E.E010))
+    assert r.o.mode == 'idle'
+
+
+def test_state_d_without_ventilation():
+    r = Rig()
+    r.charging()
+    r.i.cp_high_mv = D_MV
+    o = r.step()
+    assert not o.contactor and o.mode == 'fault' and 'V2G-012' in r.codes()
+    r.i.cp_high_mv = C_MV
+    r.until(lambda o: o.contactor)
+    assert 'V2G-012' not in r.codes()
+
+
+def test_state_d_with_ventilation_charges():
+    r = Rig({'VENTILATION_AVAILABLE': True})
+    r.i.cp_high_mv = B_MV
+    r.step(2)
+    r.i.cp_high_mv = D_MV
+    assert r.until(lambda o: o.contactor) == 3
+    assert r.o.mode == 'charging' and r.codes() == []
+
+
+def test_welded_contactor_latches_until_operator():
+    r = Rig()
+    r.charging()
+    r.welded = True
+    r.i.cp_high_mv = B_MV
+    n = r.until(lambda o: o.errors & E.E011)
+    assert n * CONTROL_PERIOD_MS <= 600
+    assert 'welded' in r.events()[-1][3]
+    r.i.cp_high_mv = C_MV
+    o = r.step(20)
+    assert not o.contactor and o.mode == 'fault' and o.pwm_pm == 1000
+    ok, code, msg, _ = r.cmd('cf1', 'clear_fault')
+    assert not ok and code == 'V2G-011' and 'still closed' in msg
+    ok, code, _, _ = r.cmd('s1', 'start')
+    assert not ok and code == 'V2G-011'
+    r.welded = False
+    r.i.contactor_closed = False
+    r.step()
+    ok, code, _, _ = r.cmd('cf2', 'clear_fault')
+    assert ok and code is None
+    assert r.until(lambda o: o.contactor) <= 3
+    assert 'V2G-011' not in r.codes()
+
+
+def test_contactor_fails_to_close():
+    r = Rig()
+    r.feedback_follows = False
+    r.i.cp_high_mv = B_MV
+    r.step(2)
+    r.i.cp_high_mv = C_MV
+    r.until(lambda o: o.contactor)
+    assert r.o.request_ma == 0          # nothing asked before the feedback
+    n = r.until(lambda o: o.errors & E.E011)
+    assert n * CONTROL_PERIOD_MS <= 600
+    assert not r.o.contactor and 'fails to close' in r.events()[-1][3]
+
+
+def test_current_with_contactor_open_is_a_weld():
+    r = Rig()
+    r.i.cp_high_mv = B_MV
+    r.step(20)
+    r.feedback_follows = False
+    r.i.meter_ma = 8000
+    r.c.step(r.t + 50, r.i)
+    r.t += 50
+    assert r.c.out.errors & E.E011
+
+
+def test_heartbeat_loss_stops_discharge_within_one_step():
+    r = Rig({'HEARTBEAT_TIMEOUT_S': 2})
+    r.charging()
+    assert r.cmd('t1', 'soc_target', {'soc_pct': 40})[0]
+    r.until(lambda o: o.request_ma <= -32000)
+    assert r.o.mode == 'discharging'
+    r.hb = False
+    lost_at = r.t
+    n = r.until(lambda o: o.request_ma >= 0)
+    # the step after the timeout already asks nothing out of the battery
+    assert r.t - lost_at <= 2000 + CONTROL_PERIOD_MS
+    assert r.o.mode == 'charge_only' and 'V2G-101' in r.codes()
+    assert r.o.limit_discharge_ma == 0 and r.o.limit_discharge_src == 'heartbeat'
+    assert n >= 39
+    ev = r.events()
+    assert ev[-1][1] == 'V2G-101' and '2.0 s' in ev[-1][3]
+    # charge-only: charging continues
+    r.until(lambda o: o.request_ma > 0)
+    # heartbeat back: still no discharge until a fresh command
+    r.hb = True
+    o = r.step(20)
+    assert o.request_ma >= 0 and o.mode == 'charge_only' and 'V2G-101' in r.codes()
+    # a repeated txn is not fresh
+    assert r.cmd('t1', 'soc_target', {'soc_pct': 40})[0]
+    o = r.step(5)
+    assert o.request_ma >= 0 and 'V2G-101' in r.codes()
+    assert r.cmd('t2', 'soc_target', {'soc_pct': 40})[0]
+    assert 'V2G-101' not in E.active(r.c.errors)
+    r.until(lambda o: o.request_ma < 0)
+    assert r.o.mode == 'discharging'
+
+
+def test_meter_stale_forbids_discharge_only():
+    r = Rig()
+    r.charging()
+    r.i.meter_age_ms = 3001
+    o = r.step()
+    assert 'V2G-120' in r.codes() and o.limit_discharge_ma == 0 and o.limit_discharge_src == 'meter'
+    assert o.request_ma == 32000 and o.contactor
+    assert r.cmd('m1', 'soc_target', {'soc_pct': 30})[0]
+    o = r.step(5)
+    assert o.request_ma == 0 and o.mode == 'paused'
+    r.i.meter_age_ms = 200
+    r.until(lambda o: o.request_ma < 0)
+    assert 'V2G-120' not in r.codes()
+
+
+def test_bms_missing_forbids_discharge():
+    r = Rig()
+    r.charging()
+    r.cmd('b1', 'soc_target', {'soc_pct': 30})
+    r.until(lambda o: o.request_ma < 0)
+    r.i.bms_age_ms = 1001
+    o = r.step()
+    assert o.request_ma >= 0 and 'V2G-130' in r.codes()
+    assert o.limit_discharge_src == 'can'
+    assert 'CAN_TIMEOUT_MS 1000' in r.events()[-1][3]
+
+
+def test_discharge_stops_at_floor():
+    r = Rig({'MIN_SOC_THRESHOLD': 20, 'RESERVE_MARGIN': 25, 'V2G_AVAILABLE_MARGIN': 10}, soc_pm=300)
+    r.charging()
+    # 30 % is below floor 25 % + margin 10 %: a discharge target is refused
+    ok, code, msg, _ = r.cmd('f0', 'soc_target', {'soc_pct': 10})
+    assert not ok and code == 'V2G-301' and '30.0 %' in msg
+    r.i.bms_soc_pm = 350
+    r.step()
+    ok, _, msg, data = r.cmd('f1', 'soc_target', {'soc_pct': 10})
+    assert ok and data['floor_pct'] == 25 and 'floor' in msg
+    r.until(lambda o: o.request_ma < 0)
+    soc = 350
+    while soc > 240:
+        soc -= 5
+        r.i.bms_soc_pm = soc
+        o = r.step()
+        if soc <= 250:
+            assert o.request_ma >= 0, soc
+        else:
+            assert o.request_ma < 0, soc
+    assert 'V2G-301' in r.codes()
+    assert r.o.limit_discharge_src == 'floor' and not r.o.v2g_available
+    # back a little above the floor: still unavailable until floor + margin (35 %)
+    r.i.bms_soc_pm = 340
+    o = r.step(5)
+    assert o.request_ma >= 0
+    ok, code, msg, _ = r.cmd('f2', 'soc_target', {'soc_pct': 30})
+    assert not ok and code == 'V2G-301' and '34.0 %' in msg
+    assert r.c.setpoint.target_pm == 100        # the refused target did not replace the old one
+    r.i.bms_soc_pm = 350
+    r.until(lambda o: o.request_ma < 0)
+    assert 'V2G-301' not in r.codes()
+
+
+def test_discharge_capacity_reported():
+    r = Rig(soc_pm=700)
+    r.charging()
+    assert r.o.discharge_capacity_wh == 30000     # (70 % - 20 %) * 60 kWh
+    assert r.c.status()['discharge_capacity_wh'] == 30000
+
+
+def test_thermal_derate_and_stop():
+    r = Rig()
+    r.charging()
+    r.i.evse_temp_dc = 700           # half way between 65 and 75 C
+    o = r.step()
+    assert o.limit_charge_ma == 16000 and o.limit_charge_src == 'thermal' and o.request_ma == 16000
+    assert o.pwm_pm == 266
+    r.i.evse_temp_dc = 750
+    o = r.step()
+    assert 'V2G-009' in r.codes() and o.request_ma == 0
+    n = r.until(lambda o: not o.contactor)
+    assert n <= 2
+    assert 'EVSE_TEMP_LIMIT_C' in r.events()[-1][3]
+    r.i.evse_temp_dc = 710
+    o = r.step(5)
+    assert 'V2G-009' in r.codes() and not o.contactor
+    r.i.evse_temp_dc = 699
+    o = r.step()
+    assert 'V2G-009' not in r.codes() and o.contactor
+
+
+def test_battery_temperature_derates_discharge_only():
+    r = Rig()
+    r.charging()
+    r.i.bms_temp_dc = 500            # half way between 45 and 55 C
+    o = r.step()
+    assert o.limit_discharge_ma == 16000 and o.limit_discharge_src == 'thermal'
+    assert o.limit_charge_ma == 32000
+    r.i.bms_temp_dc = 550
+    o = r.step()
+    assert o.limit_discharge_ma == 0 and 'V2G-009' in r.codes() and o.request_ma == 32000
+
+
+def test_idempotent_txn():
+    r = Rig()
+    r.charging()
+    first = r.cmd('x1', 'soc_target', {'soc_pct': 60})
+    assert first[0]
+    again = r.cmd('x1', 'soc_target', {'soc_pct': 90})
+    assert again == first
+    assert r.c.setpoint.target_pm == 600
+    bad = r.cmd('x2', 'limit', {'charge_a': -1})
+    assert not bad[0] and bad[1] == 'V2G-400'
+    assert r.cmd('x2', 'limit', {'charge_a': 10}) == bad
+    assert r.c.csms_charge_ma > 100000
+    assert r.c.journal.dirty
+
+
+def test_command_validation_names_the_field():
+    r = Rig()
+    ok, code, msg, _ = r.cmd('v1', 'soc_target', {'soc_pct': 120})
+    assert not ok and code == 'V2G-400' and msg.startswith('soc_pct')
+    ok, code, msg, _ = r.cmd('v2', 'soc_target', {'soc_pct': True})
+    assert not ok and msg.startswith('soc_pct')
+    ok, code, msg, _ = r.cmd('v3', 'soc_target', {'soc_pct': 50, 'mode': 'turbo'})
+    assert not ok and msg.startswith('mode')
+    ok, code, msg, _ = r.cmd('v4', 'fly', {})
+    assert not ok and code == 'V2G-400' and msg.startswith('op')
+    ok, code, msg, _ = r.cmd('', 'status', {})
+    assert not ok and msg.startswith('txn')
+    ok, code, msg, _ = r.cmd('v5', 'limit', {'charge_a': 10, 'watts': 5})
+    assert not ok and 'watts' in msg
+    ok, code, msg, _ = r.cmd('v6', 'charge_only', {'on': 'yes'})
+    assert not ok and msg.startswith('on')
+    ok, code, msg, _ = r.cmd('v7', 'soc_target', [50])
+    assert not ok and msg.startswith('args')
+    assert r.c.setpoint.target_pm == -1 and r.c.csms_charge_ma > 100000
+
+
+def test_csms_limit_and_pilot_minimum():
+    r = Rig()
+    r.charging()
+    assert r.cmd('l1', 'limit', {'charge_a': 10, 'discharge_a': 5})[0]
+    o = r.step()
+    assert o.limit_charge_ma == 10000 and o.limit_charge_src == 'csms' and o.pwm_pm == 166
+    assert o.limit_discharge_ma == 5000 and o.limit_discharge_src == 'csms'
+    assert r.cmd('l2', 'limit', {'charge_a': 4})[0]
+    o = r.step(30)
+    assert o.limit_charge_ma == 0 and o.limit_charge_src == 'pilot' and o.mode == 'paused'
+    assert not o.contactor and o.request_ma == 0
+    assert r.cmd('l3', 'limit', {'charge_a': None, 'discharge_a': None})[0]
+    r.until(lambda o: o.request_ma == 32000)
+
+
+def test_stop_and_start():
+    r = Rig()
+    r.charging()
+    assert r.cmd('s1', 'stop')[0]
+    o = r.step()
+    assert o.request_ma == 0 and o.pwm_pm == 1000
+    r.until(lambda o: not o.contactor)
+    assert r.o.mode == 'paused'
+    o = r.step(40)
+    assert not o.contactor
+    assert r.cmd('s2', 'start')[0]
+    r.until(lambda o: o.request_ma > 0)
+
+
+def test_charge_only_command():
+    r = Rig()
+    r.charging()
+    r.cmd('c1', 'soc_target', {'soc_pct': 40})
+    r.until(lambda o: o.request_ma < 0)
+    assert r.cmd('c2', 'charge_only', {'on': True})[0]
+    o = r.step()
+    assert o.request_ma >= 0 and o.mode == 'charge_only' and o.limit_discharge_src == 'charge_only'
+    assert r.cmd('c3', 'charge_only', {'on': False})[0]
+    r.until(lambda o: o.request_ma < 0)
+
+
+def test_config_set_refusal_keeps_settings():
+    r = Rig()
+    r.charging()
+    before = r.c.cfg.to_json()
+    ok, code, msg, data = r.cmd('k1', 'config_set', {'MAX_CHARGE_AMPS': 16, 'METER_POLL_MS': 1, 'X': 1})
+    assert not ok and code == 'V2G-400'
+    assert set(data['errors']) == {'METER_POLL_MS', 'X', 'MAX_DISCHARGE_AMPS', 'MAX_CHARGE_AMPS'} or \
+        set(data['errors']) == {'METER_POLL_MS', 'X'}
+    assert 'METER_POLL_MS' in msg and '100 to 10000 ms' in msg
+    assert r.c.cfg.to_json() == before and not r.c.cfg_dirty
+    assert r.step().pwm_pm == 533
+    ok, code, msg, data = r.cmd('k2', 'config_set', {'MAX_CHARGE_AMPS': 16, 'MAX_DISCHARGE_AMPS': 16})
+    assert ok and sorted(data['changed']) == ['MAX_CHARGE_AMPS', 'MAX_DISCHARGE_AMPS']
+    assert r.c.cfg_dirty and data['cfg_hash'] == r.c.cfg.config_hash()
+    o = r.step()
+    assert o.pwm_pm == 266 and o.request_ma == 16000
+    ok, _, _, data = r.cmd('k3', 'config_get', {'keys': ['MAX_CHARGE_AMPS']})
+    assert ok and data['values'] == {'MAX_CHARGE_AMPS': 16}
+    ok, code, msg, _ = r.cmd('k4', 'config_get', {'keys': ['NOPE']})
+    assert not ok and 'NOPE' in msg
+
+
+def test_grid_slot():
+    r = Rig()
+    r.charging()
+    r.c.set_grid(20000, 8000, 0, E.E505)
+    o = r.step()
+    assert o.limit_charge_ma == 20000 and o.limit_charge_src == 'grid' and o.request_ma == 20000
+    assert 'V2G-505' in r.codes()
+    r.cmd('g1', 'soc_target', {'soc_pct': 40})
+    r.until(lambda o: o.request_ma == -8000)
+    r.c.set_grid(1000000, 1000000, 3000, 0)    # over-frequency: droop takes 3 A more
+    r.until(lambda o: o.request_ma == -32000 + 3000)
+    r.c.set_grid(0, 0, 0, E.E503, True)
+    o = r.step()
+    assert not o.contactor and o.request_ma == 0
+
+
+def test_status_and_events_drained():
+    r = Rig()
+    r.charging()
+    ok, code, msg, data = r.cmd('st', 'status')
+    assert ok and data['mode'] == 'charging' and data['limit_charge_ma'] == 32000
+    r.i.meter_age_ms = 5000
+    r.step()
+    ev = r.events()
+    assert len(ev) == 1 and ev[0][1] == 'V2G-120' and '5.0 s' in ev[0][3]
+    assert r.events() == []
+    assert r.c.log.entries()[-1][1] == 'V2G-120'
+
+
+def test_step_allocates_nothing():
+    r = Rig()
+    r.charging()
+    r.cmd('h1', 'soc_target', {'soc_pct': 60})
+    r.until(lambda o: o.request_ma < 0)
+    r.i.cp_high_mv = B_MV
+    r.step(3)
+    r.i.cp_high_mv = C_MV
+    r.step(10)
+    r.events()
+    i = r.i
+    micropython.heap_lock()
+    try:
+        for k in range(1000):
+            # pause/resume, derating and SoC movement without raising a code
+            if k % 200 == 100:
+                i.cp_high_mv = B_MV
+            elif k % 200 == 110:
+                i.cp_high_mv = C_MV
+            i.evse_temp_dc = 600 + (k % 100)
+            i.bms_soc_pm = 700 - (k % 50)
+            r.step()
+    finally:
+        micropython.heap_unlock()
+    assert r.o.contactor and r.o.request_ma < 0
+    assert r.events() == []
