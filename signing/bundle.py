@@ -47,6 +47,8 @@ MAX_COMPONENTS = 64
 MAX_NAME_LEN = 64
 MAX_VERSION_LEN = 32
 MAX_U32 = 0xFFFFFFFF
+# Deepest nesting in a COSE_Sign1 or a manifest (tag/array/map levels), as on the controller.
+MAX_DEPTH = 4
 # Default capacity of one firmware slot; the installer passes the real one.
 MAX_TOTAL_SIZE = 512 * 1024
 
@@ -193,10 +195,31 @@ def _strict_loads(data, what):
         again = _dumps(obj)
     except (cbor2.CBOREncodeError, ValueError, TypeError) as e:
         raise BundleError("cbor", "{}: holds an item the format does not use ({})".format(what, e)) from None
+    if _depth(obj) > MAX_DEPTH:
+        raise BundleError("cbor", "{}: nesting deeper than {}".format(what, MAX_DEPTH))
     if again != bytes(data):
         raise BundleError("cbor", "{}: not deterministic CBOR (indefinite length, duplicate or "
                                   "unsorted map key, non-shortest head, or extra bytes)".format(what))
     return obj
+
+
+def _depth(obj):
+    """Nesting depth of a decoded item: containers and tags count one level each."""
+    deepest = 0
+    stack = [(obj, 0)]
+    while stack:
+        item, d = stack.pop()
+        if isinstance(item, cbor2.CBORTag):
+            stack.append((item.value, d + 1))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, d + 1) for v in item)
+        elif isinstance(item, Mapping):
+            stack.extend((v, d + 1) for kv in item.items() for v in kv)
+        else:
+            deepest = max(deepest, d)
+            continue
+        deepest = max(deepest, d + 1)
+    return deepest
 
 
 def split(bundle):

@@ -1,0 +1,77 @@
+"""`v2g sign`: make a signed firmware update bundle."""
+
+from pathlib import Path
+
+import click
+
+from host_tools.commands.keygen import read_passphrase
+from signing import bundle, keys
+
+
+def _address(_ctx, _param, value):
+    if value is None:
+        return None
+    try:
+        addr = int(value, 0)
+    except ValueError:
+        raise click.BadParameter("{!r} is not a number (use 0x08080000 or 134742016)".format(value)) from None
+    if addr < 0 or addr > 0xFFFFFFFF:
+        raise click.BadParameter("0x{:X} is outside the 32-bit address space".format(addr))
+    return addr
+
+
+def component_name(path, root):
+    p = Path(path)
+    if root is None:
+        return p.name
+    try:
+        return p.resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        raise click.BadParameter("{} is not under --root {}".format(path, root), param_hint="FILE") from None
+
+
+@click.command(name="sign")
+@click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Private signing key (PEM) made by `v2g keygen`.")
+@click.option("--passphrase-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File holding the private key's passphrase.")
+@click.option("--seq", type=click.IntRange(1, bundle.MAX_U32), required=True,
+              help="Sequence number; the controller installs only a sequence above its current one.")
+@click.option("--version", "version", required=True, help="Human version string, e.g. 1.4.0 (1-32 ASCII).")
+@click.option("--board", required=True, help="Board class the bundle is for, e.g. pyboard or sim.")
+@click.option("--security-counter", type=click.IntRange(0, bundle.MAX_U32), default=0, show_default=True,
+              help="Raise it to forbid going back below this release (never lowered by the controller).")
+@click.option("--root", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Name components by their path below this folder (default: the file name).")
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="Bundle file to write.")
+@click.option("--hex-address", callback=_address, default=None,
+              help="Also write the bundle as Intel HEX placed at this address (the update partition).")
+@click.option("--hex-out", type=click.Path(dir_okay=False), default=None, help="Intel HEX file to write.")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+def cli(key_path, passphrase_file, seq, version, board, security_counter, root, out, hex_address, hex_out, files):
+    """Sign FILE... into one update bundle for BOARD.
+
+    The bundle is a COSE_Sign1 (ES256 or EdDSA, by the key) over a manifest of the
+    components (name, size, SHA-256), sequence, security counter, vendor and board
+    class, followed by the component bytes in the order given. See
+    docs/signed-updates.md for the layout.
+    """
+    if (hex_address is None) != (hex_out is None):
+        raise click.UsageError("--hex-address and --hex-out go together")
+    try:
+        key = keys.load_private(key_path, read_passphrase(passphrase_file))
+    except keys.KeyFileError as e:
+        raise click.ClickException(str(e)) from None
+    components = [(component_name(f, root), Path(f).read_bytes()) for f in files]
+    try:
+        data = bundle.sign(key, components, seq, version, board, security_counter)
+        hex_text = bundle.to_intelhex(data, hex_address) if hex_out else None
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    Path(out).write_bytes(data)
+    if hex_out:
+        Path(hex_out).write_text(hex_text)
+    click.echo("signed {}: {} bytes, {} component(s), seq {}, security counter {}, board {}, kid {}".format(
+        out, len(data), len(components), seq, security_counter, board, keys.key_id(key).hex()))
+    if hex_out:
+        click.echo("intel hex {} at 0x{:08X}".format(hex_out, hex_address))
