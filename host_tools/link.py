@@ -1,0 +1,587 @@
+"""Host side of the controller link: framing, heartbeats, commands, subscriptions.
+
+Wire format and message set: docs/host-link.md (link version 1). Each frame is
+COBS(CBOR(message) + CRC-32 little-endian) + 0x00.
+
+Design: one thread-based client (`LinkClient`), because the users are CLI
+tools (console, diagnostics, FOTA, bench) and a bridge that already runs its
+own asyncio loop can call the blocking `command()` through
+`loop.run_in_executor`. Threads:
+- the reader thread reads the port, deframes, answers nothing itself, wakes
+  waiting `command()` calls and runs subscriber callbacks (keep them short;
+  an exception in one is logged and counted, never kills the reader);
+- the heartbeat thread sends "hb" every `heartbeat_s`; each "hback" gives the
+  round trip, which is sent back to the controller as "rtt".
+
+CBOR comes from cbor2 (canonical=True on send). COBS and the frame checks
+are re-implemented here in plain bytes rather than imported from firmware/:
+the host package is installed without the firmware tree, and the tests run
+both against each other. CRC-32 is zlib's (the same polynomial).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cbor2
+import serial
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+MAX_FRAME = 1024  # CBOR + CRC bytes, before COBS
+TXN_MAX_LEN = 64
+HEARTBEAT_S = 1.0
+
+STAT_NAMES = (
+    "frames_ok", "crc_errors", "cobs_errors", "oversize", "cbor_errors",
+    "unknown_type", "bad_msg", "tx_frames", "tx_errors",
+)
+
+# type -> ((field, python types, required), ...); mirrors firmware/core/link.py SCHEMA
+_INT = (int,)
+_STR = (str,)
+SCHEMA: dict[str, tuple] = {
+    "hello": (("fw", _STR, True), ("board", _STR, True), ("cfg_hash", _STR, True),
+              ("reset_cause", _STR, True), ("boot_count", _INT, True)),
+    "hb": (("seq", _INT, True), ("host_ms", _INT, True)),
+    "hback": (("seq", _INT, True), ("host_ms", _INT, True)),
+    "rtt": (("ms", _INT, True),),
+    "cmd": (("txn", _STR, True), ("op", _STR, True), ("args", (dict,), False),
+            ("deadline_ms", _INT, False), ("ttl_ms", _INT, False)),
+    "res": (("txn", _STR, True), ("ok", (bool,), True), ("code", (str, type(None)), True),
+            ("msg", _STR, True), ("data", (dict,), True)),
+    "tel": (("samples", (list,), True),),
+    "evt": (("events", (list,), True),),
+}
+_EVENT_SCHEMA = (("t_ms", _INT, True), ("code", _STR, True), ("on", (bool,), True), ("msg", _STR, True))
+
+
+class LinkError(Exception):
+    """The link is closed, the port failed, or a message cannot be sent."""
+
+
+class LinkTimeout(LinkError):
+    """No answer within the time allowed."""
+
+
+# ------------------------------------------------------------------ COBS
+
+def cobs_encode(data: bytes) -> bytes:
+    out = bytearray()
+    block = bytearray()
+    ended_full = False  # the last thing emitted was a full 254-byte block
+    for b in data:
+        if b == 0:
+            out.append(len(block) + 1)
+            out += block
+            block.clear()
+            ended_full = False
+        else:
+            block.append(b)
+            ended_full = False
+            if len(block) == 254:
+                out.append(0xFF)  # a full block implies no zero
+                out += block
+                block.clear()
+                ended_full = True
+    if not ended_full:
+        out.append(len(block) + 1)
+        out += block
+    return bytes(out)
+
+
+def cobs_decode(data: bytes) -> bytes | None:
+    """Decoded bytes, or None if data is not valid COBS."""
+    out = bytearray()
+    i, n = 0, len(data)
+    while i < n:
+        code = data[i]
+        if code == 0 or i + code > n:
+            return None
+        out += data[i + 1:i + code]
+        i += code
+        if code < 0xFF and i < n:
+            out.append(0)
+    return bytes(out)
+
+
+# ------------------------------------------------------------------ frames
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _fields_ok(msg: dict, fields) -> str | None:
+    for name, types, required in fields:
+        if name in msg:
+            x = msg[name]
+            if types is _INT:
+                good = _is_int(x)
+            else:
+                good = isinstance(x, types)
+            if not good:
+                return f"field {name} has the wrong type"
+        elif required:
+            return f"field {name} missing"
+    return None
+
+
+def check(msg) -> tuple[str, str] | None:
+    """(stat name, reason) for an invalid message, None for a valid one."""
+    if not isinstance(msg, dict):
+        return "bad_msg", "message is not a map"
+    v = msg.get("v")
+    if not _is_int(v) or v != VERSION:
+        return "bad_msg", f"link version {v!r} is not {VERSION}"
+    t = msg.get("t")
+    if not isinstance(t, str):
+        return "bad_msg", "type is not text"
+    if t not in SCHEMA:
+        return "unknown_type", f"unknown type {t!r}"
+    if t == "hello" and "fw" not in msg:
+        return None
+    why = _fields_ok(msg, SCHEMA[t])
+    if why is None:
+        if t in ("cmd", "res") and not 1 <= len(msg["txn"]) <= TXN_MAX_LEN:
+            why = f"txn length {len(msg['txn'])} not in 1..{TXN_MAX_LEN}"
+        elif t == "rtt" and msg["ms"] < 0:
+            why = "negative rtt"
+        elif t == "tel" and not all(isinstance(s, dict) for s in msg["samples"]):
+            why = "telemetry sample is not a map"
+        elif t == "evt":
+            for e in msg["events"]:
+                why = _fields_ok(e, _EVENT_SCHEMA) if isinstance(e, dict) else "event is not a map"
+                if why:
+                    break
+    return ("bad_msg", f"{t}: {why}") if why else None
+
+
+def encode_frame(msg: dict, max_frame: int = MAX_FRAME) -> bytes:
+    """The wire bytes of one message (COBS + delimiter). Raises LinkError if too large."""
+    try:
+        payload = cbor2.dumps(msg, canonical=True)
+    except (cbor2.CBOREncodeError, TypeError, ValueError) as e:
+        raise LinkError(f"cannot encode {msg.get('t', '?')!r}: {e}") from e
+    if len(payload) + 4 > max_frame:
+        raise LinkError(f"{msg.get('t', '?')!r} message of {len(payload) + 4} bytes exceeds the "
+                        f"{max_frame}-byte frame")
+    body = payload + zlib.crc32(payload).to_bytes(4, "little")
+    return cobs_encode(body) + b"\x00"
+
+
+class Deframer:
+    """Splits a byte stream into messages; bad frames are counted and dropped."""
+
+    def __init__(self, max_frame: int = MAX_FRAME):
+        self.max_frame = max_frame
+        self.max_encoded = max_frame + max_frame // 254 + 1
+        self._buf = bytearray()
+        self._dropping = False
+        self.stats = dict.fromkeys(STAT_NAMES, 0)
+        self.last_error = ""
+
+    def feed(self, data: bytes) -> list[dict]:
+        out = []
+        start = 0
+        while True:
+            z = data.find(b"\x00", start)
+            chunk = data[start:] if z < 0 else data[start:z]
+            if not self._dropping:
+                if len(self._buf) + len(chunk) > self.max_encoded:
+                    self._dropping = True
+                    self._buf.clear()
+                else:
+                    self._buf += chunk
+            if z < 0:
+                return out
+            msg = self._frame_end()
+            if msg is not None:
+                out.append(msg)
+            start = z + 1
+
+    def _drop(self, stat: str, why: str) -> None:
+        self.stats[stat] += 1
+        self.last_error = why
+        log.debug("link: dropped frame (%s): %s", stat, why)
+
+    def _frame_end(self) -> dict | None:
+        raw = bytes(self._buf)
+        self._buf.clear()
+        if self._dropping:
+            self._dropping = False
+            return self._drop("oversize", f"frame longer than {self.max_frame} bytes")
+        if not raw:
+            return None
+        body = cobs_decode(raw)
+        if body is None:
+            return self._drop("cobs_errors", "invalid COBS")
+        if len(body) > self.max_frame:
+            return self._drop("oversize", f"frame longer than {self.max_frame} bytes")
+        if len(body) <= 4:
+            return self._drop("crc_errors", f"frame of {len(body)} bytes has no room for a CRC")
+        payload, crc = body[:-4], int.from_bytes(body[-4:], "little")
+        if zlib.crc32(payload) != crc:
+            return self._drop("crc_errors", "CRC mismatch")
+        try:
+            fp = io.BytesIO(payload)
+            msg = cbor2.CBORDecoder(fp).decode()
+            if fp.tell() != len(payload):
+                raise ValueError(f"{len(payload) - fp.tell()} trailing bytes")
+        except Exception as e:  # cbor2 raises several kinds for hostile input
+            return self._drop("cbor_errors", f"CBOR: {e}")
+        bad = check(msg)
+        if bad:
+            return self._drop(*bad)
+        if msg["t"] == "cmd":
+            msg.setdefault("args", {})
+        self.stats["frames_ok"] += 1
+        return msg
+
+
+# ------------------------------------------------------------------ client
+
+@dataclass
+class CommandResult:
+    txn: str
+    ok: bool
+    code: str | None
+    msg: str
+    data: dict = field(default_factory=dict)
+    rtt_ms: float | None = None  # time from the last send to the answer
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def new_txn() -> str:
+    """A transaction id unique enough for the controller's applied-txn memory."""
+    return "h" + os.urandom(6).hex()
+
+
+class LinkClient:
+    """Thread-based host link client.
+
+    Use as a context manager (or open()/close()):
+
+        with LinkClient("/dev/ttyACM0") as lk:
+            print(lk.hello())
+            r = lk.command("soc_target", {"soc_pct": 80})
+    """
+
+    def __init__(self, url: str, *, baudrate: int = 115200, heartbeat_s: float | None = HEARTBEAT_S,
+                 max_frame: int = MAX_FRAME, on_tel: Callable[[dict], None] | None = None,
+                 on_evt: Callable[[dict], None] | None = None,
+                 on_hello: Callable[[dict], None] | None = None,
+                 port: serial.SerialBase | None = None):
+        self.url = url
+        self.baudrate = baudrate
+        self.heartbeat_s = heartbeat_s
+        self.max_frame = max_frame
+        self._port = port
+        self._deframer = Deframer(max_frame)
+        self._tx_lock = threading.Lock()
+        self._lock = threading.Lock()  # pending, subscribers, stats below
+        self._pending: dict[str, list] = {}  # txn -> [Event, result msg or None, time sent]
+        self._subs: dict[str, list[Callable[[dict], None]]] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._hb_seq = 0
+        self.rtt_ms: int | None = None  # last measured round trip
+        self.last_hello: dict | None = None
+        self.last_rx: float | None = None  # time.monotonic() of the last valid message
+        self.error: str | None = None  # why the reader stopped, if it did
+        self.counters = dict.fromkeys(("hb_sent", "hback", "late_results", "callback_errors"), 0)
+        for t, fn in (("tel", on_tel), ("evt", on_evt), ("hello", on_hello)):
+            if fn is not None:
+                self.subscribe(t, fn)
+
+    # -- lifecycle
+
+    def open(self) -> LinkClient:
+        if self._port is None:
+            try:
+                self._port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=0.05)
+            except (serial.SerialException, ValueError, OSError) as e:
+                raise LinkError(f"cannot open {self.url}: {e}") from e
+        # a lone delimiter makes the controller drop any partial frame it holds
+        self._write(b"\x00")
+        self._start("link-reader", self._reader)
+        if self.heartbeat_s:
+            self._start("link-heartbeat", self._heartbeat)
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=2)
+        self._threads.clear()
+        if self._port is not None:
+            try:
+                self._port.close()
+            except (serial.SerialException, OSError):
+                pass
+        self._fail_pending("link closed")
+
+    def __enter__(self) -> LinkClient:
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _start(self, name: str, target) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    # -- time
+
+    @staticmethod
+    def now_ms() -> int:
+        """The host clock used for host_ms and deadline_ms (monotonic)."""
+        return int(time.monotonic() * 1000)
+
+    # -- sending
+
+    def _write(self, data: bytes) -> None:
+        if self._port is None:
+            raise LinkError("link is not open")
+        with self._tx_lock:
+            try:
+                self._port.write(data)
+                self._port.flush()
+            except (serial.SerialException, OSError) as e:
+                raise LinkError(f"write to {self.url} failed: {e}") from e
+
+    def send(self, msg: dict) -> None:
+        """Send one message (adds "v" if missing). Raises LinkError."""
+        if "v" not in msg:
+            msg = {"v": VERSION, **msg}
+        try:
+            frame = encode_frame(msg, self.max_frame)
+        except LinkError:
+            self._deframer.stats["tx_errors"] += 1
+            raise
+        self._write(frame)
+        with self._lock:
+            self._deframer.stats["tx_frames"] += 1
+
+    def hello(self, timeout: float = 2.0) -> dict:
+        """Ask the controller to introduce itself; returns its hello message."""
+        msg = self.request({"v": VERSION, "t": "hello"}, "hello", timeout,
+                           lambda m: "fw" in m)
+        self.last_hello = msg
+        return msg
+
+    def request(self, msg: dict, reply_type: str, timeout: float,
+                match: Callable[[dict], bool] | None = None) -> dict:
+        """Send msg and wait for the next message of reply_type that matches."""
+        got: list[dict] = []
+        done = threading.Event()
+
+        def catch(m: dict) -> None:
+            if not got and (match is None or match(m)):
+                got.append(m)
+                done.set()
+
+        unsubscribe = self.subscribe(reply_type, catch)
+        try:
+            self.send(msg)
+            if not done.wait(timeout):
+                self._raise_if_dead()
+                raise LinkTimeout(f"no {reply_type!r} from the controller within {timeout:g} s")
+            return got[0]
+        finally:
+            unsubscribe()
+
+    def wait_for(self, msg_type: str, timeout: float,
+                 match: Callable[[dict], bool] | None = None) -> dict:
+        """Wait for the next message of msg_type (without sending anything)."""
+        got: list[dict] = []
+        done = threading.Event()
+
+        def catch(m: dict) -> None:
+            if not got and (match is None or match(m)):
+                got.append(m)
+                done.set()
+
+        unsubscribe = self.subscribe(msg_type, catch)
+        try:
+            if not done.wait(timeout):
+                self._raise_if_dead()
+                raise LinkTimeout(f"no {msg_type!r} from the controller within {timeout:g} s")
+            return got[0]
+        finally:
+            unsubscribe()
+
+    def command(self, op: str, args: dict | None = None, txn: str | None = None, *,
+                timeout: float = 3.0, retries: int = 2, deadline_ms: int | None = None,
+                ttl_ms: int | None = None) -> CommandResult:
+        """Run one controller command and return its result.
+
+        The same txn is re-sent on each retry; the controller answers a
+        repeated txn with the original result, so a retry never applies a
+        command twice. deadline_ms is on the host clock (now_ms()): past it,
+        nothing more is sent and a local V2G-110 refusal is returned, or
+        LinkTimeout if a try was already sent (its effect is then unknown:
+        ask "status"). Raises LinkTimeout when no try is answered.
+        """
+        txn = txn or new_txn()
+        if not 1 <= len(txn) <= TXN_MAX_LEN:
+            raise LinkError(f"txn length {len(txn)} not in 1..{TXN_MAX_LEN}")
+        entry = [threading.Event(), None, 0.0]
+        with self._lock:
+            if txn in self._pending:
+                raise LinkError(f"txn {txn} is already waiting for its result")
+            self._pending[txn] = entry
+        sent = False
+        try:
+            for attempt in range(retries + 1):
+                if deadline_ms is not None:
+                    left = deadline_ms - self.now_ms()
+                    if left <= 0:
+                        if not sent:
+                            return CommandResult(txn, False, "V2G-110",
+                                                 f"{op}: deadline passed before sending", {})
+                        raise LinkTimeout(f"{op} (txn {txn}): deadline passed after {attempt} "
+                                          "unanswered tries; its effect is unknown")
+                    ttl = left if ttl_ms is None else min(ttl_ms, left)
+                else:
+                    ttl = ttl_ms
+                msg = {"v": VERSION, "t": "cmd", "txn": txn, "op": op, "args": args or {}}
+                if deadline_ms is not None:
+                    msg["deadline_ms"] = deadline_ms
+                if ttl is not None:
+                    msg["ttl_ms"] = ttl
+                entry[2] = time.monotonic()
+                self.send(msg)
+                sent = True
+                wait = timeout
+                if deadline_ms is not None:
+                    wait = min(wait, max(0.0, (deadline_ms - self.now_ms()) / 1000))
+                if entry[0].wait(wait):
+                    res = entry[1]
+                    if res is None:  # woken because the link went down
+                        raise LinkError(f"{op} (txn {txn}): link to {self.url} closed "
+                                        f"({self.error or 'closed'}); its effect is unknown")
+                    return CommandResult(txn, res["ok"], res["code"], res["msg"], res["data"],
+                                         round((time.monotonic() - entry[2]) * 1000, 1))
+                self._raise_if_dead()
+                log.info("link: no result for %s (txn %s), try %d of %d", op, txn, attempt + 1,
+                         retries + 1)
+            raise LinkTimeout(f"no result for {op} (txn {txn}) after {retries + 1} tries "
+                              f"of {timeout:g} s")
+        finally:
+            with self._lock:
+                self._pending.pop(txn, None)
+
+    # -- subscriptions
+
+    def subscribe(self, msg_type: str, fn: Callable[[dict], None]) -> Callable[[], None]:
+        """Call fn(msg) on the reader thread for every message of msg_type
+        ("*" for all). Returns a function that unsubscribes."""
+        with self._lock:
+            self._subs.setdefault(msg_type, []).append(fn)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                lst = self._subs.get(msg_type, [])
+                if fn in lst:
+                    lst.remove(fn)
+
+        return unsubscribe
+
+    # -- statistics
+
+    @property
+    def stats(self) -> dict:
+        """Frame counters (same names as the controller's) plus client counters."""
+        out = dict(self._deframer.stats)
+        out.update(self.counters)
+        out["rtt_ms"] = self.rtt_ms
+        return out
+
+    @property
+    def last_error(self) -> str:
+        return self._deframer.last_error
+
+    # -- threads
+
+    def _raise_if_dead(self) -> None:
+        if self.error:
+            raise LinkError(f"link to {self.url} failed: {self.error}")
+
+    def _fail_pending(self, why: str) -> None:
+        log.debug("link: failing pending commands: %s", why)
+        with self._lock:
+            for entry in self._pending.values():
+                entry[0].set()  # wakes the waiter; it sees entry[1] is None
+
+    def _reader(self) -> None:
+        port = self._port
+        while not self._stop.is_set():
+            try:
+                data = port.read(max(1, port.in_waiting))
+            except (serial.SerialException, OSError, TypeError, AttributeError) as e:
+                if not self._stop.is_set():
+                    self.error = str(e) or type(e).__name__
+                    log.warning("link: reader stopped: %s", self.error)
+                self._fail_pending(self.error or "closed")
+                return
+            if not data:
+                continue
+            for msg in self._deframer.feed(data):
+                self.last_rx = time.monotonic()
+                self._dispatch(msg)
+
+    def _dispatch(self, msg: dict) -> None:
+        t = msg["t"]
+        if t == "hback":
+            self._on_hback(msg)
+        elif t == "res":
+            with self._lock:
+                entry = self._pending.get(msg["txn"])
+            if entry is not None and entry[1] is None:
+                entry[1] = msg
+                entry[0].set()
+            elif entry is None:
+                self.counters["late_results"] += 1
+        elif t == "hello" and "fw" in msg:
+            self.last_hello = msg
+        with self._lock:
+            subs = list(self._subs.get(t, ())) + list(self._subs.get("*", ()))
+        for fn in subs:
+            try:
+                fn(msg)
+            except Exception:
+                self.counters["callback_errors"] += 1
+                log.exception("link: %s subscriber failed", t)
+
+    def _on_hback(self, msg: dict) -> None:
+        self.counters["hback"] += 1
+        rtt = self.now_ms() - msg["host_ms"]
+        if not 0 <= rtt <= 60_000:
+            return  # not one of ours (another host, or an old session)
+        self.rtt_ms = rtt
+        try:
+            self.send({"v": VERSION, "t": "rtt", "ms": rtt})
+        except LinkError as e:
+            log.debug("link: could not report rtt: %s", e)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.is_set():
+            self._hb_seq += 1
+            try:
+                self.send({"v": VERSION, "t": "hb", "seq": self._hb_seq, "host_ms": self.now_ms()})
+                self.counters["hb_sent"] += 1
+            except LinkError as e:
+                log.warning("link: heartbeat not sent: %s", e)
+            self._stop.wait(self.heartbeat_s)
