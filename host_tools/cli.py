@@ -12,6 +12,9 @@ import click
 # name -> (module, one-line help). Order is the order of `v2g --help`.
 COMMANDS = {
     "vboard": ("host_tools.commands.vboard", "Run the virtual controller board (firmware on the MicroPython VM)."),
+    "keygen": ("host_tools.commands.keygen", "Make a key pair for signing firmware updates."),
+    "sign": ("host_tools.commands.sign", "Sign firmware files into an update bundle."),
+    "verify": ("host_tools.commands.verify", "Check a signed update bundle: signature, manifest, digests."),
 }
 
 
