@@ -1,0 +1,244 @@
+"""Property tests of the control core under CPython (hypothesis).
+
+Random sequences of plant inputs, host commands (with repeated txns), heartbeat
+gaps and time steps drive Controller.step; a small obedient plant closes the
+loop (the contactor follows its command one step later, the vehicle draws the
+request of the previous step). After every step the safety rules must hold.
+"""
+import os
+import sys
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+for _p in (os.path.join(_ROOT, 'firmware'), os.path.join(_ROOT, 'tests', 'shims')):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from core import config  # noqa: E402
+from core import pilot as P  # noqa: E402
+from core.controller import Controller, Inputs  # noqa: E402
+
+EXAMPLES = 300
+PROFILE = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+LEVELS_MV = (12000, 9000, 6000, 6000, 6000, 3000, 0, -12000, 10500)
+TXNS = ('t0', 't1', 't2', 't3', 't4', 't5')
+
+plant_change = st.one_of(
+    st.tuples(st.just('cp'), st.sampled_from(LEVELS_MV)),
+    st.tuples(st.just('soc'), st.integers(-60, 60)),
+    st.tuples(st.just('meter_age'), st.sampled_from((100, 100, 2900, 3100, 20000))),
+    st.tuples(st.just('bms_age'), st.sampled_from((50, 50, 900, 1100, 50000))),
+    st.tuples(st.just('evse_temp'), st.integers(200, 800)),
+    st.tuples(st.just('batt_temp'), st.integers(100, 600)),
+    st.tuples(st.just('pp'), st.sampled_from((0, 13, 20, 32, 63))),
+    st.tuples(st.just('diode'), st.booleans()),
+    st.tuples(st.just('bms_dis'), st.sampled_from((0, 10000, 32000, 50000))),
+)
+command = st.one_of(
+    st.tuples(st.just('soc_target'), st.sampled_from(TXNS),
+              st.fixed_dictionaries({'soc_pct': st.integers(0, 100)},
+                                    optional={'mode': st.sampled_from(('auto', 'charge', 'discharge'))})),
+    st.tuples(st.just('limit'), st.sampled_from(TXNS),
+              st.fixed_dictionaries({'charge_a': st.one_of(st.none(), st.integers(0, 40)),
+                                     'discharge_a': st.one_of(st.none(), st.integers(0, 40))})),
+    st.tuples(st.just('charge_only'), st.sampled_from(TXNS), st.fixed_dictionaries({'on': st.booleans()})),
+    st.tuples(st.just('stop'), st.sampled_from(TXNS), st.just({})),
+    st.tuples(st.just('start'), st.sampled_from(TXNS), st.just({})),
+    st.tuples(st.just('config_set'), st.sampled_from(TXNS),
+              st.fixed_dictionaries({'MAX_DISCHARGE_AMPS': st.integers(0, 40)})),
+)
+action = st.one_of(
+    st.tuples(st.just('run'), st.integers(1, 120)),
+    st.tuples(st.just('plant'), plant_change),
+    st.tuples(st.just('cmd'), command),
+    st.tuples(st.just('hb'), st.booleans()),
+    st.tuples(st.just('gap'), st.integers(51, 3000)),
+)
+scenario = st.tuples(
+    st.one_of(st.integers(150, 550), st.integers(150, 1000)),   # starting SoC, per-mille (mostly near the floor)
+    st.sampled_from((1, 2, 5)),                 # HEARTBEAT_TIMEOUT_S
+    st.booleans(),                              # VENTILATION_AVAILABLE
+    st.integers(0, 40),                         # MIN_SOC_THRESHOLD
+    st.lists(action, min_size=5, max_size=60),
+)
+
+COUNTS = {'examples': 0, 'steps': 0, 'discharge_steps': 0, 'charge_steps': 0, 'repeated_txns': 0,
+          'hb_lost_steps': 0, 'floor_steps': 0, 'at_floor_steps': 0, 'faults': 0}
+
+
+def _snapshot(c):
+    sp = c.setpoint
+    return (sp.target_pm, sp.mode, c.csms_charge_ma, c.csms_discharge_ma, c.stopped, c.cmd_charge_only,
+            c.fallback, c.cfg.config_hash(), c.weld)
+
+
+class World:
+    def __init__(self, soc, hb_s, vent, min_soc):
+        cfg = config.validate({'HEARTBEAT_TIMEOUT_S': hb_s, 'VENTILATION_AVAILABLE': vent,
+                               'MIN_SOC_THRESHOLD': min_soc, 'RESERVE_MARGIN': 20})
+        self.c = Controller(cfg)
+        i = Inputs()
+        i.cp_high_mv = 6000
+        i.pp_limit_a = 32
+        i.meter_ok = True
+        i.meter_age_ms = 100
+        i.bms_age_ms = 50
+        i.bms_soc_pm = soc
+        i.bms_max_charge_ma = 32000
+        i.bms_max_discharge_ma = 32000
+        i.bms_capacity_wh = 60000
+        i.evse_temp_dc = 300
+        i.bms_temp_dc = 250
+        self.i = i
+        self.t = 0
+        self.hb = True
+        self.diode = True
+        self.results = {}
+        self.prev_req = 0
+        self.prev_soc_low = False
+
+    def step(self):
+        c = self.c
+        i = self.i
+        self.t += 50
+        if self.hb:
+            c.heartbeat(self.t)
+        hb_age = self.t - c._hb_last
+        i.cp_low_mv = -12000 if self.diode else -2000
+        o = c.step(self.t, i)
+        self.check(o, hb_age)
+        # plant: feedback follows the command, the vehicle draws last step's request,
+        # the battery moves 0.1-0.2 % per step with the current (fast, so the floor and
+        # targets are reached within an example)
+        i.meter_ma = self.prev_req if i.contactor_closed else 0
+        if i.meter_ma > 0 and i.bms_soc_pm < 1000:
+            i.bms_soc_pm += 1
+        elif i.meter_ma < 0 and i.bms_soc_pm > 1:
+            i.bms_soc_pm -= 2
+        i.contactor_closed = o.contactor
+        self.prev_req = o.request_ma
+
+    def check(self, o, hb_age):
+        c = self.c
+        i = self.i
+        cfg = c.cfg
+        COUNTS['steps'] += 1
+        raw = P.level(i.cp_high_mv)
+        soc_known = i.bms_age_ms <= cfg.can_timeout_ms
+        floor = cfg.floor_pm
+        # energy only in C (or D with ventilation): every other level opens in the same step
+        if raw not in (P.C, P.D) or (raw == P.D and not cfg.ventilation):
+            assert not o.contactor, (raw, o.mode)
+        if not o.contactor:
+            assert o.request_ma == 0
+        # never beyond the discharge ceiling or the limit in force
+        assert o.request_ma >= -cfg.max_discharge_ma
+        assert o.request_ma >= -o.limit_discharge_ma
+        assert o.request_ma <= o.limit_charge_ma
+        if o.request_ma < 0:
+            COUNTS['discharge_steps'] += 1
+            assert soc_known, 'discharge without BMS data'
+            assert i.bms_soc_pm > floor, (i.bms_soc_pm, floor)
+            assert not (c.fallback or c.cmd_charge_only), 'discharge in charge-only'
+            assert i.meter_age_ms <= cfg.meter_stale_ms, 'discharge with a stale meter'
+            assert hb_age <= cfg.heartbeat_timeout_ms, 'discharge without heartbeat'
+            assert not c.stopped
+        elif o.request_ma > 0:
+            COUNTS['charge_steps'] += 1
+        if hb_age > cfg.heartbeat_timeout_ms:
+            COUNTS['hb_lost_steps'] += 1
+            assert o.request_ma >= 0 and o.errors & 0x10
+        if o.mode == 'fault':
+            COUNTS['faults'] += 1
+        low = soc_known and i.bms_soc_pm <= floor
+        if low:
+            COUNTS['floor_steps'] += 1
+            if i.bms_soc_pm == floor:
+                COUNTS['at_floor_steps'] += 1
+        # the vehicle follows one step late: at most one step of discharge current at the floor
+        if low and self.prev_soc_low and i.contactor_closed:
+            assert self.prev_req >= 0
+        self.prev_soc_low = low
+
+    def plant(self, what, v):
+        i = self.i
+        if what == 'cp':
+            i.cp_high_mv = v
+        elif what == 'soc':
+            i.bms_soc_pm = min(1000, max(0, i.bms_soc_pm + v))
+        elif what == 'meter_age':
+            i.meter_age_ms = v
+        elif what == 'bms_age':
+            i.bms_age_ms = v
+        elif what == 'evse_temp':
+            i.evse_temp_dc = v
+        elif what == 'batt_temp':
+            i.bms_temp_dc = v
+        elif what == 'pp':
+            i.pp_limit_a = v
+        elif what == 'diode':
+            self.diode = v
+        elif what == 'bms_dis':
+            i.bms_max_discharge_ma = v
+
+    def command(self, op, txn, args):
+        c = self.c
+        before = _snapshot(c)
+        res = c.command(self.t, txn, op, dict(args))
+        if txn in self.results:
+            COUNTS['repeated_txns'] += 1
+            assert res == self.results[txn]
+            assert _snapshot(c) == before, 'a repeated txn changed state'
+        else:
+            self.results[txn] = res
+            if not res[0]:
+                assert _snapshot(c) == before, 'a refused command changed state'
+
+
+@PROFILE
+@given(scenario)
+def _run(sc):
+    soc, hb_s, vent, min_soc, actions = sc
+    w = World(soc, hb_s, vent, min_soc)
+    COUNTS['examples'] += 1
+    # start with a discharge plan so the interesting paths are reached
+    w.command('soc_target', 'init', {'soc_pct': 30})
+    for _ in range(10):
+        w.step()
+    for kind, arg in actions:
+        if kind == 'run':
+            for _ in range(arg):
+                w.step()
+        elif kind == 'plant':
+            w.plant(arg[0], arg[1])
+            w.step()
+        elif kind == 'cmd':
+            w.command(arg[0], arg[1], arg[2])
+            w.step()
+        elif kind == 'hb':
+            w.hb = arg
+            w.step()
+        else:
+            # a late step (the scheduler stalled): time jumps
+            w.t += arg - 50
+            w.step()
+
+
+def test_core_safety_properties():
+    for k in COUNTS:
+        COUNTS[k] = 0
+    _run()
+    print('core properties:', ', '.join('{}={}'.format(k, v) for k, v in COUNTS.items()))
+    assert COUNTS['examples'] == EXAMPLES
+    # the properties were exercised, not vacuously true
+    assert COUNTS['discharge_steps'] > 1000
+    assert COUNTS['charge_steps'] > 1000
+    assert COUNTS['repeated_txns'] > 100
+    assert COUNTS['hb_lost_steps'] > 100
+    assert COUNTS['floor_steps'] > 100
+    assert COUNTS['at_floor_steps'] > 50
+    assert COUNTS['faults'] > 100
