@@ -154,3 +154,26 @@ def test_enum_names_match_controller_words():
     assert cm.MODE_NAMES[cm.MODE_CHARGE_ONLY] == "charge_only"
     assert cm.CP_STATE_NAMES.index("F") == cm.CP_STATE_F
     assert cm.LIMIT_CHARGE_SRC_NAMES.index("bms") == cm.LIMIT_CHARGE_SRC_BMS
+
+
+def test_receive_and_send_allocate_nothing():
+    import micropython
+
+    rx = cm.CanRx()
+    tx = cm.CanTx()
+    frames = [_bms_status_bytes(500 + i, i) for i in range(4)]
+    bad = bytearray(frames[0])
+    bad[3] ^= 1
+    out = bytearray(8)
+    micropython.heap_lock()
+    try:
+        for i in range(4):
+            rx.feed(cm.BMS_STATUS_ID, frames[i], 8, 1000 + i)
+        rx.feed(cm.BMS_STATUS_ID, bad, 8, 2000)
+        rx.feed(0x7FF, bad, 8, 2000)
+        tx.frame_vcu_power_request(out)
+        tx.frame_evse_status(out)
+        tx.frame_evse_limits(out)
+    finally:
+        micropython.heap_unlock()
+    assert rx.stats.rx_ok == 4 and rx.stats.bad_checksum == 1 and rx.stats.unknown_id == 1

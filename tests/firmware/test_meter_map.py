@@ -159,3 +159,31 @@ def test_start_refused_while_busy():
     assert not rd.start(1)
     assert not rd.on_result(modbus.ERR_TIMEOUT, 300)
     assert not rd.busy() and not rd.reading.valid
+
+
+def test_snapshot_decode_allocates_nothing():
+    import micropython
+
+    meter = FakeMeter(1, SDM630_VALUES)
+    m = modbus.ModbusMaster(9600, 200)
+    rd = mm.MeterReader(m, mm.SDM630, 1)
+    replies = []
+    for start, count in mm.BLOCKS_SDM630:
+        req = bytearray(8)
+        modbus.build_read_input(req, 1, start, count)
+        replies.append(meter.answer(req))
+    done = [False]
+    micropython.heap_lock()
+    try:
+        rd.start(0)
+        t = 0
+        for reply in replies:
+            m.tx_ready(t)
+            m.sent(t)
+            t += 50000
+            m.feed(reply, len(reply), t)
+            done[0] = rd.on_result(m.poll(t), t // 1000)
+            t += 10000
+    finally:
+        micropython.heap_unlock()
+    assert done[0] and rd.reading.vals[mm.F_MHZ] == 49980

@@ -239,3 +239,23 @@ def test_wire_time():
     m = modbus.ModbusMaster(9600, 200)
     # 8 + 113 chars of 1042 us + 2 * t3.5
     assert m.wire_time_us(54) == 121 * 1042 + 2 * 3647
+
+
+def test_transaction_allocates_nothing():
+    import micropython
+
+    m = modbus.ModbusMaster(9600, 200)
+    reply = _reply(1, _f32(230.5) + _f32(-1.25))
+    results = [0, 0, 0]
+    micropython.heap_lock()
+    try:
+        m.request(1, 0, 4)
+        n = m.tx_ready(0)
+        m.sent(9000)
+        m.feed(reply, len(reply), 40000)
+        results[0] = m.poll(40001)
+        results[1] = modbus.f32_milli(m.rx, 3)
+        results[2] = modbus.f32_milli(m.rx, 7)
+    finally:
+        micropython.heap_unlock()
+    assert n == 8 and results == [modbus.OK, 230500, -1250]
