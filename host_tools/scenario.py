@@ -75,9 +75,10 @@ EVENTS = {
 class ScenarioError(ValueError):
     """A scenario file that cannot be simulated. The message names file, place and problem."""
 
-    def __init__(self, file, where, problem):
+    def __init__(self, file, where, problem, index=None):
         self.file = str(file)
         self.where = where
+        self.index = index          # position in the [[at]] array (from 0), None outside it
         self.problem = problem
         super().__init__("{}: {}: {}".format(self.file, where, problem))
 
@@ -136,48 +137,51 @@ def _check_config(file, table):
 
 
 def _check_event(file, index, ev, duration_s, prev_t):
+    def bad(problem):
+        return ScenarioError(file, where, problem, index)
+
     where = "event #{}".format(index)
     if not isinstance(ev, dict):
-        raise ScenarioError(file, where, "must be a table")
+        raise bad("must be a table")
     if "do" in ev and isinstance(ev["do"], str):
         where = "event #{} (do = {!r})".format(index, ev["do"])
     if "t_s" not in ev:
-        raise ScenarioError(file, where, "missing key 't_s'")
+        raise bad("missing key 't_s'")
     t = ev["t_s"]
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
-        raise ScenarioError(file, where, "t_s must be a number, got {!r}".format(t))
+        raise bad("t_s must be a number, got {!r}".format(t))
     if t < 0 or t > duration_s:
-        raise ScenarioError(file, where, "t_s = {} is outside the run (0 .. duration_s = {})".format(t, duration_s))
+        raise bad("t_s = {} is outside the run (0 .. duration_s = {})".format(t, duration_s))
     if prev_t is not None and t < prev_t:
-        raise ScenarioError(file, where, "events out of time order: t_s = {} comes after t_s = {}".format(t, prev_t))
+        raise bad("events out of time order: t_s = {} comes after t_s = {}".format(t, prev_t))
     if "do" not in ev:
-        raise ScenarioError(file, where, "missing key 'do'")
+        raise bad("missing key 'do'")
     do = ev["do"]
     if not isinstance(do, str) or do not in EVENTS:
-        raise ScenarioError(file, where, "unknown do {!r} (known: {})".format(do, ", ".join(sorted(EVENTS))))
+        raise bad("unknown do {!r} (known: {})".format(do, ", ".join(sorted(EVENTS))))
     args = {k: v for k, v in ev.items() if k not in ("t_s", "do")}
     rule = EVENTS[do]
     if rule is None:   # config: any keys, judged by the controller when the event happens
         if not args:
-            raise ScenarioError(file, where, "config needs at least one settings key")
+            raise bad("config needs at least one settings key")
         for k, v in args.items():
             if isinstance(v, (dict, list)):
-                raise ScenarioError(file, where, "config value of {} must be a plain value".format(k))
+                raise bad("config value of {} must be a plain value".format(k))
         return t, do, args
     required, optional, specs = rule
     for key in args:
         if key not in required and key not in optional:
             allowed = ", ".join(required + optional) or "none"
-            raise ScenarioError(file, where, "unknown key {!r} (allowed: {})".format(key, allowed))
+            raise bad("unknown key {!r} (allowed: {})".format(key, allowed))
     for key in required:
         if key not in args:
-            raise ScenarioError(file, where, "missing key {!r}".format(key))
+            raise bad("missing key {!r}".format(key))
     for key, value in args.items():
         problem = _type_problem(key, value, specs[key])
         if problem:
-            raise ScenarioError(file, where, problem)
+            raise bad(problem)
     if do in ("grid", "grid_ramp") and "voltage_v" not in args and "frequency_hz" not in args:
-        raise ScenarioError(file, where, "{} needs voltage_v and/or frequency_hz".format(do))
+        raise bad("{} needs voltage_v and/or frequency_hz".format(do))
     return t, do, args
 
 

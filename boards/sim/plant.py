@@ -26,6 +26,7 @@ except ImportError:  # plain CPython without the test shims
         return x
 
 EV_TAU_MS = const(300)         # EV current controller time constant
+EV_SETTLE_MA = const(100)      # within this of its target the EV current counts as settled
 CONTACTOR_MS = const(30)       # contactor closing/opening time, feedback follows after it
 BMS_PERIOD_MS = const(100)     # BMS status frame period on CAN
 NEVER = const(1 << 29)         # "age" reported before the first valid reading
@@ -401,9 +402,10 @@ class Plant:
             self.ev_ma = 0
         else:
             diff = target - self.ev_ma
-            d = (diff if diff > 0 else -diff) * dt_ms // EV_TAU_MS
-            if d == 0 or d >= (diff if diff > 0 else -diff):
-                self.ev_ma = target
+            mag = diff if diff > 0 else -diff
+            d = mag * dt_ms // EV_TAU_MS
+            if mag <= EV_SETTLE_MA or d >= mag:
+                self.ev_ma = target     # settled: the EV's regulator holds its setpoint
             elif diff > 0:
                 self.ev_ma += d
             else:

@@ -1,0 +1,211 @@
+"""`v2g sim` library: run a scenario against the firmware in simulated time.
+
+The scenario driver (boards/sim/scenario_run.py) runs inside the firmware's own
+interpreter: the MicroPython VM (Node + WebAssembly, the default, the one that says
+whether the firmware really is MicroPython) or CPython in this process. Both give the
+same timeline: JSON Lines of `tick`, `event` and a final `summary` (shared spec
+scenario.md).
+
+    result = simulate(load("scenarios/demo.toml"), vm="micropython", on_record=show)
+    # show(record, line): each parsed record and its text as the firmware printed it
+    result.records, result.speed   # simulated seconds per wall second
+"""
+
+import json
+import time
+from pathlib import Path
+
+from host_tools import vm as vmmod
+from host_tools.scenario import ScenarioError, load  # noqa: F401  (re-exported for callers)
+
+VMS = ("micropython", "cpython")
+
+# Code run inside the VM: the scenario arrives as JSON text in the code string.
+VM_CODE = """
+import json
+from board import scenario_run
+await scenario_run.run_async(json.loads({scenario!r}))
+"""
+
+
+class SimError(RuntimeError):
+    """The simulation itself failed (the firmware raised, the VM is missing or crashed)."""
+
+
+class SimResult:
+    def __init__(self, scenario, vm, records, wall_s, other_lines, raw):
+        self.scenario = scenario
+        self.raw = raw                     # the record lines exactly as the firmware printed them
+        self.vm = vm
+        self.records = records
+        self.wall_s = wall_s
+        self.other_lines = other_lines     # anything the firmware printed that is not a record
+
+    @property
+    def summary(self):
+        for r in reversed(self.records):
+            if r.get("kind") == "summary":
+                return r
+        return None
+
+    @property
+    def sim_s(self):
+        return self.scenario["duration_ms"] / 1000.0
+
+    @property
+    def speed(self):
+        """Simulated seconds per wall-clock second."""
+        return self.sim_s / self.wall_s if self.wall_s > 0 else float("inf")
+
+    def ticks(self):
+        return [r for r in self.records if r.get("kind") == "tick"]
+
+    def events(self):
+        return [r for r in self.records if r.get("kind") == "event"]
+
+    def lines(self):
+        """The timeline as JSON Lines text, one record per line, as the firmware wrote it."""
+        return "".join(line + "\n" for line in self.raw)
+
+
+def _record(line, records, others, on_record, raw):
+    line = line.rstrip("\r\n")
+    if not line:
+        return
+    if line.startswith("{"):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            others.append(line)
+            return
+        records.append(rec)
+        raw.append(line)
+        if on_record is not None:
+            on_record(rec, line)
+    else:
+        others.append(line)
+
+
+def run_cpython(scenario, on_record=None):
+    """Run the driver in this process (the firmware imported under CPython)."""
+    vmmod.firmware_sys_path()
+    from board import scenario_run  # noqa: E402  (path set just above)
+
+    records, others, raw = [], [], []
+    t0 = time.perf_counter()
+    try:
+        scenario_run.run(scenario, out=lambda line: _record(line, records, others, on_record, raw))
+    except Exception as e:  # the firmware raised: report it with the scenario's name
+        raise SimError("firmware raised under CPython: {}: {}".format(type(e).__name__, e)) from e
+    wall = time.perf_counter() - t0
+    return SimResult(scenario, "cpython", records, wall, others, raw)
+
+
+def run_micropython(scenario, on_record=None, heap=None):
+    """Run the driver in the MicroPython VM, streaming its lines as they come."""
+    code = VM_CODE.format(scenario=json.dumps(scenario, sort_keys=True))
+    records, others, raw = [], [], []
+    t0 = time.perf_counter()
+    try:
+        proc = vmmod.stream_micropython(code, mounts=vmmod.firmware_mounts("sim"), heap=heap)
+    except vmmod.VmMissing as e:
+        raise SimError(str(e)) from e
+    try:
+        for line in proc.stdout:
+            _record(line, records, others, on_record, raw)
+        err = proc.stderr.read()
+        rc = proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        raise SimError("firmware raised in the MicroPython VM:\n{}".format(
+            vmmod.tidy_stderr(err) or "exit status {}".format(rc)))
+    return SimResult(scenario, "micropython", records, wall, others, raw)
+
+
+def simulate(scenario, vm=None, on_record=None):
+    """Run a validated scenario on vm ('micropython' or 'cpython'; default: the scenario's)."""
+    vm = vm or scenario.get("vm", "micropython")
+    if vm not in VMS:
+        raise ValueError("vm must be one of {}, got {!r}".format(", ".join(VMS), vm))
+    if vm == "cpython":
+        result = run_cpython(scenario, on_record)
+    else:
+        result = run_micropython(scenario, on_record)
+    if result.summary is None:
+        raise SimError("the run ended without a summary record (last lines: {})".format(
+            " | ".join(result.other_lines[-5:]) or "none"))
+    return result
+
+
+def default_timeline_path(scenario_path):
+    """Where the timeline goes without --out: build/sim/<scenario name>.jsonl in the current folder."""
+    return Path("build") / "sim" / (Path(scenario_path).stem + ".jsonl")
+
+
+def write_timeline(result, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(result.lines())
+    return path
+
+
+# ---------------------------------------------------------------- plot
+
+_CP_LEVEL = {"A": 5, "B": 4, "C": 3, "D": 2, "E": 1, "F": 0}
+
+
+def plot(result, path):
+    """Current, SoC, pilot state, limits and events against time, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ticks = result.ticks()
+    if not ticks:
+        raise SimError("nothing to plot: the timeline has no tick records")
+    t = [r["t_ms"] / 1000.0 for r in ticks]
+    fig, axes = plt.subplots(4, 1, sharex=True, figsize=(11, 9),
+                             gridspec_kw={"height_ratios": [3, 2, 1, 1]})
+    ax = axes[0]
+    ax.step(t, [r["amps"] for r in ticks], where="post", label="current at meter (A)", color="tab:blue")
+    ax.step(t, [r["limit_charge_a"] for r in ticks], where="post", label="charge limit (A)",
+            color="tab:green", linestyle="--")
+    ax.step(t, [-r["limit_discharge_a"] for r in ticks], where="post", label="discharge limit (-A)",
+            color="tab:red", linestyle="--")
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax.set_ylabel("A")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("{} ({} VM)".format(result.scenario.get("name", "scenario"), result.vm))
+    ax = axes[1]
+    ax.plot(t, [r["soc_pct"] for r in ticks], color="tab:purple", label="SoC (%)")
+    ax.set_ylabel("SoC %")
+    ax = axes[2]
+    ax.step(t, [_CP_LEVEL.get(r["cp_state"], 0) for r in ticks], where="post", color="black")
+    ax.set_yticks(list(_CP_LEVEL.values()), list(_CP_LEVEL.keys()))
+    ax.set_ylabel("pilot")
+    ax = axes[3]
+    modes = ["idle", "connected", "paused", "charging", "discharging", "charge_only", "fault"]
+    ax.step(t, [modes.index(r["mode"]) if r["mode"] in modes else -1 for r in ticks], where="post",
+            color="tab:orange")
+    ax.set_yticks(range(len(modes)), modes, fontsize=7)
+    ax.set_ylabel("mode")
+    ax.set_xlabel("time (s)")
+    for ev in result.events():
+        if ev.get("src") == "scenario" or (ev.get("code") and ev.get("on", True)):
+            x = ev["t_ms"] / 1000.0
+            for a in axes:
+                a.axvline(x, color="tab:red" if ev.get("code") else "grey", linewidth=0.6, alpha=0.6)
+            label = ev.get("code") or ev.get("do") or ""
+            axes[0].annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                             fontsize=7, va="top", ha="right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,294 @@
+"""The simulator: the demo scenario on both interpreters, the timeline contract
+(shared spec scenario.md), determinism, the behaviour the demo is there to show, and
+the plant model's own answers."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from host_tools import scenario as sc
+from host_tools import sim, vm
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "scenarios" / "demo.toml"
+
+vm.firmware_sys_path()
+from board import plant as plantmod  # noqa: E402
+
+TICK_FIELDS = {
+    "t_ms": int, "kind": str, "cp_state": str, "pwm_duty_pct": (int, float), "contactor": bool,
+    "amps": (int, float), "limit_charge_a": (int, float), "limit_discharge_a": (int, float),
+    "soc_pct": (int, float), "mode": str, "v2g_available": bool, "grid_v": (int, float),
+    "grid_hz": (int, float), "evse_temp_c": (int, float), "battery_temp_c": (int, float), "errors": list,
+}
+MODES = {"idle", "connected", "charging", "discharging", "paused", "charge_only", "fault"}
+CODES = {"V2G-009", "V2G-010", "V2G-011", "V2G-012", "V2G-101", "V2G-110", "V2G-120", "V2G-130", "V2G-140",
+         "V2G-301", "V2G-400", "V2G-401", "V2G-503", "V2G-504", "V2G-505", "V2G-506", "V2G-507",
+         "V2G-601", "V2G-602", "V2G-603"}
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return sc.load(DEMO)
+
+
+@pytest.fixture(scope="module")
+def runs(demo):
+    """Two runs on each interpreter."""
+    return {
+        "cpython": [sim.simulate(demo, vm="cpython") for _ in range(2)],
+        "micropython": [sim.simulate(demo, vm="micropython") for _ in range(2)],
+    }
+
+
+def _check_schema(result):
+    recs = result.records
+    assert recs[-1]["kind"] == "summary"
+    assert all(r["kind"] in ("tick", "event") for r in recs[:-1])
+    last_t = -1
+    last_tick = None
+    for r in recs[:-1]:
+        assert r["t_ms"] >= last_t, "records out of time order"
+        last_t = r["t_ms"]
+        if r["kind"] == "tick":
+            for key, typ in TICK_FIELDS.items():
+                assert isinstance(r[key], typ), (key, r)
+            assert r["mode"] in MODES
+            assert r["cp_state"] in "ABCDEF" and len(r["cp_state"]) == 1
+            assert set(r["errors"]) <= CODES
+            if last_tick is not None:
+                assert r["t_ms"] - last_tick <= 1000, "a tick at least once a second"
+            last_tick = r["t_ms"]
+        else:
+            assert isinstance(r["msg"], str) and r["msg"]
+            assert r["code"] is None or r["code"] in CODES
+    s = recs[-1]
+    for key in ("energy_in_wh", "energy_out_wh", "soc_pct", "errors", "heap_peak_bytes"):
+        assert key in s
+    assert s["t_ms"] == result.scenario["duration_ms"]
+
+
+@pytest.mark.parametrize("interp", ["cpython", "micropython"])
+def test_timeline_schema(runs, interp):
+    _check_schema(runs[interp][0])
+
+
+@pytest.mark.parametrize("interp", ["cpython", "micropython"])
+def test_deterministic(runs, interp):
+    a, b = runs[interp]
+    # everything but the heap sample, which depends on when the host lets the VM collect
+    assert a.raw[:-1] == b.raw[:-1]
+    sa, sb = dict(a.records[-1]), dict(b.records[-1])
+    for s in (sa, sb):
+        s.pop("heap_peak_bytes")
+        s.pop("heap_start_bytes")
+    assert sa == sb
+
+
+def test_both_interpreters_agree(runs):
+    a = runs["cpython"][0].records
+    b = runs["micropython"][0].records
+    assert len(a) == len(b)
+    for ra, rb in zip(a[:-1], b[:-1]):
+        assert ra == rb
+    sa, sb = dict(a[-1]), dict(b[-1])
+    assert sa.pop("heap_peak_bytes") is None and isinstance(sb.pop("heap_peak_bytes"), int)
+    sa.pop("heap_start_bytes")
+    sb.pop("heap_start_bytes")
+    assert sa == sb
+
+
+def test_ticks_only_on_change_or_each_second(runs):
+    ticks = runs["cpython"][0].ticks()
+    keys = [k for k in ticks[0] if k != "t_ms"]
+    for prev, cur in zip(ticks, ticks[1:]):
+        same = all(prev[k] == cur[k] for k in keys)
+        if same:
+            assert cur["t_ms"] - prev["t_ms"] == 1000
+
+
+def test_discharges_and_stops_at_the_floor(runs):
+    r = runs["micropython"][0]
+    ticks = r.ticks()
+    floor = 25.0   # max(MIN_SOC_THRESHOLD 20, RESERVE_MARGIN 25) in demo.toml
+    discharging = [t for t in ticks if t["mode"] == "discharging" and t["amps"] < -30]
+    assert discharging, "the demo discharges at full current"
+    # the EV's current takes a few hundred ms to die away after the stop: at most 0.1 % below
+    assert min(t["soc_pct"] for t in ticks) >= floor - 0.1
+    stop = [e for e in r.events() if e["code"] == "V2G-301" and e.get("on")]
+    assert stop, "V2G-301 raised at the floor"
+    t_stop = stop[0]["t_ms"]
+    at_stop = [t for t in ticks if t["t_ms"] <= t_stop][-1]
+    assert at_stop["soc_pct"] == floor
+    assert all(t["mode"] != "discharging" for t in ticks if t["t_ms"] >= t_stop)
+    after = [t for t in ticks if t["t_ms"] >= t_stop + 2000]
+    assert after and all(t["amps"] >= 0 and t["limit_discharge_a"] == 0 for t in after)
+    assert floor - 0.1 <= r.summary["soc_pct"] <= floor
+
+
+def test_heartbeat_loss_falls_back_to_charge_only_within_one_step(runs):
+    r = runs["micropython"][0]
+    lost = [e for e in r.events() if e["code"] == "V2G-101" and e.get("on")]
+    assert len(lost) == 1
+    t = lost[0]["t_ms"]
+    assert 160000 - 1000 <= t <= 160000 + 50     # heartbeat stops at 150 s, timeout 10 s
+    first = [x for x in r.ticks() if x["t_ms"] >= t][0]
+    assert first["t_ms"] - t <= 50
+    assert first["mode"] == "charge_only"
+    assert first["limit_discharge_a"] == 0
+    assert "V2G-101" in first["errors"]
+    # recovery: the fresh setpoint at 210 s clears it and discharge resumes
+    cleared = [e for e in r.events() if e["code"] == "V2G-101" and e.get("on") is False]
+    assert cleared and cleared[0]["t_ms"] == 210000
+    assert any(x["mode"] == "discharging" and x["t_ms"] > 210000 for x in r.ticks())
+    # heartbeat back alone (200 s) does not allow discharge
+    between = [x for x in r.ticks() if 200000 <= x["t_ms"] < 210000]
+    assert between and all(x["mode"] == "charge_only" for x in between)
+
+
+def test_summary_energy_balance(runs, demo):
+    r = runs["micropython"][0]
+    s = r.summary
+    assert s["energy_in_wh"] > 100 and s["energy_out_wh"] > 500
+    # lossless battery: the battery's change is what went through the meter
+    assert s["battery_delta_wh"] == pytest.approx(s["energy_in_wh"] - s["energy_out_wh"], abs=0.01)
+    cap_wh = demo["ev"]["capacity_kwh"] * 1000
+    soc_change_wh = (s["soc_pct"] - s["soc_start_pct"]) / 100 * cap_wh
+    assert s["battery_delta_wh"] == pytest.approx(soc_change_wh, abs=cap_wh * 0.001 + 0.01)
+    raised = {}
+    for e in r.events():
+        if e["code"] and e.get("on", True):
+            raised[e["code"]] = raised.get(e["code"], 0) + 1
+    assert s["errors"] == raised == {"V2G-101": 1, "V2G-301": 1}
+    assert s["boots"] == 1 and s["via_link"] is True
+
+
+def test_cli_json_streams_the_timeline():
+    proc = subprocess.run([sys.executable, "-m", "host_tools.commands.sim", str(DEMO), "--json", "--vm", "cpython"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    recs = [json.loads(x) for x in lines]
+    assert recs[0]["kind"] == "event" and recs[-1]["kind"] == "summary"
+    assert sum(1 for x in recs if x["kind"] == "tick") > 500
+    assert "x real time" in proc.stderr
+
+
+def test_cli_live_view_writes_timeline_and_plot(tmp_path):
+    out = tmp_path / "t.jsonl"
+    png = tmp_path / "t.png"
+    proc = subprocess.run([sys.executable, "-m", "host_tools.commands.sim", str(ROOT / "scenarios" / "thermal.toml"),
+                           "--vm", "cpython", "--out", str(out), "--plot", str(png)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "V2G-009 raised" in proc.stdout and "real time" in proc.stdout
+    assert out.read_text().splitlines()[-1].startswith('{"t_ms": 300000, "kind": "summary"')
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------- plant model
+
+class _Out:
+    def __init__(self, pwm_pm=1000, contactor=False, request_ma=0):
+        self.pwm_pm = pwm_pm
+        self.contactor = contactor
+        self.request_ma = request_ma
+
+
+def _inputs():
+    from core.controller import Inputs
+    return Inputs()
+
+
+def test_plant_pilot_levels():
+    p = plantmod.Plant(config={"NOMINAL_VOLTAGE_V": 230})
+    p.pwm_pm = 533
+    assert (p.cp_high_mv(), p.cp_low_mv()) == (12000, -12000)
+    p.apply_event("plug", {})
+    assert p.cp_high_mv() == 9000
+    p.apply_event("ev_ready", {})
+    assert p.cp_high_mv() == 6000
+    p.apply_event("ev_ventilation", {})
+    assert p.cp_high_mv() == 3000
+    p.apply_event("cp_fault", {"kind": "diode"})
+    assert p.cp_low_mv() == -3000
+    p.apply_event("cp_fault", {"kind": "short"})
+    assert (p.cp_high_mv(), p.cp_low_mv()) == (0, 0)
+    p.apply_event("cp_fault", {"kind": "open"})
+    assert p.cp_high_mv() == 12000
+    p.pwm_pm = 0
+    assert p.cp_high_mv() == -12000
+
+
+def test_plant_ev_follows_request_with_lag_and_limits():
+    p = plantmod.Plant(ev={"max_charge_a": 16, "soc_pct": 50.0}, config={"NOMINAL_VOLTAGE_V": 230})
+    p.apply_event("plug", {})
+    p.apply_event("ev_ready", {})
+    out = _Out(pwm_pm=533, contactor=True, request_ma=32000)   # pilot offers 32 A, EV max 16 A
+    now = 0
+    seen = []
+    for _ in range(40):
+        p.step(now, 50, out)
+        now += 50
+        seen.append(p.ev_ma)
+    assert seen[1] < 16000 and seen[2] > seen[1]            # first-order rise, not a step
+    assert max(seen) <= 16000 and seen[-1] >= 15900         # never above its own maximum
+    out.request_ma = -10000                                 # discharge over CAN (5 % digital pilot)
+    out.pwm_pm = 50
+    for _ in range(40):
+        p.step(now, 50, out)
+        now += 50
+    assert p.ev_ma == -10000
+    p.apply_event("can_loss", {})                           # no CAN: never discharge
+    for _ in range(40):
+        p.step(now, 50, out)
+        now += 50
+    assert p.ev_ma == 0
+
+
+def test_plant_meter_and_bms_ages():
+    p = plantmod.Plant(config={"METER_POLL_MS": 500})
+    inp = _inputs()
+    p.apply_event("plug", {})
+    p.fill_inputs(inp, 0)
+    assert inp.meter_ok and inp.meter_age_ms == 0 and inp.bms_age_ms == 0
+    p.apply_event("meter_fault", {"kind": "crc"})
+    p.apply_event("can_loss", {})
+    for t in range(50, 4050, 50):
+        p.fill_inputs(inp, t)
+    assert not inp.meter_ok and inp.meter_age_ms == 4000 and inp.bms_age_ms >= 3900
+    p.apply_event("meter_restore", {})
+    p.apply_event("can_restore", {})
+    for t in range(4050, 4600, 50):
+        p.fill_inputs(inp, t)
+    assert inp.meter_ok and inp.meter_age_ms < 500 and inp.bms_age_ms < 100
+
+
+def test_plant_grid_ramp_is_linear():
+    p = plantmod.Plant(grid={"frequency_hz": 50.0})
+    p.apply_event("grid_ramp", {"frequency_hz": 51.0, "over_s": 10}, 0)
+    out = _Out()
+    vals = []
+    for t in range(0, 11000, 1000):
+        p.step(t, 1000, out)
+        vals.append(p.grid_mhz)
+    assert vals[0] == 50100 and vals[4] == 50500 and vals[-1] == 51000
+
+
+@pytest.mark.parametrize("do, args, problem", [
+    ("teleport", {}, "unknown plant event"),
+    ("cp_fault", {}, "missing key 'kind'"),
+    ("cp_fault", {"kind": "x"}, "kind 'x' is not one of"),
+    ("plug", {"force": True}, "unknown key 'force'"),
+    ("grid", {"voltage_v": 1000}, "voltage_v = 1000 is out of range"),
+    ("grid_ramp", {"over_s": 1}, "needs voltage_v or frequency_hz"),
+    ("battery_temp", {"c": "hot"}, "c must be a number"),
+])
+def test_plant_refuses_bad_events(do, args, problem):
+    p = plantmod.Plant()
+    with pytest.raises(ValueError) as info:
+        p.apply_event(do, args)
+    assert problem in str(info.value)
