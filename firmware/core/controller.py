@@ -16,6 +16,8 @@ Safety rules enforced here (shared spec errors.md):
 - no discharge with a stale meter, missing BMS frames, or SoC at the floor.
 Every failure path names its safe state (SAFE_* below) in the event message.
 """
+import json
+
 from micropython import const
 
 from core import config as _config
@@ -157,6 +159,7 @@ class Controller:
         self._events = []
         self.errors = 0
         self.cfg_dirty = False
+        self.state_dirty = False       # something state_dump() keeps has changed
         # time
         self._started = False
         self._t_last = 0
@@ -299,6 +302,7 @@ class Controller:
         if not self.hb_lost and hb_age > cfg.heartbeat_timeout_ms:
             self.hb_lost = True
             self.fallback = True
+            self.state_dirty = True
             self._raise(now_ms, E.E101, 'no host heartbeat for {} (HEARTBEAT_TIMEOUT_S {}): {}'.format(
                 _s(hb_age), _s(cfg.heartbeat_timeout_ms), SAFE_CHARGE_ONLY))
 
@@ -546,12 +550,14 @@ class Controller:
         if cmd:
             if not inp.contactor_closed:
                 self.weld = True
+                self.state_dirty = True
                 self._raise(now, E.E011, 'contactor fails to close: no feedback {} after the command: {}'.format(
                     _s(_age(now, self._cmd_since)), SAFE_LOCKOUT))
         else:
             fresh = inp.meter_ok and inp.meter_age_ms <= self.cfg.meter_stale_ms
             if inp.contactor_closed or (fresh and (inp.meter_ma > WELD_CURRENT_MA or inp.meter_ma < -WELD_CURRENT_MA)):
                 self.weld = True
+                self.state_dirty = True
                 self._raise(now, E.E011, 'contactor welded: {} {} after the open command (feedback {}): {}'.format(
                     _a(inp.meter_ma), _s(_age(now, self._cmd_since)),
                     'closed' if inp.contactor_closed else 'open', SAFE_LOCKOUT))
@@ -607,6 +613,8 @@ class Controller:
             res = getattr(self, '_op_' + op)(now_ms, args)
         if op not in _READ_OPS:
             self.journal.put(txn, res)
+            if res[0]:
+                self.state_dirty = True
         if res[0] and op in _FRESH_OPS and self.fallback and not self.hb_lost:
             self.fallback = False
             self._clear(now_ms, E.E101, 'host heartbeat back and fresh command {}: discharge allowed again'
@@ -746,6 +754,50 @@ class Controller:
         if bad:
             return bad
         return (True, None, self.out.mode, self.status())
+
+    # ------------------------------------------------------------ persistence
+    def state_dump(self):
+        """Bytes of what must survive a reset: the contactor fault latch, the charge-only
+        fallback, the host's target, limits, stop and charge-only choices."""
+        sp = self.setpoint
+        self.state_dirty = False
+        return json.dumps({
+            'v': 1, 'weld': self.weld, 'fallback': self.fallback, 'charge_only': self.cmd_charge_only,
+            'stopped': self.stopped, 'target_pm': sp.target_pm, 'mode': sp.mode,
+            'csms_charge_ma': self.csms_charge_ma, 'csms_discharge_ma': self.csms_discharge_ma,
+        }).encode()
+
+    def state_load(self, now_ms, blob):
+        """Restore state_dump() bytes at boot; ValueError on bad data (nothing changes)."""
+        if isinstance(blob, (bytes, bytearray, memoryview)):
+            blob = bytes(blob).decode()
+        d = json.loads(blob)
+        if not isinstance(d, dict) or d.get('v') != 1:
+            raise ValueError('controller state: not version 1')
+        for k in ('weld', 'fallback', 'charge_only', 'stopped'):
+            if d.get(k) not in (True, False):
+                raise ValueError('controller state: {} must be true or false'.format(k))
+        for k in ('target_pm', 'mode', 'csms_charge_ma', 'csms_discharge_ma'):
+            if not isinstance(d.get(k), int) or isinstance(d.get(k), bool):
+                raise ValueError('controller state: {} must be an integer'.format(k))
+        if not (-1 <= d['target_pm'] <= 1000) or not (0 <= d['mode'] < len(S.MODE_NAMES)):
+            raise ValueError('controller state: target out of range')
+        if d['target_pm'] < 0:
+            self.setpoint.clear_target()
+        else:
+            self.setpoint.set_target(d['target_pm'], d['mode'])
+        self.cmd_charge_only = d['charge_only']
+        self.stopped = d['stopped']
+        self.csms_charge_ma = max(0, min(d['csms_charge_ma'], L.NO_LIMIT))
+        self.csms_discharge_ma = max(0, min(d['csms_discharge_ma'], L.NO_LIMIT))
+        if d['fallback'] and not self.fallback:
+            self.fallback = True
+            self.hb_lost = True     # the host must prove it is back after the reset too
+            self._raise(now_ms, E.E101, 'host heartbeat was lost before the reset: ' + SAFE_CHARGE_ONLY)
+        if d['weld'] and not self.weld:
+            self.weld = True
+            self._raise(now_ms, E.E011, 'contactor fault latched before the reset: ' + SAFE_LOCKOUT)
+        self.state_dirty = False
 
     def status(self):
         o = self.out

@@ -1,5 +1,6 @@
 """Scenarios through Controller.step with hand-built inputs (one step = 50 ms)."""
 import micropython
+from fwtest import raises
 
 from core import config
 from core import errors as E
@@ -543,3 +544,42 @@ def test_step_allocates_nothing():
         micropython.heap_unlock()
     assert r.o.contactor and r.o.request_ma < 0
     assert r.events() == []
+
+
+def test_state_survives_reset():
+    r = Rig()
+    r.charging()
+    assert r.cmd('p1', 'soc_target', {'soc_pct': 45, 'mode': 'discharge'})[0]
+    assert r.cmd('p2', 'limit', {'charge_a': 20})[0]
+    assert r.c.state_dirty
+    r.welded = True
+    r.i.cp_high_mv = B_MV
+    r.until(lambda o: o.errors & E.E011)
+    blob = r.c.state_dump()
+    assert not r.c.state_dirty
+    # a fresh controller after the reset: the latch and the host's choices come back
+    r2 = Rig()
+    r2.c.state_load(0, blob)
+    assert r2.c.weld and 'V2G-011' in E.active(r2.c.errors)
+    assert r2.c.setpoint.target_pm == 450 and r2.c.csms_charge_ma == 20000
+    r2.i.cp_high_mv = C_MV
+    o = r2.step(20)
+    assert not o.contactor and o.mode == 'fault'
+
+
+def test_fallback_survives_reset_and_bad_state_refused():
+    r = Rig({'HEARTBEAT_TIMEOUT_S': 1})
+    r.charging()
+    r.hb = False
+    r.until(lambda o: o.errors & E.E101)
+    blob = r.c.state_dump()
+    r2 = Rig()
+    r2.c.state_load(0, blob)
+    assert r2.c.fallback and 'V2G-101' in E.active(r2.c.errors)
+    r2.cmd('q1', 'soc_target', {'soc_pct': 30})
+    o = r2.charging()
+    assert o.request_ma > 0 and o.mode == 'charge_only'
+    r3 = Rig()
+    raises(ValueError, r3.c.state_load, 0, b'{"v": 1, "weld": 1}')
+    raises(ValueError, r3.c.state_load, 0, b'{"v": 2}')
+    assert not r3.c.weld and r3.c.setpoint.target_pm == -1
