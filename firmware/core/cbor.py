@@ -166,9 +166,15 @@ class _Decoder:
             self.pos = p + arg
             if major == 2:
                 return bytes(mv[p:p + arg])
-            if not utf8_valid(mv, p, p + arg):
+            # the interpreter's decode checks the byte structure at C speed; the
+            # full check (overlongs, surrogates, range) runs only on non-ASCII text
+            try:
+                text = str(bytes(mv[p:p + arg]), "utf-8")
+            except UnicodeError:
+                text = None
+            if text is None or (len(text) != arg and not utf8_valid(mv, p, p + arg)):
                 self._fail("invalid UTF-8 in text string", start)
-            return str(bytes(mv[p:p + arg]), "utf-8")
+            return text
         if major == 7:
             if ai == 20:
                 return False
@@ -198,9 +204,22 @@ class _Decoder:
             if 2 * arg > left:
                 self._fail("declared {} map pairs exceed the {} bytes left".format(arg, left), start)
             out = {}
+            end = self.end
             for _ in range(arg):
                 kpos = self.pos
-                key = self.item(depth)
+                ib = mv[kpos] if kpos < end else 0
+                n = ib - 0x60
+                if 0 <= n < 24 and kpos + 1 + n <= end:
+                    # short text key (every link and manifest key): inline, no call
+                    try:
+                        key = str(bytes(mv[kpos + 1:kpos + 1 + n]), "utf-8")
+                    except UnicodeError:
+                        key = None
+                    if key is None or (len(key) != n and not utf8_valid(mv, kpos + 1, kpos + 1 + n)):
+                        self._fail("invalid UTF-8 in text string", kpos)
+                    self.pos = kpos + 1 + n
+                else:
+                    key = self.item(depth)
                 if isinstance(key, (list, dict, Tag)):
                     self._fail("map key must be a scalar", kpos)
                 if key != key:
@@ -277,7 +296,8 @@ def _head(out, major, n):
         out.append(n)
     elif n < 0x10000:
         out.append(major | 25)
-        out.extend(n.to_bytes(2, "big"))
+        out.append(n >> 8)
+        out.append(n & 0xFF)
     elif n < 0x100000000:
         out.append(major | 26)
         out.extend(n.to_bytes(4, "big"))
@@ -348,10 +368,15 @@ def _enc(out, obj, depth, max_depth):
         elif isinstance(obj, dict):
             pairs = []
             for k, v in obj.items():
-                kb = bytearray()
-                _enc(kb, k, depth, max_depth)
-                pairs.append((bytes(kb), v))
-            pairs.sort(key=_first)
+                kb = _key_cache.get(k) if isinstance(k, str) else None
+                if kb is None:
+                    kbuf = bytearray()
+                    _enc(kbuf, k, depth, max_depth)
+                    kb = bytes(kbuf)
+                    if isinstance(k, str) and len(_key_cache) < _KEY_CACHE_MAX:
+                        _key_cache[k] = kb
+                pairs.append((kb, v))
+            pairs.sort()  # encoded keys are distinct, so values are never compared
             _head(out, 5, len(pairs))
             for kb, v in pairs:
                 out.extend(kb)
@@ -365,8 +390,11 @@ def _enc(out, obj, depth, max_depth):
             raise CBORError("cannot encode type {}".format(type(obj).__name__))
 
 
-def _first(pair):
-    return pair[0]
+# encoded text map keys: link messages reuse a few dozen keys, so caching them
+# saves an encode and two allocations per key
+_KEY_CACHE_MAX = 96
+_key_cache = {}
+
 
 
 def dumps(obj, max_depth=DEFAULT_MAX_DEPTH):

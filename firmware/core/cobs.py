@@ -16,21 +16,30 @@ def max_encoded_len(n):
 
 
 def encode_into(src, n, dst):
-    """COBS-encode src[:n] into dst; return the encoded length or -1 if dst is too small."""
+    """COBS-encode src[:n] into dst; return the encoded length or -1 if dst is too small.
+
+    Pass src as bytes/bytearray (not a memoryview) to scan for zeros at C speed.
+    """
     limit = len(dst)
     if limit < 1:
         return -1
+    fast = isinstance(src, (bytes, bytearray))  # memoryview has no find()
     code_at = 0  # where the current block's code byte goes
     out = 1
     i = 0
     while i < n:
         # run of non-zero bytes starting at i, at most 254 long
-        j = i
         stop = i + 254
         if stop > n:
             stop = n
-        while j < stop and src[j] != 0:
-            j += 1
+        if fast:
+            j = src.find(b"\x00", i, stop)  # C speed
+            if j < 0:
+                j = stop
+        else:
+            j = i
+            while j < stop and src[j] != 0:
+                j += 1
         run = j - i
         if out + run > limit:
             return -1
@@ -91,7 +100,7 @@ def encode(data):
     """Encode bytes; returns new bytes (convenience for tests and host code)."""
     n = len(data)
     buf = bytearray(max_encoded_len(n))
-    used = encode_into(memoryview(data), n, memoryview(buf))
+    used = encode_into(bytes(data), n, memoryview(buf))
     return bytes(buf[:used])
 
 

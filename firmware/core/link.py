@@ -276,7 +276,7 @@ class Link:
             self._txf[0] = 0
             start = 1
             self._sent_any = True
-        m = cobs.encode_into(self._txpv[:n + _CRC_LEN], n + _CRC_LEN, self._txfv[start:])
+        m = cobs.encode_into(p, n + _CRC_LEN, self._txfv[start:])
         end = start + m
         self._txf[end] = 0
         self.write_fn(self._txfv[:end + 1])

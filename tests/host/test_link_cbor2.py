@@ -385,3 +385,17 @@ def test_cobs_host_matches_firmware_at_boundaries():
             assert hlink.cobs_encode(d) == cobs.encode(d)
             assert hlink.cobs_decode(hlink.cobs_encode(d)) == d
     assert hlink.cobs_decode(b"\x05\x01") is None
+
+
+def test_doc_examples_are_real_frames():
+    import re
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "host-link.md").read_text()
+    frames = [bytes.fromhex(h) for h in re.findall(r"^([0-9a-f]{30,}00)$", doc, re.M)]
+    assert len(frames) >= 5
+    rx = link.Link(None)
+    for f in frames:
+        msgs = rx.feed(f)
+        assert len(msgs) == 1 and link.check(msgs[0]) is None
+        assert hlink.Deframer().feed(f) == msgs
+    assert rx.stats["frames_ok"] == len(frames)
