@@ -1,0 +1,122 @@
+"""Simulator: simulated-to-wall speed of a one-hour scenario under each interpreter, and
+the firmware's heap in the MicroPython VM (resident after start-up, allocation per
+control step with the plant feeding real inputs).
+
+Speed goal: one hour of station time in under a minute on the MicroPython VM. Heap goals:
+under 40 kB resident after start-up, 0 bytes allocated per control step. Heap per step is
+gc.mem_alloc() before and after 1,000 steps with nothing collected in between (in the
+WebAssembly VM a collection frees nothing until Python returns to the event loop, so the
+difference is exactly what the steps allocated).
+"""
+
+import json
+
+from host_tools import sim, vm
+
+HOUR_MS = 3600 * 1000
+
+
+def hour_scenario():
+    """A busy hour: a session with charge, discharge, a heartbeat loss, meter and grid events."""
+    ev = []
+
+    def at(t_s, do, **args):
+        ev.append({"t_ms": int(t_s * 1000), "do": do, "args": args})
+
+    at(1, "plug")
+    at(3, "ev_ready")
+    for k in range(6):
+        base = 300 + k * 540
+        at(base, "setpoint", soc_target_pct=40 if k % 2 == 0 else 70, txn="h-%d" % k)
+        at(base + 120, "grid_ramp", frequency_hz=50.3, over_s=30)
+        at(base + 180, "grid_ramp", frequency_hz=50.0, over_s=30)
+        at(base + 240, "evse_temp", c=70.0)
+        at(base + 300, "evse_temp", c=30.0)
+    at(1800, "heartbeat_loss")
+    at(1900, "heartbeat_restore")
+    at(2000, "meter_fault", kind="timeout")
+    at(2010, "meter_restore")
+    at(3500, "ev_pause")
+    at(3550, "unplug")
+    ev.sort(key=lambda e: e["t_ms"])
+    return {"version": 1, "name": "bench-hour", "title": "", "duration_ms": HOUR_MS, "vm": "micropython",
+            "config": {"GRID_PROFILE": "EN50549_50HZ", "NOMINAL_VOLTAGE_V": 230},
+            "ev": {"capacity_kwh": 60.0, "soc_pct": 55.0}, "grid": {}, "events": ev}
+
+
+HEAP_CODE = """
+import gc, json, asyncio
+gc.collect()
+base = gc.mem_alloc()
+from core import config, controller, grid
+from board import plant
+cfg = config.validate({'GRID_PROFILE': 'EN50549_50HZ', 'NOMINAL_VOLTAGE_V': 230})
+ctl = controller.Controller(cfg, grid.GridProtection.from_config(cfg, start_in_service=True))
+inp = controller.Inputs()
+await asyncio.sleep(0)
+gc.collect()
+resident = gc.mem_alloc()
+p = plant.Plant(ev={'capacity_kwh': 60.0, 'soc_pct': 55.0}, config=cfg.values)
+p.apply_event('plug', {})
+p.apply_event('ev_ready', {})
+t = 0
+for k in range(400):             # into a steady charging session, the host present
+    ctl.heartbeat(t)
+    p.fill_inputs(inp, t)
+    out = ctl.step(t, inp)
+    ctl.pop_events()
+    p.step(t, 50, out)
+    t += 50
+mode = out.mode
+a0 = gc.mem_alloc()
+for k in range(1000):
+    ctl.heartbeat(t)
+    out = ctl.step(t, inp)
+    t += 50
+a1 = gc.mem_alloc()
+for k in range(1000):
+    ctl.heartbeat(t)
+    p.fill_inputs(inp, t)
+    out = ctl.step(t, inp)
+    p.step(t, 50, out)
+    t += 50
+a2 = gc.mem_alloc()
+print(json.dumps({'base': base, 'soc': p.soc_pm(), 'amps': p.ev_ma, 'resident': resident, 'ctl': a1 - a0, 'loop': a2 - a1, 'mode': mode}))
+"""
+
+
+def heap_figures():
+    out = vm.run_micropython(HEAP_CODE, mounts=vm.firmware_mounts("sim"), timeout=300)
+    for line in out.splitlines():
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError("no heap figures from the VM: {}".format(out[-300:]))
+
+
+def rows():
+    sc = hour_scenario()
+    out = []
+    for name in ("micropython", "cpython"):
+        r = sim.simulate(sc, vm=name)
+        wall = r.wall_s
+        goal = "< 60 s" if name == "micropython" else ""
+        out.append(("1 h scenario wall time ({})".format(name), round(wall, 2), "s", goal,
+                    wall < 60 if name == "micropython" else None))
+        out.append(("simulated/wall speed ({})".format(name), round(r.speed), "x", "> 60 x" if name == "micropython"
+                    else "", r.speed > 60 if name == "micropython" else None))
+        if name == "micropython":
+            peak = r.summary["heap_peak_bytes"]
+            out.append(("live heap peak during the 1 h run (VM, driver + plant + firmware)", peak, "B", "", None))
+    h = heap_figures()
+    fw = h["resident"] - h["base"]
+    out.append(("resident heap after start-up (VM, firmware modules + controller, grid, config objects)", fw, "B",
+                "< 40000 B", fw < 40000))
+    out.append(("heap per control step, controller only ({} x1000)".format(h["mode"]), h["ctl"] / 1000.0,
+                "B/step", "0", h["ctl"] == 0))
+    out.append(("heap per control step, controller + plant", h["loop"] / 1000.0, "B/step", "", None))
+    return out
+
+
+if __name__ == "__main__":
+    for row in rows():
+        print(row)
