@@ -32,11 +32,11 @@ def load_config(board_limits):
         return config_mod.validate({}, board=board_limits), str(e)
 
 
-def _load(target, name):
+def _load(load, name):
     blob = storage.read_bytes(storage.state_path(name))
     if blob:
         try:
-            target.load(blob)
+            load(blob)
         except ValueError:
             pass   # a damaged journal or log starts empty rather than blocking the boot
 
@@ -47,8 +47,10 @@ class Station:
         self.cfg, cfg_problem = load_config(hal.BOARD_LIMITS)
         self.ctl = Controller(self.cfg, grid=GridProtection.from_config(self.cfg))
         self.inputs = Inputs()
-        _load(self.ctl.journal, 'journal.json')
-        _load(self.ctl.log, 'events.json')
+        _load(self.ctl.journal.load, 'journal.json')
+        _load(self.ctl.log.load, 'events.json')
+        # latched faults, the charge-only fallback and the host's target survive a reset
+        _load(lambda blob: self.ctl.state_load(now_ms, blob), 'controller.json')
         boot = storage.read_json(storage.state_path('boot.json'), {}) or {}
         self.boot_count = boot.get('count', 0) + 1
         storage.write_json(storage.state_path('boot.json'), {'count': self.boot_count})
@@ -81,6 +83,9 @@ class Station:
         if now_ms - self.next_tel_ms >= 0:
             self.next_tel_ms = now_ms + self.tel_period_ms
             self.sample(now_ms, out)
+        if self.ctl.state_dirty:
+            # a latched fault or a new target must not be lost to a reset a moment later
+            storage.write_atomic(storage.state_path('controller.json'), self.ctl.state_dump())
         if now_ms - self.next_save_ms >= 0:
             self.next_save_ms = now_ms + SAVE_EVERY_MS
             if self.ctl.log.dirty:

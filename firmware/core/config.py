@@ -24,6 +24,7 @@ NUM = 'num'      # JSON integer or decimal
 BOOL = 'bool'
 ENUM = 'enum'    # one of a list of strings
 CHOICE = 'choice'  # one of a list of integers
+OPTNUM = 'optnum'  # a number, or null for "the grid profile's own value"
 
 # key: (kind, low-or-choices, high, default, unit)
 SCHEMA = {
@@ -57,6 +58,10 @@ SCHEMA = {
     'CAN_BITRATE': (CHOICE, (125000, 250000, 500000, 1000000), None, 500000, 'bit/s'),
     'CAN_TIMEOUT_MS': (INT, 100, 10000, 1000, 'ms'),
     'HOST_LATENCY_WARN_MS': (INT, 10, 5000, 100, 'ms'),
+    # Additions to the spec's table: the grid profile's enter-service delay and ramp, for
+    # commissioning and tests. null keeps the standard's value (IEEE 1547: 300 s and 300 s).
+    'GRID_ENTER_SERVICE_DELAY_S': (OPTNUM, 0, 600, None, 's'),
+    'GRID_RAMP_S': (OPTNUM, 0, 1000, None, 's'),
 }
 
 KEYS = tuple(sorted(SCHEMA))
@@ -101,6 +106,8 @@ def _range_text(kind, lo, hi, unit):
     u = (' ' + unit) if unit else ''
     if kind == BOOL:
         return 'true or false'
+    if kind == OPTNUM:
+        return 'null or {} to {}{}'.format(_fmt(lo), _fmt(hi), u)
     if kind in (ENUM, CHOICE):
         return 'one of ' + ', '.join(str(c) for c in lo)
     return '{} to {}{}'.format(_fmt(lo), _fmt(hi), u)
@@ -108,7 +115,7 @@ def _range_text(kind, lo, hi, unit):
 
 def _bounds(key, board):
     kind, lo, hi, default, unit = SCHEMA[key]
-    if board and key in board and kind in (INT, NUM):
+    if board and key in board and kind in (INT, NUM, OPTNUM):
         blo, bhi = board[key]
         if blo > lo:
             lo = blo
@@ -132,6 +139,8 @@ def _check_one(key, value, board):
         return 'wrong type {}: allowed {}'.format(_tname(value), rng)
     if value is True or value is False:
         return 'wrong type bool: allowed {}'.format(rng)
+    if kind == OPTNUM and value is None:
+        return None
     if kind == ENUM:
         if not isinstance(value, str):
             return 'wrong type {}: allowed {}'.format(_tname(value), rng)
@@ -165,7 +174,7 @@ def defaults(board=None):
     vals = {}
     for key in KEYS:
         kind, lo, hi, default, unit = _bounds(key, board)
-        if kind in (INT, NUM):
+        if kind in (INT, NUM) or (kind == OPTNUM and default is not None):
             if default > hi:
                 default = hi
             if default < lo:
@@ -289,6 +298,9 @@ class Config:
         self.can_bitrate = v['CAN_BITRATE']
         self.can_timeout_ms = v['CAN_TIMEOUT_MS']
         self.latency_warn_ms = v['HOST_LATENCY_WARN_MS']
+        es, ramp = v['GRID_ENTER_SERVICE_DELAY_S'], v['GRID_RAMP_S']
+        self.grid_enter_service_ms = None if es is None else _milli(es, 1000)
+        self.grid_ramp_ms = None if ramp is None else _milli(ramp, 1000)
 
     def get(self, key):
         return self.values[key]
@@ -327,6 +339,8 @@ def canonical(values):
     parts = []
     for k in sorted(values):
         v = values[k]
+        if v is None:
+            continue   # an unset optional key: same text (and hash) as a file without it
         if v is True:
             t = 'true'
         elif v is False:

@@ -157,3 +157,15 @@ def test_dumps_and_load_json_roundtrip():
     assert b.to_json() == a.to_json() and b.config_hash() == a.config_hash()
     e = raises(C.ConfigError, C.load_json, '{"MAX_CHARGE_AMPS": ')
     assert e.keys() == ['config']
+
+
+def test_grid_enter_service_keys_are_optional_numbers():
+    cfg = C.validate({})
+    assert cfg.grid_enter_service_ms is None and cfg.grid_ramp_ms is None
+    short = C.validate({'GRID_ENTER_SERVICE_DELAY_S': 2, 'GRID_RAMP_S': 0.5})
+    assert short.grid_enter_service_ms == 2000 and short.grid_ramp_ms == 500
+    back = C.load_json(short.dumps())
+    assert back.grid_enter_service_ms == 2000
+    e = raises(C.ConfigError, C.validate, {'GRID_ENTER_SERVICE_DELAY_S': 601, 'GRID_RAMP_S': 'soon'})
+    assert sorted(e.keys()) == ['GRID_ENTER_SERVICE_DELAY_S', 'GRID_RAMP_S']
+    assert 'null or 0 to 600 s' in str(e)

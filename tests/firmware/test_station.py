@@ -18,9 +18,12 @@ WORK = '/tmp/v2g_station_test_' + sys.implementation.name
 class Rig:
     """A station on the simulated board, with a clock the test moves."""
 
-    def __init__(self, fresh=True):
+    def __init__(self, fresh=True, settings=None):
         if fresh:
             _wipe(WORK)
+        if settings is not None:
+            with open('v2g_vars.json', 'w') as f:
+                f.write(json.dumps(settings))
         self.ports = sim_hal.MemoryPorts()
         self.now = 0
         self.hal = sim_hal.Hal(ports=self.ports, clock=lambda: self.now)
@@ -108,9 +111,33 @@ def test_heartbeat_is_echoed_and_plant_events_answered():
     assert any(m['t'] == 'hback' and m['seq'] == 1 for m in msgs)
 
 
+# Out of the box the station waits IEEE 1547's 300 s before it enters service; commissioning
+# (and these tests) may shorten that through the settings.
+QUICK_GRID = {'GRID_ENTER_SERVICE_DELAY_S': 1, 'GRID_RAMP_S': 0}
+
+
+@_in_work
+def test_waits_to_enter_service_by_default():
+    rig = Rig()
+    rig.plant(do='plug')
+    rig.plant(do='ev_ready')
+    rig.run(5000)
+    tel = [s for m in rig.received() if m['t'] == 'tel' for s in m['samples']]
+    assert tel[-1]['contactor'] is False and 'V2G-507' in tel[-1]['errors']
+
+
+@_in_work
+def test_settings_file_with_bad_value_runs_defaults_and_logs_why():
+    rig = Rig(settings={'MAX_CHARGE_AMPS': 99})
+    assert rig.st.cfg.get('MAX_CHARGE_AMPS') == 32
+    logged = [e for e in rig.st.ctl.log.entries() if e[1] == 'V2G-400']
+    assert logged and 'MAX_CHARGE_AMPS' in logged[0][3]
+    assert json.loads(open('v2g_vars.json').read()) == {'MAX_CHARGE_AMPS': 99}   # left for the operator
+
+
 @_in_work
 def test_plug_charge_and_telemetry():
-    rig = Rig()
+    rig = Rig(settings=QUICK_GRID)
     rig.plant(do='plug')
     rig.run(1000)
     rig.plant(do='ev_ready')
