@@ -292,3 +292,13 @@ def test_plant_refuses_bad_events(do, args, problem):
     with pytest.raises(ValueError) as info:
         p.apply_event(do, args)
     assert problem in str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "scenarios").glob("*.toml") if p.name != "demo.toml"))
+def test_example_runs_the_same_on_both_interpreters(name):
+    scen = sc.load(ROOT / "scenarios" / name)
+    a = sim.simulate(scen, vm="cpython")
+    b = sim.simulate(scen, vm="micropython")
+    assert a.raw[:-1] == b.raw[:-1]
+    done = [e["do"] for e in a.events() if e["src"] == "scenario"]
+    assert done == [e["do"] for e in scen["events"]]      # every event was applied, in order
