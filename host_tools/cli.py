@@ -11,6 +11,7 @@ import click
 
 # name -> (module, one-line help). Order is the order of `v2g --help`.
 COMMANDS = {
+    "sim": ("host_tools.commands.sim", "Simulate a whole station from a scenario (firmware on the MicroPython VM)."),
     "vboard": ("host_tools.commands.vboard", "Run the virtual controller board (firmware on the MicroPython VM)."),
     "keygen": ("host_tools.commands.keygen", "Make a key pair for signing firmware updates."),
     "sign": ("host_tools.commands.sign", "Sign firmware files into an update bundle."),

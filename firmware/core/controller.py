@@ -247,17 +247,16 @@ class Controller:
         self.evse_thermal.configure(cfg.evse_derate_dc, cfg.evse_limit_dc, cfg.hysteresis_dc)
         self.batt_thermal.configure(cfg.batt_derate_dc, cfg.batt_limit_dc, cfg.hysteresis_dc)
         self.setpoint.configure(cfg.floor_pm, cfg.available_margin_pm)
-        if self.grid is not None and old is not cfg and hasattr(self.grid, 'from_config'):
-            keys = ('GRID_PROFILE', 'NOMINAL_VOLTAGE_V', 'FREQ_DROOP_ENABLED', 'FREQ_DEADBAND_HZ',
-                    'FREQ_DROOP_PCT', 'FREQ_RESPONSE_S', 'MAX_CHARGE_AMPS', 'MAX_DISCHARGE_AMPS')
-            for k in keys:
-                if old.values[k] != cfg.values[k]:
-                    try:
-                        # a fresh grid model starts by waiting to enter service: the safe side
-                        self.grid = type(self.grid).from_config(cfg)
-                    except ValueError:
-                        pass
-                    break
+        if self.grid is not None and old is not cfg and hasattr(self.grid, 'reconfigure'):
+            try:
+                if old.values['GRID_PROFILE'] != cfg.values['GRID_PROFILE']:
+                    # another grid code: start over, waiting to enter service (the safe side)
+                    self.grid = type(self.grid).from_config(cfg, step_ms=self.grid.step_ms)
+                else:
+                    # ratings, droop or delays: trips and the enter-service state carry on
+                    self.grid.reconfigure(cfg, step_ms=self.grid.step_ms)
+            except ValueError:
+                pass   # config.validate() already bounds every value the grid module checks
 
     # ------------------------------------------------------------ the step
     def step(self, now_ms, inp):

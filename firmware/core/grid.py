@@ -61,6 +61,22 @@ def _mul_q15(x, d):
     return -r if neg else r
 
 
+def _config_args(cfg, kw):
+    """GridProtection keyword arguments from a core.config.Config; kw overrides."""
+    args = {
+        'droop_enabled': cfg.droop_enabled,
+        'deadband_mhz': cfg.deadband_mhz,
+        'droop_mpct': cfg.droop_mpct,
+        'response_ms': cfg.response_ms,
+        'rated_charge_ma': cfg.max_charge_ma,
+        'rated_discharge_ma': cfg.max_discharge_ma,
+        'enter_service_delay_ms': getattr(cfg, 'grid_enter_service_ms', None),
+        'ramp_ms': getattr(cfg, 'grid_ramp_ms', None),
+    }
+    args.update(kw)
+    return args
+
+
 class GridProtection:
     """Trips, enter service and droop for one grid connection.
 
@@ -133,18 +149,11 @@ class GridProtection:
     @classmethod
     def from_config(cls, cfg, **kw):
         """Build from a core.config.Config; keyword arguments override."""
-        args = {
-            'droop_enabled': cfg.droop_enabled,
-            'deadband_mhz': cfg.deadband_mhz,
-            'droop_mpct': cfg.droop_mpct,
-            'response_ms': cfg.response_ms,
-            'rated_charge_ma': cfg.max_charge_ma,
-            'rated_discharge_ma': cfg.max_discharge_ma,
-            'enter_service_delay_ms': getattr(cfg, 'grid_enter_service_ms', None),
-            'ramp_ms': getattr(cfg, 'grid_ramp_ms', None),
-        }
-        args.update(kw)
-        return cls(cfg.grid_profile, cfg.nominal_mv, **args)
+        return cls(cfg.grid_profile, cfg.nominal_mv, **_config_args(cfg, kw))
+
+    def reconfigure(self, cfg, **kw):
+        """New settings from a Config; trips, timers and the enter-service state carry on."""
+        self.configure(cfg.grid_profile, cfg.nominal_mv, **_config_args(cfg, kw))
 
     def configure(self, profile_name, nominal_mv, droop_enabled, deadband_mhz, droop_mpct,
                   response_ms, rated_charge_ma, rated_discharge_ma,

@@ -428,3 +428,26 @@ def test_no_allocation_over_1000_steps():
         micropython.heap_unlock()
     assert tripped > 0 and g.ev_lost > 0
     assert g.state in (WAITING, RAMP, IN_SERVICE, TRIPPED)
+
+
+def test_reconfigure_keeps_the_grid_state_and_takes_new_ratings():
+    from core import config
+    from core.controller import Controller, Inputs
+    cfg = config.validate({'GRID_ENTER_SERVICE_DELAY_S': 1, 'GRID_RAMP_S': 0})
+    ctl = Controller(cfg, grid=GridProtection.from_config(cfg))
+    inp = Inputs()
+    inp.meter_ok, inp.meter_age_ms, inp.meter_mv, inp.meter_mhz = True, 0, 240000, 60000
+    inp.cp_high_mv, inp.cp_low_mv = 12000, -12000
+    t = 0
+    while t < 3000:
+        ctl.step(t, inp)
+        t += 50
+    assert ctl.grid.state == IN_SERVICE
+    ctl.apply_config(config.validate({'MAX_CHARGE_AMPS': 16, 'MAX_DISCHARGE_AMPS': 10}, cfg))
+    ctl.step(t, inp)
+    assert ctl.grid.state == IN_SERVICE and ctl.grid.trip_code == 0
+    assert ctl.grid.rated_charge_ma == 16000 and ctl.grid.rated_discharge_ma == 10000
+    # another grid code is a new connection agreement: wait to enter service again
+    ctl.apply_config(config.validate({'GRID_PROFILE': 'IEEE1547_CAT_III_60HZ'}, ctl.cfg))
+    ctl.step(t + 50, inp)
+    assert ctl.grid.state == WAITING and ctl.grid.trip_code == errors.E507
