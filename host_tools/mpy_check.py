@@ -14,12 +14,20 @@ from pathlib import Path
 from host_tools import vm
 
 
+BUILD_ONLY = ("manifest.py",)   # freeze manifests are read by the MicroPython build, not flashed
+
+
+def _sources(folder):
+    return sorted(p for p in folder.rglob("*.py")
+                  if "__pycache__" not in p.parts and p.name not in BUILD_ONLY)
+
+
 def firmware_sources(board=None):
     """Every .py file that goes onto a controller (all boards when board is None)."""
-    files = sorted(p for p in vm.FIRMWARE.rglob("*.py") if "__pycache__" not in p.parts)
+    files = _sources(vm.FIRMWARE)
     boards = [vm.BOARDS / board] if board else sorted(p for p in vm.BOARDS.iterdir() if p.is_dir())
     for b in boards:
-        files += sorted(p for p in b.rglob("*.py") if "__pycache__" not in p.parts)
+        files += _sources(b)
     return files
 
 
