@@ -1,0 +1,27 @@
+"""The docs name what the code has: every setting, every error code, every command."""
+
+from pathlib import Path
+
+from core import config, errors
+
+from host_tools.cli import COMMANDS
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_every_setting_is_documented():
+    text = (DOCS / "settings.md").read_text()
+    missing = [k for k in config.KEYS if "`{}`".format(k) not in text]
+    assert missing == []
+
+
+def test_every_error_code_is_documented():
+    text = (DOCS / "errors.md").read_text()
+    codes = list(errors.CODES)
+    assert codes, "errors.active should list codes for a full mask"
+    assert [c for c in codes if c not in text] == []
+
+
+def test_every_command_is_in_the_readme():
+    text = (DOCS.parent / "README.md").read_text()
+    assert [c for c in COMMANDS if "v2g {}".format(c) not in text] == []
