@@ -1,0 +1,465 @@
+"""The update installer (app/update.py) and the slot choice at boot (boot.py).
+
+Each test works in its own scratch folder. The bundles are the host signer's vectors of
+test_cose.py: BUNDLE_OK is sequence 7, security counter 2, board "sim", version "1.4.0",
+signed by KEY_A, with components main.py (13 bytes), core/empty.py (0), lib/blob.bin (768).
+"""
+import hashlib
+import json
+import os
+
+import boot
+from fwtest import raises
+from test_cose import BUNDLE_OK, KEY_A, KEY_B, _b
+
+from app import update
+
+try:
+    import tempfile
+    _TMP = tempfile.gettempdir()
+except ImportError:   # MicroPython: the VM's in-memory filesystem
+    _TMP = '/tmp'
+
+_n = [0]
+
+
+class Log:
+    def __init__(self):
+        self.items = []
+
+    def append(self, t_ms, code, on, msg):
+        self.items.append((t_ms, code, on, msg))
+
+
+class Out:
+    contactor = False
+
+
+class Ctl:
+    def __init__(self):
+        self.out = Out()
+
+
+class Hal:
+    def __init__(self):
+        self.resets = 0
+        self.safe = 0
+
+    def safe_state(self):
+        self.safe += 1
+
+    def reset(self):
+        self.resets += 1
+
+
+def scratch(key=KEY_A):
+    _n[0] += 1
+    root = '{}/fota_{}_{}/'.format(_TMP, os.getpid() if hasattr(os, 'getpid') else 0, _n[0])
+    update._rmtree(root[:-1])
+    os.mkdir(root[:-1])
+    if key:
+        with open(root + 'update_key.bin', 'wb') as f:
+            f.write(_b(key))
+    return root
+
+
+def bundle():
+    return _b(BUNDLE_OK)
+
+
+def bid(data):
+    n = 8 + int.from_bytes(data[4:8], 'big')
+    return hashlib.sha256(data[:n]).digest()[:16]
+
+
+def make(root, running='factory', board='sim', **kw):
+    return update.Updater(board, root=root, running=running, log=kw.pop('log', Log()), **kw)
+
+
+def push(u, data, size=100, start=0, now=0):
+    """Send data[start:] in chunks; returns the last result."""
+    r = None
+    off = start
+    while off < len(data):
+        r = u.command('fota_chunk', {'off': off, 'data': data[off:off + size]}, now)
+        assert r[0], r
+        off = r[3]['next']
+    return r
+
+
+def read(path):
+    with open(path, 'rb') as f:
+        return f.read()
+
+
+def state(root):
+    if not update._exists(root + 'update.json'):
+        return update.default_state()
+    return json.loads(read(root + 'update.json'))
+
+
+def install(root, data=None, tries=3):
+    data = data or bundle()
+    u = make(root)
+    assert u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)[0]
+    push(u, data)
+    r = u.command('fota_finish', {'reboot': False, 'tries': tries}, 0)
+    assert r[0], r
+    return u, r
+
+
+# -- receiving and staging ------------------------------------------------------------------
+
+def test_install_stages_files_and_marks_pending():
+    root = scratch()
+    u, r = install(root)
+    assert r[3]['slot'] == 'a' and r[3]['version'] == '1.4.0' and r[3]['seq'] == 7
+    data = bundle()
+    body = data[8 + int.from_bytes(data[4:8], 'big'):]
+    assert read(root + 'slots/a/main.py') == body[:13]
+    assert read(root + 'slots/a/core/empty.py') == b''
+    assert read(root + 'slots/a/lib/blob.bin') == body[13:]
+    st = state(root)
+    assert st['pending'] == 'a' and st['tries'] == 3 and st['trial'] is False
+    assert st['active'] == 'factory' and st['seq'] == 0 and st['dl'] is None
+    assert update._file_size(root + 'slots/a.head') < 0
+    assert u.version() == u.factory_version   # nothing runs the new slot before a reboot
+
+
+def test_resent_overlapping_and_gapped_chunks():
+    root = scratch()
+    data = bundle()
+    u = make(root)
+    u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+    r = u.command('fota_chunk', {'off': 0, 'data': data[:400]}, 0)
+    assert r[3]['next'] == 400
+    r = u.command('fota_chunk', {'off': 0, 'data': data[:400]}, 0)     # re-sent: no effect
+    assert r[0] and r[3]['next'] == 400
+    r = u.command('fota_chunk', {'off': 300, 'data': data[300:700]}, 0)  # overlap: tail taken
+    assert r[0] and r[3]['next'] == 700
+    r = u.command('fota_chunk', {'off': 800, 'data': data[800:900]}, 0)  # gap: refused
+    assert not r[0] and r[1] == 'V2G-400' and r[3]['next'] == 700
+    push(u, data, 333, 700)
+    assert u.command('fota_finish', {'reboot': False}, 0)[0]
+    assert read(root + 'slots/a/lib/blob.bin')[-5:] == data[-5:]
+
+
+def test_resume_after_reset_rehashes_the_staged_files():
+    data = bundle()
+    for cut in (5, 100, 400, 700, len(data) - 1):
+        root = scratch()
+        u = make(root)
+        u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+        push(u, data[:cut], 300)
+        u = make(root)                       # a reset: RAM state gone
+        dl = u.command('fota_status', {}, 0)[3]['dl']
+        head_len = 8 + int.from_bytes(data[4:8], 'big')
+        if cut < head_len:
+            assert dl['next'] == 0           # the head lived in RAM only
+        else:
+            assert dl['next'] == cut
+        assert dl['id'] == bid(data) and dl['size'] == len(data)
+        push(u, data, 64, dl['next'])
+        r = u.command('fota_finish', {'reboot': False}, 0)
+        assert r[0], (cut, r)
+
+
+def test_resume_with_a_corrupted_staged_file_fails_on_digest():
+    root = scratch()
+    data = bundle()
+    u = make(root)
+    u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+    push(u, data[:len(data) - 200], 300)
+    with open(root + 'slots/a/lib/blob.bin', 'r+b') as f:
+        f.seek(10)
+        f.write(b'\xff')
+    u = make(root)
+    r = push_expect_fail(u, data)
+    assert r[1] == 'V2G-601' and r[2].startswith('digest'), r
+    assert state(root)['pending'] is None and state(root)['dl'] is None
+
+
+def push_expect_fail(u, data):
+    off = u.command('fota_status', {}, 0)[3]['dl']['next']
+    while off < len(data):
+        r = u.command('fota_chunk', {'off': off, 'data': data[off:off + 100]}, 0)
+        if not r[0]:
+            return r
+        off = r[3]['next']
+    return u.command('fota_finish', {'reboot': False}, 0)
+
+
+def test_stalled_download_is_suspended_then_resumed():
+    root = scratch()
+    data = bundle()
+    u = make(root)
+    u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+    u.command('fota_chunk', {'off': 0, 'data': data[:500]}, 0)
+    assert u.busy
+    u.tick(update.STALL_MS + 1, 0)
+    assert u.dl.suspended and u.dl.f is None and u.dl.body is None
+    st = u.command('fota_status', {}, update.STALL_MS + 2)[3]
+    assert st['dl']['next'] == 500 and not st['dl']['suspended']
+    push(u, data, 200, 500)
+    assert u.command('fota_finish', {'reboot': False}, 0)[0]
+
+
+# -- refusals leave everything as it was ------------------------------------------------------
+
+def _refused(root, u, code, what):
+    before = read(root + 'update.json') if update._exists(root + 'update.json') else None
+    data = bundle()
+
+    def run():
+        r = u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+        if not r[0]:
+            return r
+        off = 0
+        while off < len(data):
+            r = u.command('fota_chunk', {'off': off, 'data': data[off:off + 150]}, 0)
+            if not r[0]:
+                return r
+            off = r[3]['next']
+        return u.command('fota_finish', {'reboot': False}, 0)
+    r = run()
+    assert not r[0] and r[1] == code and r[2].startswith(what), r
+    st = state(root)
+    assert st['pending'] is None and st['dl'] is None
+    if before is not None:
+        b = json.loads(before)
+        assert st['active'] == b['active'] and st['seq'] == b['seq'] and st['sec'] == b['sec']
+    assert not update._is_dir(root + 'slots/a') or not update._exists(root + 'slots/a/main.py')
+    assert u.dl is None
+    return r
+
+
+def test_rollback_refused_by_sequence_and_security_counter():
+    root = scratch()
+    st = update.default_state()
+    st['seq'] = 7
+    with open(root + 'update.json', 'w') as f:
+        f.write(json.dumps(st))
+    _refused(root, make(root), 'V2G-602', 'rollback')
+    st['seq'] = 1
+    st['sec'] = 3
+    with open(root + 'update.json', 'w') as f:
+        f.write(json.dumps(st))
+    _refused(root, make(root), 'V2G-602', 'rollback')
+
+
+def test_other_board_wrong_key_and_no_key_refused():
+    root = scratch()
+    _refused(root, make(root, board='pyboard'), 'V2G-601', 'board')
+    root = scratch(KEY_B)
+    _refused(root, make(root), 'V2G-601', 'kid')
+    root = scratch(None)
+    _refused(root, make(root), 'V2G-601', 'key')
+
+
+def test_bad_signature_and_bad_digest_refused():
+    data = bytearray(bundle())
+    n = 8 + int.from_bytes(data[4:8], 'big')
+    for pos, what in ((n - 3, 'signature'), (n + 20, 'digest'), (len(data) - 1, 'digest')):
+        root = scratch()
+        bad = bytearray(data)
+        bad[pos] ^= 0x40
+        u = make(root)
+        r = u.command('fota_begin', {'size': len(bad), 'id': bid(bad)}, 0)
+        assert r[0]
+        off, r = 0, None
+        while off < len(bad):
+            r = u.command('fota_chunk', {'off': off, 'data': bytes(bad[off:off + 100])}, 0)
+            if not r[0]:
+                break
+            off = r[3]['next']
+        assert not r[0] and r[1] == 'V2G-601' and r[2].startswith(what), r
+        assert state(root)['pending'] is None and u.dl is None
+        assert not update._exists(root + 'slots/a/lib/blob.bin')
+
+
+def test_head_not_matching_the_announced_id_refused():
+    root = scratch()
+    data = bundle()
+    u = make(root)
+    u.command('fota_begin', {'size': len(data), 'id': b'\x00' * 16}, 0)
+    r = u.command('fota_chunk', {'off': 0, 'data': data[:900]}, 0)
+    assert not r[0] and r[1] == 'V2G-601' and r[2].startswith('header'), r
+
+
+def test_oversize_and_endless_streams_refused():
+    root = scratch()
+    data = bundle()
+    u = make(root)
+    too_big = 8 + 8192 + update.SLOT_SIZE + 1
+    r = u.command('fota_begin', {'size': too_big, 'id': bid(data)}, 0)
+    assert not r[0] and r[1] == 'V2G-601' and r[2].startswith('size'), r
+    # announced size larger than the manifest's: refused once the manifest is read
+    r = u.command('fota_begin', {'size': len(data) + 1000, 'id': bid(data)}, 0)
+    assert r[0]
+    r = u.command('fota_chunk', {'off': 0, 'data': data[:600]}, 0)
+    assert not r[0] and r[2].startswith('trailing'), r
+    # an endless stream: bytes past the announced size are refused and the download dropped
+    u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+    push(u, data, 200)
+    r = u.command('fota_chunk', {'off': len(data), 'data': b'\x00' * 100}, 0)
+    assert not r[0] and r[1] == 'V2G-601' and r[2].startswith('trailing'), r
+    assert state(root)['pending'] is None and u.dl is None
+    # chunk and argument limits
+    u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+    r = u.command('fota_chunk', {'off': 0, 'data': b'\x00' * (update.MAX_CHUNK + 1)}, 0)
+    assert not r[0] and r[1] == 'V2G-400' and r[2].startswith('data'), r
+    for args in ({'size': 'x', 'id': bid(data)}, {'size': 100}, {}):
+        r = u.command('fota_begin', args, 0)
+        assert not r[0] and r[1] == 'V2G-400', r
+    r = u.command('fota_finish', {'reboot': False}, 0)
+    assert not r[0] and r[2].startswith('truncated'), r
+
+
+def test_no_transfer_while_the_contactor_is_closed():
+    root = scratch()
+    ctl = Ctl()
+    ctl.out.contactor = True
+    u = make(root, ctl=ctl)
+    data = bundle()
+    r = u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+    assert not r[0] and r[1] == 'V2G-400' and 'contactor' in r[2]
+    assert u.command('fota_status', {}, 0)[0]
+
+
+# -- trial boot, confirmation, revert -----------------------------------------------------
+
+def test_boot_runs_pending_on_trial_and_health_check_confirms():
+    root = scratch()
+    install(root)
+    assert boot.choose(root) == 'a'
+    st = state(root)
+    assert st['tries'] == 2 and st['trial'] is True and st['pending'] == 'a'
+    log = Log()
+    u = make(root, running='a', log=log, hal=Hal())
+    assert u.on_trial and u.busy and u.version() == '1.4.0'
+    r = u.command('fota_begin', {'size': 100, 'id': b'\x00' * 16}, 0)
+    assert not r[0] and 'trial' in r[2]            # no new download during a trial
+    u.tick(1000, 0)
+    u.tick(update.HEALTHY_MS + 100, 0)                 # no host frames yet: not healthy
+    assert u.on_trial
+    u.tick(update.HEALTHY_MS + 200, 5)                 # host frames arriving
+    assert not u.on_trial
+    st = state(root)
+    assert st['active'] == 'a' and st['pending'] is None and st['seq'] == 7 and st['sec'] == 2
+    assert boot.choose(root) == 'a'                    # confirmed: runs without trial
+    assert state(root)['tries'] == 0
+    u = make(root, running='a')
+    assert u.version() == '1.4.0' and u.inactive_slot() == 'b'
+
+
+def test_failed_trials_revert_after_the_tries():
+    root = scratch()
+    install(root, tries=2)
+    hal = Hal()
+    for _ in range(2):
+        assert boot.choose(root) == 'a'
+        log = Log()
+        u = make(root, running='a', log=log, hal=hal)
+        assert u.on_trial
+        u.tick(0, 0)
+        u.tick(update.DEFAULT_TRIAL_MS + 1, 0)         # never healthy: a reset is asked for
+        assert u.reset_at is not None and log.items[-1][1] == 'V2G-603'
+        u.tick(update.DEFAULT_TRIAL_MS + 2, 0)
+    assert hal.resets == 2 and hal.safe == 2
+    assert boot.choose(root) == 'factory'              # no tries left: reverted
+    st = state(root)
+    assert st['pending'] is None and st['active'] == 'factory' and st['seq'] == 0
+    assert 'failed its trial boot' in st['reverted']
+    log = Log()
+    u = make(root, running='factory', log=log)
+    assert [e[1] for e in log.items] == ['V2G-603']    # reported once, at the next start
+    assert state(root)['reverted'] is None
+    make(root, log=log)
+    assert len(log.items) == 1
+
+
+def test_reset_waits_for_the_contactor_to_open():
+    root = scratch()
+    ctl, hal = Ctl(), Hal()
+    data = bundle()
+    u = make(root, ctl=ctl, hal=hal)
+    u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+    push(u, data)
+    assert u.command('fota_finish', {}, 0)[3]['reboot'] is True
+    ctl.out.contactor = True
+    u.tick(50, 0)
+    assert hal.resets == 0
+    ctl.out.contactor = False
+    u.tick(100, 0)
+    assert hal.resets == 1 and hal.safe == 1
+
+
+def test_boot_choice_survives_bad_state():
+    root = scratch()
+    assert boot.choose(root) == 'factory'             # no state file
+    with open(root + 'update.json', 'w') as f:
+        f.write('{"active": "a", ')                     # torn (cannot happen with rename)
+    assert boot.choose(root) == 'factory'
+    with open(root + 'update.json', 'w') as f:
+        f.write(json.dumps({'active': 'b', 'pending': None}))
+    assert boot.choose(root) == 'factory'             # slot b missing: factory
+    with open(root + 'update.json', 'w') as f:
+        f.write(json.dumps({'active': 'factory', 'pending': 'b', 'tries': 3}))
+    assert boot.choose(root) == 'factory'             # pending slot missing: reverted
+    assert state(root)['pending'] is None and state(root)['reverted']
+
+
+def test_second_update_goes_to_the_other_slot():
+    root = scratch()
+    install(root)
+    boot.choose(root)
+    u = make(root, running='a')
+    u.confirm(0)
+    data = bundle()
+    u = make(root, running='a')
+    r = u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+    assert r[0] and r[3]['slot'] == 'b'
+    r = u.command('fota_chunk', {'off': 0, 'data': data[:900]}, 0)
+    assert not r[0] and r[1] == 'V2G-602'              # sequence 7 is installed now
+    assert update._exists(root + 'slots/a/main.py') and state(root)['active'] == 'a'
+
+
+# -- fault injection (used by the power-cut tests on the virtual board) -------------------------
+
+def test_fault_at_state_update_leaves_the_old_state():
+    root = scratch()
+    data = bundle()
+    before = read(root + 'update.json') if update._exists(root + 'update.json') else None
+    with open(root + 'fota_fault.json', 'w') as f:
+        f.write('{"step": "state"}')
+    u = make(root)
+    u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+    before = read(root + 'update.json')
+    push(u, data)
+    r = u.command('fota_finish', {'reboot': False}, 0)
+    assert not r[0] and u.frozen
+    assert read(root + 'update.json') == before and update._exists(root + 'update.json.tmp')
+    assert not update._exists(root + 'fota_fault.json')
+    assert boot.choose(root) == 'factory'
+    u = make(root)                                     # after the reset: finish again
+    assert u.command('fota_status', {}, 0)[3]['dl']['next'] == len(data)
+    assert u.command('fota_finish', {'reboot': False}, 0)[0]
+    assert boot.choose(root) == 'a'
+
+
+def test_key_from_pem():
+    root = scratch(None)
+    import binascii
+    der = raises_free_der()
+    with open(root + 'update_key.pem', 'wb') as f:
+        f.write(b'-----BEGIN PUBLIC KEY-----\n' + binascii.b2a_base64(der) + b'-----END PUBLIC KEY-----\n')
+    key = update.load_key(root)
+    assert key.point == _b(KEY_A)
+    with open(root + 'update_key.pem', 'wb') as f:
+        f.write(b'-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n')
+    raises(ValueError, update.load_key, root)
+
+
+def raises_free_der():
+    from core import p256
+    return p256.SPKI_PREFIX + _b(KEY_A)
