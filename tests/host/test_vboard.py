@@ -9,7 +9,7 @@ import time
 import pytest
 import serial
 
-from vboard_fixture import V2G, RunningBoard
+from vboard_fixture import MPREMOTE, V2G, RunningBoard
 
 
 @pytest.fixture
@@ -172,3 +172,24 @@ def test_sigterm_exits_zero_after_saving(tmp_path):
     b.mpremote("exec", "open('note.txt','w').write('saved at exit')")
     assert b.stop() == 0
     assert (tmp_path / "flash" / "note.txt").read_text() == "saved at exit"
+
+
+def test_missing_vm_package_is_named_with_the_install_command(tmp_path, monkeypatch):
+    from host_tools import vm
+    from host_tools.vboard import VirtualBoard
+    monkeypatch.setattr(vm, "VM_PACKAGE", tmp_path / "no-such-package")
+    with pytest.raises(vm.VmMissing) as e:
+        VirtualBoard(tmp_path / "s").check()
+    assert "MicroPython VM package is not installed" in str(e.value) and "npm ci" in str(e.value)
+
+
+def test_repl_on_a_socket_url(tmp_path):
+    b = RunningBoard(tmp_path / "flash", "--repl-port", "0")
+    try:
+        url = b.endpoints["repl_socket"]
+        assert url.startswith("socket://127.0.0.1:")
+        proc = subprocess.run([MPREMOTE, "connect", url, "exec", "print(3*3)"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.stdout.strip() == "9", proc.stderr
+    finally:
+        b.stop()
