@@ -11,6 +11,7 @@ from core.controller import Controller, Inputs
 from core.grid import GridProtection
 
 from app import storage
+from app.update import Updater
 
 FW_VERSION = '0.1.0'
 CONFIG_FILE = 'v2g_vars.json'
@@ -64,6 +65,9 @@ class Station:
         if cfg_problem:
             self.ctl.log.append(now_ms, 'V2G-400', True,
                                 'settings file refused, defaults in force: ' + cfg_problem)
+        # the installer: reports a reverted trial (V2G-603) and the running firmware's version
+        self.update = Updater(hal.BOARD_NAME, log=self.ctl.log, now_ms=now_ms, hal=hal, ctl=self.ctl,
+                              fw_version=FW_VERSION)
         self.send_hello()
 
     # -- the control step ---------------------------------------------------------------------
@@ -80,6 +84,8 @@ class Station:
         evs = self.ctl.pop_events()
         if evs:
             self.link.send(L.evt(evs))
+        if self.update.busy:   # trial health check, requested reset, stalled download
+            self.update.tick(now_ms, self.link.stats['frames_ok'])
         if now_ms - self.next_tel_ms >= 0:
             self.next_tel_ms = now_ms + self.tel_period_ms
             self.sample(now_ms, out)
@@ -95,7 +101,7 @@ class Station:
     # -- host link ----------------------------------------------------------------------------
 
     def send_hello(self):
-        self.link.send(L.hello(FW_VERSION, self.hal.BOARD_NAME, self.cfg.config_hash(),
+        self.link.send(L.hello(self.update.version(), self.hal.BOARD_NAME, self.cfg.config_hash(),
                                self.reset_cause, self.boot_count))
 
     def on_message(self, msg, now_ms):
@@ -121,6 +127,8 @@ class Station:
         if op == 'hello':
             self.send_hello()
             return True, None, 'hello sent', {}
+        if op.startswith('fota_'):
+            return self.update.command(op, args, now_ms)
         result = self.ctl.command(now_ms, msg['txn'], op, args)
         if result[0] and op == 'config_set':
             self.cfg = self.ctl.cfg
@@ -163,7 +171,7 @@ class Station:
         out = self.ctl.out
         saved = storage.read_json(CONFIG_FILE, {}) or {}
         return {
-            'fw': FW_VERSION, 'board': self.hal.BOARD_NAME, 'boot_count': self.boot_count,
+            'fw': self.update.version(), 'board': self.hal.BOARD_NAME, 'boot_count': self.boot_count,
             'reset_cause': self.reset_cause, 'uptime_ms': now_ms,
             # the values themselves come with config_get (a frame holds 1 kB); here, which
             # keys the settings file sets (the others are defaults)

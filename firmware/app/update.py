@@ -24,7 +24,7 @@ import json
 import os
 import sys
 
-from core import manifest, p256
+from core import manifest
 
 from app import storage
 
@@ -92,6 +92,7 @@ def _file_size(path):
 
 def load_key(root=''):
     """The trusted update key (p256.PublicKey), or None when none is installed."""
+    from core import p256   # its tables stay out of RAM until an update comes
     raw = storage.read_bytes(root + KEY_FILES[0])
     if raw is None:
         pem = storage.read_bytes(root + KEY_FILES[1])
