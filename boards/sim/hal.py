@@ -4,11 +4,26 @@ meter and the grid, and runs in real time on the virtual board.
 Ports: on the virtual board the host's pseudo-terminals reach the firmware through the VM's
 `hostio` module (link, plant, rs485, can); elsewhere (tests under CPython) in-memory queues
 stand in, and the test plays the host.
+
+Two ways for meter and BMS data to reach the controller (`buses=`, or the file
+`sim_board.json` that the virtual board writes on the board's flash):
+- plant-direct (the default, used by `v2g sim`): the plant fills the meter and BMS Inputs;
+  `hal.rs485` and `hal.can` are None.
+- buses: {"meter": "modbus"} makes `hal.rs485` the real RS-485 port (Modbus RTU to whatever
+  meter answers on it); {"bms": "can"} makes `hal.can` the CAN port, and with
+  {"ev_can": "plant"} the plant's BMS sends its frames onto the bus. The plant's meter
+  values then leave on the plant port as `{"meter_sim": [...]}` lines (see METER_SIM_MS)
+  for the board's meter simulator.
+
+CAN port records on the `can` channel, both ways: 14 bytes, [origin u8][id u32 LE: bit 31
+set for a 29-bit id][dlc u8][8 data bytes]; origin 0 = the controller (or, inbound, the
+bus), 1 = the plant's vehicle.
 """
 import json
 import sys
 import time
 
+from board.ev_can import PlantBms
 from board.plant import PLANT_EVENTS, Plant
 
 BOARD_NAME = 'sim'
@@ -22,6 +37,119 @@ HOST_EVENTS = {
     'heartbeat_loss': 'the host link: stop the host (or its heartbeats) to simulate it',
     'heartbeat_restore': 'the host link: start the host again',
 }
+
+
+MODE_FILE = 'sim_board.json'
+METER_SIM_MS = 100          # plant values to the meter simulator this often
+CAN_RECORD = 14
+ORIGIN_CONTROLLER = 0
+ORIGIN_VEHICLE = 1
+EXT_FLAG = 0x80000000
+_RX_CAP = 4096              # bytes a port holds before dropping (a UART's overrun)
+
+
+def load_modes(ports):
+    """The bus wiring: {'meter': 'plant'|'modbus', 'bms': 'plant'|'can', 'ev_can': 'plant'|'external'}."""
+    modes = {'meter': 'plant', 'bms': 'plant', 'ev_can': 'plant'}
+    if isinstance(ports, MemoryPorts):
+        return modes   # tests say what they want with buses=
+    try:
+        with open(MODE_FILE) as f:
+            got = json.load(f)
+    except (OSError, ValueError):
+        return modes
+    if isinstance(got, dict):
+        for k in modes:
+            if isinstance(got.get(k), str):
+                modes[k] = got[k]
+    return modes
+
+
+class SimRs485:
+    """The RS-485 port: bytes to and from the `rs485` channel. The pseudo-terminal has no
+    line timing, so a write has left the wire as soon as it is handed over."""
+
+    def __init__(self, ports):
+        self.ports = ports
+        self.pending = b''
+        self.baud = None
+        self.overruns = 0
+
+    def open(self, baud):
+        self.baud = baud
+
+    def write(self, buf, n):
+        self.ports.write('rs485', bytes(buf[:n]))
+
+    def tx_done(self):
+        return True
+
+    def readinto(self, buf):
+        data = self.ports.read('rs485')
+        if data:
+            self.pending += data
+            if len(self.pending) > _RX_CAP:
+                self.overruns += len(self.pending) - _RX_CAP
+                self.pending = self.pending[-_RX_CAP:]
+        n = len(self.pending)
+        if n == 0:
+            return 0
+        if n > len(buf):
+            n = len(buf)
+        buf[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+
+class SimCan:
+    """The CAN port: 14-byte records on the `can` channel (see the module doc)."""
+
+    def __init__(self, ports):
+        self.ports = ports
+        self.pending = b''
+        self.bitrate = None
+        self.rx_id = 0
+        self.rx_ext = False
+        self.bad_records = 0
+        self.overruns = 0
+
+    def open(self, bitrate):
+        self.bitrate = bitrate
+
+    def send(self, can_id, buf, dlc, origin=ORIGIN_CONTROLLER):
+        rec = bytearray(CAN_RECORD)
+        rec[0] = origin
+        rec[1] = can_id & 0xFF
+        rec[2] = (can_id >> 8) & 0xFF
+        rec[3] = (can_id >> 16) & 0xFF
+        rec[4] = (can_id >> 24) & 0xFF
+        rec[5] = dlc
+        for i in range(dlc if dlc <= 8 else 8):
+            rec[6 + i] = buf[i]
+        self.ports.write('can', bytes(rec))
+        return True
+
+    def recv(self, buf):
+        data = self.ports.read('can')
+        if data:
+            self.pending += data
+            if len(self.pending) > _RX_CAP * 4:
+                self.overruns += 1
+                self.pending = b''
+        while len(self.pending) >= CAN_RECORD:
+            rec = self.pending[:CAN_RECORD]
+            self.pending = self.pending[CAN_RECORD:]
+            dlc = rec[5]
+            if rec[0] != ORIGIN_CONTROLLER or dlc > 8:
+                self.bad_records += 1
+                continue
+            cid = rec[1] | (rec[2] << 8) | (rec[3] << 16) | (rec[4] << 24)
+            self.rx_ext = bool(cid & EXT_FLAG)
+            self.rx_id = cid & 0x1FFFFFFF
+            for i in range(8):
+                buf[i] = rec[6 + i]
+            return dlc
+        return -1
 
 
 class HostioPorts:
@@ -82,13 +210,20 @@ class Hal:
     BOARD_NAME = BOARD_NAME
     BOARD_LIMITS = BOARD_LIMITS
 
-    def __init__(self, ports=None, plant=None, clock=None):
+    def __init__(self, ports=None, plant=None, clock=None, buses=None):
         self.ports = ports or default_ports()
         self.plant = plant or Plant()
         self.clock = clock
         self.last_ms = None
         self.outputs = None
         self.plant_buf = b''
+        self.modes = load_modes(self.ports)
+        if buses:
+            self.modes.update(buses)
+        self.rs485 = SimRs485(self.ports) if self.modes['meter'] == 'modbus' else None
+        self.can = SimCan(self.ports) if self.modes['bms'] == 'can' else None
+        self.ev_bms = PlantBms() if self.can is not None and self.modes['ev_can'] == 'plant' else None
+        self.next_meter_sim_ms = None
 
     # -- time, watchdog, reset ------------------------------------------------------------
 
@@ -96,6 +231,13 @@ class Hal:
         if self.clock is not None:
             return self.clock()
         return time.ticks_ms()
+
+    def ticks_us(self):
+        if self.clock is not None:
+            return (self.clock() * 1000) & 0x3FFFFFFF
+        if hasattr(time, 'ticks_us'):
+            return time.ticks_us()
+        return (time.monotonic_ns() // 1000) & 0x3FFFFFFF
 
     def feed_watchdog(self):
         pass   # the plant has no watchdog; a crashed loop stops stepping, visible in telemetry
@@ -117,6 +259,22 @@ class Hal:
             self.plant.step(self.last_ms, now_ms - self.last_ms, self.outputs)
         self.last_ms = now_ms
         self.plant.fill_inputs(inputs, now_ms)
+        if self.ev_bms is not None:
+            self.ev_bms.frames(self.plant, now_ms, self._vehicle_frame)
+        if self.rs485 is not None and (self.next_meter_sim_ms is None or now_ms - self.next_meter_sim_ms >= 0):
+            self.next_meter_sim_ms = now_ms + METER_SIM_MS
+            self.ports.write('plant', self.meter_sim_line())
+
+    def _vehicle_frame(self, can_id, data, dlc):
+        self.can.send(can_id, data, dlc, ORIGIN_VEHICLE)
+
+    def meter_sim_line(self):
+        """What the plant's meter measures, for the board's Modbus meter simulator:
+        [mV, mA (+ into the EV), mHz, import Wh, export Wh, fault kind or null]."""
+        p = self.plant
+        vals = [p.grid_mv, p.ev_ma, p.grid_mhz, p.energy_in_mwh() // 1000,
+                p.energy_out_mwh() // 1000, p.meter_fault]
+        return (json.dumps({'meter_sim': vals}) + '\n').encode()
 
     def apply(self, outputs, now_ms):
         self.outputs = outputs
@@ -136,7 +294,22 @@ class Hal:
         return self.plant.energy_out_mwh() // 1000
 
     def bus_stats(self):
-        return {'meter': 'plant model (no RS-485 traffic)', 'can': 'plant model (no CAN traffic)'}
+        # short: the station's protocol counters join these in one 1 kB diag answer
+        out = {}
+        if self.rs485 is None:
+            out['meter'] = 'plant model'
+        elif self.rs485.overruns:
+            out['rs485_port'] = {'overruns': self.rs485.overruns}
+        if self.can is None:
+            out['can'] = 'plant model'
+        else:
+            port = {'vehicle': self.modes['ev_can']}
+            if self.can.bad_records:
+                port['bad_records'] = self.can.bad_records
+            if self.can.overruns:
+                port['overruns'] = self.can.overruns
+            out['can_port'] = port
+        return out
 
     # -- host link ------------------------------------------------------------------------
 

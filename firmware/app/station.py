@@ -12,6 +12,7 @@ from core.grid import GridProtection
 
 from app import storage
 from app.update import Updater
+from app.buses import Buses
 
 FW_VERSION = '0.1.0'
 CONFIG_FILE = 'v2g_vars.json'
@@ -43,6 +44,8 @@ def _load(load, name):
 
 
 class Station:
+    buses = None   # the field buses (meter, CAN), built at the first tick
+
     def __init__(self, hal, now_ms):
         self.hal = hal
         self.cfg, cfg_problem = load_config(hal.BOARD_LIMITS)
@@ -74,8 +77,12 @@ class Station:
 
     def tick(self, now_ms):
         self.hal.read_inputs(self.inputs, now_ms)
+        if self.buses is None:
+            self.buses = Buses(self.hal, self.cfg)
+        self.buses.read(now_ms, self.inputs, self.cfg)
         out = self.ctl.step(now_ms, self.inputs)
         self.hal.apply(out, now_ms)
+        self.buses.write(now_ms, out, self.inputs)
         self.hal.feed_watchdog()
         data = self.hal.link_read()
         if data:
@@ -83,6 +90,7 @@ class Station:
                 self.on_message(msg, now_ms)
         evs = self.ctl.pop_events()
         if evs:
+            self.buses.name_failures(evs, self.ctl.log)
             self.link.send(L.evt(evs))
         if self.update.busy:   # trial health check, requested reset, stalled download
             self.update.tick(now_ms, self.link.stats['frames_ok'])
@@ -181,6 +189,13 @@ class Station:
                        'discharge_ma': out.limit_discharge_ma, 'discharge_src': out.limit_discharge_src},
             'errors': errors.active(out.errors),
             'link': dict(self.link.stats),
-            'buses': self.hal.bus_stats(),
+            'buses': self.bus_stats(now_ms),
             'events': len(self.ctl.log),
         }
+
+    def bus_stats(self, now_ms):
+        # the board's view (wiring, driver counters) with the shell's protocol counters over it
+        stats = dict(self.hal.bus_stats())
+        if self.buses is not None:
+            stats.update(self.buses.stats(now_ms))
+        return stats

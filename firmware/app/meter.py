@@ -1,0 +1,192 @@
+"""The meter task: polls the RS-485 energy meter through the HAL and fills the Inputs.
+
+Called from the station tick (`step`), so it runs in the same time base as the control
+step (simulated time in `v2g sim`, ticks on a board). The pure Modbus master and meter
+reader (core/modbus.py, core/meter_map.py) decide what a frame and a reading are; this
+task only pumps bytes between them and `hal.rs485`:
+
+    rs485.open(baud)          line settings (8N1); the HAL drives the transceiver's DE pin
+    rs485.write(buf, n)       queue n bytes of buf
+    rs485.tx_done()           True once the last byte left the wire
+    rs485.readinto(buf)       bytes received since the last call, copied into buf; returns n
+
+A failed transaction leaves the last reading ageing; the controller raises V2G-120 after
+METER_STALE_S. `failure()` names why the readings stopped (timeout, CRC, exception code...)
+so the shell can say it in the event.
+"""
+from core import meter_map, modbus
+
+_MAX_INT = 0x3FFFFFFF
+
+
+def reply_timeout_ms(poll_ms):
+    # Half a poll period, within 100..500 ms: long enough for the meter's own latency
+    # (Eastron: tens of ms) and the shell's step granularity, short enough that one
+    # lost reply never costs more than one poll.
+    t = poll_ms // 2
+    return 100 if t < 100 else (500 if t > 500 else t)
+
+
+_RESULT_NAMES = {
+    modbus.ERR_TIMEOUT: 'timeout (no reply)',
+    modbus.ERR_CRC: 'CRC error',
+    modbus.ERR_WRONG_UNIT: 'reply from the wrong unit',
+    modbus.ERR_BAD_LENGTH: 'bad length (truncated or over-long reply)',
+    modbus.ERR_BAD_FUNCTION: 'unexpected function code',
+}
+
+
+class MeterTask:
+    def __init__(self, port, cfg, ticks_us):
+        self.port = port
+        self.ticks_us = ticks_us
+        self.rxbuf = bytearray(256)
+        self.cfg = None
+        self.master = None
+        self.reader = None
+        self.pending_sent = False
+        self.next_poll_ms = None
+        self.last_result = modbus.OK
+        self.fail_streak = 0      # failed transactions since the last good snapshot
+        self.fail_code = modbus.OK
+        self.exc_code = 0
+        self.tx_bytes = 0
+        self.rx_bytes = 0
+        self.configure(cfg)
+
+    def configure(self, cfg):
+        """(Re)build master and reader for the settings in force; the reading restarts."""
+        self.cfg = cfg
+        self.master = modbus.ModbusMaster(cfg.meter_baud, reply_timeout_ms(cfg.meter_poll_ms))
+        self.reader = meter_map.MeterReader(self.master, meter_map.model_from_name(cfg.meter_model),
+                                            cfg.meter_address)
+        self.port.open(cfg.meter_baud)
+        self.pending_sent = False
+        self.next_poll_ms = None
+
+    def step(self, now_ms, inputs, cfg):
+        if cfg is not self.cfg and (cfg.meter_baud != self.cfg.meter_baud
+                                    or cfg.meter_model != self.cfg.meter_model
+                                    or cfg.meter_address != self.cfg.meter_address
+                                    or cfg.meter_poll_ms != self.cfg.meter_poll_ms):
+            self.configure(cfg)
+        self.cfg = cfg
+        self.pump(now_ms)
+        if self.next_poll_ms is None or now_ms - self.next_poll_ms >= 0:
+            if not self.reader.busy():
+                self.reader.start(now_ms)
+                self.next_poll_ms = now_ms + cfg.meter_poll_ms
+                self.pump(now_ms)
+        self.fill(inputs, now_ms)
+
+    def pump(self, now_ms):
+        """One pass of the byte pump: send, note the end of sending, receive, judge."""
+        m = self.master
+        port = self.port
+        now_us = self.ticks_us()
+        if self.pending_sent and port.tx_done():
+            self.pending_sent = False
+            m.sent(now_us)
+        n = m.tx_ready(now_us)
+        if n:
+            port.write(m.tx, n)
+            self.tx_bytes += n
+            self.pending_sent = True
+            if port.tx_done():
+                self.pending_sent = False
+                m.sent(self.ticks_us())
+        n = port.readinto(self.rxbuf)
+        if n:
+            self.rx_bytes += n
+            m.feed(self.rxbuf, n, self.ticks_us())
+        r = m.poll(self.ticks_us())
+        if r != modbus.BUSY:
+            self.last_result = r
+            if r == modbus.ERR_EXCEPTION:
+                self.exc_code = m.exc_code
+            done = self.reader.on_result(r, now_ms)
+            if done:
+                self.fail_streak = 0
+                self.fail_code = modbus.OK
+            elif r != modbus.OK or not self.reader.busy():
+                # a transport error, or an OK reply whose values were refused (NaN)
+                self.fail_streak += 1
+                self.fail_code = r if r != modbus.OK else 1
+            if self.reader.busy():
+                # the snapshot's next block: send it in this same step if the line allows
+                n = m.tx_ready(self.ticks_us())
+                if n:
+                    port.write(m.tx, n)
+                    self.tx_bytes += n
+                    self.pending_sent = True
+                    if port.tx_done():
+                        self.pending_sent = False
+                        m.sent(self.ticks_us())
+
+    def fill(self, inputs, now_ms):
+        rd = self.reader.reading
+        v = rd.vals
+        age = rd.age_ms(now_ms)
+        inputs.meter_age_ms = age if age < _MAX_INT else _MAX_INT
+        inputs.meter_ok = rd.valid and self.fail_streak == 0
+        if not rd.valid:
+            return
+        # Eastron phase currents are magnitudes; the sign of the total active power says
+        # the direction (+ import, into the vehicle). On a three-phase meter the highest
+        # phase current is what the limits are about.
+        ma = v[meter_map.F_MA1]
+        if ma < 0:
+            ma = -ma
+        for f in (meter_map.F_MA2, meter_map.F_MA3):
+            x = v[f] if v[f] >= 0 else -v[f]
+            if x > ma:
+                ma = x
+        inputs.meter_ma = -ma if v[meter_map.F_MW_TOTAL] < 0 else ma
+        inputs.meter_mv = v[meter_map.F_MV1]
+        inputs.meter_mhz = v[meter_map.F_MHZ]
+
+    def import_wh(self):
+        rd = self.reader.reading
+        return rd.vals[meter_map.F_IMPORT_WH] // 1000 if rd.valid else 0
+
+    def export_wh(self):
+        rd = self.reader.reading
+        return rd.vals[meter_map.F_EXPORT_WH] // 1000 if rd.valid else 0
+
+    def failure(self):
+        """Why the readings stopped, or '' while they arrive."""
+        if self.fail_streak == 0:
+            if not self.reader.reading.valid:
+                return 'no reading yet'
+            return ''
+        c = self.fail_code
+        if c == modbus.ERR_EXCEPTION:
+            why = 'exception code {:02d}'.format(self.exc_code)
+        elif c == 1:
+            why = 'invalid value (NaN or infinity)'
+        else:
+            why = _RESULT_NAMES.get(c, 'error {}'.format(c))
+        return 'meter unit {}: {}, {} failed transaction(s) in a row'.format(
+            self.cfg.meter_address, why, self.fail_streak)
+
+    def stats(self):
+        """Counters for diagnostics; zero counters are left out (a diag answer holds 1 kB)."""
+        s = self.master.stats
+        out = {}
+        for k, v in (('snap_ok', self.reader.snapshots_ok), ('snap_failed', self.reader.snapshots_failed),
+                     ('frames_ok', s.ok), ('timeouts', s.timeouts), ('crc_errors', s.crc_errors),
+                     ('wrong_unit', s.wrong_unit), ('bad_length', s.bad_length),
+                     ('bad_function', s.bad_function), ('stray_bytes', s.stray_bytes),
+                     ('overruns', s.overruns), ('bad_values', self.reader.bad_values)):
+            if v:
+                out[k] = v
+        exc = {}
+        for code in range(16):
+            if s.exceptions[code]:
+                exc['other' if code == 0 else '{:02d}'.format(code)] = s.exceptions[code]
+        if exc:
+            out['exceptions'] = exc
+        why = self.failure()
+        if why:
+            out['failure'] = why
+        return out

@@ -1,0 +1,318 @@
+"""Field buses in the station: meter task (Modbus RTU) and CAN task over the simulated board's
+ports. The test plays the meter (a small SDM630 responder) and the CAN bus (it loops the
+plant's vehicle frames back to the controller, as the virtual board's bus does).
+Runs on both interpreters.
+"""
+import json
+import os
+import struct
+import sys
+
+from app import station as station_mod
+from board import hal as sim_hal
+from core import can_msgs as M
+from core import link as L
+from core import modbus
+from core.controller import CONTROL_PERIOD_MS
+
+WORK = '/tmp/v2g_buses_test_' + sys.implementation.name
+CFG = {'METER_STALE_S': 1, 'CAN_TIMEOUT_MS': 500, 'GRID_PROFILE': 'EN50549_50HZ',
+       'NOMINAL_VOLTAGE_V': 230, 'GRID_ENTER_SERVICE_DELAY_S': 0, 'GRID_RAMP_S': 0}
+
+
+class Meter:
+    """SDM630 on the test's side of the RS-485 port: answers function 0x04 reads."""
+
+    def __init__(self, unit=1):
+        self.unit = unit
+        self.regs = [0] * 0x50
+        self.fault = None        # None, 'silent', 'crc', 'exception', 'wrong_unit', 'truncated'
+        self.requests = 0
+        self.set(v=230.0, a=10.0, w=2300.0, hz=50.0, kwh=1.5)
+
+    def put(self, reg, x):
+        b = struct.pack('>f', x)
+        self.regs[reg] = (b[0] << 8) | b[1]
+        self.regs[reg + 1] = (b[2] << 8) | b[3]
+
+    def set(self, v, a, w, hz, kwh):
+        for r in (0, 2, 4):
+            self.put(r, v)
+        self.put(6, a)
+        self.put(0x0C, w)
+        self.put(0x34, w)
+        self.put(0x46, hz)
+        self.put(0x48, kwh)
+
+    def answer(self, req):
+        if len(req) != 8 or req[0] != self.unit:
+            return b''
+        self.requests += 1
+        addr = (req[2] << 8) | req[3]
+        count = (req[4] << 8) | req[5]
+        if self.fault == 'silent':
+            return b''
+        if self.fault == 'exception':
+            body = bytearray([self.unit, 0x84, 4])
+        else:
+            body = bytearray([self.unit if self.fault != 'wrong_unit' else self.unit + 1, 4, 2 * count])
+            for i in range(count):
+                r = self.regs[addr + i] if addr + i < len(self.regs) else 0
+                body.append(r >> 8)
+                body.append(r & 0xFF)
+        crc = modbus.crc16(body, len(body))
+        frame = bytes(body) + bytes([crc & 0xFF, crc >> 8])
+        if self.fault == 'crc':
+            frame = frame[:-1] + bytes([frame[-1] ^ 0x5A])
+        if self.fault == 'truncated':
+            frame = frame[:7]
+        return frame
+
+
+class Rig:
+    def __init__(self, cfg=None):
+        _wipe(WORK)
+        with open('v2g_vars.json', 'w') as f:
+            f.write(json.dumps(cfg or CFG))
+        self.ports = sim_hal.MemoryPorts()
+        self.now = 0
+        self.hal = sim_hal.Hal(ports=self.ports, clock=lambda: self.now,
+                               buses={'meter': 'modbus', 'bms': 'can', 'ev_can': 'plant'})
+        self.st = station_mod.Station(self.hal, self.now)
+        self.host = L.Link(lambda b: None)
+        self.meter = Meter()
+        self.can_loop = True      # the bus carries the vehicle's frames back to the controller
+        self.ctl_frames = []      # (id, data) the controller sent
+        self.extra_can = []       # records the test injects
+        self.msgs = []
+        self.seq = 0
+
+    def plant(self, **ev):
+        self.ports.inbox['plant'] += (json.dumps(ev) + '\n').encode()
+
+    def send(self, msg):
+        self.ports.inbox['link'] += L.encode_frame(msg)
+
+    def bus(self):
+        out = self.ports.outbox['can']
+        self.ports.outbox['can'] = b''
+        back = b''
+        for i in range(0, len(out), 14):
+            rec = out[i:i + 14]
+            cid = rec[1] | (rec[2] << 8)
+            if rec[0] == 1:
+                if self.can_loop:
+                    back += b'\x00' + rec[1:]
+            else:
+                self.ctl_frames.append((cid, bytes(rec[6:14])))
+        for rec in self.extra_can:
+            back += rec
+        self.extra_can = []
+        self.ports.inbox['can'] += back
+
+    def run(self, ms):
+        end = self.now + ms
+        while self.now < end:
+            if self.now % 1000 == 0:
+                self.seq += 1
+                self.send(L.hb(self.seq, self.now))
+            self.st.tick(self.now)
+            req = self.ports.outbox['rs485']
+            self.ports.outbox['rs485'] = b''
+            if req:
+                self.ports.inbox['rs485'] += self.meter.answer(req)
+            self.bus()
+            self.msgs += self.host.feed(self.ports.outbox['link'])
+            self.ports.outbox['link'] = b''
+            self.now += CONTROL_PERIOD_MS
+
+    def events(self, code, since_ms=0):
+        # before the first reading and the first BMS frame the controller has V2G-120 and
+        # V2G-130 up for a step: the tests look at what happens after start-up
+        return [e for m in self.msgs if m['t'] == 'evt' for e in m['events']
+                if e['code'] == code and e['t_ms'] >= since_ms]
+
+    def diag(self):
+        self.send(L.cmd('d' + str(self.now), 'diag'))
+        self.run(100)
+        res = [m for m in self.msgs if m['t'] == 'res']
+        return res[-1]['data']
+
+
+def record(cid, data, dlc=None):
+    d = bytes(data) + bytes(8 - len(data))
+    return bytes([0, cid & 0xFF, cid >> 8, 0, 0, len(data) if dlc is None else dlc]) + d
+
+
+def _wipe(path):
+    try:
+        names = os.listdir(path)
+    except OSError:
+        os.mkdir(path)
+        names = []
+    for n in names:
+        p = path + '/' + n
+        try:
+            os.remove(p)
+        except OSError:
+            _wipe(p)
+            os.rmdir(p)
+
+
+def _in_work(fn):
+    def wrapped():
+        here = os.getcwd()
+        try:
+            os.mkdir(WORK)
+        except OSError:
+            pass
+        os.chdir(WORK)
+        try:
+            fn()
+        finally:
+            os.chdir(here)
+    return wrapped
+
+
+@_in_work
+def test_meter_readings_reach_the_inputs_and_diagnostics():
+    rig = Rig()
+    rig.run(1500)
+    inp = rig.st.inputs
+    assert inp.meter_mv == 230000 and inp.meter_mhz == 50000 and inp.meter_ma == 10000
+    assert inp.meter_ok and inp.meter_age_ms < 1000
+    rig.meter.put(0x0C, -2300.0)
+    rig.meter.put(0x34, -2300.0)       # exporting: the current is reported negative
+    rig.run(1000)
+    assert inp.meter_ma == -10000
+    m = rig.diag()['buses']['meter']
+    assert m['frames_ok'] >= 4 and m['snap_ok'] >= 2 and 'timeouts' not in m
+    assert 'failure' not in m
+    assert not rig.events('V2G-120', 500)
+
+
+def check_fault(kind, counter, words):
+    rig = Rig()
+    rig.run(1000)
+    rig.meter.fault = kind
+    t0 = rig.now
+    rig.run(2500)
+    raised = [e for e in rig.events('V2G-120', t0) if e['on']]
+    assert len(raised) == 1, raised
+    for w in words:
+        assert w in raised[0]['msg'], (w, raised[0]['msg'])
+    out = rig.st.ctl.out
+    assert out.limit_discharge_ma == 0
+    logged = [e for e in rig.st.ctl.log.entries() if e[1] == 'V2G-120']
+    assert logged and words[0] in logged[-1][3]
+    d = rig.diag()['buses']['meter']
+    assert d.get(counter) if counter != 'exceptions' else d['exceptions'].get('04')
+    rig.meter.fault = None
+    rig.run(1500)
+    cleared = [e for e in rig.events('V2G-120', t0) if not e['on']]
+    assert len(cleared) == 1
+    assert rig.st.inputs.meter_ok
+
+
+@_in_work
+def test_meter_silence_is_named_timeout_and_recovers():
+    check_fault('silent', 'timeouts', ('timeout',))
+
+
+@_in_work
+def test_meter_crc_error_is_named_and_recovers():
+    check_fault('crc', 'crc_errors', ('CRC',))
+
+
+@_in_work
+def test_meter_exception_is_named_with_its_code():
+    check_fault('exception', 'exceptions', ('exception code 04',))
+
+
+@_in_work
+def test_meter_wrong_unit_and_truncated_replies_never_become_readings():
+    for kind, counter, word in (('wrong_unit', 'wrong_unit', 'wrong unit'), ('truncated', 'bad_length', 'length')):
+        check_fault(kind, counter, (word,))
+
+
+@_in_work
+def test_garbage_on_rs485_is_counted_not_a_reading():
+    rig = Rig()
+    rig.run(1000)
+    seq = rig.st.buses.meter.reader.reading.seq
+    rig.meter.fault = 'silent'
+    for _ in range(20):
+        rig.ports.inbox['rs485'] += b'\xff\x00garbage\x01\x04'
+        rig.run(100)
+    assert rig.st.buses.meter.reader.reading.seq == seq
+    d = rig.diag()['buses']['meter']
+    assert d.get('stray_bytes', 0) + d.get('bad_length', 0) + d.get('crc_errors', 0) > 0
+
+
+@_in_work
+def test_bms_frames_fill_the_inputs_and_controller_frames_go_out():
+    rig = Rig()
+    rig.plant(do='plug')
+    rig.run(1500)
+    inp = rig.st.inputs
+    p = rig.hal.plant
+    assert inp.bms_age_ms <= 200
+    assert inp.bms_soc_pm == p.soc_pm() and inp.bms_capacity_wh == p.capacity_wh
+    assert inp.bms_max_charge_ma == p.bms_charge_ma() and inp.bms_max_discharge_ma == p.bms_discharge_ma()
+    assert inp.bms_temp_dc == 250
+    ids = [f[0] for f in rig.ctl_frames]
+    for cid in (M.VCU_POWER_REQUEST_ID, M.EVSE_STATUS_ID, M.EVSE_LIMITS_ID):
+        assert 13 <= ids.count(cid) <= 16, (cid, ids.count(cid))   # 100 ms period over 1.5 s
+    st = M.EvseStatus()
+    last = [f[1] for f in rig.ctl_frames if f[0] == M.EVSE_STATUS_ID][-1]
+    assert last[7] == M.checksum(last, M.EVSE_STATUS_ID)
+    assert M.unpack_evse_status(last, st) and M.CP_STATE_NAMES[st.cp_state] == 'B'
+    assert not rig.events('V2G-130', 200)
+
+
+@_in_work
+def test_can_loss_raises_130_and_bad_frames_are_counted():
+    rig = Rig()
+    rig.plant(do='plug')
+    rig.run(1000)
+    good = bytearray(8)
+    s = M.BmsStatus()
+    s.soc_pm = 999
+    s.counter = 9
+    M.pack_bms_status(s, good)
+    rig.extra_can = [record(M.BMS_STATUS_ID, good[:5]),                # wrong length
+                     record(0x123, b'\x01\x02'),                       # unknown id
+                     record(M.BMS_STATUS_ID, good[:7] + b'\x00'),      # bad checksum
+                     b'\x07' + bytes(13)]                              # not a record from the bus
+    rig.run(100)
+    assert rig.st.inputs.bms_soc_pm != 999
+    rig.can_loop = False
+    t0 = rig.now
+    rig.run(1000)
+    raised = [e for e in rig.events('V2G-130', t0) if e['on']]
+    assert raised and rig.st.ctl.out.limit_discharge_ma == 0
+    c = rig.diag()['buses']['can']
+    assert c.get('bad_dlc', 0) >= 1 and c.get('unknown_id', 0) >= 1 and c.get('bad_checksum', 0) >= 1
+    assert rig.diag()['buses']['can_port']['bad_records'] == 1
+    rig.can_loop = True
+    rig.run(500)
+    assert [e for e in rig.events('V2G-130', t0) if not e['on']]
+
+
+@_in_work
+def test_stuck_bms_counter_ends_in_130():
+    rig = Rig()
+    rig.plant(do='plug')
+    rig.run(1000)
+    rig.can_loop = False
+    t0 = rig.now
+    frame = bytearray(8)
+    s = M.BmsStatus()
+    s.soc_pm = 500
+    s.counter = 3
+    M.pack_bms_status(s, frame)
+    for _ in range(15):
+        rig.extra_can = [record(M.BMS_STATUS_ID, frame)]
+        rig.run(100)
+    assert [e for e in rig.events('V2G-130', t0) if e['on']]
+    assert rig.diag()['buses']['can'].get('counter_stuck', 0) >= 10
