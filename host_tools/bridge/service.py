@@ -1,0 +1,413 @@
+"""Wiring: one `StationBridge` per controller (host link + OCPP station + app channel),
+`Gateway` runs any number of them on one asyncio loop with one MQTT client.
+
+The controller decides; the bridge carries. CSMS limits and app targets become host
+link commands, and whatever the controller answers (a refusal included) is what the
+CSMS and the app are told.
+"""
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from host_tools import link as hl
+from host_tools.bridge import config as cfgdir
+from host_tools.bridge.alink import AsyncLink
+from host_tools.bridge.auth import AuthError, TokenVerifier
+from host_tools.bridge.backoff import Backoff
+from host_tools.bridge.ocpp_station import OcppStation, Security
+from host_tools.bridge.queue import read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+LOG_NAME = "central_system.log"
+APP_OPS = ("soc_target", "reserve_margin", "charge_only")
+RESULTS_KEPT = 500
+STATUS_POLL_S = 5.0
+
+
+class CentralLog:
+    """central_system.log: one line per event, `time code station message`."""
+
+    def __init__(self, log_dir):
+        self.dir = Path(log_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / LOG_NAME
+        self._f = open(self.path, "a", encoding="utf-8", buffering=1)
+
+    def event(self, station, code, msg):
+        ts = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        line = f"{ts} {code or 'INFO'} {station} {msg}".replace("\n", " ")
+        self._f.write(line + "\n")
+        log.info("%s", line)
+
+    def close(self):
+        self._f.close()
+
+
+def v2g_reason(status, online, plugged):
+    """(available, reason) for the app from the controller's status."""
+    if not online:
+        return False, "controller offline"
+    errs = status.get("errors", [])
+    if status.get("heartbeat_lost") or "V2G-101" in errs:
+        return False, "V2G-101 host heartbeat lost: charge-only until the host is back and a fresh command"
+    for code, why in (("V2G-010", "control pilot fault"), ("V2G-011", "contactor fault"),
+                      ("V2G-120", "meter stale"), ("V2G-130", "vehicle BMS frames missing"),
+                      ("V2G-503", "grid over-voltage trip"), ("V2G-504", "grid under-voltage trip"),
+                      ("V2G-505", "grid over-frequency trip"), ("V2G-506", "grid under-frequency trip"),
+                      ("V2G-507", "waiting to enter service"), ("V2G-009", "thermal limit")):
+        if code in errs:
+            return False, f"{code} {why}"
+    if status.get("charge_only"):
+        return False, "charge-only asked"
+    if not plugged:
+        return False, "no vehicle connected"
+    if not status.get("v2g_available"):
+        return False, "V2G-301 SoC at or below the floor + V2G_AVAILABLE_MARGIN"
+    return True, None
+
+
+class StationBridge:
+    def __init__(self, station_id, link_url, csms_url, *, clog, state_dir, config_dir=None,
+                 mqtt=None, verifier=None, max_version="2.1", security=None, meter_interval_s=60.0,
+                 tel_batch=5, backoff=None, hello_timeout_s=5.0, heartbeat_s=hl.HEARTBEAT_S,
+                 fota=None):
+        self.id = station_id
+        self.link_url = link_url
+        self.clog = clog
+        self.state_dir = Path(state_dir) / station_id
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.mqtt = mqtt
+        self.verifier = verifier
+        self.tel_batch = tel_batch
+        self.hello_timeout_s = hello_timeout_s
+        self.heartbeat_s = heartbeat_s
+        self.fota = fota
+        self.link = None
+        self.online = False
+        self.sample = None
+        self.fw = None
+        self.serial = None
+        self.settings = {}
+        self.status = {}
+        self.app_target = read_json(self.state_dir / "app_target.json", None)
+        self._forced = None
+        self._samples = []
+        self._last_status = None
+        self._results_file = self.state_dir / "app_results.json"
+        self.results = read_json(self._results_file, {}) or {}
+        self._cmd_lock = asyncio.Lock()
+        self.ocpp = OcppStation(station_id, csms_url, self, self.state_dir / "ocpp", clog,
+                                max_version=max_version, security=security, backoff=backoff,
+                                meter_interval_s=meter_interval_s)
+        self.frame_hook = None   # bench: called with each cmd sent to the controller
+        self._ready = asyncio.Event()
+
+    async def wait_ready(self, timeout):
+        """Wait (at most timeout s) for the controller's hello."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    # ------------------------------------------------------------------ controller facade (for OcppStation)
+
+    @property
+    def volts(self):
+        mv = (self.sample or {}).get("mv", 0)
+        return mv / 1000 if mv > 50_000 else float(self.settings.get("NOMINAL_VOLTAGE_V", 230))
+
+    @property
+    def phases(self):
+        return int(self.settings.get("PHASES", 1))
+
+    @property
+    def max_charge_a(self):
+        return float(self.settings.get("MAX_CHARGE_AMPS", 32))
+
+    async def command(self, op, args, txn=None):
+        if self.link is None or not self.online:
+            raise hl.LinkError(f"controller {self.id} is offline")
+        if self.frame_hook:
+            self.frame_hook(op, args)
+        return await self.link.command(op, args, txn or ("b" + uuid.uuid4().hex[:20]))
+
+    async def apply_csms_plan(self, plan):
+        """Tell the controller the CSMS's limits; (ok, message)."""
+        async with self._cmd_lock:
+            if plan is None:
+                res = await self.command("limit", {"charge_a": None, "discharge_a": None})
+                direction = None
+            else:
+                res = await self.command("limit", {"charge_a": plan["charge_a"],
+                                                   "discharge_a": plan["discharge_a"]})
+                direction = plan["direction"]
+            if not res.ok:
+                return False, f"{res.code}: {res.msg}"
+            if direction != self._forced:
+                if direction == "discharge":
+                    r = await self.command("soc_target", {"soc_pct": 0, "mode": "discharge"})
+                elif direction == "charge":
+                    r = await self.command("soc_target", {"soc_pct": 100, "mode": "charge"})
+                elif direction is None and self._forced is not None:
+                    r = await self.command("soc_target", self.app_target or {"soc_pct": 100, "mode": "charge"})
+                else:
+                    r = res
+                if not r.ok:
+                    return False, f"{r.code}: {r.msg}"
+                self._forced = direction
+            self.clog.event(self.id, "INFO", f"CSMS plan applied: {plan}")
+            return True, res.msg
+
+    async def diagnostic_report(self):
+        diag = await self.command("diag", {})
+        evs = await self.command("events", {})
+        return {"generated": datetime.now(timezone.utc).isoformat(), "diag": diag.data,
+                "events": evs.data.get("events", []), "status": self.status, "last_sample": self.sample}
+
+    # ------------------------------------------------------------------ link
+
+    async def run(self):
+        tasks = [asyncio.ensure_future(self.ocpp.run()), asyncio.ensure_future(self._link_loop())]
+        if self.mqtt is not None:
+            self.mqtt.register(self.id, self.on_app_message)
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _link_loop(self):
+        back = Backoff(1.0, 1.0, 3)
+        while True:
+            link = AsyncLink(self.link_url, heartbeat_s=self.heartbeat_s, name=self.id)
+            try:
+                await link.open()
+                link.subscribe("tel", self._on_tel)
+                link.subscribe("evt", self._on_evt)
+                link.subscribe("hello", self._on_hello)
+                try:
+                    hello = await link.hello(self.hello_timeout_s)
+                except hl.LinkTimeout:
+                    self.clog.event(self.id, "V2G-140", f"ERR_V2G_HANDSHAKE_TIMEOUT: controller on "
+                                    f"{self.link_url} did not answer hello within {self.hello_timeout_s:g} s")
+                    raise
+                self.link = link
+                self._on_hello(hello)
+                self.online = True
+                self._ready.set()
+                self.clog.event(self.id, "INFO", f"controller fw {hello['fw']} board {hello['board']} "
+                                f"boot {hello['boot_count']} on {self.link_url}")
+                res = await link.command("config_get", {})
+                if res.ok:
+                    self.settings = res.data.get("values", {})
+                back.reset()
+                poller = asyncio.ensure_future(self._status_poller())
+                try:
+                    await link.closed.wait()
+                finally:
+                    poller.cancel()
+                self.clog.event(self.id, "INFO", f"controller link lost: {link.error}")
+            except hl.LinkError as e:
+                log.info("%s: link: %s", self.id, e)
+            finally:
+                self.online = False
+                await link.close()
+                self._publish_status()
+            await asyncio.sleep(back.next())
+
+    def _on_hello(self, msg):
+        if "fw" in msg:
+            self.fw = msg["fw"]
+            self.serial = f"{msg['board']}-{self.id}"
+
+    async def _status_poller(self):
+        while True:
+            await self.refresh_status()
+            await asyncio.sleep(STATUS_POLL_S)
+
+    async def refresh_status(self):
+        try:
+            res = await self.command("status", {})
+        except hl.LinkError as e:
+            log.debug("%s: status poll failed: %s", self.id, e)
+            return
+        if res.ok:
+            self.status = res.data
+            self._publish_status()
+
+    def _on_tel(self, msg):
+        now = time.monotonic()
+        for s in msg["samples"]:
+            self.sample = s
+            self.ocpp.on_sample(s, now)
+            self._samples.append(s)
+        if self.mqtt is not None and len(self._samples) >= self.tel_batch:
+            self.mqtt.publish(self.id, "telemetry", {"station": self.id, "samples": self._samples})
+            self._samples = []
+        elif self.mqtt is None:
+            self._samples = []
+        self._publish_status()
+
+    def _on_evt(self, msg):
+        for e in msg["events"]:
+            self.clog.event(self.id, e["code"], ("raised: " if e["on"] else "cleared: ") + e["msg"])
+            if self.mqtt is not None:
+                self.mqtt.publish(self.id, "events", {"station": self.id, **e}, qos=1)
+        asyncio.ensure_future(self.refresh_status())
+
+    def status_doc(self):
+        s = self.sample or {}
+        plugged = s.get("cp") in ("B", "C", "D")
+        ok, reason = v2g_reason(self.status, self.online, plugged)
+        st = self.status
+        return {"station": self.id, "online": self.online, "csms": self.ocpp.connected.is_set(),
+                "ocpp": self.ocpp.version, "fw": self.fw, "mode": s.get("mode"), "cp": s.get("cp"),
+                "soc_pct": (s["soc_pm"] / 10) if plugged and s.get("soc_pm", -1) >= 0 else None,
+                "power_w": s.get("w"), "errors": s.get("errors", []),
+                "v2g": {"available": ok, "reason": reason},
+                "target_pct": (st.get("target_pm") / 10) if st.get("target_pm", -1) >= 0 else None,
+                "floor_pct": (st.get("floor_pm") / 10) if st.get("floor_pm") is not None else None,
+                "charge_only": st.get("charge_only"),
+                "limits": {"charge_a": s.get("lim_chg_ma", 0) / 1000, "charge_src": s.get("lim_chg_src"),
+                           "discharge_a": s.get("lim_dis_ma", 0) / 1000,
+                           "discharge_src": s.get("lim_dis_src")}}
+
+    def _publish_status(self):
+        if self.mqtt is None:
+            return
+        doc = self.status_doc()
+        key = json.dumps({k: v for k, v in doc.items() if k not in ("power_w",)}, sort_keys=True)
+        if key != self._last_status:
+            self._last_status = key
+            self.mqtt.publish(self.id, "status", doc, qos=1, retain=True)
+
+    # ------------------------------------------------------------------ app commands
+
+    async def on_app_message(self, raw, correlation=None):
+        result = await self.app_command(raw)
+        self.mqtt.publish(self.id, "cmd/result", result, qos=1, correlation=correlation)
+
+    async def app_command(self, raw):
+        """The result for one command message from the app (bytes or dict)."""
+        try:
+            msg = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
+            if not isinstance(msg, dict):
+                raise ValueError("a command is a JSON object")
+        except ValueError as e:
+            return self._result(None, False, "V2G-400", f"command is not valid JSON: {e}")
+        txn = msg.get("txn")
+        if not isinstance(txn, str) or not 1 <= len(txn) <= 40:
+            return self._result(None, False, "V2G-400", "txn: must be text of 1 to 40 characters")
+        # authenticate before anything else: an unauthenticated message changes nothing,
+        # not even the record of transaction ids
+        if self.verifier is None:
+            return self._result(txn, False, "V2G-401", "no app token key configured on this gateway")
+        try:
+            claims = self.verifier.verify(msg.get("token"))
+        except AuthError as e:
+            self.clog.event(self.id, "V2G-401", f"app command txn {txn} refused: {e}")
+            return self._result(txn, False, "V2G-401", f"unauthorized: {e}")
+        async with self._cmd_lock:
+            if txn in self.results:
+                return self.results[txn]
+            op, args = msg.get("op"), msg.get("args") or {}
+            res = await self._app_op(txn, op, args)
+            if not res.get("unreachable"):   # a link outage is not an answer worth keeping
+                self.results[txn] = res
+                while len(self.results) > RESULTS_KEPT:
+                    self.results.pop(next(iter(self.results)))
+                write_json_atomic(self._results_file, self.results)
+        self.clog.event(self.id, res["code"] or "INFO", f"app command {op} txn {txn} by "
+                        f"{claims.get('sub', '?')}: {res['msg']}")
+        asyncio.ensure_future(self.refresh_status())
+        return res
+
+    def _result(self, txn, ok, code, msg, data=None):
+        return {"txn": txn, "ok": ok, "code": code, "msg": msg, "data": data or {}}
+
+    async def _app_op(self, txn, op, args):
+        if not isinstance(args, dict):
+            return self._result(txn, False, "V2G-400", "args: must be an object")
+        if op == "soc_target":
+            cmd = ("soc_target", {k: v for k, v in args.items()})
+        elif op == "reserve_margin":
+            if set(args) != {"pct"}:
+                return self._result(txn, False, "V2G-400", "args: reserve_margin takes exactly {pct}")
+            cmd = ("config_set", {"RESERVE_MARGIN": args["pct"]})
+        elif op == "charge_only":
+            cmd = ("charge_only", dict(args))
+        else:
+            return self._result(txn, False, "V2G-400", f"op: {op!r} is not one of {', '.join(APP_OPS)}")
+        try:
+            r = await self.command(cmd[0], cmd[1], txn="a" + txn)
+        except hl.LinkError as e:
+            # not kept as the txn's result: the same txn may be retried once the link is back
+            r = self._result(txn, False, "V2G-110", f"controller unreachable, try again: {e}")
+            r["unreachable"] = True
+            return r
+        if r.ok and op == "soc_target":
+            self.app_target = cmd[1]
+            write_json_atomic(self.state_dir / "app_target.json", self.app_target)
+        return self._result(txn, r.ok, r.code, r.msg, r.data)
+
+
+class Gateway:
+    """Several StationBridges (a site gateway) on one loop, one MQTT client, one log."""
+
+    def __init__(self, stations, *, csms_url, config_dir, log_dir, state_dir, mqtt_url=None,
+                 max_version="2.1", security_profile=None, meter_interval_s=60.0, tel_batch=5,
+                 backoff=None):
+        d = cfgdir.check_config_dir(config_dir)
+        self.clog = CentralLog(log_dir)
+        sec = security_for(csms_url, d, security_profile)
+        self.mqtt = None
+        if mqtt_url:
+            from host_tools.bridge.mqtt_app import MqttApp
+            self.mqtt = MqttApp(mqtt_url, ca_file=cfgdir.file_or_none(d, "mqtt_ca.pem"),
+                                cert_file=cfgdir.file_or_none(d, "mqtt_client_cert.pem"),
+                                key_file=cfgdir.file_or_none(d, "mqtt_client_key.pem"),
+                                password=cfgdir.secret_text(d, "mqtt_password"),
+                                client_id=f"v2g-bridge-{os.getpid()}",
+                                will_stations=[s for s, _ in stations][:1] if len(stations) == 1 else ())
+        self.bridges = []
+        for station_id, link_url in stations:
+            verifier = TokenVerifier.from_config_dir(d, station_id)
+            self.bridges.append(StationBridge(
+                station_id, link_url, csms_url, clog=self.clog, state_dir=state_dir, config_dir=d,
+                mqtt=self.mqtt, verifier=verifier, max_version=max_version, security=sec,
+                meter_interval_s=meter_interval_s, tel_batch=tel_batch,
+                backoff=backoff() if backoff else None))
+
+    async def run(self):
+        if self.mqtt is not None:
+            await self.mqtt.start()
+        self.clog.event("-", "INFO", f"bridge started for {len(self.bridges)} controller(s)")
+        try:
+            await asyncio.gather(*(b.run() for b in self.bridges))
+        finally:
+            if self.mqtt is not None:
+                for b in self.bridges:
+                    b.online = False
+                    b._publish_status()
+                self.mqtt.stop()
+
+
+def security_for(csms_url, d, profile=None):
+    """The security profile from the option, or guessed: ws -> 1 with a password (else 0),
+    wss -> 3 with a client certificate, else 2."""
+    pw = cfgdir.secret_text(d, "csms_password")
+    cert, key = cfgdir.file_or_none(d, "client_cert.pem"), cfgdir.file_or_none(d, "client_key.pem")
+    if profile is None:
+        if csms_url.startswith("wss:"):
+            profile = 3 if (cert and key) else 2
+        else:
+            profile = 1 if pw else 0
+    return Security(profile, password=pw, ca_file=cfgdir.file_or_none(d, "csms_ca.pem"),
+                    cert_file=cert, key_file=key)

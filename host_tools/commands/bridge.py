@@ -1,0 +1,72 @@
+"""`v2g bridge`: the controller's host link <-> an OCPP CSMS and the app over MQTT 5."""
+
+import asyncio
+import json
+import logging
+import sys
+
+import click
+
+from host_tools.bridge import config as cfgdir
+from host_tools.bridge.service import Gateway
+
+
+@click.command(name="bridge")
+@click.option("--link", "link_url", metavar="PORT",
+              help="Controller link: any pyserial URL (/dev/ttyACM0, a pseudo-terminal, socket://HOST:PORT).")
+@click.option("--csms", "csms_url", required=True, metavar="URL",
+              help="CSMS WebSocket URL (ws:// or wss://); the station id is appended.")
+@click.option("--station-id", metavar="ID", help="Charging station identity towards the CSMS and on MQTT.")
+@click.option("--site", "site_file", type=click.Path(exists=True, dir_okay=False),
+              help="Serve many controllers: a JSON list of {\"station_id\": ..., \"link\": ...}.")
+@click.option("--mqtt", "mqtt_url", metavar="URL", help="MQTT 5 broker for the app: mqtt://HOST:1883 or mqtts://HOST:8883.")
+@click.option("--ocpp", "max_version", type=click.Choice(["2.0.1", "2.1"]), default="2.1", show_default=True,
+              help="Highest OCPP version offered; 2.0.1 is always offered too.")
+@click.option("--security-profile", type=click.IntRange(0, 3), default=None,
+              help="OCPP security profile (1 ws+Basic, 2 wss+Basic, 3 wss+client cert; 0 none, testing only). "
+                   "Default: guessed from the URL and the files in the config directory.")
+@click.option("--config-dir", default="/etc/v2g", show_default=True, type=click.Path(file_okay=False),
+              help="Settings and keys (see docs/bridge.md); must not be writable by others.")
+@click.option("--log-dir", type=click.Path(file_okay=False), default=None,
+              help="Where central_system.log goes. Default /var/log/v2g, else the user's state directory.")
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+              help="Offline queue and transaction state. Default /var/lib/v2g, else the user's state directory.")
+@click.option("--meter-interval", type=click.FloatRange(1, 3600), default=60, show_default=True,
+              help="Seconds between meter values in a running transaction.")
+@click.option("--tel-batch", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="Telemetry samples per MQTT message.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging on stderr.")
+def cli(link_url, csms_url, station_id, site_file, mqtt_url, max_version, security_profile, config_dir,
+        log_dir, state_dir, meter_interval, tel_batch, verbose):
+    """Bridge a controller (or a site's controllers) to a CSMS over OCPP 2.0.1/2.1 and to the app over MQTT 5.
+
+    Runs until SIGTERM or Ctrl-C. Events go to central_system.log in the log directory.
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if site_file:
+        try:
+            site = json.loads(open(site_file, encoding="utf-8").read())
+            stations = [(str(e["station_id"]), str(e["link"])) for e in site]
+        except (ValueError, KeyError, TypeError) as e:
+            raise click.ClickException(f"{site_file}: expected a JSON list of {{station_id, link}}: {e}") from e
+    elif link_url and station_id:
+        stations = [(station_id, link_url)]
+    else:
+        raise click.UsageError("give --link and --station-id (or --site FILE)")
+    try:
+        gw = Gateway(stations, csms_url=csms_url, config_dir=config_dir,
+                     log_dir=log_dir or cfgdir.default_log_dir(), state_dir=state_dir or cfgdir.default_state_dir(),
+                     mqtt_url=mqtt_url, max_version=max_version, security_profile=security_profile,
+                     meter_interval_s=meter_interval, tel_batch=tel_batch)
+    except (cfgdir.ConfigDirError, ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+    try:
+        asyncio.run(gw.run())
+    except KeyboardInterrupt:
+        pass
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    cli()
