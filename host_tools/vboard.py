@@ -9,11 +9,19 @@ The Node process is the board's CPU; this process owns the ports and the board's
   the REPL was in raw mode it comes back in raw mode, as a board does;
 - `power_cut()` kills it without warning (files as last mirrored, as after a power loss);
 - the Node process dies with this one (parent-death signal, and it exits when stdin closes).
+
+Field buses (docs/field-buses.md): the `can` endpoint is an slcan adapter on the board's
+in-process CAN bus, which also carries the controller's frames and, unless `ev_can` is
+"external", the simulated vehicle's BMS frames. With `meter` the firmware polls a Modbus
+RTU meter on the `rs485` pseudo-terminal; "sdm630"/"sdm120" attach the meter simulator
+there and feed it the plant's values. The wiring reaches the simulated board as the file
+`sim_board.json` on its flash (boards/sim/hal.py).
 """
 
 import ctypes
 import json
 import os
+import queue
 import selectors
 import shutil
 import signal
@@ -26,9 +34,37 @@ import tty
 from pathlib import Path
 
 from host_tools import vm
+from host_tools.slcan import CanBus, CanFrame, SlcanEndpoint
 
 CH_CONTROL, CH_REPL, CH_LINK, CH_PLANT, CH_RS485, CH_CAN = range(6)
 PORTS = {"link": CH_LINK, "plant": CH_PLANT, "rs485": CH_RS485, "can": CH_CAN}
+METER_CHOICES = ("sdm630", "sdm120", "external")
+EV_CAN_CHOICES = ("plant", "external")
+WIRING_FILE = "sim_board.json"
+CAN_RECORD = 14            # [origin][id u32 LE, bit 31 = 29-bit id][dlc][8 data]; boards/sim/hal.py
+ORIGIN_VEHICLE = 1
+EXT_FLAG = 0x80000000
+METER_SIM_MARK = b'{"meter_sim"'
+
+
+def can_record(frame: CanFrame) -> bytes:
+    """A bus frame as the simulated board's CAN port record (origin 0: from the bus)."""
+    cid = frame.can_id | (EXT_FLAG if frame.extended else 0)
+    data = bytes(frame.data[:8])
+    return struct.pack("<BIB", 0, cid, len(data)) + data + bytes(8 - len(data))
+
+
+def parse_can_records(buf: bytes):
+    """(origin, CanFrame) for each whole record; frames that are not classic CAN are skipped."""
+    out = []
+    for i in range(0, len(buf) - CAN_RECORD + 1, CAN_RECORD):
+        origin, cid, dlc = struct.unpack_from("<BIB", buf, i)
+        if dlc > 8:
+            continue
+        ext = bool(cid & EXT_FLAG)
+        data = bytes(buf[i + 6:i + 6 + dlc])
+        out.append((origin, CanFrame(cid & 0x1FFFFFFF, data, extended=ext)))
+    return out
 
 
 class BoardError(RuntimeError):
@@ -76,7 +112,24 @@ class Pty:
 
 
 class VirtualBoard:
-    def __init__(self, state_dir, board="sim", blank=False, repl_port=None, heap=None):
+    def __init__(self, state_dir, board="sim", blank=False, repl_port=None, heap=None,
+                 meter=None, ev_can="plant", can_bitrate=500000):
+        if meter is not None and meter not in METER_CHOICES:
+            raise BoardError("--meter must be one of {}, not {!r}".format(", ".join(METER_CHOICES), meter))
+        if ev_can not in EV_CAN_CHOICES:
+            raise BoardError("--ev-can must be one of {}, not {!r}".format(", ".join(EV_CAN_CHOICES), ev_can))
+        self.meter = meter
+        self.ev_can = ev_can
+        self.canbus = CanBus(can_bitrate)
+        self.slcan = None
+        self.metersim = None
+        self.meter_lines = 0
+        self._plant_buf = b""
+        self._can_buf = b""
+        self._to_bus = queue.Queue()
+        self._fw_can = None
+        self._vehicle_can = None
+        self.can_stats = {"from_controller": 0, "from_vehicle": 0, "to_controller": 0}
         self.state_dir = Path(state_dir)
         self.board = board
         self.blank = blank
@@ -116,7 +169,9 @@ class VirtualBoard:
             provision(self.state_dir, self.board)
         self.ptys = {"repl": Pty()}
         for name in PORTS:
-            self.ptys[name] = Pty()
+            if name != "can":
+                self.ptys[name] = Pty()
+        self._start_buses()
         if self.repl_port is not None:
             self._listener = socket.create_server(("127.0.0.1", self.repl_port))
             self._listener.setblocking(False)
@@ -128,8 +183,88 @@ class VirtualBoard:
             raise BoardError("the MicroPython VM did not start within 30 s")
         return self.endpoints()
 
+    def _start_buses(self):
+        """The CAN bus with its slcan endpoint, the wiring file, and the meter simulator."""
+        if self.board == "sim" and (self.state_dir / "board").is_dir():
+            wiring = {"meter": "plant" if self.meter is None else "modbus", "bms": "can",
+                      "ev_can": self.ev_can}
+            tmp = self.state_dir / (WIRING_FILE + ".tmp")
+            tmp.write_text(json.dumps(wiring))
+            os.replace(tmp, self.state_dir / WIRING_FILE)
+        self.slcan = SlcanEndpoint(self.canbus).start()
+        self._fw_can = self.canbus.attach(self._can_to_firmware)
+        self._vehicle_can = self.canbus.attach(lambda frame: None)  # the simulated EV only talks
+        self.on_port_output("can", self._can_from_firmware)
+        self.on_port_output("plant", self._plant_from_firmware)
+        threading.Thread(target=self._bus_feeder, name="vboard-can", daemon=True).start()
+        if self.meter in ("sdm630", "sdm120"):
+            from host_tools.metersim import MeterSim
+            self.metersim = MeterSim(self.ptys["rs485"].path, model=self.meter.upper()).start()
+
+    def _can_to_firmware(self, frame):
+        if frame.remote:
+            return   # the controller's CAN port takes data frames only
+        self.can_stats["to_controller"] += 1
+        self.send_port("can", can_record(frame))
+
+    def _can_from_firmware(self, payload):
+        buf = self._can_buf + payload
+        whole = len(buf) - len(buf) % CAN_RECORD
+        self._can_buf = buf[whole:]
+        for origin, frame in parse_can_records(buf[:whole]):
+            self._to_bus.put((origin, frame))
+
+    def _bus_feeder(self):
+        # Frames go onto the bus from their own thread: a slow slcan client must never stall
+        # the relay that carries the firmware's other ports.
+        while True:
+            item = self._to_bus.get()
+            if item is None:
+                return
+            origin, frame = item
+            if origin == ORIGIN_VEHICLE:
+                self.can_stats["from_vehicle"] += 1
+                self.canbus.send(frame, self._vehicle_can)
+            else:
+                self.can_stats["from_controller"] += 1
+                self.canbus.send(frame, self._fw_can)
+
+    def _plant_from_firmware(self, payload):
+        buf = self._plant_buf + payload
+        *lines, self._plant_buf = buf.split(b"\n")
+        if len(self._plant_buf) > 65536:
+            lines.append(self._plant_buf)
+            self._plant_buf = b""
+        out = b""
+        for line in lines:
+            if line.startswith(METER_SIM_MARK):
+                self._meter_values(line)
+            else:
+                out += line + b"\n"
+        if out:
+            self.ptys["plant"].write(out)
+
+    def _meter_values(self, line):
+        self.meter_lines += 1
+        if self.metersim is None:
+            return
+        try:
+            mv, ma, mhz, in_wh, out_wh, fault = json.loads(line)["meter_sim"]
+        except (ValueError, KeyError, TypeError):
+            return
+        v = mv / 1000.0
+        values = {"v1": v, "i1": abs(ma) / 1000.0, "p1": v * ma / 1000.0, "pf1": 1.0,
+                  "hz": mhz / 1000.0, "import_kwh": in_wh / 1000.0, "export_kwh": out_wh / 1000.0}
+        if self.metersim.model == "SDM630":
+            values.update(v2=v, v3=v)
+        self.metersim.update(**values)
+        if fault != self.metersim.fault:
+            self.metersim.fault = fault
+
     def endpoints(self):
         eps = {name: p.path for name, p in self.ptys.items()}
+        if self.slcan is not None:
+            eps["can"] = self.slcan.port_name
         if self._listener is not None:
             eps["repl_socket"] = "socket://127.0.0.1:{}".format(self._listener.getsockname()[1])
         eps["state"] = str(self.state_dir)
@@ -312,6 +447,11 @@ class VirtualBoard:
                 proc.wait()
         if self._thread is not None:
             self._thread.join(5)
+        self._to_bus.put(None)
+        if self.metersim is not None:
+            self.metersim.stop()
+        if self.slcan is not None:
+            self.slcan.close()
         for p in self.ptys.values():
             p.close()
         if self._listener is not None:
