@@ -314,18 +314,20 @@ class StationBridge:
         except AuthError as e:
             self.clog.event(self.id, "V2G-401", f"app command txn {txn} refused: {e}")
             return self._result(txn, False, "V2G-401", f"unauthorized: {e}")
+        op = msg.get("op")
         async with self._cmd_lock:
             if txn in self.results:
-                return self.results[txn]
-            op, args = msg.get("op"), msg.get("args") or {}
-            res = await self._app_op(txn, op, args)
-            if not res.get("unreachable"):   # a link outage is not an answer worth keeping
-                self.results[txn] = res
-                while len(self.results) > RESULTS_KEPT:
-                    self.results.pop(next(iter(self.results)))
-                write_json_atomic(self._results_file, self.results)
-        self.clog.event(self.id, res["code"] or "INFO", f"app command {op} txn {txn} by "
-                        f"{claims.get('sub', '?')}: {res['msg']}")
+                res = self.results[txn]
+                self.clog.event(self.id, "INFO", f"app command txn {txn} repeated: original result sent again")
+            else:
+                res = await self._app_op(txn, op, msg.get("args") or {})
+                if not res.get("unreachable"):   # a link outage is not an answer worth keeping
+                    self.results[txn] = res
+                    while len(self.results) > RESULTS_KEPT:
+                        self.results.pop(next(iter(self.results)))
+                    write_json_atomic(self._results_file, self.results)
+                self.clog.event(self.id, res["code"] or "INFO", f"app command {op} txn {txn} by "
+                                f"{claims.get('sub', '?')}: {res['msg']}")
         asyncio.ensure_future(self.refresh_status())
         return res
 
@@ -395,7 +397,9 @@ class Gateway:
             if self.mqtt is not None:
                 for b in self.bridges:
                     b.online = False
+                    b._last_status = None
                     b._publish_status()
+                await asyncio.sleep(0.3)   # let the offline statuses leave before disconnecting
                 self.mqtt.stop()
 
 

@@ -35,7 +35,14 @@ def to_text(value) -> str:
 def from_text(text: str, current):
     """Parse an OCPP attribute value as the type of the current value.
 
-    ValueError names the expected type; the range check is the controller's."""
+    ValueError names the expected type; the range check is the controller's. A setting
+    whose value is null now (an optional number: null = the profile's default) takes a
+    number, or "null"/"" to go back to the default."""
+    if current is None:
+        t = text.strip()
+        if t.lower() in ("", "null", "none"):
+            return None
+        return from_text(t, 0.0)
     if isinstance(current, bool):
         t = text.strip().lower()
         if t in ("true", "false"):

@@ -3,11 +3,13 @@
 import asyncio
 import json
 import logging
+import signal
 import sys
 
 import click
 
 from host_tools.bridge import config as cfgdir
+from host_tools.bridge.backoff import Backoff
 from host_tools.bridge.service import Gateway
 
 
@@ -35,9 +37,11 @@ from host_tools.bridge.service import Gateway
               help="Seconds between meter values in a running transaction.")
 @click.option("--tel-batch", type=click.IntRange(1, 100), default=5, show_default=True,
               help="Telemetry samples per MQTT message.")
+@click.option("--retry-backoff", default="3,10,5", show_default=True, metavar="MIN,RANGE,REPEAT",
+              help="CSMS reconnect back-off (OCPP RetryBackOffWaitMinimum, RandomRange, RepeatTimes), seconds.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging on stderr.")
 def cli(link_url, csms_url, station_id, site_file, mqtt_url, max_version, security_profile, config_dir,
-        log_dir, state_dir, meter_interval, tel_batch, verbose):
+        log_dir, state_dir, meter_interval, tel_batch, retry_backoff, verbose):
     """Bridge a controller (or a site's controllers) to a CSMS over OCPP 2.0.1/2.1 and to the app over MQTT 5.
 
     Runs until SIGTERM or Ctrl-C. Events go to central_system.log in the log directory.
@@ -55,17 +59,33 @@ def cli(link_url, csms_url, station_id, site_file, mqtt_url, max_version, securi
     else:
         raise click.UsageError("give --link and --station-id (or --site FILE)")
     try:
+        bmin, brange, brep = (float(x) for x in retry_backoff.split(","))
+        Backoff(bmin, brange, int(brep))
+    except ValueError as e:
+        raise click.BadParameter(f"{retry_backoff!r}: expected MIN,RANGE,REPEAT, non-negative ({e})",
+                                 param_hint="--retry-backoff") from e
+    try:
         gw = Gateway(stations, csms_url=csms_url, config_dir=config_dir,
                      log_dir=log_dir or cfgdir.default_log_dir(), state_dir=state_dir or cfgdir.default_state_dir(),
                      mqtt_url=mqtt_url, max_version=max_version, security_profile=security_profile,
-                     meter_interval_s=meter_interval, tel_batch=tel_batch)
+                     meter_interval_s=meter_interval, tel_batch=tel_batch,
+                     backoff=lambda: Backoff(bmin, brange, int(brep)))
     except (cfgdir.ConfigDirError, ValueError, OSError) as e:
         raise click.ClickException(str(e)) from e
-    try:
-        asyncio.run(gw.run())
-    except KeyboardInterrupt:
-        pass
+    asyncio.run(_serve(gw))
     sys.exit(0)
+
+
+async def _serve(gw):
+    # SIGTERM (systemd stop) ends the run cleanly: the app sees "offline" on the status topic
+    task = asyncio.ensure_future(gw.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
 
 
 if __name__ == "__main__":
