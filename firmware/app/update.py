@@ -109,7 +109,7 @@ def load_key(root=''):
 
 def default_state():
     return {'v': 1, 'active': 'factory', 'pending': None, 'tries': 0, 'trial': False,
-            'trial_ms': DEFAULT_TRIAL_MS, 'seq': 0, 'sec': 0, 'slots': {}, 'dl': None,
+            'trial_ms': DEFAULT_TRIAL_MS, 'healthy_ms': HEALTHY_MS, 'seq': 0, 'sec': 0, 'slots': {}, 'dl': None,
             'reverted': None}
 
 
@@ -445,6 +445,9 @@ class Updater:
             return False, V2G_400, 'tries: must be an integer 1 .. {}'.format(MAX_TRIES), {}
         if type(trial_s) is not int or not 5 <= trial_s <= 600:
             return False, V2G_400, 'trial_s: must be an integer 5 .. 600', {}
+        healthy_s = args.get('healthy_s', HEALTHY_MS // 1000)
+        if type(healthy_s) is not int or not 1 <= healthy_s < trial_s:
+            return False, V2G_400, 'healthy_s: must be an integer 1 .. trial_s - 1', {}
         if d.man is None or d.next < d.size:
             raise manifest.UpdateError('V2G-601', 'truncated: {} of {} bytes received'.format(d.next, d.size))
         d.body.finish()
@@ -456,6 +459,7 @@ class Updater:
         st['tries'] = tries
         st['trial'] = False
         st['trial_ms'] = trial_s * 1000
+        st['healthy_ms'] = healthy_s * 1000
         st['dl'] = None
         self._save_step('state')
         self.dl = None
@@ -512,7 +516,7 @@ class Updater:
                 self.link_ms = now_ms
             up = now_ms - self.boot_ms
             alive = self.link_ms is not None and now_ms - self.link_ms <= LINK_ALIVE_MS
-            if up >= HEALTHY_MS and alive and link_frames > 0:
+            if up >= self.st['healthy_ms'] and alive and link_frames > 0:
                 try:
                     self.confirm(now_ms)
                 except _Frozen:
