@@ -445,7 +445,7 @@ class OcppStation:
         if evse_id not in (0, 1):
             return {"status": "Rejected", "statusInfo": self._status_info("UnknownEvse", f"no EVSE {evse_id}")}
         unit = charging_rate_unit or "A"
-        now = utcnow().replace(microsecond=0)
+        now = utcnow()
         end = now + timedelta(seconds=duration)
         tx_start = prof.parse_time(self.tx.get("start"))
         periods = []

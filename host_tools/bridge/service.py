@@ -77,7 +77,7 @@ class StationBridge:
     def __init__(self, station_id, link_url, csms_url, *, clog, state_dir, config_dir=None,
                  mqtt=None, verifier=None, max_version="2.1", security=None, meter_interval_s=60.0,
                  tel_batch=5, backoff=None, hello_timeout_s=5.0, heartbeat_s=hl.HEARTBEAT_S,
-                 fota=None):
+                 fota=None, handshake_timeout_s=10.0):
         self.id = station_id
         self.link_url = link_url
         self.clog = clog
@@ -105,7 +105,7 @@ class StationBridge:
         self._cmd_lock = asyncio.Lock()
         self.ocpp = OcppStation(station_id, csms_url, self, self.state_dir / "ocpp", clog,
                                 max_version=max_version, security=security, backoff=backoff,
-                                meter_interval_s=meter_interval_s)
+                                meter_interval_s=meter_interval_s, handshake_timeout_s=handshake_timeout_s)
         self.frame_hook = None   # bench: called with each cmd sent to the controller
         self._ready = asyncio.Event()
 
@@ -365,7 +365,7 @@ class Gateway:
 
     def __init__(self, stations, *, csms_url, config_dir, log_dir, state_dir, mqtt_url=None,
                  max_version="2.1", security_profile=None, meter_interval_s=60.0, tel_batch=5,
-                 backoff=None):
+                 backoff=None, handshake_timeout_s=10.0):
         d = cfgdir.check_config_dir(config_dir)
         self.clog = CentralLog(log_dir)
         sec = security_for(csms_url, d, security_profile)
@@ -385,7 +385,7 @@ class Gateway:
                 station_id, link_url, csms_url, clog=self.clog, state_dir=state_dir, config_dir=d,
                 mqtt=self.mqtt, verifier=verifier, max_version=max_version, security=sec,
                 meter_interval_s=meter_interval_s, tel_batch=tel_batch,
-                backoff=backoff() if backoff else None))
+                backoff=backoff() if backoff else None, handshake_timeout_s=handshake_timeout_s))
 
     async def run(self):
         if self.mqtt is not None:

@@ -39,9 +39,11 @@ from host_tools.bridge.service import Gateway
               help="Telemetry samples per MQTT message.")
 @click.option("--retry-backoff", default="3,10,5", show_default=True, metavar="MIN,RANGE,REPEAT",
               help="CSMS reconnect back-off (OCPP RetryBackOffWaitMinimum, RandomRange, RepeatTimes), seconds.")
+@click.option("--handshake-timeout", type=click.FloatRange(0.5, 120), default=10, show_default=True,
+              help="Seconds allowed for the CSMS WebSocket and the controller hello handshakes.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging on stderr.")
 def cli(link_url, csms_url, station_id, site_file, mqtt_url, max_version, security_profile, config_dir,
-        log_dir, state_dir, meter_interval, tel_batch, retry_backoff, verbose):
+        log_dir, state_dir, meter_interval, tel_batch, retry_backoff, handshake_timeout, verbose):
     """Bridge a controller (or a site's controllers) to a CSMS over OCPP 2.0.1/2.1 and to the app over MQTT 5.
 
     Runs until SIGTERM or Ctrl-C. Events go to central_system.log in the log directory.
@@ -69,7 +71,7 @@ def cli(link_url, csms_url, station_id, site_file, mqtt_url, max_version, securi
                      log_dir=log_dir or cfgdir.default_log_dir(), state_dir=state_dir or cfgdir.default_state_dir(),
                      mqtt_url=mqtt_url, max_version=max_version, security_profile=security_profile,
                      meter_interval_s=meter_interval, tel_batch=tel_batch,
-                     backoff=lambda: Backoff(bmin, brange, int(brep)))
+                     backoff=lambda: Backoff(bmin, brange, int(brep)), handshake_timeout_s=handshake_timeout)
     except (cfgdir.ConfigDirError, ValueError, OSError) as e:
         raise click.ClickException(str(e)) from e
     asyncio.run(_serve(gw))
