@@ -17,7 +17,9 @@ controller then runs.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +33,8 @@ HEADER_LEN = 8
 MAX_COSE_LEN = 8192
 CTL_MAX_CHUNK = 1000  # firmware/app/update.py MAX_CHUNK
 DEFAULT_WINDOW = 4
+
+log = logging.getLogger(__name__)
 
 
 class FotaError(Exception):
@@ -267,3 +271,102 @@ def push(client: LinkClient, bundle: bytes, *, window: int = DEFAULT_WINDOW,
     finally:
         unsubscribe()
     return rep
+
+
+# -- from the bridge (OCPP UpdateFirmware) ---------------------------------------------------
+
+class _ThreadedAsyncLink:
+    """The bridge's AsyncLink seen as a LinkClient from a worker thread, so that the same
+    transfer code runs there while the bridge's loop keeps serving the CSMS."""
+
+    max_frame = MAX_FRAME
+
+    def __init__(self, alink, loop):
+        self.alink = alink
+        self.loop = loop
+
+    def command(self, op, args=None, *, timeout=3.0, **_):
+        fut = asyncio.run_coroutine_threadsafe(self.alink.command(op, args, timeout=timeout), self.loop)
+        return fut.result(timeout * 3 + 5)
+
+    def send(self, msg):
+        async def _send():
+            self.alink.send(msg)
+        asyncio.run_coroutine_threadsafe(_send(), self.loop).result(10)
+
+    def subscribe(self, t, fn):
+        self.loop.call_soon_threadsafe(self.alink.subscribe, t, fn)
+
+        def unsubscribe():
+            def drop():
+                lst = self.alink.subs.get(t, [])
+                if fn in lst:
+                    lst.remove(fn)
+            self.loop.call_soon_threadsafe(drop)
+        return unsubscribe
+
+
+def _fetch(url: str) -> bytes:
+    import urllib.request
+    if not url.startswith(("http://", "https://", "file://")):
+        raise ValueError("location {}:// is not supported (http, https, file)".format(url.split(":", 1)[0]))
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return r.read(8 + MAX_COSE_LEN + 2 * 1024 * 1024)
+
+
+_SIGNATURE_CHECKS = ("signature", "kid", "alg", "cose", "cbor", "header")
+
+
+def bridge_updater(alink, fetch=_fetch, **push_kw):
+    """The `fota` coroutine the bridge calls for OCPP UpdateFirmware: fetch the bundle from
+    firmware["location"], push it to the controller, and report each FirmwareStatus."""
+
+    async def update(firmware: dict, report) -> None:
+        loop = asyncio.get_running_loop()
+        await report("Downloading")
+        try:
+            data = await loop.run_in_executor(None, fetch, firmware.get("location", ""))
+            bundle_id(data)
+        except Exception:  # noqa: BLE001 - any fetch failure is DownloadFailed to the CSMS
+            log.exception("fota: download failed")
+            await report("DownloadFailed")
+            return
+        await report("Downloaded")
+        client = _ThreadedAsyncLink(alink, loop)
+        await report("Installing")
+        try:
+            await loop.run_in_executor(None, lambda: transfer(client, data, **{
+                k: v for k, v in push_kw.items() if k in ("window",)}))
+            await report("InstallRebooting")
+            await loop.run_in_executor(None, lambda: _finish_and_wait(client, push_kw))
+        except FotaError as e:
+            log.warning("fota: %s", e)
+            what = str(e).split(": ", 1)[-1].split(":", 1)[0]   # the controller's check name
+            if e.code == "V2G-601" and what in _SIGNATURE_CHECKS:
+                await report("InvalidSignature")
+            elif e.code in ("V2G-601", "V2G-602"):
+                await report("InstallVerificationFailed")
+            else:
+                await report("InstallationFailed")
+            return
+        except Exception:  # noqa: BLE001 - the link failed: reported, never raised into the bridge
+            log.exception("fota: install failed")
+            await report("InstallationFailed")
+            return
+        await report("Installed")
+
+    return update
+
+
+def _finish_and_wait(client, kw):
+    hello = threading.Event()
+    unsubscribe = client.subscribe("hello", lambda m: hello.set() if "fw" in m else None)
+    try:
+        done = finish(client, tries=kw.get("tries"), trial_s=kw.get("trial_s"), healthy_s=kw.get("healthy_s"))
+        if not hello.wait(30):
+            raise FotaError("the controller did not come back after the reboot")
+        st = wait_trial_end(client, kw.get("confirm_timeout", 90.0))
+        if st.get("active") != done.get("slot"):
+            raise FotaError("slot {} failed its trial".format(done.get("slot")), "V2G-603")
+    finally:
+        unsubscribe()

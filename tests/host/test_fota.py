@@ -331,3 +331,38 @@ def test_no_slot_files_survive_as_running_after_cut_in_transfer_files(board, new
     assert board.cut_power()["fw"] == OLD
     assert board.status()["running"] == "factory"
     assert Path(board.state / "slots" / "a").is_dir()
+
+
+# -- from the bridge: OCPP UpdateFirmware ----------------------------------------------------
+
+def test_bridge_updater_reports_firmware_status(board, key, new_bundle, tmp_path):
+    import asyncio
+
+    from host_tools.bridge.alink import AsyncLink
+    good = tmp_path / "good.v2gb"
+    good.write_bytes(new_bundle)
+    forged = tmp_path / "forged.v2gb"
+    forged.write_bytes(sb.sign(keys.generate(), firmware_tree("0.2.0"), 5, "0.2.0", "sim", 1))
+    board.link.close()
+
+    async def run():
+        alink = AsyncLink(board.eps["link"], heartbeat_s=0.5)
+        await alink.open()
+        try:
+            update = fota.bridge_updater(alink, window=8, **FAST)
+            seen = {}
+            for name, path in (("forged", forged), ("missing", tmp_path / "none.v2gb"), ("good", good)):
+                seen[name] = []
+
+                async def report(status, lst=seen[name]):
+                    lst.append(status)
+                await update({"location": path.as_uri()}, report)
+            return seen
+        finally:
+            await alink.close()
+    seen = asyncio.run(run())
+    assert seen["forged"] == ["Downloading", "Downloaded", "Installing", "InvalidSignature"]
+    assert seen["missing"] == ["Downloading", "DownloadFailed"]
+    assert seen["good"] == ["Downloading", "Downloaded", "Installing", "InstallRebooting", "Installed"]
+    board.link = LinkClient(board.eps["link"], heartbeat_s=0.5).open()
+    assert board.fw() == "0.2.0"
