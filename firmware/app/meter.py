@@ -130,6 +130,10 @@ class MeterTask:
         inputs.meter_age_ms = age if age < _MAX_INT else _MAX_INT
         inputs.meter_ok = rd.valid and self.fail_streak == 0
         if not rd.valid:
+            # nothing measured yet: no value from anywhere else may pass for a reading
+            inputs.meter_ma = 0
+            inputs.meter_mv = 0
+            inputs.meter_mhz = 0
             return
         # Eastron phase currents are magnitudes; the sign of the total active power says
         # the direction (+ import, into the vehicle). On a three-phase meter the highest

@@ -1,0 +1,112 @@
+"""v2g bench against the virtual board (--ev-can external --meter sdm630): python-can over the
+slcan endpoint plays the vehicle, the board's pymodbus meter simulator answers on RS-485."""
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from host_tools import bench
+from vboard_fixture import RunningBoard
+
+# the command as the console runs it (host_tools.commands.bench:cli)
+BENCH = [sys.executable, "-c", "from host_tools.commands.bench import cli; cli()"]
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = sorted((ROOT / "scenarios" / "bench").glob("*.toml"))
+
+
+@pytest.fixture
+def board(tmp_path):
+    b = RunningBoard(tmp_path / "flash", "--ev-can", "external", "--meter", "sdm630")
+    yield b
+    b.stop()
+
+
+def test_five_bench_scenarios_ship():
+    names = {p.stem for p in SCENARIOS}
+    assert {"bms_limits", "bms_loss", "soc_floor", "thermal", "meter_faults"} <= names
+    for p in SCENARIOS:
+        sc = bench.load(p)
+        assert sc["expects"] and sc["events"]
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_scenario_passes_on_the_virtual_board(board, path, tmp_path):
+    sc = bench.load(path)
+    result = bench.Bench(sc, board.endpoints["link"], can_interface="slcan", can_channel=board.endpoints["can"],
+                         plant=board.endpoints["plant"]).run()
+    assert result.setup_error is None, result.setup_error
+    assert result.passed, result.table()
+    assert len(result.samples) >= sc["duration_s"] / bench.SAMPLE_S * 0.8
+    # the vehicle really was on the bus: the controller's frames were decoded
+    assert any(s.get("can_mode") for s in result.samples)
+
+
+def test_command_line_writes_table_junit_and_plots(board, tmp_path):
+    junit = tmp_path / "out.xml"
+    png = tmp_path / "run.png"
+    proc = subprocess.run([*BENCH, str(ROOT / "scenarios" / "bench" / "bms_loss.toml"),
+                           "--link", board.endpoints["link"], "--can-interface", "slcan",
+                           "--can-channel", board.endpoints["can"], "--plant", board.endpoints["plant"],
+                           "--junit", str(junit), "--plot", str(png), "-q"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "BMS loss  PASSED" in proc.stdout and "V2G-130 raised on the loss" in proc.stdout
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("failures") == "0" and len(suite.findall("testcase")) == 6
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_failing_check_is_reported_with_its_reason(board, tmp_path):
+    text = (ROOT / "scenarios" / "bench" / "bms_limits.toml").read_text()
+    # a wrong expectation: the BMS allows 10 A, the check claims 20 A
+    bad = tmp_path / "wrong.toml"
+    bad.write_text(text.replace("limit_discharge_a = 10.0", "limit_discharge_a = 20.0").replace(
+        "duration_s = 16", "duration_s = 6").replace("t_s = 8.0", "t_s = 5.0").replace("t_s = 12.0", "t_s = 5.5")
+        .replace("until_s = 8", "until_s = 6").replace("until_s = 12", "until_s = 6").replace(
+        "until_s = 16", "until_s = 6").replace("after_s = 9.5", "after_s = 5.9").replace("after_s = 13.5", "after_s = 5.95"))
+    result = bench.Bench(bench.load(bad), board.endpoints["link"], can_channel=board.endpoints["can"],
+                         plant=board.endpoints["plant"]).run()
+    assert not result.passed
+    failed = [c for c in result.checks if not c.ok]
+    assert failed[0].name == "discharge starts, capped by the BMS"
+    assert "limit_discharge_a" in failed[0].detail and "20.0" in failed[0].detail
+    html = result.plot(tmp_path / "run.html")
+    assert "FAILED" in html.read_text() and "<svg" in html.read_text()
+
+
+def test_bad_scenarios_are_refused_naming_the_problem(tmp_path):
+    base = 'version = 1\nduration_s = 5\n[[expect]]\nname = "x"\nmode = "charging"\n'
+    cases = {
+        'version = 1\nduration_s = 5\n': "at least one check",
+        base + '[[at]]\nt_s = 1\ndo = "teleport"\n': "unknown do 'teleport'",
+        base + '[[at]]\nt_s = 9\ndo = "plug"\n': "t_s must be a number within",
+        base + '[[at]]\nt_s = 1\ndo = "can_bad"\nkind = "nonsense"\n': "kind = 'nonsense' is not one of",
+        base.replace('mode = "charging"', 'speed = 3'): "unknown signal 'speed'",
+        base.replace('mode = "charging"', 'amps = "lots"'): "amps wants a number",
+        base + '[config]\nMAX_CHARGE_AMPS = 500\n': "MAX_CHARGE_AMPS",
+        base + '[vehicle]\nsoc_pct = 120\n': "soc_pct = 120 is out of range",
+    }
+    for text, words in cases.items():
+        p = tmp_path / "s.toml"
+        p.write_text(text)
+        with pytest.raises(bench.BenchError) as e:
+            bench.load(p)
+        assert words in str(e.value) and str(p) in str(e.value)
+
+
+def test_meter_events_need_a_meter_to_act_on(tmp_path):
+    sc = bench.load(ROOT / "scenarios" / "bench" / "meter_faults.toml")
+    with pytest.raises(bench.BenchError, match="--meter-port"):
+        bench.Bench(sc, "/dev/null", can_channel="x")
+
+
+def test_cli_exit_2_on_a_bad_scenario(tmp_path):
+    p = tmp_path / "s.toml"
+    p.write_text("version = 2\nduration_s = 5\n")
+    proc = subprocess.run([*BENCH, str(p), "--link", "/dev/null", "--can-channel", "x"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "version" in proc.stderr
