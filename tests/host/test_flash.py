@@ -1,0 +1,155 @@
+"""`v2g flash` against the virtual board, through the real mpremote transport and pyserial."""
+
+import hashlib
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from host_tools import flash as F
+from host_tools import vm
+from host_tools.commands.flash import cli
+from host_tools.link import LinkClient
+from signing import keys
+from vboard_fixture import RunningBoard
+
+
+@pytest.fixture
+def tree(tmp_path, monkeypatch):
+    """A private copy of firmware/ and boards/ so a test can change a file."""
+    root = tmp_path / "tree"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(vm.FIRMWARE, root / "firmware", ignore=ignore)
+    shutil.copytree(vm.BOARDS, root / "boards", ignore=ignore)
+    monkeypatch.setattr(vm, "ROOT", root)
+    monkeypatch.setattr(vm, "FIRMWARE", root / "firmware")
+    monkeypatch.setattr(vm, "BOARDS", root / "boards")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return root
+
+
+@pytest.fixture
+def blank(tmp_path):
+    b = RunningBoard(tmp_path / "flash", "--blank")
+    yield b
+    b.stop()
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def on_board(board):
+    """{path: sha256} as the board reports it (this stops the running controller)."""
+    with F.Board(board.repl) as b:
+        return b.hashes()
+
+
+def test_full_flash_into_blank_board_then_the_controller_answers(blank):
+    res = run("--port", blank.repl, "--board", "sim", "--link", blank.endpoints["link"])
+    assert res.exit_code == 0, res.output
+    version = F.firmware_version()
+    assert "firmware {} for board sim imported".format(version) in res.output
+    assert "host link: hello fw {} board sim".format(version) in res.output
+    with LinkClient(blank.endpoints["link"], heartbeat_s=None) as lk:
+        hello = lk.hello(timeout=5)
+        assert hello["fw"] == version and hello["board"] == "sim"
+        assert lk.command("status").ok
+    files = on_board(blank)
+    plan = F.prepare("sim")
+    assert {p: h for p, h in files.items() if not p.startswith("state/")} == \
+        {p: hashlib.sha256(d).hexdigest() for p, d in plan.files.items()}
+    # modules are compiled; only the two files MicroPython runs by name stay source
+    assert sorted(p for p in files if p.endswith(".py")) == ["boot.py", "main.py"]
+    assert "core/controller.mpy" in files and "board/hal.mpy" in files
+    assert "manifest.mpy" not in files
+
+
+def test_incremental_flash_copies_only_the_changed_file(tree, blank):
+    assert run("--port", blank.repl, "--board", "sim").exit_code == 0
+    again = run("--port", blank.repl, "--board", "sim")
+    assert again.exit_code == 0
+    assert "copied" not in again.output and "0 file(s) unchanged" not in again.output
+    pilot = tree / "firmware" / "core" / "pilot.py"
+    pilot.write_text(pilot.read_text() + "\nFLASH_TEST_MARK = 1\n")
+    res = run("--port", blank.repl, "--board", "sim")
+    assert res.exit_code == 0, res.output
+    copied = [ln for ln in res.output.splitlines() if ln.startswith("copied ")]
+    assert copied == ["copied core/pilot.mpy (changed, {:,} B)".format(
+        len(F.prepare("sim").files["core/pilot.mpy"]))]
+    assert blank.mpremote("exec", "import core.pilot; print(core.pilot.FLASH_TEST_MARK)").stdout.strip() == "1"
+
+
+def test_dry_run_lists_and_changes_nothing(tree, blank):
+    assert run("--port", blank.repl, "--board", "sim").exit_code == 0
+    before = on_board(blank)
+    limits = tree / "firmware" / "core" / "limits.py"
+    limits.write_text(limits.read_text() + "\nDRY_RUN_MARK = 2\n")
+    res = run("--port", blank.repl, "--board", "sim", "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "would copy core/limits.mpy (changed" in res.output
+    assert "dry run: nothing written" in res.output
+    assert on_board(blank) == before
+
+
+def test_tree_provisioned_as_source_is_replaced_and_stale_files_removed(tmp_path):
+    board = RunningBoard(tmp_path / "flash")      # the working tree copied as .py files
+    try:
+        res = run("--port", board.repl, "--board", "sim")
+        assert res.exit_code == 0, res.output
+        assert "removed core/controller.py (not in the new firmware)" in res.output
+        files = on_board(board)
+        assert not [p for p in files if p.endswith(".py") and p not in ("main.py", "boot.py")]
+        assert not [p for p in files if p.startswith("can/")]     # the DBC stays on the host
+        assert not [p for p in files if p.startswith("state/")]     # the controller's own files
+    finally:
+        board.stop()
+
+
+def test_bad_config_is_refused_before_anything_is_copied(tmp_path, blank):
+    assert run("--port", blank.repl, "--board", "sim").exit_code == 0
+    before = on_board(blank)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"MAX_CHARGE_AMPS": 200, "METER_BAUD": 1234, "RESERVE_MARGIN": 30}))
+    res = CliRunner().invoke(cli, ["--port", blank.repl, "--board", "sim", "--config", str(bad)])
+    assert res.exit_code != 0
+    assert "V2G-400" in res.output and "MAX_CHARGE_AMPS" in res.output and "METER_BAUD" in res.output
+    assert "RESERVE_MARGIN" not in res.output
+    assert on_board(blank) == before
+
+
+def test_board_limits_narrow_the_config_range():
+    text = json.dumps({"MAX_CHARGE_AMPS": 40, "MAX_DISCHARGE_AMPS": 10})
+    assert json.loads(F.validate_config_text(text, F.load_board("sim"))) == {
+        "MAX_CHARGE_AMPS": 40, "MAX_DISCHARGE_AMPS": 10}
+    with pytest.raises(F.FlashError, match=r"V2G-400.*MAX_CHARGE_AMPS: .*6 to 32"):
+        F.validate_config_text(text, F.load_board("pyboard"))
+
+
+def test_unknown_board_is_named(tmp_path):
+    with pytest.raises(F.FlashError, match="unknown board 'nope' \\(known: .*pyboard.*sim"):
+        F.prepare("nope")
+
+
+def test_config_and_public_key_land_and_the_controller_uses_them(tmp_path, blank):
+    _, pub, key = keys.write_keypair(tmp_path / "fota.pem")
+    cfg = tmp_path / "site.json"
+    cfg.write_text(json.dumps({"MAX_CHARGE_AMPS": 16, "MAX_DISCHARGE_AMPS": 10,
+                               "GRID_PROFILE": "EN50549_50HZ"}))
+    res = run("--port", blank.repl, "--board", "sim", "--config", str(cfg), "--pubkey", str(pub),
+              "--link", blank.endpoints["link"])
+    assert res.exit_code == 0, res.output
+    assert "copied v2g_vars.json (new" in res.output and "copied update_key.bin (new, 65 B)" in res.output
+    with LinkClient(blank.endpoints["link"], heartbeat_s=None) as lk:
+        diag = lk.command("diag").data
+        got = lk.command("config_get").data
+    assert diag["config_file_keys"] == ["GRID_PROFILE", "MAX_CHARGE_AMPS", "MAX_DISCHARGE_AMPS"]
+    assert got["values"]["MAX_CHARGE_AMPS"] == 16 and got["values"]["GRID_PROFILE"] == "EN50549_50HZ"
+    key_on_board = blank.mpremote("exec", "import binascii; print(binascii.hexlify(open('update_key.bin','rb').read()).decode())")
+    assert bytes.fromhex(key_on_board.stdout.strip()) == keys.device_public_key(key)
+
+
+def test_unreachable_port_is_a_clear_error(tmp_path):
+    res = CliRunner().invoke(cli, ["--port", str(tmp_path / "no-such-tty"), "--board", "sim"])
+    assert res.exit_code != 0 and "cannot open" in res.output
