@@ -13,6 +13,7 @@ import click
 COMMANDS = {
     "sim": ("host_tools.commands.sim", "Simulate a whole station from a scenario (firmware on the MicroPython VM)."),
     "vboard": ("host_tools.commands.vboard", "Run the virtual controller board (firmware on the MicroPython VM)."),
+    "bench": ("host_tools.commands.bench", "Bench tests: play the vehicle on CAN (and the meter) against a controller."),
     "fota": ("host_tools.commands.fota", "Push a signed update bundle to a controller: progress, resume, trial report."),
     "keygen": ("host_tools.commands.keygen", "Make a key pair for signing firmware updates."),
     "sign": ("host_tools.commands.sign", "Sign firmware files into an update bundle."),

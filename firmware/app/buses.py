@@ -42,7 +42,7 @@ class Buses:
                 if why:
                     new = msg + ' [' + why + ']'
                     evs[k] = (t, code, on, new)
-                    _amend(log, t, code, msg, new)
+                    log.amend(t, code, msg, new)
 
     def stats(self, now_ms):
         out = {}
@@ -51,16 +51,3 @@ class Buses:
         if self.can is not None:
             out['can'] = self.can.report(now_ms)
         return out
-
-
-def _amend(log, t, code, old, new):
-    # The newest entry with this time, code and message gets the longer message. The event
-    # log has no public way to do it yet; its slots are plain lists.
-    i = log._head
-    for _ in range(log._count):
-        i -= 1
-        if i < 0:
-            i = log.size - 1
-        if log._t[i] == t and log._code[i] == code and log._msg[i] == old:
-            log._msg[i] = new
-            return

@@ -38,6 +38,20 @@ class EventLog:
         self.total += 1
         self.dirty = True
 
+    def amend(self, t_ms, code, old_msg, new_msg):
+        """Give the newest entry with this time, code and message a fuller message (the shell
+        adds what it alone knows, e.g. why the meter went stale). False if none matches."""
+        i = self._head
+        for _ in range(self._count):
+            i -= 1
+            if i < 0:
+                i = self.size - 1
+            if self._t[i] == t_ms and self._code[i] == code and self._msg[i] == old_msg:
+                self._msg[i] = new_msg
+                self.dirty = True
+                return True
+        return False
+
     def entries(self):
         """Oldest first, list of (t_ms, code, on, msg)."""
         out = []

@@ -78,3 +78,18 @@ def test_eventlog_dump_load():
     assert other.total == 2 and not other.dirty
     raises(ValueError, other.load, b'{"v": 1, "events": [[1]]}')
     assert other.entries() == log.entries()
+
+
+def test_eventlog_amend_changes_only_the_matching_newest_entry():
+    from core.eventlog import EventLog
+    log = EventLog(size=4)
+    log.append(10, 'V2G-120', True, 'meter stale')
+    log.append(20, 'V2G-120', True, 'meter stale')
+    log.dump()   # clears dirty
+    assert log.amend(20, 'V2G-120', 'meter stale', 'meter stale [timeout]')
+    assert log.dirty
+    assert [e[3] for e in log.entries()] == ['meter stale', 'meter stale [timeout]']
+    assert not log.amend(30, 'V2G-120', 'meter stale', 'x')
+    for t in range(5):
+        log.append(100 + t, 'V2G-009', True, 'hot')   # wraps the ring
+    assert not log.amend(10, 'V2G-120', 'meter stale', 'x')
