@@ -44,13 +44,12 @@ def _load(load, name):
 
 
 class Station:
-    buses = None   # the field buses (meter, CAN), built at the first tick
-
     def __init__(self, hal, now_ms):
         self.hal = hal
         self.cfg, cfg_problem = load_config(hal.BOARD_LIMITS)
         self.ctl = Controller(self.cfg, grid=GridProtection.from_config(self.cfg))
         self.inputs = Inputs()
+        self.buses = Buses(hal, self.cfg)   # the meter on RS-485 and the BMS on CAN, if the board has them
         _load(self.ctl.journal.load, 'journal.json')
         _load(self.ctl.log.load, 'events.json')
         # latched faults, the charge-only fallback and the host's target survive a reset
@@ -77,8 +76,6 @@ class Station:
 
     def tick(self, now_ms):
         self.hal.read_inputs(self.inputs, now_ms)
-        if self.buses is None:
-            self.buses = Buses(self.hal, self.cfg)
         self.buses.read(now_ms, self.inputs, self.cfg)
         out = self.ctl.step(now_ms, self.inputs)
         self.hal.apply(out, now_ms)
@@ -161,6 +158,11 @@ class Station:
 
     def sample(self, now_ms, out):
         inp = self.inputs
+        meter = self.buses.meter
+        if meter is not None:   # the billing meter's registers, when there is one
+            e_in, e_out = meter.import_wh(), meter.export_wh()
+        else:
+            e_in, e_out = self.hal.energy_in_wh(), self.hal.energy_out_wh()
         self.tel_samples.append({
             't_ms': now_ms, 'cp': out.cp_state, 'mode': out.mode, 'contactor': out.contactor,
             'pwm_pm': out.pwm_pm, 'ma': inp.meter_ma, 'mv': inp.meter_mv, 'mhz': inp.meter_mhz,
@@ -169,7 +171,7 @@ class Station:
             'lim_chg_ma': out.limit_charge_ma, 'lim_chg_src': out.limit_charge_src,
             'lim_dis_ma': out.limit_discharge_ma, 'lim_dis_src': out.limit_discharge_src,
             'req_ma': out.request_ma, 'errors': errors.active(out.errors),
-            'e_in_wh': self.hal.energy_in_wh(), 'e_out_wh': self.hal.energy_out_wh(),
+            'e_in_wh': e_in, 'e_out_wh': e_out,
         })
         if len(self.tel_samples) >= self.tel_batch:
             self.link.send(L.tel(self.tel_samples))
@@ -196,6 +198,5 @@ class Station:
     def bus_stats(self, now_ms):
         # the board's view (wiring, driver counters) with the shell's protocol counters over it
         stats = dict(self.hal.bus_stats())
-        if self.buses is not None:
-            stats.update(self.buses.stats(now_ms))
+        stats.update(self.buses.stats(now_ms))
         return stats
