@@ -1,0 +1,29 @@
+"""`v2g image`: a factory image (MicroPython + our filesystem) for the production line."""
+
+import click
+
+from host_tools import flash, image
+
+
+@click.command(name="image")
+@click.option("--board", required=True, help="Board folder under boards/ with a flash map in board.json.")
+@click.option("--base", "base_hex", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The board's MicroPython firmware as Intel HEX.")
+@click.option("-o", "--out", "out_hex", required=True, type=click.Path(dir_okay=False),
+              help="Factory image to write (Intel HEX).")
+@click.option("--config", type=click.Path(dir_okay=False), help="v2g_vars.json to include (validated).")
+@click.option("--pubkey", type=click.Path(dir_okay=False), help="Update public key (KEY.pub.pem).")
+def cli(board, base_hex, out_hex, config, pubkey):
+    """Merge the MicroPython .hex with a littlefs filesystem holding the compiled firmware,
+    the settings and the update key, at the offset and geometry of the board's build.
+
+    A base image with data in the filesystem region or the update partition is refused,
+    with the addresses named.
+    """
+    try:
+        s = image.build(board, base_hex, out_hex, config=config, pubkey=pubkey)
+    except (image.ImageError, flash.FlashError) as e:
+        raise click.ClickException(str(e)) from e
+    where = " + ".join("0x{:08X}-0x{:08X}".format(lo, hi - 1) for lo, hi in s["fs_regions"])
+    click.echo("{}: firmware {} for {}, {} files ({:,} bytes) in a {} KiB littlefs at {}".format(
+        out_hex, s["version"], s["board"], len(s["files"]), s["payload_bytes"], s["fs_bytes"] // 1024, where))

@@ -1,0 +1,143 @@
+"""Factory image: the board's MicroPython `.hex` with a littlefs filesystem already on it.
+
+    summary = image.build("pyboard", "MICROPYTHON.hex", "FACTORY.hex", config=..., pubkey=...)
+    files = image.read_back("FACTORY.hex", "pyboard")     # {path: bytes}, mounted with littlefs
+
+The filesystem holds what `v2g flash` would put on the board (the compiled firmware, the
+validated v2g_vars.json, update_key.bin), formatted with the geometry the board's MicroPython
+build uses (boards/<BOARD>/board.json, `filesystem`), and placed at its offset in flash.
+The base image may not put a single byte in the filesystem region or the update partition,
+nor outside the flash: such an overlap is refused with the addresses named.
+"""
+
+from intelhex import IntelHex
+from littlefs import LittleFS, UserContext
+from littlefs.errors import LittleFSError
+
+from host_tools import flash
+
+
+class ImageError(RuntimeError):
+    """The image cannot be built as asked; the message names what and where."""
+
+
+def geometry(board_info):
+    fs = board_info.get("filesystem") or {}
+    if fs.get("kind") != "littlefs2" or not board_info.get("flash"):
+        raise ImageError("board {} has no factory image layout (board.json needs a littlefs2 "
+                         "'filesystem' and a 'flash' map)".format(board_info["name"]))
+    geo = {k: fs[k] for k in ("block_size", "block_count", "read_size", "prog_size",
+                              "lookahead_size", "name_max")}
+    # The block device may be split over flash segments (block n lies in the first segment
+    # while n < its block count, then in the next): [(address, blocks), ...]
+    geo["segments"] = [(flash.int_of(sg["start"]), sg["blocks"]) for sg in fs["segments"]]
+    if sum(n for _, n in geo["segments"]) != geo["block_count"]:
+        raise ImageError("boards/{}/board.json: the segments do not add up to block_count".format(
+            board_info["name"]))
+    geo["offset"] = geo["segments"][0][0]
+    return geo
+
+
+def fs_regions(geo):
+    """[(start, end)] of the filesystem in flash."""
+    return [(a, a + n * geo["block_size"]) for a, n in geo["segments"]]
+
+
+def new_fs(geo, buffer=None):
+    ctx = UserContext(buffsize=geo["block_size"] * geo["block_count"]) if buffer is None \
+        else UserContext(buffer=bytearray(buffer))
+    return LittleFS(context=ctx, block_size=geo["block_size"], block_count=geo["block_count"],
+                    read_size=geo["read_size"], prog_size=geo["prog_size"],
+                    lookahead_size=geo["lookahead_size"], name_max=geo["name_max"],
+                    mount=buffer is None), ctx
+
+
+def fs_image(files, geo):
+    """The littlefs region as bytes, holding files ({path: bytes})."""
+    fs, ctx = new_fs(geo)
+    for path in sorted(files):
+        parent = path.rpartition("/")[0]
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        try:
+            with fs.open(path, "wb") as f:
+                f.write(files[path])
+        except LittleFSError as e:
+            raise ImageError("the files do not fit the {} KiB filesystem ({}: {})".format(
+                geo["block_size"] * geo["block_count"] // 1024, path, e)) from None
+    fs.unmount()
+    return bytes(ctx.buffer)
+
+
+def _span(a, b):
+    return "0x{:08X}-0x{:08X}".format(a, b - 1)
+
+
+def check_base(base, info, geo):
+    """Refuse a base image that writes into our regions or outside the flash."""
+    fl = info["flash"]
+    flash_lo = flash.int_of(fl["start"])
+    flash_hi = flash_lo + flash.int_of(fl["size"])
+    reserved = [("filesystem", lo, hi) for lo, hi in fs_regions(geo)]
+    up = info.get("update_partition")
+    if up:
+        s = flash.int_of(up["start"])
+        reserved.append(("update partition", s, s + flash.int_of(up["size"])))
+    for r in info.get("reserved") or ():
+        reserved.append((r["name"], flash.int_of(r["start"]), flash.int_of(r["end"])))
+    problems = []
+    for lo, hi in base.segments():
+        for a, b in ((lo, min(hi, flash_lo)), (max(lo, flash_hi), hi)):
+            if a < b:
+                problems.append("base image has data at {} outside the flash {}".format(
+                    _span(a, b), _span(flash_lo, flash_hi)))
+        for name, rlo, rhi in reserved:
+            a, b = max(lo, rlo), min(hi, rhi)
+            if a < b:
+                problems.append("base image has data at {} inside the {} {}".format(
+                    _span(a, b), name, _span(rlo, rhi)))
+    if problems:
+        raise ImageError("overlapping regions refused: " + "; ".join(problems))
+
+
+def build(board, base_hex, out_hex, config=None, pubkey=None):
+    info = flash.load_board(board)
+    geo = geometry(info)
+    try:
+        base = IntelHex(str(base_hex))
+    except Exception as e:  # noqa: BLE001 - intelhex raises several kinds
+        raise ImageError("cannot read base image {}: {}".format(base_hex, e)) from None
+    check_base(base, info, geo)
+    plan = flash.prepare(board, config=config, pubkey=pubkey)
+    region = fs_image(plan.files, geo)
+    merged = IntelHex()
+    merged.merge(base, overlap="error")
+    part = IntelHex()
+    pos = 0
+    for lo, hi in fs_regions(geo):
+        part.frombytes(region[pos:pos + hi - lo], offset=lo)
+        pos += hi - lo
+    merged.merge(part, overlap="error")
+    if base.start_addr:
+        merged.start_addr = base.start_addr
+    merged.write_hex_file(str(out_hex))
+    return {"board": board, "version": plan.version, "files": sorted(plan.files),
+            "fs_regions": fs_regions(geo), "fs_bytes": len(region),
+            "payload_bytes": sum(len(d) for d in plan.files.values())}
+
+
+def read_back(hex_path, board):
+    """Mount the filesystem region of a factory image; return {path: bytes}."""
+    geo = geometry(flash.load_board(board))
+    ih = IntelHex(str(hex_path))
+    region = b"".join(bytes(ih.tobinarray(start=lo, size=hi - lo)) for lo, hi in fs_regions(geo))
+    fs, _ = new_fs(geo, buffer=region)
+    fs.mount()
+    out = {}
+    for root, _dirs, names in fs.walk("/"):
+        for n in names:
+            path = (root.rstrip("/") + "/" + n).lstrip("/")
+            with fs.open(path, "rb") as f:
+                out[path] = f.read()
+    fs.unmount()
+    return out
