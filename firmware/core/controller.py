@@ -193,6 +193,8 @@ class Controller:
         self._req = 0
         self.rtt_ms = 0
         self._bms_seen = False
+        self._boot_ms = 0
+        self._plug_ms = 0
 
     # ------------------------------------------------------------ events
     def _raise(self, now, bit, msg):
@@ -268,6 +270,8 @@ class Controller:
             self._t_last = now_ms
             self._hb_last = now_ms      # grace: the host gets a full timeout after boot
             self._cmd_since = now_ms
+            self._boot_ms = now_ms
+            self._plug_ms = now_ms
         dt = _age(now_ms, self._t_last)
         if dt > _MAX_DT_MS:
             dt = _MAX_DT_MS
@@ -306,22 +310,27 @@ class Controller:
                 _s(hb_age), _s(cfg.heartbeat_timeout_ms), SAFE_CHARGE_ONLY))
 
         # ---- meter and BMS freshness
+        # Without a fresh reading there is no discharge at once; the error code itself waits
+        # until the meter (since boot) or the BMS (since plug-in) has had its full timeout,
+        # so the first poll after a boot is not reported as a fault.
         meter_stale = inp.meter_age_ms > cfg.meter_stale_ms
-        if meter_stale:
+        if meter_stale and _age(now_ms, self._boot_ms) > cfg.meter_stale_ms:
             if not (self.errors & E.E120):
                 self._raise(now_ms, E.E120, 'no valid meter reading for {} (METER_STALE_S {}): {}'.format(
                     _s(inp.meter_age_ms), _s(cfg.meter_stale_ms), SAFE_NO_DISCHARGE))
-        elif self.errors & E.E120:
+        elif not meter_stale and self.errors & E.E120:
             self._clear(now_ms, E.E120, 'meter readings back ({} ms old)'.format(inp.meter_age_ms))
         bms_fresh = inp.bms_age_ms <= cfg.can_timeout_ms
         if bms_fresh:
             self._bms_seen = True
+        if not connected:
+            self._plug_ms = now_ms
         bms_missing = connected and not bms_fresh
-        if bms_missing:
+        if bms_missing and _age(now_ms, self._plug_ms) > cfg.can_timeout_ms:
             if not (self.errors & E.E130):
                 self._raise(now_ms, E.E130, 'no BMS frame for {} (CAN_TIMEOUT_MS {}): {}'.format(
                     _s(inp.bms_age_ms), cfg.can_timeout_ms, SAFE_NO_DISCHARGE))
-        elif self.errors & E.E130:
+        elif not bms_missing and self.errors & E.E130:
             self._clear(now_ms, E.E130, 'BMS frames back' if bms_fresh else 'vehicle disconnected')
 
         # ---- grid module (optional)

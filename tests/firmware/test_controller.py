@@ -583,3 +583,27 @@ def test_fallback_survives_reset_and_bad_state_refused():
     raises(ValueError, r3.c.state_load, 0, b'{"v": 1, "weld": 1}')
     raises(ValueError, r3.c.state_load, 0, b'{"v": 2}')
     assert not r3.c.weld and r3.c.setpoint.target_pm == -1
+
+
+def test_no_meter_yet_at_boot_forbids_discharge_but_reports_only_after_the_timeout():
+    r = Rig()
+    r.i.meter_ok = False
+    r.i.meter_age_ms = 1 << 29          # never read since boot
+    r.step(1)
+    assert r.o.limit_discharge_ma == 0 and not (r.o.errors & E.E120)
+    r.step(3000 // CONTROL_PERIOD_MS)   # METER_STALE_S = 3 s by default
+    assert r.o.errors & E.E120 and r.o.limit_discharge_ma == 0
+
+
+def test_bms_gets_its_timeout_after_plug_in_before_v2g_130():
+    r = Rig()
+    r.step(2)
+    r.i.bms_age_ms = 1 << 29            # no frame from this vehicle yet
+    r.i.cp_high_mv = B_MV
+    r.step(4)
+    assert not (r.o.errors & E.E130) and r.o.limit_discharge_ma == 0
+    r.step(1000 // CONTROL_PERIOD_MS)   # CAN_TIMEOUT_MS = 1000
+    assert r.o.errors & E.E130
+    r.i.cp_high_mv = A_MV               # unplugged: cleared
+    r.step(2)
+    assert not (r.o.errors & E.E130)
