@@ -591,7 +591,7 @@ def test_no_meter_yet_at_boot_forbids_discharge_but_reports_only_after_the_timeo
     r.i.meter_age_ms = 1 << 29          # never read since boot
     r.step(1)
     assert r.o.limit_discharge_ma == 0 and not (r.o.errors & E.E120)
-    r.step(3000 // CONTROL_PERIOD_MS)   # METER_STALE_S = 3 s by default
+    r.step(3000 // CONTROL_PERIOD_MS + 1)   # METER_STALE_S = 3 s by default
     assert r.o.errors & E.E120 and r.o.limit_discharge_ma == 0
 
 
