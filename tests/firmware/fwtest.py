@@ -16,3 +16,48 @@ def raises(exc_type, fn, *args, **kwargs):
 
 def approx(a, b, tol):
     return abs(a - b) <= tol
+
+
+def scratch(name):
+    """A scratch folder path under /tmp, one per interpreter (both have /tmp; the VM's is
+    in memory)."""
+    import sys
+    return '/tmp/v2g_{}_test_{}'.format(name, sys.implementation.name)
+
+
+def wipe(path):
+    """Empty the folder at path (creating it if missing)."""
+    import os
+    try:
+        names = os.listdir(path)
+    except OSError:
+        os.mkdir(path)
+        names = []
+    for n in names:
+        p = path + '/' + n
+        try:
+            os.remove(p)
+        except OSError:
+            wipe(p)
+            os.rmdir(p)
+
+
+def in_dir(path):
+    """Decorator: run the test with path as the current folder (firmware code writes its
+    files relative to it, as on a board), then go back."""
+    import os
+
+    def wrap(fn):
+        def wrapped():
+            here = os.getcwd()
+            try:
+                os.mkdir(path)
+            except OSError:
+                pass
+            os.chdir(path)
+            try:
+                fn()
+            finally:
+                os.chdir(here)
+        return wrapped
+    return wrap

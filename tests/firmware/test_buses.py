@@ -4,9 +4,9 @@ plant's vehicle frames back to the controller, as the virtual board's bus does).
 Runs on both interpreters.
 """
 import json
-import os
+
+from fwtest import in_dir, scratch, wipe
 import struct
-import sys
 
 from app import station as station_mod
 from board import hal as sim_hal
@@ -15,7 +15,7 @@ from core import link as L
 from core import modbus
 from core.controller import CONTROL_PERIOD_MS
 
-WORK = '/tmp/v2g_buses_test_' + sys.implementation.name
+WORK = scratch('buses')
 CFG = {'METER_STALE_S': 1, 'CAN_TIMEOUT_MS': 500, 'GRID_PROFILE': 'EN50549_50HZ',
        'NOMINAL_VOLTAGE_V': 230, 'GRID_ENTER_SERVICE_DELAY_S': 0, 'GRID_RAMP_S': 0}
 
@@ -71,7 +71,7 @@ class Meter:
 
 class Rig:
     def __init__(self, cfg=None):
-        _wipe(WORK)
+        wipe(WORK)
         with open('v2g_vars.json', 'w') as f:
             f.write(json.dumps(cfg or CFG))
         self.ports = sim_hal.MemoryPorts()
@@ -144,37 +144,7 @@ def record(cid, data, dlc=None):
     return bytes([0, cid & 0xFF, cid >> 8, 0, 0, len(data) if dlc is None else dlc]) + d
 
 
-def _wipe(path):
-    try:
-        names = os.listdir(path)
-    except OSError:
-        os.mkdir(path)
-        names = []
-    for n in names:
-        p = path + '/' + n
-        try:
-            os.remove(p)
-        except OSError:
-            _wipe(p)
-            os.rmdir(p)
-
-
-def _in_work(fn):
-    def wrapped():
-        here = os.getcwd()
-        try:
-            os.mkdir(WORK)
-        except OSError:
-            pass
-        os.chdir(WORK)
-        try:
-            fn()
-        finally:
-            os.chdir(here)
-    return wrapped
-
-
-@_in_work
+@in_dir(WORK)
 def test_meter_readings_reach_the_inputs_and_diagnostics():
     rig = Rig()
     rig.run(1500)
@@ -214,28 +184,28 @@ def check_fault(kind, counter, words):
     assert rig.st.inputs.meter_ok
 
 
-@_in_work
+@in_dir(WORK)
 def test_meter_silence_is_named_timeout_and_recovers():
     check_fault('silent', 'timeouts', ('timeout',))
 
 
-@_in_work
+@in_dir(WORK)
 def test_meter_crc_error_is_named_and_recovers():
     check_fault('crc', 'crc_errors', ('CRC',))
 
 
-@_in_work
+@in_dir(WORK)
 def test_meter_exception_is_named_with_its_code():
     check_fault('exception', 'exceptions', ('exception code 04',))
 
 
-@_in_work
+@in_dir(WORK)
 def test_meter_wrong_unit_and_truncated_replies_never_become_readings():
     for kind, counter, word in (('wrong_unit', 'wrong_unit', 'wrong unit'), ('truncated', 'bad_length', 'length')):
         check_fault(kind, counter, (word,))
 
 
-@_in_work
+@in_dir(WORK)
 def test_garbage_on_rs485_is_counted_not_a_reading():
     rig = Rig()
     rig.run(1000)
@@ -249,7 +219,7 @@ def test_garbage_on_rs485_is_counted_not_a_reading():
     assert d.get('stray_bytes', 0) + d.get('bad_length', 0) + d.get('crc_errors', 0) > 0
 
 
-@_in_work
+@in_dir(WORK)
 def test_bms_frames_fill_the_inputs_and_controller_frames_go_out():
     rig = Rig()
     rig.plant(do='plug')
@@ -270,7 +240,7 @@ def test_bms_frames_fill_the_inputs_and_controller_frames_go_out():
     assert not rig.events('V2G-130', 200)
 
 
-@_in_work
+@in_dir(WORK)
 def test_can_loss_raises_130_and_bad_frames_are_counted():
     rig = Rig()
     rig.plant(do='plug')
@@ -299,7 +269,7 @@ def test_can_loss_raises_130_and_bad_frames_are_counted():
     assert [e for e in rig.events('V2G-130', t0) if not e['on']]
 
 
-@_in_work
+@in_dir(WORK)
 def test_stuck_bms_counter_ends_in_130():
     rig = Rig()
     rig.plant(do='plug')

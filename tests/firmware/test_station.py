@@ -4,15 +4,15 @@ Runs on both interpreters; the test plays the host through in-memory ports (the 
 board tests in tests/host drive the same code through real pseudo-terminals).
 """
 import json
-import os
-import sys
+
+from fwtest import in_dir, scratch, wipe
 
 from app import station as station_mod
 from board import hal as sim_hal
 from core import link as L
 from core.controller import CONTROL_PERIOD_MS
 
-WORK = '/tmp/v2g_station_test_' + sys.implementation.name
+WORK = scratch('station')
 
 
 class Rig:
@@ -20,7 +20,7 @@ class Rig:
 
     def __init__(self, fresh=True, settings=None):
         if fresh:
-            _wipe(WORK)
+            wipe(WORK)
         if settings is not None:
             with open('v2g_vars.json', 'w') as f:
                 f.write(json.dumps(settings))
@@ -57,37 +57,7 @@ class Rig:
         return [json.loads(x) for x in data.decode().splitlines()]
 
 
-def _wipe(path):
-    try:
-        names = os.listdir(path)
-    except OSError:
-        os.mkdir(path)
-        names = []
-    for n in names:
-        p = path + '/' + n
-        try:
-            os.remove(p)
-        except OSError:
-            _wipe(p)
-            os.rmdir(p)
-
-
-def _in_work(fn):
-    def wrapped():
-        here = os.getcwd()
-        try:
-            os.mkdir(WORK)
-        except OSError:
-            pass
-        os.chdir(WORK)
-        try:
-            fn()
-        finally:
-            os.chdir(here)
-    return wrapped
-
-
-@_in_work
+@in_dir(WORK)
 def test_boot_sends_hello_with_boot_count():
     rig = Rig()
     hello = [m for m in rig.received() if m['t'] == 'hello']
@@ -96,7 +66,7 @@ def test_boot_sends_hello_with_boot_count():
     assert [m for m in again.received() if m['t'] == 'hello'][0]['boot_count'] == 2
 
 
-@_in_work
+@in_dir(WORK)
 def test_heartbeat_is_echoed_and_plant_events_answered():
     rig = Rig()
     rig.plant(do='plug')
@@ -116,7 +86,7 @@ def test_heartbeat_is_echoed_and_plant_events_answered():
 QUICK_GRID = {'GRID_ENTER_SERVICE_DELAY_S': 1, 'GRID_RAMP_S': 0}
 
 
-@_in_work
+@in_dir(WORK)
 def test_waits_to_enter_service_by_default():
     rig = Rig()
     rig.plant(do='plug')
@@ -126,7 +96,7 @@ def test_waits_to_enter_service_by_default():
     assert tel[-1]['contactor'] is False and 'V2G-507' in tel[-1]['errors']
 
 
-@_in_work
+@in_dir(WORK)
 def test_settings_file_with_bad_value_runs_defaults_and_logs_why():
     rig = Rig(settings={'MAX_CHARGE_AMPS': 99})
     assert rig.st.cfg.get('MAX_CHARGE_AMPS') == 32
@@ -135,7 +105,7 @@ def test_settings_file_with_bad_value_runs_defaults_and_logs_why():
     assert json.loads(open('v2g_vars.json').read()) == {'MAX_CHARGE_AMPS': 99}   # left for the operator
 
 
-@_in_work
+@in_dir(WORK)
 def test_plug_charge_and_telemetry():
     rig = Rig(settings=QUICK_GRID)
     rig.plant(do='plug')
@@ -148,7 +118,7 @@ def test_plug_charge_and_telemetry():
     assert last['mode'] == 'charging'
 
 
-@_in_work
+@in_dir(WORK)
 def test_command_result_is_idempotent_across_reboot():
     rig = Rig()
     rig.send(L.cmd('t-1', 'limit', {'charge_a': 10, 'discharge_a': 0}))
@@ -162,7 +132,7 @@ def test_command_result_is_idempotent_across_reboot():
     assert second['ok'] == first[0]['ok'] and second['msg'] == first[0]['msg']
 
 
-@_in_work
+@in_dir(WORK)
 def test_bad_config_set_is_refused_and_file_untouched():
     rig = Rig()
     rig.send(L.cmd('c-1', 'config_set', {'MAX_CHARGE_AMPS': 16, 'MAX_DISCHARGE_AMPS': 16}))
@@ -177,7 +147,7 @@ def test_bad_config_set_is_refused_and_file_untouched():
     assert json.loads(before)['MAX_CHARGE_AMPS'] == 16
 
 
-@_in_work
+@in_dir(WORK)
 def test_garbage_on_the_link_is_counted_not_fatal():
     rig = Rig()
     rig.ports.inbox['link'] += b'\x01\x02garbage\x00\xff\xfe\x00'
