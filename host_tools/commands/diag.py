@@ -1,0 +1,32 @@
+"""`v2g diag` / `v2g-diag`: the controller's diagnostic report."""
+
+import json
+import os
+
+import click
+
+from host_tools import diag
+
+
+@click.command(name="diag", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--all", "all_", is_flag=True, help="The full report: every section.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON instead of text.")
+@click.option("--port", default=lambda: os.environ.get("V2G_LINK", "/dev/ttyACM0"), show_default="$V2G_LINK or /dev/ttyACM0",
+              help="The controller's host-link port (device path or socket:// URL).")
+@click.option("--timeout", type=click.FloatRange(0.5, 60), default=3.0, show_default=True,
+              help="Seconds to wait for each answer.")
+def cli(all_, as_json, port, timeout):
+    """Report firmware and board, settings with their source, current limits and why,
+    active errors, the event log, link/meter/CAN statistics and the update state."""
+    try:
+        report = diag.collect(port, timeout=timeout)
+    except diag.DiagError as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        if not all_:
+            report = {k: report[k] for k in ("generated", "port", "firmware", "limits", "errors")}
+        click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+    elif all_:
+        click.echo(diag.render(report), nl=False)
+    else:
+        click.echo(diag.summary(report), nl=False)

@@ -1,0 +1,156 @@
+"""The diagnostic report for the infrastructure auditor: `v2g-diag --all`.
+
+    report = diag.collect("/dev/ttyUSB0")      # a dict, the --json output
+    print(diag.render(report))                 # the text output
+
+Everything comes from the running controller over its host link ("hello", and the
+commands diag, status, config_get, events); nothing is computed on the host but each
+setting's source (the settings file or the default) and the texts of the error codes,
+both from the firmware's own tables. A section the firmware does not report is shown as
+NOT_REPORTED rather than guessed.
+"""
+
+import importlib.util
+import sys
+import time
+
+from host_tools import flash, vm
+from host_tools.link import LinkClient, LinkError
+
+NOT_REPORTED = "not reported by this firmware yet"
+SECTIONS = ("firmware", "config", "limits", "errors", "events", "statistics", "update")
+
+
+class DiagError(RuntimeError):
+    """The controller cannot be reached or answered with a refusal."""
+
+
+def _errors_module():
+    if str(vm.SHIMS) not in sys.path:
+        sys.path.append(str(vm.SHIMS))       # micropython.const for the firmware module
+    spec = importlib.util.spec_from_file_location("v2g_firmware_errors", vm.FIRMWARE / "core" / "errors.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def error_text(code):
+    try:
+        return _errors_module().text(code)
+    except (ValueError, KeyError, IndexError):
+        return ""
+
+
+def _cmd(lk, op, args=None):
+    r = lk.command(op, args or {})
+    if not r.ok:
+        raise DiagError("{} refused: {} {}".format(op, r.code, r.msg))
+    return r.data
+
+
+def collect(url, timeout=3.0):
+    """Ask the controller on url (its host-link port) for everything in the report."""
+    try:
+        with LinkClient(url, heartbeat_s=None) as lk:
+            hello = lk.hello(timeout=timeout)
+            d = _cmd(lk, "diag")
+            status = _cmd(lk, "status")
+            cfg = _cmd(lk, "config_get")
+            events = _cmd(lk, "events").get("events", [])
+            host_stats = lk.stats
+    except LinkError as e:
+        raise DiagError("no answer from the controller on {}: {}".format(url, e)) from None
+    board = d.get("board") or hello.get("board")
+    try:
+        defaults = flash.config_module().defaults(flash.config_limits(flash.load_board(board)))
+    except flash.FlashError:
+        defaults = flash.config_module().defaults()
+    in_file = set(d.get("config_file_keys", []))
+    values = cfg.get("values", {})
+    config = [{"key": k, "value": values[k], "source": "v2g_vars.json" if k in in_file else "default",
+               "default": defaults.get(k)} for k in sorted(values)]
+    limits = d.get("limits", {})
+    active = d.get("errors", [])
+    return {
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "port": url,
+        "firmware": {"fw": d.get("fw", hello.get("fw")), "board": board,
+                     "boot_count": d.get("boot_count", hello.get("boot_count")),
+                     "reset_cause": d.get("reset_cause", hello.get("reset_cause")),
+                     "uptime_ms": d.get("uptime_ms"), "cfg_hash": d.get("cfg_hash", hello.get("cfg_hash")),
+                     "mode": d.get("mode"), "cp_state": d.get("cp_state"),
+                     "contactor": d.get("contactor")},
+        "config": config,
+        "limits": {"charge_ma": limits.get("charge_ma"), "charge_source": limits.get("charge_src"),
+                   "discharge_ma": limits.get("discharge_ma"),
+                   "discharge_source": limits.get("discharge_src")},
+        "errors": [{"code": c, "meaning": error_text(c)} for c in active],
+        "events": [_event(e) for e in events],
+        "statistics": {"link_controller": d.get("link", NOT_REPORTED),
+                       "link_host": host_stats,
+                       "meter": d.get("buses", {}).get("meter", NOT_REPORTED),
+                       "can": d.get("buses", {}).get("can", NOT_REPORTED)},
+        "update": d.get("update", NOT_REPORTED),
+        "status": status,
+    }
+
+
+def _event(e):
+    if isinstance(e, dict):
+        return e
+    t_ms, code, on, msg = (list(e) + [None] * 4)[:4]
+    return {"t_ms": t_ms, "code": code, "on": on, "msg": msg}
+
+
+def _amps(ma):
+    return "-" if ma is None else "{:.1f} A".format(ma / 1000)
+
+
+def _kv(d, indent="  "):
+    if not isinstance(d, dict):
+        return [indent + str(d)]
+    return ["{}{:<18} {}".format(indent, k, v) for k, v in d.items()]
+
+
+def render(r):
+    """The report as text, one section after the other."""
+    fw = r["firmware"]
+    out = ["V2G controller diagnostic report", "generated {} on {}".format(r["generated"], r["port"]), ""]
+    out.append("[firmware]")
+    out += _kv(fw)
+    out += ["", "[config]  (source: v2g_vars.json = set by the installer, default = not in the file)"]
+    for c in r["config"]:
+        note = "" if c["source"] == "default" or c["value"] != c["default"] else "  (= default)"
+        out.append("  {:<24} {:<22} {}{}".format(c["key"], str(c["value"]), c["source"], note))
+    lim = r["limits"]
+    out += ["", "[limits]",
+            "  charge     {:>8}  set by {}".format(_amps(lim["charge_ma"]), lim["charge_source"]),
+            "  discharge  {:>8}  set by {}".format(_amps(lim["discharge_ma"]), lim["discharge_source"])]
+    out += ["", "[errors]"]
+    out += ["  {}  {}".format(e["code"], e["meaning"]) for e in r["errors"]] or ["  none active"]
+    out += ["", "[events]  ({} in the controller's log)".format(len(r["events"]))]
+    for e in r["events"]:
+        out.append("  t={:>10} ms  {}  {:<6} {}".format(e["t_ms"], e["code"], "raised" if e["on"] else "clear",
+                                                       e["msg"]))
+    st = r["statistics"]
+    out += ["", "[statistics]", "  host link, controller side:"]
+    out += _kv(st["link_controller"], "    ")
+    out += ["  host link, this host:"]
+    out += _kv(st["link_host"], "    ")
+    out += ["  meter (RS-485):"]
+    out += _kv(st["meter"], "    ")
+    out += ["  CAN (VCU/BMS):"]
+    out += _kv(st["can"], "    ")
+    out += ["", "[update]"]
+    out += _kv(r["update"])
+    return "\n".join(out) + "\n"
+
+
+def summary(r):
+    fw = r["firmware"]
+    errs = ", ".join(e["code"] for e in r["errors"]) or "none"
+    lim = r["limits"]
+    return ("firmware {} on {} (boot {}, {}), mode {}, charge {} by {}, discharge {} by {}, errors: {}\n"
+            .format(fw["fw"], fw["board"], fw["boot_count"], fw["reset_cause"], fw["mode"],
+                    _amps(lim["charge_ma"]), lim["charge_source"], _amps(lim["discharge_ma"]),
+                    lim["discharge_source"], errs))
