@@ -121,7 +121,7 @@ def render(r):
     out += ["", "[config]  (source: v2g_vars.json = set by the installer, default = not in the file)"]
     for c in r["config"]:
         note = "" if c["source"] == "default" or c["value"] != c["default"] else "  (= default)"
-        out.append("  {:<24} {:<22} {}{}".format(c["key"], str(c["value"]), c["source"], note))
+        out.append("  {:<27} {:<22} {}{}".format(c["key"], str(c["value"]), c["source"], note))
     lim = r["limits"]
     out += ["", "[limits]",
             "  charge     {:>8}  set by {}".format(_amps(lim["charge_ma"]), lim["charge_source"]),

@@ -1,0 +1,66 @@
+"""`v2g console` driven without a terminal: --exec and commands on standard input."""
+
+import json
+
+import pytest
+import serial
+from click.testing import CliRunner
+
+from host_tools import console as C
+from host_tools.commands.console import cli
+from vboard_fixture import RunningBoard
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    b = RunningBoard(tmp_path_factory.mktemp("console") / "flash")
+    with serial.Serial(b.endpoints["plant"], timeout=1) as p:
+        p.write(b'{"do": "plug"}\n')
+        assert json.loads(p.readline())["ok"]
+    yield b
+    b.stop()
+
+
+def run(board, *args, stdin=None):
+    return CliRunner().invoke(cli, ["--port", board.endpoints["link"], *args], input=stdin)
+
+
+def test_exec_status(board):
+    res = run(board, "--exec", "status")
+    assert res.exit_code == 0, res.output
+    assert "pilot B" in res.output and "contactor open" in res.output and "firmware " in res.output
+
+
+def test_config_get_set_and_refusal_on_stdin(board):
+    res = run(board, stdin="config set MAX_CHARGE_AMPS=20 MAX_DISCHARGE_AMPS=16\n"
+                           "config get MAX_CHARGE_AMPS MAX_DISCHARGE_AMPS\n"
+                           "config set MAX_CHARGE_AMPS=500\n"
+                           "config get MAX_CHARGE_AMPS\n")
+    assert res.exit_code == 1                                # one command was refused
+    assert "config applied: MAX_CHARGE_AMPS, MAX_DISCHARGE_AMPS" in res.output
+    assert res.output.count("MAX_CHARGE_AMPS = 20") == 2     # the refused change changed nothing
+    assert "refused V2G-400" in res.output and "MAX_CHARGE_AMPS" in res.output
+
+
+def test_telemetry_events_meter_can_update(board):
+    res = run(board, "--exec", "tel 2", "--exec", "events", "--exec", "meter", "--exec", "can 1",
+              "--exec", "update")
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    header = lines.index(next(ln for ln in lines if ln.strip().startswith("t_ms")))
+    assert lines[header + 1].split()[1] == "B" and lines[header + 2].split()[1] == "B"
+    assert "V2G-507" in res.output                          # the grid's enter-service wait, in the log
+    assert "frequency" in res.output and "RS-485:" in res.output
+    assert "CAN:" in res.output
+    assert "update: not reported by this firmware yet" in res.output
+
+
+def test_unknown_command_is_named(board):
+    with C.Console(board.endpoints["link"]) as con:
+        with pytest.raises(C.ConsoleError, match="unknown command 'fly'; type help"):
+            con.run_line("fly me")
+        with pytest.raises(C.ConsoleError, match="KEY=VALUE"):
+            con.run_line("config set MAX_CHARGE_AMPS")
+        assert "config get" in con.run_line("help")
+        assert "[statistics]" in con.run_line("diag")
+        assert "mode " in con.run_line("status")           # the link is back after diag
