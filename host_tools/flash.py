@@ -419,6 +419,7 @@ class Report:
     board_name: str = None
     running: str = None               # what the boot check saw
     seconds: float = 0.0
+    copy_seconds: float = 0.0         # compare + copy only (what mpremote fs cp -r does)
     bytes_sent: int = 0
 
     def lines(self):
@@ -454,6 +455,7 @@ def flash(board, plan, dry_run=False, progress=None, wait_s=10.0):
         for path in sorted(copying, key=lambda p: p == "main.py"):
             board.put(path, plan.files[path], progress)
             report.bytes_sent += len(plan.files[path])
+    report.copy_seconds = time.monotonic() - t0
     version, name = board.check_import()
     if version != plan.version or name != plan.board:
         raise FlashError("the board reports firmware {} for board {}, expected {} for {}"

@@ -1,0 +1,108 @@
+"""`v2g flash` against plain `mpremote fs cp -r` of the same compiled tree, on the virtual board.
+
+Full: a blank board each run. Incremental: one module changed (core/pilot.py gets a new
+constant, so its .mpy differs). `v2g flash` is timed as a user waits for it: compile (cached),
+compare, copy, import check, reset and the boot check; `mpremote fs cp -r` only copies (it
+compares by hash too, one file at a time) and neither resets nor checks. Median of RUNS.
+"""
+
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "host"))
+from vboard_fixture import MPREMOTE, RunningBoard  # noqa: E402
+
+from host_tools import flash, vm  # noqa: E402
+
+RUNS = 3
+
+
+def _v2g_flash(repl, copy_times=None):
+    plan = flash.prepare("sim")
+    with flash.Board(repl) as b:
+        report = flash.flash(b, plan)
+    if copy_times is not None:
+        copy_times.append(report.copy_seconds)
+
+
+def _write_tree(dest):
+    if dest.exists():
+        shutil.rmtree(dest)
+    for path, data in flash.prepare("sim").files.items():
+        p = dest / path
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+
+
+def _mpremote_cp(repl, tree):
+    subprocess.run([MPREMOTE, "connect", repl, "fs", "cp", "-r", str(tree) + "/", ":"], check=True,
+                   capture_output=True, timeout=300)
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def rows():
+    saved = vm.ROOT, vm.FIRMWARE, vm.BOARDS
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(vm.FIRMWARE, tmp / "src" / "firmware", ignore=ignore)
+        shutil.copytree(vm.BOARDS, tmp / "src" / "boards", ignore=ignore)
+        vm.ROOT, vm.FIRMWARE, vm.BOARDS = tmp / "src", tmp / "src" / "firmware", tmp / "src" / "boards"
+        pilot = vm.FIRMWARE / "core" / "pilot.py"
+        original = pilot.read_text()
+        tree = tmp / "tree"
+        try:
+            flash.compile_tree("sim", "armv7emsp")          # warm the compile cache once
+            _write_tree(tree)
+            full_v2g, full_mp, inc_v2g, inc_mp, full_copy, inc_copy = [], [], [], [], [], []
+            for i in range(RUNS):
+                for kind, out in (("v2g", full_v2g), ("mp", full_mp)):
+                    board = RunningBoard(tmp / "b{}{}".format(kind, i), "--blank")
+                    try:
+                        if kind == "v2g":
+                            out.append(_timed(lambda b=board: _v2g_flash(b.repl, full_copy)))
+                            for j in range(RUNS):
+                                pilot.write_text(original + "\nBENCH_MARK = {}\n".format(i * 10 + j + 1))
+                                inc_v2g.append(_timed(lambda b=board: _v2g_flash(b.repl, inc_copy)))
+                        else:
+                            pilot.write_text(original)
+                            _write_tree(tree)
+                            out.append(_timed(lambda b=board: _mpremote_cp(b.repl, tree)))
+                            for j in range(RUNS):
+                                pilot.write_text(original + "\nBENCH_MARK = {}\n".format(i * 10 + j + 1))
+                                _write_tree(tree)
+                                inc_mp.append(_timed(lambda b=board: _mpremote_cp(b.repl, tree)))
+                        pilot.write_text(original)
+                    finally:
+                        board.stop()
+        finally:
+            vm.ROOT, vm.FIRMWARE, vm.BOARDS = saved
+    med = statistics.median
+    fv, fm, iv, im = med(full_v2g), med(full_mp), med(inc_v2g), med(inc_mp)
+    fc, ic = med(full_copy), med(inc_copy)
+    n = len(flash.prepare("sim").files)
+    return [
+        ("v2g flash, full ({} files, blank virtual board, incl. reset + checks)".format(n), fv, "s", "< 10 s", fv < 10),
+        ("mpremote fs cp -r, same tree, full (copy only)", fm, "s", None, None),
+        ("v2g flash full / mpremote cp -r full", fv / fm, "x", "<= 1.5", fv / fm <= 1.5),
+        ("v2g flash full, compare + copy phase / mpremote cp -r", fc / fm, "x", "<= 1.0", fc / fm <= 1.0),
+        ("v2g flash, one module changed (incl. reset + checks)", iv, "s", "< 3 s", iv < 3),
+        ("mpremote fs cp -r, one module changed (copy only)", im, "s", None, None),
+        ("v2g flash incremental / mpremote cp -r incremental", iv / im, "x", "<= 1.5", iv / im <= 1.5),
+        ("v2g flash incremental, compare + copy phase / mpremote cp -r", ic / im, "x", "<= 0.5", ic / im <= 0.5),
+    ]
+
+
+if __name__ == "__main__":
+    for r in rows():
+        print(r)
