@@ -70,7 +70,8 @@ class Console:
     def cmd(self, op, args=None):
         r = self.link.command(op, args or {}, timeout=self.timeout)
         if not r.ok:
-            raise ConsoleError("{}: refused {} {}".format(op, r.code, r.msg))
+            msg = r.msg if r.msg.startswith(str(r.code)) else "{} {}".format(r.code, r.msg)
+            raise ConsoleError("{}: refused: {}".format(op, msg))
         return r
 
     def run_line(self, line):

@@ -39,7 +39,7 @@ def test_config_get_set_and_refusal_on_stdin(board):
     assert res.exit_code == 1                                # one command was refused
     assert "config applied: MAX_CHARGE_AMPS, MAX_DISCHARGE_AMPS" in res.output
     assert res.output.count("MAX_CHARGE_AMPS = 20") == 2     # the refused change changed nothing
-    assert "refused V2G-400" in res.output and "MAX_CHARGE_AMPS" in res.output
+    assert "refused: V2G-400" in res.output and "MAX_CHARGE_AMPS" in res.output
 
 
 def test_telemetry_events_meter_can_update(board):
