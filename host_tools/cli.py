@@ -11,6 +11,10 @@ import click
 
 # name -> (module, one-line help). Order is the order of `v2g --help`.
 COMMANDS = {
+    "flash": ("host_tools.commands.flash", "Provision a controller over its REPL: compile, copy what changed, settings, key, reset, verify."),
+    "image": ("host_tools.commands.image", "Build a factory image: MicroPython .hex + littlefs with the firmware, settings and key."),
+    "console": ("host_tools.commands.console", "Interactive diagnostic console over the host link."),
+    "diag": ("host_tools.commands.diag", "Diagnostic report for the auditor (also v2g-diag --all)."),
     "sim": ("host_tools.commands.sim", "Simulate a whole station from a scenario (firmware on the MicroPython VM)."),
     "vboard": ("host_tools.commands.vboard", "Run the virtual controller board (firmware on the MicroPython VM)."),
     "bench": ("host_tools.commands.bench", "Bench tests: play the vehicle on CAN (and the meter) against a controller."),

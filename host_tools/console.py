@@ -190,8 +190,8 @@ class Console:
         return "\n".join(rows)
 
     def do_update(self, args):
-        d = self.cmd("diag").data
-        return "update: {}".format(json.dumps(d["update"]) if "update" in d else diag.NOT_REPORTED)
+        r = self.link.command("fota_report")
+        return "update: {}".format(json.dumps(r.data) if r.ok else diag.NOT_REPORTED)
 
     def do_diag(self, args):
         # diag.collect opens its own client; two readers on one port would steal each

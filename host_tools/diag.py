@@ -57,6 +57,8 @@ def collect(url, timeout=3.0):
             status = _cmd(lk, "status")
             cfg = _cmd(lk, "config_get")
             events = _cmd(lk, "events").get("events", [])
+            upd = lk.command("fota_report")
+            update = upd.data if upd.ok else NOT_REPORTED
             host_stats = lk.stats
     except LinkError as e:
         raise DiagError("no answer from the controller on {}: {}".format(url, e)) from None
@@ -90,7 +92,7 @@ def collect(url, timeout=3.0):
                        "link_host": host_stats,
                        "meter": d.get("buses", {}).get("meter", NOT_REPORTED),
                        "can": d.get("buses", {}).get("can", NOT_REPORTED)},
-        "update": d.get("update", NOT_REPORTED),
+        "update": update,
         "status": status,
     }
 

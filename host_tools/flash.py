@@ -246,6 +246,9 @@ class Changes:
         return not self.copy and not self.remove
 
 
+UPDATE_STATE = ("update.json", "update.json.tmp", "fota_fault.json")
+
+
 def diff(plan, on_board):
     """Compare the plan with {path: sha256 hex} read from the board."""
     copy, unchanged = [], []
@@ -260,6 +263,10 @@ def diff(plan, on_board):
             unchanged.append(path)
     remove = sorted(p for p in on_board
                     if p not in plan.files and p.split("/", 1)[0] in plan.managed)
+    if copy:
+        # New factory firmware supersedes any installed update: a confirmed slot would
+        # otherwise keep shadowing it at every boot (see docs/updates.md).
+        remove += sorted(p for p in on_board if p in UPDATE_STATE or p.startswith("slots/"))
     return Changes(copy, remove, unchanged)
 
 

@@ -19,6 +19,14 @@ async def control_loop(hal):
     now = hal.ticks_ms()
     station = Station(hal, now)
     next_ms = now
+    try:
+        await _run(hal, next_ms)
+    finally:
+        # whatever ends the loop (Ctrl-C from a flasher, a bug) leaves the outputs safe
+        hal.safe_state()
+
+
+async def _run(hal, next_ms):
     while not hal.stop_requested():
         now = hal.ticks_ms()
         if now - next_ms >= 0:
@@ -26,9 +34,8 @@ async def control_loop(hal):
                 station.tick(now)
             except Exception as e:  # noqa: BLE001
                 # A bug in the step: outputs to the safe state (contactor open, pilot at
-                # state F, no discharge request) and stop feeding the watchdog, which
-                # resets the board into a clean start.
-                hal.safe_state()
+                # state F, no discharge request, in the finally above) and stop feeding the
+                # watchdog, which resets the board into a clean start.
                 hal.log_exception(e)
                 break
             next_ms += CONTROL_PERIOD_MS
@@ -36,7 +43,6 @@ async def control_loop(hal):
                 next_ms = now   # we fell far behind (debugger, flash write): do not burst
         wait = next_ms - hal.ticks_ms()
         await asyncio.sleep_ms(wait if wait > 0 else 0)
-    hal.safe_state()
 
 
 def start():

@@ -193,6 +193,7 @@ class Station:
             'link': dict(self.link.stats),
             'buses': self.bus_stats(now_ms),
             'events': len(self.ctl.log),
+            # the update slots come with fota_status: one answer must fit a 1 kB frame
         }
 
     def bus_stats(self, now_ms):

@@ -243,6 +243,8 @@ class Updater:
 
     def command(self, op, args, now_ms):
         """(ok, code, msg, data) for a fota_* op. Never raises for bad input."""
+        if op == 'fota_report':   # diagnostics: read only, answered even mid-session
+            return True, None, 'update slots', self.report()
         if self.frozen:
             return False, V2G_400, 'installer halted by fault injection', {}
         if op not in ('fota_status', 'fota_abort') and self._energy_flows():
@@ -275,12 +277,16 @@ class Updater:
             return False, 'V2G-601', 'filesystem error while staging: {}'.format(e), {}
 
     def status(self, now_ms):
+        if not self._energy_flows():
+            self._resume_if_needed(now_ms)
+        return self.report()
+
+    def report(self):
+        """Slots, counters and any download in progress, without side effects (diagnostics)."""
         st = self.st
         out = {'running': self.running, 'version': self.version(), 'active': st['active'],
                'pending': st['pending'], 'trial': self.on_trial, 'tries': st['tries'],
                'seq': st['seq'], 'sec': st['sec']}
-        if not self._energy_flows():
-            self._resume_if_needed(now_ms)
         d = self.dl
         if d is not None:
             out['dl'] = {'slot': d.slot, 'size': d.size, 'id': d.id, 'next': d.next,

@@ -52,7 +52,7 @@ def test_telemetry_events_meter_can_update(board):
     assert "V2G-507" in res.output                          # the grid's enter-service wait, in the log
     assert "frequency" in res.output and "RS-485:" in res.output
     assert "CAN:" in res.output
-    assert "update: not reported by this firmware yet" in res.output
+    assert 'update: {' in res.output and '"running": "factory"' in res.output
 
 
 def test_unknown_command_is_named(board):

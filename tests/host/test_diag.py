@@ -54,7 +54,7 @@ def test_text_report_has_every_section(charging):
     assert "set by grid" in out and "V2G-507" in out
     assert "host link, controller side:" in out and "frames_ok" in out
     assert "meter (RS-485):" in out and "CAN (VCU/BMS):" in out
-    assert "not reported by this firmware yet" in out     # update slots: not in diag yet
+    assert "running            factory" in out and "pending            None" in out   # update slots
 
 
 def test_json_report_matches_the_controller(charging):
@@ -71,7 +71,7 @@ def test_json_report_matches_the_controller(charging):
     assert keys["MAX_CHARGE_AMPS"]["value"] == 32 and keys["MAX_CHARGE_AMPS"]["source"] == "default"
     assert r["statistics"]["link_controller"]["frames_ok"] >= 4
     assert r["statistics"]["link_host"]["frames_ok"] >= 4
-    assert r["update"] == "not reported by this firmware yet"
+    assert r["update"]["running"] == "factory" and r["update"]["pending"] is None
 
 
 def test_summary_without_all(charging):

@@ -153,3 +153,18 @@ def test_config_and_public_key_land_and_the_controller_uses_them(tmp_path, blank
 def test_unreachable_port_is_a_clear_error(tmp_path):
     res = CliRunner().invoke(cli, ["--port", str(tmp_path / "no-such-tty"), "--board", "sim"])
     assert res.exit_code != 0 and "cannot open" in res.output
+
+
+def test_new_factory_firmware_removes_an_installed_update(tree, blank):
+    assert run("--port", blank.repl, "--board", "sim").exit_code == 0
+    blank.mpremote("exec", "import os\nos.mkdir('slots'); os.mkdir('slots/a')\n"
+                   "open('slots/a/x.py','w').write('X = 1')\n"
+                   "open('update.json','w').write('{\"active\": \"a\"}')")
+    unchanged = run("--port", blank.repl, "--board", "sim")
+    assert unchanged.exit_code == 0 and "update.json" in on_board(blank)   # nothing new: kept
+    pilot = tree / "firmware" / "core" / "pilot.py"
+    pilot.write_text(pilot.read_text() + "\nNEW_FACTORY = 1\n")
+    res = run("--port", blank.repl, "--board", "sim")
+    assert res.exit_code == 0, res.output
+    files = on_board(blank)
+    assert "update.json" not in files and not any(p.startswith("slots/") for p in files)
