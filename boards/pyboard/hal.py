@@ -137,6 +137,10 @@ class Hal:
     def reset_cause(self):
         return self._reset_cause
 
+    def reset(self):
+        self.safe_state()
+        machine.reset()
+
     def stop_requested(self):
         return False    # Ctrl-C on a board raises KeyboardInterrupt instead
 

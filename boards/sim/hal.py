@@ -245,6 +245,11 @@ class Hal:
     def reset_cause(self):
         return 'power_on'
 
+    def reset(self):
+        """Reset the board (the virtual board restarts its VM and runs boot.py, main.py)."""
+        self.safe_state()
+        self.ports.reset()
+
     def stop_requested(self):
         return self.ports.stop_requested()
 

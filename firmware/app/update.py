@@ -547,13 +547,9 @@ class Updater:
         return self.ctl is not None and self.ctl.out.contactor
 
     def _reset(self):
-        hal = self.hal
-        if hal is not None:
-            hal.safe_state()
-            fn = getattr(hal, 'reset', None) or getattr(getattr(hal, 'ports', None), 'reset', None)
-            if fn is not None:
-                fn()
-                return
+        if self.hal is not None:
+            self.hal.reset()   # every board's HAL: outputs safe, then reset
+            return
         try:
             import machine
             machine.reset()

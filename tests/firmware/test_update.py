@@ -49,6 +49,8 @@ class Hal:
         self.safe += 1
 
     def reset(self):
+        # the HAL contract: outputs to the safe state, then the reset
+        self.safe_state()
         self.resets += 1
 
 
