@@ -12,6 +12,7 @@ retry (the controller answers a repeated txn with its original result).
 
 import asyncio
 import logging
+import os
 import time
 
 import serial
@@ -41,24 +42,41 @@ class AsyncLink:
         self._hb_task = None
         self._hb_seq = 0
         self._thread_reader = None
+        self._reader = None
+        self._writer = None
+        self._txbuf = bytearray()
 
     # -- lifecycle
 
     async def open(self):
         self._loop = asyncio.get_running_loop()
-        try:
-            self.port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=0,
-                                              write_timeout=2)
-        except (serial.SerialException, ValueError, OSError) as e:
-            raise hl.LinkError(f"cannot open {self.url}: {e}") from e
-        try:
-            self._fd = self.port.fileno()
-        except (AttributeError, NotImplementedError, serial.SerialException, OSError):
-            self._fd = None
-        if self._fd is not None:
-            self._loop.add_reader(self._fd, self._on_readable)
-        else:  # a port type without a descriptor (loop://, rfc2217): poll it from a thread
-            self._thread_reader = asyncio.ensure_future(self._poll_reader())
+        self._txbuf = bytearray()
+        if self.url.startswith("socket://"):
+            # asyncio's own socket: pyserial's socket:// uses select(), which fails for
+            # descriptors above 1023, i.e. beyond a few hundred controllers per process
+            host, _, port = self.url[len("socket://"):].partition(":")
+            try:
+                self._reader, self._writer = await asyncio.open_connection(host, int(port.split("/")[0]))
+            except (OSError, ValueError) as e:
+                raise hl.LinkError(f"cannot open {self.url}: {e}") from e
+            self._thread_reader = asyncio.ensure_future(self._stream_reader())
+        else:
+            try:
+                self.port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=0,
+                                                  write_timeout=2)
+            except (serial.SerialException, ValueError, OSError) as e:
+                raise hl.LinkError(f"cannot open {self.url}: {e}") from e
+            try:
+                self._fd = self.port.fileno()
+            except (AttributeError, NotImplementedError, serial.SerialException, OSError):
+                self._fd = None
+            if self._fd is not None:
+                # read and write the descriptor directly: pyserial's posix read() also
+                # goes through select()
+                os.set_blocking(self._fd, False)
+                self._loop.add_reader(self._fd, self._on_readable)
+            else:  # a port type without a descriptor (loop://, rfc2217): poll it
+                self._thread_reader = asyncio.ensure_future(self._poll_reader())
         self._write(b"\x00")
         if self.heartbeat_s:
             self._hb_task = asyncio.ensure_future(self._heartbeat())
@@ -71,7 +89,11 @@ class AsyncLink:
             self._thread_reader.cancel()
         if self._fd is not None and self._loop is not None:
             self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
             self._fd = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self.port is not None:
             try:
                 self.port.close()
@@ -92,16 +114,31 @@ class AsyncLink:
 
     def _on_readable(self):
         try:
-            data = self.port.read(max(1, self.port.in_waiting))
-        except (serial.SerialException, OSError, TypeError) as e:
-            log.warning("%s: link read failed: %s", self.name, e)
-            if self._fd is not None:
-                self._loop.remove_reader(self._fd)
-                self._fd = None
-            self._fail(str(e) or type(e).__name__)
+            data = os.read(self._fd, 4096)
+        except BlockingIOError:
             return
-        if data:
-            self._feed(data)
+        except OSError as e:
+            data, err = b"", e
+        else:
+            err = None if data else "end of file"
+        if not data:
+            log.warning("%s: link read failed: %s", self.name, err)
+            self._loop.remove_reader(self._fd)
+            self._fail(str(err))
+            return
+        self._feed(data)
+
+    async def _stream_reader(self):
+        try:
+            while True:
+                data = await self._reader.read(4096)
+                if not data:
+                    break
+                self._feed(data)
+        except OSError as e:
+            self._fail(str(e))
+            return
+        self._fail("connection closed by the controller")
 
     async def _poll_reader(self):
         while True:
@@ -141,12 +178,44 @@ class AsyncLink:
     # -- tx
 
     def _write(self, data):
-        if self.port is None or self.error:
-            raise hl.LinkError(f"link to {self.url} is not open ({self.error or 'closed'})")
+        if self.error:
+            raise hl.LinkError(f"link to {self.url} is not open ({self.error})")
+        if self._writer is not None:
+            self._writer.write(data)
+            return
+        if self._fd is None:
+            if self.port is None:
+                raise hl.LinkError(f"link to {self.url} is not open")
+            try:
+                self.port.write(data)
+            except (serial.SerialException, OSError) as e:
+                raise hl.LinkError(f"write to {self.url} failed: {e}") from e
+            return
+        if self._txbuf:           # earlier bytes still waiting: keep the order
+            self._txbuf += data
+            return
         try:
-            self.port.write(data)
-        except (serial.SerialException, OSError) as e:
+            n = os.write(self._fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError as e:
             raise hl.LinkError(f"write to {self.url} failed: {e}") from e
+        if n < len(data):
+            self._txbuf += data[n:]
+            self._loop.add_writer(self._fd, self._flush)
+
+    def _flush(self):
+        try:
+            n = os.write(self._fd, self._txbuf)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._loop.remove_writer(self._fd)
+            self._fail(str(e))
+            return
+        del self._txbuf[:n]
+        if not self._txbuf:
+            self._loop.remove_writer(self._fd)
 
     def send(self, msg):
         if "v" not in msg:

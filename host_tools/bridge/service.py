@@ -166,10 +166,20 @@ class StationBridge:
             return True, res.msg
 
     async def diagnostic_report(self):
-        diag = await self.command("diag", {})
-        evs = await self.command("events", {})
-        return {"generated": datetime.now(timezone.utc).isoformat(), "diag": diag.data,
-                "events": evs.data.get("events", []), "status": self.status, "last_sample": self.sample}
+        """The controller's diagnostics and event log plus the bridge's view; a part the
+        controller does not deliver is named with the reason instead of failing the report."""
+        out = {"generated": datetime.now(timezone.utc).isoformat(), "status": self.status,
+               "last_sample": self.sample}
+        for op, key in (("diag", "diag"), ("events", "events")):
+            try:
+                r = await self.command(op, {})
+                out[key] = r.data.get("events", []) if op == "events" else r.data
+            except hl.LinkError as e:
+                out[key + "_error"] = str(e)
+        if self.link is not None:
+            out["host_link"] = {"rx": dict(self.link.deframer.stats), "last_error": self.link.deframer.last_error,
+                                "rtt_ms": self.link.rtt_ms}
+        return out
 
     # ------------------------------------------------------------------ link
 
@@ -215,7 +225,7 @@ class StationBridge:
                     poller.cancel()
                 self.clog.event(self.id, "INFO", f"controller link lost: {link.error}")
             except hl.LinkError as e:
-                log.info("%s: link: %s", self.id, e)
+                self.clog.event(self.id, "INFO", f"controller link: {e}")
             finally:
                 self.online = False
                 await link.close()

@@ -213,7 +213,8 @@ def test_trigger_message_and_getlog(rig):
     finally:
         srv.shutdown()
     report = json.loads(next(iter(got.values())))
-    assert report["diag"]["fw"] == "0.1.0" and "events" in report and report["bridge"]["station_id"] == STATION
+    assert report["bridge"]["station_id"] == STATION and "host_link" in report
+    assert report["diag"]["fw"] == "0.1.0" and "events" in report, report.get("diag_error")
 
 
 def _enter_service_fast(rig):
