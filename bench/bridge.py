@@ -49,6 +49,7 @@ class FakeController:
         self.station = f"BENCH-{index:04d}"
         self.server = None
         self.port = None
+        self.waiter = None      # future the bench awaits for the next limit frame
 
     async def start(self):
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -69,6 +70,9 @@ class FakeController:
                 if t == "cmd":
                     if msg["op"] == "limit":
                         self.arrivals.setdefault(self.station, []).append((time.monotonic(), msg["args"]))
+                        w = self.waiter
+                        if w is not None and not w.done():
+                            w.set_result(None)
                     data_ = {"values": {}} if msg["op"] == "config_get" else {}
                     link.send(FL.res(msg["txn"], True, None, "ok", data_))
                 elif t == "hb":
@@ -153,17 +157,21 @@ async def _run(n, rate, duration_s, workdir):
         await asyncio.sleep(2 + n / 500)     # boots, status notifications settle
         ids = sorted(stations)
 
+        by_id = {c.station: c for c in ctls}
+
         async def one(st, amps):
-            t0 = time.monotonic()
+            ctl = by_id[st]
             before = len(arrivals.get(st, []))
+            ctl.waiter = asyncio.get_running_loop().create_future()
+            t0 = time.monotonic()
             await stations[st].call(_profile(1, amps))
             # the frame usually arrived before the answer; wait for it if not
-            for _ in range(2000):
-                got = arrivals.get(st, [])
-                if len(got) > before:
-                    return got[before][0] - t0
-                await asyncio.sleep(0.001)
-            return None
+            if len(arrivals.get(st, [])) <= before:
+                try:
+                    await asyncio.wait_for(ctl.waiter, 5)
+                except asyncio.TimeoutError:
+                    return None
+            return arrivals[st][before][0] - t0
 
         # paced: `rate` profiles a second, round-robin, each with a new limit so a frame goes out
         tasks = []
