@@ -578,6 +578,17 @@ class OcppStation:
             return {"status": "Rejected", "statusInfo": self._status_info("TxNotFound")}
         return {"status": "Accepted"}
 
+    def firmware_changed(self, version):
+        """The controller came back with other firmware (an update): tell the CSMS with a
+        BootNotification of reason FirmwareUpdate, as a station does after installing."""
+        if not self.connected.is_set():
+            self.boot_reason = "FirmwareUpdate"   # sent with the next connection's boot
+            return
+        asyncio.get_running_loop().create_task(self._call("BootNotification", {
+            "reason": "FirmwareUpdate", "chargingStation": {
+                "model": MODEL, "vendorName": VENDOR, "firmwareVersion": version,
+                "serialNumber": self.ctl.serial or self.id}}))
+
     async def after_TriggerMessage(self, result, requested_message, **_):
         if result.get("status") != "Accepted":
             return

@@ -88,7 +88,8 @@ class StationBridge:
         self.tel_batch = tel_batch
         self.hello_timeout_s = hello_timeout_s
         self.heartbeat_s = heartbeat_s
-        self.fota = fota
+        # OCPP UpdateFirmware: fetch the signed bundle and push it over this controller's link
+        self.fota = fota if fota is not None else self._push_update
         self.link = None
         self.online = False
         self.sample = None
@@ -108,6 +109,13 @@ class StationBridge:
                                 meter_interval_s=meter_interval_s, handshake_timeout_s=handshake_timeout_s)
         self.frame_hook = None   # bench: called with each cmd sent to the controller
         self._ready = asyncio.Event()
+
+    async def _push_update(self, firmware, report):
+        if self.link is None:
+            await report("InstallationFailed")
+            return
+        from host_tools import fota as fota_mod
+        await fota_mod.bridge_updater(self.link)(firmware, report)
 
     async def wait_ready(self, timeout):
         """Wait (at most timeout s) for the controller's hello."""
@@ -234,6 +242,8 @@ class StationBridge:
 
     def _on_hello(self, msg):
         if "fw" in msg:
+            if self.fw is not None and msg["fw"] != self.fw:
+                self.ocpp.firmware_changed(msg["fw"])
             self.fw = msg["fw"]
             self.serial = f"{msg['board']}-{self.id}"
 

@@ -343,6 +343,33 @@ def test_reset(rig):
     assert boot["reason"] == "RemoteReset"
 
 
+def test_update_firmware_pushes_a_signed_bundle_and_reports_each_status(rig):
+    """OCPP UpdateFirmware -> the bridge fetches the bundle, pushes it over the host link,
+    the controller verifies, installs, boots it on trial and confirms it."""
+    from signing import bundle as sb
+    from signing import keys
+    from test_fota import firmware_tree
+    board, csms, plant, tmp = rig["board"], rig["csms"], rig["plant"], rig["tmp"]
+    key = keys.generate()
+    (tmp / "update_key.bin").write_bytes(keys.device_public_key(key))
+    board.mpremote("fs", "cp", str(tmp / "update_key.bin"), ":update_key.bin")
+    plant.do("reboot")                    # mpremote stopped the controller; start it again
+    time.sleep(3)
+    bundle = tmp / "fw-0.2.0.v2gb"
+    bundle.write_bytes(sb.sign(key, firmware_tree("0.2.0"), 5, "0.2.0", "sim", 1))
+    mark = csms.mark()
+    _, res = csms.request(STATION, call.UpdateFirmware(
+        request_id=7, firmware={"location": bundle.as_uri(), "retrieve_date_time": "2026-01-01T00:00:00Z"}))
+    assert res["status"] == "Accepted"
+    csms.wait_for("FirmwareStatusNotification", match=lambda kw: kw["status"] == "Installed",
+                  after=mark, timeout=120)
+    seen = [kw["status"] for kw in csms.messages("FirmwareStatusNotification", after=mark)]
+    assert seen[:4] == ["Downloading", "Downloaded", "Installing", "InstallRebooting"], seen
+    boot = csms.wait_for("BootNotification", after=mark, timeout=30)
+    assert boot["reason"] == "FirmwareUpdate"
+    assert boot["charging_station"]["firmware_version"] == "0.2.0"
+
+
 def test_offline_queue_survives_a_bridge_restart_and_replays_in_order(rig):
     csms, plant = rig["csms"], rig["plant"]
     csms.wait_station(STATION)
