@@ -86,6 +86,8 @@ class Console:
             return handler(args)
         except LinkError as e:
             raise ConsoleError("link: {}".format(e)) from None
+        except diag.DiagError as e:
+            raise ConsoleError(str(e)) from None
 
     def do_help(self, args):
         return HELP
@@ -133,7 +135,7 @@ class Console:
         return "\n".join(rows)
 
     def do_events(self, args):
-        evs = self.cmd("events").data.get("events", [])
+        evs = diag.fetch_events(self.link)
         if not evs:
             return "event log empty"
         return "\n".join("t={:>10} ms  {}  {:<6} {}".format(e[0], e[1], "raised" if e[2] else "clear", e[3])

@@ -48,6 +48,16 @@ def _cmd(lk, op, args=None):
     return r.data
 
 
+def fetch_events(lk):
+    """The controller's whole event log, page by page (one frame holds about 1 kB)."""
+    events, start = [], 0
+    while start is not None:
+        page = _cmd(lk, "events", {"start": start})
+        events += page.get("events", [])
+        start = page.get("next")
+    return events
+
+
 def collect(url, timeout=3.0):
     """Ask the controller on url (its host-link port) for everything in the report."""
     try:
@@ -56,7 +66,7 @@ def collect(url, timeout=3.0):
             d = _cmd(lk, "diag")
             status = _cmd(lk, "status")
             cfg = _cmd(lk, "config_get")
-            events = _cmd(lk, "events").get("events", [])
+            events = fetch_events(lk)
             upd = lk.command("fota_report")
             update = upd.data if upd.ok else NOT_REPORTED
             host_stats = lk.stats

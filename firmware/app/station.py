@@ -20,6 +20,7 @@ TEL_PERIOD_MS = 1000     # one telemetry sample a second ...
 TEL_BATCH = 1            # ... sent in batches of this many (the host may raise both)
 SAVE_EVERY_MS = 1000     # event log flush period; the journal is saved before each answer
 SHELL_OPS = ('diag', 'events', 'telemetry', 'hello')   # served here, not by the core
+EVENTS_PAGE_BYTES = 700  # an events answer stays inside one 1 kB frame
 
 
 def load_config(board_limits):
@@ -117,16 +118,22 @@ class Station:
         elif t == 'rtt':
             self.ctl.report_rtt(now_ms, msg['ms'])
         elif t == 'cmd':
-            self.link.send(L.res_from(msg['txn'], self.on_command(msg, now_ms)))
+            if not self.link.send(L.res_from(msg['txn'], self.on_command(msg, now_ms))):
+                # never leave the host waiting: say why the answer could not go out
+                self.link.send(L.res(msg['txn'], False, 'V2G-400',
+                                     '{}: the answer does not fit one frame ({})'.format(
+                                         msg['op'], self.link.last_error)))
         elif L.is_hello_request(msg):
             self.send_hello()
 
     def on_command(self, msg, now_ms):
         op, args = msg['op'], msg['args']
+        if msg.get('ttl_ms', 1) <= 0:
+            return False, 'V2G-110', '{}: its time to live was spent before it arrived'.format(op), {}
         if op == 'diag':
             return True, None, 'diagnostics', self.diagnostics(now_ms)
         if op == 'events':
-            return True, None, 'event log', {'events': [list(e) for e in self.ctl.log.entries()]}
+            return self.events_page(args.get('start', 0))
         if op == 'telemetry':
             return self.set_telemetry(args)
         if op == 'hello':
@@ -143,6 +150,23 @@ class Station:
             # still returns the same result for the same txn
             storage.write_atomic(storage.state_path('journal.json'), self.ctl.journal.dump())
         return result
+
+    def events_page(self, start):
+        """The event log from index `start` (0 = oldest kept), as many entries as fit one
+        frame; `next` is where the following page starts, None at the end."""
+        entries = self.ctl.log.entries()
+        if not isinstance(start, int) or start < 0:
+            return False, 'V2G-400', 'start: must be an index >= 0', {}
+        page, size, i = [], 0, start
+        while i < len(entries):
+            t, code, on, text = entries[i]
+            size += len(text) + 24    # CBOR of one entry: the text plus a few small items
+            if page and size > EVENTS_PAGE_BYTES:
+                break
+            page.append([t, code, on, text])
+            i += 1
+        return True, None, 'event log', {'events': page, 'total': len(entries),
+                                         'next': i if i < len(entries) else None}
 
     def set_telemetry(self, args):
         period = args.get('period_ms', self.tel_period_ms)

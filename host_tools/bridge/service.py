@@ -178,12 +178,19 @@ class StationBridge:
         controller does not deliver is named with the reason instead of failing the report."""
         out = {"generated": datetime.now(timezone.utc).isoformat(), "status": self.status,
                "last_sample": self.sample}
-        for op, key in (("diag", "diag"), ("events", "events")):
-            try:
-                r = await self.command(op, {})
-                out[key] = r.data.get("events", []) if op == "events" else r.data
-            except hl.LinkError as e:
-                out[key + "_error"] = str(e)
+        try:
+            out["diag"] = (await self.command("diag", {})).data
+        except hl.LinkError as e:
+            out["diag_error"] = str(e)
+        try:
+            events, start = [], 0
+            while start is not None:      # the log comes in pages that fit one frame
+                page = (await self.command("events", {"start": start})).data
+                events += page.get("events", [])
+                start = page.get("next")
+            out["events"] = events
+        except hl.LinkError as e:
+            out["events_error"] = str(e)
         if self.link is not None:
             out["host_link"] = {"rx": dict(self.link.deframer.stats), "last_error": self.link.deframer.last_error,
                                 "rtt_ms": self.link.rtt_ms}

@@ -157,3 +157,33 @@ def test_garbage_on_the_link_is_counted_not_fatal():
     assert res and res[0]['ok'] and res[0]['data']['link']['frames_ok'] >= 1
     stats = res[0]['data']['link']
     assert stats['cobs_errors'] + stats['crc_errors'] >= 1
+
+
+@in_dir(WORK)
+def test_event_log_comes_in_pages_that_fit_a_frame():
+    rig = Rig()
+    for i in range(60):
+        rig.st.ctl.log.append(i, 'V2G-009', True, 'thermal limit test entry number {} '.format(i) * 2)
+    got, start, pages = [], 0, 0
+    while start is not None:
+        rig.send(L.cmd('ev-{}'.format(pages), 'events', {'start': start}))
+        rig.run(50)
+        res = [m for m in rig.received() if m['t'] == 'res']
+        assert len(res) == 1 and res[0]['ok'], res
+        got += res[0]['data']['events']
+        start = res[0]['data']['next']
+        pages += 1
+    assert pages > 1
+    assert [e[3] for e in got] == [e[3] for e in rig.st.ctl.log.entries()]
+    assert rig.st.link.stats['tx_errors'] == 0
+
+
+@in_dir(WORK)
+def test_a_command_whose_time_to_live_is_spent_is_refused_with_v2g_110():
+    rig = Rig()
+    rig.send(L.cmd('late-1', 'limit', {'charge_a': 10, 'discharge_a': 0}, ttl_ms=0))
+    rig.send(L.cmd('ok-1', 'limit', {'charge_a': 10, 'discharge_a': 0}, ttl_ms=500))
+    rig.run(100)
+    res = {m['txn']: m for m in rig.received() if m['t'] == 'res'}
+    assert res['late-1']['ok'] is False and res['late-1']['code'] == 'V2G-110'
+    assert res['ok-1']['ok'] is True
