@@ -48,7 +48,10 @@ def main(argv):
         text = "{:,.3g}".format(measured) if isinstance(measured, float) else str(measured)
         met = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[ok]
         table.add_row(area, name, text, unit, goal, met)
-    Console().print(table)
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=170)   # a file or a pipe: keep each row on one line
+    out.print(table)
     return 0
 
 

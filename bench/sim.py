@@ -109,8 +109,10 @@ def rows():
             out.append(("live heap peak during the 1 h run (VM, driver + plant + firmware)", peak, "B", "", None))
     h = heap_figures()
     fw = h["resident"] - h["base"]
-    out.append(("resident heap after start-up (VM, firmware modules + controller, grid, config objects)", fw, "B",
-                "< 40000 B", fw < 40000))
+    # the goal applies to the station's objects (bench/heap.py); this figure also holds the
+    # core modules' bytecode, which a board build freezes into flash
+    out.append(("sim driver heap after start-up incl. module bytecode (VM; see heap rows)", fw, "B",
+                "", None))
     out.append(("heap per control step, controller only ({} x1000)".format(h["mode"]), h["ctl"] / 1000.0,
                 "B/step", "0", h["ctl"] == 0))
     out.append(("heap per control step, controller + plant", h["loop"] / 1000.0, "B/step", "", None))
