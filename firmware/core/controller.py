@@ -49,7 +49,8 @@ CONTACTOR_SETTLE_MS = const(500)    # feedback must follow the command within th
 WELD_CURRENT_MA = const(2000)       # current with the contactor open that means welded
 SOFT_OPEN_MA = const(1000)          # a normal stop opens once the current is below this
 SOFT_OPEN_MS = const(1000)          # ... or after this long
-RAMP_MA_PER_S = const(10000)        # current increases at most 10 A/s (no steps)
+RAMP_MA_PER_S = const(10000)
+DROOP_WAKE_MA = const(1000)         # a droop response this large wakes an EV holding at target        # current increases at most 10 A/s (no steps)
 DEFAULT_CABLE_MA = const(13000)     # PP unknown: smallest IEC 62196 cable rating
 _MAX_DT_MS = const(1000)
 _TICKS_MASK = const(0x3FFFFFFF)     # ages computed modulo 2**30, like time.ticks_diff
@@ -193,6 +194,7 @@ class Controller:
         self._req = 0
         self.rtt_ms = 0
         self._bms_seen = False
+        self._droop_flow = False       # energy flows only for the grid's frequency response
         self._boot_ms = 0
         self._plug_ms = 0
 
@@ -417,6 +419,21 @@ class Controller:
 
         # ---- contactor
         power_state = st == P.C or (st == P.D and cfg.ventilation)
+        # An EV holding at its SoC target still answers the grid: a frequency deviation big
+        # enough wakes it as a source (under-frequency) or a sink (over-frequency), within
+        # every limit, including the floor, and back to holding once the grid recovers.
+        droop = self.grid_droop_ma
+        if direction == S.HOLD and not charge_only:
+            if droop <= -DROOP_WAKE_MA and ld > 0:
+                direction = S.DISCHARGE
+                self._droop_flow = True
+            elif droop >= DROOP_WAKE_MA and lc > 0:
+                direction = S.CHARGE
+                self._droop_flow = True
+            else:
+                self._droop_flow = False
+        else:
+            self._droop_flow = False
         want = (not faulted and power_state and not self.stopped
                 and ((direction == S.CHARGE and lc > 0) or (direction == S.DISCHARGE and ld > 0)))
         if want:
@@ -442,11 +459,12 @@ class Controller:
         # ---- current request (ramped up, cut down at once)
         desired = 0
         if want and close and inp.contactor_closed:
-            if direction == S.CHARGE:
-                desired = lc
+            if self._droop_flow:
+                desired = droop          # only what the grid asks, from holding
+            elif direction == S.CHARGE:
+                desired = lc + droop
             else:
-                desired = -ld
-            desired += self.grid_droop_ma
+                desired = -ld + droop
             if desired > lc:
                 desired = lc
             if desired < -ld:
@@ -476,7 +494,7 @@ class Controller:
             o.pwm_pm = P.PWM_STATE_F if self._pf_phase == _PH_HOLD else P.PWM_OFF
         elif self.weld or st == P.A or self.stopped:
             o.pwm_pm = P.PWM_OFF
-        elif direction == S.CHARGE and lc >= P.MIN_OFFER_MA:
+        elif direction == S.CHARGE and lc >= P.MIN_OFFER_MA and not self._droop_flow:
             o.pwm_pm = P.duty_for_ma(lc)
         else:
             o.pwm_pm = P.PWM_DIGITAL   # discharge/hold: the current is asked over CAN

@@ -263,3 +263,19 @@ def test_micropython_gives_the_same_trip_times(matrix, profile, name):
     assert mp["aligned"]["vm"] == "micropython"
     for key in ("trip_ms", "share_ms", "code", "fw_elapsed_ms", "msg"):
         assert mp["aligned"][key] == cp["aligned"][key], key
+
+
+def test_an_ev_holding_at_its_target_answers_the_grid_both_ways():
+    """At its SoC target the EV holds (no current); a frequency deviation beyond the
+    deadband wakes it as a source (under-frequency) or a sink (over-frequency), and it goes
+    back to holding when the grid recovers."""
+    hold = (4000, "setpoint", {"soc_target_pct": 50, "txn": "hold-here"})
+    rows, res = gc.droop_run("IEEE1547_CAT_II_60HZ", [-1000, 1000], extra_events=[hold],
+                             ev={"soc_pct": 50.0})
+    under, over = rows
+    assert abs(under["request_a"] - gc.expected_droop_a("IEEE1547_CAT_II_60HZ", 59000)) <= 0.06, under
+    assert under["amps"] < -8.0                              # a source
+    assert abs(over["request_a"] - gc.expected_droop_a("IEEE1547_CAT_II_60HZ", 61000)) <= 0.06, over
+    assert over["amps"] > 8.0                                # a sink
+    last = res.ticks()[-1]
+    assert last["request_a"] == 0.0 and last["mode"] == "paused"   # back to holding at nominal
