@@ -32,7 +32,7 @@ mpy: venv
 	$(VPY) -m host_tools.mpy_check
 
 sim: venv npm
-	$(VENV)/bin/v2g sim scenarios/demo.toml
+	$(VENV)/bin/v2g sim scenarios/demo.toml --plot build/sim/demo.png
 
 perf: venv npm
 	$(VPY) -m bench
