@@ -437,6 +437,7 @@ class LinkClient:
         txn = txn or new_txn()
         if not 1 <= len(txn) <= TXN_MAX_LEN:
             raise LinkError(f"txn length {len(txn)} not in 1..{TXN_MAX_LEN}")
+        self._raise_if_dead()   # do not wait a whole timeout on a link that already failed
         entry = [threading.Event(), None, 0.0]
         with self._lock:
             if txn in self._pending:
@@ -578,6 +579,11 @@ class LinkClient:
 
     def _heartbeat(self) -> None:
         while not self._stop.is_set():
+            if self.error:
+                # A host that can no longer hear the controller must not look alive to it:
+                # without heartbeats the controller falls back to charge-only (V2G-101).
+                log.warning("link: heartbeats stopped, the reader failed: %s", self.error)
+                return
             self._hb_seq += 1
             try:
                 self.send({"v": VERSION, "t": "hb", "seq": self._hb_seq, "host_ms": self.now_ms()})

@@ -165,6 +165,25 @@ class VirtualBoard:
 
     def start(self):
         self.check()
+        if self.repl_port is not None:
+            # first, so a port in use is refused before anything else is started
+            try:
+                self._listener = socket.create_server(("127.0.0.1", self.repl_port))
+            except OSError as e:
+                raise BoardError("cannot serve the REPL on 127.0.0.1:{}: {}".format(
+                    self.repl_port, e.strerror)) from None
+            self._listener.setblocking(False)
+        try:
+            self._start_parts()
+        except BaseException:
+            self.stop()
+            raise
+        if not self.ready.wait(30):
+            self.stop()
+            raise BoardError("the MicroPython VM did not start within 30 s")
+        return self.endpoints()
+
+    def _start_parts(self):
         if not self.blank and not any(self.state_dir.iterdir()):
             provision(self.state_dir, self.board)
         self.ptys = {"repl": Pty()}
@@ -172,16 +191,9 @@ class VirtualBoard:
             if name != "can":
                 self.ptys[name] = Pty()
         self._start_buses()
-        if self.repl_port is not None:
-            self._listener = socket.create_server(("127.0.0.1", self.repl_port))
-            self._listener.setblocking(False)
         self._spawn(raw=False)
         self._thread = threading.Thread(target=self._relay, name="vboard-relay", daemon=True)
         self._thread.start()
-        if not self.ready.wait(30):
-            self.stop()
-            raise BoardError("the MicroPython VM did not start within 30 s")
-        return self.endpoints()
 
     def _start_buses(self):
         """The CAN bus with its slcan endpoint, the wiring file, and the meter simulator."""

@@ -15,6 +15,7 @@ import tty
 
 import cbor2
 import pytest
+import serial
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -399,3 +400,43 @@ def test_doc_examples_are_real_frames():
         assert len(msgs) == 1 and link.check(msgs[0]) is None
         assert hlink.Deframer().feed(f) == msgs
     assert rx.stats["frames_ok"] == len(frames)
+
+
+class _DeafPort:
+    """A port whose reading side fails while writing still works (a half-broken adapter)."""
+
+    in_waiting = 0
+
+    def __init__(self):
+        self.written = []
+
+    def read(self, n):
+        time.sleep(0.05)
+        raise serial.SerialException("read failed: device reports readiness to read but returned no data")
+
+    def write(self, data):
+        self.written.append(bytes(data))
+        return len(data)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_deaf_client_stops_its_heartbeats_and_fails_commands_at_once():
+    port = _DeafPort()
+    client = hlink.LinkClient("deaf", heartbeat_s=0.05, port=port).open()
+    try:
+        time.sleep(0.5)
+        assert client.error
+        n = len(port.written)
+        time.sleep(0.3)
+        assert len(port.written) == n, "heartbeats went on after the reader failed"
+        start = time.monotonic()
+        with pytest.raises(hlink.LinkError, match="failed"):
+            client.command("status", timeout=5)
+        assert time.monotonic() - start < 0.5
+    finally:
+        client.close()

@@ -193,3 +193,17 @@ def test_repl_on_a_socket_url(tmp_path):
         assert proc.stdout.strip() == "9", proc.stderr
     finally:
         b.stop()
+
+
+def test_repl_port_in_use_is_refused_in_one_line(tmp_path):
+    import socket
+    busy = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = busy.getsockname()[1]
+        proc = subprocess.run([V2G, "vboard", "--state", str(tmp_path / "s"), "--repl-port", str(port)],
+                              capture_output=True, text=True, timeout=30)
+    finally:
+        busy.close()
+    assert proc.returncode != 0
+    assert "cannot serve the REPL on 127.0.0.1:{}".format(port) in proc.stderr
+    assert "Traceback" not in proc.stderr
