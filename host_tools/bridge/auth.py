@@ -7,6 +7,9 @@ station does not work on another). Anything else is V2G-401.
 """
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from host_tools.bridge import config as cfgdir
 
@@ -32,7 +35,14 @@ class TokenVerifier:
             return cls(secret, "HS256", audience)
         pub = cfgdir.secret_text(d, "app_jwt_public.pem")
         if pub:
-            return cls(pub, "ES256", audience)
+            # parsed now: a damaged key must stop the bridge at start-up, not fail every command
+            try:
+                key = serialization.load_pem_public_key(pub.encode())
+            except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+                raise cfgdir.ConfigDirError(f"{d}/app_jwt_public.pem is not a PEM public key: {e}") from e
+            if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+                raise cfgdir.ConfigDirError(f"{d}/app_jwt_public.pem is not an EC P-256 public key (ES256)")
+            return cls(key, "ES256", audience)
         return None
 
     def verify(self, token) -> dict:
@@ -52,3 +62,5 @@ class TokenVerifier:
             raise AuthError("token signature does not verify") from e
         except jwt.InvalidTokenError as e:
             raise AuthError(f"token refused: {e}") from e
+        except (jwt.PyJWTError, ValueError, TypeError) as e:   # e.g. a key the library cannot use
+            raise AuthError(f"token refused: {type(e).__name__}") from e

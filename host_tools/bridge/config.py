@@ -12,8 +12,9 @@ Files (all optional unless the chosen security profile needs them):
     mqtt_password          password for the MQTT user given in the broker URL
     mqtt_client_cert.pem, mqtt_client_key.pem   optional client certificate towards the broker
 
-The bridge refuses to start when the directory or any secret in it is writable by
-others: whoever can replace a key can impersonate the CSMS or the app.
+The bridge refuses to start when the directory or any file in it is writable by its
+group or others (whoever can replace a key or a CA can impersonate the CSMS or the app),
+when a secret or private key is readable by others, or when a symlink in it dangles.
 """
 
 import os
@@ -32,8 +33,18 @@ def _is_secret(name: str) -> bool:
     return name in SECRET_NAMES or name.endswith((".key", "_key.pem", ".secret"))
 
 
+def _is_private_key(p: Path) -> bool:
+    if not p.name.endswith(".pem") or p.name.endswith(("_public.pem", "_cert.pem", "_ca.pem")):
+        return False
+    try:
+        return b"PRIVATE KEY" in p.read_bytes()[:4096]
+    except OSError:
+        return False
+
+
 def check_config_dir(path) -> Path:
-    """Raise ConfigDirError if the directory or a secret in it is writable by others."""
+    """Raise ConfigDirError if the directory or any file in it is writable by group or
+    others, a secret is readable by others, or a symlink in it dangles."""
     d = Path(path)
     try:
         st = d.stat()
@@ -44,12 +55,28 @@ def check_config_dir(path) -> Path:
     if st.st_mode & stat.S_IWOTH:
         raise ConfigDirError(f"config directory {d} is writable by others "
                              f"(mode {stat.S_IMODE(st.st_mode):04o}); fix with: chmod o-w {d}")
+    if st.st_mode & stat.S_IWGRP:
+        raise ConfigDirError(f"config directory {d} is writable by its group "
+                             f"(mode {stat.S_IMODE(st.st_mode):04o}); fix with: chmod g-w {d}")
     for p in sorted(d.iterdir()):
-        if not _is_secret(p.name):
+        lst = p.lstat()
+        if stat.S_ISLNK(lst.st_mode):
+            try:
+                m = p.stat().st_mode      # the target's mode is what counts
+            except OSError as e:
+                raise ConfigDirError(f"{p} is a symlink to {os.readlink(p)}, which does not exist "
+                                     "(a dangling link): fix or remove it") from e
+        else:
+            m = lst.st_mode
+        if stat.S_ISDIR(m):
             continue
-        m = p.stat().st_mode
-        if m & stat.S_IWOTH:
-            raise ConfigDirError(f"private key {p} is writable by others "
+        what = "secret" if _is_secret(p.name) else "file"
+        if m & (stat.S_IWGRP | stat.S_IWOTH):
+            who = "others" if m & stat.S_IWOTH else "its group"
+            raise ConfigDirError(f"{what} {p} is writable by {who} "
+                                 f"(mode {stat.S_IMODE(m):04o}); fix with: chmod go-w {p}")
+        if (_is_secret(p.name) or _is_private_key(p)) and m & stat.S_IROTH:
+            raise ConfigDirError(f"secret {p} is readable by others "
                                  f"(mode {stat.S_IMODE(m):04o}); fix with: chmod 600 {p}")
     return d
 

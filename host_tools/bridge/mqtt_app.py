@@ -33,7 +33,7 @@ def topic(station, leaf):
 
 class MqttApp:
     def __init__(self, url, *, ca_file=None, cert_file=None, key_file=None, password=None,
-                 client_id="v2g-bridge", will_stations=()):
+                 client_id="v2g-bridge", will_stations=(), clog=None):
         u = urllib.parse.urlsplit(url)
         if u.scheme not in ("mqtt", "mqtts"):
             raise ValueError(f"MQTT URL must be mqtt:// or mqtts://, got {url!r}")
@@ -41,6 +41,7 @@ class MqttApp:
         self.tls = u.scheme == "mqtts"
         self.port = u.port or (8883 if self.tls else 1883)
         self.handlers = {}       # station -> async fn(payload dict or None, raw bytes, props)
+        self.clog = clog         # central_system.log (CentralLog) or None
         self.loop = None
         self.connected = asyncio.Event()
         self.counters = {"published": 0, "commands": 0, "dropped": 0}
@@ -84,7 +85,11 @@ class MqttApp:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
-            log.warning("MQTT connect refused: %s", reason_code)
+            log.error("MQTT connect refused: %s", reason_code)
+            if self.clog is not None:
+                # an error line, not only a warning: a wrong user or password stops the app channel
+                self.clog.event("-", "V2G-401", f"MQTT broker {self.host}:{self.port} refused the login: "
+                                f"{reason_code}")
             return
         for st in self.handlers:
             client.subscribe(topic(st, "cmd"), qos=1)
@@ -103,7 +108,29 @@ class MqttApp:
             return
         corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
         self.counters["commands"] += 1
-        asyncio.run_coroutine_threadsafe(handler(msg.payload, corr), self.loop)
+        fut = asyncio.run_coroutine_threadsafe(self._guarded(parts[1], handler, msg.payload, corr), self.loop)
+        fut.add_done_callback(self._handler_done)
+
+    async def _guarded(self, station, handler, payload, corr):
+        """Run a station's command handler; whatever it raises, the app gets a V2G-400 result."""
+        try:
+            await handler(payload, corr)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:   # noqa: BLE001 - never leave the app without a cmd/result
+            log.exception("%s: command handler failed", station)
+            if self.clog is not None:
+                self.clog.event(station, "V2G-400", f"app command failed: {type(e).__name__}: {e}")
+            self.publish(station, "cmd/result", {"txn": None, "ok": False, "code": "V2G-400",
+                                                  "msg": f"command not processed: {type(e).__name__}",
+                                                  "data": {}}, qos=1, correlation=corr)
+
+    def _handler_done(self, fut):
+        if fut.cancelled():
+            return
+        e = fut.exception()
+        if e is not None:
+            log.error("MQTT command handler ended with %r", e)
 
     # -- publishing (any thread)
 

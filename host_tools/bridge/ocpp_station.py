@@ -14,13 +14,16 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import ssl
+import urllib.parse
 import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import websockets
+import websockets.exceptions
 
 from host_tools import link as hl
 from host_tools.bridge import profiles as prof
@@ -28,6 +31,7 @@ from host_tools.bridge import variables as V
 from host_tools.bridge.backoff import Backoff
 from host_tools.bridge.ocpp_proto import VERSIONS, CallRefused, charge_point_class
 from host_tools.bridge.queue import DiskQueue, read_json, write_json_atomic
+from ocpp.exceptions import OCPPError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,23 @@ HANDSHAKE_TIMEOUT_S = 10.0
 TRIGGERABLE = ("BootNotification", "Heartbeat", "StatusNotification", "MeterValues",
                "TransactionEvent", "FirmwareStatusNotification", "LogStatusNotification")
 FAULT_CODES = ("V2G-010", "V2G-011", "V2G-012")
+# the OCPP identity: what may appear in the CSMS URL and in file names under the state dir
+STATION_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,48}$")
+# CALLERROR codes that say the message itself is wrong: sending it again cannot succeed
+PERMANENT_ERRORS = frozenset(("FormatViolation", "FormationViolation", "PropertyConstraintViolation",
+                              "OccurrenceConstraintViolation", "OccurenceConstraintViolation",
+                              "TypeConstraintViolation", "ProtocolError", "NotImplemented", "NotSupported"))
+QUEUE_RETRY_MAX_S = 60.0
+LOOP_RESTART_S = 1.0
+
+
+def check_station_id(station_id):
+    """Raise ValueError unless station_id is a usable OCPP identity."""
+    if (not isinstance(station_id, str) or not STATION_ID_RE.match(station_id)
+            or station_id in (".", "..")):
+        raise ValueError(f"station id {station_id!r} is not a valid OCPP identity: 1 to 48 of "
+                         "A-Z a-z 0-9 . _ : - (and not '.' or '..')")
+    return station_id
 
 
 def utcnow():
@@ -85,9 +106,9 @@ class Security:
 class OcppStation:
     def __init__(self, station_id, url, ctl, state_dir, clog, *, max_version="2.1",
                  security=None, backoff=None, meter_interval_s=60.0, response_timeout=30.0,
-                 handshake_timeout_s=HANDSHAKE_TIMEOUT_S):
-        self.id = station_id
-        self.url = url.rstrip("/") + "/" + station_id
+                 handshake_timeout_s=HANDSHAKE_TIMEOUT_S, allow_file_updates=False):
+        self.id = check_station_id(station_id)
+        self.url = url.rstrip("/") + "/" + urllib.parse.quote(station_id, safe="")
         self.ctl = ctl
         self.clog = clog
         self.security = security or Security(0)
@@ -119,28 +140,64 @@ class OcppStation:
         self._last_meter = 0.0
         self.counters = {"tx_events_sent": 0, "tx_events_offline": 0, "connects": 0}
         self.firmware_status = "Idle"
+        self._firmware_busy = False
+        self.allow_file_updates = allow_file_updates
         self._reset_on_idle = False
+        self.dead_letter = self.state_dir / "tx_queue" / "dead"
+        self._tasks = {}
+        self._stopping = False
+        self.queue_retry = Backoff(1.0, 0.0, 6)    # waits after a transient refusal (capped at 60 s)
 
     # ------------------------------------------------------------------ connection
 
-    async def run(self):
-        asyncio.ensure_future(self._queue_sender())
-        asyncio.ensure_future(self._profile_ticker())
-        while True:
-            try:
-                await self._session()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.info("%s: CSMS session ended: %s", self.id, e)
-            self.connected.clear()
-            self.cp = None
-            if self._reconnect.is_set():
-                self._reconnect.clear()
+    def _supervise(self):
+        """(Re)start the background loops; one that ended for any reason is logged and restarted."""
+        for name, fn in (("queue sender", self._queue_sender), ("profile ticker", self._profile_ticker)):
+            t = self._tasks.get(name)
+            if t is not None and not t.done():
                 continue
-            wait = self.backoff.next()
-            self.clog.event(self.id, "INFO", f"CSMS unreachable, retrying in {wait:.1f} s")
-            await asyncio.sleep(wait)
+            if t is not None:
+                why = "ended" if t.cancelled() or t.exception() is None else repr(t.exception())
+                self.clog.event(self.id, "V2G-400", f"{name} stopped ({why}), restarted")
+            t = self._tasks[name] = asyncio.ensure_future(fn())
+            t.add_done_callback(self._loop_ended)
+        if len(self.queue):
+            self._queue_kick.set()   # a restarted sender looks at the queue at once
+
+    def _loop_ended(self, task):
+        if self._stopping or task.cancelled():
+            return
+        asyncio.get_running_loop().call_later(LOOP_RESTART_S, self._supervise)
+
+    async def _stop_tasks(self):
+        self._stopping = True
+        tasks = [t for t in self._tasks.values() if not t.done()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def run(self):
+        self._supervise()
+        try:
+            while True:
+                try:
+                    await self._session()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    log.info("%s: CSMS session ended: %s", self.id, e)
+                self.connected.clear()
+                self.cp = None
+                self._supervise()
+                if self._reconnect.is_set():
+                    self._reconnect.clear()
+                    continue
+                wait = self.backoff.next()
+                self.clog.event(self.id, "INFO", f"CSMS unreachable, retrying in {wait:.1f} s")
+                await asyncio.sleep(wait)
+        finally:
+            await self._stop_tasks()
 
     async def _session(self):
         try:
@@ -175,17 +232,21 @@ class OcppStation:
                 self.connected.set()
                 await self._send_status(force=True)
                 self._queue_kick.set()
+                self._supervise()
                 hb = asyncio.ensure_future(self._heartbeats())
+                rc = asyncio.ensure_future(self._reconnect.wait())
                 try:
-                    done, _ = await asyncio.wait([reader, asyncio.ensure_future(self._reconnect.wait())],
-                                                 return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait([reader, rc], return_when=asyncio.FIRST_COMPLETED)
                 finally:
-                    hb.cancel()
+                    for t in (hb, rc):
+                        t.cancel()
+                    await asyncio.gather(hb, rc, return_exceptions=True)
                 if reader in done and reader.exception():
                     raise reader.exception()
             finally:
                 self.connected.clear()
                 reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
 
     async def _boot(self):
         await self.ctl.wait_ready(10.0)   # the BootNotification carries the controller's firmware version
@@ -211,6 +272,15 @@ class OcppStation:
                 await self.cp.call_raw("Heartbeat", {})
             except (asyncio.TimeoutError, CallRefused) as e:
                 log.info("%s: heartbeat unanswered: %s", self.id, e)
+            except asyncio.CancelledError:
+                raise
+            except websockets.exceptions.ConnectionClosed:
+                return   # the session ends on its own; the next one starts new heartbeats
+            except OCPPError as e:   # the CSMS's answer failed the schema: keep beating
+                self.clog.event(self.id, "V2G-400", f"Heartbeat answer refused: {type(e).__name__}: {e}")
+            except Exception as e:   # noqa: BLE001 - a bug must not stop the heartbeats
+                log.exception("%s: heartbeat failed", self.id)
+                self.clog.event(self.id, "V2G-400", f"Heartbeat failed: {type(e).__name__}: {e}")
 
     def reconnect(self, reason="RemoteReset"):
         self.boot_reason = reason
@@ -237,8 +307,20 @@ class OcppStation:
         self.queue.put(payload)
         self._queue_kick.set()
 
+    def _dead_letter(self, n, payload, why):
+        """Set a message the CSMS can never accept aside in tx_queue/dead/ (kept for billing,
+        never deleted) so the messages behind it go out."""
+        self.dead_letter.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.dead_letter / "{:012d}.json".format(n), {"reason": why, "payload": payload})
+        self.queue.pop(n)
+        self.counters["tx_events_dead"] = self.counters.get("tx_events_dead", 0) + 1
+        self.clog.event(self.id, "V2G-400", f"TransactionEvent seqNo {payload.get('seqNo')} refused by the "
+                        f"CSMS ({why}): moved to {self.dead_letter.name}/{n:012d}.json")
+
     async def _queue_sender(self):
-        attempts = 0
+        """Drain the offline queue in order. Nothing here ends the loop: a permanent refusal
+        moves the message to the dead-letter directory, anything else keeps it and retries."""
+        retry = self.queue_retry
         while True:
             await self._queue_kick.wait()
             self._queue_kick.clear()
@@ -248,18 +330,39 @@ class OcppStation:
                     break
                 n, payload = head
                 cp = self.cp
+                if cp is None:
+                    break
                 try:
                     await cp.call_raw("TransactionEvent", payload)
+                except asyncio.CancelledError:
+                    raise
                 except CallRefused as e:
-                    attempts += 1
-                    if attempts < 3:
-                        await asyncio.sleep(1)
+                    if e.code in PERMANENT_ERRORS:
+                        self._dead_letter(n, payload, str(e))
+                        retry.reset()
                         continue
+                    wait = min(retry.next(), QUEUE_RETRY_MAX_S)
                     self.clog.event(self.id, "V2G-400", f"TransactionEvent seqNo {payload.get('seqNo')} "
-                                    f"refused by the CSMS 3 times, dropped: {e}")
-                except (asyncio.TimeoutError, websockets.exceptions.ConnectionClosed, AttributeError):
+                                    f"refused ({e}); kept, retry in {wait:g} s")
+                    await asyncio.sleep(wait)
+                    continue
+                except (asyncio.TimeoutError, websockets.exceptions.ConnectionClosed) as e:
+                    log.info("%s: TransactionEvent not delivered: %r", self.id, e)
                     break   # stays queued; sent again after reconnect
-                attempts = 0
+                except OCPPError as e:
+                    # our payload or the CSMS's answer failed the schema: the same message
+                    # would fail again, so it goes aside instead of blocking the queue
+                    self._dead_letter(n, payload, f"{type(e).__name__}: {e}")
+                    retry.reset()
+                    continue
+                except Exception as e:   # noqa: BLE001 - a bug must not stop the queue for good
+                    log.exception("%s: queue sender", self.id)
+                    wait = min(retry.next(), QUEUE_RETRY_MAX_S)
+                    self.clog.event(self.id, "V2G-400", f"TransactionEvent seqNo {payload.get('seqNo')} "
+                                    f"not sent ({type(e).__name__}: {e}); kept, retry in {wait:g} s")
+                    await asyncio.sleep(wait)
+                    continue
+                retry.reset()
                 self.queue.pop(n)
                 self.counters["tx_events_sent"] += 1
 
@@ -384,7 +487,13 @@ class OcppStation:
         while True:
             await asyncio.sleep(1.0)
             if self.profiles.profiles or self.plan is not None:
-                await self.apply_profiles()
+                try:
+                    await self.apply_profiles()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:   # noqa: BLE001 - the ticker must outlive a bad plan or link
+                    log.exception("%s: profile ticker", self.id)
+                    self.clog.event(self.id, "V2G-400", f"charging profile not applied: {type(e).__name__}: {e}")
 
     async def apply_profiles(self):
         tx, mx = self.profiles.composite(utcnow(), self.tx.get("id"), prof.parse_time(self.tx.get("start")))
@@ -713,6 +822,13 @@ class OcppStation:
     def on_GetLog(self, log, log_type, request_id, **_):  # noqa: A002
         if log_type != "DiagnosticsLog":
             return {"status": "Rejected", "statusInfo": self._status_info("UnsupportedLogType", log_type)}
+        scheme = str(log.get("remote_location", "")).split(":", 1)[0].lower()
+        allowed = ("https",) if self.security.profile >= 2 else ("http", "https")
+        if scheme not in allowed:
+            why = (f"remoteLocation {scheme}:// refused: security profile {self.security.profile} "
+                   f"uploads over {' or '.join(allowed)} only")
+            self.clog.event(self.id, "V2G-400", f"GetLog {request_id}: {why}")
+            return {"status": "Rejected", "statusInfo": self._status_info("InvalidURL", why)}
         return {"status": "Accepted", "filename": f"{self.id}-diagnostics-{request_id}.json"}
 
     async def after_GetLog(self, result, log, log_type, request_id, **_):  # noqa: A002
@@ -738,6 +854,20 @@ class OcppStation:
         if fota is None:
             return {"status": "Rejected", "statusInfo": self._status_info(
                 "NotSupported", "signed updates are not available on this gateway yet")}
+        if self._firmware_busy:
+            # OCPP 2.0.1 L01.FR.24: an update in progress that cannot be cancelled -> Rejected
+            # (a push to the controller cannot be stopped half way)
+            return {"status": "Rejected", "statusInfo": self._status_info(
+                "InProgress", f"an update is already in progress (status {self.firmware_status})")}
+        location = str(firmware.get("location", ""))
+        scheme = location.split(":", 1)[0].lower() if ":" in location else ""
+        allowed = ("http", "https", "file") if self.allow_file_updates else ("http", "https")
+        if scheme not in allowed:
+            why = (f"firmware location {scheme or location!r}:// is not allowed ({', '.join(allowed)}"
+                   f"{'' if self.allow_file_updates else '; file:// needs --allow-file-updates'})")
+            self.clog.event(self.id, "V2G-400", f"UpdateFirmware {request_id}: {why}")
+            return {"status": "Rejected", "statusInfo": self._status_info("InvalidURL", why)}
+        self._firmware_busy = True    # set here: a second request may arrive before after_ runs
         return {"status": "Accepted"}
 
     async def after_UpdateFirmware(self, result, request_id, firmware, **_):
@@ -748,7 +878,10 @@ class OcppStation:
             self.firmware_status = status
             await self._call("FirmwareStatusNotification", {"status": status, "requestId": request_id})
 
-        await self.ctl.fota(firmware, report)
+        try:
+            await self.ctl.fota(firmware, report)
+        finally:
+            self._firmware_busy = False
 
 
 def _http_put(url, body):

@@ -7,10 +7,12 @@ CSMS and the app are told.
 """
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
 import time
+import urllib.parse
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +22,7 @@ from host_tools.bridge import config as cfgdir
 from host_tools.bridge.alink import AsyncLink
 from host_tools.bridge.auth import AuthError, TokenVerifier
 from host_tools.bridge.backoff import Backoff
-from host_tools.bridge.ocpp_station import OcppStation, Security
+from host_tools.bridge.ocpp_station import OcppStation, Security, check_station_id
 from host_tools.bridge.queue import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -73,16 +75,54 @@ def v2g_reason(status, online, plugged):
     return True, None
 
 
+class _CurrentLink:
+    """Stands for the bridge's host link of the moment (looked up on every attribute use)."""
+
+    def __init__(self, bridge):
+        self._bridge = bridge
+
+    def __getattr__(self, name):
+        link = self._bridge.link
+        if link is None:
+            raise hl.LinkError(f"controller {self._bridge.id} is offline")
+        return getattr(link, name)
+
+
+class StateDirLocked(Exception):
+    """Another bridge process serves this station from the same state directory."""
+
+
+def lock_state_dir(d):
+    """An exclusive flock on d/lock, held for the life of the returned file; the file names
+    the holder's pid so the refusal can say which process has it."""
+    path = Path(d) / "lock"
+    f = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise StateDirLocked(f"state directory {d} is in use by another bridge (pid {holder}); "
+                             "two bridges on one station would overwrite each other's queue") from e
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
 class StationBridge:
     def __init__(self, station_id, link_url, csms_url, *, clog, state_dir, config_dir=None,
                  mqtt=None, verifier=None, max_version="2.1", security=None, meter_interval_s=60.0,
                  tel_batch=5, backoff=None, hello_timeout_s=5.0, heartbeat_s=hl.HEARTBEAT_S,
-                 fota=None, handshake_timeout_s=10.0):
-        self.id = station_id
+                 fota=None, handshake_timeout_s=10.0, allow_file_updates=False):
+        self.id = check_station_id(station_id)
         self.link_url = link_url
         self.clog = clog
         self.state_dir = Path(state_dir) / station_id
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_state_dir(self.state_dir)   # before the queue is opened (it tidies files)
         self.mqtt = mqtt
         self.verifier = verifier
         self.tel_batch = tel_batch
@@ -106,7 +146,8 @@ class StationBridge:
         self._cmd_lock = asyncio.Lock()
         self.ocpp = OcppStation(station_id, csms_url, self, self.state_dir / "ocpp", clog,
                                 max_version=max_version, security=security, backoff=backoff,
-                                meter_interval_s=meter_interval_s, handshake_timeout_s=handshake_timeout_s)
+                                meter_interval_s=meter_interval_s, handshake_timeout_s=handshake_timeout_s,
+                                allow_file_updates=allow_file_updates)
         self.frame_hook = None   # bench: called with each cmd sent to the controller
         self._ready = asyncio.Event()
 
@@ -115,7 +156,9 @@ class StationBridge:
             await report("InstallationFailed")
             return
         from host_tools import fota as fota_mod
-        await fota_mod.bridge_updater(self.link)(firmware, report)
+        # the controller reboots during an update and the link loop opens a new link:
+        # every use goes to the link of the moment, not the one open when the update began
+        await fota_mod.bridge_updater(_CurrentLink(self))(firmware, report)
 
     async def wait_ready(self, timeout):
         """Wait (at most timeout s) for the controller's hello."""
@@ -207,6 +250,13 @@ class StationBridge:
         finally:
             for t in tasks:
                 t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self):
+        """Release the state directory (the lock); the bridge must not run after this."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     async def _link_loop(self):
         back = Backoff(1.0, 1.0, 3)
@@ -318,7 +368,14 @@ class StationBridge:
     # ------------------------------------------------------------------ app commands
 
     async def on_app_message(self, raw, correlation=None):
-        result = await self.app_command(raw)
+        try:
+            result = await self.app_command(raw)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:   # noqa: BLE001 - the app always gets an answer
+            log.exception("%s: app command failed", self.id)
+            self.clog.event(self.id, "V2G-400", f"app command failed: {type(e).__name__}: {e}")
+            result = self._result(None, False, "V2G-400", f"command not processed: {type(e).__name__}")
         self.mqtt.publish(self.id, "cmd/result", result, qos=1, correlation=correlation)
 
     async def app_command(self, raw):
@@ -327,8 +384,9 @@ class StationBridge:
             msg = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
             if not isinstance(msg, dict):
                 raise ValueError("a command is a JSON object")
-        except ValueError as e:
-            return self._result(None, False, "V2G-400", f"command is not valid JSON: {e}")
+        except (ValueError, RecursionError) as e:   # RecursionError: nesting too deep to parse
+            return self._result(None, False, "V2G-400", f"command is not valid JSON: {type(e).__name__}: "
+                                f"{str(e)[:200]}")
         txn = msg.get("txn")
         if not isinstance(txn, str) or not 1 <= len(txn) <= 40:
             return self._result(None, False, "V2G-400", "txn: must be text of 1 to 40 characters")
@@ -347,7 +405,10 @@ class StationBridge:
                 res = self.results[txn]
                 self.clog.event(self.id, "INFO", f"app command txn {txn} repeated: original result sent again")
             else:
-                res = await self._app_op(txn, op, msg.get("args") or {})
+                try:
+                    res = await self._app_op(txn, op, msg.get("args") or {})
+                except (RecursionError, ValueError) as e:   # args the link cannot encode
+                    res = self._result(txn, False, "V2G-400", f"args: {type(e).__name__}: {str(e)[:200]}")
                 if not res.get("unreachable"):   # a link outage is not an answer worth keeping
                     self.results[txn] = res
                     while len(self.results) > RESULTS_KEPT:
@@ -392,35 +453,63 @@ class Gateway:
 
     def __init__(self, stations, *, csms_url, config_dir, log_dir, state_dir, mqtt_url=None,
                  max_version="2.1", security_profile=None, meter_interval_s=60.0, tel_batch=5,
-                 backoff=None, handshake_timeout_s=10.0):
+                 backoff=None, handshake_timeout_s=10.0, allow_file_updates=False):
+        stations = list(stations)
+        if not stations:
+            raise ValueError("no stations to serve")
+        seen = set()
+        for station_id, _ in stations:
+            check_station_id(station_id)
+            if station_id in seen:
+                raise ValueError(f"station id {station_id!r} is given twice: each controller needs its own id")
+            seen.add(station_id)
         d = cfgdir.check_config_dir(config_dir)
-        self.clog = CentralLog(log_dir)
+        verifiers = {sid: TokenVerifier.from_config_dir(d, sid) for sid, _ in stations}   # bad key: refuse now
         sec = security_for(csms_url, d, security_profile)
+        mqtt_pw = cfgdir.secret_text(d, "mqtt_password")
+        if mqtt_url and mqtt_pw and not urllib.parse.urlsplit(mqtt_url).username:
+            raise ValueError("mqtt_password is in the config directory but the --mqtt URL names no user: "
+                             "give it as mqtt(s)://USER@HOST:PORT (else the password would never be sent)")
+        self.clog = CentralLog(log_dir)
         self.mqtt = None
         if mqtt_url:
             from host_tools.bridge.mqtt_app import MqttApp
             self.mqtt = MqttApp(mqtt_url, ca_file=cfgdir.file_or_none(d, "mqtt_ca.pem"),
                                 cert_file=cfgdir.file_or_none(d, "mqtt_client_cert.pem"),
                                 key_file=cfgdir.file_or_none(d, "mqtt_client_key.pem"),
-                                password=cfgdir.secret_text(d, "mqtt_password"),
+                                password=mqtt_pw, clog=self.clog,
                                 client_id=f"v2g-bridge-{os.getpid()}",
                                 will_stations=[s for s, _ in stations][:1] if len(stations) == 1 else ())
         self.bridges = []
-        for station_id, link_url in stations:
-            verifier = TokenVerifier.from_config_dir(d, station_id)
-            self.bridges.append(StationBridge(
-                station_id, link_url, csms_url, clog=self.clog, state_dir=state_dir, config_dir=d,
-                mqtt=self.mqtt, verifier=verifier, max_version=max_version, security=sec,
-                meter_interval_s=meter_interval_s, tel_batch=tel_batch,
-                backoff=backoff() if backoff else None, handshake_timeout_s=handshake_timeout_s))
+        try:
+            for station_id, link_url in stations:
+                self.bridges.append(StationBridge(
+                    station_id, link_url, csms_url, clog=self.clog, state_dir=state_dir, config_dir=d,
+                    mqtt=self.mqtt, verifier=verifiers[station_id], max_version=max_version, security=sec,
+                    meter_interval_s=meter_interval_s, tel_batch=tel_batch,
+                    backoff=backoff() if backoff else None, handshake_timeout_s=handshake_timeout_s,
+                    allow_file_updates=allow_file_updates))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        """Release every station's state directory and the log."""
+        for b in self.bridges:
+            b.close()
+        self.clog.close()
 
     async def run(self):
         if self.mqtt is not None:
             await self.mqtt.start()
         self.clog.event("-", "INFO", f"bridge started for {len(self.bridges)} controller(s)")
+        tasks = [asyncio.ensure_future(b.run()) for b in self.bridges]
         try:
-            await asyncio.gather(*(b.run() for b in self.bridges))
+            await asyncio.gather(*tasks)
         finally:
+            for t in tasks:   # one station failing (or a cancel) stops them all, cleanly
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if self.mqtt is not None:
                 for b in self.bridges:
                     b.online = False

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import logging
+import math
 import signal
 import sys
 
@@ -10,7 +11,10 @@ import click
 
 from host_tools.bridge import config as cfgdir
 from host_tools.bridge.backoff import Backoff
-from host_tools.bridge.service import Gateway
+from host_tools.bridge.ocpp_station import check_station_id
+from host_tools.bridge.service import Gateway, StateDirLocked
+
+BACKOFF_MAX_S = 3600.0
 
 
 @click.command(name="bridge")
@@ -41,9 +45,13 @@ from host_tools.bridge.service import Gateway
               help="CSMS reconnect back-off (OCPP RetryBackOffWaitMinimum, RandomRange, RepeatTimes), seconds.")
 @click.option("--handshake-timeout", type=click.FloatRange(0.5, 120), default=10, show_default=True,
               help="Seconds allowed for the CSMS WebSocket and the controller hello handshakes.")
+@click.option("--allow-file-updates", is_flag=True,
+              help="Accept file:// firmware locations in UpdateFirmware (a lab or a local mirror); "
+                   "otherwise only http(s).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging on stderr.")
 def cli(link_url, csms_url, station_id, site_file, mqtt_url, max_version, security_profile, config_dir,
-        log_dir, state_dir, meter_interval, tel_batch, retry_backoff, handshake_timeout, verbose):
+        log_dir, state_dir, meter_interval, tel_batch, retry_backoff, handshake_timeout, allow_file_updates,
+        verbose):
     """Bridge a controller (or a site's controllers) to a CSMS over OCPP 2.0.1/2.1 and to the app over MQTT 5.
 
     Runs until SIGTERM or Ctrl-C. Events go to central_system.log in the log directory.
@@ -53,28 +61,52 @@ def cli(link_url, csms_url, station_id, site_file, mqtt_url, max_version, securi
     if site_file:
         try:
             site = json.loads(open(site_file, encoding="utf-8").read())
+            if not isinstance(site, list):
+                raise TypeError("not a list")
             stations = [(str(e["station_id"]), str(e["link"])) for e in site]
         except (ValueError, KeyError, TypeError) as e:
             raise click.ClickException(f"{site_file}: expected a JSON list of {{station_id, link}}: {e}") from e
+        if not stations:
+            raise click.ClickException(f"{site_file}: the site lists no controllers; nothing to serve")
     elif link_url and station_id:
         stations = [(station_id, link_url)]
     else:
         raise click.UsageError("give --link and --station-id (or --site FILE)")
+    seen = set()
+    for sid, _ in stations:
+        try:
+            check_station_id(sid)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from e
+        if sid in seen:
+            raise click.ClickException(f"station id {sid!r} is given twice: each controller needs its own id")
+        seen.add(sid)
     try:
         bmin, brange, brep = (float(x) for x in retry_backoff.split(","))
+        if not all(math.isfinite(v) for v in (bmin, brange, brep)):
+            raise ValueError("values must be finite")
+        if bmin <= 0 or brange < 0 or brep < 0 or brep != int(brep):
+            raise ValueError("MIN must be > 0, RANGE >= 0, REPEAT a whole number >= 0")
+        if brep > 20 or bmin * 2 ** brep > BACKOFF_MAX_S or brange > BACKOFF_MAX_S:
+            raise ValueError(f"the longest wait MIN x 2^REPEAT and RANGE must each be at most "
+                             f"{BACKOFF_MAX_S:g} s (REPEAT at most 20)")
         Backoff(bmin, brange, int(brep))
     except ValueError as e:
-        raise click.BadParameter(f"{retry_backoff!r}: expected MIN,RANGE,REPEAT, non-negative ({e})",
+        raise click.BadParameter(f"{retry_backoff!r}: expected MIN,RANGE,REPEAT ({e})",
                                  param_hint="--retry-backoff") from e
     try:
         gw = Gateway(stations, csms_url=csms_url, config_dir=config_dir,
                      log_dir=log_dir or cfgdir.default_log_dir(), state_dir=state_dir or cfgdir.default_state_dir(),
                      mqtt_url=mqtt_url, max_version=max_version, security_profile=security_profile,
                      meter_interval_s=meter_interval, tel_batch=tel_batch,
-                     backoff=lambda: Backoff(bmin, brange, int(brep)), handshake_timeout_s=handshake_timeout)
-    except (cfgdir.ConfigDirError, ValueError, OSError) as e:
+                     backoff=lambda: Backoff(bmin, brange, int(brep)), handshake_timeout_s=handshake_timeout,
+                     allow_file_updates=allow_file_updates)
+    except (cfgdir.ConfigDirError, StateDirLocked, ValueError, OSError) as e:
         raise click.ClickException(str(e)) from e
-    asyncio.run(_serve(gw))
+    try:
+        asyncio.run(_serve(gw))
+    finally:
+        gw.close()
     sys.exit(0)
 
 

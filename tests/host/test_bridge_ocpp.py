@@ -90,6 +90,7 @@ def rig(tmp_path_factory):
     (cfg / "app_jwt.secret").chmod(0o600)
     ca_key, ca_cert, ca_path = make_ca(tmp)
     (cfg / "mqtt_ca.pem").write_bytes(ca_path.read_bytes())
+    (cfg / "mqtt_ca.pem").chmod(0o644)
     (cfg / "mqtt_password").write_text("bridge-pw")
     (cfg / "mqtt_password").chmod(0o600)
     started = []
@@ -104,7 +105,7 @@ def rig(tmp_path_factory):
         started.append(app.close)
         args = (board.endpoints["link"], csms.url, STATION, cfg, tmp / "log", tmp / "state",
                 "--mqtt", f"mqtts://v2g-bridge@127.0.0.1:{broker.port}", "--meter-interval", "1",
-                "--tel-batch", "3", "--retry-backoff", "0.3,0.3,2")
+                "--tel-batch", "3", "--retry-backoff", "0.3,0.3,2", "--allow-file-updates")
         bridge = BridgeProc(*args)
         started.append(lambda: rig_state["bridge"].stop())
         plant = Plant(board.endpoints["plant"])

@@ -5,6 +5,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import os
 import random
 import subprocess
@@ -229,3 +230,343 @@ def test_config_dir_writable_by_others_or_a_writable_key_refuses_to_start(tmp_pa
                            "--log-dir", str(tmp_path / "log"), "--state-dir", str(tmp_path / "st")],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode != 0 and "writable by others" in proc.stderr
+
+
+# ---------------------------------------------------------------- robustness of the gateway
+
+class _Log:
+    def __init__(self):
+        self.lines = []
+
+    def event(self, station, code, msg):
+        self.lines.append((code, msg))
+
+    def text(self):
+        return "\n".join(f"{c} {m}" for c, m in self.lines)
+
+    def close(self):
+        pass
+
+
+class _FakeCp:
+    """A CSMS connection whose answers are scripted per call: an exception or a dict."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.sent = []
+
+    async def call_raw(self, action, payload):
+        self.sent.append((action, payload))
+        r = self.script.pop(0) if self.script else {}
+        if isinstance(r, BaseException):
+            raise r
+        return r
+
+
+def _station(tmp_path, sid="CS1", **kw):
+    from host_tools.bridge.ocpp_station import OcppStation
+    st = OcppStation(sid, "ws://127.0.0.1:9/ocpp", None, tmp_path / "ocpp", _Log(), **kw)
+    st.queue_retry = Backoff(0.01, 0, 1)
+    return st
+
+
+def _drain(st, script, n_msgs, until):
+    async def go():
+        for i in range(n_msgs):
+            st.queue.put({"seqNo": i})
+        st.cp = _FakeCp(script)
+        st.connected.set()
+        st._supervise()
+        st._queue_kick.set()
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if until(st):
+                break
+        alive = not st._tasks["queue sender"].done()
+        await st._stop_tasks()
+        return alive
+    return asyncio.run(go())
+
+
+def test_queue_sender_survives_a_schema_error_and_sets_the_message_aside(tmp_path):
+    from ocpp.exceptions import FormatViolationError
+
+    from host_tools.bridge.ocpp_proto import CallRefused
+    st = _station(tmp_path)
+    script = [FormatViolationError(details={"cause": "bad answer"}), {},
+              CallRefused("PropertyConstraintViolation", "no such key"), {}]
+    alive = _drain(st, script, 3, lambda s: len(s.queue) == 0)
+    assert alive, "the queue sender died"
+    assert len(st.queue) == 0
+    dead = sorted((tmp_path / "ocpp" / "tx_queue" / "dead").iterdir())
+    kept = [json.loads(p.read_text()) for p in dead]
+    assert [k["payload"]["seqNo"] for k in kept] == [0, 2]          # set aside, never deleted
+    assert "FormatViolation" in kept[0]["reason"] and "PropertyConstraint" in kept[1]["reason"]
+    assert [p["seqNo"] for _, p in st.cp.sent] == [0, 1, 2]
+    assert "moved to dead/" in st.clog.text()
+
+
+def test_queue_sender_keeps_a_message_on_transient_refusals(tmp_path):
+    from host_tools.bridge.ocpp_proto import CallRefused
+    st = _station(tmp_path)
+    script = [CallRefused("InternalError", "db down")] * 4 + [CallRefused("GenericError", "busy"),
+                                                              RuntimeError("bug"), {}]
+    alive = _drain(st, script, 1, lambda s: len(s.queue) == 0)
+    assert alive and len(st.queue) == 0
+    assert len(st.cp.sent) == 7 and all(p["seqNo"] == 0 for _, p in st.cp.sent)   # same message, kept
+    assert not (tmp_path / "ocpp" / "tx_queue" / "dead").exists()
+    assert st.counters["tx_events_sent"] == 1
+    assert "kept, retry" in st.clog.text() and "RuntimeError" in st.clog.text()
+
+
+def test_heartbeats_outlive_a_schema_error_and_a_dead_loop_is_restarted(tmp_path):
+    from ocpp.exceptions import FormatViolationError
+    st = _station(tmp_path)
+    st.heartbeat_s = 0.01
+    st.cp = _FakeCp([FormatViolationError(details={}), ValueError("x"), {}, {}])
+
+    async def go():
+        hb = asyncio.ensure_future(st._heartbeats())
+        await asyncio.sleep(0.2)
+        assert not hb.done()
+        hb.cancel()
+        # a loop that ends anyway is restarted by the supervisor
+        st._supervise()
+        st._tasks["profile ticker"].cancel()
+        st._tasks["profile ticker"] = asyncio.ensure_future(asyncio.sleep(0))
+        st._tasks["profile ticker"].add_done_callback(st._loop_ended)
+        await asyncio.sleep(0.01)
+        st._supervise()
+        restarted = not st._tasks["profile ticker"].done()
+        await st._stop_tasks()
+        return restarted
+    import host_tools.bridge.ocpp_station as os_mod
+    os_mod.LOOP_RESTART_S, old = 0.0, os_mod.LOOP_RESTART_S
+    try:
+        assert asyncio.run(go())
+    finally:
+        os_mod.LOOP_RESTART_S = old
+    assert len(st.cp.sent) >= 3
+    assert "Heartbeat answer refused" in st.clog.text() and "profile ticker stopped" in st.clog.text()
+
+
+def test_station_ids_are_checked_and_quoted_in_the_url(tmp_path):
+    from host_tools.bridge.ocpp_station import check_station_id
+    for bad in ("", ".", "..", "a/b", "a b", "x" * 49, "é", "a?b"):
+        with pytest.raises(ValueError, match="not a valid OCPP identity"):
+            check_station_id(bad)
+    st = _station(tmp_path, "site:CS-1.a_b")
+    assert st.url == "ws://127.0.0.1:9/ocpp/site%3ACS-1.a_b"
+    with pytest.raises(ValueError, match="OCPP identity"):
+        _station(tmp_path, "../evil")
+
+
+def test_update_firmware_one_at_a_time_and_only_allowed_locations(tmp_path):
+    from host_tools.bridge.ocpp_station import Security
+    st = _station(tmp_path)
+
+    class Ctl:
+        fota = object()
+    st.ctl = Ctl()
+    fw = {"location": "file:///srv/fw.v2gb", "retrieve_date_time": "2026-01-01T00:00:00Z"}
+    r = st.on_UpdateFirmware(1, fw)
+    assert r["status"] == "Rejected" and "allow-file-updates" in r["statusInfo"]["additionalInfo"]
+    assert st.on_UpdateFirmware(1, {**fw, "location": "ftp://x/fw"})["status"] == "Rejected"
+    assert st.on_UpdateFirmware(2, {**fw, "location": "https://x/fw"})["status"] == "Accepted"
+    second = st.on_UpdateFirmware(3, {**fw, "location": "https://x/fw2"})
+    assert second["status"] == "Rejected" and second["statusInfo"]["reasonCode"] == "InProgress"
+    st2 = _station(tmp_path / "b", allow_file_updates=True)
+    st2.ctl = Ctl()
+    assert st2.on_UpdateFirmware(1, fw)["status"] == "Accepted"
+    # the update ends (whatever the outcome): the next one is accepted again
+    done = []
+
+    async def fota(firmware, report):
+        done.append(firmware["location"])
+        raise RuntimeError("link lost")
+    st.ctl.fota = fota
+    with pytest.raises(RuntimeError):
+        asyncio.run(st.after_UpdateFirmware({"status": "Accepted"}, 2, {"location": "https://x/fw"}))
+    assert st.on_UpdateFirmware(4, {**fw, "location": "https://x/fw"})["status"] == "Accepted"
+    # GetLog: plain http only up to security profile 1
+    log_req = {"remote_location": "http://logs.example/up"}
+    assert st.on_GetLog(log_req, "DiagnosticsLog", 5)["status"] == "Accepted"
+    st.security = Security(2, password="pw")
+    r = st.on_GetLog(log_req, "DiagnosticsLog", 6)
+    assert r["status"] == "Rejected" and "https" in r["statusInfo"]["additionalInfo"]
+    assert st.on_GetLog({"remote_location": "https://logs.example/up"}, "DiagnosticsLog", 7)["status"] == "Accepted"
+
+
+def test_firmware_push_follows_the_link_of_the_moment(tmp_path):
+    from host_tools import link as hl
+    from host_tools.bridge.service import StationBridge, _CurrentLink
+    b = StationBridge("CS1", "/dev/null", "ws://127.0.0.1:9/ocpp", clog=_Log(), state_dir=tmp_path)
+    try:
+        cur = _CurrentLink(b)
+        with pytest.raises(hl.LinkError, match="offline"):
+            _ = cur.command
+
+        class L:
+            def __init__(self, name):
+                self.name = name
+        b.link = L("first")
+        assert cur.name == "first"
+        b.link = L("after the reboot")
+        assert cur.name == "after the reboot"
+    finally:
+        b.close()
+
+
+def test_one_state_dir_per_bridge_and_unique_station_ids(tmp_path):
+    from host_tools.bridge.service import Gateway, StateDirLocked, StationBridge
+    cfg = tmp_path / "etc"
+    cfg.mkdir(mode=0o750)
+    kw = dict(csms_url="ws://127.0.0.1:9/ocpp", config_dir=cfg, log_dir=tmp_path / "log",
+              state_dir=tmp_path / "st")
+    with pytest.raises(ValueError, match="given twice"):
+        Gateway([("CS1", "/dev/null"), ("CS1", "/dev/null")], **kw)
+    with pytest.raises(ValueError, match="OCPP identity"):
+        Gateway([("..", "/dev/null")], **kw)
+    gw = Gateway([("CS1", "/dev/null")], **kw)
+    try:
+        with pytest.raises(StateDirLocked, match=f"pid {os.getpid()}"):
+            StationBridge("CS1", "/dev/null", kw["csms_url"], clog=_Log(), state_dir=tmp_path / "st")
+        # another process is refused too (flock is per open file, so a child sees the lock)
+        proc = subprocess.run([sys.executable, "-m", "host_tools.commands.bridge", "--link", "/dev/null",
+                               "--csms", kw["csms_url"], "--station-id", "CS1", "--config-dir", str(cfg),
+                               "--log-dir", str(tmp_path / "log"), "--state-dir", str(tmp_path / "st")],
+                              capture_output=True, text=True, timeout=20, cwd=ROOT)
+        assert proc.returncode != 0 and "in use by another bridge" in proc.stderr, proc.stderr
+    finally:
+        gw.close()
+    Gateway([("CS1", "/dev/null")], **kw).close()      # released: usable again
+
+
+def test_an_in_process_gateway_stops_cleanly(tmp_path):
+    from host_tools.bridge.service import Gateway
+    cfg = tmp_path / "etc"
+    cfg.mkdir(mode=0o750)
+    gw = Gateway([("CS1", "socket://127.0.0.1:9"), ("CS2", "socket://127.0.0.1:9")],
+                 csms_url="ws://127.0.0.1:9/ocpp", config_dir=cfg, log_dir=tmp_path / "log",
+                 state_dir=tmp_path / "st", backoff=lambda: Backoff(0.05, 0, 0))
+
+    async def go():
+        t = asyncio.ensure_future(gw.run())
+        await asyncio.sleep(0.3)
+        t.cancel()
+        await asyncio.gather(t, return_exceptions=True)
+        return [x for x in asyncio.all_tasks() if x is not asyncio.current_task()]
+    try:
+        assert asyncio.run(go()) == []
+    finally:
+        gw.close()
+
+
+def test_config_dir_checks_every_file_secrets_readable_and_dangling_links(tmp_path):
+    d = tmp_path / "etc"
+    d.mkdir()
+    os.chmod(d, 0o750)
+    (d / "mqtt_ca.pem").write_text("ca")
+    os.chmod(d / "mqtt_ca.pem", 0o644)
+    (d / "mqtt_password").write_text("pw")
+    os.chmod(d / "mqtt_password", 0o640)
+    assert check_config_dir(d) == d
+    os.chmod(d / "mqtt_ca.pem", 0o664)
+    with pytest.raises(ConfigDirError, match="mqtt_ca.pem is writable by its group"):
+        check_config_dir(d)
+    os.chmod(d / "mqtt_ca.pem", 0o644)
+    os.chmod(d / "mqtt_password", 0o604)
+    with pytest.raises(ConfigDirError, match="mqtt_password is readable by others"):
+        check_config_dir(d)
+    os.chmod(d / "mqtt_password", 0o600)
+    (d / "station.pem").write_text("-----BEGIN EC PRIVATE KEY-----\n")
+    os.chmod(d / "station.pem", 0o644)
+    with pytest.raises(ConfigDirError, match="station.pem is readable by others"):
+        check_config_dir(d)
+    (d / "station.pem").unlink()
+    (d / "csms_ca.pem").symlink_to(tmp_path / "gone.pem")
+    with pytest.raises(ConfigDirError, match="csms_ca.pem is a symlink to .*gone.pem.*dangling"):
+        check_config_dir(d)
+    (d / "csms_ca.pem").unlink()
+    os.chmod(d, 0o770)
+    with pytest.raises(ConfigDirError, match="writable by its group"):
+        check_config_dir(d)
+
+
+def test_a_damaged_public_key_stops_start_up_and_odd_input_gets_v2g_400(tmp_path):
+    from host_tools.bridge.service import StationBridge
+    (tmp_path / "app_jwt_public.pem").write_text("-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n")
+    with pytest.raises(ConfigDirError, match="app_jwt_public.pem is not a PEM public key"):
+        TokenVerifier.from_config_dir(tmp_path, "CS1")
+    rsa_like = TokenVerifier("not a key", "ES256", "CS1")       # a key the library cannot use
+    tok = jwt.encode({"exp": time.time() + 60, "aud": "CS1"}, ec.generate_private_key(ec.SECP256R1()),
+                     algorithm="ES256")
+    with pytest.raises(AuthError):
+        rsa_like.verify(tok)
+
+    b = StationBridge("CS1", "/dev/null", "ws://127.0.0.1:9/ocpp", clog=_Log(), state_dir=tmp_path / "st",
+                      verifier=TokenVerifier("s" * 32, "HS256", "CS1"))
+    published = []
+
+    class Mqtt:
+        def publish(self, station, leaf, obj, **kw):
+            published.append((leaf, obj))
+    b.mqtt = Mqtt()
+    try:
+        deep = b"[" * 100_000 + b"]" * 100_000
+        res = asyncio.run(b.app_command(deep))
+        assert res["code"] == "V2G-400" and not res["ok"]
+
+        async def boom(raw):
+            raise KeyError("bug")
+        b.app_command = boom
+        asyncio.run(b.on_app_message(b"{}"))
+        assert published[-1][0] == "cmd/result" and published[-1][1]["code"] == "V2G-400"
+        assert "KeyError" in b.clog.text()
+    finally:
+        b.close()
+
+
+def test_mqtt_password_needs_a_user_and_a_refused_login_is_an_error_line(tmp_path):
+    from host_tools.bridge.mqtt_app import MqttApp
+    from host_tools.bridge.service import Gateway
+    cfg = tmp_path / "etc"
+    cfg.mkdir(mode=0o750)
+    (cfg / "mqtt_password").write_text("pw")
+    os.chmod(cfg / "mqtt_password", 0o600)
+    with pytest.raises(ValueError, match="names no user"):
+        Gateway([("CS1", "/dev/null")], csms_url="ws://127.0.0.1:9/ocpp", config_dir=cfg,
+                log_dir=tmp_path / "log", state_dir=tmp_path / "st", mqtt_url="mqtt://127.0.0.1:1")
+    clog = _Log()
+    m = MqttApp("mqtt://u@127.0.0.1:1", password="pw", clog=clog)
+
+    class Rc:
+        is_failure = True
+
+        def __str__(self):
+            return "Not authorized"
+    m._on_connect(m.client, None, None, Rc(), None)
+    assert clog.lines and clog.lines[0][0] == "V2G-401" and "refused the login" in clog.lines[0][1]
+
+
+def test_cli_refuses_an_empty_site_and_unbounded_backoff(tmp_path):
+    from click.testing import CliRunner
+
+    from host_tools.commands.bridge import cli
+    cfg = tmp_path / "etc"
+    cfg.mkdir(mode=0o750)
+    site = tmp_path / "site.json"
+    site.write_text("[]")
+    base = ["--csms", "ws://127.0.0.1:9/ocpp", "--config-dir", str(cfg), "--log-dir", str(tmp_path / "log"),
+            "--state-dir", str(tmp_path / "st")]
+    r = CliRunner().invoke(cli, base + ["--site", str(site)])
+    assert r.exit_code != 0 and "lists no controllers" in r.output
+    site.write_text('[{"station_id": "A", "link": "x"}, {"station_id": "A", "link": "y"}]')
+    r = CliRunner().invoke(cli, base + ["--site", str(site)])
+    assert r.exit_code != 0 and "given twice" in r.output
+    r = CliRunner().invoke(cli, base + ["--link", "x", "--station-id", "a/b"])
+    assert r.exit_code != 0 and "OCPP identity" in r.output
+    for bad in ("nan,1,1", "inf,1,1", "1,inf,1", "0,1,1", "-1,1,1", "1,1,1.5", "1,1,30", "4000,1,0",
+                "1,1e9,1", "1,1"):
+        r = CliRunner().invoke(cli, base + ["--link", "x", "--station-id", "A", "--retry-backoff", bad])
+        assert r.exit_code == 2 and "--retry-backoff" in r.output, (bad, r.output)
