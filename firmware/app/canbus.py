@@ -12,6 +12,7 @@ and change nothing. The HAL's port:
                                  # its id in can.rx_id, can.rx_ext True for a 29-bit id
 """
 from core import can_msgs as M
+from core import ticks
 
 _NEVER = 0x3FFFFFFF
 _MAX_RX_PER_STEP = 32          # frames drained per step; the rest wait for the next one
@@ -93,11 +94,12 @@ class CanTask:
         inputs.bms_capacity_wh = rx.bms_info.capacity_wh if rx.age_ms(2, now_ms) < _NEVER else 0
 
     def transmit(self, now_ms, out, inputs):
-        if self.next_tx_ms is not None and now_ms - self.next_tx_ms < 0:
+        if self.next_tx_ms is not None and not ticks.due(now_ms, self.next_tx_ms):
             return
         # every 100 ms (the DBC's cycle) on the step grid; a late step does not burst
-        self.next_tx_ms = (now_ms if self.next_tx_ms is None or now_ms - self.next_tx_ms > 100
-                           else self.next_tx_ms) + M.VCU_POWER_REQUEST_CYCLE_MS
+        self.next_tx_ms = ticks.add(
+            now_ms if self.next_tx_ms is None or ticks.diff(now_ms, self.next_tx_ms) > 100
+            else self.next_tx_ms, M.VCU_POWER_REQUEST_CYCLE_MS)
         tx = self.tx
         d = self.txbuf
         o = tx.vcu_power_request

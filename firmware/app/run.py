@@ -7,6 +7,7 @@ returns, leaving the REPL free as it would be after Ctrl-C on a board.
 import asyncio
 
 from board import hal as board_hal
+from core import ticks
 from core.controller import CONTROL_PERIOD_MS
 
 from app.station import Station
@@ -22,14 +23,19 @@ async def control_loop(hal):
     try:
         await _run(hal, next_ms)
     finally:
-        # whatever ends the loop (Ctrl-C from a flasher, a bug) leaves the outputs safe
+        # whatever ends the loop (Ctrl-C from a flasher, a bug) leaves the outputs safe,
+        # then keeps what the event log knows about why
         hal.safe_state()
+        try:
+            station.save_events()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 async def _run(hal, next_ms):
     while not hal.stop_requested():
         now = hal.ticks_ms()
-        if now - next_ms >= 0:
+        if ticks.due(now, next_ms):
             try:
                 station.tick(now)
             except Exception as e:  # noqa: BLE001
@@ -38,10 +44,10 @@ async def _run(hal, next_ms):
                 # watchdog, which resets the board into a clean start.
                 hal.log_exception(e)
                 break
-            next_ms += CONTROL_PERIOD_MS
-            if now - next_ms > 10 * CONTROL_PERIOD_MS:
+            next_ms = ticks.add(next_ms, CONTROL_PERIOD_MS)
+            if ticks.diff(now, next_ms) > 10 * CONTROL_PERIOD_MS:
                 next_ms = now   # we fell far behind (debugger, flash write): do not burst
-        wait = next_ms - hal.ticks_ms()
+        wait = ticks.diff(next_ms, hal.ticks_ms())
         await asyncio.sleep_ms(wait if wait > 0 else 0)
 
 

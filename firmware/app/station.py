@@ -7,6 +7,7 @@ this module only carries data and keeps what must survive a reset in storage.
 from core import config as config_mod
 from core import errors
 from core import link as L
+from core import ticks
 from core.controller import Controller, Inputs
 from core.grid import GridProtection
 
@@ -31,8 +32,8 @@ def load_config(board_limits):
         return config_mod.validate({}, board=board_limits), None
     try:
         return config_mod.load_json(raw, board=board_limits), None
-    except ValueError as e:   # ConfigError is a ValueError
-        return config_mod.validate({}, board=board_limits), str(e)
+    except Exception as e:   # noqa: BLE001 - whatever is wrong with the file, boot on defaults
+        return config_mod.validate({}, board=board_limits), str(e) or type(e).__name__
 
 
 def _load(load, name):
@@ -40,7 +41,7 @@ def _load(load, name):
     if blob:
         try:
             load(blob)
-        except ValueError:
+        except Exception:  # noqa: BLE001
             pass   # a damaged journal or log starts empty rather than blocking the boot
 
 
@@ -55,16 +56,20 @@ class Station:
         _load(self.ctl.log.load, 'events.json')
         # latched faults, the charge-only fallback and the host's target survive a reset
         _load(lambda blob: self.ctl.state_load(now_ms, blob), 'controller.json')
+        self.storage_errors = 0
+        self.storage_error = ''
         boot = storage.read_json(storage.state_path('boot.json'), {}) or {}
-        self.boot_count = boot.get('count', 0) + 1
-        storage.write_json(storage.state_path('boot.json'), {'count': self.boot_count})
+        count = boot.get('count', 0) if isinstance(boot, dict) else 0
+        self.boot_count = (count if isinstance(count, int) else 0) + 1
+        self.persist('boot.json', storage.state_path('boot.json'),
+                     lambda: ('{"count": %d}' % self.boot_count).encode())
         self.reset_cause = hal.reset_cause()
         self.link = L.Link(hal.link_write)
         self.tel_period_ms = TEL_PERIOD_MS
         self.tel_batch = TEL_BATCH
         self.tel_samples = []
         self.next_tel_ms = now_ms
-        self.next_save_ms = now_ms + SAVE_EVERY_MS
+        self.next_save_ms = ticks.add(now_ms, SAVE_EVERY_MS)
         if cfg_problem:
             self.ctl.log.append(now_ms, 'V2G-400', True,
                                 'settings file refused, defaults in force: ' + cfg_problem)
@@ -90,19 +95,43 @@ class Station:
         if evs:
             self.buses.name_failures(evs, self.ctl.log)
             self.link.send(L.evt(evs))
+            for e in evs:
+                if e[2]:   # a raised code goes to flash now: a reset must not erase the reason
+                    self.save_events()
+                    break
         if self.update.busy:   # trial health check, requested reset, stalled download
             self.update.tick(now_ms, self.link.stats['frames_ok'])
-        if now_ms - self.next_tel_ms >= 0:
-            self.next_tel_ms = now_ms + self.tel_period_ms
+        if ticks.due(now_ms, self.next_tel_ms):
+            self.next_tel_ms = ticks.add(now_ms, self.tel_period_ms)
             self.sample(now_ms, out)
+        self.save_state()
+        if ticks.due(now_ms, self.next_save_ms):
+            self.next_save_ms = ticks.add(now_ms, SAVE_EVERY_MS)
+            self.save_events()
+        return out
+
+    # -- storage: a failing flash is counted and reported, and never stops the control ------
+
+    def persist(self, what, path, blob_fn):
+        try:
+            storage.write_atomic(path, blob_fn())
+            return True
+        except OSError as e:
+            self.storage_errors += 1
+            self.storage_error = '{}: {}'.format(what, e)
+            return False
+
+    def save_state(self):
         if self.ctl.state_dirty:
             # a latched fault or a new target must not be lost to a reset a moment later
-            storage.write_atomic(storage.state_path('controller.json'), self.ctl.state_dump())
-        if now_ms - self.next_save_ms >= 0:
-            self.next_save_ms = now_ms + SAVE_EVERY_MS
-            if self.ctl.log.dirty:
-                storage.write_atomic(storage.state_path('events.json'), self.ctl.log.dump())
-        return out
+            if not self.persist('controller.json', storage.state_path('controller.json'),
+                                self.ctl.state_dump):
+                self.ctl.state_dirty = True     # try again next step
+
+    def save_events(self):
+        if self.ctl.log.dirty:
+            if not self.persist('events.json', storage.state_path('events.json'), self.ctl.log.dump):
+                self.ctl.log.dirty = True
 
     # -- host link ----------------------------------------------------------------------------
 
@@ -127,6 +156,13 @@ class Station:
             self.send_hello()
 
     def on_command(self, msg, now_ms):
+        try:
+            return self.run_command(msg, now_ms)
+        except Exception as e:  # noqa: BLE001 - a bad command must never stop the station
+            return False, 'V2G-400', '{}: refused, it could not be handled ({})'.format(
+                msg.get('op'), type(e).__name__), {}
+
+    def run_command(self, msg, now_ms):
         op, args = msg['op'], msg['args']
         if msg.get('ttl_ms', 1) <= 0:
             return False, 'V2G-110', '{}: its time to live was spent before it arrived'.format(op), {}
@@ -142,13 +178,16 @@ class Station:
         if op.startswith('fota_'):
             return self.update.command(op, args, now_ms)
         result = self.ctl.command(now_ms, msg['txn'], op, args)
+        # What the command changed goes to flash before its txn does, and the answer leaves
+        # only after both: after a reset the same txn returns the same result AND its effect
+        # is still in force.
         if result[0] and op == 'config_set':
             self.cfg = self.ctl.cfg
-            storage.write_atomic(CONFIG_FILE, self.cfg.dumps().encode())
+            self.persist(CONFIG_FILE, CONFIG_FILE, lambda: self.cfg.dumps().encode())
+        self.save_state()
         if self.ctl.journal.dirty:
-            # the answer leaves only once the transaction is on flash: a reset after it
-            # still returns the same result for the same txn
-            storage.write_atomic(storage.state_path('journal.json'), self.ctl.journal.dump())
+            if not self.persist('journal.json', storage.state_path('journal.json'), self.ctl.journal.dump):
+                self.ctl.journal.dirty = True
         return result
 
     def events_page(self, start):
@@ -217,6 +256,7 @@ class Station:
             'link': dict(self.link.stats),
             'buses': self.bus_stats(now_ms),
             'events': len(self.ctl.log),
+            'storage': {'errors': self.storage_errors, 'last': self.storage_error},
             # the update slots come with fota_status: one answer must fit a 1 kB frame
         }
 

@@ -24,7 +24,7 @@ import json
 import os
 import sys
 
-from core import manifest
+from core import manifest, ticks
 
 from app import storage
 
@@ -484,8 +484,17 @@ class Updater:
         if d is not None or self.st['dl'] is not None:
             slot = d.slot if d is not None else self.st['dl'].get('slot')
             self.st['dl'] = None
-            self._save()
-            if slot in SLOTS and slot != self.running and slot != self.st['active']:
+            droppable = slot in SLOTS and slot != self.running and slot != self.st['active']
+            try:
+                self._save()
+            except OSError:
+                # a full filesystem (the usual reason to get here): free the slot, then record
+                if not droppable:
+                    raise
+                _rmtree(self.slot_dir(slot))
+                _rmtree(self.slot_dir(slot) + '.head')
+                self._save()
+            if droppable:
                 _rmtree(self.slot_dir(slot))
                 _rmtree(self.slot_dir(slot) + '.head')
         return True, None, 'download dropped: ' + why, {}
@@ -520,8 +529,8 @@ class Updater:
             if link_frames != self.link_frames:
                 self.link_frames = link_frames
                 self.link_ms = now_ms
-            up = now_ms - self.boot_ms
-            alive = self.link_ms is not None and now_ms - self.link_ms <= LINK_ALIVE_MS
+            up = ticks.diff(now_ms, self.boot_ms)
+            alive = self.link_ms is not None and ticks.diff(now_ms, self.link_ms) <= LINK_ALIVE_MS
             if up >= self.st['healthy_ms'] and alive and link_frames > 0:
                 try:
                     self.confirm(now_ms)
@@ -536,7 +545,7 @@ class Updater:
                 self.reset_at = now_ms
             return
         d = self.dl
-        if d is not None and not d.suspended and now_ms - d.last_ms > STALL_MS:
+        if d is not None and not d.suspended and ticks.diff(now_ms, d.last_ms) > STALL_MS:
             # a stalled stream: release the file and RAM; the next chunk resumes from flash
             d.close()
             d.suspended = True

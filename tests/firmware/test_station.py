@@ -187,3 +187,55 @@ def test_a_command_whose_time_to_live_is_spent_is_refused_with_v2g_110():
     res = {m['txn']: m for m in rig.received() if m['t'] == 'res'}
     assert res['late-1']['ok'] is False and res['late-1']['code'] == 'V2G-110'
     assert res['ok-1']['ok'] is True
+
+
+@in_dir(WORK)
+def test_a_command_that_raises_is_refused_and_the_station_goes_on():
+    rig = Rig()
+
+    def broken(*args):
+        raise TypeError('unhashable')
+    rig.st.ctl.command = broken
+    rig.send(L.cmd('x-1', 'limit', {'charge_a': 10}))
+    rig.run(1100)                 # still stepping and serving the link: heartbeats answered
+    msgs = rig.received()
+    res = [m for m in msgs if m['t'] == 'res']
+    assert res[0]['ok'] is False and res[0]['code'] == 'V2G-400' and 'TypeError' in res[0]['msg']
+    assert any(m['t'] == 'hback' for m in msgs)
+
+
+@in_dir(WORK)
+def test_the_effect_of_a_command_is_on_flash_before_its_answer():
+    rig = Rig()
+    rig.plant(do='plug')
+    rig.run(500)
+    rig.send(L.cmd('t-9', 'soc_target', {'soc_pct': 55}))
+    # one tick: the command is taken, saved and answered within it
+    rig.st.tick(rig.now)
+    saved = json.loads(open('state/controller.json').read())
+    assert saved['target_pm'] == 550
+    journal = open('state/journal.json').read()
+    assert 't-9' in journal
+
+
+@in_dir(WORK)
+def test_a_failing_flash_is_reported_and_control_goes_on():
+    from app import storage
+    rig = Rig()
+    real = storage.write_atomic
+
+    def full(path, data):
+        raise OSError(28, 'no space left')
+    storage.write_atomic = full
+    try:
+        rig.plant(do='plug')
+        rig.send(L.cmd('f-1', 'limit', {'charge_a': 10, 'discharge_a': 0}))
+        rig.run(1500)
+        rig.send(L.cmd('d-1', 'diag'))
+        rig.run(100)
+    finally:
+        storage.write_atomic = real
+    res = {m['txn']: m for m in rig.received() if m['t'] == 'res'}
+    assert res['f-1']['ok'] is True
+    assert res['d-1']['data']['storage']['errors'] >= 1
+    assert rig.st.ctl.out.cp_state == 'B'     # still stepping
