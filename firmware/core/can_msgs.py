@@ -696,11 +696,20 @@ class CanRx:
         return 0
 
     def age_ms(self, i, now_ms):
-        """ms since RX_IDS[i] was last accepted; very large if never."""
+        """ms since RX_IDS[i] was last accepted; very large if never.
+
+        Ticks wrap at 2**30 (time.ticks_ms), so the age is taken modulo 2**30. An age
+        beyond 2**29 is not believable (a stamp from the future, or silence long enough
+        to come round again): the message then counts as never received, for good,
+        so a BMS silent for days cannot look fresh after the wrap."""
         t = self.last_ms[i]
         if t < 0:
             return 0x3FFFFFFF
-        return now_ms - t
+        d = (now_ms - t) & 0x3FFFFFFF
+        if d > 0x20000000:
+            self.last_ms[i] = -1
+            return 0x3FFFFFFF
+        return d
 
 
 class CanTx:

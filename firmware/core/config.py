@@ -96,9 +96,34 @@ def message(errors):
         '{}: {}'.format(k, why) for k, why in errors)
 
 
+_SHOW_MAX = 40          # characters of a refused value quoted in a message
+_BIG_INT = 10 ** 15     # larger integers are not quoted (CPython refuses very long int text)
+
+
+def finite(v):
+    """False for inf, -inf and NaN (int() and formatting of those raise)."""
+    return not isinstance(v, float) or (v == v and v - v == 0)
+
+
+def show(v):
+    """A refused value as short text for a message; never raises."""
+    if isinstance(v, int) and not isinstance(v, bool) and (v > _BIG_INT or v < -_BIG_INT):
+        return 'a too large integer'
+    if isinstance(v, (list, tuple, dict)):
+        return 'a ' + _tname(v)
+    t = repr(v)
+    if len(t) > _SHOW_MAX:
+        t = t[:_SHOW_MAX] + '...'
+    return t
+
+
 def _fmt(v):
+    if not finite(v):
+        return str(v)
     if isinstance(v, float) and v == int(v):
         return str(int(v))
+    if isinstance(v, int) and (v > _BIG_INT or v < -_BIG_INT):
+        return 'a too large integer'
     return str(v)
 
 
@@ -141,11 +166,13 @@ def _check_one(key, value, board):
         return 'wrong type bool: allowed {}'.format(rng)
     if kind == OPTNUM and value is None:
         return None
+    if not finite(value):
+        return 'value {} is not a finite number: allowed {}'.format(value, rng)
     if kind == ENUM:
         if not isinstance(value, str):
             return 'wrong type {}: allowed {}'.format(_tname(value), rng)
         if value not in lo:
-            return 'value {} not allowed: {}'.format(value, rng)
+            return 'value {} not allowed: {}'.format(show(value), rng)
         return None
     if kind in (INT, CHOICE):
         if isinstance(value, float) and value == int(value):
@@ -154,7 +181,7 @@ def _check_one(key, value, board):
             return 'wrong type {}: allowed integer {}'.format(_tname(value), rng)
         if kind == CHOICE:
             if value not in lo:
-                return 'value {} not allowed: {}'.format(value, rng)
+                return 'value {} not allowed: {}'.format(show(value), rng)
             return None
     elif not isinstance(value, (int, float)) or value != value:  # NaN refused
         return 'wrong type {}: allowed number {}'.format(_tname(value), rng)
@@ -198,10 +225,14 @@ def check(changes, current=None, board=None):
     if not isinstance(changes, dict):
         return None, [('config', 'must be a map of KEY: value, got {}'.format(_tname(changes)))]
     errors = []
-    for key in sorted(changes):
-        if not isinstance(key, str):
-            errors.append((str(key), 'key must be text'))
-            continue
+    names = []
+    for key in changes:
+        if isinstance(key, str):
+            names.append(key)
+        else:
+            # sorted() cannot order mixed key types: name the non-text ones first
+            errors.append((show(key), 'key must be text'))
+    for key in sorted(names):
         why = _check_one(key, changes[key], board)
         if why is not None:
             errors.append((key, why))
@@ -247,10 +278,19 @@ def validate(changes, current=None, board=None):
 
 def load_json(text, board=None):
     """Config from the text of v2g_vars.json (missing keys take defaults)."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode()
+        except UnicodeError:
+            raise ConfigError([('config', 'not UTF-8 text')]) from None
+    if not isinstance(text, str):
+        raise ConfigError([('config', 'must be JSON text, got {}'.format(_tname(text)))])
     try:
         data = json.loads(text)
     except ValueError as e:
-        raise ConfigError([('config', 'not valid JSON: {}'.format(e))]) from None
+        raise ConfigError([('config', 'not valid JSON: {}'.format(show(str(e))))]) from None
+    except RuntimeError:   # nesting deeper than the parser's stack (RecursionError on CPython)
+        raise ConfigError([('config', 'not valid JSON: nested too deeply')]) from None
     return validate(data, None, board)
 
 

@@ -27,6 +27,7 @@ STATE_NAMES = ('waiting', 'ramp', 'in_service', 'tripped')
 
 _CODE_OF_KIND = (errors.E503, errors.E504, errors.E505, errors.E506)
 
+_NO_EVENTS = ()
 _EV_CAP = const(8)          # events kept until pop_events()
 _DECAY_BITS = const(16)     # filter table covers dt up to 2**16 - 1 ms
 _Q = const(15)              # fixed point of the filter's decay factors
@@ -225,9 +226,11 @@ class GridProtection:
     def step(self, now_ms, grid_mv, grid_mhz, meter_ok):
         """Advance to now_ms with the latest meter reading (meter_ok False: it failed)."""
         if self._have_last:
-            dt = now_ms - self._last_ms
-            if dt < 0:
-                dt = 0      # a clock that steps back counts as no time passing
+            # ticks wrap at 2**30: difference modulo 2**30; beyond 2**29 it is a
+            # clock that stepped back, which counts as no time passing
+            dt = (now_ms - self._last_ms) & 0x3FFFFFFF
+            if dt > 0x20000000:
+                dt = 0
         else:
             dt = 0
             self._have_last = True
@@ -457,8 +460,17 @@ class GridProtection:
         self.changed = True
 
     # --------------------------------------------------------- outside step
+    def pending(self):
+        """How many events wait for pop_events()."""
+        return self._ev_n
+
     def pop_events(self):
-        """Events since the last call as (t_ms, 'V2G-xxx', raised, msg); allocates."""
+        """Events since the last call as (t_ms, 'V2G-xxx', raised, msg).
+
+        Allocates only when there are events: with none it returns a shared empty
+        tuple, so the shell may call it every tick."""
+        if not self._ev_n:
+            return _NO_EVENTS
         out = []
         while self._ev_n:
             j = self._ev_head

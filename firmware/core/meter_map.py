@@ -118,10 +118,19 @@ class MeterReading:
         return self.vals[FIELD_NAMES.index(name)]
 
     def age_ms(self, now_ms):
-        """ms since the last valid snapshot; very large when there never was one."""
+        """ms since the last valid snapshot; very large when there never was one.
+
+        Ticks wrap at 2**30, so the age is taken modulo 2**30. An age beyond 2**29
+        is not believable (a stamp from the future, or a meter silent so long the
+        ticks came round again): the reading is then dropped for good, so a meter
+        that went quiet cannot look fresh after the wrap."""
         if not self.valid:
             return 0x3FFFFFFF
-        return now_ms - self.t_ms
+        d = (now_ms - self.t_ms) & 0x3FFFFFFF
+        if d > 0x20000000:
+            self.valid = False
+            return 0x3FFFFFFF
+        return d
 
     def copy_from(self, other):
         v = self.vals

@@ -177,3 +177,24 @@ def test_receive_and_send_allocate_nothing():
     finally:
         micropython.heap_unlock()
     assert rx.stats.rx_ok == 4 and rx.stats.bad_checksum == 1 and rx.stats.unknown_id == 1
+
+
+WRAP = 1 << 30   # time.ticks_ms() wraps here on MicroPython
+
+
+def test_bms_age_across_the_tick_wrap():
+    rx = cm.CanRx()
+    assert rx.feed(cm.BMS_STATUS_ID, _bms_status_bytes(500, 0), 8, WRAP - 40)
+    assert rx.age_ms(0, 60) == 100          # wrapped to 60: 100 ms old, not -2**30
+    assert rx.age_ms(0, WRAP - 40) == 0
+
+
+def test_silent_bms_does_not_look_fresh_after_the_wrap():
+    rx = cm.CanRx()
+    assert rx.feed(cm.BMS_STATUS_ID, _bms_status_bytes(500, 0), 8, 1000)
+    # older than 2**29 ms: not believable, and from then on never received
+    assert rx.age_ms(0, 1000 + (1 << 29) + 1) >= 0x3FFFFFFF
+    assert rx.age_ms(0, 1010) >= 0x3FFFFFFF   # ticks came round: still stale
+    # a stamp from the future (now before it) is stale too, never negative
+    assert rx.feed(cm.BMS_STATUS_ID, _bms_status_bytes(510, 1), 8, 5000)
+    assert rx.age_ms(0, 4000) >= 0x3FFFFFFF

@@ -169,3 +169,50 @@ def test_grid_enter_service_keys_are_optional_numbers():
     e = raises(C.ConfigError, C.validate, {'GRID_ENTER_SERVICE_DELAY_S': 601, 'GRID_RAMP_S': 'soon'})
     assert sorted(e.keys()) == ['GRID_ENTER_SERVICE_DELAY_S', 'GRID_RAMP_S']
     assert 'null or 0 to 600 s' in str(e)
+
+
+INF = float('inf')
+NAN = float('nan')
+
+
+def test_non_text_keys_named_not_crashing():
+    # mixed key types cannot be sorted: each non-text key is named, nothing raises
+    errs = refused({1: 2, 'MAX_CHARGE_AMPS': 16})
+    assert errs['1'] == 'key must be text'
+    errs = refused({(1, 2): 2, 3.5: 1, 'MAX_CHARGE_AMPS': 99})
+    assert errs['3.5'] == 'key must be text' and 'MAX_CHARGE_AMPS' in errs and len(errs) == 3
+    e = raises(C.ConfigError, C.validate, {1: 2, 'MAX_CHARGE_AMPS': 16})
+    assert e.keys() == ['1'] and 'key must be text' in str(e)
+
+
+def test_non_finite_numbers_refused_for_every_kind():
+    for key in ('MAX_CHARGE_AMPS', 'FREQ_DEADBAND_HZ', 'METER_ADDRESS', 'PHASES', 'METER_BAUD',
+                'version', 'GRID_RAMP_S', 'GRID_ENTER_SERVICE_DELAY_S'):
+        for v in (INF, -INF, NAN):
+            errs = refused({key: v})
+            assert list(errs) == [key], (key, v)
+            assert 'not a finite number' in errs[key] or 'wrong type' in errs[key], (key, errs[key])
+
+
+def test_huge_integers_refused_with_short_text():
+    big = 10 ** 5000      # CPython refuses to print this; the message must not try
+    for key in ('MAX_CHARGE_AMPS', 'METER_ADDRESS', 'PHASES', 'GRID_RAMP_S'):
+        errs = refused({key: big})
+        assert list(errs) == [key] and len(errs[key]) < 200, key
+    errs = refused({big: 1})
+    assert errs == {'a too large integer': 'key must be text'}
+
+
+def test_load_json_raises_only_config_error():
+    bad = ('{"MAX_CHARGE_AMPS": 1e999}', '{"MAX_CHARGE_AMPS": -1e999}', '{"METER_ADDRESS": 1e999}',
+           '{"PHASES": 1e999}', '{"GRID_RAMP_S": 1e999}', '{"version": 1e999}',
+           '{"MAX_CHARGE_AMPS": 100000000000000000000000000000000000000}',
+           '{"MAX_CHARGE_AMPS": [16]}', '{"MAX_CHARGE_AMPS": {"a": 1}}', '{"GRID_PROFILE": ["x"]}',
+           '{"PHASES": [1]}', '[1, 2]', '"text"', 'null', '12', '', '{',
+           b'\xff\xfe', None, 12, '[' * 5000 + ']' * 5000)
+    for text in bad:
+        e = raises(C.ConfigError, C.load_json, text)
+        assert e.code == 'V2G-400' and e.keys(), text
+    e = raises(C.ConfigError, C.load_json, '{"MAX_CHARGE_AMPS": 1e999}')
+    assert e.keys() == ['MAX_CHARGE_AMPS'] and 'inf' in str(e)
+    assert C.load_json(b'{"MAX_CHARGE_AMPS": 40}').max_charge_ma == 40000

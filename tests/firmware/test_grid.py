@@ -398,7 +398,7 @@ def test_event_queue_is_bounded():
     ev = g.pop_events()
     assert len(ev) == 8 and g.ev_lost == 12
     assert ev[-1][1] == 'V2G-507' and ev[-1][2] is False
-    assert g.pop_events() == []
+    assert len(g.pop_events()) == 0
 
 
 def test_no_allocation_over_1000_steps():
@@ -451,3 +451,33 @@ def test_reconfigure_keeps_the_grid_state_and_takes_new_ratings():
     ctl.apply_config(config.validate({'GRID_PROFILE': 'IEEE1547_CAT_III_60HZ'}, ctl.cfg))
     ctl.step(t + 50, inp)
     assert ctl.grid.state == WAITING and ctl.grid.trip_code == errors.E507
+
+
+def test_trip_time_unchanged_across_the_tick_wrap():
+    # UV stage 45 % (160 ms) of CAT II, with the ticks wrapping at 2**30 in the middle
+    wrap = 1 << 30
+    mv = NOM_MV * 450 // 1000 - 1
+    for start in (0, wrap - 75):
+        g = GridProtection('IEEE1547_CAT_II_60HZ', NOM_MV, start_in_service=True,
+                           enter_service_delay_ms=0, ramp_ms=0, droop_enabled=False)
+        g.step(start, NOM_MV, 60000, True)
+        g.pop_events()
+        t = start
+        for k in range(3):      # 0, 50, 100 ms outside: still riding through
+            t = (t + STEP) & (wrap - 1)
+            g.step(t, mv, 60000, True)
+            assert g.state == IN_SERVICE, (start, k)
+        t = (t + STEP) & (wrap - 1)
+        g.step(t, mv, 60000, True)
+        assert g.state == TRIPPED and g.trip_code == errors.E504, start
+
+
+def test_pop_events_without_events_allocates_nothing():
+    g = in_service()
+    micropython.heap_lock()
+    try:
+        for _ in range(100):
+            ev = g.pop_events()
+    finally:
+        micropython.heap_unlock()
+    assert len(ev) == 0 and g.pending() == 0

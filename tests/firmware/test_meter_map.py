@@ -187,3 +187,33 @@ def test_snapshot_decode_allocates_nothing():
     finally:
         micropython.heap_unlock()
     assert done[0] and rd.reading.vals[mm.F_MHZ] == 49980
+
+
+WRAP = 1 << 30   # time.ticks_ms() wraps here on MicroPython
+
+
+def test_age_across_the_tick_wrap():
+    r = mm.MeterReading()
+    r.valid = True
+    r.t_ms = WRAP - 100
+    # 300 ms later the ticks have wrapped to 200: the age is still 300 ms
+    assert r.age_ms(200) == 300
+    assert r.valid
+
+
+def test_silent_meter_does_not_look_fresh_after_the_wrap():
+    r = mm.MeterReading()
+    r.valid = True
+    r.t_ms = 1000
+    # a reading older than 2**29 ms is not believable: stale for good ...
+    assert r.age_ms(1000 + (1 << 29) + 1) >= 0x3FFFFFFF
+    assert not r.valid
+    # ... so once the ticks come round again it still reads as never
+    assert r.age_ms(WRAP + 1050 - WRAP) >= 0x3FFFFFFF
+
+
+def test_stamp_from_the_future_is_stale():
+    r = mm.MeterReading()
+    r.valid = True
+    r.t_ms = 5000
+    assert r.age_ms(4000) >= 0x3FFFFFFF   # never a negative or small age
