@@ -67,6 +67,7 @@ MODES = ('idle', 'connected', 'charging', 'discharging', 'paused', 'charge_only'
 OPS = ('soc_target', 'limit', 'start', 'stop', 'charge_only', 'clear_fault',
        'config_get', 'config_set', 'status')
 _READ_OPS = ('config_get', 'status')
+_NO_EVENTS = ()
 _FRESH_OPS = ('soc_target', 'limit', 'start', 'charge_only')
 
 
@@ -176,6 +177,7 @@ class Controller:
         self._pf_since = 0
         self._probe_count = 0
         self._diode_bad = 0
+        self._diode_good = 0           # consecutive readings with the diode while PWM runs
         # contactor
         self._cmd_since = 0
         self._soft_since = -1
@@ -212,12 +214,18 @@ class Controller:
         self.log.append(now, code, on, msg)
 
     def pop_events(self):
-        """Events since the last call, (t_ms, 'V2G-xxx', raised, msg), oldest first."""
+        """Events since the last call, (t_ms, 'V2G-xxx', raised, msg), oldest first.
+
+        The shell calls this every tick: with nothing new it returns a shared empty
+        tuple and allocates nothing; a list is built only when events happened."""
         ev = self._events
-        if self.grid is not None:
-            for e in self.grid.pop_events():
+        g = self.grid
+        if g is not None and g.pending():
+            for e in g.pop_events():
                 ev.append(e)
                 self.log.append(e[0], e[1], e[2], e[3])
+        if not ev:
+            return _NO_EVENTS
         self._events = []
         return ev
 
@@ -287,11 +295,20 @@ class Controller:
             st = self._pilot_fault_step(now_ms, raw, inp)
         else:
             st = self.pilot.update(raw)
-            if prev_pwm > 0 and prev_pwm < P.PWM_OFF and (st == P.B or st == P.C or st == P.D) \
-                    and raw == st and not P.diode_ok(inp.cp_low_mv):
+            pwm_on = prev_pwm > 0 and prev_pwm < P.PWM_OFF
+            ev_side = (st == P.B or st == P.C or st == P.D) and (raw == P.B or raw == P.C or raw == P.D)
+            diode = P.diode_ok(inp.cp_low_mv)
+            if pwm_on and ev_side and raw == st and not diode:
                 self._diode_bad += 1
             else:
                 self._diode_bad = 0
+            # the diode can only be seen while PWM runs: the contactor waits for
+            # DIODE_SAMPLES good readings in a row (from A straight to C too)
+            if pwm_on and ev_side and diode:
+                if self._diode_good < DIODE_SAMPLES:
+                    self._diode_good += 1
+            else:
+                self._diode_good = 0
             if st == P.E or st == P.F or st == P.UNKNOWN:
                 self._pilot_fault(now_ms, _PF_LEVEL, inp)
             elif self._diode_bad >= DIODE_SAMPLES:
@@ -423,8 +440,11 @@ class Controller:
         # enough wakes it as a source (under-frequency) or a sink (over-frequency), within
         # every limit, including the floor, and back to holding once the grid recovers.
         droop = self.grid_droop_ma
+        # charge-only (host fallback, charge_only command, or target mode 'charge'): the
+        # droop may lower charging to zero but never turns the flow into discharge
+        no_reverse = charge_only or sp.mode == S.MODE_CHARGE
         if direction == S.HOLD and not charge_only:
-            if droop <= -DROOP_WAKE_MA and ld > 0:
+            if droop <= -DROOP_WAKE_MA and ld > 0 and not no_reverse:
                 direction = S.DISCHARGE
                 self._droop_flow = True
             elif droop >= DROOP_WAKE_MA and lc > 0:
@@ -436,7 +456,9 @@ class Controller:
             self._droop_flow = False
         want = (not faulted and power_state and not self.stopped
                 and ((direction == S.CHARGE and lc > 0) or (direction == S.DISCHARGE and ld > 0)))
-        if want:
+        # closing needs the diode seen with PWM running; once closed, a missing
+        # diode is a pilot fault (above), which opens at once
+        if want and (self._diode_good >= DIODE_SAMPLES or o.contactor):
             close = True
             self._soft_since = -1
         elif faulted or not power_state or self.grid_trip:
@@ -469,6 +491,8 @@ class Controller:
                 desired = lc
             if desired < -ld:
                 desired = -ld
+            if no_reverse and desired < 0:
+                desired = 0
         cur = self._req
         if (cur > 0 and desired < 0) or (cur < 0 and desired > 0):
             cur = 0
@@ -533,6 +557,7 @@ class Controller:
         self._pf_since = now
         self._probe_count = 0
         self._diode_bad = 0
+        self._diode_good = 0
         if not (self.errors & E.E010):
             if kind == _PF_DIODE:
                 why = 'diode missing: pilot low side {} mV while PWM runs (needs <= {} mV)'.format(
@@ -558,6 +583,7 @@ class Controller:
             if self._probe_count >= PROBE_SAMPLES:
                 self._pf = _PF_NONE
                 self._diode_bad = 0
+                self._diode_good = 0
                 self.pilot.reset(raw)
                 self._clear(now, E.E010, 'pilot back in state {} ({} mV): fault cleared'.format(
                     P.LETTERS[raw], inp.cp_high_mv))
@@ -634,7 +660,7 @@ class Controller:
         if not isinstance(args, dict):
             res = _refuse('args: must be a map, got {}'.format(type(args).__name__))
         elif op not in OPS:
-            res = _refuse('op: unknown operation {!r} (allowed: {})'.format(op, ', '.join(OPS)))
+            res = _refuse('op: unknown operation {} (allowed: {})'.format(_show(op), ', '.join(OPS)))
         else:
             res = getattr(self, '_op_' + op)(now_ms, args)
         if op not in _READ_OPS:
@@ -655,13 +681,13 @@ class Controller:
             return _refuse('soc_pct: missing (0 to 100 %)')
         v = args['soc_pct']
         if not _is_num(v) or v < 0 or v > 100:
-            return _refuse('soc_pct: {!r} is not a number from 0 to 100'.format(v))
+            return _refuse('soc_pct: {} is not a number from 0 to 100'.format(_show(v)))
         mode_name = args.get('mode', 'auto')
         if mode_name is None:
             mode_name = 'auto'
         mode = S.mode_index(mode_name) if isinstance(mode_name, str) else -1
         if mode < 0:
-            return _refuse('mode: {!r} not one of {}'.format(mode_name, ', '.join(S.MODE_NAMES)))
+            return _refuse('mode: {} not one of {}'.format(_show(mode_name), ', '.join(S.MODE_NAMES)))
         t = int(v * 10 + 0.5)
         sp = self.setpoint
         o = self.out
@@ -693,7 +719,7 @@ class Controller:
             if v is None:
                 vals.append(L.NO_LIMIT)
             elif not _is_num(v) or v < 0 or v > _LIMIT_MAX_A:
-                return _refuse('{}: {!r} is not a number from 0 to {} A or null'.format(key, v, _LIMIT_MAX_A))
+                return _refuse('{}: {} is not a number from 0 to {} A or null'.format(key, _show(v), _LIMIT_MAX_A))
             else:
                 vals.append(int(v * 1000 + 0.5))
         if vals[0] >= 0:
@@ -726,7 +752,7 @@ class Controller:
             return bad
         on = args.get('on')
         if on is not True and on is not False:
-            return _refuse('on: must be true or false, got {!r}'.format(on))
+            return _refuse('on: must be true or false, got {}'.format(_show(on)))
         self.cmd_charge_only = on
         return (True, None, 'charge-only ' + ('on' if on else 'off'), {'on': on})
 
@@ -754,9 +780,13 @@ class Controller:
         else:
             if not isinstance(keys, list):
                 return _refuse('keys: must be a list of setting names')
+            for k in keys:
+                # checked before the lookup: a list or map as a key cannot be hashed
+                if not isinstance(k, str):
+                    return _refuse('keys: {} is not a setting name (must be text)'.format(_show(k)))
             unknown = [k for k in keys if k not in vals]
             if unknown:
-                return _refuse('keys: unknown setting(s) {}'.format(', '.join(str(k) for k in unknown)))
+                return _refuse('keys: unknown setting(s) {}'.format(', '.join(_name(k) for k in unknown)))
             data = {}
             for k in keys:
                 data[k] = vals[k]
@@ -847,12 +877,24 @@ def _unknown_args(args, allowed):
     extra = [k for k in args if k not in allowed]
     if extra:
         return _refuse('{}: unknown argument (allowed: {})'.format(
-            ', '.join(str(k) for k in extra), ', '.join(allowed) if allowed else 'none'))
+            ', '.join(_name(k) for k in extra), ', '.join(allowed) if allowed else 'none'))
     return None
 
 
+_show = _config.show
+
+
+def _name(k):
+    # a text key as itself (shortened), anything else quoted with its type
+    if isinstance(k, str) and len(k) <= 40:
+        return k
+    return _show(k)
+
+
 def _is_num(v):
-    return (isinstance(v, int) or isinstance(v, float)) and v is not True and v is not False and v == v
+    # finite numbers only: NaN and inf would break int() and the comparisons after it
+    return ((isinstance(v, int) or isinstance(v, float)) and v is not True and v is not False
+            and _config.finite(v))
 
 
 def _limit_text(ma):

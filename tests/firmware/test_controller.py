@@ -514,7 +514,7 @@ def test_status_and_events_drained():
     r.step()
     ev = r.events()
     assert len(ev) == 1 and ev[0][1] == 'V2G-120' and '5.0 s' in ev[0][3]
-    assert r.events() == []
+    assert len(r.events()) == 0
     assert r.c.log.entries()[-1][1] == 'V2G-120'
 
 
@@ -543,7 +543,7 @@ def test_step_allocates_nothing():
     finally:
         micropython.heap_unlock()
     assert r.o.contactor and r.o.request_ma < 0
-    assert r.events() == []
+    assert len(r.events()) == 0
 
 
 def test_state_survives_reset():
@@ -607,3 +607,169 @@ def test_bms_gets_its_timeout_after_plug_in_before_v2g_130():
     r.i.cp_high_mv = A_MV               # unplugged: cleared
     r.step(2)
     assert not (r.o.errors & E.E130)
+
+
+def test_a_straight_to_c_without_diode_never_closes():
+    r = Rig()
+    r.step(2)
+    r.i.cp_low_mv = 6000            # no diode: the low side follows the high side
+    r.i.cp_high_mv = C_MV
+    for _ in range(40):
+        o = r.step()
+        assert not o.contactor and o.request_ma == 0, r.t
+        if o.errors & E.E010:
+            break
+    assert 'V2G-010' in r.codes() and o.pwm_pm == 0
+    assert 'diode' in r.events()[-1][3]
+
+
+def test_a_straight_to_c_runs_pwm_before_closing():
+    # rule: close only after DIODE_SAMPLES good low-side readings with PWM running,
+    # so from A the contactor waits two steps more than from B (still far inside 3 s)
+    r = Rig()
+    r.step(2)
+    r.i.cp_high_mv = C_MV
+    seen_pwm_open = False
+    n = 0
+    while not r.o.contactor:
+        o = r.step()
+        n += 1
+        assert n < 20
+        if not o.contactor and 0 < o.pwm_pm < 1000:
+            seen_pwm_open = True
+    assert seen_pwm_open and n == 5 and n * CONTROL_PERIOD_MS < 3000
+    assert r.o.mode == 'charging' and r.codes() == []
+
+
+def test_diode_lost_during_debounce_blocks_closing():
+    r = Rig()
+    r.i.cp_high_mv = B_MV
+    r.step(3)
+    r.i.cp_high_mv = C_MV
+    r.i.cp_low_mv = 6000
+    for _ in range(10):
+        assert not r.step().contactor
+    assert 'V2G-010' in r.codes()
+
+
+BAD_ARGS = (
+    ('config_get', {'keys': [[1]]}, 'keys'),
+    ('config_get', {'keys': [{'a': 1}]}, 'keys'),
+    ('config_get', {'keys': [1, 'MAX_CHARGE_AMPS']}, 'keys'),
+    ('config_get', {'keys': 'MAX_CHARGE_AMPS'}, 'keys'),
+    ('config_get', {'keys': [10 ** 5000]}, 'keys'),
+    ('config_set', {1: 2, 'MAX_CHARGE_AMPS': 16}, '1'),
+    ('config_set', {'MAX_CHARGE_AMPS': float('inf')}, 'MAX_CHARGE_AMPS'),
+    ('config_set', {'MAX_CHARGE_AMPS': float('nan')}, 'MAX_CHARGE_AMPS'),
+    ('config_set', {'MAX_CHARGE_AMPS': -float('inf')}, 'MAX_CHARGE_AMPS'),
+    ('config_set', {'MAX_CHARGE_AMPS': [16]}, 'MAX_CHARGE_AMPS'),
+    ('config_set', {'MAX_CHARGE_AMPS': 10 ** 5000}, 'MAX_CHARGE_AMPS'),
+    ('config_set', {'METER_ADDRESS': True}, 'METER_ADDRESS'),
+    ('config_set', {'PHASES': float('inf')}, 'PHASES'),
+    ('soc_target', {'soc_pct': float('inf')}, 'soc_pct'),
+    ('soc_target', {'soc_pct': float('nan')}, 'soc_pct'),
+    ('soc_target', {'soc_pct': [50]}, 'soc_pct'),
+    ('soc_target', {'soc_pct': 10 ** 5000}, 'soc_pct'),
+    ('soc_target', {'soc_pct': True}, 'soc_pct'),
+    ('soc_target', {'soc_pct': 50, 'mode': ['auto']}, 'mode'),
+    ('soc_target', {'soc_pct': 50, 'mode': 10 ** 5000}, 'mode'),
+    ('soc_target', {1: 50}, '1'),
+    ('limit', {'charge_a': float('inf')}, 'charge_a'),
+    ('limit', {'discharge_a': -float('inf')}, 'discharge_a'),
+    ('limit', {'charge_a': float('nan')}, 'charge_a'),
+    ('limit', {'charge_a': [10]}, 'charge_a'),
+    ('limit', {'charge_a': 10 ** 5000}, 'charge_a'),
+    ('limit', {'discharge_a': False}, 'discharge_a'),
+    ('limit', {(1, 2): 5}, 'a tuple'),
+    ('charge_only', {'on': [True]}, 'on'),
+    ('charge_only', {'on': 10 ** 5000}, 'on'),
+    ('charge_only', {'on': 1}, 'on'),
+    ('start', {1: 2}, '1'),
+    ('stop', {10 ** 5000: 1}, 'a too large integer'),
+    ('clear_fault', {None: 1}, 'None'),
+    ('status', {'x' * 500: 1}, 'xxxx'),
+    ([1], {}, 'op'),
+    (10 ** 5000, {}, 'op'),
+)
+
+
+def test_bad_command_values_refused_naming_the_field():
+    r = Rig()
+    r.charging()
+    before = r.c.cfg.config_hash()
+    k = 0
+    for op, args, field in BAD_ARGS:
+        k += 1
+        res = r.cmd('bad{}'.format(k), op, args)
+        ok, code, msg, data = res
+        assert not ok and code == 'V2G-400', (op, args, res)
+        assert field in msg, (op, msg)
+        if op != 'config_set':
+            assert data == {}
+        assert len(msg) < 300, msg
+    assert r.c.cfg.config_hash() == before and r.c.setpoint.target_pm == -1
+    assert r.c.csms_charge_ma > 100000 and not r.c.cmd_charge_only and not r.c.stopped
+    o = r.step()
+    assert o.contactor and o.request_ma == 32000
+
+
+def test_pop_events_every_tick_allocates_nothing():
+    # the shell calls pop_events() after every step, with and without a grid module
+    from core.grid import GridProtection
+    for with_grid in (False, True):
+        r = Rig()
+        if with_grid:
+            r.c.grid = GridProtection.from_config(r.cfg, start_in_service=True)
+        r.charging()
+        r.step(5)
+        r.events()
+        micropython.heap_lock()
+        try:
+            for _ in range(300):
+                r.step()
+                ev = r.events()
+        finally:
+            micropython.heap_unlock()
+        assert len(ev) == 0 and r.o.contactor
+
+
+def _droop_rig(droop_ma):
+    r = Rig(soc_pm=500)
+    r.c.set_grid(200000, 200000, droop_ma=droop_ma)
+    return r
+
+
+def test_droop_never_reverses_charge_only_target_into_discharge():
+    # mode 'charge' (charge-only direction): an under-frequency droop larger than the
+    # charge current lowers charging to zero, never below
+    r = _droop_rig(0)
+    assert r.cmd('m1', 'soc_target', {'soc_pct': 90, 'mode': 'charge'})[0]
+    r.charging()
+    r.c.set_grid(200000, 200000, droop_ma=-60000)
+    for _ in range(100):
+        o = r.step()
+        assert o.request_ma >= 0, o.request_ma
+    assert o.request_ma == 0
+    # holding at the target in mode 'charge': the droop does not wake it as a source
+    assert r.cmd('m2', 'soc_target', {'soc_pct': 50, 'mode': 'charge'})[0]
+    for _ in range(100):
+        assert r.step().request_ma >= 0
+
+
+def test_droop_never_reverses_charge_only_fallback_into_discharge():
+    r = _droop_rig(0)
+    assert r.cmd('c1', 'charge_only', {'on': True})[0]
+    r.charging()
+    r.c.set_grid(200000, 200000, droop_ma=-60000)
+    for _ in range(100):
+        assert r.step().request_ma >= 0
+    assert r.o.request_ma == 0
+
+
+def test_droop_may_reverse_in_auto_mode():
+    r = _droop_rig(0)
+    assert r.cmd('a1', 'soc_target', {'soc_pct': 90})[0]
+    r.charging()
+    r.c.set_grid(200000, 200000, droop_ma=-60000)
+    r.step(100)
+    assert r.o.request_ma < 0 and r.o.contactor
