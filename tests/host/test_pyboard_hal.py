@@ -1,0 +1,655 @@
+"""The pyboard HAL (boards/pyboard/hal.py) against fake `machine` and `pyb` modules.
+
+The HAL runs only on the board, so these tests install fakes with just what it uses
+(Pin, ADC, Timer/PWM channel, UART, CAN, WDT, USB_VCP, reset causes), load pins.py and
+hal.py from source into fresh namespaces, and drive it, including through the station's
+meter and CAN tasks (app/buses.py) with a fake SDM630 on the RS-485 UART and BMS frames
+on the CAN bus.
+
+Only firmware/, boards/sim/ and tests/firmware/ are laid out in the firmware test VM, so
+this module lives with the host tests: pytest runs each test under CPython, and
+test_same_tests_in_micropython_vm runs them all again in the real MicroPython VM with
+boards/pyboard mounted beside the firmware.
+"""
+import struct
+import sys
+
+try:
+    import pytest
+except ImportError:      # inside the MicroPython VM
+    pytest = None
+
+from core import can_msgs as M
+from core import config as config_mod
+from core import link as L
+from core.controller import Inputs, Outputs
+
+PYBOARD_DIR = None       # the VM runner sets it; under CPython it is found from __file__
+
+W = None                 # the fake board of the running test
+
+
+def _dir():
+    if PYBOARD_DIR:
+        return PYBOARD_DIR
+    import os
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'boards', 'pyboard')
+
+
+def raw(mv):
+    """ADC counts for a voltage in mV (12-bit, 3.3 V)."""
+    return (mv * 4095 + 3299) // 3300
+
+
+class World:
+    def __init__(self):
+        self.events = []
+        self.pins = {}
+        self.adc = {'X19': raw(3000), 'X20': raw(3300), 'X11': raw(1835)}
+        self.cp = (raw(3000), raw(300))
+        self.uarts = {}
+        self.can = None
+        self.usb = False
+        self.fail = ()           # fake classes whose constructor raises
+        self.reset_cause = 1
+        self.now_us = 0
+
+    def ev(self, *e):
+        self.events.append(e)
+
+
+class FakePin:
+    IN = 0
+    OUT = 1
+    PULL_UP = 1
+
+    def __init__(self, name, mode=None, pull=None, value=None):
+        self.name = name
+        self.v = 1 if pull == FakePin.PULL_UP else 0
+        if value is not None:
+            self.v = value
+        W.pins[name] = self
+        W.ev('pin', name, mode, value)
+
+    def value(self, v=None):
+        if v is None:
+            return self.v
+        self.v = v
+        W.ev('set', self.name, v)
+
+
+class FakeChannel:
+    def __init__(self, pulse_width):
+        self.pw = pulse_width
+        W.ev('pwm', pulse_width)
+
+    def pulse_width(self, pw):
+        self.pw = pw
+        W.ev('pwm', pw)
+
+
+class FakeTimer:
+    PWM = 0
+
+    def __init__(self, n, freq=None):
+        self.n = n
+        W.ev('timer', n)
+        self.ch = None
+
+    def period(self):
+        return 83999
+
+    def channel(self, ch, mode, pin=None, pulse_width=0):
+        self.ch = FakeChannel(pulse_width)
+        W.channel = self.ch
+        return self.ch
+
+
+class FakeADC:
+    def __init__(self, name):
+        if 'ADC' in W.fail:
+            raise OSError(19)
+        self.name = name
+        W.ev('adc', name)
+
+    def read(self):
+        return W.adc[self.name]
+
+    def read_timed(self, buf, timer):
+        for i in range(len(buf)):
+            buf[i] = W.cp[0] if i < len(buf) // 2 else W.cp[1]
+
+
+class FakeUART:
+    def __init__(self, uid, baud=None, **kw):
+        self.uid = uid
+        self.baud = baud
+        self.rx = bytearray()
+        self.sent = []
+        self.de_at_write = []
+        self.answer = None        # function(request bytes) -> reply bytes
+        self.inits = 0
+        W.uarts[uid] = self
+        W.ev('uart', uid)
+
+    def init(self, baud, **kw):
+        if baud not in (2400, 4800, 9600, 19200, 38400, 115200):
+            raise ValueError('baud')
+        self.baud = baud
+        self.inits += 1
+
+    def write(self, data):
+        b = bytes(data)
+        self.sent.append(b)
+        de = W.pins.get('Y3')
+        self.de_at_write.append(de.v if de is not None else None)
+        if self.answer is not None:
+            self.rx += self.answer(b)
+        return len(b)
+
+    def any(self):
+        return len(self.rx)
+
+    def readinto(self, buf, n=None):
+        if n is None:
+            n = len(buf)
+        n = min(n, len(self.rx), len(buf))
+        if n == 0:
+            return None
+        buf[:n] = self.rx[:n]
+        self.rx = self.rx[n:]
+        return n
+
+
+class FakeCAN:
+    NORMAL = 1
+    MASK16 = 0
+    LIST16 = 1
+    BUS_OFF = 4
+
+    def __init__(self, bus):
+        self.bus = bus
+        self.queue = []           # (id, ext, rtr, data) waiting in FIFO 0
+        self.out = []             # (id, bytes) sent
+        self.full = False
+        self.inits = []
+        self.filters = []
+        self.st = 1
+        W.can = self
+        W.ev('can', bus)
+
+    def init(self, mode, extframe=False, baudrate=0, sample_point=75, auto_restart=False):
+        if baudrate not in (125000, 250000, 500000, 1000000):
+            raise ValueError('CAN bitrate cannot be met')
+        self.inits.append((mode, baudrate, auto_restart))
+
+    def setfilter(self, bank, mode, fifo, params):
+        self.filters.append((bank, mode, fifo, tuple(params)))
+
+    def any(self, fifo):
+        return len(self.queue) > 0
+
+    def recv(self, fifo, lst, timeout=5000):
+        cid, ext, rtr, data = self.queue.pop(0)
+        mv = lst[4]
+        mv[:len(data)] = data
+        lst[0] = cid
+        lst[1] = ext
+        lst[2] = rtr
+        lst[3] = 0
+        lst[4] = mv[:len(data)]   # pyb.CAN resizes the memoryview to the DLC in place
+        return lst
+
+    def send(self, data, cid, timeout=5000):
+        if self.full:
+            raise OSError(116)
+        self.out.append((cid, bytes(data)))
+
+    def state(self):
+        return self.st
+
+
+class FakeWDT:
+    def __init__(self, timeout=0):
+        W.wdt = self
+        self.feeds = 0
+        W.ev('wdt', timeout)
+
+    def feed(self):
+        self.feeds += 1
+
+
+class FakeVCP:
+    def isconnected(self):
+        return W.usb
+
+
+def _machine_reset():
+    W.ev('machine.reset')
+
+
+def _reset_cause():
+    return W.reset_cause
+
+
+class FakeMachine:
+    Pin = FakePin
+    UART = FakeUART
+    WDT = FakeWDT
+    PWRON_RESET = 1
+    HARD_RESET = 2
+    WDT_RESET = 3
+    DEEPSLEEP_RESET = 4
+    SOFT_RESET = 5
+    reset = staticmethod(_machine_reset)
+    reset_cause = staticmethod(_reset_cause)
+
+
+class FakePyb:
+    Pin = FakePin
+    Timer = FakeTimer
+    ADC = FakeADC
+    CAN = FakeCAN
+    USB_VCP = FakeVCP
+
+
+class FakeTime:
+    @staticmethod
+    def ticks_us():
+        return W.now_us & 0x3FFFFFFF
+
+    @staticmethod
+    def ticks_ms():
+        return (W.now_us // 1000) & 0x3FFFFFFF
+
+
+class Namespace:
+    def __init__(self, d):
+        for k in d:
+            setattr(self, k, d[k])
+
+
+def _exec(name, extra=None):
+    path = _dir() + '/' + name
+    with open(path) as f:
+        src = f.read()
+    d = {'__name__': 'pyboard_' + name[:-3]}
+    exec(compile(src, path, 'exec'), d)
+    return d
+
+
+def load_hal():
+    """A fresh fake board and the pyboard HAL module loaded against it (a namespace)."""
+    global W
+    W = World()
+    saved = {}
+    for k in ('machine', 'pyb', 'board'):
+        saved[k] = sys.modules.get(k)
+    sys.modules['machine'] = FakeMachine
+    sys.modules['pyb'] = FakePyb
+    try:
+        pins = Namespace(_exec('pins.py'))
+        sys.modules['board'] = Namespace({'pins': pins})
+        d = _exec('hal.py')
+    finally:
+        for k in saved:
+            if saved[k] is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = saved[k]
+    d['time'] = FakeTime      # the HAL's clock is the test's
+    return Namespace(d)
+
+
+def new_hal():
+    mod = load_hal()
+    return mod, mod.Hal()
+
+
+def settings(**kw):
+    return config_mod.validate(kw, board={'MAX_CHARGE_AMPS': (6, 32), 'MAX_DISCHARGE_AMPS': (0, 32)})
+
+
+# -- start-up and the safe state ---------------------------------------------------------
+
+def test_outputs_safe_before_anything_else():
+    mod, hal = new_hal()
+    assert W.events[0] == ('pin', 'Y9', FakePin.OUT, 0)           # contactor open first
+    first_pwm = [i for i in range(len(W.events)) if W.events[i][0] == 'pwm'][0]
+    first_input = [i for i in range(len(W.events)) if W.events[i][0] in ('adc', 'uart', 'can')][0]
+    assert W.events[first_pwm] == ('pwm', 0)                      # pilot steady -12 V (F)
+    assert first_pwm < first_input
+
+
+def test_failing_peripheral_leaves_outputs_safe():
+    mod = load_hal()
+    W.fail = ('ADC',)
+    try:
+        mod.Hal()
+        raised = False
+    except OSError:
+        raised = True
+    assert raised
+    assert W.pins['Y9'].v == 0
+    assert W.channel.pw == 0
+
+
+def test_apply_then_safe_state_and_reset():
+    mod, hal = new_hal()
+    out = Outputs()
+    out.contactor = True
+    out.pwm_pm = 266
+    hal.apply(out, 0)
+    assert W.pins['Y9'].v == 1
+    assert W.channel.pw == 84000 * 266 // 1000
+    W.events = []
+    hal.reset()
+    assert ('set', 'Y9', 0) in W.events and ('pwm', 0) in W.events
+    assert W.events[-1] == ('machine.reset',)                    # outputs safe, then reset
+    assert W.pins['Y9'].v == 0 and W.channel.pw == 0
+
+
+def test_watchdog_only_without_usb_and_reset_cause():
+    mod = load_hal()
+    W.usb = True
+    W.reset_cause = 3
+    hal = mod.Hal()
+    assert hal.wdt is None
+    assert hal.reset_cause() == 'watchdog'
+    hal.feed_watchdog()
+    mod, hal = new_hal()
+    hal.feed_watchdog()
+    assert W.wdt.feeds == 1
+
+
+# -- EVSE temperature sensor ---------------------------------------------------------------
+
+def test_ntc_table():
+    mod = load_hal()
+    assert mod.ntc_dc(1835) == 200
+    assert mod.ntc_dc(2000) > 100 and mod.ntc_dc(2000) < 200
+    assert mod.ntc_fault(3300) == 'open'
+    assert mod.ntc_fault(10) == 'short'
+    assert mod.ntc_fault(1835) is None
+
+
+def test_open_ntc_reads_at_the_limit_and_is_counted():
+    mod, hal = new_hal()
+    inp = Inputs()
+    hal.read_inputs(inp, 0)
+    assert 195 <= inp.evse_temp_dc <= 205
+    assert 'evse_ntc' not in hal.bus_stats()
+    W.adc['X11'] = raw(3300)               # broken wire: the pull-up alone
+    hal.read_inputs(inp, 50)
+    hal.read_inputs(inp, 100)
+    assert 195 <= inp.evse_temp_dc <= 205  # one or two spikes are not a fault yet
+    hal.read_inputs(inp, 150)
+    assert inp.evse_temp_dc == mod.EVSE_SENSOR_FAULT_DC
+    assert hal.bus_stats()['evse_ntc'] == {'faults': 1, 'state': 'open'}
+    for t in range(10):
+        hal.read_inputs(inp, 200 + t)
+    assert hal.bus_stats()['evse_ntc']['faults'] == 1           # one fault, not one per step
+    W.adc['X11'] = raw(1835)
+    hal.read_inputs(inp, 300)
+    assert 195 <= inp.evse_temp_dc <= 205
+    assert hal.bus_stats()['evse_ntc'] == {'faults': 1, 'state': 'ok'}
+    W.adc['X11'] = raw(20)                 # shorted sense line
+    for t in range(3):
+        hal.read_inputs(inp, 400 + t)
+    assert inp.evse_temp_dc == mod.EVSE_SENSOR_FAULT_DC
+    assert hal.bus_stats()['evse_ntc'] == {'faults': 2, 'state': 'short'}
+
+
+def test_sensor_fault_temperature_trips_every_allowed_limit():
+    mod = load_hal()
+    hi = config_mod.SCHEMA['EVSE_TEMP_LIMIT_C'][2]
+    cfg = settings(EVSE_TEMP_LIMIT_C=hi, EVSE_TEMP_DERATE_C=hi - 10)
+    assert mod.EVSE_SENSOR_FAULT_DC >= cfg.evse_limit_dc
+    assert mod.EVSE_SENSOR_FAULT_DC >= settings().evse_limit_dc
+
+
+# -- RS-485 port ---------------------------------------------------------------------------
+
+def test_rs485_port():
+    mod, hal = new_hal()
+    port = hal.rs485
+    port.open(19200)
+    u = W.uarts[6]
+    assert u.baud == 19200
+    buf = bytearray(b'\x01\x04\x00\x00\x00\x02\x71\xcb????')
+    port.write(buf, 8)
+    assert u.sent == [bytes(buf[:8])]
+    assert u.de_at_write == [1] and W.pins['Y3'].v == 0          # DE up for the write only
+    assert port.tx_done()
+    v = port._tx_views[8]
+    port.write(buf, 8)
+    assert port._tx_views[8] is v                                # no new view per request
+    rx = bytearray(16)
+    assert port.readinto(rx) == 0
+    u.rx += b'\x01\x02\x03'
+    assert port.readinto(rx) == 3 and rx[:3] == b'\x01\x02\x03'
+    u.rx += bytes(range(20))
+    assert port.readinto(rx) == 16 and port.readinto(rx) == 4
+
+
+def test_rs485_open_failure_is_reported_not_raised():
+    mod, hal = new_hal()
+    hal.rs485.open(12345)
+    hal.rs485.write(bytearray(8), 8)
+    assert hal.rs485.readinto(bytearray(8)) == 0
+    assert 'baud 12345' in hal.bus_stats()['rs485_port']['open_error']
+
+
+# -- CAN port --------------------------------------------------------------------------------
+
+def test_can_port():
+    mod, hal = new_hal()
+    port = hal.can
+    port.open(250000)
+    c = W.can
+    assert c.bus == 2
+    assert c.inits == [(FakeCAN.NORMAL, 250000, True)]
+    assert c.filters == [(0, FakeCAN.MASK16, 0, (0, 0, 0, 0))]  # every id; the codec filters
+    buf = bytearray(8)
+    assert port.recv(buf) == -1
+    c.queue.append((0x601, False, False, b'\x11\x22\x33\x44\x55'))
+    c.queue.append((0x1ABCDE, True, False, b'\x01\x02\x03\x04\x05\x06\x07\x08'))
+    c.queue.append((0x602, False, True, b''))                    # remote request: skipped
+    c.queue.append((0x602, False, False, b'\x09'))
+    assert port.recv(buf) == 5                                   # the real DLC
+    assert port.rx_id == 0x601 and not port.rx_ext
+    assert buf == bytearray(b'\x11\x22\x33\x44\x55\x00\x00\x00')
+    assert port.recv(buf) == 8 and port.rx_ext and port.rx_id == 0x1ABCDE
+    assert port.recv(buf) == 1 and port.rx_id == 0x602 and buf[0] == 9 and buf[1] == 0
+    assert port.recv(buf) == -1
+    assert hal.bus_stats()['can_port'] == {'remote_frames': 1}
+    tx = bytearray(b'ABCDEFGH')
+    assert port.send(0x600, tx, 8) is True
+    assert port.send(0x611, tx, 3) is True
+    assert c.out == [(0x600, b'ABCDEFGH'), (0x611, b'ABC')]
+    c.full = True
+    assert port.send(0x600, tx, 8) is False
+    c.st = FakeCAN.BUS_OFF
+    assert hal.bus_stats()['can_port']['state'] == 'bus off'
+
+
+def test_can_open_failure_is_reported_not_raised():
+    mod, hal = new_hal()
+    hal.can.open(33333)
+    assert hal.can.recv(bytearray(8)) == -1
+    assert hal.can.send(0x600, bytearray(8), 8) is False
+    assert 'bitrate 33333' in hal.bus_stats()['can_port']['open_error']
+    hal.can.open(500000)
+    assert 'can_port' not in hal.bus_stats()
+
+
+# -- the station's meter and CAN tasks on this board ---------------------------------------
+
+def crc16(b):
+    crc = 0xFFFF
+    for x in b:
+        crc ^= x
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+class Sdm630:
+    """Answers function 0x04 reads for unit 1 from float registers."""
+
+    def __init__(self):
+        self.regs = [0] * 0x50
+
+    def put(self, reg, x):
+        b = struct.pack('>f', x)
+        self.regs[reg] = (b[0] << 8) | b[1]
+        self.regs[reg + 1] = (b[2] << 8) | b[3]
+
+    def answer(self, req):
+        if len(req) != 8 or req[0] != 1 or req[1] != 4:
+            return b''
+        addr = (req[2] << 8) | req[3]
+        count = (req[4] << 8) | req[5]
+        body = bytearray([1, 4, 2 * count])
+        for i in range(count):
+            r = self.regs[addr + i]
+            body.append(r >> 8)
+            body.append(r & 0xFF)
+        c = crc16(body)
+        return bytes(body) + bytes([c & 0xFF, c >> 8])
+
+
+def bms_frames(soc_pm, charge_ma, fault_bits, counter):
+    s = M.BmsStatus()
+    s.soc_pm = soc_pm
+    s.counter = counter
+    s.pack_voltage_mv = 400000
+    s.temp_max_dc = 300
+    d1 = bytearray(8)
+    M.pack_bms_status(s, d1)
+    lim = M.BmsLimits()
+    lim.max_charge_current_ma = charge_ma
+    lim.max_discharge_current_ma = charge_ma
+    lim.fault_bits = fault_bits
+    lim.counter = counter
+    d2 = bytearray(8)
+    M.pack_bms_limits(lim, d2)
+    return (M.BMS_STATUS_ID, False, False, bytes(d1)), (M.BMS_LIMITS_ID, False, False, bytes(d2))
+
+
+def test_meter_and_bms_through_the_station_tasks():
+    from app.buses import Buses
+    mod, hal = new_hal()
+    meter = Sdm630()
+    for r in (0, 2, 4):
+        meter.put(r, 230.0)
+    meter.put(6, 10.0)
+    meter.put(8, 16.0)            # L2 carries the most: the limits are about it
+    meter.put(0x0A, 12.0)
+    meter.put(0x34, -9000.0)      # total power < 0: the vehicle feeds the grid
+    meter.put(0x46, 50.0)
+    meter.put(0x48, 1.5)          # import kWh
+    meter.put(0x4A, 0.25)         # export kWh
+    cfg = settings(METER_POLL_MS=200, CAN_BITRATE=500000)
+    buses = Buses(hal, cfg)
+    W.uarts[6].answer = meter.answer
+    assert W.uarts[6].baud == 9600 and W.can.inits[0][1] == 500000
+    inp = Inputs()
+    out = Outputs()
+    counter = 0
+    for step in range(40):
+        now = step * 50
+        W.now_us = now * 1000
+        if step % 2 == 0:
+            counter = (counter + 1) & 15
+            W.can.queue.extend(bms_frames(800, 32000, 0, counter))
+        hal.read_inputs(inp, now)
+        buses.read(now, inp, cfg)
+        buses.write(now, out, inp)
+    assert all(de == 1 for de in W.uarts[6].de_at_write) and W.pins['Y3'].v == 0
+    assert inp.meter_ok
+    assert inp.meter_ma == -16000                  # max phase current, signed by total power
+    assert inp.meter_mv == 230000 and inp.meter_mhz == 50000
+    assert buses.meter.import_wh() == 1500 and buses.meter.export_wh() == 250
+    assert hal.energy_in_wh() == 0 and hal.energy_out_wh() == 0
+    assert inp.bms_soc_pm == 800 and inp.bms_max_charge_ma == 32000
+    assert inp.bms_age_ms <= 100
+    ids = [cid for cid, data in W.can.out]
+    assert M.VCU_POWER_REQUEST_ID in ids and M.EVSE_STATUS_ID in ids and M.EVSE_LIMITS_ID in ids
+    assert all(len(data) == 8 for cid, data in W.can.out)
+    # a BMS fault: no current either way
+    now += 50
+    counter = (counter + 1) & 15
+    W.can.queue.extend(bms_frames(800, 32000, 4, counter))
+    buses.read(now, inp, cfg)
+    assert inp.bms_max_charge_ma == 0 and inp.bms_max_discharge_ma == 0
+    # status frames alone keep arriving, the limits stop: the BMS data is stale
+    for _k in range(20):
+        now += 50
+        counter = (counter + 1) & 15
+        W.can.queue.append(bms_frames(800, 32000, 0, counter)[0])
+        buses.read(now, inp, cfg)
+    assert inp.bms_age_ms >= 1000
+    stats = hal.bus_stats()
+    stats.update(buses.stats(now))
+    assert stats['meter']['snap_ok'] >= 1 and stats['can']['rx_ok'] >= 20
+
+
+# -- host link ---------------------------------------------------------------------------------
+
+def test_link_read():
+    mod, hal = new_hal()
+    u = W.uarts[2]
+    assert hal.link_read() is None
+    wire = []
+    L.Link(wire.append).send(L.hello('1.0', 'pyboard', 'abc', 'power_on', 1))
+    sent = b''.join(bytes(w) for w in wire)
+    u.rx += sent
+    data = hal.link_read()
+    assert len(data) == len(sent) and bytes(data[:len(sent)]) == sent
+    msgs = L.Link(lambda b: None).feed(data)
+    assert len(msgs) == 1 and msgs[0]['t'] == 'hello'
+    assert hal.link_read() is None
+    u.rx += bytes(600)
+    assert len(hal.link_read()) == 512 and len(hal.link_read()) == 88
+
+
+# -- the same tests in the MicroPython VM ---------------------------------------------------------
+
+def test_same_tests_in_micropython_vm():
+    if pytest is None:
+        return
+    import json
+    from pathlib import Path
+
+    from host_tools import vm
+    here = Path(__file__).resolve()
+    root = here.parents[2]
+    names = [n for n in sorted(globals()) if n.startswith('test_') and n != 'test_same_tests_in_micropython_vm']
+    code = '\n'.join([
+        'import sys, json, io',
+        'sys.path.insert(0, "/tests")',
+        'import test_pyboard_hal as t',
+        't.PYBOARD_DIR = "/pyboard"',
+        'for n in {!r}:'.format(names),
+        '    try:',
+        '        getattr(t, n)()',
+        '        print(json.dumps({"name": n, "ok": True}))',
+        '    except Exception as e:',
+        '        b = io.StringIO(); sys.print_exception(e, b)',
+        '        print(json.dumps({"name": n, "ok": False, "err": b.getvalue()}))',
+    ])
+    mounts = vm.firmware_mounts("sim", extra=[(root / "boards" / "pyboard", "/pyboard"),
+                                               (here, "/tests/test_pyboard_hal.py")])
+    try:
+        out = vm.run_micropython(code, mounts=mounts, timeout=300)
+    except vm.VmMissing as e:
+        pytest.skip(str(e))
+    results = {}
+    for line in out.splitlines():
+        if line.startswith('{'):
+            rec = json.loads(line)
+            results[rec['name']] = rec
+    failed = [n + ': ' + results[n].get('err', '') for n in names if not results.get(n, {}).get('ok')]
+    missing = [n for n in names if n not in results]
+    assert not missing and not failed, '\n'.join(missing + failed)
