@@ -47,6 +47,11 @@ def cli(state_dir, board, blank, repl_port, meter, ev_can, can_bitrate):
     A new state folder starts with the working tree's firmware on it (or empty with --blank);
     what is copied onto the board stays there across restarts, like flash.
     """
+    # Handlers first: a signal that arrives while the board starts (or right after its JSON line)
+    # must still end in a clean stop with the files saved, never in a bare kill.
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
     try:
         board_ = VirtualBoard(state_dir, board=board, blank=blank, repl_port=repl_port, meter=meter,
                               ev_can=ev_can, can_bitrate=int(can_bitrate))
@@ -54,9 +59,6 @@ def cli(state_dir, board, blank, repl_port, meter, ev_can, can_bitrate):
     except (BoardError, vm.VmMissing) as e:
         raise click.ClickException(str(e)) from e
     print(json.dumps(endpoints), flush=True)
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
     while not done.wait(0.5):
         pass
     board_.stop()
