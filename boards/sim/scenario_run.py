@@ -10,8 +10,10 @@ that are due, lets the simulated host send its heartbeat, fills the controller's
 from the plant, steps the controller, then advances the plant under the outputs. Host
 commands (setpoint, limit, config) travel as host-link frames (core/link.py) when that
 module is present, so the run exercises the real codec. A reboot re-creates the
-controller; the journal, the event log and the accepted settings survive in `storage`,
-a dict standing in for the flash filesystem.
+controller and restores what the firmware shell (app/station.py) restores from flash: the
+journal, the event log, the controller state (Controller.state_dump: the contactor-fault
+latch, the heartbeat fallback, the SoC target, the CSMS limits, stop and charge-only) and
+the accepted settings, kept in `storage`, a dict standing in for the flash filesystem.
 
 Output: one JSON object per line (shared spec scenario.md): `tick`, `event`, `summary`.
 Numbers are formatted from integers with fixed decimals so both interpreters print the
@@ -193,12 +195,16 @@ class Run:
         g = gridmod.GridProtection.from_config(self.cfg, step_ms=self.period,
                                                start_in_service=self.boots == 1)
         self.ctl = ctlmod.Controller(self.cfg, g)
-        # persisted state comes back as the shell would load it from flash
+        # persisted state comes back in the order app/station.py loads it from flash:
+        # journal, event log, then the controller state (its latches raise their codes again)
         for name in ('journal', 'eventlog'):
             obj = self._persisted(name)
             blob = self.storage.get(name)
             if obj is not None and blob is not None:
                 obj.load(blob)
+        blob = self.storage.get('controller')
+        if blob is not None:
+            self.ctl.state_load(now, blob)
         self._mode = None
         self._cp = None
         self.emit.event(now, 'sim', None, 'controller boot #%d' % self.boots,
@@ -218,6 +224,8 @@ class Run:
             obj = self._persisted(name)
             if obj is not None and getattr(obj, 'dirty', True):
                 self.storage[name] = obj.dump()
+        if self.ctl.state_dirty:
+            self.storage['controller'] = self.ctl.state_dump()
 
     # ------------------------------------------------------------ scenario events
     def apply(self, now, do, args):

@@ -302,3 +302,57 @@ def test_example_runs_the_same_on_both_interpreters(name):
     assert a.raw[:-1] == b.raw[:-1]
     done = [e["do"] for e in a.events() if e["src"] == "scenario"]
     assert done == [e["do"] for e in scen["events"]]      # every event was applied, in order
+
+
+# ---------------------------------------------------------------- reboot
+
+def _reboot_scenario(events, duration_s=60, **tables):
+    doc = {"version": 1, "duration_s": duration_s, "vm": "cpython",
+           "config": {"HEARTBEAT_TIMEOUT_S": 5, "MIN_SOC_THRESHOLD": 20, "RESERVE_MARGIN": 20,
+                      "V2G_AVAILABLE_MARGIN": 2, "GRID_ENTER_SERVICE_DELAY_S": 2, "GRID_RAMP_S": 1},
+           "ev": {"capacity_kwh": 10.0, "soc_pct": 60.0},
+           "at": [{"t_s": 1, "do": "plug"}, {"t_s": 2, "do": "ev_ready"}] + events}
+    doc.update(tables)
+    return sim.simulate(sc.validate(doc, "reboot-mem.toml"), vm="cpython")
+
+
+def _ticks_after(r, t_ms):
+    return [x for x in r.ticks() if x["t_ms"] >= t_ms]
+
+
+def test_reboot_keeps_the_contactor_fault_latch():
+    # welded, then the hardware is repaired but nobody cleared the fault: a reset must not
+    # clear it either (the firmware restores it from flash, so must the simulator)
+    r = _reboot_scenario([
+        {"t_s": 10, "do": "contactor_fault", "kind": "welded"},
+        {"t_s": 11, "do": "ev_pause"},
+        {"t_s": 15, "do": "contactor_restore"},
+        {"t_s": 20, "do": "reboot"},
+        {"t_s": 21, "do": "ev_ready"},
+    ])
+    assert r.summary["boots"] == 2
+    after = _ticks_after(r, 25000)
+    assert after and all("V2G-011" in x["errors"] and not x["contactor"] for x in after)
+    assert all(x["mode"] == "fault" and x["amps"] == 0 for x in after)
+    again = [e for e in r.events() if e["code"] == "V2G-011" and e.get("on") and e["t_ms"] == 20000]
+    assert again and "before the reset" in again[0]["msg"]
+
+
+def test_reboot_keeps_the_heartbeat_fallback_target_and_csms_limit():
+    r = _reboot_scenario([
+        {"t_s": 4, "do": "setpoint", "soc_target_pct": 40, "txn": "rb-a"},
+        {"t_s": 5, "do": "limit", "charge_a": 20, "discharge_a": 12},
+        {"t_s": 20, "do": "heartbeat_loss"},
+        {"t_s": 30, "do": "heartbeat_restore"},     # back, but no fresh command yet
+        {"t_s": 35, "do": "reboot"},
+        {"t_s": 50, "do": "setpoint", "soc_target_pct": 40, "txn": "rb-b"},
+    ])
+    disch = [x for x in r.ticks() if x["t_ms"] < 20000 and x["mode"] == "discharging"]
+    assert disch and min(x["limit_discharge_a"] for x in disch) == 12.0
+    # after the reset: still charge-only (V2G-101) until the fresh command at 50 s
+    mid = [x for x in r.ticks() if 36000 <= x["t_ms"] < 50000]
+    assert mid and all(x["mode"] == "charge_only" and "V2G-101" in x["errors"] for x in mid)
+    late = _ticks_after(r, 56000)
+    # the target (40 % from 60 %) and the CSMS discharge limit of before the reset hold
+    assert late and all(x["mode"] == "discharging" for x in late)
+    assert all(x["limit_discharge_a"] == 12.0 and x["limit_discharge_src"] == "csms" for x in late)
