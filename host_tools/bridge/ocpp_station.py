@@ -590,14 +590,17 @@ class OcppStation:
                                ("discharge_limit_l2", "dischargeLimitL2"),
                                ("discharge_limit_l3", "dischargeLimitL3")):
                 if period.get(key) is not None and (self.version == "2.1" or key == "limit"):
-                    out[camel] = conv(period[key], u, n)
+                    base = key.rsplit("_l", 1)[0] if key.endswith(("_l2", "_l3")) else key
+                    # with L2/L3 values, each value (L1 included) is one phase's, not the sum
+                    out[camel] = conv(period[key], u, 1 if prof.per_phase(period, base) else n)
             if self.version == "2.1" and period.get("operation_mode"):
                 out["operationMode"] = period["operation_mode"]
             if period.get("number_phases"):
                 out["numberPhases"] = period["number_phases"]
         if mx is not None:
             period, u = mx
-            cap = conv(period.get("limit"), u, period.get("number_phases") or phases)
+            cap = conv(period.get("limit"), u, 1 if prof.per_phase(period, "limit")
+                       else (period.get("number_phases") or phases))
             if cap is not None and (out.get("limit") is None or out["limit"] > cap):
                 out["limit"] = cap
         if "limit" not in out and self.version == "2.0.1":

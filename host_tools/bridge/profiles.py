@@ -13,6 +13,8 @@ up to this rate". In 2.1 the period says it: `operationMode` ChargingOnly,
 CentralSetpoint (with `setpoint`, negative = discharge, and `dischargeLimit`,
 negative numbers) or Idle. Per-phase values (`_L2`, `_L3`) of a symmetric controller
 are folded into the smallest magnitude of the three, which never exceeds any phase.
+In W, a value is the sum over the phases unless L2/L3 values are given: then each
+value, the unsuffixed one included, is one phase's power (the L1 value).
 """
 
 from datetime import datetime, timedelta, timezone
@@ -178,6 +180,12 @@ class ProfileStore:
         return sorted(x for x in pts if t0 < x < t1)
 
 
+def per_phase(period, base):
+    """True when the period gives L2/L3 values for `base`: then `base` itself is phase L1
+    only (OCPP 2.1), not the sum over the phases."""
+    return period.get(base + "_l2") is not None or period.get(base + "_l3") is not None
+
+
 def _mag(period, base):
     """Smallest magnitude over the phases of a (possibly per-phase) value, or None."""
     vals = [period.get(base), period.get(base + "_l2"), period.get(base + "_l3")]
@@ -186,6 +194,8 @@ def _mag(period, base):
 
 
 def to_amps(value, unit, volts, phases):
+    """A per-phase current from `value` in `unit`. In W, `phases` is how many phases the
+    value is spread over: the period's phase count for a total, 1 for a per-phase value."""
     if value is None:
         return None
     if unit == "W":
@@ -204,8 +214,9 @@ def plan(tx, mx, version, volts=230.0, phases=1):
         period, unit = tx
         n = period.get("number_phases") or phases
 
-        def amps(v):
-            return to_amps(v, unit, volts, n)
+        def amps(v, base):
+            # with L2/L3 given, a W value is one phase's power, not the sum of all phases
+            return to_amps(v, unit, volts, 1 if per_phase(period, base) else n)
 
         mode = period.get("operation_mode")
         limit = period.get("limit")
@@ -214,34 +225,35 @@ def plan(tx, mx, version, volts=230.0, phases=1):
         elif mode == "CentralSetpoint":
             sp = period.get("setpoint")
             sp_mag = _mag(period, "setpoint")
-            lim = amps(_mag(period, "limit"))
-            dis = amps(_mag(period, "discharge_limit"))
+            lim = amps(_mag(period, "limit"), "limit")
+            dis = amps(_mag(period, "discharge_limit"), "discharge_limit")
             if sp is None or sp == 0:
                 charge_a, discharge_a, direction = 0.0, 0.0, "idle"
             elif sp > 0:
-                a = amps(sp_mag)
+                a = amps(sp_mag, "setpoint")
                 charge_a, discharge_a, direction = (min(a, lim) if lim is not None else a), 0.0, "charge"
             else:
-                a = amps(sp_mag)
+                a = amps(sp_mag, "setpoint")
                 discharge_a = min(a, dis) if dis is not None else a
                 charge_a, direction = 0.0, "discharge"
         elif mode == "ChargingOnly":
-            charge_a = amps(_mag(period, "limit")) if limit is not None else None
+            charge_a = amps(_mag(period, "limit"), "limit") if limit is not None else None
             discharge_a = 0.0
         elif limit is not None and limit < 0:
             # 2.0.1 convention (and 2.1 without operationMode): negative = discharge
-            charge_a, discharge_a, direction = 0.0, amps(_mag(period, "limit")), "discharge"
+            charge_a, discharge_a, direction = 0.0, amps(_mag(period, "limit"), "limit"), "discharge"
         elif limit is not None:
-            charge_a = amps(_mag(period, "limit"))
+            charge_a = amps(_mag(period, "limit"), "limit")
             if version == "2.1":
                 dis = _mag(period, "discharge_limit")
                 if dis is not None:
-                    discharge_a = amps(dis)
+                    discharge_a = amps(dis, "discharge_limit")
     if mx is not None:
         period, unit = mx
         lim = period.get("limit")
         if lim is not None and lim >= 0:
-            cap = to_amps(_mag(period, "limit"), unit, volts, period.get("number_phases") or phases)
+            n = 1 if per_phase(period, "limit") else (period.get("number_phases") or phases)
+            cap = to_amps(_mag(period, "limit"), unit, volts, n)
             charge_a = cap if charge_a is None else min(charge_a, cap)
     r = {"charge_a": _round(charge_a), "discharge_a": _round(discharge_a), "direction": direction}
     return r

@@ -159,6 +159,42 @@ def test_plan_21_operation_modes_and_per_phase_limits():
     assert e.value.reason == "UnsupportedOperationMode"
 
 
+def test_plan_in_watts_per_phase_values_are_one_phase_each():
+    # 2300 W on each of 3 phases at 230 V is 10 A per phase, not 2300 / (230 x 3)
+    per = ({"start_period": 0, "limit": 2300.0, "limit_l2": 2300.0, "limit_l3": 2300.0}, "W")
+    assert P.plan(per, None, "2.1", volts=230, phases=3)["charge_a"] == 10.0
+    # without L2/L3 the value is the sum over the phases
+    total = ({"start_period": 0, "limit": 6900.0}, "W")
+    assert P.plan(total, None, "2.1", volts=230, phases=3)["charge_a"] == 10.0
+    # the smallest phase wins; setpoint and dischargeLimit follow the same rule
+    sp = ({"start_period": 0, "operation_mode": "CentralSetpoint", "setpoint": -2300.0, "setpoint_l2": -1840.0,
+           "setpoint_l3": -2300.0, "discharge_limit": -6900.0}, "W")
+    assert P.plan(sp, None, "2.1", volts=230, phases=3) == {"charge_a": 0.0, "discharge_a": 8.0,
+                                                            "direction": "discharge"}
+    dis = ({"start_period": 0, "operation_mode": "CentralSetpoint", "setpoint": -6900.0,
+            "discharge_limit": -1380.0, "discharge_limit_l2": -1380.0, "discharge_limit_l3": -1380.0}, "W")
+    assert P.plan(dis, None, "2.1", volts=230, phases=3)["discharge_a"] == 6.0
+    # a station max profile with per-phase watts caps per phase too
+    cap = ({"start_period": 0, "limit": 1610.0, "limit_l2": 1610.0, "limit_l3": 1610.0}, "W")
+    assert P.plan(_period(limit=16.0), cap, "2.1", volts=230, phases=3)["charge_a"] == 7.0
+
+
+def test_composite_schedule_converts_per_phase_watts_per_phase(tmp_path):
+    st = _station(tmp_path)
+    st.version = "2.1"
+
+    class Ctl:
+        volts, phases, max_charge_a = 230.0, 3, 32.0
+    st.ctl = Ctl()
+    period = {"start_period": 0, "limit": 2300.0, "limit_l2": 2300.0, "limit_l3": 2300.0}
+    out = st._composite_period((period, "W"), None, "A")
+    assert (out["limit"], out["limitL2"], out["limitL3"]) == (10.0, 10.0, 10.0)
+    out = st._composite_period(({"start_period": 0, "limit": 6900.0}, "W"), None, "A")
+    assert out["limit"] == 10.0
+    out = st._composite_period(({"start_period": 0, "limit": 10.0, "limit_l2": 10.0}, "A"), None, "W")
+    assert (out["limit"], out["limitL2"]) == (2300.0, 2300.0)
+
+
 def test_profile_periods_follow_the_clock_and_the_highest_stack_level():
     store = P.ProfileStore()
     t0 = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
