@@ -31,6 +31,7 @@ from host_tools.bridge import variables as V
 from host_tools.bridge.backoff import Backoff
 from host_tools.bridge.ocpp_proto import VERSIONS, CallRefused, charge_point_class
 from host_tools.bridge.queue import DiskQueue, read_json, write_json_atomic
+from ocpp.charge_point import snake_to_camel_case
 from ocpp.exceptions import OCPPError
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ class OcppStation:
         self._pending_inoperative = False
         self.blocked_until_unplug = False
         self.remote_start_id = None
+        self.remote_id_token = None     # idToken of a RequestStartTransaction waiting for the cable
         self.connector_status = None
         self.boot_reason = "PowerUp"
         self._reconnect = asyncio.Event()
@@ -403,13 +405,15 @@ class OcppStation:
             return "SuspendedEVSE"
         return "EVConnected"
 
-    def _tx_event(self, event_type, trigger, s, meter=True, **info):
+    def _tx_event(self, event_type, trigger, s, meter=True, id_token=None, **info):
         self.tx["seq"] = self.tx.get("seq", -1) + 1
         ti = {"transactionId": self.tx["id"], **{k: v for k, v in info.items() if v is not None}}
         if "chargingState" not in ti and s is not None:
             ti["chargingState"] = self.charging_state(s)
         p = {"eventType": event_type, "timestamp": prof.iso(utcnow()), "triggerReason": trigger,
              "seqNo": self.tx["seq"], "transactionInfo": ti, "evse": EVSE}
+        if id_token:
+            p["idToken"] = id_token
         if meter and s:
             p["meterValue"] = [self._meter_value(s, "Transaction.Begin" if event_type == "Started" else
                                                  "Transaction.End" if event_type == "Ended" else
@@ -420,9 +424,9 @@ class OcppStation:
     def start_transaction(self, s, trigger):
         self.tx = {"id": str(uuid.uuid4()), "seq": -1, "state": None,
                    "start": prof.iso(utcnow())}
-        rs = self.remote_start_id
-        self.remote_start_id = None
-        self._tx_event("Started", trigger, s, remoteStartId=rs)
+        rs, tok = self.remote_start_id, self.remote_id_token
+        self.remote_start_id = self.remote_id_token = None
+        self._tx_event("Started", trigger, s, id_token=tok, remoteStartId=rs)
         self.tx["state"] = self.charging_state(s)
         self._save_tx()
 
@@ -614,13 +618,15 @@ class OcppStation:
         if not res.ok:
             return {"status": "Rejected", "statusInfo": self._status_info("ControllerRefused", res.msg)}
         out = {"status": "Accepted"}
+        tok = snake_to_camel_case(id_token)    # the CSMS's idToken, sent back as given
         if self.tx.get("id"):
             out["transactionId"] = self.tx["id"]
             self.tx["remote_start_id"] = remote_start_id
-            self._tx_event("Updated", "RemoteStart", self.ctl.sample, meter=False,
+            self._tx_event("Updated", "RemoteStart", self.ctl.sample, meter=False, id_token=tok,
                            remoteStartId=remote_start_id)
         else:
             self.remote_start_id = remote_start_id
+            self.remote_id_token = tok
             self.blocked_until_unplug = False
             s = self.ctl.sample or {}
             if s.get("cp") in ("B", "C", "D"):

@@ -386,6 +386,44 @@ def test_heartbeats_outlive_a_schema_error_and_a_dead_loop_is_restarted(tmp_path
     assert "Heartbeat answer refused" in st.clog.text() and "profile ticker stopped" in st.clog.text()
 
 
+class _Ctl:
+    """The controller facade OcppStation uses, answering every command with ok."""
+
+    def __init__(self, sample=None):
+        self.sample = sample or {"cp": "A", "mode": "idle"}
+        self.sent = []
+        self.fw, self.serial = "0.1.0", "sim-CS1"
+
+    async def command(self, op, args):
+        from host_tools.link import CommandResult
+        self.sent.append(op)
+        return CommandResult("t", True, None, "ok", {})
+
+
+def test_remote_start_carries_the_id_token_into_transaction_event_started(tmp_path):
+    st = _station(tmp_path)
+    st.ctl = _Ctl()
+    tok = {"id_token": "TAG-0042", "type": "ISO14443"}
+
+    async def go():
+        r = await st.on_RequestStartTransaction(id_token=tok, remote_start_id=42)
+        assert r == {"status": "Accepted"}
+        st.on_sample({"cp": "B", "mode": "idle"}, 0.0)       # the cable goes in
+        st.on_sample({"cp": "B", "mode": "idle"}, 0.5)
+        await asyncio.sleep(0)
+        # a second start on the running transaction names its token on the Updated event
+        r = await st.on_RequestStartTransaction(id_token={"id_token": "TAG-7", "type": "Central"},
+                                                remote_start_id=43)
+        assert r["transactionId"] == st.tx["id"]
+    asyncio.run(go())
+    started, upd = st.queue.items()
+    assert started["eventType"] == "Started" and started["triggerReason"] == "RemoteStart"
+    assert started["idToken"] == {"idToken": "TAG-0042", "type": "ISO14443"}
+    assert started["transactionInfo"]["remoteStartId"] == 42
+    assert upd["idToken"] == {"idToken": "TAG-7", "type": "Central"} and upd["seqNo"] == 1
+    assert st.remote_id_token is None            # used once: the next cable-in is a plain one
+
+
 def test_station_ids_are_checked_and_quoted_in_the_url(tmp_path):
     from host_tools.bridge.ocpp_station import check_station_id
     for bad in ("", ".", "..", "a/b", "a b", "x" * 49, "é", "a?b"):
