@@ -50,6 +50,8 @@ PERMANENT_ERRORS = frozenset(("FormatViolation", "FormationViolation", "Property
                               "OccurrenceConstraintViolation", "OccurenceConstraintViolation",
                               "TypeConstraintViolation", "ProtocolError", "NotImplemented", "NotSupported"))
 QUEUE_RETRY_MAX_S = 60.0
+# errors.md has no numbered code for a lost queued message; the log names it so it can be found
+QUEUE_FULL_CODE = "ERR_V2G_TX_QUEUE_FULL"
 LOOP_RESTART_S = 1.0
 
 
@@ -121,7 +123,7 @@ class OcppStation:
         self.handshake_timeout_s = handshake_timeout_s
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.queue = DiskQueue(self.state_dir / "tx_queue")
+        self.queue = DiskQueue(self.state_dir / "tx_queue", on_drop=self._queue_dropped)
         self._tx_file = self.state_dir / "transaction.json"
         self.tx = read_json(self._tx_file, {}) or {}     # id, seq, start, remote_start_id, state
         self.cp = None
@@ -308,6 +310,17 @@ class OcppStation:
             self.counters["tx_events_offline"] += 1
         self.queue.put(payload)
         self._queue_kick.set()
+
+    def _queue_dropped(self, n, payload):
+        """The offline queue was full and its oldest TransactionEvent went: billing data is
+        lost, so this is an error line (and a counter in the diagnostic report)."""
+        self.counters["tx_events_dropped"] = self.counters.get("tx_events_dropped", 0) + 1
+        p = payload or {}
+        what = "unreadable message" if payload is None else "TransactionEvent {} seqNo {} of {}".format(
+            p.get("eventType"), p.get("seqNo"), (p.get("transactionInfo") or {}).get("transactionId"))
+        self.clog.event(self.id, QUEUE_FULL_CODE, f"offline queue full ({self.queue.max_items} messages): "
+                        f"oldest dropped: {what} (queue file {n:012d}); "
+                        f"{self.counters['tx_events_dropped']} dropped so far")
 
     def _dead_letter(self, n, payload, why):
         """Set a message the CSMS can never accept aside in tx_queue/dead/ (kept for billing,

@@ -15,8 +15,11 @@ _SUFFIX = ".json"
 
 
 class DiskQueue:
-    def __init__(self, directory, max_items=100_000):
+    def __init__(self, directory, max_items=100_000, on_drop=None):
+        """on_drop(sequence number, message or None): called for each message pushed out
+        by a full queue, so the loss is logged and counted rather than silent."""
         self.dir = Path(directory)
+        self.on_drop = on_drop
         self.dir.mkdir(parents=True, exist_ok=True)
         self.max_items = max_items
         for stale in self.dir.glob("*.tmp"):   # a write cut short by a crash
@@ -32,11 +35,20 @@ class DiskQueue:
         return len(self._names())
 
     def put(self, item: dict) -> int:
-        """Append one message; returns its sequence number. When full, the oldest goes."""
+        """Append one message; returns its sequence number. When full, the oldest goes
+        (an outage of weeks must not fill the disk), reported through on_drop."""
         names = self._names()
         while len(names) >= self.max_items:
-            (self.dir / names.pop(0)).unlink(missing_ok=True)
+            name = names.pop(0)
+            path = self.dir / name
+            try:
+                old = json.loads(path.read_text(encoding="utf-8"))
+            except (ValueError, OSError):
+                old = None
+            path.unlink(missing_ok=True)
             self.dropped += 1
+            if self.on_drop is not None:
+                self.on_drop(int(name[: -len(_SUFFIX)]), old)
         n = self._next
         self._next += 1
         final = self.dir / "{:012d}{}".format(n, _SUFFIX)

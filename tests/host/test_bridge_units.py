@@ -77,6 +77,18 @@ def test_queue_sets_a_damaged_file_aside_and_bounds_its_size(tmp_path):
     assert m == {"i": 3} and list((tmp_path / "q").glob("*.bad"))
 
 
+def test_a_full_offline_queue_logs_and_counts_each_dropped_event(tmp_path):
+    st = _station(tmp_path)
+    st.queue.max_items = 2
+    for i in range(4):
+        st.queue.put({"eventType": "Updated", "seqNo": i, "transactionInfo": {"transactionId": "tx-1"}})
+    assert [m["seqNo"] for m in st.queue.items()] == [2, 3]
+    assert st.counters["tx_events_dropped"] == 2 and st.queue.dropped == 2
+    lines = [(c, m) for c, m in st.clog.lines if c == "ERR_V2G_TX_QUEUE_FULL"]
+    assert len(lines) == 2
+    assert "seqNo 0 of tx-1" in lines[0][1] and "2 dropped so far" in lines[1][1]
+
+
 # ---------------------------------------------------------------- tokens
 
 def test_hs256_tokens_missing_expired_wrong_key_wrong_station_alg_none():
