@@ -202,6 +202,7 @@ class Run:
             blob = self.storage.get(name)
             if obj is not None and blob is not None:
                 obj.load(blob)
+        self.ctl.log.boot = self.boots
         blob = self.storage.get('controller')
         if blob is not None:
             self.ctl.state_load(now, blob)

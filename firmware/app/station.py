@@ -52,17 +52,19 @@ class Station:
         self.ctl = Controller(self.cfg, grid=GridProtection.from_config(self.cfg))
         self.inputs = Inputs()
         self.buses = Buses(hal, self.cfg)   # the meter on RS-485 and the BMS on CAN, if the board has them
-        _load(self.ctl.journal.load, 'journal.json')
-        _load(self.ctl.log.load, 'events.json')
-        # latched faults, the charge-only fallback and the host's target survive a reset
-        _load(lambda blob: self.ctl.state_load(now_ms, blob), 'controller.json')
         self.storage_errors = 0
         self.storage_error = ''
         boot = storage.read_json(storage.state_path('boot.json'), {}) or {}
         count = boot.get('count', 0) if isinstance(boot, dict) else 0
-        self.boot_count = (count if isinstance(count, int) else 0) + 1
+        self.boot_count = (count if isinstance(count, int) and not isinstance(count, bool) else 0) + 1
         self.persist('boot.json', storage.state_path('boot.json'),
                      lambda: ('{"count": %d}' % self.boot_count).encode())
+        _load(self.ctl.journal.load, 'journal.json')
+        _load(self.ctl.log.load, 'events.json')
+        # every entry from now on carries this boot: t_ms restarts at each boot
+        self.ctl.log.boot = self.boot_count
+        # latched faults, the charge-only fallback and the host's target survive a reset
+        _load(lambda blob: self.ctl.state_load(now_ms, blob), 'controller.json')
         self.reset_cause = hal.reset_cause()
         self.link = L.Link(hal.link_write)
         self.tel_period_ms = TEL_PERIOD_MS
@@ -159,24 +161,40 @@ class Station:
         try:
             return self.run_command(msg, now_ms)
         except Exception as e:  # noqa: BLE001 - a bad command must never stop the station
-            return False, 'V2G-400', '{}: refused, it could not be handled ({})'.format(
+            res = False, 'V2G-400', '{}: refused, it could not be handled ({})'.format(
                 msg.get('op'), type(e).__name__), {}
+            self.ctl.log_refusal(now_ms, msg.get('op'), res[1], res[2])
+            return res
+
+    def refuse(self, now_ms, op, code, text):
+        # a refusal by the shell itself goes to the event log like the core's own
+        self.ctl.log_refusal(now_ms, op, code, text)
+        return False, code, text, {}
 
     def run_command(self, msg, now_ms):
         op, args = msg['op'], msg['args']
         if msg.get('ttl_ms', 1) <= 0:
-            return False, 'V2G-110', '{}: its time to live was spent before it arrived'.format(op), {}
+            return self.refuse(now_ms, op, 'V2G-110', '{}: its time to live was spent before it arrived'.format(op))
         if op == 'diag':
             return True, None, 'diagnostics', self.diagnostics(now_ms)
         if op == 'events':
-            return self.events_page(args.get('start', 0))
-        if op == 'telemetry':
-            return self.set_telemetry(args)
+            res = self.events_page(args.get('start', 0))
+        elif op == 'telemetry':
+            res = self.set_telemetry(args)
+        else:
+            res = None
+        if res is not None:
+            if not res[0]:
+                self.ctl.log_refusal(now_ms, op, res[1], res[2])
+            return res
         if op == 'hello':
             self.send_hello()
             return True, None, 'hello sent', {}
         if op.startswith('fota_'):
-            return self.update.command(op, args, now_ms)
+            res = self.update.command(op, args, now_ms)
+            if not res[0]:
+                self.ctl.log_refusal(now_ms, op, res[1], res[2])
+            return res
         result = self.ctl.command(now_ms, msg['txn'], op, args)
         # What the command changed goes to flash before its txn does, and the answer leaves
         # only after both: after a reset the same txn returns the same result AND its effect
@@ -193,16 +211,16 @@ class Station:
     def events_page(self, start):
         """The event log from index `start` (0 = oldest kept), as many entries as fit one
         frame; `next` is where the following page starts, None at the end."""
-        entries = self.ctl.log.entries()
+        entries = self.ctl.log.rows()
         if not isinstance(start, int) or start < 0:
             return False, 'V2G-400', 'start: must be an index >= 0', {}
         page, size, i = [], 0, start
         while i < len(entries):
-            t, code, on, text = entries[i]
-            size += len(text) + 24    # CBOR of one entry: the text plus a few small items
+            t, code, on, text, boot = entries[i]
+            size += len(text) + 28    # CBOR of one entry: the text plus a few small items
             if page and size > EVENTS_PAGE_BYTES:
                 break
-            page.append([t, code, on, text])
+            page.append([t, code, on, text, boot])
             i += 1
         return True, None, 'event log', {'events': page, 'total': len(entries),
                                          'next': i if i < len(entries) else None}

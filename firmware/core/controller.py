@@ -64,6 +64,17 @@ _PH_HOLD = const(0)
 _PH_PROBE = const(1)
 
 MODES = ('idle', 'connected', 'charging', 'discharging', 'paused', 'charge_only', 'fault')
+_M_IDLE = const(0)
+_M_CONNECTED = const(1)
+_M_CHARGING = const(2)
+_M_DISCHARGING = const(3)
+_M_PAUSED = const(4)
+_M_CHARGE_ONLY = const(5)
+_M_FAULT = const(6)
+# Event-log texts for state changes, built once: the step logs them without allocating.
+# A state change has no error code (None); its entry's `on` is True ("happened").
+_MODE_LOG = tuple('mode ' + m for m in MODES)
+_PILOT_LOG = tuple('pilot state ' + x for x in 'ABCDEFF')   # UNKNOWN is reported as F
 OPS = ('soc_target', 'limit', 'start', 'stop', 'charge_only', 'clear_fault',
        'config_get', 'config_set', 'status')
 _READ_OPS = ('config_get', 'status')
@@ -199,6 +210,8 @@ class Controller:
         self._droop_flow = False       # energy flows only for the grid's frequency response
         self._boot_ms = 0
         self._plug_ms = 0
+        self._mode_i = -1              # last mode / pilot state written to the event log
+        self._st_log = -1
 
     # ------------------------------------------------------------ events
     def _raise(self, now, bit, msg):
@@ -525,18 +538,27 @@ class Controller:
 
         # ---- status
         if faulted:
-            o.mode = 'fault'
+            mi = _M_FAULT
         elif st == P.A:
-            o.mode = 'idle'
+            mi = _M_IDLE
         elif charge_only:
-            o.mode = 'charge_only'
+            mi = _M_CHARGE_ONLY
         elif st == P.B:
-            o.mode = 'connected'
+            mi = _M_CONNECTED
         elif want:
-            o.mode = 'charging' if direction == S.CHARGE else 'discharging'
+            mi = _M_CHARGING if direction == S.CHARGE else _M_DISCHARGING
         else:
-            o.mode = 'paused'
+            mi = _M_PAUSED
+        o.mode = MODES[mi]
         o.cp_state = P.LETTERS[st] if st != P.UNKNOWN else 'F'
+        # every state change goes to the event log (constant texts: nothing allocated)
+        sl = st if st != P.UNKNOWN else P.F
+        if sl != self._st_log:
+            self._st_log = sl
+            self.log.append(now_ms, None, True, _PILOT_LOG[sl])
+        if mi != self._mode_i:
+            self._mode_i = mi
+            self.log.append(now_ms, None, True, _MODE_LOG[mi])
         o.limit_charge_ma = lc
         o.limit_discharge_ma = ld
         o.limit_charge_src = L.SOURCES[lim.charge_src]
@@ -648,10 +670,16 @@ class Controller:
         self._emit(now, 'V2G-009', on, msg)
 
     # ------------------------------------------------------------ commands
+    def log_refusal(self, now_ms, op, code, msg):
+        """A refused command in the event log: its code, the command's name and why."""
+        self.log.append(now_ms, code, True, 'refused {}: {}'.format(_name(op), msg))
+
     def command(self, now_ms, txn, op, args):
         """Apply a host command once per txn; returns (ok, code, msg, data)."""
         if not isinstance(txn, str) or not txn or len(txn) > 64:
-            return (False, 'V2G-400', 'txn: must be text of 1 to 64 characters', {})
+            res = (False, 'V2G-400', 'txn: must be text of 1 to 64 characters', {})
+            self.log_refusal(now_ms, op, res[1], res[2])
+            return res
         prev = self.journal.get(txn)
         if prev is not None:
             return prev
@@ -667,6 +695,8 @@ class Controller:
             self.journal.put(txn, res)
             if res[0]:
                 self.state_dirty = True
+        if not res[0]:
+            self.log_refusal(now_ms, op, res[1], res[2])
         if res[0] and op in _FRESH_OPS and self.fallback and not self.hb_lost:
             self.fallback = False
             self._clear(now_ms, E.E101, 'host heartbeat back and fresh command {}: discharge allowed again'

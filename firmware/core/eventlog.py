@@ -1,7 +1,12 @@
 """Event log: a bounded ring of (t_ms, code, on, msg), oldest overwritten.
 
-Slots are preallocated; append() stores references only. dump()/load() give
-bytes for the shell to persist; `dirty` says there is something new to write.
+Slots are preallocated; append() stores references only, so the control step may
+log a state change with a constant message without allocating. Each entry also
+keeps the boot count in force when it was appended (`boot`, set by the shell):
+t_ms restarts at every boot, so (boot, t_ms) is what orders entries across resets.
+dump()/load() give bytes for the shell to persist; `dirty` says there is something
+new to write. A log written before entries carried the boot loads with boot 0
+(unknown).
 """
 import json
 
@@ -15,6 +20,8 @@ class EventLog:
         self._code = [''] * size
         self._on = [False] * size
         self._msg = [''] * size
+        self._boot = [0] * size
+        self.boot = 0       # boot count stamped on new entries (0 = unknown)
         self._head = 0      # next slot to write
         self._count = 0
         self.total = 0      # events ever appended (survives load)
@@ -23,12 +30,13 @@ class EventLog:
     def __len__(self):
         return self._count
 
-    def append(self, t_ms, code, on, msg):
+    def append(self, t_ms, code, on, msg, boot=-1):
         i = self._head
         self._t[i] = t_ms
         self._code[i] = code
         self._on[i] = on
         self._msg[i] = msg
+        self._boot[i] = self.boot if boot < 0 else boot
         i += 1
         if i == self.size:
             i = 0
@@ -54,17 +62,21 @@ class EventLog:
 
     def entries(self):
         """Oldest first, list of (t_ms, code, on, msg)."""
+        return [r[:4] for r in self.rows()]
+
+    def rows(self):
+        """Oldest first, list of (t_ms, code, on, msg, boot)."""
         out = []
         start = self._head - self._count
         if start < 0:
             start += self.size
         for k in range(self._count):
             i = (start + k) % self.size
-            out.append((self._t[i], self._code[i], self._on[i], self._msg[i]))
+            out.append((self._t[i], self._code[i], self._on[i], self._msg[i], self._boot[i]))
         return out
 
     def dump(self):
-        rows = [[t, c, o, m] for t, c, o, m in self.entries()]
+        rows = [list(r) for r in self.rows()]
         self.dirty = False
         return json.dumps({'v': 1, 'total': self.total, 'events': rows}).encode()
 
@@ -77,12 +89,15 @@ class EventLog:
             raise ValueError('eventlog: not a version 1 log')
         rows = obj['events']
         for r in rows:
-            if not isinstance(r, list) or len(r) != 4:
+            # 4 items: written before entries carried the boot count
+            if not isinstance(r, list) or len(r) not in (4, 5):
                 raise ValueError('eventlog: bad entry')
+            if len(r) == 5 and (not isinstance(r[4], int) or isinstance(r[4], bool) or r[4] < 0):
+                raise ValueError('eventlog: bad boot count')
         rows = rows[-self.size:]
         self._head = 0
         self._count = 0
         for r in rows:
-            self.append(r[0], r[1], r[2], r[3])
+            self.append(r[0], r[1], r[2], r[3], r[4] if len(r) == 5 else 0)
         self.total = obj.get('total', len(rows))
         self.dirty = False

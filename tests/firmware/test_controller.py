@@ -773,3 +773,54 @@ def test_droop_may_reverse_in_auto_mode():
     r.c.set_grid(200000, 200000, droop_ma=-60000)
     r.step(100)
     assert r.o.request_ma < 0 and r.o.contactor
+
+
+def test_event_log_records_pilot_and_mode_changes():
+    r = Rig()
+    r.charging()
+    r.i.cp_high_mv = B_MV
+    r.step(2)
+    logged = [(code, on, msg) for t, code, on, msg in r.c.log.entries() if code is None]
+    msgs = [m for _, _, m in logged]
+    # the first step logs where the station starts (here the EV is already plugged in)
+    assert msgs == ['pilot state B', 'mode connected', 'pilot state C', 'mode charging',
+                    'pilot state B', 'mode connected'], msgs
+    assert all(on is True for _, on, _ in logged)
+    # state changes stay in the log; the link's event stream carries error codes only
+    assert all(e[1] is not None for e in r.events())
+
+
+def test_event_log_records_every_refused_command():
+    r = Rig()
+    r.step(2)
+    n = len(r.c.log)
+    assert not r.cmd('r1', 'soc_target', {'soc_pct': 150})[0]
+    assert not r.cmd('r2', 'teleport', {})[0]
+    assert not r.cmd('', 'stop')[0]
+    assert r.cmd('r3', 'stop')[0]                      # accepted: not a refusal entry
+    assert not r.cmd('r1', 'soc_target', {'soc_pct': 150})[0]   # replay: nothing new happens
+    new = r.c.log.entries()[n:]
+    assert [(e[1], e[2]) for e in new] == [('V2G-400', True)] * 3, new
+    assert new[0][3].startswith('refused soc_target: soc_pct')
+    assert new[1][3].startswith('refused teleport: op: unknown operation')
+    assert new[2][3].startswith('refused stop: txn')
+
+
+def test_event_log_entries_carry_the_boot_and_old_logs_still_load():
+    from core.eventlog import EventLog
+    log = EventLog(4)
+    log.boot = 3
+    log.append(10, 'V2G-101', True, 'lost')
+    log.append(20, None, True, 'mode idle')
+    assert log.rows() == [(10, 'V2G-101', True, 'lost', 3), (20, None, True, 'mode idle', 3)]
+    assert log.entries() == [(10, 'V2G-101', True, 'lost'), (20, None, True, 'mode idle')]
+    other = EventLog(4)
+    other.load(log.dump())
+    assert other.rows() == log.rows()
+    # a log written before entries carried the boot: boot 0 (unknown)
+    old = EventLog(4)
+    old.load(b'{"v": 1, "total": 1, "events": [[5, "V2G-009", true, "hot"]]}')
+    assert old.rows() == [(5, 'V2G-009', True, 'hot', 0)]
+    raises(ValueError, old.load, b'{"v": 1, "events": [[5, "V2G-009", true, "hot", -2]]}')
+    raises(ValueError, old.load, b'{"v": 1, "events": [[5, "V2G-009", true, "hot", "x"]]}')
+    assert old.rows() == [(5, 'V2G-009', True, 'hot', 0)]

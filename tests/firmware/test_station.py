@@ -239,3 +239,27 @@ def test_a_failing_flash_is_reported_and_control_goes_on():
     assert res['f-1']['ok'] is True
     assert res['d-1']['data']['storage']['errors'] >= 1
     assert rig.st.ctl.out.cp_state == 'B'     # still stepping
+
+
+@in_dir(WORK)
+def test_event_log_entries_carry_the_boot_count_across_resets():
+    rig = Rig()
+    rig.plant(do='plug')
+    rig.run(300)
+    rig.st.save_events()
+    again = Rig(fresh=False)
+    again.send(L.cmd('ev-b', 'events', {'start': 0}))
+    again.send(L.cmd('bad-1', 'telemetry', {'period_ms': 5}))
+    again.run(100)
+    res = {m['txn']: m for m in again.received() if m['t'] == 'res'}
+    rows = again.st.ctl.log.rows()
+    boots = [r[4] for r in rows]
+    assert boots[0] == 1 and boots[-1] == 2 and boots == sorted(boots)
+    assert ('pilot state B', 1) in [(r[3], r[4]) for r in rows]
+    # the host gets the boot with each entry
+    page = res['ev-b']['data']['events']
+    assert page[0][4] == 1 and len(page[0]) == 5
+    # a refusal by the shell is logged with its code and the command's name
+    assert not res['bad-1']['ok']
+    refused = [r for r in rows if r[3].startswith('refused telemetry')]
+    assert refused and refused[0][1] == 'V2G-400' and refused[0][4] == 2
