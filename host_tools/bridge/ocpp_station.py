@@ -133,7 +133,9 @@ class OcppStation:
         self.heartbeat_s = 60
         self.profiles = prof.ProfileStore()
         self.plan = None
-        self.available = True
+        # ChangeAvailability outlives a restart of the bridge (OCPP G03.FR.07: kept persistently)
+        self._avail_file = self.state_dir / "availability.json"
+        self.available = (read_json(self._avail_file, {}) or {}).get("operative", True) is not False
         self._pending_inoperative = False
         self.blocked_until_unplug = False
         self.remote_start_id = None
@@ -450,12 +452,13 @@ class OcppStation:
         self.profiles.end_transaction(self.tx["id"])
         self.tx = {}
         self._save_tx()
+        if self._pending_inoperative:
+            self._pending_inoperative = False
+            self.available = False    # at once: the reset below must not start the session again
+            asyncio.ensure_future(self._set_available(False))
         if self._reset_on_idle:
             self._reset_on_idle = False
             asyncio.ensure_future(self.after_Reset({"status": "Accepted"}, "OnIdle"))
-        if self._pending_inoperative:
-            self._pending_inoperative = False
-            asyncio.ensure_future(self._set_available(False))
 
     def on_sample(self, s, now_mono):
         """One telemetry sample from the controller (the service calls this for each)."""
@@ -676,6 +679,8 @@ class OcppStation:
         self.end_transaction(self.ctl.sample, "ResetCommand", "ImmediateReset")
         await asyncio.sleep(0.2)   # let the Ended event leave before the socket closes
         self.reconnect("RemoteReset")
+        if not self.available or self._pending_inoperative:
+            return    # an inoperative station stays stopped through a reset
         try:
             await self.ctl.command("start", {})
         except hl.LinkError as e:
@@ -685,6 +690,8 @@ class OcppStation:
         if evse and evse.get("id") not in (0, 1):
             return {"status": "Rejected", "statusInfo": self._status_info("UnknownEvse", str(evse))}
         want = operational_status == "Operative"
+        if want:
+            self._pending_inoperative = False   # a later Operative cancels a scheduled Inoperative
         if not want and self.tx.get("id"):
             self._pending_inoperative = True
             return {"status": "Scheduled"}
@@ -699,8 +706,24 @@ class OcppStation:
             return False
         if res.ok:
             self.available = want
+            write_json_atomic(self._avail_file, {"operative": want})
+            self.clog.event(self.id, "INFO", "station {} (ChangeAvailability): controller says: {}".format(
+                "operative" if want else "inoperative", res.msg))
             await self._send_status()
         return res.ok
+
+    async def controller_up(self):
+        """The controller (re)connected: an inoperative station keeps its session stopped,
+        whatever the controller was doing before (a new board, a reflash)."""
+        if self.available:
+            return
+        try:
+            res = await self.ctl.command("stop", {})
+        except hl.LinkError as e:
+            log.warning("%s: stop for an inoperative station failed: %s", self.id, e)
+            return
+        if not res.ok:
+            self.clog.event(self.id, res.code or "V2G-400", f"inoperative station: stop refused: {res.msg}")
 
     def on_TriggerMessage(self, requested_message, evse=None, **_):
         if requested_message not in TRIGGERABLE:

@@ -282,6 +282,7 @@ class StationBridge:
                 res = await link.command("config_get", {})
                 if res.ok:
                     self.settings = res.data.get("values", {})
+                await self.ocpp.controller_up()
                 back.reset()
                 poller = asyncio.ensure_future(self._status_poller())
                 try:
@@ -471,6 +472,13 @@ class Gateway:
             raise ValueError("mqtt_password is in the config directory but the --mqtt URL names no user: "
                              "give it as mqtt(s)://USER@HOST:PORT (else the password would never be sent)")
         self.clog = CentralLog(log_dir)
+        if sec.profile == 0:
+            # profile 0 is for a local test CSMS; on a real site it must not pass unnoticed
+            msg = (f"CSMS {csms_url} without security (profile 0): no Basic Auth password "
+                   f"(csms_password in {d}) and no TLS, so anyone on the path can read the traffic and "
+                   "connect as this station; use profile 1 (ws + csms_password), 2 or 3 (wss)")
+            self.clog.event("-", "WARNING", msg)
+            log.warning("%s", msg)
         self.mqtt = None
         if mqtt_url:
             from host_tools.bridge.mqtt_app import MqttApp

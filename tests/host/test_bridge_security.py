@@ -134,6 +134,9 @@ def test_handshake_timeout_is_logged(board, tmp_path):
         line = wait_until(lambda: [x for x in bridge.log_text().splitlines() if "ERR_V2G_HANDSHAKE_TIMEOUT" in x],
                           20, "handshake timeout line")[0]
         assert " V2G-140 CS-HT ERR_V2G_HANDSHAKE_TIMEOUT" in line
+        # ws:// and no csms_password: profile 0, said loudly at start
+        assert "WARNING - CSMS ws://127.0.0.1:{}/ocpp without security (profile 0)".format(
+            srv.getsockname()[1]) in bridge.log_text()
     finally:
         bridge.stop()
         stop.set()

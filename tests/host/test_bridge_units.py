@@ -436,6 +436,48 @@ def test_remote_start_carries_the_id_token_into_transaction_event_started(tmp_pa
     assert st.remote_id_token is None            # used once: the next cable-in is a plain one
 
 
+def test_availability_is_kept_across_a_restart_of_the_bridge(tmp_path):
+    st = _station(tmp_path)
+    st.ctl = _Ctl()
+    assert asyncio.run(st.on_ChangeAvailability("Inoperative")) == {"status": "Accepted"}
+    assert st.ctl.sent == ["stop"] and st.current_status() == "Unavailable"
+    again = _station(tmp_path)                    # the bridge restarts
+    again.ctl = _Ctl()
+    assert again.available is False and again.current_status() == "Unavailable"
+
+    async def cable_in():
+        await again.controller_up()               # the controller is told again: no session
+        again.on_sample({"cp": "B", "mode": "idle"}, 0.0)
+        await asyncio.sleep(0)
+    asyncio.run(cable_in())
+    assert again.ctl.sent == ["stop"] and not again.tx.get("id") and len(again.queue) == 0
+    assert asyncio.run(again.on_ChangeAvailability("Operative")) == {"status": "Accepted"}
+    third = _station(tmp_path)
+    third.ctl = _Ctl()
+    assert third.available is True
+    asyncio.run(third.controller_up())
+    assert third.ctl.sent == []                   # an operative station leaves the controller alone
+
+
+def test_a_ws_csms_without_a_password_is_a_warning_at_start(tmp_path):
+    from host_tools.bridge.service import Gateway
+    cfg = tmp_path / "etc"
+    cfg.mkdir(mode=0o750)
+    kw = dict(csms_url="ws://127.0.0.1:9/ocpp", config_dir=cfg, state_dir=tmp_path / "st")
+    Gateway([("CS1", "/dev/null")], log_dir=tmp_path / "log0", **kw).close()
+    line = (tmp_path / "log0" / "central_system.log").read_text()
+    assert " WARNING - CSMS ws://127.0.0.1:9/ocpp without security (profile 0)" in line
+    assert "csms_password" in line
+    (cfg / "csms_password").write_text("0123456789abcdef")
+    (cfg / "csms_password").chmod(0o600)
+    gw = Gateway([("CS1", "/dev/null")], log_dir=tmp_path / "log1", **kw)
+    try:
+        assert gw.bridges[0].ocpp.security.profile == 1
+    finally:
+        gw.close()
+    assert "WARNING" not in (tmp_path / "log1" / "central_system.log").read_text()
+
+
 def test_station_ids_are_checked_and_quoted_in_the_url(tmp_path):
     from host_tools.bridge.ocpp_station import check_station_id
     for bad in ("", ".", "..", "a/b", "a b", "x" * 49, "é", "a?b"):
