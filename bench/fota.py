@@ -16,12 +16,18 @@ host_tools.vboard) with a signed bundle of the firmware tree:
 
 The framing efficiency (bundle bytes / frame bytes) is the ceiling of figure 1.
 
+Beside the measurement, a model of the pyboard's intake (not measured: the HAL runs only on
+the board): the control step drains the link UART's buffer once per CONTROL_PERIOD_MS, so the
+board takes at most buffer bytes x steps per second, which must exceed the line rate, and the
+buffer must hold a whole window of the largest frames.
+
 3. controller cost of one chunk: link deframing (COBS, CRC, CBOR), SHA-256, the file write
    and the reply, timed inside the VM (run mode) and scaled by 15 for an STM32F405; it must
    stay below the chunk's own time on the wire (about 83 ms at 115200 baud) for figure 1 to
    hold on the board.
 """
 
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -73,6 +79,33 @@ dt = time.ticks_diff(time.ticks_us(), t)
 assert u.command('fota_finish', {'reboot': False}, 0)[0]
 print('US_PER_CHUNK', dt // len(frames))
 """
+HAL_PYBOARD = vm.BOARDS / "pyboard" / "hal.py"
+
+
+def _hal_const(name):
+    m = re.search(r"^{} = const\((\d+)\)".format(name), HAL_PYBOARD.read_text(), re.M)
+    if not m:
+        raise RuntimeError("{} not found in {}".format(name, HAL_PYBOARD))
+    return int(m.group(1))
+
+
+def model_rows():
+    """The pyboard's link intake, modelled from its HAL constants (no board measured)."""
+    vm.firmware_sys_path()
+    from core.controller import CONTROL_PERIOD_MS
+    buf = _hal_const("LINK_BUF")
+    window = _hal_const("LINK_WINDOW_FRAMES") * _hal_const("LINK_FRAME_WIRE")
+    steps = 1000 // CONTROL_PERIOD_MS
+    intake = buf * steps
+    return [
+        ("FOTA pyboard link intake, MODEL ({} B buffer x {} steps/s)".format(buf, steps),
+         round(100 * intake / LINE_BPS), "% of line rate", "> 100 %", intake > LINE_BPS),
+        ("FOTA pyboard link buffer against one window, MODEL ({} x {} B frames)".format(
+            fota.DEFAULT_WINDOW, _hal_const("LINK_FRAME_WIRE")), buf, "bytes",
+         ">= {}".format(window), buf >= window and _hal_const("LINK_WINDOW_FRAMES") >= fota.DEFAULT_WINDOW),
+    ]
+
+
 BOARD_FACTOR = 15          # VM bytecode speed / STM32F405 (docs: micropython-vm notes)
 CHUNK_WIRE_MS = 1024 / LINE_BPS * 1000
 
@@ -131,7 +164,7 @@ def rows():
         ("FOTA controller cost per chunk, STM32F405 estimate (VM x {})".format(BOARD_FACTOR),
          round(board_ms, 1), "ms", "< {:.0f} ms (chunk time on the wire)".format(CHUNK_WIRE_MS),
          board_ms < CHUNK_WIRE_MS),
-    ]
+    ] + model_rows()
 
 
 if __name__ == "__main__":

@@ -41,7 +41,15 @@ BOARD_LIMITS = {'MAX_CHARGE_AMPS': (6, 32), 'MAX_DISCHARGE_AMPS': (0, 32)}
 
 CP_SAMPLES = const(40)            # 40 samples at 40 kHz: one 1 ms PWM period
 CP_SAMPLE_HZ = const(40000)
-LINK_BUF = const(512)
+# Host link receive buffer, UART ring and read buffer alike. The host keeps up to 4 fota_chunk
+# frames in flight (host_tools/fota.py DEFAULT_WINDOW); a frame is at most 1024 bytes before
+# COBS, 1030 on the wire (COBS adds one byte per 254, plus the delimiter), so a window is
+# 4120 bytes. The rest, 2024 bytes, is 176 ms of line time at 115200 baud: a control step may
+# run about three periods late (a flash write) before a byte is lost. Each step drains all
+# that waits, so the intake is 6144 x 20 steps/s, ten times the line rate.
+LINK_BUF = const(6144)
+LINK_WINDOW_FRAMES = const(4)
+LINK_FRAME_WIRE = const(1030)
 RS485_RXBUF = const(256)
 
 # NTC 10 k B3950 under a 10 k pull-up to 3.3 V: (ADC mV, 0.1 degC), falling mV.
@@ -62,6 +70,16 @@ _RESET_NAMES = {
     machine.WDT_RESET: 'watchdog', machine.DEEPSLEEP_RESET: 'deepsleep',
     machine.SOFT_RESET: 'soft_reset',
 }
+
+
+def trial_watchdog():
+    """The watchdog boot.py started for a slot on trial, or None. boot.py and main.py run in
+    the __main__ namespace on a board, so that is where boot.py leaves it."""
+    try:
+        import __main__
+    except ImportError:
+        return None
+    return getattr(__main__, 'TRIAL_WDT', None)
 
 
 def ntc_dc(mv):
@@ -281,9 +299,11 @@ class Hal:
         self.link_buf = bytearray(LINK_BUF)
         # The watchdog cannot be stopped once started, so it is started only when no USB host
         # (a maintenance laptop on the REPL) is attached at boot; otherwise `v2g flash`, which
-        # stops the application, would be cut short by a watchdog reset.
+        # stops the application, would be cut short by a watchdog reset. A slot on trial is
+        # the exception: boot.py has already started it (a trial must revert even with a
+        # laptop attached), so it is taken over here, at our timeout, and fed.
         self.wdt = None
-        if not pyb.USB_VCP().isconnected():
+        if not pyb.USB_VCP().isconnected() or trial_watchdog() is not None:
             self.wdt = machine.WDT(timeout=pins.WDT_TIMEOUT_MS)
         self._reset_cause = _RESET_NAMES.get(machine.reset_cause(), 'unknown')
 
@@ -423,9 +443,10 @@ class Hal:
     # -- host link --------------------------------------------------------------------------
 
     def link_read(self):
-        """What arrived on the link since the last call (a bytearray: len() and slicing,
-        and Link.feed scans it at C speed), or None. Only the bytes waiting are read: one
-        allocation, of their size."""
+        """Everything that arrived on the link since the last call (a bytearray: len() and
+        slicing, and Link.feed scans it at C speed), or None. The read buffer is as large as
+        the UART's ring, so one read empties it; only the bytes waiting are asked for (a
+        longer read would wait for more): one allocation, of their size."""
         k = self.link.any()
         if not k:
             return None

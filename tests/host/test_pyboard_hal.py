@@ -129,6 +129,8 @@ class FakeUART:
         self.de_at_write = []
         self.answer = None        # function(request bytes) -> reply bytes
         self.inits = 0
+        self.cap = kw.get('rxbuf')  # the ring buffer: bytes past it are lost, as on STM32
+        self.dropped = 0
         W.uarts[uid] = self
         W.ev('uart', uid)
 
@@ -146,6 +148,12 @@ class FakeUART:
         if self.answer is not None:
             self.rx += self.answer(b)
         return len(b)
+
+    def arrive(self, data):
+        """Bytes off the wire into the ring buffer; what does not fit is lost (overrun)."""
+        room = len(data) if self.cap is None else max(0, self.cap - len(self.rx))
+        self.rx += data[:room]
+        self.dropped += len(data) - min(room, len(data))
 
     def any(self):
         return len(self.rx)
@@ -358,6 +366,23 @@ def test_watchdog_only_without_usb_and_reset_cause():
     assert hal.reset_cause() == 'watchdog'
     hal.feed_watchdog()
     mod, hal = new_hal()
+    hal.feed_watchdog()
+    assert W.wdt.feeds == 1
+
+
+def test_trial_watchdog_from_boot_is_fed_even_with_usb():
+    # boot.py starts the watchdog for a slot on trial and leaves it in __main__; the HAL must
+    # keep feeding it with a laptop attached, or every trial would end in a watchdog reset
+    import __main__
+    mod = load_hal()
+    W.usb = True
+    __main__.TRIAL_WDT = FakeWDT(8000)
+    try:
+        hal = mod.Hal()
+    finally:
+        del __main__.TRIAL_WDT
+    assert hal.wdt is not None and W.wdt is hal.wdt
+    assert [e for e in W.events if e[0] == 'wdt'] == [('wdt', 8000), ('wdt', 2000)]
     hal.feed_watchdog()
     assert W.wdt.feeds == 1
 
@@ -610,8 +635,55 @@ def test_link_read():
     msgs = L.Link(lambda b: None).feed(data)
     assert len(msgs) == 1 and msgs[0]['t'] == 'hello'
     assert hal.link_read() is None
-    u.rx += bytes(600)
-    assert len(hal.link_read()) == 512 and len(hal.link_read()) == 88
+    u.rx += bytes(5000)
+    assert len(hal.link_read()) == 5000 and hal.link_read() is None   # drained in one step
+    u.rx += bytes(mod.LINK_BUF + 100)
+    assert len(hal.link_read()) == mod.LINK_BUF and len(hal.link_read()) == 100
+
+
+def _max_chunk_frame(off):
+    """The largest fota_chunk command frame the link carries, as sent on the wire."""
+    n = 1000
+    while True:
+        try:
+            return L.encode_frame(L.cmd('t%d' % off, 'fota_chunk', {'off': off, 'data': bytes([off & 0xFF]) * n}))
+        except ValueError:
+            n -= 8
+
+
+def test_link_buffer_holds_a_window_of_the_largest_frames():
+    mod, hal = new_hal()
+    frame = _max_chunk_frame(123456)
+    assert len(frame) <= mod.LINK_FRAME_WIRE
+    assert W.uarts[2].cap == mod.LINK_BUF >= mod.LINK_WINDOW_FRAMES * mod.LINK_FRAME_WIRE
+    assert mod.LINK_BUF >= 5 * 1024
+    assert len(hal.link_buf) == mod.LINK_BUF
+
+
+def test_link_keeps_up_with_a_window_at_the_line_rate():
+    # 115200 baud = 11520 bytes/s: 576 bytes arrive per 50 ms control step. The host sends
+    # windows of four of the largest chunk frames back to back; some steps run late (a flash
+    # write holds the loop for three periods). Every frame must come through, no byte lost.
+    mod, hal = new_hal()
+    u = W.uarts[2]
+    wire = b''
+    for w in range(6):
+        wire += b''.join(_max_chunk_frame(1000 * (4 * w + i)) for i in range(4))
+    link = L.Link(lambda b: None)
+    got = []
+    pos = 0
+    step = 0
+    while pos < len(wire) or u.any():
+        u.arrive(wire[pos:pos + 576])
+        pos += 576
+        step += 1
+        if step % 10 in (7, 8, 9):
+            continue                  # the loop is late: nothing is read this period
+        data = hal.link_read()
+        if data:
+            got += link.feed(data)
+    assert u.dropped == 0
+    assert [m['args']['off'] for m in got] == [1000 * i for i in range(24)]
 
 
 # -- the same tests in the MicroPython VM ---------------------------------------------------------
