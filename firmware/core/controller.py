@@ -527,12 +527,17 @@ class Controller:
         o.request_ma = cur
 
         # ---- pilot duty
+        # 5 % means "digital communication": shown only while the controller itself directs
+        # the EV over CAN (a discharge, holding at the SoC target, or a droop response woken
+        # from holding). Charging follows the PWM offer, and an offer below 6 A is no offer:
+        # steady +12 V (PWM_OFF), never 5 %, which an IEC 61851 / ISO 15118 vehicle would
+        # read as an invitation to negotiate.
         if pfault:
             o.pwm_pm = P.PWM_STATE_F if self._pf_phase == _PH_HOLD else P.PWM_OFF
         elif self.weld or st == P.A or self.stopped:
             o.pwm_pm = P.PWM_OFF
-        elif direction == S.CHARGE and lc >= P.MIN_OFFER_MA and not self._droop_flow:
-            o.pwm_pm = P.duty_for_ma(lc)
+        elif direction == S.CHARGE and not self._droop_flow:
+            o.pwm_pm = P.duty_for_ma(lc)   # PWM_OFF below MIN_OFFER_MA
         else:
             o.pwm_pm = P.PWM_DIGITAL   # discharge/hold: the current is asked over CAN
 

@@ -4,7 +4,7 @@ from fwtest import raises
 
 from core import config
 from core import errors as E
-from core.controller import CONTROL_PERIOD_MS, Controller, Inputs
+from core.controller import CONTROL_PERIOD_MS, DIODE_SAMPLES, Controller, Inputs
 
 A_MV = 12000
 B_MV = 9000
@@ -373,9 +373,12 @@ def test_thermal_derate_and_stop():
     r.i.evse_temp_dc = 710
     o = r.step(5)
     assert 'V2G-009' in r.codes() and not o.contactor
+    assert o.pwm_pm == 1000            # stopped: no offer while the limit is 0
     r.i.evse_temp_dc = 699
     o = r.step()
-    assert 'V2G-009' not in r.codes() and o.contactor
+    assert 'V2G-009' not in r.codes() and o.pwm_pm == 272   # derated offer, 16.3 A
+    # the PWM was off, so the diode must be seen again with PWM running before closing
+    assert r.until(lambda o: o.contactor) <= DIODE_SAMPLES + 1
 
 
 def test_battery_temperature_derates_discharge_only():
@@ -434,9 +437,12 @@ def test_csms_limit_and_pilot_minimum():
     assert o.limit_charge_ma == 10000 and o.limit_charge_src == 'csms' and o.pwm_pm == 166
     assert o.limit_discharge_ma == 5000 and o.limit_discharge_src == 'csms'
     assert r.cmd('l2', 'limit', {'charge_a': 4})[0]
+    o = r.step()
+    # below 6 A no charging is offered: steady +12 V at once, never 5 % (digital)
+    assert o.pwm_pm == 1000 and o.request_ma == 0
     o = r.step(30)
     assert o.limit_charge_ma == 0 and o.limit_charge_src == 'pilot' and o.mode == 'paused'
-    assert not o.contactor and o.request_ma == 0
+    assert not o.contactor and o.request_ma == 0 and o.pwm_pm == 1000
     assert r.cmd('l3', 'limit', {'charge_a': None, 'discharge_a': None})[0]
     r.until(lambda o: o.request_ma == 32000)
 
@@ -824,3 +830,30 @@ def test_event_log_entries_carry_the_boot_and_old_logs_still_load():
     raises(ValueError, old.load, b'{"v": 1, "events": [[5, "V2G-009", true, "hot", -2]]}')
     raises(ValueError, old.load, b'{"v": 1, "events": [[5, "V2G-009", true, "hot", "x"]]}')
     assert old.rows() == [(5, 'V2G-009', True, 'hot', 0)]
+
+
+def test_five_percent_only_while_the_ev_is_directed_over_can():
+    # plain charging under 6 A (no target): no offer, steady +12 V, in B and in C
+    r = Rig(soc_pm=500)
+    assert r.cmd('p1', 'limit', {'charge_a': 5})[0]
+    r.i.cp_high_mv = B_MV
+    assert r.step(2).pwm_pm == 1000
+    r.i.cp_high_mv = C_MV
+    o = r.step(10)
+    assert o.pwm_pm == 1000 and not o.contactor and o.mode == 'paused'
+    # a charge target toward which the station may not charge: still no offer
+    assert r.cmd('p2', 'soc_target', {'soc_pct': 80})[0]
+    assert r.step(3).pwm_pm == 1000
+    # a discharge toward the target is asked over CAN: 5 %, even with charging capped
+    assert r.cmd('p3', 'soc_target', {'soc_pct': 30})[0]
+    r.until(lambda o: o.request_ma < 0)
+    assert r.o.pwm_pm == 50 and r.o.mode == 'discharging'
+    # holding at the target is also directed over CAN
+    r.i.bms_soc_pm = 300
+    r.until(lambda o: o.direction == 0)
+    assert r.o.pwm_pm == 50
+    # the charge limit back above 6 A and a charge target: the PWM offer again
+    assert r.cmd('p4', 'limit', {'charge_a': None})[0]
+    assert r.cmd('p5', 'soc_target', {'soc_pct': 60})[0]
+    r.until(lambda o: o.request_ma > 0)
+    assert r.o.pwm_pm == 533
