@@ -342,6 +342,13 @@ class Config:
         self.grid_enter_service_ms = None if es is None else _milli(es, 1000)
         self.grid_ramp_ms = None if ramp is None else _milli(ramp, 1000)
 
+    def notes(self, step_ms=50):
+        """Warnings, as text, about settings that are taken but do less than they read: a meter
+        poll slower than the grid profile's fastest clearing time, a droop or deadband outside
+        the profile's range (applied clamped). [] when none. Not refusals: docs/settings.md."""
+        from core.grid import config_notes   # here: config itself stays free of the grid code
+        return config_notes(self, step_ms)
+
     def get(self, key):
         return self.values[key]
 

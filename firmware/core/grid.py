@@ -62,6 +62,86 @@ def _mul_q15(x, d):
     return -r if neg else r
 
 
+def _profile(profile_name):
+    p = PROFILES.get(profile_name)
+    if p is None:
+        raise ValueError('grid: unknown profile {!r} (one of {})'.format(
+            profile_name, ', '.join(sorted(PROFILES))))
+    return p
+
+
+def values_in_force(profile_name, deadband_mhz, droop_mpct):
+    """(deadband_mhz, droop_mpct) as the profile applies them: each clamped into the
+    profile's adjustable range (FREQ_DEADBAND_HZ 0.036 Hz becomes 0.2 Hz on EN50549_50HZ)."""
+    p = _profile(profile_name)
+    return (_clamp(deadband_mhz, p['db_mhz'][0], p['db_mhz'][1]),
+            _clamp(droop_mpct, p['droop_mpct'][0], p['droop_mpct'][1]))
+
+
+def trip_decision_ms(clearing_ms, step_ms=50):
+    """Time from the first outside reading to the trip decision with steps of step_ms:
+    the last step at or before the clearing time (150 ms for 160 ms at 50 ms steps)."""
+    return clearing_ms // step_ms * step_ms
+
+
+def shortest_clearing_ms(profile_name):
+    """The profile's fastest trip stage, ms."""
+    return min(s[2] for s in _profile(profile_name)['stages'])
+
+
+def _dec(v):
+    """Milli-units as decimal text without trailing zeros: 200 -> '0.2', 5000 -> '5'."""
+    t = '{}.{:03d}'.format(v // 1000, v % 1000).rstrip('0')
+    return t[:-1] if t.endswith('.') else t
+
+
+def settings_notes(profile_name, meter_poll_ms, deadband_mhz, droop_mpct, step_ms=50):
+    """Settings that are valid but do less than they read, as text ([] when none).
+
+    Not refusals (the settings are taken); the controller reports them beside its status.
+    Sampling bounds (docs/grid.md, "Meter sampling"): with polls every P ms a stage is
+    decided D = trip_decision_ms() after the first outside reading, 0..P-step after the
+    grid step; the reading is held until the next poll, so an excursion seen on n readings
+    trips exactly when n * P > D."""
+    p = _profile(profile_name)
+    out = []
+    fast = shortest_clearing_ms(profile_name)
+    d = trip_decision_ms(fast, step_ms)
+    worst = d + meter_poll_ms - step_ms
+    if meter_poll_ms > fast:
+        out.append('METER_POLL_MS {} exceeds the {} ms clearing time of {}: an excursion seen by '
+                   'one reading trips {} ms after it however short, and a trip can come {} ms '
+                   'after the grid step'.format(
+                       meter_poll_ms, fast, profile_name, d, worst))
+    elif worst > fast:
+        out.append('METER_POLL_MS {}: the {} ms stages of {} trip up to {} ms after the grid step '
+                   '(the meter shows a change up to {} ms late)'.format(
+                       meter_poll_ms, fast, profile_name, worst, meter_poll_ms - step_ms))
+    seen = []
+    for stage in p['stages']:
+        clr = stage[2]
+        d = trip_decision_ms(clr, step_ms)
+        if clr >= meter_poll_ms and d % meter_poll_ms and clr not in seen:
+            seen.append(clr)
+            out.append('METER_POLL_MS {} does not divide {} ms (when the {} ms stage is decided): an '
+                       'excursion longer than {} ms but shorter than {} ms may be held by its last '
+                       'reading long enough to trip'.format(
+                           meter_poll_ms, d, clr, d // meter_poll_ms * meter_poll_ms, clr))
+    db, dr = values_in_force(profile_name, deadband_mhz, droop_mpct)
+    if db != deadband_mhz:
+        out.append('FREQ_DEADBAND_HZ {} is outside the {}-{} Hz of {}: {} Hz in force'.format(
+            _dec(deadband_mhz), _dec(p['db_mhz'][0]), _dec(p['db_mhz'][1]), profile_name, _dec(db)))
+    if dr != droop_mpct:
+        out.append('FREQ_DROOP_PCT {} is outside the {}-{} % of {}: {} % in force'.format(
+            _dec(droop_mpct), _dec(p['droop_mpct'][0]), _dec(p['droop_mpct'][1]), profile_name, _dec(dr)))
+    return out
+
+
+def config_notes(cfg, step_ms=50):
+    """settings_notes() for a core.config.Config."""
+    return settings_notes(cfg.grid_profile, cfg.meter_poll_ms, cfg.deadband_mhz, cfg.droop_mpct, step_ms)
+
+
 def _config_args(cfg, kw):
     """GridProtection keyword arguments from a core.config.Config; kw overrides."""
     args = {
@@ -84,8 +164,8 @@ class GridProtection:
     profile_name        a GRID_PROFILE value
     nominal_mv          nominal line-neutral voltage, mV
     droop_enabled       FREQ_DROOP_ENABLED
-    deadband_mhz        FREQ_DEADBAND_HZ in mHz (widened/narrowed to the profile's range)
-    droop_mpct          FREQ_DROOP_PCT in 0.001 % (5000 = 5 %), clamped to the profile's range
+    deadband_mhz        FREQ_DEADBAND_HZ in mHz, clamped to the profile's range (values_in_force)
+    droop_mpct          FREQ_DROOP_PCT in 0.001 % (5000 = 5 %), clamped the same way
     response_ms         FREQ_RESPONSE_S in ms: time to 90 % of a droop step
     rated_charge_ma     MAX_CHARGE_AMPS in mA
     rated_discharge_ma  MAX_DISCHARGE_AMPS in mA (0 = no V2G)
@@ -160,10 +240,7 @@ class GridProtection:
                   response_ms, rated_charge_ma, rated_discharge_ma,
                   enter_service_delay_ms=None, ramp_ms=None, step_ms=50):
         """New settings; the trip/enter-service state carries on. All checked first."""
-        p = PROFILES.get(profile_name)
-        if p is None:
-            raise ValueError('grid: unknown profile {!r} (one of {})'.format(
-                profile_name, ', '.join(sorted(PROFILES))))
+        p = _profile(profile_name)
         _check('nominal_mv', nominal_mv, 100000, 480000)
         if droop_enabled is not True and droop_enabled is not False:
             raise ValueError('grid: droop_enabled must be a bool, got {!r}'.format(droop_enabled))
@@ -186,8 +263,8 @@ class GridProtection:
         self.nominal_mv = nominal_mv
         self.nominal_mhz = p['nominal_mhz']
         self.droop_enabled = droop_enabled
-        self.deadband_mhz = _clamp(deadband_mhz, p['db_mhz'][0], p['db_mhz'][1])
-        self.droop_mpct = _clamp(droop_mpct, p['droop_mpct'][0], p['droop_mpct'][1])
+        # out-of-range values are applied clamped and reported by settings_notes()
+        self.deadband_mhz, self.droop_mpct = values_in_force(profile_name, deadband_mhz, droop_mpct)
         self.response_ms = response_ms
         self.rated_charge_ma = rated_charge_ma
         self.rated_discharge_ma = rated_discharge_ma

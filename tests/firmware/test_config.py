@@ -216,3 +216,21 @@ def test_load_json_raises_only_config_error():
     e = raises(C.ConfigError, C.load_json, '{"MAX_CHARGE_AMPS": 1e999}')
     assert e.keys() == ['MAX_CHARGE_AMPS'] and 'inf' in str(e)
     assert C.load_json(b'{"MAX_CHARGE_AMPS": 40}').max_charge_ma == 40000
+
+
+def test_notes_report_what_is_taken_but_weaker():
+    """Valid settings that do less than they read are taken, and named in cfg.notes()."""
+    notes = C.validate({}).notes()
+    assert len(notes) == 1 and 'METER_POLL_MS 500 exceeds the 160 ms clearing time' in notes[0], notes
+    en = C.validate({'GRID_PROFILE': 'EN50549_50HZ', 'NOMINAL_VOLTAGE_V': 230})
+    notes = en.notes()
+    assert len(notes) == 2 and 'exceeds the 100 ms clearing time of EN50549_50HZ' in notes[0], notes
+    assert '0.2 Hz in force' in notes[1]
+    # out of the profile's droop range: taken (clamped), not refused, and reported
+    cfg = C.validate({'FREQ_DROOP_PCT': 10, 'METER_POLL_MS': 100})
+    assert cfg.droop_mpct == 10000
+    notes = cfg.notes()
+    assert notes[-1] == 'FREQ_DROOP_PCT 10 is outside the 3-5 % of IEEE1547_CAT_II_60HZ: 5 % in force'
+    assert not any('exceeds' in n for n in notes)
+    fine = C.validate({'GRID_PROFILE': 'EN50549_50HZ', 'FREQ_DEADBAND_HZ': 0.2, 'METER_POLL_MS': 100})
+    assert not any('FREQ_' in n for n in fine.notes())

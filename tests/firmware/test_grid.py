@@ -2,7 +2,8 @@
 import micropython
 
 from core import errors
-from core.grid import IN_SERVICE, RAMP, TRIPPED, WAITING, GridProtection
+from core.grid import (IN_SERVICE, RAMP, TRIPPED, WAITING, GridProtection, settings_notes,
+                       shortest_clearing_ms, trip_decision_ms, values_in_force)
 from fwtest import approx, raises
 
 NOM_MV = 240000
@@ -481,3 +482,84 @@ def test_pop_events_without_events_allocates_nothing():
     finally:
         micropython.heap_unlock()
     assert len(ev) == 0 and g.pending() == 0
+
+
+def held_excursion_trips(profile, what, thr, poll_ms, n_out):
+    """A meter polled every poll_ms shows an excursion on n_out readings; between polls the
+    last reading is held, as the controller sees it. Returns the ms from the first outside
+    reading to the trip, or None."""
+    out, _ = excursion(what, thr, nominal_mhz(profile))
+    mv, mhz = sample(what, out, profile)
+    g = in_service(profile, droop_enabled=False)
+    t = 0
+    for i in range(n_out * poll_ms // STEP + poll_ms // STEP):
+        t += STEP
+        if i < n_out * poll_ms // STEP:
+            g.step(t, mv, mhz, True)            # the outside reading, held until the next poll
+        else:
+            g.step(t, NOM_MV, nominal_mhz(profile), True)
+        if g.state == TRIPPED:
+            return t - STEP
+    return None
+
+
+def test_held_reading_trips_exactly_when_n_polls_exceed_the_decision_time():
+    """docs/grid.md, "Meter sampling": an excursion seen on n readings, each held for a poll
+    period P, trips iff n * P > the decision time, at the decision time after the first."""
+    cases = (('IEEE1547_CAT_II_60HZ', 'OV', 1200, 160), ('IEEE1547_CAT_II_60HZ', 'OV', 1100, 2000),
+             ('EN50549_50HZ', 'OF', 51500, 100), ('EN50549_50HZ', 'UV', 850, 3000))
+    for profile, what, thr, clear_ms in cases:
+        d = trip_decision_ms(clear_ms, STEP)
+        for poll in (100, 150, 300, 500):
+            for n in range(1, d // poll + 3):
+                got = held_excursion_trips(profile, what, thr, poll, n)
+                if n * poll > d:
+                    assert got == d, (profile, what, clear_ms, poll, n, got)
+                else:
+                    assert got is None, (profile, what, clear_ms, poll, n, got)
+
+
+def test_trip_decision_is_the_last_step_at_or_before_clearing():
+    assert trip_decision_ms(160, 50) == 150 and trip_decision_ms(2000, 50) == 2000
+    assert trip_decision_ms(100, 50) == 100 and trip_decision_ms(160, 70) == 140
+    assert shortest_clearing_ms('IEEE1547_CAT_III_60HZ') == 160
+    assert shortest_clearing_ms('EN50549_50HZ') == 100
+
+
+def test_values_in_force_clamp_to_the_profile():
+    assert values_in_force('EN50549_50HZ', 36, 5000) == (200, 5000)
+    assert values_in_force('EN50549_50HZ', 800, 12000) == (500, 12000)
+    assert values_in_force('IEEE1547_CAT_II_60HZ', 36, 10000) == (36, 5000)
+    assert values_in_force('IEEE1547_CAT_I_60HZ', 36, 2000) == (36, 3000)
+    assert values_in_force('IEEE1547_CAT_III_60HZ', 17, 2000) == (17, 2000)
+    e = raises(ValueError, values_in_force, 'IEEE1547', 36, 5000)
+    assert 'IEEE1547' in str(e) and 'EN50549_50HZ' in str(e)
+    g = in_service('IEEE1547_CAT_I_60HZ', deadband_mhz=1000, droop_mpct=2000)
+    assert (g.deadband_mhz, g.droop_mpct) == (1000, 3000)     # the instance uses the same rule
+
+
+def test_settings_notes_name_the_sampling_bound_and_the_clamped_values():
+    # the defaults on IEEE: the 500 ms poll exceeds the 160 ms stages; nothing else
+    notes = settings_notes('IEEE1547_CAT_II_60HZ', 500, 36, 5000)
+    assert len(notes) == 1, notes
+    assert 'METER_POLL_MS 500 exceeds the 160 ms' in notes[0]
+    assert 'trips 150 ms after it' in notes[0] and '600 ms after the grid step' in notes[0]
+    # a 100 ms poll does not exceed it, but still adds up to 50 ms; 150 ms is not a multiple of 100
+    notes = settings_notes('IEEE1547_CAT_II_60HZ', 100, 36, 5000)
+    assert len(notes) == 2 and 'exceeds' not in notes[0], notes
+    assert 'up to 200 ms after the grid step' in notes[0]
+    assert 'longer than 100 ms but shorter than 160 ms' in notes[1]
+    # a poll that does not divide a long stage's clearing time
+    notes = settings_notes('IEEE1547_CAT_III_60HZ', 300, 36, 5000)
+    assert any('longer than 1800 ms but shorter than 2000 ms' in n for n in notes), notes
+    assert any('longer than 12900 ms but shorter than 13000 ms' in n for n in notes), notes
+    # EN 50549 with the default deadband: 0.2 Hz is in force
+    notes = settings_notes('EN50549_50HZ', 500, 36, 5000)
+    assert len(notes) == 2, notes
+    assert 'exceeds the 100 ms' in notes[0] and '550 ms after the grid step' in notes[0]
+    assert notes[1] == 'FREQ_DEADBAND_HZ 0.036 is outside the 0.2-0.5 Hz of EN50549_50HZ: 0.2 Hz in force'
+    notes = settings_notes('IEEE1547_CAT_I_60HZ', 500, 1000, 10000)
+    assert notes[-1] == 'FREQ_DROOP_PCT 10 is outside the 3-5 % of IEEE1547_CAT_I_60HZ: 5 % in force'
+    assert not any('DEADBAND' in n for n in notes)
+    notes = settings_notes('IEEE1547_CAT_III_60HZ', 500, 36, 2500)
+    assert not any('DROOP' in n for n in notes)
