@@ -3,6 +3,7 @@
 import sys
 
 import click
+from rich.markup import escape
 
 from host_tools import sim as simlib
 from host_tools.scenario import ScenarioError, load
@@ -57,7 +58,9 @@ class _LiveView:
                 style, label = "yellow", "host"
             else:
                 style, label = "dim", src
-            self.console.print("{:>7.1f} [{}]>> {}: {}[/]".format(rec["t_ms"] / 1000, style, label, rec["msg"]),
+            # the message is data: brackets in it ("[config]", "[timeout]") are text, not markup
+            self.console.print("{:>7.1f} [{}]>> {}: {}[/]".format(rec["t_ms"] / 1000, style, escape(label),
+                                                                 escape(rec["msg"])),
                                highlight=False, markup=True)
 
 
@@ -96,7 +99,7 @@ def cli(scenario_file, as_json, vm, out_file, plot_file):
     try:
         scenario = load(scenario_file)
     except ScenarioError as e:
-        err_console.print("[bold red]invalid scenario:[/] {}".format(e), highlight=False)
+        err_console.print("[bold red]invalid scenario:[/] {}".format(escape(str(e))), highlight=False)
         sys.exit(2)
     vm_name = vm or scenario["vm"]
     if as_json:
@@ -107,21 +110,21 @@ def cli(scenario_file, as_json, vm, out_file, plot_file):
     else:
         console = Console(soft_wrap=True)   # rows stay rows in a narrow window or a pipe
         console.print("[bold]v2g sim[/bold] {} on the {} VM: {:.0f} s of station time, {} events".format(
-            scenario_file, vm_name, scenario["duration_ms"] / 1000, len(scenario["events"])), highlight=False)
+            escape(scenario_file), vm_name, scenario["duration_ms"] / 1000, len(scenario["events"])), highlight=False)
         on_record = _LiveView(console, scenario)
     try:
         result = simlib.simulate(scenario, vm=vm_name, on_record=on_record)
     except simlib.SimError as e:
-        err_console.print("[bold red]simulation failed:[/] {}".format(e), highlight=False)
+        err_console.print("[bold red]simulation failed:[/] {}".format(escape(str(e))), highlight=False)
         sys.exit(1)
     out = err_console if as_json else console
     target = out_file or (None if as_json else simlib.default_timeline_path(scenario_file))
     if target:
         path = simlib.write_timeline(result, target)
-        out.print("timeline: {} ({} records)".format(path, len(result.records)), highlight=False)
+        out.print("timeline: {} ({} records)".format(path, len(result.records)), highlight=False, markup=False)
     if plot_file:
         path = simlib.plot(result, plot_file)
-        out.print("plot: {}".format(path), highlight=False)
+        out.print("plot: {}".format(path), highlight=False, markup=False)
     if not as_json:
         _print_summary(console, result)
     out.print("speed: {:.0f} s simulated in {:.2f} s wall = {:.0f}x real time ({} VM)".format(

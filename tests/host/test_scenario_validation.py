@@ -135,3 +135,28 @@ def test_cli_refuses_bad_file_before_simulating(tmp_path):
     assert proc.stdout == ""          # not a single timeline record
     assert "unknown_do.toml: event #1 (do = 'teleport'): unknown do 'teleport'" in proc.stderr.replace("\n", "")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name, where", [
+    ("bad_config.toml", "bad_config.toml: [config]: MAX_CHARGE_AMPS: value 200 out of range"),
+    ("unknown_ev_key.toml", "unknown_ev_key.toml: [ev]: unknown key 'battery_kwh'"),
+])
+def test_cli_shows_the_table_named_in_a_table_level_error(name, where):
+    # the place is text: "[config]" must not be swallowed as console markup
+    proc = subprocess.run([sys.executable, "-m", "host_tools.commands.sim", str(BAD / name), "--vm", "cpython"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert where in proc.stderr.replace("\n", ""), proc.stderr
+
+
+def test_live_view_prints_brackets_in_event_messages_as_text():
+    import io
+
+    from rich.console import Console
+
+    from host_tools.commands.sim import _LiveView
+    buf = io.StringIO()
+    view = _LiveView(Console(file=buf, width=200, color_system=None), {"duration_ms": 60000})
+    view({"kind": "event", "t_ms": 1000, "src": "host", "code": "V2G-400",
+          "msg": "config_set refused: [config] MAX_CHARGE_AMPS [/] [bold]"})
+    assert "config_set refused: [config] MAX_CHARGE_AMPS [/] [bold]" in buf.getvalue()
