@@ -857,3 +857,26 @@ def test_five_percent_only_while_the_ev_is_directed_over_can():
     assert r.cmd('p5', 'soc_target', {'soc_pct': 60})[0]
     r.until(lambda o: o.request_ma > 0)
     assert r.o.pwm_pm == 533
+
+
+def test_slow_host_round_trip_raises_and_clears_v2g_110():
+    r = Rig({'HOST_LATENCY_WARN_MS': 100})
+    r.charging()
+    r.events()
+    r.c.report_rtt(r.t, 100)                 # at the threshold: fine
+    assert 'V2G-110' not in E.active(r.step().errors) and r.events() == ()
+    r.c.report_rtt(r.t, 250)
+    o = r.step()
+    assert 'V2G-110' in E.active(o.errors)
+    ev = r.events()
+    assert [(e[1], e[2]) for e in ev] == [('V2G-110', True)]
+    assert '250 ms' in ev[0][3] and '100 ms' in ev[0][3]
+    r.c.report_rtt(r.t, 300)                 # still slow: raised once, not again
+    r.step()
+    assert r.events() == ()
+    # a warning only: charging carries on
+    assert o.contactor and o.request_ma == 32000
+    r.c.report_rtt(r.t, 40)
+    o = r.step()
+    assert 'V2G-110' not in E.active(o.errors)
+    assert [(e[1], e[2]) for e in r.events()] == [('V2G-110', False)]
