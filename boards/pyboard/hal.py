@@ -269,6 +269,10 @@ class PybCan:
 class Hal:
     BOARD_NAME = BOARD_NAME
     BOARD_LIMITS = BOARD_LIMITS
+    # The update slots live on the littlefs filesystem (board.json: 352 blocks of 512 bytes),
+    # not in the raw update partition, so no slot can hold more than the whole filesystem;
+    # the installer's free-space check at fota_begin gives the real, smaller limit.
+    UPDATE_SLOT_BYTES = 352 * 512
 
     def __init__(self):
         # Outputs first, straight to the safe state, before anything that can fail:

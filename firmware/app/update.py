@@ -41,6 +41,10 @@ HEALTHY_MS = 10000               # ... by running this long with the host link a
 LINK_ALIVE_MS = 3000             # "alive": a valid host frame within this
 STALL_MS = 30000                 # a download idle this long is suspended (resumable)
 READ_BLOCK = 1024                # re-hash block size on resume
+# Free space kept beyond a slot's own blocks: update.json and its backup are rewritten
+# copy-on-write several times during an update, and the event log and journal go on
+# growing. littlefs needs a metadata pair (two blocks) per directory besides.
+SPACE_MARGIN_BLOCKS = 16
 
 V2G_400 = 'V2G-400'
 
@@ -88,6 +92,31 @@ def _file_size(path):
         return os.stat(path)[6]
     except OSError:
         return -1
+
+
+def fs_space(path):
+    """(block size, free bytes) of the filesystem holding `path`, or None where os.statvfs
+    is missing (the VM's os has none) or fails: then only the slot size bounds a bundle."""
+    try:
+        sv = os.statvfs(path or '.')
+    except (AttributeError, OSError):
+        return None
+    block = sv[1] or sv[0]
+    return block, block * sv[4]
+
+
+def _tree_bytes(path):
+    """Bytes of the files under path (what removing it gives back, at least)."""
+    if _is_dir(path):
+        n = 0
+        for name in os.listdir(path):
+            n += _tree_bytes(path + '/' + name)
+        return n
+    return max(0, _file_size(path))
+
+
+def _blocks(n, block):
+    return (n + block - 1) // block * block
 
 
 def load_key(root=''):
@@ -307,21 +336,53 @@ class Updater:
         self._ensure_key()
         self._drop_download()
         slot = self.inactive_slot()
-        st = self.st
-        if st['pending'] == slot:
-            # finished but not booted yet: the new download replaces it
-            st['pending'] = None
-            st['trial'] = False
-            st['tries'] = 0
-        st['slots'].pop(slot, None)
-        st['dl'] = {'slot': slot, 'size': size, 'id': _hex(bid)}
-        self._save()
-        _rmtree(self.slot_dir(slot))
-        _rmtree(self.slot_dir(slot) + '.head')
-        _makedirs(self.slot_dir(slot))
+        # the bundle as announced must fit; the manifest's exact need is checked once it is
+        # verified, and nothing in the slot is touched before that
+        self._check_space(slot, size, 'bundle of {} bytes'.format(size))
         self.dl = _Download(slot, size, bid)
         self.dl.last_ms = now_ms
         return True, None, 'receiving into slot {}'.format(slot), {'slot': slot, 'next': 0}
+
+    def _check_space(self, slot, need, what):
+        """Refuse (V2G-601) when `need` bytes plus the margin exceed the free space, counting
+        what emptying `slot` would give back. Called before the slot is emptied."""
+        sp = fs_space(self.root)
+        if sp is None:
+            return
+        block, free = sp
+        free += _tree_bytes(self.slot_dir(slot)) + max(0, _file_size(self.slot_dir(slot) + '.head'))
+        need += SPACE_MARGIN_BLOCKS * block
+        if need > free:
+            raise manifest.UpdateError('V2G-601', 'space: {} needs {} bytes with the margin, {} free '
+                                       '(slot {} emptied)'.format(what, need, free, slot))
+
+    def _claim_slot(self, d):
+        """The head is verified: now the slot is emptied and the download recorded. A staged
+        slot that was never booted is replaced only here, never for a bundle that fails."""
+        man = d.man
+        sp = fs_space(self.root)
+        block = sp[0] if sp is not None else 512
+        need = _blocks(d.head_len, block)
+        dirs = {''}
+        for c in man.components:
+            need += _blocks(c.size, block)
+            k = c.name.rfind('/')
+            while k > 0:
+                dirs.add(c.name[:k])
+                k = c.name.rfind('/', 0, k)
+        need += 2 * block * len(dirs)
+        self._check_space(d.slot, need, 'the manifest ({} components)'.format(len(man.components)))
+        st = self.st
+        if st['pending'] == d.slot:
+            st['pending'] = None
+            st['trial'] = False
+            st['tries'] = 0
+        st['slots'].pop(d.slot, None)
+        st['dl'] = {'slot': d.slot, 'size': d.size, 'id': _hex(d.id)}
+        self._save()
+        _rmtree(self.slot_dir(d.slot))
+        _rmtree(self.slot_dir(d.slot) + '.head')
+        _makedirs(self.slot_dir(d.slot))
 
     def chunk(self, off, data, now_ms):
         if self.dl is None:
@@ -368,6 +429,7 @@ class Updater:
         mv = mv[need:]
         if len(d.head) == d.head_len:
             self._open_head(d, bytes(d.head))
+            self._claim_slot(d)
             storage.write_atomic(self.slot_dir(d.slot) + '.head', d.head)
             d.head = bytearray()
         return mv
@@ -478,11 +540,13 @@ class Updater:
             'slot': d.slot, 'version': man.version, 'seq': man.seq, 'reboot': reboot}
 
     def abort(self, why):
-        """Drop the download in progress; the running firmware and active slot are untouched."""
-        d = self.dl
+        """Drop the download in progress; the running firmware and active slot are untouched.
+        A slot is emptied only if a verified head claimed it (st['dl']): before that, a staged
+        slot pending its trial is still what it was."""
         self._drop_download()
-        if d is not None or self.st['dl'] is not None:
-            slot = d.slot if d is not None else self.st['dl'].get('slot')
+        info = self.st['dl']
+        if info is not None:
+            slot = info.get('slot') if isinstance(info, dict) else None
             self.st['dl'] = None
             droppable = slot in SLOTS and slot != self.running and slot != self.st['active']
             try:
@@ -546,6 +610,13 @@ class Updater:
             return
         d = self.dl
         if d is not None and not d.suspended and ticks.diff(now_ms, d.last_ms) > STALL_MS:
+            if d.man is None:
+                # the head never reached flash: the download starts again from offset 0
+                d.head = bytearray()
+                d.head_len = 0
+                d.next = 0
+                d.last_ms = now_ms
+                return
             # a stalled stream: release the file and RAM; the next chunk resumes from flash
             d.close()
             d.suspended = True

@@ -154,10 +154,13 @@ def test_resume_after_reset_rehashes_the_staged_files():
         u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
         push(u, data[:cut], 300)
         u = make(root)                       # a reset: RAM state gone
-        dl = u.command('fota_status', {}, 0)[3]['dl']
+        dl = u.command('fota_status', {}, 0)[3].get('dl')
         head_len = 8 + int.from_bytes(data[4:8], 'big')
         if cut < head_len:
-            assert dl['next'] == 0           # the head lived in RAM only
+            # the head lived in RAM only and claimed nothing: the host begins again
+            assert dl is None and state(root)['dl'] is None
+            assert u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)[0]
+            dl = {'next': 0, 'id': bid(data), 'size': len(data)}
         else:
             assert dl['next'] == cut
         assert dl['id'] == bid(data) and dl['size'] == len(data)
@@ -328,6 +331,84 @@ def test_no_transfer_while_the_contactor_is_closed():
     assert u.command('fota_status', {}, 0)[0]
 
 
+def _slot_files(root, slot='a'):
+    return [read(root + 'slots/' + slot + '/' + n) for n in ('main.py', 'core/empty.py', 'lib/blob.bin')]
+
+
+def _send_all(u, data):
+    r = u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+    if not r[0]:
+        return r
+    off = 0
+    while off < len(data):
+        r = u.command('fota_chunk', {'off': off, 'data': bytes(data[off:off + 150])}, 0)
+        if not r[0]:
+            return r
+        off = r[3]['next']
+    return u.command('fota_finish', {'reboot': False}, 0)
+
+
+def test_failing_bundle_leaves_a_staged_pending_slot_alone():
+    # a slot staged and pending its trial is replaced only by a bundle whose head verified
+    data = bundle()
+    n = 8 + int.from_bytes(data[4:8], 'big')
+    bad = bytearray(data)
+    bad[n - 3] ^= 0x40                                  # the signature
+    for board, b, what in (('sim', bad, 'signature'), ('pyboard', data, 'board')):
+        root = scratch()
+        install(root)
+        files = _slot_files(root)
+        before = read(root + 'update.json')
+        r = _send_all(make(root, board=board), b)
+        assert not r[0] and r[1] == 'V2G-601' and r[2].startswith(what), r
+        assert read(root + 'update.json') == before and _slot_files(root) == files
+        assert boot.choose(root) == 'a'                 # still boots on trial
+    root = scratch()
+    install(root)
+    u = make(root)
+    assert u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)[0]
+    u.command('fota_chunk', {'off': 0, 'data': data[:n - 1]}, 0)
+    assert state(root)['pending'] == 'a'               # head not complete: nothing claimed
+    assert u.command('fota_abort', {}, 0)[0]
+    assert state(root)['pending'] == 'a' and _slot_files(root)[2] == data[n + 13:]
+    r = _send_all(make(root), data)                      # a good bundle replaces it
+    assert r[0] and r[3]['slot'] == 'a' and state(root)['pending'] == 'a'
+
+
+def test_not_enough_space_refused_before_anything_is_touched():
+    data = bundle()
+    saved = update.fs_space
+    try:
+        # the announced size alone does not fit: refused at fota_begin
+        root = scratch()
+        install(root)
+        staged = update._tree_bytes(root + 'slots/a')
+        before = read(root + 'update.json')
+        update.fs_space = lambda path: (512, 100)
+        r = make(root).command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+        assert not r[0] and r[1] == 'V2G-601' and r[2].startswith('space'), r
+        need = len(data) + update.SPACE_MARGIN_BLOCKS * 512
+        assert 'needs {} bytes'.format(need) in r[2] and '{} free'.format(100 + staged) in r[2], r
+        assert read(root + 'update.json') == before and boot.choose(root) == 'a'
+        # the announced size fits, the manifest's files in whole blocks do not: refused once
+        # the manifest is verified, still before the slot is emptied
+        update.fs_space = saved
+        root = scratch()
+        install(root)
+        before = read(root + 'update.json')
+        free = len(data) + update.SPACE_MARGIN_BLOCKS * 512 - staged
+        update.fs_space = lambda path: (512, free)
+        r = _send_all(make(root), data)
+        assert not r[0] and r[1] == 'V2G-601' and r[2].startswith('space: the manifest'), r
+        assert read(root + 'update.json') == before and _slot_files(root)[0] == data[-781:-768]
+        # enough room: accepted
+        update.fs_space = lambda path: (512, 64 * 1024)
+        assert _send_all(make(root), data)[0]
+    finally:
+        update.fs_space = saved
+    assert update.fs_space(root) is None or update.fs_space(root)[1] > 0
+
+
 # -- trial boot, confirmation, revert -----------------------------------------------------
 
 def test_boot_runs_pending_on_trial_and_health_check_confirms():
@@ -436,8 +517,8 @@ def test_fault_at_state_update_leaves_the_old_state():
         f.write('{"step": "state"}')
     u = make(root)
     u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
-    before = read(root + 'update.json')
     push(u, data)
+    before = read(root + 'update.json')              # written when the head claimed the slot
     r = u.command('fota_finish', {'reboot': False}, 0)
     assert not r[0] and u.frozen
     assert read(root + 'update.json') == before and update._exists(root + 'update.json.tmp')
