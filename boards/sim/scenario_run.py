@@ -295,7 +295,8 @@ class Run:
                rdiv(out.limit_charge_ma, 100), rdiv(out.limit_discharge_ma, 100),
                out.limit_charge_src, out.limit_discharge_src, p.soc_pm(), out.mode,
                self._v2g_available(out), rdiv(p.grid_mv, 100), p.grid_mhz,
-               p.evse_temp_dc, p.battery_temp_dc, out.errors, rdiv(out.request_ma, 100))
+               p.evse_temp_dc, p.battery_temp_dc, out.errors, rdiv(out.request_ma, 100),
+               out.discharge_capacity_wh)
         changed = now - self._last_tick_ms >= TICK_MAX_MS
         for i in range(len(new)):
             if vals[i] != new[i]:
@@ -310,11 +311,11 @@ class Run:
             '"amps": %s, "limit_charge_a": %s, "limit_discharge_a": %s, "limit_charge_src": "%s", '
             '"limit_discharge_src": "%s", "soc_pct": %s, "mode": "%s", "v2g_available": %s, '
             '"grid_v": %s, "grid_hz": %s, "evse_temp_c": %s, "battery_temp_c": %s, '
-            '"request_a": %s, "errors": [%s]}' % (
+            '"request_a": %s, "discharge_capacity_wh": %d, "errors": [%s]}' % (
                 now, new[0], dec(new[1], 1), 'true' if new[2] else 'false', dec(new[3], 1),
                 dec(new[4], 1), dec(new[5], 1), new[6], new[7], dec(new[8], 1), new[9],
                 'true' if new[10] else 'false', dec(new[11], 1), dec(new[12], 3),
-                dec(new[13], 1), dec(new[14], 1), dec(new[16], 1),
+                dec(new[13], 1), dec(new[14], 1), dec(new[16], 1), new[17],
                 ', '.join('"%s"' % c for c in errs)))
 
     def sample_heap(self):

@@ -252,7 +252,7 @@ class Station:
             'lim_chg_ma': out.limit_charge_ma, 'lim_chg_src': out.limit_charge_src,
             'lim_dis_ma': out.limit_discharge_ma, 'lim_dis_src': out.limit_discharge_src,
             'req_ma': out.request_ma, 'errors': errors.active(out.errors),
-            'e_in_wh': e_in, 'e_out_wh': e_out,
+            'e_in_wh': e_in, 'e_out_wh': e_out, 'dis_cap_wh': out.discharge_capacity_wh,
         })
         if len(self.tel_samples) >= self.tel_batch:
             self.link.send(L.tel(self.tel_samples))

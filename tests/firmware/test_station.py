@@ -116,6 +116,11 @@ def test_plug_charge_and_telemetry():
     last = tel[-1]
     assert last['cp'] == 'C' and last['contactor'] is True and last['ma'] > 6000
     assert last['mode'] == 'charging'
+    # DischargeCapacity: what the battery can give before the floor, in every sample
+    floor = rig.st.cfg.floor_pm
+    cap = rig.st.inputs.bms_capacity_wh
+    assert cap > 0 and last['soc_pm'] > floor
+    assert last['dis_cap_wh'] == (last['soc_pm'] - floor) * cap // 1000
 
 
 @in_dir(WORK)

@@ -23,6 +23,7 @@ TICK_FIELDS = {
     "amps": (int, float), "limit_charge_a": (int, float), "limit_discharge_a": (int, float),
     "soc_pct": (int, float), "mode": str, "v2g_available": bool, "grid_v": (int, float),
     "grid_hz": (int, float), "evse_temp_c": (int, float), "battery_temp_c": (int, float), "errors": list,
+    "discharge_capacity_wh": int,
 }
 MODES = {"idle", "connected", "charging", "discharging", "paused", "charge_only", "fault"}
 CODES = {"V2G-009", "V2G-010", "V2G-011", "V2G-012", "V2G-101", "V2G-110", "V2G-120", "V2G-130", "V2G-140",
@@ -356,3 +357,14 @@ def test_reboot_keeps_the_heartbeat_fallback_target_and_csms_limit():
     # the target (40 % from 60 %) and the CSMS discharge limit of before the reset hold
     assert late and all(x["mode"] == "discharging" for x in late)
     assert all(x["limit_discharge_a"] == 12.0 and x["limit_discharge_src"] == "csms" for x in late)
+
+
+def test_ticks_report_the_discharge_capacity(runs, demo):
+    cap_wh = demo["ev"]["capacity_kwh"] * 1000
+    floor = max(demo["config"]["MIN_SOC_THRESHOLD"], demo["config"]["RESERVE_MARGIN"])
+    ticks = [t for t in runs["cpython"][0].ticks() if t["cp_state"] in "BC"]
+    assert ticks
+    for t in ticks:
+        # (SoC - floor) x capacity; the BMS reading may lag the plant by one 0.1 % step
+        want = max(0.0, (t["soc_pct"] - floor) / 100 * cap_wh)
+        assert abs(t["discharge_capacity_wh"] - want) <= cap_wh / 1000 + 1, t

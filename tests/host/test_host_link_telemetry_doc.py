@@ -1,0 +1,27 @@
+"""Every field of the controller's telemetry sample is documented in docs/host-link.md."""
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _sample_keys():
+    tree = ast.parse((ROOT / "firmware" / "app" / "station.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == "sample":
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Dict) and sub.keys and all(isinstance(k, ast.Constant) for k in sub.keys):
+                    return [k.value for k in sub.keys]
+    raise AssertionError("no telemetry sample found in station.py")
+
+
+def test_every_telemetry_field_is_documented():
+    keys = _sample_keys()
+    assert "dis_cap_wh" in keys and "soc_pm" in keys
+    doc = (ROOT / "docs" / "host-link.md").read_text()
+    section = doc.split("### `tel`", 1)[1].split("\n### ", 1)[0]
+    rows = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.M))
+    missing = [k for k in keys if k not in rows]
+    assert not missing, "telemetry fields not in docs/host-link.md: {}".format(missing)
