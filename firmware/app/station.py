@@ -174,6 +174,10 @@ class Station:
     def run_command(self, msg, now_ms):
         op, args = msg['op'], msg['args']
         if msg.get('ttl_ms', 1) <= 0:
+            # idempotency first: a retry of an applied txn gets its original result, late or not
+            prev = self.ctl.journal.get(msg['txn'])
+            if prev is not None:
+                return prev
             return self.refuse(now_ms, op, 'V2G-110', '{}: its time to live was spent before it arrived'.format(op))
         if op == 'diag':
             return True, None, 'diagnostics', self.diagnostics(now_ms)

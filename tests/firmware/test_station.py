@@ -268,3 +268,23 @@ def test_event_log_entries_carry_the_boot_count_across_resets():
     assert not res['bad-1']['ok']
     refused = [r for r in rows if r[3].startswith('refused telemetry')]
     assert refused and refused[0][1] == 'V2G-400' and refused[0][4] == 2
+
+
+@in_dir(WORK)
+def test_a_late_retry_of_an_applied_txn_gets_its_original_result():
+    rig = Rig()
+    rig.send(L.cmd('once-1', 'limit', {'charge_a': 10, 'discharge_a': 0}, ttl_ms=500))
+    rig.run(100)
+    first = [m for m in rig.received() if m['t'] == 'res']
+    assert first[0]['ok'] is True
+    # the answer was lost; the host's retry arrives after its time to live
+    rig.send(L.cmd('once-1', 'limit', {'charge_a': 10, 'discharge_a': 0}, ttl_ms=0))
+    rig.run(100)
+    again = [m for m in rig.received() if m['t'] == 'res']
+    assert again[0]['ok'] is True and again[0]['code'] is None and again[0]['msg'] == first[0]['msg']
+    # a new txn that late is still refused
+    rig.send(L.cmd('late-2', 'limit', {'charge_a': 20, 'discharge_a': 0}, ttl_ms=0))
+    rig.run(100)
+    late = [m for m in rig.received() if m['t'] == 'res']
+    assert late[0]['ok'] is False and late[0]['code'] == 'V2G-110'
+    assert rig.st.ctl.csms_charge_ma == 10000
