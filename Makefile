@@ -5,22 +5,26 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 NPMSTAMP:= node_modules/.installed
 
-.PHONY: test venv npm lint sim perf mpy clean
+.PHONY: test sysdeps venv npm lint sim perf mpy clean
 
-test: venv npm lint mpy
+test: sysdeps venv npm lint mpy
 	$(VPY) -m pytest -q tests
 
 venv: $(STAMP)
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
-	./tools/system-deps.sh
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r requirements-dev.txt
 	$(VPY) -m pip install -q --no-deps -e .
 	touch $@
 
+# System packages (Node.js, Mosquitto for the bridge tests): checked on every run, which costs
+# a few lookups when all is present; installed with apt-get (sudo -n when not root) where missing.
+sysdeps:
+	./tools/system-deps.sh
+
 npm: $(NPMSTAMP)
-$(NPMSTAMP): package.json package-lock.json
+$(NPMSTAMP): package.json package-lock.json | sysdeps
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 

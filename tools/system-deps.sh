@@ -1,17 +1,33 @@
 #!/usr/bin/env bash
-# Installs the system packages the project needs, where missing (Debian).
+# Installs the system packages the project needs, where missing (Debian/Ubuntu, apt-get).
+# `make test` runs it every time: with everything present it only looks the commands up.
+# Not root: installs through `sudo -n` (no password prompt in a build); else says what to run.
 set -euo pipefail
+# Debian puts the broker in /usr/sbin, which is not on every user's PATH
+MOSQUITTO_SBIN=${MOSQUITTO_SBIN:-/usr/sbin/mosquitto}
 need=()
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
-# Debian puts the broker in /usr/sbin, which is not on every user's PATH
-{ command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null || need+=(mosquitto)
-command -v mosquitto_passwd >/dev/null || need+=(mosquitto)   # same package as the broker
+{ command -v mosquitto || [ -x "$MOSQUITTO_SBIN" ]; } >/dev/null || need+=(mosquitto)
+# mosquitto_passwd comes with the broker
+{ command -v mosquitto_passwd >/dev/null || [[ " ${need[*]-} " == *" mosquitto "* ]]; } || need+=(mosquitto)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
-if [ "$(id -u)" != 0 ]; then
-  echo "missing system packages: ${need[*]} (install with: sudo apt-get install ${need[*]})" >&2
+hint="sudo apt-get install ${need[*]}"
+fail() {
+  echo "system-deps: missing system packages: ${need[*]}. $1" >&2
+  echo "system-deps: install them, then run make test again: $hint" >&2
   exit 1
+}
+as=()
+if [ "$(id -u)" != 0 ]; then
+  if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    as=(sudo -n)
+  else
+    fail "Cannot install them: not root, and sudo is absent or needs a password."
+  fi
 fi
-echo "installing system packages: ${need[*]}"
-apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+command -v apt-get >/dev/null || fail "Cannot install them: no apt-get here (not Debian or Ubuntu)."
+echo "system-deps: installing ${need[*]}"
+${as[@]+"${as[@]}"} apt-get update -qq || fail "apt-get update failed (see above)."
+${as[@]+"${as[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
+  || fail "apt-get install failed (see above)."
