@@ -6,6 +6,10 @@ import sys
 
 STATE = 'update.json'
 SLOTS = ('a', 'b')
+# Watchdog timeout while a slot on trial is imported and started, before its HAL exists. The
+# pyboard HAL takes the running watchdog over at its own timeout (2 s) and feeds it.
+TRIAL_WDT_MS = 8000
+ON_TRIAL = False      # set by choose(): the chosen slot runs on trial
 
 
 def _is_dir(path):
@@ -29,6 +33,8 @@ def _write(root, st):
 def choose(root=''):
     """The tree to run: 'a', 'b' or 'factory'. A pending slot runs on trial, its try counted
     on flash before any of its code runs; with no tries left it is reverted."""
+    global ON_TRIAL
+    ON_TRIAL = False
     import json
     try:
         with open(root + STATE) as f:
@@ -45,6 +51,7 @@ def choose(root=''):
             st['tries'] = tries - 1
             st['trial'] = True
             _write(root, st)
+            ON_TRIAL = True
             return pending
         meta = (st.get('slots') or {}).get(pending) or {}
         st['reverted'] = 'slot {} ({}) failed its trial boot; running {} again'.format(
@@ -58,10 +65,28 @@ def choose(root=''):
     return 'factory'
 
 
+def start_trial_watchdog():
+    """Start the watchdog for a slot on trial, where the port has one (None elsewhere).
+    Without it, slot code that hangs or fails before its HAL starts the watchdog (the
+    pyboard HAL starts it only without a USB host) would leave the board at the REPL, never
+    reverting. It cannot be stopped: from here on the HAL must feed it."""
+    try:
+        import machine
+    except ImportError:
+        return None   # the virtual board: main.py's guard resets it on a failed start
+    wdt = getattr(machine, 'WDT', None)
+    if wdt is None:
+        return None
+    return wdt(timeout=TRIAL_WDT_MS)
+
+
 if __name__ == '__main__':
+    TRIAL_WDT = None   # read by the pyboard HAL through __main__ (boot.py's namespace)
     try:
         _slot = choose()
         if _slot != 'factory':
             sys.path.insert(0, 'slots/' + _slot)
+        if ON_TRIAL:
+            TRIAL_WDT = start_trial_watchdog()
     except Exception:  # noqa: BLE001 - whatever went wrong, the factory firmware runs
         pass

@@ -461,6 +461,59 @@ def test_failed_trials_revert_after_the_tries():
     assert len(log.items) == 1
 
 
+def test_slot_failing_at_import_reverts_after_its_tries():
+    # slot code that raises while app.run is imported never reaches its HAL or its health
+    # check: main.py's guard counts it as a failed trial and resets; boot.py reverts after
+    # the last try. Outside a trial the error is not swallowed.
+    import sys
+
+    import main as fw_main
+    root = scratch()
+    install(root, tries=2)
+    resets = []
+
+    def broken():
+        raise ImportError('no module named core.missing')
+    for n in range(2):
+        assert boot.choose(root) == 'a' and boot.ON_TRIAL
+        sys.path.insert(0, root + 'slots/a')
+        try:
+            assert fw_main.on_trial(root)
+            fw_main.run(broken, root, lambda n=n: resets.append(n))
+        finally:
+            sys.path.pop(0)
+        assert resets == list(range(n + 1))
+    assert boot.choose(root) == 'factory' and not boot.ON_TRIAL
+    st = state(root)
+    assert st['pending'] is None and st['active'] == 'factory' and 'failed its trial' in st['reverted']
+    assert not fw_main.on_trial(root)
+    raises(ImportError, fw_main.run, broken, root, lambda: resets.append('no'))
+    assert len(resets) == 2
+    assert fw_main.run(lambda: 'started', root) == 'started'
+
+
+def test_trial_starts_the_watchdog_where_the_port_has_one():
+    import sys
+    started = []
+
+    class FakeMachine:
+        class WDT:
+            def __init__(self, timeout):
+                started.append(timeout)
+    saved = sys.modules.get('machine')
+    sys.modules['machine'] = FakeMachine
+    try:
+        assert isinstance(boot.start_trial_watchdog(), FakeMachine.WDT)
+    finally:
+        if saved is None:
+            del sys.modules['machine']
+        else:
+            sys.modules['machine'] = saved
+    assert started == [boot.TRIAL_WDT_MS]
+    if saved is None:
+        assert boot.start_trial_watchdog() is None     # no machine module: no watchdog
+
+
 def test_reset_waits_for_the_contactor_to_open():
     root = scratch()
     ctl, hal = Ctl(), Hal()

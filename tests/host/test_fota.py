@@ -246,6 +246,26 @@ def test_crashing_or_hanging_trial_reverts(board, key, patch):
     assert "V2G-603" in board.events()
 
 
+def _import_crash(data):
+    return data + b"\nraise RuntimeError('slot code broken at import')\n"
+
+
+def test_trial_failing_at_import_reverts_by_itself(board, key):
+    # app/station.py of the slot raises while main.py imports the application, before any HAL
+    # exists: main.py's guard resets the board (no power cut from the test), boot.py counts
+    # each try and reverts after the second
+    bad = sb.sign(key, firmware_tree("0.2.0", _import_crash), 5, "0.2.0", "sim", 1)
+    fota.transfer(board.link, bad, window=8)
+    n = len(board.hellos)
+    fota.finish(board.link, tries=2, **FAST)
+    hello = board.hello(60, after=n)
+    assert hello["fw"] == OLD
+    st = board.status()
+    assert st["running"] == "factory" and st["pending"] is None and st["seq"] == 0
+    assert board.vb.boots == 4           # start, finish, two trial resets of its own
+    assert "V2G-603" in board.events()
+
+
 def test_failed_health_check_reverts(board, new_bundle):
     fota.transfer(board.link, new_bundle, window=8)
     n = len(board.hellos)
