@@ -194,6 +194,140 @@ class MeterSim:
         self.stop()
 
 
+class PacedLine:
+    """An RS-485 line at `baud` between an in-process controller port and a meter on a pty.
+
+    A pseudo-terminal moves bytes as fast as the kernel copies them and ignores the baud
+    rate. This line gives every byte its time on the one shared (half-duplex) wire,
+    bits_per_char / baud, and hands it to the other side only once its stop bit is
+    through, so the meter sees a request and the controller a reply when a UART would.
+
+    Meter side: `line.meter_port`, a pty path for MeterSim or any Modbus RTU slave.
+    Controller side: the line itself offers the board HAL's rs485 interface (open, write,
+    tx_done, readinto), so the firmware's MeterTask runs on it unchanged.
+    `line.spans` records (request start, last reply byte) per request, host clock.
+    """
+
+    def __init__(self, baud: int = 9600, bits_per_char: int = 10):
+        if not 1200 <= baud <= 115200:
+            raise ValueError(f"baud must be 1200..115200, not {baud}")
+        if bits_per_char not in (10, 11):
+            raise ValueError(f"bits_per_char must be 10 (8N1) or 11 (8E1/8N2), not {bits_per_char}")
+        import collections
+        import os
+        import tty
+
+        self.baud = baud
+        self.char_s = bits_per_char / baud
+        self._fd, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        os.set_blocking(self._fd, False)
+        self.meter_port = os.ttyname(self._slave)
+        self._wake_r, self._wake_w = os.pipe()
+        self._lock = threading.Lock()
+        self._wire_free = 0.0
+        self._tx_end = 0.0
+        self._to_meter: collections.deque = collections.deque()  # (due, byte)
+        self._to_ctl: collections.deque = collections.deque()    # (due, byte)
+        self.spans: list[list[float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="paced-line", daemon=True)
+        self._thread.start()
+
+    def _slots(self, n: int, now: float) -> list[float]:
+        # the wire carries one byte at a time, whichever side sends it
+        start = max(now, self._wire_free)
+        due = [start + (i + 1) * self.char_s for i in range(n)]
+        self._wire_free = due[-1]
+        return due
+
+    # -- the controller's side: the HAL rs485 interface ---------------------
+    def open(self, baud: int) -> None:
+        if baud != self.baud:
+            raise ValueError(f"the line runs at {self.baud} baud; the controller asked for {baud}")
+
+    def write(self, buf, n: int) -> None:
+        import os
+
+        data = bytes(buf[:n])
+        with self._lock:
+            now = time.monotonic()
+            due = self._slots(len(data), now)
+            self._to_meter.extend(zip(due, data))
+            self._tx_end = due[-1]
+            self.spans.append([due[0] - self.char_s, None])
+        os.write(self._wake_w, b"w")
+
+    def tx_done(self) -> bool:
+        return time.monotonic() >= self._tx_end
+
+    def readinto(self, buf) -> int:
+        now = time.monotonic()
+        n = 0
+        with self._lock:
+            q = self._to_ctl
+            while q and q[0][0] <= now and n < len(buf):
+                buf[n] = q.popleft()[1]
+                n += 1
+        return n
+
+    # -- the relay ----------------------------------------------------------
+    def _run(self) -> None:
+        import os
+        import select
+
+        while not self._stop.is_set():
+            with self._lock:
+                nxt = self._to_meter[0][0] if self._to_meter else None
+            wait = 0.05 if nxt is None else max(0.0, nxt - time.monotonic())
+            try:
+                ready, _, _ = select.select([self._fd, self._wake_r], [], [], wait)
+            except (OSError, ValueError):
+                return   # closed under us: stop() is running
+            now = time.monotonic()
+            if self._wake_r in ready:
+                os.read(self._wake_r, 4096)
+            if self._fd in ready:
+                try:
+                    data = os.read(self._fd, 4096)
+                except (BlockingIOError, OSError):
+                    data = b""
+                if data:
+                    with self._lock:
+                        due = self._slots(len(data), now)
+                        self._to_ctl.extend(zip(due, data))
+                        if self.spans:
+                            self.spans[-1][1] = due[-1]
+            out = bytearray()
+            with self._lock:
+                q = self._to_meter
+                while q and q[0][0] <= now:
+                    out.append(q.popleft()[1])
+            if out:
+                try:
+                    os.write(self._fd, bytes(out))
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        import os
+
+        self._stop.set()
+        os.write(self._wake_w, b"x")
+        self._thread.join(timeout=2)
+        for fd in (self._fd, self._slave, self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def ticks_us() -> int:
     """A MicroPython-style microsecond tick (wraps at 2**30) from the host clock."""
     return (time.monotonic_ns() // 1000) & 0x3FFFFFFF

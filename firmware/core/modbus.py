@@ -271,9 +271,11 @@ class ModbusMaster:
             self.heard = True
 
     def feed(self, buf, n, now_us):
-        """Bytes received from the line."""
+        """Bytes received from the line; now_us is when the shell read them."""
         if n <= 0:
             return
+        # The last byte arrived at or before now_us; without a receive timestamp that
+        # is the only safe start for the t3.5 silence the meter needs before we talk.
         self.t_quiet = now_us
         self.heard = True
         if self.state != WAIT_REPLY:

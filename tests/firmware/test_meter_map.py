@@ -69,21 +69,21 @@ def _snapshot(reader, meter, now_ms, corrupt=None):
     return done
 
 
-def test_blocks_fit_limit_and_cover_map():
+def test_one_request_per_snapshot_covers_the_map():
     for blocks, fmap in ((mm.BLOCKS_SDM630, mm.MAP_SDM630), (mm.BLOCKS_SDM120, mm.MAP_SDM120)):
-        assert len(blocks) == 2
+        assert blocks == ((0x0000, 0x4C),)      # 0x0000 .. 0x004B: V .. export kWh
         for _start, count in blocks:
             assert count <= mm.MAX_BLOCK_REGS and count % 2 == 0
         for _field, reg in fmap:
             assert any(s <= reg and reg + 2 <= s + c for s, c in blocks)
 
 
-def test_sdm630_snapshot_two_transactions():
+def test_sdm630_snapshot_in_one_transaction():
     meter = FakeMeter(1, SDM630_VALUES)
     rd = mm.MeterReader(modbus.ModbusMaster(9600, 200), mm.SDM630, 1)
     assert rd.reading.age_ms(0) >= 0x3FFFFFFF and not rd.reading.valid
     assert _snapshot(rd, meter, 1000)
-    assert meter.requests == [(0x0000, 0x36), (0x0046, 6)]
+    assert meter.requests == [(0x0000, 0x4C)]
     r = rd.reading
     assert r.valid and r.seq == 1
     v = r.vals
@@ -101,7 +101,7 @@ def test_sdm120_snapshot():
     meter = FakeMeter(3, {0x00: 229.0, 0x06: 7.5, 0x0C: 1717.5, 0x1E: 1.0, 0x46: 50.01, 0x48: 9.875, 0x4A: 0.5})
     rd = mm.MeterReader(modbus.ModbusMaster(2400, 500), mm.model_from_name("SDM120"), 3)
     assert _snapshot(rd, meter, 10)
-    assert meter.requests == [(0x0000, 0x20), (0x0046, 6)]
+    assert meter.requests == [(0x0000, 0x4C)]
     v = rd.reading.vals
     assert v[mm.F_MV1] == 229000 and v[mm.F_MA1] == 7500 and v[mm.F_MW_TOTAL] == 1717500
     assert v[mm.F_MV2] == 0 and v[mm.F_PF1] == 1000 and v[mm.F_IMPORT_WH] == 9875
@@ -125,10 +125,14 @@ def _nan(reply):
 
 
 def test_failed_block_keeps_previous_reading():
+    # a two-block table (a meter that refuses reads across unassigned registers): a
+    # snapshot is never half old, half new
     meter = FakeMeter(1, SDM630_VALUES)
     master = modbus.ModbusMaster(9600, 200)
-    rd = mm.MeterReader(master, mm.SDM630, 1)
+    rd = mm.MeterReader(master, mm.SDM630, 1, blocks=((0x0000, 0x36), (0x0046, 6)))
     assert _snapshot(rd, meter, 1000)
+    assert meter.requests == [(0x0000, 0x36), (0x0046, 6)]
+    assert rd.reading.vals[mm.F_EXPORT_WH] == 67250 and rd.reading.vals[mm.F_MW_TOTAL] == 3527700
     t_good = rd.reading.t_ms
     now = 5000
     for k, fault in ((0, _bad_crc), (1, _bad_crc), (1, _silent), (0, _nan)):
@@ -141,6 +145,31 @@ def test_failed_block_keeps_previous_reading():
     assert rd.snapshots_failed == 4 and rd.bad_values == 1
     assert master.stats.crc_errors == 2 and master.stats.timeouts == 1
     assert rd.reading.age_ms(now) == now - t_good
+
+
+def test_failed_single_block_keeps_previous_reading():
+    meter = FakeMeter(1, SDM630_VALUES)
+    rd = mm.MeterReader(modbus.ModbusMaster(9600, 200), mm.SDM630, 1)
+    assert _snapshot(rd, meter, 1000)
+    t_good = rd.reading.t_ms
+    meter.values = dict(SDM630_VALUES)
+    meter.values[0x00] = 1.0
+    for i, fault in enumerate((_bad_crc, _silent, _nan)):
+        assert not _snapshot(rd, meter, 3000 + 1000 * i, corrupt=(0, fault))
+        assert rd.reading.vals[mm.F_MV1] == 230100 and rd.reading.t_ms == t_good
+    assert rd.snapshots_failed == 3 and rd.bad_values == 1
+
+
+def test_block_table_override_refused_when_it_cannot_work():
+    m = modbus.ModbusMaster(9600, 200)
+    e = raises(ValueError, mm.MeterReader, m, mm.SDM630, 1, blocks=((0x0000, 0x36),))
+    assert "misses" in str(e)         # frequency and energy would never be read
+    e = raises(ValueError, mm.MeterReader, m, mm.SDM630, 1, blocks=((0x0000, 0x4C), (0x0046, 6)))
+    assert "repeats" in str(e)
+    e = raises(ValueError, mm.MeterReader, m, mm.SDM630, 1, blocks=((0x0000, 82),))
+    assert "1..80" in str(e)
+    e = raises(ValueError, mm.MeterReader, m, mm.SDM120, 1, blocks=())
+    assert "empty" in str(e)
 
 
 def test_bad_config_refused():

@@ -2,6 +2,7 @@
 real pseudo-terminal pair: good snapshots, live updates, and each fault kind."""
 
 import os
+import time
 import tty
 import warnings
 
@@ -55,7 +56,7 @@ def test_sdm630_snapshot_and_live_update(line):
     assert (v[mm.F_MW1], v[mm.F_MW2], v[mm.F_MW_TOTAL]) == (3696000, -1950750, 1745250)
     assert (v[mm.F_PF1], v[mm.F_PF2], v[mm.F_MHZ]) == (990, -950, 49950)
     assert (v[mm.F_IMPORT_WH], v[mm.F_EXPORT_WH]) == (1234500, 67125)
-    assert rd.master.stats.ok == 2 and sim.requests == 2
+    assert rd.master.stats.ok == 1 and sim.requests == 1   # one request per snapshot
     sim.update(hz=50.2, import_kwh=1234.75)
     assert drive_snapshot(fd, rd)
     assert v[mm.F_MHZ] == 50200 and v[mm.F_IMPORT_WH] == 1234750 and rd.reading.seq == 2
@@ -90,7 +91,7 @@ def test_fault_timeout(line):
     make, fd = line
     sim = make()
     s = _good_then(fd, sim, _reader(fd), "timeout")
-    assert s.timeouts == 1 and s.crc_errors == 0 and s.ok == 4
+    assert s.timeouts == 1 and s.crc_errors == 0 and s.ok == 2   # one frame per good snapshot
 
 
 def test_fault_crc(line):
@@ -126,3 +127,48 @@ def test_bad_simulator_arguments_refused():
     assert sim.value("v1") == 230.0  # refused whole
     with pytest.raises(ValueError, match="fault"):
         sim.fault = "smoke"
+
+
+def test_paced_line_gives_each_byte_its_wire_time():
+    from host_tools.metersim import PacedLine, ticks_us
+
+    with PacedLine(9600) as line, MeterSim(line.meter_port, model="SDM630") as sim:
+        sim.update(v1=231.5, hz=49.9)
+        with pytest.raises(ValueError, match="9600 baud.*19200"):
+            line.open(19200)
+        master = modbus.ModbusMaster(9600, 500)
+        rd = mm.MeterReader(master, mm.SDM630, 1)
+        assert rd.start(0)
+        t0 = time.monotonic()
+        n = master.tx_ready(ticks_us())
+        line.write(master.tx, n)
+        assert not line.tx_done()              # 8 bytes take 8.3 ms on the wire
+        master.sent(ticks_us())
+        buf = bytearray(256)
+        got = 0
+        while got < 5 + 2 * 0x4C and time.monotonic() - t0 < 3:
+            k = line.readinto(buf)
+            if k:
+                master.feed(buf, k, ticks_us())
+                got += k
+            time.sleep(0.001)
+        elapsed = time.monotonic() - t0
+        assert line.tx_done()
+        # request and reply, 8 + 157 characters of 10 bits, cannot be through any sooner
+        assert elapsed >= 165 * 10 / 9600
+        start, end = line.spans[0]
+        assert end - start >= 165 * 10 / 9600
+        assert rd.on_result(master.poll(ticks_us()), 1)
+        assert rd.reading.vals[mm.F_MV1] == 231500 and rd.reading.vals[mm.F_MHZ] == 49900
+
+
+def test_meter_task_at_its_control_step_over_the_paced_line():
+    from bench import fieldbus
+
+    times, busy = fieldbus.paced_snapshots(polls=2)
+    assert len(times) == 2 and len(busy) == 2
+    for t in times:
+        # the bytes alone take 171.9 ms, and the task sees them only at a 50 ms step
+        assert 171 < t <= 400, times
+    for b in busy:
+        assert 171.8 < b < 300, busy
