@@ -18,7 +18,13 @@ The firmware's own rule is clearing - step < trip - first reading <= clearing. F
 the grid step the meter adds 0 .. (poll - one step): a step just after a poll is seen
 one poll period later. `check_stage` measures both phases.
 
-    python -m host_tools.gridcheck --table      # the profile x stage table, Markdown
+The meter holds a reading until the next poll and the firmware counts a held outside
+reading as outside (safety first: it cannot know the excursion ended before a newer
+reading says so). So an excursion seen on n readings trips exactly when
+n * METER_POLL_MS > the decision time; `predicted_trip_ms` states that rule and
+`default_poll_excursions` checks it at the default 500 ms poll.
+
+    python -m host_tools.gridcheck --table      # the profile x stage tables, Markdown
 """
 
 import argparse
@@ -30,6 +36,7 @@ from host_tools import sim, vm
 
 vm.firmware_sys_path()
 from core import controller as _ctl  # noqa: E402
+from core.grid import trip_decision_ms, values_in_force  # noqa: E402
 from core.grid_profiles import OF, OV, PROFILES, UF, UV  # noqa: E402
 
 STEP_MS = _ctl.CONTROL_PERIOD_MS
@@ -294,7 +301,8 @@ def check_stage(stage, vm_name="cpython", full=True):
     r["ride"] = ride_through_run(stage, FAST_POLL_MS, vm_name=vm_name)
     r["overstay"] = trip_run(stage, FAST_POLL_MS, 0, hold_ms=overstay_ms(stage, FAST_POLL_MS), vm_name=vm_name)
     r["overstay"]["excursion_ms"] = overstay_ms(stage, FAST_POLL_MS)
-    r["problems"] = stage_problems(r)
+    r["excursions"] = default_poll_excursions(stage, vm_name=vm_name)
+    r["problems"] = stage_problems(r) + excursion_problems(stage, r["excursions"])
     return r
 
 
@@ -333,6 +341,77 @@ def stage_problems(r):
     if sec.get("code") != s.code or sec["trip_ms"] != r["aligned"]["trip_ms"]:
         bad.append("ride-through: the next excursion tripped after {} ms, not {}".format(
             sec["trip_ms"], r["aligned"]["trip_ms"]))
+    return bad
+
+
+# ------------------------------------------------------------------ excursions at the default poll
+
+def decision_ms(stage):
+    """When the firmware decides the stage, counted from the first outside reading."""
+    return trip_decision_ms(stage.clearing_ms, STEP_MS)
+
+
+def sampling_bounds_ms(stage, poll_ms):
+    """(rides, trips): in every phase an excursion of at most `rides` ms never trips and one
+    of at least `trips` ms always does (polls and excursion edges on control steps, as in
+    the simulator); in between it depends on where the polls fall. rides 0: any excursion a
+    poll catches trips."""
+    k = decision_ms(stage) // poll_ms
+    return k * poll_ms, (k + 1) * poll_ms
+
+
+def predicted_trip_ms(stage, poll_ms, phase_ms, excursion_ms):
+    """The documented rule: polls at multiples of poll_ms, the excursion from T_STEP_MS +
+    phase_ms for excursion_ms. Trip time from the grid step, or None (rides through)."""
+    t0 = T_STEP_MS + phase_ms
+    first = first_poll_at_or_after(t0, poll_ms)
+    seen = len(range(first, t0 + excursion_ms, poll_ms))     # readings showing the excursion
+    if seen * poll_ms > decision_ms(stage):
+        return first - t0 + decision_ms(stage)
+    return None
+
+
+def excursion_cases(stage, poll_ms=DEFAULT_POLL_MS):
+    """(label, excursion ms, phase ms) at one poll period: a one-step blip on a poll; just
+    inside and just outside the clearing time; the sampling bounds at the worst phase
+    (the step one control step after a poll)."""
+    rides, always = sampling_bounds_ms(stage, poll_ms)
+    clr = stage.clearing_ms
+    return (("one-step blip on a poll", STEP_MS, 0),
+            ("clearing - 1 step, on a poll", clr - STEP_MS, 0),
+            ("clearing - 1 step, worst phase", clr - STEP_MS, STEP_MS),
+            ("clearing + 1 step, on a poll", clr + STEP_MS, 0),
+            ("longest riding through, worst phase", always - STEP_MS, STEP_MS),
+            ("shortest always tripping, worst phase", always, STEP_MS))
+
+
+def default_poll_excursions(stage, poll_ms=DEFAULT_POLL_MS, vm_name="cpython"):
+    """Every excursion_cases() run in the simulator: measured vs predicted trip time."""
+    out = []
+    for label, dur, phase in excursion_cases(stage, poll_ms):
+        m = trip_run(stage, poll_ms, phase, hold_ms=dur, vm_name=vm_name)
+        out.append({"label": label, "excursion_ms": dur, "phase_ms": phase, "trip_ms": m["trip_ms"],
+                    "code": m["code"], "predicted_ms": predicted_trip_ms(stage, poll_ms, phase, dur)})
+    return out
+
+
+def excursion_problems(stage, runs, poll_ms=DEFAULT_POLL_MS):
+    """Measured against the rule, and the long stages against the standard's reading of
+    ride-through: shorter than the clearing time never trips, longer trips no later than
+    clearing + (poll - one step) from the grid step."""
+    bad = []
+    for r in runs:
+        if r["trip_ms"] != r["predicted_ms"]:
+            bad.append("{} ({} ms): tripped after {} ms, rule says {}".format(
+                r["label"], r["excursion_ms"], r["trip_ms"], r["predicted_ms"]))
+        if r["trip_ms"] is not None and r["code"] != stage.code:
+            bad.append("{}: {} instead of {}".format(r["label"], r["code"], stage.code))
+        if r["trip_ms"] is not None and r["trip_ms"] > stage.clearing_ms + poll_ms - STEP_MS:
+            bad.append("{}: {} ms is later than clearing + poll - step".format(r["label"], r["trip_ms"]))
+        if stage.clearing_ms >= poll_ms and r["excursion_ms"] < stage.clearing_ms and r["trip_ms"] is not None:
+            bad.append("{}: a {} ms excursion tripped".format(r["label"], r["excursion_ms"]))
+        if r["excursion_ms"] >= sampling_bounds_ms(stage, poll_ms)[1] and r["trip_ms"] is None:
+            bad.append("{}: a {} ms excursion rode through".format(r["label"], r["excursion_ms"]))
     return bad
 
 
@@ -393,9 +472,7 @@ def expected_droop_a(profile, f_mhz, deadband_mhz=None, droop_mpct=5000, rated_a
     The deadband and droop are clamped to the profile's adjustable range as the firmware does."""
     p = PROFILES[profile]
     f0 = p["nominal_mhz"]
-    db = 36 if deadband_mhz is None else deadband_mhz
-    db = min(max(db, p["db_mhz"][0]), p["db_mhz"][1])
-    dr = min(max(droop_mpct, p["droop_mpct"][0]), p["droop_mpct"][1])
+    db, dr = values_in_force(profile, 36 if deadband_mhz is None else deadband_mhz, droop_mpct)
     excess = abs(f_mhz - f0) - db
     if excess <= 0:
         return 0.0
@@ -502,6 +579,27 @@ def table(results=None, mean=None):
     return "\n".join(lines)
 
 
+def excursion_table(results):
+    """Markdown: each stage's excursions at the default poll, measured (the rule agrees
+    unless the verdict says otherwise)."""
+    lines = [
+        "| profile | stage | clearing | decided after first reading | always rides through / always trips "
+        "(any phase) | " + " | ".join(c[0] for c in excursion_cases(results[0]["stage"])) + " | verdict |",
+        "|---" * 12 + "|",
+    ]
+    for r in results:
+        s = r["stage"]
+        rides, always = sampling_bounds_ms(s, DEFAULT_POLL_MS)
+        cells = ["{}: {}".format(_ms(x["excursion_ms"]), "no trip" if x["trip_ms"] is None
+                                 else "trips at " + _ms(x["trip_ms"])) for x in r["excursions"]]
+        bad = excursion_problems(s, r["excursions"])
+        lines.append("| {} | {} | {} | {} | {} / {} | {} | {} |".format(
+            s.profile, s.name, _ms(s.clearing_ms), _ms(decision_ms(s)),
+            "<= " + _ms(rides) if rides else "none (one reading is enough)", ">= " + _ms(always),
+            " | ".join(cells), "ok" if not bad else "FAIL: " + "; ".join(bad)))
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m host_tools.gridcheck",
                                  description="Grid trip timing, checked in the simulator.")
@@ -515,6 +613,11 @@ def main(argv=None):
     if a.table:
         results = matrix(a.vm)
         print(table(results))
+        print()
+        print("Excursions at the default METER_POLL_MS {} ms (trip time from the grid step):".format(
+            DEFAULT_POLL_MS))
+        print()
+        print(excursion_table(results))
         failed = any(r["problems"] for r in results)
     if a.latency:
         for profile in ("IEEE1547_CAT_II_60HZ", "EN50549_50HZ"):

@@ -93,6 +93,78 @@ def test_on_threshold_and_short_excursions_ride_through(matrix, stage):
     assert r["overstay"]["trip_ms"] == r["aligned"]["trip_ms"]
 
 
+# ------------------------------------------------------------------ the default meter poll
+
+LONG_STAGES = [s for s in ALL_STAGES if s.clearing_ms >= gc.DEFAULT_POLL_MS]
+FAST_STAGES = [s for s in ALL_STAGES if s.clearing_ms < gc.DEFAULT_POLL_MS]
+LATE_BY = gc.DEFAULT_POLL_MS - STEP_MS     # the meter's share at the worst phase (docs/grid.md)
+
+
+def _runs(matrix, stage):
+    return {r["label"]: r for r in matrix[repr(stage)]["excursions"]}
+
+
+def test_stage_split_covers_the_long_and_fast_stages():
+    assert {s.name for s in LONG_STAGES if s.profile == "IEEE1547_CAT_II_60HZ"} == {"OV1", "UV1", "OF1", "UF1"}
+    assert {repr(s) for s in LONG_STAGES if s.profile != "IEEE1547_CAT_II_60HZ" and s.clearing_ms < 20000} >= {
+        "IEEE1547_CAT_III_60HZ UV2", "EN50549_50HZ UV1"}
+    assert len(LONG_STAGES) + len(FAST_STAGES) == len(ALL_STAGES) and len(FAST_STAGES) == 14
+
+
+@pytest.mark.parametrize("stage", LONG_STAGES, ids=repr)
+def test_long_stage_excursions_at_the_default_poll(matrix, stage):
+    """METER_POLL_MS 500 (the default): an excursion ending just inside the clearing time
+    rides through in every phase; one just outside trips on time; at the worst phase the
+    meter's share is one poll less one step, never more."""
+    assert stage.clearing_ms % gc.DEFAULT_POLL_MS == 0     # why "just inside" always rides through
+    runs = _runs(matrix, stage)
+    for label in ("clearing - 1 step, on a poll", "clearing - 1 step, worst phase"):
+        r = runs[label]
+        assert r["excursion_ms"] == stage.clearing_ms - STEP_MS
+        assert r["trip_ms"] is None, r
+    r = runs["clearing + 1 step, on a poll"]
+    assert r["excursion_ms"] == stage.clearing_ms + STEP_MS
+    assert r["code"] == stage.code and r["trip_ms"] == stage.clearing_ms, r
+    # worst phase: the meter sees the excursion 450 ms late and its end as late, so it
+    # rides through up to clearing + 450 ms and always trips from clearing + 500 ms,
+    # at clearing + 450 ms from the grid step
+    r = runs["longest riding through, worst phase"]
+    assert r["excursion_ms"] == stage.clearing_ms + LATE_BY and r["trip_ms"] is None, r
+    r = runs["shortest always tripping, worst phase"]
+    assert r["excursion_ms"] == stage.clearing_ms + gc.DEFAULT_POLL_MS
+    assert r["code"] == stage.code and r["trip_ms"] == stage.clearing_ms + LATE_BY, r
+    assert runs["one-step blip on a poll"]["trip_ms"] is None
+    for r in runs.values():
+        assert r["trip_ms"] == r["predicted_ms"], r
+
+
+@pytest.mark.parametrize("stage", FAST_STAGES, ids=repr)
+def test_fast_stage_at_the_default_poll_trips_on_one_reading(matrix, stage):
+    """Safety first: a held outside reading keeps counting until a newer one says the
+    excursion ended, so at a 500 ms poll a one-step blip that a poll catches trips at the
+    decision time after that reading; one between polls is never seen."""
+    runs = _runs(matrix, stage)
+    d = gc.decision_ms(stage)
+    assert gc.sampling_bounds_ms(stage, gc.DEFAULT_POLL_MS) == (0, gc.DEFAULT_POLL_MS)
+    r = runs["one-step blip on a poll"]
+    assert r["code"] == stage.code and r["trip_ms"] == d, r
+    assert runs["clearing - 1 step, on a poll"]["trip_ms"] == d
+    assert runs["clearing - 1 step, worst phase"]["trip_ms"] is None     # no poll inside it
+    assert runs["longest riding through, worst phase"]["trip_ms"] is None
+    r = runs["shortest always tripping, worst phase"]
+    assert r["code"] == stage.code and r["trip_ms"] == d + LATE_BY, r
+    for r in runs.values():
+        assert r["trip_ms"] == r["predicted_ms"], r
+
+
+def test_excursion_table_lists_every_stage(matrix):
+    text = gc.excursion_table(list(matrix.values()))
+    lines = text.splitlines()
+    assert len(lines) == 2 + len(ALL_STAGES)
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "FAIL" not in text
+
+
 def test_en50549_ten_minute_mean():
     out = gc.mean_run(True)
     assert out["threshold_mv"] == 253000
