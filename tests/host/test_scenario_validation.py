@@ -116,7 +116,7 @@ def test_good_scenarios_load_and_normalise():
     assert demo["duration_ms"] == 600000
     assert all(isinstance(e["t_ms"], int) for e in demo["events"])
     assert [e["t_ms"] for e in demo["events"]] == sorted(e["t_ms"] for e in demo["events"])
-    assert demo["events"][2] == {"t_ms": 60000, "do": "setpoint", "args": {"soc_target_pct": 20, "txn": "demo-1"}}
+    assert demo["events"][2] == {"t_ms": 60000, "do": "setpoint", "args": {"soc_target_pct": 30, "txn": "demo-1"}}
 
 
 def test_examples_cover_the_whole_vocabulary():

@@ -111,23 +111,24 @@ def test_ticks_only_on_change_or_each_second(runs):
             assert cur["t_ms"] - prev["t_ms"] == 1000
 
 
-def test_discharges_and_stops_at_the_floor(runs):
+def test_discharges_to_the_target_above_the_floor(runs, demo):
     r = runs["micropython"][0]
     ticks = r.ticks()
     floor = 25.0   # max(MIN_SOC_THRESHOLD 20, RESERVE_MARGIN 25) in demo.toml
+    targets = [e["args"]["soc_target_pct"] for e in demo["events"] if e["do"] == "setpoint"]
+    assert targets and all(t > floor for t in targets)
+    target = targets[-1]
     discharging = [t for t in ticks if t["mode"] == "discharging" and t["amps"] < -30]
     assert discharging, "the demo discharges at full current"
     # the EV's current takes a few hundred ms to die away after the stop: at most 0.1 % below
-    assert min(t["soc_pct"] for t in ticks) >= floor - 0.1
-    stop = [e for e in r.events() if e["code"] == "V2G-301" and e.get("on")]
-    assert stop, "V2G-301 raised at the floor"
-    t_stop = stop[0]["t_ms"]
-    at_stop = [t for t in ticks if t["t_ms"] <= t_stop][-1]
-    assert at_stop["soc_pct"] == floor
-    assert all(t["mode"] != "discharging" for t in ticks if t["t_ms"] >= t_stop)
-    after = [t for t in ticks if t["t_ms"] >= t_stop + 2000]
-    assert after and all(t["amps"] >= 0 and t["limit_discharge_a"] == 0 for t in after)
-    assert floor - 0.1 <= r.summary["soc_pct"] <= floor
+    assert min(t["soc_pct"] for t in ticks) >= target - 0.1
+    # it stops at the target, not at the floor: no V2G-301
+    assert not [e for e in r.events() if e["code"] == "V2G-301"]
+    last_dis = max(t["t_ms"] for t in ticks if t["mode"] == "discharging")
+    held = [t for t in ticks if last_dis + 2000 <= t["t_ms"] < 580000]
+    assert held and all(t["mode"] == "paused" and abs(t["amps"]) < 0.1 for t in held)
+    assert all(abs(t["soc_pct"] - target) <= 0.1 and t["v2g_available"] for t in held)
+    assert target - 0.1 <= r.summary["soc_pct"] <= target
 
 
 def test_heartbeat_loss_falls_back_to_charge_only_within_one_step(runs):
@@ -153,7 +154,7 @@ def test_heartbeat_loss_falls_back_to_charge_only_within_one_step(runs):
 def test_summary_energy_balance(runs, demo):
     r = runs["micropython"][0]
     s = r.summary
-    assert s["energy_in_wh"] > 100 and s["energy_out_wh"] > 500
+    assert s["energy_in_wh"] > 100 and s["energy_out_wh"] > 300
     # lossless battery: the battery's change is what went through the meter
     assert s["battery_delta_wh"] == pytest.approx(s["energy_in_wh"] - s["energy_out_wh"], abs=0.01)
     cap_wh = demo["ev"]["capacity_kwh"] * 1000
@@ -163,7 +164,7 @@ def test_summary_energy_balance(runs, demo):
     for e in r.events():
         if e["code"] and e.get("on", True):
             raised[e["code"]] = raised.get(e["code"], 0) + 1
-    assert s["errors"] == raised == {"V2G-101": 1, "V2G-301": 1}
+    assert s["errors"] == raised == {"V2G-101": 1}
     assert s["boots"] == 1 and s["via_link"] is True
 
 
