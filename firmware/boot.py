@@ -5,6 +5,7 @@
 import sys
 
 STATE = 'update.json'
+BACKUP = 'update.json.bak'
 SLOTS = ('a', 'b')
 # Watchdog timeout while a slot on trial is imported and started, before its HAL exists. The
 # pyboard HAL takes the running watchdog over at its own timeout (2 s) and feeds it.
@@ -21,13 +22,48 @@ def _is_dir(path):
 
 
 def _write(root, st):
-    # same scheme as app/storage.write_atomic: a reset leaves the old file or the new one
+    # same scheme as app/storage.write_atomic, both copies as app/update.py writes them
     import json
     import os
-    tmp = root + STATE + '.tmp'
-    with open(tmp, 'w') as f:
-        f.write(json.dumps(st))
-    os.rename(tmp, root + STATE)
+    data = json.dumps(st)
+    for name in (STATE, BACKUP):
+        path = root + name
+        with open(path + '.tmp', 'w') as f:
+            f.write(data)
+        try:
+            os.rename(path + '.tmp', path)
+        except OSError:
+            # a rename that does not replace (FAT): remove, then rename
+            os.remove(path)
+            os.rename(path + '.tmp', path)
+
+
+def read_state(root=''):
+    """update.json, else its backup (each, when missing, from a complete .tmp a FAT replace
+    left behind), else None."""
+    import json
+    for name in (STATE, BACKUP):
+        for path in (root + name, root + name + '.tmp'):
+            try:
+                with open(path) as f:
+                    st = json.loads(f.read())
+            except (OSError, ValueError):
+                if path.endswith('.tmp') or not _exists(path):
+                    continue
+                break       # the file is there but unreadable: try the other copy
+            if isinstance(st, dict):
+                return st
+            break
+    return None
+
+
+def _exists(path):
+    import os
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
 
 
 def choose(root=''):
@@ -35,13 +71,8 @@ def choose(root=''):
     on flash before any of its code runs; with no tries left it is reverted."""
     global ON_TRIAL
     ON_TRIAL = False
-    import json
-    try:
-        with open(root + STATE) as f:
-            st = json.loads(f.read())
-    except (OSError, ValueError):
-        return 'factory'
-    if not isinstance(st, dict):
+    st = read_state(root)
+    if st is None:
         return 'factory'
     active = st.get('active')
     pending = st.get('pending')

@@ -8,14 +8,16 @@ STATE = 'update.json'
 def on_trial(root=''):
     """True when boot.py put a pending slot on trial in front of sys.path."""
     import json
-    try:
-        with open(root + STATE) as f:
-            st = json.loads(f.read())
-        p = st.get('pending')
-        return (st.get('trial') is True and p in ('a', 'b') and len(sys.path) > 0
-                and sys.path[0].endswith('slots/' + p))
-    except Exception:  # noqa: BLE001 - no readable state: not a trial
-        return False
+    for name in (STATE, STATE + '.bak'):    # the backup copy app/update.py keeps
+        try:
+            with open(root + name) as f:
+                st = json.loads(f.read())
+            p = st.get('pending')
+            return (st.get('trial') is True and p in ('a', 'b') and len(sys.path) > 0
+                    and sys.path[0].endswith('slots/' + p))
+        except Exception:  # noqa: BLE001 - unreadable: the other copy, else not a trial
+            pass
+    return False
 
 
 def reset():

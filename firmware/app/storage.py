@@ -1,8 +1,12 @@
 """Everything the controller keeps across a reset goes through here.
 
-Writes are atomic: the new content goes to NAME.tmp, then a rename replaces NAME, so a reset
-mid-write leaves the old file or the new one, never half of one. A leftover .tmp from such a
-reset is ignored (and overwritten by the next write).
+Writes go to NAME.tmp first, then a rename puts the new content in place, so a reset
+mid-write leaves the old file and a torn .tmp (ignored, and overwritten by the next write).
+On littlefs (the boards' filesystem) the rename replaces NAME atomically. MicroPython's FAT
+driver cannot rename onto an existing file: it removes NAME, then renames, and a reset
+between the two leaves no NAME, only a complete NAME.tmp. read_json recovers that case:
+with NAME missing it takes NAME.tmp if it parses (a torn one does not) and renames it into
+place. Raw files (read_bytes) are not recovered: nothing tells a torn .tmp from a whole one.
 """
 import json
 import os
@@ -27,8 +31,15 @@ def write_atomic(path, data):
     tmp = path + '.tmp'
     with open(tmp, 'wb') as f:
         f.write(data)
-    # MicroPython's os.rename replaces an existing target on littlefs and FAT alike.
-    os.rename(tmp, path)
+    try:
+        os.rename(tmp, path)    # littlefs, and MicroPython's FAT driver: replaces NAME
+    except OSError:
+        # a rename that refuses an existing target: remove, then rename (the window between
+        # the two is what read_json recovers); any other failure stands
+        if not _exists(path) or not _exists(tmp):
+            raise
+        os.remove(path)
+        os.rename(tmp, path)
 
 
 def read_bytes(path, default=None):
@@ -40,14 +51,26 @@ def read_bytes(path, default=None):
 
 
 def read_json(path, default=None):
-    """The file's JSON, or `default` when it is missing or unreadable (never raises)."""
+    """The file's JSON, or `default` when it is missing or unreadable (never raises).
+    NAME missing beside a NAME.tmp that parses: a replace cut between its remove and its
+    rename; the .tmp is the new content and is renamed into place."""
     raw = read_bytes(path)
+    recovered = False
     if raw is None:
-        return default
+        raw = read_bytes(path + '.tmp')
+        if raw is None:
+            return default
+        recovered = True
     try:
-        return json.loads(raw)
+        obj = json.loads(raw)
     except ValueError:
         return default
+    if recovered:
+        try:
+            os.rename(path + '.tmp', path)
+        except OSError:
+            pass    # read-only or full: the content is still good for this read
+    return obj
 
 
 def write_json(path, obj):

@@ -6,7 +6,8 @@ Layout on the controller's filesystem (paths relative to `root`, '' on the board
 - slots/a/ and slots/b/: each a firmware tree written from a bundle's components;
 - slots/<x>.head: the bundle's header and COSE_Sign1 while a download is in progress;
 - update.json: which slot is active, which is pending a trial, the stored sequence and
-  security counter, and the download in progress. Always written whole (write_atomic).
+  security counter, and the download in progress. Always written whole (write_atomic),
+  then again as update.json.bak; read from either, counters the higher of the two.
 
 The bundle travels as one byte stream (b"V2GB" | u32 length | COSE_Sign1 | components)
 in chunks. The first 8 + N bytes are held in RAM (N <= 8192) until the signature, the
@@ -29,6 +30,9 @@ from core import manifest, ticks
 from app import storage
 
 STATE_FILE = 'update.json'
+# A second copy of the state, written after the first by the same atomic path: the stored
+# sequence and security counter (anti-rollback) must survive losing either file.
+BACKUP_FILE = 'update.json.bak'
 SLOTS = ('a', 'b')
 KEY_FILES = ('update_key.bin', 'update_key.pem')   # raw 65-byte point, or SPKI PEM
 FAULT_FILE = 'fota_fault.json'   # test-only fault injection (docs/updates.md)
@@ -193,8 +197,8 @@ class Updater:
         self.frozen = False       # fault injection: stop making progress
         self.link_frames = -1
         self.link_ms = None
-        st = storage.read_json(self.path(STATE_FILE), None)
-        self.st = st if isinstance(st, dict) else default_state()
+        self.state_lost = False
+        self.st = self._load_state()
         for k, v in default_state().items():
             if k not in self.st:
                 self.st[k] = v
@@ -220,8 +224,29 @@ class Updater:
     def slot_dir(self, s):
         return self.path('slots/' + s)
 
+    def _load_state(self):
+        """update.json, or its backup when it is unreadable; the stored counters are the
+        higher of the two valid copies (they only ever rise). With neither readable while
+        slots exist, the counters are unknown: state_lost, and updates are refused."""
+        copies = []
+        for name in (STATE_FILE, BACKUP_FILE):
+            st = storage.read_json(self.path(name), None)
+            if (isinstance(st, dict) and type(st.get('seq', 0)) is int
+                    and type(st.get('sec', 0)) is int):
+                copies.append(st)
+        if not copies:
+            self.state_lost = _is_dir(self.slot_dir('a')) or _is_dir(self.slot_dir('b'))
+            return default_state()
+        st = copies[0]
+        for c in copies[1:]:
+            st['seq'] = max(st.get('seq', 0), c.get('seq', 0))
+            st['sec'] = max(st.get('sec', 0), c.get('sec', 0))
+        return st
+
     def _save(self):
-        storage.write_atomic(self.path(STATE_FILE), json.dumps(self.st).encode())
+        data = json.dumps(self.st).encode()
+        storage.write_atomic(self.path(STATE_FILE), data)
+        storage.write_atomic(self.path(BACKUP_FILE), data)
 
     def _save_step(self, step):
         """Write the state; with a fault for `step`, write the temporary file and stop there
@@ -316,6 +341,8 @@ class Updater:
         out = {'running': self.running, 'version': self.version(), 'active': st['active'],
                'pending': st['pending'], 'trial': self.on_trial, 'tries': st['tries'],
                'seq': st['seq'], 'sec': st['sec']}
+        if self.state_lost:
+            out['state'] = 'unreadable'
         d = self.dl
         if d is not None:
             out['dl'] = {'slot': d.slot, 'size': d.size, 'id': d.id, 'next': d.next,
@@ -333,6 +360,10 @@ class Updater:
                 size, limit))
         if self.on_trial:
             return False, V2G_400, 'an update is on trial; it must be confirmed or reverted first', {}
+        if self.state_lost:
+            raise manifest.UpdateError('V2G-602', 'state: {} and {} are unreadable while update slots '
+                                       'exist, so the stored sequence and security counter are '
+                                       'unknown; re-provision the controller'.format(STATE_FILE, BACKUP_FILE))
         self._ensure_key()
         self._drop_download()
         slot = self.inactive_slot()

@@ -52,3 +52,66 @@ def test_missing_or_corrupt_gives_default():
 
 def test_write_into_missing_folder_raises():
     raises(OSError, storage.write_json, 'no_such_dir_xyz/f.json', {})
+
+
+class _FatOs:
+    """os whose rename refuses an existing target, as a FAT without replace would; it can
+    stop after the remove (a reset between the two steps)."""
+
+    def __init__(self, cut_after_remove=False):
+        self.cut = cut_after_remove
+        self.calls = []
+
+    def stat(self, p):
+        return os.stat(p)
+
+    def mkdir(self, p):
+        return os.mkdir(p)
+
+    def remove(self, p):
+        self.calls.append('remove')
+        os.remove(p)
+        if self.cut:
+            raise KeyboardInterrupt('power cut')
+
+    def rename(self, a, b):
+        self.calls.append('rename')
+        try:
+            os.stat(b)
+            raise OSError(17)     # EEXIST
+        except OSError as e:
+            if e.args and e.args[0] == 17:
+                raise
+        os.rename(a, b)
+
+
+def test_replace_where_rename_refuses_an_existing_target():
+    path = _fresh()
+    storage.write_json(path, {'v': 1})
+    saved = storage.os
+    storage.os = _FatOs()
+    try:
+        storage.write_json(path, {'v': 2})
+        assert storage.os.calls == ['rename', 'remove', 'rename']
+    finally:
+        storage.os = saved
+    assert storage.read_json(path) == {'v': 2} and 'f.json.tmp' not in os.listdir(TMP)
+
+
+def test_reset_between_remove_and_rename_is_recovered_on_read():
+    path = _fresh()
+    storage.write_json(path, {'v': 1})
+    saved = storage.os
+    storage.os = _FatOs(cut_after_remove=True)
+    try:
+        raises(KeyboardInterrupt, storage.write_json, path, {'v': 2})
+    finally:
+        storage.os = saved
+    assert sorted(os.listdir(TMP)) == ['f.json.tmp']          # only the new content is left
+    assert storage.read_json(path) == {'v': 2}
+    assert sorted(os.listdir(TMP)) == ['f.json']              # renamed into place
+    # a .tmp torn mid-write beside no NAME (the very first write cut) is not taken
+    os.remove(path)
+    with open(path + '.tmp', 'w') as f:
+        f.write('{"v": 3')
+    assert storage.read_json(path, 'dflt') == 'dflt' and sorted(os.listdir(TMP)) == ['f.json.tmp']

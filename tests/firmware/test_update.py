@@ -409,6 +409,72 @@ def test_not_enough_space_refused_before_anything_is_touched():
     assert update.fs_space(root) is None or update.fs_space(root)[1] > 0
 
 
+def _confirmed(root):
+    install(root)
+    assert boot.choose(root) == 'a'
+    make(root, running='a').confirm(0)
+    st = state(root)
+    assert st['seq'] == 7 and st['sec'] == 2
+    assert read(root + 'update.json.bak') == read(root + 'update.json')
+
+
+def test_counters_survive_losing_either_state_copy():
+    data = bundle()
+    for damage in ('remove main', 'garble main', 'main rolled back', 'remove backup'):
+        root = scratch()
+        _confirmed(root)
+        if damage == 'remove main':
+            os.remove(root + 'update.json')
+        elif damage == 'garble main':
+            with open(root + 'update.json', 'w') as f:
+                f.write('{"seq": ')
+        elif damage == 'main rolled back':
+            st = state(root)
+            st['seq'], st['sec'] = 0, 0
+            with open(root + 'update.json', 'w') as f:
+                f.write(json.dumps(st))
+        else:
+            os.remove(root + 'update.json.bak')
+        assert boot.choose(root) == 'a', damage
+        u = make(root, running='a')
+        assert u.report()['seq'] == 7 and u.report()['sec'] == 2, damage
+        r = _send_all(u, data)                        # sequence 7 again: still a rollback
+        assert not r[0] and r[1] == 'V2G-602' and r[2].startswith('rollback'), (damage, r)
+
+
+def test_no_readable_state_with_slots_refuses_updates():
+    data = bundle()
+    root = scratch()
+    _confirmed(root)
+    os.remove(root + 'update.json')
+    with open(root + 'update.json.bak', 'w') as f:
+        f.write('garbage')
+    u = make(root)
+    assert u.report()['state'] == 'unreadable'
+    r = u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+    assert not r[0] and r[1] == 'V2G-602' and r[2].startswith('state'), r
+    assert 'update.json.bak' in r[2] and update._exists(root + 'slots/a/main.py')
+    assert not update._exists(root + 'update.json')    # nothing written over what is left
+    assert boot.choose(root) == 'factory'
+    # a fresh controller (no slots, no state) takes updates
+    root = scratch()
+    assert 'state' not in make(root).report()
+    assert _send_all(make(root), data)[0]
+
+
+def test_boot_takes_the_new_state_a_fat_replace_left_in_tmp():
+    # FAT: update.json removed, the reset came before the rename of update.json.tmp
+    root = scratch()
+    install(root)
+    data = read(root + 'update.json')
+    os.remove(root + 'update.json')
+    os.remove(root + 'update.json.bak')
+    with open(root + 'update.json.tmp', 'wb') as f:
+        f.write(data)
+    assert boot.choose(root) == 'a'
+    assert state(root)['trial'] is True and read(root + 'update.json.bak') == read(root + 'update.json')
+
+
 # -- trial boot, confirmation, revert -----------------------------------------------------
 
 def test_boot_runs_pending_on_trial_and_health_check_confirms():
