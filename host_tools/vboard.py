@@ -125,6 +125,7 @@ class VirtualBoard:
         self.metersim = None
         self.meter_lines = 0
         self._plant_buf = b""
+        self._plant_in = b""
         self._can_buf = b""
         self._to_bus = queue.Queue()
         self._fw_can = None
@@ -256,6 +257,35 @@ class VirtualBoard:
         if out:
             self.ptys["plant"].write(out)
 
+    def _plant_input(self, data):
+        """Plant commands for the firmware, less the reset button: {"do": "reboot"} resets the
+        board here, so it works also while the controller is stopped (after mpremote, whose
+        soft reset in raw REPL does not run main.py, as on a real board)."""
+        buf = self._plant_in + data
+        *lines, self._plant_in = buf.split(b"\n")
+        if len(self._plant_in) > 65536:
+            lines.append(self._plant_in)
+            self._plant_in = b""
+        out = b""
+        for line in lines:
+            if self._is_reboot(line):
+                with self._lock:
+                    self._send(CH_CONTROL, b'{"op": "reset"}')
+                self.ptys["plant"].write(b'{"ok": true, "do": "reboot"}\n')
+            else:
+                out += line + b"\n"
+        return out
+
+    @staticmethod
+    def _is_reboot(line):
+        if b"reboot" not in line:
+            return False
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            return False
+        return isinstance(msg, dict) and msg.get("do") == "reboot" and len(msg) == 1
+
     def _meter_values(self, line):
         self.meter_lines += 1
         if self.metersim is None:
@@ -360,6 +390,8 @@ class VirtualBoard:
                         data = os.read(key.fd, 4096)
                     except (BlockingIOError, OSError):
                         continue
+                    if data and ch == CH_PLANT:
+                        data = self._plant_input(data)
                     if data:
                         with self._lock:
                             self._send(ch, data)

@@ -231,6 +231,9 @@ async function boardMode(args) {
   mp.runPython("import sys, os\nos.chdir('/flash')\nsys.path[:] = ['', '/flash', '/flash/lib', '.frozen']");
 
   // Run boot.py then main.py as a board does; main.py may start asyncio tasks and return.
+  // After a soft reset in raw REPL a board runs boot.py only: main.py runs only when the board
+  // comes back to the friendly REPL (MicroPython's pyexec_mode_kind check), so a flasher gets
+  // fresh module state without the application started.
   const runFile = async (name) => {
     try { FS.stat("/flash/" + name); } catch (e) { return; }
     try {
@@ -241,7 +244,8 @@ async function boardMode(args) {
     }
   };
   await runFile("boot.py");
-  await runFile("main.py");
+  if (!args.rawRepl) await runFile("main.py");
+  flushRepl();   // what boot.py printed comes before the REPL's banner, as on a board
 
   mp.replInit();
   if (args.rawRepl) {
@@ -342,6 +346,9 @@ async function boardMode(args) {
       } else if (ch === CH_CONTROL) {
         const msg = JSON.parse(payload.toString());
         if (msg.op === "save") { save(); control({ op: "saved" }); }
+        // The reset button (the plant port's "reboot"): a reset into the friendly REPL,
+        // which runs boot.py and main.py, whether or not the application is running.
+        else if (msg.op === "reset") { setTimeout(() => { inRaw = false; softReset(); }, 0); }
         else if (msg.op === "shutdown") { save(); control({ op: "saved" }); process.exit(0); }
       } else {
         const name = Object.keys(CHANNELS).find((k) => CHANNELS[k] === ch);

@@ -123,6 +123,47 @@ def test_pyserial_friendly_repl_and_soft_reset_runs_boot_and_main(board, tmp_pat
     assert out.index(b"boot ran") < out.index(b"main ran") < out.rindex(b">>> ")
 
 
+def test_soft_reset_in_raw_repl_runs_boot_but_not_main(board, tmp_path):
+    (tmp_path / "boot.py").write_text("print('boot ran')\n")
+    (tmp_path / "main.py").write_text("print('main ran')\n")
+    board.mpremote("fs", "cp", str(tmp_path / "boot.py"), ":boot.py")
+    board.mpremote("fs", "cp", str(tmp_path / "main.py"), ":main.py")
+    with serial.Serial(board.repl, 115200, timeout=0.2) as port:
+        port.write(b"\r\x03\x01")     # interrupt, raw REPL
+        read_until(port, b"raw REPL; CTRL-B to exit\r\n>")
+        port.write(b"\x04")             # Ctrl-D in raw REPL: soft reset, as mpremote does
+        raw = read_until(port, b"raw REPL; CTRL-B to exit\r\n>", timeout=20)
+        port.write(b"\x02")             # back to the friendly REPL: main.py still does not run
+        friendly = read_until(port, b">>> ")
+        port.write(b"\x04")             # Ctrl-D at the friendly prompt: boot.py and main.py
+        again = read_until(port, b"main ran", timeout=20)
+    assert b"boot ran" in raw and b"main ran" not in raw
+    assert b"main ran" not in friendly
+    assert b"boot ran" in again and b"main ran" in again
+
+
+def test_plant_reboot_is_the_reset_button_even_with_the_controller_stopped(board):
+    from host_tools.link import LinkClient
+    with LinkClient(board.endpoints["link"], heartbeat_s=None) as lk:
+        boots = lk.hello(timeout=5)["boot_count"]
+    board.mpremote("exec", "pass")      # mpremote's raw-REPL soft reset: main.py does not run
+    with LinkClient(board.endpoints["link"], heartbeat_s=None) as lk:
+        with pytest.raises(Exception, match="no 'hello'"):
+            lk.hello(timeout=1)
+    with serial.Serial(board.endpoints["plant"], timeout=5) as plant:
+        plant.write(b'{"do": "reboot"}\n')
+        assert plant.readline() == b'{"ok": true, "do": "reboot"}\n'
+    end = time.monotonic() + 20
+    with LinkClient(board.endpoints["link"], heartbeat_s=None) as lk:
+        while True:
+            try:
+                hello = lk.hello(timeout=1)
+                break
+            except Exception:
+                assert time.monotonic() < end, "the controller did not start after the reboot"
+    assert hello["boot_count"] == boots + 1
+
+
 def test_state_folder_that_is_a_file_is_refused(tmp_path):
     f = tmp_path / "file"
     f.write_text("not a folder")
