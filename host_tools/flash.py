@@ -17,9 +17,16 @@ Steps, each one refusing with a clear reason before the board is touched when it
 4. main.py is removed first and written last, and every file goes to NAME.tmp and is then
    renamed: a board that loses power half-way boots to the REPL with the controller not
    running (outputs in their reset state) instead of running a mix of two versions;
-5. check on the board, before the reset, that the new firmware imports and reports the
-   expected version; then reset from the friendly REPL (Ctrl-B, Ctrl-D), which runs boot.py
-   and main.py on every MicroPython board, and watch the boot for a traceback.
+5. soft-reset in raw REPL (boot.py runs, main.py does not, on every MicroPython board), so
+   nothing of the old firmware stays imported, and check that the new factory firmware
+   imports and reports the expected version; then reset from the friendly REPL (Ctrl-B,
+   Ctrl-D), which runs boot.py and main.py, watch the boot for a traceback, and ask the
+   running controller for its version where the REPL is free (the virtual board; on a real
+   board main.py holds the REPL and the version is confirmed over the host link, --link).
+
+A dry run reads the board without stopping the controller where the REPL is free (raw REPL
+entered without Ctrl-C or reset); on a board whose main.py holds the REPL it has to stop the
+controller to read it, and restarts it afterwards with a soft reset, and says so.
 
 The transport is mpremote's (its Python API: raw REPL exec/eval); the reset and the boot
 watch use the same pyserial port directly.
@@ -247,6 +254,7 @@ class Changes:
 
 
 UPDATE_STATE = ("update.json", "update.json.tmp", "fota_fault.json")
+SETTINGS_FILES = (CONFIG_FILE, KEY_FILE)     # not firmware: changing them keeps an update
 
 
 def diff(plan, on_board):
@@ -263,9 +271,10 @@ def diff(plan, on_board):
             unchanged.append(path)
     remove = sorted(p for p in on_board
                     if p not in plan.files and p.split("/", 1)[0] in plan.managed)
-    if copy:
+    if any(path not in SETTINGS_FILES for path, _, _ in copy) or remove:
         # New factory firmware supersedes any installed update: a confirmed slot would
-        # otherwise keep shadowing it at every boot (see docs/updates.md).
+        # otherwise keep shadowing it at every boot (see docs/updates.md). New settings or a
+        # new update key alone leave an installed update where it is.
         remove += sorted(p for p in on_board if p in UPDATE_STATE or p.startswith("slots/"))
     return Changes(copy, remove, unchanged)
 
@@ -296,12 +305,24 @@ del _v2g_walk
 """
 
 
+# Typed at the friendly prompt after the reset: the version the running station reports
+# (a slot's manifest version when it runs an update) and the tree it runs from.
+_RUN_QUERY = ("import app.run as _r; _s = _r.station; print('V2G-RUN', _s.update.version() if _s else '-', "
+              "_s.update.running if _s else '-'); del _r, _s")
+
+
 class Board:
     """A MicroPython board reached over its REPL with mpremote's transport."""
 
-    def __init__(self, port, baudrate=115200):
+    RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+
+    def __init__(self, port, baudrate=115200, interrupt=True):
+        """interrupt=False (dry run): leave a running controller alone when the REPL is free;
+        `stopped_controller` then says whether it had to be stopped all the same."""
         self.port = port
         self.baudrate = baudrate
+        self.interrupt = interrupt
+        self.stopped_controller = False
         self.t = None
 
     def __enter__(self):
@@ -312,9 +333,19 @@ class Board:
         except (TransportError, OSError, ValueError) as e:
             raise FlashError("cannot open {}: {}".format(self.port, e)) from None
         try:
-            # Ctrl-C stops the running controller (mpremote interrupts), then a soft reset
-            # in raw REPL gives clean module state; main.py does not run in raw REPL.
-            self.t.enter_raw_repl(soft_reset=True)
+            if self.interrupt:
+                # Ctrl-C stops the running controller (mpremote interrupts), then a soft reset
+                # in raw REPL gives clean module state; main.py does not run in raw REPL.
+                self.t.enter_raw_repl(soft_reset=True)
+                self.stopped_controller = True
+            elif not self._enter_raw_quietly():
+                # main.py holds the REPL (a real board): only Ctrl-C gets to it, which stops
+                # the controller; the caller restarts it.
+                self.stopped_controller = True
+                self.t.serial.write(b"\r\x03")
+                time.sleep(0.3)
+                self.t.serial.reset_input_buffer()
+                self.t.enter_raw_repl(soft_reset=False)
         except TransportError as e:
             self.t.close()
             raise FlashError("no MicroPython REPL on {}: {}".format(self.port, e)) from None
@@ -322,6 +353,27 @@ class Board:
 
     def __exit__(self, *exc):
         self.close()
+
+    def _enter_raw_quietly(self, wait_s=1.0):
+        """Ctrl-A alone, without Ctrl-C: answered only when the REPL is free (main.py returned
+        and the controller runs as a task, as on the virtual board). True if in raw REPL."""
+        ser = self.t.serial
+        ser.reset_input_buffer()
+        ser.write(b"\r\x01")
+        # stop at the banner and leave its '>' for exec to read, as enter_raw_repl does
+        got = self.t.read_until(1, self.RAW_BANNER, timeout=wait_s, timeout_overall=wait_s)
+        if got.endswith(self.RAW_BANNER):
+            self.t.in_raw_repl = True
+            return True
+        return False
+
+    def soft_reset_raw(self):
+        """Soft reset in raw REPL: fresh interpreter, boot.py runs, main.py does not."""
+        from mpremote.transport import TransportError
+        try:
+            self.t.enter_raw_repl(soft_reset=True)
+        except TransportError as e:
+            raise FlashError("soft reset in raw REPL failed: {}".format(e)) from None
 
     def close(self):
         if self.t is not None:
@@ -371,9 +423,17 @@ class Board:
         self.exec("_v2g_f.close()\ndel _v2g_f\nos.rename({!r}, {!r})".format(tmp, path))
 
     def check_import(self):
-        """Import the new firmware on the board (not started): its version, or FlashError."""
-        out = self.exec("import app.station, board.hal\nprint('V2G-FW', app.station.FW_VERSION, "
-                        "board.hal.BOARD_NAME)")
+        """Import the new factory firmware on the board (not started): its version and board
+        name, or FlashError. Call it after soft_reset_raw(); anything of ours still imported
+        and an update slot boot.py put on sys.path are dropped all the same, so what is
+        checked is the factory tree just written."""
+        out = self.exec(
+            "import sys\n"
+            "for _m in [m for m in sys.modules if m.split('.')[0] in ('app', 'core', 'board')]:\n"
+            "    del sys.modules[_m]\n"
+            "sys.path[:] = [p for p in sys.path if not p.startswith('slots/')]\n"
+            "import app.station, board.hal\n"
+            "print('V2G-FW', app.station.FW_VERSION, board.hal.BOARD_NAME)")
         m = re.search(r"V2G-FW (\S+) (\S+)", out)
         if not m:
             raise FlashError("the firmware did not report its version: " + out.strip())
@@ -415,6 +475,20 @@ class Board:
                 return m.group(0).strip()
         return None
 
+    def running_version(self, timeout=5.0):
+        """(version, tree) of the controller running now, asked at the friendly prompt:
+        tree is 'factory' or the update slot it runs from. None if it did not answer (not
+        started within timeout)."""
+        end = time.monotonic() + timeout
+        while True:
+            line = self.friendly_query(_RUN_QUERY, "V2G-RUN", max(0.5, end - time.monotonic()))
+            parts = (line or "").split()
+            if len(parts) == 3 and parts[1] != "-":
+                return parts[1], parts[2]
+            if time.monotonic() >= end:
+                return None
+            time.sleep(0.2)   # the controller task has not built its station yet
+
 
 # ------------------------------------------------------------------------------ flashing
 
@@ -424,7 +498,10 @@ class Report:
     dry_run: bool = False
     imported_version: str = None
     board_name: str = None
-    running: str = None               # what the boot check saw
+    running: str = None               # what the boot check saw, in words
+    running_version: str = None       # the version the running controller reports (REPL)
+    running_tree: str = None          # 'factory' or the update slot it runs from
+    restarted: bool = False           # a dry run had to stop the controller and restarted it
     seconds: float = 0.0
     copy_seconds: float = 0.0         # compare + copy only (what mpremote fs cp -r does)
     bytes_sent: int = 0
@@ -439,13 +516,18 @@ class Report:
         return out
 
 
-def flash(board, plan, dry_run=False, progress=None, wait_s=10.0):
-    """Bring the board to the plan. progress(n_bytes) is called as bytes go out; with
-    dry_run nothing is written and the board is not reset."""
+def flash(board, plan, dry_run=False, progress=None, wait_s=10.0, changes=None):
+    """Bring the board to the plan. progress(n_bytes) is called as bytes go out; changes is
+    diff(plan, board.hashes()) if the caller has it already. With dry_run nothing is written;
+    a controller that had to be stopped to read the board is restarted (report.restarted)."""
     t0 = time.monotonic()
-    changes = diff(plan, board.hashes())
+    if changes is None:
+        changes = diff(plan, board.hashes())
     report = Report(changes, dry_run)
     if dry_run:
+        if board.stopped_controller:
+            _restart(board, report, wait_s)
+            report.restarted = True
         report.seconds = time.monotonic() - t0
         return report
     if not changes.empty:
@@ -463,25 +545,42 @@ def flash(board, plan, dry_run=False, progress=None, wait_s=10.0):
             board.put(path, plan.files[path], progress)
             report.bytes_sent += len(plan.files[path])
     report.copy_seconds = time.monotonic() - t0
+    if not changes.empty:
+        board.soft_reset_raw()            # see step 5: nothing of the old firmware imported
     version, name = board.check_import()
     if version != plan.version or name != plan.board:
         raise FlashError("the board reports firmware {} for board {}, expected {} for {}"
                          .format(version, name, plan.version, plan.board))
     report.imported_version, report.board_name = version, name
+    _restart(board, report, wait_s)
+    if report.running_tree == "factory" and report.running_version != plan.version:
+        raise FlashError("after the reset the controller runs firmware {}, expected {}"
+                         .format(report.running_version, plan.version))
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def _restart(board, report, wait_s):
+    """Reset from the friendly REPL, watch the boot, and ask the controller what it runs."""
     prompt, text = board.reset_and_watch(wait_s)
     if "Traceback" in text:
         tail = text[text.index("Traceback"):].strip()
         raise FlashError("the controller failed to start after the reset:\n" + tail)
-    if prompt:
-        # main.py returned to the prompt (the virtual board runs the controller as a task)
-        line = board.friendly_query("import app.run as _r; print('V2G-RUN', _r.station is not None)", "V2G-RUN")
-        if line != "V2G-RUN True":
-            raise FlashError("after the reset the controller is not running ({})".format(line or "no answer"))
-        report.running = "controller running (checked at the REPL)"
+    if not prompt:
+        # main.py holds the REPL, as on a real board: the version is confirmed over the host
+        # link (--link); the import check before the reset is what the REPL can tell
+        report.running = "booted without error; main.py holds the REPL (confirm the version with --link)"
+        return
+    # main.py returned to the prompt (the virtual board runs the controller as a task)
+    got = board.running_version()
+    if got is None:
+        raise FlashError("after the reset the controller is not running (no station at the REPL)")
+    report.running_version, report.running_tree = got
+    if report.running_tree == "factory":
+        report.running = "controller running firmware {} (asked at the REPL)".format(report.running_version)
     else:
-        report.running = "booted without error; main.py holds the REPL (controller running)"
-    report.seconds = time.monotonic() - t0
-    return report
+        report.running = ("controller running firmware {} from update slot {} (the installed update "
+                          "was kept; asked at the REPL)".format(report.running_version, report.running_tree))
 
 
 def confirm_link(url, expected_version, timeout=10.0):

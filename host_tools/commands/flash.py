@@ -14,7 +14,7 @@ from host_tools import flash as F
               help="v2g_vars.json to install; validated first with the controller's own rules.")
 @click.option("--pubkey", type=click.Path(dir_okay=False),
               help="Update public key (KEY.pub.pem) to install as update_key.bin.")
-@click.option("--dry-run", is_flag=True, help="List what would change; write nothing, do not reset.")
+@click.option("--dry-run", is_flag=True, help="List what would change; write nothing; leave the running controller alone.")
 @click.option("--link", "link_url", default=None,
               help="The controller's host-link port: after the reset, confirm its version by hello.")
 @click.option("--boot-wait", type=click.FloatRange(1, 120), default=10.0, show_default=True,
@@ -31,32 +31,33 @@ def cli(port, board, config, pubkey, dry_run, link_url, boot_wait):
         plan = F.prepare(board, config=config, pubkey=pubkey)
     except F.FlashError as e:
         raise click.ClickException(str(e)) from e
-    total = [0]
     try:
-        with F.Board(port) as b:
+        # a dry run leaves a running controller alone where the REPL is free
+        with F.Board(port, interrupt=not dry_run) as b:
+            changes = F.diff(plan, b.hashes())      # asked once; flash() works from it
             if dry_run:
-                report = F.flash(b, plan, dry_run=True)
+                report = F.flash(b, plan, dry_run=True, changes=changes, wait_s=boot_wait)
             else:
-                changes = F.diff(plan, b.hashes())
                 size = sum(n for _, _, n in changes.copy) or 1
                 with click.progressbar(length=size, label="flashing {} file(s)".format(len(changes.copy)),
                                        file=sys.stderr) as bar:
-                    def progress(n):
-                        total[0] += n
-                        bar.update(n)
-                    report = F.flash(b, plan, progress=progress, wait_s=boot_wait)
+                    report = F.flash(b, plan, progress=bar.update, wait_s=boot_wait, changes=changes)
     except F.FlashError as e:
         raise click.ClickException(str(e)) from e
     for line in report.lines():
         click.echo(line)
     if dry_run:
-        click.echo("dry run: nothing written, board not reset")
+        if report.restarted:
+            click.echo("dry run: nothing written; the controller had to be stopped to read the board "
+                       "(main.py holds the REPL) and was restarted by a soft reset: {}".format(report.running))
+        else:
+            click.echo("dry run: nothing written, the running controller was not interrupted")
         return
     click.echo("firmware {} for board {} imported on the board; {}".format(
         report.imported_version, report.board_name, report.running))
     if link_url:
         try:
-            hello = F.confirm_link(link_url, plan.version)
+            hello = F.confirm_link(link_url, report.running_version or plan.version)
         except F.FlashError as e:
             raise click.ClickException(str(e)) from e
         click.echo("host link: hello fw {} board {} cfg_hash {} boot {}".format(

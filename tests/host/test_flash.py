@@ -3,6 +3,7 @@
 import hashlib
 import json
 import shutil
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -168,3 +169,77 @@ def test_new_factory_firmware_removes_an_installed_update(tree, blank):
     assert res.exit_code == 0, res.output
     files = on_board(blank)
     assert "update.json" not in files and not any(p.startswith("slots/") for p in files)
+
+
+def set_version(tree, version):
+    station = tree / "firmware" / "app" / "station.py"
+    text = station.read_text()
+    assert "FW_VERSION = '{}'".format(F.firmware_version()) in text
+    station.write_text(text.replace("FW_VERSION = '{}'".format(F.firmware_version()),
+                                    "FW_VERSION = '{}'".format(version), 1))
+
+
+def test_a_new_version_is_imported_and_then_confirmed_running(tree, blank):
+    assert run("--port", blank.repl, "--board", "sim").exit_code == 0
+    set_version(tree, "0.1.99")
+    res = run("--port", blank.repl, "--board", "sim", "--link", blank.endpoints["link"])
+    assert res.exit_code == 0, res.output
+    assert "copied app/station.mpy (changed" in res.output
+    assert "firmware 0.1.99 for board sim imported" in res.output
+    # the version the running controller reports after the reset, at the REPL and by hello
+    assert "controller running firmware 0.1.99 (asked at the REPL)" in res.output
+    assert "host link: hello fw 0.1.99 board sim" in res.output
+
+
+def test_settings_or_key_alone_keep_an_installed_update(tmp_path, tree, blank):
+    assert run("--port", blank.repl, "--board", "sim").exit_code == 0
+    blank.mpremote("exec", "import os\nos.mkdir('slots'); os.mkdir('slots/a')\n"
+                   "open('slots/a/x.py','w').write('X = 1')\n"
+                   "open('update.json','w').write('{\"active\": \"a\"}')")
+    cfg = tmp_path / "site.json"
+    cfg.write_text(json.dumps({"MAX_CHARGE_AMPS": 16, "MAX_DISCHARGE_AMPS": 10}))
+    res = run("--port", blank.repl, "--board", "sim", "--config", str(cfg))
+    assert res.exit_code == 0, res.output
+    assert [ln for ln in res.output.splitlines() if ln.startswith(("copied", "removed"))] == \
+        ["copied v2g_vars.json (new, {} B)".format(len(F.validate_config_text(cfg.read_text(), F.load_board("sim"))))]
+    assert "from update slot a (the installed update was kept" in res.output
+    _, pub, _ = keys.write_keypair(tmp_path / "fota.pem")
+    res = run("--port", blank.repl, "--board", "sim", "--pubkey", str(pub))
+    assert res.exit_code == 0, res.output
+    assert "copied update_key.bin (new, 65 B)" in res.output and "removed" not in res.output
+    files = on_board(blank)
+    assert "update.json" in files and "slots/a/x.py" in files
+
+
+def test_diff_removes_update_state_only_for_firmware_changes():
+    plan = F.Plan("sim", "armv7emsp", "1", {"core/a.mpy": b"A", F.CONFIG_FILE: b"{}", F.KEY_FILE: b"K"},
+                  ("core",))
+    installed = {"update.json": "0" * 64, "slots/a/core/a.mpy": "1" * 64}
+    same = {"core/a.mpy": F.sha(b"A"), **installed}
+    assert F.diff(plan, same).remove == []                                   # settings + key new
+    assert F.diff(plan, {**same, F.CONFIG_FILE: "2" * 64, F.KEY_FILE: F.sha(b"K")}).remove == []
+    changed = F.diff(plan, {**same, "core/a.mpy": "3" * 64})
+    assert changed.remove == ["slots/a/core/a.mpy", "update.json"]
+    stale = F.diff(plan, {**same, "core/old.mpy": "4" * 64})                 # a module removed
+    assert stale.remove == ["core/old.mpy", "slots/a/core/a.mpy", "update.json"]
+
+
+def boot_count(board):
+    with LinkClient(board.endpoints["link"], heartbeat_s=None) as lk:
+        return lk.hello(timeout=5)["boot_count"]
+
+
+def test_dry_run_leaves_the_running_controller_alone(tree, blank):
+    assert run("--port", blank.repl, "--board", "sim").exit_code == 0
+    before = boot_count(blank)
+    limits = tree / "firmware" / "core" / "limits.py"
+    limits.write_text(limits.read_text() + "\nDRY_RUN_MARK = 3\n")
+    res = run("--port", blank.repl, "--board", "sim", "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert boot_count(blank) == before                       # no reset
+    assert "would copy core/limits.mpy (changed" in res.output
+    assert "the running controller was not interrupted" in res.output
+    with LinkClient(blank.endpoints["link"], heartbeat_s=None) as lk:
+        t0 = lk.command("diag").data["uptime_ms"]
+        time.sleep(0.5)
+        assert lk.command("diag").data["uptime_ms"] > t0     # its control loop still steps
