@@ -253,7 +253,8 @@ class Changes:
         return not self.copy and not self.remove
 
 
-UPDATE_STATE = ("update.json", "update.json.tmp", "fota_fault.json")
+# The installer's state (update.json, its .bak copy and their .tmp files) and fault injection.
+UPDATE_STATE = ("update.json", "update.json.tmp", "update.json.bak", "update.json.bak.tmp", "fota_fault.json")
 SETTINGS_FILES = (CONFIG_FILE, KEY_FILE)     # not firmware: changing them keeps an update
 
 

@@ -218,8 +218,8 @@ def test_diff_removes_update_state_only_for_firmware_changes():
     same = {"core/a.mpy": F.sha(b"A"), **installed}
     assert F.diff(plan, same).remove == []                                   # settings + key new
     assert F.diff(plan, {**same, F.CONFIG_FILE: "2" * 64, F.KEY_FILE: F.sha(b"K")}).remove == []
-    changed = F.diff(plan, {**same, "core/a.mpy": "3" * 64})
-    assert changed.remove == ["slots/a/core/a.mpy", "update.json"]
+    changed = F.diff(plan, {**same, "core/a.mpy": "3" * 64, "update.json.bak": "5" * 64})
+    assert changed.remove == ["slots/a/core/a.mpy", "update.json", "update.json.bak"]
     stale = F.diff(plan, {**same, "core/old.mpy": "4" * 64})                 # a module removed
     assert stale.remove == ["core/old.mpy", "slots/a/core/a.mpy", "update.json"]
 
