@@ -8,12 +8,17 @@ from signing import keys
 
 
 def read_passphrase(path):
-    """Bytes of a passphrase file, without its trailing newline; None when path is None."""
+    """The passphrase: the whole file as bytes, less its trailing line break(s); None when
+    path is None. A line break inside is refused, so a file of several lines is never taken
+    for its first line only (or for all of them) by surprise."""
     if path is None:
         return None
     data = Path(path).read_bytes().rstrip(b"\r\n")
     if not data:
         raise click.BadParameter("{} is empty".format(path), param_hint="--passphrase-file")
+    if b"\n" in data or b"\r" in data:
+        raise click.BadParameter("{} holds more than one line; the passphrase is the whole file, "
+                                 "one line".format(path), param_hint="--passphrase-file")
     return data
 
 
@@ -23,7 +28,8 @@ def read_passphrase(path):
 @click.option("--alg", type=click.Choice(keys.ALGORITHMS), default=keys.ES256, show_default=True,
               help="es256 = ECDSA P-256 (the controller verifies these); ed25519 = EdDSA (host-side only).")
 @click.option("--passphrase-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Encrypt the private key with the passphrase in this file (first line).")
+              help="Encrypt the private key with the passphrase in this file: the whole file, one line "
+                   "(a trailing line break is dropped).")
 @click.option("--force", is_flag=True, help="Overwrite existing key files.")
 def cli(out, alg, passphrase_file, force):
     """Generate a key pair for signing firmware update bundles.
@@ -43,3 +49,6 @@ def cli(out, alg, passphrase_file, force):
     click.echo("private key {} ({}{})".format(priv, alg, ", encrypted" if passphrase else ", NOT encrypted"))
     click.echo("public key  {}".format(pub))
     click.echo("key id      {}".format(keys.key_id(key).hex()))
+    if alg == keys.ED25519:
+        click.echo("warning: the controller verifies ES256 only; bundles signed with this key are "
+                   "refused there (V2G-601 alg)", err=True)

@@ -4,8 +4,25 @@ from pathlib import Path
 
 import click
 
+import json
+
+from host_tools import vm
 from host_tools.commands.keygen import read_passphrase
 from signing import bundle, keys
+
+ED25519_WARNING = ("warning: an EdDSA (Ed25519) bundle. The controller verifies ES256 only (it has no "
+                   "SHA-512) and refuses it with V2G-601 alg; `v2g verify` and other COSE tools accept it.")
+
+
+def update_partition(board):
+    """(start, size) of the board's update partition from boards/<board>/board.json, or None
+    when the board has no board.json or it names no partition."""
+    path = vm.BOARDS / board / "board.json"
+    try:
+        part = json.loads(path.read_text()).get("update_partition") or {}
+        return int(part["start"], 0), int(part["size"], 0)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _address(_ctx, _param, value):
@@ -45,8 +62,11 @@ def component_name(path, root):
               help="Name components by their path below this folder (default: the file name).")
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="Bundle file to write.")
 @click.option("--hex-address", callback=_address, default=None,
-              help="Also write the bundle as Intel HEX placed at this address (the update partition).")
-@click.option("--hex-out", type=click.Path(dir_okay=False), default=None, help="Intel HEX file to write.")
+              help="Also write the bundle as Intel HEX placed at this address (the update partition); "
+                   "to BUNDLE.hex beside the bundle unless --hex-out is given.")
+@click.option("--hex-out", type=click.Path(dir_okay=False), default=None,
+              help="Intel HEX file to write; without --hex-address it is placed at the board's update "
+                   "partition (board.json).")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 def cli(key_path, passphrase_file, seq, version, board, security_counter, root, out, hex_address, hex_out, files):
     """Sign FILE... into one update bundle for BOARD.
@@ -56,8 +76,16 @@ def cli(key_path, passphrase_file, seq, version, board, security_counter, root, 
     class, followed by the component bytes in the order given. See
     docs/signed-updates.md for the layout.
     """
-    if (hex_address is None) != (hex_out is None):
-        raise click.UsageError("--hex-address and --hex-out go together")
+    part = update_partition(board)
+    if hex_out is not None and hex_address is None:
+        if part is None:
+            raise click.UsageError("--hex-out needs --hex-address: board {} names no update partition "
+                                   "in board.json".format(board))
+        hex_address = part[0]
+    if hex_address is not None and hex_out is None:
+        hex_out = str(Path(out).with_suffix(".hex"))
+        if Path(hex_out) == Path(out):
+            raise click.UsageError("-o {} ends in .hex: give the Intel HEX file with --hex-out".format(out))
     try:
         key = keys.load_private(key_path, read_passphrase(passphrase_file))
     except keys.KeyFileError as e:
@@ -68,6 +96,16 @@ def cli(key_path, passphrase_file, seq, version, board, security_counter, root, 
         hex_text = bundle.to_intelhex(data, hex_address) if hex_out else None
     except ValueError as e:
         raise click.ClickException(str(e)) from None
+    if hex_out and part is not None:
+        start, size = part
+        if not start <= hex_address < start + size:
+            raise click.ClickException("--hex-address 0x{:08X} is outside board {}'s update partition "
+                                       "0x{:08X}-0x{:08X} (board.json)".format(hex_address, board, start,
+                                                                               start + size))
+        if hex_address + len(data) > start + size:
+            raise click.ClickException("bundle of {} bytes at 0x{:08X} does not fit board {}'s update "
+                                       "partition: {} bytes from there (board.json)".format(
+                                           len(data), hex_address, board, start + size - hex_address))
     Path(out).write_bytes(data)
     if hex_out:
         Path(hex_out).write_text(hex_text)
@@ -75,3 +113,5 @@ def cli(key_path, passphrase_file, seq, version, board, security_counter, root, 
         out, len(data), len(components), seq, security_counter, board, keys.key_id(key).hex()))
     if hex_out:
         click.echo("intel hex {} at 0x{:08X}".format(hex_out, hex_address))
+    if keys.algorithm(key) == keys.ED25519:
+        click.echo(ED25519_WARNING, err=True)

@@ -508,19 +508,22 @@ def test_cli_ed25519_and_bad_arguments(tmp_path):
     runner = CliRunner()
     res = runner.invoke(keygen_cmd.cli, ["--out", str(tmp_path / "e.pem"), "--alg", "ed25519"])
     assert res.exit_code == 0, res.output
+    assert "verifies ES256 only" in res.stderr
     (tmp_path / "a.py").write_bytes(b"A = 1\n")
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "a.py").write_bytes(b"A = 2\n")
     base = ["--key", str(tmp_path / "e.pem"), "--version", "1.0", "--board", "sim", "-o", str(tmp_path / "o")]
     res = runner.invoke(sign_cmd.cli, base + ["--seq", "1", str(tmp_path / "a.py")])
     assert res.exit_code == 0, res.output
+    # signed, but the controller cannot verify it: said on stderr
+    assert "verifies ES256 only" in res.stderr and "warning" not in res.stdout
     res = runner.invoke(verify_cmd.cli, ["--key", str(tmp_path / "e.pub.pem"), str(tmp_path / "o")])
     assert res.exit_code == 0 and "EdDSA" in res.output
     for args, words in (
         (["--seq", "0", str(tmp_path / "a.py")], "seq"),
         (["--seq", "1", str(tmp_path / "a.py"), str(tmp_path / "b" / "a.py")], "twice"),
         (["--seq", "1", "--hex-address", "nope", "--hex-out", "x", str(tmp_path / "a.py")], "not a number"),
-        (["--seq", "1", "--hex-address", "0x100", str(tmp_path / "a.py")], "go together"),
+        (["--seq", "1", "--hex-out", "x.hex", str(tmp_path / "a.py")], "names no update partition"),
     ):
         res = runner.invoke(sign_cmd.cli, base + args)
         assert res.exit_code != 0 and words in res.output, (args, res.output)
@@ -529,3 +532,52 @@ def test_cli_ed25519_and_bad_arguments(tmp_path):
     assert res.exit_code != 0 and "board name" in res.output
     res = runner.invoke(sign_cmd.cli, ["--help"])
     assert "--security-counter" in res.output and "COSE_Sign1" in res.output
+
+
+def test_cli_hex_beside_the_bundle_and_partition_checked(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(keygen_cmd.cli, ["--out", str(tmp_path / "k.pem")])
+    assert res.exit_code == 0, res.output
+    assert "verifies ES256 only" not in res.output
+    (tmp_path / "a.py").write_bytes(b"A = 1\n")
+    (tmp_path / "big.bin").write_bytes(os.urandom(0x60000))
+    base = ["--key", str(tmp_path / "k.pem"), "--version", "1.0", "--board", "pyboard", "--seq", "1"]
+    start, size = sign_cmd.update_partition("pyboard")
+    assert (start, size) == (0x08080000, 0x60000)
+    # an address alone: BUNDLE.hex beside the bundle
+    out = tmp_path / "u.v2gb"
+    res = runner.invoke(sign_cmd.cli, base + ["--hex-address", "0x08080000", "-o", str(out), str(tmp_path / "a.py")])
+    assert res.exit_code == 0, res.output
+    assert "verifies ES256 only" not in res.output
+    from intelhex import IntelHex
+    ih = IntelHex(str(tmp_path / "u.hex"))
+    assert ih.minaddr() == start and ih.tobinstr(start=start, size=len(out.read_bytes())) == out.read_bytes()
+    # --hex-out alone: placed at the board's partition
+    res = runner.invoke(sign_cmd.cli, base + ["--hex-out", str(tmp_path / "p.hex"), "-o", str(tmp_path / "p"),
+                                              str(tmp_path / "a.py")])
+    assert res.exit_code == 0 and "at 0x08080000" in res.output, res.output
+    assert IntelHex(str(tmp_path / "p.hex")).minaddr() == start
+    # outside the partition, and a bundle larger than it: refused, nothing written
+    for args, words in (
+        (["--hex-address", "0x08000000", "-o", str(tmp_path / "x"), str(tmp_path / "a.py")],
+         "outside board pyboard's update partition"),
+        (["--hex-address", "0x08080000", "-o", str(tmp_path / "y"), str(tmp_path / "big.bin")],
+         "does not fit board pyboard's update partition: 393216 bytes"),
+        (["--hex-address", "0x08080000", "-o", str(tmp_path / "z.hex"), str(tmp_path / "a.py")], "ends in .hex"),
+    ):
+        res = runner.invoke(sign_cmd.cli, base + args)
+        assert res.exit_code != 0 and words in res.output, (args, res.output)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "y.hex").exists()
+
+
+def test_passphrase_file_is_one_whole_line(tmp_path):
+    runner = CliRunner()
+    (tmp_path / "pw").write_bytes(b"first line\nsecond line\n")
+    res = runner.invoke(keygen_cmd.cli, ["--out", str(tmp_path / "k.pem"), "--passphrase-file", str(tmp_path / "pw")])
+    assert res.exit_code != 0 and "more than one line" in res.output and not (tmp_path / "k.pem").exists()
+    (tmp_path / "pw").write_bytes(b"  spaced words kept \r\n")
+    res = runner.invoke(keygen_cmd.cli, ["--out", str(tmp_path / "k.pem"), "--passphrase-file", str(tmp_path / "pw")])
+    assert res.exit_code == 0, res.output
+    assert keys.load_private(tmp_path / "k.pem", b"  spaced words kept ") is not None
+    res = runner.invoke(keygen_cmd.cli, ["--help"])
+    assert "whole file" in " ".join(res.output.split()) and "first line" not in res.output
