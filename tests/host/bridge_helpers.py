@@ -20,6 +20,8 @@ from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKER_CONF = ROOT / "deploy" / "mosquitto" / "v2g.conf"
+BROKER_ACL = ROOT / "deploy" / "mosquitto" / "v2g.acl"
+ACL_EXAMPLE_USER, ACL_EXAMPLE_STATION = "app-CS-0001", "CS-0001"
 
 
 def free_port():
@@ -79,11 +81,31 @@ def mosquitto_binary():
     pytest.fail("mosquitto is not installed: run tools/system-deps.sh (as root) or apt-get install mosquitto")
 
 
-class Broker:
-    """Mosquitto with the shipped configuration; only the port, file paths and the
-    persistence store are changed for a test run on loopback."""
+def acl_for(apps):
+    """The shipped ACL with its example app block repeated for each (user, station) of
+    apps; the bridge's block as shipped."""
+    blocks, cur = [], []
+    for line in BROKER_ACL.read_text().splitlines():
+        if line.startswith("user "):
+            cur = [line]
+            blocks.append(cur)
+        elif cur and line.startswith("topic "):
+            cur.append(line)
+    template = [b for b in blocks if b[0] == "user " + ACL_EXAMPLE_USER]
+    assert len(template) == 1, "the shipped ACL lost its example app block"
+    out = [b for b in blocks if b is not template[0]]
+    for user, station in apps.items():
+        out.append([x.replace(ACL_EXAMPLE_USER, user).replace(ACL_EXAMPLE_STATION, station)
+                    for x in template[0]])
+    return "\n\n".join("\n".join(b) for b in out) + "\n"
 
-    def __init__(self, tmp, ca_key, ca_cert, ca_path, users):
+
+class Broker:
+    """Mosquitto with the shipped configuration and ACL; only the port, file paths, the
+    persistence store and the app users' stations are changed for a test run on loopback."""
+
+    def __init__(self, tmp, ca_key, ca_cert, ca_path, users, apps=None):
+        """users: name -> password; apps: app user -> the station it may reach."""
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -94,6 +116,10 @@ class Broker:
             subprocess.run([shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-b", str(passwd),
                             user, pw], check=True, capture_output=True)
         os.chmod(passwd, 0o600)
+        acl = tmp / "v2g.acl"
+        self.acl_text = acl_for(apps or {})
+        acl.write_text(self.acl_text)
+        os.chmod(acl, 0o600)
         conf = []
         for line in BROKER_CONF.read_text().splitlines():
             key_ = line.split(" ", 1)[0]
@@ -107,6 +133,8 @@ class Broker:
                 line = f"keyfile {key}"
             elif key_ == "password_file":
                 line = f"password_file {passwd}"
+            elif key_ == "acl_file":
+                line = f"acl_file {acl}"
             elif key_ in ("persistence", "persistence_location"):
                 continue
             conf.append(line)
