@@ -8,6 +8,11 @@ Topics per station:
                                {"txn": "...", "token": "<JWT>", "op": "...", "args": {...}}
     v2g/<station>/cmd/result   {"txn", "ok", "code", "msg", "data"} (QoS 1); an MQTT 5
                                CorrelationData on the command is copied onto its result
+    v2g/_gateway/<gw>/status   retained, several stations on one gateway only: {"gateway",
+                               "online", "stations"}; the MQTT Will sets it offline when the
+                               process dies (a connection has one Will, not one per station)
+
+With one station the Will goes on that station's status topic instead.
 
 paho runs its network loop in its own thread; messages are handed to the asyncio loop
 with call_soon_threadsafe and every decision is taken there.
@@ -31,9 +36,15 @@ def topic(station, leaf):
     return f"v2g/{station}/{leaf}"
 
 
+def gateway_topic(gateway_id):
+    return f"v2g/_gateway/{gateway_id}/status"
+
+
 class MqttApp:
     def __init__(self, url, *, ca_file=None, cert_file=None, key_file=None, password=None,
-                 client_id="v2g-bridge", will_stations=(), clog=None):
+                 client_id="v2g-bridge", will=None, clog=None):
+        """will: (topic, payload dict) the broker publishes, retained, when this client
+        disappears without a clean disconnect."""
         u = urllib.parse.urlsplit(url)
         if u.scheme not in ("mqtt", "mqtts"):
             raise ValueError(f"MQTT URL must be mqtt:// or mqtts://, got {url!r}")
@@ -45,6 +56,7 @@ class MqttApp:
         self.loop = None
         self.connected = asyncio.Event()
         self.counters = {"published": 0, "commands": 0, "dropped": 0}
+        self.on_connected = []   # fns called on the asyncio loop after each (re)connection
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if u.username:
             c.username_pw_set(urllib.parse.unquote(u.username),
@@ -55,12 +67,8 @@ class MqttApp:
             if cert_file and key_file:
                 ctx.load_cert_chain(cert_file, key_file)
             c.tls_set_context(ctx)
-        for st in will_stations:
-            # one Will per connection: with several stations the bridge publishes the
-            # offline statuses itself on a clean stop; the Will covers the single-station case
-            c.will_set(topic(st, "status"), json.dumps({"station": st, "online": False,
-                                                        "reason": "bridge offline"}), qos=1, retain=True)
-            break
+        if will is not None:
+            c.will_set(will[0], json.dumps(will[1], separators=(",", ":")), qos=1, retain=True)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
@@ -94,6 +102,9 @@ class MqttApp:
         for st in self.handlers:
             client.subscribe(topic(st, "cmd"), qos=1)
         self.loop.call_soon_threadsafe(self.connected.set)
+        for fn in self.on_connected:
+            # a Will may have fired while we were away: the hooks publish the live state again
+            self.loop.call_soon_threadsafe(fn)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         if self.loop is not None:
@@ -135,11 +146,14 @@ class MqttApp:
     # -- publishing (any thread)
 
     def publish(self, station, leaf, obj, qos=0, retain=False, correlation=None):
+        return self.publish_to(topic(station, leaf), obj, qos, retain, correlation)
+
+    def publish_to(self, full_topic, obj, qos=0, retain=False, correlation=None):
         props = None
         if correlation is not None:
             props = Properties(PacketTypes.PUBLISH)
             props.CorrelationData = correlation
-        info = self.client.publish(topic(station, leaf), json.dumps(obj, separators=(",", ":")),
+        info = self.client.publish(full_topic, json.dumps(obj, separators=(",", ":")),
                                    qos=qos, retain=retain, properties=props)
         if info.rc == mqtt.MQTT_ERR_SUCCESS:
             self.counters["published"] += 1

@@ -464,8 +464,11 @@ class OcppStation:
         """One telemetry sample from the controller (the service calls this for each)."""
         cp = s.get("cp")
         plugged = cp in ("B", "C", "D")
-        if not plugged:
+        if not plugged and self.blocked_until_unplug:
             self.blocked_until_unplug = False
+            if self.available:
+                # a remote stop ends that session only: the next vehicle charges again
+                asyncio.ensure_future(self._resume_session())
         if self.tx.get("id"):
             if not plugged:
                 self.end_transaction(s, "EVCommunicationLost", "EVDisconnected")
@@ -711,6 +714,15 @@ class OcppStation:
                 "operative" if want else "inoperative", res.msg))
             await self._send_status()
         return res.ok
+
+    async def _resume_session(self):
+        try:
+            res = await self.ctl.command("start", {})
+        except hl.LinkError as e:
+            log.warning("%s: start after a remote stop failed: %s", self.id, e)
+            return
+        if not res.ok:
+            self.clog.event(self.id, res.code or "V2G-400", f"start after a remote stop refused: {res.msg}")
 
     async def controller_up(self):
         """The controller (re)connected: an inoperative station keeps its session stopped,

@@ -11,6 +11,8 @@ import fcntl
 import json
 import logging
 import os
+import re
+import socket
 import time
 import urllib.parse
 import uuid
@@ -52,6 +54,26 @@ class CentralLog:
         self._f.close()
 
 
+BRIDGE_OFFLINE = "bridge offline"
+GATEWAY_TOPIC_ID = "_gateway"     # v2g/_gateway/<gateway id>/status: not a station id
+
+
+def default_gateway_id():
+    """This machine's name in the characters a topic level and a station id allow."""
+    name = re.sub(r"[^A-Za-z0-9._:-]", "-", socket.gethostname())[:48].strip(".")
+    return name or "gateway"
+
+
+def will_status(station):
+    """The retained status the broker publishes for a single-station bridge that died:
+    the shape of StationBridge.status_doc, nothing known but that the bridge is gone."""
+    return {"station": station, "online": False, "csms": False, "ocpp": None, "fw": None, "mode": None,
+            "cp": None, "soc_pct": None, "power_w": None, "errors": [],
+            "v2g": {"available": False, "reason": BRIDGE_OFFLINE},
+            "target_pct": None, "floor_pct": None, "charge_only": None, "stopped": None, "operative": None,
+            "limits": None, "gateway": None}
+
+
 def v2g_reason(status, online, plugged):
     """(available, reason) for the app from the controller's status."""
     if not online:
@@ -68,6 +90,8 @@ def v2g_reason(status, online, plugged):
             return False, f"{code} {why}"
     if status.get("charge_only"):
         return False, "charge-only asked"
+    if status.get("stopped"):
+        return False, "session stopped (by the CSMS, or the station is inoperative)"
     if not plugged:
         return False, "no vehicle connected"
     if not status.get("v2g_available"):
@@ -149,6 +173,8 @@ class StationBridge:
                                 meter_interval_s=meter_interval_s, handshake_timeout_s=handshake_timeout_s,
                                 allow_file_updates=allow_file_updates)
         self.frame_hook = None   # bench: called with each cmd sent to the controller
+        self.gateway = None      # the gateway id when several stations share one MQTT client
+        self.bridge_down = False  # set on a clean stop: the last status says the bridge is gone
         self._ready = asyncio.Event()
 
     async def _push_update(self, firmware, report):
@@ -344,6 +370,8 @@ class StationBridge:
         s = self.sample or {}
         plugged = s.get("cp") in ("B", "C", "D")
         ok, reason = v2g_reason(self.status, self.online, plugged)
+        if self.bridge_down:
+            ok, reason = False, BRIDGE_OFFLINE
         st = self.status
         return {"station": self.id, "online": self.online, "csms": self.ocpp.connected.is_set(),
                 "ocpp": self.ocpp.version, "fw": self.fw, "mode": s.get("mode"), "cp": s.get("cp"),
@@ -353,9 +381,12 @@ class StationBridge:
                 "target_pct": (st.get("target_pm") / 10) if st.get("target_pm", -1) >= 0 else None,
                 "floor_pct": (st.get("floor_pm") / 10) if st.get("floor_pm") is not None else None,
                 "charge_only": st.get("charge_only"),
+                "stopped": st.get("stopped"),          # the controller's own word: session stopped
+                "operative": self.ocpp.available,      # OCPP ChangeAvailability
                 "limits": {"charge_a": s.get("lim_chg_ma", 0) / 1000, "charge_src": s.get("lim_chg_src"),
                            "discharge_a": s.get("lim_dis_ma", 0) / 1000,
-                           "discharge_src": s.get("lim_dis_src")}}
+                           "discharge_src": s.get("lim_dis_src")},
+                "gateway": self.gateway}
 
     def _publish_status(self):
         if self.mqtt is None:
@@ -454,13 +485,17 @@ class Gateway:
 
     def __init__(self, stations, *, csms_url, config_dir, log_dir, state_dir, mqtt_url=None,
                  max_version="2.1", security_profile=None, meter_interval_s=60.0, tel_batch=5,
-                 backoff=None, handshake_timeout_s=10.0, allow_file_updates=False):
+                 backoff=None, handshake_timeout_s=10.0, allow_file_updates=False, gateway_id=None):
         stations = list(stations)
         if not stations:
             raise ValueError("no stations to serve")
+        self.gateway_id = check_station_id(gateway_id or default_gateway_id())
         seen = set()
         for station_id, _ in stations:
             check_station_id(station_id)
+            if station_id == GATEWAY_TOPIC_ID:
+                raise ValueError(f"station id {station_id!r} is reserved: v2g/{GATEWAY_TOPIC_ID}/ carries "
+                                 "the gateways' own status")
             if station_id in seen:
                 raise ValueError(f"station id {station_id!r} is given twice: each controller needs its own id")
             seen.add(station_id)
@@ -480,14 +515,23 @@ class Gateway:
             self.clog.event("-", "WARNING", msg)
             log.warning("%s", msg)
         self.mqtt = None
+        self.station_ids = [s for s, _ in stations]
+        self.multi = len(stations) > 1
         if mqtt_url:
-            from host_tools.bridge.mqtt_app import MqttApp
+            from host_tools.bridge.mqtt_app import MqttApp, gateway_topic, topic
+            # One Will per MQTT connection. One station: its own status topic says "bridge
+            # offline". Several: the gateway's topic does, and each station's status names
+            # the gateway, so an app watching a station knows which Will covers it.
+            if self.multi:
+                will = (gateway_topic(self.gateway_id), self.gateway_doc(False))
+            else:
+                will = (topic(stations[0][0], "status"), will_status(stations[0][0]))
             self.mqtt = MqttApp(mqtt_url, ca_file=cfgdir.file_or_none(d, "mqtt_ca.pem"),
                                 cert_file=cfgdir.file_or_none(d, "mqtt_client_cert.pem"),
                                 key_file=cfgdir.file_or_none(d, "mqtt_client_key.pem"),
                                 password=mqtt_pw, clog=self.clog,
-                                client_id=f"v2g-bridge-{os.getpid()}",
-                                will_stations=[s for s, _ in stations][:1] if len(stations) == 1 else ())
+                                client_id=f"v2g-bridge-{self.gateway_id}-{os.getpid()}", will=will)
+            self.mqtt.on_connected.append(self._mqtt_connected)
         self.bridges = []
         try:
             for station_id, link_url in stations:
@@ -497,9 +541,24 @@ class Gateway:
                     meter_interval_s=meter_interval_s, tel_batch=tel_batch,
                     backoff=backoff() if backoff else None, handshake_timeout_s=handshake_timeout_s,
                     allow_file_updates=allow_file_updates))
+                if self.multi:
+                    self.bridges[-1].gateway = self.gateway_id
         except BaseException:
             self.close()
             raise
+
+    def gateway_doc(self, online):
+        return {"gateway": self.gateway_id, "online": online,
+                "reason": None if online else BRIDGE_OFFLINE, "stations": self.station_ids}
+
+    def _mqtt_connected(self):
+        """(Re)connected to the broker: the retained statuses may be a Will's; publish ours."""
+        if self.multi:
+            from host_tools.bridge.mqtt_app import gateway_topic
+            self.mqtt.publish_to(gateway_topic(self.gateway_id), self.gateway_doc(True), qos=1, retain=True)
+        for b in self.bridges:
+            b._last_status = None
+            b._publish_status()
 
     def close(self):
         """Release every station's state directory and the log."""
@@ -519,10 +578,16 @@ class Gateway:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.mqtt is not None:
+                # a clean stop sends no Will: every status goes offline here
                 for b in self.bridges:
                     b.online = False
+                    b.bridge_down = True
                     b._last_status = None
                     b._publish_status()
+                if self.multi:
+                    from host_tools.bridge.mqtt_app import gateway_topic
+                    self.mqtt.publish_to(gateway_topic(self.gateway_id), self.gateway_doc(False), qos=1,
+                                         retain=True)
                 await asyncio.sleep(0.3)   # let the offline statuses leave before disconnecting
                 self.mqtt.stop()
 

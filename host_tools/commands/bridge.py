@@ -48,10 +48,13 @@ BACKOFF_MAX_S = 3600.0
 @click.option("--allow-file-updates", is_flag=True,
               help="Accept file:// firmware locations in UpdateFirmware (a lab or a local mirror); "
                    "otherwise only http(s).")
+@click.option("--gateway-id", metavar="ID", default=None,
+              help="This gateway's name on MQTT (v2g/_gateway/ID/status, the Will of a site gateway). "
+                   "Default: the host name.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging on stderr.")
 def cli(link_url, csms_url, station_id, site_file, mqtt_url, max_version, security_profile, config_dir,
         log_dir, state_dir, meter_interval, tel_batch, retry_backoff, handshake_timeout, allow_file_updates,
-        verbose):
+        gateway_id, verbose):
     """Bridge a controller (or a site's controllers) to a CSMS over OCPP 2.0.1/2.1 and to the app over MQTT 5.
 
     Runs until SIGTERM or Ctrl-C. Events go to central_system.log in the log directory.
@@ -100,7 +103,7 @@ def cli(link_url, csms_url, station_id, site_file, mqtt_url, max_version, securi
                      mqtt_url=mqtt_url, max_version=max_version, security_profile=security_profile,
                      meter_interval_s=meter_interval, tel_batch=tel_batch,
                      backoff=lambda: Backoff(bmin, brange, int(brep)), handshake_timeout_s=handshake_timeout,
-                     allow_file_updates=allow_file_updates)
+                     allow_file_updates=allow_file_updates, gateway_id=gateway_id)
     except (cfgdir.ConfigDirError, StateDirLocked, ValueError, OSError) as e:
         raise click.ClickException(str(e)) from e
     try:

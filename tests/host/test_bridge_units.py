@@ -459,11 +459,30 @@ def test_availability_is_kept_across_a_restart_of_the_bridge(tmp_path):
     assert third.ctl.sent == []                   # an operative station leaves the controller alone
 
 
+def test_after_a_remote_stop_the_next_vehicle_charges_again(tmp_path):
+    st = _station(tmp_path)
+    st.ctl = _Ctl()
+
+    async def go():
+        st.on_sample({"cp": "C", "mode": "charging"}, 0.0)
+        assert (await st.on_RequestStopTransaction(st.tx["id"]))["status"] == "Accepted"
+        st.on_sample({"cp": "C", "mode": "idle"}, 1.0)     # same vehicle: no new transaction
+        assert not st.tx.get("id")
+        st.on_sample({"cp": "A", "mode": "idle"}, 2.0)     # it leaves: the session is enabled again
+        await asyncio.sleep(0.01)
+        st.on_sample({"cp": "B", "mode": "idle"}, 3.0)
+    asyncio.run(go())
+    assert st.ctl.sent == ["stop", "start"]
+    assert [m["eventType"] for m in st.queue.items()] == ["Started", "Ended", "Started"]
+
+
 def test_a_ws_csms_without_a_password_is_a_warning_at_start(tmp_path):
     from host_tools.bridge.service import Gateway
     cfg = tmp_path / "etc"
     cfg.mkdir(mode=0o750)
     kw = dict(csms_url="ws://127.0.0.1:9/ocpp", config_dir=cfg, state_dir=tmp_path / "st")
+    with pytest.raises(ValueError, match="reserved"):                 # the gateways' own topic level
+        Gateway([("_gateway", "/dev/null"), ("CS2", "/dev/null")], log_dir=tmp_path / "logx", **kw)
     Gateway([("CS1", "/dev/null")], log_dir=tmp_path / "log0", **kw).close()
     line = (tmp_path / "log0" / "central_system.log").read_text()
     assert " WARNING - CSMS ws://127.0.0.1:9/ocpp without security (profile 0)" in line
