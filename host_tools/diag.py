@@ -4,9 +4,10 @@
     print(diag.render(report))                 # the text output
 
 Everything comes from the running controller over its host link ("hello", and the
-commands diag, status, config_get, events); nothing is computed on the host but each
-setting's source (the settings file or the default) and the texts of the error codes,
-both from the firmware's own tables. A section the firmware does not report is shown as
+commands diag, status, config_get, events, fota_report); nothing is computed on the host but
+each setting's source (the settings file or the default), the texts of the error codes, both
+from the firmware's own tables, the bus counters the firmware leaves out because they are
+zero, and this host's own link counters. A section the firmware does not report is shown as
 NOT_REPORTED rather than guessed.
 """
 
@@ -15,7 +16,7 @@ import sys
 import time
 
 from host_tools import flash, vm
-from host_tools.link import LinkClient, LinkError
+from host_tools.link import LinkClient, LinkError, LinkTimeout, new_txn
 
 NOT_REPORTED = "not reported by this firmware yet"
 SECTIONS = ("firmware", "config", "limits", "errors", "events", "statistics", "update")
@@ -41,6 +42,56 @@ def error_text(code):
         return ""
 
 
+# The bus tasks' counters (firmware/app/meter.py MeterTask.stats, firmware/app/canbus.py
+# report): the firmware leaves counters at zero out of its answer to fit one frame; the report
+# shows every known counter, zeros included, so "none" is visible as 0 rather than absent.
+METER_COUNTERS = ("snap_ok", "snap_failed", "frames_ok", "timeouts", "crc_errors", "wrong_unit",
+                  "bad_length", "bad_function", "stray_bytes", "overruns", "bad_values")
+CAN_COUNTERS = ("rx", "rx_ok", "tx", "tx_refused", "bad_dlc", "unknown_id", "bad_checksum",
+                "bad_range", "counter_stuck", "counter_skip", "saturated", "bms_faults",
+                "bms_fault_bits")
+
+
+def with_zeros(section, names):
+    """A counter section with every known counter; a text (e.g. 'plant model') stays as is."""
+    if not isinstance(section, dict):
+        return section
+    out = {n: section.get(n, 0) for n in names}
+    out.update(section)
+    return out
+
+
+class _Counted:
+    """The host link with the tries that got no answer counted: host_tools.link retries a
+    command with the same txn but keeps no count of unanswered tries, so the report does
+    its own retries (the same txn, so a command is never applied twice) and counts them."""
+
+    def __init__(self, lk, timeout, retries=2):
+        self.lk = lk
+        self.timeout = timeout
+        self.retries = retries
+        self.timeouts = 0
+
+    def hello(self):
+        for attempt in range(self.retries + 1):
+            try:
+                return self.lk.hello(timeout=self.timeout)
+            except LinkTimeout:
+                self.timeouts += 1
+                if attempt == self.retries:
+                    raise
+
+    def command(self, op, args=None):
+        txn = new_txn()
+        for attempt in range(self.retries + 1):
+            try:
+                return self.lk.command(op, args or {}, txn=txn, timeout=self.timeout, retries=0)
+            except LinkTimeout:
+                self.timeouts += 1
+                if attempt == self.retries:
+                    raise
+
+
 def _cmd(lk, op, args=None):
     r = lk.command(op, args or {})
     if not r.ok:
@@ -61,15 +112,16 @@ def fetch_events(lk):
 def collect(url, timeout=3.0):
     """Ask the controller on url (its host-link port) for everything in the report."""
     try:
-        with LinkClient(url, heartbeat_s=None) as lk:
-            hello = lk.hello(timeout=timeout)
+        with LinkClient(url, heartbeat_s=None) as client:
+            lk = _Counted(client, timeout)
+            hello = lk.hello()
             d = _cmd(lk, "diag")
             status = _cmd(lk, "status")
             cfg = _cmd(lk, "config_get")
             events = fetch_events(lk)
             upd = lk.command("fota_report")
             update = upd.data if upd.ok else NOT_REPORTED
-            host_stats = lk.stats
+            host_stats = dict(client.stats, timeouts=lk.timeouts)
     except LinkError as e:
         raise DiagError("no answer from the controller on {}: {}".format(url, e)) from None
     board = d.get("board") or hello.get("board")
@@ -83,6 +135,7 @@ def collect(url, timeout=3.0):
                "default": defaults.get(k)} for k in sorted(values)]
     limits = d.get("limits", {})
     active = d.get("errors", [])
+    buses = d.get("buses", {}) if isinstance(d.get("buses"), dict) else {}
     return {
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "port": url,
@@ -100,8 +153,10 @@ def collect(url, timeout=3.0):
         "events": [_event(e) for e in events],
         "statistics": {"link_controller": d.get("link", NOT_REPORTED),
                        "link_host": host_stats,
-                       "meter": d.get("buses", {}).get("meter", NOT_REPORTED),
-                       "can": d.get("buses", {}).get("can", NOT_REPORTED)},
+                       "meter": with_zeros(buses.get("meter", NOT_REPORTED), METER_COUNTERS),
+                       "can": with_zeros(buses.get("can", NOT_REPORTED), CAN_COUNTERS),
+                       # what the board's HAL adds: port drivers, sensors
+                       "board": {k: v for k, v in buses.items() if k not in ("meter", "can")}},
         "update": update,
         "status": status,
     }
@@ -153,6 +208,9 @@ def render(r):
     out += _kv(st["meter"], "    ")
     out += ["  CAN (VCU/BMS):"]
     out += _kv(st["can"], "    ")
+    for name, section in st.get("board", {}).items():
+        out += ["  board, {}:".format(name)]
+        out += _kv(section, "    ")
     out += ["", "[update]"]
     out += _kv(r["update"])
     return "\n".join(out) + "\n"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import serial
 
+from host_tools import diag as D
 from vboard_fixture import RunningBoard
 
 V2G_DIAG = str(Path(sys.executable).with_name("v2g-diag"))
@@ -72,6 +73,49 @@ def test_json_report_matches_the_controller(charging):
     assert r["statistics"]["link_controller"]["frames_ok"] >= 4
     assert r["statistics"]["link_host"]["frames_ok"] >= 4
     assert r["update"]["running"] == "factory" and r["update"]["pending"] is None
+
+
+def test_bus_counters_at_zero_are_shown_and_host_link_counts_timeouts(charging):
+    r = json.loads(diag(charging, "--all", "--json"))
+    can = r["statistics"]["can"]
+    assert set(D.CAN_COUNTERS) <= set(can)                              # every counter
+    assert can["tx"] > 0 and can["bad_checksum"] == 0 and can["tx_refused"] == 0
+    assert "bms_age_ms" in can
+    host = r["statistics"]["link_host"]
+    assert host["timeouts"] == 0 and host["crc_errors"] == 0 and host["frames_ok"] >= 5
+    assert r["statistics"]["board"]["can_port"]["vehicle"] == "plant"
+    out = diag(charging, "--all")
+    assert "    bad_checksum       0" in out and "    timeouts           0" in out
+    assert "  board, can_port:" in out
+
+
+def test_zero_fill_keeps_texts_and_extra_keys():
+    assert D.with_zeros("plant model", D.METER_COUNTERS) == "plant model"
+    got = D.with_zeros({"timeouts": 3, "failure": "meter unit 1: timeout"}, D.METER_COUNTERS)
+    assert got["timeouts"] == 3 and got["crc_errors"] == 0 and got["snap_ok"] == 0
+    assert list(got)[-1] == "failure"
+
+
+def test_unanswered_tries_are_counted_and_retried_with_the_same_txn():
+    from host_tools.link import CommandResult, LinkTimeout
+
+    class Silent:
+        def __init__(self, misses):
+            self.misses, self.txns = misses, []
+
+        def command(self, op, args, txn, timeout, retries):
+            self.txns.append(txn)
+            if len(self.txns) <= self.misses:
+                raise LinkTimeout("no result")
+            return CommandResult(txn, True, None, "ok", {})
+
+    lk = D._Counted(Silent(2), 0.1)
+    assert lk.command("diag").ok and lk.timeouts == 2
+    assert len(set(lk.lk.txns)) == 1                   # a retry never applies a command twice
+    dead = D._Counted(Silent(9), 0.1)
+    with pytest.raises(LinkTimeout):
+        dead.command("diag")
+    assert dead.timeouts == 3
 
 
 def test_summary_without_all(charging):
