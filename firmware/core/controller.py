@@ -49,8 +49,8 @@ CONTACTOR_SETTLE_MS = const(500)    # feedback must follow the command within th
 WELD_CURRENT_MA = const(2000)       # current with the contactor open that means welded
 SOFT_OPEN_MA = const(1000)          # a normal stop opens once the current is below this
 SOFT_OPEN_MS = const(1000)          # ... or after this long
-RAMP_MA_PER_S = const(10000)
-DROOP_WAKE_MA = const(1000)         # a droop response this large wakes an EV holding at target        # current increases at most 10 A/s (no steps)
+RAMP_MA_PER_S = const(10000)        # setpoint-driven current increases at most 10 A/s (no steps)
+DROOP_WAKE_MA = const(1000)         # a droop response this large wakes an EV holding at target
 DEFAULT_CABLE_MA = const(13000)     # PP unknown: smallest IEC 62196 cable rating
 _MAX_DT_MS = const(1000)
 _TICKS_MASK = const(0x3FFFFFFF)     # ages computed modulo 2**30, like time.ticks_diff
@@ -491,32 +491,33 @@ class Controller:
             self._cmd_since = now_ms
         o.contactor = close
 
-        # ---- current request (ramped up, cut down at once)
-        desired = 0
+        # ---- current request
+        # Two parts. The setpoint part (toward lc / -ld) ramps up at RAMP_MA_PER_S and is cut
+        # down at once; a change of direction goes through zero. The grid's frequency
+        # response (droop) is added without that ramp: the grid module already shapes it to
+        # reach 90 % within FREQ_RESPONSE_S, and a second ramp would hold a reduction that
+        # crosses zero, a reversal or a wake from holding for seconds.
+        base = 0
+        grid_part = 0
         if want and close and inp.contactor_closed:
+            grid_part = droop
             if self._droop_flow:
-                desired = droop          # only what the grid asks, from holding
+                base = 0                 # only what the grid asks, from holding
             elif direction == S.CHARGE:
-                desired = lc + droop
+                base = lc
             else:
-                desired = -ld + droop
-            if desired > lc:
-                desired = lc
-            if desired < -ld:
-                desired = -ld
-            if no_reverse and desired < 0:
-                desired = 0
+                base = -ld
         cur = self._req
-        if (cur > 0 and desired < 0) or (cur < 0 and desired > 0):
+        if (cur > 0 and base < 0) or (cur < 0 and base > 0):
             cur = 0
-        elif (cur >= 0 and desired <= cur and desired >= 0) or (cur <= 0 and desired >= cur and desired <= 0):
-            cur = desired
+        elif (cur >= 0 and base <= cur and base >= 0) or (cur <= 0 and base >= cur and base <= 0):
+            cur = base
         else:
             stepma = RAMP_MA_PER_S * dt // 1000
-            if desired > cur:
-                cur = cur + stepma if cur + stepma < desired else desired
+            if base > cur:
+                cur = cur + stepma if cur + stepma < base else base
             else:
-                cur = cur - stepma if cur - stepma > desired else desired
+                cur = cur - stepma if cur - stepma > base else base
         if cur > lc:
             cur = lc
         if cur < -ld:
@@ -524,6 +525,15 @@ class Controller:
         if not close:
             cur = 0
         self._req = cur
+        cur += grid_part
+        if cur > lc:
+            cur = lc
+        if cur < -ld:
+            cur = -ld
+        if no_reverse and cur < 0:
+            cur = 0
+        if not close:
+            cur = 0
         o.request_ma = cur
 
         # ---- pilot duty

@@ -369,3 +369,45 @@ def test_ticks_report_the_discharge_capacity(runs, demo):
         # (SoC - floor) x capacity; the BMS reading may lag the plant by one 0.1 % step
         want = max(0.0, (t["soc_pct"] - floor) / 100 * cap_wh)
         assert abs(t["discharge_capacity_wh"] - want) <= cap_wh / 1000 + 1, t
+
+
+# ---------------------------------------------------------------- frequency response
+
+FREQ_RESPONSE_S = 0.5    # shared spec config.md default, set explicitly below
+
+
+def _freq_run(events):
+    doc = {"version": 1, "duration_s": 30, "vm": "cpython",
+           "config": {"GRID_PROFILE": "EN50549_50HZ", "NOMINAL_VOLTAGE_V": 230, "METER_POLL_MS": 100,
+                      "FREQ_RESPONSE_S": FREQ_RESPONSE_S, "MIN_SOC_THRESHOLD": 20, "RESERVE_MARGIN": 20,
+                      "V2G_AVAILABLE_MARGIN": 2},
+           "ev": {"capacity_kwh": 60.0, "soc_pct": 50.0},
+           "grid": {"voltage_v": 230.0, "frequency_hz": 50.0},
+           "at": [{"t_s": 1, "do": "plug"}, {"t_s": 2, "do": "ev_ready"}] + events}
+    return sim.simulate(sc.validate(doc, "freq-mem.toml"), vm="cpython")
+
+
+@pytest.mark.parametrize("case, before_events, hz, sign", [
+    # charging at 32 A; under-frequency lowers the charge
+    ("reduction", [], 49.0, "charge"),
+    # charging at 8 A; a deeper dip turns the flow into discharge
+    ("reversal", [{"t_s": 3, "do": "limit", "charge_a": 8, "discharge_a": 32}], 48.6, "discharge"),
+    # holding at the SoC target; under-frequency wakes the EV as a source
+    ("wake", [{"t_s": 3, "do": "setpoint", "soc_target_pct": 50, "txn": "hold-1"}], 49.0, "discharge"),
+])
+def test_frequency_step_reaches_90_percent_within_freq_response_s(case, before_events, hz, sign):
+    t_step = 20000      # on a meter poll (every 100 ms): the step is read in the same control step
+    r = _freq_run(before_events + [{"t_s": t_step / 1000, "do": "grid", "frequency_hz": hz}])
+    ticks = r.ticks()
+    old = [t for t in ticks if t["t_ms"] < t_step][-1]["request_a"]
+    new = [t for t in ticks if t["t_ms"] <= t_step + 5000][-1]["request_a"]
+    assert (new < 0) == (sign == "discharge") and abs(new - old) >= 5.0, (old, new)
+    if case == "reduction":
+        assert old == 32.0 and 0 < new < old
+    elif case == "reversal":
+        assert old == 8.0
+    else:
+        assert old == 0.0
+    reached = next(t["t_ms"] for t in ticks
+                   if t["t_ms"] >= t_step and abs(t["request_a"] - old) >= 0.9 * abs(new - old))
+    assert reached - t_step <= FREQ_RESPONSE_S * 1000, (case, old, new, reached - t_step)
