@@ -4,7 +4,13 @@
 2. the controller's verifier, core.manifest.verify_bundle (pure Python P-256 and the
    firmware CBOR decoder), run here under CPython;
 3. an independent COSE implementation, pycose, which checks that what we produce is
-   a standard COSE_Sign1 and that its signature verdicts agree with ours.
+   a standard COSE_Sign1 and that its signature verdicts agree with ours;
+4. a second independent check written here straight from RFC 9052 with cryptography:
+   the Sig_structure built by hand with cbor2, alg taken from the protected header only,
+   protected and unprotected labels disjoint, the raw r || s signature verified. pycose
+   needs the outer item decoded for it (see pycose_verdict) and accepts alg from the
+   unprotected header, so it alone would not catch those two things.
+Every bundle these tests sign goes through checks 3 and 4 (signed()).
 """
 
 import hashlib
@@ -15,8 +21,10 @@ import stat
 import cbor2
 import pytest
 from click.testing import CliRunner
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pycose.keys import EC2Key, OKPKey
 from pycose.messages import Sign1Message
 
@@ -52,7 +60,7 @@ def fw_key(key):
 
 @pytest.fixture(scope="module")
 def good(key):
-    return bundle.sign(key, COMPONENTS, SEQ, "2.1.0", "sim", security_counter=SC)
+    return signed(key, COMPONENTS, SEQ, "2.1.0", "sim", security_counter=SC)
 
 
 # ------------------------------------------------------------------ helpers
@@ -93,6 +101,69 @@ def pycose_verdict(cose_bytes, key):
         return msg.verify_signature()
     except Exception:  # pycose raises for malformed signatures instead of returning False
         return False
+
+
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551   # SEC 2 / FIPS 186-4
+
+
+def rfc9052_verdict(cose_bytes, key):
+    """Independent verdict on a COSE_Sign1 straight from RFC 9052, without pycose and without
+    signing.bundle: tag 18 with 4 items (section 4.2); the protected header a bstr holding a
+    map, with alg (label 1) in it, labels disjoint from the unprotected map (section 3);
+    Sig_structure = ["Signature1", body_protected, external_aad = h'', payload] (section
+    4.4); ES256 (-7, RFC 9053 2.1) a 64-byte r || s with 0 < r, s < n verified over SHA-256,
+    EdDSA (-8, RFC 9053 2.2) Ed25519. False for anything else."""
+    try:
+        tag = cbor2.loads(cose_bytes)
+    except Exception:  # noqa: BLE001 - not CBOR at all
+        return False
+    if not isinstance(tag, cbor2.CBORTag) or tag.tag != 18 or len(tag.value) != 4:
+        return False
+    protected, unprotected, payload, sig = tag.value
+    if not isinstance(protected, bytes) or not isinstance(payload, bytes) or not isinstance(sig, bytes):
+        return False
+    try:
+        prot_map = cbor2.loads(protected) if protected else {}
+    except Exception:  # noqa: BLE001
+        return False
+    if not hasattr(prot_map, "keys") or not hasattr(unprotected, "keys"):
+        return False
+    if set(prot_map.keys()) & set(unprotected.keys()):
+        return False
+    alg = prot_map.get(1)
+    to_be_signed = cbor2.dumps(["Signature1", protected, b"", payload])
+    pub = keys.as_public(key)
+    try:
+        if alg == -7 and isinstance(pub, ec.EllipticCurvePublicKey):
+            if len(sig) != 64:
+                return False
+            r = int.from_bytes(sig[:32], "big")
+            s = int.from_bytes(sig[32:], "big")
+            if not (0 < r < P256_N and 0 < s < P256_N):
+                return False
+            pub.verify(encode_dss_signature(r, s), to_be_signed, ec.ECDSA(hashes.SHA256()))
+            return True
+        if alg == -8 and isinstance(pub, ed25519.Ed25519PublicKey):
+            pub.verify(sig, to_be_signed)
+            return True
+    except InvalidSignature:
+        return False
+    return False
+
+
+def independent_verdicts(data, key):
+    cose, _ = bundle.split(data)
+    return pycose_verdict(cose, key), rfc9052_verdict(cose, key)
+
+
+def signed(key, *args, **kw):
+    """bundle.sign, with both independent checks required to accept what it made, and the
+    Sig_structure it signed equal to the one RFC 9052 defines."""
+    data = bundle.sign(key, *args, **kw)
+    assert independent_verdicts(data, key) == (True, True)
+    v = cbor2.loads(bundle.split(data)[0]).value
+    assert bundle.sig_structure(v[0], v[2]) == cbor2.dumps(["Signature1", v[0], b"", v[2]])
+    return data
 
 
 def resign(key, protected_map, unprotected, payload, signer=None):
@@ -140,15 +211,15 @@ def test_good_bundle_passes_all_three(good, key, fw_key):
     fman = fw_manifest.verify_bundle(good, fw_key, SIM, SEQ - 1, SC)
     assert fman.seq == SEQ and [c.size for c in fman.components] == [len(b) for _, b in COMPONENTS]
     cose, _ = bundle.split(good)
-    assert pycose_verdict(cose, key) is True
+    assert pycose_verdict(cose, key) is True and rfc9052_verdict(cose, key) is True
 
 
 def test_ed25519_bundle_host_and_pycose(fw_key):
     k = keys.generate(keys.ED25519)
-    data = bundle.sign(k, COMPONENTS, SEQ, "2.1.0", "sim")
+    data = signed(k, COMPONENTS, SEQ, "2.1.0", "sim")
     assert bundle.verify(data, k.public_key())["alg"] == "EdDSA"
     cose, _ = bundle.split(data)
-    assert pycose_verdict(cose, k) is True
+    assert pycose_verdict(cose, k) is True and rfc9052_verdict(cose, k) is True
     # the controller verifies ES256 only and says so
     fw_fails(data, fw_key, "alg", sc=0)
 
@@ -211,7 +282,7 @@ def test_wrong_key(good, other_key, fw_key):
     host_fails(good, other_key, "kid")
     fw_fails(good, p256.PublicKey(keys.device_public_key(other_key)), "kid")
     cose, _ = bundle.split(good)
-    assert pycose_verdict(cose, other_key) is False
+    assert pycose_verdict(cose, other_key) is False and rfc9052_verdict(cose, other_key) is False
 
 
 def test_kid_of_the_right_key_but_signed_by_another(good, key, other_key, fw_key):
@@ -219,7 +290,7 @@ def test_kid_of_the_right_key_but_signed_by_another(good, key, other_key, fw_key
     data = with_cose(good, cose)
     host_fails(data, key, "signature")
     fw_fails(data, fw_key, "signature")
-    assert pycose_verdict(cose, key) is False
+    assert pycose_verdict(cose, key) is False and rfc9052_verdict(cose, key) is False
 
 
 def test_unknown_kid(good, key, fw_key):
@@ -260,6 +331,7 @@ def test_bit_flip_anywhere(good, key, fw_key):
                 except Exception:  # no longer decodable at all
                     verdict = False
                 assert verdict is False, (name, pos)
+                assert rfc9052_verdict(cose, key) is False, (name, pos)
 
 
 def test_manifest_edited_after_signing(good, key, fw_key):
@@ -273,7 +345,7 @@ def test_manifest_edited_after_signing(good, key, fw_key):
     data = with_cose(good, forged)
     host_fails(data, key, "signature")
     fw_fails(data, fw_key, "signature")
-    assert pycose_verdict(forged, key) is False
+    assert pycose_verdict(forged, key) is False and rfc9052_verdict(forged, key) is False
 
 
 def test_alg_only_in_unprotected_header(good, key, fw_key):
@@ -281,10 +353,16 @@ def test_alg_only_in_unprotected_header(good, key, fw_key):
     data = with_cose(good, cose)
     host_fails(data, key, "alg")
     fw_fails(data, fw_key, "alg")
-    # alg in both places is refused too: nothing unprotected is trusted
+    # the RFC 9052 check refuses it; pycose takes alg from the unprotected header and says
+    # the signature is good (why it is not the only independent check)
+    assert rfc9052_verdict(cose, key) is False
+    assert pycose_verdict(cose, key) is True
+    # alg in both places is refused too: nothing unprotected is trusted (RFC 9052 section 3:
+    # the two buckets must not share a label)
     cose = resign(key, {1: -7, 4: keys.key_id(key)}, {1: -7}, payload_of(good))
     host_fails(with_cose(good, cose), key, "alg")
     fw_fails(with_cose(good, cose), fw_key, "alg")
+    assert rfc9052_verdict(cose, key) is False
 
 
 @pytest.mark.parametrize("r_s", ["r0", "s0", "rn", "sn", "rmax", "smax"])
@@ -295,11 +373,12 @@ def test_r_or_s_zero_or_not_below_n(good, key, fw_key, r_s):
     s = int.from_bytes(sig[32:], "big")
     r, s = {"r0": (0, s), "s0": (r, 0), "rn": (p256.N, s), "sn": (r, p256.N),
             "rmax": ((1 << 256) - 1, s), "smax": (r, (1 << 256) - 1)}[r_s]
+    assert P256_N == p256.N
     bad_cose = cose[:-64] + r.to_bytes(32, "big") + s.to_bytes(32, "big")
     data = with_cose(good, bad_cose)
     host_fails(data, key, "signature")
     fw_fails(data, fw_key, "signature")
-    assert pycose_verdict(bad_cose, key) is False
+    assert pycose_verdict(bad_cose, key) is False and rfc9052_verdict(bad_cose, key) is False
     # r + n (same x mod n) is also refused when it still fits 256 bits
     if r_s == "r0":
         r1 = int.from_bytes(sig[:32], "big") + p256.N
@@ -345,7 +424,7 @@ def test_wrong_board(good, key, fw_key):
 
 
 def test_digest_mismatch(key, fw_key):
-    data = bundle.sign(key, COMPONENTS, SEQ, "2.1.0", "sim", security_counter=SC)
+    data = signed(key, COMPONENTS, SEQ, "2.1.0", "sim", security_counter=SC)
     bad = bytearray(data)
     bad[-1] ^= 0x80  # last byte of board/hal.mpy: same length, other content
     e = host_fails(bytes(bad), key, "digest")
@@ -382,7 +461,7 @@ def test_oversize(key, fw_key):
     host_fails(data, key, "size")
     fw_fails(data, fw_key, "size")
     # a smaller slot on the device
-    ok = bundle.sign(key, COMPONENTS, SEQ, "2.1.0", "sim", security_counter=SC)
+    ok = signed(key, COMPONENTS, SEQ, "2.1.0", "sim", security_counter=SC)
     fw_fails(ok, fw_key, "size", capacity=1000)
     host_fails(ok, key, "size", max_total=1000)
     # too many components
@@ -473,6 +552,7 @@ def test_cli_keygen_sign_verify(tmp_path):
         str(fw / "main.py"), str(fw / "core" / "x.py")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "u.hex").read_text().startswith(":")
+    assert independent_verdicts(out.read_bytes(), keys.load_public(tmp_path / "k.pub.pem")) == (True, True)
     res = runner.invoke(verify_cmd.cli, ["--key", str(tmp_path / "k.pub.pem"), str(out), "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
@@ -517,6 +597,7 @@ def test_cli_ed25519_and_bad_arguments(tmp_path):
     assert res.exit_code == 0, res.output
     # signed, but the controller cannot verify it: said on stderr
     assert "verifies ES256 only" in res.stderr and "warning" not in res.stdout
+    assert independent_verdicts((tmp_path / "o").read_bytes(), keys.load_public(tmp_path / "e.pub.pem")) == (True, True)
     res = runner.invoke(verify_cmd.cli, ["--key", str(tmp_path / "e.pub.pem"), str(tmp_path / "o")])
     assert res.exit_code == 0 and "EdDSA" in res.output
     for args, words in (
@@ -552,6 +633,7 @@ def test_cli_hex_beside_the_bundle_and_partition_checked(tmp_path):
     from intelhex import IntelHex
     ih = IntelHex(str(tmp_path / "u.hex"))
     assert ih.minaddr() == start and ih.tobinstr(start=start, size=len(out.read_bytes())) == out.read_bytes()
+    assert independent_verdicts(out.read_bytes(), keys.load_public(tmp_path / "k.pub.pem")) == (True, True)
     # --hex-out alone: placed at the board's partition
     res = runner.invoke(sign_cmd.cli, base + ["--hex-out", str(tmp_path / "p.hex"), "-o", str(tmp_path / "p"),
                                               str(tmp_path / "a.py")])
