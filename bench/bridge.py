@@ -11,8 +11,13 @@ Set-up, all on loopback:
   (firmware/core/link.py): they answer hello, heartbeat and commands, nothing else.
   1,000 MicroPython VMs would not fit this machine; the bridge cannot tell the difference
   on the wire.
-- paced run: profiles sent round-robin at a fixed rate (latency p50/p99);
-  burst run: one profile to every station at once (messages per second).
+- paced run: profiles sent round-robin at a fixed rate (latency p50/p99); the goal
+  row (p99 < 100 ms at 1,000 controllers) holds at this load, 100 profiles/s;
+  burst run: one profile to every station at once (messages per second, p99), no goal.
+
+Left out: MQTT (no broker, no app channel), TLS towards the CSMS (ws://, profile 0),
+the MicroPython VM and its serial link, and the controllers' telemetry traffic, which
+on a real site shares the bridge's loop with these frames.
 """
 
 import asyncio
@@ -229,18 +234,24 @@ def _raise_fd_limit(want):
 
 
 def rows():
+    """Two loads per size. Paced: `rate` profiles a second spread round-robin over the
+    stations (at 1,000 stations each one gets a profile every 10 s): a CSMS adjusting a site
+    bit by bit. The issue's goal (p99 < 100 ms at 1,000) is judged at that load. Burst: one
+    profile to every station at the same instant (a site-wide curtailment): reported, no goal,
+    since the last of 1,000 frames waits behind the other 999 by design of one process."""
     out = []
     for n, rate in ((100, 50), (1000, 100)):
         r = measure(n, rate)
         p50, p99 = _pct(r["lat"], 50), _pct(r["lat"], 99)
-        goal = f"< {GOAL_P99_MS:g} ms" if n == 1000 else ""
-        tag = f"{n} controllers (in-process link endpoints), {rate}/s paced"
+        tag = f"{n} fake controllers, paced {rate} profiles/s round-robin"
+        goal = f"< {GOAL_P99_MS:g} ms at {rate}/s paced, none lost" if n == 1000 else ""
         out.append((f"SetChargingProfile -> link frame p50, {tag}", round(p50, 1), "ms", "", None))
         out.append((f"SetChargingProfile -> link frame p99, {tag}", round(p99, 1), "ms", goal,
                     (p99 < GOAL_P99_MS and r["lost"] == 0) if n == 1000 else None))
-        out.append((f"profiles turned into link frames, {n} controllers, burst", round(r["burst_rate"]), "msg/s", "",
-                    None))
-        out.append((f"burst p99, {n} controllers (all at once)", round(r["burst_p99"], 1), "ms", "", None))
+        out.append((f"burst: profiles turned into link frames per s, {n} controllers all at once",
+                    round(r["burst_rate"]), "msg/s", "informational", None))
+        out.append((f"burst: SetChargingProfile -> link frame p99, {n} controllers all at once",
+                    round(r["burst_p99"], 1), "ms", "informational (no goal)", None))
     return out
 
 
