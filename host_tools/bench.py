@@ -327,6 +327,15 @@ class Vehicle:
         self.bad_sent += 1
 
 
+def nominal_hz(profile):
+    """The nominal frequency of a GRID_PROFILE: its name ends in _50HZ or _60HZ."""
+    if isinstance(profile, str):
+        for suffix, hz in (("_50HZ", 50.0), ("_60HZ", 60.0)):
+            if profile.endswith(suffix):
+                return hz
+    raise BenchError("the controller's GRID_PROFILE {!r} names no nominal frequency (_50HZ or _60HZ)".format(profile))
+
+
 def checksum(d, can_id):
     s = (can_id & 0xFF) + (can_id >> 8) + sum(d[:7])
     return (s & 0xFF) ^ 0xFF
@@ -613,6 +622,10 @@ class Bench:
         self.log = log or (lambda line: None)
         self.settle_s = settle_s
         self.result = Result(sc)
+        # the grid the bench's meter reports: the controller's nominal values (read in _setup)
+        self.grid_v = None
+        self.grid_hz = None
+        self._grid_ramp = None      # (t0, v0, hz0, t1, v1, hz1) while a grid_ramp runs
         self._lock = threading.Lock()
         self._latest = {}
         self._errors = None
@@ -679,7 +692,8 @@ class Bench:
 
         sc = self.sc
         self.db = cantools.database.load_file(str(DBC))
-        nominal_v = float(sc["config"].get("NOMINAL_VOLTAGE_V", 230))
+        # until _setup reads the controller's setting: the scenario's, else the spec default
+        nominal_v = float(sc["config"].get("NOMINAL_VOLTAGE_V", 240))
         res = self.result
         metersim = None
         plant = None
@@ -722,7 +736,7 @@ class Bench:
                 vehicle.next_fast = vehicle.next_info = 0.0   # the run's clock starts again
                 with self._lock:
                     res.events.clear()
-                self._loop(lk, vehicle, metersim, plant, nominal_v)
+                self._loop(lk, vehicle, metersim, plant)
                 stop.set()
                 reader.join(1)
         except LinkError as e:
@@ -744,6 +758,7 @@ class Bench:
             r = lk.command("config_set", dict(self.sc["config"]))
             if not r.ok:
                 raise BenchError("the controller refused [config]: {} {}".format(r.code, r.msg))
+        self._read_nominal(lk, vehicle)
         r = lk.command("telemetry", {"period_ms": 200, "batch": 1})
         if not r.ok:
             raise BenchError("telemetry settings refused: {}".format(r.msg))
@@ -758,20 +773,53 @@ class Bench:
                 return
             time.sleep(0.05)
         raise BenchError("the controller is not ready after {:g} s (active: {}); V2G-507 needs "
-                         "GRID_ENTER_SERVICE_DELAY_S in [config] or a longer wait".format(
-                             self.settle_s, ", ".join(self._errors or ["no telemetry"])))
+                         "GRID_ENTER_SERVICE_DELAY_S in [config] or a longer wait{}".format(
+                             self.settle_s, ", ".join(self._errors or ["no telemetry"]),
+                             "" if metersim is None else "; the bench's meter reports {:g} V {:g} Hz".format(
+                                 vehicle.grid_v, self.grid_hz)))
+
+    def _read_nominal(self, lk, vehicle):
+        """The grid the controller expects, from its settings in force: the bench's meter
+        reports it (unless [vehicle] grid_voltage_v says otherwise), so that a controller on
+        its defaults (60 Hz, 240 V) is not held in V2G-507 by a meter showing 50 Hz."""
+        r = lk.command("config_get", {"keys": ["NOMINAL_VOLTAGE_V", "GRID_PROFILE"]})
+        if not r.ok:
+            raise BenchError("cannot read the controller's nominal grid (config_get): {} {}".format(r.code, r.msg))
+        vals = r.data.get("values", {})
+        volts, profile = vals.get("NOMINAL_VOLTAGE_V"), vals.get("GRID_PROFILE")
+        if isinstance(volts, bool) or not isinstance(volts, (int, float)) or not 50 <= volts <= 600:
+            raise BenchError("the controller's NOMINAL_VOLTAGE_V is not a usable voltage: {!r}".format(volts))
+        hz = nominal_hz(profile)
+        self.grid_v = float(volts)
+        self.grid_hz = hz
+        if "grid_voltage_v" not in self.sc["vehicle"]:
+            vehicle.grid_v = self.grid_v
+
+    def _grid_now(self, vehicle):
+        """(volts, hertz) the bench's meter reports now: nominal, or as grid events set it."""
+        ramp = self._grid_ramp
+        if ramp is None:
+            return vehicle.grid_v, self.grid_hz
+        t0, v0, f0, t1, v1, f1 = ramp
+        t = self._now()
+        if t >= t1:
+            self._grid_ramp = None
+            vehicle.grid_v, self.grid_hz = v1, f1
+            return v1, f1
+        k = (t - t0) / (t1 - t0)
+        return v0 + (v1 - v0) * k, f0 + (f1 - f0) * k
 
     def _feed_meter(self, metersim, vehicle):
         if metersim is None:
             return
-        v = vehicle.grid_v
+        v, hz = self._grid_now(vehicle)
         a = vehicle.amps
-        vals = {"v1": v, "i1": abs(a), "p1": v * a, "pf1": 1.0, "hz": 50.0}
+        vals = {"v1": v, "i1": abs(a), "p1": v * a, "pf1": 1.0, "hz": hz}
         if metersim.model == "SDM630":
             vals.update(v2=v, v3=v)
         metersim.update(**vals)
 
-    def _loop(self, lk, vehicle, metersim, plant, nominal_v):
+    def _loop(self, lk, vehicle, metersim, plant):
         sc = self.sc
         res = self.result
         events = list(sc["events"])
@@ -800,7 +848,19 @@ class Bench:
     def _act(self, ev, lk, vehicle, metersim, plant):
         do, args = ev["do"], ev["args"]
         note = ""
-        if do in PLANT_EVENTS:
+        if do in ("grid", "grid_ramp") and metersim is not None:
+            # the bench's meter is where the controller sees the grid: it follows the event
+            v0, f0 = self._grid_now(vehicle)
+            v1, f1 = args.get("voltage_v", v0), args.get("frequency_hz", f0)
+            if do == "grid":
+                self._grid_ramp = None
+                vehicle.grid_v, self.grid_hz = float(v1), float(f1)
+            else:
+                t = self._now()
+                self._grid_ramp = (t, v0, f0, t + args["over_s"], float(v1), float(f1))
+            note = "bench meter: {:g} V {:g} Hz{}".format(v1, f1, "" if do == "grid" else
+                                                         " over {:g} s".format(args["over_s"]))
+        elif do in PLANT_EVENTS:
             if plant is not None:
                 plant.write((json.dumps(dict(args, do=do)) + "\n").encode())
             else:

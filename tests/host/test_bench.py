@@ -110,3 +110,40 @@ def test_cli_exit_2_on_a_bad_scenario(tmp_path):
     proc = subprocess.run([*BENCH, str(p), "--link", "/dev/null", "--can-channel", "x"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "version" in proc.stderr
+
+
+def test_bench_plays_the_meter_on_the_rs485_port(tmp_path):
+    # --meter-port: the bench's pymodbus meter is the controller's only source of grid
+    # voltage and frequency. The board runs its default settings (IEEE 1547 Cat II, 60 Hz,
+    # 240 V), which no scenario line mentions: the bench must read them, not assume 50 Hz.
+    b = RunningBoard(tmp_path / "flash", "--ev-can", "external", "--meter", "external")
+    try:
+        sc = bench.load(ROOT / "scenarios" / "bench" / "meter_faults.toml")
+        assert "GRID_PROFILE" not in sc["config"] and "NOMINAL_VOLTAGE_V" not in sc["config"]
+        run = bench.Bench(sc, b.endpoints["link"], can_interface="slcan", can_channel=b.endpoints["can"],
+                          meter_port=b.endpoints["rs485"], plant=b.endpoints["plant"])
+        result = run.run()
+        assert result.setup_error is None, result.setup_error
+        assert result.passed, result.table()
+        assert (run.grid_v, run.grid_hz) == (240.0, 60.0)
+        good = [s for s in result.samples if s.get("grid_hz") is not None and s["t"] < 5]
+        assert good and all(s["grid_hz"] == 60.0 and s["grid_v"] == 240.0 for s in good)
+        # a grid event moves what the bench's meter reports: over-frequency trips the controller
+        trip = tmp_path / "trip.toml"
+        trip.write_text('version = 1\nduration_s = 5\n[config]\nGRID_ENTER_SERVICE_DELAY_S = 0\n'
+                        '[[at]]\nt_s = 1.0\ndo = "grid"\nfrequency_hz = 63.0\n'
+                        '[[expect]]\nname = "over-frequency trip"\nafter_s = 1\nevent = "V2G-505"\n'
+                        '[[expect]]\nname = "the controller sees 63 Hz"\nafter_s = 1.5\ngrid_hz = 63.0\n')
+        result = bench.Bench(bench.load(trip), b.endpoints["link"], can_channel=b.endpoints["can"],
+                             meter_port=b.endpoints["rs485"], plant=b.endpoints["plant"]).run()
+        assert result.setup_error is None and result.passed, result.table()
+        assert "bench meter: 240 V 63 Hz" in result.actions[0]["note"]
+    finally:
+        b.stop()
+
+
+def test_nominal_frequency_comes_from_the_profile_name():
+    assert bench.nominal_hz("EN50549_50HZ") == 50.0 and bench.nominal_hz("IEEE1547_CAT_II_60HZ") == 60.0
+    for bad in ("IEEE1547", None, 60):
+        with pytest.raises(bench.BenchError, match="names no nominal frequency"):
+            bench.nominal_hz(bad)
