@@ -9,7 +9,11 @@ An interactive prompt over the controller's host link (pyserial underneath host_
     config get [KEY ...]        settings (all, or the keys named)
     config set KEY=VALUE ...    change settings (validated by the controller: V2G-400 names the key)
     meter                       the latest meter reading and the RS-485 statistics
-    can [N]                     CAN monitor: BMS values from N telemetry samples and the bus statistics
+    can [N]                     CAN monitor: the BMS values the controller decoded (SoC, battery
+                                temperature, current request) from N telemetry samples, and
+                                the frame counters (received, sent, rejected by kind); the
+                                controller keeps no raw frames: watch those with an slcan adapter
+    clear                       clear a latched contactor fault (V2G-011) once its cause is gone
     update                      update slots and counters
     diag                        the full diagnostic report (as v2g-diag --all)
     help, quit
@@ -174,7 +178,8 @@ class Console:
 
     def do_meter(self, args):
         s = self._samples(1)[0]
-        stats = self.cmd("diag").data.get("buses", {}).get("meter", diag.NOT_REPORTED)
+        stats = diag.with_zeros(self.cmd("diag").data.get("buses", {}).get("meter", diag.NOT_REPORTED),
+                                diag.METER_COUNTERS)
         lines = ["current {}  voltage {:.1f} V  frequency {:.3f} Hz  power {} W".format(
             _fmt_ma(s.get("ma", 0)), s.get("mv", 0) / 1000, s.get("mhz", 0) / 1000, s.get("w")),
             "energy in {} Wh  out {} Wh".format(s.get("e_in_wh"), s.get("e_out_wh")),
@@ -188,8 +193,16 @@ class Console:
             rows.append("{:>9} {:>6.1f} {:>7.1f} {:>9}".format(
                 s.get("t_ms"), s.get("soc_pm", 0) / 10, s.get("bat_dc", 0) / 10, _fmt_ma(s.get("req_ma", 0))))
         stats = self.cmd("diag").data.get("buses", {}).get("can", diag.NOT_REPORTED)
-        rows.append("CAN: {}".format(json.dumps(stats)))
+        rows.append("CAN frames: {}".format(json.dumps(diag.with_zeros(stats, diag.CAN_COUNTERS))))
         return "\n".join(rows)
+
+    def do_clear(self, args):
+        if args:
+            raise ConsoleError("clear takes no arguments")
+        # the controller's one latched error; it refuses while the contactor still reads closed
+        r = self.cmd("clear_fault")
+        errs = self.cmd("diag").data.get("errors", [])
+        return "{}; active errors: {}".format(r.msg, ", ".join(errs) or "none")
 
     def do_update(self, args):
         r = self.link.command("fota_report")

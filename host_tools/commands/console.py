@@ -15,7 +15,8 @@ from host_tools.link import LinkError
 @click.option("--timeout", type=click.FloatRange(0.5, 60), default=3.0, show_default=True,
               help="Seconds to wait for each answer.")
 def cli(port, commands, timeout):
-    """Status, live telemetry, events, settings, meter, CAN monitor and update state.
+    """Status, live telemetry, events, settings, meter, CAN monitor, update state and
+    clearing a latched contactor fault.
 
     Without --exec: a prompt with history (type help). Commands are read from standard
     input when it is not a terminal, one per line.

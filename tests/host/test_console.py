@@ -1,6 +1,7 @@
 """`v2g console` driven without a terminal: --exec and commands on standard input."""
 
 import json
+import time
 
 import pytest
 import serial
@@ -51,7 +52,7 @@ def test_telemetry_events_meter_can_update(board):
     assert lines[header + 1].split()[1] == "B" and lines[header + 2].split()[1] == "B"
     assert "V2G-507" in res.output                          # the grid's enter-service wait, in the log
     assert "frequency" in res.output and "RS-485:" in res.output
-    assert "CAN:" in res.output
+    assert "CAN frames:" in res.output and '"bad_checksum": 0' in res.output   # zeros shown
     assert 'update: {' in res.output and '"running": "factory"' in res.output
 
 
@@ -64,3 +65,27 @@ def test_unknown_command_is_named(board):
         assert "config get" in con.run_line("help")
         assert "[statistics]" in con.run_line("diag")
         assert "mode " in con.run_line("status")           # the link is back after diag
+
+
+def test_clear_a_latched_contactor_fault(tmp_path):
+    b = RunningBoard(tmp_path / "flash")
+    try:
+        with serial.Serial(b.endpoints["plant"], timeout=2) as plant, \
+                C.Console(b.endpoints["link"]) as con:
+            assert con.run_line("clear").startswith("no contactor fault latched")
+            plant.write(b'{"do": "contactor_fault", "kind": "welded"}\n')
+            assert json.loads(plant.readline())["ok"]
+            end = time.monotonic() + 10
+            while "V2G-011" not in con.run_line("status"):
+                assert time.monotonic() < end, "the welded contactor was not latched"
+                time.sleep(0.2)
+            with pytest.raises(C.ConsoleError, match="clear_fault: refused: V2G-011 contactor feedback still closed"):
+                con.run_line("clear")
+            plant.write(b'{"do": "contactor_restore"}\n')
+            assert json.loads(plant.readline())["ok"]
+            time.sleep(0.5)
+            out = con.run_line("clear")
+            assert out.startswith("contactor fault cleared") and "V2G-011" not in out
+            assert "clear a latched contactor fault" in con.run_line("help")
+    finally:
+        b.stop()
