@@ -4,6 +4,8 @@ Nothing clever lives here. Each tick reads the HAL into the preallocated Inputs,
 pure core, writes the Outputs back to the HAL, then serves the host link. The core decides;
 this module only carries data and keeps what must survive a reset in storage.
 """
+import json
+
 from core import config as config_mod
 from core import errors
 from core import link as L
@@ -25,15 +27,17 @@ EVENTS_PAGE_BYTES = 700  # an events answer stays inside one 1 kB frame
 
 
 def load_config(board_limits):
-    """The settings file validated as on every boot. A bad file is not used: the defaults run
-    instead and the reason is logged (V2G-400); the file itself is left for the operator."""
+    """The settings file validated as on every boot: (config, problem, keys the file sets).
+    A bad file is not used: the defaults run instead, no key counts as the file's, and the
+    reason is logged (V2G-400); the file itself is left for the operator."""
     raw = storage.read_bytes(CONFIG_FILE)
     if raw is None:
-        return config_mod.validate({}, board=board_limits), None
+        return config_mod.validate({}, board=board_limits), None, set()
     try:
-        return config_mod.load_json(raw, board=board_limits), None
+        cfg = config_mod.load_json(raw, board=board_limits)
     except Exception as e:   # noqa: BLE001 - whatever is wrong with the file, boot on defaults
-        return config_mod.validate({}, board=board_limits), str(e) or type(e).__name__
+        return config_mod.validate({}, board=board_limits), str(e) or type(e).__name__, set()
+    return cfg, None, set(json.loads(bytes(raw).decode()))
 
 
 def _load(load, name):
@@ -48,7 +52,8 @@ def _load(load, name):
 class Station:
     def __init__(self, hal, now_ms):
         self.hal = hal
-        self.cfg, cfg_problem = load_config(hal.BOARD_LIMITS)
+        self.cfg, cfg_problem, self.cfg_file_keys = load_config(hal.BOARD_LIMITS)
+        self.cfg_file_state = 'refused' if cfg_problem else ('in use' if self.cfg_file_keys else 'none')
         self.ctl = Controller(self.cfg, grid=GridProtection.from_config(self.cfg))
         self.inputs = Inputs()
         self.buses = Buses(hal, self.cfg)   # the meter on RS-485 and the BMS on CAN, if the board has them
@@ -205,12 +210,32 @@ class Station:
         # is still in force.
         if result[0] and op == 'config_set':
             self.cfg = self.ctl.cfg
-            self.persist(CONFIG_FILE, CONFIG_FILE, lambda: self.cfg.dumps().encode())
+            self.save_config(args)
         self.save_state()
         if self.ctl.journal.dirty:
             if not self.persist('journal.json', storage.state_path('journal.json'), self.ctl.journal.dump):
                 self.ctl.journal.dirty = True
         return result
+
+    def save_config(self, changes):
+        """Write the settings file with only the keys someone set: those the file already
+        held, those this change names, and any that differ from the defaults. The rest stay
+        defaults, so diagnostics can tell an operator's value from a default."""
+        defaults = config_mod.defaults(self.hal.BOARD_LIMITS)
+        vals = self.cfg.values
+        keys = set(self.cfg_file_keys)
+        for k in changes:
+            keys.add(k)
+        for k in vals:
+            if vals[k] != defaults.get(k):
+                keys.add(k)
+        subset = {}
+        for k in keys:
+            subset[k] = vals[k]
+        if self.persist(CONFIG_FILE, CONFIG_FILE, lambda: config_mod.canonical(subset).encode()):
+            # an optional key set to null is left out of the file: it is a default again
+            self.cfg_file_keys = set(k for k in keys if vals[k] is not None)
+            self.cfg_file_state = 'in use'
 
     def events_page(self, start):
         """The event log from index `start` (0 = oldest kept), as many entries as fit one
@@ -264,18 +289,21 @@ class Station:
 
     def diagnostics(self, now_ms):
         out = self.ctl.out
-        saved = storage.read_json(CONFIG_FILE, {}) or {}
+        link = dict(self.link.stats)
+        link['hb_timeouts'] = self.ctl.hb_timeouts   # host heartbeats missed (V2G-101) since boot
         return {
             'fw': self.update.version(), 'board': self.hal.BOARD_NAME, 'boot_count': self.boot_count,
             'reset_cause': self.reset_cause, 'uptime_ms': now_ms,
             # the values themselves come with config_get (a frame holds 1 kB); here, which
-            # keys the settings file sets (the others are defaults)
-            'cfg_hash': self.cfg.config_hash(), 'config_file_keys': sorted(saved),
+            # keys the settings file in force sets (the others are defaults); none when the
+            # file was refused at boot and the defaults run
+            'cfg_hash': self.cfg.config_hash(), 'config_file_keys': sorted(self.cfg_file_keys),
+            'config_file': self.cfg_file_state,
             'mode': out.mode, 'cp_state': out.cp_state, 'contactor': out.contactor,
             'limits': {'charge_ma': out.limit_charge_ma, 'charge_src': out.limit_charge_src,
                        'discharge_ma': out.limit_discharge_ma, 'discharge_src': out.limit_discharge_src},
             'errors': errors.active(out.errors),
-            'link': dict(self.link.stats),
+            'link': link,
             'buses': self.bus_stats(now_ms),
             'events': len(self.ctl.log),
             'storage': {'errors': self.storage_errors, 'last': self.storage_error},

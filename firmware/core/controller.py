@@ -179,6 +179,7 @@ class Controller:
         # heartbeat
         self._hb_last = 0
         self.hb_lost = False
+        self.hb_timeouts = 0           # heartbeat losses since boot (diagnostics)
         self.fallback = False          # charge-only until heartbeat back + fresh command
         self.cmd_charge_only = False   # charge-only asked by the host
         self.stopped = False           # session stopped by the host
@@ -336,6 +337,7 @@ class Controller:
         hb_age = _age(now_ms, self._hb_last)
         if not self.hb_lost and hb_age > cfg.heartbeat_timeout_ms:
             self.hb_lost = True
+            self.hb_timeouts += 1
             self.fallback = True
             self.state_dirty = True
             self._raise(now_ms, E.E101, 'no host heartbeat for {} (HEARTBEAT_TIMEOUT_S {}): {}'.format(

@@ -288,3 +288,45 @@ def test_a_late_retry_of_an_applied_txn_gets_its_original_result():
     late = [m for m in rig.received() if m['t'] == 'res']
     assert late[0]['ok'] is False and late[0]['code'] == 'V2G-110'
     assert rig.st.ctl.csms_charge_ma == 10000
+
+
+def _diag(rig, txn):
+    rig.send(L.cmd(txn, 'diag'))
+    rig.run(100)
+    return [m for m in rig.received() if m['t'] == 'res' and m['txn'] == txn][0]['data']
+
+
+@in_dir(WORK)
+def test_config_set_saves_only_the_keys_someone_set():
+    rig = Rig(settings={'GRID_PROFILE': 'EN50549_50HZ'})
+    assert _diag(rig, 'd-0')['config_file_keys'] == ['GRID_PROFILE']
+    rig.send(L.cmd('c-1', 'config_set', {'MAX_CHARGE_AMPS': 16, 'MAX_DISCHARGE_AMPS': 16}))
+    rig.run(100)
+    d = _diag(rig, 'd-1')
+    assert d['config_file_keys'] == ['GRID_PROFILE', 'MAX_CHARGE_AMPS', 'MAX_DISCHARGE_AMPS']
+    assert d['config_file'] == 'in use'
+    saved = json.loads(open('v2g_vars.json').read())
+    assert saved == {'GRID_PROFILE': 'EN50549_50HZ', 'MAX_CHARGE_AMPS': 16, 'MAX_DISCHARGE_AMPS': 16}
+    # after a reset the same settings are in force and the same keys are the file's
+    again = Rig(fresh=False)
+    assert again.st.cfg.config_hash() == rig.st.cfg.config_hash()
+    assert _diag(again, 'd-2')['config_file_keys'] == ['GRID_PROFILE', 'MAX_CHARGE_AMPS', 'MAX_DISCHARGE_AMPS']
+
+
+@in_dir(WORK)
+def test_a_refused_settings_file_lists_no_file_keys():
+    rig = Rig(settings={'MAX_CHARGE_AMPS': 99, 'MIN_SOC_THRESHOLD': 30})
+    d = _diag(rig, 'd-1')
+    assert d['config_file_keys'] == [] and d['config_file'] == 'refused'
+    assert rig.st.cfg.get('MIN_SOC_THRESHOLD') != 30     # the defaults run
+
+
+@in_dir(WORK)
+def test_diagnostics_count_heartbeat_timeouts():
+    rig = Rig()
+    assert _diag(rig, 'd-0')['link']['hb_timeouts'] == 0
+    rig.run(rig.st.cfg.heartbeat_timeout_ms + 500, heartbeat=False)
+    rig.run(2000)
+    rig.run(rig.st.cfg.heartbeat_timeout_ms + 500, heartbeat=False)
+    d = _diag(rig, 'd-1')
+    assert d['link']['hb_timeouts'] == 2 and 'V2G-101' in d['errors']
