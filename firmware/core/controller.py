@@ -635,6 +635,8 @@ class Controller:
         return P.F if raw == P.UNKNOWN else raw
 
     def _check_contactor(self, now, inp):
+        # Weld evidence is the auxiliary contact and the measured current; not voltage: the
+        # meter sits on the grid side of the contactor and reads the grid either way.
         cmd = self.out.contactor
         if self.weld or _age(now, self._cmd_since) < CONTACTOR_SETTLE_MS:
             return
