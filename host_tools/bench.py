@@ -219,10 +219,28 @@ def load(path):
 
 # ------------------------------------------------------------------ the vehicle on CAN
 
+VEHICLE_FRAMES = ("BMS_Status", "BMS_Limits", "BMS_Info")
+
+
+def cycle_times(db, names=VEHICLE_FRAMES):
+    """{name: period in s} from the DBC's GenMsgCycleTime; BenchError naming a frame without one."""
+    out = {}
+    for name in names:
+        try:
+            ms = db.get_message_by_name(name).cycle_time
+        except KeyError:
+            raise BenchError("the DBC has no message {}".format(name)) from None
+        if not ms or ms <= 0:
+            raise BenchError("the DBC gives {} no GenMsgCycleTime: the bench cannot tell how often "
+                             "to send it".format(name))
+        out[name] = ms / 1000.0
+    return out
+
+
 class Vehicle:
-    """VCU/BMS played on CAN: 0x601/0x602 every 100 ms, 0x603 every second, from the DBC.
-    The battery follows the controller's 0x600 request (within its own limits) with a lag,
-    and its SoC integrates that current."""
+    """VCU/BMS played on CAN: 0x601/0x602/0x603 at the DBC's GenMsgCycleTime (100, 100 and
+    1000 ms). The battery follows the controller's 0x600 request (within its own limits)
+    with a lag, and its SoC integrates that current."""
 
     def __init__(self, db, bus, cfg, nominal_v):
         self.db = db
@@ -240,8 +258,8 @@ class Vehicle:
         self.amps = 0.0          # AC current the vehicle draws: + charging
         self.request_a = 0.0
         self.counter = {0x601: 0, 0x602: 0}
-        self.next_fast = 0.0
-        self.next_info = 0.0
+        self.period = cycle_times(db)
+        self.next_due = dict.fromkeys(self.period, 0.0)
         self.sent = 0
         self.bad_sent = 0
         self.lock = threading.Lock()
@@ -266,18 +284,27 @@ class Vehicle:
         self.soc = min(100.0, max(0.0, self.soc))
         if self.silent:
             return
-        if t >= self.next_fast:
-            self.next_fast = max(self.next_fast + 0.1, t)
-            self._send("BMS_Status", {"SoC": round(self.soc, 1), "PackVoltage": self.pack_v,
-                                      "PackCurrent": round(self.amps * self.grid_v / self.pack_v, 1),
-                                      "TempMax": round(self.temp_c)})
-            self._send("BMS_Limits", {"MaxChargeCurrent": self.max_charge_a,
-                                      "MaxDischargeCurrent": self.max_discharge_a,
-                                      "FaultBits": self.fault_bits, "TempMin": round(self.temp_c)})
-        if t >= self.next_info:
-            self.next_info = t + 1.0
-            self._send("BMS_Info", {"CapacityWh": round(self.capacity_wh / 10) * 10, "CellVoltMin": 3.7,
-                                    "CellVoltMax": 3.7, "SoH": 100})
+        for name in VEHICLE_FRAMES:
+            if t < self.next_due[name]:
+                continue
+            # on the period's grid; after a stall, the next one from now rather than a burst
+            self.next_due[name] = max(self.next_due[name] + self.period[name], t)
+            if name == "BMS_Status":
+                self._send(name, {"SoC": round(self.soc, 1), "PackVoltage": self.pack_v,
+                                  "PackCurrent": round(self.amps * self.grid_v / self.pack_v, 1),
+                                  "TempMax": round(self.temp_c)})
+            elif name == "BMS_Limits":
+                self._send(name, {"MaxChargeCurrent": self.max_charge_a,
+                                  "MaxDischargeCurrent": self.max_discharge_a,
+                                  "FaultBits": self.fault_bits, "TempMin": round(self.temp_c)})
+            else:
+                self._send(name, {"CapacityWh": round(self.capacity_wh / 10) * 10, "CellVoltMin": 3.7,
+                                  "CellVoltMax": 3.7, "SoH": 100})
+
+    def restart_clock(self):
+        """The run's clock starts again at 0: every frame is due at once."""
+        for name in self.next_due:
+            self.next_due[name] = 0.0
 
     def frame(self, name, values, counter=None):
         import can
@@ -692,6 +719,7 @@ class Bench:
 
         sc = self.sc
         self.db = cantools.database.load_file(str(DBC))
+        cycle_times(self.db)   # a DBC without the send periods is refused before anything opens
         # until _setup reads the controller's setting: the scenario's, else the spec default
         nominal_v = float(sc["config"].get("NOMINAL_VOLTAGE_V", 240))
         res = self.result
@@ -733,7 +761,7 @@ class Bench:
                     res.setup_error = str(e)
                     return res
                 self._t0 = time.monotonic()
-                vehicle.next_fast = vehicle.next_info = 0.0   # the run's clock starts again
+                vehicle.restart_clock()
                 with self._lock:
                     res.events.clear()
                 self._loop(lk, vehicle, metersim, plant)

@@ -147,3 +147,41 @@ def test_nominal_frequency_comes_from_the_profile_name():
     for bad in ("IEEE1547", None, 60):
         with pytest.raises(bench.BenchError, match="names no nominal frequency"):
             bench.nominal_hz(bad)
+
+
+class _Bus:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, m):
+        self.sent.append(m)
+
+
+def _vehicle_frames(db, seconds=2.0, dt=0.01):
+    bus = _Bus()
+    v = bench.Vehicle(db, bus, {}, 240.0)
+    t = 0.0
+    while t < seconds - 1e-9:
+        v.step(t, dt)
+        t += dt
+    counts = {}
+    for m in bus.sent:
+        counts[m.arbitration_id] = counts.get(m.arbitration_id, 0) + 1
+    return counts
+
+
+def test_vehicle_sends_at_the_dbc_cycle_times(tmp_path):
+    import cantools
+
+    db = cantools.database.load_file(str(bench.DBC))
+    assert bench.cycle_times(db) == {"BMS_Status": 0.1, "BMS_Limits": 0.1, "BMS_Info": 1.0}
+    assert _vehicle_frames(db) == {0x601: 20, 0x602: 20, 0x603: 2}
+    # the periods come from the DBC, not from the bench: change one there and the bench follows
+    text = bench.DBC.read_text()
+    faster = tmp_path / "faster.dbc"
+    faster.write_text(text.replace('BA_ "GenMsgCycleTime" BO_ 1537 100;', 'BA_ "GenMsgCycleTime" BO_ 1537 50;'))
+    assert _vehicle_frames(cantools.database.load_file(str(faster))) == {0x601: 40, 0x602: 20, 0x603: 2}
+    silent = tmp_path / "no_period.dbc"
+    silent.write_text(text.replace('BA_ "GenMsgCycleTime" BO_ 1539 1000;\n', ''))
+    with pytest.raises(bench.BenchError, match="BMS_Info no GenMsgCycleTime"):
+        bench.Vehicle(cantools.database.load_file(str(silent)), _Bus(), {}, 240.0)
