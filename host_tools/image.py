@@ -17,6 +17,14 @@ from littlefs.errors import LittleFSError
 from host_tools import flash
 
 
+# littlefs on-disk version written into the image. littlefs-python 0.19 (littlefs 2.11) writes
+# 2.1 (0x00020001) unless told otherwise; littlefs before v2.6, in MicroPython builds before
+# its update, refuses to mount 2.1 ("Invalid version"). 2.0 mounts on every VfsLfs2 build (old
+# and new; a newer littlefs upgrades it on its first write), so the image is pinned to 2.0 and
+# read back as an old build would read it.
+DISK_VERSION = 0x00020000
+
+
 class ImageError(RuntimeError):
     """The image cannot be built as asked; the message names what and where."""
 
@@ -49,7 +57,7 @@ def new_fs(geo, buffer=None):
     return LittleFS(context=ctx, block_size=geo["block_size"], block_count=geo["block_count"],
                     read_size=geo["read_size"], prog_size=geo["prog_size"],
                     lookahead_size=geo["lookahead_size"], name_max=geo["name_max"],
-                    mount=buffer is None), ctx
+                    disk_version=DISK_VERSION, mount=buffer is None), ctx
 
 
 def fs_image(files, geo):
@@ -132,7 +140,12 @@ def read_back(hex_path, board):
     ih = IntelHex(str(hex_path))
     region = b"".join(bytes(ih.tobinarray(start=lo, size=hi - lo)) for lo, hi in fs_regions(geo))
     fs, _ = new_fs(geo, buffer=region)
-    fs.mount()
+    try:
+        fs.mount()
+    except LittleFSError as e:
+        raise ImageError("the filesystem in {} does not mount as littlefs disk version {}.{} "
+                         "(what every MicroPython VfsLfs2 build reads): {}".format(
+                             hex_path, DISK_VERSION >> 16, DISK_VERSION & 0xFFFF, e)) from None
     out = {}
     for root, _dirs, names in fs.walk("/"):
         for n in names:

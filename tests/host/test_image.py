@@ -68,6 +68,23 @@ def test_image_holds_exactly_the_expected_files(tmp_path):
     assert "board/hal.mpy" in found and found["board/hal.mpy"][:1] == b"M"
     assert found["main.py"].startswith(b"#")
     assert image.read_back(out, "pyboard") == found
+    # littlefs disk version 2.0: what every MicroPython VfsLfs2 build mounts (2.1 needs littlefs 2.6+)
+    assert fs.fs_stat().disk_version == 0x00020000
+    fs.unmount()
+    old_reader = LittleFS(context=UserContext(buffer=region), block_size=512, block_count=352,
+                          read_size=32, prog_size=32, lookahead_size=32, disk_version=0x00020000, mount=False)
+    old_reader.mount()
+    assert old_reader.fs_stat().disk_version == 0x00020000
+
+
+def test_a_filesystem_newer_than_disk_version_2_0_is_refused_on_read_back(tmp_path, monkeypatch):
+    base_hex(tmp_path / "mp.hex")
+    out = tmp_path / "factory.hex"
+    monkeypatch.setattr(image, "DISK_VERSION", 0x00020001)     # littlefs-python's own default
+    image.build("pyboard", tmp_path / "mp.hex", out)
+    monkeypatch.setattr(image, "DISK_VERSION", 0x00020000)
+    with pytest.raises(image.ImageError, match="does not mount as littlefs disk version 2.0"):
+        image.read_back(out, "pyboard")
 
 
 def test_overlap_with_the_filesystem_is_refused_naming_addresses(tmp_path):
