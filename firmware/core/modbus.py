@@ -136,7 +136,8 @@ def parse_reply(buf, n, unit, func, count):
 
 
 def f32_milli(buf, off):
-    """IEEE-754 float32, big-endian, high word first -> round(value * 1000) as int.
+    """IEEE-754 float32, big-endian, high word first -> value * 1000 as int, rounded
+    half away from zero.
 
     Integer arithmetic only, so the result is the same on the board (single
     precision floats), on the VM (doubles) and on CPython, and nothing is
@@ -150,25 +151,26 @@ def f32_milli(buf, off):
     if e == 0:
         return 0  # zero or subnormal (< 1.2e-38)
     m = ((hi & 0x7F) << 16) | lo | 0x800000  # 24-bit significand
-    # value * 1000 = m * 125 / 2**t with t = 150 - e - 3; m * 125 would pass
-    # 2**30, so split m = mh * 256 + ml.
+    # value * 1000 = m * 125 / 2**t with t = 150 - e - 3, rounded half up. m * 125
+    # would pass 2**30, so split m = mh * 256 + ml: a = mh * 125, b = ml * 125, and
+    # value * 1000 = (a * 256 + b) / 2**t, every partial sum below 2**30.
     t = 147 - e
-    if t < 1:
-        r = MILLI_MAX
+    if t < 0:
+        r = MILLI_MAX   # at least 2**23 * 125 * 2 = 2.1e9 milli-units
     elif t > 32:
-        r = 0
+        r = 0           # below 2**24 * 125 / 2**33 = 0.24 milli-units
     else:
         a = (m >> 8) * 125
         b = (m & 0xFF) * 125
-        if t <= 8:
+        if t == 0:
+            r = MILLI_MAX if a > (MILLI_MAX - b) >> 8 else (a << 8) + b
+        elif t <= 8:
             r = (a << (8 - t)) + ((b + (1 << (t - 1))) >> t)
-        elif t <= 28:
-            u = t - 8
-            r = (a >> u) + ((((a & ((1 << u) - 1)) << 8) + b + (1 << (t - 1))) >> t)
         else:
-            # below 4 milli-units: b only moves exact ties
+            # a = ah * 2**u + al: ah + floor((al * 256 + b + 2**(t-1)) / 2**t), and since
+            # al and 2**(t-9) are whole, the quotient is unchanged with b / 256 floored
             u = t - 8
-            r = (a + (1 << (u - 1))) >> u
+            r = (a >> u) + (((a & ((1 << u) - 1)) + (1 << (t - 9)) + (b >> 8)) >> u)
         if r > MILLI_MAX:
             r = MILLI_MAX
     if hi & 0x8000:

@@ -99,9 +99,14 @@ def test_float_decode_milli():
     for v, want in ((230.1, 230100), (0.0, 0), (-0.0, 0), (1.0, 1000), (-16.5, -16500), (49.987, 49987),
                     (0.0004, 0), (0.0005, 1), (-0.0015, -2), (12345.678, 12345678), (0.999, 999),
                     (1048575.0, 1048575000), (3.0e9, modbus.MILLI_MAX), (-3.0e9, -modbus.MILLI_MAX),
-                    (1e-30, 0)):
+                    (1e-30, 0),
+                    # edges: ties decided by the lowest significand bits, the last value
+                    # below the saturation limit and the first above it
+                    (0.0015, 2), (0.0025, 2), (-0.0025, -2), (0.0004999, 0),
+                    (1073741.75, 1073741750), (-1073741.75, -1073741750),
+                    (1073741.875, modbus.MILLI_MAX), (1048576.0, 1048576000), (3.4028235e38, modbus.MILLI_MAX)):
         got = modbus.f32_milli(_f32(v), 0)
-        assert abs(got - want) <= 1, (v, got, want)
+        assert got == want, (v, got, want)
     assert modbus.f32_milli(b"\x7f\xc0\x00\x00", 0) == modbus.MILLI_INVALID  # NaN
     assert modbus.f32_milli(b"\xff\x80\x00\x00", 0) == modbus.MILLI_INVALID  # -inf
     assert modbus.f32_milli(b"\x00\x00" + _f32(2.5), 2) == 2500
@@ -259,3 +264,25 @@ def test_transaction_allocates_nothing():
     finally:
         micropython.heap_unlock()
     assert n == 8 and results == [modbus.OK, 230500, -1250]
+
+
+def test_float_decode_at_every_exponent_allocates_nothing():
+    # no intermediate may outgrow a small int (a bignum would allocate on the board)
+    import micropython
+
+    buf = bytearray(4)
+    out = [0]
+    micropython.heap_lock()
+    try:
+        for e in range(256):
+            for frac_hi in (0x00, 0x7F):
+                buf[0] = e >> 1
+                buf[1] = ((e & 1) << 7) | frac_hi
+                buf[2] = 0xFF
+                buf[3] = 0xFF
+                r = modbus.f32_milli(buf, 0)
+                if r != modbus.MILLI_INVALID and (r > modbus.MILLI_MAX or r < 0):
+                    out[0] += 1
+    finally:
+        micropython.heap_unlock()
+    assert out[0] == 0
