@@ -97,7 +97,8 @@ def rig(tmp_path_factory):
     try:
         board = RunningBoard(tmp / "board")
         started.append(board.stop)
-        broker = Broker(tmp / "broker", ca_key, ca_cert, ca_path, {"v2g-bridge": "bridge-pw", "app": "app-pw"})
+        broker = Broker(tmp / "broker", ca_key, ca_cert, ca_path, {"v2g-bridge": "bridge-pw", "app": "app-pw"},
+                        apps={"app": STATION})
         started.append(broker.stop)
         csms = Csms(heartbeat_s=2).start()
         started.append(csms.close)
@@ -187,6 +188,26 @@ def test_unhandled_actions_get_a_callerror_and_datatransfer_is_rejected(rig):
 def test_trigger_message_and_getlog(rig):
     csms = rig["csms"]
     mark = csms.mark()
+    kind, res = csms.request(STATION, call.TriggerMessage(requested_message="BootNotification"))
+    assert (kind, res["status"]) == ("result", "Accepted")
+    boot = csms.wait_for("BootNotification", after=mark, timeout=5)
+    assert boot["reason"] == "Triggered" and boot["charging_station"]["firmware_version"] == "0.1.0"
+    m = csms.mark()
+    kind, res = csms.request(STATION, call.TriggerMessage(requested_message="StatusNotification"))
+    assert res["status"] == "Accepted"
+    # sent although the status did not change (a plain StatusNotification goes out on changes only)
+    assert csms.wait_for("StatusNotification", after=m, timeout=5)["connector_status"] == "Available"
+    # right after a periodic heartbeat the next is 2 s away: one within 0.8 s is the triggered one
+    csms.wait_for("Heartbeat", after=csms.mark(), timeout=5)
+    m = csms.mark()
+    t0 = time.monotonic()
+    kind, res = csms.request(STATION, call.TriggerMessage(requested_message="Heartbeat"))
+    assert res["status"] == "Accepted"
+    csms.wait_for("Heartbeat", after=m, timeout=0.8)
+    assert time.monotonic() - t0 < 1.0
+    kind, res = csms.request(STATION, call.TriggerMessage(requested_message="TransactionEvent"))
+    assert res["status"] == "Rejected"                               # no transaction to report
+    mark = csms.mark()
     kind, res = csms.request(STATION, call.TriggerMessage(requested_message="MeterValues"))
     assert res["status"] == "Accepted"
     mv = csms.wait_for("MeterValues", after=mark)
@@ -241,6 +262,9 @@ def test_transaction_meter_values_and_discharge_profile(rig):
     assert set(sv) >= {"Energy.Active.Import.Register", "Energy.Active.Export.Register", "Power.Active.Import",
                        "Power.Active.Export", "Current.Import", "Current.Export", "Voltage", "SoC"}
     assert sv["SoC"]["value"] == pytest.approx(50, abs=1)
+    if fast:   # a vehicle at 50 %, well above the floor, grid in service: the app is offered V2G
+        st = app.wait("status", lambda p: p["v2g"]["available"] is True, timeout=20)
+        assert st["v2g"] == {"available": True, "reason": None} and st["online"] and st["operative"]
     # a 2.1 discharge profile: CentralSetpoint -10 A, discharge limit with per-phase values
     profile = {"id": 5, "stack_level": 1, "charging_profile_purpose": "TxProfile",
                "charging_profile_kind": "Relative", "transaction_id": tx_id,
@@ -267,6 +291,9 @@ def test_transaction_meter_values_and_discharge_profile(rig):
         assert any(x["mode"] == "discharging" for x in tel["samples"])
         s = [x for x in tel["samples"] if x["ma"] < -5000][-1]
         assert s["lim_dis_ma"] == 10000 and s["lim_dis_src"] == "csms" and s["ma"] >= -10500
+        # the controller's events reach the app: here the grid enter-service wait ending
+        ev = app.wait("events", lambda p: p["code"] == "V2G-507" and p["on"] is False)
+        assert ev["station"] == STATION and "entering service" in ev["msg"] and ev["t_ms"] > 0
         upd = csms.wait_for("TransactionEvent", lambda p: any(
             v["measurand"] == "Current.Export" and v["value"] > 5 for v in p["meter_value"][0]["sampled_value"]),
             after=mark)
@@ -285,6 +312,53 @@ def test_transaction_meter_values_and_discharge_profile(rig):
     if not fast:
         pytest.skip("GRID_ENTER_SERVICE_DELAY_S is not in the firmware yet: energy flow not checked "
                     "(the controller waits 300 s to enter service)")
+
+
+def test_remote_start_carries_the_id_token_and_change_availability_is_obeyed(rig):
+    csms, plant, app = rig["csms"], rig["plant"], rig["app"]
+    tag = {"id_token": "TAG-0042", "type": "ISO14443"}
+    mark = csms.mark()
+    kind, res = csms.request(STATION, call.RequestStartTransaction(id_token=tag, remote_start_id=42))
+    assert (kind, res["status"]) == ("result", "Accepted") and "transactionId" not in res
+    plant.do("plug")
+    started = csms.wait_for("TransactionEvent", lambda p: p["event_type"] == "Started", after=mark)
+    assert started["trigger_reason"] == "RemoteStart" and started["seq_no"] == 0
+    assert started["id_token"] == tag and started["transaction_info"]["remote_start_id"] == 42
+    tx_id = started["transaction_info"]["transaction_id"]
+    # Inoperative during a transaction: scheduled, applied when the transaction ends
+    kind, res = csms.request(STATION, call.ChangeAvailability(operational_status="Inoperative"))
+    assert res["status"] == "Scheduled"
+    since = len(app.all)
+    kind, res = csms.request(STATION, call.RequestStopTransaction(transaction_id=tx_id))
+    assert res["status"] == "Accepted"
+    ended = csms.wait_for("TransactionEvent", lambda p: p["event_type"] == "Ended", after=mark)
+    assert ended["transaction_info"]["transaction_id"] == tx_id
+    csms.wait_for("StatusNotification", lambda p: p["connector_status"] == "Unavailable", after=mark)
+    # the controller's own status says its session is stopped
+    st = app.wait("status", lambda p: p.get("stopped") is True and p.get("operative") is False, since=since)
+    assert st["v2g"]["available"] is False
+    mark2 = csms.mark()
+    since = len(app.all)
+    plant.do("unplug")
+    app.wait("telemetry", lambda p: any(x["cp"] == "A" for x in p["samples"]), since=since)
+    plant.do("plug")                                  # while inoperative: no transaction
+    kind, res = csms.request(STATION, call.RequestStartTransaction(id_token=tag, remote_start_id=43))
+    assert res["status"] == "Rejected" and res["statusInfo"]["reasonCode"] == "Unavailable"
+    time.sleep(1.5)
+    assert not [m for m in csms.messages("TransactionEvent", mark2) if m["event_type"] == "Started"]
+    kind, res = csms.request(STATION, call.GetVariables(get_variable_data=[
+        {"component": {"name": "ChargingStation"}, "variable": {"name": "AvailabilityState"}}]))
+    assert res["getVariableResult"][0]["attributeValue"] == "Unavailable"
+    # Operative: the controller's session is enabled again and the waiting vehicle starts one
+    since = len(app.all)
+    kind, res = csms.request(STATION, call.ChangeAvailability(operational_status="Operative"))
+    assert res["status"] == "Accepted"
+    again = csms.wait_for("TransactionEvent", lambda p: p["event_type"] == "Started", after=mark2)
+    assert again["trigger_reason"] == "CablePluggedIn" and "id_token" not in again
+    app.wait("status", lambda p: p.get("stopped") is False and p.get("operative") is True, since=since)
+    plant.do("unplug")
+    csms.wait_for("TransactionEvent", lambda p: p["event_type"] == "Ended", after=mark2)
+    csms.wait_for("StatusNotification", lambda p: p["connector_status"] == "Available", after=mark2)
 
 
 def test_app_commands_need_a_valid_token_and_are_idempotent(rig):
@@ -336,12 +410,30 @@ def test_status_is_retained_and_telemetry_is_batched(rig):
 
 
 def test_reset(rig):
-    csms = rig["csms"]
+    csms, plant = rig["csms"], rig["plant"]
     mark = csms.mark()
     kind, res = csms.request(STATION, call.Reset(type="Immediate"))
     assert res["status"] == "Accepted"
     boot = csms.wait_for("BootNotification", after=mark, timeout=20)
     assert boot["reason"] == "RemoteReset"
+    # OnIdle during a transaction: scheduled, done when the vehicle leaves
+    mark = csms.mark()
+    plant.do("plug")
+    csms.wait_for("TransactionEvent", lambda p: p["event_type"] == "Started", after=mark)
+    kind, res = csms.request(STATION, call.Reset(type="OnIdle"))
+    assert res["status"] == "Scheduled"
+    time.sleep(1.0)
+    assert not csms.messages("BootNotification", mark)              # not while the transaction runs
+    plant.do("unplug")
+    ended = csms.wait_for("TransactionEvent", lambda p: p["event_type"] == "Ended", after=mark)
+    boot = csms.wait_for("BootNotification", after=mark, timeout=20)
+    assert boot["reason"] == "RemoteReset"
+    assert ended["transaction_info"]["stopped_reason"] == "EVDisconnected"
+    # idle now: OnIdle is done at once
+    mark = csms.mark()
+    kind, res = csms.request(STATION, call.Reset(type="OnIdle"))
+    assert res["status"] == "Accepted"
+    csms.wait_for("BootNotification", lambda p: p["reason"] == "RemoteReset", after=mark, timeout=20)
 
 
 def test_update_firmware_pushes_a_signed_bundle_and_reports_each_status(rig):
