@@ -1,6 +1,6 @@
-"""Security profiles towards the CSMS (2: wss + Basic Auth, 3: wss + client certificate)
-with a self-made CA, OCPP 2.0.1 only, the handshake timeout log line, and the broker's
-TLS 1.3-only listener from deploy/mosquitto/v2g.conf."""
+"""Security profiles towards the CSMS (1: ws + Basic Auth, 2: wss + Basic Auth, 3: wss +
+client certificate) with a self-made CA, OCPP 2.0.1 only, the handshake timeout log line,
+and the broker's TLS 1.3-only listener from deploy/mosquitto/v2g.conf."""
 
 import socket
 import ssl
@@ -49,6 +49,36 @@ def _server_ctx(pki, client_cert=False):
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(str(pki["ca"]))
     return ctx
+
+
+def test_profile_1_ws_basic_auth(board, tmp_path):
+    csms = Csms(password="0123456789abcdef").start()               # ws://, checks Basic Auth
+    cfg = _cfg(tmp_path, {"csms_password": "0123456789abcdef"})
+    bridge = BridgeProc(board.endpoints["link"], csms.url, "CS-P1", cfg, tmp_path / "log", tmp_path / "state",
+                        *BACKOFF)                                      # profile guessed: ws + password -> 1
+    try:
+        assert csms.url.startswith("ws://")
+        boot = csms.wait_for("BootNotification", timeout=30)
+        assert boot["charging_station"]["firmware_version"] == "0.1.0"
+        assert csms.auth_failures == 0 and "CS-P1" in csms.stations
+        assert "without security" not in bridge.log_text()
+    finally:
+        bridge.stop()
+    # the same CSMS refuses a wrong password, and a bridge that sends none (profile 0)
+    try:
+        for name, files in (("wrong", {"csms_password": "not-the-password"}), ("none", {})):
+            d = tmp_path / name
+            d.mkdir()
+            before = csms.auth_failures
+            bridge = BridgeProc(board.endpoints["link"], csms.url, "CS-P1", _cfg(d, files), d / "log",
+                                tmp_path / "state", *BACKOFF)
+            try:
+                wait_until(lambda b=before: csms.auth_failures >= b + 2, 20, f"{name}: two refused connections")
+                assert len(csms.messages("BootNotification")) == 1
+            finally:
+                bridge.stop()
+    finally:
+        csms.close()
 
 
 def test_profile_2_wss_basic_auth_with_own_ca_and_ocpp_201_discharge(pki, board, tmp_path):
