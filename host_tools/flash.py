@@ -17,12 +17,14 @@ Steps, each one refusing with a clear reason before the board is touched when it
 4. main.py is removed first and written last, and every file goes to NAME.tmp and is then
    renamed: a board that loses power half-way boots to the REPL with the controller not
    running (outputs in their reset state) instead of running a mix of two versions;
-5. soft-reset in raw REPL (boot.py runs, main.py does not, on every MicroPython board), so
-   nothing of the old firmware stays imported, and check that the new factory firmware
-   imports and reports the expected version; then reset from the friendly REPL (Ctrl-B,
-   Ctrl-D), which runs boot.py and main.py, watch the boot for a traceback, and ask the
-   running controller for its version where the REPL is free (the virtual board; on a real
-   board main.py holds the REPL and the version is confirmed over the host link, --link).
+5. check that the new factory firmware imports and reports the expected version, in the
+   raw REPL entered with a soft reset (boot.py runs, main.py does not, on every MicroPython
+   board) and with every module of ours dropped from sys.modules and any update slot taken
+   off sys.path first, so what is imported is the tree just written, never a cached module;
+   then reset from the friendly REPL (Ctrl-B, Ctrl-D), which runs boot.py and main.py, watch
+   the boot for a traceback, and ask the running controller for its version where the REPL
+   is free (the virtual board; on a real board main.py holds the REPL and the version is
+   confirmed over the host link, --link).
 
 A dry run reads the board without stopping the controller where the REPL is free (raw REPL
 entered without Ctrl-C or reset); on a board whose main.py holds the REPL it has to stop the
@@ -368,14 +370,6 @@ class Board:
             return True
         return False
 
-    def soft_reset_raw(self):
-        """Soft reset in raw REPL: fresh interpreter, boot.py runs, main.py does not."""
-        from mpremote.transport import TransportError
-        try:
-            self.t.enter_raw_repl(soft_reset=True)
-        except TransportError as e:
-            raise FlashError("soft reset in raw REPL failed: {}".format(e)) from None
-
     def close(self):
         if self.t is not None:
             try:
@@ -425,8 +419,8 @@ class Board:
 
     def check_import(self):
         """Import the new factory firmware on the board (not started): its version and board
-        name, or FlashError. Call it after soft_reset_raw(); anything of ours still imported
-        and an update slot boot.py put on sys.path are dropped all the same, so what is
+        name, or FlashError. Anything of ours still imported (main.py ran, or an earlier
+        check) and an update slot boot.py put on sys.path are dropped first, so what is
         checked is the factory tree just written."""
         out = self.exec(
             "import sys\n"
@@ -546,8 +540,6 @@ def flash(board, plan, dry_run=False, progress=None, wait_s=10.0, changes=None):
             board.put(path, plan.files[path], progress)
             report.bytes_sent += len(plan.files[path])
     report.copy_seconds = time.monotonic() - t0
-    if not changes.empty:
-        board.soft_reset_raw()            # see step 5: nothing of the old firmware imported
     version, name = board.check_import()
     if version != plan.version or name != plan.board:
         raise FlashError("the board reports firmware {} for board {}, expected {} for {}"

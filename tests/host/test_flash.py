@@ -243,3 +243,11 @@ def test_dry_run_leaves_the_running_controller_alone(tree, blank):
         t0 = lk.command("diag").data["uptime_ms"]
         time.sleep(0.5)
         assert lk.command("diag").data["uptime_ms"] > t0     # its control loop still steps
+
+
+def test_the_import_check_never_reads_a_cached_module(blank):
+    assert run("--port", blank.repl, "--board", "sim").exit_code == 0
+    with F.Board(blank.repl) as b:
+        # as if main.py had run before the copy: the old module is still in sys.modules
+        b.exec("import app.station\napp.station.FW_VERSION = 'cached'")
+        assert b.check_import() == (F.firmware_version(), "sim")
