@@ -568,14 +568,17 @@ class Controller:
             mi = _M_PAUSED
         o.mode = MODES[mi]
         o.cp_state = P.LETTERS[st] if st != P.UNKNOWN else 'F'
-        # every state change goes to the event log (constant texts: nothing allocated)
+        # every state change goes to the event log (constant texts: nothing allocated); the
+        # state of the first step after boot is the starting point, not a change
         sl = st if st != P.UNKNOWN else P.F
         if sl != self._st_log:
+            if self._st_log >= 0:
+                self.log.append(now_ms, None, True, _PILOT_LOG[sl])
             self._st_log = sl
-            self.log.append(now_ms, None, True, _PILOT_LOG[sl])
         if mi != self._mode_i:
+            if self._mode_i >= 0:
+                self.log.append(now_ms, None, True, _MODE_LOG[mi])
             self._mode_i = mi
-            self.log.append(now_ms, None, True, _MODE_LOG[mi])
         o.limit_charge_ma = lc
         o.limit_discharge_ma = ld
         o.limit_charge_src = L.SOURCES[lim.charge_src]

@@ -249,6 +249,7 @@ def test_a_failing_flash_is_reported_and_control_goes_on():
 @in_dir(WORK)
 def test_event_log_entries_carry_the_boot_count_across_resets():
     rig = Rig()
+    rig.run(100)
     rig.plant(do='plug')
     rig.run(300)
     rig.st.save_events()
