@@ -16,8 +16,10 @@ written, straight into their files in the inactive slot, and hashed as they pass
 (manifest.BodyCheck). A hash state cannot be saved, so a download resumed after a reset
 re-reads what is already in the slot's files (bounded, sequential) to rebuild it.
 
-Every refusal leaves the running firmware and the active slot untouched: V2G-601
-(signature, manifest, board, size, digest), V2G-602 (rollback), V2G-400 (bad request).
+Every refusal leaves the running firmware and the active slot untouched, and a slot staged
+and pending its trial too unless a verified head has claimed it: V2G-601 (signature,
+manifest, board, size, space, digest), V2G-602 (rollback, or the counters unknown because
+no copy of the state is readable), V2G-400 (bad request).
 boot.py runs a pending slot on trial and reverts it after its tries; a revert is
 reported here as V2G-603.
 """
