@@ -21,6 +21,7 @@ FW_VERSION = '0.1.0'
 CONFIG_FILE = 'v2g_vars.json'
 TEL_PERIOD_MS = 1000     # one telemetry sample a second ...
 TEL_BATCH = 1            # ... sent in batches of this many (the host may raise both)
+TEL_BATCH_MAX = 3        # a sample is ~240 B of CBOR: 3 leave room in a 1 kB frame for error codes
 SAVE_EVERY_MS = 1000     # event log flush period; the journal is saved before each answer
 SHELL_OPS = ('diag', 'events', 'telemetry', 'hello')   # served here, not by the core
 EVENTS_PAGE_BYTES = 700  # an events answer stays inside one 1 kB frame
@@ -259,8 +260,8 @@ class Station:
         batch = args.get('batch', self.tel_batch)
         if not isinstance(period, int) or not 100 <= period <= 60000:
             return False, 'V2G-400', 'period_ms: must be an integer 100 .. 60000', {}
-        if not isinstance(batch, int) or not 1 <= batch <= 20:
-            return False, 'V2G-400', 'batch: must be an integer 1 .. 20', {}
+        if not isinstance(batch, int) or not 1 <= batch <= TEL_BATCH_MAX:
+            return False, 'V2G-400', 'batch: must be an integer 1 .. {}'.format(TEL_BATCH_MAX), {}
         self.tel_period_ms, self.tel_batch = period, batch
         return True, None, 'telemetry every {} ms, {} per message'.format(period, batch), {}
 
@@ -284,8 +285,17 @@ class Station:
             'e_in_wh': e_in, 'e_out_wh': e_out, 'dis_cap_wh': out.discharge_capacity_wh,
         })
         if len(self.tel_samples) >= self.tel_batch:
-            self.link.send(L.tel(self.tel_samples))
+            self.send_tel(self.tel_samples)
             self.tel_samples = []
+
+    def send_tel(self, samples):
+        """Send a batch; one that does not fit a frame (many active errors) goes out in halves
+        rather than being lost. The failed attempt stays counted in the link's tx_errors."""
+        if self.link.send(L.tel(samples)) or len(samples) == 1:
+            return
+        half = len(samples) // 2
+        self.send_tel(samples[:half])
+        self.send_tel(samples[half:])
 
     def diagnostics(self, now_ms):
         out = self.ctl.out

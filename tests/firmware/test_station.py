@@ -331,3 +331,24 @@ def test_diagnostics_count_heartbeat_timeouts():
     rig.run(rig.st.cfg.heartbeat_timeout_ms + 500, heartbeat=False)
     d = _diag(rig, 'd-1')
     assert d['link']['hb_timeouts'] == 2 and 'V2G-101' in d['errors']
+
+
+@in_dir(WORK)
+def test_telemetry_batch_is_capped_and_an_oversized_batch_is_split_not_lost():
+    rig = Rig()
+    rig.send(L.cmd('tb-1', 'telemetry', {'period_ms': 100, 'batch': station_mod.TEL_BATCH_MAX + 1}))
+    rig.run(100)
+    res = [m for m in rig.received() if m['t'] == 'res' and m['txn'] == 'tb-1'][0]
+    assert res['ok'] is False and res['code'] == 'V2G-400' and 'batch' in res['msg']
+    # a batch whose samples are bloated (as with many active errors) still arrives, in pieces
+    big = {'t_ms': 0, 'pad': 'x' * 300}
+    rig.st.send_tel([dict(big, t_ms=i) for i in range(4)])
+    got = [s['t_ms'] for m in rig.received() if m['t'] == 'tel' for s in m['samples']]
+    assert got == [0, 1, 2, 3]
+    # and the maximum batch of real samples fits one frame
+    rig.send(L.cmd('tb-2', 'telemetry', {'period_ms': 100, 'batch': station_mod.TEL_BATCH_MAX}))
+    errors_before = rig.st.link.stats['tx_errors']
+    rig.run(2000)
+    tels = [m for m in rig.received() if m['t'] == 'tel']
+    assert tels and all(len(m['samples']) == station_mod.TEL_BATCH_MAX for m in tels)
+    assert rig.st.link.stats['tx_errors'] == errors_before
