@@ -854,8 +854,10 @@ class Controller:
         if changed:
             self.apply_config(new)
             self.cfg_dirty = True
+        # notes: settings taken that do less than they read (a slow meter poll for the grid
+        # profile, a clamped droop); the one who set them should hear it now
         return (True, None, 'config applied: {}'.format(', '.join(changed) if changed else 'no change'),
-                {'changed': changed, 'cfg_hash': self.cfg.config_hash()})
+                {'changed': changed, 'cfg_hash': self.cfg.config_hash(), 'notes': self.cfg.notes()})
 
     def _op_status(self, now, args):
         bad = _unknown_args(args, ())
