@@ -198,7 +198,9 @@ class VirtualBoard:
 
     def _start_buses(self):
         """The CAN bus with its slcan endpoint, the wiring file, and the meter simulator."""
-        if self.board == "sim" and (self.state_dir / "board").is_dir():
+        # The wiring is the board's hardware, there from power-on: a blank board flashed later
+        # with the sim firmware must find its meter and CAN bus as a provisioned one does.
+        if self.board == "sim":
             wiring = {"meter": "plant" if self.meter is None else "modbus", "bms": "can",
                       "ev_can": self.ev_can}
             tmp = self.state_dir / (WIRING_FILE + ".tmp")

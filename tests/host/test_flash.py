@@ -12,6 +12,7 @@ from host_tools import flash as F
 from host_tools import vm
 from host_tools.commands.flash import cli
 from host_tools.link import LinkClient
+from host_tools.vboard import WIRING_FILE
 from signing import keys
 from vboard_fixture import RunningBoard
 
@@ -59,7 +60,7 @@ def test_full_flash_into_blank_board_then_the_controller_answers(blank):
         assert lk.command("status").ok
     files = on_board(blank)
     plan = F.prepare("sim")
-    assert {p: h for p, h in files.items() if not p.startswith("state/")} == \
+    assert {p: h for p, h in files.items() if not p.startswith("state/") and p != WIRING_FILE} == \
         {p: hashlib.sha256(d).hexdigest() for p, d in plan.files.items()}
     # modules are compiled; only the two files MicroPython runs by name stay source
     assert sorted(p for p in files if p.endswith(".py")) == ["boot.py", "main.py"]
@@ -251,3 +252,15 @@ def test_the_import_check_never_reads_a_cached_module(blank):
         # as if main.py had run before the copy: the old module is still in sys.modules
         b.exec("import app.station\napp.station.FW_VERSION = 'cached'")
         assert b.check_import() == (F.firmware_version(), "sim")
+
+
+def test_a_blank_board_flashed_later_has_its_buses_wired(blank):
+    assert run("--port", blank.repl, "--board", "sim").exit_code == 0
+    end = time.monotonic() + 10
+    while True:
+        with LinkClient(blank.endpoints["link"], heartbeat_s=None) as lk:
+            can = lk.command("diag").data["buses"]["can"]
+        if isinstance(can, dict) and can.get("tx"):
+            break
+        assert time.monotonic() < end, "the CAN bus is {!r}".format(can)
+        time.sleep(0.3)
