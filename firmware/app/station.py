@@ -14,6 +14,7 @@ from core.controller import Controller, Inputs
 from core.grid import GridProtection
 
 from app import storage
+from app import update as update_mod
 from app.update import Updater
 from app.buses import Buses
 
@@ -83,7 +84,8 @@ class Station:
                                 'settings file refused, defaults in force: ' + cfg_problem)
         # the installer: reports a reverted trial (V2G-603) and the running firmware's version
         self.update = Updater(hal.BOARD_NAME, log=self.ctl.log, now_ms=now_ms, hal=hal, ctl=self.ctl,
-                              fw_version=FW_VERSION)
+                              fw_version=FW_VERSION,
+                              slot_size=getattr(hal, 'UPDATE_SLOT_BYTES', update_mod.SLOT_SIZE))
         self.send_hello()
 
     # -- the control step ---------------------------------------------------------------------

@@ -352,3 +352,12 @@ def test_telemetry_batch_is_capped_and_an_oversized_batch_is_split_not_lost():
     tels = [m for m in rig.received() if m['t'] == 'tel']
     assert tels and all(len(m['samples']) == station_mod.TEL_BATCH_MAX for m in tels)
     assert rig.st.link.stats['tx_errors'] == errors_before
+
+
+@in_dir(WORK)
+def test_update_slot_capacity_comes_from_the_board():
+    wipe(WORK)
+    hal = sim_hal.Hal(ports=sim_hal.MemoryPorts(), clock=lambda: 0)
+    assert station_mod.Station(hal, 0).update.slot_size == station_mod.update_mod.SLOT_SIZE
+    hal.UPDATE_SLOT_BYTES = 176 * 1024   # a board with a small filesystem says so
+    assert station_mod.Station(hal, 0).update.slot_size == 176 * 1024
