@@ -133,6 +133,10 @@ def collect(url, timeout=3.0):
     values = cfg.get("values", {})
     config = [{"key": k, "value": values[k], "source": "v2g_vars.json" if k in in_file else "default",
                "default": defaults.get(k)} for k in sorted(values)]
+    try:
+        notes = flash.config_notes(values, flash.load_board(board))
+    except flash.FlashError:
+        notes = flash.config_notes(values)
     limits = d.get("limits", {})
     active = d.get("errors", [])
     buses = d.get("buses", {}) if isinstance(d.get("buses"), dict) else {}
@@ -146,6 +150,7 @@ def collect(url, timeout=3.0):
                      "mode": d.get("mode"), "cp_state": d.get("cp_state"),
                      "contactor": d.get("contactor")},
         "config": config,
+        "config_notes": notes,
         "limits": {"charge_ma": limits.get("charge_ma"), "charge_source": limits.get("charge_src"),
                    "discharge_ma": limits.get("discharge_ma"),
                    "discharge_source": limits.get("discharge_src")},
@@ -165,8 +170,10 @@ def collect(url, timeout=3.0):
 def _event(e):
     if isinstance(e, dict):
         return e
-    t_ms, code, on, msg = (list(e) + [None] * 4)[:4]
-    return {"t_ms": t_ms, "code": code, "on": on, "msg": msg}
+    # [t_ms, code, on, msg, boot]; code is None for a state change (pilot, mode) and boot is
+    # missing from logs written before entries carried it
+    t_ms, code, on, msg, boot = (list(e) + [None] * 5)[:5]
+    return {"boot": boot, "t_ms": t_ms, "code": code, "on": on, "msg": msg}
 
 
 def _amps(ma):
@@ -189,6 +196,7 @@ def render(r):
     for c in r["config"]:
         note = "" if c["source"] == "default" or c["value"] != c["default"] else "  (= default)"
         out.append("  {:<27} {:<22} {}{}".format(c["key"], str(c["value"]), c["source"], note))
+    out += ["  note: " + n for n in r.get("config_notes", [])]
     lim = r["limits"]
     out += ["", "[limits]",
             "  charge     {:>8}  set by {}".format(_amps(lim["charge_ma"]), lim["charge_source"]),
@@ -197,8 +205,10 @@ def render(r):
     out += ["  {}  {}".format(e["code"], e["meaning"]) for e in r["errors"]] or ["  none active"]
     out += ["", "[events]  ({} in the controller's log)".format(len(r["events"]))]
     for e in r["events"]:
-        out.append("  t={:>10} ms  {}  {:<6} {}".format(e["t_ms"], e["code"], "raised" if e["on"] else "clear",
-                                                       e["msg"]))
+        what = ("{}  {:<6}".format(e["code"], "raised" if e["on"] else "clear") if e["code"]
+                else "{:<15}".format("state"))
+        boot = "-" if e.get("boot") is None else e["boot"]
+        out.append("  boot {:>3}  t={:>10} ms  {} {}".format(boot, e["t_ms"], what, e["msg"]))
     st = r["statistics"]
     out += ["", "[statistics]", "  host link, controller side:"]
     out += _kv(st["link_controller"], "    ")

@@ -120,6 +120,18 @@ def validate_config_text(text, board_info):
     return cfg.canonical(data).encode()
 
 
+def config_notes(values, board_info=None):
+    """What valid settings cannot do as well as they read (a meter poll slower than the grid
+    profile's fastest stage, a clamped droop): the controller's own Config.notes(), as text."""
+    vm.firmware_sys_path()
+    from core import config as fw_config   # the package, so that it finds core.grid
+    limits = config_limits(board_info) if board_info is not None else None
+    try:
+        return fw_config.validate(values, None, limits).notes()
+    except fw_config.ConfigError:
+        return []
+
+
 def read_config(path, board_info):
     try:
         text = Path(path).read_text()

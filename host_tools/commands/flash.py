@@ -1,5 +1,6 @@
 """`v2g flash`: provision a controller over USB (its MicroPython REPL)."""
 
+import json
 import sys
 
 import click
@@ -31,6 +32,9 @@ def cli(port, board, config, pubkey, dry_run, link_url, boot_wait):
         plan = F.prepare(board, config=config, pubkey=pubkey)
     except F.FlashError as e:
         raise click.ClickException(str(e)) from e
+    if F.CONFIG_FILE in plan.files:
+        for note in F.config_notes(json.loads(plan.files[F.CONFIG_FILE]), F.load_board(board)):
+            click.echo("note: " + note, err=True)
     try:
         # a dry run leaves a running controller alone where the REPL is free
         with F.Board(port, interrupt=not dry_run) as b:

@@ -73,6 +73,9 @@ def test_json_report_matches_the_controller(charging):
     assert r["statistics"]["link_controller"]["frames_ok"] >= 4
     assert r["statistics"]["link_host"]["frames_ok"] >= 4
     assert r["update"]["running"] == "factory" and r["update"]["pending"] is None
+    # the default 500 ms meter poll is slower than the 160 ms stages of the default grid profile
+    assert any("METER_POLL_MS 500" in n for n in r["config_notes"])
+    assert all(e["boot"] == fw["boot_count"] for e in r["events"])
 
 
 def test_bus_counters_at_zero_are_shown_and_host_link_counts_timeouts(charging):
