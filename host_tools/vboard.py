@@ -18,6 +18,7 @@ there and feed it the plant's values. The wiring reaches the simulated board as 
 `sim_board.json` on its flash (boards/sim/hal.py).
 """
 
+import collections
 import ctypes
 import json
 import os
@@ -30,6 +31,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import tty
 from pathlib import Path
 
@@ -139,6 +141,10 @@ class VirtualBoard:
         self.ptys = {}
         self.proc = None
         self.ready = threading.Event()
+        self.start_error = None      # why the VM ended before it was ever ready
+        self._stderr_tail = collections.deque(maxlen=20)
+        self._early = []            # the VM's error output before it was first ready
+        self._lock_err = threading.Lock()
         self.stopping = False
         self.boots = 0
         self._restart_raw = None
@@ -154,15 +160,15 @@ class VirtualBoard:
     def check(self):
         """Refuse to start, with the fix, when something is missing."""
         vm.node_binary()  # raises VmMissing with the install command
+        if not (vm.BOARDS / self.board).is_dir():   # before any folder is made for it
+            known = sorted(p.name for p in vm.BOARDS.iterdir() if p.is_dir())
+            raise BoardError("unknown board {!r} (known: {})".format(self.board, ", ".join(known)))
         if self.state_dir.exists() and not os.access(self.state_dir, os.W_OK | os.X_OK):
             raise BoardError("state folder {} is not writable".format(self.state_dir))
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise BoardError("cannot create state folder {}: {}".format(self.state_dir, e.strerror)) from e
-        if not (vm.BOARDS / self.board).is_dir():
-            known = sorted(p.name for p in vm.BOARDS.iterdir() if p.is_dir())
-            raise BoardError("unknown board {!r} (known: {})".format(self.board, ", ".join(known)))
 
     def start(self):
         self.check()
@@ -179,9 +185,14 @@ class VirtualBoard:
         except BaseException:
             self.stop()
             raise
-        if not self.ready.wait(30):
-            self.stop()
-            raise BoardError("the MicroPython VM did not start within 30 s")
+        deadline = time.monotonic() + 30
+        while not self.ready.wait(0.1):
+            if self.start_error is not None or time.monotonic() > deadline:
+                why = self.start_error or "it did not start within 30 s"
+                self.stop()
+                raise BoardError("the MicroPython VM failed to start: {}".format(why))
+        with self._lock_err:
+            self._flush_early()
         return self.endpoints()
 
     def _start_parts(self):
@@ -321,7 +332,8 @@ class VirtualBoard:
         if self.heap:
             cmd += ["--heap", str(self.heap)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=sys.stderr, preexec_fn=_die_with_parent)
+                                     stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+        threading.Thread(target=self._pass_stderr, args=(self.proc.stderr,), daemon=True).start()
         os.set_blocking(self.proc.stdout.fileno(), False)
         self.boots += 1
         for ch, data in self._pending_in:
@@ -452,6 +464,35 @@ class VirtualBoard:
                         self.ptys[name].write(payload)
         return buf
 
+    def _pass_stderr(self, pipe):
+        """The VM's own error output goes on to ours once it has come up; before that it is
+        held, so that a VM that cannot start is reported in one line (start()), not a trace."""
+        for line in iter(pipe.readline, b""):
+            with self._lock_err:
+                if self.ready.is_set():
+                    self._flush_early()
+                    sys.stderr.buffer.write(line)
+                    sys.stderr.flush()
+                else:
+                    self._early.append(line)
+            text = line.decode(errors="replace").strip()
+            if text:
+                self._stderr_tail.append(text)
+        pipe.close()
+
+    def _flush_early(self):
+        if self._early:
+            sys.stderr.buffer.write(b"".join(self._early))
+            sys.stderr.flush()
+            self._early = []
+
+    def _start_failure(self, proc):
+        """One line on why a VM that never came up ended: its last error line, or its code."""
+        time.sleep(0.2)   # let the stderr thread take the last lines
+        errors = [t for t in self._stderr_tail if "Error" in t or "error" in t]
+        last = (errors or list(self._stderr_tail) or ["exit code {}".format(proc.returncode)])[-1]
+        return "{} (exit code {})".format(last[:300], proc.returncode)
+
     def _vm_ended(self, proc, sel):
         """The VM process ended. Returns True if the board goes on (restarted)."""
         proc.wait()
@@ -460,6 +501,10 @@ class VirtualBoard:
         except (KeyError, ValueError):
             pass
         if self.stopping:
+            return False
+        if not self.ready.is_set():
+            # never came up: restarting would only repeat the failure, so start() reports it
+            self.start_error = self._start_failure(proc)
             return False
         raw = self._restart_raw
         self._restart_raw = None
