@@ -62,9 +62,9 @@ def with_zeros(section, names):
 
 
 class _Counted:
-    """The host link with the tries that got no answer counted: host_tools.link retries a
-    command with the same txn but keeps no count of unanswered tries, so the report does
-    its own retries (the same txn, so a command is never applied twice) and counts them."""
+    """The host link with short tries: the report retries each command itself (the same txn, so
+    a command is never applied twice) and counts the tries that got no answer in this report;
+    the link client's own `timeouts` counter covers its whole life."""
 
     def __init__(self, lk, timeout, retries=2):
         self.lk = lk

@@ -298,7 +298,8 @@ class LinkClient:
         self.last_hello: dict | None = None
         self.last_rx: float | None = None  # time.monotonic() of the last valid message
         self.error: str | None = None  # why the reader stopped, if it did
-        self.counters = dict.fromkeys(("hb_sent", "hback", "late_results", "callback_errors"), 0)
+        # timeouts: tries (commands, requests) the controller left unanswered, for diagnostics
+        self.counters = dict.fromkeys(("hb_sent", "hback", "late_results", "callback_errors", "timeouts"), 0)
         for t, fn in (("tel", on_tel), ("evt", on_evt), ("hello", on_hello)):
             if fn is not None:
                 self.subscribe(t, fn)
@@ -397,6 +398,7 @@ class LinkClient:
             self.send(msg)
             if not done.wait(timeout):
                 self._raise_if_dead()
+                self.counters["timeouts"] += 1
                 raise LinkTimeout(f"no {reply_type!r} from the controller within {timeout:g} s")
             return got[0]
         finally:
@@ -476,6 +478,7 @@ class LinkClient:
                     return CommandResult(txn, res["ok"], res["code"], res["msg"], res["data"],
                                          round((time.monotonic() - entry[2]) * 1000, 1))
                 self._raise_if_dead()
+                self.counters["timeouts"] += 1
                 log.info("link: no result for %s (txn %s), try %d of %d", op, txn, attempt + 1,
                          retries + 1)
             raise LinkTimeout(f"no result for {op} (txn {txn}) after {retries + 1} tries "

@@ -333,6 +333,7 @@ def test_pty_timeouts_and_deadlines(pty_pair):
     with pytest.raises(hlink.LinkTimeout, match="after 2 tries"):
         client.command("mute", timeout=0.2, retries=1)
     assert time.monotonic() - t0 >= 0.4
+    assert client.stats["timeouts"] == 2      # each unanswered try is counted
 
     r = client.command("start", deadline_ms=client.now_ms() - 1)
     assert not r.ok and r.code == "V2G-110"  # refused locally, never sent
