@@ -21,7 +21,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 # System packages (Node.js, Mosquitto for the bridge tests): checked on every run, which costs
 # a few lookups when all is present; installed with apt-get (sudo -n when not root) where missing.
 sysdeps:
-	./tools/system-deps.sh
+	PYTHON=$(PY) ./tools/system-deps.sh
 
 npm: $(NPMSTAMP)
 $(NPMSTAMP): package.json package-lock.json | sysdeps

@@ -6,6 +6,8 @@ set -euo pipefail
 # Debian puts the broker in /usr/sbin, which is not on every user's PATH
 MOSQUITTO_SBIN=${MOSQUITTO_SBIN:-/usr/sbin/mosquitto}
 need=()
+# `python3 -m venv` needs ensurepip, which Debian ships apart in python3-venv
+"${PYTHON:-python3}" -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 { command -v mosquitto || [ -x "$MOSQUITTO_SBIN" ]; } >/dev/null || need+=(mosquitto)
