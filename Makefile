@@ -35,8 +35,15 @@ lint: venv
 mpy: venv
 	$(VPY) -m host_tools.mpy_check
 
+# The demo scenario in simulated time (timeline, plot), then the live station: the firmware on
+# the MicroPython VM with the SDM630 meter simulator on its RS-485 port, until Ctrl-C.
+# SIM_LIVE=0 stops after the demo.
+SIM_LIVE ?= 1
 sim: venv npm
 	$(VENV)/bin/v2g sim scenarios/demo.toml --plot build/sim/demo.png
+	@if [ "$(SIM_LIVE)" != 0 ]; then \
+	  echo "live station: firmware on the MicroPython VM, SDM630 meter on Modbus RTU; Ctrl-C stops it"; \
+	  $(VENV)/bin/v2g vboard --state build/sim/board --meter sdm630; fi
 
 perf: venv npm
 	$(VPY) -m bench

@@ -59,6 +59,13 @@ def cli(state_dir, board, blank, repl_port, meter, ev_can, can_bitrate):
     except (BoardError, vm.VmMissing) as e:
         raise click.ClickException(str(e)) from e
     print(json.dumps(endpoints), flush=True)
+    # the JSON line is for programs; people get where to point their tools
+    for hint in ("REPL:       mpremote connect {}".format(endpoints["repl"]),
+                 "host link:  v2g console --port {}   (or v2g diag --all --port ...)".format(endpoints["link"]),
+                 "plant:      JSON Lines events, e.g. {{\"do\": \"plug\"}} > {}".format(endpoints["plant"]),
+                 "CAN:        python-can interface=slcan channel={}".format(endpoints["can"]),
+                 "RS-485:     {}".format(endpoints["rs485"])):
+        print("vboard: " + hint, file=sys.stderr, flush=True)
     while not done.wait(0.5):
         pass
     board_.stop()
