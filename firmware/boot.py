@@ -57,7 +57,7 @@ def read_state(root=''):
     return None
 
 
-def _exists(path):
+def _exists(path):   # boot.py runs before app/ is importable: its own copy
     import os
     try:
         os.stat(path)

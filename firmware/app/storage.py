@@ -14,7 +14,7 @@ import os
 STATE_DIR = 'state'
 
 
-def _exists(path):
+def exists(path):
     try:
         os.stat(path)
         return True
@@ -23,7 +23,7 @@ def _exists(path):
 
 
 def ensure_dir(path):
-    if not _exists(path):
+    if not exists(path):
         os.mkdir(path)
 
 
@@ -36,7 +36,7 @@ def write_atomic(path, data):
     except OSError:
         # a rename that refuses an existing target: remove, then rename (the window between
         # the two is what read_json recovers); any other failure stands
-        if not _exists(path) or not _exists(tmp):
+        if not exists(path) or not exists(tmp):
             raise
         os.remove(path)
         os.rename(tmp, path)

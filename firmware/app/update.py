@@ -59,14 +59,6 @@ class _Frozen(Exception):
     """Raised by the fault-injection hook: the installer stops making progress."""
 
 
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
 def _is_dir(path):
     try:
         return os.stat(path)[0] & 0x4000 != 0
@@ -79,7 +71,7 @@ def _rmtree(path):
         for name in os.listdir(path):
             _rmtree(path + '/' + name)
         os.rmdir(path)
-    elif _exists(path):
+    elif storage.exists(path):
         os.remove(path)
 
 

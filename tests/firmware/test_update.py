@@ -12,7 +12,7 @@ import boot
 from fwtest import raises
 from test_cose import BUNDLE_OK, KEY_A, KEY_B, _b
 
-from app import update
+from app import storage, update
 
 try:
     import tempfile
@@ -95,7 +95,7 @@ def read(path):
 
 
 def state(root):
-    if not update._exists(root + 'update.json'):
+    if not storage.exists(root + 'update.json'):
         return update.default_state()
     return json.loads(read(root + 'update.json'))
 
@@ -212,7 +212,7 @@ def test_stalled_download_is_suspended_then_resumed():
 # -- refusals leave everything as it was ------------------------------------------------------
 
 def _refused(root, u, code, what):
-    before = read(root + 'update.json') if update._exists(root + 'update.json') else None
+    before = read(root + 'update.json') if storage.exists(root + 'update.json') else None
     data = bundle()
 
     def run():
@@ -233,7 +233,7 @@ def _refused(root, u, code, what):
     if before is not None:
         b = json.loads(before)
         assert st['active'] == b['active'] and st['seq'] == b['seq'] and st['sec'] == b['sec']
-    assert not update._is_dir(root + 'slots/a') or not update._exists(root + 'slots/a/main.py')
+    assert not update._is_dir(root + 'slots/a') or not storage.exists(root + 'slots/a/main.py')
     assert u.dl is None
     return r
 
@@ -279,7 +279,7 @@ def test_bad_signature_and_bad_digest_refused():
             off = r[3]['next']
         assert not r[0] and r[1] == 'V2G-601' and r[2].startswith(what), r
         assert state(root)['pending'] is None and u.dl is None
-        assert not update._exists(root + 'slots/a/lib/blob.bin')
+        assert not storage.exists(root + 'slots/a/lib/blob.bin')
 
 
 def test_head_not_matching_the_announced_id_refused():
@@ -453,8 +453,8 @@ def test_no_readable_state_with_slots_refuses_updates():
     assert u.report()['state'] == 'unreadable'
     r = u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
     assert not r[0] and r[1] == 'V2G-602' and r[2].startswith('state'), r
-    assert 'update.json.bak' in r[2] and update._exists(root + 'slots/a/main.py')
-    assert not update._exists(root + 'update.json')    # nothing written over what is left
+    assert 'update.json.bak' in r[2] and storage.exists(root + 'slots/a/main.py')
+    assert not storage.exists(root + 'update.json')    # nothing written over what is left
     assert boot.choose(root) == 'factory'
     # a fresh controller (no slots, no state) takes updates
     root = scratch()
@@ -623,7 +623,7 @@ def test_second_update_goes_to_the_other_slot():
     assert r[0] and r[3]['slot'] == 'b'
     r = u.command('fota_chunk', {'off': 0, 'data': data[:900]}, 0)
     assert not r[0] and r[1] == 'V2G-602'              # sequence 7 is installed now
-    assert update._exists(root + 'slots/a/main.py') and state(root)['active'] == 'a'
+    assert storage.exists(root + 'slots/a/main.py') and state(root)['active'] == 'a'
 
 
 # -- fault injection (used by the power-cut tests on the virtual board) -------------------------
@@ -631,7 +631,7 @@ def test_second_update_goes_to_the_other_slot():
 def test_fault_at_state_update_leaves_the_old_state():
     root = scratch()
     data = bundle()
-    before = read(root + 'update.json') if update._exists(root + 'update.json') else None
+    before = read(root + 'update.json') if storage.exists(root + 'update.json') else None
     with open(root + 'fota_fault.json', 'w') as f:
         f.write('{"step": "state"}')
     u = make(root)
@@ -640,8 +640,8 @@ def test_fault_at_state_update_leaves_the_old_state():
     before = read(root + 'update.json')              # written when the head claimed the slot
     r = u.command('fota_finish', {'reboot': False}, 0)
     assert not r[0] and u.frozen
-    assert read(root + 'update.json') == before and update._exists(root + 'update.json.tmp')
-    assert not update._exists(root + 'fota_fault.json')
+    assert read(root + 'update.json') == before and storage.exists(root + 'update.json.tmp')
+    assert not storage.exists(root + 'fota_fault.json')
     assert boot.choose(root) == 'factory'
     u = make(root)                                     # after the reset: finish again
     assert u.command('fota_status', {}, 0)[3]['dl']['next'] == len(data)

@@ -9,7 +9,7 @@ import time
 import pytest
 import serial
 
-from vboard_fixture import MPREMOTE, V2G, RunningBoard
+from vboard_fixture import MPREMOTE, V2G, RunningBoard, vm_pids
 
 
 @pytest.fixture
@@ -189,12 +189,6 @@ def test_missing_node_is_named_with_the_install_command(tmp_path):
                           text=True, env=env, timeout=30)
     assert proc.returncode != 0
     assert "Node.js is not installed" in proc.stderr and "apt-get install" in proc.stderr
-
-
-def vm_pids(state):
-    out = subprocess.run(["pgrep", "-f", "mpvm.mjs board --state {}".format(state)],
-                         capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
 
 
 def test_vm_does_not_outlive_a_killed_board(tmp_path):

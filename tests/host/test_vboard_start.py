@@ -3,13 +3,7 @@
 import os
 import subprocess
 
-from vboard_fixture import V2G
-
-
-def vm_pids(state):
-    out = subprocess.run(["pgrep", "-f", "mpvm.mjs board --state {}".format(state)],
-                         capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+from vboard_fixture import V2G, vm_pids
 
 
 def test_a_vm_that_fails_at_start_is_reported_once_not_restarted(tmp_path):

@@ -41,3 +41,10 @@ class RunningBoard:
     def kill(self):
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
+
+
+def vm_pids(state):
+    """The VM processes serving the board with this state folder."""
+    out = subprocess.run(["pgrep", "-f", "mpvm.mjs board --state {}".format(state)],
+                         capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
