@@ -25,18 +25,74 @@ import time
 
 from board.ev_can import PlantBms
 from board.plant import PLANT_EVENTS, Plant
+from core import setpoint as SP
 
 BOARD_NAME = 'sim'
 BOARD_LIMITS = {}   # the simulated power stage is rated for the whole config range
 
-# Events that are not the plant's: where they come from on a real station.
+# The host's side of a scenario (setpoint, limit, config, heartbeat loss) on the plant port:
+# the board plays the host for the controller. The same rules as a scenario's [[at]] events
+# (host_tools/scenario.py EVENTS: that module does not run on the board, so they are kept
+# here, and a host test holds the two equal). do -> (required, optional, key specs) where a
+# spec is (type, low, high), type 'num', 'str' or a tuple of allowed texts; config: any keys.
+_TXN = ('str', 1, 64)
 HOST_EVENTS = {
-    'setpoint': 'a host command: send it over the link (v2g console, the bridge)',
-    'limit': 'a host command: send it over the link (v2g console, the bridge)',
-    'config': 'a host command: send config_set over the link',
-    'heartbeat_loss': 'the host link: stop the host (or its heartbeats) to simulate it',
-    'heartbeat_restore': 'the host link: start the host again',
+    'setpoint': (('soc_target_pct', 'txn'), ('mode',),
+                 {'soc_target_pct': ('num', 0, 100), 'txn': _TXN, 'mode': (SP.MODE_NAMES, None, None)}),
+    'limit': (('charge_a', 'discharge_a'), ('txn',),
+              {'charge_a': ('num', 0, 80), 'discharge_a': ('num', 0, 80), 'txn': _TXN}),
+    'heartbeat_loss': ((), (), {}),
+    'heartbeat_restore': ((), (), {}),
+    'config': None,
 }
+HB_LOST_FILE = 'sim_hb_lost'   # the simulated host stays quiet across a controller reset
+
+
+def _type_problem(key, value, spec):
+    kind, lo, hi = spec
+    if isinstance(kind, tuple):
+        if not isinstance(value, str):
+            return '{} must be one of {}, got {!r}'.format(key, ', '.join(kind), value)
+        if value not in kind:
+            return '{} = {!r} is not one of {}'.format(key, value, ', '.join(kind))
+        return None
+    if kind == 'str':
+        if not isinstance(value, str):
+            return '{} must be text, got {!r}'.format(key, value)
+        if not lo <= len(value) <= hi:
+            return '{} must be {} to {} characters long'.format(key, lo, hi)
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return '{} must be a number, got {!r}'.format(key, value)
+    if isinstance(value, float) and value - value != 0:   # inf and nan (JSON's Infinity, NaN)
+        return '{} must be a finite number, got {!r}'.format(key, value)
+    if value < lo or value > hi:
+        return '{} = {} is out of range {} .. {}'.format(key, value, lo, hi)
+    return None
+
+
+def host_event_problem(do, args):
+    """What is wrong with a host event's keys, as the scenario validator words it; None if fine."""
+    rule = HOST_EVENTS[do]
+    if rule is None:   # config: any keys, their values judged by the controller
+        if not args:
+            return 'config needs at least one settings key'
+        for k in args:
+            if isinstance(args[k], (dict, list)):
+                return 'config value of {} must be a plain value'.format(k)
+        return None
+    required, optional, specs = rule
+    for key in args:
+        if key not in required and key not in optional:
+            return 'unknown key {!r} (allowed: {})'.format(key, ', '.join(required + optional) or 'none')
+    for key in required:
+        if key not in args:
+            return 'missing key {!r}'.format(key)
+    for key in args:
+        problem = _type_problem(key, args[key], specs[key])
+        if problem:
+            return problem
+    return None
 
 
 MODE_FILE = 'sim_board.json'
@@ -63,6 +119,26 @@ def load_modes(ports):
             if isinstance(got.get(k), str):
                 modes[k] = got[k]
     return modes
+
+
+def _exists(path):
+    try:
+        open(path).close()
+        return True
+    except OSError:
+        return False
+
+
+def _mark(path, on):
+    try:
+        if on:
+            with open(path, 'w') as f:
+                f.write('1')
+        else:
+            import os
+            os.remove(path)
+    except OSError:
+        pass   # gone already, or no filesystem: the flag still holds until a reset
 
 
 class SimRs485:
@@ -224,6 +300,9 @@ class Hal:
         self.can = SimCan(self.ports) if self.modes['bms'] == 'can' else None
         self.ev_bms = PlantBms() if self.can is not None and self.modes['ev_can'] == 'plant' else None
         self.next_meter_sim_ms = None
+        self.station = None          # the station the plant port plays the host for
+        self.host_txns = 0           # txns made up for host events that carry none
+        self.heartbeat_lost = _exists(HB_LOST_FILE)
 
     # -- time, watchdog, reset ------------------------------------------------------------
 
@@ -354,14 +433,60 @@ class Hal:
         if do == 'state':
             return {'ok': True, 'do': 'state', 'state': self.plant_state()}
         if do in HOST_EVENTS:
-            return {'ok': False, 'do': do, 'error': '{} is {}'.format(do, HOST_EVENTS[do])}
+            return self.host_event(do, ev, now_ms)
         if do not in PLANT_EVENTS:
-            return {'ok': False, 'do': do, 'error': 'unknown event {!r}'.format(do)}
+            return {'ok': False, 'do': do, 'error': 'unknown event {!r} (known: {})'.format(
+                do, ', '.join(PLANT_EVENTS + tuple(HOST_EVENTS) + ('reboot', 'state')))}
         try:
             self.plant.apply_event(do, ev, now_ms)
         except ValueError as e:
             return {'ok': False, 'do': do, 'error': str(e)}
         return {'ok': True, 'do': do}
+
+    def attach_station(self, station):
+        self.station = station
+
+    def host_event(self, do, args, now_ms):
+        """A host-side scenario event, with the meaning `v2g sim` gives it (scenario_run.py):
+        setpoint, limit and config become the host's commands through the station's command
+        path (journal, event log); the reply carries the controller's result. Heartbeat loss
+        makes the station drop the host's heartbeat frames until restored."""
+        problem = host_event_problem(do, args)
+        if problem:
+            return {'ok': False, 'do': do, 'error': problem}
+        st = self.station
+        if st is None:
+            return {'ok': False, 'do': do, 'error': 'no controller is running to take it'}
+        if do == 'heartbeat_loss' or do == 'heartbeat_restore':
+            lost = do == 'heartbeat_loss'
+            self.heartbeat_lost = lost
+            _mark(HB_LOST_FILE, lost)
+            if lost:
+                msg = ('host heartbeats arriving on the link are dropped: charge only (V2G-101) '
+                       'after HEARTBEAT_TIMEOUT_S {} s without one'.format(st.cfg.get('HEARTBEAT_TIMEOUT_S')))
+            else:
+                msg = ('host heartbeats on the link are taken again; discharge needs a fresh '
+                       'command after the next one')
+            return {'ok': True, 'do': do, 'msg': msg, 'hb_dropped': st.hb_dropped}
+        txn = args.get('txn') if do != 'config' else None   # config's keys are all settings
+        if txn is None:
+            # unique across resets: the journal outlives them
+            self.host_txns += 1
+            txn = 'plant-{}-{}'.format(st.boot_count, self.host_txns)
+        if do == 'setpoint':
+            op, cmd = 'soc_target', {'soc_pct': args['soc_target_pct']}
+            if 'mode' in args:
+                cmd['mode'] = args['mode']
+        elif do == 'limit':
+            op, cmd = 'limit', {'charge_a': args['charge_a'], 'discharge_a': args['discharge_a']}
+        else:
+            op, cmd = 'config_set', dict(args)
+        ok, code, msg, data = st.host_command(now_ms, txn, op, cmd)
+        reply = {'ok': ok, 'do': do, 'op': op, 'txn': txn, 'code': code}
+        reply['msg' if ok else 'error'] = msg
+        if data:
+            reply['data'] = data
+        return reply
 
     def plant_state(self):
         p = self.plant

@@ -74,6 +74,7 @@ class Station:
         _load(lambda blob: self.ctl.state_load(now_ms, blob), 'controller.json')
         self.reset_cause = hal.reset_cause()
         self.link = L.Link(hal.link_write)
+        self.hb_dropped = 0      # host heartbeats dropped while the board plays a heartbeat loss
         self.tel_period_ms = TEL_PERIOD_MS
         self.tel_batch = TEL_BATCH
         self.tel_samples = []
@@ -86,6 +87,8 @@ class Station:
         self.update = Updater(hal.BOARD_NAME, log=self.ctl.log, now_ms=now_ms, hal=hal, ctl=self.ctl,
                               fw_version=FW_VERSION,
                               slot_size=getattr(hal, 'UPDATE_SLOT_BYTES', update_mod.SLOT_SIZE))
+        if hasattr(hal, 'attach_station'):   # the virtual board's plant port also plays the host
+            hal.attach_station(self)
         self.send_hello()
 
     # -- the control step ---------------------------------------------------------------------
@@ -152,6 +155,9 @@ class Station:
     def on_message(self, msg, now_ms):
         t = msg['t']
         if t == 'hb':
+            if getattr(self.hal, 'heartbeat_lost', False):
+                self.hb_dropped += 1    # as if it never arrived: no echo either
+                return
             self.ctl.heartbeat(now_ms)
             self.link.send(L.hback(msg))
         elif t == 'rtt':
@@ -173,6 +179,11 @@ class Station:
                 msg.get('op'), type(e).__name__), {}
             self.ctl.log_refusal(now_ms, msg.get('op'), res[1], res[2])
             return res
+
+    def host_command(self, now_ms, txn, op, args):
+        """A host command that did not come over the link (the virtual board's plant port
+        plays the host): the same path, journal and event log; (ok, code, msg, data)."""
+        return self.on_command({'txn': txn, 'op': op, 'args': args}, now_ms)
 
     def refuse(self, now_ms, op, code, text):
         # a refusal by the shell itself goes to the event log like the core's own
@@ -303,6 +314,8 @@ class Station:
         out = self.ctl.out
         link = dict(self.link.stats)
         link['hb_timeouts'] = self.ctl.hb_timeouts   # host heartbeats missed (V2G-101) since boot
+        if self.hb_dropped:
+            link['hb_dropped'] = self.hb_dropped     # dropped by a simulated heartbeat loss
         return {
             'fw': self.update.version(), 'board': self.hal.BOARD_NAME, 'boot_count': self.boot_count,
             'reset_cause': self.reset_cause, 'uptime_ms': now_ms,

@@ -76,7 +76,8 @@ def test_heartbeat_is_echoed_and_plant_events_answered():
     replies = rig.plant_replies()
     assert replies[0] == {'ok': True, 'do': 'plug'}
     assert not replies[1]['ok'] and 'unknown event' in replies[1]['error']
-    assert not replies[2]['ok'] and 'over the link' in replies[2]['error']
+    # a host event: the controller's answer (no SoC yet, so the target is simply taken)
+    assert replies[2]['ok'] is True and replies[2]['op'] == 'soc_target' and replies[2]['txn'] == 'x'
     msgs = rig.received()
     assert any(m['t'] == 'hback' and m['seq'] == 1 for m in msgs)
 
@@ -361,3 +362,131 @@ def test_update_slot_capacity_comes_from_the_board():
     assert station_mod.Station(hal, 0).update.slot_size == station_mod.update_mod.SLOT_SIZE
     hal.UPDATE_SLOT_BYTES = 176 * 1024   # a board with a small filesystem says so
     assert station_mod.Station(hal, 0).update.slot_size == 176 * 1024
+
+
+# -- the plant port plays the host: setpoint, limit, config, heartbeat loss ---------------------
+
+@in_dir(WORK)
+def test_plant_setpoint_goes_through_the_command_path_and_a_repeated_txn_changes_nothing():
+    rig = Rig()
+    rig.plant(do='setpoint', soc_target_pct=55, txn='p-1', mode='charge')
+    rig.run(100)
+    first = rig.plant_replies()[0]
+    assert first['ok'] is True and first['code'] is None and first['txn'] == 'p-1'
+    assert first['data']['target_pct'] == 55 and first['data']['mode'] == 'charge'
+    assert 'p-1' in open('state/journal.json').read()      # journalled like a link command
+    rig.plant(do='setpoint', soc_target_pct=20, txn='p-1')
+    rig.run(100)
+    again = rig.plant_replies()[0]
+    assert again == first and rig.st.ctl.setpoint.target_pm == 550
+    # the same txn over the link gets the same original result too
+    rig.send(L.cmd('p-1', 'soc_target', {'soc_pct': 90}))
+    rig.run(100)
+    res = [m for m in rig.received() if m['t'] == 'res'][0]
+    assert res['ok'] is True and res['msg'] == first['msg']
+
+
+@in_dir(WORK)
+def test_plant_limit_without_txn_gets_a_fresh_one_each_time():
+    rig = Rig()
+    rig.plant(do='limit', charge_a=10, discharge_a=5)
+    rig.plant(do='limit', charge_a=12, discharge_a=0)
+    rig.run(100)
+    a, b = rig.plant_replies()
+    assert a['ok'] and b['ok'] and a['op'] == 'limit' and a['txn'] != b['txn']
+    assert a['txn'].startswith('plant-1-')
+    assert rig.st.ctl.csms_charge_ma == 12000 and rig.st.ctl.csms_discharge_ma == 0
+    # after a reset the made-up txns do not collide with the journal's
+    again = Rig(fresh=False)
+    again.plant(do='limit', charge_a=8, discharge_a=0)
+    again.run(100)
+    c = again.plant_replies()[0]
+    assert c['ok'] and c['txn'].startswith('plant-2-') and again.st.ctl.csms_charge_ma == 8000
+
+
+@in_dir(WORK)
+def test_plant_config_with_a_bad_value_is_refused_whole_and_logged():
+    rig = Rig()
+    rig.plant(do='config', MAX_CHARGE_AMPS=16, MAX_DISCHARGE_AMPS=16)
+    rig.run(100)
+    ok = rig.plant_replies()[0]
+    assert ok['ok'] is True and ok['op'] == 'config_set' and rig.st.cfg.get('MAX_CHARGE_AMPS') == 16
+    before = open('v2g_vars.json').read()
+    rig.plant(do='config', MAX_CHARGE_AMPS=500, MIN_SOC_THRESHOLD=30)
+    rig.run(100)
+    bad = rig.plant_replies()[0]
+    assert bad['ok'] is False and bad['code'] == 'V2G-400' and 'MAX_CHARGE_AMPS' in bad['error']
+    assert 'MAX_CHARGE_AMPS' in bad['data']['errors']
+    assert rig.st.cfg.get('MAX_CHARGE_AMPS') == 16 and rig.st.cfg.get('MIN_SOC_THRESHOLD') != 30
+    assert open('v2g_vars.json').read() == before
+    logged = [r for r in rig.st.ctl.log.rows() if r[3].startswith('refused config_set')]
+    assert logged and logged[-1][1] == 'V2G-400'
+
+
+@in_dir(WORK)
+def test_plant_host_events_are_checked_as_a_scenario_would_be():
+    rig = Rig()
+    cases = [
+        ({'do': 'setpoint', 'soc_target_pct': 50}, "missing key 'txn'"),
+        ({'do': 'setpoint', 'soc_target_pct': 150, 'txn': 'a'}, 'soc_target_pct = 150 is out of range 0 .. 100'),
+        ({'do': 'setpoint', 'soc_target_pct': '50', 'txn': 'a'}, "soc_target_pct must be a number, got '50'"),
+        ({'do': 'setpoint', 'soc_target_pct': 50, 'txn': 'a', 'mode': 'fast'},
+         "mode = 'fast' is not one of auto, charge, discharge"),
+        ({'do': 'setpoint', 'soc_target_pct': 50, 'txn': ''}, 'txn must be 1 to 64 characters long'),
+        ({'do': 'limit', 'charge_a': 10}, "missing key 'discharge_a'"),
+        ({'do': 'limit', 'charge_a': True, 'discharge_a': 0}, 'charge_a must be a number, got True'),
+        ({'do': 'limit', 'charge_a': 10, 'discharge_a': 0, 'phase': 1}, "unknown key 'phase'"),
+        ({'do': 'heartbeat_loss', 'seconds': 5}, "unknown key 'seconds' (allowed: none)"),
+        ({'do': 'config'}, 'config needs at least one settings key'),
+        ({'do': 'config', 'MAX_CHARGE_AMPS': [16]}, 'config value of MAX_CHARGE_AMPS must be a plain value'),
+    ]
+    for ev, _ in cases:
+        rig.plant(**ev)
+    rig.run(100)
+    replies = rig.plant_replies()
+    assert len(replies) == len(cases)
+    for (ev, why), r in zip(cases, replies):
+        assert r['ok'] is False and r['do'] == ev['do'] and why in r['error'], (ev, r)
+        assert 'code' not in r          # never reached the controller
+    assert rig.st.ctl.csms_charge_ma != 10000 and not rig.hal.heartbeat_lost
+    assert rig.st.ctl.journal.get('a') is None
+
+
+@in_dir(WORK)
+def test_plant_heartbeat_loss_drops_heartbeats_until_restored():
+    rig = Rig()
+    timeout = rig.st.cfg.heartbeat_timeout_ms
+    rig.plant(do='heartbeat_loss')
+    rig.run(100)
+    r = rig.plant_replies()[0]
+    assert r['ok'] is True and 'V2G-101' in r['msg']
+    rig.received()
+    # the host keeps sending (rig.run does): each is dropped, none echoed
+    t_lost = rig.now
+    while 'V2G-101' not in errors_of(rig) and rig.now - t_lost <= timeout + 1000:
+        rig.run(CONTROL_PERIOD_MS)
+    assert 'V2G-101' in errors_of(rig) and rig.now - t_lost <= timeout + 1000 + CONTROL_PERIOD_MS
+    msgs = rig.received()
+    assert not any(m['t'] == 'hback' for m in msgs)
+    assert rig.st.hb_dropped >= timeout // 1000
+    # it holds across a controller reset: the host is still quiet
+    again = Rig(fresh=False)
+    assert again.hal.heartbeat_lost is True
+    again.run(2000)
+    assert again.st.hb_dropped >= 2 and 'V2G-101' in errors_of(again)
+    again.plant(do='heartbeat_restore')
+    again.run(1100)
+    assert again.plant_replies()[0]['ok'] is True
+    assert any(m['t'] == 'hback' for m in again.received())
+    assert 'V2G-101' in errors_of(again)       # heartbeats back, no fresh command yet
+    again.plant(do='setpoint', soc_target_pct=50, txn='after-1')
+    again.run(100)
+    assert again.plant_replies()[0]['ok'] is True
+    assert 'V2G-101' not in errors_of(again)
+    d = _diag(again, 'd-hb')
+    assert d['link']['hb_dropped'] >= 2
+
+
+def errors_of(rig):
+    from core import errors
+    return errors.active(rig.st.ctl.out.errors)
