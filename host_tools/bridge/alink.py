@@ -217,6 +217,13 @@ class AsyncLink:
         if not self._txbuf:
             self._loop.remove_writer(self._fd)
 
+    def backlog(self):
+        """Bytes written but not yet taken by the port (the local link pauses its clients on it)."""
+        n = len(self._txbuf)
+        if self._writer is not None:
+            n += self._writer.transport.get_write_buffer_size()
+        return n
+
     def send(self, msg):
         if "v" not in msg:
             msg = {"v": hl.VERSION, **msg}

@@ -916,6 +916,10 @@ class OcppStation:
             # (a push to the controller cannot be stopped half way)
             return {"status": "Rejected", "statusInfo": self._status_info(
                 "InProgress", f"an update is already in progress (status {self.firmware_status})")}
+        if getattr(self.ctl, "local_update_running", lambda: False)():
+            # a local `v2g fota` through the bridge's local link: two pushes would undo each other
+            return {"status": "Rejected", "statusInfo": self._status_info(
+                "InProgress", "a local update (v2g fota through the local link) is being pushed")}
         location = str(firmware.get("location", ""))
         scheme = location.split(":", 1)[0].lower() if ":" in location else ""
         allowed = ("http", "https", "file") if self.allow_file_updates else ("http", "https")

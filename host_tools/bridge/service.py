@@ -24,6 +24,7 @@ from host_tools.bridge import config as cfgdir
 from host_tools.bridge.alink import AsyncLink
 from host_tools.bridge.auth import AuthError, TokenVerifier
 from host_tools.bridge.backoff import Backoff
+from host_tools.bridge.local_link import LocalLink
 from host_tools.bridge.ocpp_station import OcppStation, Security, check_station_id
 from host_tools.bridge.queue import read_json, write_json_atomic
 
@@ -140,7 +141,7 @@ class StationBridge:
     def __init__(self, station_id, link_url, csms_url, *, clog, state_dir, config_dir=None,
                  mqtt=None, verifier=None, max_version="2.1", security=None, meter_interval_s=60.0,
                  tel_batch=5, backoff=None, hello_timeout_s=5.0, heartbeat_s=hl.HEARTBEAT_S,
-                 fota=None, handshake_timeout_s=10.0, allow_file_updates=False):
+                 fota=None, handshake_timeout_s=10.0, allow_file_updates=False, local_link_port=None):
         self.id = check_station_id(station_id)
         self.link_url = link_url
         self.clog = clog
@@ -176,6 +177,20 @@ class StationBridge:
         self.gateway = None      # the gateway id when several stations share one MQTT client
         self.bridge_down = False  # set on a clean stop: the last status says the bridge is gone
         self._ready = asyncio.Event()
+        # local tools (v2g fota/diag/console) share this controller's link through the bridge
+        self.local = None
+        if local_link_port is not None:
+            try:
+                self.local = LocalLink(local_link_port, name=station_id,
+                                       clog=lambda code, msg: self.clog.event(self.id, code, msg),
+                                       busy=lambda: self.ocpp._firmware_busy)
+            except OSError:
+                self.close()
+                raise
+
+    def local_update_running(self):
+        """A local tool is pushing an update through the local link (UpdateFirmware waits)."""
+        return self.local is not None and self.local.local_update_running()
 
     async def _push_update(self, firmware, report):
         if self.link is None:
@@ -263,12 +278,16 @@ class StationBridge:
         if self.link is not None:
             out["host_link"] = {"rx": dict(self.link.deframer.stats), "last_error": self.link.deframer.last_error,
                                 "rtt_ms": self.link.rtt_ms}
+        if self.local is not None:
+            out["local_link"] = self.local.report()
         return out
 
     # ------------------------------------------------------------------ link
 
     async def run(self):
         tasks = [asyncio.ensure_future(self.ocpp.run()), asyncio.ensure_future(self._link_loop())]
+        if self.local is not None:
+            tasks.append(asyncio.ensure_future(self.local.serve()))
         if self.mqtt is not None:
             self.mqtt.register(self.id, self.on_app_message)
         try:
@@ -283,6 +302,8 @@ class StationBridge:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+        if self.local is not None:
+            self.local.sock.close()
 
     async def _link_loop(self):
         back = Backoff(1.0, 1.0, 3)
@@ -300,6 +321,8 @@ class StationBridge:
                                     f"{self.link_url} did not answer hello within {self.hello_timeout_s:g} s")
                     raise
                 self.link = link
+                if self.local is not None:
+                    self.local.attach(link)
                 self._on_hello(hello)
                 self.online = True
                 self._ready.set()
@@ -320,6 +343,8 @@ class StationBridge:
                 self.clog.event(self.id, "INFO", f"controller link: {e}")
             finally:
                 self.online = False
+                if self.local is not None:
+                    self.local.detach(link)
                 await link.close()
                 self._publish_status()
             await asyncio.sleep(back.next())
@@ -485,10 +510,14 @@ class Gateway:
 
     def __init__(self, stations, *, csms_url, config_dir, log_dir, state_dir, mqtt_url=None,
                  max_version="2.1", security_profile=None, meter_interval_s=60.0, tel_batch=5,
-                 backoff=None, handshake_timeout_s=10.0, allow_file_updates=False, gateway_id=None):
+                 backoff=None, handshake_timeout_s=10.0, allow_file_updates=False, gateway_id=None,
+                 local_link_port=None):
         stations = list(stations)
         if not stations:
             raise ValueError("no stations to serve")
+        if local_link_port is not None and len(stations) > 1:
+            raise ValueError("--local-link shares one controller's link; it cannot be used with a site "
+                             "of several controllers")
         self.gateway_id = check_station_id(gateway_id or default_gateway_id())
         seen = set()
         for station_id, _ in stations:
@@ -533,6 +562,7 @@ class Gateway:
                                 client_id=f"v2g-bridge-{self.gateway_id}-{os.getpid()}", will=will)
             self.mqtt.on_connected.append(self._mqtt_connected)
         self.bridges = []
+        self.local_link = None
         try:
             for station_id, link_url in stations:
                 self.bridges.append(StationBridge(
@@ -540,7 +570,9 @@ class Gateway:
                     mqtt=self.mqtt, verifier=verifiers[station_id], max_version=max_version, security=sec,
                     meter_interval_s=meter_interval_s, tel_batch=tel_batch,
                     backoff=backoff() if backoff else None, handshake_timeout_s=handshake_timeout_s,
-                    allow_file_updates=allow_file_updates))
+                    allow_file_updates=allow_file_updates, local_link_port=local_link_port))
+                if self.local_link is None:
+                    self.local_link = self.bridges[-1].local
                 if self.multi:
                     self.bridges[-1].gateway = self.gateway_id
         except BaseException:

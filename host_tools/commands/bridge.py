@@ -51,10 +51,13 @@ BACKOFF_MAX_S = 3600.0
 @click.option("--gateway-id", metavar="ID", default=None,
               help="This gateway's name on MQTT (v2g/_gateway/ID/status, the Will of a site gateway). "
                    "Default: the host name.")
+@click.option("--local-link", "local_link", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help="Share the controller's link with local tools (v2g fota, diag, console) on "
+                   "socket://127.0.0.1:PORT; 0 picks a free port, printed at start. One controller only.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging on stderr.")
 def cli(link_url, csms_url, station_id, site_file, mqtt_url, max_version, security_profile, config_dir,
         log_dir, state_dir, meter_interval, tel_batch, retry_backoff, handshake_timeout, allow_file_updates,
-        gateway_id, verbose):
+        gateway_id, local_link, verbose):
     """Bridge a controller (or a site's controllers) to a CSMS over OCPP 2.0.1/2.1 and to the app over MQTT 5.
 
     Runs until SIGTERM or Ctrl-C. Events go to central_system.log in the log directory.
@@ -75,6 +78,9 @@ def cli(link_url, csms_url, station_id, site_file, mqtt_url, max_version, securi
         stations = [(station_id, link_url)]
     else:
         raise click.UsageError("give --link and --station-id (or --site FILE)")
+    if local_link is not None and len(stations) > 1:
+        raise click.UsageError("--local-link shares one controller's link: use it with --link, not a site "
+                               "of several controllers")
     seen = set()
     for sid, _ in stations:
         try:
@@ -103,9 +109,13 @@ def cli(link_url, csms_url, station_id, site_file, mqtt_url, max_version, securi
                      mqtt_url=mqtt_url, max_version=max_version, security_profile=security_profile,
                      meter_interval_s=meter_interval, tel_batch=tel_batch,
                      backoff=lambda: Backoff(bmin, brange, int(brep)), handshake_timeout_s=handshake_timeout,
-                     allow_file_updates=allow_file_updates, gateway_id=gateway_id)
+                     allow_file_updates=allow_file_updates, gateway_id=gateway_id, local_link_port=local_link)
     except (cfgdir.ConfigDirError, StateDirLocked, ValueError, OSError) as e:
         raise click.ClickException(str(e)) from e
+    if gw.local_link is not None:
+        # the port chosen (0 asks for a free one): where local tools connect
+        click.echo(f"local link: {gw.local_link.url}", nl=True)
+        sys.stdout.flush()
     try:
         asyncio.run(_serve(gw))
     finally:
