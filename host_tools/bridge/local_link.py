@@ -41,7 +41,7 @@ MAX_REFUSED = 8             # refused clients held at once; more are closed at o
 CLIENT_PENDING = 64         # commands a client may have waiting; the oldest is forgotten past that
 CLIENT_TX_LIMIT = 64 * 1024  # a client this far behind misses telemetry rather than grow memory
 LINK_BACKLOG = 8 * 1024     # controller-link bytes queued before a client's input is paused
-MIN_CTL_TXN = 17            # "L" + 16 hex digits: 64 bits of hash at least
+MIN_CTL_TXN = 13            # "L" + 12 hex digits: 48 bits, as many as LinkClient's own txns carry
 # fota ops that change the controller's download; refused while an OCPP UpdateFirmware runs
 FOTA_WRITE_OPS = ("fota_begin", "fota_chunk", "fota_finish", "fota_abort", "fota_confirm")
 LOCAL_UPDATE_S = 30.0       # a local push counts as running this long after its last chunk
@@ -53,9 +53,9 @@ STAT_NAMES = ("clients", "clients_refused", "cmds", "results", "late_results", "
 
 def controller_txn(txn: str) -> str:
     """The txn the controller sees for a client's txn: deterministic (a retry maps to the
-    same one), as long as the client's (so the rewritten result fits the frame the
-    controller's did) but at least MIN_CTL_TXN, and starting with "L", which no txn of the
-    bridge's own starts with."""
+    same one), starting with "L", which no txn of the bridge's own starts with, and exactly as
+    long as the client's (so a command the client sized to fill a frame, a FOTA chunk, still
+    fits, and so does its result) unless that is shorter than MIN_CTL_TXN."""
     n = min(hl.TXN_MAX_LEN, max(MIN_CTL_TXN, len(txn)))
     return "L" + hashlib.sha256(txn.encode("utf-8")).hexdigest()[:n - 1]
 
@@ -207,18 +207,21 @@ class LocalLink:
             why = str(e) or type(e).__name__
         finally:
             self.clients.pop(c.id, None)
-            for ctl in c.txns:             # nothing stays pending for a client that left
-                waiting = self.pending.get(ctl)
-                if waiting is not None:
-                    waiting.pop(c.id, None)
-                    if not waiting:
-                        del self.pending[ctl]
-            c.txns.clear()
+            for ctl in list(c.txns):       # nothing stays pending for a client that left
+                self._forget(c, ctl)
             bad = {k: v for k, v in c.deframer.stats.items() if v and k not in ("frames_ok", "tx_frames")}
             self.clog("INFO", f"local link: client {c.id} from {c.peer} left ({why}); "
                       f"{c.deframer.stats['frames_ok']} frames relayed"
                       + (f", dropped: {bad}" if bad else ""))
             writer.close()
+
+    def _forget(self, c, ctl):
+        c.txns.pop(ctl, None)
+        waiting = self.pending.get(ctl)
+        if waiting is not None:
+            waiting.pop(c.id, None)
+            if not waiting:
+                del self.pending[ctl]
 
     async def _wait_link_backlog(self):
         """Pause this client's input while the controller link has a backlog (a FOTA window
@@ -269,14 +272,21 @@ class LocalLink:
         c.txns[ctl] = msg["txn"]
         c.txns.move_to_end(ctl)
         while len(c.txns) > CLIENT_PENDING:     # a client that never waits: forget its oldest
-            old, _ = c.txns.popitem(last=False)
-            waiting = self.pending.get(old)
-            if waiting is not None:
-                waiting.pop(c.id, None)
-                if not waiting:
-                    del self.pending[old]
+            self._forget(c, next(iter(c.txns)))
+        out = dict(msg, txn=ctl)
         try:
-            link.send(dict(msg, txn=ctl))
+            hl.encode_frame(out)
+        except hl.LinkError as e:
+            # only a txn shorter than MIN_CTL_TXN grows; say so rather than leave it waiting
+            self._forget(c, ctl)
+            self.stats["tx_errors"] += 1
+            c.send({"v": hl.VERSION, "t": "res", "txn": msg["txn"], "ok": False, "code": "V2G-400",
+                    "msg": f"{op}: refused by the bridge, the command does not fit one frame under the "
+                           f"relayed txn ({e}); use a txn of {MIN_CTL_TXN} characters or more",
+                    "data": {}}, self.stats)
+            return
+        try:
+            link.send(out)
         except hl.LinkError as e:
             self.stats["offline_drops"] += 1
             log.debug("local link: cmd not relayed: %s", e)

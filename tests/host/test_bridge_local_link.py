@@ -86,6 +86,14 @@ class RawClient:
         self.s.close()
 
 
+def _fits(msg):
+    try:
+        encode_frame(msg)
+    except hl.LinkError:
+        return False
+    return True
+
+
 async def _until(fn, clients, timeout=3.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -128,7 +136,7 @@ def test_relay_forwards_commands_copies_telemetry_and_filters_the_rest():
         assert [m["t"] for m in a.got] == ["hello"] and a.got[0]["fw"] == "0.1.0"
         ctl_a, ctl_b = controller_txn("h000000000001"), controller_txn("bb")
         assert [m["txn"] for m in fake.sent] == [ctl_a, ctl_a, ctl_b]
-        assert ctl_a.startswith("L") and len(ctl_a) == 17 and len(ctl_b) == 17
+        assert ctl_a.startswith("L") and len(ctl_a) == 13 and len(ctl_b) == 13   # as long, or 13 at least
         assert len(controller_txn("x" * 64)) == 64 and controller_txn("x" * 64) != controller_txn("x" * 63)
         assert fake.sent[2]["ttl_ms"] == 3000 and fake.sent[2]["op"] == "diag"   # the rest as sent
         assert ll.stats["hb_ignored"] == 2
@@ -168,6 +176,15 @@ def test_relay_forwards_commands_copies_telemetry_and_filters_the_rest():
         assert len(fake.sent) == 4                   # nothing corrupt, no hb, no rtt, no hello reached it
         # an OCPP update in progress: a local push is refused by the bridge, reads still go through
         c = await loop.run_in_executor(None, RawClient, ll.port)
+        # a chunk filling the frame with a 2-character txn would not fit under the relayed one:
+        # refused by the bridge, with the reason, instead of a silent drop
+        n = next(n for n in range(1100, 0, -1) if _fits(
+            {"v": 1, "t": "cmd", "txn": "ff", "op": "fota_chunk", "args": {"off": 0, "data": b"x" * n}}))
+        c.send({"t": "cmd", "txn": "ff", "op": "fota_chunk", "args": {"off": 0, "data": b"x" * n}})
+        await _until(lambda: c.got, [c])
+        assert c.got[0]["code"] == "V2G-400" and "does not fit one frame" in c.got[0]["msg"]
+        assert len(fake.sent) == 4 and not ll.pending
+        c.got.clear()
         busy[0] = True
         c.send({"t": "cmd", "txn": "f1", "op": "fota_begin", "args": {"size": 10, "id": b"x" * 16}})
         c.send({"t": "cmd", "txn": "f2", "op": "fota_status", "args": {}})
