@@ -89,9 +89,143 @@ def test_plant_port_answers_every_line(station):
     assert plant.do(do="plug") == {"ok": True, "do": "plug"}
     bad = plant.do(do="grid", frequency_hz="sixty")
     assert bad["ok"] is False and "frequency_hz" in bad["error"]
-    host = plant.do(do="setpoint", soc_target_pct=50, txn="t")
-    assert host["ok"] is False and "link" in host["error"]
+    bad_host = plant.do(do="setpoint", soc_target_pct=50)
+    assert bad_host == {"ok": False, "do": "setpoint", "error": "missing key 'txn'"}
     state = plant.do(do="state")["state"]
     assert state["cp"] == "B"
     plant.port.write(b"this is not json\n")
     assert json.loads(plant.port.readline())["ok"] is False
+
+
+# -- the plant port plays the host's side of a scenario ------------------------------------------
+
+def test_host_event_rules_match_the_scenario_validator():
+    """The board cannot import host_tools/scenario.py, so it keeps its own copy of the rules
+    for the host's events: they must say exactly what the validator says."""
+    from host_tools import scenario, vm
+    vm.firmware_sys_path()
+    from board import hal
+
+    for do, rule in hal.HOST_EVENTS.items():
+        assert scenario.EVENTS[do] == rule, do
+    cases = [
+        {"do": "setpoint", "soc_target_pct": 50},
+        {"do": "setpoint", "soc_target_pct": 101, "txn": "a"},
+        {"do": "setpoint", "soc_target_pct": float("nan"), "txn": "a"},
+        {"do": "setpoint", "soc_target_pct": "50", "txn": "a"},
+        {"do": "setpoint", "soc_target_pct": 50, "txn": 7},
+        {"do": "setpoint", "soc_target_pct": 50, "txn": "x" * 65},
+        {"do": "setpoint", "soc_target_pct": 50, "txn": "a", "mode": "fast"},
+        {"do": "setpoint", "soc_target_pct": 50, "txn": "a", "mode": 1},
+        {"do": "limit", "charge_a": 10},
+        {"do": "limit", "charge_a": -1, "discharge_a": 0},
+        {"do": "limit", "charge_a": False, "discharge_a": 0},
+        {"do": "limit", "charge_a": 1, "discharge_a": 0, "txn": ""},
+        {"do": "limit", "charge_a": 1, "discharge_a": 0, "phase": 2},
+        {"do": "heartbeat_loss", "after_s": 1},
+        {"do": "heartbeat_restore", "x": None},
+        {"do": "config"},
+        {"do": "config", "MAX_CHARGE_AMPS": {"a": 1}},
+    ]
+    for ev in cases:
+        args = {k: v for k, v in ev.items() if k != "do"}
+        with pytest.raises(scenario.ScenarioError) as e:
+            scenario._check_event("s.toml", 0, dict(ev, t_s=0), 10, None)
+        assert hal.host_event_problem(ev["do"], args) == e.value.problem, ev
+    for ev in ({"do": "setpoint", "soc_target_pct": 50, "txn": "a", "mode": "auto"},
+               {"do": "limit", "charge_a": 16, "discharge_a": 8.5},
+               {"do": "heartbeat_loss"}, {"do": "config", "MAX_CHARGE_AMPS": 16}):
+        scenario._check_event("s.toml", 0, dict(ev, t_s=0), 10, None)
+        assert hal.host_event_problem(ev["do"], {k: v for k, v in ev.items() if k != "do"}) is None
+
+
+def test_plant_setpoint_and_limit_reach_the_controller_with_its_result(station):
+    _, plant, link, tel = station
+    assert plant.do(do="plug")["ok"] and plant.do(do="ev_ready")["ok"]
+    wait_for(tel, lambda s: s["mode"] == "charging" and s["ma"] > 5000)
+    first = plant.do(do="setpoint", soc_target_pct=30, txn="plant-sp-1")
+    assert first["ok"] is True and first["op"] == "soc_target" and first["txn"] == "plant-sp-1"
+    assert first["code"] is None and first["data"]["target_pct"] == 30, first
+    wait_for(tel, lambda s: s["mode"] == "discharging" and s["ma"] < -5000)
+    # the same txn again, with another target: the original result, nothing changed
+    again = plant.do(do="setpoint", soc_target_pct=90, txn="plant-sp-1")
+    assert again == first
+    assert link.command("status").data["target_pm"] == 300
+    # and over the link the same txn is the same command
+    r = link.command("soc_target", {"soc_pct": 90}, txn="plant-sp-1")
+    assert r.ok and r.msg == first["msg"]
+    # a CSMS limit without a txn: one is made up, the controller's limit source says csms
+    lim = plant.do(do="limit", charge_a=10, discharge_a=6)
+    assert lim["ok"] is True and lim["op"] == "limit" and lim["txn"].startswith("plant-"), lim
+    s = wait_for(tel, lambda s: s["lim_dis_ma"] == 6000)
+    assert s["lim_dis_src"] == "csms"
+
+
+def test_plant_config_is_the_hosts_config_set_and_a_bad_value_is_refused(station):
+    _, plant, link, _ = station
+    before = link.command("config_get").data
+    bad = plant.do(do="config", MAX_CHARGE_AMPS=500, MIN_SOC_THRESHOLD=30)
+    assert bad["ok"] is False and bad["code"] == "V2G-400" and bad["op"] == "config_set", bad
+    assert "MAX_CHARGE_AMPS" in bad["error"] and "MAX_CHARGE_AMPS" in bad["data"]["errors"]
+    after = link.command("config_get").data
+    assert after == before          # refused whole: MIN_SOC_THRESHOLD not taken either
+    ok = plant.do(do="config", MIN_SOC_THRESHOLD=30)
+    assert ok["ok"] is True and ok["data"]["changed"] == ["MIN_SOC_THRESHOLD"], ok
+    assert link.command("config_get", {"keys": ["MIN_SOC_THRESHOLD"]}).data["values"] == {"MIN_SOC_THRESHOLD": 30}
+    diag = link.command("diag").data
+    assert "MIN_SOC_THRESHOLD" in diag["config_file_keys"]        # on flash, as config_set does
+    assert plant.do(do="config", txn="c1")["ok"] is False          # txn is no setting
+
+
+def test_plant_heartbeat_loss_brings_the_fallback_for_real(station):
+    _, plant, link, tel = station
+    # a short timeout, set the way the host would (through the plant port's config)
+    assert plant.do(do="config", HEARTBEAT_TIMEOUT_S=3)["ok"]
+    timeout_s = 3
+    assert plant.do(do="plug")["ok"] and plant.do(do="ev_ready")["ok"]
+    assert plant.do(do="setpoint", soc_target_pct=30, txn="before-hb")["ok"]
+    wait_for(tel, lambda s: s["mode"] == "discharging" and s["ma"] < -5000)
+    hbacks, evts = [], []
+    link.subscribe("hback", lambda m: hbacks.append(time.monotonic()))
+    link.subscribe("evt", lambda m: evts.extend((time.monotonic(), e) for e in m["events"]))
+    time.sleep(1.5)
+    assert hbacks, "the host's heartbeats are not answered"
+    lost = plant.do(do="heartbeat_loss")
+    assert lost["ok"] is True and "V2G-101" in lost["msg"] and "3 s" in lost["msg"], lost
+    t_lost = time.monotonic()
+    end = t_lost + timeout_s + 3
+    raised = None
+    while time.monotonic() < end and raised is None:
+        raised = next((t for t, e in evts if e["code"] == "V2G-101" and e["on"]), None)
+        time.sleep(0.05)
+    assert raised is not None, "no V2G-101 after the heartbeat loss"
+    last_hb = max(t for t in hbacks if t <= t_lost + 0.3)   # the last one the controller took
+    assert not [t for t in hbacks if t > t_lost + 0.3], "a heartbeat got through"
+    # the controller's timer runs from the last heartbeat it took; one step (100 ms) plus
+    # the ports' latency on top
+    assert timeout_s - 0.3 <= raised - last_hb <= timeout_s + 0.1 + 0.6, raised - last_hb
+    assert link.stats["hb_sent"] > 0
+    diag = link.command("diag").data
+    assert "V2G-101" in diag["errors"] and diag["link"]["hb_dropped"] >= timeout_s
+    assert diag["mode"] == "charge_only" and diag["limits"]["discharge_ma"] == 0, diag
+    wait_for(tel, lambda s: s["mode"] == "charge_only" and s["ma"] >= 0)
+    # heartbeats back: still charge-only until a fresh command
+    back = plant.do(do="heartbeat_restore")
+    assert back["ok"] is True
+    n = len(hbacks)
+    end = time.monotonic() + 3
+    while len(hbacks) == n and time.monotonic() < end:
+        time.sleep(0.05)
+    assert len(hbacks) > n, "heartbeats are not answered after heartbeat_restore"
+    time.sleep(0.3)
+    assert "V2G-101" in link.command("diag").data["errors"]
+    fresh = plant.do(do="setpoint", soc_target_pct=30, txn="after-hb")
+    assert fresh["ok"] is True, fresh
+    end = time.monotonic() + 2
+    cleared = None
+    while time.monotonic() < end and cleared is None:
+        cleared = next((e for _, e in evts if e["code"] == "V2G-101" and not e["on"]), None)
+        time.sleep(0.05)
+    assert cleared is not None and "fresh command" in cleared["msg"]
+    assert "V2G-101" not in link.command("diag").data["errors"]
+    wait_for(tel, lambda s: s["mode"] == "discharging")      # discharge toward 30 % again
