@@ -465,8 +465,8 @@ class Hal:
                 msg = ('host heartbeats arriving on the link are dropped: charge only (V2G-101) '
                        'after HEARTBEAT_TIMEOUT_S {} s without one'.format(st.cfg.get('HEARTBEAT_TIMEOUT_S')))
             else:
-                msg = ('host heartbeats on the link are taken again; discharge needs a fresh '
-                       'command after the next one')
+                msg = ('host heartbeats on the link are taken again; after a V2G-101 discharge '
+                       'also needs a fresh command')
             return {'ok': True, 'do': do, 'msg': msg, 'hb_dropped': st.hb_dropped}
         txn = args.get('txn') if do != 'config' else None   # config's keys are all settings
         if txn is None:
