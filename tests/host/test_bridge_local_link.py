@@ -19,6 +19,7 @@ import time
 
 import pytest
 from bridge_helpers import BridgeProc, wait_until
+from ocpp.v21 import call
 from ocpp_csms import Csms
 from test_fota import firmware_tree
 from vboard_fixture import V2G
@@ -351,6 +352,11 @@ def test_fota_through_the_bridge_resumes_and_installs(rig):
         for i in range(4):
             lk.send({"t": "cmd", "txn": hl.new_txn(), "op": "fota_chunk",
                      "args": {"off": off + i * step, "data": bundle[off + i * step:off + (i + 1) * step]}})
+    # while the local push is under way the CSMS's own update is turned away, not mixed in
+    kind, res = rig["csms"].request(STATION, call.UpdateFirmware(
+        request_id=9, firmware={"location": path.as_uri(), "retrieve_date_time": "2026-01-01T00:00:00Z"}))
+    assert kind == "result" and res["status"] == "Rejected", res
+    assert res["statusInfo"]["reasonCode"] == "InProgress"
     mark = rig["csms"].mark()
     p = subprocess.run([V2G, "fota", "--port", rig["url"], "--json", "--trial-s", "60", str(path)],
                        capture_output=True, text=True, timeout=120)
