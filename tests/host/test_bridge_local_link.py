@@ -297,7 +297,7 @@ def test_the_bridge_announces_its_local_link(rig):
     assert rig["port"] != 0
 
 
-def test_diag_all_through_the_running_bridge(rig):
+def test_diag_and_console_through_the_running_bridge(rig):
     t0 = time.monotonic()
     p = subprocess.run([V2G, "diag", "--all", "--json", "--port", rig["url"]], capture_output=True, text=True,
                        timeout=60)
@@ -308,6 +308,10 @@ def test_diag_all_through_the_running_bridge(rig):
     print("diag --all --json via the bridge: {:.1f} s".format(time.monotonic() - t0))
     p = subprocess.run([V2G, "diag", "--all", "--port", rig["url"]], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and "0.1.0" in p.stdout, p.stdout + p.stderr
+    p = subprocess.run([V2G, "console", "--port", rig["url"], "--exec", "status", "--exec", "events"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "firmware 0.1.0 board sim" in p.stdout and "V2G-507" in p.stdout, p.stdout
     _csms_online(rig["csms"])
 
 
