@@ -225,7 +225,8 @@ class LocalLink:
 
     async def _wait_link_backlog(self):
         """Pause this client's input while the controller link has a backlog (a FOTA window
-        is 4 kB; the controller reads at the line rate)."""
+        is 4 kB; the controller reads at the line rate). After 5 s it lets the client go on:
+        a port that takes nothing at all fails the link, which detaches it."""
         for _ in range(500):
             link = self._online()
             if link is None or link.backlog() <= LINK_BACKLOG:
