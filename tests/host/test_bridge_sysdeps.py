@@ -57,11 +57,15 @@ def sandbox(tmp_path):
 
 
 def test_make_test_checks_system_packages_every_time_before_anything_else():
-    out = subprocess.run(["make", "-n", "-W", "requirements.txt", "test"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60).stdout.splitlines()
+    # a clean make environment: under `make test` the inherited MAKEFLAGS/MAKELEVEL would add
+    # "Entering directory" lines to what -n prints
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    out = subprocess.run(["make", "--no-print-directory", "-n", "-W", "requirements.txt", "test"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, env=env).stdout.splitlines()
     assert out[0].endswith("./tools/system-deps.sh")   # phony: runs even with the venv up to date
     assert any("pytest" in line for line in out)
-    out = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    out = subprocess.run(["make", "--no-print-directory", "-n", "test"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, env=env).stdout
     assert "./tools/system-deps.sh" in out
 
 
