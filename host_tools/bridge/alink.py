@@ -13,6 +13,7 @@ retry (the controller answers a repeated txn with its original result).
 import asyncio
 import logging
 import os
+import random
 import time
 
 import serial
@@ -237,10 +238,14 @@ class AsyncLink:
             log.debug("%s: %s not sent: %s", self.name, msg.get("t"), e)
 
     async def _heartbeat(self):
+        first = True
         while True:
             self._hb_seq += 1
             self._send_quiet({"t": "hb", "seq": self._hb_seq, "host_ms": hl.LinkClient.now_ms()})
-            await asyncio.sleep(self.heartbeat_s)
+            # after the first beat, a random phase: a site gateway's links connect together, and
+            # in step their heartbeats would come in bursts that delay everything else
+            await asyncio.sleep(self.heartbeat_s * (random.random() if first else 1))
+            first = False
 
     async def hello(self, timeout=2.0):
         fut = self._loop.create_future()

@@ -11,6 +11,7 @@ import fcntl
 import json
 import logging
 import os
+import random
 import re
 import socket
 import time
@@ -357,6 +358,8 @@ class StationBridge:
             self.serial = f"{msg['board']}-{self.id}"
 
     async def _status_poller(self):
+        await self.refresh_status()
+        await asyncio.sleep(STATUS_POLL_S * random.random())   # spread a site's polls (see alink)
         while True:
             await self.refresh_status()
             await asyncio.sleep(STATUS_POLL_S)
