@@ -113,6 +113,16 @@ class Pty:
                 pass
 
 
+
+def _lines(held, data):
+    """Complete lines in held + data, and the rest to hold; a runaway line without an end is
+    let through at 64 kB rather than held forever."""
+    *lines, rest = (held + data).split(b"\n")
+    if len(rest) > 65536:
+        lines.append(rest)
+        rest = b""
+    return lines, rest
+
 class VirtualBoard:
     def __init__(self, state_dir, board="sim", blank=False, repl_port=None, heap=None,
                  meter=None, ev_can="plant", can_bitrate=500000):
@@ -256,11 +266,7 @@ class VirtualBoard:
                 self.canbus.send(frame, self._fw_can)
 
     def _plant_from_firmware(self, payload):
-        buf = self._plant_buf + payload
-        *lines, self._plant_buf = buf.split(b"\n")
-        if len(self._plant_buf) > 65536:
-            lines.append(self._plant_buf)
-            self._plant_buf = b""
+        lines, self._plant_buf = _lines(self._plant_buf, payload)
         out = b""
         for line in lines:
             if line.startswith(METER_SIM_MARK):
@@ -274,11 +280,7 @@ class VirtualBoard:
         """Plant commands for the firmware, less the reset button: {"do": "reboot"} resets the
         board here, so it works also while the controller is stopped (after mpremote, whose
         soft reset in raw REPL does not run main.py, as on a real board)."""
-        buf = self._plant_in + data
-        *lines, self._plant_in = buf.split(b"\n")
-        if len(self._plant_in) > 65536:
-            lines.append(self._plant_in)
-            self._plant_in = b""
+        lines, self._plant_in = _lines(self._plant_in, data)
         out = b""
         for line in lines:
             if self._is_reboot(line):
