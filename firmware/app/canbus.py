@@ -11,6 +11,8 @@ and change nothing. The HAL's port:
     can.recv(buf)                # dlc of the next received frame (data in buf), -1 if none;
                                  # its id in can.rx_id, can.rx_ext True for a 29-bit id
 """
+from micropython import const
+
 from core import can_msgs as M
 from core import ticks
 
@@ -28,6 +30,17 @@ for _i in range(len(M.LIMIT_CHARGE_SRC_NAMES)):
 _SRC_ALIAS = {'heartbeat': M.LIMIT_CHARGE_SRC_HOST, 'can': M.LIMIT_CHARGE_SRC_BMS,
               'floor': M.LIMIT_CHARGE_SRC_SETPOINT, 'charge_only': M.LIMIT_CHARGE_SRC_HOST,
               'fault': M.LIMIT_CHARGE_SRC_STATION}
+
+
+_STEP_MA = const(100)   # the DBC's 0.1 A resolution of ReqCurrent and the limit signals
+
+
+def _toward_zero(ma):
+    """What the vehicle is asked or allowed, cut to the wire's resolution toward zero: the
+    codec rounds to nearest, which could ask up to 50 mA more than the controller decided."""
+    if ma >= 0:
+        return ma - ma % _STEP_MA
+    return -((-ma) - (-ma) % _STEP_MA)
 
 
 def _src(name):
@@ -104,7 +117,7 @@ class CanTask:
         d = self.txbuf
         o = tx.vcu_power_request
         r = out.request_ma
-        o.req_current_ma = r
+        o.req_current_ma = _toward_zero(r)
         if out.mode == 'fault':
             o.req_mode = M.REQ_MODE_STOP
         elif r > 0:
@@ -123,8 +136,8 @@ class CanTask:
         s.errors = out.errors & 0xFFFFFF
         self._send(M.EVSE_STATUS_ID, tx.frame_evse_status(d))
         el = tx.evse_limits
-        el.limit_charge_ma = out.limit_charge_ma
-        el.limit_discharge_ma = out.limit_discharge_ma
+        el.limit_charge_ma = _toward_zero(out.limit_charge_ma)
+        el.limit_discharge_ma = _toward_zero(out.limit_discharge_ma)
         el.limit_charge_src = _src(out.limit_charge_src)
         el.limit_discharge_src = _src(out.limit_discharge_src)
         el.meter_current_ma = inputs.meter_ma

@@ -11,6 +11,7 @@ import struct
 from app import station as station_mod
 from board import hal as sim_hal
 from core import can_msgs as M
+from core import config
 from core import link as L
 from core import modbus
 from core.controller import CONTROL_PERIOD_MS
@@ -381,3 +382,49 @@ def test_two_requests_per_snapshot_would_cost_a_step():
     assert per_snapshot == 2 and limit_us == 166720
     assert times == [250, 250, 250]
     assert limit_us // times[0] < 850
+
+
+def test_requests_and_limits_go_out_cut_toward_zero_never_above_the_decision():
+    from app import canbus
+
+    class Port:
+        def __init__(self):
+            self.frames = {}
+
+        def open(self, bitrate):
+            pass
+
+        def send(self, cid, buf, dlc):
+            self.frames[cid] = bytes(buf[:dlc])
+            return True
+
+    class Out:
+        mode = 'discharging'
+        cp_state = 'C'
+        contactor = True
+        pwm_pm = 50
+        errors = 0
+        limit_charge_src = 'station'
+        limit_discharge_src = 'grid'
+
+    class Inp:
+        contactor_closed = True
+        meter_ma = -16049
+
+    for req, lim_c, lim_d, want_req, want_c, want_d in (
+            (-16051, 31999, 16099, -16000, 31900, 16000),
+            (16050, 6050, 0, 16000, 6000, 0),
+            (-49, 99, 50, 0, 0, 0),
+            (-32000, 32000, 32000, -32000, 32000, 32000)):
+        port = Port()
+        task = canbus.CanTask(port, config.Config(config.defaults()))
+        out = Out()
+        out.request_ma, out.limit_charge_ma, out.limit_discharge_ma = req, lim_c, lim_d
+        task.transmit(0, out, Inp())
+        o = M.VcuPowerRequest()
+        assert M.unpack_vcu_power_request(port.frames[M.VCU_POWER_REQUEST_ID], o)
+        assert o.req_current_ma == want_req, (req, o.req_current_ma)
+        el = M.EvseLimits()
+        assert M.unpack_evse_limits(port.frames[M.EVSE_LIMITS_ID], el)
+        assert (el.limit_charge_ma, el.limit_discharge_ma) == (want_c, want_d)
+        assert el.meter_current_ma == -16000     # a measurement keeps nearest rounding
