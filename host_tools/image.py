@@ -115,6 +115,10 @@ def build(board, base_hex, out_hex, config=None, pubkey=None):
         base = IntelHex(str(base_hex))
     except Exception as e:  # noqa: BLE001 - intelhex raises several kinds
         raise ImageError("cannot read base image {}: {}".format(base_hex, e)) from None
+    if not base.segments():
+        # an empty file parses as Intel HEX too; a factory image without MicroPython never boots
+        raise ImageError("base image {} holds no data: expected the board's MicroPython firmware".format(
+            base_hex))
     check_base(base, info, geo)
     plan = flash.prepare(board, config=config, pubkey=pubkey)
     region = fs_image(plan.files, geo)

@@ -3,6 +3,7 @@
 import click
 
 from host_tools import flash, image
+from host_tools.commands._checks import check_out_file
 
 
 @click.command(name="image")
@@ -20,10 +21,13 @@ def cli(board, base_hex, out_hex, config, pubkey):
     A base image with data in the filesystem region or the update partition is refused,
     with the addresses named.
     """
+    check_out_file(out_hex, "-o / --out", (base_hex, config, pubkey))
     try:
         s = image.build(board, base_hex, out_hex, config=config, pubkey=pubkey)
     except (image.ImageError, flash.FlashError) as e:
         raise click.ClickException(str(e)) from e
+    except OSError as e:
+        raise click.ClickException("cannot write {}: {}".format(out_hex, e.strerror)) from None
     where = " + ".join("0x{:08X}-0x{:08X}".format(lo, hi - 1) for lo, hi in s["fs_regions"])
     click.echo("{}: firmware {} for {}, {} files ({:,} bytes) in a {} KiB littlefs at {}".format(
         out_hex, s["version"], s["board"], len(s["files"]), s["payload_bytes"], s["fs_bytes"] // 1024, where))

@@ -7,6 +7,7 @@ import click
 import json
 
 from host_tools import vm
+from host_tools.commands._checks import check_out_file
 from host_tools.commands.keygen import read_passphrase
 from signing import bundle, keys
 
@@ -86,6 +87,10 @@ def cli(key_path, passphrase_file, seq, version, board, security_counter, root, 
         hex_out = str(Path(out).with_suffix(".hex"))
         if Path(hex_out) == Path(out):
             raise click.UsageError("-o {} ends in .hex: give the Intel HEX file with --hex-out".format(out))
+    # before the key is read: a bundle over one of its own inputs would destroy it
+    inputs = (key_path, passphrase_file, *files)
+    check_out_file(out, "-o / --out", inputs)
+    check_out_file(hex_out, "--hex-out", inputs + (out,))
     try:
         key = keys.load_private(key_path, read_passphrase(passphrase_file))
     except keys.KeyFileError as e:
@@ -106,9 +111,12 @@ def cli(key_path, passphrase_file, seq, version, board, security_counter, root, 
             raise click.ClickException("bundle of {} bytes at 0x{:08X} does not fit board {}'s update "
                                        "partition: {} bytes from there (board.json)".format(
                                            len(data), hex_address, board, start + size - hex_address))
-    Path(out).write_bytes(data)
-    if hex_out:
-        Path(hex_out).write_text(hex_text)
+    try:
+        Path(out).write_bytes(data)
+        if hex_out:
+            Path(hex_out).write_text(hex_text)
+    except OSError as e:
+        raise click.ClickException("cannot write {}: {}".format(e.filename, e.strerror)) from None
     click.echo("signed {}: {} bytes, {} component(s), seq {}, security counter {}, board {}, kid {}".format(
         out, len(data), len(components), seq, security_counter, board, keys.key_id(key).hex()))
     if hex_out:

@@ -6,6 +6,7 @@ import click
 from rich.markup import escape
 
 from host_tools import sim as simlib
+from host_tools.commands._checks import check_out_file, check_plot_file
 from host_tools.scenario import ScenarioError, load
 
 _MODE_STYLE = {"charging": "green", "discharging": "magenta", "charge_only": "yellow",
@@ -101,6 +102,13 @@ def cli(scenario_file, as_json, vm, out_file, plot_file):
     except ScenarioError as e:
         err_console.print("[bold red]invalid scenario:[/] {}".format(escape(str(e))), highlight=False)
         sys.exit(2)
+    # where the results go is checked before the run, so a long run is never lost to a bad path
+    check_out_file(out_file, "--out", (scenario_file,), make_parents=True)
+    if out_file is None and not as_json:
+        check_out_file(str(simlib.default_timeline_path(scenario_file)), "--out (not given: the default)",
+                       make_parents=True)
+    check_out_file(plot_file, "--plot", (scenario_file, out_file), make_parents=True)
+    check_plot_file(plot_file, "--plot")
     vm_name = vm or scenario["vm"]
     if as_json:
         def on_record(_rec, line):
@@ -119,12 +127,18 @@ def cli(scenario_file, as_json, vm, out_file, plot_file):
         sys.exit(1)
     out = err_console if as_json else console
     target = out_file or (None if as_json else simlib.default_timeline_path(scenario_file))
-    if target:
-        path = simlib.write_timeline(result, target)
-        out.print("timeline: {} ({} records)".format(path, len(result.records)), highlight=False, markup=False)
-    if plot_file:
-        path = simlib.plot(result, plot_file)
-        out.print("plot: {}".format(path), highlight=False, markup=False)
+    try:
+        if target:
+            path = simlib.write_timeline(result, target)
+            out.print("timeline: {} ({} records)".format(path, len(result.records)), highlight=False,
+                      markup=False)
+        if plot_file:
+            path = simlib.plot(result, plot_file)
+            out.print("plot: {}".format(path), highlight=False, markup=False)
+    except OSError as e:
+        err_console.print("[bold red]cannot write:[/] {}: {}".format(escape(str(e.filename)), e.strerror),
+                          highlight=False)
+        sys.exit(1)
     if not as_json:
         _print_summary(console, result)
     out.print("speed: {:.0f} s simulated in {:.2f} s wall = {:.0f}x real time ({} VM)".format(
