@@ -212,6 +212,8 @@ def load(path):
         data = tomllib.loads(path.read_text())
     except OSError as e:
         raise BenchError("{}: cannot read: {}".format(path, e.strerror)) from None
+    except UnicodeDecodeError:
+        raise BenchError("{}: not UTF-8 text (a bench scenario is TOML)".format(path)) from None
     except tomllib.TOMLDecodeError as e:
         raise BenchError("{}: not valid TOML: {}".format(path, e)) from None
     return validate(data, path)
@@ -747,8 +749,11 @@ class Bench:
             if self.meter_port:
                 from host_tools.metersim import MeterSim
                 m = sc["meter"]
-                metersim = MeterSim(self.meter_port, model=m.get("model", "SDM630"), unit=m.get("unit", 1),
-                                    baud=m.get("baud", 9600)).start()
+                try:
+                    metersim = MeterSim(self.meter_port, model=m.get("model", "SDM630"), unit=m.get("unit", 1),
+                                        baud=m.get("baud", 9600)).start()
+                except (RuntimeError, ValueError, OSError) as e:
+                    raise BenchError("--meter-port {}: {}".format(self.meter_port, e)) from None
             if self.plant_port:
                 plant = open(self.plant_port, "wb", buffering=0)
             with LinkClient(self.link_url, on_tel=self._on_tel, on_evt=self._on_evt) as lk:

@@ -5,6 +5,7 @@ import sys
 import click
 
 from host_tools import bench
+from host_tools.commands._checks import FiniteFloatRange, check_out_file, check_plot_file, check_port, port_problem
 
 
 @click.command(name="bench")
@@ -14,7 +15,7 @@ from host_tools import bench
               help="python-can interface of the CAN adapter.")
 @click.option("--can-channel", required=True,
               help="Adapter channel: serial port for slcan (the virtual board's can endpoint), can0, PCAN_USBBUS1...")
-@click.option("--can-bitrate", type=int, default=500000, show_default=True, help="CAN bit rate.")
+@click.option("--can-bitrate", type=click.IntRange(1, 1000000), default=500000, show_default=True, help="CAN bit rate.")
 @click.option("--meter-port", default=None,
               help="Serial port where the bench plays the Modbus RTU meter (pymodbus); without it the "
                    "controller's own meter is used.")
@@ -24,7 +25,7 @@ from host_tools import bench
 @click.option("--junit", "junit", type=click.Path(dir_okay=False), default=None, help="Write JUnit XML here.")
 @click.option("--plot", "plot", type=click.Path(dir_okay=False), default=None,
               help="Plot of the run: .png (matplotlib) or .html (self-contained).")
-@click.option("--settle", type=float, default=10.0, show_default=True,
+@click.option("--settle", type=FiniteFloatRange(0, 3600), default=10.0, show_default=True,
               help="Seconds to wait for the controller to be ready (no V2G-507/V2G-120) before the run.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the result table.")
 def cli(scenario, link, can_interface, can_channel, can_bitrate, meter_port, plant, junit, plot, settle, quiet):
@@ -34,6 +35,23 @@ def cli(scenario, link, can_interface, can_channel, can_bitrate, meter_port, pla
     """
     try:
         sc = bench.load(scenario)
+    except bench.BenchError as e:
+        click.echo("bench: {}".format(e), err=True)
+        sys.exit(2)
+    # the scenario first, then the set-up: nothing is opened until every value can be used
+    check_port(link, "--link")
+    if can_interface == "slcan":
+        check_port(can_channel, "--can-channel")
+    check_port(meter_port, "--meter-port")
+    if plant is not None:
+        # the plant port is opened for writing as a file: a regular file there would be overwritten
+        why = "a URL: give the virtual board's plant device path" if "://" in plant else port_problem(plant)
+        if why:
+            raise click.BadParameter("cannot open {}: {}".format(plant, why), param_hint="--plant")
+    check_out_file(junit, "--junit", (scenario,), make_parents=True)
+    check_out_file(plot, "--plot", (scenario, junit), make_parents=True)
+    check_plot_file(plot, "--plot", extra=(".html", ".htm"))
+    try:
         b = bench.Bench(sc, link, can_interface=can_interface, can_channel=can_channel, can_bitrate=can_bitrate,
                         meter_port=meter_port, plant=plant, settle_s=settle,
                         log=None if quiet else (lambda line: click.echo(line, err=True)))
@@ -43,12 +61,19 @@ def cli(scenario, link, can_interface, can_channel, can_bitrate, meter_port, pla
         sys.exit(2)
     click.echo(result.table())
     if junit:
-        click.echo("JUnit XML: {}".format(result.junit(junit)))
+        try:
+            click.echo("JUnit XML: {}".format(result.junit(junit)))
+        except OSError as e:
+            click.echo("bench: cannot write --junit {}: {}".format(junit, e.strerror), err=True)
+            sys.exit(2)
     if plot:
         try:
             click.echo("plot: {}".format(result.plot(plot)))
         except bench.BenchError as e:
             click.echo("bench: {}".format(e), err=True)
+        except OSError as e:
+            click.echo("bench: cannot write --plot {}: {}".format(plot, e.strerror), err=True)
+            sys.exit(2)
     if result.setup_error:
         sys.exit(2)
     sys.exit(0 if result.passed else 1)
