@@ -46,6 +46,27 @@ def _value(text):
         return text
 
 
+def _number(cmd, args, default, lo, hi, kind=int):
+    """The one optional number argument of cmd, within lo..hi; ConsoleError naming cmd otherwise."""
+    if len(args) > 1:
+        raise ConsoleError("{} takes at most one number".format(cmd))
+    if not args:
+        return default
+    try:
+        v = kind(args[0])
+    except ValueError:
+        v = None
+    # nan fails both comparisons, so it is refused with the rest
+    if v is None or not lo <= v <= hi:
+        raise ConsoleError("{}: {!r} is not a {} from {:g} to {:g}".format(
+            cmd, args[0], "whole number" if kind is int else "number", lo, hi))
+    return v
+
+
+# commands that take no arguments: a stray word is refused, not silently ignored
+NO_ARGS = ("status", "events", "meter", "clear", "update", "diag")
+
+
 def _fmt_ma(ma):
     return "{:.1f} A".format(ma / 1000) if isinstance(ma, int) else str(ma)
 
@@ -79,13 +100,18 @@ class Console:
         return r
 
     def run_line(self, line):
-        words = shlex.split(line)
+        try:
+            words = shlex.split(line)
+        except ValueError as e:     # an unclosed quote
+            raise ConsoleError("cannot read {!r}: {}".format(line, e)) from None
         if not words:
             return ""
         name, args = words[0].lower(), words[1:]
         handler = getattr(self, "do_" + name, None)
         if handler is None:
             raise ConsoleError("unknown command {!r}; type help".format(name))
+        if args and name in NO_ARGS:
+            raise ConsoleError("{} takes no arguments".format(name))
         try:
             return handler(args)
         except LinkError as e:
@@ -128,7 +154,7 @@ class Console:
         return got[:n]
 
     def do_tel(self, args):
-        n = int(args[0]) if args else 5
+        n = _number("tel", args, 5, 1, 100)
         rows = ["{:>9} {:2} {:<11} {:>8} {:>8} {:>7} {:>6} {:>8} {}".format(
             "t_ms", "cp", "mode", "meter", "limit", "V", "soc%", "req", "errors")]
         for s in self._samples(n):
@@ -146,7 +172,7 @@ class Console:
                          for e in evs)
 
     def do_watch(self, args):
-        seconds = float(args[0]) if args else 10.0
+        seconds = _number("watch", args, 10.0, 0.1, 3600, float)
         lines = []
         unsubscribe = self.link.subscribe("evt", lambda m: lines.extend(
             "t={} ms {} {} {}".format(e["t_ms"], e["code"], "raised" if e["on"] else "clear", e["msg"])
@@ -170,6 +196,8 @@ class Console:
             if "=" not in item:
                 raise ConsoleError("config set wants KEY=VALUE, got {!r}".format(item))
             k, v = item.split("=", 1)
+            if not k:
+                raise ConsoleError("config set wants KEY=VALUE, got {!r}".format(item))
             changes[k] = _value(v)
         if not changes:
             raise ConsoleError("config set wants at least one KEY=VALUE")
@@ -187,7 +215,7 @@ class Console:
         return "\n".join(lines)
 
     def do_can(self, args):
-        n = int(args[0]) if args else 3
+        n = _number("can", args, 3, 1, 100)
         rows = ["{:>9} {:>6} {:>7} {:>9}".format("t_ms", "soc%", "bat C", "request")]
         for s in self._samples(n):
             rows.append("{:>9} {:>6.1f} {:>7.1f} {:>9}".format(
@@ -197,8 +225,6 @@ class Console:
         return "\n".join(rows)
 
     def do_clear(self, args):
-        if args:
-            raise ConsoleError("clear takes no arguments")
         # the controller's one latched error; it refuses while the contactor still reads closed
         r = self.cmd("clear_fault")
         errs = self.cmd("diag").data.get("errors", [])

@@ -65,6 +65,8 @@ def check_port(value, hint):
     """value, or click.BadParameter naming hint ("--port") when it cannot be a serial port."""
     if value is None:
         return None
+    if not value:
+        raise click.BadParameter("empty: give a device path or socket://HOST:PORT", param_hint=hint)
     why = port_problem(value)
     if why:
         raise click.BadParameter("cannot open {}: {}".format(value, why), param_hint=hint)

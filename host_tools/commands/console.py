@@ -5,6 +5,7 @@ import sys
 import click
 
 from host_tools import console as C
+from host_tools.commands._checks import FiniteFloatRange, check_port
 from host_tools.link import LinkError
 
 
@@ -12,7 +13,7 @@ from host_tools.link import LinkError
 @click.option("--port", required=True, help="The controller's host-link port (device path or socket:// URL).")
 @click.option("--exec", "commands", multiple=True, metavar="COMMAND",
               help="Run COMMAND and exit (repeatable), e.g. --exec status --exec 'config get MAX_CHARGE_AMPS'.")
-@click.option("--timeout", type=click.FloatRange(0.5, 60), default=3.0, show_default=True,
+@click.option("--timeout", type=FiniteFloatRange(0.5, 60), default=3.0, show_default=True,
               help="Seconds to wait for each answer.")
 def cli(port, commands, timeout):
     """Status, live telemetry, events, settings, meter, CAN monitor, update state and
@@ -21,6 +22,7 @@ def cli(port, commands, timeout):
     Without --exec: a prompt with history (type help). Commands are read from standard
     input when it is not a terminal, one per line.
     """
+    check_port(port, "--port")
     try:
         con = C.Console(port, timeout=timeout).open()
     except LinkError as e:

@@ -6,6 +6,7 @@ import os
 import click
 
 from host_tools import diag
+from host_tools.commands._checks import FiniteFloatRange, port_problem
 
 
 @click.command(name="diag", context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,11 +14,15 @@ from host_tools import diag
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON instead of text.")
 @click.option("--port", default=lambda: os.environ.get("V2G_LINK", "/dev/ttyACM0"), show_default="$V2G_LINK or /dev/ttyACM0",
               help="The controller's host-link port (device path or socket:// URL).")
-@click.option("--timeout", type=click.FloatRange(0.5, 60), default=3.0, show_default=True,
+@click.option("--timeout", type=FiniteFloatRange(0.5, 60), default=3.0, show_default=True,
               help="Seconds to wait for each answer.")
 def cli(all_, as_json, port, timeout):
     """Report firmware and board, settings with their source, current limits and why,
     active errors, the event log, link/meter/CAN statistics and the update state."""
+    why = port_problem(port)
+    if why:     # worded as before for scripts that look for it, with the reason added
+        raise click.ClickException("no answer from the controller on --port {}: cannot open it: {}".format(
+            port, why))
     try:
         report = diag.collect(port, timeout=timeout)
     except diag.DiagError as e:

@@ -6,12 +6,13 @@ from pathlib import Path
 import click
 
 from host_tools import fota
+from host_tools.commands._checks import check_port
 from host_tools.link import LinkClient, LinkError
 
 
 @click.command(name="fota")
 @click.option("--port", required=True, help="The controller's host link (serial device or pyserial URL).")
-@click.option("--baud", type=int, default=115200, show_default=True, help="Line rate of the link.")
+@click.option("--baud", type=click.IntRange(50, 4000000), default=115200, show_default=True, help="Line rate of the link.")
 @click.option("--window", type=click.IntRange(1, 16), default=fota.DEFAULT_WINDOW, show_default=True,
               help="Chunks in flight before waiting for their results.")
 @click.option("--tries", type=click.IntRange(1, 5), default=None,
@@ -33,7 +34,10 @@ def cli(port, baud, window, tries, trial_s, no_reboot, as_json, bundle_path):
     try:
         fota.bundle_id(data)
     except fota.FotaError as e:
+        if as_json:
+            _fail(True, "{}: {}".format(bundle_path, e), e.code)
         raise click.ClickException("{}: {}".format(bundle_path, e)) from None
+    check_port(port, "--port")
     try:
         with LinkClient(port, baudrate=baud) as client:
             rep = _run(client, data, window, tries, trial_s, not no_reboot, as_json)
