@@ -6,6 +6,7 @@ import sys
 import click
 
 from host_tools import flash as F
+from host_tools.commands._checks import FiniteFloatRange, check_port
 
 
 @click.command(name="flash")
@@ -18,7 +19,7 @@ from host_tools import flash as F
 @click.option("--dry-run", is_flag=True, help="List what would change; write nothing; leave the running controller alone.")
 @click.option("--link", "link_url", default=None,
               help="The controller's host-link port: after the reset, confirm its version by hello.")
-@click.option("--boot-wait", type=click.FloatRange(1, 120), default=10.0, show_default=True,
+@click.option("--boot-wait", type=FiniteFloatRange(1, 120), default=10.0, show_default=True,
               help="Seconds to watch the boot after the reset.")
 def cli(port, board, config, pubkey, dry_run, link_url, boot_wait):
     """Compile the firmware for BOARD, copy what changed, install the settings and the
@@ -28,10 +29,16 @@ def cli(port, board, config, pubkey, dry_run, link_url, boot_wait):
     Only files whose SHA-256 differs are copied; files of ours the new firmware no longer
     has are removed; the controller's state/ folder is kept.
     """
+    if dry_run and link_url:
+        raise click.UsageError("--link confirms the version after the reset, and --dry-run does not reset: "
+                               "give one of them")
     try:
         plan = F.prepare(board, config=config, pubkey=pubkey)
     except F.FlashError as e:
         raise click.ClickException(str(e)) from e
+    # the files first (a bad settings file is named even with no board attached), then the ports
+    check_port(port, "--port")
+    check_port(link_url, "--link")
     if F.CONFIG_FILE in plan.files:
         for note in F.config_notes(json.loads(plan.files[F.CONFIG_FILE]), F.load_board(board)):
             click.echo("note: " + note, err=True)
