@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from host_tools.commands._checks import check_out_file
 from signing import keys
 
 
@@ -39,6 +40,9 @@ def cli(out, alg, passphrase_file, force):
     id: the first 8 bytes of SHA-256 over the public key's DER, carried as the COSE kid.
     The controller is provisioned with the public key only.
     """
+    # --force must never turn the passphrase file into the key that needs it
+    check_out_file(out, "--out", (passphrase_file,))
+    check_out_file(str(keys.public_path(out)), "--out (its KEY.pub.pem)", (passphrase_file,))
     passphrase = read_passphrase(passphrase_file)
     try:
         priv, pub, key = keys.write_keypair(out, alg, passphrase, force=force)
