@@ -37,8 +37,10 @@ watch use the same pyserial port directly.
 import ast
 import base64
 import concurrent.futures
+import contextlib
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import re
@@ -70,6 +72,8 @@ def known_boards():
 
 def load_board(name):
     """boards/<name>/board.json as a dict (hex strings stay strings; see int_of)."""
+    if name not in known_boards():   # a name, never a path
+        raise FlashError("unknown board {!r} (known: {})".format(name, ", ".join(known_boards())))
     path = vm.BOARDS / name / "board.json"
     if not path.is_file():
         raise FlashError("unknown board {!r} (known: {})".format(name, ", ".join(known_boards())))
@@ -344,27 +348,35 @@ class Board:
         from mpremote.transport import TransportError
         from mpremote.transport_serial import SerialTransport
         try:
-            self.t = SerialTransport(self.port, baudrate=self.baudrate)
+            # a read timeout: on a pty mpremote reads byte by byte and would wait for ever on
+            # a port that is not a REPL (the link port, say); with it, its own deadlines apply
+            self.t = SerialTransport(self.port, baudrate=self.baudrate, timeout=1)
         except (TransportError, OSError, ValueError) as e:
             raise FlashError("cannot open {}: {}".format(self.port, e)) from None
         try:
-            if self.interrupt:
-                # Ctrl-C stops the running controller (mpremote interrupts), then a soft reset
-                # in raw REPL gives clean module state; main.py does not run in raw REPL.
-                self.t.enter_raw_repl(soft_reset=True)
-                self.stopped_controller = True
-            elif not self._enter_raw_quietly():
-                # main.py holds the REPL (a real board): only Ctrl-C gets to it, which stops
-                # the controller; the caller restarts it.
-                self.stopped_controller = True
-                self.t.serial.write(b"\r\x03")
-                time.sleep(0.3)
-                self.t.serial.reset_input_buffer()
-                self.t.enter_raw_repl(soft_reset=False)
+            # mpremote prints whatever it read when the raw REPL does not answer: on a port
+            # that is not a REPL that is binary noise, so it is kept out of the user's terminal
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._enter()
         except TransportError as e:
             self.t.close()
             raise FlashError("no MicroPython REPL on {}: {}".format(self.port, e)) from None
         return self
+
+    def _enter(self):
+        if self.interrupt:
+            # Ctrl-C stops the running controller (mpremote interrupts), then a soft reset
+            # in raw REPL gives clean module state; main.py does not run in raw REPL.
+            self.t.enter_raw_repl(soft_reset=True)
+            self.stopped_controller = True
+        elif not self._enter_raw_quietly():
+            # main.py holds the REPL (a real board): only Ctrl-C gets to it, which stops
+            # the controller; the caller restarts it.
+            self.stopped_controller = True
+            self.t.serial.write(b"\r\x03")
+            time.sleep(0.3)
+            self.t.serial.reset_input_buffer()
+            self.t.enter_raw_repl(soft_reset=False)
 
     def __exit__(self, *exc):
         self.close()

@@ -181,3 +181,17 @@ def test_console_command_with_bad_arguments_is_an_error(fx, board, line, names):
     for name in names:
         assert name in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_flash_on_a_port_that_is_not_a_repl_ends_with_a_clear_error(fx, board):
+    # the host-link port answers in framed CBOR, never with a REPL: mpremote alone would wait
+    # for ever on a pty; flash gives up within mpremote's own deadlines and keeps it short
+    proc = v2g("flash", "--port", board.endpoints["link"], "--board", "sim", "--dry-run", cwd=fx,
+               timeout=60)
+    assert_refused(proc, "no MicroPython REPL on " + board.endpoints["link"])
+    assert len(proc.stdout) < 200, proc.stdout        # none of the port's bytes dumped
+
+
+def test_a_board_name_is_never_a_path(fx):
+    assert_refused(v2g("flash", "--port", "/dev/null", "--board", "../boards/sim", cwd=fx),
+                   "unknown board '../boards/sim'")
