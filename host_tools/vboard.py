@@ -170,13 +170,18 @@ class VirtualBoard:
     def check(self):
         """Refuse to start, with the fix, when something is missing."""
         vm.node_binary()  # raises VmMissing with the install command
-        if not (vm.BOARDS / self.board).is_dir():   # before any folder is made for it
-            known = sorted(p.name for p in vm.BOARDS.iterdir() if p.is_dir())
+        known = sorted(p.name for p in vm.BOARDS.iterdir() if p.is_dir() and not p.name.startswith("_"))
+        if self.board not in known:   # a name, never a path; checked before any folder is made
             raise BoardError("unknown board {!r} (known: {})".format(self.board, ", ".join(known)))
+        if self.state_dir.exists() and not self.state_dir.is_dir():
+            raise BoardError("state folder {} is a file, not a folder".format(self.state_dir))
         if self.state_dir.exists() and not os.access(self.state_dir, os.W_OK | os.X_OK):
             raise BoardError("state folder {} is not writable".format(self.state_dir))
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise BoardError("cannot create state folder {}: a part of that path is a file or a "
+                             "link to nothing".format(self.state_dir)) from None
         except OSError as e:
             raise BoardError("cannot create state folder {}: {}".format(self.state_dir, e.strerror)) from e
 

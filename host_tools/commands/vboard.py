@@ -52,6 +52,9 @@ def cli(state_dir, board, blank, repl_port, meter, ev_can, can_bitrate):
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
+    if not state_dir.strip():
+        raise click.BadParameter("names no folder: give the folder that holds the board's files",
+                                 param_hint="--state")
     try:
         board_ = VirtualBoard(state_dir, board=board, blank=blank, repl_port=repl_port, meter=meter,
                               ev_can=ev_can, can_bitrate=int(can_bitrate))
