@@ -13,6 +13,7 @@ from host_tools.bridge import config as cfgdir
 from host_tools.bridge.backoff import Backoff
 from host_tools.bridge.ocpp_station import check_station_id
 from host_tools.bridge.service import Gateway, StateDirLocked
+from host_tools.commands._checks import FiniteFloatRange, port_problem
 
 BACKOFF_MAX_S = 3600.0
 
@@ -37,13 +38,13 @@ BACKOFF_MAX_S = 3600.0
               help="Where central_system.log goes. Default /var/log/v2g, else the user's state directory.")
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,
               help="Offline queue and transaction state. Default /var/lib/v2g, else the user's state directory.")
-@click.option("--meter-interval", type=click.FloatRange(1, 3600), default=60, show_default=True,
+@click.option("--meter-interval", type=FiniteFloatRange(1, 3600), default=60, show_default=True,
               help="Seconds between meter values in a running transaction.")
 @click.option("--tel-batch", type=click.IntRange(1, 100), default=5, show_default=True,
               help="Telemetry samples per MQTT message.")
 @click.option("--retry-backoff", default="3,10,5", show_default=True, metavar="MIN,RANGE,REPEAT",
               help="CSMS reconnect back-off (OCPP RetryBackOffWaitMinimum, RandomRange, RepeatTimes), seconds.")
-@click.option("--handshake-timeout", type=click.FloatRange(0.5, 120), default=10, show_default=True,
+@click.option("--handshake-timeout", type=FiniteFloatRange(0.5, 120), default=10, show_default=True,
               help="Seconds allowed for the CSMS WebSocket and the controller hello handshakes.")
 @click.option("--allow-file-updates", is_flag=True,
               help="Accept file:// firmware locations in UpdateFirmware (a lab or a local mirror); "
@@ -65,12 +66,20 @@ def cli(link_url, csms_url, station_id, site_file, mqtt_url, max_version, securi
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if site_file:
+        if link_url or station_id:
+            raise click.UsageError("--site names every controller and its link: give it without --link "
+                                   "and --station-id")
         try:
             site = json.loads(open(site_file, encoding="utf-8").read())
             if not isinstance(site, list):
                 raise TypeError("not a list")
-            stations = [(str(e["station_id"]), str(e["link"])) for e in site]
-        except (ValueError, KeyError, TypeError) as e:
+            stations = []
+            for i, e in enumerate(site):
+                if not isinstance(e, dict) or not isinstance(e.get("station_id"), str) \
+                        or not isinstance(e.get("link"), str):
+                    raise TypeError(f"entry {i} is not {{\"station_id\": TEXT, \"link\": TEXT}}")
+                stations.append((e["station_id"], e["link"]))
+        except (ValueError, TypeError) as e:
             raise click.ClickException(f"{site_file}: expected a JSON list of {{station_id, link}}: {e}") from e
         if not stations:
             raise click.ClickException(f"{site_file}: the site lists no controllers; nothing to serve")
@@ -81,6 +90,11 @@ def cli(link_url, csms_url, station_id, site_file, mqtt_url, max_version, securi
     if local_link is not None and len(stations) > 1:
         raise click.UsageError("--local-link shares one controller's link: use it with --link, not a site "
                                "of several controllers")
+    for sid, link in stations:
+        why = port_problem(link)
+        # a device not there yet (a USB adapter still enumerating) is waited for, like a lost one
+        if why is not None and why != "no such device":
+            raise click.ClickException(f"controller link {link!r} of {sid}: {why}")
     seen = set()
     for sid, _ in stations:
         try:

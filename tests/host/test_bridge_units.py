@@ -717,3 +717,28 @@ def test_cli_refuses_an_empty_site_and_unbounded_backoff(tmp_path):
                 "1,1e9,1", "1,1"):
         r = CliRunner().invoke(cli, base + ["--link", "x", "--station-id", "A", "--retry-backoff", bad])
         assert r.exit_code == 2 and "--retry-backoff" in r.output, (bad, r.output)
+
+
+def test_cli_refuses_nan_timings_a_malformed_site_and_a_link_that_is_no_port(tmp_path):
+    from click.testing import CliRunner
+
+    from host_tools.commands.bridge import cli
+    cfg = tmp_path / "etc"
+    cfg.mkdir(mode=0o750)
+    base = ["--csms", "ws://127.0.0.1:9/ocpp", "--config-dir", str(cfg), "--log-dir", str(tmp_path / "log"),
+            "--state-dir", str(tmp_path / "st")]
+    one = ["--link", "/dev/pts/999", "--station-id", "A"]
+    for opt in ("--meter-interval", "--handshake-timeout"):
+        r = CliRunner().invoke(cli, base + one + [opt, "nan"])
+        assert r.exit_code == 2 and opt in r.output and "not a number" in r.output, r.output
+    site = tmp_path / "site.json"
+    site.write_text("[1, 2, 3]")
+    r = CliRunner().invoke(cli, base + ["--site", str(site)])
+    assert r.exit_code == 1 and "entry 0 is not" in r.output, r.output
+    site.write_text('[{"station_id": "A", "link": "/dev/pts/999"}]')
+    r = CliRunner().invoke(cli, base + ["--site", str(site)] + one)
+    assert r.exit_code == 2 and "without --link" in r.output
+    afile = tmp_path / "not-a-port"
+    afile.write_text("")
+    r = CliRunner().invoke(cli, base + ["--link", str(afile), "--station-id", "A"])
+    assert r.exit_code != 0 and "regular file, not a serial port" in r.output
