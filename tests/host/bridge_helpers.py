@@ -174,8 +174,10 @@ class Broker:
 
 class BridgeProc:
     def __init__(self, link, csms_url, station, config_dir, log_dir, state_dir, *extra):
-        self.args = [sys.executable, "-m", "host_tools.commands.bridge", "--link", link, "--csms", csms_url,
-                     "--station-id", station, "--config-dir", str(config_dir), "--log-dir", str(log_dir),
+        # link None: a site gateway, whose --site file names the links and stations
+        one = [] if link is None else ["--link", link, "--station-id", station]
+        self.args = [sys.executable, "-m", "host_tools.commands.bridge", *one, "--csms", csms_url,
+                     "--config-dir", str(config_dir), "--log-dir", str(log_dir),
                      "--state-dir", str(state_dir), *extra]
         self.log_dir = Path(log_dir)
         self.err = open(Path(log_dir).parent / f"bridge-{station}.stderr", "a")

@@ -107,7 +107,7 @@ def _site(env, tmp, stations, gw):
     dead = free_port()           # no controller and no CSMS answer there
     site = tmp / "site.json"
     site.write_text(json.dumps([{"station_id": s, "link": f"socket://127.0.0.1:{dead}"} for s in stations]))
-    return BridgeProc(f"socket://127.0.0.1:{dead}", f"ws://127.0.0.1:{dead}/ocpp", stations[0], env["cfg"],
+    return BridgeProc(None, f"ws://127.0.0.1:{dead}/ocpp", stations[0], env["cfg"],
                       tmp / "log", tmp / "state", "--site", str(site), "--gateway-id", gw,
                       "--mqtt", f"mqtts://v2g-bridge@127.0.0.1:{env['broker'].port}",
                       "--retry-backoff", "5,0,0")

@@ -273,7 +273,7 @@ def test_config_dir_writable_by_others_or_a_writable_key_refuses_to_start(tmp_pa
     with pytest.raises(ConfigDirError, match="does not exist"):
         check_config_dir(tmp_path / "nope")
     # the command says so and exits non-zero, before touching any port
-    proc = subprocess.run([sys.executable, "-m", "host_tools.commands.bridge", "--link", "/dev/null",
+    proc = subprocess.run([sys.executable, "-m", "host_tools.commands.bridge", "--link", "/dev/pts/999",
                            "--csms", "ws://127.0.0.1:9/ocpp", "--station-id", "X", "--config-dir", str(d),
                            "--log-dir", str(tmp_path / "log"), "--state-dir", str(tmp_path / "st")],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
@@ -579,7 +579,7 @@ def test_one_state_dir_per_bridge_and_unique_station_ids(tmp_path):
         with pytest.raises(StateDirLocked, match=f"pid {os.getpid()}"):
             StationBridge("CS1", "/dev/null", kw["csms_url"], clog=_Log(), state_dir=tmp_path / "st")
         # another process is refused too (flock is per open file, so a child sees the lock)
-        proc = subprocess.run([sys.executable, "-m", "host_tools.commands.bridge", "--link", "/dev/null",
+        proc = subprocess.run([sys.executable, "-m", "host_tools.commands.bridge", "--link", "/dev/pts/999",
                                "--csms", kw["csms_url"], "--station-id", "CS1", "--config-dir", str(cfg),
                                "--log-dir", str(tmp_path / "log"), "--state-dir", str(tmp_path / "st")],
                               capture_output=True, text=True, timeout=20, cwd=ROOT)
