@@ -21,8 +21,8 @@ def test_notes_come_from_the_firmware_rules():
 def test_flash_dry_run_prints_the_notes_before_touching_a_board(tmp_path):
     cfg = tmp_path / "v2g_vars.json"
     cfg.write_text('{"METER_POLL_MS": 1000}')
-    # no board on this port: the notes come from the host, before the board is opened
-    proc = subprocess.run([V2G, "flash", "--port", str(tmp_path / "no-such-port"), "--board", "sim",
+    # nothing listens on that port: the notes come from the host, before the board is opened
+    proc = subprocess.run([V2G, "flash", "--port", "socket://127.0.0.1:9", "--board", "sim",
                            "--config", str(cfg), "--dry-run"], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "note: METER_POLL_MS 1000 exceeds" in proc.stderr
