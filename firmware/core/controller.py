@@ -82,6 +82,10 @@ _NO_EVENTS = ()
 _FRESH_OPS = ('soc_target', 'limit', 'start', 'charge_only')
 
 
+def _clamp(v, lo, hi):
+    return lo if v < lo else hi if v > hi else v
+
+
 def _age(now, then):
     return (now - then) & _TICKS_MASK
 
@@ -520,21 +524,10 @@ class Controller:
                 cur = cur + stepma if cur + stepma < base else base
             else:
                 cur = cur - stepma if cur - stepma > base else base
-        if cur > lc:
-            cur = lc
-        if cur < -ld:
-            cur = -ld
-        if not close:
-            cur = 0
-        self._req = cur
-        cur += grid_part
-        if cur > lc:
-            cur = lc
-        if cur < -ld:
-            cur = -ld
+        self._req = _clamp(cur, -ld, lc) if close else 0
+        # grid_part is 0 unless the contactor is closed, so an open contactor still asks for 0
+        cur = _clamp(self._req + grid_part, -ld, lc)
         if no_reverse and cur < 0:
-            cur = 0
-        if not close:
             cur = 0
         o.request_ma = cur
 
