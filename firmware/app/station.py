@@ -198,24 +198,9 @@ class Station:
             if prev is not None:
                 return prev
             return self.refuse(now_ms, op, 'V2G-110', '{}: its time to live was spent before it arrived'.format(op))
-        if op == 'diag':
-            return True, None, 'diagnostics', self.diagnostics(now_ms)
-        if op == 'events':
-            res = self.events_page(args.get('start', 0))
-        elif op == 'telemetry':
-            res = self.set_telemetry(args)
-        else:
-            res = None
+        res = self.shell_command(op, args, now_ms)
         if res is not None:
-            if not res[0]:
-                self.ctl.log_refusal(now_ms, op, res[1], res[2])
-            return res
-        if op == 'hello':
-            self.send_hello()
-            return True, None, 'hello sent', {}
-        if op.startswith('fota_'):
-            res = self.update.command(op, args, now_ms)
-            if not res[0]:
+            if not res[0]:   # the core logs its own refusals; these are the shell's
                 self.ctl.log_refusal(now_ms, op, res[1], res[2])
             return res
         result = self.ctl.command(now_ms, msg['txn'], op, args)
@@ -230,6 +215,21 @@ class Station:
             if not self.persist('journal.json', storage.state_path('journal.json'), self.ctl.journal.dump):
                 self.ctl.journal.dirty = True
         return result
+
+    def shell_command(self, op, args, now_ms):
+        """The commands served here rather than by the core; None for the core's."""
+        if op == 'diag':
+            return True, None, 'diagnostics', self.diagnostics(now_ms)
+        if op == 'events':
+            return self.events_page(args.get('start', 0))
+        if op == 'telemetry':
+            return self.set_telemetry(args)
+        if op == 'hello':
+            self.send_hello()
+            return True, None, 'hello sent', {}
+        if op.startswith('fota_'):
+            return self.update.command(op, args, now_ms)
+        return None
 
     def save_config(self, changes):
         """Write the settings file with only the keys someone set: those the file already
