@@ -16,7 +16,7 @@ import sys
 import time
 
 from host_tools import flash, vm
-from host_tools.link import LinkClient, LinkError, LinkTimeout, new_txn
+from host_tools.link import LinkClient, LinkError, LinkTimeout
 
 NOT_REPORTED = "not reported by this firmware yet"
 SECTIONS = ("firmware", "config", "limits", "errors", "events", "statistics", "update")
@@ -61,49 +61,31 @@ def with_zeros(section, names):
     return out
 
 
-class _Counted:
-    """The host link with short tries: the report retries each command itself (the same txn, so
-    a command is never applied twice) and counts the tries that got no answer in this report;
-    the link client's own `timeouts` counter covers its whole life."""
-
-    def __init__(self, lk, timeout, retries=2):
-        self.lk = lk
-        self.timeout = timeout
-        self.retries = retries
-        self.timeouts = 0
-
-    def hello(self):
-        for attempt in range(self.retries + 1):
-            try:
-                return self.lk.hello(timeout=self.timeout)
-            except LinkTimeout:
-                self.timeouts += 1
-                if attempt == self.retries:
-                    raise
-
-    def command(self, op, args=None):
-        txn = new_txn()
-        for attempt in range(self.retries + 1):
-            try:
-                return self.lk.command(op, args or {}, txn=txn, timeout=self.timeout, retries=0)
-            except LinkTimeout:
-                self.timeouts += 1
-                if attempt == self.retries:
-                    raise
+def _hello(lk, timeout, tries=3):
+    """hello with short tries: it carries no txn for the link client to re-send, so the report
+    asks again itself (each unanswered try is in the client's `timeouts` counter)."""
+    for attempt in range(tries):
+        try:
+            return lk.hello(timeout=timeout)
+        except LinkTimeout:
+            if attempt == tries - 1:
+                raise
 
 
-def _cmd(lk, op, args=None):
-    r = lk.command(op, args or {})
+def _cmd(lk, op, args=None, timeout=3.0):
+    # the client re-sends the same txn on silence (a command is never applied twice) and
+    # counts each unanswered try in its `timeouts` counter
+    r = lk.command(op, args or {}, timeout=timeout)
     if not r.ok:
         raise DiagError("{} refused: {} {}".format(op, r.code, r.msg))
     return r.data
 
 
-def fetch_events(lk):
+def fetch_events(lk, timeout=3.0):
     """The controller's whole event log, page by page (one frame holds about 1 kB)."""
     events, start = [], 0
     while start is not None:
-        page = _cmd(lk, "events", {"start": start})
+        page = _cmd(lk, "events", {"start": start}, timeout)
         events += page.get("events", [])
         start = page.get("next")
     return events
@@ -112,16 +94,15 @@ def fetch_events(lk):
 def collect(url, timeout=3.0):
     """Ask the controller on url (its host-link port) for everything in the report."""
     try:
-        with LinkClient(url, heartbeat_s=None) as client:
-            lk = _Counted(client, timeout)
-            hello = lk.hello()
-            d = _cmd(lk, "diag")
-            status = _cmd(lk, "status")
-            cfg = _cmd(lk, "config_get")
-            events = fetch_events(lk)
-            upd = lk.command("fota_report")
+        with LinkClient(url, heartbeat_s=None) as lk:
+            hello = _hello(lk, timeout)
+            d = _cmd(lk, "diag", timeout=timeout)
+            status = _cmd(lk, "status", timeout=timeout)
+            cfg = _cmd(lk, "config_get", timeout=timeout)
+            events = fetch_events(lk, timeout)
+            upd = lk.command("fota_report", timeout=timeout)
             update = upd.data if upd.ok else NOT_REPORTED
-            host_stats = dict(client.stats, timeouts=lk.timeouts)
+            host_stats = lk.stats
     except LinkError as e:
         raise DiagError("no answer from the controller on {}: {}".format(url, e)) from None
     board = d.get("board") or hello.get("board")

@@ -1,15 +1,21 @@
 """`v2g-diag --all` against the running virtual board, text and JSON."""
 
 import json
+import os
+import select
 import subprocess
 import sys
+import threading
 import time
+import tty
 from pathlib import Path
 
 import pytest
 import serial
 
+from core import link as fw_link
 from host_tools import diag as D
+from host_tools.link import LinkClient, LinkTimeout
 from vboard_fixture import RunningBoard
 
 V2G_DIAG = str(Path(sys.executable).with_name("v2g-diag"))
@@ -99,26 +105,54 @@ def test_zero_fill_keeps_texts_and_extra_keys():
     assert list(got)[-1] == "failure"
 
 
+class Slow:
+    """The firmware's link on the far side of a pty, answering each hello and each txn only
+    from its third try on (`misses`: tries left unanswered); every command try is recorded."""
+
+    def __init__(self, fd, misses=2):
+        self.fd, self.misses = fd, misses
+        self.link = fw_link.Link(lambda buf: os.write(fd, bytes(buf)))
+        self.tries = []          # (op, txn) of every command try received
+        self.hellos = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            if not select.select([self.fd], [], [], 0.05)[0]:
+                continue
+            for msg in self.link.feed(os.read(self.fd, 4096)):
+                if fw_link.is_hello_request(msg):
+                    self.hellos += 1
+                    if self.hellos > self.misses:
+                        self.link.send(fw_link.hello("0.1.0-test", "pty", "c0ffee", "power_on", 1))
+                elif msg["t"] == "cmd":
+                    self.tries.append((msg["op"], msg["txn"]))
+                    if msg["op"] != "mute" and self.tries.count((msg["op"], msg["txn"])) > self.misses:
+                        self.link.send(fw_link.res(msg["txn"], True, data={"op": msg["op"]}))
+
+
 def test_unanswered_tries_are_counted_and_retried_with_the_same_txn():
-    from host_tools.link import CommandResult, LinkTimeout
-
-    class Silent:
-        def __init__(self, misses):
-            self.misses, self.txns = misses, []
-
-        def command(self, op, args, txn, timeout, retries):
-            self.txns.append(txn)
-            if len(self.txns) <= self.misses:
-                raise LinkTimeout("no result")
-            return CommandResult(txn, True, None, "ok", {})
-
-    lk = D._Counted(Silent(2), 0.1)
-    assert lk.command("diag").ok and lk.timeouts == 2
-    assert len(set(lk.lk.txns)) == 1                   # a retry never applies a command twice
-    dead = D._Counted(Silent(9), 0.1)
-    with pytest.raises(LinkTimeout):
-        dead.command("diag")
-    assert dead.timeouts == 3
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    ctl = Slow(master)
+    try:
+        with LinkClient(os.ttyname(slave), heartbeat_s=None) as lk:
+            assert D._hello(lk, 0.2)["fw"] == "0.1.0-test" and ctl.hellos == 3
+            assert lk.stats["timeouts"] == 2
+            assert D._cmd(lk, "diag", timeout=0.2) == {"op": "diag"}
+            assert [op for op, _ in ctl.tries] == ["diag"] * 3
+            assert len({txn for _, txn in ctl.tries}) == 1    # a retry never applies a command twice
+            assert lk.stats["timeouts"] == 4                    # what the report shows as link_host
+            with pytest.raises(LinkTimeout):
+                D._cmd(lk, "mute", timeout=0.2)
+            assert lk.stats["timeouts"] == 7
+    finally:
+        ctl.stop.set()
+        ctl.thread.join(timeout=2)
+        os.close(slave)
+        os.close(master)
 
 
 def test_summary_without_all(charging):
