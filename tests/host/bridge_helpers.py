@@ -224,3 +224,13 @@ def wait_until(fn, timeout=15, what="condition"):
             return v
         time.sleep(0.1)
     raise AssertionError(f"{what} not reached within {timeout} s")
+
+
+def stop_all(started):
+    """Call each stop function of a rig, the last started first; one that fails is printed
+    and the rest are still stopped (a broker or board left running would outlive the test)."""
+    for stop in reversed(started):
+        try:
+            stop()
+        except Exception as e:  # keep stopping the rest
+            print("cleanup:", e)

@@ -11,6 +11,7 @@ The tests below the rig share it and run in file order.
 """
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
@@ -18,7 +19,7 @@ import subprocess
 import time
 
 import pytest
-from bridge_helpers import BridgeProc, wait_until
+from bridge_helpers import BridgeProc, stop_all, wait_until
 from ocpp.v21 import call
 from ocpp_csms import Csms
 from test_fota import firmware_tree
@@ -106,139 +107,144 @@ async def _until(fn, clients, timeout=3.0):
     raise AssertionError("condition not reached")
 
 
+@contextlib.asynccontextmanager
+async def serving(**kw):
+    """A LocalLink on a free port, serving and relaying to a FakeLink; stopped and its
+    socket closed afterwards, whatever the test did."""
+    ll = LocalLink(0, **kw)
+    server = asyncio.ensure_future(ll.serve())
+    fake = FakeLink()
+    ll.attach(fake)
+    try:
+        yield ll, fake
+    finally:
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)
+        ll.sock.close()
+
+
 def test_relay_forwards_commands_copies_telemetry_and_filters_the_rest():
     async def run():
         logs = []
         busy = [False]
-        ll = LocalLink(0, clog=lambda code, msg: logs.append(msg), busy=lambda: busy[0], refused_hold_s=1.0)
-        server = asyncio.ensure_future(ll.serve())
-        fake = FakeLink()
-        ll.attach(fake)
-        loop = asyncio.get_running_loop()
-        a = await loop.run_in_executor(None, RawClient, ll.port)
-        b = await loop.run_in_executor(None, RawClient, ll.port)
-        await _until(lambda: len(ll.clients) == 2, [a, b])
-        # hello: answered from the controller's last one, nothing sent to the controller
-        a.send({"t": "hello"})
-        # heartbeats and rtt: not forwarded (only the bridge's keep the controller out of charge-only)
-        a.send({"t": "hb", "seq": 1, "host_ms": 5})
-        a.send({"t": "rtt", "ms": 3})
-        # corrupt frames: counted and dropped, never forwarded
-        a.s.sendall(b"\x05garbage\x00" + b"\x03\x01\x02\x00" + encode_frame({"v": 1, "t": "cmd"})
-                    + encode_frame({"v": 2, "t": "hb", "seq": 1, "host_ms": 1}))
-        body = bytearray(encode_frame({"v": 1, "t": "cmd", "txn": "x1", "op": "status", "args": {}}))
-        body[5] ^= 0x40   # a bit flipped: CRC
-        a.s.sendall(bytes(body))
-        # a command: forwarded under the controller txn, twice for a retry (same controller txn)
-        a.send({"t": "cmd", "txn": "h000000000001", "op": "status", "args": {}})
-        a.send({"t": "cmd", "txn": "h000000000001", "op": "status", "args": {}})
-        b.send({"t": "cmd", "txn": "bb", "op": "diag", "args": {}, "ttl_ms": 3000})
-        await _until(lambda: len(fake.sent) == 3 and a.got, [a, b])
-        assert [m["t"] for m in a.got] == ["hello"] and a.got[0]["fw"] == "0.1.0"
-        ctl_a, ctl_b = controller_txn("h000000000001"), controller_txn("bb")
-        assert [m["txn"] for m in fake.sent] == [ctl_a, ctl_a, ctl_b]
-        assert ctl_a.startswith("L") and len(ctl_a) == 13 and len(ctl_b) == 13   # as long, or 13 at least
-        assert len(controller_txn("x" * 64)) == 64 and controller_txn("x" * 64) != controller_txn("x" * 63)
-        assert fake.sent[2]["ttl_ms"] == 3000 and fake.sent[2]["op"] == "diag"   # the rest as sent
-        assert ll.stats["hb_ignored"] == 2
-        assert a.got == [dict(HELLO)]
-        # the results go back to their own client only, under the client's txn
-        fake.deliver({"t": "res", "txn": ctl_b, "ok": True, "code": None, "msg": "", "data": {"x": 1}})
-        fake.deliver({"t": "res", "txn": ctl_a, "ok": True, "code": None, "msg": "", "data": {"y": 2}})
-        fake.deliver({"t": "res", "txn": ctl_a, "ok": True, "code": None, "msg": "", "data": {"y": 2}})
-        fake.deliver({"t": "res", "txn": "h123456789012", "ok": True, "code": None, "msg": "", "data": {}})
-        # telemetry, events and hellos go to everyone; hback (the bridge's) to no one
-        fake.deliver({"t": "tel", "samples": [{"t_ms": 1}]})
-        fake.deliver({"t": "evt", "events": [{"t_ms": 1, "code": "V2G-101", "on": True, "msg": "m"}]})
-        fake.deliver({"t": "hback", "seq": 1, "host_ms": 1})
-        await _until(lambda: len(a.got) >= 4 and len(b.got) >= 3, [a, b])
-        await asyncio.sleep(0.1)
-        for c in (a, b):
+        async with serving(clog=lambda code, msg: logs.append(msg), busy=lambda: busy[0],
+                           refused_hold_s=1.0) as (ll, fake):
+            loop = asyncio.get_running_loop()
+            a = await loop.run_in_executor(None, RawClient, ll.port)
+            b = await loop.run_in_executor(None, RawClient, ll.port)
+            await _until(lambda: len(ll.clients) == 2, [a, b])
+            # hello: answered from the controller's last one, nothing sent to the controller
+            a.send({"t": "hello"})
+            # heartbeats and rtt: not forwarded (only the bridge's keep the controller out of charge-only)
+            a.send({"t": "hb", "seq": 1, "host_ms": 5})
+            a.send({"t": "rtt", "ms": 3})
+            # corrupt frames: counted and dropped, never forwarded
+            a.s.sendall(b"\x05garbage\x00" + b"\x03\x01\x02\x00" + encode_frame({"v": 1, "t": "cmd"})
+                        + encode_frame({"v": 2, "t": "hb", "seq": 1, "host_ms": 1}))
+            body = bytearray(encode_frame({"v": 1, "t": "cmd", "txn": "x1", "op": "status", "args": {}}))
+            body[5] ^= 0x40   # a bit flipped: CRC
+            a.s.sendall(bytes(body))
+            # a command: forwarded under the controller txn, twice for a retry (same controller txn)
+            a.send({"t": "cmd", "txn": "h000000000001", "op": "status", "args": {}})
+            a.send({"t": "cmd", "txn": "h000000000001", "op": "status", "args": {}})
+            b.send({"t": "cmd", "txn": "bb", "op": "diag", "args": {}, "ttl_ms": 3000})
+            await _until(lambda: len(fake.sent) == 3 and a.got, [a, b])
+            assert [m["t"] for m in a.got] == ["hello"] and a.got[0]["fw"] == "0.1.0"
+            ctl_a, ctl_b = controller_txn("h000000000001"), controller_txn("bb")
+            assert [m["txn"] for m in fake.sent] == [ctl_a, ctl_a, ctl_b]
+            assert ctl_a.startswith("L") and len(ctl_a) == 13 and len(ctl_b) == 13   # as long, or 13 at least
+            assert len(controller_txn("x" * 64)) == 64 and controller_txn("x" * 64) != controller_txn("x" * 63)
+            assert fake.sent[2]["ttl_ms"] == 3000 and fake.sent[2]["op"] == "diag"   # the rest as sent
+            assert ll.stats["hb_ignored"] == 2
+            assert a.got == [dict(HELLO)]
+            # the results go back to their own client only, under the client's txn
+            fake.deliver({"t": "res", "txn": ctl_b, "ok": True, "code": None, "msg": "", "data": {"x": 1}})
+            fake.deliver({"t": "res", "txn": ctl_a, "ok": True, "code": None, "msg": "", "data": {"y": 2}})
+            fake.deliver({"t": "res", "txn": ctl_a, "ok": True, "code": None, "msg": "", "data": {"y": 2}})
+            fake.deliver({"t": "res", "txn": "h123456789012", "ok": True, "code": None, "msg": "", "data": {}})
+            # telemetry, events and hellos go to everyone; hback (the bridge's) to no one
+            fake.deliver({"t": "tel", "samples": [{"t_ms": 1}]})
+            fake.deliver({"t": "evt", "events": [{"t_ms": 1, "code": "V2G-101", "on": True, "msg": "m"}]})
+            fake.deliver({"t": "hback", "seq": 1, "host_ms": 1})
+            await _until(lambda: len(a.got) >= 4 and len(b.got) >= 3, [a, b])
+            await asyncio.sleep(0.1)
+            for c in (a, b):
+                c.poll()
+            assert [(m["t"], m.get("txn")) for m in a.got[1:]] == [("res", "h000000000001"), ("tel", None),
+                                                                    ("evt", None)]
+            assert a.got[1]["data"] == {"y": 2}
+            assert [(m["t"], m.get("txn")) for m in b.got] == [("res", "bb"), ("tel", None), ("evt", None)]
+            assert ll.stats["late_results"] == 1          # the retry's second answer: no one waits
+            assert not ll.pending
+            # a client that leaves mid-command leaves nothing pending; its late result goes nowhere
+            b.send({"t": "cmd", "txn": "gone", "op": "status", "args": {}})
+            await _until(lambda: len(fake.sent) == 4, [a, b])
+            assert controller_txn("gone") in ll.pending
+            b.close()
+            await _until(lambda: len(ll.clients) == 1, [a])
+            assert not ll.pending
+            fake.deliver({"t": "res", "txn": controller_txn("gone"), "ok": True, "code": None, "msg": "", "data": {}})
+            # the corrupt frames were counted on the client's side and logged when it left
+            a.close()
+            await _until(lambda: not ll.clients, [])
+            left = [m for m in logs if "client 1 " in m and "left" in m][0]
+            assert "'crc_errors': 2" in left and "'bad_msg': 2" in left and "'cobs_errors': 1" in left, left
+            assert len(fake.sent) == 4                   # nothing corrupt, no hb, no rtt, no hello reached it
+            # an OCPP update in progress: a local push is refused by the bridge, reads still go through
+            c = await loop.run_in_executor(None, RawClient, ll.port)
+            # a chunk filling the frame with a 2-character txn would not fit under the relayed one:
+            # refused by the bridge, with the reason, instead of a silent drop
+            n = next(n for n in range(1100, 0, -1) if _fits(
+                {"v": 1, "t": "cmd", "txn": "ff", "op": "fota_chunk", "args": {"off": 0, "data": b"x" * n}}))
+            c.send({"t": "cmd", "txn": "ff", "op": "fota_chunk", "args": {"off": 0, "data": b"x" * n}})
+            await _until(lambda: c.got, [c])
+            assert c.got[0]["code"] == "V2G-400" and "does not fit one frame" in c.got[0]["msg"]
+            assert len(fake.sent) == 4 and not ll.pending
+            c.got.clear()
+            busy[0] = True
+            c.send({"t": "cmd", "txn": "f1", "op": "fota_begin", "args": {"size": 10, "id": b"x" * 16}})
+            c.send({"t": "cmd", "txn": "f2", "op": "fota_status", "args": {}})
+            await _until(lambda: c.got and len(fake.sent) == 5, [c])
+            assert c.got[0]["txn"] == "f1" and c.got[0]["code"] == "V2G-400" and "UpdateFirmware" in c.got[0]["msg"]
+            assert fake.sent[-1]["op"] == "fota_status"
+            # the controller offline: commands and hellos get no answer, as with no controller at all
+            ll.detach(fake)
+            c.send({"t": "cmd", "txn": "f3", "op": "status", "args": {}})
+            c.send({"t": "hello"})
+            await asyncio.sleep(0.2)
             c.poll()
-        assert [(m["t"], m.get("txn")) for m in a.got[1:]] == [("res", "h000000000001"), ("tel", None),
-                                                                ("evt", None)]
-        assert a.got[1]["data"] == {"y": 2}
-        assert [(m["t"], m.get("txn")) for m in b.got] == [("res", "bb"), ("tel", None), ("evt", None)]
-        assert ll.stats["late_results"] == 1          # the retry's second answer: no one waits
-        assert not ll.pending
-        # a client that leaves mid-command leaves nothing pending; its late result goes nowhere
-        b.send({"t": "cmd", "txn": "gone", "op": "status", "args": {}})
-        await _until(lambda: len(fake.sent) == 4, [a, b])
-        assert controller_txn("gone") in ll.pending
-        b.close()
-        await _until(lambda: len(ll.clients) == 1, [a])
-        assert not ll.pending
-        fake.deliver({"t": "res", "txn": controller_txn("gone"), "ok": True, "code": None, "msg": "", "data": {}})
-        # the corrupt frames were counted on the client's side and logged when it left
-        a.close()
-        await _until(lambda: not ll.clients, [])
-        left = [m for m in logs if "client 1 " in m and "left" in m][0]
-        assert "'crc_errors': 2" in left and "'bad_msg': 2" in left and "'cobs_errors': 1" in left, left
-        assert len(fake.sent) == 4                   # nothing corrupt, no hb, no rtt, no hello reached it
-        # an OCPP update in progress: a local push is refused by the bridge, reads still go through
-        c = await loop.run_in_executor(None, RawClient, ll.port)
-        # a chunk filling the frame with a 2-character txn would not fit under the relayed one:
-        # refused by the bridge, with the reason, instead of a silent drop
-        n = next(n for n in range(1100, 0, -1) if _fits(
-            {"v": 1, "t": "cmd", "txn": "ff", "op": "fota_chunk", "args": {"off": 0, "data": b"x" * n}}))
-        c.send({"t": "cmd", "txn": "ff", "op": "fota_chunk", "args": {"off": 0, "data": b"x" * n}})
-        await _until(lambda: c.got, [c])
-        assert c.got[0]["code"] == "V2G-400" and "does not fit one frame" in c.got[0]["msg"]
-        assert len(fake.sent) == 4 and not ll.pending
-        c.got.clear()
-        busy[0] = True
-        c.send({"t": "cmd", "txn": "f1", "op": "fota_begin", "args": {"size": 10, "id": b"x" * 16}})
-        c.send({"t": "cmd", "txn": "f2", "op": "fota_status", "args": {}})
-        await _until(lambda: c.got and len(fake.sent) == 5, [c])
-        assert c.got[0]["txn"] == "f1" and c.got[0]["code"] == "V2G-400" and "UpdateFirmware" in c.got[0]["msg"]
-        assert fake.sent[-1]["op"] == "fota_status"
-        # the controller offline: commands and hellos get no answer, as with no controller at all
-        ll.detach(fake)
-        c.send({"t": "cmd", "txn": "f3", "op": "status", "args": {}})
-        c.send({"t": "hello"})
-        await asyncio.sleep(0.2)
-        c.poll()
-        assert len(c.got) == 1 and len(fake.sent) == 5 and ll.stats["offline_drops"] == 2
-        c.close()
-        server.cancel()
-        await asyncio.gather(server, return_exceptions=True)
-        ll.sock.close()
+            assert len(c.got) == 1 and len(fake.sent) == 5 and ll.stats["offline_drops"] == 2
+            c.close()
     asyncio.run(run())
 
 
 def test_relay_refuses_a_client_past_the_limit_with_the_reason():
     async def run():
-        ll = LocalLink(0, max_clients=2, refused_hold_s=1.0)
-        server = asyncio.ensure_future(ll.serve())
-        fake = FakeLink()
-        ll.attach(fake)
-        loop = asyncio.get_running_loop()
-        cs = [await loop.run_in_executor(None, RawClient, ll.port) for _ in range(3)]
-        await _until(lambda: len(ll.clients) == 2 and ll.stats["clients_refused"] == 1, cs)
-        extra = cs[2]
-        extra.send({"t": "hello"})
-        extra.send({"t": "cmd", "txn": "t1", "op": "status", "args": {}})
-        await _until(lambda: len(extra.got) == 2, [extra])
-        assert extra.got[0]["t"] == "hello"
-        res = extra.got[1]
-        assert res["txn"] == "t1" and res["ok"] is False and res["code"] == "V2G-400"
-        assert "2 local clients" in res["msg"], res["msg"]
-        assert not fake.sent                       # nothing of the refused client reached the controller
-        t0 = time.monotonic()
-        with pytest.raises(ConnectionError):
-            await _until(lambda: False, [extra], timeout=3.0)   # closed after the hold
-        assert time.monotonic() - t0 < 1.5
-        cs[0].close()
-        await _until(lambda: len(ll.clients) == 1, [])
-        again = await loop.run_in_executor(None, RawClient, ll.port)
-        await _until(lambda: len(ll.clients) == 2, [again])
-        again.send({"t": "cmd", "txn": "t2", "op": "status", "args": {}})
-        await _until(lambda: len(fake.sent) == 1, [again])
-        for c in (cs[1], again):
-            c.close()
-        server.cancel()
-        await asyncio.gather(server, return_exceptions=True)
-        ll.sock.close()
+        async with serving(max_clients=2, refused_hold_s=1.0) as (ll, fake):
+            loop = asyncio.get_running_loop()
+            cs = [await loop.run_in_executor(None, RawClient, ll.port) for _ in range(3)]
+            await _until(lambda: len(ll.clients) == 2 and ll.stats["clients_refused"] == 1, cs)
+            extra = cs[2]
+            extra.send({"t": "hello"})
+            extra.send({"t": "cmd", "txn": "t1", "op": "status", "args": {}})
+            await _until(lambda: len(extra.got) == 2, [extra])
+            assert extra.got[0]["t"] == "hello"
+            res = extra.got[1]
+            assert res["txn"] == "t1" and res["ok"] is False and res["code"] == "V2G-400"
+            assert "2 local clients" in res["msg"], res["msg"]
+            assert not fake.sent                       # nothing of the refused client reached the controller
+            t0 = time.monotonic()
+            with pytest.raises(ConnectionError):
+                await _until(lambda: False, [extra], timeout=3.0)   # closed after the hold
+            assert time.monotonic() - t0 < 1.5
+            cs[0].close()
+            await _until(lambda: len(ll.clients) == 1, [])
+            again = await loop.run_in_executor(None, RawClient, ll.port)
+            await _until(lambda: len(ll.clients) == 2, [again])
+            again.send({"t": "cmd", "txn": "t2", "op": "status", "args": {}})
+            await _until(lambda: len(fake.sent) == 1, [again])
+            for c in (cs[1], again):
+                c.close()
     asyncio.run(run())
 
 
@@ -277,11 +283,7 @@ def rig(tmp_path_factory):
         yield {"url": url, "port": int(m.group(2)), "csms": csms, "bridge": bridge, "key": key, "tmp": tmp,
                "state": state}
     finally:
-        for stop in reversed(started):
-            try:
-                stop()
-            except Exception as e:  # keep stopping the rest
-                print("cleanup:", e)
+        stop_all(started)
 
 
 def _csms_online(csms):

@@ -12,7 +12,7 @@ import time
 import jwt
 import paho.mqtt.client as mqtt
 import pytest
-from bridge_helpers import Broker, BridgeProc, Plant, make_ca, wait_until
+from bridge_helpers import Broker, BridgeProc, Plant, make_ca, stop_all, wait_until
 from ocpp.messages import CallResult, validate_payload
 from ocpp.v21 import call
 from ocpp_csms import Csms
@@ -115,11 +115,7 @@ def rig(tmp_path_factory):
                      "broker": broker, "tmp": tmp}
         yield rig_state
     finally:
-        for stop in reversed(started):
-            try:
-                stop()
-            except Exception as e:  # keep stopping the rest
-                print("cleanup:", e)
+        stop_all(started)
 
 
 def test_boot_status_and_heartbeat(rig):
