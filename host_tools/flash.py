@@ -39,7 +39,6 @@ import base64
 import concurrent.futures
 import contextlib
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -75,8 +74,6 @@ def load_board(name):
     if name not in known_boards():   # a name, never a path
         raise FlashError("unknown board {!r} (known: {})".format(name, ", ".join(known_boards())))
     path = vm.BOARDS / name / "board.json"
-    if not path.is_file():
-        raise FlashError("unknown board {!r} (known: {})".format(name, ", ".join(known_boards())))
     try:
         info = json.loads(path.read_text())
     except ValueError as e:
@@ -102,11 +99,11 @@ def config_limits(board_info):
 # ------------------------------------------------------------------------------ settings
 
 def config_module():
-    """firmware/core/config.py, loaded by path: the very rules the controller applies."""
-    spec = importlib.util.spec_from_file_location("v2g_firmware_config", vm.FIRMWARE / "core" / "config.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """firmware/core/config.py: the very rules the controller applies, imported as the
+    firmware's own core.config (once), so that Config.notes() finds core.grid beside it."""
+    vm.firmware_sys_path()
+    from core import config as fw_config
+    return fw_config
 
 
 def validate_config_text(text, board_info):
@@ -127,8 +124,7 @@ def validate_config_text(text, board_info):
 def config_notes(values, board_info=None):
     """What valid settings cannot do as well as they read (a meter poll slower than the grid
     profile's fastest stage, a clamped droop): the controller's own Config.notes(), as text."""
-    vm.firmware_sys_path()
-    from core import config as fw_config   # the package, so that it finds core.grid
+    fw_config = config_module()
     limits = config_limits(board_info) if board_info is not None else None
     try:
         return fw_config.validate(values, None, limits).notes()
