@@ -107,17 +107,15 @@ def collect(url, timeout=3.0):
         raise DiagError("no answer from the controller on {}: {}".format(url, e)) from None
     board = d.get("board") or hello.get("board")
     try:
-        defaults = flash.config_module().defaults(flash.config_limits(flash.load_board(board)))
+        board_info = flash.load_board(board)
     except flash.FlashError:
-        defaults = flash.config_module().defaults()
+        board_info = None       # a board this host does not know: the general ranges
+    defaults = flash.config_module().defaults(flash.config_limits(board_info) if board_info else None)
     in_file = set(d.get("config_file_keys", []))
     values = cfg.get("values", {})
     config = [{"key": k, "value": values[k], "source": "v2g_vars.json" if k in in_file else "default",
                "default": defaults.get(k)} for k in sorted(values)]
-    try:
-        notes = flash.config_notes(values, flash.load_board(board))
-    except flash.FlashError:
-        notes = flash.config_notes(values)
+    notes = flash.config_notes(values, board_info)
     limits = d.get("limits", {})
     active = d.get("errors", [])
     buses = d.get("buses", {}) if isinstance(d.get("buses"), dict) else {}
