@@ -107,11 +107,15 @@ def read_until(port, marker, timeout=10):
     return got
 
 
+def put_boot_and_main(board, tmp_path):
+    """boot.py and main.py that say when they run."""
+    for name in ("boot", "main"):
+        (tmp_path / (name + ".py")).write_text("print('{} ran')\n".format(name))
+        board.mpremote("fs", "cp", str(tmp_path / (name + ".py")), ":{}.py".format(name))
+
+
 def test_pyserial_friendly_repl_and_soft_reset_runs_boot_and_main(board, tmp_path):
-    (tmp_path / "boot.py").write_text("print('boot ran')\n")
-    (tmp_path / "main.py").write_text("print('main ran')\n")
-    board.mpremote("fs", "cp", str(tmp_path / "boot.py"), ":boot.py")
-    board.mpremote("fs", "cp", str(tmp_path / "main.py"), ":main.py")
+    put_boot_and_main(board, tmp_path)
     with serial.Serial(board.repl, 115200, timeout=0.2) as port:
         port.write(b"\r\x03\x02")       # interrupt, friendly REPL
         read_until(port, b">>> ")
@@ -124,10 +128,7 @@ def test_pyserial_friendly_repl_and_soft_reset_runs_boot_and_main(board, tmp_pat
 
 
 def test_soft_reset_in_raw_repl_runs_boot_but_not_main(board, tmp_path):
-    (tmp_path / "boot.py").write_text("print('boot ran')\n")
-    (tmp_path / "main.py").write_text("print('main ran')\n")
-    board.mpremote("fs", "cp", str(tmp_path / "boot.py"), ":boot.py")
-    board.mpremote("fs", "cp", str(tmp_path / "main.py"), ":main.py")
+    put_boot_and_main(board, tmp_path)
     with serial.Serial(board.repl, 115200, timeout=0.2) as port:
         port.write(b"\r\x03\x01")     # interrupt, raw REPL
         read_until(port, b"raw REPL; CTRL-B to exit\r\n>")
