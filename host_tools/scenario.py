@@ -84,32 +84,9 @@ class ScenarioError(ValueError):
 
 
 def _type_problem(key, value, spec):
-    kind, lo, hi = spec
-    if isinstance(kind, tuple):
-        if not isinstance(value, str):
-            return "{} must be one of {}, got {!r}".format(key, ", ".join(kind), value)
-        if value not in kind:
-            return "{} = {!r} is not one of {}".format(key, value, ", ".join(kind))
-        return None
-    if kind == "bool":
-        if not isinstance(value, bool):
-            return "{} must be true or false, got {!r}".format(key, value)
-        return None
-    if kind == "str":
-        if not isinstance(value, str):
-            return "{} must be text, got {!r}".format(key, value)
-        if not lo <= len(value) <= hi:
-            return "{} must be {} to {} characters long".format(key, lo, hi)
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return "{} must be a number, got {!r}".format(key, value)
-    if kind == "int" and not isinstance(value, int):
-        return "{} must be an integer, got {!r}".format(key, value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return "{} must be a finite number, got {!r}".format(key, value)
-    if value < lo or value > hi:
-        return "{} = {} is out of range {} .. {}".format(key, value, lo, hi)
-    return None
+    vm.firmware_sys_path()
+    from core.checks import type_problem   # the same words as the virtual board's plant port
+    return type_problem(key, value, spec)
 
 
 def _check_table(file, name, table, specs):

@@ -25,16 +25,18 @@ import time
 
 from board.ev_can import PlantBms
 from board.plant import PLANT_EVENTS, Plant
+from app import storage
 from core import setpoint as SP
+from core.checks import type_problem
 
 BOARD_NAME = 'sim'
 BOARD_LIMITS = {}   # the simulated power stage is rated for the whole config range
 
 # The host's side of a scenario (setpoint, limit, config, heartbeat loss) on the plant port:
 # the board plays the host for the controller. The same rules as a scenario's [[at]] events
-# (host_tools/scenario.py EVENTS: that module does not run on the board, so they are kept
-# here, and a host test holds the two equal). do -> (required, optional, key specs) where a
-# spec is (type, low, high), type 'num', 'str' or a tuple of allowed texts; config: any keys.
+# (host_tools/scenario.py EVENTS: that module does not run on the board, so the table is
+# kept here, and a host test holds the two equal; both word problems with core/checks.py).
+# do -> (required, optional, key specs), a spec as in core/checks.py; config: any keys.
 _TXN = ('str', 1, 64)
 HOST_EVENTS = {
     'setpoint': (('soc_target_pct', 'txn'), ('mode',),
@@ -46,29 +48,6 @@ HOST_EVENTS = {
     'config': None,
 }
 HB_LOST_FILE = 'sim_hb_lost'   # the simulated host stays quiet across a controller reset
-
-
-def _type_problem(key, value, spec):
-    kind, lo, hi = spec
-    if isinstance(kind, tuple):
-        if not isinstance(value, str):
-            return '{} must be one of {}, got {!r}'.format(key, ', '.join(kind), value)
-        if value not in kind:
-            return '{} = {!r} is not one of {}'.format(key, value, ', '.join(kind))
-        return None
-    if kind == 'str':
-        if not isinstance(value, str):
-            return '{} must be text, got {!r}'.format(key, value)
-        if not lo <= len(value) <= hi:
-            return '{} must be {} to {} characters long'.format(key, lo, hi)
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return '{} must be a number, got {!r}'.format(key, value)
-    if isinstance(value, float) and value - value != 0:   # inf and nan (JSON's Infinity, NaN)
-        return '{} must be a finite number, got {!r}'.format(key, value)
-    if value < lo or value > hi:
-        return '{} = {} is out of range {} .. {}'.format(key, value, lo, hi)
-    return None
 
 
 def host_event_problem(do, args):
@@ -89,7 +68,7 @@ def host_event_problem(do, args):
         if key not in args:
             return 'missing key {!r}'.format(key)
     for key in args:
-        problem = _type_problem(key, args[key], specs[key])
+        problem = type_problem(key, args[key], specs[key])
         if problem:
             return problem
     return None
@@ -119,14 +98,6 @@ def load_modes(ports):
             if isinstance(got.get(k), str):
                 modes[k] = got[k]
     return modes
-
-
-def _exists(path):
-    try:
-        open(path).close()
-        return True
-    except OSError:
-        return False
 
 
 def _mark(path, on):
@@ -302,7 +273,7 @@ class Hal:
         self.next_meter_sim_ms = None
         self.station = None          # the station the plant port plays the host for
         self.host_txns = 0           # txns made up for host events that carry none
-        self.heartbeat_lost = _exists(HB_LOST_FILE)
+        self.heartbeat_lost = storage.exists(HB_LOST_FILE)
 
     # -- time, watchdog, reset ------------------------------------------------------------
 
