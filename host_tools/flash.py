@@ -65,8 +65,7 @@ class FlashError(RuntimeError):
 
 # ------------------------------------------------------------------------------ boards
 
-def known_boards():
-    return sorted(p.name for p in vm.BOARDS.iterdir() if (p / "board.json").is_file())
+known_boards = vm.known_boards
 
 
 def load_board(name):

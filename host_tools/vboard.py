@@ -170,7 +170,7 @@ class VirtualBoard:
     def check(self):
         """Refuse to start, with the fix, when something is missing."""
         vm.node_binary()  # raises VmMissing with the install command
-        known = sorted(p.name for p in vm.BOARDS.iterdir() if p.is_dir() and not p.name.startswith("_"))
+        known = vm.known_boards()
         if self.board not in known:   # a name, never a path; checked before any folder is made
             raise BoardError("unknown board {!r} (known: {})".format(self.board, ", ".join(known)))
         if self.state_dir.exists() and not self.state_dir.is_dir():

@@ -85,6 +85,11 @@ def stream_micropython(code, mounts=None, paths=("/flash",), heap=None):
                             stderr=subprocess.PIPE, text=True, bufsize=1)
 
 
+def known_boards():
+    """The boards of this tree: the folders under boards/ with a board.json."""
+    return sorted(p.name for p in BOARDS.iterdir() if (p / "board.json").is_file())
+
+
 def firmware_sys_path(board="sim"):
     """Make `import core...`, `import app...` and `import board` work under CPython."""
     for p in (str(SHIMS), str(FIRMWARE)):
