@@ -715,27 +715,24 @@ class OcppStation:
             await self._send_status()
         return res.ok
 
-    async def _resume_session(self):
+    async def _session_command(self, op, why):
+        """start or stop on the controller; a refusal goes to central_system.log, a lost link is a warning."""
         try:
-            res = await self.ctl.command("start", {})
+            res = await self.ctl.command(op, {})
         except hl.LinkError as e:
-            log.warning("%s: start after a remote stop failed: %s", self.id, e)
+            log.warning("%s: %s (%s) failed: %s", self.id, op, why, e)
             return
         if not res.ok:
-            self.clog.event(self.id, res.code or "V2G-400", f"start after a remote stop refused: {res.msg}")
+            self.clog.event(self.id, res.code or "V2G-400", f"{op} ({why}) refused: {res.msg}")
+
+    async def _resume_session(self):
+        await self._session_command("start", "after a remote stop")
 
     async def controller_up(self):
         """The controller (re)connected: an inoperative station keeps its session stopped,
         whatever the controller was doing before (a new board, a reflash)."""
-        if self.available:
-            return
-        try:
-            res = await self.ctl.command("stop", {})
-        except hl.LinkError as e:
-            log.warning("%s: stop for an inoperative station failed: %s", self.id, e)
-            return
-        if not res.ok:
-            self.clog.event(self.id, res.code or "V2G-400", f"inoperative station: stop refused: {res.msg}")
+        if not self.available:
+            await self._session_command("stop", "the station is inoperative")
 
     def on_TriggerMessage(self, requested_message, evse=None, **_):
         if requested_message not in TRIGGERABLE:
