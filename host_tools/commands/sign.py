@@ -4,9 +4,7 @@ from pathlib import Path
 
 import click
 
-import json
-
-from host_tools import vm
+from host_tools import flash
 from host_tools.commands._checks import check_out_file
 from host_tools.commands.keygen import read_passphrase
 from signing import bundle, keys
@@ -18,11 +16,10 @@ ED25519_WARNING = ("warning: an EdDSA (Ed25519) bundle. The controller verifies 
 def update_partition(board):
     """(start, size) of the board's update partition from boards/<board>/board.json, or None
     when the board has no board.json or it names no partition."""
-    path = vm.BOARDS / board / "board.json"
     try:
-        part = json.loads(path.read_text()).get("update_partition") or {}
-        return int(part["start"], 0), int(part["size"], 0)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        part = flash.load_board(board).get("update_partition") or {}
+        return flash.int_of(part["start"]), flash.int_of(part["size"])
+    except (flash.FlashError, KeyError, ValueError, TypeError, AttributeError):
         return None
 
 
