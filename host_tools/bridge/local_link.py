@@ -238,10 +238,8 @@ class LocalLink:
         if t == "cmd":
             self._cmd(c, msg)
         elif t == "hello" and "fw" not in msg:
-            link = self._online()
-            if link is not None and link.last_hello is not None:
+            if self._answer_hello(c):
                 self.stats["hello_answered"] += 1
-                c.send(link.last_hello, self.stats)
             else:
                 self.stats["offline_drops"] += 1
         elif t in ("hb", "rtt"):
@@ -249,15 +247,27 @@ class LocalLink:
         else:                              # res, tel, evt, hback, a hello with fw: not a host's to send
             self.stats["ignored"] += 1
 
+    def _answer_hello(self, c):
+        """Answer a client's hello from the controller's last one; False while it is offline."""
+        link = self._online()
+        if link is None or link.last_hello is None:
+            return False
+        c.send(link.last_hello, self.stats)
+        return True
+
+    def _refuse_cmd(self, c, txn, msg):
+        """The bridge's own V2G-400 result for a command it does not relay."""
+        c.send({"v": hl.VERSION, "t": "res", "txn": txn, "ok": False, "code": "V2G-400", "msg": msg,
+                "data": {}}, self.stats)
+
     def _cmd(self, c, msg):
         self.stats["cmds"] += 1
         op = msg["op"]
         if op in FOTA_WRITE_OPS:
             if self.busy():
                 self.stats["busy_refusals"] += 1
-                c.send({"v": hl.VERSION, "t": "res", "txn": msg["txn"], "ok": False, "code": "V2G-400",
-                        "msg": f"{op}: refused by the bridge, an OCPP UpdateFirmware is being installed",
-                        "data": {}}, self.stats)
+                self._refuse_cmd(c, msg["txn"], f"{op}: refused by the bridge, an OCPP UpdateFirmware "
+                                                "is being installed")
                 return
             self.last_local_update = time.monotonic()
         link = self._online()
@@ -281,10 +291,9 @@ class LocalLink:
             # only a txn shorter than MIN_CTL_TXN grows; say so rather than leave it waiting
             self._forget(c, ctl)
             self.stats["tx_errors"] += 1
-            c.send({"v": hl.VERSION, "t": "res", "txn": msg["txn"], "ok": False, "code": "V2G-400",
-                    "msg": f"{op}: refused by the bridge, the command does not fit one frame under the "
-                           f"relayed txn ({e}); use a txn of {MIN_CTL_TXN} characters or more",
-                    "data": {}}, self.stats)
+            self._refuse_cmd(c, msg["txn"], f"{op}: refused by the bridge, the command does not fit one "
+                                            f"frame under the relayed txn ({e}); use a txn of {MIN_CTL_TXN} "
+                                            "characters or more")
             return
         try:
             link.send(out)
@@ -313,13 +322,9 @@ class LocalLink:
                     break
                 for msg in c.deframer.feed(data):
                     if msg["t"] == "cmd":
-                        c.send({"v": hl.VERSION, "t": "res", "txn": msg["txn"], "ok": False,
-                                "code": "V2G-400", "msg": f"{msg['op']}: refused: {why}", "data": {}},
-                               self.stats)
+                        self._refuse_cmd(c, msg["txn"], f"{msg['op']}: refused: {why}")
                     elif msg["t"] == "hello" and "fw" not in msg:
-                        link = self._online()
-                        if link is not None and link.last_hello is not None:
-                            c.send(link.last_hello, self.stats)
+                        self._answer_hello(c)
         except (ConnectionError, OSError):
             pass
         finally:
