@@ -232,6 +232,7 @@ class Plan:
     files: dict                       # board path -> bytes
     managed: tuple                    # top-level names that are ours to replace/remove
     config_keys: list = field(default_factory=list)
+    config_notes: list = field(default_factory=list)   # what the settings cannot do as they read
 
 
 def prepare(board, config=None, pubkey=None, config_text=None):
@@ -239,16 +240,18 @@ def prepare(board, config=None, pubkey=None, config_text=None):
     info = load_board(board)
     files = {}
     config_keys = []
+    notes = []
     if config is not None or config_text is not None:
         data = validate_config_text(config_text, info) if config_text is not None else read_config(config, info)
         files[CONFIG_FILE] = data
         config_keys = sorted(json.loads(data))
+        notes = config_notes(json.loads(data), info)
     if pubkey is not None:
         files[KEY_FILE] = read_pubkey(pubkey)
     files.update(compile_tree(board, info["mpy_arch"]))
     managed = sorted({p.name for p in vm.FIRMWARE.iterdir() if p.is_dir() and p.name != "__pycache__"}
                      | set(SOURCE_ONLY) | set(BUILD_ONLY) | {BOARD_PKG})
-    return Plan(board, info["mpy_arch"], firmware_version(), files, tuple(managed), config_keys)
+    return Plan(board, info["mpy_arch"], firmware_version(), files, tuple(managed), config_keys, notes)
 
 
 def sha(data):

@@ -1,6 +1,5 @@
 """`v2g flash`: provision a controller over USB (its MicroPython REPL)."""
 
-import json
 import sys
 
 import click
@@ -39,9 +38,8 @@ def cli(port, board, config, pubkey, dry_run, link_url, boot_wait):
     # the files first (a bad settings file is named even with no board attached), then the ports
     check_port(port, "--port")
     check_port(link_url, "--link")
-    if F.CONFIG_FILE in plan.files:
-        for note in F.config_notes(json.loads(plan.files[F.CONFIG_FILE]), F.load_board(board)):
-            click.echo("note: " + note, err=True)
+    for note in plan.config_notes:
+        click.echo("note: " + note, err=True)
     try:
         # a dry run leaves a running controller alone where the REPL is free
         with F.Board(port, interrupt=not dry_run) as b:
