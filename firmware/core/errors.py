@@ -1,4 +1,4 @@
-"""Error codes of the station (shared spec errors.md, version 1).
+"""Error codes of the station (shared spec errors.md, version 2).
 
 Each code is one bit of an int mask so the control step can carry the set of
 active codes without allocating. Bit numbers are fixed: telemetry and logs
@@ -26,12 +26,17 @@ E507 = const(1 << 16)  # waiting to (re-)enter service
 E601 = const(1 << 17)  # update rejected: signature/manifest/board/digest
 E602 = const(1 << 18)  # update rejected: rollback
 E603 = const(1 << 19)  # trial boot failed, reverted
+E013 = const(1 << 20)  # cooling fault: commanded, no feedback
+E020 = const(1 << 21)  # stored state damaged (a file read at boot)
+E021 = const(1 << 22)  # storage full or a write failed
+E604 = const(1 << 23)  # the confirmed firmware failed to start: fell back
 
 # index = bit number
 CODES = (
     'V2G-009', 'V2G-010', 'V2G-011', 'V2G-012', 'V2G-101', 'V2G-110', 'V2G-120',
     'V2G-130', 'V2G-140', 'V2G-301', 'V2G-400', 'V2G-401', 'V2G-503', 'V2G-504',
     'V2G-505', 'V2G-506', 'V2G-507', 'V2G-601', 'V2G-602', 'V2G-603',
+    'V2G-013', 'V2G-020', 'V2G-021', 'V2G-604',
 )
 
 TEXT = (
@@ -55,9 +60,13 @@ TEXT = (
     'update rejected',
     'update rejected: rollback',
     'trial boot failed',
+    'cooling fault',
+    'stored state damaged',
+    'storage full or write failed',
+    'confirmed firmware failed to start',
 )
 
-ALL = const((1 << 20) - 1)
+ALL = const((1 << 24) - 1)   # 24 bits: the width of the CAN frame's Errors signal
 
 
 def code(bit):
