@@ -96,6 +96,39 @@ def choose(root=''):
     return 'factory'
 
 
+def fail_start(slot, reason, root=''):
+    """The confirmed slot `slot` failed to start (main.py): record it (`failed_start`, reported
+    as V2G-604 by app/update.py at the next start) and make the fallback active, so the next
+    boot runs that. The fallback is the other slot if it was confirmed once and its security
+    counter is not below the stored one (a raised counter means never go back below it), else
+    the factory tree. The failed slot loses its confirmation: it is never a fallback again.
+    Returns the fallback, or None when the state cannot be read (nothing is written then)."""
+    st = read_state(root)
+    if st is None or slot not in SLOTS or st.get('active') != slot:
+        return None
+    slots = st.get('slots')
+    if not isinstance(slots, dict):
+        slots = st['slots'] = {}
+    meta = slots.get(slot)
+    if isinstance(meta, dict):
+        meta.pop('confirmed', None)
+    else:
+        meta = {}
+    other = 'b' if slot == 'a' else 'a'
+    ometa = slots.get(other)
+    sec = st.get('sec')
+    fallback = 'factory'
+    if (isinstance(ometa, dict) and ometa.get('confirmed') is True and st.get('pending') != other
+            and type(ometa.get('sec')) is int and type(sec) is int and ometa['sec'] >= sec
+            and _is_dir(root + 'slots/' + other)):
+        fallback = other
+    st['active'] = fallback
+    st['failed_start'] = {'slot': slot, 'version': meta.get('version', '?'), 'reason': reason,
+                          'fallback': fallback, 'reported': False}
+    _write(root, st)
+    return fallback
+
+
 def start_trial_watchdog():
     """Start the watchdog for a slot on trial, where the port has one (None elsewhere).
     Without it, slot code that hangs or fails before its HAL starts the watchdog (the

@@ -43,19 +43,58 @@ def _log(e, root):
         print(repr(e))
 
 
+def running_slot():
+    """'a' or 'b' when boot.py put that slot in front of sys.path, else None (factory)."""
+    first = sys.path[0] if sys.path else ''
+    for s in ('a', 'b'):
+        if first.endswith('slots/' + s):
+            return s
+    return None
+
+
+def fall_back(slot, e, root=''):
+    """The confirmed slot `slot` failed to start: have boot.py's state run the fallback from
+    the next boot (boot.fail_start). Returns the fallback, or None if nothing was recorded."""
+    # The slot leaves sys.path and every module loaded from it leaves sys.modules, so that
+    # `boot` below is the root's (a bundle may carry a boot.py of its own) and nothing of
+    # the slot stays cached in this interpreter.
+    path = sys.path.pop(0)
+    for name in list(sys.modules):
+        if path in (getattr(sys.modules[name], '__file__', None) or ''):
+            del sys.modules[name]
+    import boot
+    reason = '{}: {}'.format(type(e).__name__, e)
+    return boot.fail_start(slot, reason[:80], root)
+
+
 def run(start=None, root='', reset_fn=None):
     """Import and start the application. Slot code on trial that fails to import or to start
     counts as a failed trial: reset at once (the outputs are still in their reset state,
-    no HAL exists yet). Outside a trial the error stands at the REPL, as before."""
+    no HAL exists yet). The confirmed slot failing the same way is replaced by its fallback
+    (V2G-604), then the same reset. The factory tree failing has nothing to fall back to: the
+    error stands at the REPL, the outputs in their reset state (safe), and no reset loop."""
     try:
         if start is None:
             import app.run
             start = app.run.start
         return start()
     except Exception as e:  # noqa: BLE001 - KeyboardInterrupt (a flasher's Ctrl-C) passes
-        if not on_trial(root):
-            raise
-        print('slot on trial failed to start; resetting')
+        if on_trial(root):
+            print('slot on trial failed to start; resetting')
+        else:
+            slot = running_slot()
+            if slot is None:
+                raise
+            try:
+                fallback = fall_back(slot, e, root)
+            except Exception:  # noqa: BLE001 - the state could not be written
+                fallback = None
+            if fallback is None:
+                raise e from None
+            # Reset rather than import the fallback here: a fresh interpreter starts it with
+            # nothing left of the failed slot (modules, half-made objects, a HAL or a
+            # watchdog it started), and boot.py chooses it exactly as on any later boot.
+            print('confirmed slot {} failed to start; running {} from the next boot'.format(slot, fallback))
         _log(e, root)
         (reset_fn or reset)()
         return None

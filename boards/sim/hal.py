@@ -385,19 +385,36 @@ class Hal:
             line, self.plant_buf = self.plant_buf.split(b'\n', 1)
             line = line.strip()
             if line:
-                self.ports.write('plant', (json.dumps(self.plant_event(line, now_ms)) + '\n').encode())
+                self.ports.write('plant', self._answer(line, now_ms))
         if len(self.plant_buf) > 4096:
             self.plant_buf = b''
             self.ports.write('plant', b'{"ok": false, "error": "line longer than 4096 bytes dropped"}\n')
 
+    def _answer(self, line, now_ms):
+        """The reply line to one plant port line. This runs inside the control step (from
+        read_inputs), so nothing a line holds may raise past here: whatever goes wrong
+        becomes a refusal line and the controller keeps running."""
+        try:
+            return (json.dumps(self.plant_event(line, now_ms)) + '\n').encode()
+        except Exception as e:  # noqa: BLE001 - a bug in an event's handling, not the line's
+            return (json.dumps({'ok': False, 'error': 'event not applied: {}: {}'.format(
+                type(e).__name__, e)}) + '\n').encode()
+
     def plant_event(self, line, now_ms):
         try:
-            ev = json.loads(line)
+            text = line.decode()
+        except UnicodeError:
+            # bytes.decode has no errors='replace' on MicroPython; repr shows the bytes
+            return {'ok': False, 'error': 'not UTF-8 text: {}'.format(repr(line[:40]))}
+        try:
+            ev = json.loads(text)
         except ValueError:
-            return {'ok': False, 'error': 'not a JSON object: ' + line[:60].decode()}
+            return {'ok': False, 'error': 'not a JSON object: ' + text[:60]}
         if not isinstance(ev, dict) or not isinstance(ev.get('do'), str):
             return {'ok': False, 'error': 'an event is a JSON object with a "do" key'}
         do = ev.pop('do')
+        if do in ('reboot', 'state') and ev:
+            return {'ok': False, 'do': do, 'error': 'unknown key {!r} (allowed: none)'.format(sorted(ev)[0])}
         if do == 'reboot':
             self.ports.reset()
             return {'ok': True, 'do': 'reboot'}

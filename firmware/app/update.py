@@ -21,7 +21,8 @@ and pending its trial too unless a verified head has claimed it: V2G-601 (signat
 manifest, board, size, space, digest), V2G-602 (rollback, or the counters unknown because
 no copy of the state is readable), V2G-400 (bad request).
 boot.py runs a pending slot on trial and reverts it after its tries; a revert is
-reported here as V2G-603.
+reported here as V2G-603. A confirmed slot that fails to start is replaced as the active
+firmware by main.py and boot.py (boot.fail_start); that is reported here as V2G-604.
 """
 import json
 import os
@@ -137,7 +138,7 @@ def load_key(root=''):
 def default_state():
     return {'v': 1, 'active': 'factory', 'pending': None, 'tries': 0, 'trial': False,
             'trial_ms': DEFAULT_TRIAL_MS, 'healthy_ms': HEALTHY_MS, 'seq': 0, 'sec': 0, 'slots': {}, 'dl': None,
-            'reverted': None}
+            'reverted': None, 'failed_start': None}
 
 
 def running_slot():
@@ -203,6 +204,15 @@ class Updater:
             if log is not None:
                 log.append(now_ms, 'V2G-603', True, rev)
             self.st['reverted'] = None
+            self._save()
+        fs = self.st.get('failed_start')
+        if isinstance(fs, dict) and not fs.get('reported'):
+            # the confirmed firmware failed to start and the fallback runs: report it once;
+            # the record stays for fota_status until another update is confirmed
+            if log is not None:
+                log.append(now_ms, 'V2G-604', True, 'slot {} ({}) failed to start: {}; running {}'.format(
+                    fs.get('slot'), fs.get('version'), fs.get('reason'), fs.get('fallback')))
+            fs['reported'] = True
             self._save()
         if self.on_trial and self.fault == 'trial':
             try:
@@ -337,6 +347,10 @@ class Updater:
                'seq': st['seq'], 'sec': st['sec']}
         if self.state_lost:
             out['state'] = 'unreadable'
+        fs = st.get('failed_start')
+        if isinstance(fs, dict):
+            out['failed_start'] = {'slot': fs.get('slot'), 'version': fs.get('version'),
+                                   'reason': fs.get('reason')}
         d = self.dl
         if d is not None:
             out['dl'] = {'slot': d.slot, 'size': d.size, 'id': d.id, 'next': d.next,
@@ -592,7 +606,9 @@ class Updater:
         st = self.st
         s = st['pending']
         meta = st['slots'][s]
+        meta['confirmed'] = True    # ran healthy once: a fallback if its successor fails to start
         st['active'] = s
+        st['failed_start'] = None
         st['seq'] = meta['seq']
         st['sec'] = max(st['sec'], meta['sec'])
         st['pending'] = None

@@ -558,6 +558,125 @@ def test_slot_failing_at_import_reverts_after_its_tries():
     assert fw_main.run(lambda: 'started', root) == 'started'
 
 
+def _start_slot(root, slot, start, resets):
+    """main.py's run() with `slot` in front of sys.path as boot.py puts it; sys.path as it was
+    afterwards (a fallback takes the slot off itself)."""
+    import sys
+
+    import main as fw_main
+    saved = list(sys.path)
+    sys.path.insert(0, root + 'slots/' + slot)
+    try:
+        return fw_main.run(start, root, lambda: resets.append(slot)), sys.path[0]
+    finally:
+        sys.path[:] = saved
+
+
+def test_confirmed_slot_failing_to_start_falls_back_to_factory():
+    # a damaged file in the confirmed slot: main.py records the failure, makes the factory
+    # tree active and resets; the next start reports V2G-604 once, fota_status keeps it
+    import sys
+    root = scratch()
+    install(root)
+    assert boot.choose(root) == 'a'
+    make(root, running='a').confirm(0)
+    assert state(root)['slots']['a']['confirmed'] is True
+    assert boot.choose(root) == 'a' and not boot.ON_TRIAL
+    # a module of the slot already imported when the failure comes must not stay cached
+    with open(root + 'slots/a/slot_probe_mod.py', 'w') as f:
+        f.write('X = 1\n')
+    resets = []
+
+    def broken():
+        __import__('slot_probe_mod')
+        raise SyntaxError('invalid syntax')
+    result, first = _start_slot(root, 'a', broken, resets)
+    assert result is None and resets == ['a']
+    assert not first.endswith('slots/a') and 'slot_probe_mod' not in sys.modules
+    st = state(root)
+    assert st['active'] == 'factory' and st['seq'] == 7 and st['sec'] == 2   # counters kept
+    assert st['failed_start'] == {'slot': 'a', 'version': '1.4.0', 'reason': 'SyntaxError: invalid syntax',
+                                  'fallback': 'factory', 'reported': False}
+    assert 'confirmed' not in st['slots']['a']
+    assert read(root + 'update.json.bak') == read(root + 'update.json')
+    assert boot.choose(root) == 'factory' and not boot.ON_TRIAL
+    log = Log()
+    u = make(root, running='factory', log=log)
+    assert [e[1] for e in log.items] == ['V2G-604']
+    assert log.items[0][3] == 'slot a (1.4.0) failed to start: SyntaxError: invalid syntax; running factory'
+    rep = u.command('fota_status', {}, 0)[3]
+    assert rep['running'] == 'factory' and rep['active'] == 'factory'
+    assert rep['failed_start'] == {'slot': 'a', 'version': '1.4.0', 'reason': 'SyntaxError: invalid syntax'}
+    make(root, log=log)
+    assert len(log.items) == 1                         # reported once
+    assert make(root).report()['failed_start']['slot'] == 'a'
+    # the factory tree failing has nothing to fall back to: the error stands, no reset
+    import main as fw_main
+    def factory_broken():
+        raise SyntaxError('invalid syntax')
+    raises(SyntaxError, fw_main.run, factory_broken, root, lambda: resets.append('factory'))
+    assert resets == ['a']
+
+
+def _two_slots(root, active, sec=2, a_sec=2, b_sec=2):
+    for s in update.SLOTS:
+        update._makedirs(root + 'slots/' + s)
+    st = update.default_state()
+    st.update({'active': active, 'seq': 9, 'sec': sec, 'slots': {
+        'a': {'version': '1.4.0', 'seq': 7, 'sec': a_sec, 'confirmed': True},
+        'b': {'version': '1.5.0', 'seq': 9, 'sec': b_sec, 'confirmed': True}}})
+    storage.write_atomic(root + 'update.json', json.dumps(st).encode())
+    storage.write_atomic(root + 'update.json.bak', json.dumps(st).encode())
+
+
+def test_confirmed_slot_failing_to_start_falls_back_to_the_other_confirmed_slot():
+    root = scratch()
+    _two_slots(root, 'b')
+    resets = []
+
+    def broken():
+        raise ImportError("can't import name Station")
+    assert boot.choose(root) == 'b'
+    _start_slot(root, 'b', broken, resets)
+    st = state(root)
+    assert st['active'] == 'a' and st['failed_start']['fallback'] == 'a' and resets == ['b']
+    assert boot.choose(root) == 'a'
+    # the fallback fails too: the slot that failed before is no fallback any more
+    _start_slot(root, 'a', broken, resets)
+    st = state(root)
+    assert st['active'] == 'factory' and st['failed_start']['slot'] == 'a' and resets == ['b', 'a']
+    assert boot.choose(root) == 'factory'
+    log = Log()
+    make(root, log=log)
+    assert log.items[0][1] == 'V2G-604' and 'slot a (1.4.0)' in log.items[0][3]
+
+
+def test_no_fallback_to_a_slot_below_the_security_counter():
+    # slot b raised the security counter: a is a build never to run again
+    root = scratch()
+    _two_slots(root, 'b', sec=3, a_sec=2, b_sec=3)
+    _start_slot(root, 'b', lambda: 1 // 0, [])
+    st = state(root)
+    assert st['active'] == 'factory' and st['failed_start']['reason'].startswith('ZeroDivisionError')
+    assert st['sec'] == 3
+
+
+def test_failed_start_with_the_state_unreadable_stays_at_the_repl():
+    import main as fw_main
+    root = scratch()
+    _two_slots(root, 'a')
+    for name in ('update.json', 'update.json.bak'):
+        with open(root + name, 'w') as f:
+            f.write('{"active": ')
+    resets = []
+
+    def broken():
+        raise ImportError('no module named app.run')
+    e = raises(ImportError, _start_slot, root, 'a', broken, resets)
+    assert 'app.run' in str(e) and resets == []
+    assert fw_main.running_slot() is None
+
+
 def test_trial_starts_the_watchdog_where_the_port_has_one():
     import sys
     started = []

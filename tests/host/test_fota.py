@@ -280,6 +280,36 @@ def test_failed_health_check_reverts(board, new_bundle):
     assert n >= 1
 
 
+# -- a damaged confirmed slot falls back (V2G-604) ---------------------------------------------
+
+def test_damaged_confirmed_slot_falls_back_to_the_factory_firmware(board, new_bundle):
+    fota.push(board.link, new_bundle, **FAST)
+    confirmed_new(board)
+    time.sleep(MIRROR_S)               # the confirmation is in the state folder
+    # flash damage in the running slot, then a reset: boot.py picks the slot (confirmed),
+    # main.py cannot import it, records the failure and resets into the factory firmware
+    station = board.state / "slots" / "a" / "app" / "station.py"
+    data = station.read_bytes()
+    station.write_bytes(data[:data.index(b"class Station") + 200])
+    boots = board.vb.boots
+    n = len(board.hellos)
+    board.vb.power_cut()
+    hello = board.hello(60, after=n)
+    assert hello["fw"] == OLD
+    assert board.vb.boots == boots + 2     # the boot that failed, the fallback's
+    st = board.status()
+    assert st["running"] == "factory" and st["active"] == "factory" and st["pending"] is None
+    assert st["seq"] == 5 and st["sec"] == 1                  # the counters stay where they were
+    fs = st["failed_start"]
+    assert fs["slot"] == "a" and fs["version"] == "0.2.0" and "Error" in fs["reason"], fs
+    events = board.link.command("events", {}).data["events"]
+    v604 = [e for e in events if e[1] == "V2G-604"]
+    assert len(v604) == 1 and "slot a (0.2.0) failed to start" in v604[0][3], events
+    assert "last_exception.txt" in {p.name for p in (board.state / "state").iterdir()}
+    time.sleep(2)
+    assert board.vb.boots == boots + 2 and board.fw() == OLD   # it stays up: no reset loop
+
+
 # -- power cuts: the board boots the old or the new firmware, never neither -----------------
 
 def test_power_cut_during_transfer(board, new_bundle):

@@ -97,6 +97,21 @@ def test_plant_port_answers_every_line(station):
     assert json.loads(plant.port.readline())["ok"] is False
 
 
+def test_plant_lines_that_are_not_utf8_leave_the_controller_running(station):
+    _, plant, _, tel = station
+    plant.port.write(b"\xff\xfe not json\n")
+    bad = json.loads(plant.port.readline())
+    assert bad["ok"] is False and "not UTF-8" in bad["error"]
+    # a two-byte character across byte 60 of a line that is not JSON
+    plant.port.write(b"x" + "\u00e9".encode() * 40 + b"\n")
+    bad = json.loads(plant.port.readline())
+    assert bad["ok"] is False and bad["error"].startswith("not a JSON object: x\u00e9")
+    seen = len(tel)
+    assert plant.do(do="plug") == {"ok": True, "do": "plug"}
+    wait_for(tel, lambda s: s["cp"] == "B")     # telemetry flows and follows the plant
+    assert len(tel) > seen
+
+
 # -- the plant port plays the host's side of a scenario ------------------------------------------
 
 def test_host_event_rules_match_the_scenario_validator():
