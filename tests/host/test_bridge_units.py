@@ -165,7 +165,8 @@ def test_plan_21_operation_modes_and_per_phase_limits():
                                                                    "direction": "idle"}
     assert P.plan(_period(operation_mode="ChargingOnly", limit=20.0), None, "2.1")["discharge_a"] == 0.0
     with pytest.raises(P.ProfileError) as e:
-        P.check_profile({"charging_profile_purpose": "TxProfile", "charging_profile_kind": "Relative",
+        P.check_profile({"id": 1, "stack_level": 0, "charging_profile_purpose": "TxProfile",
+                         "charging_profile_kind": "Relative",
                          "charging_schedule": [{"charging_rate_unit": "A", "charging_schedule_period": [
                              {"start_period": 0, "operation_mode": "LocalFrequency"}]}]}, "2.1")
     assert e.value.reason == "UnsupportedOperationMode"
