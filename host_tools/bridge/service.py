@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import re
+import secrets
 import socket
 import time
 import urllib.parse
@@ -64,6 +65,13 @@ def default_gateway_id():
     """This machine's name in the characters a topic level and a station id allow."""
     name = re.sub(r"[^A-Za-z0-9._:-]", "-", socket.gethostname())[:48].strip(".")
     return name or "gateway"
+
+
+def bridge_client_id(gateway_id):
+    """The MQTT client id the bridge asks for. The shipped broker replaces it with the user
+    name; on a broker that does not, its random part keeps another client from guessing it
+    and taking the connection over (the gateway id is published, pids are small)."""
+    return f"v2g-bridge-{gateway_id}-{secrets.token_hex(8)}"
 
 
 def will_status(station):
@@ -562,7 +570,7 @@ class Gateway:
                                 cert_file=cfgdir.file_or_none(d, "mqtt_client_cert.pem"),
                                 key_file=cfgdir.file_or_none(d, "mqtt_client_key.pem"),
                                 password=mqtt_pw, clog=self.clog,
-                                client_id=f"v2g-bridge-{self.gateway_id}-{os.getpid()}", will=will)
+                                client_id=bridge_client_id(self.gateway_id), will=will)
             self.mqtt.on_connected.append(self._mqtt_connected)
         self.bridges = []
         self.local_link = None
