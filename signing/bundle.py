@@ -127,6 +127,12 @@ def build_manifest(components, seq, version, board, security_counter=0, vendor_i
         seen.add(name)
         total += len(data)
         entries.append([name, len(data), hashlib.sha256(data).digest()])
+    for name in seen:   # the controller refuses "lib" with "lib/x.py": one name, file and folder
+        parts = name.split("/")
+        for k in range(1, len(parts)):
+            if "/".join(parts[:k]) in seen:
+                raise ValueError("component {!r} is a file, but {!r} needs a folder of that name".format(
+                    "/".join(parts[:k]), name))
     if total > MAX_TOTAL_SIZE:
         raise ValueError("components total {} bytes, above the slot size {}".format(total, MAX_TOTAL_SIZE))
     return {

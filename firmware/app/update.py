@@ -76,6 +76,16 @@ def _rmtree(path):
         os.remove(path)
 
 
+def _in_the_way(path):
+    """Why `path` could not be made, in words: ports number their errno values differently
+    (the VM's are Emscripten's), so the reason is read from what is there."""
+    if _is_dir(path):
+        return 'a folder is in the way'
+    if storage.exists(path):
+        return 'a file is in the way'
+    return 'the filesystem refused it (full or failing)'
+
+
 def _makedirs(path):
     cur = ''
     for part in path.split('/'):
@@ -83,7 +93,23 @@ def _makedirs(path):
             continue
         cur = cur + '/' + part if cur else (part if path[0] != '/' else '/' + part)
         if not _is_dir(cur):
-            os.mkdir(cur)
+            try:
+                os.mkdir(cur)
+            except OSError:
+                raise manifest.UpdateError('V2G-601', 'creating folder {}: {}'.format(
+                    cur, _in_the_way(cur))) from None
+
+
+def _create(name, mode, what):
+    """open(name, mode) for staging component `what`; a refusal names the file and why."""
+    try:
+        _makedirs(name[:name.rfind('/')])
+        return open(name, mode)
+    except manifest.UpdateError as e:
+        raise manifest.UpdateError(e.code, 'staging {}: {}'.format(what, e.msg)) from None
+    except OSError:
+        raise manifest.UpdateError('V2G-601', 'staging {}: opening {} for writing: {}'.format(
+            what, name, _in_the_way(name))) from None
 
 
 def _file_size(path):
@@ -329,10 +355,12 @@ class Updater:
             return False, e.code, e.msg, {}
         except _Frozen:
             return False, V2G_400, 'installer halted by fault injection', {}
-        except OSError as e:
+        except OSError:
             # filesystem full or failing: nothing is marked pending; the slot is left as is
-            self.abort('filesystem: {}'.format(e))
-            return False, 'V2G-601', 'filesystem error while staging: {}'.format(e), {}
+            # named by the step, not by str(e): that is a bare errno number on some ports
+            self.abort('filesystem error during ' + op)
+            return False, 'V2G-601', 'filesystem error during {}: the filesystem refused a write or ' \
+                'read (full or failing)'.format(op), {}
 
     def status(self, now_ms):
         if not self._energy_flows():
@@ -514,10 +542,7 @@ class Updater:
             d.body.feed(part)       # digest checked when the component's last byte passes
             if d.f_index != i:
                 d.close()
-                name = self.slot_dir(d.slot) + '/' + c.name
-                k = name.rfind('/')
-                _makedirs(name[:k])
-                d.f = open(name, 'ab' if pos > c.offset else 'wb')
+                d.f = _create(self.slot_dir(d.slot) + '/' + c.name, 'ab' if pos > c.offset else 'wb', c.name)
                 d.f_index = i
             if self.fault == 'write' and d.next + take > d.head_len + d.man.total_size // 2:
                 d.f.write(part[:take // 2])   # half a chunk on flash, never acknowledged
@@ -533,9 +558,7 @@ class Updater:
         if d.next == d.size:
             for c in comps:
                 if c.size == 0:
-                    name = self.slot_dir(d.slot) + '/' + c.name
-                    _makedirs(name[:name.rfind('/')])
-                    open(name, 'wb').close()
+                    _create(self.slot_dir(d.slot) + '/' + c.name, 'wb', c.name).close()
 
     def finish(self, args, now_ms):
         if self.dl is None:

@@ -180,6 +180,13 @@ def decode(payload):
         names[c[0]] = True
         out.append(Component(c[0], offset, c[1], c[2]))
         offset += c[1]
+    for c in out:   # "lib" and "lib/x.py": a slot cannot hold a file and a folder of one name
+        k = c.name.rfind('/')
+        while k > 0:
+            if c.name[:k] in names:
+                _reject("manifest: component {!r} is a file, but {!r} needs a folder of that name".format(
+                    c.name[:k], c.name))
+            k = c.name.rfind('/', 0, k)
     man = Manifest()
     man.seq = m[K_SEQ]
     man.security_counter = m[K_SECCNT]

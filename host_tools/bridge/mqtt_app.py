@@ -57,6 +57,7 @@ class MqttApp:
         self.connected = asyncio.Event()
         self.counters = {"published": 0, "commands": 0, "dropped": 0}
         self.on_connected = []   # fns called on the asyncio loop after each (re)connection
+        self.client_id = client_id
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if u.username:
             c.username_pw_set(urllib.parse.unquote(u.username),
@@ -99,6 +100,9 @@ class MqttApp:
                 self.clog.event("-", "V2G-401", f"MQTT broker {self.host}:{self.port} refused the login: "
                                 f"{reason_code}")
             return
+        if self.clog is not None:
+            self.clog.event("-", "INFO", f"MQTT broker {self.host}:{self.port} connected, client id asked "
+                            f"for: {self.client_id}")
         for st in self.handlers:
             client.subscribe(topic(st, "cmd"), qos=1)
         self.loop.call_soon_threadsafe(self.connected.set)

@@ -11,6 +11,11 @@ Why not the package's defaults:
   a CSMS then waits for its timeout. Here every unhandled action gets NotImplemented.
 - a CALL is handled in its own task, so a handler waiting on the controller link does
   not hold back the CSMS's answers to our own CALLs.
+- the package's validators ignore the schemas' `format`, so `validTo: "zzz"` passes as a
+  date-time. Every CALL from the CSMS has its date-time fields checked here too; one that is
+  not RFC 3339 is answered with a CALLERROR TypeConstraintViolation naming the field (OCPP-J,
+  2.0.1 Part 4: "syntactically correct but at least one of the fields violates data type
+  constraints"; dateTime is one of OCPP's data types), before any handler runs.
 """
 
 import asyncio
@@ -26,9 +31,12 @@ from ocpp.charge_point import (
     serialize_as_dict,
     snake_to_camel_case,
 )
+from jsonschema import FormatChecker
 from ocpp.exceptions import NotImplementedError as OcppNotImplemented
-from ocpp.exceptions import OCPPError
-from ocpp.messages import Call, MessageType, unpack, validate_payload
+from ocpp.exceptions import OCPPError, TypeConstraintViolationError
+from ocpp.messages import Call, MessageType, get_validator, unpack, validate_payload
+
+from host_tools.bridge.profiles import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,32 @@ def to_payload(obj) -> dict:
     if is_dataclass(obj) and not isinstance(obj, type):
         obj = snake_to_camel_case(remove_nones(serialize_as_dict(obj)))
     return fix_phase_keys(remove_nones(obj))
+
+
+_FORMATS = FormatChecker(formats=())
+_format_validators = {}
+
+
+@_FORMATS.checks("date-time", raises=ValueError)
+def _is_date_time(value):
+    if isinstance(value, str):
+        parse_time(value)
+    return True
+
+
+def check_formats(msg, version):
+    """Raise TypeConstraintViolation when a date-time field of the CALL is not RFC 3339."""
+    key = (msg.action, version)
+    v = _format_validators.get(key)
+    if v is None:
+        v = _format_validators[key] = get_validator(msg.message_type_id, msg.action, version).evolve(
+            format_checker=_FORMATS)
+    for e in v.iter_errors(msg.payload):
+        if e.validator == "format":
+            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path).lstrip(".")
+            why = e.cause if e.cause is not None else f"{e.instance!r} is not a {e.validator_value}"
+            raise TypeConstraintViolationError(description=f"{path}: {why}"[:255],
+                                               details={"field": path})
 
 
 class CallRefused(Exception):
@@ -99,6 +133,7 @@ class _Proto:
         if fn is None:
             raise OcppNotImplemented(details={"cause": f"{msg.action} is not handled by this station"})
         await validate_payload(msg, self._ocpp_version)
+        check_formats(msg, self._ocpp_version)
         kwargs = camel_to_snake_case(msg.payload)
         result = fn(**kwargs)
         if inspect.isawaitable(result):

@@ -518,15 +518,20 @@ class OcppStation:
                     log.exception("%s: profile ticker", self.id)
                     self.clog.event(self.id, "V2G-400", f"charging profile not applied: {type(e).__name__}: {e}")
 
-    async def apply_profiles(self):
-        tx, mx = self.profiles.composite(utcnow(), self.tx.get("id"), prof.parse_time(self.tx.get("start")))
+    async def apply_profiles(self, store=None):
+        """Tell the controller the limits of `store` (default: the profiles in force) and, once
+        it took them, make `store` the profiles in force. (ok, message)."""
+        store = self.profiles if store is None else store
+        tx, mx = store.composite(utcnow(), self.tx.get("id"), prof.parse_time(self.tx.get("start")))
         new = prof.plan(tx, mx, self.version or "2.0.1", self.ctl.volts, self.ctl.phases) \
             if (tx or mx) else None
         if new == self.plan:
+            self.profiles = store
             return True, "unchanged"
         ok, msg = await self.ctl.apply_csms_plan(new)
         if ok:
             self.plan = new
+            self.profiles = store
         return ok, msg
 
     # ------------------------------------------------------------------ CSMS requests
@@ -547,17 +552,20 @@ class OcppStation:
             return {"status": "Rejected", "statusInfo": self._status_info(
                 "InvalidProfile", "ChargingStationMaxProfile needs evseId 0")}
         try:
-            prof.check_profile(charging_profile, self.version)
+            # parsed and checked in full before anything changes: a bad profile is never stored
+            store = self.profiles.with_profile(charging_profile, utcnow(), self.version or "2.0.1")
         except prof.ProfileError as e:
+            self.clog.event(self.id, "V2G-400", f"charging profile {charging_profile.get('id')} rejected: {e}")
             return {"status": "Rejected", "statusInfo": self._status_info(e.reason, e)}
-        old = dict(self.profiles.profiles)
-        self.profiles.set(charging_profile, utcnow())
+        if purpose == "TxProfile" and store.profiles[charging_profile["id"]][0].get("transaction_id") \
+                not in (None, self.tx.get("id")):
+            return {"status": "Rejected", "statusInfo": self._status_info(
+                "TxNotFound", f"transactionId {charging_profile.get('transaction_id')} is not the running one")}
         try:
-            ok, msg = await self.apply_profiles()
+            ok, msg = await self.apply_profiles(store)
         except hl.LinkError as e:
             ok, msg = False, str(e)
         if not ok:
-            self.profiles.profiles = old
             self.clog.event(self.id, "V2G-400", f"charging profile {charging_profile.get('id')} refused "
                             f"by the controller: {msg}")
             return {"status": "Rejected", "statusInfo": self._status_info("InvalidValue", msg)}
@@ -565,12 +573,18 @@ class OcppStation:
 
     async def on_ClearChargingProfile(self, charging_profile_id=None, charging_profile_criteria=None, **_):
         c = charging_profile_criteria or {}
-        n = self.profiles.clear(charging_profile_id, c.get("charging_profile_purpose"), c.get("stack_level"))
+        store, n = self.profiles.without(charging_profile_id, c.get("charging_profile_purpose"),
+                                         c.get("stack_level"))
         if n:
+            # the CSMS's profiles are gone whatever the controller says now: the store changes at
+            # once and the profile ticker sends the limits again until the controller has them
+            self.profiles = store
             try:
-                await self.apply_profiles()
+                ok, msg = await self.apply_profiles(store)
             except hl.LinkError as e:
-                log.warning("%s: profile clear not applied: %s", self.id, e)
+                ok, msg = False, str(e)
+            if not ok:
+                self.clog.event(self.id, "V2G-400", f"limits after ClearChargingProfile not applied yet: {msg}")
         return {"status": "Accepted" if n else "Unknown"}
 
     def on_GetCompositeSchedule(self, duration, evse_id, charging_rate_unit=None, **_):

@@ -17,10 +17,20 @@ In W, a value is the sum over the phases unless L2/L3 values are given: then eac
 value, the unsuffixed one included, is one phase's power (the L1 value).
 """
 
+import math
+import re
 from datetime import datetime, timedelta, timezone
 
 SUPPORTED_MODES = ("ChargingOnly", "CentralSetpoint", "Idle")
 PURPOSES = ("ChargingStationMaxProfile", "TxDefaultProfile", "TxProfile")
+KINDS = ("Absolute", "Recurring", "Relative")
+RECURRENCY = ("Daily", "Weekly")
+MAX_SCHEDULES = 3          # 2.0.1: up to three schedules (ISO 15118 offers); the first one is followed
+MAX_PERIODS = 1024         # chargingSchedulePeriod 1..1024 (both versions' schemas)
+# RFC 3339 date-time, OCPP's dateTime; a missing offset is read as UTC (OCPP times are UTC)
+_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?$")
+# the period's numbers, each with its per-phase twins (2.1)
+_PERIOD_NUMBERS = ("limit", "setpoint", "discharge_limit", "setpoint_reactive")
 
 
 class ProfileError(ValueError):
@@ -32,14 +42,22 @@ class ProfileError(ValueError):
 
 
 def parse_time(s):
+    """A datetime from an OCPP dateTime (RFC 3339); ValueError saying why for anything else."""
     if s is None:
         return None
     if isinstance(s, datetime):
-        return s
-    s = s.strip()
-    if s.endswith("Z"):
-        s = s[:-1] + "+00:00"
-    dt = datetime.fromisoformat(s)
+        return s if s.tzinfo is not None else s.replace(tzinfo=timezone.utc)
+    if not isinstance(s, str) or not _DATE_TIME.match(s):
+        raise ValueError(f"{s!r} is not an RFC 3339 date-time")
+    text = s
+    frac = re.search(r"\.(\d+)", s)
+    if frac and len(frac.group(1)) > 6:   # datetime keeps microseconds: cut nanoseconds
+        s = s[:frac.start(1) + 6] + s[frac.end(1):]
+    s = s[:-1] + "+00:00" if s[-1] in "Zz" else s
+    try:
+        dt = datetime.fromisoformat(s.replace("t", "T"))
+    except ValueError:   # a date or time out of range: 2026-02-30, 25:00
+        raise ValueError(f"{text!r} is not a valid date and time") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt
@@ -54,53 +72,165 @@ def _schedule(profile):
     return s[0] if isinstance(s, list) else s
 
 
-def check_profile(profile, version):
-    """Raise ProfileError when the station cannot follow this profile."""
+def _field(where, key):
+    """The camelCase name the CSMS wrote, for messages (`charging_profile_purpose` ->
+    `chargingProfilePurpose`, `limit_l2` -> `limit_L2`)."""
+    head, *rest = key.split("_")
+    name = head + "".join(w[:1].upper() + w[1:] if not re.fullmatch(r"l[23]", w) else "_" + w.upper()
+                          for w in rest)
+    return f"{where}.{name}"
+
+
+def _int(d, key, where, lo=None, hi=None, required=False):
+    v = d.get(key)
+    if v is None:
+        if required:
+            raise ProfileError("InvalidValue", f"{_field(where, key)}: missing")
+        return None
+    if type(v) is not int or (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = (f" {lo} .. {hi}" if hi is not None else f" >= {lo}") if lo is not None else ""
+        raise ProfileError("InvalidValue", f"{_field(where, key)}: {v!r} is not an integer{rng}")
+    return v
+
+
+def _number(d, key, where, lo=None):
+    v = d.get(key)
+    if v is None:
+        return None
+    if type(v) not in (int, float) or not math.isfinite(v) or (lo is not None and v < lo):
+        raise ProfileError("InvalidValue", f"{_field(where, key)}: {v!r} is not a finite number"
+                           + (f" >= {lo}" if lo is not None else ""))
+    return float(v)
+
+
+def _time(d, key, where):
+    try:
+        return parse_time(d.get(key))
+    except ValueError as e:
+        raise ProfileError("InvalidValue", f"{_field(where, key)}: {e}") from None
+
+
+def _check_period(period, where, version):
+    if not isinstance(period, dict):
+        raise ProfileError("InvalidSchedule", f"{where}: must be an object")
+    out = dict(period)
+    out["start_period"] = _int(period, "start_period", where, lo=0, required=True)
+    for base in _PERIOD_NUMBERS:
+        for key in (base, base + "_l2", base + "_l3"):
+            out[key] = _number(period, key, where)
+    out["number_phases"] = _int(period, "number_phases", where, 1, 3)
+    out["phase_to_use"] = _int(period, "phase_to_use", where, 1, 3)
+    mode = period.get("operation_mode")
+    if mode is not None and mode not in SUPPORTED_MODES:
+        raise ProfileError("UnsupportedOperationMode",
+                           f"{where}.operationMode: {mode} is not supported "
+                           f"(supported: {', '.join(SUPPORTED_MODES)})")
+    if version == "2.0.1" and out["limit"] is None:
+        raise ProfileError("InvalidSchedule", f"{where}.limit: missing (2.0.1 needs a limit in each period)")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _check_schedule(sched, where, kind, version):
+    if not isinstance(sched, dict):
+        raise ProfileError("InvalidSchedule", f"{where}: must be an object")
+    out = dict(sched)
+    if sched.get("charging_rate_unit") not in ("A", "W"):
+        raise ProfileError("UnsupportedRateUnit", f"{where}.chargingRateUnit: "
+                           f"{sched.get('charging_rate_unit')!r} is not A or W")
+    out["start_schedule"] = _time(sched, "start_schedule", where)
+    out["duration"] = _int(sched, "duration", where, lo=0)
+    out["min_charging_rate"] = _number(sched, "min_charging_rate", where, lo=0)
+    periods = sched.get("charging_schedule_period")
+    if not isinstance(periods, list) or not 1 <= len(periods) <= MAX_PERIODS:
+        raise ProfileError("InvalidSchedule", f"{where}.chargingSchedulePeriod: 1 to {MAX_PERIODS} periods needed")
+    out["charging_schedule_period"] = [_check_period(p, f"{where}.chargingSchedulePeriod[{i}]", version)
+                                       for i, p in enumerate(periods)]
+    starts = [p["start_period"] for p in out["charging_schedule_period"]]
+    if starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+        raise ProfileError("InvalidSchedule", f"{where}.chargingSchedulePeriod: startPeriod must start at 0 "
+                           f"and increase (got {starts[:8]})")
+    if kind in ("Absolute", "Recurring") and out["start_schedule"] is None:
+        raise ProfileError("InvalidSchedule", f"{where}.startSchedule: an {kind} profile needs one")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def validate_profile(profile, version):
+    """Parse and check every field of a charging profile the station would use, before it is
+    stored. Returns a copy with its times as datetimes and its numbers checked, so nothing
+    stored can fail later; raises ProfileError naming the field (as the CSMS spelt it)."""
+    where = "chargingProfile"
+    if not isinstance(profile, dict):
+        raise ProfileError("InvalidProfile", f"{where}: must be an object")
+    out = dict(profile)
+    out["id"] = _int(profile, "id", where, required=True)
+    out["stack_level"] = _int(profile, "stack_level", where, lo=0, required=True)
     purpose = profile.get("charging_profile_purpose")
     if purpose not in PURPOSES:
-        raise ProfileError("UnsupportedPurpose", f"charging profile purpose {purpose} is not supported")
-    sched = _schedule(profile)
-    if sched.get("charging_rate_unit") not in ("A", "W"):
-        raise ProfileError("InvalidSchedule", "chargingRateUnit must be A or W")
-    periods = sched.get("charging_schedule_period") or []
-    if not periods:
-        raise ProfileError("InvalidSchedule", "no charging schedule period")
-    starts = [p["start_period"] for p in periods]
-    if starts[0] != 0 or starts != sorted(set(starts)):
-        raise ProfileError("InvalidSchedule", "startPeriod must start at 0 and increase")
-    for p in periods:
-        mode = p.get("operation_mode")
-        if mode is not None and mode not in SUPPORTED_MODES:
-            raise ProfileError("UnsupportedOperationMode",
-                               f"operationMode {mode} is not supported (supported: {', '.join(SUPPORTED_MODES)})")
-        if version == "2.0.1" and p.get("limit") is None:
-            raise ProfileError("InvalidSchedule", "period without limit")
+        raise ProfileError("UnsupportedPurpose", f"{where}.chargingProfilePurpose: {purpose} is not supported")
     kind = profile.get("charging_profile_kind")
-    if kind == "Absolute" and not sched.get("start_schedule"):
-        raise ProfileError("InvalidSchedule", "an Absolute profile needs startSchedule")
+    if kind not in KINDS:
+        raise ProfileError("UnsupportedKind", f"{where}.chargingProfileKind: {kind} is not supported "
+                           f"(supported: {', '.join(KINDS)})")
+    rec = profile.get("recurrency_kind")
+    if kind == "Recurring" and rec not in RECURRENCY:
+        raise ProfileError("InvalidProfile", f"{where}.recurrencyKind: {rec!r} is not Daily or Weekly")
+    out["valid_from"] = _time(profile, "valid_from", where)
+    out["valid_to"] = _time(profile, "valid_to", where)
+    if out["valid_from"] and out["valid_to"] and out["valid_to"] <= out["valid_from"]:
+        raise ProfileError("InvalidProfile", f"{where}.validTo: not after validFrom")
+    tx = profile.get("transaction_id")
+    if tx is not None and (not isinstance(tx, str) or not 1 <= len(tx) <= 36):
+        raise ProfileError("InvalidValue", f"{where}.transactionId: {tx!r} is not a transaction id")
+    scheds = profile.get("charging_schedule")
+    if isinstance(scheds, dict):
+        scheds = [scheds]
+    if not isinstance(scheds, list) or not 1 <= len(scheds) <= MAX_SCHEDULES:
+        raise ProfileError("InvalidSchedule", f"{where}.chargingSchedule: 1 to {MAX_SCHEDULES} schedules needed")
+    out["charging_schedule"] = [_check_schedule(sc, f"{where}.chargingSchedule[{i}]", kind, version)
+                                for i, sc in enumerate(scheds)]
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def check_profile(profile, version):
+    """Raise ProfileError when the station cannot follow this profile."""
+    validate_profile(profile, version)
 
 
 class ProfileStore:
-    def __init__(self):
-        self.profiles = {}       # id -> (profile dict, time received)
+    """The profiles in force. Only validated profiles get in (validate_profile), and a change
+    is made on a copy that replaces the store as a whole once it was applied: no entry can
+    make a later SetChargingProfile, ClearChargingProfile or composite schedule fail."""
 
-    def set(self, profile, now):
-        self.profiles[profile["id"]] = (profile, now)
+    def __init__(self, profiles=None):
+        self.profiles = dict(profiles or {})       # id -> (validated profile, time received)
+
+    def with_profile(self, profile, now, version="2.1"):
+        """A new store: this one plus `profile` (validated first; one with the same id is
+        replaced, OCPP K01.FR.05). Raises ProfileError and leaves this store as it was."""
+        p = validate_profile(profile, version)
+        new = ProfileStore(self.profiles)
+        new.profiles[p["id"]] = (p, now)
+        return new
+
+    def set(self, profile, now, version="2.1"):
+        self.profiles = self.with_profile(profile, now, version).profiles
+
+    def without(self, profile_id=None, purpose=None, stack_level=None):
+        """(a new store without the matching profiles, how many went)."""
+        new = ProfileStore(self.profiles)
+        gone = [pid for pid, (p, _) in self.profiles.items()
+                if (profile_id is None or pid == profile_id)
+                and (purpose is None or p.get("charging_profile_purpose") == purpose)
+                and (stack_level is None or p.get("stack_level") == stack_level)]
+        for pid in gone:
+            del new.profiles[pid]
+        return new, len(gone)
 
     def clear(self, profile_id=None, purpose=None, stack_level=None):
         """Remove matching profiles; returns how many went."""
-        gone = []
-        for pid, (p, _) in self.profiles.items():
-            if profile_id is not None and pid != profile_id:
-                continue
-            if purpose is not None and p.get("charging_profile_purpose") != purpose:
-                continue
-            if stack_level is not None and p.get("stack_level") != stack_level:
-                continue
-            gone.append(pid)
-        for pid in gone:
-            del self.profiles[pid]
-        return len(gone)
+        new, n = self.without(profile_id, purpose, stack_level)
+        self.profiles = new.profiles
+        return n
 
     def end_transaction(self, tx_id):
         """TxProfiles end with their transaction."""

@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import re
+import secrets
 import socket
 import time
 import urllib.parse
@@ -64,6 +65,13 @@ def default_gateway_id():
     """This machine's name in the characters a topic level and a station id allow."""
     name = re.sub(r"[^A-Za-z0-9._:-]", "-", socket.gethostname())[:48].strip(".")
     return name or "gateway"
+
+
+def bridge_client_id(gateway_id):
+    """The MQTT client id the bridge asks for. The shipped broker replaces it with the user
+    name; on a broker that does not, its random part keeps another client from guessing it
+    and taking the connection over (the gateway id is published, pids are small)."""
+    return f"v2g-bridge-{gateway_id}-{secrets.token_hex(8)}"
 
 
 def will_status(station):
@@ -466,10 +474,11 @@ class StationBridge:
                 self.clog.event(self.id, "INFO", f"app command txn {txn} repeated: original result sent again")
             else:
                 try:
-                    res = await self._app_op(txn, op, msg.get("args") or {})
+                    res, keep = await self._app_op(txn, op, msg.get("args") or {})
                 except (RecursionError, ValueError) as e:   # args the link cannot encode
-                    res = self._result(txn, False, "V2G-400", f"args: {type(e).__name__}: {str(e)[:200]}")
-                if not res.get("unreachable"):   # a link outage is not an answer worth keeping
+                    res, keep = self._result(txn, False, "V2G-400", f"args: {type(e).__name__}: "
+                                             f"{str(e)[:200]}"), True
+                if keep:   # a link outage is not an answer worth keeping
                     self.results[txn] = res
                     while len(self.results) > RESULTS_KEPT:
                         self.results.pop(next(iter(self.results)))
@@ -483,29 +492,35 @@ class StationBridge:
         return {"txn": txn, "ok": ok, "code": code, "msg": msg, "data": data or {}}
 
     async def _app_op(self, txn, op, args):
+        """(result, keep): keep is False when the controller could not be asked (the same
+        txn may then be tried again)."""
         if not isinstance(args, dict):
-            return self._result(txn, False, "V2G-400", "args: must be an object")
+            return self._result(txn, False, "V2G-400", "args: must be an object"), True
         if op == "soc_target":
             cmd = ("soc_target", {k: v for k, v in args.items()})
         elif op == "reserve_margin":
             if set(args) != {"pct"}:
-                return self._result(txn, False, "V2G-400", "args: reserve_margin takes exactly {pct}")
+                return self._result(txn, False, "V2G-400", "args: reserve_margin takes exactly {pct}"), True
             cmd = ("config_set", {"RESERVE_MARGIN": args["pct"]})
         elif op == "charge_only":
             cmd = ("charge_only", dict(args))
         else:
-            return self._result(txn, False, "V2G-400", f"op: {op!r} is not one of {', '.join(APP_OPS)}")
+            return self._result(txn, False, "V2G-400", f"op: {op!r} is not one of {', '.join(APP_OPS)}"), True
+        ctl_txn = "a" + txn
         try:
-            r = await self.command(cmd[0], cmd[1], txn="a" + txn)
+            # the frame the link would send: a command that cannot be one is the app's error,
+            # not an unreachable controller
+            hl.encode_frame({"v": hl.VERSION, "t": "cmd", "txn": ctl_txn, "op": cmd[0], "args": cmd[1]})
         except hl.LinkError as e:
-            # not kept as the txn's result: the same txn may be retried once the link is back
-            r = self._result(txn, False, "V2G-110", f"controller unreachable, try again: {e}")
-            r["unreachable"] = True
-            return r
+            return self._result(txn, False, "V2G-400", f"args: {e}"), True
+        try:
+            r = await self.command(cmd[0], cmd[1], txn=ctl_txn)
+        except hl.LinkError as e:
+            return self._result(txn, False, "V2G-110", f"controller unreachable, try again: {e}"), False
         if r.ok and op == "soc_target":
             self.app_target = cmd[1]
             write_json_atomic(self.state_dir / "app_target.json", self.app_target)
-        return self._result(txn, r.ok, r.code, r.msg, r.data)
+        return self._result(txn, r.ok, r.code, r.msg, r.data), True
 
 
 class Gateway:
@@ -562,7 +577,7 @@ class Gateway:
                                 cert_file=cfgdir.file_or_none(d, "mqtt_client_cert.pem"),
                                 key_file=cfgdir.file_or_none(d, "mqtt_client_key.pem"),
                                 password=mqtt_pw, clog=self.clog,
-                                client_id=f"v2g-bridge-{self.gateway_id}-{os.getpid()}", will=will)
+                                client_id=bridge_client_id(self.gateway_id), will=will)
             self.mqtt.on_connected.append(self._mqtt_connected)
         self.bridges = []
         self.local_link = None

@@ -286,6 +286,8 @@ def test_manifest_field_checks():
     refused(lambda m: m.update({manifest.K_COMPONENTS: [["a.py", 1, b"\x00" * 32]] * 65}), "components")
     refused(lambda m: m.update({manifest.K_COMPONENTS: [["a.py", 1, b"\x00" * 31]]}), "component 0")
     refused(lambda m: m.update({manifest.K_COMPONENTS: [["a.py", 1, b"\x00" * 32]] * 2}), "twice")
+    refused(lambda m: m.update({manifest.K_COMPONENTS: [["lib/x/y.py", 1, b"\x00" * 32], ["lib", 1, b"\x00" * 32]]}),
+            "'lib' is a file, but 'lib/x/y.py' needs a folder")
     for name in ("../boot.py", "/main.py", "a//b.py", "a b.py", "./x", "", "x" * 65):
         refused(lambda m, name=name: m.update({manifest.K_COMPONENTS: [[name, 1, b"\x00" * 32]]}), "component")
     # not deterministic CBOR: the same map with an overlong integer head

@@ -128,6 +128,24 @@ def test_install_stages_files_and_marks_pending():
     assert u.version() == u.factory_version   # nothing runs the new slot before a reboot
 
 
+def test_a_file_where_a_folder_goes_is_named_by_what_was_being_done():
+    # a file already where the bundle needs a folder: the refusal says which and why, in
+    # words (the VM's OSError carries an Emscripten errno number that means nothing here)
+    root = scratch()
+    data = bundle()
+    head = 8 + int.from_bytes(data[4:8], 'big')
+    u = make(root)
+    assert u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)[0]
+    push(u, data[:head + 13])                       # the head and main.py
+    with open(root + 'slots/a/lib', 'wb') as f:     # where lib/blob.bin's folder goes
+        f.write(b'x')
+    r = u.command('fota_chunk', {'off': head + 13, 'data': data[head + 13:head + 113]}, 0)
+    assert not r[0] and r[1] == 'V2G-601', r
+    assert 'lib/blob.bin' in r[2] and 'slots/a/lib' in r[2] and 'a file is in the way' in r[2], r
+    assert 'rrno' not in r[2] and not r[2].rstrip().split(' ')[-1].isdigit(), r
+    assert state(root)['pending'] is None and state(root)['dl'] is None   # the download was dropped
+
+
 def test_resent_overlapping_and_gapped_chunks():
     root = scratch()
     data = bundle()

@@ -4,6 +4,7 @@ against a real Mosquitto with deploy/mosquitto/v2g.conf. The bridges here have n
 controller and no CSMS to reach: the broker side does not need them."""
 
 import json
+import re
 import ssl
 import threading
 import time
@@ -167,3 +168,53 @@ def test_a_single_station_bridge_that_dies_leaves_a_full_offline_status(env, tmp
     finally:
         bridge.kill()
         app.close()
+
+
+def _attach(port, ca, user, client_id):
+    """An MQTT connection as `user` asking for `client_id`; (client, connected event)."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c.username_pw_set(user, USERS[user])
+    c.tls_set_context(ssl.create_default_context(cafile=str(ca)))
+    up = threading.Event()
+    c.on_connect = lambda cl, ud, fl, rc, pr: up.set() if not rc.is_failure else None
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c, up
+
+
+def test_an_app_account_cannot_take_over_the_bridge_connection(env, tmp_path):
+    port, ca = env["broker"].port, env["ca"]
+    topic = "v2g/CS-M2/status"
+    owner = Client(port, ca, "app-2", sub="v2g/CS-M2/#")
+    dead = free_port()
+    bridge = BridgeProc(f"socket://127.0.0.1:{dead}", f"ws://127.0.0.1:{dead}/ocpp", "CS-M2", env["cfg"],
+                        tmp_path / "log", tmp_path / "state", "--gateway-id", "gw-take",
+                        "--mqtt", f"mqtts://v2g-bridge@127.0.0.1:{port}", "--retry-backoff", "5,0,0")
+    try:
+        wait_until(lambda: [p for _, p, r in owner.msgs(topic) if not r], 20, "live status")
+        n = len(owner.msgs(topic))     # a retained Will of an earlier bridge may come first
+        asked = wait_until(lambda: re.findall(r"client id asked for: (\S+)", bridge.log_text()), 10, "id")[0]
+        assert asked.startswith("v2g-bridge-gw-take-") and len(asked) >= len("v2g-bridge-gw-take-") + 16
+        # app-1 asks for the ids a bridge would have: its account name (the id the shipped
+        # broker gives it), the id the bridge asked for (as if it had leaked), and the gateway
+        # id and pid it used to be made of
+        for cid in ("v2g-bridge", asked, f"v2g-bridge-gw-take-{bridge.proc.pid}"):
+            c, up = _attach(port, ca, "app-1", cid)
+            try:
+                assert up.wait(10), f"app-1 could not log in with client id {cid}"
+            finally:
+                c.disconnect()
+                c.loop_stop()
+        # the bridge answers on its connection: the result comes after anything a takeover
+        # would have caused (the broker sends the Will before the new connection's CONNACK)
+        owner.pub("v2g/CS-M2/cmd", {"txn": "after-takeover", "op": "charge_only", "args": {"on": True}})
+        res = wait_until(lambda: [p for _, p, _ in owner.msgs("v2g/CS-M2/cmd/result")
+                                  if p.get("txn") == "after-takeover"], 10, "the bridge's answer")[0]
+        assert res["code"] == "V2G-401"                # no token key here: the bridge itself answered
+        flaps = [p for _, p, _ in owner.msgs(topic)[n:] if p["v2g"]["reason"] == "bridge offline"]
+        assert flaps == [], "the bridge's connection was taken over: its Will fired"
+        log = (env["tmp"] / "broker" / "mosquitto.log").read_text()
+        assert [x for x in log.splitlines() if "Client v2g-bridge" in x and "already connected" in x] == []
+    finally:
+        bridge.kill()
+        owner.close()

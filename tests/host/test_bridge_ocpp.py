@@ -97,8 +97,10 @@ def rig(tmp_path_factory):
     try:
         board = RunningBoard(tmp / "board")
         started.append(board.stop)
-        broker = Broker(tmp / "broker", ca_key, ca_cert, ca_path, {"v2g-bridge": "bridge-pw", "app": "app-pw"},
-                        apps={"app": STATION})
+        # one account per connection: the broker makes the client id the user name
+        broker = Broker(tmp / "broker", ca_key, ca_cert, ca_path,
+                        {"v2g-bridge": "bridge-pw", "app": "app-pw", "app-late": "late-pw"},
+                        apps={"app": STATION, "app-late": STATION})
         started.append(broker.stop)
         csms = Csms(heartbeat_s=2).start()
         started.append(csms.close)
@@ -390,7 +392,7 @@ def test_status_is_retained_and_telemetry_is_batched(rig):
     # a client that subscribes now gets the retained status at once
     got = []
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="late-app", protocol=mqtt.MQTTv5)
-    c.username_pw_set("app", "app-pw")
+    c.username_pw_set("app-late", "late-pw")
     c.tls_set_context(ssl.create_default_context(cafile=str(rig["tmp"] / "v2g-test-ca.pem")))
     c.on_message = lambda cl, ud, m: got.append((m.retain, json.loads(m.payload)))
     c.connect("127.0.0.1", rig["broker"].port)

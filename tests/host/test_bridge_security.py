@@ -104,8 +104,15 @@ def test_profile_2_wss_basic_auth_with_own_ca_and_ocpp_201_discharge(pki, board,
         assert "'discharge_a': 8.0, 'direction': 'discharge'" in bridge.log_text()
         kind, res = csms.request("CS-P2", call.GetCompositeSchedule(duration=300, evse_id=1))
         assert res["schedule"]["chargingSchedulePeriod"][0]["limit"] == -8.0
+        # a profile with a date that is none is refused and not kept: the CSMS keeps control
+        bad = {**profile, "id": 10, "stack_level": 1, "charging_profile_purpose": "TxDefaultProfile",
+               "valid_to": "zzz"}
+        del bad["transaction_id"]
+        kind, desc = csms.request("CS-P2", call.SetChargingProfile(evse_id=1, charging_profile=bad))
+        assert kind == "TypeConstraintViolation" and "chargingProfile.validTo" in desc, (kind, desc)
         kind, res = csms.request("CS-P2", call.ClearChargingProfile(charging_profile_id=9))
         assert res["status"] == "Accepted"
+        assert "CSMS plan applied: None" in bridge.log_text()             # the controller's limits cleared
         plant.do("unplug")
         csms.wait_for("TransactionEvent", lambda p: p["event_type"] == "Ended")
     finally:

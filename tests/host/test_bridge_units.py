@@ -165,7 +165,8 @@ def test_plan_21_operation_modes_and_per_phase_limits():
                                                                    "direction": "idle"}
     assert P.plan(_period(operation_mode="ChargingOnly", limit=20.0), None, "2.1")["discharge_a"] == 0.0
     with pytest.raises(P.ProfileError) as e:
-        P.check_profile({"charging_profile_purpose": "TxProfile", "charging_profile_kind": "Relative",
+        P.check_profile({"id": 1, "stack_level": 0, "charging_profile_purpose": "TxProfile",
+                         "charging_profile_kind": "Relative",
                          "charging_schedule": [{"charging_rate_unit": "A", "charging_schedule_period": [
                              {"start_period": 0, "operation_mode": "LocalFrequency"}]}]}, "2.1")
     assert e.value.reason == "UnsupportedOperationMode"
@@ -672,6 +673,34 @@ def test_a_damaged_public_key_stops_start_up_and_odd_input_gets_v2g_400(tmp_path
         assert "KeyError" in b.clog.text()
     finally:
         b.close()
+
+
+def test_an_app_command_too_large_for_a_frame_is_v2g_400_and_results_carry_only_their_fields(tmp_path):
+    from host_tools.bridge.alink import AsyncLink
+    from host_tools.bridge.service import StationBridge
+    b = StationBridge("CS1", "/dev/null", "ws://127.0.0.1:9/ocpp", clog=_Log(), state_dir=tmp_path / "st",
+                      verifier=TokenVerifier("s" * 32, "HS256", "CS1"))
+    tok = jwt.encode({"exp": int(time.time()) + 60, "aud": "CS1"}, "s" * 32, algorithm="HS256")
+
+    def cmd(txn, op, args):
+        return json.dumps({"txn": txn, "token": tok, "op": op, "args": args})
+
+    async def go():
+        # the real link, its port not open: what reaches the write says "not open"
+        link = AsyncLink("socket://127.0.0.1:9", name="CS1")
+        link._loop = asyncio.get_running_loop()
+        b.link, b.online = link, True
+        big = await b.app_command(cmd("big-1", "soc_target", {"soc_pct": 80, "mode": "charge", "note": "x" * 2000}))
+        down = await b.app_command(cmd("small-1", "charge_only", {"on": True}))
+        return big, down
+    try:
+        big, down = asyncio.run(go())
+    finally:
+        b.close()
+    fields = {"txn", "ok", "code", "msg", "data"}
+    assert big["code"] == "V2G-400" and not big["ok"] and "frame" in big["msg"] and set(big) == fields
+    assert down["code"] == "V2G-110" and set(down) == fields            # no internal flag sent to the app
+    assert "big-1" in b.results and "small-1" not in b.results       # an outage is not kept as the answer
 
 
 def test_mqtt_password_needs_a_user_and_a_refused_login_is_an_error_line(tmp_path):

@@ -663,3 +663,10 @@ def test_passphrase_file_is_one_whole_line(tmp_path):
     assert keys.load_private(tmp_path / "k.pem", b"  spaced words kept ") is not None
     res = runner.invoke(keygen_cmd.cli, ["--help"])
     assert "whole file" in " ".join(res.output.split()) and "first line" not in res.output
+
+
+def test_signer_refuses_a_file_and_a_folder_of_one_name():
+    # the controller would refuse the manifest ("lib" file, "lib/x.py" in a folder "lib")
+    with pytest.raises(ValueError, match="'lib' is a file, but 'lib/x.py' needs a folder"):
+        bundle.build_manifest([("lib/x.py", b"1"), ("lib", b"2")], 1, "1.0", "sim")
+    assert bundle.build_manifest([("lib/x.py", b"1"), ("libs", b"2")], 1, "1.0", "sim")
