@@ -38,12 +38,25 @@ class ConsoleError(Exception):
     """A command the console cannot run; the message says why and what to type."""
 
 
-def _value(text):
-    """KEY=VALUE values: JSON where it parses (numbers, true/false), else a plain string."""
+def _value(key, text):
+    """KEY=VALUE values: JSON where it parses (numbers, true/false, null), else a plain string.
+    A setting is never a list or an object: one is refused here, naming the key, however deep
+    it nests (json.loads itself would end in a RecursionError on K=[[[[...)."""
+    if text.lstrip()[:1] in ("[", "{"):
+        raise ConsoleError("config set {}: a setting is a number, text, true/false or null, "
+                           "not a list or an object".format(_key_text(key)))
     try:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def _key_text(key):
+    # a key as typed may hold control characters: never echo them raw to the terminal
+    if key.isprintable() and len(key) <= 40:
+        return key
+    t = repr(key)
+    return t if len(t) <= 40 else t[:40] + "..."
 
 
 def _number(cmd, args, default, lo, hi, kind=int):
@@ -198,7 +211,7 @@ class Console:
             k, v = item.split("=", 1)
             if not k:
                 raise ConsoleError("config set wants KEY=VALUE, got {!r}".format(item))
-            changes[k] = _value(v)
+            changes[k] = _value(k, v)
         if not changes:
             raise ConsoleError("config set wants at least one KEY=VALUE")
         r = self.cmd("config_set", changes)

@@ -107,17 +107,17 @@ def config_module():
 
 def validate_config_text(text, board_info):
     """The bytes to write as v2g_vars.json: the keys as given, in the controller's canonical
-    form. Raises FlashError (V2G-400 ...) naming every offending key."""
+    form (each value as the exact decimal the controller holds, so the file reads back the same
+    on the board). Raises FlashError (V2G-400 ...) naming every offending key, the line and
+    column of broken JSON, or a key given twice."""
     cfg = config_module()
     try:
-        cfg.load_json(text, board=config_limits(board_info))
+        conf = cfg.load_json(text, board=config_limits(board_info))
+        data = cfg.parse(text)
     except cfg.ConfigError as e:
         raise FlashError(str(e)) from None
-    data = json.loads(text)
-    if not isinstance(data, dict):
-        raise FlashError("V2G-400 invalid configuration: config: must be a JSON object")
     # Only the keys the installer set: the others stay defaults and show as such in v2g-diag.
-    return cfg.canonical(data).encode()
+    return cfg.canonical({k: conf.values[k] for k in data}).encode()
 
 
 def config_notes(values, board_info=None):

@@ -4,7 +4,6 @@ Nothing clever lives here. Each tick reads the HAL into the preallocated Inputs,
 pure core, writes the Outputs back to the HAL, then serves the host link. The core decides;
 this module only carries data and keeps what must survive a reset in storage.
 """
-import json
 
 from core import config as config_mod
 from core import errors
@@ -30,16 +29,20 @@ EVENTS_PAGE_BYTES = 700  # an events answer stays inside one 1 kB frame
 
 def load_config(board_limits):
     """The settings file validated as on every boot: (config, problem, keys the file sets).
-    A bad file is not used: the defaults run instead, no key counts as the file's, and the
-    reason is logged (V2G-400); the file itself is left for the operator."""
+    A bad file is not used and no key counts as the file's; the reason is logged (V2G-400)
+    and the file itself is left for the operator. What runs instead are the defaults, made
+    no looser than the refused file asked on any safety limit (core.config.refused_file)."""
     raw = storage.read_bytes(CONFIG_FILE)
     if raw is None:
         return config_mod.validate({}, board=board_limits), None, set()
     try:
-        cfg = config_mod.load_json(raw, board=board_limits)
-    except Exception as e:   # noqa: BLE001 - whatever is wrong with the file, boot on defaults
-        return config_mod.validate({}, board=board_limits), str(e) or type(e).__name__, set()
-    return cfg, None, set(json.loads(bytes(raw).decode()))
+        data = config_mod.parse(raw)
+        cfg = config_mod.validate(data, board=board_limits)
+    except Exception as e:   # noqa: BLE001 - whatever is wrong with the file, boot on safe values
+        cfg, note = config_mod.refused_file(raw, board_limits)
+        problem = str(e) or type(e).__name__
+        return cfg, problem + ('; ' + note if note else ''), set()
+    return cfg, None, set(data)
 
 
 def _load(load, name):

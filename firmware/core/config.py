@@ -66,6 +66,40 @@ SCHEMA = {
 
 KEYS = tuple(sorted(SCHEMA))
 
+# Steps per unit of each decimal key: the resolution the control step works in (mA, per-mille
+# SoC, dC, ms, mHz, mV). A value is taken only on a step, so what is written is its exact
+# decimal text and reads back as the same value on a double or a single-precision board.
+SCALE = {
+    'MAX_CHARGE_AMPS': 1000, 'MAX_DISCHARGE_AMPS': 1000,
+    'MIN_SOC_THRESHOLD': 10, 'RESERVE_MARGIN': 10, 'V2G_AVAILABLE_MARGIN': 10,
+    'HEARTBEAT_TIMEOUT_S': 1000, 'NOMINAL_VOLTAGE_V': 1000,
+    'FREQ_DEADBAND_HZ': 1000, 'FREQ_DROOP_PCT': 1000, 'FREQ_RESPONSE_S': 1000,
+    'EVSE_TEMP_DERATE_C': 10, 'EVSE_TEMP_LIMIT_C': 10, 'BATTERY_TEMP_DERATE_C': 10,
+    'BATTERY_TEMP_LIMIT_C': 10, 'THERMAL_HYSTERESIS_C': 10,
+    'METER_STALE_S': 1000,
+    'GRID_ENTER_SERVICE_DELAY_S': 1000, 'GRID_RAMP_S': 1000,
+}
+
+# Safety limits a refused settings file may still tighten (docs/settings.md, "A file refused
+# at boot"): the higher of file and default counts for these ...
+STRICTER_HIGHER = ('MIN_SOC_THRESHOLD', 'RESERVE_MARGIN', 'THERMAL_HYSTERESIS_C')
+# ... and the lower for these
+STRICTER_LOWER = ('MAX_CHARGE_AMPS', 'MAX_DISCHARGE_AMPS', 'EVSE_TEMP_DERATE_C', 'EVSE_TEMP_LIMIT_C',
+                  'BATTERY_TEMP_DERATE_C', 'BATTERY_TEMP_LIMIT_C')
+
+
+def _epsilon():
+    e = 1.0
+    while 1.0 + e / 2 != 1.0:
+        e /= 2
+    return e
+
+
+# 2**-52 with doubles, 2**-23 on a single-precision board: a value this close (relative) to a
+# step is that step as far as this interpreter can tell; the margin covers parse and product
+# rounding
+_STEP_TOL = _epsilon() * 16
+
 # nominal grid frequency by profile, mHz
 PROFILE_NOMINAL_MHZ = {
     'IEEE1547_CAT_I_60HZ': 60000,
@@ -93,7 +127,19 @@ class ConfigError(ValueError):
 
 def message(errors):
     return 'V2G-400 invalid configuration: ' + '; '.join(
-        '{}: {}'.format(k, why) for k, why in errors)
+        '{}: {}'.format(key_text(k), why) for k, why in errors)
+
+
+def key_text(k):
+    """A key as it may be printed: plain when it is short printable ASCII, else quoted with
+    escapes (a NUL or an escape sequence in a key never reaches a terminal raw)."""
+    if isinstance(k, str) and len(k) <= _SHOW_MAX:
+        for c in k:
+            if not ' ' <= c <= '~':
+                break
+        else:
+            return k
+    return show(k)
 
 
 _SHOW_MAX = 40          # characters of a refused value quoted in a message
@@ -120,6 +166,8 @@ def show(v):
 def _fmt(v):
     if not finite(v):
         return str(v)
+    if isinstance(v, float) and (v > _BIG_INT or v < -_BIG_INT):
+        return show(v)   # 1e308 as such, not as its 309 digits
     if isinstance(v, float) and v == int(v):
         return str(int(v))
     if isinstance(v, int) and (v > _BIG_INT or v < -_BIG_INT):
@@ -187,6 +235,9 @@ def _check_one(key, value, board):
         return 'wrong type {}: allowed number {}'.format(_tname(value), rng)
     if value < lo or value > hi:
         return 'value {} out of range: allowed {}'.format(_fmt(value), rng)
+    if key in SCALE and isinstance(value, float) and not steps(value, SCALE[key])[1]:
+        return 'value {} is finer than the {}{} step of this setting'.format(
+            show(value), dec_text(1, SCALE[key]), (' ' + unit) if unit else '')
     return None
 
 
@@ -243,6 +294,8 @@ def check(changes, current=None, board=None):
         v = changes[key]
         if SCHEMA[key][0] in (INT, CHOICE) and isinstance(v, float):
             v = int(v)
+        elif key in SCALE and isinstance(v, float):
+            v = on_step(steps(v, SCALE[key])[0], SCALE[key])   # 0.30000000000000004 is 0.3
         vals[key] = v
     _cross(vals, board, changes, errors)
     if errors:
@@ -276,30 +329,220 @@ def validate(changes, current=None, board=None):
     return cfg
 
 
-def load_json(text, board=None):
-    """Config from the text of v2g_vars.json (missing keys take defaults)."""
-    if isinstance(text, (bytes, bytearray)):
+def _text_of(raw):
+    if isinstance(raw, (bytes, bytearray)):
         try:
-            text = bytes(text).decode()
+            return bytes(raw).decode()
         except UnicodeError:
             raise ConfigError([('config', 'not UTF-8 text')]) from None
-    if not isinstance(text, str):
-        raise ConfigError([('config', 'must be JSON text, got {}'.format(_tname(text)))])
+    if not isinstance(raw, str):
+        raise ConfigError([('config', 'must be JSON text, got {}'.format(_tname(raw)))])
+    return raw
+
+
+def parse(text):
+    """The JSON value of settings text; ConfigError naming where it is broken, or every key
+    given twice in the object (json keeps the last one silently; a file that sets a key twice
+    is refused, not half-read)."""
+    text = _text_of(text)
     try:
         data = json.loads(text)
     except ValueError as e:
-        raise ConfigError([('config', 'not valid JSON: {}'.format(show(str(e))))]) from None
+        line = getattr(e, 'lineno', None)    # CPython says where; MicroPython does not
+        where = ' at line {} column {}'.format(line, e.colno) if line else ''
+        why = getattr(e, 'msg', None) or str(e)
+        raise ConfigError([('config', 'not valid JSON{}: {}'.format(where, key_text(why)))]) from None
     except RuntimeError:   # nesting deeper than the parser's stack (RecursionError on CPython)
         raise ConfigError([('config', 'not valid JSON: nested too deeply')]) from None
-    return validate(data, None, board)
+    if isinstance(data, dict):
+        seen = {}
+        errors = []
+        for key, _, at in members(text):
+            if key in seen:
+                if seen[key] == 1:
+                    errors.append((key, 'given more than once (again at line {})'.format(
+                        text[:at].count('\n') + 1)))
+                seen[key] += 1
+            else:
+                seen[key] = 1
+        if errors:
+            raise ConfigError(errors)
+    return data
 
 
-def _milli(v, scale):
-    # round half away from zero; JSON decimals like 0.036 are not exact floats
-    x = v * scale
-    if x >= 0:
-        return int(x + 0.5)
-    return -int(-x + 0.5)
+def load_json(text, board=None):
+    """Config from the text of v2g_vars.json (missing keys take defaults)."""
+    return validate(parse(text), None, board)
+
+
+def members(text):
+    """[(key, value text, index)] of the top-level object in text, in order, duplicates
+    included. Tolerant: on text that is not JSON it returns the members it could delimit (a
+    member cut off by the end of the text is left out) and never raises."""
+    out = []
+    i = 0
+    n = len(text)
+    while i < n and text[i] in ' \t\r\n':
+        i += 1
+    if i >= n or text[i] != '{':
+        return out
+    depth = 0
+    key = None
+    start = -1
+    while i < n:
+        c = text[i]
+        if c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == '\\' else 1
+            if j >= n:
+                break
+            if depth == 1 and start < 0:
+                try:
+                    key = json.loads(text[i:j + 1])
+                except ValueError:
+                    key = None
+            i = j + 1
+            continue
+        if c == '{' or c == '[':
+            depth += 1
+        elif c == '}' or c == ']':
+            depth -= 1
+            if depth == 0:
+                if start >= 0 and key is not None:
+                    out.append((key, text[start:i].strip(), start))
+                break
+        elif depth == 1 and c == ':' and start < 0:
+            start = i + 1
+        elif depth == 1 and c == ',':
+            if start >= 0 and key is not None:
+                out.append((key, text[start:i].strip(), start))
+            key, start = None, -1
+        i += 1
+    return out
+
+
+def refused_file(raw, board=None):
+    """The settings to run on when the settings file is refused at boot: (Config, note), the
+    note saying what of the file still counts ('' when nothing).
+
+    The file is not used, but a safety limit never ends up looser than the file asked: for each
+    of STRICTER_HIGHER / STRICTER_LOWER the stricter of the default and every value the file
+    gives for it that is a number in range counts (rounded to the stricter step). A file that
+    does not read as a JSON object cannot say what the installer wanted, so discharge is also
+    off (MAX_DISCHARGE_AMPS 0) until the file is fixed or replaced."""
+    try:
+        text = _text_of(raw)
+    except ConfigError:
+        text = ''
+    try:
+        readable = isinstance(json.loads(text), dict)
+    except Exception:   # noqa: BLE001 - ValueError, or RuntimeError for deep nesting
+        readable = False
+    base = defaults(board)
+    vals = dict(base)
+    try:
+        found = members(text)
+    except Exception:   # noqa: BLE001 - the member scan must never stop a boot
+        found = []
+    for key in STRICTER_HIGHER + STRICTER_LOWER:
+        higher = key in STRICTER_HIGHER
+        kind, lo, hi, default, unit = _bounds(key, board)
+        for k, vtext, _ in found:
+            if k != key:
+                continue
+            try:
+                v = json.loads(vtext)
+            except Exception:   # noqa: BLE001 - one unreadable value: the others still count
+                continue
+            if v is True or v is False or not isinstance(v, (int, float)) or not finite(v) \
+                    or v < lo or v > hi:
+                continue
+            v = _stricter_step(v, SCALE[key], higher)
+            if (v > vals[key]) if higher else (v < vals[key]):
+                vals[key] = v
+    if not readable:
+        vals['MAX_DISCHARGE_AMPS'] = 0
+    # the pairs stay consistent the strict way: a derate point below its limit ...
+    for lo_key, hi_key in (('EVSE_TEMP_DERATE_C', 'EVSE_TEMP_LIMIT_C'),
+                           ('BATTERY_TEMP_DERATE_C', 'BATTERY_TEMP_LIMIT_C')):
+        if not vals[lo_key] < vals[hi_key]:
+            vals[lo_key] = _bounds(lo_key, board)[1]
+    # ... and no more discharge than charge
+    if not _separate(board) and vals['MAX_DISCHARGE_AMPS'] > vals['MAX_CHARGE_AMPS']:
+        vals['MAX_DISCHARGE_AMPS'] = vals['MAX_CHARGE_AMPS']
+    cfg, errors = check(vals, None, board)
+    if cfg is None:   # not reached with in-range values; still: never discharge on a guess
+        vals = dict(base)
+        vals['MAX_DISCHARGE_AMPS'] = 0
+        cfg = validate(vals, None, board)
+    kept = ['{} {}'.format(k, _fmt(vals[k])) for k in STRICTER_HIGHER + STRICTER_LOWER
+            if vals[k] != base[k]]
+    note = ''
+    if kept:
+        note = 'stricter than the defaults, in force: ' + ', '.join(kept)
+    if not readable:
+        note += ('; ' if note else '') + 'discharge off until the file reads as a JSON object'
+    return cfg, note
+
+
+def _stricter_step(v, scale, up):
+    """v on a step of 1/scale, rounded towards the stricter side (up for a floor)."""
+    n, exact = steps(v, scale)
+    if not exact:
+        x = v * scale
+        if up and n < x:
+            n += 1
+        elif not up and n > x:
+            n -= 1
+    return on_step(n, scale)
+
+
+def steps(v, scale):
+    """(n, exact): v as a whole number n of steps of 1/scale, and whether v is that step within
+    this interpreter's float precision (74.9999999 is not a 0.1 step on a double, 0.036 is)."""
+    if not isinstance(v, float):
+        return v * scale, True
+    neg = v < 0
+    if neg:
+        v = -v
+    whole = int(v)
+    frac = (v - whole) * scale     # v - whole is exact; only the fraction is multiplied
+    k = int(frac + 0.5)
+    off = frac - k
+    if off < 0:
+        off = -off
+    n = whole * scale + k
+    exact = off <= (whole * scale + frac) * _STEP_TOL
+    return (-n if neg else n), exact
+
+
+def dec_text(n, scale):
+    """The exact decimal text of n steps of 1/scale (scale a power of ten): 749, 10 -> '74.9'."""
+    sign = '-' if n < 0 else ''
+    if n < 0:
+        n = -n
+    whole, frac = n // scale, n % scale
+    if not frac:
+        return sign + str(whole)
+    digits = len(str(scale)) - 1
+    t = str(frac)
+    t = '0' * (digits - len(t)) + t
+    return sign + str(whole) + '.' + t.rstrip('0')
+
+
+def on_step(n, scale):
+    """The JSON value of n steps: an integer when whole, else the float its decimal text reads
+    as on this interpreter (the same float the file gives back at the next boot)."""
+    if n % scale == 0:
+        return n // scale
+    return float(dec_text(n, scale))
+
+
+def _milli(values, key):
+    """A decimal setting in its control units (mA, dC, ms, ...): its whole number of steps."""
+    v = values[key]
+    return None if v is None else steps(v, SCALE[key])[0]
 
 
 class Config:
@@ -309,38 +552,37 @@ class Config:
         self.values = values
         self.board = board
         v = values
-        self.max_charge_ma = _milli(v['MAX_CHARGE_AMPS'], 1000)
-        self.max_discharge_ma = _milli(v['MAX_DISCHARGE_AMPS'], 1000)
-        self.min_soc_pm = _milli(v['MIN_SOC_THRESHOLD'], 10)
-        self.reserve_pm = _milli(v['RESERVE_MARGIN'], 10)
+        self.max_charge_ma = _milli(v, 'MAX_CHARGE_AMPS')
+        self.max_discharge_ma = _milli(v, 'MAX_DISCHARGE_AMPS')
+        self.min_soc_pm = _milli(v, 'MIN_SOC_THRESHOLD')
+        self.reserve_pm = _milli(v, 'RESERVE_MARGIN')
         self.floor_pm = self.min_soc_pm if self.min_soc_pm > self.reserve_pm else self.reserve_pm
-        self.available_margin_pm = _milli(v['V2G_AVAILABLE_MARGIN'], 10)
-        self.heartbeat_timeout_ms = _milli(v['HEARTBEAT_TIMEOUT_S'], 1000)
+        self.available_margin_pm = _milli(v, 'V2G_AVAILABLE_MARGIN')
+        self.heartbeat_timeout_ms = _milli(v, 'HEARTBEAT_TIMEOUT_S')
         self.phases = v['PHASES']
-        self.nominal_mv = _milli(v['NOMINAL_VOLTAGE_V'], 1000)
+        self.nominal_mv = _milli(v, 'NOMINAL_VOLTAGE_V')
         self.grid_profile = v['GRID_PROFILE']
         self.nominal_mhz = PROFILE_NOMINAL_MHZ[v['GRID_PROFILE']]
         self.droop_enabled = v['FREQ_DROOP_ENABLED']
-        self.deadband_mhz = _milli(v['FREQ_DEADBAND_HZ'], 1000)
-        self.droop_mpct = _milli(v['FREQ_DROOP_PCT'], 1000)   # 0.001 % units
-        self.response_ms = _milli(v['FREQ_RESPONSE_S'], 1000)
-        self.evse_derate_dc = _milli(v['EVSE_TEMP_DERATE_C'], 10)
-        self.evse_limit_dc = _milli(v['EVSE_TEMP_LIMIT_C'], 10)
-        self.batt_derate_dc = _milli(v['BATTERY_TEMP_DERATE_C'], 10)
-        self.batt_limit_dc = _milli(v['BATTERY_TEMP_LIMIT_C'], 10)
-        self.hysteresis_dc = _milli(v['THERMAL_HYSTERESIS_C'], 10)
+        self.deadband_mhz = _milli(v, 'FREQ_DEADBAND_HZ')
+        self.droop_mpct = _milli(v, 'FREQ_DROOP_PCT')   # 0.001 % units
+        self.response_ms = _milli(v, 'FREQ_RESPONSE_S')
+        self.evse_derate_dc = _milli(v, 'EVSE_TEMP_DERATE_C')
+        self.evse_limit_dc = _milli(v, 'EVSE_TEMP_LIMIT_C')
+        self.batt_derate_dc = _milli(v, 'BATTERY_TEMP_DERATE_C')
+        self.batt_limit_dc = _milli(v, 'BATTERY_TEMP_LIMIT_C')
+        self.hysteresis_dc = _milli(v, 'THERMAL_HYSTERESIS_C')
         self.ventilation = v['VENTILATION_AVAILABLE']
         self.meter_model = v['METER_MODEL']
         self.meter_address = v['METER_ADDRESS']
         self.meter_baud = v['METER_BAUD']
         self.meter_poll_ms = v['METER_POLL_MS']
-        self.meter_stale_ms = _milli(v['METER_STALE_S'], 1000)
+        self.meter_stale_ms = _milli(v, 'METER_STALE_S')
         self.can_bitrate = v['CAN_BITRATE']
         self.can_timeout_ms = v['CAN_TIMEOUT_MS']
         self.latency_warn_ms = v['HOST_LATENCY_WARN_MS']
-        es, ramp = v['GRID_ENTER_SERVICE_DELAY_S'], v['GRID_RAMP_S']
-        self.grid_enter_service_ms = None if es is None else _milli(es, 1000)
-        self.grid_ramp_ms = None if ramp is None else _milli(ramp, 1000)
+        self.grid_enter_service_ms = _milli(v, 'GRID_ENTER_SERVICE_DELAY_S')
+        self.grid_ramp_ms = _milli(v, 'GRID_RAMP_S')
 
     def notes(self, step_ms=50):
         """Warnings, as text, about settings that are taken but do less than they read: a meter
@@ -371,14 +613,15 @@ class Config:
         return [k for k in KEYS if self.values[k] != other.values[k]]
 
 
-def _num_text(v):
-    # identical text on CPython (doubles) and single-precision boards
+def _num_text(key, v):
+    # identical text on CPython (doubles) and single-precision boards: a decimal key is written
+    # as its whole number of steps, so the text is exact and parses back to the same step
+    if key in SCALE:
+        return dec_text(steps(v, SCALE[key])[0], SCALE[key])
     if isinstance(v, float):
         if v == int(v):
             return str(int(v))
-        s = '%.6f' % v
-        s = s.rstrip('0')
-        return s
+        return repr(v)   # not a setting's value (never written by the controller); still JSON
     return str(v)
 
 
@@ -395,7 +638,7 @@ def canonical(values):
         elif isinstance(v, str):
             t = json.dumps(v)
         else:
-            t = _num_text(v)
+            t = _num_text(k, v)
         parts.append(json.dumps(k) + ':' + t)
     return '{' + ','.join(parts) + '}'
 

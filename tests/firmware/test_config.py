@@ -1,6 +1,6 @@
 import json
 
-from fwtest import raises
+from fwtest import in_dir, raises, scratch, wipe
 
 from core import config as C
 
@@ -234,3 +234,209 @@ def test_notes_report_what_is_taken_but_weaker():
     assert not any('exceeds' in n for n in notes)
     fine = C.validate({'GRID_PROFILE': 'EN50549_50HZ', 'FREQ_DEADBAND_HZ': 0.2, 'METER_POLL_MS': 100})
     assert not any('FREQ_' in n for n in fine.notes())
+
+
+# -- values on the key's step: what is taken is what is written and read back -----------------
+
+def test_a_value_finer_than_its_step_is_refused_naming_the_key():
+    cur = C.validate({'MIN_SOC_THRESHOLD': 40, 'MAX_DISCHARGE_AMPS': 10})
+    for key, v in (('EVSE_TEMP_DERATE_C', 74.9999999), ('MAX_DISCHARGE_AMPS', 32.0000001),
+                   ('MAX_DISCHARGE_AMPS', 1e-7), ('MIN_SOC_THRESHOLD', 40.05),
+                   ('FREQ_DEADBAND_HZ', 0.0365)):
+        errs = refused({key: v}, cur)
+        assert list(errs) == [key], (key, v, errs)
+        assert 'finer than the' in errs[key] and 'step' in errs[key], errs[key]
+    assert refused({'EVSE_TEMP_DERATE_C': 74.99})['EVSE_TEMP_DERATE_C'].endswith(
+        'finer than the 0.1 C step of this setting')
+    # float noise of a decimal on the step is that step: in force and written as 0.3
+    cfg = C.validate({'FREQ_RESPONSE_S': 0.1 + 0.2})
+    assert cfg.get('FREQ_RESPONSE_S') == 0.3 and cfg.response_ms == 300
+    assert '"FREQ_RESPONSE_S":0.3,' in cfg.dumps()
+
+
+def _numeric_samples(key):
+    kind, lo, hi, default, unit = C.SCHEMA[key]
+    scale = C.SCALE[key]
+    lo_n, hi_n = C.steps(lo, scale)[0], C.steps(hi, scale)[0]
+    span = hi_n - lo_n
+    picks = [lo_n, hi_n, lo_n + 1, hi_n - 1]
+    # a spread over the range plus the first and last steps (the host's property test in
+    # tests/host/test_config_roundtrip.py covers many more, and single precision)
+    for i in range(0, 37):
+        picks.append(lo_n + span * i // 37 + i % 10)
+    for i in range(2, 12):
+        picks.append(lo_n + i)
+        picks.append(hi_n - i)
+    return [n for n in picks if lo_n <= n <= hi_n]
+
+
+def test_every_accepted_value_is_written_as_json_that_reads_back_the_same():
+    for key in sorted(C.SCALE):
+        scale = C.SCALE[key]
+        for n in _numeric_samples(key):
+            text = C.dec_text(n, scale)
+            v = json.loads(text)      # the value as a host sends it
+            # pair keys: keep the cross-key rules out of the way
+            changes = {key: v}
+            if key == 'EVSE_TEMP_DERATE_C':
+                changes['EVSE_TEMP_LIMIT_C'] = 100
+            elif key == 'EVSE_TEMP_LIMIT_C':
+                changes['EVSE_TEMP_DERATE_C'] = 30
+            elif key == 'BATTERY_TEMP_DERATE_C':
+                changes['BATTERY_TEMP_LIMIT_C'] = 70
+            elif key == 'BATTERY_TEMP_LIMIT_C':
+                changes['BATTERY_TEMP_DERATE_C'] = 20
+            elif key == 'MAX_DISCHARGE_AMPS':
+                changes['MAX_CHARGE_AMPS'] = 80
+            elif key == 'MAX_CHARGE_AMPS':
+                changes['MAX_DISCHARGE_AMPS'] = 0
+            cfg, errs = C.check(changes)
+            if cfg is None and key in ('EVSE_TEMP_DERATE_C', 'BATTERY_TEMP_DERATE_C'):
+                continue   # at the top of the derate range no limit is above it
+            assert cfg is not None, (key, text, errs)
+            written = cfg.dumps()
+            assert '"{}":{}'.format(key, text) in written, (key, text, written)
+            back = C.load_json(written)
+            assert back.get(key) == cfg.get(key) and back.dumps() == written, (key, text)
+            assert back.config_hash() == cfg.config_hash()
+            assert C.steps(cfg.get(key), scale) == (n, True), (key, text)
+
+
+def test_issue_values_round_trip_or_are_refused():
+    cur = C.validate({'MIN_SOC_THRESHOLD': 40, 'MAX_DISCHARGE_AMPS': 10})
+    for key, v in (('EVSE_TEMP_DERATE_C', 74.9999999), ('MAX_DISCHARGE_AMPS', 32.0000001),
+                   ('MAX_DISCHARGE_AMPS', 1e-7)):
+        cfg, errs = C.check({key: v}, cur)
+        if cfg is not None:     # whatever is taken must read back as itself
+            assert C.load_json(cfg.dumps()).dumps() == cfg.dumps()
+    assert C.load_json(cur.dumps()).config_hash() == cur.config_hash()
+
+
+def test_canonical_text_is_json_for_any_number():
+    for v in (74.9999999, 32.0000001, 1e-7, 0.1 + 0.2, 1e20, 12.5):
+        for key in ('EVSE_TEMP_DERATE_C', 'MAX_DISCHARGE_AMPS', 'METER_POLL_MS', 'NOT_A_SETTING'):
+            text = C.canonical({key: v})
+            assert key in json.loads(text), text
+
+
+# -- refusals name the key safely and briefly --------------------------------------------------
+
+def test_a_huge_decimal_is_refused_with_short_text():
+    errs = refused({'MAX_DISCHARGE_AMPS': 1e308})
+    assert len(errs['MAX_DISCHARGE_AMPS']) < 80, errs
+    assert 'out of range' in errs['MAX_DISCHARGE_AMPS']
+
+
+def test_a_control_character_in_a_key_is_shown_escaped():
+    e = raises(C.ConfigError, C.validate, {'MAX_\x00CHARGE\x1b[2J': 1})
+    text = str(e)
+    assert '\x00' not in text and '\x1b' not in text, text
+    assert '\\x00' in text and 'unknown key' in text, text
+    assert e.keys() == ['MAX_\x00CHARGE\x1b[2J']
+    assert 'MAX_CHARGE_AMPS: value 100' in str(raises(C.ConfigError, C.validate, {'MAX_CHARGE_AMPS': 100}))
+
+
+def test_a_key_given_twice_is_refused_naming_it():
+    for text in ('{"MIN_SOC_THRESHOLD": 40,\n "MIN_SOC_THRESHOLD": 10}',
+                 '{"MIN_SOC_THRESHOLD": 40, "PHASES": 1,\n\n "MIN_SOC_THRESHOLD": 40}',
+                 '{"MIN_SOC_THRESHOLD": 40, "\\u004dIN_SOC_THRESHOLD": 10}'):
+        e = raises(C.ConfigError, C.load_json, text)
+        assert e.keys() == ['MIN_SOC_THRESHOLD'], (text, e.errors)
+        assert 'given more than once' in str(e)
+    e = raises(C.ConfigError, C.load_json, '{"A": 1, "MIN_SOC_THRESHOLD": 40,\n"A": 2,\n"MIN_SOC_THRESHOLD": 4}')
+    assert e.keys() == ['A', 'MIN_SOC_THRESHOLD'] and 'again at line 3' in str(e), str(e)
+    # the same text inside a value or a nested object is no duplicate key
+    assert C.load_json('{"GRID_PROFILE": "EN50549_50HZ", "METER_MODEL": "SDM630"}').get('PHASES') == 1
+    e = raises(C.ConfigError, C.load_json, '{"X": {"a": 1, "a": 2}, "Y": "\\"Y\\": 1"}')
+    assert sorted(e.keys()) == ['X', 'Y'] and 'more than once' not in str(e)
+
+
+def test_members_of_broken_text_never_raise():
+    got = C.members('{"a": {"b": [1, "}"]}, "c" : 75. , "d": "x,}" , "e": 1')
+    assert got == [('a', '{"b": [1, "}"]}', 5), ('c', '75.', 28), ('d', '"x,}"', 39)], got
+    for text in ('', '{', '{"', '{"a', '{"a":', '[1, {"a": 2}]', '"{"', '{"a\\', '}}}{', '{"a":[[[[' * 50):
+        C.members(text)
+
+
+# -- a settings file refused at boot never loosens a safety limit ------------------------------
+
+CFG_WORK = scratch('config')
+
+
+def _boot_with(text):
+    from app import station
+    with open('v2g_vars.json', 'wb') as f:
+        f.write(text if isinstance(text, bytes) else text.encode())
+    cfg, problem, keys = station.load_config(None)
+    assert keys == set()
+    assert open('v2g_vars.json', 'rb').read() == (text if isinstance(text, bytes) else text.encode())
+    return cfg, problem
+
+
+@in_dir(CFG_WORK)
+def test_a_refused_file_keeps_its_stricter_safety_limits():
+    wipe(CFG_WORK)
+    cfg, problem = _boot_with(json.dumps({'MIN_SOC_THRESHOLD': 40, 'MAX_DISCHARGE_AMPS': 10,
+                                          'MAX_CHARGE_AMPS': 16, 'EVSE_TEMP_LIMIT_C': 70,
+                                          'BATTERY_TEMP_DERATE_C': 40, 'THERMAL_HYSTERESIS_C': 8,
+                                          'RESERVE_MARGIN': 10, 'NOMINAL_VOLTAGE_V': 999}))
+    assert 'NOMINAL_VOLTAGE_V' in problem and 'V2G-400' in problem
+    assert cfg.min_soc_pm == 400 and cfg.floor_pm == 400
+    assert cfg.max_discharge_ma == 10000 and cfg.max_charge_ma == 16000
+    assert cfg.evse_limit_dc == 700 and cfg.batt_derate_dc == 400 and cfg.hysteresis_dc == 80
+    assert cfg.reserve_pm == 200                       # the default is the stricter
+    assert cfg.nominal_mv == 240000                    # not a safety limit: the default
+    assert 'MIN_SOC_THRESHOLD 40' in problem and 'MAX_DISCHARGE_AMPS 10' in problem
+    assert 'discharge off' not in problem
+
+
+@in_dir(CFG_WORK)
+def test_a_refused_file_never_raises_a_limit_above_the_default():
+    wipe(CFG_WORK)
+    cfg, problem = _boot_with(json.dumps({'MIN_SOC_THRESHOLD': 5, 'MAX_DISCHARGE_AMPS': 40,
+                                          'MAX_CHARGE_AMPS': 80, 'EVSE_TEMP_LIMIT_C': 99,
+                                          'PHASES': 2}))
+    default = C.validate({})
+    assert cfg.config_hash() == default.config_hash(), cfg.dumps()
+    assert 'stricter' not in problem
+    # out-of-range or non-numeric values do not count; the stricter step does
+    cfg, problem = _boot_with(json.dumps({'MIN_SOC_THRESHOLD': 40.01, 'MAX_DISCHARGE_AMPS': 10.0004,
+                                          'MAX_CHARGE_AMPS': 5, 'EVSE_TEMP_LIMIT_C': '50',
+                                          'RESERVE_MARGIN': True}))
+    assert cfg.min_soc_pm == 401 and cfg.max_discharge_ma == 10000
+    assert cfg.max_charge_ma == 32000 and cfg.evse_limit_dc == 750 and cfg.reserve_pm == 200
+
+
+@in_dir(CFG_WORK)
+def test_a_refused_file_keeps_its_limit_pairs_consistent():
+    wipe(CFG_WORK)
+    cfg, problem = _boot_with(json.dumps({'EVSE_TEMP_DERATE_C': 40, 'EVSE_TEMP_LIMIT_C': 35,
+                                          'MAX_CHARGE_AMPS': 10, 'MAX_DISCHARGE_AMPS': 20}))
+    assert cfg.evse_limit_dc == 350 and cfg.evse_derate_dc == 300   # derating from the lowest point
+    assert cfg.max_charge_ma == 10000 and cfg.max_discharge_ma == 10000
+
+
+@in_dir(CFG_WORK)
+def test_a_file_given_a_key_twice_keeps_the_stricter_of_both():
+    wipe(CFG_WORK)
+    cfg, problem = _boot_with('{"MIN_SOC_THRESHOLD": 40, "MAX_DISCHARGE_AMPS": 10,\n'
+                              ' "MIN_SOC_THRESHOLD": 10}')
+    assert 'MIN_SOC_THRESHOLD: given more than once' in problem
+    assert cfg.min_soc_pm == 400 and cfg.max_discharge_ma == 10000
+
+
+@in_dir(CFG_WORK)
+def test_a_file_that_is_not_json_turns_discharge_off_and_keeps_what_it_can():
+    wipe(CFG_WORK)
+    # what the old canonical form wrote for 74.9999999: "75." is not JSON
+    # (CPython's json refuses it; MicroPython's reads it as 75, which its limit of 75 refuses)
+    cfg, problem = _boot_with('{"EVSE_TEMP_DERATE_C":75.,"MAX_DISCHARGE_AMPS":10,"MIN_SOC_THRESHOLD":40}')
+    assert problem and cfg.min_soc_pm == 400 and cfg.evse_derate_dc == 650
+    assert cfg.max_discharge_ma == (0 if 'discharge off' in problem else 10000), problem
+    cfg, problem = _boot_with('{"MAX_DISCHARGE_AMPS":10,"MIN_SOC_THRESHOLD":40,"EVSE_TEMP_DERATE_C":7x}')
+    assert cfg.max_discharge_ma == 0 and cfg.min_soc_pm == 400 and cfg.evse_derate_dc == 650
+    assert 'discharge off' in problem and 'not valid JSON' in problem
+    for text in ('', 'garbage', b'\xff\xfe{', '[1, 2]', '{"MIN_SOC_THRESHOLD": 4', '[' * 5000):
+        cfg, problem = _boot_with(text)
+        assert cfg.max_discharge_ma == 0 and cfg.floor_pm == 200, text
+        assert 'discharge off' in problem, text

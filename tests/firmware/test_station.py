@@ -320,7 +320,8 @@ def test_a_refused_settings_file_lists_no_file_keys():
     rig = Rig(settings={'MAX_CHARGE_AMPS': 99, 'MIN_SOC_THRESHOLD': 30})
     d = _diag(rig, 'd-1')
     assert d['config_file_keys'] == [] and d['config_file'] == 'refused'
-    assert rig.st.cfg.get('MIN_SOC_THRESHOLD') != 30     # the defaults run
+    # the defaults run, but never looser than the file on a safety limit: its higher floor counts
+    assert rig.st.cfg.get('MIN_SOC_THRESHOLD') == 30 and rig.st.cfg.get('MAX_CHARGE_AMPS') == 32
 
 
 @in_dir(WORK)

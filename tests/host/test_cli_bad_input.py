@@ -41,6 +41,10 @@ def fx(tmp_path_factory):
     (d / "not-a-key.pem").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
     (d / "list.json").write_text("[1, 2, 3]")
     (d / "not-a-scenario.toml").write_text("[foo]\nbar = 1\n")
+    (d / "twice.json").write_text('{"MIN_SOC_THRESHOLD": 40,\n "MIN_SOC_THRESHOLD": 10}')
+    (d / "broken.json").write_text('{"MIN_SOC_THRESHOLD": 40,\n "EVSE_TEMP_DERATE_C": 75.}')
+    (d / "finer.json").write_text('{"EVSE_TEMP_DERATE_C": 74.9999999}')
+    (d / "huge.json").write_text('{"MAX_DISCHARGE_AMPS": 1e308}')
     (d / "nothex.hex").write_text("hello\n")
     (d / "eof-only.hex").write_text(":00000001FF\n")
     (d / "base.hex").write_text(":020000040800F2\n:10000000000102030405060708090A0B0C0D0E0F78\n:00000001FF\n")
@@ -113,6 +117,14 @@ NO_BOARD = [
     (["flash", "--port", "/dev/nosuch", "--board", "sim", "--dry-run", "--link", "/dev/nosuch"],
      ["--link", "--dry-run"]),
     (["flash", "--port", "/dev/nosuch", "--board", "sim", "--config", "list.json"], ["V2G-400", "got list"]),
+    (["flash", "--port", "/dev/nosuch", "--board", "sim", "--config", "twice.json"],
+     ["V2G-400", "MIN_SOC_THRESHOLD: given more than once (again at line 2)"]),
+    (["flash", "--port", "/dev/nosuch", "--board", "sim", "--config", "broken.json"],
+     ["V2G-400", "not valid JSON at line 2 column"]),
+    (["flash", "--port", "/dev/nosuch", "--board", "sim", "--config", "finer.json"],
+     ["V2G-400", "EVSE_TEMP_DERATE_C: value 74.9999999 is finer than the 0.1 C step"]),
+    (["flash", "--port", "/dev/nosuch", "--board", "sim", "--config", "huge.json"],
+     ["V2G-400", "MAX_DISCHARGE_AMPS: value 1e+308 out of range"]),
     (["flash", "--port", "/dev/nosuch", "--board", "sim", "--pubkey", "not-a-key.pem"],
      ["not-a-key.pem", "not a PEM public key"]),
 ]
@@ -173,8 +185,11 @@ def board(tmp_path_factory):
     ("config set =5", ["config set wants KEY=VALUE", "'=5'"]),
     ("status now", ["status takes no arguments"]),
     ("config set MAX_CHARGE_AMPS=999", ["V2G-400", "MAX_CHARGE_AMPS"]),
+    ("config set MAX_CHARGE_AMPS=" + "[" * 50000, ["config set MAX_CHARGE_AMPS", "not a list"]),
+    ("config set MIN_SOC_THRESHOLD=40 EVSE_TEMP_DERATE_C=74.9999999",
+     ["V2G-400", "EVSE_TEMP_DERATE_C", "finer than the 0.1 C step"]),
     ("teleport", ["unknown command 'teleport'"]),
-])
+], ids=lambda v: v[:60] if isinstance(v, str) else None)
 def test_console_command_with_bad_arguments_is_an_error(fx, board, line, names):
     proc = v2g("console", "--port", board.endpoints["link"], "--exec", line, cwd=fx)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr

@@ -1,5 +1,6 @@
 """The host shows the controller's own notes on settings that do less than they read."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -26,3 +27,55 @@ def test_flash_dry_run_prints_the_notes_before_touching_a_board(tmp_path):
                            "--config", str(cfg), "--dry-run"], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "note: METER_POLL_MS 1000 exceeds" in proc.stderr
+
+
+def test_a_value_finer_than_its_step_never_reaches_the_file_and_a_reboot_keeps_the_limits(tmp_path):
+    """config_set 40 % / 10 A, then a derate point of 74.9999999: refused; after a restart of
+    the virtual board the floor and the discharge ceiling are still 40 % and 10 A."""
+    from host_tools.link import LinkClient
+    from vboard_fixture import RunningBoard
+
+    state = tmp_path / "board"
+    board = RunningBoard(state)
+    try:
+        with LinkClient(board.endpoints["link"], heartbeat_s=None) as lk:
+            assert lk.command("config_set", {"MIN_SOC_THRESHOLD": 40, "MAX_DISCHARGE_AMPS": 10}).ok
+            r = lk.command("config_set", {"EVSE_TEMP_DERATE_C": 74.9999999})
+            assert not r.ok and r.code == "V2G-400" and "EVSE_TEMP_DERATE_C" in r.msg, r.msg
+            before = lk.command("config_get").data
+    finally:
+        board.stop()
+    json.loads((state / "v2g_vars.json").read_text())      # the file is JSON
+    board = RunningBoard(state)
+    try:
+        with LinkClient(board.endpoints["link"], heartbeat_s=None) as lk:
+            after = lk.command("config_get").data
+            diag = lk.command("diag").data
+    finally:
+        board.stop()
+    assert after["values"]["MIN_SOC_THRESHOLD"] == 40 and after["values"]["MAX_DISCHARGE_AMPS"] == 10
+    assert after["cfg_hash"] == before["cfg_hash"] and diag["config_file"] == "in use"
+
+
+def test_a_settings_file_refused_at_boot_keeps_the_stricter_limits_on_the_board(tmp_path):
+    from host_tools.link import LinkClient
+    from host_tools.vboard import provision
+    from vboard_fixture import RunningBoard
+
+    state = tmp_path / "board"
+    provision(state)
+    # what the old firmware wrote for 74.9999999, after 40 % / 10 A: "75." is not JSON
+    text = '{"EVSE_TEMP_DERATE_C":75.,"MAX_DISCHARGE_AMPS":10,"MIN_SOC_THRESHOLD":40}'
+    (state / "v2g_vars.json").write_text(text)
+    board = RunningBoard(state)
+    try:
+        with LinkClient(board.endpoints["link"], heartbeat_s=None) as lk:
+            vals = lk.command("config_get").data["values"]
+            diag = lk.command("diag").data
+            events = lk.command("events").data
+    finally:
+        board.stop()
+    assert diag["config_file"] == "refused"
+    assert vals["MIN_SOC_THRESHOLD"] == 40 and vals["MAX_DISCHARGE_AMPS"] <= 10
+    assert (state / "v2g_vars.json").read_text() == text     # left for the operator
+    assert "stricter than the defaults, in force: MIN_SOC_THRESHOLD 40" in json.dumps(events), events

@@ -67,6 +67,22 @@ def test_unknown_command_is_named(board):
         assert "mode " in con.run_line("status")           # the link is back after diag
 
 
+def test_a_list_or_object_value_is_refused_naming_the_key_before_anything_is_sent(board, monkeypatch):
+    with C.Console(board.endpoints["link"]) as con:
+        sent = []
+        real = con.cmd
+        monkeypatch.setattr(con, "cmd", lambda op, args=None: sent.append(op) or real(op, args))
+        with pytest.raises(C.ConsoleError, match=r"^config set MAX_CHARGE_AMPS: a setting is a number, "
+                                                 r"text, true/false or null, not a list or an object$"):
+            con.run_line("config set MAX_CHARGE_AMPS=" + "[" * 100000)
+        with pytest.raises(C.ConsoleError) as e:
+            con.run_line("config set 'MAX\x1b[2J'={\"a\": 1}")
+        assert "\x1b" not in str(e.value) and "'MAX\\x1b[2J'" in str(e.value), str(e.value)
+        assert sent == []
+        assert "config hash" in con.run_line("config set MAX_CHARGE_AMPS=32")   # the link goes on
+        assert sent == ["config_set"]
+
+
 def test_clear_a_latched_contactor_fault(tmp_path):
     b = RunningBoard(tmp_path / "flash")
     try:

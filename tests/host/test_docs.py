@@ -25,3 +25,14 @@ def test_every_error_code_is_documented():
 def test_every_command_is_in_the_readme():
     text = (DOCS.parent / "README.md").read_text()
     assert [c for c in COMMANDS if "v2g {}".format(c) not in text] == []
+
+
+def test_every_decimal_setting_documents_its_step():
+    rows = {}
+    for line in (DOCS / "settings.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = cells[3]
+    for key, scale in config.SCALE.items():
+        unit = config.SCHEMA[key][4]
+        assert rows[key] == (config.dec_text(1, scale) + (" " + unit if unit else "")), key

@@ -129,6 +129,25 @@ def test_board_limits_narrow_the_config_range():
         F.validate_config_text(text, F.load_board("pyboard"))
 
 
+def test_config_is_written_as_the_controller_holds_it_or_refused_in_one_line():
+    sim = F.load_board("sim")
+    # the value the controller holds, as exact decimal text: 0.1 + 0.2 is written as 0.3
+    text = '{"FREQ_RESPONSE_S": 0.30000000000000004, "MIN_SOC_THRESHOLD": 40, "MAX_DISCHARGE_AMPS": 10}'
+    out = F.validate_config_text(text, sim).decode()
+    assert out == '{"FREQ_RESPONSE_S":0.3,"MAX_DISCHARGE_AMPS":10,"MIN_SOC_THRESHOLD":40}'
+    for value in ("74.9999999", "32.0000001", "1e-7"):
+        key = "EVSE_TEMP_DERATE_C" if value.startswith("74") else "MAX_DISCHARGE_AMPS"
+        with pytest.raises(F.FlashError, match=r"^V2G-400 .*{}: value .* is finer than the 0\.\d+ [AC] step".format(key)):
+            F.prepare("sim", config_text='{"%s": %s}' % (key, value))
+    with pytest.raises(F.FlashError, match=r"MIN_SOC_THRESHOLD: given more than once \(again at line 3\)"):
+        F.validate_config_text('{"MIN_SOC_THRESHOLD": 40,\n "PHASES": 1,\n "MIN_SOC_THRESHOLD": 10}', sim)
+    with pytest.raises(F.FlashError, match=r"not valid JSON at line 2 column 26: Expecting"):
+        F.validate_config_text('{"MIN_SOC_THRESHOLD": 40,\n "MAX_DISCHARGE_AMPS": 10.}', sim)
+    with pytest.raises(F.FlashError) as e:
+        F.validate_config_text('{"MAX_DISCHARGE_AMPS": 1e308}', sim)
+    assert len(str(e.value)) < 120 and "1e+308" in str(e.value)
+
+
 def test_unknown_board_is_named(tmp_path):
     with pytest.raises(F.FlashError, match="unknown board 'nope' \\(known: .*pyboard.*sim"):
         F.prepare("nope")
