@@ -446,14 +446,17 @@ class Hal:
 
     # -- host link --------------------------------------------------------------------------
 
-    def link_read(self):
-        """Everything that arrived on the link since the last call (a bytearray: len() and
-        slicing, and Link.feed scans it at C speed), or None. The read buffer is as large as
-        the UART's ring, so one read empties it; only the bytes waiting are asked for (a
-        longer read would wait for more): one allocation, of their size."""
+    def link_read(self, max_n=LINK_BUF):
+        """What arrived on the link since the last call, at most max_n bytes (a bytearray:
+        len() and slicing, and Link.feed scans it at C speed), or None. The read buffer is as
+        large as the UART's ring, so one read can empty it; the rest of a longer wait stays
+        in the ring for the next step. Only the bytes waiting are asked for (a longer read
+        would wait for more): one allocation, of their size."""
         k = self.link.any()
         if not k:
             return None
+        if k > max_n:
+            k = max_n
         if k > LINK_BUF:
             k = LINK_BUF
         n = self.link.readinto(self.link_buf, k)

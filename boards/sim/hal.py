@@ -81,6 +81,7 @@ ORIGIN_CONTROLLER = 0
 ORIGIN_VEHICLE = 1
 EXT_FLAG = 0x80000000
 _RX_CAP = 4096              # bytes a port holds before dropping (a UART's overrun)
+LINK_RX_CAP = 6144          # the host link's receive ring, as the pyboard's (LINK_BUF)
 
 
 def load_modes(ports):
@@ -274,6 +275,8 @@ class Hal:
         self.station = None          # the station the plant port plays the host for
         self.host_txns = 0           # txns made up for host events that carry none
         self.heartbeat_lost = storage.exists(HB_LOST_FILE)
+        self.link_pending = b''      # the link's receive ring
+        self.link_overruns = 0
 
     # -- time, watchdog, reset ------------------------------------------------------------
 
@@ -355,6 +358,8 @@ class Hal:
             out['meter'] = 'plant model'
         elif self.rs485.overruns:
             out['rs485_port'] = {'overruns': self.rs485.overruns}
+        if self.link_overruns:
+            out['link_port'] = {'overruns': self.link_overruns}
         if self.can is None:
             out['can'] = 'plant model'
         else:
@@ -368,8 +373,26 @@ class Hal:
 
     # -- host link ------------------------------------------------------------------------
 
-    def link_read(self):
-        return self.ports.read('link')
+    def link_read(self, max_n=LINK_RX_CAP):
+        """At most max_n bytes of what the host sent, or None. What waits is held as a UART's
+        receive ring would hold it: up to LINK_RX_CAP bytes; bytes arriving with it full are
+        lost (counted as overruns), as on the board."""
+        data = self.ports.read('link')
+        if data:
+            room = LINK_RX_CAP - len(self.link_pending)
+            if len(data) > room:
+                self.link_overruns += len(data) - room
+                data = data[:room]
+            self.link_pending += data
+        n = len(self.link_pending)
+        if n == 0:
+            return None
+        if n <= max_n:
+            out, self.link_pending = self.link_pending, b''
+            return out
+        out = self.link_pending[:max_n]
+        self.link_pending = self.link_pending[max_n:]
+        return out
 
     def link_write(self, data):
         self.ports.write('link', data)
