@@ -206,9 +206,12 @@ class HostioPorts:
     def __init__(self, hostio):
         self.io = hostio
 
-    def read(self, name):
-        data = self.io.read(name)
+    def read(self, name, max_n=0, cap=0):
+        data = self.io.read(name, max_n, cap)
         return bytes(data) if data is not None else None
+
+    def dropped(self, name):
+        return self.io.dropped(name)
 
     def write(self, name, data):
         self.io.write(name, data.hex())
@@ -227,14 +230,26 @@ class MemoryPorts:
     def __init__(self):
         self.inbox = {'link': b'', 'plant': b'', 'rs485': b'', 'can': b''}
         self.outbox = {'link': b'', 'plant': b'', 'rs485': b'', 'can': b''}
+        self.lost = {'link': 0, 'plant': 0, 'rs485': 0, 'can': 0}
         self.stop = False
 
-    def read(self, name):
+    def read(self, name, max_n=0, cap=0):
+        """As the virtual board's ports: at most max_n bytes (> 0), the rest kept; a port
+        holds at most cap bytes (> 0), what arrived beyond them is lost."""
         data = self.inbox[name]
         if not data:
             return None
+        if 0 < cap < len(data):
+            self.lost[name] += len(data) - cap
+            data = data[:cap]
+        if 0 < max_n < len(data):
+            self.inbox[name] = data[max_n:]
+            return data[:max_n]
         self.inbox[name] = b''
         return data
+
+    def dropped(self, name):
+        return self.lost[name]
 
     def write(self, name, data):
         self.outbox[name] += bytes(data)
@@ -275,8 +290,6 @@ class Hal:
         self.station = None          # the station the plant port plays the host for
         self.host_txns = 0           # txns made up for host events that carry none
         self.heartbeat_lost = storage.exists(HB_LOST_FILE)
-        self.link_pending = b''      # the link's receive ring
-        self.link_overruns = 0
 
     # -- time, watchdog, reset ------------------------------------------------------------
 
@@ -358,8 +371,9 @@ class Hal:
             out['meter'] = 'plant model'
         elif self.rs485.overruns:
             out['rs485_port'] = {'overruns': self.rs485.overruns}
-        if self.link_overruns:
-            out['link_port'] = {'overruns': self.link_overruns}
+        lost = self.ports.dropped('link')
+        if lost:
+            out['link_port'] = {'overruns': lost}
         if self.can is None:
             out['can'] = 'plant model'
         else:
@@ -374,25 +388,10 @@ class Hal:
     # -- host link ------------------------------------------------------------------------
 
     def link_read(self, max_n=LINK_RX_CAP):
-        """At most max_n bytes of what the host sent, or None. What waits is held as a UART's
-        receive ring would hold it: up to LINK_RX_CAP bytes; bytes arriving with it full are
-        lost (counted as overruns), as on the board."""
-        data = self.ports.read('link')
-        if data:
-            room = LINK_RX_CAP - len(self.link_pending)
-            if len(data) > room:
-                self.link_overruns += len(data) - room
-                data = data[:room]
-            self.link_pending += data
-        n = len(self.link_pending)
-        if n == 0:
-            return None
-        if n <= max_n:
-            out, self.link_pending = self.link_pending, b''
-            return out
-        out = self.link_pending[:max_n]
-        self.link_pending = self.link_pending[max_n:]
-        return out
+        """At most max_n bytes of what the host sent, or None. The port holds what waits as
+        the board's UART ring does: up to LINK_RX_CAP bytes; bytes arriving with it full are
+        lost (bus_stats: link_port overruns), as on the board."""
+        return self.ports.read('link', max_n, LINK_RX_CAP)
 
     def link_write(self, data):
         self.ports.write('link', data)
