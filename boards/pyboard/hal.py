@@ -45,8 +45,9 @@ CP_SAMPLE_HZ = const(40000)
 # frames in flight (host_tools/fota.py DEFAULT_WINDOW); a frame is at most 1024 bytes before
 # COBS, 1030 on the wire (COBS adds one byte per 254, plus the delimiter), so a window is
 # 4120 bytes. The rest, 2024 bytes, is 176 ms of line time at 115200 baud: a control step may
-# run about three periods late (a flash write) before a byte is lost. Each step drains all
-# that waits, so the intake is 6144 x 20 steps/s, ten times the line rate.
+# run about three periods late (a flash write) before a byte is lost. A step takes at most
+# the station's LINK_STEP_BYTES (1152, twice the line's 576 bytes a step) and a few frames of
+# it, so the link never holds the step up; a host sending faster than that loses bytes here.
 LINK_BUF = const(6144)
 LINK_WINDOW_FRAMES = const(4)
 LINK_FRAME_WIRE = const(1030)
