@@ -79,7 +79,7 @@ class Station:
         self.buses = Buses(hal, self.cfg)   # the meter on RS-485 and the BMS on CAN, if the board has them
         self.storage_errors = 0
         self.storage_error = ''
-        self.storage_failing = set()   # files whose last write failed (V2G-021 while any)
+        self.storage_failing = {}   # file -> (path, blob_fn) whose last write failed (V2G-021)
         self.now_ms = now_ms
         boot = storage.read_json(storage.state_path('boot.json'), {}) or {}
         count = boot.get('count', 0) if isinstance(boot, dict) else 0
@@ -143,6 +143,8 @@ class Station:
         if ticks.due(now_ms, self.next_save_ms):
             self.next_save_ms = ticks.add(now_ms, SAVE_EVERY_MS)
             self.save_events()
+            if self.storage_failing:
+                self.retry_writes()
         return out
 
     # -- host link intake: a bounded share of every step -------------------------------------
@@ -174,14 +176,14 @@ class Station:
         if err is not None and what == SAFETY_FILE and storage.release_reserve():
             err = _write(path, blob_fn)   # the reserve gave its room to the safety state
         if err is None:
-            if self.storage_failing:
-                self.storage_failing.discard(what)
+            if what in self.storage_failing:
+                del self.storage_failing[what]
                 if not self.storage_failing:
                     self.ctl.storage_fault(self.now_ms, False, 'writes to flash succeed again')
             return True
         self.storage_errors += 1
         self.storage_error = '{}: {}'.format(what, err)
-        self.storage_failing.add(what)
+        self.storage_failing[what] = (path, blob_fn)
         self.ctl.storage_fault(self.now_ms, True, 'writing {} failed ({}): kept in RAM and retried'.format(
             what, err))
         return False
@@ -197,9 +199,14 @@ class Station:
         if self.ctl.log.dirty:
             if not self.persist('events.json', storage.state_path('events.json'), self.ctl.log.dump):
                 self.ctl.log.dirty = True
-        if self.ctl.journal.dirty:   # a journal write that failed with its command: again
-            if not self.persist('journal.json', storage.state_path('journal.json'), self.ctl.journal.dump):
-                self.ctl.journal.dirty = True
+
+    def retry_writes(self):
+        """Write again what failed to be written (the journal with its command, the boot
+        count, the settings file): each write takes the content as it is now."""
+        for what in list(self.storage_failing):
+            entry = self.storage_failing.get(what)
+            if entry is not None:
+                self.persist(what, entry[0], entry[1])
 
     # -- host link ----------------------------------------------------------------------------
 

@@ -656,3 +656,25 @@ def test_a_full_flash_raises_v2g_021_once_and_the_safety_state_takes_the_reserve
     rig.run(1100)                                     # writes work again
     assert not rig.st.ctl.errors & errors.E021
     assert [e for e in rig.st.ctl.log.entries() if e[1] == 'V2G-021' and not e[2]]
+
+
+@in_dir(WORK)
+def test_a_boot_count_that_could_not_be_written_is_written_when_the_flash_works_again():
+    from app import storage
+    from core import errors
+    wipe(WORK)
+    real = storage.write_atomic
+
+    def failing(path, data):
+        raise OSError(5, 'EIO')
+    storage.write_atomic = failing
+    try:
+        rig = Rig(fresh=False)
+        rig.run(100)
+    finally:
+        storage.write_atomic = real
+    assert rig.st.ctl.errors & errors.E021
+    assert not storage.exists('state/boot.json')
+    rig.run(1100)
+    assert json.loads(open('state/boot.json').read()) == {'count': 1}
+    assert not rig.st.ctl.errors & errors.E021
