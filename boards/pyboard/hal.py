@@ -45,8 +45,9 @@ CP_SAMPLE_HZ = const(40000)
 # frames in flight (host_tools/fota.py DEFAULT_WINDOW); a frame is at most 1024 bytes before
 # COBS, 1030 on the wire (COBS adds one byte per 254, plus the delimiter), so a window is
 # 4120 bytes. The rest, 2024 bytes, is 176 ms of line time at 115200 baud: a control step may
-# run about three periods late (a flash write) before a byte is lost. Each step drains all
-# that waits, so the intake is 6144 x 20 steps/s, ten times the line rate.
+# run about three periods late (a flash write) before a byte is lost. A step takes at most
+# the station's LINK_STEP_BYTES (1152, twice the line's 576 bytes a step) and a few frames of
+# it, so the link never holds the step up; a host sending faster than that loses bytes here.
 LINK_BUF = const(6144)
 LINK_WINDOW_FRAMES = const(4)
 LINK_FRAME_WIRE = const(1030)
@@ -446,14 +447,17 @@ class Hal:
 
     # -- host link --------------------------------------------------------------------------
 
-    def link_read(self):
-        """Everything that arrived on the link since the last call (a bytearray: len() and
-        slicing, and Link.feed scans it at C speed), or None. The read buffer is as large as
-        the UART's ring, so one read empties it; only the bytes waiting are asked for (a
-        longer read would wait for more): one allocation, of their size."""
+    def link_read(self, max_n=LINK_BUF):
+        """What arrived on the link since the last call, at most max_n bytes (a bytearray:
+        len() and slicing, and Link.feed scans it at C speed), or None. The read buffer is as
+        large as the UART's ring, so one read can empty it; the rest of a longer wait stays
+        in the ring for the next step. Only the bytes waiting are asked for (a longer read
+        would wait for more): one allocation, of their size."""
         k = self.link.any()
         if not k:
             return None
+        if k > max_n:
+            k = max_n
         if k > LINK_BUF:
             k = LINK_BUF
         n = self.link.readinto(self.link_buf, k)

@@ -81,6 +81,7 @@ ORIGIN_CONTROLLER = 0
 ORIGIN_VEHICLE = 1
 EXT_FLAG = 0x80000000
 _RX_CAP = 4096              # bytes a port holds before dropping (a UART's overrun)
+LINK_RX_CAP = 6144          # the host link's receive ring, as the pyboard's (LINK_BUF)
 
 
 def load_modes(ports):
@@ -205,9 +206,12 @@ class HostioPorts:
     def __init__(self, hostio):
         self.io = hostio
 
-    def read(self, name):
-        data = self.io.read(name)
+    def read(self, name, max_n=0, cap=0):
+        data = self.io.read(name, max_n, cap)
         return bytes(data) if data is not None else None
+
+    def dropped(self, name):
+        return self.io.dropped(name)
 
     def write(self, name, data):
         self.io.write(name, data.hex())
@@ -226,14 +230,26 @@ class MemoryPorts:
     def __init__(self):
         self.inbox = {'link': b'', 'plant': b'', 'rs485': b'', 'can': b''}
         self.outbox = {'link': b'', 'plant': b'', 'rs485': b'', 'can': b''}
+        self.lost = {'link': 0, 'plant': 0, 'rs485': 0, 'can': 0}
         self.stop = False
 
-    def read(self, name):
+    def read(self, name, max_n=0, cap=0):
+        """As the virtual board's ports: at most max_n bytes (> 0), the rest kept; a port
+        holds at most cap bytes (> 0), what arrived beyond them is lost."""
         data = self.inbox[name]
         if not data:
             return None
+        if 0 < cap < len(data):
+            self.lost[name] += len(data) - cap
+            data = data[:cap]
+        if 0 < max_n < len(data):
+            self.inbox[name] = data[max_n:]
+            return data[:max_n]
         self.inbox[name] = b''
         return data
+
+    def dropped(self, name):
+        return self.lost[name]
 
     def write(self, name, data):
         self.outbox[name] += bytes(data)
@@ -355,6 +371,9 @@ class Hal:
             out['meter'] = 'plant model'
         elif self.rs485.overruns:
             out['rs485_port'] = {'overruns': self.rs485.overruns}
+        lost = self.ports.dropped('link')
+        if lost:
+            out['link_port'] = {'overruns': lost}
         if self.can is None:
             out['can'] = 'plant model'
         else:
@@ -368,8 +387,11 @@ class Hal:
 
     # -- host link ------------------------------------------------------------------------
 
-    def link_read(self):
-        return self.ports.read('link')
+    def link_read(self, max_n=LINK_RX_CAP):
+        """At most max_n bytes of what the host sent, or None. The port holds what waits as
+        the board's UART ring does: up to LINK_RX_CAP bytes; bytes arriving with it full are
+        lost (bus_stats: link_port overruns), as on the board."""
+        return self.ports.read('link', max_n, LINK_RX_CAP)
 
     def link_write(self, data):
         self.ports.write('link', data)

@@ -25,6 +25,11 @@ TEL_BATCH_MAX = 3        # a sample is ~240 B of CBOR: 3 leave room in a 1 kB fr
 SAVE_EVERY_MS = 1000     # event log flush period; the journal is saved before each answer
 SHELL_OPS = ('diag', 'events', 'telemetry', 'hello')   # served here, not by the core
 EVENTS_PAGE_BYTES = 700  # an events answer stays inside one 1 kB frame
+# Host link work per control step. 115200 baud brings 576 bytes per 50 ms step: a step reads
+# at most twice that (a late step catches up), and handles at most 4 frames (the host's fota
+# window), so a flood of small messages costs a step no more than 4 commands.
+LINK_STEP_BYTES = 1152
+LINK_STEP_FRAMES = 4
 
 
 def load_config(board_limits):
@@ -54,6 +59,19 @@ def _load(load, name):
             pass   # a damaged journal or log starts empty rather than blocking the boot
 
 
+SAFETY_FILE = 'controller.json'   # the weld latch and the fallback: first claim on the flash
+
+
+def _write(path, blob_fn):
+    """None when written; else the OSError, with the torn NAME.tmp given back."""
+    try:
+        storage.write_atomic(path, blob_fn())
+        return None
+    except OSError as e:
+        storage.discard_tmp(path)
+        return e
+
+
 class Station:
     def __init__(self, hal, now_ms):
         self.hal = hal
@@ -64,11 +82,14 @@ class Station:
         self.buses = Buses(hal, self.cfg)   # the meter on RS-485 and the BMS on CAN, if the board has them
         self.storage_errors = 0
         self.storage_error = ''
+        self.storage_failing = {}   # file -> (path, blob_fn) whose last write failed (V2G-021)
+        self.now_ms = now_ms
         boot = storage.read_json(storage.state_path('boot.json'), {}) or {}
         count = boot.get('count', 0) if isinstance(boot, dict) else 0
         self.boot_count = (count if isinstance(count, int) and not isinstance(count, bool) else 0) + 1
         self.persist('boot.json', storage.state_path('boot.json'),
                      lambda: ('{"count": %d}' % self.boot_count).encode())
+        storage.keep_reserve()   # room the safety state takes when the flash is full
         _load(self.ctl.journal.load, 'journal.json')
         _load(self.ctl.log.load, 'events.json')
         # every entry from now on carries this boot: t_ms restarts at each boot
@@ -77,6 +98,9 @@ class Station:
         _load(lambda blob: self.ctl.state_load(now_ms, blob), 'controller.json')
         self.reset_cause = hal.reset_cause()
         self.link = L.Link(hal.link_write)
+        self.link_step_bytes = getattr(hal, 'LINK_STEP_BYTES', LINK_STEP_BYTES)
+        self.rx_held = None      # bytes read from the link and not yet scanned, from rx_at on
+        self.rx_at = 0
         self.hb_dropped = 0      # host heartbeats dropped while the board plays a heartbeat loss
         self.tel_period_ms = TEL_PERIOD_MS
         self.tel_batch = TEL_BATCH
@@ -97,16 +121,14 @@ class Station:
     # -- the control step ---------------------------------------------------------------------
 
     def tick(self, now_ms):
+        self.now_ms = now_ms
         self.hal.read_inputs(self.inputs, now_ms)
         self.buses.read(now_ms, self.inputs, self.cfg)
         out = self.ctl.step(now_ms, self.inputs)
         self.hal.apply(out, now_ms)
         self.buses.write(now_ms, out, self.inputs)
         self.hal.feed_watchdog()
-        data = self.hal.link_read()
-        if data:
-            for msg in self.link.feed(data):
-                self.on_message(msg, now_ms)
+        self.serve_link(now_ms)
         evs = self.ctl.pop_events()
         if evs:
             self.buses.name_failures(evs, self.ctl.log)
@@ -124,18 +146,50 @@ class Station:
         if ticks.due(now_ms, self.next_save_ms):
             self.next_save_ms = ticks.add(now_ms, SAVE_EVERY_MS)
             self.save_events()
+            if self.storage_failing:
+                self.retry_writes()
         return out
+
+    # -- host link intake: a bounded share of every step -------------------------------------
+
+    def serve_link(self, now_ms):
+        """At most LINK_STEP_FRAMES frames out of at most link_step_bytes new bytes a step,
+        whatever the host sends: the next step starts on time under a flood. Bytes not
+        reached wait here (what was read) or in the board's receive buffer (what was not);
+        a host that keeps sending faster than this loses bytes to the buffer's overrun,
+        and the link counts the damaged frames."""
+        data = self.rx_held
+        if data is None:
+            data = self.hal.link_read(self.link_step_bytes)
+            if not data:
+                return
+            self.rx_at = 0
+        msgs = self.link.feed(data, -1, self.rx_at, LINK_STEP_FRAMES)
+        if self.link.fed_to < len(data):
+            self.rx_held, self.rx_at = data, self.link.fed_to
+        else:
+            self.rx_held = None
+        for msg in msgs:
+            self.on_message(msg, now_ms)
 
     # -- storage: a failing flash is counted and reported, and never stops the control ------
 
     def persist(self, what, path, blob_fn):
-        try:
-            storage.write_atomic(path, blob_fn())
+        err = _write(path, blob_fn)
+        if err is not None and what == SAFETY_FILE and storage.release_reserve():
+            err = _write(path, blob_fn)   # the reserve gave its room to the safety state
+        if err is None:
+            if what in self.storage_failing:
+                del self.storage_failing[what]
+                if not self.storage_failing:
+                    self.ctl.storage_fault(self.now_ms, False, 'writes to flash succeed again')
             return True
-        except OSError as e:
-            self.storage_errors += 1
-            self.storage_error = '{}: {}'.format(what, e)
-            return False
+        self.storage_errors += 1
+        self.storage_error = '{}: {}'.format(what, err)
+        self.storage_failing[what] = (path, blob_fn)
+        self.ctl.storage_fault(self.now_ms, True, 'writing {} failed ({}): kept in RAM and retried'.format(
+            what, err))
+        return False
 
     def save_state(self):
         if self.ctl.state_dirty:
@@ -148,6 +202,14 @@ class Station:
         if self.ctl.log.dirty:
             if not self.persist('events.json', storage.state_path('events.json'), self.ctl.log.dump):
                 self.ctl.log.dirty = True
+
+    def retry_writes(self):
+        """Write again what failed to be written (the journal with its command, the boot
+        count, the settings file): each write takes the content as it is now."""
+        for what in list(self.storage_failing):
+            entry = self.storage_failing.get(what)
+            if entry is not None:
+                self.persist(what, entry[0], entry[1])
 
     # -- host link ----------------------------------------------------------------------------
 

@@ -80,3 +80,45 @@ def write_json(path, obj):
 def state_path(name):
     ensure_dir(STATE_DIR)
     return STATE_DIR + '/' + name
+
+
+# A file kept only to be deleted: when the filesystem is full, removing it gives the
+# controller's safety state (the weld latch, the fallback) room for its write.
+RESERVE = 'reserve.bin'
+RESERVE_BYTES = 2048
+
+
+def keep_reserve():
+    """Make the reserve file if it is missing; False when there is no room for it."""
+    path = state_path(RESERVE)
+    if exists(path):
+        return True
+    try:
+        with open(path, 'wb') as f:
+            f.write(bytes(RESERVE_BYTES))
+        return True
+    except OSError:
+        try:
+            os.remove(path)     # a part-written reserve holds space and protects nothing
+        except OSError:
+            pass
+        return False
+
+
+def release_reserve():
+    """Delete the reserve file; True if there was one to give."""
+    try:
+        os.remove(state_path(RESERVE))
+        return True
+    except OSError:
+        return False
+
+
+def discard_tmp(path):
+    """Remove the NAME.tmp a failed write left, giving its space back. Kept when NAME is
+    missing: then the .tmp may be the only copy (see read_json)."""
+    if exists(path):
+        try:
+            os.remove(path + '.tmp')
+        except OSError:
+            pass

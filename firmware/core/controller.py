@@ -684,6 +684,14 @@ class Controller:
             self.errors &= ~E.E009
         self._emit(now, 'V2G-009', on, msg)
 
+    def storage_fault(self, now_ms, failed, msg):
+        """V2G-021 from the shell: raised once when a write to flash fails, cleared when
+        writes work again. What could not be stored stays in force in RAM."""
+        if failed and not (self.errors & E.E021):
+            self._raise(now_ms, E.E021, msg)
+        elif not failed and self.errors & E.E021:
+            self._clear(now_ms, E.E021, msg)
+
     # ------------------------------------------------------------ commands
     def log_refusal(self, now_ms, op, code, msg):
         """A refused command in the event log: its code, the command's name and why."""

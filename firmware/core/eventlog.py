@@ -7,10 +7,21 @@ t_ms restarts at every boot, so (boot, t_ms) is what orders entries across reset
 dump()/load() give bytes for the shell to persist; `dirty` says there is something
 new to write. A log written before entries carried the boot loads with boot 0
 (unknown).
+
+Bounded in bytes as well as in entries, so the file fits the smallest board's flash
+whatever is logged: a message longer than TEXT_MAX characters is shortened (the
+control step's own messages are shorter and pass without a copy), and the oldest
+entries give way while the messages kept exceed BUDGET (about BUDGET + SIZE x ROW
+bytes of JSON; dump() holds the file to MAX_FILE whatever the text's escapes).
 """
 import json
 
 SIZE = 64
+TEXT_MAX = 160        # characters of one message
+ROW = 40              # JSON of an entry besides its message: [t_ms, "V2G-xxx", true, "", boot]
+BUDGET = 6144         # characters of the messages kept
+MAX_FILE = 9216       # bytes of dump(), at most
+CUT = ' [...]'
 
 
 class EventLog:
@@ -26,11 +37,19 @@ class EventLog:
         self._count = 0
         self.total = 0      # events ever appended (survives load)
         self.dirty = False
+        self._chars = 0     # characters of the messages kept
 
     def __len__(self):
         return self._count
 
     def append(self, t_ms, code, on, msg, boot=-1):
+        if len(msg) > TEXT_MAX:
+            msg = msg[:TEXT_MAX - len(CUT)] + CUT
+        if self._count == self.size:
+            self._drop_oldest()     # its slot is the one written now
+        while self._count and self._chars + len(msg) > BUDGET:
+            self._drop_oldest()
+        self._chars += len(msg)
         i = self._head
         self._t[i] = t_ms
         self._code[i] = code
@@ -41,10 +60,19 @@ class EventLog:
         if i == self.size:
             i = 0
         self._head = i
-        if self._count < self.size:
-            self._count += 1
+        self._count += 1
         self.total += 1
         self.dirty = True
+
+    def _oldest(self):
+        i = self._head - self._count
+        return i + self.size if i < 0 else i
+
+    def _drop_oldest(self):
+        i = self._oldest()
+        self._chars -= len(self._msg[i])
+        self._msg[i] = ''
+        self._count -= 1
 
     def amend(self, t_ms, code, old_msg, new_msg):
         """Give the newest entry with this time, code and message a fuller message (the shell
@@ -55,6 +83,9 @@ class EventLog:
             if i < 0:
                 i = self.size - 1
             if self._t[i] == t_ms and self._code[i] == code and self._msg[i] == old_msg:
+                if len(new_msg) > TEXT_MAX:
+                    new_msg = new_msg[:TEXT_MAX - len(CUT)] + CUT
+                self._chars += len(new_msg) - len(old_msg)
                 self._msg[i] = new_msg
                 self.dirty = True
                 return True
@@ -76,9 +107,17 @@ class EventLog:
         return out
 
     def dump(self):
-        rows = [list(r) for r in self.rows()]
+        rows = [json.dumps(list(r)) for r in self.rows()]
+        # the messages' escapes (quotes, control characters) can make JSON longer than its
+        # characters: the oldest give way until the file fits MAX_FILE
+        size = 40 + sum(len(r) + 1 for r in rows)
+        k = 0
+        while size > MAX_FILE and k < len(rows) - 1:
+            size -= len(rows[k]) + 1
+            self._drop_oldest()
+            k += 1
         self.dirty = False
-        return json.dumps({'v': 1, 'total': self.total, 'events': rows}).encode()
+        return ('{"v": 1, "total": %d, "events": [%s]}' % (self.total, ', '.join(rows[k:]))).encode()
 
     def load(self, blob):
         """Replace the contents from dump() bytes; ValueError on bad data (nothing changes)."""
@@ -95,8 +134,12 @@ class EventLog:
             if len(r) == 5 and (not isinstance(r[4], int) or isinstance(r[4], bool) or r[4] < 0):
                 raise ValueError('eventlog: bad boot count')
         rows = rows[-self.size:]
+        for r in rows:
+            if not isinstance(r[3], str):
+                raise ValueError('eventlog: message is not text')
         self._head = 0
         self._count = 0
+        self._chars = 0
         for r in rows:
             self.append(r[0], r[1], r[2], r[3], r[4] if len(r) == 5 else 0)
         self.total = obj.get('total', len(rows))

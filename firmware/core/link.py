@@ -148,6 +148,7 @@ class Link:
         self._rxv = memoryview(self._rx)
         self._rxn = 0
         self._dropping = False  # frame overflowed: discard up to the next 0x00
+        self.fed_to = 0         # where the last feed() stopped
         self._dec = bytearray(enc_max)  # decoded frame (may exceed max_frame by a little: checked)
         self._decv = memoryview(self._dec)
         self._txp = bytearray(max_frame)  # CBOR + CRC of the frame being sent
@@ -167,9 +168,14 @@ class Link:
 
     # ------------------------------------------------------------ receive
 
-    def feed(self, data, n=-1):
-        """Take received bytes (data[:n], all when n < 0); return the complete
-        valid messages (a list, or an empty tuple when there are none).
+    def feed(self, data, n=-1, start=0, max_frames=0):
+        """Take received bytes (data[start:n], to the end when n < 0); return the
+        complete valid messages (a list, or an empty tuple when there are none).
+
+        With max_frames > 0 the scan stops after that many frames (valid or
+        dropped): the work of one call is bounded whatever arrived. `fed_to` then
+        says where it stopped; the caller passes the rest again (start=fed_to)
+        before anything newer. Without a bound fed_to is n.
 
         bytes/bytearray input is scanned for delimiters at C speed; a
         memoryview is scanned byte by byte (slower but correct).
@@ -179,8 +185,11 @@ class Link:
         fast = isinstance(data, (bytes, bytearray))
         mv = data if isinstance(data, memoryview) else memoryview(data)
         out = None
-        i = 0
+        frames = 0
+        i = start
         while i < n:
+            if max_frames > 0 and frames >= max_frames:
+                break
             if fast:
                 z = data.find(b"\x00", i, n)
             else:
@@ -198,13 +207,17 @@ class Link:
                     self._rxv[k:k + end - i] = mv[i:end]
                     self._rxn = k + end - i
             if z < 0:
+                i = n
                 break
+            if self._rxn or self._dropping:
+                frames += 1     # idle fill between frames costs nothing and is not counted
             msg = self._frame_end()
             if msg is not None:
                 if out is None:
                     out = []
                 out.append(msg)
             i = z + 1
+        self.fed_to = i
         return _EMPTY if out is None else out
 
     def _drop(self, stat, why):

@@ -208,17 +208,26 @@ async function boardMode(args) {
   let snapshot = scanVm(FS, "/flash");
 
   // Byte queues between the host's ports and the firmware (read by boards/sim HAL via hostio).
-  const rx = {}; const txPending = [];
+  const rx = {}; const txPending = []; const dropped = {};
   let interrupted = false;
-  for (const name of Object.keys(CHANNELS)) rx[name] = [];
+  for (const name of Object.keys(CHANNELS)) { rx[name] = []; dropped[name] = 0; }
   mp.registerJsModule("hostio", {
     // Bytes waiting on a port, as a Uint8Array (bytes() in Python), or null when none.
-    read: (name) => {
+    // With max > 0 at most max bytes; the rest waits for the next read. With cap > 0 the
+    // port holds at most cap bytes, as a UART's receive ring does: what arrived beyond it
+    // is lost (counted, see dropped()). Each byte costs the VM a conversion, so a board
+    // reads a bounded amount a step, however fast the host writes.
+    read: (name, max, cap) => {
       const q = rx[name];
       if (!q || q.length === 0) return null;
-      const out = Buffer.concat(q); q.length = 0;
-      return new Uint8Array(out);
+      let all = q.length === 1 ? q[0] : Buffer.concat(q);
+      if (cap > 0 && all.length > cap) { dropped[name] += all.length - cap; all = all.subarray(0, cap); }
+      q.length = 0;
+      if (max > 0 && all.length > max) { q.push(all.subarray(max)); all = all.subarray(0, max); }
+      return new Uint8Array(all);
     },
+    // Bytes lost so far to a full port (see read's cap).
+    dropped: (name) => dropped[name] || 0,
     // Python passes bytes as a hex string: the cheapest form the FFI converts without copies per byte.
     write: (name, hex) => { txPending.push([CHANNELS[name], Buffer.from(hex, "hex")]); },
     ticks_us: () => Number(process.hrtime.bigint() / 1000n) & 0x3fffffff,

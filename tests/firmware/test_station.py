@@ -491,3 +491,191 @@ def test_plant_heartbeat_loss_drops_heartbeats_until_restored():
 def errors_of(rig):
     from core import errors
     return errors.active(rig.st.ctl.out.errors)
+
+
+# -- a flood on the host link -----------------------------------------------------------------
+
+LINE_BYTES_PER_STEP = 115200 // 10 * CONTROL_PERIOD_MS // 1000   # 8N1: 10 bits a byte; 576
+
+
+def _charging_rig():
+    rig = Rig(settings=QUICK_GRID)
+    rig.plant(do='plug')
+    rig.run(1000)
+    rig.plant(do='ev_ready')
+    rig.run(4000)
+    assert rig.st.ctl.out.contactor and rig.hal.plant.contactor_closed
+    return rig
+
+
+def _pilot_short_reaction(flood_frame):
+    """Steps from the pilot short to the contactor open, with the link fed at the line rate
+    with flood_frame(i) frames (None: a quiet link); and what each step did meanwhile."""
+    from app import storage
+    rig = _charging_rig()
+    wire = b''
+    i = 0
+    writes, frames = [], [0]
+    real_write, real_on_message = storage.write_atomic, rig.st.on_message
+
+    def write(path, data):
+        writes.append(path)
+        real_write(path, data)
+
+    def on_message(msg, now_ms):
+        frames[0] += 1
+        real_on_message(msg, now_ms)
+    storage.write_atomic = write
+    rig.st.on_message = on_message
+    per_step = []
+    try:
+        for step in range(200):
+            if flood_frame is not None:
+                while len(wire) < LINE_BYTES_PER_STEP:
+                    wire += flood_frame(i)
+                    i += 1
+                rig.ports.inbox['link'] += wire[:LINE_BYTES_PER_STEP]
+                wire = wire[LINE_BYTES_PER_STEP:]
+            if step == 100:     # two seconds into the flood
+                rig.plant(do='cp_fault', kind='short')
+                shorted = step
+            del writes[:]
+            frames[0] = 0
+            rig.st.tick(rig.now)
+            rig.now += CONTROL_PERIOD_MS
+            per_step.append((frames[0], len(writes), [w for w in writes if 'journal' in w]))
+            if step >= 100 and not rig.hal.plant.contactor_closed:
+                return step - shorted + 1, per_step, rig
+    finally:
+        storage.write_atomic = real_write
+    raise AssertionError('the contactor never opened')
+
+
+@in_dir(WORK)
+def test_a_link_flood_at_the_line_rate_leaves_the_pilot_fault_reaction_as_it_is():
+    quiet, _, _ = _pilot_short_reaction(None)
+    assert quiet * CONTROL_PERIOD_MS <= 150
+
+    def refused_limit(i):   # each one a refusal with its own txn
+        return L.encode_frame(L.cmd('flood-{}'.format(i), 'limit', {'charge_a': -1}))
+    steps, per_step, rig = _pilot_short_reaction(refused_limit)
+    assert steps == quiet
+    # each step did a bounded share of the link's work, and no refusal went to flash
+    assert max(f for f, _, _ in per_step) <= station_mod.LINK_STEP_FRAMES
+    assert not [j for _, _, j in per_step if j]
+    assert max(w for _, w, _ in per_step) <= 2     # the event log's period and a raised code
+    # the flood was taken, as far as the link's share goes, and answered
+    res = [m for m in rig.received() if m['t'] == 'res']
+    assert len(res) >= 100 and all(m['code'] == 'V2G-400' for m in res)
+
+    def rtt(i):
+        return L.encode_frame(L.rtt(5))
+    steps, per_step, _ = _pilot_short_reaction(rtt)
+    assert steps == quiet and max(f for f, _, _ in per_step) <= station_mod.LINK_STEP_FRAMES
+
+
+@in_dir(WORK)
+def test_link_bytes_past_a_steps_share_wait_for_the_next_step():
+    rig = Rig()
+    rig.received()
+    frames = b''.join(L.encode_frame(L.cmd('q-{}'.format(i), 'status')) for i in range(10))
+    rig.ports.inbox['link'] += frames
+    got = []
+    for _ in range(3):
+        rig.st.tick(rig.now)
+        rig.now += CONTROL_PERIOD_MS
+        got.append([m['txn'] for m in rig.received() if m['t'] == 'res'])
+    assert got == [['q-0', 'q-1', 'q-2', 'q-3'], ['q-4', 'q-5', 'q-6', 'q-7'], ['q-8', 'q-9']]
+
+
+@in_dir(WORK)
+def test_kilobyte_refusals_keep_the_state_files_small_and_diag_answers_fit():
+    import os
+    rig = Rig()
+    keys = dict(('{}{}'.format(chr(97 + i % 26), i // 26 if i >= 26 else ''), 1) for i in range(250))
+    for i in range(40):
+        rig.send(L.cmd('cs-{}'.format(i), 'config_set', keys))
+        rig.run(100)
+    rig.received()
+    rig.st.save_events()
+    events = os.stat('state/events.json')[6]
+    try:
+        journal = os.stat('state/journal.json')[6]
+    except OSError:
+        journal = 0     # refusals are not written at all
+    assert events <= 9216 and journal <= 8192, (events, journal)
+    tx_errors = rig.st.link.stats['tx_errors']    # those refusals' answers: too big, replaced
+    rig.send(L.cmd('d-1', 'diag'))
+    start, pages = 0, 0
+    while start is not None:
+        rig.send(L.cmd('ev-{}'.format(pages), 'events', {'start': start}))
+        rig.run(50)
+        res = [m for m in rig.received() if m['t'] == 'res' and m['txn'].startswith(('ev-', 'd-'))]
+        assert res and all(m['ok'] for m in res), res
+        start = res[-1]['data']['next']
+        pages += 1
+    assert rig.st.link.stats['tx_errors'] == tx_errors
+    refusals = [e for e in rig.st.ctl.log.entries() if e[3].startswith('refused config_set')]
+    assert refusals and all(len(e[3]) <= 160 for e in refusals)
+
+
+@in_dir(WORK)
+def test_a_full_flash_raises_v2g_021_once_and_the_safety_state_takes_the_reserve():
+    from app import storage
+    from core import errors
+    rig = Rig()
+    assert storage.exists('state/' + storage.RESERVE)
+    real = storage.write_atomic
+    tries = []
+
+    def full(path, data):
+        # the filesystem is full: only what the reserve gives back makes room, once
+        tries.append(path)
+        if path.endswith('controller.json') and not storage.exists('state/' + storage.RESERVE):
+            return real(path, data)
+        raise OSError(28, 'ENOSPC')
+    storage.write_atomic = full
+    try:
+        for i in range(20):
+            rig.send(L.cmd('bad-{}'.format(i), 'limit', {'charge_a': -1}))
+            rig.run(200)
+        rig.send(L.cmd('lim-1', 'limit', {'charge_a': 10}))
+        rig.run(2000)
+    finally:
+        storage.write_atomic = real
+    msgs = rig.received()
+    res = {m['txn']: m for m in msgs if m['t'] == 'res'}
+    assert res['lim-1']['ok'] is True
+    assert json.loads(open('state/controller.json').read())['csms_charge_ma'] == 10000
+    assert not storage.exists('state/' + storage.RESERVE)
+    # raised once, however many writes failed, and told to the host as an event
+    raised = [e for e in rig.st.ctl.log.entries() if e[1] == 'V2G-021' and e[2]]
+    assert len(raised) == 1 and 'failed' in raised[0][3], raised
+    assert [e for m in msgs if m['t'] == 'evt' for e in m['events'] if e['code'] == 'V2G-021']
+    assert rig.st.ctl.errors & errors.E021
+    assert tries.count('state/events.json') >= 2      # retried at the event log's period
+    rig.run(1100)                                     # writes work again
+    assert not rig.st.ctl.errors & errors.E021
+    assert [e for e in rig.st.ctl.log.entries() if e[1] == 'V2G-021' and not e[2]]
+
+
+@in_dir(WORK)
+def test_a_boot_count_that_could_not_be_written_is_written_when_the_flash_works_again():
+    from app import storage
+    from core import errors
+    wipe(WORK)
+    real = storage.write_atomic
+
+    def failing(path, data):
+        raise OSError(5, 'EIO')
+    storage.write_atomic = failing
+    try:
+        rig = Rig(fresh=False)
+        rig.run(100)
+    finally:
+        storage.write_atomic = real
+    assert rig.st.ctl.errors & errors.E021
+    assert not storage.exists('state/boot.json')
+    rig.run(1100)
+    assert json.loads(open('state/boot.json').read()) == {'count': 1}
+    assert not rig.st.ctl.errors & errors.E021
