@@ -58,6 +58,10 @@ SCHEMA = {
     'CAN_BITRATE': (CHOICE, (125000, 250000, 500000, 1000000), None, 500000, 'bit/s'),
     'CAN_TIMEOUT_MS': (INT, 100, 10000, 1000, 'ms'),
     'HOST_LATENCY_WARN_MS': (INT, 10, 5000, 100, 'ms'),
+    'COOLING_ON_AMPS': (NUM, 0, 80, 16, 'A'),
+    'COOLING_ON_TEMP_C': (NUM, 20, 90, 50, 'C'),
+    'COOLING_FEEDBACK_S': (NUM, 1, 30, 5, 's'),
+    'COOLING_UNCOOLED_AMPS': (NUM, 0, 80, 16, 'A'),
     # Additions to the spec's table: the grid profile's enter-service delay and ramp, for
     # commissioning and tests. null keeps the standard's value (IEEE 1547: 300 s and 300 s).
     'GRID_ENTER_SERVICE_DELAY_S': (OPTNUM, 0, 600, None, 's'),
@@ -76,6 +80,12 @@ PROFILE_NOMINAL_MHZ = {
 
 # board keys that are not settings
 BOARD_DISCHARGE_SEPARATE = 'discharge_rated_separately'
+BOARD_COOLING = 'cooling'      # False: the board has no cooling loop (its board file says so)
+
+
+NOTE_NO_COOLING = ('COOLING_ON_AMPS, COOLING_ON_TEMP_C, COOLING_FEEDBACK_S, COOLING_UNCOOLED_AMPS: '
+                   'this board has no cooling loop (its board file says so): the settings are '
+                   'kept and have no effect')
 
 
 class ConfigError(ValueError):
@@ -341,13 +351,21 @@ class Config:
         es, ramp = v['GRID_ENTER_SERVICE_DELAY_S'], v['GRID_RAMP_S']
         self.grid_enter_service_ms = None if es is None else _milli(es, 1000)
         self.grid_ramp_ms = None if ramp is None else _milli(ramp, 1000)
+        self.cooling = not board or board.get(BOARD_COOLING, True) is not False
+        self.cooling_on_ma = _milli(v['COOLING_ON_AMPS'], 1000)
+        self.cooling_on_dc = _milli(v['COOLING_ON_TEMP_C'], 10)
+        self.cooling_feedback_ms = _milli(v['COOLING_FEEDBACK_S'], 1000)
+        self.cooling_uncooled_ma = _milli(v['COOLING_UNCOOLED_AMPS'], 1000)
 
     def notes(self, step_ms=50):
         """Warnings, as text, about settings that are taken but do less than they read: a meter
         poll slower than the grid profile's fastest clearing time, a droop or deadband outside
         the profile's range (applied clamped). [] when none. Not refusals: docs/settings.md."""
         from core.grid import config_notes   # here: config itself stays free of the grid code
-        return config_notes(self, step_ms)
+        notes = config_notes(self, step_ms)
+        if not self.cooling:
+            notes.append(NOTE_NO_COOLING)
+        return notes
 
     def get(self, key):
         return self.values[key]
