@@ -9,6 +9,7 @@ import json
 from core import config as config_mod
 from core import errors
 from core import link as L
+from core import status_led
 from core import ticks
 from core.controller import Controller, Inputs
 from core.grid import GridProtection
@@ -296,6 +297,8 @@ class Station:
             'lim_dis_ma': out.limit_discharge_ma, 'lim_dis_src': out.limit_discharge_src,
             'req_ma': out.request_ma, 'errors': errors.active(out.errors),
             'e_in_wh': e_in, 'e_out_wh': e_out, 'dis_cap_wh': out.discharge_capacity_wh,
+            'cool': out.cooling_state,
+            'led': status_led.NAMES[status_led.select(out.mode, out.errors, self.update.busy)],
         })
         if len(self.tel_samples) >= self.tel_batch:
             self.send_tel(self.tel_samples)
