@@ -26,3 +26,14 @@ def test_flash_dry_run_prints_the_notes_before_touching_a_board(tmp_path):
                            "--config", str(cfg), "--dry-run"], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "note: METER_POLL_MS 1000 exceeds" in proc.stderr
+
+
+def test_board_without_a_cooling_loop_takes_the_cooling_keys_and_says_they_do_nothing():
+    sim = F.load_board("sim")
+    bare = dict(sim, cooling=None)             # a board file that says it has no cooling loop
+    assert F.config_limits(bare)["cooling"] is False and "cooling" not in F.config_limits(sim)
+    values = {"COOLING_ON_AMPS": 20, "COOLING_UNCOOLED_AMPS": 10}
+    assert F.validate_config_text('{"COOLING_ON_AMPS": 20}', bare) == b'{"COOLING_ON_AMPS":20}'
+    notes = F.config_notes(values, bare)
+    assert any("no cooling loop" in n and "COOLING_FEEDBACK_S" in n for n in notes)
+    assert not any("cooling" in n for n in F.config_notes(values, sim))

@@ -196,3 +196,13 @@ def test_cooling_events_get_the_same_answer_from_validator_and_plant(args, probl
     assert str(e2.value) == problem
     with pytest.raises(ValueError):
         plantmod.Plant().apply_event("cooling_restore", {"kind": "pump"})
+
+
+def test_plot_has_the_led_and_cooling_lanes(discharge, tmp_path):
+    spans = sim.runs(discharge.ticks(), "led")
+    assert [v for _, _, v in spans][:5] == ["idle", "connected", "charging", "discharging", "fault"]
+    fault = [s for s in spans if s[2] == "fault"][0]
+    assert fault[0] == 45.0 and 105.0 <= fault[1] <= 106.1
+    assert [v for _, _, v in sim.runs(discharge.ticks(), "cooling")][-3:] == ["running", "tripped", "running"]
+    png = sim.plot(discharge, tmp_path / "cooling.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
