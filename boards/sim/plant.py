@@ -25,8 +25,9 @@ as a board with a flow switch does. The power stage's temperature is the tempera
 working loop holds it at (`evse_temp` sets it; 25 C by default) plus a rise: without flow
 the stage heats towards UNCOOLED_RISE_MDC_AT_16A x (I / 16 A)^2 with the coolant's time
 constant TAU_STILL_MS (minutes); with flow the rise decays to 0 within TAU_FLOW_MS. So
-16 A uncooled settles 15 C above, 32 A uncooled 60 C above (a thermal trip after about 7
-minutes at 25 C), and a working loop keeps the stage where `evse_temp` put it.
+16 A uncooled settles 15 C above, 32 A uncooled heads for 60 C above (from 25 C past the
+default 65 C derate point in about 4.5 minutes), and a working loop keeps the stage where
+`evse_temp` put it.
 Faults (`cooling_fault`): `pump` (the pump does not run: no flow, no feedback),
 `flow_switch` (coolant flows, the switch stays open), `flicker` (coolant flows, the switch
 drops out for `open_s`, 2 s by default, then closes for FLICKER_CLOSED_MS, over and over).
