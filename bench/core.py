@@ -39,6 +39,8 @@ def step_loop(n):
         o = c.step(t, i)
         i.contactor_closed = o.contactor
         i.meter_ma = o.request_ma
+        if getattr(o, 'cooling', False):
+            i.cooling_count += 1    # the pump runs: its feedback counts
     c.pop_events()
     gc.collect()
     before = gc.mem_alloc()
@@ -51,6 +53,8 @@ def step_loop(n):
         o = c.step(t, i)
         i.contactor_closed = o.contactor
         i.meter_ma = o.request_ma
+        if o.cooling:
+            i.cooling_count += 1
     us = time.ticks_diff(time.ticks_us(), t0)
     grew = gc.mem_alloc() - before
     return us, grew, o.request_ma
@@ -96,6 +100,8 @@ class _Rig:
         o = self.c.step(self.t, self.i)
         self.i.contactor_closed = o.contactor
         self.i.meter_ma = o.request_ma if o.contactor else 0
+        if o.cooling:
+            self.i.cooling_count += 1   # the pump runs: its feedback counts
         return o
 
     def ms_until(self, pred, limit=2000):

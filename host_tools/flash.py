@@ -92,6 +92,9 @@ def config_limits(board_info):
     out = {}
     for key, rng in (board_info.get("config_limits") or {}).items():
         out[key] = tuple(rng)
+    if "cooling" in board_info and not board_info["cooling"]:
+        # "cooling": null, a board without a cooling loop: core/config.py BOARD_COOLING
+        out["cooling"] = False
     return out
 
 

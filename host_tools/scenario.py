@@ -38,6 +38,7 @@ TEMP = ("num", -40, 150)
 KIND_CP = ("short", "diode", "open")
 KIND_METER = ("timeout", "crc", "exception")
 KIND_CONTACTOR = ("welded", "stuck_open")
+KIND_COOLING = ("pump", "flow_switch", "flicker")   # boards/sim/plant.py COOLING_FAULT_KINDS
 SETPOINT_MODES = ("auto", "charge", "discharge")   # core/setpoint.py MODE_NAMES
 
 # do -> (required keys, optional keys, key specs). Bare events take no keys.
@@ -67,6 +68,9 @@ EVENTS = {
     "can_restore": _BARE,
     "contactor_fault": (("kind",), (), {"kind": (KIND_CONTACTOR, None, None)}),
     "contactor_restore": _BARE,
+    # boards/sim/plant.py COOLING_EVENTS is an equal copy (the board cannot import this module)
+    "cooling_fault": (("kind",), ("open_s",), {"kind": (KIND_COOLING, None, None), "open_s": ("num", 0.1, 60)}),
+    "cooling_restore": _BARE,
     "reboot": _BARE,
     "config": None,   # any config keys; their values are judged by the controller at run time
 }
@@ -159,6 +163,8 @@ def _check_event(file, index, ev, duration_s, prev_t):
             raise bad(problem)
     if do in ("grid", "grid_ramp") and "voltage_v" not in args and "frequency_hz" not in args:
         raise bad("{} needs voltage_v and/or frequency_hz".format(do))
+    if do == "cooling_fault" and "open_s" in args and args["kind"] != "flicker":
+        raise bad("open_s applies to kind = flicker only")
     return t, do, args
 
 

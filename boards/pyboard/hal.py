@@ -9,6 +9,12 @@ a burst across one PWM period (the highest sample is the pilot high level, the l
 low level); contactor coil output and auxiliary-contact feedback; EVSE temperature from an
 NTC on an ADC; independent watchdog; host link on a UART.
 
+Cooling loop (board.json "cooling"): the pump relay on a pin; its tachometer's pulses are
+counted by a hard pin IRQ into a one-word array (no allocation in the handler) and handed to
+the controller as Inputs.cooling_count, whose changes are what core/cooling.py checks.
+Status LED: the board's four LEDs show core/status_led.py's pattern (on/off: a breathing
+pattern shows as one second on, one off).
+
 Field buses: the HAL only offers the ports (see docs/field-buses.md, "The board's bus
 interface"); the station's meter and CAN tasks (app/meter.py, app/canbus.py) do the Modbus
 and BMS work with the settings in force, so a config_set of METER_BAUD or CAN_BITRATE
@@ -34,6 +40,7 @@ from micropython import const
 
 from board import pins
 from core import config as config_mod
+from core import status_led
 
 BOARD_NAME = 'pyboard'
 # The carrier's contactor and pilot wiring are rated 32 A (board.json repeats this for the host).
@@ -65,6 +72,10 @@ NTC_FAULT_SAMPLES = const(3)      # consecutive bad readings before it counts (o
 # A faulty sensor reads as the highest EVSE_TEMP_LIMIT_C the settings allow, so the thermal
 # stage trips (V2G-009, contactor open) whatever limit is configured.
 EVSE_SENSOR_FAULT_DC = int(config_mod.SCHEMA['EVSE_TEMP_LIMIT_C'][2] * 10)
+
+_COUNT_MASK = const(0x3FFFFFFF)
+# status_led colour -> the LEDs lit, bit i = pyb.LED(i + 1): green, blue, amber, red, cyan
+_LED_BITS = bytes((0b0010, 0b1000, 0b0100, 0b0001, 0b1010))
 
 _RESET_NAMES = {
     machine.PWRON_RESET: 'power_on', machine.HARD_RESET: 'hard_reset',
@@ -279,6 +290,7 @@ class Hal:
         # Outputs first, straight to the safe state, before anything that can fail:
         # contactor open, then the pilot at steady -12 V (state F).
         self.contactor = machine.Pin(pins.CONTACTOR_OUT, machine.Pin.OUT, value=0)
+        self.pump = machine.Pin(pins.COOLING_OUT, machine.Pin.OUT, value=0)
         self.cp_timer = pyb.Timer(pins.CP_TIMER, freq=pins.CP_FREQ_HZ)
         self.cp_ch = self.cp_timer.channel(pins.CP_CHANNEL, pyb.Timer.PWM, pin=pyb.Pin(pins.CP_PWM),
                                            pulse_width=0)
@@ -287,6 +299,12 @@ class Hal:
         de = machine.Pin(pins.RS485_DE, machine.Pin.OUT, value=0)
         # inputs
         self.contactor_fb = machine.Pin(pins.CONTACTOR_FB, machine.Pin.IN, machine.Pin.PULL_UP)
+        self.tach_count = array('L', [0])
+        self.tach = machine.Pin(pins.COOLING_TACH, machine.Pin.IN, machine.Pin.PULL_UP)
+        self.tach.irq(handler=self._tach_pulse, trigger=machine.Pin.IRQ_FALLING, hard=True)
+        self.leds = [pyb.LED(i + 1) for i in range(pins.LED_COUNT)]
+        self.led_bits = -1
+        self.station = None          # for the status LED: whether an update is in progress
         self.cp_adc = pyb.ADC(pins.CP_ADC)
         self.pp_adc = pyb.ADC(pins.PP_ADC)
         self.temp_adc = pyb.ADC(pins.TEMP_ADC)
@@ -347,6 +365,11 @@ class Hal:
 
     # -- inputs ---------------------------------------------------------------------------
 
+    def _tach_pulse(self, pin):
+        # hard IRQ: small-int arithmetic on a preallocated array only
+        c = self.tach_count
+        c[0] = (c[0] + 1) & _COUNT_MASK
+
     def _pilot(self, inputs):
         self.cp_adc.read_timed(self.cp_buf, self.adc_timer)
         lo = 4095
@@ -400,6 +423,7 @@ class Hal:
         inputs.pp_limit_a = self._pp_limit_a()
         inputs.contactor_closed = self.contactor_fb.value() == 0
         inputs.evse_temp_dc = self._evse_temp_dc()
+        inputs.cooling_count = self.tach_count[0]
 
     # -- outputs --------------------------------------------------------------------------
 
@@ -408,15 +432,34 @@ class Hal:
             self.pwm_pm = pwm_pm
             self.cp_ch.pulse_width(self.cp_period * pwm_pm // 1000)
 
+    def attach_station(self, station):
+        self.station = station
+
     def apply(self, outputs, now_ms):
         self._set_pwm(outputs.pwm_pm)
         self.contactor.value(1 if outputs.contactor else 0)
+        self.pump.value(1 if outputs.cooling else 0)
+        st = self.station
+        p = status_led.select(outputs.mode, outputs.errors, st is not None and st.update.busy)
+        self._leds(_LED_BITS[status_led.COLOR[p]] if status_led.lit(p, now_ms) else 0)
+
+    def _leds(self, bits):
+        if bits == self.led_bits:
+            return
+        self.led_bits = bits
+        for i in range(pins.LED_COUNT):
+            if bits & (1 << i):
+                self.leds[i].on()
+            else:
+                self.leds[i].off()
 
     def safe_state(self):
-        """Contactor open, pilot at steady -12 V (state F)."""
+        """Contactor open, pilot at steady -12 V (state F), pump off (no current flows), red LED."""
         self.contactor.value(0)
         self.pwm_pm = -1
         self._set_pwm(0)
+        self.pump.value(0)
+        self._leds(_LED_BITS[status_led.RED])
 
     # -- energy and statistics --------------------------------------------------------------
 

@@ -37,4 +37,14 @@ LINK_BAUD = const(115200)
 # EVSE power stage temperature: NTC divider on ADC X11.
 TEMP_ADC = 'X11'
 
+# Cooling loop: the pump's relay driver on Y11 (high = run); the pump's tachometer (open
+# collector, two pulses per revolution) on Y12 with the pull-up, counted on each falling
+# edge by a pin IRQ. A flow switch wired to Y12 instead counts once per closure.
+COOLING_OUT = 'Y11'
+COOLING_TACH = 'Y12'
+
+# Status LED: the pyboard's own LEDs (pyb.LED 1 red, 2 green, 3 yellow = amber, 4 blue);
+# cyan is green and blue together.
+LED_COUNT = const(4)
+
 WDT_TIMEOUT_MS = const(2000)

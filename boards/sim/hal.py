@@ -27,6 +27,7 @@ from board.ev_can import PlantBms
 from board.plant import PLANT_EVENTS, Plant
 from app import storage
 from core import setpoint as SP
+from core import status_led
 from core.checks import type_problem
 
 BOARD_NAME = 'sim'
@@ -290,6 +291,9 @@ class Hal:
         self.station = None          # the station the plant port plays the host for
         self.host_txns = 0           # txns made up for host events that carry none
         self.heartbeat_lost = storage.exists(HB_LOST_FILE)
+        # the status LED the board would show (core/status_led.py): pattern and brightness
+        self.led = status_led.IDLE
+        self.led_level = 0
 
     # -- time, watchdog, reset ------------------------------------------------------------
 
@@ -348,7 +352,12 @@ class Hal:
         return (json.dumps({'meter_sim': vals}) + '\n').encode()
 
     def apply(self, outputs, now_ms):
+        """The plant takes the outputs at its next step (contactor, pilot, request, pump);
+        the status LED follows the controller's mode, its errors and the installer."""
         self.outputs = outputs
+        st = self.station
+        self.led = status_led.select(outputs.mode, outputs.errors, st is not None and st.update.busy)
+        self.led_level = status_led.level(self.led, now_ms)
 
     def safe_state(self):
         """Contactor open, pilot to state F, no discharge request."""
@@ -502,4 +511,6 @@ class Hal:
         p = self.plant
         return {'cp': p.cp_state(), 'soc_pm': p.soc_pm(), 'ma': p.ev_ma, 'grid_mv': p.grid_mv,
                 'grid_mhz': p.grid_mhz, 'contactor': p.contactor_closed,
-                'e_in_wh': self.energy_in_wh(), 'e_out_wh': self.energy_out_wh()}
+                'e_in_wh': self.energy_in_wh(), 'e_out_wh': self.energy_out_wh(),
+            'pump': p.pump_running(), 'flow_switch': p.flow_switch(p.now_ms), 'evse_dc': p.evse_temp_dc,
+            'led': status_led.NAMES[self.led], 'led_level': self.led_level}

@@ -17,6 +17,20 @@ allowance, through a first-order lag (EV_TAU_MS). Discharge needs a V2G-capable 
 negative CAN request and a CAN link that works. With CAN lost the EV neither hears
 requests nor discharges; it charges at the pilot limit as a plain IEC 61851 vehicle.
 The battery is lossless: the energy through the meter is the energy in the battery.
+
+Cooling loop: the pump runs while the controller commands it (Outputs.cooling); coolant
+flows PUMP_SPINUP_MS after it starts, and the flow switch closes while it flows. The
+controller's feedback count (Inputs.cooling_count) counts the steps with the switch closed,
+as a board with a flow switch does. The power stage's temperature is the temperature the
+working loop holds it at (`evse_temp` sets it; 25 C by default) plus a rise: without flow
+the stage heats towards UNCOOLED_RISE_MDC_AT_16A x (I / 16 A)^2 with the coolant's time
+constant TAU_STILL_MS (minutes); with flow the rise decays to 0 within TAU_FLOW_MS. So
+16 A uncooled settles 15 C above, 32 A uncooled heads for 60 C above (from 25 C past the
+default 65 C derate point in about 4.5 minutes), and a working loop keeps the stage where
+`evse_temp` put it.
+Faults (`cooling_fault`): `pump` (the pump does not run: no flow, no feedback),
+`flow_switch` (coolant flows, the switch stays open), `flicker` (coolant flows, the switch
+drops out for `open_s`, 2 s by default, then closes for FLICKER_CLOSED_MS, over and over).
 """
 
 try:
@@ -43,6 +57,15 @@ CP_NEG = const(-12000)
 CP_FAULT_KINDS = ('short', 'diode', 'open')
 METER_FAULT_KINDS = ('timeout', 'crc', 'exception')
 CONTACTOR_FAULT_KINDS = ('welded', 'stuck_open')
+COOLING_FAULT_KINDS = ('pump', 'flow_switch', 'flicker')
+
+PUMP_SPINUP_MS = const(1000)      # from the pump's start to flow at the switch
+FLICKER_OPEN_MS = const(2000)     # a flickering switch: open this long (open_s overrides) ...
+FLICKER_CLOSED_MS = const(300)    # ... then closed this long
+UNCOOLED_RISE_MDC_AT_16A = const(15000)   # stage rise without flow at 16 A, 0.001 C (_cooling)
+TAU_STILL_MS = const(240000)      # coolant standing: the stage heats and cools over minutes
+TAU_FLOW_MS = const(60000)        # coolant flowing carries the rise away faster
+_COUNT_MASK = const(0x3FFFFFFF)
 
 _NOMINAL_HZ = {
     'EN50549_50HZ': 50,
@@ -113,11 +136,40 @@ RANGES = {
     'c': (-40, 150),
 }
 
+# The cooling events' keys, with the same words as the scenario validator
+# (host_tools/scenario.py EVENTS holds an equal copy; a host test keeps them equal).
+COOLING_EVENTS = {
+    'cooling_fault': (('kind',), ('open_s',), {'kind': (COOLING_FAULT_KINDS, None, None),
+                                               'open_s': ('num', 0.1, 60)}),
+    'cooling_restore': ((), (), {}),
+}
+
+
+def cooling_event_problem(do, args):
+    """What is wrong with a cooling event's keys, as the scenario validator words it; None if fine."""
+    from core.checks import type_problem
+    required, optional, specs = COOLING_EVENTS[do]
+    for key in args:
+        if key not in required and key not in optional:
+            return 'unknown key {!r} (allowed: {})'.format(key, ', '.join(required + optional) or 'none')
+    for key in required:
+        if key not in args:
+            return 'missing key {!r}'.format(key)
+    for key in args:
+        problem = type_problem(key, args[key], specs[key])
+        if problem:
+            return problem
+    if 'open_s' in args and args.get('kind') != 'flicker':
+        return 'open_s applies to kind = flicker only'
+    return None
+
+
 # Events the plant itself acts on; the rest (setpoint, limit, heartbeat, reboot, config)
 # concern the host and the controller and are handled by the scenario driver.
 PLANT_EVENTS = ('plug', 'unplug', 'ev_ready', 'ev_pause', 'ev_ventilation', 'cp_fault', 'cp_restore',
                 'grid', 'grid_ramp', 'battery_temp', 'evse_temp', 'meter_fault', 'meter_restore',
-                'can_loss', 'can_restore', 'contactor_fault', 'contactor_restore')
+                'can_loss', 'can_restore', 'contactor_fault', 'contactor_restore', 'cooling_fault',
+                'cooling_restore')
 
 
 class _Ramp:
@@ -180,6 +232,15 @@ class Plant:
         self.f_ramp = _Ramp()
         # --- station ---
         self.evse_temp_dc = scaled(ev.get('evse_temp_c', 25.0), 10) if 'evse_temp_c' in ev else 250
+        self.held_dc = self.evse_temp_dc   # what the working cooling loop holds the stage at
+        self.rise_mdc = 0                  # the stage above it, 0.001 C
+        self.rise_rem = 0                  # remainder of the integration (no drift)
+        self.pump_cmd = False
+        self.pump_ran = False              # the pump was running at the last step
+        self.pump_on_ms = 0                # when the pump started running
+        self.cooling_fault = None          # None or one of COOLING_FAULT_KINDS
+        self.cooling_fault_ms = 0
+        self.flicker_open_ms = FLICKER_OPEN_MS
         self.meter_poll_ms = int(config.get('METER_POLL_MS', 500))
         # --- dynamic state ---
         self.plugged = False
@@ -294,7 +355,20 @@ class Plant:
         elif do == 'evse_temp':
             _check(args, ('c',))
             lo, hi = RANGES['c']
-            self.evse_temp_dc = _num(args, 'c', lo, hi, 10)
+            self.held_dc = _num(args, 'c', lo, hi, 10)
+            self.evse_temp_dc = self.held_dc + self.rise_mdc // 100
+        elif do in COOLING_EVENTS:
+            problem = cooling_event_problem(do, args)
+            if problem:
+                raise ValueError(problem)
+            if do == 'cooling_restore':
+                self.cooling_fault = None
+            else:
+                self.cooling_fault = args['kind']
+                self.cooling_fault_ms = now_ms
+                self.flicker_open_ms = scaled(args.get('open_s', FLICKER_OPEN_MS / 1000), 1000)
+                if self.cooling_fault == 'pump':
+                    self.pump_ran = False      # it stops now: no flow from here on
         else:
             raise ValueError('unknown plant event {!r}'.format(do))
 
@@ -411,7 +485,47 @@ class Plant:
             else:
                 self.ev_ma -= d
         self._energy(dt_ms)
+        self._cooling(now_ms, dt_ms, getattr(outputs, 'cooling', False))
         self.now_ms = end
+
+    # ---------------------------------------------------------------- cooling loop
+    def pump_running(self):
+        return self.pump_cmd and self.cooling_fault != 'pump'
+
+    def flowing(self, now_ms):
+        # the pump as it ran at the last step (a restored pump starts at the next one)
+        return self.pump_ran and now_ms - self.pump_on_ms >= PUMP_SPINUP_MS
+
+    def flow_switch(self, now_ms):
+        """The flow switch: closed while coolant flows, unless it is faulted."""
+        if not self.flowing(now_ms) or self.cooling_fault == 'flow_switch':
+            return False
+        if self.cooling_fault == 'flicker':
+            cycle = self.flicker_open_ms + FLICKER_CLOSED_MS
+            return (now_ms - self.cooling_fault_ms) % cycle >= self.flicker_open_ms
+        return True
+
+    def _cooling(self, now_ms, dt_ms, cmd):
+        self.pump_cmd = cmd
+        running = self.pump_running()
+        if running and not self.pump_ran:
+            self.pump_on_ms = now_ms       # started, or restored after a pump fault: spins up
+        self.pump_ran = running
+        if self.flowing(now_ms):
+            target = 0
+            tau = TAU_FLOW_MS
+        else:
+            da = self.ev_ma // 100 if self.ev_ma >= 0 else -self.ev_ma // 100   # 0.1 A
+            # UNCOOLED_RISE_MDC_AT_16A * (da / 160)^2, reduced (15000 / 25600 = 75 / 128) so
+            # that 80 A stays a small int
+            target = da * da * 75 // 128
+            tau = TAU_STILL_MS
+        # first order, integrated exactly in integers: the remainder carries to the next step
+        num = (target - self.rise_mdc) * dt_ms + self.rise_rem
+        d = num // tau
+        self.rise_rem = num - d * tau
+        self.rise_mdc += d
+        self.evse_temp_dc = self.held_dc + self.rise_mdc // 100
 
     def _contactor(self, now_ms, cmd):
         if cmd != self.contactor_cmd:
@@ -479,6 +593,8 @@ class Plant:
         inp.meter_mv = self.meter_mv
         inp.meter_mhz = self.meter_mhz
         inp.evse_temp_dc = self.evse_temp_dc
+        if self.flow_switch(now_ms):
+            inp.cooling_count = (inp.cooling_count + 1) & _COUNT_MASK
         # BMS status frames every BMS_PERIOD_MS while the bus works and an EV is connected
         if self.plugged and not self.can_lost and now_ms >= self.bms_next_ms:
             self.bms_next_ms = now_ms + BMS_PERIOD_MS

@@ -27,6 +27,7 @@ from core import config as cfgmod
 from core import controller as ctlmod
 from core import errors
 from core import grid as gridmod
+from core import status_led
 
 from board import plant as plantmod
 
@@ -176,7 +177,7 @@ class Run:
         self.soc_start_pm = self.plant.soc_pm()
         self.battery_start_mwh = self.plant.energy_mwh
         # last tick values, compared as ints/strings at the written precision
-        self._last = [None] * 18
+        self._last = [None] * 21
         self._last_tick_ms = -TICK_MAX_MS
         self._mode = None
         self._cp = None
@@ -296,7 +297,9 @@ class Run:
                out.limit_charge_src, out.limit_discharge_src, p.soc_pm(), out.mode,
                self._v2g_available(out), rdiv(p.grid_mv, 100), p.grid_mhz,
                p.evse_temp_dc, p.battery_temp_dc, out.errors, rdiv(out.request_ma, 100),
-               out.discharge_capacity_wh)
+               out.discharge_capacity_wh, out.cooling_state,
+               status_led.select(out.mode, out.errors, False),   # no update runs in a scenario
+               p.pump_running())
         changed = now - self._last_tick_ms >= TICK_MAX_MS
         for i in range(len(new)):
             if vals[i] != new[i]:
@@ -311,11 +314,13 @@ class Run:
             '"amps": %s, "limit_charge_a": %s, "limit_discharge_a": %s, "limit_charge_src": "%s", '
             '"limit_discharge_src": "%s", "soc_pct": %s, "mode": "%s", "v2g_available": %s, '
             '"grid_v": %s, "grid_hz": %s, "evse_temp_c": %s, "battery_temp_c": %s, '
-            '"request_a": %s, "discharge_capacity_wh": %d, "errors": [%s]}' % (
+            '"request_a": %s, "discharge_capacity_wh": %d, "cooling": "%s", "pump": %s, "led": "%s", '
+            '"errors": [%s]}' % (
                 now, new[0], dec(new[1], 1), 'true' if new[2] else 'false', dec(new[3], 1),
                 dec(new[4], 1), dec(new[5], 1), new[6], new[7], dec(new[8], 1), new[9],
                 'true' if new[10] else 'false', dec(new[11], 1), dec(new[12], 3),
-                dec(new[13], 1), dec(new[14], 1), dec(new[16], 1), new[17],
+                dec(new[13], 1), dec(new[14], 1), dec(new[16], 1), new[17], new[18],
+                'true' if new[20] else 'false', status_led.NAMES[new[19]],
                 ', '.join('"%s"' % c for c in errs)))
 
     def sample_heap(self):

@@ -8,6 +8,7 @@ this module only carries data and keeps what must survive a reset in storage.
 from core import config as config_mod
 from core import errors
 from core import link as L
+from core import status_led
 from core import ticks
 from core.controller import Controller, Inputs
 from core.grid import GridProtection
@@ -46,7 +47,8 @@ def load_config(board_limits):
     except Exception as e:   # noqa: BLE001 - whatever is wrong with the file, boot on safe values
         cfg, note = config_mod.refused_file(raw, board_limits)
         problem = str(e) or type(e).__name__
-        return cfg, problem + ('; ' + note if note else ''), set()
+        # what is in force first: an event's text is bounded and the parse error can be long
+        return cfg, (note + '; ' if note else '') + problem, set()
     return cfg, None, set(data)
 
 
@@ -109,7 +111,7 @@ class Station:
         self.next_save_ms = ticks.add(now_ms, SAVE_EVERY_MS)
         if cfg_problem:
             self.ctl.log.append(now_ms, 'V2G-400', True,
-                                'settings file refused, defaults in force: ' + cfg_problem)
+                                'settings file refused: ' + cfg_problem)
         # the installer: reports a reverted trial (V2G-603) and the running firmware's version
         self.update = Updater(hal.BOARD_NAME, log=self.ctl.log, now_ms=now_ms, hal=hal, ctl=self.ctl,
                               fw_version=FW_VERSION,
@@ -361,6 +363,8 @@ class Station:
             'lim_dis_ma': out.limit_discharge_ma, 'lim_dis_src': out.limit_discharge_src,
             'req_ma': out.request_ma, 'errors': errors.active(out.errors),
             'e_in_wh': e_in, 'e_out_wh': e_out, 'dis_cap_wh': out.discharge_capacity_wh,
+            'cool': out.cooling_state,
+            'led': status_led.NAMES[status_led.select(out.mode, out.errors, self.update.busy)],
         })
         if len(self.tel_samples) >= self.tel_batch:
             self.send_tel(self.tel_samples)

@@ -75,6 +75,7 @@ LIMIT_CHARGE_SRC_PILOT = const(8)
 LIMIT_CHARGE_SRC_HOST = const(9)
 LIMIT_CHARGE_SRC_METER = const(10)
 LIMIT_CHARGE_SRC_CONFIG = const(11)
+LIMIT_CHARGE_SRC_COOLING = const(12)
 LIMIT_CHARGE_SRC_NAMES = (
     "none",
     "station",
@@ -88,6 +89,7 @@ LIMIT_CHARGE_SRC_NAMES = (
     "host",
     "meter",
     "config",
+    "cooling",
 )
 
 LIMIT_DISCHARGE_SRC_NONE = const(0)
@@ -102,6 +104,7 @@ LIMIT_DISCHARGE_SRC_PILOT = const(8)
 LIMIT_DISCHARGE_SRC_HOST = const(9)
 LIMIT_DISCHARGE_SRC_METER = const(10)
 LIMIT_DISCHARGE_SRC_CONFIG = const(11)
+LIMIT_DISCHARGE_SRC_COOLING = const(12)
 LIMIT_DISCHARGE_SRC_NAMES = (
     "none",
     "station",
@@ -115,6 +118,7 @@ LIMIT_DISCHARGE_SRC_NAMES = (
     "host",
     "meter",
     "config",
+    "cooling",
 )
 
 

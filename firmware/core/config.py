@@ -58,6 +58,10 @@ SCHEMA = {
     'CAN_BITRATE': (CHOICE, (125000, 250000, 500000, 1000000), None, 500000, 'bit/s'),
     'CAN_TIMEOUT_MS': (INT, 100, 10000, 1000, 'ms'),
     'HOST_LATENCY_WARN_MS': (INT, 10, 5000, 100, 'ms'),
+    'COOLING_ON_AMPS': (NUM, 0, 80, 16, 'A'),
+    'COOLING_ON_TEMP_C': (NUM, 20, 90, 50, 'C'),
+    'COOLING_FEEDBACK_S': (NUM, 1, 30, 5, 's'),
+    'COOLING_UNCOOLED_AMPS': (NUM, 0, 80, 16, 'A'),
     # Additions to the spec's table: the grid profile's enter-service delay and ramp, for
     # commissioning and tests. null keeps the standard's value (IEEE 1547: 300 s and 300 s).
     'GRID_ENTER_SERVICE_DELAY_S': (OPTNUM, 0, 600, None, 's'),
@@ -78,6 +82,8 @@ SCALE = {
     'BATTERY_TEMP_LIMIT_C': 10, 'THERMAL_HYSTERESIS_C': 10,
     'METER_STALE_S': 1000,
     'GRID_ENTER_SERVICE_DELAY_S': 1000, 'GRID_RAMP_S': 1000,
+    'COOLING_ON_AMPS': 1000, 'COOLING_ON_TEMP_C': 10, 'COOLING_FEEDBACK_S': 1000,
+    'COOLING_UNCOOLED_AMPS': 1000,
 }
 
 # Safety limits a refused settings file may still tighten (docs/settings.md, "A file refused
@@ -85,7 +91,8 @@ SCALE = {
 STRICTER_HIGHER = ('MIN_SOC_THRESHOLD', 'RESERVE_MARGIN', 'THERMAL_HYSTERESIS_C')
 # ... and the lower for these
 STRICTER_LOWER = ('MAX_CHARGE_AMPS', 'MAX_DISCHARGE_AMPS', 'EVSE_TEMP_DERATE_C', 'EVSE_TEMP_LIMIT_C',
-                  'BATTERY_TEMP_DERATE_C', 'BATTERY_TEMP_LIMIT_C')
+                  'BATTERY_TEMP_DERATE_C', 'BATTERY_TEMP_LIMIT_C', 'COOLING_FEEDBACK_S',
+                  'COOLING_UNCOOLED_AMPS')
 
 
 def _epsilon():
@@ -110,6 +117,12 @@ PROFILE_NOMINAL_MHZ = {
 
 # board keys that are not settings
 BOARD_DISCHARGE_SEPARATE = 'discharge_rated_separately'
+BOARD_COOLING = 'cooling'      # False: the board has no cooling loop (its board file says so)
+
+
+NOTE_NO_COOLING = ('COOLING_ON_AMPS, COOLING_ON_TEMP_C, COOLING_FEEDBACK_S, COOLING_UNCOOLED_AMPS: '
+                   'this board has no cooling loop (its board file says so): the settings are '
+                   'kept and have no effect')
 
 
 class ConfigError(ValueError):
@@ -583,13 +596,21 @@ class Config:
         self.latency_warn_ms = v['HOST_LATENCY_WARN_MS']
         self.grid_enter_service_ms = _milli(v, 'GRID_ENTER_SERVICE_DELAY_S')
         self.grid_ramp_ms = _milli(v, 'GRID_RAMP_S')
+        self.cooling = not board or board.get(BOARD_COOLING, True) is not False
+        self.cooling_on_ma = _milli(v, 'COOLING_ON_AMPS')
+        self.cooling_on_dc = _milli(v, 'COOLING_ON_TEMP_C')
+        self.cooling_feedback_ms = _milli(v, 'COOLING_FEEDBACK_S')
+        self.cooling_uncooled_ma = _milli(v, 'COOLING_UNCOOLED_AMPS')
 
     def notes(self, step_ms=50):
         """Warnings, as text, about settings that are taken but do less than they read: a meter
         poll slower than the grid profile's fastest clearing time, a droop or deadband outside
         the profile's range (applied clamped). [] when none. Not refusals: docs/settings.md."""
         from core.grid import config_notes   # here: config itself stays free of the grid code
-        return config_notes(self, step_ms)
+        notes = config_notes(self, step_ms)
+        if not self.cooling:
+            notes.append(NOTE_NO_COOLING)
+        return notes
 
     def get(self, key):
         return self.values[key]

@@ -14,6 +14,9 @@ Safety rules enforced here (shared spec errors.md):
 - without host heartbeat: charge-only, discharge forbidden until the host is
   back AND a fresh command arrived.
 - no discharge with a stale meter, missing BMS frames, or SoC at the floor.
+- cooling commanded and silent for COOLING_FEEDBACK_S (V2G-013): discharging above
+  COOLING_UNCOOLED_AMPS opens the contactor (hard fault), otherwise both directions are
+  derated to it; latched until the loop works again (core/cooling.py).
 Every failure path names its safe state (SAFE_* below) in the event message.
 """
 import json
@@ -25,6 +28,7 @@ from core import errors as E
 from core import limits as L
 from core import pilot as P
 from core import setpoint as S
+from core.cooling import Cooling, EV_CLEARED, EV_DERATED, EV_TRIPPED
 from core.eventlog import EventLog
 from core.journal import Journal
 from core.thermal import Derate
@@ -39,6 +43,8 @@ SAFE_NO_TRANSFER = 'contactor open, no energy transfer'
 SAFE_CHARGE_ONLY = 'charge-only: discharge forbidden, charging continues at the pilot limit'
 SAFE_NO_DISCHARGE = 'discharge forbidden, charging continues at the pilot limit'
 SAFE_DERATED = 'current derated, stopped at the limit'
+SAFE_COOLING_TRIP = 'contactor open, session ended, no transfer until the cooling loop works again'
+SAFE_COOLING_DERATE = 'both directions derated to COOLING_UNCOOLED_AMPS until the cooling loop works again'
 
 PILOT_DEBOUNCE_SAMPLES = const(3)   # 150 ms before a change towards energy counts
 DIODE_SAMPLES = const(2)            # consecutive low-side readings without the diode
@@ -134,6 +140,9 @@ class Inputs:
         self.bms_max_charge_ma = 0
         self.bms_max_discharge_ma = 0
         self.bms_capacity_wh = 0
+        # free-running count of cooling feedback: tachometer pulses, or steps with the flow
+        # switch closed; only its changes matter (core/cooling.py)
+        self.cooling_count = 0
 
 
 class Outputs:
@@ -157,6 +166,8 @@ class Outputs:
         self.v2g_available = False
         self.discharge_capacity_wh = 0
         self.direction = 0              # setpoint: 1 charge, -1 discharge, 0 hold
+        self.cooling = False            # pump / fan command
+        self.cooling_state = 'none'     # core.cooling.STATE_NAMES
 
 
 class Controller:
@@ -171,6 +182,8 @@ class Controller:
         self.evse_thermal = Derate(cfg.evse_derate_dc, cfg.evse_limit_dc, cfg.hysteresis_dc)
         self.batt_thermal = Derate(cfg.batt_derate_dc, cfg.batt_limit_dc, cfg.hysteresis_dc)
         self.setpoint = S.Setpoint(cfg.floor_pm, cfg.available_margin_pm)
+        self.cooling = Cooling(cfg.cooling, cfg.cooling_on_ma, cfg.cooling_on_dc, cfg.cooling_feedback_ms,
+                               cfg.cooling_uncooled_ma)
         self.journal = Journal()
         self.log = EventLog()
         self._events = []
@@ -277,6 +290,8 @@ class Controller:
         self.evse_thermal.configure(cfg.evse_derate_dc, cfg.evse_limit_dc, cfg.hysteresis_dc)
         self.batt_thermal.configure(cfg.batt_derate_dc, cfg.batt_limit_dc, cfg.hysteresis_dc)
         self.setpoint.configure(cfg.floor_pm, cfg.available_margin_pm)
+        self.cooling.configure(cfg.cooling, cfg.cooling_on_ma, cfg.cooling_on_dc, cfg.cooling_feedback_ms,
+                               cfg.cooling_uncooled_ma)
         if self.grid is not None and old is not cfg and hasattr(self.grid, 'reconfigure'):
             try:
                 if old.values['GRID_PROFILE'] != cfg.values['GRID_PROFILE']:
@@ -384,6 +399,14 @@ class Controller:
         # ---- thermal
         self._thermal(now_ms, inp, bms_fresh)
 
+        # ---- cooling loop: the current decides derate or hard fault (the last request when
+        # the meter is stale); the request starts the pump before the current has ramped up
+        cl = self.cooling
+        cev = cl.step(now_ms, o.request_ma if meter_stale else inp.meter_ma, o.request_ma,
+                      inp.evse_temp_dc, inp.cooling_count)
+        if cev:
+            self._cooling_event(now_ms, cev)
+
         # ---- setpoint direction
         soc_known = bms_fresh
         soc = inp.bms_soc_pm
@@ -442,7 +465,8 @@ class Controller:
         lim.set_discharge(L.FLOOR, 0 if (soc_known and (soc <= sp.floor_pm or not sp.available))
                           else L.NO_LIMIT)
         lim.set_discharge(L.CHARGE_ONLY, 0 if self.cmd_charge_only else L.NO_LIMIT)
-        faulted = pfault or self.weld or vent_fault
+        lim.set_both(L.COOLING, cl.limit_ma, cl.limit_ma)
+        faulted = pfault or self.weld or vent_fault or cl.tripped
         if faulted or self.grid_trip:
             lim.set_both(L.FAULT, 0, 0)
         else:
@@ -583,6 +607,8 @@ class Controller:
         o.v2g_available = sp.available and soc_known
         o.discharge_capacity_wh = sp.capacity_wh(soc, inp.bms_capacity_wh) if soc_known else 0
         o.direction = direction
+        o.cooling = cl.cmd
+        o.cooling_state = cl.name()
         return o
 
     # ------------------------------------------------------------ step parts
@@ -674,6 +700,22 @@ class Controller:
             else:
                 self._emit_thermal(now, False, 'battery temperature {} below limit {} - hysteresis {}: resume'.format(
                     _c(inp.bms_temp_dc), _c(cfg.batt_limit_dc), _c(cfg.hysteresis_dc)))
+
+    def _cooling_event(self, now, ev):
+        cl = self.cooling
+        cfg = self.cfg
+        if ev == EV_CLEARED:
+            self._clear(now, E.E013, 'cooling feedback back for {} (COOLING_FEEDBACK_S): loop works, limits '
+                        'restored'.format(_s(cfg.cooling_feedback_ms)))
+            return
+        why = 'cooling commanded and no feedback for {} (COOLING_FEEDBACK_S {})'.format(
+            _s(cl.silent_ms), _s(cfg.cooling_feedback_ms))
+        if ev == EV_TRIPPED:
+            self._raise(now, E.E013, '{} while discharging {} above COOLING_UNCOOLED_AMPS {}: {}'.format(
+                why, _a(-cl.fault_ma), _a(cfg.cooling_uncooled_ma), SAFE_COOLING_TRIP))
+        elif ev == EV_DERATED:
+            self._raise(now, E.E013, '{} at {}: {} ({})'.format(
+                why, _a(cl.fault_ma), SAFE_COOLING_DERATE, _a(cfg.cooling_uncooled_ma)))
 
     def _emit_thermal(self, now, on, msg):
         # one code for both sensors: raised while either is tripped
@@ -921,6 +963,7 @@ class Controller:
             'v2g_available': o.v2g_available, 'discharge_capacity_wh': o.discharge_capacity_wh,
             'heartbeat_lost': self.hb_lost, 'charge_only': self.fallback or self.cmd_charge_only,
             'stopped': self.stopped, 'contactor_fault': self.weld, 'cfg_hash': self.cfg.config_hash(),
+            'cooling': o.cooling_state,
         }
 
 

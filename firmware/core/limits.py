@@ -22,10 +22,11 @@ FLOOR = const(10)      # SoC at the reserve floor
 CHARGE_ONLY = const(11)  # charge-only mode asked by the host
 FAULT = const(12)      # a fault forbids any transfer
 PILOT = const(13)      # below what the pilot can offer (6 A)
-N_SOURCES = const(14)
+COOLING = const(14)    # cooling loop failed: the uncooled rating (V2G-013)
+N_SOURCES = const(15)
 
 SOURCES = ('station', 'cable', 'bms', 'thermal', 'grid', 'csms', 'setpoint',
-           'heartbeat', 'meter', 'can', 'floor', 'charge_only', 'fault', 'pilot')
+           'heartbeat', 'meter', 'can', 'floor', 'charge_only', 'fault', 'pilot', 'cooling')
 
 
 class Limits:

@@ -15,7 +15,8 @@ E_MV = 0
 
 class Rig:
     """Controller plus a minimal obedient plant: the contactor follows its command,
-    the vehicle draws what is asked."""
+    the vehicle draws what is asked, the cooling pump runs when commanded (its tachometer
+    counts) unless pump_ok is False."""
 
     def __init__(self, changes=None, soc_pm=800):
         self.cfg = config.validate(changes or {})
@@ -40,6 +41,7 @@ class Rig:
         self.hb = True
         self.feedback_follows = True
         self.welded = False
+        self.pump_ok = True
         self.o = None
         self.n = 0
 
@@ -56,6 +58,8 @@ class Rig:
             elif self.feedback_follows:
                 i.contactor_closed = o.contactor
             i.meter_ma = o.request_ma if i.contactor_closed else 0
+            if o.cooling and self.pump_ok:
+                i.cooling_count += 3
             self.o = o
         return self.o
 
@@ -888,3 +892,100 @@ def test_config_set_answer_carries_the_notes_on_what_the_settings_cannot_do():
     assert ok and any('METER_POLL_MS 500' in n for n in data['notes'])
     ok, _, _, data = r.cmd('n2', 'config_set', {'METER_POLL_MS': 100})
     assert ok and not any('exceeds' in n for n in data['notes'])
+
+
+# -- cooling loop (V2G-013) --------------------------------------------------------------------
+
+FB_STEPS = 5000 // CONTROL_PERIOD_MS + 2     # COOLING_FEEDBACK_S and the step that sees the silence
+
+
+def test_pump_fails_while_discharging_above_the_uncooled_rating_is_a_hard_fault():
+    r = Rig()
+    r.charging()
+    assert r.cmd('cd1', 'soc_target', {'soc_pct': 40})[0]
+    r.until(lambda o: o.request_ma == -32000)
+    assert r.o.cooling and r.o.cooling_state == 'running'
+    r.events()
+    r.pump_ok = False
+    n = r.until(lambda o: o.errors & E.E013, limit=FB_STEPS + 5)
+    assert FB_STEPS - 2 <= n <= FB_STEPS
+    o = r.o
+    # the step that finds it opens the contactor: session ended, nothing in either direction
+    assert not o.contactor and o.request_ma == 0 and o.mode == 'fault'
+    assert o.limit_charge_ma == 0 and o.limit_discharge_ma == 0 and o.cooling_state == 'tripped'
+    ev = r.events()
+    assert [e[1] for e in ev] == ['V2G-013']
+    assert 'discharging 32.0 A above COOLING_UNCOOLED_AMPS 16.0 A' in ev[0][3] and 'contactor open' in ev[0][3]
+    # latched: the pump stays commanded, the station stays open while the loop is down
+    o = r.step(2000)
+    assert not o.contactor and o.cooling and 'V2G-013' in r.codes()
+    # the pump is back: cleared after COOLING_FEEDBACK_S of feedback, the discharge resumes
+    r.pump_ok = True
+    r.until(lambda o: not o.errors & E.E013, limit=FB_STEPS + 5)
+    assert [e[2] for e in r.events()] == [False]
+    r.until(lambda o: o.request_ma == -32000)
+    assert r.o.contactor and r.o.mode == 'discharging'
+
+
+def test_pump_fails_while_charging_derates_to_the_uncooled_rating():
+    r = Rig()
+    r.charging()
+    assert r.o.request_ma == 32000 and r.o.cooling
+    r.pump_ok = False
+    r.until(lambda o: o.errors & E.E013, limit=FB_STEPS + 5)
+    o = r.o
+    assert o.contactor and o.request_ma == 16000 and o.mode == 'charging'
+    assert o.limit_charge_ma == 16000 and o.limit_charge_src == 'cooling'
+    assert o.limit_discharge_ma == 16000 and o.limit_discharge_src == 'cooling'
+    assert 'both directions derated' in r.events()[0][3]
+    # a discharge asked now stays within the uncooled rating: no hard fault
+    assert r.cmd('cd2', 'soc_target', {'soc_pct': 40})[0]
+    r.until(lambda o: o.request_ma == -16000)
+    o = r.step(400)
+    assert o.contactor and o.request_ma == -16000 and o.cooling_state == 'derated'
+    r.pump_ok = True
+    r.until(lambda o: not o.errors & E.E013, limit=FB_STEPS + 5)
+    r.until(lambda o: o.request_ma == -32000)
+
+
+def test_low_current_needs_no_cooling():
+    r = Rig({'MAX_CHARGE_AMPS': 10, 'MAX_DISCHARGE_AMPS': 10})
+    r.pump_ok = False
+    r.charging()
+    assert r.cmd('cd3', 'soc_target', {'soc_pct': 40})[0]
+    o = r.step(600)
+    assert o.request_ma == -10000 and not o.cooling and o.cooling_state == 'off' and r.codes() == []
+    # hot stage: the temperature commands the pump, and at 10 A its failure is a derate
+    r.i.evse_temp_dc = 520
+    r.until(lambda o: o.errors & E.E013, limit=FB_STEPS + 5)
+    assert r.o.contactor and r.o.request_ma == -10000 and r.o.cooling_state == 'derated'
+
+
+def test_board_without_cooling_never_faults():
+    r = Rig()
+    r.cfg = config.validate({}, board={'cooling': False})
+    r.c.apply_config(r.cfg)
+    r.pump_ok = False
+    r.charging()
+    assert r.cmd('cd4', 'soc_target', {'soc_pct': 40})[0]
+    o = r.step(600)
+    assert o.request_ma == -32000 and not o.cooling and o.cooling_state == 'none' and r.codes() == []
+    assert config.NOTE_NO_COOLING in r.cfg.notes()
+    assert config.NOTE_NO_COOLING not in config.validate({}).notes()
+
+
+def test_step_allocates_nothing_while_derated_by_the_cooling():
+    # (raising and clearing V2G-013 builds its message: that is the one allocation allowed)
+    r = Rig()
+    r.charging()
+    r.step(5)
+    r.pump_ok = False
+    r.until(lambda o: o.errors & E.E013, limit=FB_STEPS + 5)
+    r.events()
+    micropython.heap_lock()
+    try:
+        for _ in range(400):
+            r.step()
+    finally:
+        micropython.heap_unlock()
+    assert r.o.cooling_state == 'derated' and r.o.request_ma == 16000 and r.o.cooling

@@ -79,3 +79,14 @@ def test_a_settings_file_refused_at_boot_keeps_the_stricter_limits_on_the_board(
     assert vals["MIN_SOC_THRESHOLD"] == 40 and vals["MAX_DISCHARGE_AMPS"] <= 10
     assert (state / "v2g_vars.json").read_text() == text     # left for the operator
     assert "stricter than the defaults, in force: MIN_SOC_THRESHOLD 40" in json.dumps(events), events
+
+
+def test_board_without_a_cooling_loop_takes_the_cooling_keys_and_says_they_do_nothing():
+    sim = F.load_board("sim")
+    bare = dict(sim, cooling=None)             # a board file that says it has no cooling loop
+    assert F.config_limits(bare)["cooling"] is False and "cooling" not in F.config_limits(sim)
+    values = {"COOLING_ON_AMPS": 20, "COOLING_UNCOOLED_AMPS": 10}
+    assert F.validate_config_text('{"COOLING_ON_AMPS": 20}', bare) == b'{"COOLING_ON_AMPS":20}'
+    notes = F.config_notes(values, bare)
+    assert any("no cooling loop" in n and "COOLING_FEEDBACK_S" in n for n in notes)
+    assert not any("cooling" in n for n in F.config_notes(values, sim))

@@ -53,6 +53,8 @@ class World:
         self.fail = ()           # fake classes whose constructor raises
         self.reset_cause = 1
         self.now_us = 0
+        self.irqs = {}
+        self.leds = {}
 
     def ev(self, *e):
         self.events.append(e)
@@ -62,6 +64,7 @@ class FakePin:
     IN = 0
     OUT = 1
     PULL_UP = 1
+    IRQ_FALLING = 2
 
     def __init__(self, name, mode=None, pull=None, value=None):
         self.name = name
@@ -76,6 +79,21 @@ class FakePin:
             return self.v
         self.v = v
         W.ev('set', self.name, v)
+
+    def irq(self, handler=None, trigger=0, hard=False):
+        W.irqs[self.name] = (handler, trigger, hard)
+
+
+class FakeLED:
+    def __init__(self, n):
+        self.n = n
+        W.leds[n] = False
+
+    def on(self):
+        W.leds[self.n] = True
+
+    def off(self):
+        W.leds[self.n] = False
 
 
 class FakeChannel:
@@ -255,6 +273,7 @@ class FakeMachine:
 
 class FakePyb:
     Pin = FakePin
+    LED = FakeLED
     Timer = FakeTimer
     ADC = FakeADC
     CAN = FakeCAN
@@ -355,6 +374,69 @@ def test_apply_then_safe_state_and_reset():
     assert ('set', 'Y9', 0) in W.events and ('pwm', 0) in W.events
     assert W.events[-1] == ('machine.reset',)                    # outputs safe, then reset
     assert W.pins['Y9'].v == 0 and W.channel.pw == 0
+
+
+def test_pump_output_and_tachometer_count():
+    mod, hal = new_hal()
+    assert W.pins['Y11'].v == 0                                   # pump off from the start
+    handler, trigger, hard = W.irqs['Y12']
+    assert trigger == FakePin.IRQ_FALLING and hard
+    out = Outputs()
+    out.cooling = True
+    hal.apply(out, 0)
+    assert W.pins['Y11'].v == 1
+    inp = Inputs()
+    hal.read_inputs(inp, 0)
+    first = inp.cooling_count
+    for _ in range(7):
+        handler(W.pins['Y12'])                                    # tachometer pulses
+    hal.read_inputs(inp, 50)
+    assert inp.cooling_count == first + 7
+    hal.tach_count[0] = 0x3FFFFFFF
+    handler(W.pins['Y12'])
+    hal.read_inputs(inp, 100)
+    assert inp.cooling_count == 0                                 # wraps like the ticks
+    hal.safe_state()
+    assert W.pins['Y11'].v == 0
+
+
+def _lit():
+    return tuple(n for n in sorted(W.leds) if W.leds[n])
+
+
+def test_status_led_patterns_on_the_board_leds():
+    mod, hal = new_hal()
+    out = Outputs()
+    out.mode = 'idle'
+    hal.apply(out, 0)
+    assert _lit() == (2,)                                         # solid green
+    out.mode = 'fault'
+    hal.apply(out, 0)
+    assert _lit() == (1,)                                         # red ...
+    hal.apply(out, 200)
+    assert _lit() == ()                                           # ... blinking
+    out.mode = 'discharging'
+    hal.apply(out, 1000)
+    assert _lit() == (4,)                                         # blue
+    out.mode = 'charge_only'
+    hal.apply(out, 0)
+    assert _lit() == (3,)                                         # amber
+    from core import errors as E
+    out.errors = E.E101
+    hal.apply(out, 300)
+    assert _lit() == ()                                           # amber flashes: link lost
+    hal.apply(out, 0)
+    assert _lit() == (3,)
+
+    class Busy:
+        class update:
+            busy = True
+    hal.attach_station(Busy)
+    out.errors = 0
+    hal.apply(out, 0)
+    assert _lit() == (2, 4)                                       # cyan: update in progress
+    hal.safe_state()
+    assert _lit() == (1,)
 
 
 def test_watchdog_only_without_usb_and_reset_cause():

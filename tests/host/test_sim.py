@@ -23,12 +23,12 @@ TICK_FIELDS = {
     "amps": (int, float), "limit_charge_a": (int, float), "limit_discharge_a": (int, float),
     "soc_pct": (int, float), "mode": str, "v2g_available": bool, "grid_v": (int, float),
     "grid_hz": (int, float), "evse_temp_c": (int, float), "battery_temp_c": (int, float), "errors": list,
-    "discharge_capacity_wh": int,
+    "discharge_capacity_wh": int, "cooling": str, "pump": bool, "led": str,
 }
 MODES = {"idle", "connected", "charging", "discharging", "paused", "charge_only", "fault"}
 CODES = {"V2G-009", "V2G-010", "V2G-011", "V2G-012", "V2G-101", "V2G-110", "V2G-120", "V2G-130", "V2G-140",
          "V2G-301", "V2G-400", "V2G-401", "V2G-503", "V2G-504", "V2G-505", "V2G-506", "V2G-507",
-         "V2G-601", "V2G-602", "V2G-603"}
+         "V2G-601", "V2G-602", "V2G-603", "V2G-013"}
 
 
 @pytest.fixture(scope="module")

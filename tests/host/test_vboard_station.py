@@ -283,3 +283,27 @@ def test_a_link_flood_leaves_the_pilot_fault_reaction_and_the_plant_port_alone(t
         plant.port.close()
     finally:
         board.stop()
+
+
+def test_pump_failure_on_the_virtual_board_derates_and_the_led_shows_it(station):
+    """The cooling loop for real time: the plant port stops the pump while charging at 32 A;
+    telemetry carries the cooling state and the LED pattern."""
+    _, plant, link, tel = station
+    assert plant.do(do="config", COOLING_FEEDBACK_S=2)["ok"]
+    assert plant.do(do="plug")["ok"] and plant.do(do="ev_ready")["ok"]
+    running = wait_for(tel, lambda s: s["mode"] == "charging" and s["cool"] == "running")
+    assert running["led"] == "charging" and plant.do(do="state")["state"]["pump"] is True
+    bad = plant.do(do="cooling_fault", kind="pump", open_s=2)
+    assert bad == {"ok": False, "do": "cooling_fault", "error": "open_s applies to kind = flicker only"}
+    assert plant.do(do="cooling_fault", kind="pump") == {"ok": True, "do": "cooling_fault"}
+    derated = wait_for(tel, lambda s: s["cool"] == "derated")
+    assert "V2G-013" in derated["errors"] and derated["lim_chg_src"] == "cooling"
+    assert derated["lim_chg_ma"] == 16000 and derated["contactor"] is True and derated["led"] == "charging"
+    assert plant.do(do="state")["state"]["pump"] is False
+    assert plant.do(do="cooling_restore")["ok"]
+    back = wait_for(tel, lambda s: s["cool"] == "running" and s["errors"] == [])
+    assert back["lim_chg_ma"] == 32000
+    # the host link's own cue: stop answering heartbeats, the LED flashes amber
+    assert plant.do(do="config", HEARTBEAT_TIMEOUT_S=1)["ok"]
+    assert plant.do(do="heartbeat_loss")["ok"]
+    assert wait_for(tel, lambda s: "V2G-101" in s["errors"])["led"] == "link"

@@ -1,0 +1,86 @@
+"""The status LED: one pattern for what the station is doing (docs/status-led.md).
+
+Pure: select() maps the controller's mode, its active error codes and whether an update is
+in progress to a pattern; level() gives that pattern's brightness at a given millisecond.
+The HAL drives the LED with them (an on/off LED is lit while the level is at least
+ON_LEVEL); telemetry and the simulator's timeline carry the pattern's name. Nothing here
+allocates.
+
+Priority, highest first: fault (red), update in progress (cyan), host link trouble
+(flashing amber: heartbeats lost, V2G-101, or round trip too long, V2G-110), then the mode.
+"""
+from micropython import const
+
+from core import errors as E
+
+IDLE = const(0)          # solid green: ready, no vehicle
+CONNECTED = const(1)     # green, slow blink: vehicle connected, no energy flowing
+CHARGING = const(2)      # green, breathing
+DISCHARGING = const(3)   # blue, breathing
+CHARGE_ONLY = const(4)   # solid amber: charge-only (the host's fallback or its command)
+FAULT = const(5)         # red, fast blink
+UPDATE = const(6)        # cyan, blink
+LINK = const(7)          # amber flashes: host link loss or high latency
+NAMES = ('idle', 'connected', 'charging', 'discharging', 'charge_only', 'fault', 'update', 'link')
+
+GREEN = const(0)
+BLUE = const(1)
+AMBER = const(2)
+RED = const(3)
+CYAN = const(4)
+COLORS = ('green', 'blue', 'amber', 'red', 'cyan')
+
+SOLID = const(0)
+BLINK = const(1)          # on for ON_MS of every PERIOD_MS
+BREATHE = const(2)        # brightness up and down over PERIOD_MS
+SHAPES = ('solid', 'blink', 'breathe')
+
+ON_LEVEL = const(500)     # per-mille brightness from which an on/off LED is lit
+
+# Per pattern: colour, shape, period and on-time (blink), the times in 10 ms. Kept as bytes:
+# indexing them never allocates, also in a frozen image (docs/status-led.md).
+COLOR = bytes((GREEN, GREEN, GREEN, BLUE, AMBER, RED, CYAN, AMBER))
+SHAPE = bytes((SOLID, BLINK, BREATHE, BREATHE, SOLID, BLINK, BLINK, BLINK))
+PERIOD_10MS = bytes((100, 200, 200, 200, 100, 25, 100, 50))
+ON_10MS = bytes((100, 100, 0, 0, 100, 13, 50, 15))
+
+_LINK_CODES = E.E101 | E.E110
+
+
+def select(mode, errors, update_busy):
+    """Pattern for the controller's mode (Outputs.mode), its error mask and the update state."""
+    if mode == 'fault':
+        return FAULT
+    if update_busy:
+        return UPDATE
+    if errors & _LINK_CODES:
+        return LINK
+    if mode == 'charge_only':
+        return CHARGE_ONLY
+    if mode == 'charging':
+        return CHARGING
+    if mode == 'discharging':
+        return DISCHARGING
+    if mode == 'idle':
+        return IDLE
+    return CONNECTED          # connected, paused
+
+
+def level(pattern, now_ms):
+    """Brightness of pattern at now_ms, per-mille (0 off .. 1000 full)."""
+    shape = SHAPE[pattern]
+    if shape == SOLID:
+        return 1000
+    period = PERIOD_10MS[pattern] * 10
+    ph = now_ms % period
+    if shape == BLINK:
+        return 1000 if ph < ON_10MS[pattern] * 10 else 0
+    half = period // 2
+    if ph < half:
+        return ph * 1000 // half
+    return (period - ph) * 1000 // half
+
+
+def lit(pattern, now_ms):
+    """On or off, for an LED without dimming."""
+    return level(pattern, now_ms) >= ON_LEVEL
