@@ -73,6 +73,7 @@ class Station:
         self.buses = Buses(hal, self.cfg)   # the meter on RS-485 and the BMS on CAN, if the board has them
         self.storage_errors = 0
         self.storage_error = ''
+        self.storage_failing = []   # files whose last write failed (V2G-021 while any)
         self.seq = {}            # state file -> sequence number of its last written copies
         self.load_stored_state(now_ms)
         self.reset_cause = hal.reset_cause()
@@ -134,11 +135,18 @@ class Station:
                 storage.write_atomic(path, blob_fn())
             else:
                 storage.write_copies(path, blob_fn(), seq)
-            return True
         except OSError as e:
             self.storage_errors += 1
             self.storage_error = '{}: {}'.format(what, e)
+            if what not in self.storage_failing:
+                self.storage_failing.append(what)
+                self.ctl.storage_failed(self.storage_error)
             return False
+        if what in self.storage_failing:
+            self.storage_failing.remove(what)
+            if not self.storage_failing:
+                self.ctl.storage_back()
+        return True
 
     def persist_state(self, name, body_fn):
         """A state/ file: both sealed copies, under the next sequence number."""
@@ -153,6 +161,7 @@ class Station:
                 self.ctl.state_dirty = True     # try again next step
 
     def save_events(self):
+        self.save_journal()     # normally written with each command; here after a failed write
         if self.ctl.log.dirty:
             if not self.persist_state('events.json', self.ctl.log.dump):
                 self.ctl.log.dirty = True

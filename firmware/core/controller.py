@@ -930,6 +930,17 @@ class Controller:
         self.state_dirty = True
         self._raise(now_ms, E.E020, msg)
 
+    def storage_failed(self, what):
+        """A write to flash failed (V2G-021, at the last step's time): what it held stays in
+        RAM and in force, and the shell writes it again."""
+        if not self.errors & E.E021:
+            self._raise(self._t_last, E.E021, 'write to flash failed, {}: kept in RAM and written '
+                        'again'.format(what))
+
+    def storage_back(self):
+        if self.errors & E.E021:
+            self._clear(self._t_last, E.E021, 'every file written to flash again')
+
     def assume_conservative(self, now_ms, why):
         """The stored latch and fallback are lost: assume both were set, the state a reset
         with a welded contactor and no host would have left."""

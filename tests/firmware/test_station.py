@@ -247,6 +247,13 @@ def test_a_failing_flash_is_reported_and_control_goes_on():
     assert res['f-1']['ok'] is True
     assert res['d-1']['data']['storage']['errors'] >= 1
     assert rig.st.ctl.out.cp_state == 'B'     # still stepping
+    # reported once, naming the file, and cleared when the writes go through again
+    raised = [r for r in rig.st.ctl.log.rows() if r[1] == 'V2G-021']
+    assert len(raised) == 1 and raised[0][2] is True and 'controller.json' in raised[0][3], raised
+    assert 'V2G-021' in res['d-1']['data']['errors']
+    rig.run(1100)
+    rows = [r for r in rig.st.ctl.log.rows() if r[1] == 'V2G-021']
+    assert len(rows) == 2 and rows[1][2] is False and 'V2G-021' not in active_codes(rig), rows
 
 
 @in_dir(WORK)
