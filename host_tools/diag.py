@@ -134,6 +134,7 @@ def collect(url, timeout=3.0):
                    "discharge_ma": limits.get("discharge_ma"),
                    "discharge_source": limits.get("discharge_src")},
         "errors": [{"code": c, "meaning": error_text(c)} for c in active],
+        "storage": _storage(d.get("storage")),
         "events": [_event(e) for e in events],
         "statistics": {"link_controller": d.get("link", NOT_REPORTED),
                        "link_host": host_stats,
@@ -144,6 +145,29 @@ def collect(url, timeout=3.0):
         "update": update,
         "status": status,
     }
+
+
+def _storage(st):
+    """The controller's flash: state files found damaged at a boot (V2G-020, kept until an
+    operator's clear_fault) and failed writes since this boot."""
+    if not isinstance(st, dict) or "damaged" not in st:
+        return NOT_REPORTED
+    return {"damaged": st.get("damaged", []), "write_errors": st.get("errors", 0),
+            "last_write_error": st.get("last", "")}
+
+
+def _storage_lines(st):
+    if not isinstance(st, dict):
+        return ["  stored state: " + str(st)]
+    if st["damaged"]:
+        out = ["  stored state: DAMAGED {} (V2G-020: the event log says what was used in its "
+               "place; an operator's clear_fault acknowledges it)".format(", ".join(st["damaged"]))]
+    else:
+        out = ["  stored state: every file read whole at boot"]
+    if st["write_errors"]:
+        out.append("  storage writes failed: {} since boot (last: {})".format(
+            st["write_errors"], st["last_write_error"]))
+    return out
 
 
 def _event(e):
@@ -182,6 +206,7 @@ def render(r):
             "  discharge  {:>8}  set by {}".format(_amps(lim["discharge_ma"]), lim["discharge_source"])]
     out += ["", "[errors]"]
     out += ["  {}  {}".format(e["code"], e["meaning"]) for e in r["errors"]] or ["  none active"]
+    out += _storage_lines(r.get("storage", NOT_REPORTED))
     out += ["", "[events]  ({} in the controller's log)".format(len(r["events"]))]
     for e in r["events"]:
         what = ("{}  {:<6}".format(e["code"], "raised" if e["on"] else "clear") if e["code"]

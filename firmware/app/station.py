@@ -5,6 +5,8 @@ pure core, writes the Outputs back to the HAL, then serves the host link. The co
 this module only carries data and keeps what must survive a reset in storage.
 """
 
+import json
+
 from core import config as config_mod
 from core import errors
 from core import link as L
@@ -52,25 +54,41 @@ def load_config(board_limits):
     return cfg, None, set(data)
 
 
-def _load(load, name):
-    blob = storage.read_bytes(storage.state_path(name))
-    if blob:
-        try:
-            load(blob)
-        except Exception:  # noqa: BLE001
-            pass   # a damaged journal or log starts empty rather than blocking the boot
+# The station's own files in state/, each kept as two sealed copies (app/storage.py), and
+# what losing every copy of one means; the controller's goes first at boot (see Station).
+STATE_FILES = ('controller.json', 'journal.json', 'events.json', 'boot.json')
+LOST = {   # short: an event's text is bounded (core/eventlog.py), and this goes first
+    'controller.json': 'weld latch and charge-only assumed until an operator clears them',
+    'journal.json': 'journal starts empty: a command repeated from before this boot is applied again',
+    'events.json': 'the event log starts empty',
+    'boot.json': 'the boot count goes on from the event log',
+}
+
+
+def _boot_count(body):
+    d = json.loads(bytes(body).decode())
+    n = d.get('count') if isinstance(d, dict) else None
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError('count must be an integer >= 0')
+    return n
 
 
 SAFETY_FILE = 'controller.json'   # the weld latch and the fallback: first claim on the flash
 
 
-def _write(path, blob_fn):
-    """None when written; else the OSError, with the torn NAME.tmp given back."""
+def _write(path, blob_fn, seq=None):
+    """None when written; else the OSError, with the torn .tmp files given back. seq: the
+    file is a state file, written as two sealed copies under that sequence number."""
     try:
-        storage.write_atomic(path, blob_fn())
+        if seq is None:
+            storage.write_atomic(path, blob_fn())
+        else:
+            storage.write_copies(path, blob_fn(), seq)
         return None
     except OSError as e:
         storage.discard_tmp(path)
+        if seq is not None:
+            storage.discard_tmp(path + storage.BACKUP)
         return e
 
 
@@ -84,20 +102,11 @@ class Station:
         self.buses = Buses(hal, self.cfg)   # the meter on RS-485 and the BMS on CAN, if the board has them
         self.storage_errors = 0
         self.storage_error = ''
-        self.storage_failing = {}   # file -> (path, blob_fn) whose last write failed (V2G-021)
+        self.storage_failing = {}   # file -> (path, content fn, sealed) of a failed write (V2G-021)
+        self.seq = {}            # state file -> sequence number of its last written copies
         self.now_ms = now_ms
-        boot = storage.read_json(storage.state_path('boot.json'), {}) or {}
-        count = boot.get('count', 0) if isinstance(boot, dict) else 0
-        self.boot_count = (count if isinstance(count, int) and not isinstance(count, bool) else 0) + 1
-        self.persist('boot.json', storage.state_path('boot.json'),
-                     lambda: ('{"count": %d}' % self.boot_count).encode())
+        self.load_stored_state(now_ms)
         storage.keep_reserve()   # room the safety state takes when the flash is full
-        _load(self.ctl.journal.load, 'journal.json')
-        _load(self.ctl.log.load, 'events.json')
-        # every entry from now on carries this boot: t_ms restarts at each boot
-        self.ctl.log.boot = self.boot_count
-        # latched faults, the charge-only fallback and the host's target survive a reset
-        _load(lambda blob: self.ctl.state_load(now_ms, blob), 'controller.json')
         self.reset_cause = hal.reset_cause()
         self.link = L.Link(hal.link_write)
         self.link_step_bytes = getattr(hal, 'LINK_STEP_BYTES', LINK_STEP_BYTES)
@@ -176,33 +185,39 @@ class Station:
 
     # -- storage: a failing flash is counted and reported, and never stops the control ------
 
-    def persist(self, what, path, blob_fn):
-        err = _write(path, blob_fn)
+    def persist(self, what, path, blob_fn, seq=None):
+        err = _write(path, blob_fn, seq)
         if err is not None and what == SAFETY_FILE and storage.release_reserve():
-            err = _write(path, blob_fn)   # the reserve gave its room to the safety state
+            err = _write(path, blob_fn, seq)   # the reserve gave its room to the safety state
         if err is None:
             if what in self.storage_failing:
                 del self.storage_failing[what]
                 if not self.storage_failing:
-                    self.ctl.storage_fault(self.now_ms, False, 'writes to flash succeed again')
+                    self.ctl.storage_fault(self.now_ms, False, 'every file written to flash again')
             return True
         self.storage_errors += 1
         self.storage_error = '{}: {}'.format(what, err)
-        self.storage_failing[what] = (path, blob_fn)
-        self.ctl.storage_fault(self.now_ms, True, 'writing {} failed ({}): kept in RAM and retried'.format(
-            what, err))
+        self.storage_failing[what] = (path, blob_fn, seq is not None)
+        self.ctl.storage_fault(self.now_ms, True, 'writing {} failed ({}): kept in RAM and written '
+                               'again'.format(what, err))
         return False
+
+    def persist_state(self, name, body_fn):
+        """A state/ file: both sealed copies, under the next sequence number."""
+        seq = self.seq.get(name, 0) + 1
+        self.seq[name] = seq
+        return self.persist(name, storage.state_path(name), body_fn, seq)
 
     def save_state(self):
         if self.ctl.state_dirty:
             # a latched fault or a new target must not be lost to a reset a moment later
-            if not self.persist('controller.json', storage.state_path('controller.json'),
-                                self.ctl.state_dump):
+            if not self.persist_state('controller.json', self.ctl.state_dump):
                 self.ctl.state_dirty = True     # try again next step
 
     def save_events(self):
+        self.save_journal()     # normally written with each command; here after a failed write
         if self.ctl.log.dirty:
-            if not self.persist('events.json', storage.state_path('events.json'), self.ctl.log.dump):
+            if not self.persist_state('events.json', self.ctl.log.dump):
                 self.ctl.log.dirty = True
 
     def retry_writes(self):
@@ -210,8 +225,95 @@ class Station:
         count, the settings file): each write takes the content as it is now."""
         for what in list(self.storage_failing):
             entry = self.storage_failing.get(what)
-            if entry is not None:
+            if entry is None:
+                continue
+            if entry[2]:
+                self.persist_state(what, entry[1])
+            else:
                 self.persist(what, entry[0], entry[1])
+
+    def save_journal(self):
+        if self.ctl.journal.dirty:
+            if not self.persist_state('journal.json', self.ctl.journal.dump):
+                self.ctl.journal.dirty = True
+
+    # -- boot: what survives a reset ----------------------------------------------------------
+
+    def load_stored_state(self, now_ms):
+        """Read every state file from its newest whole copy. A damaged copy is reported
+        (V2G-020, named in diagnostics until an operator clears it); with no readable copy
+        left on a station that has run before, the file's conservative meaning is taken
+        (LOST). An empty state folder is a first boot: nothing to report."""
+        found = {}
+        ran_before = False
+        for name in STATE_FILES:
+            found[name] = storage.read_copies(storage.state_path(name))
+            ran_before = ran_before or found[name].existed
+        # the firmware before sealed copies left an unsealed boot.json (it wrote one at every
+        # boot) and wrote the other files only once they had content: none missing is lost
+        boot = found['boot.json']
+        upgrade = False
+        if boot.legacy:
+            try:
+                upgrade = _boot_count(boot.body) >= 0
+            except ValueError:
+                pass
+        missing_is_lost = ran_before and not upgrade
+        ctl = self.ctl
+        damage = []     # (name, what, lost): reported once the event log is loaded
+        repair = []
+        count = [0]
+
+        def take(name, load):
+            got = found[name]
+            self.seq[name] = got.seq
+            problems = list(got.damage)
+            ok = False
+            if got.body is not None:
+                try:
+                    load(got.body)
+                    ok = True
+                except Exception as e:  # noqa: BLE001 - whole but not readable by this firmware
+                    problems.append('{}: unreadable ({})'.format(storage.state_path(name), e))
+            if not ok and missing_is_lost and not problems:
+                problems.append(storage.state_path(name) + ': missing')
+            if problems:
+                damage.append((name, '; '.join(problems), not ok))
+            if got.repair or got.legacy or problems or not ok:
+                repair.append(name)
+            return ok
+
+        take('journal.json', ctl.journal.load)
+        take('events.json', ctl.log.load)
+
+        def boot_load(body):
+            count[0] = _boot_count(body)
+        if not take('boot.json', boot_load):
+            for row in ctl.log.rows():      # the newest boot the event log knows
+                count[0] = max(count[0], row[4])
+        self.boot_count = count[0] + 1
+        # every entry from now on carries this boot: t_ms restarts at each boot
+        ctl.log.boot = self.boot_count
+        # latched faults, the charge-only fallback and the host's target survive a reset
+        take('controller.json', lambda body: ctl.state_load(now_ms, body))
+        for name, what, lost in damage:
+            if lost and name == 'controller.json':
+                ctl.assume_conservative(now_ms, storage.state_path(name) + ' unreadable')
+            ctl.report_damage(now_ms, storage.state_path(name), 'stored state damaged: {}; {}'.format(
+                (LOST[name] if lost else 'the other copy is used'), what))
+        # written back at once, the controller's first: a damaged copy is whole again, a reset
+        # from here on finds the conservative state rather than the damage, and from the first
+        # boot on every file exists, so a missing one means a lost one
+        if 'controller.json' in repair:
+            ctl.state_dirty = True
+        self.save_state()
+        self.persist_state('boot.json', lambda: ('{"count": %d}' % self.boot_count).encode())
+        if 'journal.json' in repair:
+            ctl.journal.dirty = True
+            self.save_journal()
+        if 'events.json' in repair or damage:
+            ctl.log.dirty = True
+            self.save_events()
 
     # -- host link ----------------------------------------------------------------------------
 
@@ -270,7 +372,13 @@ class Station:
             if not res[0]:   # the core logs its own refusals; these are the shell's
                 self.ctl.log_refusal(now_ms, op, res[1], res[2])
             return res
-        result = self.ctl.command(now_ms, msg['txn'], op, args)
+        txn = msg['txn']
+        prev = self.ctl.journal.get(txn) if isinstance(txn, str) else None
+        if prev is not None:
+            # a repeat of an applied txn: its original answer and nothing else; its effect is
+            # on flash already (a config_set must not write the settings in force again)
+            return prev
+        result = self.ctl.command(now_ms, txn, op, args)
         # What the command changed goes to flash before its txn does, and the answer leaves
         # only after both: after a reset the same txn returns the same result AND its effect
         # is still in force.
@@ -278,9 +386,7 @@ class Station:
             self.cfg = self.ctl.cfg
             self.save_config(args)
         self.save_state()
-        if self.ctl.journal.dirty:
-            if not self.persist('journal.json', storage.state_path('journal.json'), self.ctl.journal.dump):
-                self.ctl.journal.dirty = True
+        self.save_journal()
         return result
 
     def shell_command(self, op, args, now_ms):
@@ -400,7 +506,9 @@ class Station:
             'link': link,
             'buses': self.bus_stats(now_ms),
             'events': len(self.ctl.log),
-            'storage': {'errors': self.storage_errors, 'last': self.storage_error},
+            # damaged: state files found damaged at a boot (V2G-020) until an operator clears it
+            'storage': {'errors': self.storage_errors, 'last': self.storage_error,
+                        'damaged': list(self.ctl.damaged)},
             # the update slots come with fota_status: one answer must fit a 1 kB frame
         }
 

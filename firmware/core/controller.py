@@ -200,6 +200,7 @@ class Controller:
         self.fallback = False          # charge-only until heartbeat back + fresh command
         self.cmd_charge_only = False   # charge-only asked by the host
         self.stopped = False           # session stopped by the host
+        self.damaged = []              # stored files found damaged (V2G-020) until an operator clears
         # pilot fault
         self._pf = _PF_NONE
         self._pf_phase = _PH_HOLD
@@ -852,17 +853,25 @@ class Controller:
         return (True, None, 'charge-only ' + ('on' if on else 'off'), {'on': on})
 
     def _op_clear_fault(self, now, args):
+        # the operator's acknowledgement of what latches: the contactor fault and the report
+        # of damaged stored state (V2G-020)
         bad = _unknown_args(args, ())
         if bad:
             return bad
-        if not self.weld:
-            return (True, None, 'no contactor fault latched', {})
-        if self._feedback:
+        if self.weld and self._feedback:
             return (False, 'V2G-011', 'contactor feedback still closed: fault kept ({})'.format(SAFE_LOCKOUT), {})
-        self.weld = False
-        self._cmd_since = now
-        self._clear(now, E.E011, 'contactor fault cleared by operator')
-        return (True, None, 'contactor fault cleared', {})
+        msg = 'no contactor fault latched'
+        if self.weld:
+            self.weld = False
+            self._cmd_since = now
+            self._clear(now, E.E011, 'contactor fault cleared by operator')
+            msg = 'contactor fault cleared'
+        if self.damaged:
+            names = ', '.join(self.damaged)
+            self.damaged = []
+            self._clear(now, E.E020, 'stored state damage acknowledged by operator: ' + names)
+            msg += '; damaged stored state acknowledged ({})'.format(names)
+        return (True, None, msg, {})
 
     def _op_config_get(self, now, args):
         bad = _unknown_args(args, ('keys',))
@@ -918,6 +927,7 @@ class Controller:
             'v': 1, 'weld': self.weld, 'fallback': self.fallback, 'charge_only': self.cmd_charge_only,
             'stopped': self.stopped, 'target_pm': sp.target_pm, 'mode': sp.mode,
             'csms_charge_ma': self.csms_charge_ma, 'csms_discharge_ma': self.csms_discharge_ma,
+            'damaged': self.damaged,
         }).encode()
 
     def state_load(self, now_ms, blob):
@@ -935,6 +945,9 @@ class Controller:
                 raise ValueError('controller state: {} must be an integer'.format(k))
         if not (-1 <= d['target_pm'] <= 1000) or not (0 <= d['mode'] < len(S.MODE_NAMES)):
             raise ValueError('controller state: target out of range')
+        damaged = d.get('damaged', [])     # absent in files written before it was kept
+        if not isinstance(damaged, list) or [n for n in damaged if not isinstance(n, str)]:
+            raise ValueError('controller state: damaged must be a list of file names')
         if d['target_pm'] < 0:
             self.setpoint.clear_target()
         else:
@@ -950,7 +963,34 @@ class Controller:
         if d['weld'] and not self.weld:
             self.weld = True
             self._raise(now_ms, E.E011, 'contactor fault latched before the reset: ' + SAFE_LOCKOUT)
+        for name in damaged:
+            if name not in self.damaged:
+                self.damaged.append(name)
+        if damaged:
+            self.errors |= E.E020
+            self._emit(now_ms, 'V2G-020', True, 'stored state found damaged before the reset, not yet '
+                       'acknowledged (clear_fault): ' + ', '.join(damaged))
         self.state_dirty = False
+
+    def report_damage(self, now_ms, name, msg):
+        """A stored file found damaged at boot (V2G-020): reported and kept in the state until
+        an operator clears it."""
+        if name not in self.damaged:
+            self.damaged.append(name)
+        self.state_dirty = True
+        self._raise(now_ms, E.E020, msg)
+
+    def assume_conservative(self, now_ms, why):
+        """The stored latch and fallback are lost: assume both were set, the state a reset
+        with a welded contactor and no host would have left."""
+        if not self.weld:
+            self.weld = True
+            self._raise(now_ms, E.E011, 'contactor fault assumed, {}: {}'.format(why, SAFE_LOCKOUT))
+        if not self.fallback:
+            self.fallback = True
+            self.hb_lost = True
+            self._raise(now_ms, E.E101, 'host heartbeat loss assumed, {}: {}'.format(why, SAFE_CHARGE_ONLY))
+        self.state_dirty = True
 
     def status(self):
         o = self.out

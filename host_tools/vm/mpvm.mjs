@@ -9,10 +9,12 @@
 // `board` is the engine of the virtual controller board (host_tools/vboard.py owns the pseudo-
 // terminals). stdin/stdout carry frames [channel u8][length u32 LE][payload]; channel 0 is JSON
 // control, 1 the REPL, 2.. the board's other ports (see CHANNELS). The board's files live in
-// /flash and are mirrored to DIR, so they survive a restart like a real flash filesystem.
+// /flash and are mirrored to DIR in the order they were written (flashlog.mjs), so they survive
+// a restart, and a power cut, like a real flash filesystem.
 import fs from "node:fs";
 import path from "node:path";
 import { createRequire } from "node:module";
+import { FlashLog } from "./flashlog.mjs";
 
 const require = createRequire(import.meta.url);
 
@@ -69,50 +71,14 @@ function copyIn(FS, hostPath, vmPath) {
   if (st.isDirectory()) {
     mkdirp(FS, vmPath);
     for (const name of fs.readdirSync(hostPath)) {
-      if (name.startsWith(".") || name === "__pycache__") continue;
+      // a .vboard-tmp is a mirror write cut by a power cut: never on the board's flash
+      if (name.startsWith(".") || name === "__pycache__" || name.endsWith(".vboard-tmp")) continue;
       copyIn(FS, path.join(hostPath, name), vmPath + "/" + name);
     }
   } else {
     mkdirp(FS, path.posix.dirname(vmPath));
     FS.writeFile(vmPath, fs.readFileSync(hostPath));
   }
-}
-
-// Snapshot of /flash: relative path -> {dir} or {mtime,size}.
-function scanVm(FS, root) {
-  const out = new Map();
-  const walk = (rel) => {
-    for (const name of FS.readdir(root + rel)) {
-      if (name === "." || name === "..") continue;
-      const r = rel + "/" + name;
-      const st = FS.stat(root + r);
-      if (FS.isDir(st.mode)) { out.set(r, { dir: true }); walk(r); }
-      else out.set(r, { mtime: st.mtime.getTime(), size: st.size });
-    }
-  };
-  walk("");
-  return out;
-}
-
-// Write the VM's /flash to the state folder: changed files atomically (temp + rename),
-// vanished entries removed. Runs between Python steps, so what it sees is consistent.
-function syncOut(FS, root, dir, prev) {
-  const now = scanVm(FS, root);
-  for (const [rel, e] of now) {
-    const host = path.join(dir, rel);
-    if (e.dir) { fs.mkdirSync(host, { recursive: true }); continue; }
-    const old = prev.get(rel);
-    if (old && !old.dir && old.mtime === e.mtime && old.size === e.size) continue;
-    fs.mkdirSync(path.dirname(host), { recursive: true });
-    const tmp = host + ".vboard-tmp";
-    fs.writeFileSync(tmp, FS.readFile(root + rel));
-    fs.renameSync(tmp, host);
-  }
-  const gone = [...prev.keys()].filter((rel) => !now.has(rel)).sort().reverse();
-  for (const rel of gone) {
-    fs.rmSync(path.join(dir, rel), { recursive: true, force: true });
-  }
-  return now;
 }
 
 // ---- run mode -----------------------------------------------------------------------------
@@ -205,7 +171,8 @@ async function boardMode(args) {
   const FS = mp.FS;
   mkdirp(FS, "/flash");
   if (fs.existsSync(args.state)) copyIn(FS, args.state, "/flash");
-  let snapshot = scanVm(FS, "/flash");
+  // from here on every change to /flash is noted, and mirrored to the state folder in order
+  const flash = new FlashLog(FS, "/flash", process.env.V2G_VBOARD_CUT_AFTER || null);
 
   // Byte queues between the host's ports and the firmware (read by boards/sim HAL via hostio).
   const rx = {}; const txPending = []; const dropped = {};
@@ -264,7 +231,7 @@ async function boardMode(args) {
   }
   flushRepl();
 
-  const save = () => { snapshot = syncOut(FS, "/flash", args.state, snapshot); };
+  const save = () => flash.flush(args.state);
 
   // Serial input is processed one char at a time, in order. The VM's own raw-paste mode hangs
   // (it wants to block for input), so raw-paste (Ctrl-E A Ctrl-A) is served here: the code is

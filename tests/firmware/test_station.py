@@ -8,6 +8,7 @@ import json
 from fwtest import in_dir, scratch, wipe
 
 from app import station as station_mod
+from app import storage
 from board import hal as sim_hal
 from core import link as L
 from core.controller import CONTROL_PERIOD_MS
@@ -218,8 +219,9 @@ def test_the_effect_of_a_command_is_on_flash_before_its_answer():
     rig.send(L.cmd('t-9', 'soc_target', {'soc_pct': 55}))
     # one tick: the command is taken, saved and answered within it
     rig.st.tick(rig.now)
-    saved = json.loads(open('state/controller.json').read())
-    assert saved['target_pm'] == 550
+    for copy in ('state/controller.json', 'state/controller.json.bak'):
+        saved = json.loads(storage.unseal(open(copy, 'rb').read())[1])
+        assert saved['target_pm'] == 550
     journal = open('state/journal.json').read()
     assert 't-9' in journal
 
@@ -245,6 +247,13 @@ def test_a_failing_flash_is_reported_and_control_goes_on():
     assert res['f-1']['ok'] is True
     assert res['d-1']['data']['storage']['errors'] >= 1
     assert rig.st.ctl.out.cp_state == 'B'     # still stepping
+    # reported once, naming the file, and cleared when the writes go through again
+    raised = [r for r in rig.st.ctl.log.rows() if r[1] == 'V2G-021']
+    assert len(raised) == 1 and raised[0][2] is True and 'controller.json' in raised[0][3], raised
+    assert 'V2G-021' in res['d-1']['data']['errors']
+    rig.run(1100)
+    rows = [r for r in rig.st.ctl.log.rows() if r[1] == 'V2G-021']
+    assert len(rows) == 2 and rows[1][2] is False and 'V2G-021' not in active_codes(rig), rows
 
 
 @in_dir(WORK)
@@ -631,7 +640,8 @@ def test_a_full_flash_raises_v2g_021_once_and_the_safety_state_takes_the_reserve
     def full(path, data):
         # the filesystem is full: only what the reserve gives back makes room, once
         tries.append(path)
-        if path.endswith('controller.json') and not storage.exists('state/' + storage.RESERVE):
+        if path.endswith(('controller.json', 'controller.json.bak')) \
+                and not storage.exists('state/' + storage.RESERVE):
             return real(path, data)
         raise OSError(28, 'ENOSPC')
     storage.write_atomic = full
@@ -646,7 +656,8 @@ def test_a_full_flash_raises_v2g_021_once_and_the_safety_state_takes_the_reserve
     msgs = rig.received()
     res = {m['txn']: m for m in msgs if m['t'] == 'res'}
     assert res['lim-1']['ok'] is True
-    assert json.loads(open('state/controller.json').read())['csms_charge_ma'] == 10000
+    for copy in ('state/controller.json', 'state/controller.json.bak'):   # both sealed copies
+        assert json.loads(storage.unseal(open(copy, 'rb').read())[1])['csms_charge_ma'] == 10000
     assert not storage.exists('state/' + storage.RESERVE)
     # raised once, however many writes failed, and told to the host as an event
     raised = [e for e in rig.st.ctl.log.entries() if e[1] == 'V2G-021' and e[2]]
@@ -677,5 +688,243 @@ def test_a_boot_count_that_could_not_be_written_is_written_when_the_flash_works_
     assert rig.st.ctl.errors & errors.E021
     assert not storage.exists('state/boot.json')
     rig.run(1100)
-    assert json.loads(open('state/boot.json').read()) == {'count': 1}
+    for copy in ('state/boot.json', 'state/boot.json.bak'):     # both sealed copies
+        assert json.loads(storage.unseal(open(copy, 'rb').read())[1]) == {'count': 1}
     assert not rig.st.ctl.errors & errors.E021
+
+
+# -- stored state: two sealed copies, damage reported, the conservative state when both are lost
+
+CTL = 'state/controller.json'
+BAK = CTL + '.bak'
+
+
+def active_codes(rig):
+    from core import errors
+    return errors.active(rig.st.ctl.errors)
+
+
+def _latched():
+    """A station with the contactor weld latched through the plant port and the host gone
+    quiet (charge-only fallback), both saved."""
+    rig = Rig()
+    rig.plant(do='contactor_fault', kind='welded')
+    rig.run(1000)
+    rig.plant(do='contactor_restore')
+    rig.run(rig.st.cfg.heartbeat_timeout_ms + 500, heartbeat=False)
+    assert rig.st.ctl.weld and rig.st.ctl.fallback
+    assert 'V2G-011' in active_codes(rig) and 'V2G-101' in active_codes(rig)
+    return rig
+
+
+def _damage(path, how):
+    import os
+    with open(path, 'rb') as f:
+        raw = f.read()
+    if how == 'delete':
+        os.remove(path)
+        return
+    if how == 'tmp_only':       # FAT: the old file removed, the reset came before the rename
+        os.rename(path, path + '.tmp')
+        return
+    if how == 'empty':
+        raw = b''
+    elif how == 'truncate':
+        raw = raw[:len(raw) // 2]
+    elif how == 'garble':
+        raw = raw[:20] + b'\xff\x00\xfe' * 10 + raw[50:]
+    elif how == 'field':        # one field changed, check line untouched
+        assert b'true' in raw
+        raw = raw.replace(b'true', b'false', 1)
+    elif how == 'same_length':  # one digit of a number changed: only the CRC can tell
+        i = raw.index(b'"count": ') + len(b'"count": ')
+        raw = raw[:i] + (b'8' if raw[i:i + 1] != b'8' else b'9') + raw[i + 1:]
+    with open(path, 'wb') as f:
+        f.write(raw)
+
+
+def _events(rig, code):
+    return [r for r in rig.st.ctl.log.rows() if r[1] == code]
+
+
+@in_dir(WORK)
+def test_weld_latch_and_fallback_survive_any_damage_to_one_copy():
+    for how in ('delete', 'empty', 'truncate', 'garble', 'field', 'tmp_only'):
+        for path in (CTL, BAK):
+            _latched()
+            _damage(path, how)
+            rig = Rig(fresh=False)
+            ctl = rig.st.ctl
+            assert ctl.weld and ctl.fallback, (how, path)
+            codes = active_codes(rig)
+            assert 'V2G-011' in codes and 'V2G-101' in codes, (how, path, codes)
+            if how == 'tmp_only':
+                # a rename cut on FAT leaves a whole .tmp: that is no damage
+                assert not _events(rig, 'V2G-020') and 'V2G-020' not in codes, how
+            else:
+                rep = _events(rig, 'V2G-020')
+                assert rep and path in rep[-1][3] and 'other copy is used' in rep[-1][3], (how, rep)
+                assert 'V2G-020' in codes
+                assert _diag(rig, 'd-' + how)['storage']['damaged'] == [CTL]
+            # both copies are whole again: the next boot reads either
+            for p in (CTL, BAK):
+                saved = json.loads(storage.unseal(open(p, 'rb').read())[1])
+                assert saved['weld'] is True and saved['fallback'] is True, (how, p)
+            # a new session stays refused until an operator clears the latch
+            rig.send(L.cmd('s-' + how, 'start'))
+            rig.run(100)
+            res = [m for m in rig.received() if m['t'] == 'res' and m['txn'] == 's-' + how]
+            assert res[0]['ok'] is False and res[0]['code'] == 'V2G-011'
+
+
+@in_dir(WORK)
+def test_both_copies_lost_takes_the_conservative_state_until_an_operator_clears_it():
+    rig = Rig()
+    rig.send(L.cmd('t-1', 'soc_target', {'soc_pct': 60}))
+    rig.run(200)
+    assert not rig.st.ctl.weld and not rig.st.ctl.fallback
+    _damage(CTL, 'delete')
+    _damage(BAK, 'garble')
+    rig = Rig(fresh=False)
+    ctl = rig.st.ctl
+    assert ctl.weld and ctl.fallback          # assumed: a latched weld and no host
+    codes = active_codes(rig)
+    assert 'V2G-011' in codes and 'V2G-101' in codes and 'V2G-020' in codes
+    rep = _events(rig, 'V2G-020')[-1][3]
+    assert CTL + ': missing' in rep and BAK in rep and 'assumed until an operator clears' in rep, rep
+    assert _diag(rig, 'd-1')['storage']['damaged'] == [CTL]
+    rig.run(200)
+    assert rig.st.ctl.out.limit_discharge_ma == 0 and rig.st.ctl.out.contactor is False
+    # a reset before the operator came: still latched, still reported
+    rig = Rig(fresh=False)
+    assert rig.st.ctl.weld and rig.st.ctl.fallback and 'V2G-020' in active_codes(rig)
+    assert _diag(rig, 'd-2')['storage']['damaged'] == [CTL]
+    # the operator clears the latch and the report; the fallback needs a fresh command
+    rig.send(L.cmd('op-1', 'clear_fault'))
+    rig.run(200)
+    res = [m for m in rig.received() if m['t'] == 'res' and m['txn'] == 'op-1'][0]
+    assert res['ok'] is True and CTL in res['msg'], res
+    codes = active_codes(rig)
+    assert 'V2G-011' not in codes and 'V2G-020' not in codes and 'V2G-101' in codes
+    rig.send(L.cmd('t-2', 'soc_target', {'soc_pct': 60}))
+    rig.run(200)
+    assert active_codes(rig) == [] and _diag(rig, 'd-3')['storage']['damaged'] == []
+    again = Rig(fresh=False)
+    assert not again.st.ctl.weld and not again.st.ctl.fallback and active_codes(again) == []
+
+
+@in_dir(WORK)
+def test_a_first_boot_on_an_empty_folder_is_no_damage():
+    rig = Rig()
+    assert active_codes(rig) == [] and not rig.st.ctl.weld and not rig.st.ctl.fallback
+    assert _diag(rig, 'd-1')['storage']['damaged'] == []
+    # its controller state is on flash from the first boot: from now on, missing means lost
+    assert storage.unseal(open(CTL, 'rb').read())[1] == storage.unseal(open(BAK, 'rb').read())[1]
+    again = Rig(fresh=False)
+    assert active_codes(again) == [] and not again.st.ctl.weld
+
+
+@in_dir(WORK)
+def test_unsealed_state_from_earlier_firmware_is_taken_once_then_sealed():
+    rig = Rig()
+    old = json.loads(storage.unseal(open(CTL, 'rb').read())[1])
+    old['weld'] = True
+    del old['damaged']
+    wipe('state')               # what the firmware before the sealed copies left
+    with open(CTL, 'w') as f:
+        f.write(json.dumps(old))
+    with open('state/boot.json', 'w') as f:
+        f.write('{"count": 7}')
+    rig = Rig(fresh=False)
+    assert rig.st.ctl.weld and rig.st.boot_count == 8 and 'V2G-020' not in active_codes(rig)
+    for p in (CTL, BAK, 'state/boot.json', 'state/boot.json.bak'):
+        storage.unseal(open(p, 'rb').read())      # written sealed, both copies
+
+
+@in_dir(WORK)
+def test_a_lost_journal_is_reported_and_one_lost_copy_keeps_idempotency():
+    rig = Rig()
+    rig.send(L.cmd('j-1', 'limit', {'charge_a': 10, 'discharge_a': 0}))
+    rig.run(200)
+    first = [m for m in rig.received() if m['t'] == 'res'][0]
+    _damage('state/journal.json', 'garble')
+    rig = Rig(fresh=False)
+    assert 'state/journal.json' in _events(rig, 'V2G-020')[-1][3]
+    rig.send(L.cmd('j-1', 'limit', {'charge_a': 20, 'discharge_a': 0}))
+    rig.run(200)
+    again = [m for m in rig.received() if m['t'] == 'res'][0]
+    assert again['msg'] == first['msg'] and rig.st.ctl.csms_charge_ma == 10000
+    # both copies lost: reported with what it means; the controller's own state is kept
+    _damage('state/journal.json', 'truncate')
+    _damage('state/journal.json.bak', 'empty')
+    rig = Rig(fresh=False)
+    rep = _events(rig, 'V2G-020')[-1][3]
+    assert 'state/journal.json' in rep and 'applied again' in rep, rep
+    assert 'V2G-020' in active_codes(rig) and not rig.st.ctl.weld
+    assert _diag(rig, 'd-j')['storage']['damaged'] == ['state/journal.json']
+    assert rig.st.ctl.csms_charge_ma == 10000
+
+
+@in_dir(WORK)
+def test_a_damaged_event_log_is_reported():
+    rig = Rig()
+    rig.plant(do='plug')
+    rig.run(300)
+    rig.st.save_events()
+    _damage('state/events.json', 'field')
+    rig = Rig(fresh=False)
+    rep = _events(rig, 'V2G-020')
+    assert rep and 'state/events.json' in rep[-1][3] and 'other copy is used' in rep[-1][3]
+    assert [r for r in rig.st.ctl.log.rows() if r[1] == 'V2G-507' and r[4] == 1]   # from the copy
+    _damage('state/events.json', 'delete')
+    _damage('state/events.json.bak', 'delete')
+    rig = Rig(fresh=False)
+    rep = _events(rig, 'V2G-020')
+    assert rep and 'state/events.json' in rep[-1][3] and 'event log starts empty' in rep[-1][3]
+
+
+@in_dir(WORK)
+def test_a_damaged_boot_count_is_reported_and_does_not_restart():
+    Rig()
+    Rig(fresh=False)
+    rig = Rig(fresh=False)
+    assert rig.st.boot_count == 3
+    _damage('state/boot.json', 'same_length')
+    rig = Rig(fresh=False)
+    assert rig.st.boot_count == 4
+    assert 'state/boot.json' in _events(rig, 'V2G-020')[-1][3]
+    _damage('state/boot.json', 'garble')
+    _damage('state/boot.json.bak', 'truncate')
+    rig = Rig(fresh=False)
+    assert rig.st.boot_count == 5       # from the event log, which knows boot 4
+    rep = _events(rig, 'V2G-020')[-1][3]
+    assert 'state/boot.json' in rep and 'from the event log' in rep
+
+
+@in_dir(WORK)
+def test_a_repeated_config_set_answers_and_writes_nothing():
+    import os
+    rig = Rig()
+    rig.send(L.cmd('c-1', 'config_set', {'MAX_CHARGE_AMPS': 16, 'MAX_DISCHARGE_AMPS': 16}))
+    rig.run(100)
+    first = [m for m in rig.received() if m['t'] == 'res'][0]
+    assert first['ok'] is True
+    # the settings file is lost (a failed write, a removed file): the defaults run after a reset
+    os.remove('v2g_vars.json')
+    rig = Rig(fresh=False)
+    assert rig.st.cfg.get('MAX_CHARGE_AMPS') != 16
+    written = []
+    real = storage.write_atomic
+
+    def spy(path, data):
+        written.append(path)
+        real(path, data)
+    storage.write_atomic = spy
+    try:
+        again = rig.st.host_command(rig.now, 'c-1', 'config_set', {'MAX_CHARGE_AMPS': 16, 'MAX_DISCHARGE_AMPS': 16})
+    finally:
+        storage.write_atomic = real
+    assert again[0] is True and again[2] == first['msg']
+    assert 'v2g_vars.json' not in os.listdir('.') and written == []
+    d = _diag(rig, 'd-1')
+    assert d['config_file'] == 'none' and d['config_file_keys'] == []

@@ -115,3 +115,54 @@ def test_reset_between_remove_and_rename_is_recovered_on_read():
     with open(path + '.tmp', 'w') as f:
         f.write('{"v": 3')
     assert storage.read_json(path, 'dflt') == 'dflt' and sorted(os.listdir(TMP)) == ['f.json.tmp']
+
+
+# -- sealed copies --------------------------------------------------------------------------
+
+def test_a_sealed_copy_tells_every_kind_of_damage():
+    blob = storage.seal(b'{"count": 41}', 7)
+    assert storage.unseal(blob) == (7, b'{"count": 41}')
+    cases = {
+        'empty': b'',
+        'cut short': blob[:len(blob) - 12],
+        'cut in the body': blob[:8],
+        'a digit changed': blob.replace(b'41', b'42'),         # same length: the CRC tells
+        'the sequence changed': blob.replace(b'check 7 ', b'check 9 '),
+        'garbled': blob[:3] + b'\xff\xfe' + blob[5:],
+    }
+    for what, bad in cases.items():
+        e = raises(ValueError, storage.unseal, bad)
+        assert str(e), what
+
+
+def test_copies_take_the_newest_whole_one_and_name_the_damage():
+    path = _fresh()
+    storage.write_copies(path, b'old', 1)
+    storage.write_copies(path, b'new', 2)
+    got = storage.read_copies(path)
+    assert (got.body, got.seq, got.damage, got.repair) == (b'new', 2, [], False)
+    # a reset between the two writes: one new, one old, both whole: no damage
+    storage.write_atomic(path, storage.seal(b'newer', 3))
+    got = storage.read_copies(path)
+    assert (got.body, got.seq, got.damage, got.repair) == (b'newer', 3, [], True)
+    # the primary garbled: the backup is taken and the primary named
+    with open(path, 'wb') as f:
+        f.write(b'\x00garbage')
+    got = storage.read_copies(path)
+    assert got.body == b'new' and got.repair and len(got.damage) == 1 and got.damage[0].startswith(path + ':')
+    # a whole .tmp where the file was removed (FAT) is the file; a torn one is nothing
+    os.remove(path)
+    storage.write_atomic(path + '.bak', storage.seal(b'x', 4))
+    with open(path + '.tmp', 'wb') as f:
+        f.write(storage.seal(b'from tmp', 5))
+    got = storage.read_copies(path)
+    assert (got.body, got.damage) == (b'from tmp', [])
+    with open(path + '.tmp', 'wb') as f:
+        f.write(storage.seal(b'from tmp', 5)[:6])
+    got = storage.read_copies(path)
+    assert got.body == b'x' and got.damage == [path + ': missing']
+    # nothing at all: a first boot, no damage
+    os.remove(path + '.tmp')
+    os.remove(path + '.bak')
+    got = storage.read_copies(path)
+    assert (got.body, got.existed, got.damage) == (None, False, [])

@@ -57,6 +57,7 @@ def test_text_report_has_every_section(charging):
     for section in ("[firmware]", "[config]", "[limits]", "[errors]", "[events]", "[statistics]", "[update]"):
         assert section in out, section
     assert "board              sim" in out
+    assert "stored state: every file read whole at boot" in out
     assert "MAX_CHARGE_AMPS" in out and "default" in out
     assert "set by grid" in out and "V2G-507" in out
     assert "host link, controller side:" in out and "frames_ok" in out

@@ -2,8 +2,11 @@
 the plant port plays the EV and grid, the host link (host_tools.link) plays the host."""
 
 import json
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import serial
@@ -307,3 +310,109 @@ def test_pump_failure_on_the_virtual_board_derates_and_the_led_shows_it(station)
     assert plant.do(do="config", HEARTBEAT_TIMEOUT_S=1)["ok"]
     assert plant.do(do="heartbeat_loss")["ok"]
     assert wait_for(tel, lambda s: "V2G-101" in s["errors"])["led"] == "link"
+
+
+# -- what survives on the board's flash -----------------------------------------------------------
+
+def wait_booted(plant, timeout=20):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if plant.do(do="state")["ok"]:
+                return
+        except (AssertionError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the station did not answer on the plant port")
+
+
+def unsealed_json(path):
+    from app import storage
+    return json.loads(storage.unseal(path.read_bytes())[1])
+
+
+def diag_of(board):
+    from host_tools.diag import fetch_events
+    with LinkClient(board.endpoints["link"]) as link:
+        return link.command("diag").data, fetch_events(link)
+
+
+def test_weld_latch_survives_a_damaged_controller_state_on_the_board(tmp_path):
+    state = tmp_path / "flash"
+    board = RunningBoard(state)
+    plant = Plant(board.endpoints["plant"])
+    try:
+        wait_booted(plant)
+        assert plant.do(do="contactor_fault", kind="welded")["ok"]
+        end = time.monotonic() + 10
+        while time.monotonic() < end and "V2G-011" not in diag_of(board)[0]["errors"]:
+            time.sleep(0.2)
+        assert plant.do(do="contactor_restore")["ok"]
+        d, _ = diag_of(board)
+        assert "V2G-011" in d["errors"] and d["storage"]["damaged"] == []
+    finally:
+        plant.port.close()
+        assert board.stop() == 0
+    ctl = state / "state" / "controller.json"
+    assert unsealed_json(ctl)["weld"] is True
+    # one field changed on the stopped board's flash: the latch is cleared in the file
+    ctl.write_bytes(ctl.read_bytes().replace(b'"weld": true', b'"weld": false'))
+    board = RunningBoard(state)
+    plant = Plant(board.endpoints["plant"])
+    try:
+        wait_booted(plant)
+        d, events = diag_of(board)
+        assert "V2G-011" in d["errors"] and "V2G-020" in d["errors"], d["errors"]
+        assert d["storage"]["damaged"] == ["state/controller.json"]
+        rep = [e for e in events if e[1] == "V2G-020"]
+        assert rep and "state/controller.json" in rep[-1][3] and "other copy is used" in rep[-1][3], rep
+        text = subprocess.run([str(Path(sys.executable).with_name("v2g-diag")), "--port",
+                               board.endpoints["link"], "--all"], capture_output=True, text=True,
+                              timeout=60).stdout
+        assert "stored state: DAMAGED state/controller.json" in text, text
+    finally:
+        plant.port.close()
+        assert board.stop() == 0
+    # now both copies: the station assumes the weld and the lost host until an operator clears
+    (state / "state" / "controller.json").unlink()
+    (state / "state" / "controller.json.bak").write_bytes(b"")
+    board = RunningBoard(state)
+    plant = Plant(board.endpoints["plant"])
+    try:
+        wait_booted(plant)
+        d, events = diag_of(board)
+        assert {"V2G-011", "V2G-020", "V2G-101"} <= set(d["errors"]), d["errors"]
+        assert d["mode"] in ("fault", "charge_only") and d["limits"]["discharge_ma"] == 0, d
+        rep = [e for e in events if e[1] == "V2G-020"]
+        assert "assumed until an operator clears" in rep[-1][3], rep
+    finally:
+        plant.port.close()
+        assert board.stop() == 0
+
+
+def test_a_power_cut_while_mirroring_never_leaves_the_journal_ahead_of_the_settings(tmp_path):
+    """The virtual board's flash reaches the state folder in write order: cut the power the
+    moment the journal that records a config_set is on disk; the settings file it depends on
+    is there too."""
+    from app import storage
+    state = tmp_path / "flash"
+    # the board's VM dies right after its mirror has put a journal naming the plant's txn in place
+    board = RunningBoard(state, env={"V2G_VBOARD_CUT_AFTER": "state/journal.json:plant-"})
+    plant = Plant(board.endpoints["plant"])
+    try:
+        wait_booted(plant)
+        r = plant.do(do="config", MIN_SOC_THRESHOLD=30)
+        assert r["ok"] is True, r
+        journal = state / "state" / "journal.json"
+        end = time.monotonic() + 10
+        while time.monotonic() < end and not (journal.exists() and r["txn"].encode() in journal.read_bytes()):
+            time.sleep(0.05)
+    finally:
+        plant.port.close()
+        board.kill()
+    txns = [row[0] for row in unsealed_json(journal)["txns"]]
+    assert r["txn"] in txns
+    settings = state / "v2g_vars.json"
+    assert settings.exists(), "journal on flash says applied, the settings file is not there"
+    assert json.loads(settings.read_text())["MIN_SOC_THRESHOLD"] == 30
+    storage.unseal((state / "state" / "controller.json").read_bytes())

@@ -18,10 +18,11 @@ MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
 
 
 class RunningBoard:
-    def __init__(self, state, *extra):
+    def __init__(self, state, *extra, env=None):
         self.state = Path(state)
         self.proc = subprocess.Popen([V2G, "vboard", "--state", str(state), *extra],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=None if env is None else dict(os.environ, **env))
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError("vboard did not start: " + self.proc.stderr.read())
