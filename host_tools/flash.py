@@ -26,9 +26,12 @@ Steps, each one refusing with a clear reason before the board is touched when it
    is free (the virtual board; on a real board main.py holds the REPL and the version is
    confirmed over the host link, --link).
 
-A dry run reads the board without stopping the controller where the REPL is free (raw REPL
-entered without Ctrl-C or reset); on a board whose main.py holds the REPL it has to stop the
-controller to read it, and restarts it afterwards with a soft reset, and says so.
+The board is read without stopping the controller where the REPL is free (raw REPL entered
+without Ctrl-C or reset). A dry run, and a reflash where nothing differs, stop there: nothing
+is written, nothing is reset, and the running controller is never interrupted. Otherwise the
+controller is stopped (Ctrl-C, soft reset in raw REPL) before the first write. On a board
+whose main.py holds the REPL it has to be stopped to be read at all; with nothing to write it
+is restarted afterwards with a soft reset, and the report says so.
 
 The transport is mpremote's (its Python API: raw REPL exec/eval); the reset and the boot
 watch use the same pyserial port directly.
@@ -340,6 +343,7 @@ class Board:
         self.baudrate = baudrate
         self.interrupt = interrupt
         self.stopped_controller = False
+        self.fresh = False            # in raw REPL after a soft reset: clean module state
         self.t = None
 
     def __enter__(self):
@@ -367,6 +371,7 @@ class Board:
             # in raw REPL gives clean module state; main.py does not run in raw REPL.
             self.t.enter_raw_repl(soft_reset=True)
             self.stopped_controller = True
+            self.fresh = True
         elif not self._enter_raw_quietly():
             # main.py holds the REPL (a real board): only Ctrl-C gets to it, which stops
             # the controller; the caller restarts it.
@@ -378,6 +383,20 @@ class Board:
 
     def __exit__(self, *exc):
         self.close()
+
+    def stop_controller(self):
+        """Before a write: stop a controller left running by a quiet entry and get clean
+        module state (Ctrl-C, raw REPL, soft reset: boot.py runs, main.py does not)."""
+        from mpremote.transport import TransportError
+        if self.fresh:
+            return
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.t.enter_raw_repl(soft_reset=True)
+        except TransportError as e:
+            raise FlashError("cannot stop the controller for the write: {}".format(e)) from None
+        self.stopped_controller = True
+        self.fresh = True
 
     def _enter_raw_quietly(self, wait_s=1.0):
         """Ctrl-A alone, without Ctrl-C: answered only when the REPL is free (main.py returned
@@ -518,7 +537,8 @@ class Report:
     running: str = None               # what the boot check saw, in words
     running_version: str = None       # the version the running controller reports (REPL)
     running_tree: str = None          # 'factory' or the update slot it runs from
-    restarted: bool = False           # a dry run had to stop the controller and restarted it
+    restarted: bool = False           # the controller had to be stopped to read the board; restarted
+    untouched: bool = False           # nothing differed: nothing written, no reset
     seconds: float = 0.0
     copy_seconds: float = 0.0         # compare + copy only (what mpremote fs cp -r does)
     bytes_sent: int = 0
@@ -535,18 +555,25 @@ class Report:
 
 def flash(board, plan, dry_run=False, progress=None, wait_s=10.0, changes=None):
     """Bring the board to the plan. progress(n_bytes) is called as bytes go out; changes is
-    diff(plan, board.hashes()) if the caller has it already. With dry_run nothing is written;
-    a controller that had to be stopped to read the board is restarted (report.restarted)."""
+    diff(plan, board.hashes()) if the caller has it already. With dry_run, or when nothing
+    differs (report.untouched), nothing is written and a controller that kept running is left
+    alone; one that had to be stopped to read the board is restarted (report.restarted).
+    Otherwise the controller is stopped (board.stop_controller) before the first write."""
     t0 = time.monotonic()
     if changes is None:
         changes = diff(plan, board.hashes())
     report = Report(changes, dry_run)
-    if dry_run:
+    if dry_run or changes.empty:
+        # Nothing to write: the board is left as it is. A controller that had to be stopped
+        # to read the board (main.py holds the REPL) is restarted; one that kept running
+        # (the REPL was free) is not touched: no reset, no import check.
+        report.untouched = not dry_run
         if board.stopped_controller:
             _restart(board, report, wait_s)
             report.restarted = True
         report.seconds = time.monotonic() - t0
         return report
+    board.stop_controller()
     if not changes.empty:
         copying = [p for p, _, _ in changes.copy]
         if "main.py" in copying:
@@ -599,7 +626,8 @@ def _restart(board, report, wait_s):
 
 
 def confirm_link(url, expected_version, timeout=10.0):
-    """Ask the running controller over its host link for its hello; returns it."""
+    """Ask the running controller over its host link for its hello; returns it. With
+    expected_version None any version is taken (a reflash that changed nothing)."""
     from host_tools.link import LinkClient, LinkError
     end = time.monotonic() + timeout
     last = None
@@ -607,7 +635,7 @@ def confirm_link(url, expected_version, timeout=10.0):
         try:
             with LinkClient(url, heartbeat_s=None) as lk:
                 hello = lk.hello(timeout=2.0)
-            if hello.get("fw") != expected_version:
+            if expected_version is not None and hello.get("fw") != expected_version:
                 raise FlashError("the controller says firmware {} over the link, expected {}"
                                  .format(hello.get("fw"), expected_version))
             return hello
