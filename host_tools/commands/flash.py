@@ -44,11 +44,11 @@ def cli(port, board, config, pubkey, dry_run, link_url, boot_wait):
         # the board is read without stopping a controller where the REPL is free: a dry run
         # or a reflash with nothing changed leaves it running; flash() stops it before a write
         with F.Board(port, interrupt=False) as b:
-            changes = F.diff(plan, b.hashes())      # asked once; flash() works from it
+            changes = F.compare(b, plan)            # asked once; flash() works from it
             if dry_run:
                 report = F.flash(b, plan, dry_run=True, changes=changes, wait_s=boot_wait)
             else:
-                size = sum(n for _, _, n in changes.copy) or 1
+                size = sum(n for _, _, n in changes.copy) + (changes.rom[1] if changes.rom else 0) or 1
                 with click.progressbar(length=size, label="flashing {} file(s)".format(len(changes.copy)),
                                        file=sys.stderr) as bar:
                     report = F.flash(b, plan, progress=bar.update, wait_s=boot_wait, changes=changes)
