@@ -1,15 +1,21 @@
 """Rules for firmware that is frozen into a MicroPython image or run from ROMFS.
 
 Two things that import fine from a filesystem break or slow down once frozen (seen with
-MicroPython 1.26-1.28's freezing tool, /work notes on the VM):
+MicroPython 1.26-1.28's freezing tool):
 - a float constant that is infinite or NaN is written into the generated C as a bare `inf` /
-  `nan`, which the C compiler rejects: the image does not build;
+  `nan` (tools/mpy-tool.py prints floats with "%.16g"), which the C compiler rejects: the
+  image does not build. mpy-cross folds `math.inf` and `math.nan` into such constants wherever
+  they appear (MICROPY_COMP_MODULE_CONST), inside functions too: core/cbor.py's
+  `_half_to_float` had them, and mpy-tool.py of MicroPython 1.29 wrote
+  `(mp_float_t)inf` and `(mp_float_t)nan` for it;
 - a constant tuple of ints became heap integers in the frozen image, so code indexing it
   allocated on every call (pilot.level: 32-96 B per call on the control step).
 
 The rules, checked on every .py under firmware/ and boards/ with `ast`:
-1. no float literal (or constant expression of literals) that is inf or NaN, anywhere, and
-   no module-level name bound to float('inf'/'nan') or math.inf/math.nan;
+1. no float literal (or constant expression of literals) that is inf or NaN and no
+   `math.inf`/`math.nan`, anywhere (the compiler makes constants of them), and no module-level
+   name bound to float('inf'/'nan'); build such a value inside the function that needs it
+   with float('inf') (a call at run time, never a constant);
 2. no module-level constant tuple of ints in the modules on the control step's path
    (HOT_PATH): tables there are `bytes`, `array` or `const()` scalars. Module-level tuples
    read only at start-up or when settings change are listed in ALLOWED with the reason.
@@ -82,14 +88,18 @@ def _is_bad_float(v):
 
 
 def _bad_float_call(node):
-    """float('inf'), float('-nan'), math.inf, math.nan ..."""
+    """float('inf'), float('-nan') ..."""
     if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "float" and node.args:
         arg = node.args[0]
         if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
             return arg.value.strip().lower().lstrip("+-") in ("inf", "infinity", "nan")
-    if isinstance(node, ast.Attribute) and node.attr in ("inf", "nan"):
-        return getattr(node.value, "id", None) == "math"
     return False
+
+
+def _math_constant(node):
+    """math.inf, math.nan: folded into constants by mpy-cross."""
+    return (isinstance(node, ast.Attribute) and node.attr in ("inf", "nan")
+            and getattr(node.value, "id", None) == "math")
 
 
 def inf_nan_problems(path, rel):
@@ -99,6 +109,9 @@ def inf_nan_problems(path, rel):
         if isinstance(node, (ast.Constant, ast.BinOp, ast.UnaryOp)) and _is_bad_float(_fold(node)):
             out.append("{}:{}: float constant {} (frozen, it becomes a bare inf/nan in C)".format(
                 rel, node.lineno, ast.unparse(node)))
+        elif _math_constant(node):
+            out.append("{}:{}: {} is folded into a float constant (frozen, a bare inf/nan in C); "
+                       "use float('{}') inside the function".format(rel, node.lineno, ast.unparse(node), node.attr))
     for stmt in tree.body:
         if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None:
             for node in ast.walk(stmt.value):
@@ -159,7 +172,8 @@ def test_no_constant_int_tuples_on_the_hot_path():
     ("def f():\n    return -1e999 * 0\n", True),
     ("X = float('inf')\n", True),
     ("import math\nNAN = math.nan\n", True),
-    ("import math\ndef f(x):\n    return math.inf if x else math.nan\n", False),   # built when called
+    ("import math\ndef f(x):\n    return math.inf if x else 0.0\n", True),   # folded all the same
+    ("def f(x):\n    return float('inf') if x else float('nan')\n", False),    # built when called
     ("X = 1.5e300\n", False),
 ])
 def test_the_inf_nan_rule_sees(tmp_path, src, bad):
