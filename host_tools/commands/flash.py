@@ -10,7 +10,7 @@ from host_tools.commands._checks import FiniteFloatRange, check_port
 
 @click.command(name="flash")
 @click.option("--port", required=True, help="The board's REPL: /dev/ttyACM0, COM5, socket://HOST:PORT.")
-@click.option("--board", required=True, help="Board folder under boards/ (sim, pyboard).")
+@click.option("--board", required=True, help="Board folder under boards/ (sim, pyboard, pybd_sf6).")
 @click.option("--config", "config", type=click.Path(dir_okay=False),
               help="v2g_vars.json to install; validated first with the controller's own rules.")
 @click.option("--pubkey", type=click.Path(dir_okay=False),
