@@ -2,7 +2,9 @@
 
 Full: a blank board each run, `v2g flash` once with a cold compile cache (every module goes
 through mpy-cross, as on a fresh checkout) and once with a warm one. Incremental: one module
-changed (core/pilot.py gets a new constant, so its .mpy differs). `v2g flash` is timed as a
+changed (core/pilot.py gets a new constant, so its .mpy differs). Nothing changed: `v2g flash`
+again right after a full one, as the command runs it (the board read without stopping the
+controller); nothing is written and nothing reset. `v2g flash` is timed as a
 user waits for it: compile, compare, copy, import check, reset and the check of
 the running version; `mpremote fs cp -r` of the same compiled tree only copies (it compares by
 hash too, one file at a time) and neither compiles, resets nor checks. Median of RUNS.
@@ -31,6 +33,14 @@ def _v2g_flash(repl, copy_times=None):
         report = flash.flash(b, plan)
     if copy_times is not None:
         copy_times.append(report.copy_seconds)
+
+
+def _v2g_reflash(repl):
+    """As the command does it: read without stopping the controller; stop it only to write."""
+    plan = flash.prepare("sim")
+    with flash.Board(repl, interrupt=False) as b:
+        report = flash.flash(b, plan)
+    assert report.untouched, report.lines()
 
 
 def _write_tree(dest):
@@ -73,6 +83,7 @@ def rows():
         warm = str(tmp / "cache-warm")
         try:
             full_cold, full_v2g, full_mp, inc_v2g, inc_mp, full_copy, inc_copy = [], [], [], [], [], [], []
+            same = []
             for i in range(RUNS):
                 for kind, out in (("cold", full_cold), ("v2g", full_v2g), ("mp", full_mp)):
                     board = RunningBoard(tmp / "b{}{}".format(kind, i), "--blank")
@@ -84,6 +95,7 @@ def rows():
                             os.environ["XDG_CACHE_HOME"] = warm
                             flash.compile_tree("sim", "armv7emsp")     # warm: compiled before
                             out.append(_timed(lambda b=board: _v2g_flash(b.repl, full_copy)))
+                            same.append(_timed(lambda b=board: _v2g_reflash(b.repl)))
                             for j in range(RUNS):
                                 pilot.write_text(original + "\nBENCH_MARK = {}\n".format(i * 10 + j + 1))
                                 inc_v2g.append(_timed(lambda b=board: _v2g_flash(b.repl, inc_copy)))
@@ -107,7 +119,7 @@ def rows():
                 os.environ["XDG_CACHE_HOME"] = saved_cache
     med = statistics.median
     fk, fv, fm, iv, im = med(full_cold), med(full_v2g), med(full_mp), med(inc_v2g), med(inc_mp)
-    fc, ic = med(full_copy), med(inc_copy)
+    fc, ic, sm = med(full_copy), med(inc_copy), med(same)
     n = len(flash.prepare("sim").files)
     return [
         ("v2g flash, full, cold compile cache ({} files, blank virtual board, incl. mpy-cross, "
@@ -120,6 +132,7 @@ def rows():
         ("v2g flash full, compare + copy phase / mpremote cp -r", fc / fm, "x", "<= 1.0", fc / fm <= 1.0),
         ("v2g flash, one module changed (incl. reset + checks)", iv, "s", "< 3 s", iv < 3),
         ("mpremote fs cp -r, one module changed (copy only)", im, "s", None, None),
+        ("v2g flash, nothing changed (compare only: no write, no reset)", sm, "s", "<= 0.5 s", sm <= 0.5),
         ("v2g flash incremental / mpremote cp -r incremental", iv / im, "x", "<= 1.5", iv / im <= 1.5),
         ("v2g flash incremental, compare + copy phase / mpremote cp -r", ic / im, "x", "<= 0.5", ic / im <= 0.5),
     ]

@@ -26,9 +26,12 @@ Steps, each one refusing with a clear reason before the board is touched when it
    is free (the virtual board; on a real board main.py holds the REPL and the version is
    confirmed over the host link, --link).
 
-A dry run reads the board without stopping the controller where the REPL is free (raw REPL
-entered without Ctrl-C or reset); on a board whose main.py holds the REPL it has to stop the
-controller to read it, and restarts it afterwards with a soft reset, and says so.
+The board is read without stopping the controller where the REPL is free (raw REPL entered
+without Ctrl-C or reset). A dry run, and a reflash where nothing differs, stop there: nothing
+is written, nothing is reset, and the running controller is never interrupted. Otherwise the
+controller is stopped (Ctrl-C, soft reset in raw REPL) before the first write. On a board
+whose main.py holds the REPL it has to be stopped to be read at all; with nothing to write it
+is restarted afterwards with a soft reset, and the report says so.
 
 The transport is mpremote's (its Python API: raw REPL exec/eval); the reset and the boot
 watch use the same pyserial port directly.
@@ -48,7 +51,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from host_tools import mpy_check, vm
+from host_tools import mpy_check, romfs, vm
 
 CONFIG_FILE = "v2g_vars.json"
 KEY_FILE = "update_key.bin"     # 65 bytes: the uncompressed P-256 point 04||X||Y
@@ -173,17 +176,23 @@ def _mpy_cross_version():
 
 
 def firmware_files(board):
-    """(source path, path on the board) for every file that goes onto the controller."""
+    """(source path, path on the board) for every file that goes onto the controller. A board
+    whose board.json names a `hal_base` (pybd_sf6: pyboard) also carries that board's HAL
+    package as board/<hal_base>/, which its own hal.py builds on."""
     pairs = []
     for src in sorted(vm.FIRMWARE.rglob("*.py")):
         rel = src.relative_to(vm.FIRMWARE).as_posix()
         if "__pycache__" not in src.parts and rel not in BUILD_ONLY:
             pairs.append((src, rel))
-    bdir = vm.BOARDS / board
-    for src in sorted(bdir.rglob("*.py")):
-        rel = src.relative_to(bdir).as_posix()
-        if "__pycache__" not in src.parts and rel not in BUILD_ONLY:
-            pairs.append((src, BOARD_PKG + "/" + rel))
+    base = load_board(board).get("hal_base")
+    for folder, prefix in [(board, BOARD_PKG + "/")] + ([(base, BOARD_PKG + "/" + base + "/")] if base else []):
+        bdir = vm.BOARDS / folder
+        for src in sorted(bdir.rglob("*.py")):
+            rel = src.relative_to(bdir).as_posix()
+            # the base board's pin map stays behind: its HAL reads this board's (board.pins)
+            skip = BUILD_ONLY + (("pins.py",) if folder != board else ())
+            if "__pycache__" not in src.parts and rel not in skip:
+                pairs.append((src, prefix + rel))
     return pairs
 
 
@@ -236,6 +245,8 @@ class Plan:
     managed: tuple                    # top-level names that are ours to replace/remove
     config_keys: list = field(default_factory=list)
     config_notes: list = field(default_factory=list)   # what the settings cannot do as they read
+    romfs: bytes = None               # the ROMFS image of the modules, on a board with a ROM partition
+    rom: dict = None                  # board.json "romfs": partition number, size, ...
 
 
 def prepare(board, config=None, pubkey=None, config_text=None):
@@ -251,10 +262,23 @@ def prepare(board, config=None, pubkey=None, config_text=None):
         notes = config_notes(json.loads(data), info)
     if pubkey is not None:
         files[KEY_FILE] = read_pubkey(pubkey)
-    files.update(compile_tree(board, info["mpy_arch"]))
+    compiled = compile_tree(board, info["mpy_arch"])
+    image = None
+    rom = info.get("romfs")
+    if rom:
+        # Every compiled module goes into the ROMFS image (run in place from flash); the
+        # read-write filesystem keeps what MicroPython runs by name and the settings. Copies
+        # of our modules left there from an earlier flash are removed (diff: not in the plan).
+        image = romfs.build({p: d for p, d in compiled.items() if p not in SOURCE_ONLY})
+        if len(image) > int_of(rom["size"]):
+            raise FlashError("the ROMFS image ({:,} B) does not fit the board's {:,} B partition".format(
+                len(image), int_of(rom["size"])))
+        compiled = {p: d for p, d in compiled.items() if p in SOURCE_ONLY}
+    files.update(compiled)
     managed = sorted({p.name for p in vm.FIRMWARE.iterdir() if p.is_dir() and p.name != "__pycache__"}
                      | set(SOURCE_ONLY) | set(BUILD_ONLY) | {BOARD_PKG})
-    return Plan(board, info["mpy_arch"], firmware_version(), files, tuple(managed), config_keys, notes)
+    return Plan(board, info["mpy_arch"], firmware_version(), files, tuple(managed), config_keys, notes,
+                romfs=image, rom=rom)
 
 
 def sha(data):
@@ -266,10 +290,11 @@ class Changes:
     copy: list          # (path, reason 'new' | 'changed', size)
     remove: list        # paths of ours the new tree does not have
     unchanged: list
+    rom: tuple = None   # (reason, size) when the ROMFS partition must be written
 
     @property
     def empty(self):
-        return not self.copy and not self.remove
+        return not self.copy and not self.remove and not self.rom
 
 
 # The installer's state (update.json, its .bak copy and their .tmp files) and fault injection.
@@ -277,8 +302,9 @@ UPDATE_STATE = ("update.json", "update.json.tmp", "update.json.bak", "update.jso
 SETTINGS_FILES = (CONFIG_FILE, KEY_FILE)     # not firmware: changing them keeps an update
 
 
-def diff(plan, on_board):
-    """Compare the plan with {path: sha256 hex} read from the board."""
+def diff(plan, on_board, rom_on_board=None):
+    """Compare the plan with {path: sha256 hex} read from the board and, on a board with a
+    ROMFS partition, the SHA-256 of its first len(plan.romfs) bytes (rom_on_board)."""
     copy, unchanged = [], []
     for path in sorted(plan.files):
         data = plan.files[path]
@@ -291,12 +317,21 @@ def diff(plan, on_board):
             unchanged.append(path)
     remove = sorted(p for p in on_board
                     if p not in plan.files and p.split("/", 1)[0] in plan.managed)
-    if any(path not in SETTINGS_FILES for path, _, _ in copy) or remove:
+    rom = None
+    if plan.romfs is not None and rom_on_board != sha(plan.romfs):
+        rom = ("changed" if rom_on_board else "new", len(plan.romfs))
+    if any(path not in SETTINGS_FILES for path, _, _ in copy) or remove or rom:
         # New factory firmware supersedes any installed update: a confirmed slot would
         # otherwise keep shadowing it at every boot (see docs/updates.md). New settings or a
         # new update key alone leave an installed update where it is.
         remove += sorted(p for p in on_board if p in UPDATE_STATE or p.startswith("slots/"))
-    return Changes(copy, remove, unchanged)
+    return Changes(copy, remove, unchanged, rom)
+
+
+def compare(board, plan):
+    """diff() of the plan against what the board holds (its files and its ROMFS partition)."""
+    rom = board.rom_sha(plan.rom["partition"], len(plan.romfs)) if plan.romfs is not None else None
+    return diff(plan, board.hashes(), rom)
 
 
 # ------------------------------------------------------------------------------ the board
@@ -325,6 +360,29 @@ del _v2g_walk
 """
 
 
+# Runs on the controller: the ROMFS partition's size and the SHA-256 of its first {n} bytes
+# ('-' when they do not start with a ROMFS header: nothing deployed yet). mpremote's partition
+# query (vfs.rom_ioctl(2, id): the partition as a memoryview); the hash is taken on the board,
+# so only 64 hex digits cross the wire.
+_ROM_SCRIPT = """
+import vfs, hashlib, binascii
+if not hasattr(vfs, 'rom_ioctl'):
+    print('V2G-ROM none')
+else:
+    _v2g_d = vfs.rom_ioctl(2, {part})
+    if isinstance(_v2g_d, int):
+        print('V2G-ROM missing', _v2g_d)
+    else:
+        _v2g_m = memoryview(_v2g_d)
+        _v2g_h = hashlib.sha256(_v2g_m[:min(len(_v2g_m), {n})]).digest()
+        print('V2G-ROM', len(_v2g_m), binascii.hexlify(_v2g_h).decode() if bytes(_v2g_m[:3]) == {header!r} else '-')
+        del _v2g_m, _v2g_h
+    del _v2g_d
+"""
+ROM_CHUNK = 2048                 # image bytes per exec when writing the partition
+ROM_ERASE_STEP = 32768           # bytes erased per call, as mpremote does (one call stays short)
+
+
 # Typed at the friendly prompt after the reset: the version the running station reports
 # (a slot's manifest version when it runs an update) and the tree it runs from.
 _RUN_QUERY = ("import app.run as _r; _s = _r.station; print('V2G-RUN', _s.update.version() if _s else '-', "
@@ -343,6 +401,7 @@ class Board:
         self.baudrate = baudrate
         self.interrupt = interrupt
         self.stopped_controller = False
+        self.fresh = False            # in raw REPL after a soft reset: clean module state
         self.t = None
 
     def __enter__(self):
@@ -370,6 +429,7 @@ class Board:
             # in raw REPL gives clean module state; main.py does not run in raw REPL.
             self.t.enter_raw_repl(soft_reset=True)
             self.stopped_controller = True
+            self.fresh = True
         elif not self._enter_raw_quietly():
             # main.py holds the REPL (a real board): only Ctrl-C gets to it, which stops
             # the controller; the caller restarts it.
@@ -381,6 +441,20 @@ class Board:
 
     def __exit__(self, *exc):
         self.close()
+
+    def stop_controller(self):
+        """Before a write: stop a controller left running by a quiet entry and get clean
+        module state (Ctrl-C, raw REPL, soft reset: boot.py runs, main.py does not)."""
+        from mpremote.transport import TransportError
+        if self.fresh:
+            return
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.t.enter_raw_repl(soft_reset=True)
+        except TransportError as e:
+            raise FlashError("cannot stop the controller for the write: {}".format(e)) from None
+        self.stopped_controller = True
+        self.fresh = True
 
     def _enter_raw_quietly(self, wait_s=1.0):
         """Ctrl-A alone, without Ctrl-C: answered only when the REPL is free (main.py returned
@@ -420,6 +494,65 @@ class Board:
             if len(parts) == 2 and len(parts[1]) == 64:
                 found[parts[0]] = parts[1]
         return found
+
+    def _ask_int(self, expr):
+        out = self.exec("print('V2G-INT', {})".format(expr))
+        m = re.search(r"V2G-INT (-?\d+)", out)
+        if not m:
+            raise FlashError("the board did not answer {}: {}".format(expr, out.strip()))
+        return int(m.group(1))
+
+    def rom_sha(self, part, n):
+        """SHA-256 hex of the first n bytes of ROMFS partition `part`, '' if they do not start
+        with a ROMFS header. FlashError when the board's MicroPython has no ROMFS, the
+        partition is missing or n bytes do not fit it."""
+        out = self.exec(_ROM_SCRIPT.format(part=int(part), n=int(n), header=romfs.HEADER))
+        m = re.search(r"V2G-ROM (\S+)(?: (\S+))?", out)
+        if not m:
+            raise FlashError("the board did not answer the ROMFS query: " + out.strip())
+        if m.group(1) == "none":
+            raise FlashError("the board's MicroPython has no ROMFS (no vfs.rom_ioctl): this board needs "
+                             "MicroPython 1.25 or later built with its ROMFS partition (see board.json)")
+        if m.group(1) == "missing":
+            raise FlashError("the board has no ROMFS partition {} (vfs.rom_ioctl answered {})".format(
+                part, m.group(2)))
+        size = int(m.group(1))
+        if n > size:
+            raise FlashError("the ROMFS image ({:,} B) does not fit partition {} ({:,} B)".format(n, part, size))
+        return "" if m.group(2) == "-" else m.group(2)
+
+    def rom_deploy(self, part, image, progress=None):
+        """Write a ROMFS image to partition `part` as `mpremote romfs deploy` does (vfs.rom_ioctl:
+        unmount /rom, erase, write, end), read it back by hash, and mount it at /rom again."""
+        self.exec("import vfs, binascii\ntry:\n vfs.umount('/rom')\nexcept OSError:\n pass")
+        block = self._ask_int("vfs.rom_ioctl(6, {})".format(part))
+        span = len(image)
+        if block > 0:
+            span = (len(image) + block - 1) // block * block
+            step = max(block, ROM_ERASE_STEP // block * block)
+        else:
+            step = span
+        min_write = 4
+        for off in range(0, span, step):
+            got = self._ask_int("vfs.rom_ioctl(3, {}, {}, {})".format(part, off, min(step, span - off)))
+            if got < 0:
+                raise FlashError("erasing ROMFS partition {} at offset {} failed (error {})".format(part, off, got))
+            min_write = max(min_write, got)
+        for off in range(0, len(image), ROM_CHUNK):
+            chunk = image[off:off + ROM_CHUNK]
+            chunk += b"\xff" * (-len(chunk) % min_write)      # whole write units; 0xFF leaves erased flash as it is
+            got = self._ask_int("vfs.rom_ioctl(4, {}, {}, binascii.a2b_base64({!r}))".format(
+                part, off, base64.b64encode(chunk)))
+            if got < 0:
+                raise FlashError("writing ROMFS partition {} at offset {} failed (error {})".format(part, off, got))
+            if progress:
+                progress(min(ROM_CHUNK, len(image) - off))
+        self.exec("vfs.rom_ioctl(5, {})".format(part))    # end of write (not every port needs it)
+        if self.rom_sha(part, len(image)) != sha(image):
+            raise FlashError("ROMFS partition {} does not read back as written".format(part))
+        # MicroPython mounts /rom at boot; the import check before the reset needs it now
+        self.exec("import sys\nvfs.mount(vfs.VfsRom(vfs.rom_ioctl(2, {})), '/rom')\n"
+                  "if '/rom' not in sys.path:\n sys.path.insert(0, '/rom')".format(part))
 
     def makedirs(self, dirs):
         if not dirs:
@@ -521,13 +654,17 @@ class Report:
     running: str = None               # what the boot check saw, in words
     running_version: str = None       # the version the running controller reports (REPL)
     running_tree: str = None          # 'factory' or the update slot it runs from
-    restarted: bool = False           # a dry run had to stop the controller and restarted it
+    restarted: bool = False           # the controller had to be stopped to read the board; restarted
+    untouched: bool = False           # nothing differed: nothing written, no reset
     seconds: float = 0.0
     copy_seconds: float = 0.0         # compare + copy only (what mpremote fs cp -r does)
     bytes_sent: int = 0
 
     def lines(self):
         out = []
+        if self.changes.rom:
+            why, size = self.changes.rom
+            out.append("{} the ROMFS image ({}, {:,} B)".format("would write" if self.dry_run else "wrote", why, size))
         for path, why, size in self.changes.copy:
             out.append("{} {} ({}, {:,} B)".format("would copy" if self.dry_run else "copied", path, why, size))
         for path in self.changes.remove:
@@ -538,18 +675,29 @@ class Report:
 
 def flash(board, plan, dry_run=False, progress=None, wait_s=10.0, changes=None):
     """Bring the board to the plan. progress(n_bytes) is called as bytes go out; changes is
-    diff(plan, board.hashes()) if the caller has it already. With dry_run nothing is written;
-    a controller that had to be stopped to read the board is restarted (report.restarted)."""
+    compare(board, plan) if the caller has it already. With dry_run, or when nothing
+    differs (report.untouched), nothing is written and a controller that kept running is left
+    alone; one that had to be stopped to read the board is restarted (report.restarted).
+    Otherwise the controller is stopped (board.stop_controller) before the first write."""
     t0 = time.monotonic()
     if changes is None:
-        changes = diff(plan, board.hashes())
+        changes = compare(board, plan)
     report = Report(changes, dry_run)
-    if dry_run:
+    if dry_run or changes.empty:
+        # Nothing to write: the board is left as it is. A controller that had to be stopped
+        # to read the board (main.py holds the REPL) is restarted; one that kept running
+        # (the REPL was free) is not touched: no reset, no import check.
+        report.untouched = not dry_run
         if board.stopped_controller:
             _restart(board, report, wait_s)
             report.restarted = True
         report.seconds = time.monotonic() - t0
         return report
+    board.stop_controller()
+    if changes.rom and "main.py" in plan.files and "main.py" not in [p for p, _, _ in changes.copy]:
+        # main.py is off the board while the ROMFS partition is rewritten (see step 4), so it
+        # is written again last
+        changes.copy.append(("main.py", "rewritten after the ROMFS image", len(plan.files["main.py"])))
     if not changes.empty:
         copying = [p for p, _, _ in changes.copy]
         if "main.py" in copying:
@@ -561,6 +709,9 @@ def flash(board, plan, dry_run=False, progress=None, wait_s=10.0, changes=None):
                 dirs.add("/".join(parts[:i]))
         board.makedirs(sorted(dirs, key=lambda d: d.count("/")))
         board.remove(changes.remove)
+        if changes.rom:
+            board.rom_deploy(plan.rom["partition"], plan.romfs, progress)
+            report.bytes_sent += len(plan.romfs)
         for path in sorted(copying, key=lambda p: p == "main.py"):
             board.put(path, plan.files[path], progress)
             report.bytes_sent += len(plan.files[path])
@@ -602,7 +753,8 @@ def _restart(board, report, wait_s):
 
 
 def confirm_link(url, expected_version, timeout=10.0):
-    """Ask the running controller over its host link for its hello; returns it."""
+    """Ask the running controller over its host link for its hello; returns it. With
+    expected_version None any version is taken (a reflash that changed nothing)."""
     from host_tools.link import LinkClient, LinkError
     end = time.monotonic() + timeout
     last = None
@@ -610,7 +762,7 @@ def confirm_link(url, expected_version, timeout=10.0):
         try:
             with LinkClient(url, heartbeat_s=None) as lk:
                 hello = lk.hello(timeout=2.0)
-            if hello.get("fw") != expected_version:
+            if expected_version is not None and hello.get("fw") != expected_version:
                 raise FlashError("the controller says firmware {} over the link, expected {}"
                                  .format(hello.get("fw"), expected_version))
             return hello

@@ -8,13 +8,19 @@ validated v2g_vars.json, update_key.bin), formatted with the geometry the board'
 build uses (boards/<BOARD>/board.json, `filesystem`), and placed at its offset in flash.
 The base image may not put a single byte in the filesystem region or the update partition,
 nor outside the flash: such an overlap is refused with the addresses named.
+
+A board with a ROMFS partition (board.json `romfs`: pybd_sf6) gets the ROMFS image `v2g flash`
+deploys instead, at the partition's address (the PYBD's memory-mapped QSPI flash), and the
+same image beside the .hex as OUT.romfs for `mpremote romfs deploy`. Its read-write filesystem
+is in an SPI flash outside the address space, so main.py, boot.py, the settings and the key
+are not in the image: the first `v2g flash` writes them (and finds the partition up to date).
 """
 
 from intelhex import IntelHex
 from littlefs import LittleFS, UserContext
 from littlefs.errors import LittleFSError
 
-from host_tools import flash
+from host_tools import flash, romfs
 
 
 # littlefs on-disk version written into the image. littlefs-python 0.19 (littlefs 2.11) writes
@@ -108,9 +114,13 @@ def check_base(base, info, geo):
         raise ImageError("overlapping regions refused: " + "; ".join(problems))
 
 
-def build(board, base_hex, out_hex, config=None, pubkey=None):
-    info = flash.load_board(board)
-    geo = geometry(info)
+def _rom_region(info):
+    rom = info["romfs"]
+    start = flash.int_of(rom["start"])
+    return start, start + flash.int_of(rom["size"])
+
+
+def _read_base(base_hex):
     try:
         base = IntelHex(str(base_hex))
     except Exception as e:  # noqa: BLE001 - intelhex raises several kinds
@@ -119,6 +129,53 @@ def build(board, base_hex, out_hex, config=None, pubkey=None):
         # an empty file parses as Intel HEX too; a factory image without MicroPython never boots
         raise ImageError("base image {} holds no data: expected the board's MicroPython firmware".format(
             base_hex))
+    return base
+
+
+def build_romfs(board, info, base_hex, out_hex, config=None, pubkey=None):
+    """The factory image of a board whose firmware runs from a ROMFS partition."""
+    if config is not None or pubkey is not None:
+        raise ImageError("board {}: the settings and the update key go on the board's read-write "
+                         "filesystem, which is not in the image ({}); install them with v2g flash "
+                         "--config/--pubkey after programming".format(board, info["filesystem"].get("kind")))
+    base = _read_base(base_hex)
+    lo, hi = _rom_region(info)
+    fl = info["flash"]
+    flash_lo = flash.int_of(fl["start"])
+    flash_hi = flash_lo + flash.int_of(fl["size"])
+    problems = []
+    for a, b in base.segments():
+        if max(a, lo) < min(b, hi):
+            problems.append("base image has data at {} inside the ROMFS partition {}".format(
+                _span(max(a, lo), min(b, hi)), _span(lo, hi)))
+        elif a < flash_lo or b > flash_hi:
+            problems.append("base image has data at {} outside the flash {}".format(
+                _span(a, b), _span(flash_lo, flash_hi)))
+    if problems:
+        raise ImageError("overlapping regions refused: " + "; ".join(problems))
+    plan = flash.prepare(board)
+    merged = IntelHex()
+    merged.merge(base, overlap="error")
+    part = IntelHex()
+    part.frombytes(plan.romfs, offset=lo)
+    merged.merge(part, overlap="error")
+    if base.start_addr:
+        merged.start_addr = base.start_addr
+    merged.write_hex_file(str(out_hex))
+    rom_file = str(out_hex)[:-4] + ".romfs" if str(out_hex).lower().endswith(".hex") else str(out_hex) + ".romfs"
+    with open(rom_file, "wb") as f:
+        f.write(plan.romfs)
+    return {"board": board, "version": plan.version, "files": sorted(romfs.read(plan.romfs)),
+            "romfs_region": (lo, hi), "romfs_bytes": len(plan.romfs), "romfs_file": rom_file,
+            "left_for_flash": sorted(plan.files)}
+
+
+def build(board, base_hex, out_hex, config=None, pubkey=None):
+    info = flash.load_board(board)
+    if info.get("romfs"):
+        return build_romfs(board, info, base_hex, out_hex, config, pubkey)
+    geo = geometry(info)
+    base = _read_base(base_hex)
     check_base(base, info, geo)
     plan = flash.prepare(board, config=config, pubkey=pubkey)
     region = fs_image(plan.files, geo)
@@ -139,9 +196,18 @@ def build(board, base_hex, out_hex, config=None, pubkey=None):
 
 
 def read_back(hex_path, board):
-    """Mount the filesystem region of a factory image; return {path: bytes}."""
-    geo = geometry(flash.load_board(board))
+    """Mount the filesystem region of a factory image (or read its ROMFS partition); return
+    {path: bytes}."""
+    info = flash.load_board(board)
     ih = IntelHex(str(hex_path))
+    if info.get("romfs"):
+        lo, hi = _rom_region(info)
+        region = bytes(ih.tobinarray(start=lo, size=hi - lo))
+        try:
+            return romfs.read(region)
+        except romfs.RomfsError as e:
+            raise ImageError("the ROMFS partition in {}: {}".format(hex_path, e)) from None
+    geo = geometry(info)
     region = b"".join(bytes(ih.tobinarray(start=lo, size=hi - lo)) for lo, hi in fs_regions(geo))
     fs, _ = new_fs(geo, buffer=region)
     try:

@@ -60,10 +60,13 @@ LINK_WINDOW_FRAMES = const(4)
 LINK_FRAME_WIRE = const(1030)
 RS485_RXBUF = const(256)
 
-# NTC 10 k B3950 under a 10 k pull-up to 3.3 V: (ADC mV, 0.1 degC), falling mV.
-_NTC = ((3014, -200), (2816, -100), (2543, 0), (2206, 100), (1835, 200), (1470, 300),
-        (1143, 400), (871, 500), (657, 600), (493, 700), (371, 800), (281, 900),
-        (215, 1000), (165, 1100), (129, 1200), (101, 1300))
+# NTC 10 k B3950 under a 10 k pull-up to 3.3 V: ADC mV (falling) and 0.1 degC, point by point.
+# Arrays, not a tuple of pairs: frozen into an image a constant tuple's ints were heap objects
+# and reading them allocated on every control step (tests/host/test_frozen_rules.py).
+_NTC_MV = array('h', [3014, 2816, 2543, 2206, 1835, 1470, 1143, 871, 657, 493, 371, 281,
+                      215, 165, 129, 101])
+_NTC_DC = array('h', [-200, -100, 0, 100, 200, 300, 400, 500, 600, 700, 800, 900,
+                      1000, 1100, 1200, 1300])
 # Outside these the divider is not an NTC in range: above, the NTC is open (broken wire,
 # unplugged: the pull-up alone gives 3.3 V); below, the sense line is shorted to ground.
 NTC_OPEN_MV = const(3100)
@@ -97,14 +100,15 @@ def trial_watchdog():
 def ntc_dc(mv):
     """EVSE temperature in 0.1 degC from the NTC divider voltage (linear between points,
     clamped to the table's ends; the caller rejects open and shorted sensors first)."""
-    if mv >= _NTC[0][0]:
-        return _NTC[0][1]
-    for i in range(1, len(_NTC)):
-        hi_mv, hi_dc = _NTC[i - 1]
-        lo_mv, lo_dc = _NTC[i]
+    if mv >= _NTC_MV[0]:
+        return _NTC_DC[0]
+    for i in range(1, len(_NTC_MV)):
+        hi_mv = _NTC_MV[i - 1]
+        lo_mv = _NTC_MV[i]
         if mv >= lo_mv:
-            return hi_dc + (hi_mv - mv) * (lo_dc - hi_dc) // (hi_mv - lo_mv)
-    return _NTC[-1][1]
+            hi_dc = _NTC_DC[i - 1]
+            return hi_dc + (hi_mv - mv) * (_NTC_DC[i] - hi_dc) // (hi_mv - lo_mv)
+    return _NTC_DC[len(_NTC_DC) - 1]
 
 
 def ntc_fault(mv):

@@ -67,7 +67,9 @@ def _half_to_float(h):
     if exp == 0:
         return sign * math.ldexp(frac, -24)
     if exp == 31:
-        return sign * math.inf if frac == 0 else math.nan
+        # float('inf') is built here at run time: mpy-cross folds math.inf/math.nan into
+        # constants, which a frozen build writes into C as a bare inf/nan that does not compile
+        return sign * float('inf') if frac == 0 else float('nan')
     return sign * math.ldexp(frac + 1024, exp - 25)
 
 

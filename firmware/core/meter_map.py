@@ -170,6 +170,8 @@ class MeterReader:
         if not self.blocks:
             raise ValueError("meter block table is empty")
         self.plan = _plan(self.blocks, fmap)
+        # a table of our own, built here: the module's constant tuples stay out of each poll
+        self.blocks = tuple([(start, count) for start, count in self.blocks])
         covered = 0
         for items in self.plan:
             covered += len(items)

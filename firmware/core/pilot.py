@@ -4,6 +4,8 @@ Duty is in per-mille (1000 = steady +12 V, no PWM; 0 = steady -12 V, state F).
 Currents in mA. The EVSE offer must never exceed the limit, so current->duty
 rounds down.
 """
+from array import array
+
 from micropython import const
 
 PWM_OFF = const(1000)      # steady +12 V: no PWM, no offer (state A/B "not ready")
@@ -30,7 +32,9 @@ UNKNOWN = const(6)   # fits no band
 LETTERS = ('A', 'B', 'C', 'D', 'E', 'F', '?')
 
 _BAND_MV = const(1000)   # each level +-1 V
-_NOMINAL_MV = (12000, 9000, 6000, 3000, 0, -12000)
+# An array, not a tuple: frozen into an image a constant tuple's ints were heap objects and
+# level() allocated on every control step (tests/host/test_frozen_rules.py).
+_NOMINAL_MV = array('i', [12000, 9000, 6000, 3000, 0, -12000])
 DIODE_LOW_MAX_MV = const(-11000)   # with the EV's diode the low side reaches about -12 V
 
 

@@ -10,7 +10,7 @@ from host_tools.commands._checks import FiniteFloatRange, check_port
 
 @click.command(name="flash")
 @click.option("--port", required=True, help="The board's REPL: /dev/ttyACM0, COM5, socket://HOST:PORT.")
-@click.option("--board", required=True, help="Board folder under boards/ (sim, pyboard).")
+@click.option("--board", required=True, help="Board folder under boards/ (sim, pyboard, pybd_sf6).")
 @click.option("--config", "config", type=click.Path(dir_okay=False),
               help="v2g_vars.json to install; validated first with the controller's own rules.")
 @click.option("--pubkey", type=click.Path(dir_okay=False),
@@ -41,13 +41,14 @@ def cli(port, board, config, pubkey, dry_run, link_url, boot_wait):
     for note in plan.config_notes:
         click.echo("note: " + note, err=True)
     try:
-        # a dry run leaves a running controller alone where the REPL is free
-        with F.Board(port, interrupt=not dry_run) as b:
-            changes = F.diff(plan, b.hashes())      # asked once; flash() works from it
+        # the board is read without stopping a controller where the REPL is free: a dry run
+        # or a reflash with nothing changed leaves it running; flash() stops it before a write
+        with F.Board(port, interrupt=False) as b:
+            changes = F.compare(b, plan)            # asked once; flash() works from it
             if dry_run:
                 report = F.flash(b, plan, dry_run=True, changes=changes, wait_s=boot_wait)
             else:
-                size = sum(n for _, _, n in changes.copy) or 1
+                size = sum(n for _, _, n in changes.copy) + (changes.rom[1] if changes.rom else 0) or 1
                 with click.progressbar(length=size, label="flashing {} file(s)".format(len(changes.copy)),
                                        file=sys.stderr) as bar:
                     report = F.flash(b, plan, progress=bar.update, wait_s=boot_wait, changes=changes)
@@ -62,11 +63,20 @@ def cli(port, board, config, pubkey, dry_run, link_url, boot_wait):
         else:
             click.echo("dry run: nothing written, the running controller was not interrupted")
         return
-    click.echo("firmware {} for board {} imported on the board; {}".format(
-        report.imported_version, report.board_name, report.running))
+    if report.untouched:
+        if report.restarted:
+            click.echo("nothing changed: nothing written; the controller had to be stopped to read the "
+                       "board and was restarted by a soft reset: {}".format(report.running))
+        else:
+            click.echo("nothing changed: nothing written, the running controller was not interrupted")
+    else:
+        click.echo("firmware {} for board {} imported on the board; {}".format(
+            report.imported_version, report.board_name, report.running))
     if link_url:
         try:
-            hello = F.confirm_link(link_url, report.running_version or plan.version)
+            # nothing changed: whatever runs (the factory firmware or an installed update) stays
+            expected = None if report.untouched else report.running_version or plan.version
+            hello = F.confirm_link(link_url, expected)
         except F.FlashError as e:
             raise click.ClickException(str(e)) from e
         click.echo("host link: hello fw {} board {} cfg_hash {} boot {}".format(

@@ -78,6 +78,13 @@ def test_one_request_per_snapshot_covers_the_map():
             assert any(s <= reg and reg + 2 <= s + c for s, c in blocks)
 
 
+def test_the_reader_polls_from_a_block_table_of_its_own():
+    # each poll reads the block table; frozen into an image, the module's constant tuple of
+    # ints would be heap integers there (tests/host/test_frozen_rules.py)
+    r = mm.MeterReader(modbus.ModbusMaster(9600, 200), mm.SDM630, 1)
+    assert r.blocks == mm.BLOCKS_SDM630 and r.blocks is not mm.BLOCKS_SDM630
+
+
 def test_sdm630_snapshot_in_one_transaction():
     meter = FakeMeter(1, SDM630_VALUES)
     rd = mm.MeterReader(modbus.ModbusMaster(9600, 200), mm.SDM630, 1)

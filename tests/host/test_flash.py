@@ -283,3 +283,17 @@ def test_a_blank_board_flashed_later_has_its_buses_wired(blank):
             break
         assert time.monotonic() < end, "the CAN bus is {!r}".format(can)
         time.sleep(0.3)
+
+
+def test_a_reflash_with_nothing_changed_writes_nothing_and_leaves_the_controller_running(blank):
+    assert run("--port", blank.repl, "--board", "sim").exit_code == 0
+    with LinkClient(blank.endpoints["link"], heartbeat_s=None) as lk:
+        boots, up = lk.hello(timeout=5)["boot_count"], lk.command("diag").data["uptime_ms"]
+    res = run("--port", blank.repl, "--board", "sim", "--link", blank.endpoints["link"])
+    assert res.exit_code == 0, res.output
+    assert "nothing changed: nothing written, the running controller was not interrupted" in res.output
+    assert not [ln for ln in res.output.splitlines() if ln.startswith(("copied", "removed"))]
+    assert "host link: hello fw {}".format(F.firmware_version()) in res.output
+    with LinkClient(blank.endpoints["link"], heartbeat_s=None) as lk:
+        assert lk.hello(timeout=5)["boot_count"] == boots                 # no reset
+        assert lk.command("diag").data["uptime_ms"] > up                  # the same run, still stepping
