@@ -1,7 +1,10 @@
 """The bridge's layout: the `ocpp` package is used in one module only, through its public
-names, and no part of the bridge reaches into another object's private attributes."""
+names, and no part of the bridge reaches into another object's private attributes; and
+what that module adds to the package (CALLs handled beside our own, CALLERRORs named)."""
 
 import ast
+import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,7 @@ from ocpp import v21, v201
 from ocpp.charge_point import ChargePoint
 
 from host_tools.bridge.ocpp import OcppStation
-from host_tools.bridge.ocpp.connection import on, routes_of
+from host_tools.bridge.ocpp.connection import CallRefused, Connection, on, routes_of
 
 ROOT = Path(__file__).resolve().parents[2]
 BRIDGE = ROOT / "host_tools" / "bridge"
@@ -107,3 +110,65 @@ def test_every_csms_request_has_one_handler_in_one_block(tmp_path):
             return {"status": "Rejected"}
     with pytest.raises(ValueError, match="Reset is handled by two blocks"):
         routes_of(st.provisioning, Twice())
+
+
+class _Ws:
+    """A WebSocket whose incoming frames the test feeds and whose outgoing frames it reads."""
+
+    def __init__(self):
+        self.incoming = asyncio.Queue()
+        self.sent = []
+        self.sent_event = asyncio.Event()
+
+    async def recv(self):
+        return await self.incoming.get()
+
+    async def send(self, message):
+        self.sent.append(json.loads(message))
+        self.sent_event.set()
+
+    async def next_sent(self):
+        while True:
+            self.sent_event.clear()
+            if self.sent:
+                return self.sent.pop(0)
+            await self.sent_event.wait()
+
+
+def test_a_csms_request_waiting_on_the_controller_does_not_hold_back_answers_to_our_calls():
+    release = None
+
+    class Block:
+        @on("Reset")
+        async def on_reset_slowly(self, type, **_):  # noqa: A002
+            await release.wait()          # the controller has not answered yet
+            return {"status": "Accepted"}
+
+    async def go():
+        nonlocal release
+        release = asyncio.Event()
+        ws = _Ws()
+        conn = Connection("CS1", ws, "2.0.1", routes_of(Block()), response_timeout=5)
+        reader = asyncio.ensure_future(conn.start())
+        ws.incoming.put_nowait(json.dumps([2, "r1", "Reset", {"type": "Immediate"}]))
+        beat = asyncio.ensure_future(conn.call_raw("Heartbeat", {}))
+        call = await ws.next_sent()
+        assert call[2] == "Heartbeat"
+        ws.incoming.put_nowait(json.dumps([3, "not-ours", {"currentTime": "2026-01-01T00:00:00Z"}]))
+        ws.incoming.put_nowait(json.dumps([3, call[1], {"currentTime": "2026-01-01T00:00:00Z"}]))
+        answer = await asyncio.wait_for(beat, 2)     # the Reset handler is still waiting
+        assert answer == {"currentTime": "2026-01-01T00:00:00Z"} and not release.is_set()
+        release.set()
+        assert await ws.next_sent() == [3, "r1", {"status": "Accepted"}]
+        refused = asyncio.ensure_future(conn.call_raw("Heartbeat", {}))
+        call = await ws.next_sent()
+        ws.incoming.put_nowait(json.dumps([4, call[1], "InternalError", "db down", {}]))
+        with pytest.raises(CallRefused) as e:
+            await refused
+        assert e.value.code == "InternalError"
+        ws.incoming.put_nowait(json.dumps([2, "r2", "Authorize", {"idToken": {"idToken": "A", "type": "Central"}}]))
+        unhandled = await ws.next_sent()
+        assert unhandled[:3] == [4, "r2", "NotImplemented"]
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    asyncio.run(go())
