@@ -2,29 +2,34 @@
 handler routing come from its public API (`ocpp.messages`, `ocpp.routing.on/after`,
 `create_route_map`, the case helpers of `ocpp.charge_point`); the rest is here.
 
-Where the package's `ChargePoint` falls short, and why it is not used (none of these is
-fixed in 2.1.0, the newest release; its tracker has no fix for them either):
+Where the package's `ChargePoint` falls short, and why it is not used. None of these is
+fixed in 2.1.0, the release pinned in requirements.txt (and the newest the package index here
+offers); two are fixed on the package's main branch since (named below: drop the workaround
+when a release with them is pinned); the rest are still so on main (July 2026):
 - its `start()` awaits each CALL's handler before reading the next frame, so a handler
-  waiting on the controller link holds back the CSMS's answers to our own CALLs (a
-  deadlock when the handler itself sends a CALL; mobilityhouse/ocpp #130). Here every
+  waiting on the controller link holds back the CSMS's answers to our own CALLs (and a
+  handler that sends a CALL itself never gets its answer). Still so on main. Here every
   CALL is handled in its own task.
 - its `call()` takes only its own dataclasses, and a CALLERROR from the CSMS comes back as
-  the same exception as our payload failing the schema. Here a CALL is a camelCase dict,
-  and a CALLERROR is `CallRefused` (the queue keeps or sets aside a message by it).
-- `ocpp` 2.1.0 turns `discharge_limit_l2` into `dischargeLimitL2`, but the 2.1 schema
-  spells it `dischargeLimit_L2` (also `limit_L2`, `setpoint_L2`, `setpointReactive_L2`
-  and the L3 twins) and forbids other keys, so any per-phase value fails validation.
-  Every payload goes through `fix_phase_keys`, which also repairs dataclass output.
+  the same kind of exception as our payload failing the schema. Still so on main. Here a
+  CALL is a camelCase dict, and a CALLERROR is `CallRefused` (the offline queue keeps or
+  sets aside a message by it).
+- it turns `discharge_limit_l2` into `dischargeLimitL2`, but the 2.1 schema spells it
+  `dischargeLimit_L2` (also `limit_L2`, `setpoint_L2`, `setpointReactive_L2` and the L3
+  twins) and forbids other keys, so any per-phase value fails validation. Still so
+  on main. Every payload goes through `fix_phase_keys`, which also repairs dataclass output.
 - for OCPP 2.1 it answers an action without a handler with nothing at all; a CSMS then
-  waits for its timeout. Here every unhandled action gets NotImplemented.
+  waits for its timeout. Fixed on main after 2.1.0 (mobilityhouse/ocpp #744). Here every
+  unhandled action gets NotImplemented.
 - its validators ignore the schemas' `format`, so `validTo: "zzz"` passes as a date-time
-  (mobilityhouse/ocpp #216, #499, closed unfixed). Every CALL from the CSMS has its
+  (mobilityhouse/ocpp #216, #499: closed, not fixed). Every CALL from the CSMS has its
   date-time fields checked here too; one that is not RFC 3339 is answered with a CALLERROR
   TypeConstraintViolation naming the field (OCPP-J, 2.0.1 Part 4: "syntactically correct
   but at least one of the fields violates data type constraints"; dateTime is one of
   OCPP's data types), before any handler runs.
-- the handler's answer reaches the `after` hook (`result=`), so a hook can act on what
-  the CSMS was told (an Accepted reset, the file name of a log upload).
+- its `@after` hook does not see the answer the CSMS was given; here it gets it as
+  `result=` (an Accepted reset, the file name of a log upload). Main after 2.1.0 has
+  `@after(..., inject_response=True)` for this (mobilityhouse/ocpp #683).
 
 A functional block declares its handlers with the package's decorators:
 `@on("Reset")` on a method taking the snake_case payload as keyword arguments and
