@@ -27,7 +27,7 @@ from host_tools.bridge.alink import AsyncLink
 from host_tools.bridge.auth import AuthError, TokenVerifier
 from host_tools.bridge.backoff import Backoff
 from host_tools.bridge.local_link import LocalLink
-from host_tools.bridge.ocpp_station import OcppStation, Security, check_station_id
+from host_tools.bridge.ocpp import OcppStation, Security, check_station_id
 from host_tools.bridge.queue import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ class StationBridge:
             try:
                 self.local = LocalLink(local_link_port, name=station_id,
                                        clog=lambda code, msg: self.clog.event(self.id, code, msg),
-                                       busy=lambda: self.ocpp._firmware_busy)
+                                       busy=lambda: self.ocpp.firmware_busy)
             except OSError:
                 self.close()
                 raise
@@ -424,6 +424,11 @@ class StationBridge:
                            "discharge_src": s.get("lim_dis_src")},
                 "gateway": self.gateway}
 
+    def republish_status(self):
+        """Publish the status even if unchanged (the broker's retained copy may be a Will's)."""
+        self._last_status = None
+        self._publish_status()
+
     def _publish_status(self):
         if self.mqtt is None:
             return
@@ -607,8 +612,7 @@ class Gateway:
             from host_tools.bridge.mqtt_app import gateway_topic
             self.mqtt.publish_to(gateway_topic(self.gateway_id), self.gateway_doc(True), qos=1, retain=True)
         for b in self.bridges:
-            b._last_status = None
-            b._publish_status()
+            b.republish_status()
 
     def close(self):
         """Release every station's state directory and the log."""
@@ -632,8 +636,7 @@ class Gateway:
                 for b in self.bridges:
                     b.online = False
                     b.bridge_down = True
-                    b._last_status = None
-                    b._publish_status()
+                    b.republish_status()
                 if self.multi:
                     from host_tools.bridge.mqtt_app import gateway_topic
                     self.mqtt.publish_to(gateway_topic(self.gateway_id), self.gateway_doc(False), qos=1,

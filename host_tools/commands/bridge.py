@@ -11,7 +11,7 @@ import click
 
 from host_tools.bridge import config as cfgdir
 from host_tools.bridge.backoff import Backoff
-from host_tools.bridge.ocpp_station import check_station_id
+from host_tools.bridge.ocpp import check_station_id
 from host_tools.bridge.service import Gateway, StateDirLocked
 from host_tools.commands._checks import FiniteFloatRange, port_problem
 

@@ -16,7 +16,7 @@ from ocpp import v21, v201
 from ocpp.messages import Call, MessageType
 from ocpp.routing import on
 
-from host_tools.bridge.ocpp_proto import to_payload
+from host_tools.bridge.ocpp.connection import to_payload
 
 ACTIONS = ("BootNotification", "Heartbeat", "StatusNotification", "TransactionEvent", "MeterValues",
            "NotifyReport", "LogStatusNotification", "FirmwareStatusNotification")

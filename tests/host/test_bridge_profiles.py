@@ -11,7 +11,7 @@ from ocpp.v201 import call
 from ocpp_csms import Csms
 
 from host_tools.bridge import profiles as P
-from host_tools.bridge.ocpp_station import OcppStation
+from host_tools.bridge.ocpp import OcppStation
 from host_tools.link import CommandResult
 
 STATION = "CS-PROF"
@@ -97,7 +97,7 @@ def test_a_bad_profile_is_refused_unstored_and_the_csms_keeps_control_of_dischar
         assert res["status"] == "Rejected", res
         assert res["statusInfo"]["reasonCode"] == "InvalidProfile"
         assert "chargingProfile.validTo" in res["statusInfo"]["additionalInfo"]
-        assert sorted(st.profiles.profiles) == [1]
+        assert sorted(st.smart_charging.profiles.profiles) == [1]
         # 3. replacing the first profile with 0 A works: discharge is no longer asked for
         kind, res = set_profile(_profile(1, 0.0))
         assert (kind, res["status"]) == ("result", "Accepted"), res
@@ -109,7 +109,7 @@ def test_a_bad_profile_is_refused_unstored_and_the_csms_keeps_control_of_dischar
         assert res["status"] == "Accepted" and ctl.plans[-1]["direction"] == "discharge"
         kind, res = csms.request(STATION, call.ClearChargingProfile(charging_profile_id=1))
         assert (kind, res["status"]) == ("result", "Accepted"), res
-        assert ctl.plans[-1] is None and st.profiles.profiles == {}
+        assert ctl.plans[-1] is None and st.smart_charging.profiles.profiles == {}
     _run(csms, st, steps)
 
 

@@ -28,7 +28,7 @@ from host_tools.bridge import variables as V
 from host_tools.bridge.auth import AuthError, TokenVerifier
 from host_tools.bridge.backoff import Backoff
 from host_tools.bridge.config import ConfigDirError, check_config_dir
-from host_tools.bridge.ocpp_proto import fix_phase_keys, to_payload
+from host_tools.bridge.ocpp.connection import fix_phase_keys, to_payload
 from host_tools.bridge.queue import DiskQueue
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -79,12 +79,12 @@ def test_queue_sets_a_damaged_file_aside_and_bounds_its_size(tmp_path):
 
 def test_a_full_offline_queue_logs_and_counts_each_dropped_event(tmp_path):
     st = _station(tmp_path)
-    st.queue.max_items = 2
+    st.transactions.queue.max_items = 2
     for i in range(4):
-        st.queue.put({"eventType": "Updated", "seqNo": i, "transactionInfo": {"transactionId": "tx-1"}})
-    assert [m["seqNo"] for m in st.queue.items()] == [2, 3]
-    assert st.counters["tx_events_dropped"] == 2 and st.queue.dropped == 2
-    lines = [(c, m) for c, m in st.clog.lines if c == "ERR_V2G_TX_QUEUE_FULL"]
+        st.transactions.queue.put({"eventType": "Updated", "seqNo": i, "transactionInfo": {"transactionId": "tx-1"}})
+    assert [m["seqNo"] for m in st.transactions.queue.items()] == [2, 3]
+    assert st.ctx.counters["tx_events_dropped"] == 2 and st.transactions.queue.dropped == 2
+    lines = [(c, m) for c, m in st.ctx.clog.lines if c == "ERR_V2G_TX_QUEUE_FULL"]
     assert len(lines) == 2
     assert "seqNo 0 of tx-1" in lines[0][1] and "2 dropped so far" in lines[1][1]
 
@@ -193,18 +193,17 @@ def test_plan_in_watts_per_phase_values_are_one_phase_each():
 
 
 def test_composite_schedule_converts_per_phase_watts_per_phase(tmp_path):
-    st = _station(tmp_path)
-    st.version = "2.1"
 
     class Ctl:
         volts, phases, max_charge_a = 230.0, 3, 32.0
-    st.ctl = Ctl()
+    st = _station(tmp_path, ctl=Ctl())
+    st.ctx.version = "2.1"
     period = {"start_period": 0, "limit": 2300.0, "limit_l2": 2300.0, "limit_l3": 2300.0}
-    out = st._composite_period((period, "W"), None, "A")
+    out = st.smart_charging.composite_period((period, "W"), None, "A")
     assert (out["limit"], out["limitL2"], out["limitL3"]) == (10.0, 10.0, 10.0)
-    out = st._composite_period(({"start_period": 0, "limit": 6900.0}, "W"), None, "A")
+    out = st.smart_charging.composite_period(({"start_period": 0, "limit": 6900.0}, "W"), None, "A")
     assert out["limit"] == 10.0
-    out = st._composite_period(({"start_period": 0, "limit": 10.0, "limit_l2": 10.0}, "A"), None, "W")
+    out = st.smart_charging.composite_period(({"start_period": 0, "limit": 10.0, "limit_l2": 10.0}, "A"), None, "W")
     assert (out["limit"], out["limitL2"]) == (2300.0, 2300.0)
 
 
@@ -312,27 +311,27 @@ class _FakeCp:
         return r
 
 
-def _station(tmp_path, sid="CS1", **kw):
-    from host_tools.bridge.ocpp_station import OcppStation
-    st = OcppStation(sid, "ws://127.0.0.1:9/ocpp", None, tmp_path / "ocpp", _Log(), **kw)
-    st.queue_retry = Backoff(0.01, 0, 1)
+def _station(tmp_path, sid="CS1", ctl=None, **kw):
+    from host_tools.bridge.ocpp import OcppStation
+    st = OcppStation(sid, "ws://127.0.0.1:9/ocpp", ctl, tmp_path / "ocpp", _Log(), **kw)
+    st.transactions.queue_retry = Backoff(0.01, 0, 1)
     return st
 
 
 def _drain(st, script, n_msgs, until):
     async def go():
         for i in range(n_msgs):
-            st.queue.put({"seqNo": i})
-        st.cp = _FakeCp(script)
+            st.transactions.queue.put({"seqNo": i})
+        st.ctx.cp = _FakeCp(script)
         st.connected.set()
-        st._supervise()
-        st._queue_kick.set()
+        st.supervise()
+        st.transactions.kick()
         for _ in range(300):
             await asyncio.sleep(0.01)
             if until(st):
                 break
-        alive = not st._tasks["queue sender"].done()
-        await st._stop_tasks()
+        alive = not st.tasks["queue sender"].done()
+        await st.stop_tasks()
         return alive
     return asyncio.run(go())
 
@@ -340,63 +339,63 @@ def _drain(st, script, n_msgs, until):
 def test_queue_sender_survives_a_schema_error_and_sets_the_message_aside(tmp_path):
     from ocpp.exceptions import FormatViolationError
 
-    from host_tools.bridge.ocpp_proto import CallRefused
+    from host_tools.bridge.ocpp.connection import CallRefused
     st = _station(tmp_path)
     script = [FormatViolationError(details={"cause": "bad answer"}), {},
               CallRefused("PropertyConstraintViolation", "no such key"), {}]
-    alive = _drain(st, script, 3, lambda s: len(s.queue) == 0)
+    alive = _drain(st, script, 3, lambda s: len(s.transactions.queue) == 0)
     assert alive, "the queue sender died"
-    assert len(st.queue) == 0
+    assert len(st.transactions.queue) == 0
     dead = sorted((tmp_path / "ocpp" / "tx_queue" / "dead").iterdir())
     kept = [json.loads(p.read_text()) for p in dead]
     assert [k["payload"]["seqNo"] for k in kept] == [0, 2]          # set aside, never deleted
     assert "FormatViolation" in kept[0]["reason"] and "PropertyConstraint" in kept[1]["reason"]
-    assert [p["seqNo"] for _, p in st.cp.sent] == [0, 1, 2]
-    assert "moved to dead/" in st.clog.text()
+    assert [p["seqNo"] for _, p in st.ctx.cp.sent] == [0, 1, 2]
+    assert "moved to dead/" in st.ctx.clog.text()
 
 
 def test_queue_sender_keeps_a_message_on_transient_refusals(tmp_path):
-    from host_tools.bridge.ocpp_proto import CallRefused
+    from host_tools.bridge.ocpp.connection import CallRefused
     st = _station(tmp_path)
     script = [CallRefused("InternalError", "db down")] * 4 + [CallRefused("GenericError", "busy"),
                                                               RuntimeError("bug"), {}]
-    alive = _drain(st, script, 1, lambda s: len(s.queue) == 0)
-    assert alive and len(st.queue) == 0
-    assert len(st.cp.sent) == 7 and all(p["seqNo"] == 0 for _, p in st.cp.sent)   # same message, kept
+    alive = _drain(st, script, 1, lambda s: len(s.transactions.queue) == 0)
+    assert alive and len(st.transactions.queue) == 0
+    assert len(st.ctx.cp.sent) == 7 and all(p["seqNo"] == 0 for _, p in st.ctx.cp.sent)   # same message, kept
     assert not (tmp_path / "ocpp" / "tx_queue" / "dead").exists()
-    assert st.counters["tx_events_sent"] == 1
-    assert "kept, retry" in st.clog.text() and "RuntimeError" in st.clog.text()
+    assert st.ctx.counters["tx_events_sent"] == 1
+    assert "kept, retry" in st.ctx.clog.text() and "RuntimeError" in st.ctx.clog.text()
 
 
 def test_heartbeats_outlive_a_schema_error_and_a_dead_loop_is_restarted(tmp_path):
     from ocpp.exceptions import FormatViolationError
     st = _station(tmp_path)
-    st.heartbeat_s = 0.01
-    st.cp = _FakeCp([FormatViolationError(details={}), ValueError("x"), {}, {}])
+    st.provisioning.heartbeat_s = 0.01
+    st.ctx.cp = _FakeCp([FormatViolationError(details={}), ValueError("x"), {}, {}])
 
     async def go():
-        hb = asyncio.ensure_future(st._heartbeats())
+        hb = asyncio.ensure_future(st.provisioning.heartbeats())
         await asyncio.sleep(0.2)
         assert not hb.done()
         hb.cancel()
         # a loop that ends anyway is restarted by the supervisor
-        st._supervise()
-        st._tasks["profile ticker"].cancel()
-        st._tasks["profile ticker"] = asyncio.ensure_future(asyncio.sleep(0))
-        st._tasks["profile ticker"].add_done_callback(st._loop_ended)
+        st.supervise()
+        st.tasks["profile ticker"].cancel()
+        st.tasks["profile ticker"] = asyncio.ensure_future(asyncio.sleep(0))
+        st.tasks["profile ticker"].add_done_callback(st.loop_ended)
         await asyncio.sleep(0.01)
-        st._supervise()
-        restarted = not st._tasks["profile ticker"].done()
-        await st._stop_tasks()
+        st.supervise()
+        restarted = not st.tasks["profile ticker"].done()
+        await st.stop_tasks()
         return restarted
-    import host_tools.bridge.ocpp_station as os_mod
+    import host_tools.bridge.ocpp as os_mod
     os_mod.LOOP_RESTART_S, old = 0.0, os_mod.LOOP_RESTART_S
     try:
         assert asyncio.run(go())
     finally:
         os_mod.LOOP_RESTART_S = old
-    assert len(st.cp.sent) >= 3
-    assert "Heartbeat answer refused" in st.clog.text() and "profile ticker stopped" in st.clog.text()
+    assert len(st.ctx.cp.sent) >= 3
+    assert "Heartbeat answer refused" in st.ctx.clog.text() and "profile ticker stopped" in st.ctx.clog.text()
 
 
 class _Ctl:
@@ -414,67 +413,62 @@ class _Ctl:
 
 
 def test_remote_start_carries_the_id_token_into_transaction_event_started(tmp_path):
-    st = _station(tmp_path)
-    st.ctl = _Ctl()
+    st = _station(tmp_path, ctl=_Ctl())
     tok = {"id_token": "TAG-0042", "type": "ISO14443"}
 
     async def go():
-        r = await st.on_RequestStartTransaction(id_token=tok, remote_start_id=42)
+        r = await st.transactions.on_request_start_transaction(id_token=tok, remote_start_id=42)
         assert r == {"status": "Accepted"}
         st.on_sample({"cp": "B", "mode": "idle"}, 0.0)       # the cable goes in
         st.on_sample({"cp": "B", "mode": "idle"}, 0.5)
         await asyncio.sleep(0)
         # a second start on the running transaction names its token on the Updated event
-        r = await st.on_RequestStartTransaction(id_token={"id_token": "TAG-7", "type": "Central"},
+        r = await st.transactions.on_request_start_transaction(id_token={"id_token": "TAG-7", "type": "Central"},
                                                 remote_start_id=43)
-        assert r["transactionId"] == st.tx["id"]
+        assert r["transactionId"] == st.transactions.tx["id"]
     asyncio.run(go())
-    started, upd = st.queue.items()
+    started, upd = st.transactions.queue.items()
     assert started["eventType"] == "Started" and started["triggerReason"] == "RemoteStart"
     assert started["idToken"] == {"idToken": "TAG-0042", "type": "ISO14443"}
     assert started["transactionInfo"]["remoteStartId"] == 42
     assert upd["idToken"] == {"idToken": "TAG-7", "type": "Central"} and upd["seqNo"] == 1
-    assert st.remote_id_token is None            # used once: the next cable-in is a plain one
+    assert st.transactions.remote_id_token is None            # used once: the next cable-in is a plain one
 
 
 def test_availability_is_kept_across_a_restart_of_the_bridge(tmp_path):
-    st = _station(tmp_path)
-    st.ctl = _Ctl()
-    assert asyncio.run(st.on_ChangeAvailability("Inoperative")) == {"status": "Accepted"}
-    assert st.ctl.sent == ["stop"] and st.current_status() == "Unavailable"
-    again = _station(tmp_path)                    # the bridge restarts
-    again.ctl = _Ctl()
-    assert again.available is False and again.current_status() == "Unavailable"
+    st = _station(tmp_path, ctl=_Ctl())
+    assert asyncio.run(st.availability.on_change_availability("Inoperative")) == {"status": "Accepted"}
+    assert st.ctx.ctl.sent == ["stop"] and st.availability.current_status() == "Unavailable"
+    again = _station(tmp_path, ctl=_Ctl())        # the bridge restarts
+    assert again.available is False and again.availability.current_status() == "Unavailable"
 
     async def cable_in():
         await again.controller_up()               # the controller is told again: no session
         again.on_sample({"cp": "B", "mode": "idle"}, 0.0)
         await asyncio.sleep(0)
     asyncio.run(cable_in())
-    assert again.ctl.sent == ["stop"] and not again.tx.get("id") and len(again.queue) == 0
-    assert asyncio.run(again.on_ChangeAvailability("Operative")) == {"status": "Accepted"}
-    third = _station(tmp_path)
-    third.ctl = _Ctl()
+    assert again.ctx.ctl.sent == ["stop"] and not again.transactions.tx.get("id") and len(again.transactions.queue) == 0
+    assert asyncio.run(again.availability.on_change_availability("Operative")) == {"status": "Accepted"}
+    third = _station(tmp_path, ctl=_Ctl())
     assert third.available is True
     asyncio.run(third.controller_up())
-    assert third.ctl.sent == []                   # an operative station leaves the controller alone
+    assert third.ctx.ctl.sent == []                   # an operative station leaves the controller alone
 
 
 def test_after_a_remote_stop_the_next_vehicle_charges_again(tmp_path):
-    st = _station(tmp_path)
-    st.ctl = _Ctl()
+    st = _station(tmp_path, ctl=_Ctl())
 
     async def go():
         st.on_sample({"cp": "C", "mode": "charging"}, 0.0)
-        assert (await st.on_RequestStopTransaction(st.tx["id"]))["status"] == "Accepted"
+        assert (await st.transactions.on_request_stop_transaction(st.transactions.tx["id"]))["status"] == "Accepted"
         st.on_sample({"cp": "C", "mode": "idle"}, 1.0)     # same vehicle: no new transaction
-        assert not st.tx.get("id")
+        assert not st.transactions.tx.get("id")
         st.on_sample({"cp": "A", "mode": "idle"}, 2.0)     # it leaves: the session is enabled again
         await asyncio.sleep(0.01)
         st.on_sample({"cp": "B", "mode": "idle"}, 3.0)
     asyncio.run(go())
-    assert st.ctl.sent == ["stop", "start"]
-    assert [m["eventType"] for m in st.queue.items()] == ["Started", "Ended", "Started"]
+    assert st.ctx.ctl.sent == ["stop", "start"]
+    assert [m["eventType"] for m in st.transactions.queue.items()] == ["Started", "Ended", "Started"]
 
 
 def test_a_ws_csms_without_a_password_is_a_warning_at_start(tmp_path):
@@ -499,7 +493,7 @@ def test_a_ws_csms_without_a_password_is_a_warning_at_start(tmp_path):
 
 
 def test_station_ids_are_checked_and_quoted_in_the_url(tmp_path):
-    from host_tools.bridge.ocpp_station import check_station_id
+    from host_tools.bridge.ocpp import check_station_id
     for bad in ("", ".", "..", "a/b", "a b", "x" * 49, "é", "a?b"):
         with pytest.raises(ValueError, match="not a valid OCPP identity"):
             check_station_id(bad)
@@ -510,39 +504,37 @@ def test_station_ids_are_checked_and_quoted_in_the_url(tmp_path):
 
 
 def test_update_firmware_one_at_a_time_and_only_allowed_locations(tmp_path):
-    from host_tools.bridge.ocpp_station import Security
-    st = _station(tmp_path)
+    from host_tools.bridge.ocpp import Security
 
     class Ctl:
         fota = object()
-    st.ctl = Ctl()
+    st = _station(tmp_path, ctl=Ctl())
     fw = {"location": "file:///srv/fw.v2gb", "retrieve_date_time": "2026-01-01T00:00:00Z"}
-    r = st.on_UpdateFirmware(1, fw)
+    r = st.firmware.on_update_firmware(1, fw)
     assert r["status"] == "Rejected" and "allow-file-updates" in r["statusInfo"]["additionalInfo"]
-    assert st.on_UpdateFirmware(1, {**fw, "location": "ftp://x/fw"})["status"] == "Rejected"
-    assert st.on_UpdateFirmware(2, {**fw, "location": "https://x/fw"})["status"] == "Accepted"
-    second = st.on_UpdateFirmware(3, {**fw, "location": "https://x/fw2"})
+    assert st.firmware.on_update_firmware(1, {**fw, "location": "ftp://x/fw"})["status"] == "Rejected"
+    assert st.firmware.on_update_firmware(2, {**fw, "location": "https://x/fw"})["status"] == "Accepted"
+    second = st.firmware.on_update_firmware(3, {**fw, "location": "https://x/fw2"})
     assert second["status"] == "Rejected" and second["statusInfo"]["reasonCode"] == "InProgress"
-    st2 = _station(tmp_path / "b", allow_file_updates=True)
-    st2.ctl = Ctl()
-    assert st2.on_UpdateFirmware(1, fw)["status"] == "Accepted"
+    st2 = _station(tmp_path / "b", allow_file_updates=True, ctl=Ctl())
+    assert st2.firmware.on_update_firmware(1, fw)["status"] == "Accepted"
     # the update ends (whatever the outcome): the next one is accepted again
     done = []
 
     async def fota(firmware, report):
         done.append(firmware["location"])
         raise RuntimeError("link lost")
-    st.ctl.fota = fota
+    st.ctx.ctl.fota = fota
     with pytest.raises(RuntimeError):
-        asyncio.run(st.after_UpdateFirmware({"status": "Accepted"}, 2, {"location": "https://x/fw"}))
-    assert st.on_UpdateFirmware(4, {**fw, "location": "https://x/fw"})["status"] == "Accepted"
+        asyncio.run(st.firmware.after_update_firmware({"status": "Accepted"}, 2, {"location": "https://x/fw"}))
+    assert st.firmware.on_update_firmware(4, {**fw, "location": "https://x/fw"})["status"] == "Accepted"
     # GetLog: plain http only up to security profile 1
     log_req = {"remote_location": "http://logs.example/up"}
-    assert st.on_GetLog(log_req, "DiagnosticsLog", 5)["status"] == "Accepted"
-    st.security = Security(2, password="pw")
-    r = st.on_GetLog(log_req, "DiagnosticsLog", 6)
+    assert st.diagnostics.on_get_log(log_req, "DiagnosticsLog", 5)["status"] == "Accepted"
+    st.ctx.security = Security(2, password="pw")
+    r = st.diagnostics.on_get_log(log_req, "DiagnosticsLog", 6)
     assert r["status"] == "Rejected" and "https" in r["statusInfo"]["additionalInfo"]
-    assert st.on_GetLog({"remote_location": "https://logs.example/up"}, "DiagnosticsLog", 7)["status"] == "Accepted"
+    assert st.diagnostics.on_get_log({"remote_location": "https://logs.example/up"}, "DiagnosticsLog", 7)["status"] == "Accepted"
 
 
 def test_firmware_push_follows_the_link_of_the_moment(tmp_path):

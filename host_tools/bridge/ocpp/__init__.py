@@ -1,0 +1,216 @@
+"""The charging station as the CSMS sees it: one EVSE, one connector, one controller.
+
+The station is made of the functional blocks of OCPP 2.0.1 Part 2, one module each;
+`OcppStation` only composes them and keeps the WebSocket session to the CSMS:
+
+    connection      the `ocpp` package, wrapped in one place (OCPP-J, routing, checks)
+    security        A Security: identity, security profiles 0-3
+    provisioning    B Provisioning: boot, heartbeat, device model, Reset (+ P DataTransfer)
+    availability    G Availability: StatusNotification, ChangeAvailability
+    transactions    E Transactions, J MeterValues, F RequestStart/StopTransaction, offline queue
+    smart_charging  K SmartCharging: charging profiles -> controller limits
+    firmware        L FirmwareManagement: UpdateFirmware (signed bundles)
+    diagnostics     N Diagnostics: GetLog; F TriggerMessage
+
+`OcppStation.run()` keeps a WebSocket to the CSMS (OCPP 2.1 offered first when allowed,
+2.0.1 otherwise), boots, sends heartbeats at the CSMS's interval and drains the offline
+queue. The service feeds it the controller's telemetry (`on_sample`).
+"""
+
+import asyncio
+import logging
+import urllib.parse
+from pathlib import Path
+
+import websockets
+import websockets.exceptions
+
+from host_tools.bridge.backoff import Backoff
+from host_tools.bridge.ocpp.availability import Availability
+from host_tools.bridge.ocpp.connection import VERSIONS, Connection, routes_of
+from host_tools.bridge.ocpp.context import StationContext
+from host_tools.bridge.ocpp.diagnostics import Diagnostics
+from host_tools.bridge.ocpp.firmware import Firmware
+from host_tools.bridge.ocpp.provisioning import Provisioning
+from host_tools.bridge.ocpp.security import Security, check_station_id
+from host_tools.bridge.ocpp.smart_charging import SmartCharging
+from host_tools.bridge.ocpp.transactions import Transactions
+
+__all__ = ["OcppStation", "Security", "check_station_id"]
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT_S = 10.0
+LOOP_RESTART_S = 1.0
+
+
+class OcppStation:
+    def __init__(self, station_id, url, ctl, state_dir, clog, *, max_version="2.1",
+                 security=None, backoff=None, meter_interval_s=60.0, response_timeout=30.0,
+                 handshake_timeout_s=HANDSHAKE_TIMEOUT_S, allow_file_updates=False):
+        self.id = check_station_id(station_id)
+        self.url = url.rstrip("/") + "/" + urllib.parse.quote(station_id, safe="")
+        security = security or Security(0)
+        security.check(url)
+        self.subprotocols = ["ocpp2.1", "ocpp2.0.1"] if max_version == "2.1" else ["ocpp2.0.1"]
+        self.backoff = backoff or Backoff()
+        self.response_timeout = response_timeout
+        self.handshake_timeout_s = handshake_timeout_s
+        state_dir = Path(state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+
+        self.ctx = ctx = StationContext(self.id, ctl, clog, security)
+        t = self.transactions = Transactions(ctx, state_dir, None, meter_interval_s)
+        a = self.availability = Availability(ctx, state_dir, lambda: t.running)
+        t.availability = a
+        sc = self.smart_charging = SmartCharging(ctx, t)
+        p = self.provisioning = Provisioning(ctx, a, t, self.reconnect)
+        f = self.firmware = Firmware(ctx, allow_file_updates)
+        d = self.diagnostics = Diagnostics(ctx, p, a, t, f)
+        # the order matters: the profiles of the transaction go, a scheduled Inoperative is
+        # applied, then a Reset that waited for the transaction runs (and sees it)
+        t.ended += [sc.transaction_ended, a.transaction_ended, p.transaction_ended]
+        self.routes = routes_of(p, a, t, sc, f, d)
+
+        self._reconnect = asyncio.Event()
+        self.tasks = {}
+        self._stopping = False
+
+    # ------------------------------------------------------------------ for the service
+
+    @property
+    def connected(self):
+        """Set while a session with an accepted boot runs."""
+        return self.ctx.connected
+
+    @property
+    def version(self):
+        return self.ctx.version
+
+    @property
+    def security(self):
+        return self.ctx.security
+
+    @property
+    def available(self):
+        return self.availability.available
+
+    @property
+    def firmware_busy(self):
+        return self.firmware.busy
+
+    def on_sample(self, s, now_mono):
+        """One telemetry sample from the controller (the service calls this for each)."""
+        self.transactions.on_sample(s, now_mono)
+
+    async def controller_up(self):
+        await self.availability.controller_up()
+
+    def firmware_changed(self, version):
+        self.provisioning.firmware_changed(version)
+
+    def reconnect(self, reason="RemoteReset"):
+        """End the CSMS session and boot again with `reason`."""
+        self.provisioning.boot_reason = reason
+        self._reconnect.set()
+
+    # ------------------------------------------------------------------ background loops
+
+    def supervise(self):
+        """(Re)start the background loops; one that ended for any reason is logged and restarted."""
+        for name, fn in (("queue sender", self.transactions.queue_sender),
+                         ("profile ticker", self.smart_charging.ticker)):
+            t = self.tasks.get(name)
+            if t is not None and not t.done():
+                continue
+            if t is not None:
+                why = "ended" if t.cancelled() or t.exception() is None else repr(t.exception())
+                self.ctx.event("V2G-400", f"{name} stopped ({why}), restarted")
+            t = self.tasks[name] = asyncio.ensure_future(fn())
+            t.add_done_callback(self.loop_ended)
+        if len(self.transactions.queue):
+            self.transactions.kick()   # a restarted sender looks at the queue at once
+
+    def loop_ended(self, task):
+        if self._stopping or task.cancelled():
+            return
+        asyncio.get_running_loop().call_later(LOOP_RESTART_S, self.supervise)
+
+    async def stop_tasks(self):
+        self._stopping = True
+        tasks = [t for t in self.tasks.values() if not t.done()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.tasks.clear()
+
+    # ------------------------------------------------------------------ the CSMS session
+
+    async def run(self):
+        self.supervise()
+        try:
+            while True:
+                try:
+                    await self._session()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    log.info("%s: CSMS session ended: %s", self.id, e)
+                self.ctx.connected.clear()
+                self.ctx.cp = None
+                self.supervise()
+                if self._reconnect.is_set():
+                    self._reconnect.clear()
+                    continue
+                wait = self.backoff.next()
+                self.ctx.event("INFO", f"CSMS unreachable, retrying in {wait:.1f} s")
+                await asyncio.sleep(wait)
+        finally:
+            await self.stop_tasks()
+
+    async def _session(self):
+        ctx, security = self.ctx, self.ctx.security
+        try:
+            ws = await websockets.connect(
+                self.url, subprotocols=self.subprotocols,
+                additional_headers=security.headers(self.id),
+                ssl=security.ssl_context(), open_timeout=self.handshake_timeout_s,
+                ping_interval=None, max_size=2 ** 20)
+        except asyncio.TimeoutError:
+            ctx.event("V2G-140", "ERR_V2G_HANDSHAKE_TIMEOUT: CSMS {} did not complete the "
+                      "WebSocket handshake within {:g} s".format(self.url, self.handshake_timeout_s))
+            raise
+        except (OSError, websockets.exceptions.WebSocketException) as e:
+            ctx.event("INFO", f"CSMS {self.url} connection failed: {e}")
+            raise
+        async with ws:
+            ctx.version = VERSIONS.get(ws.subprotocol)
+            if ctx.version is None:
+                ctx.event("V2G-400", f"CSMS accepted no OCPP version we offer ({', '.join(self.subprotocols)})")
+                raise ConnectionError("no common OCPP version")
+            ctx.count("connects")
+            cp = ctx.cp = Connection(self.id, ws, ctx.version, self.routes, response_timeout=self.response_timeout)
+            reader = asyncio.ensure_future(cp.start())
+            try:
+                await self.provisioning.boot()
+                self.backoff.reset()
+                ctx.event("INFO", f"connected to {self.url} with OCPP {ctx.version}, "
+                          f"heartbeat {self.provisioning.heartbeat_s} s")
+                ctx.connected.set()
+                await self.availability.send_status(force=True)
+                self.transactions.kick()
+                self.supervise()
+                hb = asyncio.ensure_future(self.provisioning.heartbeats())
+                rc = asyncio.ensure_future(self._reconnect.wait())
+                try:
+                    done, _ = await asyncio.wait([reader, rc], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for t in (hb, rc):
+                        t.cancel()
+                    await asyncio.gather(hb, rc, return_exceptions=True)
+                if reader in done and reader.exception():
+                    raise reader.exception()
+            finally:
+                ctx.connected.clear()
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)

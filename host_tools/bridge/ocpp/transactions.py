@@ -1,0 +1,283 @@
+"""E Transactions (with J MeterValues and F RemoteControl's RequestStart/StopTransaction):
+telemetry from the controller drives the transaction. Cable plugged -> TransactionEvent
+Started, changes of charging state and periodic meter values -> Updated, cable out /
+remote stop / reset -> Ended.
+
+Every TransactionEvent goes through the disk queue first, so an outage or a restart of
+the bridge loses none; those created while the CSMS was unreachable carry offline=true.
+The sender drains the queue in order; a message the CSMS can never accept is set aside
+in tx_queue/dead/ (kept for billing) so the ones behind it go out."""
+
+import asyncio
+import inspect
+import logging
+import uuid
+
+import websockets.exceptions
+
+from host_tools.bridge import profiles as prof
+from host_tools.bridge.backoff import Backoff
+from host_tools.bridge.ocpp.availability import PLUGGED
+from host_tools.bridge.ocpp.connection import CallRefused, OCPPError, on, snake_to_camel_case
+from host_tools.bridge.ocpp.context import EVSE, status_info, utcnow
+from host_tools.bridge.queue import DiskQueue, read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+# CALLERROR codes that say the message itself is wrong: sending it again cannot succeed
+PERMANENT_ERRORS = frozenset(("FormatViolation", "FormationViolation", "PropertyConstraintViolation",
+                              "OccurrenceConstraintViolation", "OccurenceConstraintViolation",
+                              "TypeConstraintViolation", "ProtocolError", "NotImplemented", "NotSupported"))
+QUEUE_RETRY_MAX_S = 60.0
+# errors.md has no numbered code for a lost queued message; the log names it so it can be found
+QUEUE_FULL_CODE = "ERR_V2G_TX_QUEUE_FULL"
+
+
+def charging_state(s):
+    mode, cp = s.get("mode"), s.get("cp")
+    if mode in ("charging", "discharging"):
+        return "Charging"
+    if mode == "paused" or cp == "B":
+        return "SuspendedEV"
+    if cp in ("C", "D"):
+        return "SuspendedEVSE"
+    return "EVConnected"
+
+
+def meter_value(s, context="Sample.Periodic"):
+    """One MeterValueType from a controller sample."""
+    def sv(value, measurand, unit=None, location=None):
+        d = {"value": round(value, 3), "measurand": measurand, "context": context}
+        if unit:
+            d["unitOfMeasure"] = {"unit": unit}
+        if location:
+            d["location"] = location
+        return d
+
+    ma, w = s.get("ma", 0), s.get("w", 0)
+    vals = [sv(s.get("e_in_wh", 0), "Energy.Active.Import.Register", "Wh"),
+            sv(s.get("e_out_wh", 0), "Energy.Active.Export.Register", "Wh"),
+            sv(max(w, 0), "Power.Active.Import", "W"),
+            sv(max(-w, 0), "Power.Active.Export", "W"),
+            sv(max(ma, 0) / 1000, "Current.Import", "A"),
+            sv(max(-ma, 0) / 1000, "Current.Export", "A"),
+            sv(s.get("mv", 0) / 1000, "Voltage", "V")]
+    if s.get("soc_pm", -1) >= 0 and s.get("cp") in PLUGGED:
+        vals.append(sv(s["soc_pm"] / 10, "SoC", "Percent", "EV"))
+    return {"timestamp": prof.iso(utcnow()), "sampledValue": vals}
+
+
+class Transactions:
+    def __init__(self, ctx, state_dir, availability, meter_interval_s=60.0):
+        self.ctx = ctx
+        self.availability = availability
+        self.meter_interval_s = meter_interval_s
+        self.queue = DiskQueue(state_dir / "tx_queue", on_drop=self._queue_dropped)
+        self.dead_letter = state_dir / "tx_queue" / "dead"
+        self._tx_file = state_dir / "transaction.json"
+        self.tx = read_json(self._tx_file, {}) or {}     # id, seq, start, remote_start_id, state
+        self.remote_start_id = None
+        self.remote_id_token = None     # idToken of a RequestStartTransaction waiting for the cable
+        self.blocked_until_unplug = False
+        self.ended = []                 # fn(tx_id) called when a transaction ends; may return an awaitable
+        self.queue_retry = Backoff(1.0, 0.0, 6)    # waits after a transient refusal (capped at 60 s)
+        self._kick = asyncio.Event()
+        self._last_meter = 0.0
+
+    @property
+    def running(self):
+        """The id of the transaction in progress, or None."""
+        return self.tx.get("id")
+
+    @property
+    def start_time(self):
+        return prof.parse_time(self.tx.get("start"))
+
+    # ------------------------------------------------------------------ offline queue
+
+    def kick(self):
+        """Have the sender look at the queue now."""
+        self._kick.set()
+
+    def _enqueue(self, payload):
+        payload = dict(payload)
+        if not self.ctx.connected.is_set():
+            payload["offline"] = True
+            self.ctx.count("tx_events_offline")
+        self.queue.put(payload)
+        self._kick.set()
+
+    def _queue_dropped(self, n, payload):
+        """The offline queue was full and its oldest TransactionEvent went: billing data is
+        lost, so this is an error line (and a counter in the diagnostic report)."""
+        dropped = self.ctx.count("tx_events_dropped")
+        p = payload or {}
+        what = "unreadable message" if payload is None else "TransactionEvent {} seqNo {} of {}".format(
+            p.get("eventType"), p.get("seqNo"), (p.get("transactionInfo") or {}).get("transactionId"))
+        self.ctx.event(QUEUE_FULL_CODE, f"offline queue full ({self.queue.max_items} messages): "
+                       f"oldest dropped: {what} (queue file {n:012d}); {dropped} dropped so far")
+
+    def _set_aside(self, n, payload, why):
+        """Set a message the CSMS can never accept aside in tx_queue/dead/ (kept for billing,
+        never deleted) so the messages behind it go out."""
+        self.dead_letter.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.dead_letter / "{:012d}.json".format(n), {"reason": why, "payload": payload})
+        self.queue.pop(n)
+        self.ctx.count("tx_events_dead")
+        self.ctx.event("V2G-400", f"TransactionEvent seqNo {payload.get('seqNo')} refused by the "
+                       f"CSMS ({why}): moved to {self.dead_letter.name}/{n:012d}.json")
+
+    async def queue_sender(self):
+        """Drain the offline queue in order. Nothing here ends the loop: a permanent refusal
+        moves the message to the dead-letter directory, anything else keeps it and retries."""
+        retry = self.queue_retry
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            while self.ctx.connected.is_set():
+                head = self.queue.peek()
+                if head is None:
+                    break
+                n, payload = head
+                cp = self.ctx.cp
+                if cp is None:
+                    break
+                try:
+                    await cp.call_raw("TransactionEvent", payload)
+                except asyncio.CancelledError:
+                    raise
+                except CallRefused as e:
+                    if e.code in PERMANENT_ERRORS:
+                        self._set_aside(n, payload, str(e))
+                        retry.reset()
+                        continue
+                    wait = min(retry.next(), QUEUE_RETRY_MAX_S)
+                    self.ctx.event("V2G-400", f"TransactionEvent seqNo {payload.get('seqNo')} "
+                                   f"refused ({e}); kept, retry in {wait:g} s")
+                    await asyncio.sleep(wait)
+                    continue
+                except (asyncio.TimeoutError, websockets.exceptions.ConnectionClosed) as e:
+                    log.info("%s: TransactionEvent not delivered: %r", self.ctx.id, e)
+                    break   # stays queued; sent again after reconnect
+                except OCPPError as e:
+                    # our payload or the CSMS's answer failed the schema: the same message
+                    # would fail again, so it goes aside instead of blocking the queue
+                    self._set_aside(n, payload, f"{type(e).__name__}: {e}")
+                    retry.reset()
+                    continue
+                except Exception as e:   # noqa: BLE001 - a bug must not stop the queue for good
+                    log.exception("%s: queue sender", self.ctx.id)
+                    wait = min(retry.next(), QUEUE_RETRY_MAX_S)
+                    self.ctx.event("V2G-400", f"TransactionEvent seqNo {payload.get('seqNo')} "
+                                   f"not sent ({type(e).__name__}: {e}); kept, retry in {wait:g} s")
+                    await asyncio.sleep(wait)
+                    continue
+                retry.reset()
+                self.queue.pop(n)
+                self.ctx.count("tx_events_sent")
+
+    # ------------------------------------------------------------------ transaction
+
+    def _save_tx(self):
+        write_json_atomic(self._tx_file, self.tx)
+
+    def tx_event(self, event_type, trigger, s, meter=True, id_token=None, **info):
+        """Queue a TransactionEvent of the running transaction."""
+        self.tx["seq"] = self.tx.get("seq", -1) + 1
+        ti = {"transactionId": self.tx["id"], **{k: v for k, v in info.items() if v is not None}}
+        if "chargingState" not in ti and s is not None:
+            ti["chargingState"] = charging_state(s)
+        p = {"eventType": event_type, "timestamp": prof.iso(utcnow()), "triggerReason": trigger,
+             "seqNo": self.tx["seq"], "transactionInfo": ti, "evse": EVSE}
+        if id_token:
+            p["idToken"] = id_token
+        if meter and s:
+            p["meterValue"] = [meter_value(s, "Transaction.Begin" if event_type == "Started" else
+                                           "Transaction.End" if event_type == "Ended" else
+                                           "Sample.Periodic")]
+        self._save_tx()
+        self._enqueue(p)
+
+    def start_transaction(self, s, trigger):
+        self.tx = {"id": str(uuid.uuid4()), "seq": -1, "state": None,
+                   "start": prof.iso(utcnow())}
+        rs, tok = self.remote_start_id, self.remote_id_token
+        self.remote_start_id = self.remote_id_token = None
+        self.tx_event("Started", trigger, s, id_token=tok, remoteStartId=rs)
+        self.tx["state"] = charging_state(s)
+        self._save_tx()
+
+    def end_transaction(self, s, trigger, reason):
+        if not self.tx.get("id"):
+            return
+        tx_id = self.tx["id"]
+        self.tx_event("Ended", trigger, s, stoppedReason=reason)
+        self.tx = {}
+        self._save_tx()
+        for fn in self.ended:
+            r = fn(tx_id)
+            if inspect.isawaitable(r):
+                asyncio.ensure_future(r)
+
+    def on_sample(self, s, now_mono):
+        """One telemetry sample from the controller."""
+        plugged = s.get("cp") in PLUGGED
+        if not plugged and self.blocked_until_unplug:
+            self.blocked_until_unplug = False
+            if self.availability.available:
+                # a remote stop ends that session only: the next vehicle charges again
+                asyncio.ensure_future(self.availability.session_command("start", "after a remote stop"))
+        if self.tx.get("id"):
+            if not plugged:
+                self.end_transaction(s, "EVCommunicationLost", "EVDisconnected")
+            else:
+                st = charging_state(s)
+                if st != self.tx.get("state"):
+                    self.tx["state"] = st
+                    self.tx_event("Updated", "ChargingStateChanged", s)
+                    self._last_meter = now_mono
+                elif now_mono - self._last_meter >= self.meter_interval_s:
+                    self.tx_event("Updated", "MeterValuePeriodic", s)
+                    self._last_meter = now_mono
+        elif plugged and self.availability.available and not self.blocked_until_unplug:
+            self.start_transaction(s, "RemoteStart" if self.remote_start_id is not None else "CablePluggedIn")
+            self._last_meter = now_mono
+        asyncio.ensure_future(self.availability.send_status())
+
+    # ------------------------------------------------------------------ F RemoteControl
+
+    @on("RequestStartTransaction")
+    async def on_request_start_transaction(self, id_token, remote_start_id, evse_id=None, **_):
+        if not self.availability.available:
+            return {"status": "Rejected", "statusInfo": status_info("Unavailable", "station inoperative")}
+        ctl = self.ctx.ctl
+        res = await ctl.command("start", {})
+        if not res.ok:
+            return {"status": "Rejected", "statusInfo": status_info("ControllerRefused", res.msg)}
+        out = {"status": "Accepted"}
+        tok = snake_to_camel_case(id_token)    # the CSMS's idToken, sent back as given
+        if self.tx.get("id"):
+            out["transactionId"] = self.tx["id"]
+            self.tx["remote_start_id"] = remote_start_id
+            self.tx_event("Updated", "RemoteStart", ctl.sample, meter=False, id_token=tok,
+                          remoteStartId=remote_start_id)
+        else:
+            self.remote_start_id = remote_start_id
+            self.remote_id_token = tok
+            self.blocked_until_unplug = False
+            s = ctl.sample or {}
+            if s.get("cp") in PLUGGED:
+                self.start_transaction(s, "RemoteStart")
+                out["transactionId"] = self.tx["id"]
+        return out
+
+    @on("RequestStopTransaction")
+    async def on_request_stop_transaction(self, transaction_id, **_):
+        if transaction_id != self.tx.get("id"):
+            return {"status": "Rejected", "statusInfo": status_info("TxNotFound", transaction_id)}
+        res = await self.ctx.ctl.command("stop", {})
+        if not res.ok:
+            return {"status": "Rejected", "statusInfo": status_info("ControllerRefused", res.msg)}
+        self.end_transaction(self.ctx.ctl.sample, "RemoteStop", "Remote")
+        self.blocked_until_unplug = True
+        return {"status": "Accepted"}
