@@ -18,7 +18,9 @@ be answered within the step it was sent in; a snapshot is asked for every
 METER_POLL_MS. A reply read in a step lets the next request leave in the same step
 when the port says when the reply ended (rx_idle_us) and the t3.5 silence has passed;
 without that the master must count the silence from the read, and every transaction
-takes two steps (the cycle's timing in docs/field-buses.md assumes the port tells).
+takes two steps: the reader then takes the snapshot's further values in one longer
+read (meter_map.BLOCKS_*_TWO_STEP) so snapshots keep coming every cycle. The trip
+timing (core/grid.py sense_ms) assumes the port tells.
 
 A failed transaction leaves the last reading ageing; the controller raises V2G-120 after
 METER_STALE_S. `failure()` names why the readings stopped (timeout, CRC, exception code...)
@@ -68,9 +70,10 @@ class MeterTask:
         """(Re)build master and reader for the settings in force; the reading restarts."""
         self.cfg = cfg
         self.master = modbus.ModbusMaster(cfg.meter_baud, reply_timeout_ms(cfg.meter_poll_ms))
-        self.reader = meter_map.MeterReader(self.master, meter_map.model_from_name(cfg.meter_model),
-                                            cfg.meter_address)
         self.rx_idle_us = getattr(self.port, 'rx_idle_us', None)   # bound once: no allocation per step
+        model = meter_map.model_from_name(cfg.meter_model)
+        self.reader = meter_map.MeterReader(self.master, model, cfg.meter_address,
+                                            meter_map.blocks_of(model, self.rx_idle_us is not None))
         self.port.open(cfg.meter_baud)
         self.pending_sent = False
         self.next_poll_ms = None

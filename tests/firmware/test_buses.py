@@ -389,10 +389,12 @@ def test_voltage_and_frequency_are_read_every_third_step_at_the_defaults():
 
 
 def test_without_the_receive_time_every_transaction_takes_two_steps():
-    # t3.5 counted from the read: the next request leaves a step later, the cycle doubles
+    # t3.5 counted from the read: the next request leaves a step later; the snapshot's
+    # further values then come in one read of three steps (I .. PF), a snapshot per cycle
     sent, snaps = paced_cycle(knows_rx_end=False)
-    assert max(_gaps(sent[0x0000])) == 300 and max(_gaps(sent[0x0046])) == 300
-    assert snaps
+    assert set(sent) == {0x0000, 0x0046, 0x0006}
+    assert max(_gaps(sent[0x0000])) == 350 and max(_gaps(sent[0x0046])) == 350
+    assert len(snaps) >= 3 and all(450 <= g <= 550 for g in _gaps(snaps)), snaps
 
 
 def test_a_slow_meter_stretches_the_cycle_but_keeps_t35():
