@@ -283,7 +283,8 @@ class ModbusMaster:
         # is the only safe start for the t3.5 silence the meter needs before we talk.
         # With one, the next request may leave in this same pass once t3.5 has passed,
         # so a request per control step fits (app/meter.py).
-        if end_us is not None and ticks_diff(now_us, end_us) >= 0:
+        # Only for a reply being awaited: it ended after our request; stray bytes may not.
+        if end_us is not None and self.state == WAIT_REPLY and ticks_diff(now_us, end_us) >= 0:
             self.t_quiet = end_us
         else:
             self.t_quiet = now_us
