@@ -508,14 +508,17 @@ def droop_run(profile, offsets_mhz, charge=True, hold_ms=8000, config=None, ev=N
 
 # ------------------------------------------------------------------ frequency-response latency
 
-def latency_run(profile, poll_ms=DEFAULT_POLL_MS, phase_ms=0, step_mhz=-300, vm_name="cpython"):
+def latency_run(profile, poll_ms=DEFAULT_POLL_MS, phase_ms=0, step_mhz=-300, vm_name="cpython", wire=False):
     """Charging at full current, the frequency steps down at T_STEP_MS + phase_ms.
     total: grid step -> first changed current request; share: first meter reading
-    showing the step -> that request."""
+    showing the step -> that request (the plant's meter; with wire=True the meter task on
+    the wire model, where share is not measured)."""
     nom = PROFILES[profile]["nominal_mhz"]
     t0 = T_STEP_MS + phase_ms
     sc = build(profile, [(t0, "grid", _grid_args(False, nom + step_mhz))], t0 + 3000,
-               config={"METER_POLL_MS": poll_ms})
+               config=None if wire else {"METER_POLL_MS": poll_ms})
+    if wire:
+        sc["meter_port"] = "wire"
     res = run(sc, vm_name)
     t_step = grid_steps(res)[0]
     before = tick_at(res, t_step - STEP_MS)["request_a"]
@@ -535,6 +538,87 @@ def latency_worst(profile, poll_ms=DEFAULT_POLL_MS, vm_name="cpython"):
     runs = [latency_run(profile, poll_ms, ph, vm_name=vm_name) for ph in range(0, poll_ms, STEP_MS)]
     return {"total_ms": max(r["total_ms"] for r in runs), "share_ms": max(r["share_ms"] for r in runs),
             "best_total_ms": min(r["total_ms"] for r in runs), "runs": runs}
+
+
+# ------------------------------------------------------------------ the defaults on the meter port's wire
+
+# At the default settings (METER_POLL_MS 500, SDM630 at METER_BAUD 9600) the firmware's own
+# meter task reads the plant's meter over the wire model of the meter port
+# (boards/sim/meter_wire.py): each byte takes its time at 9600 baud, the meter answers
+# after t3.5 + 5 ms, and the grid protection decides as early as that sampling needs.
+# Clearing is counted from the grid step to the control step that opens the contactor and
+# asks for no current (the plant's current is zero from that step on).
+
+def wire_phases(stage):
+    """Grid-step phases (ms after T_STEP_MS) to try: two snapshot periods for the fast
+    stages, two voltage/frequency cycles for the long ones (their runs are long)."""
+    return range(0, 2 * DEFAULT_POLL_MS if stage.clearing_ms < 1000 else 6 * STEP_MS, STEP_MS)
+
+
+def wire_trip_run(stage, phase_ms, hold_ms=None, vm_name="cpython"):
+    """Just outside the threshold from T_STEP_MS + phase_ms for hold_ms (default: past the
+    clearing time), default settings, meter task on the wire model."""
+    nom = nominal_mv(stage.profile) if stage.voltage else PROFILES[stage.profile]["nominal_mhz"]
+    hold = stage.clearing_ms + 1000 if hold_ms is None else hold_ms
+    t0 = T_STEP_MS + phase_ms
+    events = [(t0, "grid", _grid_args(stage, stage.value(True))), (t0 + hold, "grid", _grid_args(stage, nom))]
+    sc = build(stage.profile, events, t0 + hold + 1000)
+    sc["meter_port"] = "wire"
+    res = run(sc, vm_name)
+    t_step = grid_steps(res)[0]
+    found = [t for t in trips(res) if t[0] >= t_step]
+    out = {"phase_ms": phase_ms, "trip_ms": None, "code": None}
+    if found:
+        t, code, msg = found[0]
+        tk = tick_at(res, t)
+        out.update(trip_ms=t - t_step, code=code, msg=msg, request_at_trip=tk["request_a"],
+                   limits_at_trip=(tk["limit_charge_a"], tk["limit_discharge_a"]), contactor=tk["contactor"],
+                   amps_after=tick_at(res, t + STEP_MS)["amps"])
+    return out
+
+
+def wire_stage(stage, vm_name="cpython"):
+    """Every phase of one stage at the defaults: the worst trip time from the grid step
+    and what is wrong (the clearing time missed, no trip, current still asked or flowing)."""
+    runs = [wire_trip_run(stage, ph, vm_name=vm_name) for ph in wire_phases(stage)]
+    bad = []
+    for r in runs:
+        if r["code"] != stage.code:
+            bad.append("phase {} ms: expected {} got {}".format(r["phase_ms"], stage.code, r["code"]))
+            continue
+        if r["trip_ms"] > stage.clearing_ms:
+            bad.append("phase {} ms: cleared {} ms after the grid step, clearing time {} ms".format(
+                r["phase_ms"], r["trip_ms"], stage.clearing_ms))
+        if r["request_at_trip"] != 0 or r["limits_at_trip"] != (0, 0) or r["amps_after"] != 0:
+            bad.append("phase {} ms: current still asked or flowing at the trip".format(r["phase_ms"]))
+    done = [r["trip_ms"] for r in runs if r["trip_ms"] is not None]
+    return {"stage": stage, "runs": runs, "worst_ms": max(done) if done else None,
+            "best_ms": min(done) if done else None, "problems": bad}
+
+
+def wire_matrix(vm_name="cpython", profiles=PROFILE_ORDER):
+    return [wire_stage(s, vm_name) for p in profiles for s in stages(p)]
+
+
+def wire_latency_worst(profile, vm_name="cpython"):
+    """Grid frequency step -> new current request at the defaults on the wire model, worst
+    over two snapshot periods of step phases."""
+    runs = [latency_run(profile, DEFAULT_POLL_MS, ph, vm_name=vm_name, wire=True)
+            for ph in range(0, 2 * DEFAULT_POLL_MS, STEP_MS)]
+    return {"total_ms": max(r["total_ms"] for r in runs), "best_total_ms": min(r["total_ms"] for r in runs),
+            "runs": runs}
+
+
+def wire_table(results):
+    """Markdown: each stage at the default settings on the wire model."""
+    lines = ["| profile | stage | clearing time | cleared after the grid step (best .. worst over phases) "
+             "| verdict |", "|---|---|---|---|---|"]
+    for r in results:
+        s = r["stage"]
+        lines.append("| {} | {} | {} | {} .. {} | {} |".format(
+            s.profile, s.name, _ms(s.clearing_ms), _ms(r["best_ms"]), _ms(r["worst_ms"]),
+            "ok" if not r["problems"] else "FAIL: " + "; ".join(r["problems"][:2])))
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ table
@@ -605,11 +689,21 @@ def main(argv=None):
                                  description="Grid trip timing, checked in the simulator.")
     ap.add_argument("--table", action="store_true", help="print the profile x stage table in Markdown")
     ap.add_argument("--latency", action="store_true", help="print the frequency-response latency")
+    ap.add_argument("--wire", action="store_true",
+                    help="the default settings with the meter task on the meter port's wire model")
     ap.add_argument("--vm", choices=sim.VMS, default="cpython")
     a = ap.parse_args(argv)
-    if not (a.table or a.latency):
-        ap.error("say --table and/or --latency")
+    if not (a.table or a.latency or a.wire):
+        ap.error("say --table, --latency and/or --wire")
     failed = False
+    if a.wire:
+        results = wire_matrix(a.vm)
+        print(wire_table(results))
+        failed = any(r["problems"] for r in results)
+        for profile in ("IEEE1547_CAT_II_60HZ", "EN50549_50HZ"):
+            w = wire_latency_worst(profile, vm_name=a.vm)
+            print("{}: defaults on the wire model -> grid step to new current request {}..{} ms".format(
+                profile, w["best_total_ms"], w["total_ms"]))
     if a.table:
         results = matrix(a.vm)
         print(table(results))

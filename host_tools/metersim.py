@@ -204,7 +204,7 @@ class PacedLine:
 
     Meter side: `line.meter_port`, a pty path for MeterSim or any Modbus RTU slave.
     Controller side: the line itself offers the board HAL's rs485 interface (open, write,
-    tx_done, readinto), so the firmware's MeterTask runs on it unchanged.
+    tx_done, readinto, rx_idle_us), so the firmware's MeterTask runs on it unchanged.
     `line.spans` records (request start, last reply byte) per request, host clock.
     """
 
@@ -230,6 +230,7 @@ class PacedLine:
         self._to_meter: collections.deque = collections.deque()  # (due, byte)
         self._to_ctl: collections.deque = collections.deque()    # (due, byte)
         self.spans: list[list[float]] = []
+        self._rx_end: float | None = None      # when the last byte handed over had arrived
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="paced-line", daemon=True)
         self._thread.start()
@@ -267,9 +268,14 @@ class PacedLine:
         with self._lock:
             q = self._to_ctl
             while q and q[0][0] <= now and n < len(buf):
+                self._rx_end = q[0][0]
                 buf[n] = q.popleft()[1]
                 n += 1
         return n
+
+    def rx_idle_us(self) -> int | None:
+        """ticks_us() (below) of the end of the last byte read: what a UART's idle interrupt tells."""
+        return None if self._rx_end is None else int(self._rx_end * 1_000_000) & 0x3FFFFFFF
 
     # -- the relay ----------------------------------------------------------
     def _run(self) -> None:
@@ -329,7 +335,7 @@ class PacedLine:
 
 
 def ticks_us() -> int:
-    """A MicroPython-style microsecond tick (wraps at 2**30) from the host clock."""
+    """A MicroPython-style microsecond tick (wraps at 2**30) from the host clock (time.monotonic)."""
     return (time.monotonic_ns() // 1000) & 0x3FFFFFFF
 
 

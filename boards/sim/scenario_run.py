@@ -15,6 +15,14 @@ journal, the event log, the controller state (Controller.state_dump: the contact
 latch, the heartbeat fallback, the SoC target, the CSMS limits, stop and charge-only) and
 the accepted settings, kept in `storage`, a dict standing in for the flash filesystem.
 
+The meter: by default the plant fills the meter Inputs itself, a reading every
+METER_POLL_MS that answers at once. With `sc['meter_port'] = 'wire'` (set by the host's
+grid checks, not a scenario file key) the firmware's own meter task (app/meter.py)
+reads the plant's meter over the wire model of the meter port (board/meter_wire.py):
+Modbus RTU at METER_BAUD, every byte on the wire for its time, in simulated time; the
+grid protection then decides its trips as early as the meter task's sampling needs
+(core/grid.py sense_ms), as on a board.
+
 Output: one JSON object per line (shared spec scenario.md): `tick`, `event`, `summary`.
 Numbers are formatted from integers with fixed decimals so both interpreters print the
 same text.
@@ -184,17 +192,33 @@ class Run:
         self.heap_peak = None
         self.heap_start = None
         self.events = sc.get('events') or []
+        self.wire = None
+        self.meter = None
+        if sc.get('meter_port', 'plant') == 'wire':
+            from app.meter import MeterTask
+            from board.meter_wire import MeterWire
+            self.wire = MeterWire(self.plant, self._clock_us, model=self.cfg.meter_model,
+                                  unit=self.cfg.meter_address)
+            self.meter = MeterTask(self.wire, self.cfg, self._ticks_us)
         self._k = 0
         self.now = 0
         self._boot(0)
+
+    def _clock_us(self):
+        return self.now * 1000
+
+    def _ticks_us(self):
+        return (self.now * 1000) & 0x3FFFFFFF
 
     # ------------------------------------------------------------ controller life
     def _boot(self, now):
         self.boots += 1
         # The scenario starts with a station already in service on the grid; after a reboot
         # the controller cannot know how long it was off, so it waits to re-enter service.
+        # the plant's own meter: the trip rule counts from its first reading (docs/grid.md)
+        kw = {} if self.meter is not None else {'sense_ms': 0}
         g = gridmod.GridProtection.from_config(self.cfg, step_ms=self.period,
-                                               start_in_service=self.boots == 1)
+                                               start_in_service=self.boots == 1, **kw)
         self.ctl = ctlmod.Controller(self.cfg, g)
         # persisted state comes back in the order app/station.py loads it from flash:
         # journal, event log, then the controller state (its latches raise their codes again)
@@ -355,6 +379,9 @@ class Run:
                 k += 1
             host.poll(now)
             plant.fill_inputs(inp, now)
+            if self.meter is not None:
+                self.now = now                  # the wire model's clock
+                self.meter.step(now, inp, self.cfg)
             out = self.ctl.step(now, inp)
             self._events()
             self._changes(now, out)

@@ -9,11 +9,18 @@ task only pumps bytes between them and `hal.rs485`:
     rs485.write(buf, n)       queue n bytes of buf
     rs485.tx_done()           True once the last byte left the wire
     rs485.readinto(buf)       bytes received since the last call, copied into buf; returns n
+    rs485.rx_idle_us()        optional: ticks_us when the last byte read had left the wire
 
-Timing: bytes move only when the shell calls step(), once per control step (50 ms).
-A snapshot is one request (meter_map.BLOCKS_*), so at 9600 baud its 179 ms on the wire
-end within four steps when the meter answers within 28 ms (200 ms, 90 % of the line's
-limit; bench/fieldbus.py measures it).
+Timing: bytes move only when the shell calls step(), once per control step (50 ms), so
+a step carries at most one transaction. The reader's cycle (core/meter_map.py) reads
+voltage, frequency and one further block of a snapshot in turn, each short enough to
+be answered within the step it was sent in; a snapshot is asked for every
+METER_POLL_MS. A reply read in a step lets the next request leave in the same step
+when the port says when the reply ended (rx_idle_us) and the t3.5 silence has passed;
+without that the master must count the silence from the read, and every transaction
+takes two steps: the reader then takes the snapshot's further values in one longer
+read (meter_map.BLOCKS_*_TWO_STEP) so snapshots keep coming every cycle. The trip
+timing (core/grid.py sense_ms) assumes the port tells.
 
 A failed transaction leaves the last reading ageing; the controller raises V2G-120 after
 METER_STALE_S. `failure()` names why the readings stopped (timeout, CRC, exception code...)
@@ -52,7 +59,7 @@ class MeterTask:
         self.pending_sent = False
         self.next_poll_ms = None
         self.last_result = modbus.OK
-        self.fail_streak = 0      # failed transactions since the last good snapshot
+        self.fail_streak = 0      # failed transactions since the last good one
         self.fail_code = modbus.OK
         self.exc_code = 0
         self.tx_bytes = 0
@@ -63,8 +70,10 @@ class MeterTask:
         """(Re)build master and reader for the settings in force; the reading restarts."""
         self.cfg = cfg
         self.master = modbus.ModbusMaster(cfg.meter_baud, reply_timeout_ms(cfg.meter_poll_ms))
-        self.reader = meter_map.MeterReader(self.master, meter_map.model_from_name(cfg.meter_model),
-                                            cfg.meter_address)
+        self.rx_idle_us = getattr(self.port, 'rx_idle_us', None)   # bound once: no allocation per step
+        model = meter_map.model_from_name(cfg.meter_model)
+        self.reader = meter_map.MeterReader(self.master, model, cfg.meter_address,
+                                            meter_map.blocks_of(model, self.rx_idle_us is not None))
         self.port.open(cfg.meter_baud)
         self.pending_sent = False
         self.next_poll_ms = None
@@ -77,11 +86,12 @@ class MeterTask:
             self.configure(cfg)
         self.cfg = cfg
         self.pump(now_ms)
+        rd = self.reader
         if self.next_poll_ms is None or ticks.due(now_ms, self.next_poll_ms):
-            if not self.reader.busy():
-                self.reader.start(now_ms)
+            if rd.snapshot(now_ms):     # refused while the last one still runs: asked again next step
                 self.next_poll_ms = ticks.add(now_ms, cfg.meter_poll_ms)
-                self.pump(now_ms)
+        if not rd.busy() and rd.next(now_ms):
+            self.pump(now_ms)           # leaves now if the line has been quiet for t3.5
         self.fill(inputs, now_ms)
 
     def pump(self, now_ms):
@@ -103,23 +113,20 @@ class MeterTask:
         n = port.readinto(self.rxbuf)
         if n:
             self.rx_bytes += n
-            m.feed(self.rxbuf, n, self.ticks_us())
+            m.feed(self.rxbuf, n, self.ticks_us(), self.rx_idle_us() if self.rx_idle_us is not None else None)
         r = m.poll(self.ticks_us())
         if r != modbus.BUSY:
             self.last_result = r
             if r == modbus.ERR_EXCEPTION:
                 self.exc_code = m.exc_code
-            done = self.reader.on_result(r, now_ms)
-            if done:
+            self.reader.on_result(r, now_ms)
+            if self.reader.last_ok:
                 self.fail_streak = 0
                 self.fail_code = modbus.OK
-            elif r != modbus.OK or not self.reader.busy():
+            else:
                 # a transport error, or an OK reply whose values were refused (NaN)
                 self.fail_streak += 1
                 self.fail_code = r if r != modbus.OK else 1
-            # A table with a further block has queued it: it leaves on the next pass. Not
-            # now: the meter must hear t3.5 of silence after its last byte, and all the
-            # shell knows is that the byte had arrived by the time it was read, just now.
 
     def fill(self, inputs, now_ms):
         rd = self.reader.reading
@@ -148,8 +155,9 @@ class MeterTask:
         if x > ma:
             ma = x
         inputs.meter_ma = -ma if v[meter_map.F_MW_TOTAL] < 0 else ma
-        inputs.meter_mv = v[meter_map.F_MV1]
-        inputs.meter_mhz = v[meter_map.F_MHZ]
+        # voltage and frequency from their own reads, fresher than the snapshot
+        inputs.meter_mv = self.reader.mv if self.reader.have_mv else v[meter_map.F_MV1]
+        inputs.meter_mhz = self.reader.mhz if self.reader.have_mhz else v[meter_map.F_MHZ]
 
     def import_wh(self):
         rd = self.reader.reading

@@ -603,9 +603,11 @@ class Config:
         self.cooling_uncooled_ma = _milli(v, 'COOLING_UNCOOLED_AMPS')
 
     def notes(self, step_ms=50):
-        """Warnings, as text, about settings that are taken but do less than they read: a meter
-        poll slower than the grid profile's fastest clearing time, a droop or deadband outside
-        the profile's range (applied clamped). [] when none. Not refusals: docs/settings.md."""
+        """Warnings, as text, about settings that are taken but do less than they read: grid
+        stages the meter's sampling (METER_MODEL, METER_BAUD) cannot meet from the grid step,
+        fast stages decided on one reading, a snapshot slower than METER_POLL_MS, a droop or
+        deadband outside the profile's range (applied clamped). [] when none. Not refusals:
+        docs/settings.md."""
         from core.grid import config_notes   # here: config itself stays free of the grid code
         notes = config_notes(self, step_ms)
         if not self.cooling:

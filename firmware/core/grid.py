@@ -17,6 +17,7 @@ Trip stages (and the droop) run in RAMP and IN_SERVICE only.
 from micropython import const
 
 from core import errors
+from core import meter_map
 from core.grid_profiles import MEAN_BLOCK_MS, MEAN_BLOCKS, OF, OV, PROFILES, UV
 
 WAITING = const(0)
@@ -78,10 +79,28 @@ def values_in_force(profile_name, deadband_mhz, droop_mpct):
             _clamp(droop_mpct, p['droop_mpct'][0], p['droop_mpct'][1]))
 
 
-def trip_decision_ms(clearing_ms, step_ms=50):
-    """Time from the first outside reading to the trip decision with steps of step_ms:
-    the last step at or before the clearing time (150 ms for 160 ms at 50 ms steps)."""
-    return clearing_ms // step_ms * step_ms
+def trip_decision_ms(clearing_ms, step_ms=50, sense_ms=0):
+    """Time from the first outside reading to the trip decision with steps of step_ms,
+    when a grid step may be seen up to sense_ms late: the last step at which the trip
+    still falls within the clearing time counted from the grid step (150 ms for 160 ms
+    at 50 ms steps and no sensing delay; 0, the first reading, once sense_ms + one step
+    passes the clearing time)."""
+    d = clearing_ms - sense_ms - step_ms
+    if d < 0:
+        return 0
+    return (d // step_ms + 1) * step_ms
+
+
+def worst_trip_ms(clearing_ms, step_ms=50, sense_ms=0):
+    """Latest trip counted from the grid step (on a control step): the decision plus
+    the time the step may take to show in a reading."""
+    return trip_decision_ms(clearing_ms, step_ms, sense_ms) + sense_ms
+
+
+def meter_sense_ms(cfg, step_ms=50):
+    """The meter task's worst delay from a grid step to a reading showing it
+    (core/meter_map.py sense_ms) for the settings in force."""
+    return meter_map.sense_ms(meter_map.model_from_name(cfg.meter_model), cfg.meter_baud, step_ms)
 
 
 def shortest_clearing_ms(profile_name):
@@ -95,38 +114,42 @@ def _dec(v):
     return t[:-1] if t.endswith('.') else t
 
 
-def settings_notes(profile_name, meter_poll_ms, deadband_mhz, droop_mpct, step_ms=50):
+def settings_notes(profile_name, meter_poll_ms, deadband_mhz, droop_mpct, step_ms=50,
+                   meter_model='SDM630', meter_baud=9600):
     """Settings that are valid but do less than they read, as text ([] when none).
 
     Not refusals (the settings are taken); the controller reports them beside its status.
-    Sampling bounds (docs/grid.md, "Meter sampling"): with polls every P ms a stage is
-    decided D = trip_decision_ms() after the first outside reading, 0..P-step after the
-    grid step; the reading is held until the next poll, so an excursion seen on n readings
-    trips exactly when n * P > D."""
+    Sampling (docs/grid.md, "Meter sampling"): the meter task reads voltage and frequency
+    in a cycle of its own (core/meter_map.py), so a grid step shows in a reading up to
+    S = meter_sense_ms() later, and every stage is decided S early
+    (trip_decision_ms). METER_POLL_MS sets only the snapshot of current and energy."""
     p = _profile(profile_name)
     out = []
-    fast = shortest_clearing_ms(profile_name)
-    d = trip_decision_ms(fast, step_ms)
-    worst = d + meter_poll_ms - step_ms
-    if meter_poll_ms > fast:
-        out.append('METER_POLL_MS {} exceeds the {} ms clearing time of {}: an excursion seen by '
-                   'one reading trips {} ms after it however short, and a trip can come {} ms '
-                   'after the grid step'.format(
-                       meter_poll_ms, fast, profile_name, d, worst))
-    elif worst > fast:
-        out.append('METER_POLL_MS {}: the {} ms stages of {} trip up to {} ms after the grid step '
-                   '(the meter shows a change up to {} ms late)'.format(
-                       meter_poll_ms, fast, profile_name, worst, meter_poll_ms - step_ms))
+    model = meter_map.model_from_name(meter_model)
+    sense = meter_map.sense_ms(model, meter_baud, step_ms)
+    v, f, x, cycle = meter_map.cycle_steps(model, meter_baud, step_ms)
     seen = []
     for stage in p['stages']:
         clr = stage[2]
-        d = trip_decision_ms(clr, step_ms)
-        if clr >= meter_poll_ms and d % meter_poll_ms and clr not in seen:
-            seen.append(clr)
-            out.append('METER_POLL_MS {} does not divide {} ms (when the {} ms stage is decided): an '
-                       'excursion longer than {} ms but shorter than {} ms may be held by its last '
-                       'reading long enough to trip'.format(
-                           meter_poll_ms, d, clr, d // meter_poll_ms * meter_poll_ms, clr))
+        if clr in seen:
+            continue
+        seen.append(clr)
+        worst = worst_trip_ms(clr, step_ms, sense)
+        if worst > clr:
+            out.append('METER_BAUD {} ({}): voltage and frequency are read at least every {} ms and a grid step '
+                       'shows up to {} ms later, so the {} ms stages of {} can trip {} ms after the '
+                       'grid step'.format(meter_baud, meter_model, cycle * step_ms, sense, clr,
+                                          profile_name, worst))
+        elif trip_decision_ms(clr, step_ms, sense) == 0:
+            out.append('the {} ms stages of {} trip on the first reading outside their threshold '
+                       '(at most {} ms after the grid step): an excursion a voltage or frequency '
+                       'read catches trips however short'.format(clr, profile_name, worst))
+    blocks = meter_map.blocks_of(model)
+    snap = (len(blocks) - (1 if v else 0) - (1 if f else 0)) * cycle * step_ms
+    if meter_poll_ms < snap:
+        out.append('METER_POLL_MS {}: a snapshot of current and energy takes {} ms ({}, METER_BAUD {}), '
+                   'so one follows the other every {} ms'.format(meter_poll_ms, snap, meter_model,
+                                                                 meter_baud, snap))
     db, dr = values_in_force(profile_name, deadband_mhz, droop_mpct)
     if db != deadband_mhz:
         out.append('FREQ_DEADBAND_HZ {} is outside the {}-{} Hz of {}: {} Hz in force'.format(
@@ -139,7 +162,8 @@ def settings_notes(profile_name, meter_poll_ms, deadband_mhz, droop_mpct, step_m
 
 def config_notes(cfg, step_ms=50):
     """settings_notes() for a core.config.Config."""
-    return settings_notes(cfg.grid_profile, cfg.meter_poll_ms, cfg.deadband_mhz, cfg.droop_mpct, step_ms)
+    return settings_notes(cfg.grid_profile, cfg.meter_poll_ms, cfg.deadband_mhz, cfg.droop_mpct, step_ms,
+                          cfg.meter_model, cfg.meter_baud)
 
 
 def _config_args(cfg, kw):
@@ -155,6 +179,8 @@ def _config_args(cfg, kw):
         'ramp_ms': getattr(cfg, 'grid_ramp_ms', None),
     }
     args.update(kw)
+    if 'sense_ms' not in args:
+        args['sense_ms'] = meter_sense_ms(cfg, args.get('step_ms', 50))
     return args
 
 
@@ -172,6 +198,10 @@ class GridProtection:
     enter_service_delay_ms, ramp_ms   None = the profile's value
     step_ms             the control period; trips are decided one step early
                         rather than one step late (see docs/grid.md)
+    sense_ms            how late a grid step may show in the readings (the meter's
+                        sampling, meter_sense_ms()); every stage is decided that much
+                        earlier, so it is met counted from the grid step.
+                        from_config() fills it from the meter settings
     start_in_service    skip the boot enter-service wait (for a warm restart
                         the integrator knows was inside a running session)
     Bad values raise ValueError naming the parameter; nothing changes.
@@ -179,7 +209,8 @@ class GridProtection:
 
     def __init__(self, profile_name, nominal_mv, droop_enabled=True, deadband_mhz=36,
                  droop_mpct=5000, response_ms=500, rated_charge_ma=32000, rated_discharge_ma=32000,
-                 enter_service_delay_ms=None, ramp_ms=None, step_ms=50, start_in_service=False):
+                 enter_service_delay_ms=None, ramp_ms=None, step_ms=50, start_in_service=False,
+                 sense_ms=0):
         # preallocated state; configure() fills the parameters
         self._stage_n = 0
         self._s_kind = [0] * 8
@@ -197,9 +228,10 @@ class GridProtection:
         self._ev_n = 0
         self.ev_lost = 0
         self.profile_name = None
+        self.sense_fixed = True
         self.configure(profile_name, nominal_mv, droop_enabled, deadband_mhz, droop_mpct,
                        response_ms, rated_charge_ma, rated_discharge_ma,
-                       enter_service_delay_ms, ramp_ms, step_ms)
+                       enter_service_delay_ms, ramp_ms, step_ms, sense_ms)
         self._have_last = False
         self._last_ms = 0
         self._ok_el = -1               # enter-service window held for this long, -1 = not inside
@@ -230,15 +262,20 @@ class GridProtection:
     @classmethod
     def from_config(cls, cfg, **kw):
         """Build from a core.config.Config; keyword arguments override."""
-        return cls(cfg.grid_profile, cfg.nominal_mv, **_config_args(cfg, kw))
+        g = cls(cfg.grid_profile, cfg.nominal_mv, **_config_args(cfg, kw))
+        g.sense_fixed = 'sense_ms' in kw
+        return g
 
     def reconfigure(self, cfg, **kw):
-        """New settings from a Config; trips, timers and the enter-service state carry on."""
+        """New settings from a Config; trips, timers and the enter-service state carry on.
+        A sense_ms given at construction stays (a meter that is not the meter task's)."""
+        if 'sense_ms' not in kw and self.sense_fixed:
+            kw['sense_ms'] = self.sense_ms
         self.configure(cfg.grid_profile, cfg.nominal_mv, **_config_args(cfg, kw))
 
     def configure(self, profile_name, nominal_mv, droop_enabled, deadband_mhz, droop_mpct,
                   response_ms, rated_charge_ma, rated_discharge_ma,
-                  enter_service_delay_ms=None, ramp_ms=None, step_ms=50):
+                  enter_service_delay_ms=None, ramp_ms=None, step_ms=50, sense_ms=0):
         """New settings; the trip/enter-service state carries on. All checked first."""
         p = _profile(profile_name)
         _check('nominal_mv', nominal_mv, 100000, 480000)
@@ -256,6 +293,7 @@ class GridProtection:
             ramp_ms = p['es_ramp_ms']
         _check('ramp_ms', ramp_ms, 0, 1000000)
         _check('step_ms', step_ms, 1, 1000)
+        _check('sense_ms', sense_ms, 0, 10000)
 
         # everything valid: apply
         changed_profile = profile_name != self.profile_name
@@ -271,6 +309,7 @@ class GridProtection:
         self.enter_service_delay_ms = enter_service_delay_ms
         self.ramp_ms = ramp_ms
         self.step_ms = step_ms
+        self.sense_ms = sense_ms
 
         stages = p['stages']
         self._stage_n = len(stages)
@@ -387,7 +426,7 @@ class GridProtection:
     def _stages(self, dt, mv, mhz, meter_ok):
         """Run the stage timers; the bit of the first stage that trips, else 0."""
         hit = 0
-        early = self.step_ms
+        early = self.step_ms + self.sense_ms
         for i in range(self._stage_n):
             el = self._s_el[i]
             if meter_ok:
@@ -410,8 +449,9 @@ class GridProtection:
             else:
                 el = self._add(el, dt)   # no reading: a running excursion keeps counting
             self._s_el[i] = el
-            # trip on the last sample at or before the clearing time: the next
-            # sample, one step later, would already be past it
+            # trip on the last sample at or before the clearing time counted from the
+            # grid step (which the readings may show sense_ms late): the next sample,
+            # one step later, could already be past it
             if hit == 0 and el + early > self._s_clr[i]:
                 hit = _CODE_OF_KIND[self._s_kind[i]]
                 self.trip_value = self._good_mhz if self._s_kind[i] >= OF else self._good_mv

@@ -1,18 +1,27 @@
-"""Eastron SDM630 / SDM120 register maps and the snapshot reader (pure).
+"""Eastron SDM630 / SDM120 register maps, the snapshot reader and its poll cycle (pure).
 
 Both meters: function 0x04 (input registers), each value an IEEE-754 float32
 in two registers, high word first. Addresses are the on-wire (0-based) ones.
 
-One snapshot is read in as few transactions as the meter allows. Eastron's
-protocol notes allow up to 40 parameters (80 registers) per request, and
-everything a snapshot needs lies in 0x0000..0x004B (76 registers), so one
-request per snapshot. It carries 16 unused registers (33 ms at 9600 baud), but
-a second transaction costs more: its own 13 bytes and two t3.5 silences, the
-meter's reply latency once more, and one more pass of the shell's byte pump
-(docs/field-buses.md has the numbers). We assume, as Eastron meters do, that
-unassigned registers inside a block read back as zero instead of raising an
-exception. The blocks are data (BLOCKS_*), so a meter that disagrees needs a
-table change, not a code change.
+Grid protection needs voltage and frequency often; the current and the energy
+counters only every METER_POLL_MS. One control step (50 ms) carries at most one
+transaction (the shell moves bytes once per step), so the snapshot is cut into
+short blocks that each fit a step at 9600 baud, and the reader runs them in a
+cycle of three slots, one transaction each:
+
+    V   the block holding the voltages        (0x0000, every cycle)
+    f   the block holding frequency + energy  (0x0046, every cycle)
+    X   the next other block of a snapshot    (current, power, PF; skipped when
+                                               no snapshot is under way)
+
+so voltage and frequency are at most three steps old, and a snapshot (its V and
+f blocks come from the cycle anyway) takes three cycles. V and f lie 70
+registers apart on both meters, too far for one short read. sense_ms() gives the
+resulting worst time from a grid step to the control step that sees it; the
+grid protection decides its trips that much earlier (core/grid.py). The blocks
+are data (BLOCKS_*): a meter that disagrees needs a table change, not a code
+change. The SDM630's total power is the sum of its three phase powers (the
+meter's own total lies outside every short block).
 """
 
 from micropython import const
@@ -41,9 +50,22 @@ REG_FREQ = const(0x0046)
 REG_IMPORT_KWH = const(0x0048)
 REG_EXPORT_KWH = const(0x004A)
 
-# (start, count) per transaction: V, I, P, PF, total P, f, import and export kWh in one read
-BLOCKS_SDM630 = ((0x0000, 0x004C),)
-BLOCKS_SDM120 = ((0x0000, 0x004C),)
+# (start, count) per transaction; the block holding F_MV1 is the V slot's, the one
+# holding F_MHZ the f slot's. 6 registers = 17 reply bytes: 34 ms on the wire at 9600
+# with the t3.5 silences, so a transaction fits a 50 ms step with METER_REPLY_MS to spare.
+BLOCKS_SDM630 = ((0x0000, 6), (0x0046, 6), (0x0006, 6), (0x000C, 6), (0x001E, 6))
+BLOCKS_SDM120 = ((0x0000, 2), (0x0046, 6), (0x0006, 8), (0x001E, 2))
+# For a port that cannot say when a reply ended (no rs485.rx_idle_us): every read then
+# takes two steps whatever its size, so the snapshot's further values come in one read
+# of three steps (I .. PF, 84 ms on the wire at 9600) and a snapshot completes every
+# cycle (350 ms) instead of every third (900 ms).
+BLOCKS_SDM630_TWO_STEP = ((0x0000, 6), (0x0046, 6), (0x0006, 30))
+BLOCKS_SDM120_TWO_STEP = ((0x0000, 2), (0x0046, 6), (0x0006, 26))
+
+# The meter's own time to answer, beyond the t3.5 silence it waits for the end of our
+# request, that the cycle allows for (Eastron publishes none; our assumption). A slower
+# meter stretches the cycle: MeterReader.slow counts the transactions that overran.
+METER_REPLY_MS = const(10)
 
 # Field ids of MeterReading and the register that fills each.
 F_MV1 = const(0)
@@ -73,7 +95,7 @@ FIELD_NAMES = (
 MAP_SDM630 = (
     (F_MV1, REG_V_L1), (F_MV2, REG_V_L2), (F_MV3, REG_V_L3),
     (F_MA1, REG_I_L1), (F_MA2, REG_I_L2), (F_MA3, REG_I_L3),
-    (F_MW1, REG_P_L1), (F_MW2, REG_P_L2), (F_MW3, REG_P_L3), (F_MW_TOTAL, REG_P_TOTAL),
+    (F_MW1, REG_P_L1), (F_MW2, REG_P_L2), (F_MW3, REG_P_L3),
     (F_PF1, REG_PF_L1), (F_PF2, REG_PF_L2), (F_PF3, REG_PF_L3),
     (F_MHZ, REG_FREQ), (F_IMPORT_WH, REG_IMPORT_KWH), (F_EXPORT_WH, REG_EXPORT_KWH),
 )
@@ -145,12 +167,72 @@ class MeterReading:
             v[i] = o[i]
 
 
-class MeterReader:
-    """Drives a ModbusMaster through the blocks of one snapshot.
+def _holding(blocks, reg):
+    """Index of the block that holds the float at reg, or -1."""
+    for i in range(len(blocks)):
+        start, count = blocks[i]
+        if start <= reg and reg + 2 <= start + count:
+            return i
+    return -1
 
-    start(now_ms) begins a snapshot when the master is idle; the shell runs the
-    master's byte pump and hands each final result to on_result(). Only a
-    snapshot whose every block was read fully and sanely replaces `reading`;
+
+def blocks_of(model, rx_time=True):
+    """The model's block table; rx_time False: for a port that cannot tell when a reply ended."""
+    if model == SDM630:
+        return BLOCKS_SDM630 if rx_time else BLOCKS_SDM630_TWO_STEP
+    if model == SDM120:
+        return BLOCKS_SDM120 if rx_time else BLOCKS_SDM120_TWO_STEP
+    raise ValueError("unknown meter model id")
+
+
+def slot_steps(count, baud, step_ms):
+    """Control steps one read of `count` registers holds the line for: request, reply,
+    the t3.5 silences and METER_REPLY_MS, rounded up to whole steps (the shell moves
+    bytes once per step)."""
+    us = modbus.ModbusMaster(baud, 100).wire_time_us(count) + METER_REPLY_MS * 1000
+    return -(-us // (step_ms * 1000))
+
+
+def cycle_steps(model, baud, step_ms, blocks=None):
+    """(V slot, f slot, longest X slot, whole cycle) in control steps; the f slot is 0
+    when one block holds both."""
+    blocks = blocks_of(model) if blocks is None else blocks
+    vb = _holding(blocks, REG_V_L1)
+    fb = _holding(blocks, REG_FREQ)
+    v = slot_steps(blocks[vb][1], baud, step_ms)
+    f = slot_steps(blocks[fb][1], baud, step_ms) if fb != vb else 0
+    x = 0
+    for i in range(len(blocks)):
+        if i != vb and i != fb:
+            n = slot_steps(blocks[i][1], baud, step_ms)
+            x = n if n > x else x
+    return v, f, x, v + f + x
+
+
+def sense_ms(model, baud, step_ms, blocks=None):
+    """Worst time from a grid step (on a control step) to the control step that first
+    uses a reading showing it, for voltage and for frequency alike: the step lands just
+    after its block was read and waits a whole cycle for the next read, then that
+    read's own steps. A step between two control steps adds up to one step less the
+    request's time on the wire (docs/grid.md)."""
+    v, f, _x, cycle = cycle_steps(model, baud, step_ms, blocks)
+    q = v if v > f else f
+    return (cycle + q - 1) * step_ms
+
+
+class MeterReader:
+    """Drives a ModbusMaster through the blocks of the meter.
+
+    Two ways, one transaction at a time; the shell runs the master's byte pump and
+    hands each final result to on_result():
+
+    - the poll cycle (the meter task): snapshot(now_ms) asks for a snapshot when one
+      is due; next(now_ms) sends the next transaction of the V, f, X cycle whenever
+      the master is idle. Every V or f read refreshes `mv`/`mhz` at once; a snapshot
+      completes when each of its blocks has been read since it was asked for.
+    - start(now_ms): one whole snapshot, its blocks back to back (tools, tests).
+
+    Only a snapshot whose every block was read fully and sanely replaces `reading`;
     any error aborts the snapshot and leaves the previous reading to age.
     """
 
@@ -160,15 +242,15 @@ class MeterReader:
         inside one block."""
         if model == SDM630:
             fmap = MAP_SDM630
-            default = BLOCKS_SDM630
         elif model == SDM120:
             fmap = MAP_SDM120
-            default = BLOCKS_SDM120
         else:
             raise ValueError("unknown meter model id")
-        self.blocks = default if blocks is None else blocks
+        self.blocks = blocks_of(model) if blocks is None else blocks
         if not self.blocks:
             raise ValueError("meter block table is empty")
+        if len(self.blocks) > 16:
+            raise ValueError("meter block table longer than 16 blocks")
         self.plan = _plan(self.blocks, fmap)
         # a table of our own, built here: the module's constant tuples stay out of each poll
         self.blocks = tuple([(start, count) for start, count in self.blocks])
@@ -182,61 +264,153 @@ class MeterReader:
         self.master = master
         self.model = model
         self.unit = unit
+        self.v_block = _holding(self.blocks, REG_V_L1)
+        self.f_block = _holding(self.blocks, REG_FREQ)
+        self.all_bits = (1 << len(self.blocks)) - 1
         self.reading = MeterReading()
         self._stage = MeterReading()
-        self.block = -1  # -1: no snapshot running
+        self.block = -1  # the block in flight, -1: none
+        self.chain = False  # start(): the blocks of one snapshot back to back
+        self.pending = 0  # blocks the snapshot under way still needs (bit i: block i)
+        self.slot = 0  # next slot of the cycle: 0 V, 1 f, 2 X
+        # the latest voltage and frequency, each from its own read
+        self.mv = 0
+        self.mhz = 0
+        self.mv_ms = 0
+        self.mhz_ms = 0
+        self.have_mv = False
+        self.have_mhz = False
+        self.last_ok = False  # the last transaction gave sane values
         self.snapshots_ok = 0
         self.snapshots_failed = 0
         self.bad_values = 0  # NaN/inf from the meter
 
     def busy(self):
+        """A transaction is in flight (or start()'s snapshot still runs)."""
         return self.block >= 0
 
     def start(self, now_ms):
-        """Begin a snapshot; False if one runs or the master is busy."""
+        """Begin a snapshot read back to back; False if a transaction is in flight."""
         if self.block >= 0:
             return False
         start, count = self.blocks[0]
         if not self.master.request(self.unit, start, count):
             return False
         self.block = 0
+        self.chain = True
+        self.pending = self.all_bits
         return True
+
+    def snapshot(self, now_ms):
+        """Ask the cycle for a snapshot; False while one is under way."""
+        if self.pending:
+            return False
+        self.pending = self.all_bits
+        return True
+
+    def next(self, now_ms):
+        """Send the next transaction of the cycle; False if one is in flight or the
+        master refused. The X slot is skipped when no snapshot needs another block."""
+        if self.block >= 0:
+            return False
+        for _ in range(3):
+            s = self.slot
+            self.slot = s + 1 if s < 2 else 0
+            if s == 0:
+                b = self.v_block
+            elif s == 1:
+                b = self.f_block
+                if b == self.v_block:
+                    continue      # one block holds both
+            else:
+                b = self._next_other()
+                if b < 0:
+                    continue
+            start, count = self.blocks[b]
+            if not self.master.request(self.unit, start, count):
+                return False
+            self.block = b
+            return True
+        return False
+
+    def _next_other(self):
+        p = self.pending
+        for i in range(len(self.blocks)):
+            if p & (1 << i) and i != self.v_block and i != self.f_block:
+                return i
+        return -1
 
     def on_result(self, result, now_ms):
         """Feed the master's final result. Returns True when a snapshot completed."""
-        if self.block < 0:
+        b = self.block
+        if b < 0:
             return False
+        self.block = -1
+        self.last_ok = False
         if result != modbus.OK:
             self._fail()
             return False
         rx = self.master.rx
         vals = self._stage.vals
-        for field, off in self.plan[self.block]:
+        for field, off in self.plan[b]:
             v = modbus.f32_milli(rx, 3 + 2 * off)
             if v == modbus.MILLI_INVALID:
                 self.bad_values += 1
                 self._fail()
                 return False
             vals[field] = v
-        self.block += 1
-        if self.block < len(self.blocks):
-            start, count = self.blocks[self.block]
-            if not self.master.request(self.unit, start, count):
-                self._fail()
+        self.last_ok = True
+        if b == self.v_block:
+            self.mv = vals[F_MV1]
+            self.mv_ms = now_ms
+            self.have_mv = True
+        if b == self.f_block:
+            self.mhz = vals[F_MHZ]
+            self.mhz_ms = now_ms
+            self.have_mhz = True
+        had = self.pending & (1 << b)
+        self.pending &= ~(1 << b)
+        if self.chain:
+            if b + 1 < len(self.blocks):
+                start, count = self.blocks[b + 1]
+                if not self.master.request(self.unit, start, count):
+                    self._fail()
+                    return False
+                self.block = b + 1
                 return False
+            self.chain = False
+        if not had or self.pending:
             return False
+        return self._complete(now_ms)
+
+    def _complete(self, now_ms):
+        vals = self._stage.vals
         if self.model == SDM120:
             vals[F_MW_TOTAL] = vals[F_MW1]
+        else:
+            vals[F_MW_TOTAL] = _sat_add(_sat_add(vals[F_MW1], vals[F_MW2]), vals[F_MW3])
         r = self.reading
         r.copy_from(self._stage)
         r.valid = True
         r.t_ms = now_ms
         r.seq += 1
         self.snapshots_ok += 1
-        self.block = -1
         return True
 
     def _fail(self):
-        # safe state: no snapshot running, previous reading kept and ageing
+        # safe state: no transaction in flight, the snapshot under way dropped (the
+        # previous reading kept and ageing), the cycle goes on
         self.block = -1
-        self.snapshots_failed += 1
+        self.chain = False
+        if self.pending:
+            self.pending = 0
+            self.snapshots_failed += 1
+
+
+def _sat_add(a, b):
+    """a + b saturated at +-MILLI_MAX without passing the small-int range."""
+    if a > 0 and b > modbus.MILLI_MAX - a:
+        return modbus.MILLI_MAX
+    if a < 0 and b < -modbus.MILLI_MAX - a:
+        return -modbus.MILLI_MAX
+    return a + b

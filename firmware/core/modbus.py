@@ -7,7 +7,7 @@ when the bus is quiet enough to talk:
     master.request(unit, addr, count)        # queue a read-input-registers (0x04)
     n = master.tx_ready(now_us)              # > 0: write master.tx[:n] to the UART
     master.sent(now_us)                      # after the last byte left the wire
-    master.feed(buf, n, now_us)              # bytes read from the UART
+    master.feed(buf, n, now_us, end_us)      # bytes read from the UART (end_us: optional)
     r = master.poll(now_us)                  # BUSY, or the final result code
 
 Times are MicroPython `ticks_us()` values: differences are taken modulo the
@@ -272,13 +272,22 @@ class ModbusMaster:
             self.t_quiet = now_us
             self.heard = True
 
-    def feed(self, buf, n, now_us):
-        """Bytes received from the line; now_us is when the shell read them."""
+    def feed(self, buf, n, now_us, end_us=None):
+        """Bytes received from the line; now_us is when the shell read them.
+
+        end_us: when the last of them had left the wire, if the port can tell (its
+        receiver's idle time); it must not be later than now_us."""
         if n <= 0:
             return
         # The last byte arrived at or before now_us; without a receive timestamp that
         # is the only safe start for the t3.5 silence the meter needs before we talk.
-        self.t_quiet = now_us
+        # With one, the next request may leave in this same pass once t3.5 has passed,
+        # so a request per control step fits (app/meter.py).
+        # Only for a reply being awaited: it ended after our request; stray bytes may not.
+        if end_us is not None and self.state == WAIT_REPLY and ticks_diff(now_us, end_us) >= 0:
+            self.t_quiet = end_us
+        else:
+            self.t_quiet = now_us
         self.heard = True
         if self.state != WAIT_REPLY:
             self.stats.stray_bytes += n  # a late or foreign reply: never parsed

@@ -887,11 +887,11 @@ def test_slow_host_round_trip_raises_and_clears_v2g_110():
 
 def test_config_set_answer_carries_the_notes_on_what_the_settings_cannot_do():
     r = Rig()
-    # the default 500 ms meter poll is slower than the 160 ms stages of the IEEE profiles
-    ok, _, _, data = r.cmd('n1', 'config_set', {'GRID_PROFILE': 'IEEE1547_CAT_II_60HZ', 'METER_POLL_MS': 500})
-    assert ok and any('METER_POLL_MS 500' in n for n in data['notes'])
-    ok, _, _, data = r.cmd('n2', 'config_set', {'METER_POLL_MS': 100})
-    assert ok and not any('exceeds' in n for n in data['notes'])
+    # a 2400-baud meter line is too slow for the 160 ms stages of the IEEE profiles
+    ok, _, _, data = r.cmd('n1', 'config_set', {'GRID_PROFILE': 'IEEE1547_CAT_II_60HZ', 'METER_BAUD': 2400})
+    assert ok and any('METER_BAUD 2400' in n and 'can trip 550 ms after' in n for n in data['notes'])
+    ok, _, _, data = r.cmd('n2', 'config_set', {'METER_BAUD': 9600})
+    assert ok and not any('can trip' in n for n in data['notes'])
 
 
 # -- cooling loop (V2G-013) --------------------------------------------------------------------

@@ -69,13 +69,22 @@ def _snapshot(reader, meter, now_ms, corrupt=None):
     return done
 
 
-def test_one_request_per_snapshot_covers_the_map():
-    for blocks, fmap in ((mm.BLOCKS_SDM630, mm.MAP_SDM630), (mm.BLOCKS_SDM120, mm.MAP_SDM120)):
-        assert blocks == ((0x0000, 0x4C),)      # 0x0000 .. 0x004B: V .. export kWh
+def test_short_blocks_cover_the_map_and_each_fits_a_control_step():
+    for model, blocks, fmap in ((mm.SDM630, mm.BLOCKS_SDM630, mm.MAP_SDM630),
+                                (mm.SDM120, mm.BLOCKS_SDM120, mm.MAP_SDM120)):
         for _start, count in blocks:
             assert count <= mm.MAX_BLOCK_REGS and count % 2 == 0
+            # request, reply, both t3.5 silences and the meter's allowance within 50 ms
+            assert mm.slot_steps(count, 9600, 50) == 1, count
         for _field, reg in fmap:
-            assert any(s <= reg and reg + 2 <= s + c for s, c in blocks)
+            assert sum(1 for s, c in blocks if s <= reg and reg + 2 <= s + c) == 1
+        # voltage first, frequency second: the V and f slots of the cycle
+        assert blocks[0][0] == mm.REG_V_L1 and blocks[1][0] == mm.REG_FREQ
+        assert mm.cycle_steps(model, 9600, 50) == (1, 1, 1, 3)
+        # a grid step just after the voltage read waits the whole cycle for the next one
+        assert mm.sense_ms(model, 9600, 50) == 150
+    # slower lines: every read takes two steps, the cycle six
+    assert mm.cycle_steps(mm.SDM630, 4800, 50) == (2, 2, 2, 6) and mm.sense_ms(mm.SDM630, 4800, 50) == 350
 
 
 def test_the_reader_polls_from_a_block_table_of_its_own():
@@ -85,12 +94,12 @@ def test_the_reader_polls_from_a_block_table_of_its_own():
     assert r.blocks == mm.BLOCKS_SDM630 and r.blocks is not mm.BLOCKS_SDM630
 
 
-def test_sdm630_snapshot_in_one_transaction():
+def test_sdm630_snapshot():
     meter = FakeMeter(1, SDM630_VALUES)
     rd = mm.MeterReader(modbus.ModbusMaster(9600, 200), mm.SDM630, 1)
     assert rd.reading.age_ms(0) >= 0x3FFFFFFF and not rd.reading.valid
     assert _snapshot(rd, meter, 1000)
-    assert meter.requests == [(0x0000, 0x4C)]
+    assert meter.requests == list(mm.BLOCKS_SDM630)
     r = rd.reading
     assert r.valid and r.seq == 1
     v = r.vals
@@ -108,7 +117,7 @@ def test_sdm120_snapshot():
     meter = FakeMeter(3, {0x00: 229.0, 0x06: 7.5, 0x0C: 1717.5, 0x1E: 1.0, 0x46: 50.01, 0x48: 9.875, 0x4A: 0.5})
     rd = mm.MeterReader(modbus.ModbusMaster(2400, 500), mm.model_from_name("SDM120"), 3)
     assert _snapshot(rd, meter, 10)
-    assert meter.requests == [(0x0000, 0x4C)]
+    assert meter.requests == list(mm.BLOCKS_SDM120)
     v = rd.reading.vals
     assert v[mm.F_MV1] == 229000 and v[mm.F_MA1] == 7500 and v[mm.F_MW_TOTAL] == 1717500
     assert v[mm.F_MV2] == 0 and v[mm.F_PF1] == 1000 and v[mm.F_IMPORT_WH] == 9875
@@ -253,3 +262,75 @@ def test_stamp_from_the_future_is_stale():
     r.valid = True
     r.t_ms = 5000
     assert r.age_ms(4000) >= 0x3FFFFFFF   # never a negative or small age
+
+
+def _cycle_transaction(rd, meter, now_ms):
+    """One transaction of the poll cycle, answered at once; the block read (start, count)."""
+    m = rd.master
+    assert rd.next(now_ms)
+    t = now_ms * 1000
+    n = m.tx_ready(t + m.t35_us)
+    assert n == 8
+    m.sent(t + 9000)
+    reply = meter.answer(m.tx)
+    m.feed(reply, len(reply), t + 40000)
+    rd.on_result(m.poll(t + 40000), now_ms)
+    return meter.requests[-1]
+
+
+def test_cycle_reads_voltage_and_frequency_every_third_transaction_and_completes_snapshots():
+    meter = FakeMeter(1, SDM630_VALUES)
+    rd = mm.MeterReader(modbus.ModbusMaster(9600, 200), mm.SDM630, 1)
+    # no snapshot asked for: the X slot is skipped, V and f take turns
+    got = [_cycle_transaction(rd, meter, 50 * i) for i in range(4)]
+    assert got == [(0x0000, 6), (0x0046, 6)] * 2
+    assert rd.mv == 230100 and rd.mhz == 49980 and not rd.reading.valid
+    assert rd.snapshot(200) and not rd.snapshot(200)      # one at a time
+    # the cycle goes on where it was (the X slot next): three X blocks, with V and f between
+    got = [_cycle_transaction(rd, meter, 250 + 50 * i) for i in range(7)]
+    assert got == [(0x0006, 6), (0x0000, 6), (0x0046, 6), (0x000C, 6),
+                   (0x0000, 6), (0x0046, 6), (0x001E, 6)]
+    r = rd.reading
+    assert r.valid and r.seq == 1 and r.t_ms == 550 and rd.snapshots_ok == 1
+    assert r.vals[mm.F_MW_TOTAL] == 3527700 and r.vals[mm.F_PF3] == -970
+    # a failed read drops the snapshot under way, never the cycle
+    meter.values = dict(SDM630_VALUES)
+    meter.values[0x46] = 50.5
+    assert rd.snapshot(700)
+    _cycle_transaction(rd, meter, 700)                     # V
+    m = rd.master
+    assert rd.next(750) and m.tx_ready(750000 + m.t35_us) == 8
+    m.sent(759000)
+    assert rd.on_result(m.poll(759000 + 200000), 959) is False   # f timed out
+    assert rd.snapshots_failed == 1 and not rd.pending and rd.mhz == 49980
+    assert _cycle_transaction(rd, meter, 1000) == (0x0000, 6)     # the X slot has nothing to do
+    assert _cycle_transaction(rd, meter, 1050) == (0x0046, 6) and rd.mhz == 50500
+
+
+def test_cycle_allocates_nothing():
+    import micropython
+
+    meter = FakeMeter(1, SDM630_VALUES)
+    m = modbus.ModbusMaster(9600, 200)
+    rd = mm.MeterReader(m, mm.SDM630, 1)
+    replies = {}
+    for start, count in mm.BLOCKS_SDM630:
+        req = bytearray(8)
+        modbus.build_read_input(req, 1, start, count)
+        replies[start] = meter.answer(req)
+    micropython.heap_lock()
+    try:
+        rd.snapshot(0)
+        t = 0
+        for _ in range(9):
+            rd.next(t // 1000)
+            m.tx_ready(t)
+            m.sent(t)
+            t += 40000
+            reply = replies[(m.tx[2] << 8) | m.tx[3]]
+            m.feed(reply, len(reply), t, t - 1000)
+            rd.on_result(m.poll(t), t // 1000)
+            t += 10000
+    finally:
+        micropython.heap_unlock()
+    assert rd.snapshots_ok == 1 and rd.reading.vals[mm.F_MHZ] == 49980

@@ -171,6 +171,34 @@ def test_master_waits_for_silence_before_sending():
     assert m.tx_ready(1000000 + m.t35_us) == 8
 
 
+def test_silence_counts_from_the_reply_end_when_the_port_tells_it():
+    # a reply read 40 ms after it ended: with its end time the next request may leave in
+    # the same pass; without, t3.5 must pass after the read
+    for end in (None, 1000000):
+        m = modbus.ModbusMaster(9600, 200)
+        assert m.request(1, 0, 2)
+        assert m.tx_ready(900000) == 8
+        m.sent(908000)
+        reply = _reply(1, _f32(230.0))
+        m.feed(reply, len(reply), 1040000, end)
+        assert m.poll(1040000) == modbus.OK
+        assert m.request(1, 0x46, 2)
+        if end is None:
+            assert m.tx_ready(1040000 + m.t35_us - 1) == 0
+            assert m.tx_ready(1040000 + m.t35_us) == 8
+        else:
+            assert m.tx_ready(1040000) == 8
+    # an end time later than the read, or for bytes nobody waited for, is not believed
+    m = modbus.ModbusMaster(9600, 200)
+    m.feed(b"\x01", 1, 910000, 905000)           # stray: no request out
+    assert m.t_quiet == 910000
+    m.request(1, 0, 2)
+    m.tx_ready(920000)
+    m.sent(928000)
+    m.feed(b"\x01", 1, 931000, 950000)
+    assert m.t_quiet == 931000
+
+
 def test_master_timeout():
     m = modbus.ModbusMaster(9600, 200)
     m.request(1, 0, 2)

@@ -12,21 +12,21 @@ V2G = str(Path(sys.executable).with_name("v2g"))
 
 def test_notes_come_from_the_firmware_rules():
     sim = F.load_board("sim")
-    slow = F.config_notes({"GRID_PROFILE": "IEEE1547_CAT_II_60HZ", "METER_POLL_MS": 500}, sim)
-    assert any("METER_POLL_MS 500 exceeds the 160 ms" in n for n in slow)
-    fast = F.config_notes({"GRID_PROFILE": "IEEE1547_CAT_II_60HZ", "METER_POLL_MS": 100}, sim)
-    assert not any("exceeds" in n for n in fast)
+    slow = F.config_notes({"GRID_PROFILE": "IEEE1547_CAT_II_60HZ", "METER_BAUD": 2400}, sim)
+    assert any("the 160 ms stages of IEEE1547_CAT_II_60HZ can trip" in n for n in slow), slow
+    default = F.config_notes({"GRID_PROFILE": "IEEE1547_CAT_II_60HZ"}, sim)
+    assert not any("can trip" in n for n in default)
     assert F.config_notes({"METER_POLL_MS": 1}, sim) == []   # refused settings have no notes
 
 
 def test_flash_dry_run_prints_the_notes_before_touching_a_board(tmp_path):
     cfg = tmp_path / "v2g_vars.json"
-    cfg.write_text('{"METER_POLL_MS": 1000}')
+    cfg.write_text('{"METER_BAUD": 2400}')
     # nothing listens on that port: the notes come from the host, before the board is opened
     proc = subprocess.run([V2G, "flash", "--port", "socket://127.0.0.1:9", "--board", "sim",
                            "--config", str(cfg), "--dry-run"], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
-    assert "note: METER_POLL_MS 1000 exceeds" in proc.stderr
+    assert "note: METER_BAUD 2400 (SDM630)" in proc.stderr
 
 
 def test_a_value_finer_than_its_step_never_reaches_the_file_and_a_reboot_keeps_the_limits(tmp_path):

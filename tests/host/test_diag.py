@@ -80,8 +80,9 @@ def test_json_report_matches_the_controller(charging):
     assert r["statistics"]["link_controller"]["frames_ok"] >= 4
     assert r["statistics"]["link_host"]["frames_ok"] >= 4
     assert r["update"]["running"] == "factory" and r["update"]["pending"] is None
-    # the default 500 ms meter poll is slower than the 160 ms stages of the default grid profile
-    assert any("METER_POLL_MS 500" in n for n in r["config_notes"])
+    # at the defaults the 160 ms stages of the default grid profile trip on one reading
+    assert any("the 160 ms stages of IEEE1547_CAT_II_60HZ trip on the first reading" in n
+               for n in r["config_notes"])
     assert all(e["boot"] == fw["boot_count"] for e in r["events"])
 
 

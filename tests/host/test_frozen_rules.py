@@ -45,6 +45,8 @@ ALLOWED = {
     ("boards/*/hal.py", "BOARD_LIMITS"): "the settings' ranges, read when settings are checked",
     ("firmware/core/meter_map.py", "BLOCKS_SDM630"): "register blocks, copied when the meter is set up",
     ("firmware/core/meter_map.py", "BLOCKS_SDM120"): "register blocks, copied when the meter is set up",
+    ("firmware/core/meter_map.py", "BLOCKS_SDM630_TWO_STEP"): "register blocks, copied when the meter is set up",
+    ("firmware/core/meter_map.py", "BLOCKS_SDM120_TWO_STEP"): "register blocks, copied when the meter is set up",
     ("firmware/core/meter_map.py", "MAP_SDM630"): "read when the meter is set up (MeterReader's plan)",
     ("firmware/core/meter_map.py", "MAP_SDM120"): "read when the meter is set up (MeterReader's plan)",
 }

@@ -653,7 +653,10 @@ def test_meter_and_bms_through_the_station_tasks():
     meter.put(6, 10.0)
     meter.put(8, 16.0)            # L2 carries the most: the limits are about it
     meter.put(0x0A, 12.0)
-    meter.put(0x34, -9000.0)      # total power < 0: the vehicle feeds the grid
+    meter.put(0x0C, -2300.0)      # phase powers < 0: the vehicle feeds the grid (the
+    meter.put(0x0E, -3680.0)      # firmware sums them; the meter's own total is not read)
+    meter.put(0x10, -3020.0)
+    meter.put(0x34, -9000.0)
     meter.put(0x46, 50.0)
     meter.put(0x48, 1.5)          # import kWh
     meter.put(0x4A, 0.25)         # export kWh
