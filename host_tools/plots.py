@@ -50,7 +50,7 @@ LANES = (("action", "actions", "dimgrey"), ("raised", "errors raised", "tab:red"
 
 DPI = 100
 WIDTH_IN = 13.0
-LEFT_IN, RIGHT_IN = 2.5, 2.0       # room for check names on the left, legends on the right
+LEFT_IN, RIGHT_IN = 2.9, 2.0       # room for check names on the left, legends on the right
 TOP_IN, BOTTOM_IN, GAP_IN = 0.75, 0.55, 0.12
 LABEL_PT = 7
 NAME_CHARS = 42                    # check names longer than this are cut on the axis
@@ -530,7 +530,7 @@ def _html_lines(run, pid, label, span, lines):
     return svg.html(caption)
 
 
-def _bands(svg, spans, row_y, row_h, colors, end, show_names=True):
+def _bands(svg, spans, row_y, row_h, colors, end, hatched=lambda v: False):
     for i, (t0, t1, v) in enumerate(spans):
         if v is None:
             continue
@@ -540,7 +540,10 @@ def _bands(svg, spans, row_y, row_h, colors, end, show_names=True):
         svg.add('<rect x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{}" fill="{}" stroke="#999" stroke-width="0.3">'
                 '<title>{} {:g}–{:g} s</title></rect>'.format(x0, row_y, max(x1 - x0, 0.5), row_h,
                                                             colors.get(v, "white"), _esc(v), t0, t1))
-        if show_names and (len(v) + 1) * H_CHAR <= x1 - x0:     # named only where the name fits
+        if hatched(v):
+            svg.add('<rect class="blink" x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{}" fill="url(#led-hatch)" '
+                    'pointer-events="none"/>'.format(x0, row_y, max(x1 - x0, 0.5), row_h))
+        if (len(v) + 1) * H_CHAR <= x1 - x0:     # named only where the name fits
             svg.add('<text class="mono band-label" x="{:.1f}" y="{:.1f}">{}</text>'.format(
                 x0 + 3, row_y + row_h / 2 + 4, _esc(v)))
 
@@ -581,8 +584,12 @@ def _html_led(run, keys):
         y = svg.top + 20 * i + 2
         svg.add('<text x="{}" y="{:.1f}" text-anchor="end">{}</text>'.format(
             H_LEFT - 4, y + 12, "LED" if key == "led" else "cooling"))
+        # blinking and breathing LED patterns hatched, as on the PNG
         _bands(svg, runs(run.samples, key), y, 16, LED_COLORS if key == "led" else COOLING_COLORS,
-               run.duration_s)
+               run.duration_s, hatched=lambda v, k=key: k == "led" and v not in LED_STEADY)
+    svg.parts.insert(0, '<defs><pattern id="led-hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
+                        'patternTransform="rotate(45)"><line x1="0" y1="0" x2="0" y2="6" stroke="#fff" '
+                        'stroke-width="1.2" stroke-opacity="0.7"/></pattern></defs>')
     return svg.html("<b>status LED and cooling</b>")
 
 
@@ -662,6 +669,8 @@ def html(run, extra=""):
     lanes = [ln for ln in LANES if any(m.lane == ln[0] for m in run.marks)]
     for i, (lane, label, color) in enumerate(lanes):
         parts.append(_html_marks(run, lane, label, CSS.get(color, color), i == len(lanes) - 1))
+    if not lanes:
+        parts.append('<p style="margin:0 {}px 0 0;text-align:right">time (s)</p>'.format(H_RIGHT))
     events = "\n".join("{:8.2f}  {:<14} {}".format(m.t, m.lane, m.detail or m.label)
                        for m in sorted(run.marks, key=lambda m: m.t))
     data = {"duration_s": run.duration_s, "keys": keys,

@@ -209,6 +209,11 @@ def test_bench_figure_shades_the_check_windows_and_names_the_verdict():
     _assert_apart([(t.get_text(), t.get_window_extent(renderer)) for t in checks.get_yticklabels()])
     labels = [t for ax in fig.axes for t in ax.texts if t.get_gid() == "mark-label"]
     _assert_apart([(t.get_text(), t.get_window_extent(renderer)) for t in labels])
+    # the longest names, in bold when failed, and the panel names all fit on the page
+    for ax in fig.axes:
+        for t in [ax.yaxis.label] + ax.get_yticklabels():
+            box = t.get_window_extent(renderer)
+            assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, t.get_text()
 
 
 def test_pack_rows_puts_close_marks_on_separate_rows():
@@ -346,3 +351,39 @@ def test_cli_writes_the_html_plot(tmp_path):
     assert proc.returncode == 0, proc.stderr
     page = _Page(out.read_text())
     assert page.title == "Burst of events" and "mode" in page.figures
+
+
+def test_html_cursor_reads_out_the_signals_at_the_pointer(tmp_path):
+    # the page's script run in Node against a stand-in for the browser's DOM: a pointer at
+    # the middle of a panel moves every cursor there and reads out the sample in force
+    import re
+    import shutil
+
+    node = shutil.which("node")
+    if not node:
+        pytest.skip("Node.js is not installed")
+    result = _bench_result(fail=True)
+    page = result.plot(tmp_path / "run.html").read_text()
+    data = re.search(r'<script type="application/json" id="run-data">(.*?)</script>', page, re.S).group(1)
+    script = re.findall(r"<script>(.*?)</script>", page, re.S)[-1]
+    harness = """
+var data = %s, handlers = [], cursors = [{a: {}}, {a: {}}], out = {textContent: ''};
+var svg = {getBoundingClientRect: function () { return {left: 0}; },
+           addEventListener: function (k, f) { handlers.push(f); }};
+cursors.forEach(function (c) { c.setAttribute = function (k, v) { c.a[k] = v; }; });
+var document = {
+  getElementById: function (id) { return id === 'run-data' ? {textContent: data} : out; },
+  querySelectorAll: function (q) { return q === 'line.cursor' ? cursors : [svg]; }
+};
+%s
+handlers[0]({clientX: %r});
+console.log(JSON.stringify({readout: out.textContent, cursors: cursors.map(function (c) { return c.a; })}));
+""" % (json.dumps(data), script, plots.H_LEFT + plots.H_WIDTH / 2)
+    (tmp_path / "h.js").write_text(harness)
+    proc = subprocess.run([node, str(tmp_path / "h.js")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["readout"].startswith("t = 10.00 s")
+    assert "mode paused" in got["readout"] and "limit_discharge_a 0" in got["readout"]
+    x = plots.H_LEFT + plots.H_WIDTH / 2
+    assert got["cursors"] == [{"x1": x, "x2": x, "visibility": "visible"}] * 2
