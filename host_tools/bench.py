@@ -435,112 +435,22 @@ class Result:
         return _plot_png(self, path)
 
 
-_CP_LEVEL = {"A": 5, "B": 4, "C": 3, "D": 2, "E": 1, "F": 0}
-_MODES = ["idle", "connected", "paused", "charging", "discharging", "charge_only", "fault"]
-
-
-def _series(result, key, conv=lambda v: v):
-    t, y = [], []
-    for s in result.samples:
-        v = s.get(key)
-        if v is not None:
-            t.append(s["t"])
-            y.append(conv(v))
-    return t, y
-
-
 def _plot_png(result, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from host_tools import plots
 
     if not result.samples:
         raise BenchError("nothing to plot: no samples were recorded")
-    fig, axes = plt.subplots(4, 1, sharex=True, figsize=(11, 9), gridspec_kw={"height_ratios": [3, 2, 1, 1]})
-    ax = axes[0]
-    for key, label, style in (("amps", "current at meter (A)", "-"), ("can_request_a", "request on CAN (A)", ":"),
-                              ("limit_charge_a", "charge limit (A)", "--")):
-        ax.step(*_series(result, key), where="post", label=label, linestyle=style)
-    t, y = _series(result, "limit_discharge_a", lambda v: -v)
-    ax.step(t, y, where="post", label="discharge limit (-A)", linestyle="--")
-    ax.axhline(0, color="grey", linewidth=0.5)
-    ax.set_ylabel("A")
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set_title("{} ({})".format(result.scenario["title"], "PASSED" if result.passed else "FAILED"))
-    axes[1].plot(*_series(result, "soc_pct"), label="SoC at controller (%)", color="tab:purple")
-    axes[1].plot(*_series(result, "battery_temp_c"), label="battery temp (°C)", color="tab:brown")
-    axes[1].legend(loc="upper right", fontsize=8)
-    t, y = _series(result, "cp", lambda v: _CP_LEVEL.get(v, 0))
-    axes[2].step(t, y, where="post", color="black")
-    axes[2].set_yticks(list(_CP_LEVEL.values()), list(_CP_LEVEL.keys()))
-    axes[2].set_ylabel("pilot")
-    t, y = _series(result, "mode", lambda v: _MODES.index(v) if v in _MODES else -1)
-    axes[3].step(t, y, where="post", color="tab:orange")
-    axes[3].set_yticks(range(len(_MODES)), _MODES, fontsize=7)
-    axes[3].set_xlabel("time (s)")
-    for ev in result.events:
-        if ev["on"]:
-            for a in axes:
-                a.axvline(ev["t"], color="tab:red", linewidth=0.6, alpha=0.6)
-            axes[0].annotate(ev["code"], (ev["t"], 1.0), xycoords=("data", "axes fraction"), rotation=90,
-                             fontsize=7, va="top", ha="right")
-    for act in result.actions:
-        for a in axes:
-            a.axvline(act["t"], color="grey", linewidth=0.5, alpha=0.5, linestyle=":")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return plots.write_png(plots.from_bench(result), path)
 
 
 def _plot_html(result, path):
-    """A self-contained page: an inline SVG per panel, no scripts or network."""
+    """A self-contained page: the same panels as inline SVG, the check table and the events."""
+    from host_tools import plots
+
     if not result.samples:
         raise BenchError("nothing to plot: no samples were recorded")
-    t_end = max(result.samples[-1]["t"], 1e-3)
-    w, h, pad = 900, 160, 40
-
-    def panel(title, series):
-        ys = [v for _, (tt, yy), _ in series for v in yy] or [0]
-        lo, hi = min(ys + [0]), max(ys + [0])
-        hi = hi if hi > lo else lo + 1
-        out = ['<h3>{}</h3><svg width="{}" height="{}" style="border:1px solid #ccc">'.format(title, w, h)]
-        for label, (tt, yy), color in series:
-            pts = " ".join("{:.1f},{:.1f}".format(pad + (x / t_end) * (w - 2 * pad),
-                                                  h - pad / 2 - (y - lo) / (hi - lo) * (h - pad))
-                           for x, y in zip(tt, yy))
-            out.append('<polyline fill="none" stroke="{}" points="{}"><title>{}</title></polyline>'.format(
-                color, pts, label))
-        for ev in result.events:
-            if ev["on"]:
-                x = pad + ev["t"] / t_end * (w - 2 * pad)
-                out.append('<line x1="{0:.1f}" x2="{0:.1f}" y1="0" y2="{1}" stroke="red" stroke-width="0.5">'
-                           '<title>{2} {3}</title></line>'.format(x, h, ev["code"], _esc(ev["msg"])))
-        out.append('<text x="2" y="12" font-size="10">{:.1f}</text><text x="2" y="{}" font-size="10">{:.1f}'
-                   '</text></svg>'.format(hi, h - 4, lo))
-        out.append("<p>" + ", ".join('<span style="color:{}">{}</span>'.format(c, lab)
-                                     for lab, _, c in series) + "</p>")
-        return "".join(out)
-
-    body = [
-        "<h2>{} — {}</h2>".format(_esc(result.scenario["title"]), "PASSED" if result.passed else "FAILED"),
-        panel("current and limits (A)", [("current at meter", _series(result, "amps"), "blue"),
-                                         ("request on CAN", _series(result, "can_request_a"), "gray"),
-                                         ("charge limit", _series(result, "limit_charge_a"), "green"),
-                                         ("-discharge limit", _series(result, "limit_discharge_a", lambda v: -v),
-                                          "red")]),
-        panel("SoC (%) and battery temperature (°C)", [("SoC", _series(result, "soc_pct"), "purple"),
-                                                      ("battery temp", _series(result, "battery_temp_c"), "brown")]),
-        panel("pilot state (F=0 .. A=5)", [("CP", _series(result, "cp", lambda v: _CP_LEVEL.get(v, 0)), "black")]),
-        "<pre>" + _esc(result.table()) + "</pre>",
-        "<h3>events</h3><pre>" + _esc("\n".join("{:7.2f}  {} {}  {}".format(
-            e["t"], e["code"], "raised" if e["on"] else "cleared", e["msg"]) for e in result.events)) + "</pre>",
-    ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("<!doctype html><meta charset=utf-8><title>bench</title>" + "".join(body))
-    return path
+    return plots.write_html(plots.from_bench(result), path, extra="<h2>checks</h2><pre>" + _esc(result.table())
+                            + "</pre>")
 
 
 def _esc(s):

@@ -155,93 +155,21 @@ def write_timeline(result, path):
 
 # ---------------------------------------------------------------- plot
 
-_CP_LEVEL = {"A": 5, "B": 4, "C": 3, "D": 2, "E": 1, "F": 0}
-# status LED pattern -> the colour the lane is drawn in (docs/status-led.md); blinking and
-# breathing patterns are hatched
-LED_COLORS = {"idle": "limegreen", "connected": "limegreen", "charging": "limegreen",
-              "discharging": "royalblue", "charge_only": "orange", "fault": "red", "update": "cyan",
-              "link": "orange"}
-LED_STEADY = ("idle", "charge_only")
-COOLING_COLORS = {"off": "lightgrey", "starting": "khaki", "running": "lightskyblue",
-                  "derated": "orange", "tripped": "red", "none": "white"}
-
-
 def runs(ticks, key):
     """Spans of equal value of a tick field: [(t0_s, t1_s, value)], the last one to the end."""
-    out = []
-    for r in ticks:
-        v = r.get(key)
-        t = r["t_ms"] / 1000.0
-        if out and out[-1][2] == v:
-            out[-1][1] = t
-        else:
-            if out:
-                out[-1][1] = t
-            out.append([t, t, v])
-    return [tuple(x) for x in out]
+    from host_tools import plots
+
+    return plots.runs(ticks, key)
 
 
 def plot(result, path):
-    """Current, SoC, pilot state, limits, mode, the status LED and cooling lanes and events
-    against time, as a PNG."""
-    import matplotlib
+    """The run's panels (host_tools/plots.py) as a PNG, or as one self-contained HTML page when
+    path ends in .html."""
+    from host_tools import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ticks = result.ticks()
-    if not ticks:
+    if not result.ticks():
         raise SimError("nothing to plot: the timeline has no tick records")
-    t = [r["t_ms"] / 1000.0 for r in ticks]
-    fig, axes = plt.subplots(5, 1, sharex=True, figsize=(11, 10),
-                             gridspec_kw={"height_ratios": [3, 2, 1, 1, 1]})
-    ax = axes[0]
-    ax.step(t, [r["amps"] for r in ticks], where="post", label="current at meter (A)", color="tab:blue")
-    ax.step(t, [r["limit_charge_a"] for r in ticks], where="post", label="charge limit (A)",
-            color="tab:green", linestyle="--")
-    ax.step(t, [-r["limit_discharge_a"] for r in ticks], where="post", label="discharge limit (-A)",
-            color="tab:red", linestyle="--")
-    ax.axhline(0, color="grey", linewidth=0.5)
-    ax.set_ylabel("A")
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set_title("{} ({} VM)".format(result.scenario.get("name", "scenario"), result.vm))
-    ax = axes[1]
-    ax.plot(t, [r["soc_pct"] for r in ticks], color="tab:purple", label="SoC (%)")
-    ax.set_ylabel("SoC %")
-    ax = axes[2]
-    ax.step(t, [_CP_LEVEL.get(r["cp_state"], 0) for r in ticks], where="post", color="black")
-    ax.set_yticks(list(_CP_LEVEL.values()), list(_CP_LEVEL.keys()))
-    ax.set_ylabel("pilot")
-    ax = axes[3]
-    modes = ["idle", "connected", "paused", "charging", "discharging", "charge_only", "fault"]
-    ax.step(t, [modes.index(r["mode"]) if r["mode"] in modes else -1 for r in ticks], where="post",
-            color="tab:orange")
-    ax.set_yticks(range(len(modes)), modes, fontsize=7)
-    ax.set_ylabel("mode")
-    ax = axes[4]
-    for lane, key, colors in ((1, "led", LED_COLORS), (0, "cooling", COOLING_COLORS)):
-        for t0, t1, v in runs(ticks, key):
-            if v is None:
-                continue
-            hatch = None if key != "led" or v in LED_STEADY else "//"
-            ax.broken_barh([(t0, max(t1 - t0, 0.05))], (lane + 0.1, 0.8), facecolors=colors.get(v, "white"),
-                           edgecolor="grey", linewidth=0.3, hatch=hatch)
-            if t1 - t0 > (t[-1] - t[0]) / 25:
-                ax.text(t0, lane + 0.5, " " + v, va="center", fontsize=6)
-    ax.set_yticks([0.5, 1.5], ["cooling", "LED"], fontsize=7)
-    ax.set_ylim(0, 2)
-    ax.set_xlabel("time (s)")
-    for ev in result.events():
-        if ev.get("src") == "scenario" or (ev.get("code") and ev.get("on", True)):
-            x = ev["t_ms"] / 1000.0
-            for a in axes:
-                a.axvline(x, color="tab:red" if ev.get("code") else "grey", linewidth=0.6, alpha=0.6)
-            label = ev.get("code") or ev.get("do") or ""
-            axes[0].annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), rotation=90,
-                             fontsize=7, va="top", ha="right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    run = plots.from_sim(result)
+    if Path(path).suffix.lower() in (".html", ".htm"):
+        return plots.write_html(run, path)
+    return plots.write_png(run, path)

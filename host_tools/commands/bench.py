@@ -24,7 +24,7 @@ from host_tools.commands._checks import FiniteFloatRange, check_out_file, check_
                    "pilot events are prompted for the operator.")
 @click.option("--junit", "junit", type=click.Path(dir_okay=False), default=None, help="Write JUnit XML here.")
 @click.option("--plot", "plot", type=click.Path(dir_okay=False), default=None,
-              help="Plot of the run: .png (matplotlib) or .html (self-contained).")
+              help="Plot of the run with its check windows: .png (matplotlib) or .html (self-contained).")
 @click.option("--settle", type=FiniteFloatRange(0, 3600), default=10.0, show_default=True,
               help="Seconds to wait for the controller to be ready (no V2G-507/V2G-120) before the run.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the result table.")

@@ -86,7 +86,8 @@ def _print_summary(console, result):
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
               help="Write the timeline here (default without --json: build/sim/<scenario>.jsonl).")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None,
-              help="Draw current, SoC, pilot state, limits and events to this PNG.")
+              help="Plot the run (current, SoC, temperatures, grid, pilot, mode, LED/cooling, events): "
+                   ".png (matplotlib) or .html (one self-contained interactive page).")
 def cli(scenario_file, as_json, vm, out_file, plot_file):
     """Simulate a whole station from SCENARIO_FILE (TOML, see docs/simulator.md).
 
@@ -108,7 +109,7 @@ def cli(scenario_file, as_json, vm, out_file, plot_file):
         check_out_file(str(simlib.default_timeline_path(scenario_file)), "--out (not given: the default)",
                        make_parents=True)
     check_out_file(plot_file, "--plot", (scenario_file, out_file), make_parents=True)
-    check_plot_file(plot_file, "--plot")
+    check_plot_file(plot_file, "--plot", extra=(".html", ".htm"))
     vm_name = vm or scenario["vm"]
     if as_json:
         def on_record(_rec, line):
