@@ -24,22 +24,22 @@ SDM120 = const(2)
 MAX_BLOCK_REGS = const(80)  # 40 floats: Eastron's documented request limit
 
 # Register addresses (float32 = 2 registers)
-REG_V_L1 = const(0x0000)
-REG_V_L2 = const(0x0002)
-REG_V_L3 = const(0x0004)
-REG_I_L1 = const(0x0006)
-REG_I_L2 = const(0x0008)
-REG_I_L3 = const(0x000A)
-REG_P_L1 = const(0x000C)
-REG_P_L2 = const(0x000E)
-REG_P_L3 = const(0x0010)
-REG_PF_L1 = const(0x001E)
-REG_PF_L2 = const(0x0020)
-REG_PF_L3 = const(0x0022)
-REG_P_TOTAL = const(0x0034)  # SDM630 only
-REG_FREQ = const(0x0046)
-REG_IMPORT_KWH = const(0x0048)
-REG_EXPORT_KWH = const(0x004A)
+_REG_V_L1 = const(0x0000)
+_REG_V_L2 = const(0x0002)
+_REG_V_L3 = const(0x0004)
+_REG_I_L1 = const(0x0006)
+_REG_I_L2 = const(0x0008)
+_REG_I_L3 = const(0x000A)
+_REG_P_L1 = const(0x000C)
+_REG_P_L2 = const(0x000E)
+_REG_P_L3 = const(0x0010)
+_REG_PF_L1 = const(0x001E)
+_REG_PF_L2 = const(0x0020)
+_REG_PF_L3 = const(0x0022)
+_REG_P_TOTAL = const(0x0034)  # SDM630 only
+_REG_FREQ = const(0x0046)
+_REG_IMPORT_KWH = const(0x0048)
+_REG_EXPORT_KWH = const(0x004A)
 
 # (start, count) per transaction: V, I, P, PF, total P, f, import and export kWh in one read
 BLOCKS_SDM630 = ((0x0000, 0x004C),)
@@ -62,7 +62,7 @@ F_PF3 = const(12)
 F_MHZ = const(13)
 F_IMPORT_WH = const(14)
 F_EXPORT_WH = const(15)
-N_FIELDS = const(16)
+_N_FIELDS = const(16)
 
 FIELD_NAMES = (
     "mv1", "mv2", "mv3", "ma1", "ma2", "ma3", "mw1", "mw2", "mw3", "mw_total",
@@ -71,15 +71,15 @@ FIELD_NAMES = (
 
 # (field, register); V -> mV, A -> mA, W -> mW, PF -> per-mille, Hz -> mHz, kWh -> Wh
 MAP_SDM630 = (
-    (F_MV1, REG_V_L1), (F_MV2, REG_V_L2), (F_MV3, REG_V_L3),
-    (F_MA1, REG_I_L1), (F_MA2, REG_I_L2), (F_MA3, REG_I_L3),
-    (F_MW1, REG_P_L1), (F_MW2, REG_P_L2), (F_MW3, REG_P_L3), (F_MW_TOTAL, REG_P_TOTAL),
-    (F_PF1, REG_PF_L1), (F_PF2, REG_PF_L2), (F_PF3, REG_PF_L3),
-    (F_MHZ, REG_FREQ), (F_IMPORT_WH, REG_IMPORT_KWH), (F_EXPORT_WH, REG_EXPORT_KWH),
+    (F_MV1, _REG_V_L1), (F_MV2, _REG_V_L2), (F_MV3, _REG_V_L3),
+    (F_MA1, _REG_I_L1), (F_MA2, _REG_I_L2), (F_MA3, _REG_I_L3),
+    (F_MW1, _REG_P_L1), (F_MW2, _REG_P_L2), (F_MW3, _REG_P_L3), (F_MW_TOTAL, _REG_P_TOTAL),
+    (F_PF1, _REG_PF_L1), (F_PF2, _REG_PF_L2), (F_PF3, _REG_PF_L3),
+    (F_MHZ, _REG_FREQ), (F_IMPORT_WH, _REG_IMPORT_KWH), (F_EXPORT_WH, _REG_EXPORT_KWH),
 )
 MAP_SDM120 = (
-    (F_MV1, REG_V_L1), (F_MA1, REG_I_L1), (F_MW1, REG_P_L1), (F_PF1, REG_PF_L1),
-    (F_MHZ, REG_FREQ), (F_IMPORT_WH, REG_IMPORT_KWH), (F_EXPORT_WH, REG_EXPORT_KWH),
+    (F_MV1, _REG_V_L1), (F_MA1, _REG_I_L1), (F_MW1, _REG_P_L1), (F_PF1, _REG_PF_L1),
+    (F_MHZ, _REG_FREQ), (F_IMPORT_WH, _REG_IMPORT_KWH), (F_EXPORT_WH, _REG_EXPORT_KWH),
 )
 
 MODEL_NAMES = {"SDM630": SDM630, "SDM120": SDM120}
@@ -115,7 +115,7 @@ class MeterReading:
     lacks stays 0 (SDM120: L2/L3; its total power is copied from L1)."""
 
     def __init__(self):
-        self.vals = [0] * N_FIELDS
+        self.vals = [0] * _N_FIELDS
         self.valid = False
         self.t_ms = 0  # now_ms when the snapshot completed
         self.seq = 0  # completed snapshots
@@ -141,7 +141,7 @@ class MeterReading:
     def copy_from(self, other):
         v = self.vals
         o = other.vals
-        for i in range(N_FIELDS):
+        for i in range(_N_FIELDS):
             v[i] = o[i]
 
 
