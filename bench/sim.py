@@ -2,8 +2,9 @@
 the firmware's heap in the MicroPython VM (resident after start-up, allocation per
 control step with the plant feeding real inputs).
 
-Speed goal: one hour of station time in under a minute on the MicroPython VM. Heap goals:
-under 40 kB resident after start-up, 0 bytes allocated per control step. Heap per step is
+Speed goal: one hour of station time in under a minute on the MicroPython VM. Heap goal:
+0 bytes allocated per control step (the resident budgets are bench/heap.py's,
+docs/board-budget.md). Heap per step is
 gc.mem_alloc() before and after 1,000 steps with nothing collected in between (in the
 WebAssembly VM a collection frees nothing until Python returns to the event loop, so the
 difference is exactly what the steps allocated).
@@ -109,7 +110,7 @@ def rows():
             out.append(("live heap peak during the 1 h run (VM, driver + plant + firmware)", peak, "B", "", None))
     h = heap_figures()
     fw = h["resident"] - h["base"]
-    # the goal applies to the station's objects (bench/heap.py); this figure also holds the
+    # the budgets apply to the runtime objects (bench/heap.py); this figure also holds the
     # core modules' bytecode, which a board build freezes into flash
     out.append(("sim driver heap after start-up incl. module bytecode (VM; see heap rows)", fw, "B",
                 "", None))

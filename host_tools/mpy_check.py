@@ -18,8 +18,9 @@ BUILD_ONLY = ("manifest.py",)   # freeze manifests are read by the MicroPython b
 
 
 def _sources(folder):
+    # the freeze manifest is the folder's own manifest.py; core/manifest.py is a module
     return sorted(p for p in folder.rglob("*.py")
-                  if "__pycache__" not in p.parts and p.name not in BUILD_ONLY)
+                  if "__pycache__" not in p.parts and p.relative_to(folder).as_posix() not in BUILD_ONLY)
 
 
 def firmware_sources(board=None):

@@ -40,7 +40,9 @@ class Buses:
             if code == 'V2G-120' and on:
                 why = self.meter.failure()
                 if why:
-                    new = msg + ' [' + why + ']'
+                    # the cause beside the fact, before the consequence: an event's text is bounded
+                    i = msg.find(': ')
+                    new = (msg[:i] + ' [' + why + ']' + msg[i:]) if i > 0 else (msg + ' [' + why + ']')
                     evs[k] = (t, code, on, new)
                     log.amend(t, code, msg, new)
 

@@ -39,7 +39,7 @@ def load_config(board_limits):
     """The settings file validated as on every boot: (config, problem, keys the file sets).
     A bad file is not used and no key counts as the file's; the reason is logged (V2G-400)
     and the file itself is left for the operator. What runs instead are the defaults, made
-    no looser than the refused file asked on any safety limit (core.config.refused_file)."""
+    no looser than the refused file asked on any safety limit (core/config_refused.py)."""
     raw = storage.read_bytes(CONFIG_FILE)
     if raw is None:
         return config_mod.validate({}, board=board_limits), None, set()
@@ -47,7 +47,8 @@ def load_config(board_limits):
         data = config_mod.parse(raw)
         cfg = config_mod.validate(data, board=board_limits)
     except Exception as e:   # noqa: BLE001 - whatever is wrong with the file, boot on safe values
-        cfg, note = config_mod.refused_file(raw, board_limits)
+        from core import config_refused     # only a refused file needs it
+        cfg, note = config_refused.refused_file(raw, board_limits)
         problem = str(e) or type(e).__name__
         # what is in force first: an event's text is bounded and the parse error can be long
         return cfg, (note + '; ' if note else '') + problem, set()

@@ -23,12 +23,20 @@ no copy of the state is readable), V2G-400 (bad request).
 boot.py runs a pending slot on trial and reverts it after its tries; a revert is
 reported here as V2G-603. A confirmed slot that fails to start is replaced as the active
 firmware by main.py and boot.py (boot.fail_start); that is reported here as V2G-604.
+
+This module is what every boot needs (the state, the running version, those reports, the
+trial's health check, fota_status/report/confirm/abort); the download path - receiving,
+COSE/P-256 verification, staging - is app/install.py with core.manifest, core.cose and
+core.p256. It is imported on the first command that needs it and dropped again (from
+sys.modules, with the key and its tables) once no download is left, so those modules take
+RAM only while an update runs.
 """
+import gc
 import json
 import os
 import sys
 
-from core import manifest, ticks
+from core import ticks
 
 from app import storage
 
@@ -76,16 +84,6 @@ def _rmtree(path):
         os.remove(path)
 
 
-def _in_the_way(path):
-    """Why `path` could not be made, in words: ports number their errno values differently
-    (the VM's are Emscripten's), so the reason is read from what is there."""
-    if _is_dir(path):
-        return 'a folder is in the way'
-    if storage.exists(path):
-        return 'a file is in the way'
-    return 'the filesystem refused it (full or failing)'
-
-
 def _makedirs(path):
     cur = ''
     for part in path.split('/'):
@@ -96,20 +94,11 @@ def _makedirs(path):
             try:
                 os.mkdir(cur)
             except OSError:
-                raise manifest.UpdateError('V2G-601', 'creating folder {}: {}'.format(
+                # only staging gets here, with the download path (and core.manifest) loaded
+                from core.manifest import UpdateError
+                from app.install import _in_the_way
+                raise UpdateError('V2G-601', 'creating folder {}: {}'.format(
                     cur, _in_the_way(cur))) from None
-
-
-def _create(name, mode, what):
-    """open(name, mode) for staging component `what`; a refusal names the file and why."""
-    try:
-        _makedirs(name[:name.rfind('/')])
-        return open(name, mode)
-    except manifest.UpdateError as e:
-        raise manifest.UpdateError(e.code, 'staging {}: {}'.format(what, e.msg)) from None
-    except OSError:
-        raise manifest.UpdateError('V2G-601', 'staging {}: opening {} for writing: {}'.format(
-            what, name, _in_the_way(name))) from None
 
 
 def _file_size(path):
@@ -140,27 +129,6 @@ def _tree_bytes(path):
     return max(0, _file_size(path))
 
 
-def _blocks(n, block):
-    return (n + block - 1) // block * block
-
-
-def load_key(root=''):
-    """The trusted update key (p256.PublicKey), or None when none is installed."""
-    from core import p256   # its tables stay out of RAM until an update comes
-    raw = storage.read_bytes(root + KEY_FILES[0])
-    if raw is None:
-        pem = storage.read_bytes(root + KEY_FILES[1])
-        if pem is None:
-            return None
-        import binascii
-        lines = [ln.strip() for ln in pem.split(b'\n')]
-        der = binascii.a2b_base64(b''.join(ln for ln in lines if ln and not ln.startswith(b'-----')))
-        if der[:len(p256.SPKI_PREFIX)] != p256.SPKI_PREFIX:
-            raise ValueError('update key: not a P-256 public key')
-        raw = der[len(p256.SPKI_PREFIX):]
-    return p256.PublicKey(raw)
-
-
 def default_state():
     return {'v': 1, 'active': 'factory', 'pending': None, 'tries': 0, 'trial': False,
             'trial_ms': DEFAULT_TRIAL_MS, 'healthy_ms': HEALTHY_MS, 'seq': 0, 'sec': 0, 'slots': {}, 'dl': None,
@@ -176,30 +144,6 @@ def running_slot():
     return 'factory'
 
 
-class _Download:
-    """A bundle being received. RAM: the head (<= 8200 bytes) and one open file."""
-
-    def __init__(self, slot, size, bid):
-        self.slot = slot
-        self.size = size
-        self.id = bid            # 16 bytes: sha256 of header + COSE_Sign1, announced by the host
-        self.head = bytearray()
-        self.head_len = 0        # 8 + N once the header is in
-        self.man = None
-        self.body = None         # manifest.BodyCheck
-        self.next = 0            # next bundle offset expected
-        self.f = None            # open component file
-        self.f_index = -1
-        self.last_ms = 0
-        self.suspended = False   # RAM state dropped; rebuilt from flash on the next chunk
-
-    def close(self):
-        if self.f is not None:
-            self.f.close()
-            self.f = None
-            self.f_index = -1
-
-
 class Updater:
     def __init__(self, board, root='', log=None, now_ms=0, hal=None, ctl=None, running=None,
                  fw_version='?', slot_size=SLOT_SIZE):
@@ -212,8 +156,9 @@ class Updater:
         self.factory_version = fw_version
         self.running = running_slot() if running is None else running
         self.boot_ms = now_ms
-        self.key = None
-        self.dl = None
+        self.key = None           # the update key (p256.PublicKey) while a download runs
+        self.dl = None            # install.Download in progress
+        self._before = None       # sys.modules before the download path was loaded
         self.reset_at = None      # reset requested (after finish, or a failed trial)
         self.frozen = False       # fault injection: stop making progress
         self.link_frames = -1
@@ -336,13 +281,12 @@ class Updater:
             return False, V2G_400, '{}: not while the contactor is closed'.format(op), {}
         try:
             if op == 'fota_status':
-                return True, None, 'update status', self.status(now_ms)
-            if op == 'fota_begin':
-                return self.begin(args.get('size'), args.get('id'), now_ms)
-            if op == 'fota_chunk':
-                return self.chunk(args.get('off'), args.get('data'), now_ms)
-            if op == 'fota_finish':
-                return self.finish(args, now_ms)
+                d = self.dl
+                if self._energy_flows() or not ((d is None or d.suspended) and isinstance(self.st['dl'], dict)):
+                    return True, None, 'update status', self.report()
+                return self._download_path().run(self, op, args, now_ms)   # resumes the download
+            if op in ('fota_begin', 'fota_chunk', 'fota_finish'):
+                return self._download_path().run(self, op, args, now_ms)
             if op == 'fota_abort':
                 return self.abort('aborted by the host')
             if op == 'fota_confirm':
@@ -350,9 +294,6 @@ class Updater:
                     return False, V2G_400, 'fota_confirm: no update on trial', {}
                 return self.confirm(now_ms)
             return False, V2G_400, 'op: unknown update command {!r}'.format(op), {}
-        except manifest.UpdateError as e:
-            self.abort(str(e))
-            return False, e.code, e.msg, {}
         except _Frozen:
             return False, V2G_400, 'installer halted by fault injection', {}
         except OSError:
@@ -361,11 +302,38 @@ class Updater:
             self.abort('filesystem error during ' + op)
             return False, 'V2G-601', 'filesystem error during {}: the filesystem refused a write or ' \
                 'read (full or failing)'.format(op), {}
+        finally:
+            if self.dl is None and self.st['dl'] is None:
+                self._release()
 
-    def status(self, now_ms):
-        if not self._energy_flows():
-            self._resume_if_needed(now_ms)
-        return self.report()
+    def _download_path(self):
+        """app/install.py, imported now if it is not. The modules loaded before it are noted:
+        what the update brings in after that (install, manifest, cose, p256) is dropped by
+        _release."""
+        if self._before is None:
+            self._before = list(sys.modules)
+        __import__('app.install')
+        return sys.modules['app.install']
+
+    def _release(self):
+        """No download left: drop the download path, the key and its tables. A module goes
+        from sys.modules and from its package, so nothing keeps it alive."""
+        self.key = None
+        if self._before is None:
+            return
+        for name in [n for n in sys.modules if n not in self._before]:
+            if not (name.startswith('core.') or name.startswith('app.')):
+                continue
+            sys.modules.pop(name, None)
+            dot = name.rfind('.')
+            pkg = sys.modules.get(name[:dot])
+            if pkg is not None:
+                try:
+                    delattr(pkg, name[dot + 1:])
+                except AttributeError:
+                    pass
+        self._before = None
+        gc.collect()
 
     def report(self):
         """Slots, counters and any download in progress, without side effects (diagnostics)."""
@@ -384,222 +352,6 @@ class Updater:
             out['dl'] = {'slot': d.slot, 'size': d.size, 'id': d.id, 'next': d.next,
                          'suspended': d.suspended}
         return out
-
-    def begin(self, size, bid, now_ms):
-        if type(size) is not int or size < manifest.HEADER_LEN + 1:
-            return False, V2G_400, 'size: must be the bundle length in bytes', {}
-        if type(bid) is not bytes or len(bid) != 16:
-            return False, V2G_400, 'id: must be the first 16 bytes of sha256(header + COSE_Sign1)', {}
-        limit = manifest.HEADER_LEN + manifest.cose.MAX_COSE_LEN + self.slot_size
-        if size > limit:
-            raise manifest.UpdateError('V2G-601', 'size: bundle of {} bytes, above the {} a slot takes'.format(
-                size, limit))
-        if self.on_trial:
-            return False, V2G_400, 'an update is on trial; it must be confirmed or reverted first', {}
-        if self.state_lost:
-            raise manifest.UpdateError('V2G-602', 'state: {} and {} are unreadable while update slots '
-                                       'exist, so the stored sequence and security counter are '
-                                       'unknown; re-provision the controller'.format(STATE_FILE, BACKUP_FILE))
-        self._ensure_key()
-        self._drop_download()
-        slot = self.inactive_slot()
-        # the bundle as announced must fit; the manifest's exact need is checked once it is
-        # verified, and nothing in the slot is touched before that
-        self._check_space(slot, size, 'bundle of {} bytes'.format(size))
-        self.dl = _Download(slot, size, bid)
-        self.dl.last_ms = now_ms
-        return True, None, 'receiving into slot {}'.format(slot), {'slot': slot, 'next': 0}
-
-    def _check_space(self, slot, need, what):
-        """Refuse (V2G-601) when `need` bytes plus the margin exceed the free space, counting
-        what emptying `slot` would give back. Called before the slot is emptied."""
-        sp = fs_space(self.root)
-        if sp is None:
-            return
-        block, free = sp
-        free += _tree_bytes(self.slot_dir(slot)) + max(0, _file_size(self.slot_dir(slot) + '.head'))
-        need += SPACE_MARGIN_BLOCKS * block
-        if need > free:
-            raise manifest.UpdateError('V2G-601', 'space: {} needs {} bytes with the margin, {} free '
-                                       '(slot {} emptied)'.format(what, need, free, slot))
-
-    def _claim_slot(self, d):
-        """The head is verified: now the slot is emptied and the download recorded. A staged
-        slot that was never booted is replaced only here, never for a bundle that fails."""
-        man = d.man
-        sp = fs_space(self.root)
-        block = sp[0] if sp is not None else 512
-        need = _blocks(d.head_len, block)
-        dirs = {''}
-        for c in man.components:
-            need += _blocks(c.size, block)
-            k = c.name.rfind('/')
-            while k > 0:
-                dirs.add(c.name[:k])
-                k = c.name.rfind('/', 0, k)
-        need += 2 * block * len(dirs)
-        self._check_space(d.slot, need, 'the manifest ({} components)'.format(len(man.components)))
-        st = self.st
-        if st['pending'] == d.slot:
-            st['pending'] = None
-            st['trial'] = False
-            st['tries'] = 0
-        st['slots'].pop(d.slot, None)
-        st['dl'] = {'slot': d.slot, 'size': d.size, 'id': _hex(d.id)}
-        self._save()
-        _rmtree(self.slot_dir(d.slot))
-        _rmtree(self.slot_dir(d.slot) + '.head')
-        _makedirs(self.slot_dir(d.slot))
-
-    def chunk(self, off, data, now_ms):
-        if self.dl is None:
-            self._resume_if_needed(now_ms)
-        d = self.dl
-        if d is None:
-            return False, V2G_400, 'fota_chunk: no download in progress (fota_begin first)', {}
-        if type(off) is not int or off < 0:
-            return False, V2G_400, 'off: must be a byte offset >= 0', {}
-        if type(data) is not bytes or not 1 <= len(data) <= MAX_CHUNK:
-            return False, V2G_400, 'data: must be 1-{} bytes'.format(MAX_CHUNK), {}
-        if d.suspended:
-            self._resume_if_needed(now_ms)
-            d = self.dl
-        d.last_ms = now_ms
-        end = off + len(data)
-        if end <= d.next:
-            return True, None, 'already have it', {'next': d.next}   # a re-sent chunk
-        if off > d.next:
-            return False, V2G_400, 'off: gap, expected offset {}'.format(d.next), {'next': d.next}
-        if end > d.size:
-            raise manifest.UpdateError('V2G-601', 'trailing: data past the announced {} bytes'.format(d.size))
-        mv = memoryview(data)[d.next - off:]
-        if d.man is None:
-            mv = self._take_head(d, mv)
-        if len(mv):
-            self._take_body(d, mv)
-        return True, None, 'ok', {'next': d.next}
-
-    def _take_head(self, d, mv):
-        if d.head_len == 0:
-            need = manifest.HEADER_LEN - len(d.head)
-            d.head.extend(mv[:need])
-            d.next += min(need, len(mv))
-            mv = mv[need:]
-            if len(d.head) < manifest.HEADER_LEN:
-                return mv
-            d.head_len = manifest.HEADER_LEN + manifest.parse_header(d.head)
-            if d.head_len > d.size:
-                raise manifest.UpdateError('V2G-601', 'truncated: announced size ends inside the COSE_Sign1')
-        need = d.head_len - len(d.head)
-        d.head.extend(mv[:need])
-        d.next += min(need, len(mv))
-        mv = mv[need:]
-        if len(d.head) == d.head_len:
-            self._open_head(d, bytes(d.head))
-            self._claim_slot(d)
-            storage.write_atomic(self.slot_dir(d.slot) + '.head', d.head)
-            d.head = bytearray()
-        return mv
-
-    def _ensure_key(self):
-        if self.key is None:
-            try:
-                self.key = load_key(self.root)
-            except ValueError as e:
-                raise manifest.UpdateError('V2G-601', 'key: {}'.format(e)) from None
-            if self.key is None:
-                raise manifest.UpdateError('V2G-601', 'key: no update key installed ({})'.format(KEY_FILES[0]))
-
-    def _open_head(self, d, head):
-        import hashlib
-        self._ensure_key()
-        if hashlib.sha256(head).digest()[:16] != d.id:
-            raise manifest.UpdateError('V2G-601', 'header: does not match the announced bundle id')
-        n = manifest.parse_header(head)
-        man = manifest.open_manifest(head[manifest.HEADER_LEN:manifest.HEADER_LEN + n], self.key)
-        manifest.check(man, manifest.board_class_id(self.board), self.st['seq'], self.st['sec'],
-                       self.slot_size)
-        if d.size != len(head) + man.total_size:
-            what = 'truncated' if d.size < len(head) + man.total_size else 'trailing'
-            raise manifest.UpdateError('V2G-601', '{}: announced {} bytes, the manifest needs {}'.format(
-                what, d.size, len(head) + man.total_size))
-        d.head_len = len(head)
-        d.man = man
-        d.body = manifest.BodyCheck(man)
-
-    def _take_body(self, d, mv):
-        comps = d.man.components
-        while len(mv):
-            pos = d.next - d.head_len
-            i = d.body.index
-            while i < len(comps) and pos >= comps[i].offset + comps[i].size:
-                i += 1
-            c = comps[i]
-            take = c.offset + c.size - pos
-            if take > len(mv):
-                take = len(mv)
-            part = mv[:take]
-            d.body.feed(part)       # digest checked when the component's last byte passes
-            if d.f_index != i:
-                d.close()
-                d.f = _create(self.slot_dir(d.slot) + '/' + c.name, 'ab' if pos > c.offset else 'wb', c.name)
-                d.f_index = i
-            if self.fault == 'write' and d.next + take > d.head_len + d.man.total_size // 2:
-                d.f.write(part[:take // 2])   # half a chunk on flash, never acknowledged
-                d.close()
-                self._freeze()
-            d.f.write(part)
-            d.f.flush()    # an acknowledged offset is on flash: resume never goes back past it
-            d.next += take
-            mv = mv[take:]
-            if pos + take == c.offset + c.size:
-                d.close()
-        # zero-size components have no bytes: create their files once everything is in
-        if d.next == d.size:
-            for c in comps:
-                if c.size == 0:
-                    _create(self.slot_dir(d.slot) + '/' + c.name, 'wb', c.name).close()
-
-    def finish(self, args, now_ms):
-        if self.dl is None:
-            self._resume_if_needed(now_ms)
-        d = self.dl
-        if d is None:
-            return False, V2G_400, 'fota_finish: no download in progress', {}
-        if d.suspended:
-            self._resume_if_needed(now_ms)
-            d = self.dl
-        tries = args.get('tries', DEFAULT_TRIES)
-        trial_s = args.get('trial_s', DEFAULT_TRIAL_MS // 1000)
-        if type(tries) is not int or not 1 <= tries <= MAX_TRIES:
-            return False, V2G_400, 'tries: must be an integer 1 .. {}'.format(MAX_TRIES), {}
-        if type(trial_s) is not int or not 5 <= trial_s <= 600:
-            return False, V2G_400, 'trial_s: must be an integer 5 .. 600', {}
-        healthy_s = args.get('healthy_s', HEALTHY_MS // 1000)
-        if type(healthy_s) is not int or not 1 <= healthy_s < trial_s:
-            return False, V2G_400, 'healthy_s: must be an integer 1 .. trial_s - 1', {}
-        if d.man is None or d.next < d.size:
-            raise manifest.UpdateError('V2G-601', 'truncated: {} of {} bytes received'.format(d.next, d.size))
-        d.body.finish()
-        d.close()
-        man = d.man
-        st = self.st
-        st['slots'][d.slot] = {'version': man.version, 'seq': man.seq, 'sec': man.security_counter}
-        st['pending'] = d.slot
-        st['tries'] = tries
-        st['trial'] = False
-        st['trial_ms'] = trial_s * 1000
-        st['healthy_ms'] = healthy_s * 1000
-        st['dl'] = None
-        self._save_step('state')
-        self.dl = None
-        _rmtree(self.slot_dir(d.slot) + '.head')
-        reboot = args.get('reboot', True) is not False
-        if reboot:
-            self.reset_at = now_ms
-        return True, None, 'slot {} holds {} (sequence {}), pending a trial boot{}'.format(
-            d.slot, man.version, man.seq, '; rebooting' if reboot else ''), {
-            'slot': d.slot, 'version': man.version, 'seq': man.seq, 'reboot': reboot}
 
     def abort(self, why):
         """Drop the download in progress; the running firmware and active slot are untouched.
@@ -700,67 +452,7 @@ class Updater:
         except ImportError:
             pass
 
-    # -- resume ---------------------------------------------------------------------------
-
     def _drop_download(self):
         if self.dl is not None:
             self.dl.close()
         self.dl = None
-
-    def _resume_if_needed(self, now_ms):
-        """Rebuild the download's RAM state from flash: after a reset, or after a stall."""
-        d = self.dl
-        if d is not None and not d.suspended:
-            return
-        info = self.st['dl']
-        if not isinstance(info, dict):
-            return
-        slot, size = info.get('slot'), info.get('size')
-        try:
-            bid = bytes.fromhex(info.get('id'))
-        except (TypeError, ValueError):
-            bid = b''
-        if slot not in SLOTS or type(size) is not int or len(bid) != 16:
-            self.st['dl'] = None
-            self._save()
-            return
-        d = _Download(slot, size, bid)
-        d.last_ms = now_ms
-        self.dl = d
-        head = storage.read_bytes(self.slot_dir(slot) + '.head')
-        if head is None:
-            return   # the head never reached flash: the host starts again from offset 0
-        try:
-            self._open_head(d, head)
-        except manifest.UpdateError:
-            self.abort('staged header no longer valid')
-            return
-        d.next = d.head_len
-        buf = bytearray(READ_BLOCK)
-        for c in d.man.components:
-            if c.size == 0:
-                continue   # created at the end; nothing to hash
-            name = self.slot_dir(slot) + '/' + c.name
-            have = _file_size(name)
-            if have < 0:
-                break
-            if have > c.size:
-                have = 0  # cannot be ours: rewritten from its start
-            got = 0
-            if have:
-                with open(name, 'rb') as f:
-                    while got < have:
-                        n = f.readinto(buf)
-                        if not n:
-                            break
-                        if got + n > have:
-                            n = have - got
-                        d.body.feed(memoryview(buf)[:n])
-                        got += n
-            d.next += got
-            if got < c.size:
-                break
-
-
-def _hex(b):
-    return ''.join('{:02x}'.format(x) for x in b)

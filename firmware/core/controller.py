@@ -46,18 +46,18 @@ SAFE_DERATED = 'current derated, stopped at the limit'
 SAFE_COOLING_TRIP = 'contactor open, session ended, no transfer until the cooling loop works again'
 SAFE_COOLING_DERATE = 'both directions derated to COOLING_UNCOOLED_AMPS until the cooling loop works again'
 
-PILOT_DEBOUNCE_SAMPLES = const(3)   # 150 ms before a change towards energy counts
+_PILOT_DEBOUNCE_SAMPLES = const(3)   # 150 ms before a change towards energy counts
 DIODE_SAMPLES = const(2)            # consecutive low-side readings without the diode
-FAULT_HOLD_MS = const(1000)         # state F held after a pilot fault before probing
-PROBE_MS = const(500)               # steady +12 V to see whether the EV is back in A/B
-PROBE_SAMPLES = const(3)
-CONTACTOR_SETTLE_MS = const(500)    # feedback must follow the command within this
-WELD_CURRENT_MA = const(2000)       # current with the contactor open that means welded
-SOFT_OPEN_MA = const(1000)          # a normal stop opens once the current is below this
-SOFT_OPEN_MS = const(1000)          # ... or after this long
-RAMP_MA_PER_S = const(10000)        # setpoint-driven current increases at most 10 A/s (no steps)
-DROOP_WAKE_MA = const(1000)         # a droop response this large wakes an EV holding at target
-DEFAULT_CABLE_MA = const(13000)     # PP unknown: smallest IEC 62196 cable rating
+_FAULT_HOLD_MS = const(1000)         # state F held after a pilot fault before probing
+_PROBE_MS = const(500)               # steady +12 V to see whether the EV is back in A/B
+_PROBE_SAMPLES = const(3)
+_CONTACTOR_SETTLE_MS = const(500)    # feedback must follow the command within this
+_WELD_CURRENT_MA = const(2000)       # current with the contactor open that means welded
+_SOFT_OPEN_MA = const(1000)          # a normal stop opens once the current is below this
+_SOFT_OPEN_MS = const(1000)          # ... or after this long
+_RAMP_MA_PER_S = const(10000)        # setpoint-driven current increases at most 10 A/s (no steps)
+_DROOP_WAKE_MA = const(1000)         # a droop response this large wakes an EV holding at target
+_DEFAULT_CABLE_MA = const(13000)     # PP unknown: smallest IEC 62196 cable rating
 _MAX_DT_MS = const(1000)
 _TICKS_MASK = const(0x3FFFFFFF)     # ages computed modulo 2**30, like time.ticks_diff
 _LIMIT_MAX_A = const(1000)
@@ -178,7 +178,7 @@ class Controller:
         self.grid = grid
         self.out = Outputs()
         self.limits = L.Limits()
-        self.pilot = P.PilotFilter(PILOT_DEBOUNCE_SAMPLES)
+        self.pilot = P.PilotFilter(_PILOT_DEBOUNCE_SAMPLES)
         self.evse_thermal = Derate(cfg.evse_derate_dc, cfg.evse_limit_dc, cfg.hysteresis_dc)
         self.batt_thermal = Derate(cfg.batt_derate_dc, cfg.batt_limit_dc, cfg.hysteresis_dc)
         self.setpoint = S.Setpoint(cfg.floor_pm, cfg.available_margin_pm)
@@ -435,7 +435,7 @@ class Controller:
         # ---- limits
         lim.set_both(L.STATION, cfg.max_charge_ma, cfg.max_discharge_ma)
         pp = inp.pp_limit_a
-        cable = pp * 1000 if pp > 0 else DEFAULT_CABLE_MA
+        cable = pp * 1000 if pp > 0 else _DEFAULT_CABLE_MA
         lim.set_both(L.CABLE, cable, cable)
         if bms_fresh:
             lim.set_both(L.BMS, inp.bms_max_charge_ma, inp.bms_max_discharge_ma)
@@ -488,10 +488,10 @@ class Controller:
         # droop may lower charging to zero but never turns the flow into discharge
         no_reverse = charge_only or sp.mode == S.MODE_CHARGE
         if direction == S.HOLD and not charge_only:
-            if droop <= -DROOP_WAKE_MA and ld > 0 and not no_reverse:
+            if droop <= -_DROOP_WAKE_MA and ld > 0 and not no_reverse:
                 direction = S.DISCHARGE
                 self._droop_flow = True
-            elif droop >= DROOP_WAKE_MA and lc > 0:
+            elif droop >= _DROOP_WAKE_MA and lc > 0:
                 direction = S.CHARGE
                 self._droop_flow = True
             else:
@@ -512,8 +512,8 @@ class Controller:
             # normal stop: the request is 0 now; open once the current has gone
             if self._soft_since < 0:
                 self._soft_since = now_ms
-            close = not ((-SOFT_OPEN_MA < inp.meter_ma < SOFT_OPEN_MA)
-                         or _age(now_ms, self._soft_since) >= SOFT_OPEN_MS)
+            close = not ((-_SOFT_OPEN_MA < inp.meter_ma < _SOFT_OPEN_MA)
+                         or _age(now_ms, self._soft_since) >= _SOFT_OPEN_MS)
             if not close:
                 self._soft_since = -1
         else:
@@ -523,7 +523,7 @@ class Controller:
         o.contactor = close
 
         # ---- current request
-        # Two parts. The setpoint part (toward lc / -ld) ramps up at RAMP_MA_PER_S and is cut
+        # Two parts. The setpoint part (toward lc / -ld) ramps up at _RAMP_MA_PER_S and is cut
         # down at once; a change of direction goes through zero. The grid's frequency
         # response (droop) is added without that ramp: the grid module already shapes it to
         # reach 90 % within FREQ_RESPONSE_S, and a second ramp would hold a reduction that
@@ -544,7 +544,7 @@ class Controller:
         elif (cur >= 0 and base <= cur and base >= 0) or (cur <= 0 and base >= cur and base <= 0):
             cur = base
         else:
-            stepma = RAMP_MA_PER_S * dt // 1000
+            stepma = _RAMP_MA_PER_S * dt // 1000
             if base > cur:
                 cur = cur + stepma if cur + stepma < base else base
             else:
@@ -633,7 +633,7 @@ class Controller:
     def _pilot_fault_step(self, now, raw, inp):
         """Hold state F, then probe with steady +12 V until the EV shows A or B."""
         if self._pf_phase == _PH_HOLD:
-            if _age(now, self._pf_since) >= FAULT_HOLD_MS:
+            if _age(now, self._pf_since) >= _FAULT_HOLD_MS:
                 self._pf_phase = _PH_PROBE
                 self._pf_since = now
                 self._probe_count = 0
@@ -642,7 +642,7 @@ class Controller:
         ok = raw == P.A or (raw == P.B and self._pf == _PF_LEVEL)
         if ok:
             self._probe_count += 1
-            if self._probe_count >= PROBE_SAMPLES:
+            if self._probe_count >= _PROBE_SAMPLES:
                 self._pf = _PF_NONE
                 self._diode_bad = 0
                 self._diode_good = 0
@@ -652,7 +652,7 @@ class Controller:
                 return raw
         else:
             self._probe_count = 0
-            if _age(now, self._pf_since) >= PROBE_MS:
+            if _age(now, self._pf_since) >= _PROBE_MS:
                 self._pf_phase = _PH_HOLD
                 self._pf_since = now
         return P.F if raw == P.UNKNOWN else raw
@@ -661,7 +661,7 @@ class Controller:
         # Weld evidence is the auxiliary contact and the measured current; not voltage: the
         # meter sits on the grid side of the contactor and reads the grid either way.
         cmd = self.out.contactor
-        if self.weld or _age(now, self._cmd_since) < CONTACTOR_SETTLE_MS:
+        if self.weld or _age(now, self._cmd_since) < _CONTACTOR_SETTLE_MS:
             return
         if cmd:
             if not inp.contactor_closed:
@@ -671,7 +671,7 @@ class Controller:
                     _s(_age(now, self._cmd_since)), SAFE_LOCKOUT))
         else:
             fresh = inp.meter_ok and inp.meter_age_ms <= self.cfg.meter_stale_ms
-            if inp.contactor_closed or (fresh and (inp.meter_ma > WELD_CURRENT_MA or inp.meter_ma < -WELD_CURRENT_MA)):
+            if inp.contactor_closed or (fresh and (inp.meter_ma > _WELD_CURRENT_MA or inp.meter_ma < -_WELD_CURRENT_MA)):
                 self.weld = True
                 self.state_dirty = True
                 self._raise(now, E.E011, 'contactor welded: {} {} after the open command (feedback {}): {}'.format(

@@ -26,14 +26,14 @@ nothing as long as no silence lasts COOLING_FEEDBACK_S.
 
 Latched until the loop works again: in derated and tripped the command stays on (the loop
 must be running to show that it works) and V2G-013 clears once the feedback has kept
-arriving for COOLING_FEEDBACK_S with no gap longer than RECOVER_GAP_MS. A pump that is
+arriving for COOLING_FEEDBACK_S with no gap longer than _RECOVER_GAP_MS. A pump that is
 restored clears it; a flow switch that still flickers does not. The command then follows
 the current and temperature again.
 """
 from micropython import const
 
 RUN_ON_MS = const(30000)        # the pump keeps running this long after the need has gone
-RECOVER_GAP_MS = const(500)     # longest silence that still counts as "feedback keeps arriving"
+_RECOVER_GAP_MS = const(500)     # longest silence that still counts as "feedback keeps arriving"
 NO_LIMIT = const(1000000)       # as core.limits.NO_LIMIT
 _TICKS_MASK = const(0x3FFFFFFF)
 
@@ -46,7 +46,7 @@ NONE = const(5)
 STATE_NAMES = ('off', 'starting', 'running', 'derated', 'tripped', 'none')
 
 # what step() reports, for the controller's event log
-EV_NONE = const(0)
+_EV_NONE = const(0)
 EV_DERATED = const(1)     # V2G-013 raised, derate
 EV_TRIPPED = const(2)     # V2G-013 raised, hard fault
 EV_CLEARED = const(3)     # V2G-013 cleared: the loop works again
@@ -108,7 +108,7 @@ class Cooling:
         count    the HAL's feedback count
         Returns EV_* for the event log."""
         if not self.present:
-            return EV_NONE
+            return _EV_NONE
         fb = self._seen and count != self._count
         self._count = count
         self._seen = True
@@ -124,7 +124,7 @@ class Cooling:
         st = self.state
         if st == DERATED or st == TRIPPED:
             # latched: keep the pump commanded and wait for feedback that keeps arriving
-            if not fb and _age(now, self._fb_ms) > RECOVER_GAP_MS:
+            if not fb and _age(now, self._fb_ms) > _RECOVER_GAP_MS:
                 self._ok_since = -1
             elif fb and self._ok_since < 0:
                 self._ok_since = now
@@ -134,24 +134,24 @@ class Cooling:
                 self.limit_ma = NO_LIMIT
                 self._need_ms = now         # run on from here, as after any need
                 return EV_CLEARED
-            return EV_NONE
+            return _EV_NONE
         if not need:
             self.cmd = False
             self.state = OFF
-            return EV_NONE
+            return _EV_NONE
         if not self.cmd:
             self.cmd = True
             self._cmd_since = now
             self.state = STARTING
-            return EV_NONE
+            return _EV_NONE
         if fb:
             self.state = RUNNING
-            return EV_NONE
+            return _EV_NONE
         # silence since the command or, once it has run, since the last feedback
         since = self._fb_ms if st == RUNNING else self._cmd_since
         silent = _age(now, since)
         if silent <= self.feedback_ms:
-            return EV_NONE
+            return _EV_NONE
         self.silent_ms = silent
         self.fault_ma = cur_ma
         self._ok_since = -1

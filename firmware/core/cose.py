@@ -12,11 +12,11 @@ from micropython import const
 
 from core import cbor
 
-COSE_SIGN1_TAG = const(18)
-H_ALG = const(1)
-H_KID = const(4)
-ALG_ES256 = const(-7)
-ALG_EDDSA = const(-8)
+_COSE_SIGN1_TAG = const(18)
+_H_ALG = const(1)
+_H_KID = const(4)
+_ALG_ES256 = const(-7)
+_ALG_EDDSA = const(-8)
 MAX_COSE_LEN = const(8192)
 # tag -> array -> unprotected map: three levels; one spare.
 MAX_DEPTH = const(4)
@@ -47,7 +47,7 @@ def parse_sign1(data):
     if len(data) > MAX_COSE_LEN:
         _fail("cose", "{} bytes, above {}".format(len(data), MAX_COSE_LEN))
     obj = _loads(data, "COSE_Sign1")
-    if not isinstance(obj, cbor.Tag) or obj.tag != COSE_SIGN1_TAG:
+    if not isinstance(obj, cbor.Tag) or obj.tag != _COSE_SIGN1_TAG:
         _fail("cose", "not a tagged COSE_Sign1 (CBOR tag 18)")
     v = obj.value
     if not isinstance(v, list) or len(v) != 4:
@@ -61,14 +61,14 @@ def parse_sign1(data):
     if not isinstance(unprotected, dict):
         _fail("cose", "unprotected header must be a map")
     if unprotected:
-        if H_ALG in unprotected:
+        if _H_ALG in unprotected:
             _fail("alg", "alg in the unprotected header; accepted only when protected")
         _fail("cose", "unprotected header must be empty")
     hdr = _loads(protected, "protected header") if protected else {}
     if not isinstance(hdr, dict):
         _fail("cose", "protected header must be a map")
     for k in hdr:
-        if k != H_ALG and k != H_KID:
+        if k != _H_ALG and k != _H_KID:
             _fail("cose", "unexpected protected header label {!r}".format(k))
     return protected, hdr, payload, signature
 
@@ -79,14 +79,14 @@ def verify_sign1(data, key):
     Raises CoseError. The signature is checked last, after the cheap checks, but
     the payload is returned only when it verifies."""
     protected, hdr, payload, signature = parse_sign1(data)
-    if H_ALG not in hdr:
+    if _H_ALG not in hdr:
         _fail("alg", "no alg in the protected header")
-    alg = hdr[H_ALG]
-    if alg == ALG_EDDSA:
+    alg = hdr[_H_ALG]
+    if alg == _ALG_EDDSA:
         _fail("alg", "EdDSA bundles are not verified by the controller; sign with ES256")
-    if type(alg) is not int or alg != ALG_ES256:
+    if type(alg) is not int or alg != _ALG_ES256:
         _fail("alg", "alg {!r} is not ES256 (-7)".format(alg))
-    kid = hdr.get(H_KID)
+    kid = hdr.get(_H_KID)
     if type(kid) is not bytes:
         _fail("kid", "no kid (byte string) in the protected header")
     if kid != key.kid:

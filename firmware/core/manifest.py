@@ -34,11 +34,11 @@ MAX_TOTAL_SIZE = 512 * 1024
 K_FORMAT = const(1)
 K_SEQ = const(2)
 K_SECCNT = const(3)
-K_VENDOR = const(4)
+_K_VENDOR = const(4)
 K_BOARD = const(5)
 K_VERSION = const(6)
 K_COMPONENTS = const(7)
-_KEYS = (K_FORMAT, K_SEQ, K_SECCNT, K_VENDOR, K_BOARD, K_VERSION, K_COMPONENTS)
+_KEYS = (K_FORMAT, K_SEQ, K_SECCNT, _K_VENDOR, K_BOARD, K_VERSION, K_COMPONENTS)
 # map -> components array -> component array
 _MAX_DEPTH = const(4)
 
@@ -157,7 +157,7 @@ def decode(payload):
         _reject("manifest: sequence {!r} not in 1..{}".format(m[K_SEQ], MAX_U32))
     if not _is_uint(m[K_SECCNT], 0):
         _reject("manifest: security counter {!r} not in 0..{}".format(m[K_SECCNT], MAX_U32))
-    for k in (K_VENDOR, K_BOARD):
+    for k in (_K_VENDOR, K_BOARD):
         if type(m[k]) is not bytes or len(m[k]) != 16:
             _reject("manifest: key {} must be a 16-byte id".format(k))
     if not _version_ok(m[K_VERSION]):
@@ -190,7 +190,7 @@ def decode(payload):
     man = Manifest()
     man.seq = m[K_SEQ]
     man.security_counter = m[K_SECCNT]
-    man.vendor_id = m[K_VENDOR]
+    man.vendor_id = m[_K_VENDOR]
     man.board_class = m[K_BOARD]
     man.version = m[K_VERSION]
     man.components = out

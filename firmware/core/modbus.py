@@ -20,8 +20,8 @@ the controller's METER_STALE_S rule (V2G-120) forbids discharge.
 
 from micropython import const
 
-FUNC_READ_INPUT = const(0x04)
-EXC_FLAG = const(0x80)
+_FUNC_READ_INPUT = const(0x04)
+_EXC_FLAG = const(0x80)
 
 # Result codes of parse_reply() and poll().
 OK = const(0)
@@ -35,13 +35,13 @@ ERR_BAD_FUNCTION = const(-6)
 
 # Master states.
 IDLE = const(0)
-PENDING = const(1)  # request built, waiting for bus silence before sending
-SENT = const(2)  # bytes handed to the UART, waiting for sent()
-WAIT_REPLY = const(3)
+_PENDING = const(1)  # request built, waiting for bus silence before sending
+_SENT = const(2)  # bytes handed to the UART, waiting for sent()
+_WAIT_REPLY = const(3)
 
 MAX_REGS = const(125)  # Modbus limit for function 0x04 (reply PDU <= 253 bytes)
-RX_SIZE = const(256)  # largest RTU frame
-TICKS_PERIOD = const(0x40000000)  # MicroPython ticks wrap here
+_RX_SIZE = const(256)  # largest RTU frame
+_TICKS_PERIOD = const(0x40000000)  # MicroPython ticks wrap here
 _TICKS_HALF = const(0x20000000)
 _TICKS_MASK = const(0x3FFFFFFF)
 
@@ -93,7 +93,7 @@ def build_read_input(buf, unit, addr, count):
     if count < 1 or count > MAX_REGS or addr + count > 0x10000:
         raise ValueError("register count out of 1..125")
     buf[0] = unit
-    buf[1] = FUNC_READ_INPUT
+    buf[1] = _FUNC_READ_INPUT
     buf[2] = addr >> 8
     buf[3] = addr & 0xFF
     buf[4] = count >> 8
@@ -118,7 +118,7 @@ def parse_reply(buf, n, unit, func, count):
     if f == func:
         if n != 5 + 2 * count:
             return ERR_BAD_LENGTH
-    elif f == func | EXC_FLAG:
+    elif f == func | _EXC_FLAG:
         if n != 5:
             return ERR_BAD_LENGTH
     crc = crc16(buf, n - 2)
@@ -126,7 +126,7 @@ def parse_reply(buf, n, unit, func, count):
         return ERR_CRC
     if buf[0] != unit:
         return ERR_WRONG_UNIT
-    if f == func | EXC_FLAG:
+    if f == func | _EXC_FLAG:
         return ERR_EXCEPTION
     if f != func:
         return ERR_BAD_FUNCTION
@@ -229,7 +229,7 @@ class ModbusMaster:
         self.timeout_us = timeout_ms * 1000
         self.gap_us = self.t35_us if self.t35_us > min_gap_us else min_gap_us
         self.tx = bytearray(8)
-        self.rx = bytearray(RX_SIZE)
+        self.rx = bytearray(_RX_SIZE)
         self.rx_n = 0
         self.state = IDLE
         self.unit = 0
@@ -251,23 +251,23 @@ class ModbusMaster:
         self.unit = unit
         self.count = count
         self.expect_n = 5 + 2 * count
-        self.state = PENDING
+        self.state = _PENDING
         return True
 
     def tx_ready(self, now_us):
         """Bytes of self.tx to write now, or 0 (nothing queued, or bus not yet quiet for t3.5)."""
-        if self.state != PENDING:
+        if self.state != _PENDING:
             return 0
         if self.heard and ticks_diff(now_us, self.t_quiet) < self.t35_us:
             return 0
-        self.state = SENT
+        self.state = _SENT
         self.rx_n = 0
         return 8
 
     def sent(self, now_us):
         """The request has left the wire: the reply timeout starts now."""
-        if self.state == SENT:
-            self.state = WAIT_REPLY
+        if self.state == _SENT:
+            self.state = _WAIT_REPLY
             self.t_sent = now_us
             self.t_quiet = now_us
             self.heard = True
@@ -284,19 +284,19 @@ class ModbusMaster:
         # With one, the next request may leave in this same pass once t3.5 has passed,
         # so a request per control step fits (app/meter.py).
         # Only for a reply being awaited: it ended after our request; stray bytes may not.
-        if end_us is not None and self.state == WAIT_REPLY and ticks_diff(now_us, end_us) >= 0:
+        if end_us is not None and self.state == _WAIT_REPLY and ticks_diff(now_us, end_us) >= 0:
             self.t_quiet = end_us
         else:
             self.t_quiet = now_us
         self.heard = True
-        if self.state != WAIT_REPLY:
+        if self.state != _WAIT_REPLY:
             self.stats.stray_bytes += n  # a late or foreign reply: never parsed
             return
         i = 0
         rx = self.rx
         k = self.rx_n
         while i < n:
-            if k >= RX_SIZE:
+            if k >= _RX_SIZE:
                 self.stats.overruns += 1
                 break
             rx[k] = buf[i]
@@ -310,7 +310,7 @@ class ModbusMaster:
 
         A frame ends at its expected length, or after t3.5 of silence.
         """
-        if self.state != WAIT_REPLY:
+        if self.state != _WAIT_REPLY:
             return BUSY
         n = self.rx_n
         if n == 0:
@@ -318,15 +318,15 @@ class ModbusMaster:
                 self.stats.timeouts += 1
                 return self._finish(ERR_TIMEOUT)
             return BUSY
-        done = n >= self.expect_n or (n >= 5 and self.rx[1] & EXC_FLAG)
+        done = n >= self.expect_n or (n >= 5 and self.rx[1] & _EXC_FLAG)
         if not done and ticks_diff(now_us, self.t_last_rx) >= self.gap_us:
             done = True
         if not done:
-            if ticks_diff(now_us, self.t_sent) >= self.timeout_us + self.gap_us + self.char_us * RX_SIZE:
+            if ticks_diff(now_us, self.t_sent) >= self.timeout_us + self.gap_us + self.char_us * _RX_SIZE:
                 done = True  # a trickle that never completes
             else:
                 return BUSY
-        r = parse_reply(self.rx, n, self.unit, FUNC_READ_INPUT, self.count)
+        r = parse_reply(self.rx, n, self.unit, _FUNC_READ_INPUT, self.count)
         s = self.stats
         if r == OK:
             s.ok += 1

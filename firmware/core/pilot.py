@@ -13,7 +13,7 @@ PWM_STATE_F = const(0)     # steady -12 V: EVSE not available / fault
 PWM_DIGITAL = const(50)    # 5 %: use digital communication (current asked over CAN)
 
 MIN_OFFER_MA = const(6000)   # below 6 A the pilot cannot offer anything
-MAX_OFFER_MA = const(80000)
+_MAX_OFFER_MA = const(80000)
 # 10-85 % duty: A = duty% * 0.6 (6-51 A); 85-96 %: A = (duty% - 64) * 2.5 (52.5-80 A).
 # 51-52.75 A cannot be expressed (85.1 % is 52.75 A): the offer stays at 85 % (51 A), never above the limit.
 _KNEE_MA = const(52500)
@@ -42,7 +42,7 @@ def duty_for_ma(ma):
     """Per-mille duty that offers at most ma; PWM_OFF below 6 A (no offer)."""
     if ma < MIN_OFFER_MA:
         return PWM_OFF
-    if ma >= MAX_OFFER_MA:
+    if ma >= _MAX_OFFER_MA:
         return _DUTY_MAX
     if ma < _KNEE_MA:
         d = ma // 60              # duty% = A / 0.6  ->  pm = mA / 60

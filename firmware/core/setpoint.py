@@ -13,13 +13,13 @@ HOLD = const(0)
 CHARGE = const(1)
 DISCHARGE = const(-1)
 
-MODE_AUTO = const(0)        # charge or discharge toward the target
+_MODE_AUTO = const(0)        # charge or discharge toward the target
 MODE_CHARGE = const(1)      # only charge toward the target
 MODE_DISCHARGE = const(2)   # only discharge toward the target
 MODE_NAMES = ('auto', 'charge', 'discharge')
 
-NO_TARGET = const(-1)
-BAND_PM = const(10)   # 1 % SoC each side of the target
+_NO_TARGET = const(-1)
+_BAND_PM = const(10)   # 1 % SoC each side of the target
 
 
 def mode_index(name):
@@ -33,8 +33,8 @@ class Setpoint:
     def __init__(self, floor_pm, margin_pm):
         self.floor_pm = floor_pm
         self.margin_pm = margin_pm
-        self.target_pm = NO_TARGET
-        self.mode = MODE_AUTO
+        self.target_pm = _NO_TARGET
+        self.mode = _MODE_AUTO
         self.direction = CHARGE
         self.available = False
         self.wants_discharge = False
@@ -43,13 +43,13 @@ class Setpoint:
         self.floor_pm = floor_pm
         self.margin_pm = margin_pm
 
-    def set_target(self, target_pm, mode=MODE_AUTO):
+    def set_target(self, target_pm, mode=_MODE_AUTO):
         self.target_pm = target_pm
         self.mode = mode
 
     def clear_target(self):
-        self.target_pm = NO_TARGET
-        self.mode = MODE_AUTO
+        self.target_pm = _NO_TARGET
+        self.mode = _MODE_AUTO
 
     def start_threshold_pm(self):
         return self.floor_pm + self.margin_pm
@@ -63,7 +63,7 @@ class Setpoint:
 
     def would_discharge(self, soc_pm, target_pm, mode):
         """True if target_pm (with mode) asks to discharge from soc_pm."""
-        return mode != MODE_CHARGE and soc_pm > target_pm + BAND_PM
+        return mode != MODE_CHARGE and soc_pm > target_pm + _BAND_PM
 
     def update(self, soc_known, soc_pm, charge_only):
         """Next direction (CHARGE, DISCHARGE, HOLD)."""
@@ -91,12 +91,12 @@ class Setpoint:
             if soc_pm <= t or soc_pm <= floor or not self.available or mode == MODE_CHARGE:
                 d = HOLD
         if d == HOLD:
-            if soc_pm < t - BAND_PM and mode != MODE_DISCHARGE:
+            if soc_pm < t - _BAND_PM and mode != MODE_DISCHARGE:
                 d = CHARGE
-            elif (soc_pm > t + BAND_PM and mode != MODE_CHARGE and self.available
+            elif (soc_pm > t + _BAND_PM and mode != MODE_CHARGE and self.available
                   and soc_pm > floor):
                 d = DISCHARGE
-        self.wants_discharge = d == DISCHARGE or (mode != MODE_CHARGE and soc_pm > t + BAND_PM)
+        self.wants_discharge = d == DISCHARGE or (mode != MODE_CHARGE and soc_pm > t + _BAND_PM)
         self.direction = d
         return d
 

@@ -3,7 +3,7 @@
 Pure: select() maps the controller's mode, its active error codes and whether an update is
 in progress to a pattern; level() gives that pattern's brightness at a given millisecond.
 The HAL drives the LED with them (an on/off LED is lit while the level is at least
-ON_LEVEL); telemetry and the simulator's timeline carry the pattern's name. Nothing here
+_ON_LEVEL); telemetry and the simulator's timeline carry the pattern's name. Nothing here
 allocates.
 
 Priority, highest first: fault (red), update in progress (cyan), host link trouble
@@ -14,7 +14,7 @@ from micropython import const
 from core import errors as E
 
 IDLE = const(0)          # solid green: ready, no vehicle
-CONNECTED = const(1)     # green, slow blink: vehicle connected, no energy flowing
+_CONNECTED = const(1)     # green, slow blink: vehicle connected, no energy flowing
 CHARGING = const(2)      # green, breathing
 DISCHARGING = const(3)   # blue, breathing
 CHARGE_ONLY = const(4)   # solid amber: charge-only (the host's fallback or its command)
@@ -23,24 +23,24 @@ UPDATE = const(6)        # cyan, blink
 LINK = const(7)          # amber flashes: host link loss or high latency
 NAMES = ('idle', 'connected', 'charging', 'discharging', 'charge_only', 'fault', 'update', 'link')
 
-GREEN = const(0)
-BLUE = const(1)
-AMBER = const(2)
+_GREEN = const(0)
+_BLUE = const(1)
+_AMBER = const(2)
 RED = const(3)
-CYAN = const(4)
+_CYAN = const(4)
 COLORS = ('green', 'blue', 'amber', 'red', 'cyan')
 
-SOLID = const(0)
-BLINK = const(1)          # on for ON_MS of every PERIOD_MS
-BREATHE = const(2)        # brightness up and down over PERIOD_MS
+_SOLID = const(0)
+_BLINK = const(1)          # on for ON_MS of every PERIOD_MS
+_BREATHE = const(2)        # brightness up and down over PERIOD_MS
 SHAPES = ('solid', 'blink', 'breathe')
 
-ON_LEVEL = const(500)     # per-mille brightness from which an on/off LED is lit
+_ON_LEVEL = const(500)     # per-mille brightness from which an on/off LED is lit
 
 # Per pattern: colour, shape, period and on-time (blink), the times in 10 ms. Kept as bytes:
 # indexing them never allocates, also in a frozen image (docs/status-led.md).
-COLOR = bytes((GREEN, GREEN, GREEN, BLUE, AMBER, RED, CYAN, AMBER))
-SHAPE = bytes((SOLID, BLINK, BREATHE, BREATHE, SOLID, BLINK, BLINK, BLINK))
+COLOR = bytes((_GREEN, _GREEN, _GREEN, _BLUE, _AMBER, RED, _CYAN, _AMBER))
+SHAPE = bytes((_SOLID, _BLINK, _BREATHE, _BREATHE, _SOLID, _BLINK, _BLINK, _BLINK))
 PERIOD_10MS = bytes((100, 200, 200, 200, 100, 25, 100, 50))
 ON_10MS = bytes((100, 100, 0, 0, 100, 13, 50, 15))
 
@@ -63,17 +63,17 @@ def select(mode, errors, update_busy):
         return DISCHARGING
     if mode == 'idle':
         return IDLE
-    return CONNECTED          # connected, paused
+    return _CONNECTED          # connected, paused
 
 
 def level(pattern, now_ms):
     """Brightness of pattern at now_ms, per-mille (0 off .. 1000 full)."""
     shape = SHAPE[pattern]
-    if shape == SOLID:
+    if shape == _SOLID:
         return 1000
     period = PERIOD_10MS[pattern] * 10
     ph = now_ms % period
-    if shape == BLINK:
+    if shape == _BLINK:
         return 1000 if ph < ON_10MS[pattern] * 10 else 0
     half = period // 2
     if ph < half:
@@ -83,4 +83,4 @@ def level(pattern, now_ms):
 
 def lit(pattern, now_ms):
     """On or off, for an LED without dimming."""
-    return level(pattern, now_ms) >= ON_LEVEL
+    return level(pattern, now_ms) >= _ON_LEVEL

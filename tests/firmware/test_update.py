@@ -792,11 +792,12 @@ def test_key_from_pem():
     der = raises_free_der()
     with open(root + 'update_key.pem', 'wb') as f:
         f.write(b'-----BEGIN PUBLIC KEY-----\n' + binascii.b2a_base64(der) + b'-----END PUBLIC KEY-----\n')
-    key = update.load_key(root)
+    from app import install   # the download path, where the key is read
+    key = install.load_key(root)
     assert key.point == _b(KEY_A)
     with open(root + 'update_key.pem', 'wb') as f:
         f.write(b'-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n')
-    raises(ValueError, update.load_key, root)
+    raises(ValueError, install.load_key, root)
 
 
 def raises_free_der():

@@ -1,0 +1,381 @@
+"""The installer's download path: receive a bundle, verify its signature and manifest, stage
+its components in the inactive slot (docs/updates.md).
+
+Only an update needs this, and it is the heavy part (core.manifest, core.cose, core.p256 and
+the key's tables): app/update.py imports it on the first fota_begin / fota_chunk /
+fota_finish, or on a fota_status that resumes a recorded download, and drops it again when
+no download is left. Each function takes the Updater `u`, which owns the state (u.st) and
+the download in progress (u.dl); the filesystem helpers stay in app/update.py.
+"""
+from core import manifest
+
+from app import storage
+from app import update as U
+
+MAX_CHUNK = U.MAX_CHUNK
+
+
+def run(u, op, args, now_ms):
+    """(ok, code, msg, data) for a download command; a refusal drops the download."""
+    try:
+        if op == 'fota_begin':
+            return begin(u, args.get('size'), args.get('id'), now_ms)
+        if op == 'fota_chunk':
+            return chunk(u, args.get('off'), args.get('data'), now_ms)
+        if op == 'fota_finish':
+            return finish(u, args, now_ms)
+        resume_if_needed(u, now_ms)   # fota_status with a download recorded in update.json
+        return True, None, 'update status', u.report()
+    except manifest.UpdateError as e:
+        u.abort(str(e))
+        return False, e.code, e.msg, {}
+
+
+def _in_the_way(path):
+    """Why `path` could not be made, in words: ports number their errno values differently
+    (the VM's are Emscripten's), so the reason is read from what is there."""
+    if U._is_dir(path):
+        return 'a folder is in the way'
+    if storage.exists(path):
+        return 'a file is in the way'
+    return 'the filesystem refused it (full or failing)'
+
+
+def _create(name, mode, what):
+    """open(name, mode) for staging component `what`; a refusal names the file and why."""
+    try:
+        U._makedirs(name[:name.rfind('/')])
+        return open(name, mode)
+    except manifest.UpdateError as e:
+        raise manifest.UpdateError(e.code, 'staging {}: {}'.format(what, e.msg)) from None
+    except OSError:
+        raise manifest.UpdateError('V2G-601', 'staging {}: opening {} for writing: {}'.format(
+            what, name, _in_the_way(name))) from None
+
+
+def _blocks(n, block):
+    return (n + block - 1) // block * block
+
+
+def load_key(root=''):
+    """The trusted update key (p256.PublicKey), or None when none is installed."""
+    from core import p256
+    raw = storage.read_bytes(root + U.KEY_FILES[0])
+    if raw is None:
+        pem = storage.read_bytes(root + U.KEY_FILES[1])
+        if pem is None:
+            return None
+        import binascii
+        lines = [ln.strip() for ln in pem.split(b'\n')]
+        der = binascii.a2b_base64(b''.join(ln for ln in lines if ln and not ln.startswith(b'-----')))
+        if der[:len(p256.SPKI_PREFIX)] != p256.SPKI_PREFIX:
+            raise ValueError('update key: not a P-256 public key')
+        raw = der[len(p256.SPKI_PREFIX):]
+    return p256.PublicKey(raw)
+
+
+class Download:
+    """A bundle being received. RAM: the head (<= 8200 bytes) and one open file."""
+
+    def __init__(self, slot, size, bid):
+        self.slot = slot
+        self.size = size
+        self.id = bid            # 16 bytes: sha256 of header + COSE_Sign1, announced by the host
+        self.head = bytearray()
+        self.head_len = 0        # 8 + N once the header is in
+        self.man = None
+        self.body = None         # manifest.BodyCheck
+        self.next = 0            # next bundle offset expected
+        self.f = None            # open component file
+        self.f_index = -1
+        self.last_ms = 0
+        self.suspended = False   # RAM state dropped; rebuilt from flash on the next chunk
+
+    def close(self):
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+            self.f_index = -1
+
+
+def begin(u, size, bid, now_ms):
+    if type(size) is not int or size < manifest.HEADER_LEN + 1:
+        return False, U.V2G_400, 'size: must be the bundle length in bytes', {}
+    if type(bid) is not bytes or len(bid) != 16:
+        return False, U.V2G_400, 'id: must be the first 16 bytes of sha256(header + COSE_Sign1)', {}
+    limit = manifest.HEADER_LEN + manifest.cose.MAX_COSE_LEN + u.slot_size
+    if size > limit:
+        raise manifest.UpdateError('V2G-601', 'size: bundle of {} bytes, above the {} a slot takes'.format(
+            size, limit))
+    if u.on_trial:
+        return False, U.V2G_400, 'an update is on trial; it must be confirmed or reverted first', {}
+    if u.state_lost:
+        raise manifest.UpdateError('V2G-602', 'state: {} and {} are unreadable while update slots '
+                                   'exist, so the stored sequence and security counter are '
+                                   'unknown; re-provision the controller'.format(U.STATE_FILE, U.BACKUP_FILE))
+    _ensure_key(u)
+    u._drop_download()
+    slot = u.inactive_slot()
+    # the bundle as announced must fit; the manifest's exact need is checked once it is
+    # verified, and nothing in the slot is touched before that
+    _check_space(u, slot, size, 'bundle of {} bytes'.format(size))
+    u.dl = Download(slot, size, bid)
+    u.dl.last_ms = now_ms
+    return True, None, 'receiving into slot {}'.format(slot), {'slot': slot, 'next': 0}
+
+
+def _check_space(u, slot, need, what):
+    """Refuse (V2G-601) when `need` bytes plus the margin exceed the free space, counting
+    what emptying `slot` would give back. Called before the slot is emptied."""
+    sp = U.fs_space(u.root)
+    if sp is None:
+        return
+    block, free = sp
+    free += U._tree_bytes(u.slot_dir(slot)) + max(0, U._file_size(u.slot_dir(slot) + '.head'))
+    need += U.SPACE_MARGIN_BLOCKS * block
+    if need > free:
+        raise manifest.UpdateError('V2G-601', 'space: {} needs {} bytes with the margin, {} free '
+                                   '(slot {} emptied)'.format(what, need, free, slot))
+
+
+def _claim_slot(u, d):
+    """The head is verified: now the slot is emptied and the download recorded. A staged
+    slot that was never booted is replaced only here, never for a bundle that fails."""
+    man = d.man
+    sp = U.fs_space(u.root)
+    block = sp[0] if sp is not None else 512
+    need = _blocks(d.head_len, block)
+    dirs = {''}
+    for c in man.components:
+        need += _blocks(c.size, block)
+        k = c.name.rfind('/')
+        while k > 0:
+            dirs.add(c.name[:k])
+            k = c.name.rfind('/', 0, k)
+    need += 2 * block * len(dirs)
+    _check_space(u, d.slot, need, 'the manifest ({} components)'.format(len(man.components)))
+    st = u.st
+    if st['pending'] == d.slot:
+        st['pending'] = None
+        st['trial'] = False
+        st['tries'] = 0
+    st['slots'].pop(d.slot, None)
+    st['dl'] = {'slot': d.slot, 'size': d.size, 'id': _hex(d.id)}
+    u._save()
+    U._rmtree(u.slot_dir(d.slot))
+    U._rmtree(u.slot_dir(d.slot) + '.head')
+    U._makedirs(u.slot_dir(d.slot))
+
+
+def chunk(u, off, data, now_ms):
+    if u.dl is None:
+        resume_if_needed(u, now_ms)
+    d = u.dl
+    if d is None:
+        return False, U.V2G_400, 'fota_chunk: no download in progress (fota_begin first)', {}
+    if type(off) is not int or off < 0:
+        return False, U.V2G_400, 'off: must be a byte offset >= 0', {}
+    if type(data) is not bytes or not 1 <= len(data) <= MAX_CHUNK:
+        return False, U.V2G_400, 'data: must be 1-{} bytes'.format(MAX_CHUNK), {}
+    if d.suspended:
+        resume_if_needed(u, now_ms)
+        d = u.dl
+    d.last_ms = now_ms
+    end = off + len(data)
+    if end <= d.next:
+        return True, None, 'already have it', {'next': d.next}   # a re-sent chunk
+    if off > d.next:
+        return False, U.V2G_400, 'off: gap, expected offset {}'.format(d.next), {'next': d.next}
+    if end > d.size:
+        raise manifest.UpdateError('V2G-601', 'trailing: data past the announced {} bytes'.format(d.size))
+    mv = memoryview(data)[d.next - off:]
+    if d.man is None:
+        mv = _take_head(u, d, mv)
+    if len(mv):
+        _take_body(u, d, mv)
+    return True, None, 'ok', {'next': d.next}
+
+
+def _take_head(u, d, mv):
+    if d.head_len == 0:
+        need = manifest.HEADER_LEN - len(d.head)
+        d.head.extend(mv[:need])
+        d.next += min(need, len(mv))
+        mv = mv[need:]
+        if len(d.head) < manifest.HEADER_LEN:
+            return mv
+        d.head_len = manifest.HEADER_LEN + manifest.parse_header(d.head)
+        if d.head_len > d.size:
+            raise manifest.UpdateError('V2G-601', 'truncated: announced size ends inside the COSE_Sign1')
+    need = d.head_len - len(d.head)
+    d.head.extend(mv[:need])
+    d.next += min(need, len(mv))
+    mv = mv[need:]
+    if len(d.head) == d.head_len:
+        _open_head(u, d, bytes(d.head))
+        _claim_slot(u, d)
+        storage.write_atomic(u.slot_dir(d.slot) + '.head', d.head)
+        d.head = bytearray()
+    return mv
+
+
+def _ensure_key(u):
+    if u.key is None:
+        try:
+            u.key = load_key(u.root)
+        except ValueError as e:
+            raise manifest.UpdateError('V2G-601', 'key: {}'.format(e)) from None
+        if u.key is None:
+            raise manifest.UpdateError('V2G-601', 'key: no update key installed ({})'.format(U.KEY_FILES[0]))
+
+
+def _open_head(u, d, head):
+    import hashlib
+    _ensure_key(u)
+    if hashlib.sha256(head).digest()[:16] != d.id:
+        raise manifest.UpdateError('V2G-601', 'header: does not match the announced bundle id')
+    n = manifest.parse_header(head)
+    man = manifest.open_manifest(head[manifest.HEADER_LEN:manifest.HEADER_LEN + n], u.key)
+    manifest.check(man, manifest.board_class_id(u.board), u.st['seq'], u.st['sec'], u.slot_size)
+    if d.size != len(head) + man.total_size:
+        what = 'truncated' if d.size < len(head) + man.total_size else 'trailing'
+        raise manifest.UpdateError('V2G-601', '{}: announced {} bytes, the manifest needs {}'.format(
+            what, d.size, len(head) + man.total_size))
+    d.head_len = len(head)
+    d.man = man
+    d.body = manifest.BodyCheck(man)
+
+
+def _take_body(u, d, mv):
+    comps = d.man.components
+    while len(mv):
+        pos = d.next - d.head_len
+        i = d.body.index
+        while i < len(comps) and pos >= comps[i].offset + comps[i].size:
+            i += 1
+        c = comps[i]
+        take = c.offset + c.size - pos
+        if take > len(mv):
+            take = len(mv)
+        part = mv[:take]
+        d.body.feed(part)       # digest checked when the component's last byte passes
+        if d.f_index != i:
+            d.close()
+            d.f = _create(u.slot_dir(d.slot) + '/' + c.name, 'ab' if pos > c.offset else 'wb', c.name)
+            d.f_index = i
+        if u.fault == 'write' and d.next + take > d.head_len + d.man.total_size // 2:
+            d.f.write(part[:take // 2])   # half a chunk on flash, never acknowledged
+            d.close()
+            u._freeze()
+        d.f.write(part)
+        d.f.flush()    # an acknowledged offset is on flash: resume never goes back past it
+        d.next += take
+        mv = mv[take:]
+        if pos + take == c.offset + c.size:
+            d.close()
+    # zero-size components have no bytes: create their files once everything is in
+    if d.next == d.size:
+        for c in comps:
+            if c.size == 0:
+                _create(u.slot_dir(d.slot) + '/' + c.name, 'wb', c.name).close()
+
+
+def finish(u, args, now_ms):
+    if u.dl is None:
+        resume_if_needed(u, now_ms)
+    d = u.dl
+    if d is None:
+        return False, U.V2G_400, 'fota_finish: no download in progress', {}
+    if d.suspended:
+        resume_if_needed(u, now_ms)
+        d = u.dl
+    tries = args.get('tries', U.DEFAULT_TRIES)
+    trial_s = args.get('trial_s', U.DEFAULT_TRIAL_MS // 1000)
+    if type(tries) is not int or not 1 <= tries <= U.MAX_TRIES:
+        return False, U.V2G_400, 'tries: must be an integer 1 .. {}'.format(U.MAX_TRIES), {}
+    if type(trial_s) is not int or not 5 <= trial_s <= 600:
+        return False, U.V2G_400, 'trial_s: must be an integer 5 .. 600', {}
+    healthy_s = args.get('healthy_s', U.HEALTHY_MS // 1000)
+    if type(healthy_s) is not int or not 1 <= healthy_s < trial_s:
+        return False, U.V2G_400, 'healthy_s: must be an integer 1 .. trial_s - 1', {}
+    if d.man is None or d.next < d.size:
+        raise manifest.UpdateError('V2G-601', 'truncated: {} of {} bytes received'.format(d.next, d.size))
+    d.body.finish()
+    d.close()
+    man = d.man
+    st = u.st
+    st['slots'][d.slot] = {'version': man.version, 'seq': man.seq, 'sec': man.security_counter}
+    st['pending'] = d.slot
+    st['tries'] = tries
+    st['trial'] = False
+    st['trial_ms'] = trial_s * 1000
+    st['healthy_ms'] = healthy_s * 1000
+    st['dl'] = None
+    u._save_step('state')
+    u.dl = None
+    U._rmtree(u.slot_dir(d.slot) + '.head')
+    reboot = args.get('reboot', True) is not False
+    if reboot:
+        u.reset_at = now_ms
+    return True, None, 'slot {} holds {} (sequence {}), pending a trial boot{}'.format(
+        d.slot, man.version, man.seq, '; rebooting' if reboot else ''), {
+        'slot': d.slot, 'version': man.version, 'seq': man.seq, 'reboot': reboot}
+
+
+def resume_if_needed(u, now_ms):
+    """Rebuild the download's RAM state from flash: after a reset, or after a stall."""
+    d = u.dl
+    if d is not None and not d.suspended:
+        return
+    info = u.st['dl']
+    if not isinstance(info, dict):
+        return
+    slot, size = info.get('slot'), info.get('size')
+    try:
+        bid = bytes.fromhex(info.get('id'))
+    except (TypeError, ValueError):
+        bid = b''
+    if slot not in U.SLOTS or type(size) is not int or len(bid) != 16:
+        u.st['dl'] = None
+        u._save()
+        return
+    d = Download(slot, size, bid)
+    d.last_ms = now_ms
+    u.dl = d
+    head = storage.read_bytes(u.slot_dir(slot) + '.head')
+    if head is None:
+        return   # the head never reached flash: the host starts again from offset 0
+    try:
+        _open_head(u, d, head)
+    except manifest.UpdateError:
+        u.abort('staged header no longer valid')
+        return
+    d.next = d.head_len
+    buf = bytearray(U.READ_BLOCK)
+    for c in d.man.components:
+        if c.size == 0:
+            continue   # created at the end; nothing to hash
+        name = u.slot_dir(slot) + '/' + c.name
+        have = U._file_size(name)
+        if have < 0:
+            break
+        if have > c.size:
+            have = 0  # cannot be ours: rewritten from its start
+        got = 0
+        if have:
+            with open(name, 'rb') as f:
+                while got < have:
+                    n = f.readinto(buf)
+                    if not n:
+                        break
+                    if got + n > have:
+                        n = have - got
+                    d.body.feed(memoryview(buf)[:n])
+                    got += n
+        d.next += got
+        if got < c.size:
+            break
+
+
+def _hex(b):
+    return ''.join('{:02x}'.format(x) for x in b)

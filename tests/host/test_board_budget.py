@@ -1,0 +1,87 @@
+"""The board's RAM budgets (docs/board-budget.md), measured in the MicroPython VM.
+
+The update's download path is loaded only while an update runs (both interpreters); the
+runtime objects stay within the frozen and ROMFS budgets by the estimate bench/heap.py
+makes; the firmware in its .mpy form plays one hour of the demo within 256 KiB.
+"""
+
+import pytest
+
+from bench import heap
+from host_tools import mpy_check, mpyheap, vm
+
+
+@pytest.fixture(scope="module")
+def trees():
+    t = heap.Trees()
+    yield t
+    t.close()
+
+
+@pytest.mark.parametrize("interp", ["cpython", "micropython"])
+def test_download_path_is_loaded_only_while_an_update_runs(interp):
+    s = heap.update_stages(interp)
+    assert s["boot"]["modules"] == []
+    # a bundle with a bad signature is refused, and the path it loaded is dropped again
+    assert s["refused"]["ok"] is False and s["refused"]["code"] == "V2G-601"
+    assert s["refused"]["modules"] == []
+    assert sorted(s["download"]["modules"]) == sorted(heap.HEAVY) and s["download"]["ok"]
+    assert s["installed"]["ok"] and s["installed"]["modules"] == []
+    assert s["aborted"]["ok"] and s["aborted"]["modules"] == []
+    if interp == "micropython":
+        # released means the heap comes back: what stays is update.json's record and the log
+        during = s["download"]["heap"] - s["boot"]["heap"]
+        after = s["installed"]["heap"] - s["boot"]["heap"]
+        assert during > 30_000 and after < 6_000, (during, after)
+
+
+def test_runtime_objects_within_the_frozen_and_romfs_budgets(trees):
+    m = heap.measure(trees)
+    assert m["frozen"] <= heap.FROZEN_GOAL, m
+    assert m["romfs"] <= heap.ROMFS_GOAL, m
+    # the estimate subtracts what the loader put on the heap, never more than was there
+    assert 0 < m["frozen"] < m["romfs"] < m["heap"]
+
+
+def test_mpy_form_plays_an_hour_of_the_demo_within_256_kib(trees):
+    d = heap.demo_peak(trees)
+    assert d["start"] and d["peak"] <= heap.MPY_HEAP, d
+
+
+def test_load_only_mpy_runs_the_loader_and_nothing_else(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("X = [1, 2, 3]\n\ndef f(a):\n    return a + 1\n\nclass C:\n    def g(self):\n        return 2\n")
+    mpyheap.compile_file_to(src, tmp_path / "m.mpy")
+    data = (tmp_path / "m.mpy").read_bytes()
+    info = mpyheap.parse(data)
+    assert info.raw_codes == 4                       # module body, f, C's body, g
+    assert info.kept_bytecode < info.bytecode and info.kept_code >= info.kept_bytecode
+    (tmp_path / "lo").mkdir()
+    (tmp_path / "lo" / "m.mpy").write_bytes(mpyheap.load_only(data))
+    out = vm.run_micropython("import m\nprint(sorted(k for k in dir(m) if not k.startswith('__')))",
+                             mounts=[(tmp_path / "lo", "/flash")])
+    assert out.strip() == "[]"
+    out = vm.run_micropython("import m\nprint(m.f(1), m.C().g(), m.X)", mounts=[(tmp_path, "/flash")])
+    assert out.strip() == "2 2 [1, 2, 3]"
+
+
+def test_mpy_check_compiles_the_update_manifest_module():
+    # only the folders' own freeze manifests are build files; core/manifest.py is firmware
+    names = {p.relative_to(vm.ROOT).as_posix() for p in mpy_check.firmware_sources("sim")}
+    assert "firmware/core/manifest.py" in names
+    assert "firmware/manifest.py" not in names
+
+
+def test_kept_bytecode_model_matches_what_deleting_the_functions_frees(tmp_path):
+    # 64 functions: deleting them frees their function objects (16 B each) and exactly the
+    # bytecode and tables the model says they keep
+    body = "def f{0}(a, b):\n    x = [a, b, {0}]\n    if a > b:\n        return x\n    return {{'k': a * {0}}}\n\n"
+    (tmp_path / "m.py").write_text("".join(body.format(i) for i in range(64)))
+    (tmp_path / "lib").mkdir()
+    mpyheap.compile_file_to(tmp_path / "m.py", tmp_path / "lib" / "m.mpy")
+    info = mpyheap.parse((tmp_path / "lib" / "m.mpy").read_bytes())
+    code = ("import gc, asyncio\nimport m\nawait asyncio.sleep(0)\ngc.collect()\na = gc.mem_alloc()\n"
+            "for i in range(64):\n    delattr(m, 'f%d' % i)\n"
+            "await asyncio.sleep(0)\ngc.collect()\nprint(a - gc.mem_alloc())\n")
+    freed = int(vm.run_micropython(code, mounts=[(tmp_path / "lib", "/flash")]).split()[-1])
+    assert abs(freed - (info.kept_code + 64 * mpyheap.BLOCK)) <= 4 * mpyheap.BLOCK, (freed, info.kept_code)
