@@ -405,6 +405,7 @@ class LinkClient:
         self.last_hello: dict | None = None
         self.last_rx: float | None = None  # time.monotonic() of the last valid message
         self.error: str | None = None  # why the reader stopped, if it did
+        self.rx_tail = b""  # the last bytes received, valid frames or not (diagnostics)
         # timeouts: tries (commands, requests) the controller left unanswered, for diagnostics
         self.counters = dict.fromkeys(("hb_sent", "hback", "late_results", "callback_errors", "timeouts"), 0)
         for t, fn in (("tel", on_tel), ("evt", on_evt), ("hello", on_hello)):
@@ -654,6 +655,7 @@ class LinkClient:
                 return
             if not data:
                 continue
+            self.rx_tail = (self.rx_tail + data)[-256:]   # what a port that is not the link says
             for msg in self._deframer.feed(data):
                 self.last_rx = time.monotonic()
                 self._dispatch(msg)

@@ -717,7 +717,8 @@ class Controller:
             self.journal.put(txn, res)
             if res[0]:
                 self.state_dirty = True
-        if not res[0]:
+        if not res[0] and op not in _READ_OPS:
+            # a refused read (a typo in config get) changed nothing: no audit line
             self.log_refusal(now_ms, op, res[1], res[2])
         if res[0] and op in _FRESH_OPS and self.fallback and not self.hb_lost:
             self.fallback = False
