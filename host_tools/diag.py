@@ -107,11 +107,12 @@ def plain(x):
     return x
 
 
-def no_hello_hint(url, err):
-    """Why a port gave no hello, with what the bytes that did come back suggest."""
+def no_hello_hint(url, err, tail=b""):
+    """Why a port gave no hello, with what the bytes that did come back (tail) suggest."""
     text = "no answer from the controller on {}: {}".format(url, err)
-    tail = getattr(err, "rx_tail", b"") or b""
-    if any(m in tail for m in (b">>>", b"raw REPL", b"MicroPython", b"Traceback")):
+    # a REPL echoes what it is sent (the request's text, with line-editing escapes) or shows
+    # its banner and prompt; the link port never echoes
+    if any(m in tail for m in (b">>>", b"raw REPL", b"MicroPython", b"Traceback", b"hello", b"\x1b[")):
         return text + ("; this port answers as a MicroPython REPL, not the host link: give the link port "
                        "(`v2g vboard` prints both; on a board, see docs/host-link.md)")
     if not tail:
@@ -187,8 +188,7 @@ def collect(url, timeout=3.0):
             try:
                 hello = _hello(lk, timeout)
             except LinkTimeout as e:
-                e.rx_tail = lk.rx_tail
-                raise DiagError(no_hello_hint(url, e)) from None
+                raise DiagError(no_hello_hint(url, e, lk.rx_tail)) from None
             sent = time.time()
             r = lk.command("diag", {}, timeout=timeout)
             read_at = time.time()

@@ -32,8 +32,9 @@ def cli(port, commands, timeout):
         # a controller that does not answer hello is told apart here, not at the first command
         con.link.hello(timeout=min(timeout, 3.0))
     except LinkError as e:
+        tail = con.link.rx_tail
         con.close()
-        raise click.ClickException(diag.no_hello_hint(port, e)) from None
+        raise click.ClickException(diag.no_hello_hint(port, e, tail)) from None
     failed = False
     try:
         if commands or not sys.stdin.isatty():
