@@ -472,7 +472,8 @@ class LinkClient:
             try:
                 self._port.write(data)
                 self._port.flush()
-            except (serial.SerialException, OSError) as e:
+            # TypeError/AttributeError: pyserial's answer when the port was closed under it
+            except (serial.SerialException, OSError, TypeError, AttributeError) as e:
                 raise LinkError(f"write to {self.url} failed: {e}") from e
 
     def send(self, msg: dict) -> None:
