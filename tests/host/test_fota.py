@@ -159,6 +159,24 @@ def test_push_reboot_trial_confirm_and_report(board, key, new_bundle):
     assert (board.state / "slots" / "a" / "app" / "station.py").exists()
 
 
+def test_the_update_history_is_in_the_event_log_and_a_refusal_is_one_event(board, key, new_bundle):
+    from host_tools import diag
+    n = len(diag.fetch_events(board.link))
+    bad = bytearray(new_bundle)
+    bad[20] ^= 1                        # the key id: refused at the head, with chunks in flight
+    with pytest.raises(fota.FotaError):
+        fota.push(board.link, bytes(bad), window=8, **FAST)
+    evs = [diag.event_dict(e) for e in diag.fetch_events(board.link)[n:]]
+    assert [e["code"] for e in evs] == ["V2G-601"], evs
+    assert diag.event_kind(evs[0]) == "update"
+    fota.push(board.link, new_bundle, **FAST)
+    hist = [e for e in map(diag.event_dict, diag.fetch_events(board.link)) if diag.event_kind(e) == "update"]
+    assert [e["msg"] for e in hist[1:]] == [
+        "update 0.2.0 installed in slot a (sequence 5) over 0.1.0: pending its trial",
+        "update 0.2.0 confirmed in slot a (sequence 5)"]
+    assert hist[2]["boot"] == hist[1]["boot"] + 1     # installed, reset, confirmed on the next boot
+
+
 def _refused_untouched(b, data, code, what):
     before = b.status()
     with pytest.raises(fota.FotaError) as e:
