@@ -315,7 +315,9 @@ def measurement_rows(m):
     return [
         ("grid voltage", _phases(g.get("mv", [0]), "V", 1000), gage),
         ("grid frequency", "{:.3f} Hz".format((g.get("mhz") or 0) / 1000), gage),
-        ("current", _phases(g.get("ma", [0]), "A", 1000) + " (+ into the EV)", gage),
+        # a meter's phase currents are magnitudes: the direction is the total power's sign
+        ("current", _phases(g.get("ma", [0]), "A", 1000) + (
+            "" if not mw else " (out of the EV)" if mw < 0 else " (into the EV)"), gage),
         ("power", "import {:.0f} W  export {:.0f} W  ({})".format(
             max(mw, 0) / 1000, max(-mw, 0) / 1000, _phases(g.get("mw", [0]), "W", 1000)), gage),
         ("energy registers", "import {} Wh  export {} Wh".format(g.get("import_wh"), g.get("export_wh")), gage),

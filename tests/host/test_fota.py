@@ -104,8 +104,8 @@ class Board:
             time.sleep(0.1)
 
     def events(self):
-        r = self.link.command("events", {})
-        return [e[1] for e in r.data["events"]]
+        from host_tools import diag
+        return [e[1] for e in diag.fetch_events(self.link)]     # every page of the log
 
     def close(self):
         self.link.close()
