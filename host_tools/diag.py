@@ -20,7 +20,7 @@ import sys
 import time
 
 from host_tools import flash, vm
-from host_tools.link import LinkClient, LinkError, LinkTimeout
+from host_tools.link import LinkClient, LinkError, LinkTimeout, PortInUse
 
 NOT_REPORTED = "not reported by this firmware yet"
 SECTIONS = ("firmware", "config", "limits", "errors", "events", "statistics", "update")
@@ -205,6 +205,8 @@ def collect(url, timeout=3.0):
             upd = lk.command("fota_report", timeout=timeout)
             update = plain(upd.data) if upd.ok else NOT_REPORTED
             host_stats = lk.stats
+    except PortInUse as e:
+        raise DiagError(str(e)) from None
     except LinkError as e:
         raise DiagError("no answer from the controller on {}: {}".format(url, e)) from None
     board = d.get("board") or hello.get("board")

@@ -73,3 +73,23 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(pty_port):
 
 def test_a_url_has_no_lock_file():
     assert link.lock_path("socket://localhost:7000") is None
+
+
+def test_the_bridge_and_a_tool_exclude_each_other(pty_port):
+    import asyncio
+
+    from host_tools.bridge.alink import AsyncLink
+
+    async def run():
+        with LinkClient(pty_port, heartbeat_s=None):
+            with pytest.raises(PortInUse, match="in use by PID"):
+                await AsyncLink(pty_port, heartbeat_s=None).open()
+        bridge = await AsyncLink(pty_port, heartbeat_s=None).open()
+        try:
+            with pytest.raises(PortInUse, match="in use by PID {}".format(os.getpid())):
+                LinkClient(pty_port, heartbeat_s=None).open()
+        finally:
+            await bridge.close()
+        with LinkClient(pty_port, heartbeat_s=None):     # released with the bridge's link
+            pass
+    asyncio.run(run())
