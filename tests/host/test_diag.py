@@ -280,3 +280,32 @@ def test_the_virtual_board_tells_a_soft_reset_from_a_power_up(tmp_path, monkeypa
     h.reset()
     assert sim_hal.Hal(ports=sim_hal.MemoryPorts()).reset_cause() == "soft_reset"
     assert sim_hal.Hal(ports=sim_hal.MemoryPorts()).reset_cause() == "power_on"   # told once
+
+
+def test_a_silent_link_after_mpremote_says_the_controller_is_stopped(tmp_path):
+    # mpremote stops the controller at the REPL (Ctrl-C); the link then stays silent
+    b = RunningBoard(tmp_path / "flash")
+    try:
+        LinkClient(b.endpoints["link"], heartbeat_s=None).open().close()   # up and answering
+        b.mpremote("ls")
+        proc = subprocess.run([V2G_DIAG, "--port", b.endpoints["link"], "--timeout", "1"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0
+        assert "nothing came back at all" in proc.stderr and "mpremote reset" in proc.stderr, proc.stderr
+    finally:
+        b.stop()
+
+
+def test_a_broken_settings_file_is_reported_whole(tmp_path):
+    # the V2G-400 at boot names line and column and the parser's words, not a cut-off text
+    from host_tools import vboard
+    state = tmp_path / "flash"
+    vboard.provision(state)
+    (state / "v2g_vars.json").write_text('{\n  "MAX_CHARGE_AMPS": 16\n  "PHASES": 1\n}\n')
+    b = RunningBoard(state)
+    try:
+        r = json.loads(diag(b, "--all", "--json"))
+    finally:
+        b.stop()
+    ev = next(e for e in r["events"] if e["code"] == "V2G-400")
+    assert "settings file refused" in ev["msg"] and "..." not in ev["msg"], ev["msg"]
