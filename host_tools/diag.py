@@ -125,6 +125,7 @@ def no_hello_hint(url, err, tail=b""):
 RESET_CAUSES = {
     "power_on": "power-on", "hard_reset": "reset pin or button", "watchdog": "watchdog",
     "soft_reset": "soft reset (the firmware or the REPL asked for it)", "deepsleep": "wake from deep sleep",
+    "brown_out": "brown-out (the supply dipped)",
 }
 # boards whose reset flags fold a brown-out into power-on (STM32: BORRSTF is read with PORRSTF)
 BROWN_OUT_AS_POWER_ON = ("pyboard",)

@@ -357,6 +357,12 @@ def test_apply_then_safe_state_and_reset():
     assert W.pins['Y9'].v == 0 and W.channel.pw == 0
 
 
+def test_a_reset_cause_the_table_does_not_know_keeps_its_number():
+    mod = load_hal()
+    W.reset_cause = 9
+    assert mod.Hal().reset_cause() == 'unknown (9)'
+
+
 def test_watchdog_only_without_usb_and_reset_cause():
     mod = load_hal()
     W.usb = True
