@@ -403,15 +403,23 @@ class Board:
         self.stopped_controller = False
         self.fresh = False            # in raw REPL after a soft reset: clean module state
         self.t = None
+        self._lock = None
 
     def __enter__(self):
         from mpremote.transport import TransportError
         from mpremote.transport_serial import SerialTransport
+
+        from host_tools.link import LinkError, PortLock
+        try:
+            self._lock = PortLock(self.port).acquire()     # the same lock as the link tools
+        except LinkError as e:
+            raise FlashError(str(e)) from None
         try:
             # a read timeout: on a pty mpremote reads byte by byte and would wait for ever on
             # a port that is not a REPL (the link port, say); with it, its own deadlines apply
             self.t = SerialTransport(self.port, baudrate=self.baudrate, timeout=1)
         except (TransportError, OSError, ValueError) as e:
+            self._lock.release()
             raise FlashError("cannot open {}: {}".format(self.port, e)) from None
         try:
             # mpremote prints whatever it read when the raw REPL does not answer: on a port
@@ -420,6 +428,7 @@ class Board:
                 self._enter()
         except TransportError as e:
             self.t.close()
+            self._lock.release()
             raise FlashError("no MicroPython REPL on {}: {}".format(self.port, e)) from None
         return self
 
@@ -478,6 +487,8 @@ class Board:
                 pass
             self.t.close()
             self.t = None
+        if self._lock is not None:
+            self._lock.release()
 
     def exec(self, code):
         from mpremote.transport import TransportError

@@ -21,9 +21,12 @@ both against each other. CRC-32 is zlib's (the same polynomial).
 
 from __future__ import annotations
 
+import fcntl
 import io
 import logging
 import os
+import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -246,6 +249,109 @@ class Deframer:
         return msg
 
 
+# ------------------------------------------------------------------ port lock
+
+class PortInUse(LinkError):
+    """Another tool on this host has the port open."""
+
+
+def _lock_dir() -> str:
+    # /run/lock is the system's place for device locks (world-writable on Debian and
+    # Fedora); the temp folder where it is missing. V2G_LOCK_DIR overrides both.
+    d = os.environ.get("V2G_LOCK_DIR")
+    if d:
+        return d
+    if os.path.isdir("/run/lock") and os.access("/run/lock", os.W_OK):
+        return "/run/lock"
+    return tempfile.gettempdir()
+
+
+def lock_path(url: str) -> str | None:
+    """The lock file of a local device, None for a URL (socket://, loop://) which has no
+    device node to share. Keyed by the device's real path, so /dev/serial/by-id/... and
+    /dev/ttyACM0 are one lock."""
+    if "://" in url:
+        return None
+    real = os.path.realpath(url)
+    return os.path.join(_lock_dir(), "v2g-port" + real.replace("/", "_") + ".lock")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class PortLock:
+    """An exclusive claim on a serial device for this process: fcntl.flock on a lock file
+    named after the device, holding the owner's PID and command for the refusal message.
+
+    flock rather than TIOCEXCL on the tty: TIOCEXCL does not stop root (CAP_SYS_ADMIN
+    opens through it, and the tools often run as root), cannot say who holds the port,
+    and only exists for ttys. An flock dies with its process, so a lock file left by a
+    process that crashed or was killed is taken over at once: the file is only the note
+    of who held it last. The descriptor is not inherited by child processes."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.path = lock_path(url)
+        self._fd: int | None = None
+
+    def acquire(self) -> PortLock:
+        if self.path is None or self._fd is not None:
+            return self
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            # no lock possible (read-only folder): say so in the log, do not block the tool
+            log.warning("link: no lock file for %s: %s", self.url, e)
+            return self
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _read_owner(fd)
+            os.close(fd)
+            raise PortInUse(f"{self.url} is in use by {owner}; close that tool first, or share "
+                            "the controller through the bridge's local link (docs/bridge.md)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {' '.join(os.path.basename(a) for a in sys.argv[:2])}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.ftruncate(fd, 0)     # the next reader sees no stale owner
+            except OSError:
+                pass
+            os.close(fd)                # closing drops the flock
+
+    def __enter__(self) -> PortLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_owner(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 200).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    pid, _, what = text.partition(" ")
+    if pid.isdigit():
+        who = f"PID {pid}" + (f" ({what})" if what else "")
+        # the lock outlives its writer only through a child that inherited the descriptor
+        return who if _pid_alive(int(pid)) else who + ", exited; a process it started holds it"
+    return "another process"
+
+
 # ------------------------------------------------------------------ client
 
 @dataclass
@@ -286,6 +392,7 @@ class LinkClient:
         self.heartbeat_s = heartbeat_s
         self.max_frame = max_frame
         self._port = port
+        self._port_lock: PortLock | None = None
         self._deframer = Deframer(max_frame)
         self._tx_lock = threading.Lock()
         self._lock = threading.Lock()  # pending, subscribers, stats below
@@ -298,6 +405,7 @@ class LinkClient:
         self.last_hello: dict | None = None
         self.last_rx: float | None = None  # time.monotonic() of the last valid message
         self.error: str | None = None  # why the reader stopped, if it did
+        self.rx_tail = b""  # the last bytes received, valid frames or not (diagnostics)
         # timeouts: tries (commands, requests) the controller left unanswered, for diagnostics
         self.counters = dict.fromkeys(("hb_sent", "hback", "late_results", "callback_errors", "timeouts"), 0)
         for t, fn in (("tel", on_tel), ("evt", on_evt), ("hello", on_hello)):
@@ -308,9 +416,12 @@ class LinkClient:
 
     def open(self) -> LinkClient:
         if self._port is None:
+            # one tool per port: a second reader would steal half of each frame
+            self._port_lock = PortLock(self.url).acquire()
             try:
                 self._port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=0.05)
             except (serial.SerialException, ValueError, OSError) as e:
+                self._port_lock.release()
                 raise LinkError(f"cannot open {self.url}: {e}") from e
         # a lone delimiter makes the controller drop any partial frame it holds
         self._write(b"\x00")
@@ -330,6 +441,8 @@ class LinkClient:
                 self._port.close()
             except (serial.SerialException, OSError):
                 pass
+        if self._port_lock is not None:
+            self._port_lock.release()
         self._fail_pending("link closed")
 
     def __enter__(self) -> LinkClient:
@@ -359,7 +472,8 @@ class LinkClient:
             try:
                 self._port.write(data)
                 self._port.flush()
-            except (serial.SerialException, OSError) as e:
+            # TypeError/AttributeError: pyserial's answer when the port was closed under it
+            except (serial.SerialException, OSError, TypeError, AttributeError) as e:
                 raise LinkError(f"write to {self.url} failed: {e}") from e
 
     def send(self, msg: dict) -> None:
@@ -542,6 +656,7 @@ class LinkClient:
                 return
             if not data:
                 continue
+            self.rx_tail = (self.rx_tail + data)[-256:]   # what a port that is not the link says
             for msg in self._deframer.feed(data):
                 self.last_rx = time.monotonic()
                 self._dispatch(msg)

@@ -32,6 +32,11 @@ class SimError(RuntimeError):
     """The simulation itself failed (the firmware raised, the VM is missing or crashed)."""
 
 
+class ReaderGone(Exception):
+    """Whoever reads the timeline stopped (`| head`): the run ends there, nobody's fault.
+    Raised by an on_record callback; never reported as the firmware's failure."""
+
+
 class SimResult:
     def __init__(self, scenario, vm, records, wall_s, other_lines, raw):
         self.scenario = scenario
@@ -95,6 +100,8 @@ def run_cpython(scenario, on_record=None):
     t0 = time.perf_counter()
     try:
         scenario_run.run(scenario, out=lambda line: _record(line, records, others, on_record, raw))
+    except ReaderGone:
+        raise
     except Exception as e:  # the firmware raised: report it with the scenario's name
         raise SimError("firmware raised under CPython: {}: {}".format(type(e).__name__, e)) from e
     wall = time.perf_counter() - t0

@@ -85,6 +85,10 @@ _RESET_NAMES = {
     machine.WDT_RESET: 'watchdog', machine.DEEPSLEEP_RESET: 'deepsleep',
     machine.SOFT_RESET: 'soft_reset',
 }
+# The STM32 port reads a brown-out as PWRON_RESET (BORRSTF with PORRSTF); a port that tells
+# them apart has BROWN_OUT_RESET, and then the report says so.
+if hasattr(machine, 'BROWN_OUT_RESET'):
+    _RESET_NAMES[machine.BROWN_OUT_RESET] = 'brown_out'
 
 
 def trial_watchdog():
@@ -332,7 +336,9 @@ class Hal:
         self.wdt = None
         if not pyb.USB_VCP().isconnected() or trial_watchdog() is not None:
             self.wdt = machine.WDT(timeout=pins.WDT_TIMEOUT_MS)
-        self._reset_cause = _RESET_NAMES.get(machine.reset_cause(), 'unknown')
+        rc = machine.reset_cause()
+        # a cause this table does not know keeps its number, for the report to show
+        self._reset_cause = _RESET_NAMES.get(rc) or 'unknown ({})'.format(rc)
 
     # -- time, watchdog, reset ------------------------------------------------------------
 

@@ -49,6 +49,7 @@ HOST_EVENTS = {
     'config': None,
 }
 HB_LOST_FILE = 'sim_hb_lost'   # the simulated host stays quiet across a controller reset
+RESET_FILE = 'sim_reset'       # why the board reset, left for the next boot (a real MCU's RCC flags)
 
 
 def host_event_problem(do, args):
@@ -112,6 +113,25 @@ def _mark(path, on):
             os.remove(path)
     except OSError:
         pass   # gone already, or no filesystem: the flag still holds until a reset
+
+
+def _mark_reset(cause):
+    try:
+        with open(RESET_FILE, 'w') as f:
+            f.write(cause)
+    except OSError:
+        pass   # no filesystem: the next boot says power_on
+
+
+def _take_reset_cause():
+    try:
+        with open(RESET_FILE) as f:
+            cause = f.read().strip()
+        import os
+        os.remove(RESET_FILE)
+    except OSError:
+        return 'power_on'
+    return cause if cause in ('soft_reset', 'hard_reset') else 'power_on'
 
 
 class SimRs485:
@@ -295,6 +315,11 @@ class Hal:
         self.led = status_led.IDLE
         self.led_level = 0
 
+
+        # a reset this board asked for leaves its cause; none is a power-up (or a VM restart
+        # from outside: the virtual board's power cut)
+        self._reset_cause = _take_reset_cause()
+
     # -- time, watchdog, reset ------------------------------------------------------------
 
     def ticks_ms(self):
@@ -313,11 +338,12 @@ class Hal:
         pass   # the plant has no watchdog; a crashed loop stops stepping, visible in telemetry
 
     def reset_cause(self):
-        return 'power_on'
+        return self._reset_cause
 
     def reset(self):
         """Reset the board (the virtual board restarts its VM and runs boot.py, main.py)."""
         self.safe_state()
+        _mark_reset('soft_reset')
         self.ports.reset()
 
     def stop_requested(self):
@@ -447,6 +473,7 @@ class Hal:
         if do in ('reboot', 'state') and ev:
             return {'ok': False, 'do': do, 'error': 'unknown key {!r} (allowed: none)'.format(sorted(ev)[0])}
         if do == 'reboot':
+            _mark_reset('hard_reset')     # the reset button
             self.ports.reset()
             return {'ok': True, 'do': 'reboot'}
         if do == 'state':

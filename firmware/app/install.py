@@ -317,6 +317,8 @@ def finish(u, args, now_ms):
     reboot = args.get('reboot', True) is not False
     if reboot:
         u.reset_at = now_ms
+    u._note(now_ms, 'update {} installed in slot {} (sequence {}) over {}: pending its trial'.format(
+        man.version, d.slot, man.seq, u.version()))
     return True, None, 'slot {} holds {} (sequence {}), pending a trial boot{}'.format(
         d.slot, man.version, man.seq, '; rebooting' if reboot else ''), {
         'slot': d.slot, 'version': man.version, 'seq': man.seq, 'reboot': reboot}

@@ -10,6 +10,7 @@ import json
 from core import config as config_mod
 from core import errors
 from core import link as L
+from core import meter_map as M
 from core import status_led
 from core import ticks
 from core.controller import Controller, Inputs
@@ -26,7 +27,8 @@ TEL_PERIOD_MS = 1000     # one telemetry sample a second ...
 TEL_BATCH = 1            # ... sent in batches of this many (the host may raise both)
 TEL_BATCH_MAX = 3        # a sample is ~240 B of CBOR: 3 leave room in a 1 kB frame for error codes
 SAVE_EVERY_MS = 1000     # event log flush period; the journal is saved before each answer
-SHELL_OPS = ('diag', 'events', 'telemetry', 'hello')   # served here, not by the core
+SHELL_OPS = ('diag', 'events', 'telemetry', 'hello', 'measurements')   # served here, not by the core
+READ_OPS = ('diag', 'events', 'hello', 'measurements', 'fota_report', 'fota_status')
 EVENTS_PAGE_BYTES = 700  # an events answer stays inside one 1 kB frame
 # Host link work per control step. 115200 baud brings 576 bytes per 50 ms step: a step reads
 # at most twice that (a late step catches up), and handles at most 4 frames (the host's fota
@@ -368,9 +370,13 @@ class Station:
             if prev is not None:
                 return prev
             return self.refuse(now_ms, op, 'V2G-110', '{}: its time to live was spent before it arrived'.format(op))
+        downloading = self.update.dl is not None
         res = self.shell_command(op, args, now_ms)
         if res is not None:
-            if not res[0]:   # the core logs its own refusals; these are the shell's
+            # the core logs its own refusals; these are the shell's, less those that changed
+            # nothing worth an audit line: a read, or the chunks still in flight after an
+            # update was refused (its refusal is in the log already)
+            if not res[0] and op not in READ_OPS and not (op == 'fota_chunk' and not downloading):
                 self.ctl.log_refusal(now_ms, op, res[1], res[2])
             return res
         txn = msg['txn']
@@ -401,8 +407,13 @@ class Station:
         if op == 'hello':
             self.send_hello()
             return True, None, 'hello sent', {}
+        if op == 'measurements':
+            return True, None, 'measurements', self.measurements(now_ms)
         if op.startswith('fota_'):
-            return self.update.command(op, args, now_ms)
+            res = self.update.command(op, args, now_ms)
+            if res[0] and op == 'fota_finish':
+                self.save_events()    # the install note goes to flash before the reset
+            return res
         return None
 
     def save_config(self, changes):
@@ -511,6 +522,39 @@ class Station:
             'storage': {'errors': self.storage_errors, 'last': self.storage_error,
                         'damaged': list(self.ctl.damaged)},
             # the update slots come with fota_status: one answer must fit a 1 kB frame
+        }
+
+    def measurements(self, now_ms):
+        """What the station measures now, each group with its age in ms: the meter's and the
+        BMS's from their last valid reading, the rest read by the HAL in this control step
+        (age 0). Milli-units; a separate answer from diag, both must fit one 1 kB frame."""
+        inp = self.inputs
+        out = self.ctl.out
+        meter = self.buses.meter
+        if meter is not None and meter.reader.reading.valid:
+            v = meter.reader.reading.vals
+            grid = {'source': 'meter', 'mv': [v[M.F_MV1], v[M.F_MV2], v[M.F_MV3]],
+                    'ma': [v[M.F_MA1], v[M.F_MA2], v[M.F_MA3]],
+                    'mw': [v[M.F_MW1], v[M.F_MW2], v[M.F_MW3]], 'mw_total': v[M.F_MW_TOTAL],
+                    'mhz': v[M.F_MHZ], 'import_wh': v[M.F_IMPORT_WH], 'export_wh': v[M.F_EXPORT_WH]}
+        else:
+            # no meter on this board, or no reading yet: the board's own measurement, one phase
+            w = (inp.meter_mv // 100) * inp.meter_ma // 10000
+            grid = {'source': 'meter' if meter is not None else 'board',
+                    'mv': [inp.meter_mv], 'ma': [inp.meter_ma], 'mw': [w * 1000], 'mw_total': w * 1000,
+                    'mhz': inp.meter_mhz, 'import_wh': self.hal.energy_in_wh(),
+                    'export_wh': self.hal.energy_out_wh()}
+        grid['age_ms'] = inp.meter_age_ms
+        grid['ok'] = inp.meter_ok
+        return {
+            'uptime_ms': now_ms, 'grid': grid,
+            'bms': {'age_ms': inp.bms_age_ms, 'soc_pm': inp.bms_soc_pm, 'temp_dc': inp.bms_temp_dc,
+                    'max_charge_ma': inp.bms_max_charge_ma, 'max_discharge_ma': inp.bms_max_discharge_ma},
+            'evse': {'age_ms': 0, 'temp_dc': inp.evse_temp_dc, 'pp_a': inp.pp_limit_a},
+            'pilot': {'age_ms': 0, 'state': out.cp_state, 'duty_pm': out.pwm_pm,
+                      'high_mv': inp.cp_high_mv, 'low_mv': inp.cp_low_mv},
+            'contactor': {'age_ms': 0, 'command': out.contactor, 'feedback': inp.contactor_closed},
+            'request_ma': out.request_ma,
         }
 
     def bus_stats(self, now_ms):

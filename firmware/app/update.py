@@ -390,8 +390,14 @@ class Updater:
         st['trial'] = False
         st['tries'] = 0
         self._save_step('confirm')
+        self._note(now_ms, 'update {} confirmed in slot {} (sequence {})'.format(meta['version'], s, st['seq']))
         return True, None, 'slot {} ({}) confirmed'.format(s, meta['version']), {
             'slot': s, 'version': meta['version'], 'seq': st['seq'], 'sec': st['sec']}
+
+    def _note(self, now_ms, text):
+        # the update history in the event log: no error code, the text starts with 'update'
+        if self.log is not None:
+            self.log.append(now_ms, None, True, text)
 
     # -- the station's tick hook ----------------------------------------------------------
 

@@ -359,6 +359,11 @@ class Controller:
             self.hb_lost = True
             self.hb_timeouts += 1
             self.fallback = True
+            # The CSMS's charge limit came through that host and nothing can renew or end it
+            # now: it is dropped, so charging goes on at the pilot limit as V2G-101 says (a
+            # stale 0 A from a discharge profile would stop charging for good). Its discharge
+            # limit is kept: it can only be stricter, and discharge is forbidden anyway.
+            self.csms_charge_ma = L.NO_LIMIT
             self.state_dirty = True
             self._raise(now_ms, E.E101, 'no host heartbeat for {} (HEARTBEAT_TIMEOUT_S {}): {}'.format(
                 _s(hb_age), _s(cfg.heartbeat_timeout_ms), SAFE_CHARGE_ONLY))
@@ -474,7 +479,9 @@ class Controller:
             lim.clear(L.FAULT)
         lim.resolve()
         if lim.charge_ma < P.MIN_OFFER_MA:
-            lim.force_charge(L.PILOT, 0)
+            # the pilot cannot offer less than 6 A: no offer, still named after the source that
+            # asked for less (the grid's enter-service ramp, say), which is what is holding it
+            lim.no_offer()
         lc = lim.charge_ma
         ld = lim.discharge_ma
 
@@ -761,7 +768,8 @@ class Controller:
             self.journal.put(txn, res)
             if res[0]:
                 self.state_dirty = True
-        if not res[0]:
+        if not res[0] and op not in _READ_OPS:
+            # a refused read (a typo in config get) changed nothing: no audit line
             self.log_refusal(now_ms, op, res[1], res[2])
         if res[0] and op in _FRESH_OPS and self.fallback and not self.hb_lost:
             self.fallback = False
@@ -956,6 +964,8 @@ class Controller:
         self.stopped = d['stopped']
         self.csms_charge_ma = max(0, min(d['csms_charge_ma'], L.NO_LIMIT))
         self.csms_discharge_ma = max(0, min(d['csms_discharge_ma'], L.NO_LIMIT))
+        if d['fallback']:
+            self.csms_charge_ma = L.NO_LIMIT   # as at the heartbeat loss (state of older firmware)
         if d['fallback'] and not self.fallback:
             self.fallback = True
             self.hb_lost = True     # the host must prove it is back after the reset too

@@ -21,7 +21,7 @@ CAN = const(9)         # BMS frames missing: discharge forbidden
 FLOOR = const(10)      # SoC at the reserve floor
 CHARGE_ONLY = const(11)  # charge-only mode asked by the host
 FAULT = const(12)      # a fault forbids any transfer
-PILOT = const(13)      # below what the pilot can offer (6 A)
+PILOT = const(13)      # kept for the CAN source numbers; a limit below 6 A keeps its own source
 COOLING = const(14)    # cooling loop failed: the uncooled rating (V2G-013)
 N_SOURCES = const(15)
 
@@ -78,6 +78,10 @@ class Limits:
 
     def discharge_name(self):
         return SOURCES[self.discharge_src]
+
+    def no_offer(self):
+        """A charge limit below what the pilot can offer becomes 0; its source stays."""
+        self.charge_ma = 0
 
     def force_charge(self, src, ma):
         """Lower the resolved charge limit after resolve() (e.g. pilot minimum)."""

@@ -46,6 +46,7 @@ class AsyncLink:
         self._reader = None
         self._writer = None
         self._txbuf = bytearray()
+        self._port_lock = None
 
     # -- lifecycle
 
@@ -62,10 +63,14 @@ class AsyncLink:
                 raise hl.LinkError(f"cannot open {self.url}: {e}") from e
             self._thread_reader = asyncio.ensure_future(self._stream_reader())
         else:
+            # the same per-port lock as the CLI tools: a console opened on the bridge's port
+            # is refused, instead of both losing frames (tools share via --local-link)
+            self._port_lock = hl.PortLock(self.url).acquire()
             try:
                 self.port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=0,
                                                   write_timeout=2)
             except (serial.SerialException, ValueError, OSError) as e:
+                self._port_lock.release()
                 raise hl.LinkError(f"cannot open {self.url}: {e}") from e
             try:
                 self._fd = self.port.fileno()
@@ -100,6 +105,8 @@ class AsyncLink:
                 self.port.close()
             except (serial.SerialException, OSError):
                 pass
+        if self._port_lock is not None:
+            self._port_lock.release()
         self._fail("link closed")
         self.closed.set()
 

@@ -5,6 +5,7 @@ import sys
 import click
 
 from host_tools import console as C
+from host_tools import diag
 from host_tools.commands._checks import FiniteFloatRange, check_port
 from host_tools.link import LinkError
 
@@ -27,15 +28,25 @@ def cli(port, commands, timeout):
         con = C.Console(port, timeout=timeout).open()
     except LinkError as e:
         raise click.ClickException(str(e)) from e
+    try:
+        # a controller that does not answer hello is told apart here, not at the first command
+        con.link.hello(timeout=min(timeout, 3.0))
+    except LinkError as e:
+        tail = con.link.rx_tail
+        con.close()
+        raise click.ClickException(diag.no_hello_hint(port, e, tail)) from None
     failed = False
     try:
         if commands or not sys.stdin.isatty():
             lines = commands or [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
+            con.stream = click.echo     # tel and watch rows as they arrive
             for line in lines:
                 if line.strip() in ("quit", "exit"):
                     break
                 try:
-                    click.echo(con.run_line(line))
+                    text = con.run_line(line)
+                    if text:
+                        click.echo(text)
                 except C.ConsoleError as e:
                     click.echo("error: {}".format(e), err=True)
                     failed = True

@@ -1,5 +1,6 @@
 """`v2g sim`: run a scenario against the controller firmware in simulated time."""
 
+import os
 import sys
 
 import click
@@ -114,8 +115,11 @@ def cli(scenario_file, as_json, vm, out_file, plot_file):
     if as_json:
         def on_record(_rec, line):
             # stream as the firmware prints, so a long run shows progress on a pipe
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            try:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+            except BrokenPipeError:
+                raise simlib.ReaderGone() from None
     else:
         console = Console(soft_wrap=True)   # rows stay rows in a narrow window or a pipe
         console.print("[bold]v2g sim[/bold] {} on the {} VM: {:.0f} s of station time, {} events".format(
@@ -123,6 +127,11 @@ def cli(scenario_file, as_json, vm, out_file, plot_file):
         on_record = _LiveView(console, scenario)
     try:
         result = simlib.simulate(scenario, vm=vm_name, on_record=on_record)
+    except simlib.ReaderGone:
+        # `v2g sim ... --json | head`: the reader has what it wanted. Standard output goes to
+        # /dev/null so that Python's own flush at exit does not complain about the pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except simlib.SimError as e:
         err_console.print("[bold red]simulation failed:[/] {}".format(escape(str(e))), highlight=False)
         sys.exit(1)

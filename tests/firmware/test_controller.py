@@ -445,10 +445,58 @@ def test_csms_limit_and_pilot_minimum():
     # below 6 A no charging is offered: steady +12 V at once, never 5 % (digital)
     assert o.pwm_pm == 1000 and o.request_ma == 0
     o = r.step(30)
-    assert o.limit_charge_ma == 0 and o.limit_charge_src == 'pilot' and o.mode == 'paused'
+    # 0 A, named after the CSMS that asked for less than the pilot can offer
+    assert o.limit_charge_ma == 0 and o.limit_charge_src == 'csms' and o.mode == 'paused'
     assert not o.contactor and o.request_ma == 0 and o.pwm_pm == 1000
     assert r.cmd('l3', 'limit', {'charge_a': None, 'discharge_a': None})[0]
     r.until(lambda o: o.request_ma == 32000)
+
+
+def test_a_grid_cap_below_the_pilot_minimum_is_named_grid_not_pilot():
+    # the enter-service ramp starts below 6 A: no offer, and the status says the grid holds it
+    r = Rig()
+    r.charging()
+    r.c.set_grid(3000, 0)
+    o = r.step()
+    assert o.limit_charge_ma == 0 and o.limit_charge_src == 'grid'
+    assert o.limit_discharge_ma == 0 and o.limit_discharge_src == 'grid'
+    r.c.set_grid(12000, 12000)
+    o = r.step()
+    assert o.limit_charge_ma == 12000 and o.limit_charge_src == 'grid'
+
+
+def test_heartbeat_loss_drops_the_csms_charge_limit_and_keeps_its_discharge_limit():
+    # a discharge profile sets charge 0 A; the bridge stops; V2G-101 says charging goes on
+    # at the pilot limit, so the stale 0 A (csms) must go, now and after a reset
+    r = Rig()
+    r.charging()
+    assert r.cmd('p1', 'limit', {'charge_a': 0, 'discharge_a': 5})[0]
+    o = r.step()
+    assert o.limit_charge_ma == 0 and o.limit_charge_src == 'csms'
+    r.hb = False
+    r.until(lambda o: 'V2G-101' in E.active(o.errors), limit=1000)
+    o = r.step()
+    assert o.limit_charge_ma == 32000 and o.limit_charge_src == 'station'
+    assert o.limit_discharge_ma == 0          # charge-only: the heartbeat forbids discharge
+    assert r.c.csms_discharge_ma == 5000      # stricter, harmless: kept
+    r.until(lambda o: o.request_ma == 32000)
+    blob = r.c.state_dump()
+    r2 = Rig()
+    r2.c.state_load(0, blob)
+    r2.charging()
+    assert r2.o.limit_charge_src == 'station' and r2.o.limit_charge_ma == 32000
+
+
+def test_a_saved_state_with_the_host_lost_does_not_bring_back_a_csms_charge_limit():
+    # state written before the heartbeat loss dropped it (older firmware): dropped at load
+    r = Rig()
+    r.c.state_load(0, b'{"v": 1, "weld": false, "fallback": true, "charge_only": false, "stopped": false, '
+                      b'"target_pm": -1, "mode": 0, "csms_charge_ma": 0, "csms_discharge_ma": 5000}')
+    assert r.c.csms_charge_ma > 32000 and r.c.csms_discharge_ma == 5000
+    r2 = Rig()
+    r2.c.state_load(0, b'{"v": 1, "weld": false, "fallback": false, "charge_only": false, "stopped": false, '
+                       b'"target_pm": -1, "mode": 0, "csms_charge_ma": 10000, "csms_discharge_ma": 5000}')
+    assert r2.c.csms_charge_ma == 10000     # the host was alive: its limit stands until it says otherwise
 
 
 def test_stop_and_start():

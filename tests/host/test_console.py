@@ -105,3 +105,94 @@ def test_clear_a_latched_contactor_fault(tmp_path):
             assert "clear a latched contactor fault" in con.run_line("help")
     finally:
         b.stop()
+
+
+@pytest.fixture(scope="module")
+def keyed_board(tmp_path_factory):
+    """A board with an update key installed, so that a download can begin."""
+    from host_tools import vboard
+    from signing import keys
+    state = tmp_path_factory.mktemp("keyed") / "flash"
+    vboard.provision(state)
+    (state / "update_key.bin").write_bytes(keys.device_public_key(keys.generate()))
+    b = RunningBoard(state)
+    yield b
+    b.stop()
+
+
+def test_update_after_an_interrupted_download_shows_its_id_as_hex(keyed_board):
+    # a fota that stopped half way leaves a download whose id is 16 raw bytes
+    from host_tools.link import LinkClient
+    board = keyed_board
+    bid = bytes(range(200, 216))
+    with LinkClient(board.endpoints["link"], heartbeat_s=None) as lk:
+        lk.hello(timeout=20)
+        r = lk.command("fota_begin", {"size": 5000, "id": bid})
+        assert r.ok, r.msg
+    try:
+        res = run(board, "--exec", "update")
+        assert res.exit_code == 0, res.output
+        report = json.loads(res.output.split("update: ", 1)[1])
+        assert report["dl"]["id"] == bid.hex() and report["dl"]["size"] == 5000
+        out = C.Console(board.endpoints["link"])
+        with out as con:
+            text = con.run_line("diag")
+        assert "id                 " + bid.hex() in text and "b'" not in text and 'b"' not in text
+    finally:
+        with LinkClient(board.endpoints["link"], heartbeat_s=None) as lk:
+            assert lk.command("fota_abort", {}).ok
+
+
+def test_commands_that_act_go_through_the_command_path_with_a_txn_each(board):
+    with C.Console(board.endpoints["link"]) as con:
+        try:
+            out = con.run_line("stop")
+            assert out.startswith("session stopped") and "(txn h" in out
+            assert con.cmd("status").data["stopped"] is True
+            assert "(txn h" in con.run_line("start") and con.cmd("status").data["stopped"] is False
+            assert "(txn h" in con.run_line("charge-only on")
+            assert con.cmd("status").data["charge_only"] is True
+            assert "target 80.0 % (charge)" in con.run_line("setpoint 80 charge")
+            assert con.cmd("status").data["target_pm"] == 800
+            out = con.run_line("limit charge=10 discharge=none")
+            assert out.startswith("CSMS limit charge 10.0 A discharge none (txn h")
+            with pytest.raises(C.ConsoleError, match="setpoint: '120' is not a number from 0 to 100"):
+                con.run_line("setpoint 120")
+            with pytest.raises(C.ConsoleError, match=r"refused: V2G-400 mode: 'sideways'"):
+                con.run_line("setpoint 50 sideways")
+            with pytest.raises(C.ConsoleError, match="limit charge: 'lots' is not amps"):
+                con.run_line("limit charge=lots")
+            with pytest.raises(C.ConsoleError, match="charge-only on  or  charge-only off"):
+                con.run_line("charge-only maybe")
+            assert con.run_line("clear-fault").startswith("no contactor fault latched")
+        finally:
+            con.run_line("charge-only off")
+            con.run_line("limit charge=none discharge=none")
+
+
+def test_a_typo_gets_a_suggestion(board):
+    with C.Console(board.endpoints["link"]) as con:
+        with pytest.raises(C.ConsoleError, match=r"unknown command 'stauts'; did you mean status"):
+            con.run_line("stauts")
+        with pytest.raises(C.ConsoleError, match=r"did you mean charge-only"):
+            con.run_line("charge-olny on")
+
+
+def test_reconnect_after_the_link_failed(board):
+    with C.Console(board.endpoints["link"]) as con:
+        con.link._port.close()          # as a pulled cable: the reader stops
+        end = time.monotonic() + 5
+        while not con.link.error:
+            assert time.monotonic() < end
+            time.sleep(0.05)
+        assert "type reconnect" in con.status_line()
+        with pytest.raises(C.ConsoleError, match="type reconnect"):
+            con.run_line("status")
+        assert con.run_line("reconnect").startswith("reconnected to {}: firmware".format(board.endpoints["link"]))
+        assert "pilot B" in con.run_line("status")
+
+
+def test_events_name_state_changes_as_state(board):
+    with C.Console(board.endpoints["link"]) as con:
+        out = con.run_line("events")
+    assert "state            pilot state B" in out and "None" not in out

@@ -1,5 +1,6 @@
 """`v2g-diag --all` against the running virtual board, text and JSON."""
 
+import html.parser
 import json
 import os
 import select
@@ -159,10 +160,156 @@ def test_unanswered_tries_are_counted_and_retried_with_the_same_txn():
 
 def test_summary_without_all(charging):
     out = diag(charging)
-    assert out.startswith("firmware ") and "charge 0.0 A by grid" in out and "errors: V2G-507" in out
+    # V2G-101 joins V2G-507 once the board has run HEARTBEAT_TIMEOUT_S with no host: either way
+    assert out.startswith("firmware ") and "charge 0.0 A by grid" in out
+    assert "V2G-507" in out.split("errors: ", 1)[1]
 
 
 def test_unreachable_port_is_a_clear_error(tmp_path):
     proc = subprocess.run([V2G_DIAG, "--all", "--port", str(tmp_path / "nope"), "--timeout", "1"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "no answer from the controller" in proc.stderr
+
+
+def test_measurements_each_with_its_age(charging):
+    r = json.loads(diag(charging, "--all", "--json"))
+    m = r["measurements"]
+    assert m["grid"]["mv"][0] == 240000 and m["grid"]["mhz"] == 60000
+    assert 0 <= m["grid"]["age_ms"] < 3000 and 0 <= m["bms"]["age_ms"] < 3000
+    assert m["bms"]["soc_pm"] > 0 and m["bms"]["temp_dc"] == 250 and m["evse"]["temp_dc"] == 250
+    assert m["pilot"]["state"] == "C" and m["contactor"] == {"age_ms": 0, "command": False, "feedback": False}
+    assert {"import_wh", "export_wh", "mw_total"} <= set(m["grid"])
+    out = diag(charging, "--all")
+    section = out.split("[measurements]", 1)[1].split("\n\n", 1)[0]
+    for what in ("grid voltage", "grid frequency", "current", "power", "energy registers", "EV SoC",
+                 "battery temperature", "EVSE temperature", "pilot", "contactor"):
+        line = next(ln for ln in section.splitlines() if ln.strip().startswith(what))
+        assert "ms old" in line or "this control step" in line, line
+    assert "240.0 V" in section and "60.000 Hz" in section and "commanded open  feedback open" in section
+
+
+def test_events_of_this_boot_carry_the_host_clock(charging):
+    before = time.time()
+    r = json.loads(diag(charging, "--all", "--json"))
+    after = time.time()
+    assert "host's clock" in r["clock"]["note"]
+    up = r["clock"]["controller_uptime_ms"] / 1000
+    for e in r["events"]:
+        t = time.mktime(time.strptime(e["wall_clock"][:19], "%Y-%m-%dT%H:%M:%S"))
+        # the event happened between the boot and now, by this host's clock (1 s rounding)
+        assert before - up - 2 <= t <= after + 1, e
+    text = diag(charging, "--all")
+    assert r["events"][0]["wall_clock"][:19] in text
+
+
+def test_a_refused_read_leaves_no_event_and_a_refused_change_one(charging):
+    with LinkClient(charging.endpoints["link"], heartbeat_s=None) as lk:
+        n = len(D.fetch_events(lk))
+        r = lk.command("config_get", {"keys": ["MAX_CHARGE_AMPZ"]})
+        assert not r.ok and r.code == "V2G-400"
+        assert len(D.fetch_events(lk)) == n
+        assert not lk.command("config_set", {"<b>X</b>": 1}).ok
+        evs = D.fetch_events(lk)
+    assert len(evs) == n + 1 and evs[-1][1] == "V2G-400" and "refused config_set" in evs[-1][3]
+
+
+class _Html(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.stack, self.h2, self.tables, self.text = [], [], [], [], []
+
+    VOID = ("meta", "br", "hr", "img", "link", "input")
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag not in self.VOID:
+            self.stack.append(tag)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self.tables[-1][-1].append("")
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, (tag, self.stack[-3:])
+        self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self.stack and self.stack[-1] == "h2":
+            self.h2.append(data)
+        elif self.stack and self.stack[-1] in ("td", "th"):
+            self.tables[-1][-1][-1] += data
+
+
+def test_html_report_is_one_well_formed_self_contained_page(charging):
+    with LinkClient(charging.endpoints["link"], heartbeat_s=None) as lk:
+        lk.command("config_set", {"<script>alert(1)</script>": 1})    # a refusal naming markup
+    page = diag(charging, "--all", "--html")
+    r = json.loads(diag(charging, "--all", "--json"))
+    p = _Html()
+    p.feed(page)
+    p.close()
+    assert not p.stack
+    assert p.h2 == ["Firmware", "Measurements", "Limits", "Active errors", "Events", "Update history",
+                    "Settings", "Statistics", "Update slots"]
+    # self-contained: nothing is loaded from elsewhere, nothing runs
+    assert not {"script", "link", "img", "iframe"} & set(p.tags) and "src=" not in page
+    events = next(t for t in p.tables if t[0][:3] == ["boot", "t (ms)", "wall clock (host)"])
+    assert len(events) - 1 >= len(r["events"]) - 1          # one row per event (one may be newer)
+    assert any("<script>alert(1)</script>" in "".join(row) for row in events)   # shown as text
+    assert any(row[0] == "charge" and row[2] == "grid" for t in p.tables for row in t)
+
+
+def test_the_repl_port_is_named_as_such(charging):
+    proc = subprocess.run([V2G_DIAG, "--port", charging.endpoints["repl"], "--timeout", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "MicroPython REPL, not the host link" in proc.stderr, proc.stderr
+
+
+def test_reset_causes_in_words():
+    assert D.reset_text("watchdog", "sim", {}) == "watchdog"
+    assert "brown-out" in D.reset_text("power_on", "pyboard", {})
+    assert "brown-out" not in D.reset_text("power_on", "sim", {})
+    assert D.reset_text("soft_reset", "sim", {"trial": True, "version": "0.2.0"}).endswith(
+        "this boot runs update 0.2.0 on trial")
+
+
+def test_the_virtual_board_tells_a_soft_reset_from_a_power_up(tmp_path, monkeypatch):
+    from board import hal as sim_hal
+    monkeypatch.chdir(tmp_path)          # the board's flash
+    h = sim_hal.Hal(ports=sim_hal.MemoryPorts())
+    assert h.reset_cause() == "power_on"
+    h.reset()
+    assert sim_hal.Hal(ports=sim_hal.MemoryPorts()).reset_cause() == "soft_reset"
+    assert sim_hal.Hal(ports=sim_hal.MemoryPorts()).reset_cause() == "power_on"   # told once
+
+
+def test_a_silent_link_after_mpremote_says_the_controller_is_stopped(tmp_path):
+    # mpremote stops the controller at the REPL (Ctrl-C); the link then stays silent
+    b = RunningBoard(tmp_path / "flash")
+    try:
+        LinkClient(b.endpoints["link"], heartbeat_s=None).open().close()   # up and answering
+        b.mpremote("ls")
+        proc = subprocess.run([V2G_DIAG, "--port", b.endpoints["link"], "--timeout", "1"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0
+        assert "nothing came back at all" in proc.stderr and "mpremote reset" in proc.stderr, proc.stderr
+    finally:
+        b.stop()
+
+
+def test_a_broken_settings_file_is_reported_whole(tmp_path):
+    # the V2G-400 at boot names line and column and the parser's words, not a cut-off text
+    from host_tools import vboard
+    state = tmp_path / "flash"
+    vboard.provision(state)
+    (state / "v2g_vars.json").write_text('{\n  "MAX_CHARGE_AMPS": 16\n  "PHASES": 1\n}\n')
+    b = RunningBoard(state)
+    try:
+        r = json.loads(diag(b, "--all", "--json"))
+    finally:
+        b.stop()
+    ev = next(e for e in r["events"] if e["code"] == "V2G-400")
+    assert "settings file refused" in ev["msg"] and "..." not in ev["msg"], ev["msg"]

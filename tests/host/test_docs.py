@@ -36,3 +36,29 @@ def test_every_decimal_setting_documents_its_step():
     for key, scale in config.SCALE.items():
         unit = config.SCHEMA[key][4]
         assert rows[key] == (config.dec_text(1, scale) + (" " + unit if unit else "")), key
+
+
+def test_docs_link_only_to_files_in_the_repository():
+    import re
+    bad = []
+    for doc in DOCS.glob("*.md"):
+        text = doc.read_text()
+        for target in re.findall(r"\]\(([^)#\s]+)", text):
+            if "://" not in target and not (doc.parent / target).exists():
+                bad.append("{}: {}".format(doc.name, target))
+        # the shared specs live outside the repository: a user cannot open them
+        for m in re.findall(r"(?:shared/spec/|`spec/)\w+\.md", text):
+            bad.append("{}: {}".format(doc.name, m))
+    assert bad == []
+
+
+def test_the_scenario_vocabulary_is_documented():
+    from host_tools.scenario import EV_KEYS, EVENTS
+    text = (DOCS / "scenarios.md").read_text()
+    assert [do for do in EVENTS if "`{}`".format(do) not in text] == []
+    assert [k for k in EV_KEYS if "`{}`".format(k) not in text] == []
+
+
+def test_the_diagnostics_sample_prints_no_python_none():
+    text = (DOCS / "diagnostics.md").read_text()
+    assert "None  raised" not in text and "b'" not in text

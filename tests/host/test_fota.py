@@ -104,8 +104,8 @@ class Board:
             time.sleep(0.1)
 
     def events(self):
-        r = self.link.command("events", {})
-        return [e[1] for e in r.data["events"]]
+        from host_tools import diag
+        return [e[1] for e in diag.fetch_events(self.link)]     # every page of the log
 
     def close(self):
         self.link.close()
@@ -157,6 +157,24 @@ def test_push_reboot_trial_confirm_and_report(board, key, new_bundle):
     rep = fota.push(board.link, b2, **FAST)
     assert rep.slot == "b" and board.fw() == "0.3.0"
     assert (board.state / "slots" / "a" / "app" / "station.py").exists()
+
+
+def test_the_update_history_is_in_the_event_log_and_a_refusal_is_one_event(board, key, new_bundle):
+    from host_tools import diag
+    n = len(diag.fetch_events(board.link))
+    bad = bytearray(new_bundle)
+    bad[20] ^= 1                        # the key id: refused at the head, with chunks in flight
+    with pytest.raises(fota.FotaError):
+        fota.push(board.link, bytes(bad), window=8, **FAST)
+    evs = [diag.event_dict(e) for e in diag.fetch_events(board.link)[n:]]
+    assert [e["code"] for e in evs] == ["V2G-601"], evs
+    assert diag.event_kind(evs[0]) == "update"
+    fota.push(board.link, new_bundle, **FAST)
+    hist = [e for e in map(diag.event_dict, diag.fetch_events(board.link)) if diag.event_kind(e) == "update"]
+    assert [e["msg"] for e in hist[1:]] == [
+        "update 0.2.0 installed in slot a (sequence 5) over 0.1.0: pending its trial",
+        "update 0.2.0 confirmed in slot a (sequence 5)"]
+    assert hist[2]["boot"] == hist[1]["boot"] + 1     # installed, reset, confirmed on the next boot
 
 
 def _refused_untouched(b, data, code, what):
@@ -302,7 +320,8 @@ def test_damaged_confirmed_slot_falls_back_to_the_factory_firmware(board, new_bu
     assert st["seq"] == 5 and st["sec"] == 1                  # the counters stay where they were
     fs = st["failed_start"]
     assert fs["slot"] == "a" and fs["version"] == "0.2.0" and "Error" in fs["reason"], fs
-    events = board.link.command("events", {}).data["events"]
+    from host_tools import diag
+    events = diag.fetch_events(board.link)       # every page of the log
     v604 = [e for e in events if e[1] == "V2G-604"]
     assert len(v604) == 1 and "slot a (0.2.0) failed to start" in v604[0][3], events
     assert "last_exception.txt" in {p.name for p in (board.state / "state").iterdir()}

@@ -439,6 +439,12 @@ def test_status_led_patterns_on_the_board_leds():
     assert _lit() == (1,)
 
 
+def test_a_reset_cause_the_table_does_not_know_keeps_its_number():
+    mod = load_hal()
+    W.reset_cause = 9
+    assert mod.Hal().reset_cause() == 'unknown (9)'
+
+
 def test_watchdog_only_without_usb_and_reset_cause():
     mod = load_hal()
     W.usb = True

@@ -411,3 +411,16 @@ def test_frequency_step_reaches_90_percent_within_freq_response_s(case, before_e
     reached = next(t["t_ms"] for t in ticks
                    if t["t_ms"] >= t_step and abs(t["request_a"] - old) >= 0.9 * abs(new - old))
     assert reached - t_step <= FREQ_RESPONSE_S * 1000, (case, old, new, reached - t_step)
+
+
+def test_a_reader_that_stops_early_is_not_a_firmware_failure():
+    # `v2g sim demo.toml --json | head -2`: the pipe closes, the run ends quietly
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("v2g")), "sim", "scenarios/demo.toml", "--json",
+                             "--vm", "cpython"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=str(Path(__file__).resolve().parents[2]))
+    first = [proc.stdout.readline() for _ in range(2)]
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(120) == 0, err
+    assert all(line.startswith(b"{") for line in first)
+    assert "simulation failed" not in err and "BrokenPipe" not in err and "Traceback" not in err, err

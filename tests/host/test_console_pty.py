@@ -1,0 +1,88 @@
+"""`v2g console` at a terminal (a pseudo-terminal driven by pexpect): the status bar, rows of
+tel and watch as they arrive, and Ctrl-C that stops a stream keeping what it showed."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+import serial
+
+from vboard_fixture import RunningBoard
+
+V2G = str(Path(sys.executable).with_name("v2g"))
+
+
+def plant(board, event):
+    with serial.Serial(board.endpoints["plant"], timeout=2) as p:
+        p.write((json.dumps(event) + "\n").encode())
+        assert json.loads(p.readline())["ok"]
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    b = RunningBoard(tmp_path_factory.mktemp("pty") / "flash")
+    plant(b, {"do": "plug"})
+    yield b
+    b.stop()
+
+
+class Terminal:
+    """pexpect on the console, answering the cursor position requests a terminal answers
+    (prompt_toolkit draws the bottom bar only once it knows where the cursor is)."""
+
+    def __init__(self, child):
+        self.child = child
+
+    def expect(self, pattern, timeout=20):
+        while True:
+            i = self.child.expect([pattern, r"\x1b\[6n"], timeout=timeout)
+            if i == 0:
+                return self.child.match
+            self.child.send("\x1b[30;1R")
+
+    def __getattr__(self, name):
+        return getattr(self.child, name)
+
+
+@pytest.fixture
+def console(board, tmp_path):
+    env = dict(os.environ, TERM="xterm", HOME=str(tmp_path))
+    child = pexpect.spawn(V2G, ["console", "--port", board.endpoints["link"]], env=env,
+                          dimensions=(30, 140), timeout=20, encoding="utf-8", codec_errors="replace")
+    term = Terminal(child)
+    term.expect("v2g>")
+    yield term
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF, timeout=20)
+
+
+def test_the_status_bar_shows_the_state_without_a_command(console):
+    # the bottom bar is drawn from telemetry as it arrives: no command typed yet
+    console.expect(r"connected\s+pilot B\s+contactor open\s+0\.0 A\s+SoC [\d.]+ %\s+errors: ")
+
+
+def test_tel_rows_arrive_one_by_one_and_ctrl_c_keeps_them(console):
+    console.sendline("tel 1000")
+    console.expect(r"t_ms cp mode")
+    # each row is shown as its sample arrives (1 a second), long before 1000 samples
+    console.expect(r"\n\s*\d+ B\s+connected", timeout=5)
+    console.expect(r"\n\s*\d+ B\s+connected", timeout=5)
+    console.sendintr()
+    console.expect(r"\(stopped by Ctrl-C\)")
+    console.expect("v2g>")
+    console.sendline("status")
+    console.expect("mode connected")
+
+
+def test_watch_shows_events_as_they_happen_and_ctrl_c_keeps_them(board, console):
+    console.sendline("watch 600")
+    plant(board, {"do": "meter_fault", "kind": "timeout"})
+    console.expect(r"V2G-120 raised", timeout=15)
+    plant(board, {"do": "meter_restore"})
+    console.expect(r"V2G-120 clear", timeout=15)
+    console.sendintr()
+    console.expect(r"\(stopped by Ctrl-C\)")
+    console.expect("v2g>")
