@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 VERSION = 1
 MAX_FRAME = 1024  # CBOR + CRC bytes, before COBS
+# hb host_ms is the host clock within 30 bits: a small int on the board, which echoes it
+# without allocating; the round trip is taken modulo 2**30 as well
+HB_MS_MASK = (1 << 30) - 1
 TXN_MAX_LEN = 64
 HEARTBEAT_S = 1.0
 
@@ -571,7 +574,8 @@ class LinkClient:
 
     def _on_hback(self, msg: dict) -> None:
         self.counters["hback"] += 1
-        rtt = self.now_ms() - msg["host_ms"]
+        # host_ms goes out within 30 bits (the board keeps it a small int): wrap alike
+        rtt = (self.now_ms() - msg["host_ms"]) & HB_MS_MASK
         if not 0 <= rtt <= 60_000:
             return  # not one of ours (another host, or an old session)
         self.rtt_ms = rtt
@@ -589,7 +593,8 @@ class LinkClient:
                 return
             self._hb_seq += 1
             try:
-                self.send({"v": VERSION, "t": "hb", "seq": self._hb_seq, "host_ms": self.now_ms()})
+                self.send({"v": VERSION, "t": "hb", "seq": self._hb_seq,
+                           "host_ms": self.now_ms() & HB_MS_MASK})
                 self.counters["hb_sent"] += 1
             except LinkError as e:
                 log.warning("link: heartbeat not sent: %s", e)
