@@ -26,6 +26,7 @@ import json
 import os
 import shlex
 import threading
+from decimal import Decimal
 
 from host_tools import diag
 from host_tools.link import LinkClient, LinkError
@@ -46,7 +47,9 @@ def _value(key, text):
         raise ConsoleError("config set {}: a setting is a number, text, true/false or null, "
                            "not a list or an object".format(_key_text(key)))
     try:
-        return json.loads(text)
+        # a decimal as the exact text typed (0.036, not the nearest double): it goes to the
+        # controller as a decimal fraction, which it takes only on the setting's step
+        return json.loads(text, parse_float=Decimal)
     except ValueError:
         return text
 

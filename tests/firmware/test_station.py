@@ -384,7 +384,7 @@ def test_plant_setpoint_goes_through_the_command_path_and_a_repeated_txn_changes
     rig.run(100)
     first = rig.plant_replies()[0]
     assert first['ok'] is True and first['code'] is None and first['txn'] == 'p-1'
-    assert first['data']['target_pct'] == 55 and first['data']['mode'] == 'charge'
+    assert first['data']['target_pm'] == 550 and first['data']['mode'] == 'charge'
     assert 'p-1' in open('state/journal.json').read()      # journalled like a link command
     rig.plant(do='setpoint', soc_target_pct=20, txn='p-1')
     rig.run(100)
