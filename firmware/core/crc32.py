@@ -58,13 +58,14 @@ _half_hi = None
 def _build_halves():
     global _half_lo, _half_hi
     from array import array
-    if _table_lo is None:
-        _build_tables()
-    lo = array('H', [0] * 256)
-    hi = array('H', [0] * 256)
-    for i in range(256):
-        lo[i] = _table_lo[2 * i] | (_table_lo[2 * i + 1] << 8)
-        hi[i] = _table_hi[2 * i] | (_table_hi[2 * i + 1] << 8)
+    lo = array('H', bytes(512))
+    hi = array('H', bytes(512))
+    for i in range(256):   # once: the heap integers made here are garbage at once
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ _POLY if c & 1 else c >> 1
+        lo[i] = c & 0xFFFF
+        hi[i] = c >> 16
     _half_lo = lo
     _half_hi = hi
 
