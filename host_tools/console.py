@@ -42,6 +42,7 @@ import os
 import queue
 import shlex
 import time
+from decimal import Decimal
 
 from host_tools import diag
 from host_tools.link import LinkClient, LinkError, new_txn
@@ -62,7 +63,9 @@ def _value(key, text):
         raise ConsoleError("config set {}: a setting is a number, text, true/false or null, "
                            "not a list or an object".format(_key_text(key)))
     try:
-        return json.loads(text)
+        # a decimal as the exact text typed (0.036, not the nearest double): it goes to the
+        # controller as a decimal fraction, which it takes only on the setting's step
+        return json.loads(text, parse_float=Decimal)
     except ValueError:
         return text
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import io
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -32,6 +33,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import cbor2
 import serial
@@ -40,6 +42,9 @@ log = logging.getLogger(__name__)
 
 VERSION = 1
 MAX_FRAME = 1024  # CBOR + CRC bytes, before COBS
+# hb host_ms is the host clock within 30 bits: a small int on the board, which echoes it
+# without allocating; the round trip is taken modulo 2**30 as well
+HB_MS_MASK = (1 << 30) - 1
 TXN_MAX_LEN = 64
 HEARTBEAT_S = 1.0
 
@@ -167,10 +172,46 @@ def check(msg) -> tuple[str, str] | None:
     return ("bad_msg", f"{t}: {why}") if why else None
 
 
+def to_wire(obj):
+    """A message as it goes on the wire: no float crosses the link (a single-precision board
+    reads 0.036 as 0.035999998..., and a double beyond its range as inf). A whole float goes
+    as an int; any other finite float as the decimal its shortest text shows (0.036, what
+    the operator wrote), which cbor2 writes as a decimal fraction (tag 4) that the board
+    reads exactly. NaN and infinities stay floats: the board refuses them by name."""
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            return obj
+        if obj == int(obj) and abs(obj) < 2 ** 63:
+            return int(obj)
+        return Decimal(repr(obj))
+    if isinstance(obj, dict):
+        return {k: to_wire(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_wire(v) for v in obj]
+    return obj
+
+
+def from_wire(obj):
+    """A received message with each decimal fraction (tag 4, a Decimal from cbor2) as a
+    plain number: an int when whole, else the float whose text is that decimal (the board
+    sends FREQ_DEADBAND_HZ as [-3, 36]; this shows 0.036)."""
+    if isinstance(obj, Decimal):
+        if not obj.is_finite():
+            return float(obj)
+        if obj == obj.to_integral_value():
+            return int(obj)
+        return float(obj)
+    if isinstance(obj, dict):
+        return {k: from_wire(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_wire(v) for v in obj]
+    return obj
+
+
 def encode_frame(msg: dict, max_frame: int = MAX_FRAME) -> bytes:
     """The wire bytes of one message (COBS + delimiter). Raises LinkError if too large."""
     try:
-        payload = cbor2.dumps(msg, canonical=True)
+        payload = cbor2.dumps(to_wire(msg), canonical=True)
     except (cbor2.CBOREncodeError, TypeError, ValueError) as e:
         raise LinkError(f"cannot encode {msg.get('t', '?')!r}: {e}") from e
     if len(payload) + 4 > max_frame:
@@ -238,6 +279,7 @@ class Deframer:
             msg = cbor2.CBORDecoder(fp).decode()
             if fp.tell() != len(payload):
                 raise ValueError(f"{len(payload) - fp.tell()} trailing bytes")
+            msg = from_wire(msg)
         except Exception as e:  # cbor2 raises several kinds for hostile input
             return self._drop("cbor_errors", f"CBOR: {e}")
         bad = check(msg)
@@ -686,7 +728,8 @@ class LinkClient:
 
     def _on_hback(self, msg: dict) -> None:
         self.counters["hback"] += 1
-        rtt = self.now_ms() - msg["host_ms"]
+        # host_ms goes out within 30 bits (the board keeps it a small int): wrap alike
+        rtt = (self.now_ms() - msg["host_ms"]) & HB_MS_MASK
         if not 0 <= rtt <= 60_000:
             return  # not one of ours (another host, or an old session)
         self.rtt_ms = rtt
@@ -704,7 +747,8 @@ class LinkClient:
                 return
             self._hb_seq += 1
             try:
-                self.send({"v": VERSION, "t": "hb", "seq": self._hb_seq, "host_ms": self.now_ms()})
+                self.send({"v": VERSION, "t": "hb", "seq": self._hb_seq,
+                           "host_ms": self.now_ms() & HB_MS_MASK})
                 self.counters["hb_sent"] += 1
             except LinkError as e:
                 log.warning("link: heartbeat not sent: %s", e)

@@ -12,8 +12,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as _hypothesis_settings
 
 from host_tools import vm
+
+# Property tests judge results, not speed: on a busy 2-core machine a per-example deadline
+# only makes them flaky. Derandomized so a run is repeatable.
+_hypothesis_settings.register_profile("v2g", deadline=None, derandomize=True, database=None)
+_hypothesis_settings.load_profile("v2g")
 
 vm.firmware_sys_path("sim")
 

@@ -520,3 +520,19 @@ class Hal:
 
     def link_write(self, data):
         self.link.write(data)
+
+    def link_readinto(self, buf, max_n):
+        """As link_read, into the caller's buf: the number of bytes (0 when none). The
+        station's steady state reads this way and allocates nothing."""
+        k = self.link.any()
+        if not k:
+            return 0
+        if k > max_n:
+            k = max_n
+        if k > len(buf):
+            k = len(buf)
+        return self.link.readinto(buf, k) or 0
+
+    def link_write_n(self, buf, n):
+        """Write buf[:n]: a stream's write(buf, n), so no slice is made for a frame."""
+        self.link.write(buf, n)

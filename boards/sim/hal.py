@@ -282,6 +282,56 @@ class MemoryPorts:
         self.stop = True
 
 
+class BufferPorts(MemoryPorts):
+    """MemoryPorts whose host link goes through preallocated buffers, as a board's UART
+    does: reading and writing the link allocates nothing, so a test or a bench can measure
+    what the station itself allocates. The host side: send(frame) queues bytes for the
+    station, sent() takes what it wrote."""
+
+    def __init__(self, size=LINK_RX_CAP):
+        MemoryPorts.__init__(self)
+        self.rx = bytearray(size)
+        self.rx_n = 0
+        self.tx = bytearray(size)
+        self.tx_n = 0
+
+    def send(self, data):
+        n = len(data)
+        if self.rx_n + n > len(self.rx):
+            raise ValueError('BufferPorts: {} bytes queued, room for {}'.format(n, len(self.rx) - self.rx_n))
+        self.rx[self.rx_n:self.rx_n + n] = data
+        self.rx_n += n
+
+    def sent(self):
+        out = bytes(self.tx[:self.tx_n])
+        self.tx_n = 0
+        return out
+
+    def readinto(self, name, buf, max_n, cap=0):
+        # byte by byte: a slice would be a heap object
+        rx = self.rx
+        k = self.rx_n
+        if k > max_n:
+            k = max_n
+        if k > len(buf):
+            k = len(buf)
+        for i in range(k):
+            buf[i] = rx[i]
+        for i in range(k, self.rx_n):
+            rx[i - k] = rx[i]
+        self.rx_n -= k
+        return k
+
+    def write_n(self, name, buf, n):
+        tx = self.tx
+        at = self.tx_n
+        if at + n > len(tx):
+            at = 0     # the test did not collect: the oldest output is dropped
+        for i in range(n):
+            tx[at + i] = buf[i]
+        self.tx_n = at + n
+
+
 def default_ports():
     try:
         import hostio
@@ -319,6 +369,7 @@ class Hal:
         # a reset this board asked for leaves its cause; none is a power-up (or a VM restart
         # from outside: the virtual board's power cut)
         self._reset_cause = _take_reset_cause()
+        self.port_buffers = hasattr(self.ports, 'readinto')   # BufferPorts: nothing allocates
 
     # -- time, watchdog, reset ------------------------------------------------------------
 
@@ -430,6 +481,24 @@ class Hal:
 
     def link_write(self, data):
         self.ports.write('link', data)
+
+    def link_readinto(self, buf, max_n):
+        """As link_read, into buf (the station's): the number of bytes, 0 when none."""
+        if self.port_buffers:
+            return self.ports.readinto('link', buf, max_n, LINK_RX_CAP)
+        data = self.ports.read('link', max_n, LINK_RX_CAP)
+        if not data:
+            return 0
+        n = len(data)
+        buf[0:n] = data
+        return n
+
+    def link_write_n(self, buf, n):
+        """Write buf[:n] to the link (as a UART's write(buf, n))."""
+        if self.port_buffers:
+            self.ports.write_n('link', buf, n)
+        else:
+            self.ports.write('link', memoryview(buf)[:n])
 
     # -- the plant port: scenario events, one JSON object per line ------------------------
 

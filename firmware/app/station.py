@@ -13,6 +13,7 @@ from core import link as L
 from core import meter_map as M
 from core import status_led
 from core import ticks
+from core.telemetry import TelBatch
 from core.controller import Controller, Inputs
 from core.grid import GridProtection
 
@@ -111,14 +112,18 @@ class Station:
         self.load_stored_state(now_ms)
         storage.keep_reserve()   # room the safety state takes when the flash is full
         self.reset_cause = hal.reset_cause()
-        self.link = L.Link(hal.link_write)
+        self.link = L.Link(hal.link_write, write_n=getattr(hal, 'link_write_n', None))
         self.link_step_bytes = getattr(hal, 'LINK_STEP_BYTES', LINK_STEP_BYTES)
-        self.rx_held = None      # bytes read from the link and not yet scanned, from rx_at on
+        self.rx_held = None      # bytes read from the link and not yet scanned, rx_at to rx_n
         self.rx_at = 0
+        self.rx_n = 0
+        # a board that reads the link into a buffer of ours (readinto) costs no heap a step
+        self.rx_buf = bytearray(self.link_step_bytes) if hasattr(hal, 'link_readinto') else None
+        self.take_msg = self.take         # bound once: the link hands each message to it
         self.hb_dropped = 0      # host heartbeats dropped while the board plays a heartbeat loss
         self.tel_period_ms = TEL_PERIOD_MS
         self.tel_batch = TEL_BATCH
-        self.tel_samples = []
+        self.tel = TelBatch(L.MAX_FRAME - 4, TEL_BATCH_MAX)
         self.next_tel_ms = now_ms
         self.next_save_ms = ticks.add(now_ms, SAVE_EVERY_MS)
         if cfg_problem:
@@ -174,17 +179,22 @@ class Station:
         and the link counts the damaged frames."""
         data = self.rx_held
         if data is None:
-            data = self.hal.link_read(self.link_step_bytes)
-            if not data:
+            if self.rx_buf is not None:
+                n = self.hal.link_readinto(self.rx_buf, self.link_step_bytes)
+                data = self.rx_buf
+            else:
+                data = self.hal.link_read(self.link_step_bytes)
+                n = len(data) if data else 0
+            if not n:
                 return
             self.rx_at = 0
-        msgs = self.link.feed(data, -1, self.rx_at, LINK_STEP_FRAMES)
-        if self.link.fed_to < len(data):
+            self.rx_n = n
+        # each message is handled as it is found (a heartbeat's map is the link's, reused)
+        self.link.feed(data, self.rx_n, self.rx_at, LINK_STEP_FRAMES, self.take_msg)
+        if self.link.fed_to < self.rx_n:
             self.rx_held, self.rx_at = data, self.link.fed_to
         else:
             self.rx_held = None
-        for msg in msgs:
-            self.on_message(msg, now_ms)
 
     # -- storage: a failing flash is counted and reported, and never stops the control ------
 
@@ -324,6 +334,9 @@ class Station:
         self.link.send(L.hello(self.update.version(), self.hal.BOARD_NAME, self.cfg.config_hash(),
                                self.reset_cause, self.boot_count))
 
+    def take(self, msg):
+        self.on_message(msg, self.now_ms)
+
     def on_message(self, msg, now_ms):
         t = msg['t']
         if t == 'hb':
@@ -331,7 +344,7 @@ class Station:
                 self.hb_dropped += 1    # as if it never arrived: no echo either
                 return
             self.ctl.heartbeat(now_ms)
-            self.link.send(L.hback(msg))
+            self.link.send_hback(msg)
         elif t == 'rtt':
             self.ctl.report_rtt(now_ms, msg['ms'])
         elif t == 'cmd':
@@ -466,36 +479,55 @@ class Station:
     # -- telemetry and diagnostics ------------------------------------------------------------
 
     def sample(self, now_ms, out):
+        """One telemetry sample into the batch, written as CBOR in place (core/telemetry.py):
+        nothing allocates. A field is one put; docs/host-link.md lists them."""
         inp = self.inputs
         meter = self.buses.meter
         if meter is not None:   # the billing meter's registers, when there is one
             e_in, e_out = meter.import_wh(), meter.export_wh()
         else:
             e_in, e_out = self.hal.energy_in_wh(), self.hal.energy_out_wh()
-        self.tel_samples.append({
-            't_ms': now_ms, 'cp': out.cp_state, 'mode': out.mode, 'contactor': out.contactor,
-            'pwm_pm': out.pwm_pm, 'ma': inp.meter_ma, 'mv': inp.meter_mv, 'mhz': inp.meter_mhz,
-            'w': (inp.meter_mv // 100) * inp.meter_ma // 10000,
-            'soc_pm': inp.bms_soc_pm, 'evse_dc': inp.evse_temp_dc, 'bat_dc': inp.bms_temp_dc,
-            'lim_chg_ma': out.limit_charge_ma, 'lim_chg_src': out.limit_charge_src,
-            'lim_dis_ma': out.limit_discharge_ma, 'lim_dis_src': out.limit_discharge_src,
-            'req_ma': out.request_ma, 'errors': errors.active(out.errors),
-            'e_in_wh': e_in, 'e_out_wh': e_out, 'dis_cap_wh': out.discharge_capacity_wh,
-            'cool': out.cooling_state,
-            'led': status_led.NAMES[status_led.select(out.mode, out.errors, self.update.busy)],
-        })
-        if len(self.tel_samples) >= self.tel_batch:
-            self.send_tel(self.tel_samples)
-            self.tel_samples = []
+        s = self.tel
+        s.begin()
+        s.put('t_ms', now_ms)
+        s.put('cp', out.cp_state)
+        s.put('mode', out.mode)
+        s.put('contactor', out.contactor)
+        s.put('pwm_pm', out.pwm_pm)
+        s.put('ma', inp.meter_ma)
+        s.put('mv', inp.meter_mv)
+        s.put('mhz', inp.meter_mhz)
+        s.put('w', (inp.meter_mv // 100) * inp.meter_ma // 10000)
+        s.put('soc_pm', inp.bms_soc_pm)
+        s.put('evse_dc', inp.evse_temp_dc)
+        s.put('bat_dc', inp.bms_temp_dc)
+        s.put('lim_chg_ma', out.limit_charge_ma)
+        s.put('lim_chg_src', out.limit_charge_src)
+        s.put('lim_dis_ma', out.limit_discharge_ma)
+        s.put('lim_dis_src', out.limit_discharge_src)
+        s.put('req_ma', out.request_ma)
+        s.put_errors('errors', out.errors)
+        s.put('e_in_wh', e_in)
+        s.put('e_out_wh', e_out)
+        s.put('dis_cap_wh', out.discharge_capacity_wh)
+        s.put('cool', out.cooling_state)
+        s.put('led', status_led.NAMES[status_led.select(out.mode, out.errors, self.update.busy)])
+        if not s.end():
+            # it does not fit behind the batch (many active errors): the batch goes first
+            self.send_tel()
+            if not s.end():
+                self.link.stats['tx_errors'] += 1
+                self.link.last_error = 'send: one telemetry sample exceeds the frame'
+                return
+        if s.count >= self.tel_batch:
+            self.send_tel()
 
-    def send_tel(self, samples):
-        """Send a batch; one that does not fit a frame (many active errors) goes out in halves
-        rather than being lost. The failed attempt stays counted in the link's tx_errors."""
-        if self.link.send(L.tel(samples)) or len(samples) == 1:
-            return
-        half = len(samples) // 2
-        self.send_tel(samples[:half])
-        self.send_tel(samples[half:])
+    def send_tel(self):
+        """Send the samples batched so far, if any."""
+        s = self.tel
+        if s.count:
+            self.link.send_payload(s.buf, s.payload())
+            s.clear()
 
     def diagnostics(self, now_ms):
         out = self.ctl.out

@@ -114,3 +114,59 @@ def decode(data):
     if used < 0:
         raise COBSError("invalid COBS data")
     return bytes(buf[:used])
+
+
+def encode_at(src, n, dst, at):
+    """COBS-encode src[:n] into dst from index at, byte by byte; return the end index, or -1
+    if dst is too small. The same bytes as encode_into, and nothing allocates (no slices):
+    for the small frames of the steady state (telemetry, heartbeat echo)."""
+    if len(dst) - at < max_encoded_len(n):
+        return -1
+    code_at = at    # where the open block's code byte goes; -1 after a full block
+    out = at + 1
+    code = 1
+    for i in range(n):
+        if code_at < 0:
+            code_at = out
+            out += 1
+            code = 1
+        b = src[i]
+        if b:
+            dst[out] = b
+            out += 1
+            code += 1
+            if code == 0xFF:   # 254 non-zero bytes: a full block, no implied zero
+                dst[code_at] = 0xFF
+                code_at = -1
+        else:
+            dst[code_at] = code
+            code_at = out
+            out += 1
+            code = 1
+    if code_at >= 0:
+        dst[code_at] = code
+    return out
+
+
+def decode_at(src, start, end, dst):
+    """Decode COBS src[start:end] into dst byte by byte; return the decoded length or -1
+    (invalid, or dst too small). Allocates nothing; src[start:end] holds no 0x00."""
+    limit = len(dst)
+    out = 0
+    i = start
+    while i < end:
+        code = src[i]
+        i += 1
+        stop = i + code - 1
+        if code == 0 or stop > end or out + code - 1 > limit:
+            return -1
+        while i < stop:
+            dst[out] = src[i]
+            out += 1
+            i += 1
+        if code < 0xFF and i < end:
+            if out >= limit:
+                return -1
+            dst[out] = 0
+            out += 1
+    return out

@@ -24,6 +24,7 @@ import json
 from micropython import const
 
 from core import config as _config
+from core import decfrac
 from core import errors as E
 from core import limits as L
 from core import pilot as P
@@ -784,7 +785,8 @@ class Controller:
         if 'soc_pct' not in args:
             return _refuse('soc_pct: missing (0 to 100 %)')
         v = args['soc_pct']
-        if not _is_num(v) or v < 0 or v > 100:
+        t = _steps_arg(v, 10)     # per-mille
+        if t is None or t < 0 or t > 1000 or (_is_num(v) and (v < 0 or v > 100)):
             return _refuse('soc_pct: {} is not a number from 0 to 100'.format(_show(v)))
         mode_name = args.get('mode', 'auto')
         if mode_name is None:
@@ -792,7 +794,6 @@ class Controller:
         mode = S.mode_index(mode_name) if isinstance(mode_name, str) else -1
         if mode < 0:
             return _refuse('mode: {} not one of {}'.format(_show(mode_name), ', '.join(S.MODE_NAMES)))
-        t = int(v * 10 + 0.5)
         sp = self.setpoint
         o = self.out
         soc = o.soc_pm
@@ -805,8 +806,9 @@ class Controller:
         msg = 'target {} ({})'.format(_pct(t), S.MODE_NAMES[mode])
         if t < sp.floor_pm:
             msg += '; discharge stops at the floor {}'.format(_pct(sp.floor_pm))
-        return (True, None, msg, {'target_pct': t / 10, 'mode': S.MODE_NAMES[mode],
-                                  'floor_pct': sp.floor_pm / 10})
+        # integers in per-mille: no float crosses the link (a single-precision board's 62.5 is
+        # exact, but its floor 20.1 would not be)
+        return (True, None, msg, {'target_pm': t, 'mode': S.MODE_NAMES[mode], 'floor_pm': sp.floor_pm})
 
     def _op_limit(self, now, args):
         bad = _unknown_args(args, ('charge_a', 'discharge_a'))
@@ -820,19 +822,20 @@ class Controller:
                 vals.append(-1)
                 continue
             v = args[key]
+            ma = None if v is None else _steps_arg(v, 1000)
             if v is None:
                 vals.append(L.NO_LIMIT)
-            elif not _is_num(v) or v < 0 or v > _LIMIT_MAX_A:
+            elif ma is None or ma < 0 or ma > _LIMIT_MAX_A * 1000 or (_is_num(v) and v > _LIMIT_MAX_A):
                 return _refuse('{}: {} is not a number from 0 to {} A or null'.format(key, _show(v), _LIMIT_MAX_A))
             else:
-                vals.append(int(v * 1000 + 0.5))
+                vals.append(ma)
         if vals[0] >= 0:
             self.csms_charge_ma = vals[0]
         if vals[1] >= 0:
             self.csms_discharge_ma = vals[1]
         return (True, None, 'CSMS limit charge {} discharge {}'.format(
             _limit_text(self.csms_charge_ma), _limit_text(self.csms_discharge_ma)),
-            {'charge_a': _limit_a(self.csms_charge_ma), 'discharge_a': _limit_a(self.csms_discharge_ma)})
+            {'charge_ma': _limit_ma(self.csms_charge_ma), 'discharge_ma': _limit_ma(self.csms_discharge_ma)})
 
     def _op_start(self, now, args):
         bad = _unknown_args(args, ())
@@ -888,7 +891,9 @@ class Controller:
         keys = args.get('keys')
         vals = self.cfg.values
         if keys is None:
-            data = dict(vals)
+            data = {}
+            for k in vals:
+                data[k] = _link_value(k, vals[k])
         else:
             if not isinstance(keys, list):
                 return _refuse('keys: must be a list of setting names')
@@ -901,12 +906,17 @@ class Controller:
                 return _refuse('keys: unknown setting(s) {}'.format(', '.join(_name(k) for k in unknown)))
             data = {}
             for k in keys:
-                data[k] = vals[k]
+                data[k] = _link_value(k, vals[k])
         return (True, None, 'config {}'.format(self.cfg.config_hash()),
                 {'values': data, 'cfg_hash': self.cfg.config_hash()})
 
     def _op_config_set(self, now, args):
+        if isinstance(args, dict):
+            args, bad = _config_changes(args)
+        else:
+            bad = []
         new, errs = _config.check(args, self.cfg)
+        errs = bad + errs   # every bad key named at once
         if errs:
             return (False, 'V2G-400', _config.message(errs),
                     {'errors': dict((k, why) for k, why in errs)})
@@ -1029,7 +1039,10 @@ def _unknown_args(args, allowed):
     return None
 
 
-_show = _config.show
+def _show(v):
+    if decfrac.is_fraction(v):
+        return decfrac.text(v)
+    return _config.show(v)
 
 
 def _name(k):
@@ -1049,5 +1062,55 @@ def _limit_text(ma):
     return 'none' if ma >= L.NO_LIMIT else _a(ma)
 
 
-def _limit_a(ma):
-    return None if ma >= L.NO_LIMIT else ma / 1000
+def _limit_ma(ma):
+    return None if ma >= L.NO_LIMIT else ma
+
+
+def _steps_arg(v, scale):
+    """A number from the host in whole steps of 1/scale, rounded: an int, a decimal fraction
+    (how the host sends a decimal, core/decfrac.py) or a float (an older host); None when v
+    is none of these."""
+    if decfrac.is_fraction(v):
+        got = decfrac.steps(v, scale)
+        return None if got is None else got[0]
+    if not _is_num(v):
+        return None
+    if isinstance(v, int):
+        return v * scale
+    if v > 1e12 or v < -1e12:
+        return None       # out of every range here; int() of it could overflow
+    if v < 0:
+        return -int(-v * scale + 0.5)
+    return int(v * scale + 0.5)
+
+
+def _link_value(key, v):
+    """A setting as config_get sends it: a decimal key as its exact steps (an int when
+    whole, else a decimal fraction), never a float."""
+    scale = _config.SCALE.get(key)
+    if scale is None or v is None or v is True or v is False or not isinstance(v, (int, float)):
+        return v
+    return decfrac.of_steps(_config.steps(v, scale)[0], scale)
+
+
+def _config_changes(args):
+    """config_set's values as validate() takes them: a decimal fraction becomes the value of
+    its exact number of steps; [(key, why)] for one finer than the setting's step."""
+    out = {}
+    errs = []
+    for k in args:
+        v = args[k]
+        if decfrac.is_fraction(v):
+            scale = _config.SCALE.get(k, 1) if isinstance(k, str) else 1
+            got = decfrac.steps(v, scale)
+            if got is None:
+                errs.append((k, 'not a number: {}'.format(_show(v))))
+                continue
+            if not got[1]:
+                unit = _config.SCHEMA[k][4] if k in _config.SCHEMA else ''
+                errs.append((k, 'value {} is finer than the {}{} step of this setting'.format(
+                    decfrac.text(v), _config.dec_text(1, scale), (' ' + unit) if unit else '')))
+                continue
+            v = _config.on_step(got[0], scale)
+        out[k] = v
+    return out, errs

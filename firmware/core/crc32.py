@@ -49,6 +49,70 @@ def crc32_table(data, crc=0):
     return ((hi << 16) | lo) ^ 0xFFFFFFFF
 
 
+# the same table as 256 16-bit halves each, for put_le/check_le: indexing an array('H')
+# gives a small int directly
+_half_lo = None
+_half_hi = None
+
+
+def _build_halves():
+    global _half_lo, _half_hi
+    from array import array
+    lo = array('H', bytes(512))
+    hi = array('H', bytes(512))
+    for i in range(256):   # once: the heap integers made here are garbage at once
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ _POLY if c & 1 else c >> 1
+        lo[i] = c & 0xFFFF
+        hi[i] = c >> 16
+    _half_lo = lo
+    _half_hi = hi
+
+
+def put_le(buf, n):
+    """Write the CRC-32 of buf[:n] into buf[n:n + 4], least significant byte first.
+
+    Allocates nothing, unlike crc32(): a CRC of 2**30 or more is a heap integer on a
+    32-bit MicroPython, and so would be a slice to pass the first n bytes. Table speed
+    (about 256 bytes a millisecond on a Cortex-M4): for the small steady-state frames."""
+    if _half_lo is None:
+        _build_halves()
+    tlo = _half_lo
+    thi = _half_hi
+    lo = 0xFFFF
+    hi = 0xFFFF
+    for i in range(n):
+        k = (lo ^ buf[i]) & 0xFF
+        lo = ((lo >> 8) | ((hi & 0xFF) << 8)) ^ tlo[k]
+        hi = (hi >> 8) ^ thi[k]
+    lo ^= 0xFFFF
+    hi ^= 0xFFFF
+    buf[n] = lo & 0xFF
+    buf[n + 1] = lo >> 8
+    buf[n + 2] = hi & 0xFF
+    buf[n + 3] = hi >> 8
+
+
+def check_le(buf, n):
+    """True when buf[n:n + 4] holds the CRC-32 of buf[:n] (as put_le writes it); allocates
+    nothing."""
+    if _half_lo is None:
+        _build_halves()
+    tlo = _half_lo
+    thi = _half_hi
+    lo = 0xFFFF
+    hi = 0xFFFF
+    for i in range(n):
+        k = (lo ^ buf[i]) & 0xFF
+        lo = ((lo >> 8) | ((hi & 0xFF) << 8)) ^ tlo[k]
+        hi = (hi >> 8) ^ thi[k]
+    lo ^= 0xFFFF
+    hi ^= 0xFFFF
+    return (buf[n] == lo & 0xFF and buf[n + 1] == lo >> 8 and buf[n + 2] == hi & 0xFF
+            and buf[n + 3] == hi >> 8)
+
+
 def crc32(data, crc=0):
     """CRC-32 of data (bytes-like), continuing from crc; equals zlib.crc32."""
     if _native is not None:

@@ -38,6 +38,17 @@ STAT_NAMES = (
 
 _EMPTY = ()
 
+# The steady-state messages in their deterministic encoding, for the paths that allocate
+# nothing: a heartbeat {"t": "hb", "v": 1, "seq": N, "host_ms": N} and an rtt
+# {"t": "rtt", "v": 1, "ms": N} are recognised byte by byte (anything else, or the same in
+# another key order, goes through the general decoder), and hback is written in place.
+_HB_HEAD = b"\xa4\x61t\x62hb\x61v\x01\x63seq"
+_HBACK_HEAD = b"\xa4\x61t\x65hback\x61v\x01\x63seq"
+_HOST_MS = b"\x67host_ms"
+_RTT_HEAD = b"\xa3\x61t\x63rtt\x61v\x01\x62ms"
+_FAST_MAX = const(48)      # COBS bytes of the longest frame the fast path looks at
+_SMALL = const(0x3FFFFFFF)  # the largest int that is not a heap object on a 32-bit board
+
 # field kinds
 _INT = const(0)
 _STR = const(1)
@@ -140,8 +151,11 @@ class Link:
     memoryview of a buffer the next send() reuses.
     """
 
-    def __init__(self, write_fn, max_frame=MAX_FRAME):
+    def __init__(self, write_fn, max_frame=MAX_FRAME, write_n=None):
         self.write_fn = write_fn
+        # write_n(buf, n) writes buf[:n] (a UART's write(buf, n)): then a frame goes out
+        # without a memoryview slice being made for it
+        self.write_n = write_n
         self.max_frame = max_frame
         enc_max = cobs.max_encoded_len(max_frame)
         self._rx = bytearray(enc_max)  # COBS bytes of the frame being received
@@ -161,6 +175,10 @@ class Link:
         for name in STAT_NAMES:
             self.stats[name] = 0
         self.last_error = ""
+        self._at = 0     # where the last _uint() stopped
+        # the fast path's messages: the same two maps each time, their values replaced
+        self._hb = {"v": VERSION, "t": "hb", "seq": 0, "host_ms": 0}
+        self._rtt = {"v": VERSION, "t": "rtt", "ms": 0}
 
     def reset_stats(self):
         for name in STAT_NAMES:
@@ -168,9 +186,14 @@ class Link:
 
     # ------------------------------------------------------------ receive
 
-    def feed(self, data, n=-1, start=0, max_frames=0):
+    def feed(self, data, n=-1, start=0, max_frames=0, sink=None):
         """Take received bytes (data[start:n], to the end when n < 0); return the
         complete valid messages (a list, or an empty tuple when there are none).
+
+        With a sink, each message is passed to sink(msg) as it is found instead
+        (the return is then empty), and a heartbeat or rtt frame in
+        deterministic encoding takes a path that allocates nothing: its message
+        is a map this link reuses, valid only until sink returns.
 
         With max_frames > 0 the scan stops after that many frames (valid or
         dropped): the work of one call is bounded whatever arrived. `fed_to` then
@@ -182,8 +205,11 @@ class Link:
         """
         if n < 0 or n > len(data):
             n = len(data)
-        fast = isinstance(data, (bytes, bytearray))
-        mv = data if isinstance(data, memoryview) else memoryview(data)
+        kind = type(data)
+        fast = kind is bytes or kind is bytearray
+        mv = None    # made when a frame is copied: the fast path reads data itself
+        if not fast:
+            mv = data if kind is memoryview else memoryview(data)
         out = None
         frames = 0
         i = start
@@ -198,7 +224,16 @@ class Link:
                     z += 1
                 if z == n:
                     z = -1
+            if z > i and sink is not None and z - i <= _FAST_MAX and not self._rxn and not self._dropping:
+                msg = self._fast(data, i, z)
+                if msg is not None:
+                    frames += 1
+                    sink(msg)
+                    i = z + 1
+                    continue
             end = n if z < 0 else z
+            if mv is None:
+                mv = memoryview(data)
             if not self._dropping:
                 k = self._rxn
                 if k + (end - i) > len(self._rx):
@@ -212,13 +247,73 @@ class Link:
             if self._rxn or self._dropping:
                 frames += 1     # idle fill between frames costs nothing and is not counted
             msg = self._frame_end()
-            if msg is not None:
+            if msg is not None and sink is not None:
+                sink(msg)
+            elif msg is not None:
                 if out is None:
                     out = []
                 out.append(msg)
             i = z + 1
         self.fed_to = i
         return _EMPTY if out is None else out
+
+    def _fast(self, data, i, z):
+        """The message of the frame data[i:z] when it is a heartbeat or an rtt in
+        deterministic encoding with small values; else None (the general path then
+        takes the frame, and counts what is wrong with it). Allocates nothing."""
+        m = cobs.decode_at(data, i, z, self._dec)
+        if m <= _CRC_LEN:
+            return None
+        body = m - _CRC_LEN
+        d = self._dec
+        if _starts(d, _HB_HEAD):
+            seq = self._uint(d, len(_HB_HEAD), body)
+            p = self._at
+            if seq < 0 or not _starts(d, _HOST_MS, p):
+                return None
+            host_ms = self._uint(d, p + len(_HOST_MS), body)
+            if host_ms < 0 or self._at != body or not crc32.check_le(d, body):
+                return None
+            msg = self._hb
+            msg["seq"] = seq
+            msg["host_ms"] = host_ms
+        elif _starts(d, _RTT_HEAD):
+            ms = self._uint(d, len(_RTT_HEAD), body)
+            if ms < 0 or self._at != body or not crc32.check_le(d, body):
+                return None
+            msg = self._rtt
+            msg["ms"] = ms
+        else:
+            return None
+        self.stats["frames_ok"] += 1
+        return msg
+
+    def _uint(self, d, p, end):
+        """The CBOR unsigned integer at d[p] when it is below 2**30, its end in _at;
+        else -1 (another type, or a number that would be a heap object)."""
+        if p >= end:
+            return -1
+        ib = d[p]
+        if ib < 24:
+            self._at = p + 1
+            return ib
+        if ib == 24:
+            k = 1
+        elif ib == 25:
+            k = 2
+        elif ib == 26:
+            k = 4
+        else:
+            return -1
+        if p + 1 + k > end:
+            return -1
+        if k == 4 and d[p + 1] > 0x3F:
+            return -1
+        v = 0
+        for j in range(p + 1, p + 1 + k):
+            v = (v << 8) | d[j]
+        self._at = p + 1 + k
+        return v
 
     def _drop(self, stat, why):
         self.stats[stat] += 1
@@ -290,11 +385,88 @@ class Link:
             start = 1
             self._sent_any = True
         m = cobs.encode_into(p, n + _CRC_LEN, self._txfv[start:])
-        end = start + m
-        self._txf[end] = 0
-        self.write_fn(self._txfv[:end + 1])
-        self.stats["tx_frames"] += 1
+        self._write(start + m)
         return True
+
+    def _write(self, end):
+        # the COBS frame is _txf[:end]: delimit and write it
+        self._txf[end] = 0
+        if self.write_n is not None:
+            self.write_n(self._txf, end + 1)
+        else:
+            self.write_fn(self._txfv[:end + 1])
+        self.stats["tx_frames"] += 1
+
+    def send_payload(self, buf, n):
+        """Frame and write the message whose CBOR is buf[:n]; buf has 4 more bytes after
+        it for the CRC. Nothing allocates (with write_n): the steady-state sends (telemetry,
+        heartbeat echo) encode their CBOR in place and come here. False, counted in
+        tx_errors, when it exceeds max_frame."""
+        if n + _CRC_LEN > self.max_frame or n + _CRC_LEN > len(buf):
+            self.stats["tx_errors"] += 1
+            self.last_error = "send: {} bytes exceed the {}-byte frame".format(n + _CRC_LEN, self.max_frame)
+            return False
+        crc32.put_le(buf, n)
+        start = 0
+        if not self._sent_any:
+            self._txf[0] = 0
+            start = 1
+            self._sent_any = True
+        self._write(cobs.encode_at(buf, n + _CRC_LEN, self._txf, start))
+        return True
+
+    def send_hback(self, hb_msg):
+        """Echo a heartbeat; written in place when its values are small ints (always, for
+        a host that keeps host_ms within 30 bits), else through send()."""
+        seq = hb_msg["seq"]
+        host_ms = hb_msg["host_ms"]
+        if not (0 <= seq <= _SMALL and 0 <= host_ms <= _SMALL):
+            return self.send(hback(hb_msg))
+        p = self._txp
+        at = _put(p, 0, _HBACK_HEAD)
+        at = _put_uint(p, at, seq)
+        at = _put(p, at, _HOST_MS)
+        at = _put_uint(p, at, host_ms)
+        return self.send_payload(p, at)
+
+
+def _starts(d, pat, at=0):
+    """True when d[at:] starts with the bytes pat (compared in place)."""
+    if at + len(pat) > len(d):
+        return False
+    for j in range(len(pat)):
+        if d[at + j] != pat[j]:
+            return False
+    return True
+
+
+def _put(buf, at, raw):
+    """Copy the bytes raw into buf at index at; return the index after them."""
+    for j in range(len(raw)):
+        buf[at + j] = raw[j]
+    return at + len(raw)
+
+
+def _put_uint(buf, at, v):
+    """The CBOR head of the unsigned integer v (0 <= v < 2**30) at buf[at]; the index after."""
+    if v < 24:
+        buf[at] = v
+        return at + 1
+    if v < 0x100:
+        buf[at] = 0x18
+        buf[at + 1] = v
+        return at + 2
+    if v < 0x10000:
+        buf[at] = 0x19
+        buf[at + 1] = v >> 8
+        buf[at + 2] = v & 0xFF
+        return at + 3
+    buf[at] = 0x1A
+    buf[at + 1] = v >> 24
+    buf[at + 2] = (v >> 16) & 0xFF
+    buf[at + 3] = (v >> 8) & 0xFF
+    buf[at + 4] = v & 0xFF
+    return at + 5
 
 
 def encode_frame(msg, max_frame=MAX_FRAME):

@@ -74,3 +74,18 @@ def test_invalid_input():
     for bad in ("00", "05112233", "ff01", "0311", "021100", "0100"):
         b = unhexlify(bad)
         assert cobs.decode_into(b, len(b), bytearray(300)) == -1, bad
+
+
+def test_the_in_place_coder_gives_the_same_bytes_at_every_block_boundary():
+    # encode_at / decode_at (byte by byte, nothing allocated) against encode_into
+    for n in (0, 1, 2, 253, 254, 255, 508, 509, 600):
+        for zero_every in (0, 1, 3, 254, 255):
+            data = _pattern(n, zero_every)
+            want = cobs.encode(data)
+            out = bytearray(cobs.max_encoded_len(n) + 3)
+            end = cobs.encode_at(data, n, out, 2)
+            assert bytes(out[2:end]) == want, (n, zero_every)
+            back = bytearray(n + 1)
+            assert cobs.decode_at(out, 2, end, back) == n and bytes(back[:n]) == bytes(data)
+    assert cobs.encode_at(b"\x11" * 10, 10, bytearray(10), 0) == -1      # no room
+    assert cobs.decode_at(b"\x05\x11", 0, 2, bytearray(8)) == -1           # code past the end

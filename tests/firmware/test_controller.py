@@ -329,7 +329,7 @@ def test_discharge_stops_at_floor():
     r.i.bms_soc_pm = 350
     r.step()
     ok, _, msg, data = r.cmd('f1', 'soc_target', {'soc_pct': 10})
-    assert ok and data['floor_pct'] == 25 and 'floor' in msg
+    assert ok and data['floor_pm'] == 250 and 'floor' in msg
     r.until(lambda o: o.request_ma < 0)
     soc = 350
     while soc > 240:

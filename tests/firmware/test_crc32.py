@@ -41,3 +41,14 @@ def test_chaining():
 def test_native_available_in_this_build():
     # both interpreters in CI have binascii.crc32; a board without it still works via the table
     assert crc32.has_native()
+
+
+def test_the_crc_written_in_place_is_the_crc():
+    for n in (0, 1, 9, 100, 300):
+        buf = bytearray(_data(n) + b"\x00\x00\x00\x00")
+        crc32.put_le(buf, n)
+        c = crc32.crc32(buf[:n])
+        assert bytes(buf[n:]) == bytes([c & 0xFF, (c >> 8) & 0xFF, (c >> 16) & 0xFF, c >> 24])
+        assert crc32.check_le(buf, n)
+        buf[n // 2 if n else n] ^= 1
+        assert not crc32.check_le(buf, n)

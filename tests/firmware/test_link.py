@@ -209,3 +209,43 @@ def test_builders_and_defaults():
     for m in ALL_MESSAGES:
         assert link.check(m) is None, m
     assert link.check({"v": 1, "t": "hb", "seq": 1, "host_ms": 2, "extra": [1]}) is None
+
+
+def test_heartbeat_and_rtt_take_the_fast_path_and_read_as_the_general_decoder_reads_them():
+    got = []
+    rx = link.Link(lambda b: None)
+
+    def sink(msg):
+        got.append(dict(msg))    # the fast path's map is reused: copy it
+    wire = (_frame(link.hb(7, 1000)) + _frame(link.rtt(42)) + _frame(link.hb(300, 0x3FFFFFFF))
+            + _frame(link.hb(8, 0x40000000))                   # over 30 bits: general path
+            # keys in another order ("v" first): valid, taken by the general decoder
+            + _frame_of_payload(bytes.fromhex("a461760161746268626373657109" "67686f73745f6d7305")))
+    assert rx.feed(wire, sink=sink) == ()
+    assert got == [link.hb(7, 1000), link.rtt(42), link.hb(300, 0x3FFFFFFF), link.hb(8, 0x40000000),
+                   link.hb(9, 5)]
+    assert rx.stats["frames_ok"] == 5
+    # the same frames without a sink come out as a list, as before
+    assert rx.feed(wire) == got
+
+
+def test_a_damaged_heartbeat_is_counted_like_any_damaged_frame():
+    rx = link.Link(lambda b: None)
+    good = _frame(link.hb(7, 1000))
+    payload = cbor.dumps(link.hb(7, 1000))
+    bad_crc = _frame_of_payload(payload)[:-3] + b"\x01\x01\x00"   # last CRC bytes wrong
+    got = []
+    rx.feed(bad_crc + good, sink=got.append)
+    assert len(got) == 1 and rx.stats["crc_errors"] == 1 and rx.stats["frames_ok"] == 1
+
+
+def test_the_heartbeat_echo_written_in_place_is_the_echo_send_makes():
+    wire = []
+    a = link.Link(lambda b: wire.append(bytes(b)))
+    b = link.Link(lambda b: wire.append(bytes(b)))
+    a._sent_any = b._sent_any = True
+    for seq, ms in ((1, 1000), (23, 24), (70000, 0x3FFFFFFF), (5, 0x40000000)):
+        a.send_hback(link.hb(seq, ms))
+        b.send(link.hback(link.hb(seq, ms)))
+        assert wire[-2] == wire[-1]
+    assert wire[0] == bytes.fromhex("21a4617465686261636b617601637365710167686f73745f6d731903e847c3114a00")

@@ -351,11 +351,21 @@ def test_telemetry_batch_is_capped_and_an_oversized_batch_is_split_not_lost():
     rig.run(100)
     res = [m for m in rig.received() if m['t'] == 'res' and m['txn'] == 'tb-1'][0]
     assert res['ok'] is False and res['code'] == 'V2G-400' and 'batch' in res['msg']
-    # a batch whose samples are bloated (as with many active errors) still arrives, in pieces
-    big = {'t_ms': 0, 'pad': 'x' * 300}
-    rig.st.send_tel([dict(big, t_ms=i) for i in range(4)])
-    got = [s['t_ms'] for m in rig.received() if m['t'] == 'tel' for s in m['samples']]
-    assert got == [0, 1, 2, 3]
+    # samples bloated with every error code active all arrive: a sample that would not fit
+    # behind the batch sends the batch first
+    from core import errors
+    rig.send(L.cmd('tb-0', 'telemetry', {'period_ms': 60000, 'batch': station_mod.TEL_BATCH_MAX}))
+    rig.run(100)
+    rig.received()
+    out = rig.st.ctl.out
+    saved, out.errors = out.errors, (1 << len(errors.CODES)) - 1
+    for i in range(4):
+        rig.st.sample(90000 + i, out)
+    rig.st.send_tel()
+    out.errors = saved
+    tels = [m for m in rig.received() if m['t'] == 'tel']
+    assert [s['t_ms'] for m in tels for s in m['samples']] == [90000, 90001, 90002, 90003]
+    assert len(tels) > 1 and all(s['errors'] == list(errors.CODES) for m in tels for s in m['samples'])
     # and the maximum batch of real samples fits one frame
     rig.send(L.cmd('tb-2', 'telemetry', {'period_ms': 100, 'batch': station_mod.TEL_BATCH_MAX}))
     errors_before = rig.st.link.stats['tx_errors']
@@ -383,7 +393,7 @@ def test_plant_setpoint_goes_through_the_command_path_and_a_repeated_txn_changes
     rig.run(100)
     first = rig.plant_replies()[0]
     assert first['ok'] is True and first['code'] is None and first['txn'] == 'p-1'
-    assert first['data']['target_pct'] == 55 and first['data']['mode'] == 'charge'
+    assert first['data']['target_pm'] == 550 and first['data']['mode'] == 'charge'
     assert 'p-1' in open('state/journal.json').read()      # journalled like a link command
     rig.plant(do='setpoint', soc_target_pct=20, txn='p-1')
     rig.run(100)

@@ -362,7 +362,7 @@ def test_remote_start_carries_the_id_token_and_change_availability_is_obeyed(rig
 def test_app_commands_need_a_valid_token_and_are_idempotent(rig):
     app = rig["app"]
     ok = app.command("t-1", "soc_target", {"soc_pct": 80}, token())
-    assert ok["ok"] and ok["code"] is None and ok["data"]["target_pct"] == 80
+    assert ok["ok"] and ok["code"] is None and ok["data"]["target_pm"] == 800
     for txn, tok, why in (("t-2", None, "missing"), ("t-3", token(exp_in=-60), "expired"),
                           ("t-4", token(key="another-secret-of-the-same-length!!"), "signature"),
                           ("t-5", token(aud="CS-OTHER"), "station")):

@@ -11,9 +11,13 @@ def _sample_keys():
     tree = ast.parse((ROOT / "firmware" / "app" / "station.py").read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name == "sample":
-            for sub in ast.walk(node):
-                if isinstance(sub, ast.Dict) and sub.keys and all(isinstance(k, ast.Constant) for k in sub.keys):
-                    return [k.value for k in sub.keys]
+            # each field is one put(KEY, value) / put_errors(KEY, mask) into the batch
+            keys = [sub.args[0].value for sub in ast.walk(node)
+                    if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute)
+                    and sub.func.attr in ("put", "put_errors") and sub.args
+                    and isinstance(sub.args[0], ast.Constant)]
+            if keys:
+                return keys
     raise AssertionError("no telemetry sample found in station.py")
 
 

@@ -158,8 +158,9 @@ class FakeUART:
         self.baud = baud
         self.inits += 1
 
-    def write(self, data):
-        b = bytes(data)
+    def write(self, data, n=None):
+        # a MicroPython stream's write(buf, max_len): the first n bytes
+        b = bytes(data) if n is None else bytes(data[:n])
         self.sent.append(b)
         de = W.pins.get('Y3')
         self.de_at_write.append(de.v if de is not None else None)

@@ -163,7 +163,7 @@ def test_plant_setpoint_and_limit_reach_the_controller_with_its_result(station):
     wait_for(tel, lambda s: s["mode"] == "charging" and s["ma"] > 5000)
     first = plant.do(do="setpoint", soc_target_pct=30, txn="plant-sp-1")
     assert first["ok"] is True and first["op"] == "soc_target" and first["txn"] == "plant-sp-1"
-    assert first["code"] is None and first["data"]["target_pct"] == 30, first
+    assert first["code"] is None and first["data"]["target_pm"] == 300, first
     wait_for(tel, lambda s: s["mode"] == "discharging" and s["ma"] < -5000)
     # the same txn again, with another target: the original result, nothing changed
     again = plant.do(do="setpoint", soc_target_pct=90, txn="plant-sp-1")
