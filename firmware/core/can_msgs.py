@@ -31,11 +31,11 @@ _REQ_MODE_NAMES = const((
     "stop",
 ))
 
-CP_STATE_A = const(0)
-CP_STATE_B = const(1)
+_CP_STATE_A = const(0)
+_CP_STATE_B = const(1)
 CP_STATE_C = const(2)
-CP_STATE_D = const(3)
-CP_STATE_E = const(4)
+_CP_STATE_D = const(3)
+_CP_STATE_E = const(4)
 CP_STATE_F = const(5)
 CP_STATE_NAMES = (
     "A",
