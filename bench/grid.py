@@ -11,7 +11,9 @@ from host_tools import vm
 vm.firmware_sys_path("sim")
 
 from core.grid import IN_SERVICE, TRIPPED, GridProtection  # noqa: E402
-from core.grid_profiles import OF, OV, PROFILES, UV  # noqa: E402
+from core.grid_profiles import OF, OV, profiles, UV  # noqa: E402
+
+PROFILES = profiles()
 
 STEP_MS = 50
 NOM_MV = 240000

@@ -41,6 +41,26 @@ UNITS = {
 OUR_NODE = "EVSE"
 MAX_BITS = 24  # keeps every intermediate below MicroPython's small-int limit
 
+# Cycle times and value names other modules read (firmware, boards, host tools, bench, tests).
+# Every other one is written underscored: mpy-cross folds it away (no global, no name in
+# RAM); CPython still has it as `_NAME`. tests/host/test_can_dbc.py checks this list against
+# the tree. Message ids (<NAME>_ID) and classes are always public.
+EXPORTED = frozenset((
+    "VCU_POWER_REQUEST_CYCLE_MS", "BMS_STATUS_CYCLE_MS", "BMS_INFO_CYCLE_MS",
+    "REQ_MODE_IDLE", "REQ_MODE_CHARGE", "REQ_MODE_DISCHARGE", "REQ_MODE_STOP",
+    "CP_STATE_C", "CP_STATE_F",
+    "CP_STATE_NAMES",
+    "MODE_CHARGE_ONLY", "MODE_FAULT", "MODE_NAMES",
+    "LIMIT_CHARGE_SRC_NONE", "LIMIT_CHARGE_SRC_STATION", "LIMIT_CHARGE_SRC_BMS",
+    "LIMIT_CHARGE_SRC_SETPOINT", "LIMIT_CHARGE_SRC_HOST", "LIMIT_CHARGE_SRC_NAMES",
+    "LIMIT_DISCHARGE_SRC_CSMS",
+))
+
+
+def public(name: str) -> str:
+    """The name as can_msgs.py spells it: underscored unless another module reads it."""
+    return name if name in EXPORTED else "_" + name
+
 
 class GenError(ValueError):
     pass
@@ -193,13 +213,15 @@ def _enum_lines(msgs: list[Msg]) -> list[str]:
             done.add(key)
             for v, name in sorted(s.choices.items()):
                 cname = re.sub(r"[^A-Za-z0-9]", "_", str(name)).upper()
-                out.append(f"{key}_{cname} = const({v})")
+                out.append(f"{public(key + '_' + cname)} = const({v})")
             vals = sorted(s.choices)
             if vals == list(range(len(vals))):
-                out.append(f"{key}_NAMES = (")
+                names = public(key + "_NAMES")
+                folded = names.startswith("_")
+                out.append(f"{names} = " + ("const((" if folded else "("))
                 for v in vals:
                     out.append(f'    "{s.choices[v]}",')
-                out.append(")")
+                out.append("))" if folded else ")")
             out.append("")
     return out
 
@@ -220,7 +242,7 @@ def generate(msgs: list[Msg] | None = None) -> str:
         a(f"{m.const}_ID = const(0x{m.id:03X})")
     a("")
     for m in msgs:
-        a(f"{m.const}_CYCLE_MS = const({m.cycle_ms})")
+        a(f"{public(m.const + '_CYCLE_MS')} = const({m.cycle_ms})")
     a("")
     L.extend(_enum_lines(msgs))
     a("")

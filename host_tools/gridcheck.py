@@ -37,7 +37,9 @@ from host_tools import sim, vm
 vm.firmware_sys_path()
 from core import controller as _ctl  # noqa: E402
 from core.grid import trip_decision_ms, values_in_force  # noqa: E402
-from core.grid_profiles import OF, OV, PROFILES, UF, UV  # noqa: E402
+from core.grid_profiles import OF, OV, profiles, UF, UV  # noqa: E402
+
+PROFILES = profiles()
 
 STEP_MS = _ctl.CONTROL_PERIOD_MS
 KIND_NAMES = {OV: "OV", UV: "UV", OF: "OF", UF: "UF"}

@@ -24,6 +24,7 @@ from host_tools import mpy_check, vm
 BLOCK = 16                      # GC block: 4 words of 4 bytes on a 32-bit port
 OBJ_STR, OBJ_BYTES, OBJ_INT, OBJ_FLOAT, OBJ_COMPLEX, OBJ_TUPLE = 5, 6, 7, 8, 9, 10
 BC_LOAD_NAME, BC_LOAD_CONST_NONE, BC_RETURN_VALUE = 0x11, 0x51, 0x63
+SMALL_INT_BITS = 31             # a 32-bit port's small ints: -2**30 .. 2**30 - 1, no heap object
 
 
 def blocks(n):
@@ -85,7 +86,7 @@ class MpyInfo:
             elif kind == OBJ_TUPLE:
                 n += blocks(8 + 4 * length)
             elif kind == OBJ_INT:
-                n += 32      # a big int: header + digits (small ints are not objects)
+                n += 32      # a big int: header + digits (small ints are not recorded)
             elif kind in (OBJ_FLOAT, OBJ_COMPLEX):
                 n += BLOCK   # boxed on the VM; the stm32 build's floats are not objects
         return n
@@ -109,10 +110,19 @@ def _obj(r, info):
         for _ in range(n):
             _obj(r, info)
         return
-    r.take(n)
+    data = r.take(n)
     if kind in (OBJ_STR, OBJ_BYTES):
         r.byte()         # the NUL after the data
+    elif kind == OBJ_INT and _small_int(data):
+        # an int inside a constant tuple is stored as text whatever its size; the loader
+        # parses it back into a small int, which is no heap object
+        return
     info.objs.append((kind, n))
+
+
+def _small_int(text):
+    v = int(bytes(text).decode())
+    return -(1 << (SMALL_INT_BITS - 1)) <= v < (1 << (SMALL_INT_BITS - 1))
 
 
 def _raw_code(r, info, parent):

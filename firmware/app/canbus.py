@@ -16,20 +16,8 @@ from micropython import const
 from core import can_msgs as M
 from core import ticks
 
-_NEVER = 0x3FFFFFFF
-_MAX_RX_PER_STEP = 32          # frames drained per step; the rest wait for the next one
-_CP = {'A': M.CP_STATE_A, 'B': M.CP_STATE_B, 'C': M.CP_STATE_C, 'D': M.CP_STATE_D,
-       'E': M.CP_STATE_E, 'F': M.CP_STATE_F}
-_MODE = {}
-for _i in range(len(M.MODE_NAMES)):
-    _MODE[M.MODE_NAMES[_i]] = _i
-_SRC = {}
-for _i in range(len(M.LIMIT_CHARGE_SRC_NAMES)):
-    _SRC[M.LIMIT_CHARGE_SRC_NAMES[_i]] = _i
-# Controller sources the DBC has no name for: the closest DBC value.
-_SRC_ALIAS = {'heartbeat': M.LIMIT_CHARGE_SRC_HOST, 'can': M.LIMIT_CHARGE_SRC_BMS,
-              'floor': M.LIMIT_CHARGE_SRC_SETPOINT, 'charge_only': M.LIMIT_CHARGE_SRC_HOST,
-              'fault': M.LIMIT_CHARGE_SRC_STATION}
+_NEVER = const(0x3FFFFFFF)
+_MAX_RX_PER_STEP = const(32)         # frames drained per step; the rest wait for the next one
 
 
 _STEP_MA = const(100)   # the DBC's 0.1 A resolution of ReqCurrent and the limit signals
@@ -43,11 +31,29 @@ def _toward_zero(ma):
     return -((-ma) - (-ma) % _STEP_MA)
 
 
+# The controller's names are looked up in the codec's name tables: no dicts made at import
+# (0.4 kB of heap), and nothing allocated per frame.
+def _index(names, name, missing):
+    for i in range(len(names)):
+        if names[i] == name:
+            return i
+    return missing
+
+
 def _src(name):
-    v = _SRC.get(name)
-    if v is None:
-        v = _SRC_ALIAS.get(name, M.LIMIT_CHARGE_SRC_NONE)
-    return v
+    v = _index(M.LIMIT_CHARGE_SRC_NAMES, name, -1)
+    if v >= 0:
+        return v
+    # Controller sources the DBC has no name for: the closest DBC value.
+    if name == 'heartbeat' or name == 'charge_only':
+        return M.LIMIT_CHARGE_SRC_HOST
+    if name == 'can':
+        return M.LIMIT_CHARGE_SRC_BMS
+    if name == 'floor':
+        return M.LIMIT_CHARGE_SRC_SETPOINT
+    if name == 'fault':
+        return M.LIMIT_CHARGE_SRC_STATION
+    return M.LIMIT_CHARGE_SRC_NONE
 
 
 class CanTask:
@@ -129,8 +135,8 @@ class CanTask:
         o.contactor_closed = 1 if inputs.contactor_closed else 0
         self._send(M.VCU_POWER_REQUEST_ID, tx.frame_vcu_power_request(d))
         s = tx.evse_status
-        s.cp_state = _CP.get(out.cp_state, M.CP_STATE_F)
-        s.mode = _MODE.get(out.mode, M.MODE_FAULT)
+        s.cp_state = _index(M.CP_STATE_NAMES, out.cp_state, M.CP_STATE_F)
+        s.mode = _index(M.MODE_NAMES, out.mode, M.MODE_FAULT)
         s.contactor = 1 if out.contactor else 0
         s.pwm_duty_pm = out.pwm_pm
         s.errors = out.errors & 0xFFFFFF

@@ -17,7 +17,7 @@ Safety rules enforced here (shared spec errors.md):
 - cooling commanded and silent for COOLING_FEEDBACK_S (V2G-013): discharging above
   COOLING_UNCOOLED_AMPS opens the contactor (hard fault), otherwise both directions are
   derated to it; latched until the loop works again (core/cooling.py).
-Every failure path names its safe state (SAFE_* below) in the event message.
+Every failure path names its safe state (_SAFE_* below) in the event message.
 """
 import json
 
@@ -37,15 +37,15 @@ from core.thermal import Derate
 CONTROL_PERIOD_MS = const(50)
 
 # named safe states (quoted in event messages)
-SAFE_OPEN = 'contactor open, discharge forbidden'
-SAFE_PILOT_F = 'contactor open, pilot state F (steady -12 V), discharge forbidden'
-SAFE_LOCKOUT = 'contactor open, pilot steady +12 V, new sessions refused until an operator clears V2G-011'
-SAFE_NO_TRANSFER = 'contactor open, no energy transfer'
-SAFE_CHARGE_ONLY = 'charge-only: discharge forbidden, charging continues at the pilot limit'
-SAFE_NO_DISCHARGE = 'discharge forbidden, charging continues at the pilot limit'
-SAFE_DERATED = 'current derated, stopped at the limit'
-SAFE_COOLING_TRIP = 'contactor open, session ended, no transfer until the cooling loop works again'
-SAFE_COOLING_DERATE = 'both directions derated to COOLING_UNCOOLED_AMPS until the cooling loop works again'
+_SAFE_OPEN = const('contactor open, discharge forbidden')
+_SAFE_PILOT_F = const('contactor open, pilot state F (steady -12 V), discharge forbidden')
+_SAFE_LOCKOUT = const('contactor open, pilot steady +12 V, new sessions refused until an operator clears V2G-011')
+_SAFE_NO_TRANSFER = const('contactor open, no energy transfer')
+_SAFE_CHARGE_ONLY = const('charge-only: discharge forbidden, charging continues at the pilot limit')
+_SAFE_NO_DISCHARGE = const('discharge forbidden, charging continues at the pilot limit')
+_SAFE_DERATED = const('current derated, stopped at the limit')
+_SAFE_COOLING_TRIP = const('contactor open, session ended, no transfer until the cooling loop works again')
+_SAFE_COOLING_DERATE = const('both directions derated to COOLING_UNCOOLED_AMPS until the cooling loop works again')
 
 _PILOT_DEBOUNCE_SAMPLES = const(3)   # 150 ms before a change towards energy counts
 DIODE_SAMPLES = const(2)            # consecutive low-side readings without the diode
@@ -78,10 +78,13 @@ _M_DISCHARGING = const(3)
 _M_PAUSED = const(4)
 _M_CHARGE_ONLY = const(5)
 _M_FAULT = const(6)
-# Event-log texts for state changes, built once: the step logs them without allocating.
+# Event-log texts for state changes, constants: the step logs them without allocating, and
+# they stay in flash (frozen or ROMFS) where texts built at import took 0.6 kB of heap.
 # A state change has no error code (None); its entry's `on` is True ("happened").
-_MODE_LOG = tuple('mode ' + m for m in MODES)
-_PILOT_LOG = tuple('pilot state ' + x for x in 'ABCDEFF')   # UNKNOWN is reported as F
+_MODE_LOG = ('mode idle', 'mode connected', 'mode charging', 'mode discharging', 'mode paused',
+             'mode charge_only', 'mode fault')   # 'mode ' + MODES[i]
+_PILOT_LOG = ('pilot state A', 'pilot state B', 'pilot state C', 'pilot state D', 'pilot state E',
+              'pilot state F', 'pilot state F')   # UNKNOWN is reported as F
 OPS = ('soc_target', 'limit', 'start', 'stop', 'charge_only', 'clear_fault',
        'config_get', 'config_set', 'status')
 _READ_OPS = ('config_get', 'status')
@@ -367,7 +370,7 @@ class Controller:
             self.csms_charge_ma = L.NO_LIMIT
             self.state_dirty = True
             self._raise(now_ms, E.E101, 'no host heartbeat for {} (HEARTBEAT_TIMEOUT_S {}): {}'.format(
-                _s(hb_age), _s(cfg.heartbeat_timeout_ms), SAFE_CHARGE_ONLY))
+                _s(hb_age), _s(cfg.heartbeat_timeout_ms), _SAFE_CHARGE_ONLY))
 
         # ---- meter and BMS freshness
         # Without a fresh reading there is no discharge at once; the error code itself waits
@@ -377,7 +380,7 @@ class Controller:
         if meter_stale and _age(now_ms, self._boot_ms) > cfg.meter_stale_ms:
             if not (self.errors & E.E120):
                 self._raise(now_ms, E.E120, 'no valid meter reading for {} (METER_STALE_S {}): {}'.format(
-                    _s(inp.meter_age_ms), _s(cfg.meter_stale_ms), SAFE_NO_DISCHARGE))
+                    _s(inp.meter_age_ms), _s(cfg.meter_stale_ms), _SAFE_NO_DISCHARGE))
         elif not meter_stale and self.errors & E.E120:
             self._clear(now_ms, E.E120, 'meter readings back ({} ms old)'.format(inp.meter_age_ms))
         bms_fresh = inp.bms_age_ms <= cfg.can_timeout_ms
@@ -389,7 +392,7 @@ class Controller:
         if bms_missing and _age(now_ms, self._plug_ms) > cfg.can_timeout_ms:
             if not (self.errors & E.E130):
                 self._raise(now_ms, E.E130, 'no BMS frame for {} (CAN_TIMEOUT_MS {}): {}'.format(
-                    _s(inp.bms_age_ms), cfg.can_timeout_ms, SAFE_NO_DISCHARGE))
+                    _s(inp.bms_age_ms), cfg.can_timeout_ms, _SAFE_NO_DISCHARGE))
         elif not bms_missing and self.errors & E.E130:
             self._clear(now_ms, E.E130, 'BMS frames back' if bms_fresh else 'vehicle disconnected')
 
@@ -424,7 +427,7 @@ class Controller:
         if unavailable:
             if not (self.errors & E.E301):
                 self._raise(now_ms, E.E301, 'V2G unavailable: SoC {} at or below floor {} + margin {}: {}'.format(
-                    _pct(soc), _pct(sp.floor_pm), _pct(sp.margin_pm), SAFE_NO_DISCHARGE))
+                    _pct(soc), _pct(sp.floor_pm), _pct(sp.margin_pm), _SAFE_NO_DISCHARGE))
         elif self.errors & E.E301:
             self._clear(now_ms, E.E301, 'V2G available again (SoC {})'.format(_pct(soc)) if sp.available
                         else 'no discharge asked')
@@ -434,7 +437,7 @@ class Controller:
         if vent_fault:
             if not (self.errors & E.E012):
                 self._raise(now_ms, E.E012, 'EV asks for ventilation (state D) and VENTILATION_AVAILABLE is false: '
-                            + SAFE_NO_TRANSFER)
+                            + _SAFE_NO_TRANSFER)
         elif self.errors & E.E012:
             self._clear(now_ms, E.E012, 'EV left state D')
 
@@ -636,7 +639,7 @@ class Controller:
                 lvl = P.level(inp.cp_high_mv)
                 why = 'pilot at {} mV ({})'.format(
                     inp.cp_high_mv, 'fits no state' if lvl == P.UNKNOWN else 'state ' + P.LETTERS[lvl])
-            self._raise(now, E.E010, why + ': ' + SAFE_PILOT_F)
+            self._raise(now, E.E010, why + ': ' + _SAFE_PILOT_F)
 
     def _pilot_fault_step(self, now, raw, inp):
         """Hold state F, then probe with steady +12 V until the EV shows A or B."""
@@ -676,7 +679,7 @@ class Controller:
                 self.weld = True
                 self.state_dirty = True
                 self._raise(now, E.E011, 'contactor fails to close: no feedback {} after the command: {}'.format(
-                    _s(_age(now, self._cmd_since)), SAFE_LOCKOUT))
+                    _s(_age(now, self._cmd_since)), _SAFE_LOCKOUT))
         else:
             fresh = inp.meter_ok and inp.meter_age_ms <= self.cfg.meter_stale_ms
             if inp.contactor_closed or (fresh and (inp.meter_ma > _WELD_CURRENT_MA or inp.meter_ma < -_WELD_CURRENT_MA)):
@@ -684,7 +687,7 @@ class Controller:
                 self.state_dirty = True
                 self._raise(now, E.E011, 'contactor welded: {} {} after the open command (feedback {}): {}'.format(
                     _a(inp.meter_ma), _s(_age(now, self._cmd_since)),
-                    'closed' if inp.contactor_closed else 'open', SAFE_LOCKOUT))
+                    'closed' if inp.contactor_closed else 'open', _SAFE_LOCKOUT))
 
     def _thermal(self, now, inp, bms_fresh):
         cfg = self.cfg
@@ -698,14 +701,14 @@ class Controller:
         if et.tripped != was:
             if et.tripped:
                 self._emit_thermal(now, True, 'EVSE temperature {} at or above EVSE_TEMP_LIMIT_C {}: {}'.format(
-                    _c(inp.evse_temp_dc), _c(cfg.evse_limit_dc), SAFE_OPEN))
+                    _c(inp.evse_temp_dc), _c(cfg.evse_limit_dc), _SAFE_OPEN))
             else:
                 self._emit_thermal(now, False, 'EVSE temperature {} below limit {} - hysteresis {}: resume'.format(
                     _c(inp.evse_temp_dc), _c(cfg.evse_limit_dc), _c(cfg.hysteresis_dc)))
         if bt.tripped != bwas:
             if bt.tripped:
                 self._emit_thermal(now, True, 'battery temperature {} at or above BATTERY_TEMP_LIMIT_C {}: {}'.format(
-                    _c(inp.bms_temp_dc), _c(cfg.batt_limit_dc), SAFE_NO_DISCHARGE))
+                    _c(inp.bms_temp_dc), _c(cfg.batt_limit_dc), _SAFE_NO_DISCHARGE))
             else:
                 self._emit_thermal(now, False, 'battery temperature {} below limit {} - hysteresis {}: resume'.format(
                     _c(inp.bms_temp_dc), _c(cfg.batt_limit_dc), _c(cfg.hysteresis_dc)))
@@ -721,10 +724,10 @@ class Controller:
             _s(cl.silent_ms), _s(cfg.cooling_feedback_ms))
         if ev == EV_TRIPPED:
             self._raise(now, E.E013, '{} while discharging {} above COOLING_UNCOOLED_AMPS {}: {}'.format(
-                why, _a(-cl.fault_ma), _a(cfg.cooling_uncooled_ma), SAFE_COOLING_TRIP))
+                why, _a(-cl.fault_ma), _a(cfg.cooling_uncooled_ma), _SAFE_COOLING_TRIP))
         elif ev == EV_DERATED:
             self._raise(now, E.E013, '{} at {}: {} ({})'.format(
-                why, _a(cl.fault_ma), SAFE_COOLING_DERATE, _a(cfg.cooling_uncooled_ma)))
+                why, _a(cl.fault_ma), _SAFE_COOLING_DERATE, _a(cfg.cooling_uncooled_ma)))
 
     def _emit_thermal(self, now, on, msg):
         # one code for both sensors: raised while either is tripped
@@ -851,7 +854,7 @@ class Controller:
         if bad:
             return bad
         self.stopped = True
-        return (True, None, 'session stopped: ' + SAFE_NO_TRANSFER, {})
+        return (True, None, 'session stopped: ' + _SAFE_NO_TRANSFER, {})
 
     def _op_charge_only(self, now, args):
         bad = _unknown_args(args, ('on',))
@@ -870,7 +873,7 @@ class Controller:
         if bad:
             return bad
         if self.weld and self._feedback:
-            return (False, 'V2G-011', 'contactor feedback still closed: fault kept ({})'.format(SAFE_LOCKOUT), {})
+            return (False, 'V2G-011', 'contactor feedback still closed: fault kept ({})'.format(_SAFE_LOCKOUT), {})
         msg = 'no contactor fault latched'
         if self.weld:
             self.weld = False
@@ -979,10 +982,10 @@ class Controller:
         if d['fallback'] and not self.fallback:
             self.fallback = True
             self.hb_lost = True     # the host must prove it is back after the reset too
-            self._raise(now_ms, E.E101, 'host heartbeat was lost before the reset: ' + SAFE_CHARGE_ONLY)
+            self._raise(now_ms, E.E101, 'host heartbeat was lost before the reset: ' + _SAFE_CHARGE_ONLY)
         if d['weld'] and not self.weld:
             self.weld = True
-            self._raise(now_ms, E.E011, 'contactor fault latched before the reset: ' + SAFE_LOCKOUT)
+            self._raise(now_ms, E.E011, 'contactor fault latched before the reset: ' + _SAFE_LOCKOUT)
         for name in damaged:
             if name not in self.damaged:
                 self.damaged.append(name)
@@ -1005,11 +1008,11 @@ class Controller:
         with a welded contactor and no host would have left."""
         if not self.weld:
             self.weld = True
-            self._raise(now_ms, E.E011, 'contactor fault assumed, {}: {}'.format(why, SAFE_LOCKOUT))
+            self._raise(now_ms, E.E011, 'contactor fault assumed, {}: {}'.format(why, _SAFE_LOCKOUT))
         if not self.fallback:
             self.fallback = True
             self.hb_lost = True
-            self._raise(now_ms, E.E101, 'host heartbeat loss assumed, {}: {}'.format(why, SAFE_CHARGE_ONLY))
+            self._raise(now_ms, E.E101, 'host heartbeat loss assumed, {}: {}'.format(why, _SAFE_CHARGE_ONLY))
         self.state_dirty = True
 
     def status(self):

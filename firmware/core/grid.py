@@ -18,7 +18,8 @@ from micropython import const
 
 from core import errors
 from core import meter_map
-from core.grid_profiles import MEAN_BLOCK_MS, MEAN_BLOCKS, OF, OV, PROFILES, UV
+from core import grid_profiles
+from core.grid_profiles import MEAN_BLOCK_MS, MEAN_BLOCKS, OF, OV, UV
 
 WAITING = const(0)
 RAMP = const(1)
@@ -64,10 +65,10 @@ def _mul_q15(x, d):
 
 
 def _profile(profile_name):
-    p = PROFILES.get(profile_name)
+    p = grid_profiles.profile(profile_name)
     if p is None:
         raise ValueError('grid: unknown profile {!r} (one of {})'.format(
-            profile_name, ', '.join(sorted(PROFILES))))
+            profile_name, ', '.join(sorted(grid_profiles.NAMES))))
     return p
 
 

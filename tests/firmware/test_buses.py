@@ -515,3 +515,66 @@ def test_meter_task_step_allocates_nothing_in_steady_state():
         micropython.heap_unlock()
     assert task.reader.reading.seq >= seq + 5 and task.fail_streak == 0
     assert inputs.meter_ok and inputs.meter_mv == 230000 and inputs.meter_mhz == 50000
+
+
+def test_can_frames_carry_the_dbc_value_of_each_controller_name_without_allocating():
+    # mode, pilot state and limit sources go out as the DBC's values: names the DBC has
+    # by index, the controller's own sources by their closest DBC value, anything else as
+    # fault / F / none; looked up without a dict and without allocating
+    import micropython
+
+    from app import canbus
+    from core import limits
+    from core.controller import MODES
+
+    class Port:
+        def __init__(self):
+            self.frames = {}
+            for cid in (M.VCU_POWER_REQUEST_ID, M.EVSE_STATUS_ID, M.EVSE_LIMITS_ID):
+                self.frames[cid] = bytearray(8)
+
+        def open(self, bitrate):
+            pass
+
+        def send(self, cid, buf, dlc):
+            f = self.frames[cid]
+            for i in range(8):
+                f[i] = buf[i]
+            return True
+
+    class Out:
+        contactor = False
+        pwm_pm = 0
+        errors = 0
+        request_ma = limit_charge_ma = limit_discharge_ma = 0
+
+    class Inp:
+        contactor_closed = False
+        meter_ma = 0
+
+    alias = {'heartbeat': 'host', 'can': 'bms', 'floor': 'setpoint', 'charge_only': 'host',
+             'fault': 'station', 'no such source': 'none'}
+    modes, cps, srcs = MODES + ('no such mode',), 'ABCDEFZ', limits.SOURCES + ('no such source',)
+    n = max(len(modes), len(cps), len(srcs))
+    cases = [(modes[i % len(modes)], cps[i % len(cps)], srcs[i % len(srcs)]) for i in range(n)]
+    port, out, inp = Port(), Out(), Inp()
+    task = canbus.CanTask(port, config.Config(config.defaults()))
+    st, el = M.EvseStatus(), M.EvseLimits()
+    out.mode, out.cp_state, out.limit_charge_src, out.limit_discharge_src = 'idle', 'A', 'none', 'none'
+    task.transmit(0, out, inp)            # once to warm up
+    now = 0
+    for mode, cp, src in cases:
+        out.mode, out.cp_state, out.limit_charge_src, out.limit_discharge_src = mode, cp, src, src
+        now += 100                        # the frames' period
+        micropython.heap_lock()
+        try:
+            task.transmit(now, out, inp)
+        finally:
+            micropython.heap_unlock()
+        assert M.unpack_evse_status(port.frames[M.EVSE_STATUS_ID], st)
+        assert M.MODE_NAMES[st.mode] == (mode if mode in MODES else 'fault'), mode
+        assert M.CP_STATE_NAMES[st.cp_state] == (cp if cp in 'ABCDEF' else 'F'), cp
+        assert M.unpack_evse_limits(port.frames[M.EVSE_LIMITS_ID], el)
+        want = src if src in M.LIMIT_CHARGE_SRC_NAMES else alias[src]
+        assert M.LIMIT_CHARGE_SRC_NAMES[el.limit_charge_src] == want, src
+        assert el.limit_discharge_src == el.limit_charge_src

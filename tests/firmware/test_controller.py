@@ -1037,3 +1037,11 @@ def test_step_allocates_nothing_while_derated_by_the_cooling():
     finally:
         micropython.heap_unlock()
     assert r.o.cooling_state == 'derated' and r.o.request_ma == 16000 and r.o.cooling
+
+
+def test_state_change_texts_are_constants_naming_each_mode_and_pilot_state():
+    # kept as literal texts (no heap when frozen or in ROMFS): one per mode, in MODES order,
+    # and one per pilot level A-F plus UNKNOWN, which reads as F
+    from core import controller as ctl
+    assert ctl._MODE_LOG == tuple('mode ' + m for m in ctl.MODES)
+    assert ctl._PILOT_LOG == tuple('pilot state ' + x for x in 'ABCDEFF')

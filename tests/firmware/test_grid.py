@@ -607,3 +607,19 @@ def test_settings_notes_name_the_sampling_bound_and_the_clamped_values():
     assert not any('DEADBAND' in n for n in notes)
     notes = settings_notes('IEEE1547_CAT_III_60HZ', 500, 36, 2500)
     assert not any('DROOP' in n for n in notes)
+
+
+def test_profiles_are_made_on_demand_and_not_shared():
+    # the tables are constants, each call makes a new dict: nothing held at import, and a
+    # caller changing its copy changes no other caller's
+    from core import grid_profiles as gp
+    a = gp.profile('EN50549_50HZ')
+    a['stages'] = ()
+    b = gp.profile('EN50549_50HZ')
+    assert b['stages'] and b['nominal_mhz'] == 50000 and a is not b
+    assert gp.profile('IEEE1547_CAT_II_60HZ')['stages'][3] == (gp.UV, 700, 10000)
+    assert gp.profile('nope') is None
+    assert sorted(gp.profiles()) == sorted(gp.NAMES)
+    assert not hasattr(gp, 'PROFILES')
+    e = raises(ValueError, GridProtection, 'nope', 240000)
+    assert 'EN50549_50HZ, IEEE1547_CAT_III_60HZ' in str(e)

@@ -29,6 +29,17 @@ def test_crc_reference_vectors():
     assert modbus.crc16(b"xx123456789", 9, 2) == 0x4B37
 
 
+def test_crc_table_is_the_polynomials():
+    # the table is a bytes constant (flash, not heap): every entry is what 0xA001 gives
+    t = modbus._CRC_TABLE
+    assert isinstance(t, bytes) and len(t) == 512
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0xA001 if c & 1 else c >> 1
+        assert t[2 * i] | (t[2 * i + 1] << 8) == c, i
+
+
 def test_request_bytes():
     buf = bytearray(8)
     assert modbus.build_read_input(buf, 1, 0, 2) == 8

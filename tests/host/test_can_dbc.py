@@ -3,6 +3,7 @@ frames cross between the firmware codec and cantools in both directions."""
 
 import math
 import random
+import re
 from fractions import Fraction
 
 import cantools
@@ -14,8 +15,15 @@ vm.firmware_sys_path("sim")
 
 from core import can_msgs as cm  # noqa: E402
 
+ROOT = gen_can.ROOT
 DB = cantools.database.load_file(str(gen_can.DBC_PATH))
 MSGS = {m.name: m for m in gen_can.load()}
+
+
+def _value(name):
+    """A generated constant, public or underscored (CPython keeps both as globals)."""
+    assert gen_can.public(name) == name or not hasattr(cm, name), name
+    return getattr(cm, gen_can.public(name))
 
 
 def _codec(name):
@@ -32,7 +40,7 @@ def test_every_dbc_message_has_a_codec_and_id():
     for msg in DB.messages:
         m, cls, pack, unpack = _codec(msg.name)
         assert getattr(cm, m.const + "_ID") == msg.frame_id
-        assert getattr(cm, m.const + "_CYCLE_MS") == msg.cycle_time
+        assert _value(m.const + "_CYCLE_MS") == msg.cycle_time
         o = cls()
         for s in msg.signals:
             if s.name != "Checksum":
@@ -275,10 +283,29 @@ def test_every_value_table_entry_has_a_firmware_constant():
         for sig in _data_sigs(msg):
             for v, label in (sig.choices or {}).items():
                 const = gen_can.snake(sig.name).upper() + "_" + str(label).upper()
-                assert getattr(cm, const) == v, const
-                assert getattr(cm, gen_can.snake(sig.name).upper() + "_NAMES")[v] == str(label)
+                assert _value(const) == v, const
+                assert _value(gen_can.snake(sig.name).upper() + "_NAMES")[v] == str(label)
                 n += 1
     assert n == sum(len(s.choices or {}) for msg in DB.messages for s in msg.signals) > 0
+
+
+def test_names_other_modules_read_are_public_and_the_rest_folded_away():
+    # can_msgs.<NAME> read anywhere in the tree (aliases M, cm) must exist without the
+    # underscore (the firmware has no `_NAME` once mpy-cross folded it); an exported value
+    # nobody reads is a global and a name in RAM for nothing
+    used = set()
+    for top in ("firmware", "boards", "host_tools", "bench", "tests"):
+        for p in (ROOT / top).rglob("*.py"):
+            text = p.read_text()
+            for alias in re.findall(r"from core import can_msgs as (\w+)", text):
+                used |= set(re.findall(r"\b" + alias + r"\.([A-Z][A-Z0-9_]*)\b", text))
+            for names in re.findall(r"from core\.can_msgs import \(?([\w, \n]+)", text):
+                used |= {n.strip() for n in names.split(",") if n.strip()}
+    values = {n for n in used if not n.endswith("_ID")}
+    assert values and values <= gen_can.EXPORTED, sorted(values - gen_can.EXPORTED)
+    assert gen_can.EXPORTED <= values, sorted(gen_can.EXPORTED - values)
+    for n in used:
+        assert hasattr(cm, n), n
 
 
 # ---- out-of-range values on encode: saturate at the DBC range, counted ---------------------

@@ -13,7 +13,9 @@ from host_tools import sim, vm
 from host_tools.gridcheck import FAST_POLL_MS, STEP_MS
 
 vm.firmware_sys_path()
-from core.grid_profiles import PROFILES  # noqa: E402
+from core.grid_profiles import profiles  # noqa: E402
+
+PROFILES = profiles()
 
 ALL_STAGES = [s for p in gc.PROFILE_ORDER for s in gc.stages(p)]
 
