@@ -98,11 +98,12 @@ def test_every_csms_request_has_one_handler_in_one_block(tmp_path):
     st = OcppStation("CS1", "ws://127.0.0.1:9/ocpp", None, tmp_path, None)
     assert sorted(st.routes) == [
         "ChangeAvailability", "ClearChargingProfile", "DataTransfer", "GetBaseReport",
-        "GetCompositeSchedule", "GetLog", "GetVariables", "RequestStartTransaction",
+        "GetCompositeSchedule", "GetLog", "GetReport", "GetTransactionStatus", "GetVariables",
+        "RequestStartTransaction",
         "RequestStopTransaction", "Reset", "SetChargingProfile", "SetVariables", "TriggerMessage",
         "UpdateFirmware"]
     assert sorted(a for a, h in st.routes.items() if "_after_action" in h) == [
-        "GetBaseReport", "GetLog", "Reset", "TriggerMessage", "UpdateFirmware"]
+        "GetBaseReport", "GetLog", "GetReport", "Reset", "TriggerMessage", "UpdateFirmware"]
 
     class Twice:
         @on("Reset")

@@ -455,9 +455,11 @@ def test_update_firmware_pushes_a_signed_bundle_and_reports_each_status(rig):
     csms.wait_for("FirmwareStatusNotification", match=lambda kw: kw["status"] == "Installed",
                   after=mark, timeout=120)
     seen = [kw["status"] for kw in csms.messages("FirmwareStatusNotification", after=mark)]
-    assert seen[:4] == ["Downloading", "Downloaded", "Installing", "InstallRebooting"], seen
+    assert seen[:5] == ["Downloading", "Downloaded", "SignatureVerified", "Installing", "InstallRebooting"], seen
     boot = csms.wait_for("BootNotification", after=mark, timeout=30)
     assert boot["reason"] == "FirmwareUpdate"
+    ev = csms.wait_for("SecurityEventNotification", after=mark, match=lambda kw: kw["type"] == "FirmwareUpdated")
+    assert "0.2.0" in ev["tech_info"]
     assert boot["charging_station"]["firmware_version"] == "0.2.0"
 
 
