@@ -327,3 +327,19 @@ class Csms:
                 return res.error_code, res.error_description
             return "result", res.payload
         return self.run(go(), timeout)
+
+    def send_frame(self, station, text, answer_id, action=None, timeout=15):
+        """Send a raw text frame (well formed or not) and return the station's answer with id
+        `answer_id` as a list: [3, id, payload] or [4, id, code, description, details]."""
+        cp = self.wait_station(station)
+
+        async def go():
+            if action is not None:
+                cp.sent_actions[answer_id] = action
+            async with cp._call_lock:
+                await cp._send(text)
+                res = await cp._get_specific_response(answer_id, timeout)
+            if res.message_type_id == MessageType.CallError:
+                return [4, res.unique_id, res.error_code, res.error_description, res.error_details]
+            return [3, res.unique_id, res.payload]
+        return self.run(go(), timeout + 5)

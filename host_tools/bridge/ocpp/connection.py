@@ -66,8 +66,7 @@ from ocpp.routing import after, create_route_map, on
 
 from host_tools.bridge.profiles import parse_time
 
-__all__ = ["VERSIONS", "CallRefused", "Connection", "OCPPError", "OccurrenceConstraintViolationError", "after",
-           "check_call", "fix_phase_keys", "keepalive", "on", "routes_of", "snake_to_camel_case", "to_payload"]
+__all__ = ["VERSIONS", "CallRefused", "Connection", "OCPPError", "after", "check_call", "fix_phase_keys", "keepalive", "on", "routes_of", "snake_to_camel_case", "to_payload"]
 
 log = logging.getLogger(__name__)
 

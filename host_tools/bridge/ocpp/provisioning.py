@@ -13,7 +13,6 @@ from host_tools import link as hl
 from host_tools.bridge import profiles as prof
 from host_tools.bridge import variables as V
 from host_tools.bridge.ocpp.connection import CallRefused, OCPPError, after, on
-from host_tools.bridge.ocpp.connection import OccurrenceConstraintViolationError
 from host_tools.bridge.ocpp.context import MODEL, VENDOR, status_info, utcnow
 from host_tools.bridge.ocpp.device_model import ITEMS_PER_MESSAGE
 
@@ -129,8 +128,9 @@ class Provisioning:
     @on("GetReport")
     async def on_get_report(self, request_id, component_variable=None, component_criteria=None, **_):
         if component_variable and len(component_variable) > ITEMS_PER_MESSAGE:
-            raise OccurrenceConstraintViolationError(
-                description=f"componentVariable: more than ItemsPerMessage[GetReport] = {ITEMS_PER_MESSAGE}")
+            return {"status": "Rejected", "statusInfo": status_info(
+                "TooManyElements", f"componentVariable: {len(component_variable)} entries, "
+                f"ItemsPerMessage[GetReport] is {ITEMS_PER_MESSAGE}")}
         entries = self._select(await self._entries(), component_variable, component_criteria)
         self._report_rows[request_id] = entries
         return {"status": "Accepted" if entries else "EmptyResultSet"}
@@ -165,18 +165,19 @@ class Provisioning:
 
     @on("GetVariables")
     async def on_get_variables(self, get_variable_data, **_):
-        if len(get_variable_data) > ITEMS_PER_MESSAGE:
-            # B06.FR.?: more than ItemsPerMessage[GetVariables] is refused whole
-            raise OccurrenceConstraintViolationError(
-                description=f"getVariableData: more than ItemsPerMessage[GetVariables] = {ITEMS_PER_MESSAGE}")
         dm = self.ctx.device_model
         values = None
         out = []
-        for item in get_variable_data:
+        for i, item in enumerate(get_variable_data):
             comp, var = item["component"], item["variable"]
             atype = item.get("attribute_type", "Actual")
             # B06.FR.02/.11: the answer names the attribute type asked for (Actual when none was)
             r = {"component": _echo(comp), "variable": _echo(var), "attributeType": atype}
+            if i >= ITEMS_PER_MESSAGE:
+                # TC_B_08_CS: what is beyond ItemsPerMessage[GetVariables] is Rejected, not read
+                out.append({**r, "attributeStatus": "Rejected", "attributeStatusInfo": status_info(
+                    "TooManyElements", f"ItemsPerMessage[GetVariables] is {ITEMS_PER_MESSAGE}")})
+                continue
             if comp["name"] == V.COMPONENT and not comp.get("instance") and not var.get("instance"):
                 if values is None:
                     values = await self._controller_values()
@@ -203,16 +204,18 @@ class Provisioning:
 
     @on("SetVariables")
     async def on_set_variables(self, set_variable_data, **_):
-        if len(set_variable_data) > ITEMS_PER_MESSAGE:
-            raise OccurrenceConstraintViolationError(
-                description=f"setVariableData: more than ItemsPerMessage[SetVariables] = {ITEMS_PER_MESSAGE}")
         ctl, dm = self.ctx.ctl, self.ctx.device_model
         values = None
         out = []
-        for item in set_variable_data:
+        for i, item in enumerate(set_variable_data):
             comp, var = item["component"], item["variable"]
             r = {"component": _echo(comp), "variable": _echo(var),
                  "attributeType": item.get("attribute_type", "Actual")}
+            if i >= ITEMS_PER_MESSAGE:
+                # as GetVariables: beyond ItemsPerMessage[SetVariables] is Rejected and not set
+                out.append({**r, "attributeStatus": "Rejected", "attributeStatusInfo": status_info(
+                    "TooManyElements", f"ItemsPerMessage[SetVariables] is {ITEMS_PER_MESSAGE}")})
+                continue
             if comp["name"] != V.COMPONENT or comp.get("instance") or var.get("instance"):
                 status, v = dm.find(comp["name"], var["name"], var.get("instance"))
                 if comp.get("instance") and v is not None:
