@@ -440,3 +440,41 @@ def test_part4_a_bad_request_changes_nothing(rig):
     assert rig.st.smart_charging.profiles.profiles == {} and rig.ctl.plans == []
     assert ("config_set", {"MAX_CHARGE_AMPS": 6}) not in rig.ctl.commands
     assert rig.csms.messages("BootNotification")[-1]["reason"] == "PowerUp"    # no reset happened
+
+
+# ---------------------------------------------------------------------------- a connection that stays up
+
+def test_TC_B_57_CS_silent_drops_are_detected_by_ping_and_no_transaction_event_is_lost_or_doubled(tmp_path):
+    """Part 4 §5: WebSocket ping every WebSocketPingInterval; a link that silently stops carrying
+    traffic (no FIN, no RST) is found dead within the interval plus the pong timeout, the
+    station reconnects with the RetryBackOff* back-off and sends what it queued, in order,
+    once. Three drops, each while events are being produced."""
+    r = Rig(tmp_path, proxy=True)
+    try:
+        assert r.set_vars(("OCPPCommCtrlr", "WebSocketPingInterval", 1), ("OCPPCommCtrlr", "RetryBackOffWaitMinimum", 0),
+                          ("OCPPCommCtrlr", "RetryBackOffRandomRange", 0)) == ["Accepted"] * 3
+        tx = _plug(r)
+        n = 0
+        for drop in range(3):
+            r.wait(lambda: len(r.st.transactions.queue) == 0, what="the queue drained")
+            dead_before, boots = r.st.dead_links, len(r.csms.messages("BootNotification"))
+            t0 = time.monotonic()
+            r.proxy.drop()
+            for _ in range(2):                      # events while the link is dead
+                n += 1
+                r.sample(mode="paused" if n % 2 else "charging")
+            r.wait(lambda: r.st.dead_links > dead_before, 5, "the dead link noticed")
+            detect_s = time.monotonic() - t0
+            assert detect_s < 1 + r.st.pong_timeout() + 1.0, detect_s    # interval + pong timeout (+ a loaded machine)
+            assert not r.st.connected.is_set()
+            r.proxy.restore()
+            r.wait(lambda: len(r.csms.messages("BootNotification")) > boots, 10, "the reconnect")
+        r.wait(lambda: len(r.st.transactions.queue) == 0, what="the queue drained")
+        seqs = [kw["seq_no"] for kw in r.csms.messages("TransactionEvent")
+                if kw["transaction_info"]["transaction_id"] == tx]
+        assert seqs == list(range(7)), seqs           # Started + 6 updates: each once, in order
+        late = [kw for kw in r.csms.messages("TransactionEvent") if kw["seq_no"] > 0]
+        assert all(kw.get("offline") is not True for kw in late)  # queued while it seemed connected
+        assert r.st.dead_links == 3 and "CSMS link dead" in r.log.text()
+    finally:
+        r.close()

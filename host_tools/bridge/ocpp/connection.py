@@ -226,12 +226,17 @@ async def keepalive(ws, interval, timeout, on_dead=None):
     """WebSocket ping every `interval()` s (0: off, looked at again each second); no pong within
     `timeout()` s means the link is dead (a silently dropped connection sends no FIN): the TCP
     connection is aborted at once, so the reader ends and the session reconnects."""
+    loop = asyncio.get_running_loop()
+    last = loop.time()
     while True:
+        # the interval is read again at least once a second: a SetVariables applies at once
         every = interval()
-        if not every or every <= 0:
-            await asyncio.sleep(1.0)
+        due = last + every if every and every > 0 else None
+        now = loop.time()
+        if due is None or now < due:
+            await asyncio.sleep(1.0 if due is None else min(1.0, due - now))
             continue
-        await asyncio.sleep(every)
+        last = now
         try:
             pong = await ws.ping()
             await asyncio.wait_for(pong, timeout())
