@@ -455,20 +455,20 @@ def test_TC_B_57_CS_silent_drops_are_detected_by_ping_and_no_transaction_event_i
                           ("OCPPCommCtrlr", "RetryBackOffRandomRange", 0)) == ["Accepted"] * 3
         tx = _plug(r)
         n = 0
-        for drop in range(3):
+        for _ in range(3):
             r.wait(lambda: len(r.st.transactions.queue) == 0, what="the queue drained")
             dead_before, boots = r.st.dead_links, len(r.csms.messages("BootNotification"))
             t0 = time.monotonic()
             r.proxy.drop()
-            for _ in range(2):                      # events while the link is dead
+            for _i in range(2):                     # events while the link is dead
                 n += 1
                 r.sample(mode="paused" if n % 2 else "charging")
-            r.wait(lambda: r.st.dead_links > dead_before, 5, "the dead link noticed")
+            r.wait(lambda d=dead_before: r.st.dead_links > d, 5, "the dead link noticed")
             detect_s = time.monotonic() - t0
             assert detect_s < 1 + r.st.pong_timeout() + 1.0, detect_s    # interval + pong timeout (+ a loaded machine)
-            assert not r.st.connected.is_set()
+            r.wait(lambda: not r.st.connected.is_set(), 5, "the session ended")
             r.proxy.restore()
-            r.wait(lambda: len(r.csms.messages("BootNotification")) > boots, 10, "the reconnect")
+            r.wait(lambda b=boots: len(r.csms.messages("BootNotification")) > b, 10, "the reconnect")
         r.wait(lambda: len(r.st.transactions.queue) == 0, what="the queue drained")
         seqs = [kw["seq_no"] for kw in r.csms.messages("TransactionEvent")
                 if kw["transaction_info"]["transaction_id"] == tx]

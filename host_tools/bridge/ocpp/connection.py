@@ -239,7 +239,8 @@ async def keepalive(ws, interval, timeout, on_dead=None):
         last = now
         try:
             pong = await ws.ping()
-            await asyncio.wait_for(pong, timeout())
+            async with asyncio.timeout(timeout()):
+                await pong
         except asyncio.TimeoutError:
             if on_dead is not None:
                 on_dead()
@@ -353,7 +354,10 @@ class Connection:
             fut = self._pending[call.unique_id] = asyncio.get_running_loop().create_future()
             try:
                 await self.send(call.to_json())
-                response = await asyncio.wait_for(fut, self.response_timeout)
+                # asyncio.timeout, not wait_for: 3.11's wait_for loses a cancellation that
+                # arrives as the answer does, and a stopped station would hang in its session
+                async with asyncio.timeout(self.response_timeout):
+                    response = await fut
             finally:
                 del self._pending[call.unique_id]
         if response.message_type_id == MessageType.CallError:
