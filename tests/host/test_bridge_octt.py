@@ -478,3 +478,34 @@ def test_TC_B_57_CS_silent_drops_are_detected_by_ping_and_no_transaction_event_i
         assert r.st.dead_links == 3 and "CSMS link dead" in r.log.text()
     finally:
         r.close()
+
+
+def test_the_tests_csms_refuses_station_frames_that_break_the_schemas():
+    """The check every test here relies on: a frame of the station that breaks its schema is
+    recorded (and fails the test when the CSMS closes)."""
+    from ocpp_csms import Csms
+
+    class Cp:
+        id, version = STATION, "ocpp2.0.1"
+        sent_actions = {"a1": "GetVariables", "a2": "GetVariables"}
+    csms = Csms(versions=("ocpp2.0.1",))
+    try:
+        ok = {"getVariableResult": [{"attributeStatus": "Accepted", "attributeType": "Actual",
+                                     "component": {"name": "C"}, "variable": {"name": "V"}}]}
+        csms._check_frame(Cp, json.dumps([3, "a1", ok]))
+        assert csms.violations == []
+        bad = {"getVariableResult": [{"attributeStatus": "Fine", "component": {"name": "C"}, "variable": {}}]}
+        csms._check_frame(Cp, json.dumps([3, "a2", bad]))
+        csms._check_frame(Cp, json.dumps([2, "b1", "Heartbeat", {"extra": 1}]))
+        csms._check_frame(Cp, json.dumps([2, "b2", "SecurityEventNotification",
+                                          {"type": "X", "timestamp": "yesterday"}]))
+        csms._check_frame(Cp, json.dumps([4, "b3", "Oops", "", {}]))
+        text = " ".join(v for _, v in csms.violations)
+        for what in ("GetVariablesResponse", "'Fine'", "'name' is a required", "HeartbeatRequest",
+                     "yesterday", "Oops"):
+            assert what in text, (what, text)
+        with pytest.raises(AssertionError):
+            csms.assert_schemas()
+    finally:
+        csms.violations.clear()
+        csms.close()
