@@ -175,9 +175,13 @@ def test_base_report_lists_every_setting(rig):
 
 def test_unhandled_actions_get_a_callerror_and_datatransfer_is_rejected(rig):
     csms = rig["csms"]
+    # OCPP-J: a request OCPP has but this station does not is NotSupported; one it does not know
+    # at all is NotImplemented
     kind, _ = csms.request_raw(STATION, "CancelReservation", {"reservationId": 3})
-    assert kind == "NotImplemented"
+    assert kind == "NotSupported"
     kind, _ = csms.request_raw(STATION, "GetLocalListVersion", {})
+    assert kind == "NotSupported"
+    kind, _ = csms.request_raw(STATION, "MakeCoffee", {})
     assert kind == "NotImplemented"
     kind, res = csms.request(STATION, call.DataTransfer(vendor_id="com.example", message_id="x"))
     assert kind == "result" and res["status"] == "Rejected"

@@ -113,8 +113,8 @@ def test_TC_B_10_CS_set_variables_multiple_values(rig):
 def test_TC_B_11_CS_set_variables_invalidly_formatted_values_change_nothing(rig):
     res = rig.set_vars(("OCPPCommCtrlr", "OfflineThreshold", "ten"), ("OCPPCommCtrlr", "WebSocketPingInterval", -1),
                        ("TxCtrlr", "TxStartPoint", "Authorized"), ("V2GController", "MAX_CHARGE_AMPS", 500),
-                       ("V2GController", "MAX_CHARGE_AMPS", "x"))
-    assert res == ["Rejected"] * 5
+                       ("V2GController", "MAX_CHARGE_AMPS", "x"), ("OCPPCommCtrlr", "RetryBackOffRepeatTimes", 20))
+    assert res == ["Rejected"] * 6     # 3 s x 2^20 would be a reconnect every 36 days
     got = _get(rig, ("OCPPCommCtrlr", "OfflineThreshold"), ("OCPPCommCtrlr", "WebSocketPingInterval"),
                ("TxCtrlr", "TxStartPoint"), ("V2GController", "MAX_CHARGE_AMPS"))
     assert [g["attributeValue"] for g in got] == ["60", "30", "EVConnected", "32"]
@@ -451,7 +451,7 @@ def test_TC_B_57_CS_silent_drops_are_detected_by_ping_and_no_transaction_event_i
     once. Three drops, each while events are being produced."""
     r = Rig(tmp_path, proxy=True)
     try:
-        assert r.set_vars(("OCPPCommCtrlr", "WebSocketPingInterval", 1), ("OCPPCommCtrlr", "RetryBackOffWaitMinimum", 0),
+        assert r.set_vars(("OCPPCommCtrlr", "WebSocketPingInterval", 1), ("OCPPCommCtrlr", "RetryBackOffWaitMinimum", 1),
                           ("OCPPCommCtrlr", "RetryBackOffRandomRange", 0)) == ["Accepted"] * 3
         tx = _plug(r)
         n = 0

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 10.0
 LOOP_RESTART_S = 1.0
-PONG_TIMEOUT_MAX_S = 10.0   # a pong later than min(WebSocketPingInterval, this) means a dead link
+PONG_TIMEOUT_MAX_S = 10.0
+MAX_BACKOFF_S = 3600   # a pong later than min(WebSocketPingInterval, this) means a dead link
 
 
 class OcppStation:
@@ -93,9 +94,16 @@ class OcppStation:
         dm.bind("OCPPCommCtrlr", "HeartbeatInterval", lambda: p.heartbeat_s, setter(p, "heartbeat_s", int))
         dm.bind("SampledDataCtrlr", "TxUpdatedInterval", lambda: int(t.meter_interval_s),
                 setter(t, "meter_interval_s"))
-        dm.bind("OCPPCommCtrlr", "RetryBackOffWaitMinimum", lambda: b.wait_minimum_s, setter(b, "wait_minimum_s"))
+        def longest(minimum, times):
+            # the same bound as --retry-backoff: the longest wait stays within an hour
+            if minimum * 2 ** times > MAX_BACKOFF_S:
+                raise ValueError(f"RetryBackOffWaitMinimum {minimum:g} s x 2^RetryBackOffRepeatTimes {times} "
+                                 f"is above {MAX_BACKOFF_S} s")
+        dm.bind("OCPPCommCtrlr", "RetryBackOffWaitMinimum", lambda: b.wait_minimum_s, setter(b, "wait_minimum_s"),
+                check=lambda v: longest(v, b.repeat_times))
         dm.bind("OCPPCommCtrlr", "RetryBackOffRandomRange", lambda: b.random_range_s, setter(b, "random_range_s"))
-        dm.bind("OCPPCommCtrlr", "RetryBackOffRepeatTimes", lambda: b.repeat_times, setter(b, "repeat_times", int))
+        dm.bind("OCPPCommCtrlr", "RetryBackOffRepeatTimes", lambda: b.repeat_times, setter(b, "repeat_times", int),
+                check=lambda v: longest(b.wait_minimum_s, v))
         dm.bind("OCPPCommCtrlr", "MessageTimeout", lambda: int(self.response_timeout), instance="Default")
         dm.bind("SecurityCtrlr", "SecurityProfile", lambda: self.ctx.security.profile)
         dm.bind("ChargingStation", "Model", lambda: MODEL)

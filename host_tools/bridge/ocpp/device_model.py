@@ -31,11 +31,12 @@ class Var:
 
     def __init__(self, component, name, data_type, mutability="ReadWrite", default=None, *, instance=None,
                  unit=None, min_limit=None, max_limit=None, values_list=None, get=None, set=None,  # noqa: A002
-                 max_len=None):
+                 max_len=None, check=None):
         self.component, self.name, self.instance = component, name, instance
         self.data_type, self.mutability, self.default = data_type, mutability, default
         self.unit, self.min_limit, self.max_limit = unit, min_limit, max_limit
         self.values_list, self.get, self.set, self.max_len = values_list, get, set, max_len
+        self.check = check      # fn(value): ValueError when it does not fit with other variables
 
     @property
     def key(self):
@@ -81,6 +82,8 @@ class Var:
                 raise ValueError(f"{v} is below the minimum {self.min_limit}")
             if self.max_limit is not None and v > self.max_limit:
                 raise ValueError(f"{v} is above the maximum {self.max_limit}")
+        if self.check is not None:
+            self.check(v)
         return v
 
     def characteristics(self):
@@ -117,9 +120,11 @@ class DeviceModel:
         for v in _standard():
             self.vars[v.key] = v
 
-    def bind(self, component, name, get, set=None, instance=None):  # noqa: A002
+    def bind(self, component, name, get, set=None, instance=None, check=None):  # noqa: A002
         v = self.vars[(component, None, name, instance)]
         v.get, v.set = get, set
+        if check is not None:
+            v.check = check
 
     # ------------------------------------------------------------------ lookup
 
@@ -204,7 +209,7 @@ def _standard():
         Var("OCPPCommCtrlr", "MessageAttemptInterval", "integer", RW, 10, instance="TransactionEvent",
             unit="s", min_limit=0, max_limit=3600),
         Var("OCPPCommCtrlr", "WebSocketPingInterval", "integer", RW, 30, unit="s", min_limit=0, max_limit=3600),
-        Var("OCPPCommCtrlr", "RetryBackOffWaitMinimum", "integer", RW, 3, unit="s", min_limit=0, max_limit=3600),
+        Var("OCPPCommCtrlr", "RetryBackOffWaitMinimum", "integer", RW, 3, unit="s", min_limit=1, max_limit=3600),
         Var("OCPPCommCtrlr", "RetryBackOffRandomRange", "integer", RW, 10, unit="s", min_limit=0, max_limit=3600),
         Var("OCPPCommCtrlr", "RetryBackOffRepeatTimes", "integer", RW, 5, min_limit=0, max_limit=20),
         Var("OCPPCommCtrlr", "NetworkConfigurationPriority", "SequenceList", RO, "0", values_list=("0",)),
@@ -230,13 +235,14 @@ def _standard():
         # J MeterValues
         Var("SampledDataCtrlr", "TxStartedMeasurands", "MemberList", RW, ",".join(meas), values_list=meas),
         Var("SampledDataCtrlr", "TxEndedMeasurands", "MemberList", RW, ",".join(meas), values_list=meas),
-        Var("SampledDataCtrlr", "TxEndedInterval", "integer", RW, 0, unit="s", min_limit=0, max_limit=86400),
+        # no sampled values inside the Ended event and no clock-aligned readings: read-only 0 (off)
+        Var("SampledDataCtrlr", "TxEndedInterval", "integer", RO, 0, unit="s"),
         Var("SampledDataCtrlr", "TxUpdatedMeasurands", "MemberList", RW, ",".join(meas), values_list=meas),
         Var("SampledDataCtrlr", "TxUpdatedInterval", "integer", RW, 60, unit="s", min_limit=1, max_limit=86400),
-        Var("AlignedDataCtrlr", "Measurands", "MemberList", RW, ",".join(meas[:2]), values_list=meas),
-        Var("AlignedDataCtrlr", "Interval", "integer", RW, 0, unit="s", min_limit=0, max_limit=86400),
-        Var("AlignedDataCtrlr", "TxEndedMeasurands", "MemberList", RW, ",".join(meas[:2]), values_list=meas),
-        Var("AlignedDataCtrlr", "TxEndedInterval", "integer", RW, 0, unit="s", min_limit=0, max_limit=86400),
+        Var("AlignedDataCtrlr", "Measurands", "MemberList", RO, "", values_list=meas),
+        Var("AlignedDataCtrlr", "Interval", "integer", RO, 0, unit="s"),
+        Var("AlignedDataCtrlr", "TxEndedMeasurands", "MemberList", RO, "", values_list=meas),
+        Var("AlignedDataCtrlr", "TxEndedInterval", "integer", RO, 0, unit="s"),
         # K SmartCharging: what a profile may ask of this station
         Var("SmartChargingCtrlr", "Enabled", "boolean", RO, True),
         Var("SmartChargingCtrlr", "Entries", "integer", RO, PROFILE_ENTRIES, instance="ChargingProfiles"),
