@@ -76,8 +76,9 @@ class _Handlers:
     @on("BootNotification")
     def on_boot(self, **kw):
         self._rec("BootNotification", kw)
+        status = self.csms.boot_status.pop(0) if self.csms.boot_status else "Accepted"
         return self._call_result.BootNotification(current_time=_now(), interval=self.csms.heartbeat_s,
-                                                  status="Accepted")
+                                                  status=status)
 
     @on("Heartbeat")
     def on_hb(self, **kw):
@@ -163,6 +164,7 @@ class Csms:
         self.violations = []      # (station, what) for each station frame that fails its schema
         self.frames = 0           # station frames checked
         self.refuse_tx = 0        # answer this many TransactionEvents with a CALLERROR
+        self.boot_status = []     # answers to the next BootNotifications (then Accepted)
         self._cond = threading.Condition()
         self.loop = asyncio.new_event_loop()
         self._server = None

@@ -133,8 +133,9 @@ class Rig:
     """The station runs on its own loop in a thread; tests drive the CSMS and `do` things on
     the station's loop."""
 
-    def __init__(self, tmp_path, *, proxy=False, **station_kw):
-        self.csms = Csms(versions=("ocpp2.0.1",), heartbeat_s=60).start()
+    def __init__(self, tmp_path, *, proxy=False, boot_status=(), heartbeat_s=60, **station_kw):
+        self.csms = Csms(versions=("ocpp2.0.1",), heartbeat_s=heartbeat_s).start()
+        self.csms.boot_status = list(boot_status)
         self.ctl = Controller()
         self.log = Log()
         self.loop = asyncio.new_event_loop()

@@ -49,6 +49,28 @@ def _report(rig, mark, request_id):
 
 # ---------------------------------------------------------------------------- B Provisioning
 
+def test_TC_B_01_CS_cold_boot_accepted(rig):
+    boot = rig.csms.wait_for("BootNotification")
+    assert boot["reason"] == "PowerUp" and boot["charging_station"]["vendor_name"]
+    st = rig.csms.wait_for("StatusNotification")
+    assert (st["evse_id"], st["connector_id"], st["connector_status"]) == (1, 1, "Available")
+
+
+@pytest.mark.parametrize("answer", ["Pending", "Rejected"])
+def test_TC_B_02_CS_and_TC_B_03_CS_cold_boot_pending_or_rejected_retries_and_sends_nothing_else(tmp_path, answer):
+    """B02/B03: while the CSMS says Pending or Rejected the station sends BootNotification again
+    after the interval it was given, and nothing else; once Accepted, the rest follows."""
+    r = Rig(tmp_path, boot_status=[answer, answer], heartbeat_s=1)
+    try:
+        acts = [a for _, a, _, _ in r.csms.received]
+        assert acts[:3] == ["BootNotification"] * 3, acts
+        t = [t for _, a, _, t in r.csms.received if a == "BootNotification"]
+        assert t[1] - t[0] >= 0.9 and t[2] - t[1] >= 0.9        # the interval given (1 s)
+        r.csms.wait_for("StatusNotification")
+    finally:
+        r.close()
+
+
 def test_TC_B_06_CS_get_variables_single_value_names_the_attribute_type(rig):
     # B06.FR.01/.02/.03: one result per item, component and variable as asked, attributeType
     # as asked and Actual when none was (B06.FR.11)
@@ -264,6 +286,21 @@ def _plug(rig):
     rig.sample(cp="C", mode="charging", ma=16000, w=3680)
     started = rig.csms.wait_for("TransactionEvent", lambda kw: kw["event_type"] == "Started", after=mark)
     return started["transaction_info"]["transaction_id"]
+
+
+def test_TC_E_09_CS_and_TC_E_14_CS_transaction_from_cable_in_to_cable_out(rig):
+    """E01/E06: TxStartPoint and TxStopPoint EVConnected: plugging in starts the transaction,
+    unplugging ends it (stoppedReason EVDisconnected); seqNo counts from 0."""
+    mark = rig.csms.mark()
+    tx = _plug(rig)
+    rig.sample(cp="A", mode="idle")
+    ended = rig.csms.wait_for("TransactionEvent", lambda kw: kw["event_type"] == "Ended", after=mark)
+    evs = [kw for kw in rig.csms.messages("TransactionEvent", after=mark)]
+    assert evs[0]["trigger_reason"] == "CablePluggedIn" and evs[0]["seq_no"] == 0
+    assert ended["transaction_info"] == dict(ended["transaction_info"], transaction_id=tx, stopped_reason="EVDisconnected")
+    assert [e["seq_no"] for e in evs] == list(range(len(evs)))
+    st = rig.csms.wait_for("StatusNotification", lambda kw: kw["connector_status"] == "Available", after=mark)
+    assert st["evse_id"] == 1
 
 
 def test_TC_E_29_CS_and_TC_E_30_CS_transaction_status_ongoing_with_and_without_queued_messages(rig):
