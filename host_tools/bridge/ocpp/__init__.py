@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 10.0
 LOOP_RESTART_S = 1.0
-PONG_TIMEOUT_MAX_S = 10.0
-MAX_BACKOFF_S = 3600   # a pong later than min(WebSocketPingInterval, this) means a dead link
+PONG_TIMEOUT_MAX_S = 10.0   # a pong later than min(WebSocketPingInterval, this) means a dead link
+MAX_BACKOFF_S = 3600        # the longest reconnect wait the RetryBackOff* variables may make
 
 
 class OcppStation:
@@ -94,6 +94,7 @@ class OcppStation:
         dm.bind("OCPPCommCtrlr", "HeartbeatInterval", lambda: p.heartbeat_s, setter(p, "heartbeat_s", int))
         dm.bind("SampledDataCtrlr", "TxUpdatedInterval", lambda: int(t.meter_interval_s),
                 setter(t, "meter_interval_s"))
+
         def longest(minimum, times):
             # the same bound as --retry-backoff: the longest wait stays within an hour
             if minimum * 2 ** times > MAX_BACKOFF_S:

@@ -27,6 +27,13 @@ when a release with them is pinned); the rest are still so on main (July 2026):
   TypeConstraintViolation naming the field (OCPP-J, 2.0.1 Part 4: "syntactically correct
   but at least one of the fields violates data type constraints"; dateTime is one of
   OCPP's data types), before any handler runs.
+- its `validate_payload` names the wrong CALLERROR for most schema failures (a missing field
+  is ProtocolError, a value outside an enumeration FormatViolation; Part 4 says
+  OccurrenceConstraintViolation and PropertyConstraintViolation), its `unpack` drops a frame
+  it cannot read without an answer, and it answers NotImplemented for an action OCPP has
+  but the station does not (Part 4: NotSupported). Still so on main. Here `check_call` maps
+  each JSON-schema keyword to the Part 4 code and names the field, and `parse_frame` answers
+  RpcFrameworkError / MessageTypeNotSupported.
 - its `@after` hook does not see the answer the CSMS was given; here it gets it as
   `result=` (an Accepted reset, the file name of a log upload). Main after 2.1.0 has
   `@after(..., inject_response=True)` for this (mobilityhouse/ocpp #683).
@@ -66,7 +73,8 @@ from ocpp.routing import after, create_route_map, on
 
 from host_tools.bridge.profiles import parse_time
 
-__all__ = ["VERSIONS", "CallRefused", "Connection", "OCPPError", "after", "check_call", "fix_phase_keys", "keepalive", "on", "routes_of", "snake_to_camel_case", "to_payload"]
+__all__ = ["VERSIONS", "CallRefused", "Connection", "OCPPError", "after", "check_call", "fix_phase_keys",
+           "keepalive", "on", "routes_of", "snake_to_camel_case", "to_payload"]
 
 log = logging.getLogger(__name__)
 

@@ -85,7 +85,6 @@ class Transactions:
         self.queue_retry = Backoff(1.0, 0.0, 6)    # waits after a transient refusal (capped at 60 s)
         self._kick = asyncio.Event()
         self._last_meter = 0.0
-        self.sent_hook = None           # fn(payload) once the CSMS answered a TransactionEvent (bench)
 
     @property
     def running(self):
@@ -199,8 +198,6 @@ class Transactions:
                 attempts.pop(n, None)
                 self.queue.pop(n)
                 self.ctx.count("tx_events_sent")
-                if self.sent_hook is not None:
-                    self.sent_hook(payload)
 
     # ------------------------------------------------------------------ transaction
 
