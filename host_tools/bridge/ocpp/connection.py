@@ -31,7 +31,8 @@ when a release with them is pinned); the rest are still so on main (July 2026):
   is ProtocolError, a value outside an enumeration FormatViolation; Part 4 says
   OccurrenceConstraintViolation and PropertyConstraintViolation), its `unpack` drops a frame
   it cannot read without an answer, and it answers NotImplemented for an action OCPP has
-  but the station does not (Part 4: NotSupported). Still so on main. Here `check_call` maps
+  but the station does not (Part 4: NotSupported). So in 2.1.0; its main branch was not
+  checked for this one. Here `check_call` maps
   each JSON-schema keyword to the Part 4 code and names the field, and `parse_frame` answers
   RpcFrameworkError / MessageTypeNotSupported.
 - its `@after` hook does not see the answer the CSMS was given; here it gets it as
