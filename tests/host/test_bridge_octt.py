@@ -219,14 +219,30 @@ def test_TC_B_14_CS_to_TC_B_18_CS_custom_report_by_component_variable_and_criter
     assert not [kw for kw in rig.csms.messages("NotifyReport", after=mark) if kw["request_id"] in (16, 17)]
 
 
-def test_TC_B_20_CS_reset_is_a_security_event_and_boots_again(rig):
+def test_TC_B_20_CS_reset_on_idle_without_transaction_boots_again_and_is_a_security_event(rig):
     mark = rig.csms.mark()
-    kind, res = rig.request(call.Reset(type="Immediate"))
+    kind, res = rig.request(call.Reset(type="OnIdle"))
     assert res["status"] == "Accepted"
     boot = rig.csms.wait_for("BootNotification", after=mark)
     assert boot["reason"] == "RemoteReset"
+    st = rig.csms.wait_for("StatusNotification", after=mark)
+    assert (st["connector_status"], st["evse_id"], st["connector_id"]) == ("Available", 1, 1)
     ev = rig.csms.wait_for("SecurityEventNotification", lambda kw: kw["type"] == "ResetOrReboot", after=mark)
-    assert "Immediate" in ev["tech_info"]
+    assert "OnIdle" in ev["tech_info"]
+
+
+def test_TC_B_22_CS_reset_immediate_with_a_transaction_ends_it_first(rig):
+    tx = _plug(rig)
+    mark = rig.csms.mark()
+    kind, res = rig.request(call.Reset(type="Immediate"))
+    assert res["status"] == "Accepted"
+    ended = rig.csms.wait_for("TransactionEvent", lambda kw: kw["event_type"] == "Ended", after=mark)
+    assert ended["trigger_reason"] == "ResetCommand"
+    assert ended["transaction_info"]["transaction_id"] == tx
+    assert ended["transaction_info"]["stopped_reason"] == "ImmediateReset"
+    assert ended["transaction_info"]["charging_state"] == "EVConnected"
+    assert rig.csms.wait_for("BootNotification", after=mark)["reason"] == "RemoteReset"
+    assert ("stop", {}) in rig.ctl.commands
 
 
 # ---------------------------------------------------------------------------- A Security
@@ -297,7 +313,8 @@ def test_TC_E_09_CS_and_TC_E_14_CS_transaction_from_cable_in_to_cable_out(rig):
     ended = rig.csms.wait_for("TransactionEvent", lambda kw: kw["event_type"] == "Ended", after=mark)
     evs = [kw for kw in rig.csms.messages("TransactionEvent", after=mark)]
     assert evs[0]["trigger_reason"] == "CablePluggedIn" and evs[0]["seq_no"] == 0
-    assert ended["transaction_info"] == dict(ended["transaction_info"], transaction_id=tx, stopped_reason="EVDisconnected")
+    assert ended["transaction_info"] == dict(ended["transaction_info"], transaction_id=tx,
+                                             stopped_reason="EVDisconnected", charging_state="Idle")
     assert [e["seq_no"] for e in evs] == list(range(len(evs)))
     st = rig.csms.wait_for("StatusNotification", lambda kw: kw["connector_status"] == "Available", after=mark)
     assert st["evse_id"] == 1

@@ -239,7 +239,10 @@ class Transactions:
         if not self.tx.get("id"):
             return
         tx_id = self.tx["id"]
-        self.tx_event("Ended", trigger, s, stoppedReason=reason)
+        # the energy transfer is over whatever the last sample said: the EV is still plugged
+        # (a stop or a reset) or gone (E06: Idle)
+        state = "EVConnected" if (s or {}).get("cp") in PLUGGED else "Idle"
+        self.tx_event("Ended", trigger, s, stoppedReason=reason, chargingState=state)
         self.tx = {}
         self._save_tx()
         for fn in self.ended:
