@@ -377,6 +377,43 @@ def test_J02_transaction_events_carry_the_configured_measurands(rig):
     assert rig.set_vars(("SampledDataCtrlr", "TxUpdatedMeasurands", "Power.Active.Export.Typo")) == ["Rejected"]
 
 
+# ---------------------------------------------------------------------------- F RemoteControl
+
+TOKEN = {"id_token": "TAG-7", "type": "Central"}
+
+
+def test_TC_F_01_CS_remote_start_with_the_cable_in_first(rig):
+    tx = _plug(rig)
+    mark = rig.csms.mark()
+    kind, res = rig.request(call.RequestStartTransaction(id_token=TOKEN, remote_start_id=11, evse_id=1))
+    assert res["status"] == "Accepted" and res["transactionId"] == tx
+    ev = rig.csms.wait_for("TransactionEvent", lambda kw: kw["trigger_reason"] == "RemoteStart", after=mark)
+    assert ev["id_token"] == {"id_token": "TAG-7", "type": "Central"}
+    assert ev["transaction_info"]["remote_start_id"] == 11
+
+
+def test_TC_F_02_CS_remote_start_first_then_the_cable(rig):
+    kind, res = rig.request(call.RequestStartTransaction(id_token=TOKEN, remote_start_id=12, evse_id=1))
+    assert res["status"] == "Accepted"
+    mark = rig.csms.mark()
+    rig.sample(cp="C", mode="charging")
+    ev = rig.csms.wait_for("TransactionEvent", lambda kw: kw["event_type"] == "Started", after=mark)
+    assert ev["trigger_reason"] == "RemoteStart" and ev["transaction_info"]["remote_start_id"] == 12
+    assert ev["id_token"]["id_token"] == "TAG-7"
+
+
+def test_TC_F_03_CS_remote_stop(rig):
+    tx = _plug(rig)
+    mark = rig.csms.mark()
+    kind, res = rig.request(call.RequestStopTransaction(transaction_id="not-" + tx[4:]))
+    assert res["status"] == "Rejected"
+    kind, res = rig.request(call.RequestStopTransaction(transaction_id=tx))
+    assert res["status"] == "Accepted"
+    ev = rig.csms.wait_for("TransactionEvent", lambda kw: kw["event_type"] == "Ended", after=mark)
+    assert ev["trigger_reason"] == "RemoteStop" and ev["transaction_info"]["stopped_reason"] == "Remote"
+    assert ev["transaction_info"]["charging_state"] == "EVConnected"
+
+
 # ---------------------------------------------------------------------------- K SmartCharging
 
 def _profile(pid, periods, stack_level=0, purpose="TxDefaultProfile"):
