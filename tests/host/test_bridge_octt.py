@@ -196,7 +196,7 @@ def test_TC_B_13_CS_and_TC_B_53_CS_full_inventory_has_every_required_variable(ri
     assert len({e["seq_no"] for e in rig.csms.messages("NotifyReport", after=mark)}) > 1   # chunked
 
 
-def test_TC_B_14_CS_to_TC_B_18_CS_custom_report_by_component_variable_and_criteria(rig):
+def test_B08_custom_report_by_component_variable_and_criteria(rig):
     mark = rig.csms.mark()
     kind, res = rig.request(call.GetReport(request_id=14, component_variable=[
         {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "OfflineThreshold"}},
@@ -256,7 +256,7 @@ def test_A04_security_events_startup_and_settings_change_queued_while_offline(ri
     assert "OrganizationName" in ev["tech_info"]
 
 
-def test_TC_A_01_CS_failed_authentication_at_the_csms_is_reported_once_in(tmp_path):
+def test_A04_failed_authentication_at_the_csms_is_reported_once_in(tmp_path):
     """A01/A04: the CSMS refused the Basic Auth password (HTTP 401); the event waits until a
     later connection succeeds, then goes out as FailedToAuthenticateAtCsms."""
     from host_tools.bridge.ocpp import Security
@@ -436,7 +436,7 @@ def test_K01_a_profile_with_more_periods_than_the_station_advertises_is_rejected
     assert res["status"] == "Accepted"
 
 
-def test_TC_K_37_CS_discharge_beyond_the_controller_is_clamped_and_the_composite_schedule_says_so(rig):
+def test_K08_discharge_beyond_the_controller_is_clamped_and_the_composite_schedule_says_so(rig):
     kind, res = rig.request(call.SetChargingProfile(evse_id=1, charging_profile=_profile(1, [-40.0])))
     assert res["status"] == "Accepted"
     assert rig.ctl.plans[-1]["discharge_a"] == 16.0       # the controller's MAX_DISCHARGE_AMPS
@@ -535,7 +535,7 @@ def test_part4_a_bad_request_changes_nothing(rig):
 
 # ---------------------------------------------------------------------------- a connection that stays up
 
-def test_TC_B_57_CS_silent_drops_are_detected_by_ping_and_no_transaction_event_is_lost_or_doubled(tmp_path):
+def test_part4_silent_drops_are_detected_by_ping_and_no_transaction_event_is_lost_or_doubled(tmp_path):
     """Part 4 §5: WebSocket ping every WebSocketPingInterval; a link that silently stops carrying
     traffic (no FIN, no RST) is found dead within the interval plus the pong timeout, the
     station reconnects with the RetryBackOff* back-off and sends what it queued, in order,
