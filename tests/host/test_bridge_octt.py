@@ -304,7 +304,7 @@ def _plug(rig):
     return started["transaction_info"]["transaction_id"]
 
 
-def test_TC_E_09_CS_and_TC_E_14_CS_transaction_from_cable_in_to_cable_out(rig):
+def test_E01_and_TC_E_14_CS_transaction_from_cable_in_to_cable_out(rig):
     """E01/E06: TxStartPoint and TxStopPoint EVConnected: plugging in starts the transaction,
     unplugging ends it (stoppedReason EVDisconnected); seqNo counts from 0."""
     mark = rig.csms.mark()
