@@ -80,6 +80,7 @@ class OcppStation:
         self.routes = routes_of(p, a, t, sc, f, d)
 
         self._reconnect = asyncio.Event()
+        self._ping_changed = asyncio.Event()
         self.tasks = {}
         self._stopping = False
         self.dead_links = 0          # sessions ended by the keepalive
@@ -113,7 +114,15 @@ class OcppStation:
         dm.bind("ChargingStation", "AvailabilityState", a.current_status)
         dm.bind("ChargingStation", "Available", lambda: a.available)
         dm.bind("ChargingStation", "SupplyPhases", lambda: int(getattr(ctl, "phases", 1) or 1))
+        ping = dm.vars[("OCPPCommCtrlr", None, "WebSocketPingInterval", None)]
+        dm.bind("OCPPCommCtrlr", "WebSocketPingInterval", lambda: dm.stored(ping), self._set_ping_interval,
+                persistent=True)
         dm.bind("ClockCtrlr", "DateTime", lambda: utcnow().isoformat(timespec="seconds").replace("+00:00", "Z"))
+
+    def _set_ping_interval(self, value):
+        dm = self.ctx.device_model
+        dm.store(dm.vars[("OCPPCommCtrlr", None, "WebSocketPingInterval", None)], value)
+        self._ping_changed.set()     # the keepalive of this session takes it at once
 
     def ping_interval(self):
         return self.ctx.device_model.typed("OCPPCommCtrlr", "WebSocketPingInterval")
@@ -248,7 +257,8 @@ class OcppStation:
             reader = asyncio.ensure_future(cp.start())
             # WebSocket ping/pong at WebSocketPingInterval from the first frame on: a boot sent
             # into a silently dropped link must not wait for the response timeout either
-            pinger = asyncio.ensure_future(keepalive(ws, self.ping_interval, self.pong_timeout, self._link_dead))
+            pinger = asyncio.ensure_future(keepalive(ws, self.ping_interval, self.pong_timeout, self._link_dead,
+                                                     self._ping_changed))
             try:
                 await self.provisioning.boot()
                 self.backoff.reset()

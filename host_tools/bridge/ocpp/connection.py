@@ -231,19 +231,29 @@ class _FrameError(Exception):
         self.uid, self.error = uid, error
 
 
-async def keepalive(ws, interval, timeout, on_dead=None):
-    """WebSocket ping every `interval()` s (0: off, looked at again each second); no pong within
-    `timeout()` s means the link is dead (a silently dropped connection sends no FIN): the TCP
-    connection is aborted at once, so the reader ends and the session reconnects."""
+async def keepalive(ws, interval, timeout, on_dead=None, changed=None):
+    """WebSocket ping every `interval()` s (0: off); no pong within `timeout()` s means the
+    link is dead (a silently dropped connection sends no FIN): the TCP connection is aborted
+    at once, so the reader ends and the session reconnects. `changed` (an asyncio.Event) is
+    set when the interval is changed: it is read again at once. Without it, once a second."""
     loop = asyncio.get_running_loop()
     last = loop.time()
     while True:
-        # the interval is read again at least once a second: a SetVariables applies at once
         every = interval()
         due = last + every if every and every > 0 else None
         now = loop.time()
         if due is None or now < due:
-            await asyncio.sleep(1.0 if due is None else min(1.0, due - now))
+            wait = (None if due is None else due - now) if changed is not None else \
+                (1.0 if due is None else min(1.0, due - now))
+            if changed is None:
+                await asyncio.sleep(wait)
+            else:
+                try:
+                    async with asyncio.timeout(wait):
+                        await changed.wait()
+                except TimeoutError:
+                    pass
+                changed.clear()
             continue
         last = now
         try:

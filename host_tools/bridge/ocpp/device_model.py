@@ -37,6 +37,7 @@ class Var:
         self.unit, self.min_limit, self.max_limit = unit, min_limit, max_limit
         self.values_list, self.get, self.set, self.max_len = values_list, get, set, max_len
         self.check = check      # fn(value): ValueError when it does not fit with other variables
+        self.persistent = True  # kept in device_model.json; a bound one is what its block keeps
 
     @property
     def key(self):
@@ -120,9 +121,9 @@ class DeviceModel:
         for v in _standard():
             self.vars[v.key] = v
 
-    def bind(self, component, name, get, set=None, instance=None, check=None):  # noqa: A002
+    def bind(self, component, name, get, set=None, instance=None, check=None, persistent=False):  # noqa: A002
         v = self.vars[(component, None, name, instance)]
-        v.get, v.set = get, set
+        v.get, v.set, v.persistent = get, set, persistent
         if check is not None:
             v.check = check
 
@@ -143,7 +144,15 @@ class DeviceModel:
     def value(self, v):
         if v.get is not None:
             return v.get()
+        return self.stored(v)
+
+    def stored(self, v):
+        """The value kept in device_model.json (the default until one is set)."""
         return self._stored.get(_skey(v), v.default)
+
+    def store(self, v, value):
+        self._stored[_skey(v)] = value
+        write_json_atomic(self._file, self._stored)
 
     def text(self, v):
         return text_of(self.value(v))
@@ -163,14 +172,13 @@ class DeviceModel:
         if v.set is not None:
             v.set(value)
         else:
-            self._stored[_skey(v)] = value
-            write_json_atomic(self._file, self._stored)
+            self.store(v, value)
         for fn in self.changed:
             fn(v, value)
         return "Accepted", None
 
     def report_entry(self, v):
-        attr = {"type": "Actual", "mutability": v.mutability, "persistent": v.get is None}
+        attr = {"type": "Actual", "mutability": v.mutability, "persistent": v.persistent}
         if v.mutability != "WriteOnly":
             attr["value"] = self.text(v)[:2500]
         comp = {"name": v.component}
