@@ -173,3 +173,30 @@ def test_a_csms_request_waiting_on_the_controller_does_not_hold_back_answers_to_
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
     asyncio.run(go())
+
+
+def test_a_call_waiting_for_its_answer_fails_at_once_when_the_socket_dies():
+    """A dead link (the keepalive aborts it) must not leave our CALL waiting for its response
+    timeout: the queue sends it again on the next session straight away."""
+    import websockets.exceptions
+
+    class Dying(_Ws):
+        async def recv(self):
+            item = await self.incoming.get()
+            if isinstance(item, BaseException):
+                raise item
+            return item
+
+    async def go():
+        ws = Dying()
+        conn = Connection("CS1", ws, "2.0.1", {}, response_timeout=30)
+        reader = asyncio.ensure_future(conn.start())
+        beat = asyncio.ensure_future(conn.call_raw("Heartbeat", {}))
+        await ws.next_sent()
+        t0 = asyncio.get_running_loop().time()
+        ws.incoming.put_nowait(websockets.exceptions.ConnectionClosedError(None, None))
+        with pytest.raises(websockets.exceptions.ConnectionClosed):
+            await beat
+        assert asyncio.get_running_loop().time() - t0 < 1.0
+        await asyncio.gather(reader, return_exceptions=True)
+    asyncio.run(go())
