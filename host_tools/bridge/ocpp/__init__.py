@@ -4,8 +4,9 @@ The station is made of the functional blocks of OCPP 2.0.1 Part 2, one module ea
 `OcppStation` only composes them and keeps the WebSocket session to the CSMS:
 
     connection      the `ocpp` package, wrapped in one place (OCPP-J, routing, checks)
-    security        A Security: identity, security profiles 0-3
+    security        A Security: identity, security profiles 0-3, security events
     provisioning    B Provisioning: boot, heartbeat, device model, Reset (+ P DataTransfer)
+    device_model    B Provisioning: the standard components and variables every station has
     availability    G Availability: StatusNotification, ChangeAvailability
     transactions    E Transactions, J MeterValues, F RequestStart/StopTransaction, offline queue
     smart_charging  K SmartCharging: charging profiles -> controller limits
@@ -14,7 +15,8 @@ The station is made of the functional blocks of OCPP 2.0.1 Part 2, one module ea
 
 `OcppStation.run()` keeps a WebSocket to the CSMS (OCPP 2.1 offered first when allowed,
 2.0.1 otherwise), boots, sends heartbeats at the CSMS's interval and drains the offline
-queue. The service feeds it the controller's telemetry (`on_sample`).
+queue, with a WebSocket ping every WebSocketPingInterval to find a silently dead link. The
+service feeds it the controller's telemetry (`on_sample`).
 """
 
 import asyncio
