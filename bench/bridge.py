@@ -2,7 +2,9 @@
 
 What is measured: the time from a CSMS sending SetChargingProfile to the `limit`
 command frame arriving on that controller's host link, and how many such profiles
-per second one bridge process turns into link frames.
+per second one bridge process turns into link frames; and, for one station behind a link
+that goes silent (no FIN, no RST), the time to notice it and to deliver the TransactionEvent
+produced meanwhile (`reconnect`).
 
 Set-up, all on loopback:
 - the bridge runs as its own process (`python -m host_tools.commands.bridge --site ...`);
@@ -107,6 +109,10 @@ class _CP(v201.ChargePoint):
     @on("TransactionEvent")
     def tx(self, **kw):
         return call_result.TransactionEvent()
+
+    @on("SecurityEventNotification")
+    def security_event(self, **kw):
+        return call_result.SecurityEventNotification()
 
 
 def _now():
@@ -233,6 +239,56 @@ def _raise_fd_limit(want):
         pass
 
 
+def reconnect(ping_s, drops=4, backoff_s=1):
+    """One in-process OCPP 2.0.1 station (the bridge's own code) behind a TCP relay that stops
+    forwarding without closing (tests/host/ocpp_station_rig.py). Per drop, from the moment
+    the relay goes silent, with a TransactionEvent produced right after: when the keepalive
+    declares the link dead, and when that event reaches the CSMS over the new connection (the
+    relay forwards again as soon as the drop is noticed). RetryBackOffWaitMinimum `backoff_s`,
+    RetryBackOffRandomRange 0."""
+    sys.path.insert(0, str(ROOT / "tests" / "host"))
+    from ocpp_station_rig import Rig
+    detect, replay = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        r = Rig(Path(tmp), proxy=True)
+        try:
+            assert r.set_vars(("OCPPCommCtrlr", "WebSocketPingInterval", ping_s),
+                              ("OCPPCommCtrlr", "RetryBackOffWaitMinimum", backoff_s),
+                              ("OCPPCommCtrlr", "RetryBackOffRandomRange", 0)) == ["Accepted"] * 3
+            r.sample(cp="C", mode="charging")
+            for i in range(drops):
+                r.wait(lambda: len(r.st.transactions.queue) == 0, 30, "the queue drained")
+                dead = r.st.dead_links
+                mark = r.csms.mark()
+                t0 = time.monotonic()
+                r.proxy.drop()
+                r.sample(mode="paused" if i % 2 == 0 else "charging")
+                r.wait(lambda d=dead: r.st.dead_links > d, 30, "the drop noticed")
+                detect.append(r.st.dead_link_at - t0)
+                r.proxy.restore()
+                r.csms.wait_for("TransactionEvent", after=mark, timeout=60)
+                with r.csms._cond:
+                    t1 = next(t for _, a, _, t in r.csms.received[mark:] if a == "TransactionEvent")
+                replay.append(t1 - t0)
+        finally:
+            r.close()
+    return detect, replay
+
+
+def reconnect_rows():
+    out = []
+    for ping_s in (1, 5):
+        detect, replay = reconnect(ping_s, drops=4 if ping_s == 1 else 3)
+        bound = ping_s + min(ping_s, 10)     # interval + pong timeout (PONG_TIMEOUT_MAX_S)
+        tag = f"WebSocketPingInterval {ping_s} s, {len(detect)} silent drops"
+        out.append((f"silent drop -> dead link detected, max, {tag}", round(max(detect), 2), "s",
+                    f"<= {bound} s (interval + pong timeout)", max(detect) <= bound + 0.2))
+        out.append((f"silent drop -> dead link detected, median, {tag}", round(_pct(detect, 50), 2), "s", "", None))
+        out.append((f"silent drop -> first replayed TransactionEvent at the CSMS, max, {tag}, back-off 1 s",
+                    round(max(replay), 2), "s", "informational", None))
+    return out
+
+
 def rows():
     """Two loads per size. Paced: `rate` profiles a second spread round-robin over the
     stations (at 1,000 stations each one gets a profile every 10 s): a CSMS adjusting a site
@@ -252,7 +308,7 @@ def rows():
                     round(r["burst_rate"]), "msg/s", "informational", None))
         out.append((f"burst: SetChargingProfile -> link frame p99, {n} controllers all at once",
                     round(r["burst_p99"], 1), "ms", "informational (no goal)", None))
-    return out
+    return out + reconnect_rows()
 
 
 if __name__ == "__main__":

@@ -333,10 +333,13 @@ def bridge_updater(alink, fetch=_fetch, **push_kw):
             return
         await report("Downloaded")
         client = _ThreadedAsyncLink(alink, loop)
-        await report("Installing")
         try:
+            # the controller checks the signature as the bundle reaches it (OCPP L01): only
+            # a bundle it holds whole and verified is SignatureVerified, then Installing
             await loop.run_in_executor(None, lambda: transfer(client, data, **{
                 k: v for k, v in push_kw.items() if k in ("window",)}))
+            await report("SignatureVerified")
+            await report("Installing")
             await report("InstallRebooting")
             await loop.run_in_executor(None, lambda: _finish_and_wait(client, push_kw))
         except FotaError as e:

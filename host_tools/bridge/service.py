@@ -232,6 +232,11 @@ class StationBridge:
     def max_charge_a(self):
         return float(self.settings.get("MAX_CHARGE_AMPS", 32))
 
+    @property
+    def max_discharge_a(self):
+        """The controller's discharge ceiling: a CSMS asking more gets this (and is told so)."""
+        return float(self.settings.get("MAX_DISCHARGE_AMPS", 32))
+
     async def command(self, op, args, txn=None):
         if self.link is None or not self.online:
             raise hl.LinkError(f"controller {self.id} is offline")

@@ -8,18 +8,57 @@ stations send is recorded in `csms.received` as (station, action, payload camelC
 
 import asyncio
 import base64
+import json
 import threading
 import time
+from datetime import datetime
+from pathlib import Path
 
+import jsonschema
+import ocpp
 import websockets
 from ocpp import v21, v201
+from ocpp.exceptions import InternalError
 from ocpp.messages import Call, MessageType
 from ocpp.routing import on
 
 from host_tools.bridge.ocpp.connection import to_payload
 
 ACTIONS = ("BootNotification", "Heartbeat", "StatusNotification", "TransactionEvent", "MeterValues",
-           "NotifyReport", "LogStatusNotification", "FirmwareStatusNotification")
+           "NotifyReport", "LogStatusNotification", "FirmwareStatusNotification", "SecurityEventNotification")
+# OCPP-J 2.0.1 Part 4 §4.3 (and 2.1): the error codes a CALLERROR may carry
+ERROR_CODES = ("FormatViolation", "GenericError", "InternalError", "MessageTypeNotSupported", "NotImplemented",
+               "NotSupported", "OccurrenceConstraintViolation", "PropertyConstraintViolation", "ProtocolError",
+               "RpcFrameworkError", "SecurityError", "TypeConstraintViolation")
+_SCHEMA_DIRS = {"ocpp2.0.1": Path(ocpp.__file__).parent / "v201" / "schemas",
+                "ocpp2.1": Path(ocpp.__file__).parent / "v21" / "schemas"}
+_schema_validators = {}
+_FORMATS = jsonschema.FormatChecker(formats=())
+
+
+@_FORMATS.checks("date-time", raises=ValueError)
+def _rfc3339(value):
+    # RFC 3339: a date, "T", a time and an offset (Z or +hh:mm); Python reads the rest
+    if isinstance(value, str):
+        if len(value) < 20 or value[10] not in "Tt" or not (value.endswith(("Z", "z")) or value[-6] in "+-"):
+            raise ValueError(f"{value!r} is not an RFC 3339 date-time")
+        datetime.fromisoformat(value[:-1] + "+00:00" if value[-1] in "Zz" else value)
+    return True
+
+
+def schema_errors(version, name, payload):
+    """Every violation of the package's JSON schema `name` (e.g. GetVariablesResponse) by
+    `payload`, date-time formats included; [] when it conforms."""
+    key = (version, name)
+    v = _schema_validators.get(key)
+    if v is None:
+        path = _SCHEMA_DIRS[version] / f"{name}.json"
+        if not path.exists():
+            return [f"no schema {name} in {version}"]
+        schema = json.loads(path.read_text(encoding="utf-8"))
+        cls = jsonschema.validators.validator_for(schema)
+        v = _schema_validators[key] = cls(schema, format_checker=_FORMATS)
+    return [f"{'/'.join(map(str, e.absolute_path)) or '(payload)'}: {e.message}" for e in v.iter_errors(payload)]
 
 
 def _now():
@@ -37,8 +76,9 @@ class _Handlers:
     @on("BootNotification")
     def on_boot(self, **kw):
         self._rec("BootNotification", kw)
+        status = self.csms.boot_status.pop(0) if self.csms.boot_status else "Accepted"
         return self._call_result.BootNotification(current_time=_now(), interval=self.csms.heartbeat_s,
-                                                  status="Accepted")
+                                                  status=status)
 
     @on("Heartbeat")
     def on_hb(self, **kw):
@@ -53,7 +93,15 @@ class _Handlers:
     @on("TransactionEvent")
     def on_tx(self, **kw):
         self._rec("TransactionEvent", kw)
+        if self.csms.refuse_tx:
+            self.csms.refuse_tx -= 1
+            raise InternalError(description="the CSMS's database is down")
         return self._call_result.TransactionEvent()
+
+    @on("SecurityEventNotification")
+    def on_security_event(self, **kw):
+        self._rec("SecurityEventNotification", kw)
+        return self._call_result.SecurityEventNotification()
 
     @on("MeterValues")
     def on_mv(self, **kw):
@@ -75,11 +123,17 @@ class _Handlers:
         self._rec("FirmwareStatusNotification", kw)
         return self._call_result.FirmwareStatusNotification()
 
+    async def route_message(self, raw_msg):
+        """Check every frame the station sends against the schemas before the package sees it."""
+        self.csms._check_frame(self, raw_msg)
+        return await super().route_message(raw_msg)
+
     async def call_fixed(self, payload, action=None):
         """Send a CALL with per-phase keys spelt as the schema wants (the package's own
         call() spells dischargeLimit_L2 as dischargeLimitL2). Returns the raw answer."""
         msg = Call(unique_id=str(self._unique_id_generator()), action=action or type(payload).__name__,
                    payload=to_payload(payload))
+        self.sent_actions[msg.unique_id] = msg.action
         async with self._call_lock:
             await self._send(msg.to_json())
             res = await self._get_specific_response(msg.unique_id, self._response_timeout)
@@ -107,6 +161,10 @@ class Csms:
         self.stations = {}
         self.auth_failures = 0
         self.recv_hooks = []
+        self.violations = []      # (station, what) for each station frame that fails its schema
+        self.frames = 0           # station frames checked
+        self.refuse_tx = 0        # answer this many TransactionEvents with a CALLERROR
+        self.boot_status = []     # answers to the next BootNotifications (then Accepted)
         self._cond = threading.Condition()
         self.loop = asyncio.new_event_loop()
         self._server = None
@@ -145,6 +203,7 @@ class Csms:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5)
+        self.assert_schemas()    # every test that used this CSMS: the station kept to the schemas
 
     def run(self, coro, timeout=30):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -166,6 +225,7 @@ class Csms:
         cls = CP21 if ws.subprotocol == "ocpp2.1" else CP201
         cp = cls(station, ws, response_timeout=15)
         cp.csms = self
+        cp.sent_actions = {}
         cp.version = ws.subprotocol
         self.stations[station] = cp
         try:
@@ -175,6 +235,39 @@ class Csms:
         finally:
             if self.stations.get(station) is cp:
                 del self.stations[station]
+
+    def _check_frame(self, cp, raw):
+        """OCPP-J framing and the JSON schema of each CALL (<Action>Request), CALLRESULT
+        (<Action>Response of the CALL it answers) and CALLERROR (its error code) of a station."""
+        self.frames += 1
+        bad = []
+        try:
+            frame = json.loads(raw)
+        except ValueError:
+            frame = None
+        if not isinstance(frame, list) or len(frame) < 3 or not isinstance(frame[1], str):
+            bad.append(f"not an OCPP-J frame: {str(raw)[:120]}")
+        elif frame[0] == MessageType.Call and len(frame) == 4:
+            bad += [f"{frame[2]}Request {e}" for e in schema_errors(cp.version, f"{frame[2]}Request", frame[3])]
+        elif frame[0] == MessageType.CallResult and len(frame) == 3:
+            action = cp.sent_actions.pop(frame[1], None)
+            if action is None:
+                bad.append(f"CALLRESULT {frame[1]} answers no CALL of ours")
+            else:
+                bad += [f"{action}Response {e}" for e in schema_errors(cp.version, f"{action}Response", frame[2])]
+        elif frame[0] == MessageType.CallError and len(frame) == 5:
+            cp.sent_actions.pop(frame[1], None)
+            if frame[2] not in ERROR_CODES or not isinstance(frame[3], str) or not isinstance(frame[4], dict):
+                bad.append(f"CALLERROR {frame[2:]} is not [code, description, {{details}}] of Part 4")
+        else:
+            bad.append(f"malformed frame {str(raw)[:120]}")
+        if bad:
+            with self._cond:
+                self.violations += [(cp.id, b) for b in bad]
+
+    def assert_schemas(self):
+        """Fail when any frame of a station broke its schema."""
+        assert not self.violations, f"station frames that fail the OCPP schemas: {self.violations[:10]}"
 
     def _record(self, station, action, kw):
         with self._cond:
@@ -236,3 +329,19 @@ class Csms:
                 return res.error_code, res.error_description
             return "result", res.payload
         return self.run(go(), timeout)
+
+    def send_frame(self, station, text, answer_id, action=None, timeout=15):
+        """Send a raw text frame (well formed or not) and return the station's answer with id
+        `answer_id` as a list: [3, id, payload] or [4, id, code, description, details]."""
+        cp = self.wait_station(station)
+
+        async def go():
+            if action is not None:
+                cp.sent_actions[answer_id] = action
+            async with cp._call_lock:
+                await cp._send(text)
+                res = await cp._get_specific_response(answer_id, timeout)
+            if res.message_type_id == MessageType.CallError:
+                return [4, res.unique_id, res.error_code, res.error_description, res.error_details]
+            return [3, res.unique_id, res.payload]
+        return self.run(go(), timeout + 5)

@@ -98,11 +98,12 @@ def test_every_csms_request_has_one_handler_in_one_block(tmp_path):
     st = OcppStation("CS1", "ws://127.0.0.1:9/ocpp", None, tmp_path, None)
     assert sorted(st.routes) == [
         "ChangeAvailability", "ClearChargingProfile", "DataTransfer", "GetBaseReport",
-        "GetCompositeSchedule", "GetLog", "GetVariables", "RequestStartTransaction",
+        "GetCompositeSchedule", "GetLog", "GetReport", "GetTransactionStatus", "GetVariables",
+        "RequestStartTransaction",
         "RequestStopTransaction", "Reset", "SetChargingProfile", "SetVariables", "TriggerMessage",
         "UpdateFirmware"]
     assert sorted(a for a, h in st.routes.items() if "_after_action" in h) == [
-        "GetBaseReport", "GetLog", "Reset", "TriggerMessage", "UpdateFirmware"]
+        "GetBaseReport", "GetLog", "GetReport", "Reset", "TriggerMessage", "UpdateFirmware"]
 
     class Twice:
         @on("Reset")
@@ -170,5 +171,32 @@ def test_a_csms_request_waiting_on_the_controller_does_not_hold_back_answers_to_
         unhandled = await ws.next_sent()
         assert unhandled[:3] == [4, "r2", "NotImplemented"]
         reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    asyncio.run(go())
+
+
+def test_a_call_waiting_for_its_answer_fails_at_once_when_the_socket_dies():
+    """A dead link (the keepalive aborts it) must not leave our CALL waiting for its response
+    timeout: the queue sends it again on the next session straight away."""
+    import websockets.exceptions
+
+    class Dying(_Ws):
+        async def recv(self):
+            item = await self.incoming.get()
+            if isinstance(item, BaseException):
+                raise item
+            return item
+
+    async def go():
+        ws = Dying()
+        conn = Connection("CS1", ws, "2.0.1", {}, response_timeout=30)
+        reader = asyncio.ensure_future(conn.start())
+        beat = asyncio.ensure_future(conn.call_raw("Heartbeat", {}))
+        await ws.next_sent()
+        t0 = asyncio.get_running_loop().time()
+        ws.incoming.put_nowait(websockets.exceptions.ConnectionClosedError(None, None))
+        with pytest.raises(websockets.exceptions.ConnectionClosed):
+            await beat
+        assert asyncio.get_running_loop().time() - t0 < 1.0
         await asyncio.gather(reader, return_exceptions=True)
     asyncio.run(go())

@@ -175,9 +175,13 @@ def test_base_report_lists_every_setting(rig):
 
 def test_unhandled_actions_get_a_callerror_and_datatransfer_is_rejected(rig):
     csms = rig["csms"]
+    # OCPP-J: a request OCPP has but this station does not is NotSupported; one it does not know
+    # at all is NotImplemented
     kind, _ = csms.request_raw(STATION, "CancelReservation", {"reservationId": 3})
-    assert kind == "NotImplemented"
+    assert kind == "NotSupported"
     kind, _ = csms.request_raw(STATION, "GetLocalListVersion", {})
+    assert kind == "NotSupported"
+    kind, _ = csms.request_raw(STATION, "MakeCoffee", {})
     assert kind == "NotImplemented"
     kind, res = csms.request(STATION, call.DataTransfer(vendor_id="com.example", message_id="x"))
     assert kind == "result" and res["status"] == "Rejected"
@@ -455,9 +459,11 @@ def test_update_firmware_pushes_a_signed_bundle_and_reports_each_status(rig):
     csms.wait_for("FirmwareStatusNotification", match=lambda kw: kw["status"] == "Installed",
                   after=mark, timeout=120)
     seen = [kw["status"] for kw in csms.messages("FirmwareStatusNotification", after=mark)]
-    assert seen[:4] == ["Downloading", "Downloaded", "Installing", "InstallRebooting"], seen
+    assert seen[:5] == ["Downloading", "Downloaded", "SignatureVerified", "Installing", "InstallRebooting"], seen
     boot = csms.wait_for("BootNotification", after=mark, timeout=30)
     assert boot["reason"] == "FirmwareUpdate"
+    ev = csms.wait_for("SecurityEventNotification", after=mark, match=lambda kw: kw["type"] == "FirmwareUpdated")
+    assert "0.2.0" in ev["tech_info"]
     assert boot["charging_station"]["firmware_version"] == "0.2.0"
 
 

@@ -354,9 +354,17 @@ def test_queue_sender_survives_a_schema_error_and_sets_the_message_aside(tmp_pat
     assert "moved to dead/" in st.ctx.clog.text()
 
 
+def _attempts(st, attempts, interval=0):
+    dm = st.ctx.device_model
+    for name, value in (("MessageAttempts", attempts), ("MessageAttemptInterval", interval)):
+        _, v = dm.find("OCPPCommCtrlr", name, "TransactionEvent")
+        assert dm.set_text(v, str(value)) == ("Accepted", None)
+
+
 def test_queue_sender_keeps_a_message_on_transient_refusals(tmp_path):
     from host_tools.bridge.ocpp.connection import CallRefused
     st = _station(tmp_path)
+    _attempts(st, 6)
     script = [CallRefused("InternalError", "db down")] * 4 + [CallRefused("GenericError", "busy"),
                                                               RuntimeError("bug"), {}]
     alive = _drain(st, script, 1, lambda s: len(s.transactions.queue) == 0)
@@ -364,7 +372,22 @@ def test_queue_sender_keeps_a_message_on_transient_refusals(tmp_path):
     assert len(st.ctx.cp.sent) == 7 and all(p["seqNo"] == 0 for _, p in st.ctx.cp.sent)   # same message, kept
     assert not (tmp_path / "ocpp" / "tx_queue" / "dead").exists()
     assert st.ctx.counters["tx_events_sent"] == 1
-    assert "kept, retry" in st.ctx.clog.text() and "RuntimeError" in st.ctx.clog.text()
+    assert "attempt 5 of 6" in st.ctx.clog.text() and "RuntimeError" in st.ctx.clog.text()
+
+
+def test_queue_sender_gives_up_a_refused_message_after_message_attempts(tmp_path):
+    """E13: a TransactionEvent answered with a CALLERROR is tried MessageAttempts times in all,
+    then set aside (kept for billing) so the ones behind it go out; not retried forever."""
+    from host_tools.bridge.ocpp.connection import CallRefused
+    st = _station(tmp_path)
+    _attempts(st, 3)
+    script = [CallRefused("InternalError", "db down")] * 3 + [{}]
+    alive = _drain(st, script, 2, lambda s: len(s.transactions.queue) == 0)
+    assert alive and len(st.transactions.queue) == 0
+    assert [p["seqNo"] for _, p in st.ctx.cp.sent] == [0, 0, 0, 1]
+    dead = sorted((tmp_path / "ocpp" / "tx_queue" / "dead").iterdir())
+    kept = [json.loads(p.read_text()) for p in dead]
+    assert [k["payload"]["seqNo"] for k in kept] == [0] and "3 attempts (MessageAttempts 3)" in kept[0]["reason"]
 
 
 def test_heartbeats_outlive_a_schema_error_and_a_dead_loop_is_restarted(tmp_path):

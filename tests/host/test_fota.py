@@ -430,8 +430,10 @@ def test_bridge_updater_reports_firmware_status(board, key, new_bundle, tmp_path
         finally:
             await alink.close()
     seen = asyncio.run(run())
-    assert seen["forged"] == ["Downloading", "Downloaded", "Installing", "InvalidSignature"]
+    # L01: the signature is checked before anything is installed
+    assert seen["forged"] == ["Downloading", "Downloaded", "InvalidSignature"]
     assert seen["missing"] == ["Downloading", "DownloadFailed"]
-    assert seen["good"] == ["Downloading", "Downloaded", "Installing", "InstallRebooting", "Installed"]
+    assert seen["good"] == ["Downloading", "Downloaded", "SignatureVerified", "Installing", "InstallRebooting",
+                            "Installed"]
     board.link = LinkClient(board.eps["link"], heartbeat_s=0.5).open()
     assert board.fw() == "0.2.0"

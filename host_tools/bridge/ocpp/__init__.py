@@ -4,8 +4,9 @@ The station is made of the functional blocks of OCPP 2.0.1 Part 2, one module ea
 `OcppStation` only composes them and keeps the WebSocket session to the CSMS:
 
     connection      the `ocpp` package, wrapped in one place (OCPP-J, routing, checks)
-    security        A Security: identity, security profiles 0-3
+    security        A Security: identity, security profiles 0-3, security events
     provisioning    B Provisioning: boot, heartbeat, device model, Reset (+ P DataTransfer)
+    device_model    B Provisioning: the standard components and variables every station has
     availability    G Availability: StatusNotification, ChangeAvailability
     transactions    E Transactions, J MeterValues, F RequestStart/StopTransaction, offline queue
     smart_charging  K SmartCharging: charging profiles -> controller limits
@@ -14,7 +15,8 @@ The station is made of the functional blocks of OCPP 2.0.1 Part 2, one module ea
 
 `OcppStation.run()` keeps a WebSocket to the CSMS (OCPP 2.1 offered first when allowed,
 2.0.1 otherwise), boots, sends heartbeats at the CSMS's interval and drains the offline
-queue. The service feeds it the controller's telemetry (`on_sample`).
+queue, with a WebSocket ping every WebSocketPingInterval to find a silently dead link. The
+service feeds it the controller's telemetry (`on_sample`).
 """
 
 import asyncio
@@ -27,12 +29,13 @@ import websockets.exceptions
 
 from host_tools.bridge.backoff import Backoff
 from host_tools.bridge.ocpp.availability import Availability
-from host_tools.bridge.ocpp.connection import VERSIONS, Connection, routes_of
-from host_tools.bridge.ocpp.context import StationContext
+from host_tools.bridge.ocpp.connection import VERSIONS, Connection, keepalive, routes_of
+from host_tools.bridge.ocpp.context import MODEL, VENDOR, StationContext, utcnow
+from host_tools.bridge.ocpp.device_model import DeviceModel
 from host_tools.bridge.ocpp.diagnostics import Diagnostics
 from host_tools.bridge.ocpp.firmware import Firmware
 from host_tools.bridge.ocpp.provisioning import Provisioning
-from host_tools.bridge.ocpp.security import Security, check_station_id
+from host_tools.bridge.ocpp.security import Security, SecurityEvents, check_station_id
 from host_tools.bridge.ocpp.smart_charging import SmartCharging
 from host_tools.bridge.ocpp.transactions import Transactions
 
@@ -42,6 +45,8 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 10.0
 LOOP_RESTART_S = 1.0
+PONG_TIMEOUT_MAX_S = 10.0   # a pong later than min(WebSocketPingInterval, this) means a dead link
+MAX_BACKOFF_S = 3600        # the longest reconnect wait the RetryBackOff* variables may make
 
 
 class OcppStation:
@@ -59,22 +64,79 @@ class OcppStation:
         state_dir = Path(state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
 
-        self.ctx = ctx = StationContext(self.id, ctl, clog, security)
+        dm = DeviceModel(state_dir)
+        self.ctx = ctx = StationContext(self.id, ctl, clog, security, dm)
+        se = self.security_events = SecurityEvents(ctx)
         t = self.transactions = Transactions(ctx, state_dir, None, meter_interval_s)
         a = self.availability = Availability(ctx, state_dir, lambda: t.running)
         t.availability = a
         sc = self.smart_charging = SmartCharging(ctx, t)
         p = self.provisioning = Provisioning(ctx, a, t, self.reconnect)
-        f = self.firmware = Firmware(ctx, allow_file_updates)
+        p.security_events = se
+        f = self.firmware = Firmware(ctx, allow_file_updates, se)
         d = self.diagnostics = Diagnostics(ctx, p, a, t, f)
+        self._bind_variables(dm)
         # the order matters: the profiles of the transaction go, a scheduled Inoperative is
         # applied, then a Reset that waited for the transaction runs (and sees it)
         t.ended += [sc.transaction_ended, a.transaction_ended, p.transaction_ended]
         self.routes = routes_of(p, a, t, sc, f, d)
 
         self._reconnect = asyncio.Event()
+        self._ping_changed = asyncio.Event()
         self.tasks = {}
         self._stopping = False
+        self.dead_links = 0          # sessions ended by the keepalive
+        self.dead_link_at = None     # loop time of the last one (bench)
+
+    def _bind_variables(self, dm):
+        """The standard variables that are what a block or the session already keeps."""
+        p, t, a, b, ctl = self.provisioning, self.transactions, self.availability, self.backoff, self.ctx.ctl
+
+        def setter(obj, attr, conv=float):
+            return lambda v: setattr(obj, attr, conv(v))
+        dm.bind("OCPPCommCtrlr", "HeartbeatInterval", lambda: p.heartbeat_s, setter(p, "heartbeat_s", int))
+        dm.bind("SampledDataCtrlr", "TxUpdatedInterval", lambda: int(t.meter_interval_s),
+                setter(t, "meter_interval_s"))
+
+        def longest(minimum, times):
+            # the same bound as --retry-backoff: the longest wait stays within an hour
+            if minimum * 2 ** times > MAX_BACKOFF_S:
+                raise ValueError(f"RetryBackOffWaitMinimum {minimum:g} s x 2^RetryBackOffRepeatTimes {times} "
+                                 f"is above {MAX_BACKOFF_S} s")
+        dm.bind("OCPPCommCtrlr", "RetryBackOffWaitMinimum", lambda: b.wait_minimum_s, setter(b, "wait_minimum_s"),
+                check=lambda v: longest(v, b.repeat_times))
+        dm.bind("OCPPCommCtrlr", "RetryBackOffRandomRange", lambda: b.random_range_s, setter(b, "random_range_s"))
+        dm.bind("OCPPCommCtrlr", "RetryBackOffRepeatTimes", lambda: b.repeat_times, setter(b, "repeat_times", int),
+                check=lambda v: longest(b.wait_minimum_s, v))
+        dm.bind("OCPPCommCtrlr", "MessageTimeout", lambda: int(self.response_timeout), instance="Default")
+        dm.bind("SecurityCtrlr", "SecurityProfile", lambda: self.ctx.security.profile)
+        dm.bind("ChargingStation", "Model", lambda: MODEL)
+        dm.bind("ChargingStation", "VendorName", lambda: VENDOR)
+        dm.bind("ChargingStation", "FirmwareVersion", lambda: (ctl.fw if ctl is not None else None) or "unknown")
+        dm.bind("ChargingStation", "AvailabilityState", a.current_status)
+        dm.bind("ChargingStation", "Available", lambda: a.available)
+        dm.bind("ChargingStation", "SupplyPhases", lambda: int(getattr(ctl, "phases", 1) or 1))
+        ping = dm.vars[("OCPPCommCtrlr", None, "WebSocketPingInterval", None)]
+        dm.bind("OCPPCommCtrlr", "WebSocketPingInterval", lambda: dm.stored(ping), self._set_ping_interval,
+                persistent=True)
+        dm.bind("ClockCtrlr", "DateTime", lambda: utcnow().isoformat(timespec="seconds").replace("+00:00", "Z"))
+
+    def _set_ping_interval(self, value):
+        dm = self.ctx.device_model
+        dm.store(dm.vars[("OCPPCommCtrlr", None, "WebSocketPingInterval", None)], value)
+        self._ping_changed.set()     # the keepalive of this session takes it at once
+
+    def ping_interval(self):
+        return self.ctx.device_model.typed("OCPPCommCtrlr", "WebSocketPingInterval")
+
+    def pong_timeout(self):
+        return max(0.5, min(float(self.ping_interval() or PONG_TIMEOUT_MAX_S), PONG_TIMEOUT_MAX_S))
+
+    def _link_dead(self):
+        self.dead_links += 1
+        self.dead_link_at = asyncio.get_running_loop().time()
+        self.ctx.event("V2G-400", f"CSMS link dead: no pong within {self.pong_timeout():g} s of a ping "
+                       f"(WebSocketPingInterval {self.ping_interval()} s); reconnecting")
 
     # ------------------------------------------------------------------ for the service
 
@@ -147,6 +209,7 @@ class OcppStation:
     # ------------------------------------------------------------------ the CSMS session
 
     async def run(self):
+        self.security_events.raise_event("StartupOfTheDevice", "the charging station gateway started")
         self.supervise()
         try:
             while True:
@@ -182,6 +245,9 @@ class OcppStation:
             raise
         except (OSError, websockets.exceptions.WebSocketException) as e:
             ctx.event("INFO", f"CSMS {self.url} connection failed: {e}")
+            status = getattr(getattr(e, "response", None), "status_code", None)
+            if status in (401, 403):
+                self.security_events.raise_event("FailedToAuthenticateAtCsms", f"HTTP {status} from the CSMS")
             raise
         async with ws:
             ctx.version = VERSIONS.get(ws.subprotocol)
@@ -191,6 +257,10 @@ class OcppStation:
             ctx.count("connects")
             cp = ctx.cp = Connection(self.id, ws, ctx.version, self.routes, response_timeout=self.response_timeout)
             reader = asyncio.ensure_future(cp.start())
+            # WebSocket ping/pong at WebSocketPingInterval from the first frame on: a boot sent
+            # into a silently dropped link must not wait for the response timeout either
+            pinger = asyncio.ensure_future(keepalive(ws, self.ping_interval, self.pong_timeout, self._link_dead,
+                                                     self._ping_changed))
             try:
                 await self.provisioning.boot()
                 self.backoff.reset()
@@ -199,6 +269,7 @@ class OcppStation:
                 ctx.connected.set()
                 await self.availability.send_status(force=True)
                 self.transactions.kick()
+                self.security_events.flush()
                 self.supervise()
                 hb = asyncio.ensure_future(self.provisioning.heartbeats())
                 rc = asyncio.ensure_future(self._reconnect.wait())
@@ -213,4 +284,5 @@ class OcppStation:
             finally:
                 ctx.connected.clear()
                 reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
+                pinger.cancel()
+                await asyncio.gather(reader, pinger, return_exceptions=True)

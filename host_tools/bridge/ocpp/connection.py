@@ -27,6 +27,14 @@ when a release with them is pinned); the rest are still so on main (July 2026):
   TypeConstraintViolation naming the field (OCPP-J, 2.0.1 Part 4: "syntactically correct
   but at least one of the fields violates data type constraints"; dateTime is one of
   OCPP's data types), before any handler runs.
+- its `validate_payload` names the wrong CALLERROR for most schema failures (a missing field
+  is ProtocolError, a value outside an enumeration FormatViolation; Part 4 says
+  OccurrenceConstraintViolation and PropertyConstraintViolation), its `unpack` drops a frame
+  it cannot read without an answer, and it answers NotImplemented for an action OCPP has
+  but the station does not (Part 4: NotSupported). So in 2.1.0; its main branch was not
+  checked for this one. Here `check_call` maps
+  each JSON-schema keyword to the Part 4 code and names the field, and `parse_frame` answers
+  RpcFrameworkError / MessageTypeNotSupported.
 - its `@after` hook does not see the answer the CSMS was given; here it gets it as
   `result=` (an Accepted reset, the file name of a log upload). Main after 2.1.0 has
   `@after(..., inject_response=True)` for this (mobilityhouse/ocpp #683).
@@ -39,11 +47,13 @@ the answer went out.
 
 import asyncio
 import inspect
+import json
 import logging
 import re
 import uuid
 from dataclasses import is_dataclass
 
+import websockets.exceptions
 from jsonschema import FormatChecker
 from ocpp.charge_point import (
     camel_to_snake_case,
@@ -51,15 +61,21 @@ from ocpp.charge_point import (
     serialize_as_dict,
     snake_to_camel_case,
 )
+from ocpp.exceptions import FormatViolationError, OccurrenceConstraintViolationError, OCPPError
 from ocpp.exceptions import NotImplementedError as OcppNotImplemented
-from ocpp.exceptions import OCPPError, TypeConstraintViolationError
-from ocpp.messages import Call, MessageType, get_validator, unpack, validate_payload
+from ocpp.exceptions import (
+    NotSupportedError,
+    PropertyConstraintViolationError,
+    ProtocolError,
+    TypeConstraintViolationError,
+)
+from ocpp.messages import Call, CallError, CallResult, MessageType, get_validator, validate_payload
 from ocpp.routing import after, create_route_map, on
 
 from host_tools.bridge.profiles import parse_time
 
-__all__ = ["VERSIONS", "CallRefused", "Connection", "OCPPError", "after", "check_formats", "fix_phase_keys",
-           "on", "routes_of", "snake_to_camel_case", "to_payload"]
+__all__ = ["VERSIONS", "CallRefused", "Connection", "OCPPError", "after", "check_call", "fix_phase_keys",
+           "keepalive", "on", "routes_of", "snake_to_camel_case", "to_payload"]
 
 log = logging.getLogger(__name__)
 
@@ -98,19 +114,159 @@ def _is_date_time(value):
     return True
 
 
-def check_formats(msg, version):
-    """Raise TypeConstraintViolation when a date-time field of the CALL is not RFC 3339."""
-    key = (msg.action, version)
+# OCPP-J 2.0.1 Part 4 §4.3: which CALLERROR a schema failure of a CSMS request gets
+_ERROR_OF_KEYWORD = {
+    "type": TypeConstraintViolationError,          # "somestring": 12
+    "maxLength": TypeConstraintViolationError,     # string[20] is the data type
+    "format": TypeConstraintViolationError,        # dateTime is an OCPP data type
+    "enum": PropertyConstraintViolationError,      # a value the field does not take
+    "minimum": PropertyConstraintViolationError,
+    "maximum": PropertyConstraintViolationError,
+    "exclusiveMinimum": PropertyConstraintViolationError,
+    "exclusiveMaximum": PropertyConstraintViolationError,
+    "multipleOf": PropertyConstraintViolationError,
+    "minLength": PropertyConstraintViolationError,
+    "required": OccurrenceConstraintViolationError,   # a field that must be there is not
+    "minItems": OccurrenceConstraintViolationError,
+    "maxItems": OccurrenceConstraintViolationError,
+    "additionalProperties": ProtocolError,            # a field the PDU does not have
+}
+_ACTION_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
+# the requests a CSMS sends a station (2.0.1 Part 2; 2.1 adds its own): one of these that this
+# station has no handler for is NotSupported; any other action is NotImplemented
+CSMS_ACTIONS_201 = frozenset((
+    "CancelReservation", "CertificateSigned", "ChangeAvailability", "ClearCache", "ClearChargingProfile",
+    "ClearDisplayMessage", "ClearVariableMonitoring", "CostUpdated", "CustomerInformation", "DataTransfer",
+    "DeleteCertificate", "GetBaseReport", "GetChargingProfiles", "GetCompositeSchedule", "GetDisplayMessages",
+    "GetInstalledCertificateIds", "GetLocalListVersion", "GetLog", "GetMonitoringReport", "GetReport",
+    "GetTransactionStatus", "GetVariables", "InstallCertificate", "PublishFirmware", "RequestStartTransaction",
+    "RequestStopTransaction", "ReserveNow", "Reset", "SendLocalList", "SetChargingProfile", "SetDisplayMessage",
+    "SetMonitoringBase", "SetMonitoringLevel", "SetNetworkProfile", "SetVariableMonitoring", "SetVariables",
+    "TriggerMessage", "UnlockConnector", "UnpublishFirmware", "UpdateFirmware"))
+CSMS_ACTIONS_21 = CSMS_ACTIONS_201 | frozenset((
+    "AFRRSignal", "AdjustPeriodicEventStream", "ChangeTransactionTariff", "ClearDERControl", "ClearTariffs",
+    "GetCertificateChainStatus", "GetDERControl", "GetPeriodicEventStream", "GetTariffs",
+    "NotifyAllowedEnergyTransfer", "NotifyWebPaymentStarted", "RequestBatterySwap", "SetDERControl",
+    "SetDefaultTariff", "UpdateDynamicSchedule", "UsePriorityCharging"))
+
+
+class RpcFrameworkError(OCPPError):
+    """Part 4: the frame is not a valid RPC request (e.g. its message id cannot be read)."""
+    code = "RpcFrameworkError"
+    default_description = "The frame is not a valid OCPP-J RPC message"
+
+
+class MessageTypeNotSupported(OCPPError):
+    code = "MessageTypeNotSupported"
+    default_description = "This message type number is not supported"
+
+
+def _path(e):
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path).lstrip(".")
+
+
+def _validator(action, version):
+    """The request schema of `action` in `version`, or None for an action OCPP does not have."""
+    key = (action, version)
     v = _format_validators.get(key)
     if v is None:
-        v = _format_validators[key] = get_validator(msg.message_type_id, msg.action, version).evolve(
-            format_checker=_FORMATS)
-    for e in v.iter_errors(msg.payload):
-        if e.validator == "format":
-            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path).lstrip(".")
-            why = e.cause if e.cause is not None else f"{e.instance!r} is not a {e.validator_value}"
-            raise TypeConstraintViolationError(description=f"{path}: {why}"[:255],
-                                               details={"field": path})
+        try:
+            v = get_validator(MessageType.Call, action, version).evolve(format_checker=_FORMATS)
+        except (OSError, ValueError):
+            return None
+        _format_validators[key] = v
+    return v
+
+
+def check_call(msg, version):
+    """Check a CALL from the CSMS against its schema (formats included) and raise the CALLERROR
+    Part 4 names for the first failure: nothing of a failing request reaches a handler."""
+    v = _validator(msg.action, version)
+    if v is None:
+        raise OcppNotImplemented(description=f"{msg.action} is not an OCPP {version} action"[:255],
+                                 details={"action": msg.action})
+    if not isinstance(msg.payload, dict):
+        raise FormatViolationError(description="the payload is not a JSON object",
+                                   details={"type": type(msg.payload).__name__})
+    errors = sorted(v.iter_errors(msg.payload), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    if not errors:
+        return
+    e = errors[0]
+    path = _path(e)
+    if e.validator == "required":
+        path = ".".join(x for x in (path, str(e.message).split("'")[1] if "'" in e.message else "") if x)
+    why = e.cause if e.cause is not None else e.message
+    cls = _ERROR_OF_KEYWORD.get(e.validator, FormatViolationError)
+    raise cls(description=f"{path or 'payload'}: {why}"[:255], details={"field": path, "rule": e.validator})
+
+
+def parse_frame(raw):
+    """An OCPP-J frame -> (Call/CallResult/CallError-like message) or raise (unique id or None,
+    OCPPError): the CALLERROR to answer. A frame whose id cannot be read is answered with "-1"."""
+    try:
+        frame = json.loads(raw)
+    except (ValueError, TypeError):
+        raise _FrameError("-1", RpcFrameworkError(description="the frame is not JSON")) from None
+    if not isinstance(frame, list) or len(frame) < 3 or not isinstance(frame[1], str) or not frame[1]:
+        raise _FrameError("-1", RpcFrameworkError(description="the frame is not [type, id, ...]"))
+    kind, uid = frame[0], frame[1]
+    if len(uid) > 36:
+        raise _FrameError(uid, RpcFrameworkError(description="message id longer than 36 characters"))
+    if kind == MessageType.Call:
+        if len(frame) != 4 or not isinstance(frame[2], str) or not _ACTION_RE.match(frame[2]):
+            raise _FrameError(uid, RpcFrameworkError(description="a CALL is [2, id, action, {payload}]"))
+        return Call(uid, frame[2], frame[3])
+    if kind == MessageType.CallResult and len(frame) == 3:
+        return CallResult(uid, frame[2])
+    if kind == MessageType.CallError and len(frame) == 5:
+        return CallError(uid, frame[2], frame[3], frame[4])
+    if kind in (MessageType.CallResult, MessageType.CallError):
+        raise _FrameError(None, RpcFrameworkError(description="malformed answer"))
+    raise _FrameError(uid, MessageTypeNotSupported(description=f"message type {kind!r} is not supported"))
+
+
+class _FrameError(Exception):
+    def __init__(self, uid, error):
+        super().__init__(str(error))
+        self.uid, self.error = uid, error
+
+
+async def keepalive(ws, interval, timeout, on_dead=None, changed=None):
+    """WebSocket ping every `interval()` s (0: off); no pong within `timeout()` s means the
+    link is dead (a silently dropped connection sends no FIN): the TCP connection is aborted
+    at once, so the reader ends and the session reconnects. `changed` (an asyncio.Event) is
+    set when the interval is changed: it is read again at once. Without it, once a second."""
+    loop = asyncio.get_running_loop()
+    last = loop.time()
+    while True:
+        every = interval()
+        due = last + every if every and every > 0 else None
+        now = loop.time()
+        if due is None or now < due:
+            wait = (None if due is None else due - now) if changed is not None else \
+                (1.0 if due is None else min(1.0, due - now))
+            if changed is None:
+                await asyncio.sleep(wait)
+            else:
+                try:
+                    async with asyncio.timeout(wait):
+                        await changed.wait()
+                except TimeoutError:
+                    pass
+                changed.clear()
+            continue
+        last = now
+        try:
+            pong = await ws.ping()
+            async with asyncio.timeout(timeout()):
+                await pong
+        except asyncio.TimeoutError:
+            if on_dead is not None:
+                on_dead()
+            ws.transport.abort()
+            return
+        except websockets.exceptions.ConnectionClosed:
+            return
 
 
 def routes_of(*blocks):
@@ -149,22 +305,34 @@ class Connection:
         self._pending = {}                   # unique id -> future of the CALLRESULT/CALLERROR
 
     async def start(self):
-        """Read frames until the socket closes (raises ConnectionClosed then)."""
-        while True:
-            raw = await self.ws.recv()
-            try:
-                msg = unpack(raw)
-            except OCPPError as e:
-                log.warning("%s: unparsable message dropped: %s", self.id, e)
-                continue
-            if msg.message_type_id == MessageType.Call:
-                asyncio.ensure_future(self._serve_call(msg))
-                continue
-            fut = self._pending.get(msg.unique_id)
-            if fut is None or fut.done():
-                log.warning("%s: answer to no CALL of ours dropped: %s", self.id, raw[:200])
-            else:
-                fut.set_result(msg)
+        """Read frames until the socket closes (raises ConnectionClosed then). Our CALLs
+        still waiting for an answer fail at once: the queue sends them again on the next
+        session rather than waiting for the response timeout."""
+        try:
+            while True:
+                raw = await self.ws.recv()
+                try:
+                    msg = parse_frame(raw)
+                except _FrameError as e:
+                    log.warning("%s: bad frame: %s: %s", self.id, e.error.code, str(raw)[:200])
+                    if e.uid is not None:
+                        await self.send(CallError(e.uid, e.error.code, e.error.description,
+                                                  e.error.details or {}).to_json())
+                    continue
+                if msg.message_type_id == MessageType.Call:
+                    asyncio.ensure_future(self._serve_call(msg))
+                    continue
+                fut = self._pending.get(msg.unique_id)
+                if fut is None or fut.done():
+                    log.warning("%s: answer to no CALL of ours dropped: %s", self.id, str(raw)[:200])
+                else:
+                    fut.set_result(msg)
+        except BaseException as e:
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(e if isinstance(e, websockets.exceptions.ConnectionClosed)
+                                      else ConnectionError(f"session ended: {e!r}"))
+            raise
 
     async def _serve_call(self, msg):
         try:
@@ -179,9 +347,12 @@ class Connection:
         hooks = self.routes.get(msg.action, {})
         fn = hooks.get("_on_action")
         if fn is None:
-            raise OcppNotImplemented(details={"cause": f"{msg.action} is not handled by this station"})
-        await validate_payload(msg, self.version)
-        check_formats(msg, self.version)
+            known = CSMS_ACTIONS_21 if self.version == "2.1" else CSMS_ACTIONS_201
+            if msg.action not in known or _validator(msg.action, self.version) is None:
+                raise OcppNotImplemented(
+                    description=f"{msg.action} is not an OCPP {self.version} request to a station"[:255])
+            raise NotSupportedError(description=f"{msg.action} is not supported by this station")
+        check_call(msg, self.version)
         kwargs = camel_to_snake_case(msg.payload)
         result = fn(**kwargs)
         if inspect.isawaitable(result):
@@ -202,7 +373,10 @@ class Connection:
             fut = self._pending[call.unique_id] = asyncio.get_running_loop().create_future()
             try:
                 await self.send(call.to_json())
-                response = await asyncio.wait_for(fut, self.response_timeout)
+                # asyncio.timeout, not wait_for: 3.11's wait_for loses a cancellation that
+                # arrives as the answer does, and a stopped station would hang in its session
+                async with asyncio.timeout(self.response_timeout):
+                    response = await fut
             finally:
                 del self._pending[call.unique_id]
         if response.message_type_id == MessageType.CallError:

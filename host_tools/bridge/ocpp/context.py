@@ -34,8 +34,9 @@ class StationContext:
     central log; security: the security profile; cp: the CSMS connection while a session
     runs (anything with `call_raw`); counters: figures for the diagnostic report."""
 
-    def __init__(self, station_id, ctl, clog, security):
+    def __init__(self, station_id, ctl, clog, security, device_model=None):
         self.id = station_id
+        self.device_model = device_model     # the standard variables (device_model.DeviceModel)
         self.ctl = ctl
         self.clog = clog
         self.security = security

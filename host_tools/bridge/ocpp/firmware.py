@@ -11,8 +11,9 @@ log = logging.getLogger(__name__)
 
 
 class Firmware:
-    def __init__(self, ctx, allow_file_updates=False):
+    def __init__(self, ctx, allow_file_updates=False, security_events=None):
         self.ctx = ctx
+        self.security_events = security_events
         self.allow_file_updates = allow_file_updates
         self.status = "Idle"        # the last FirmwareStatusNotification status
         self._busy = False
@@ -56,6 +57,10 @@ class Firmware:
         async def report(status):
             self.status = status
             await self.ctx.call("FirmwareStatusNotification", {"status": status, "requestId": request_id})
+            if status == "InvalidSignature" and self.security_events is not None:
+                # L01.FR.03: a bad signature is also a security event
+                self.security_events.raise_event("InvalidFirmwareSignature",
+                                                 f"UpdateFirmware {request_id}: {firmware.get('location')}")
 
         try:
             await self.ctx.ctl.fota(firmware, report)

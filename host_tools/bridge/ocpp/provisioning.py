@@ -14,10 +14,10 @@ from host_tools.bridge import profiles as prof
 from host_tools.bridge import variables as V
 from host_tools.bridge.ocpp.connection import CallRefused, OCPPError, after, on
 from host_tools.bridge.ocpp.context import MODEL, VENDOR, status_info, utcnow
+from host_tools.bridge.ocpp.device_model import ITEMS_PER_MESSAGE
 
 log = logging.getLogger(__name__)
 
-REPORT_CHUNK = 20    # reportData entries per NotifyReport
 
 
 class Provisioning:
@@ -29,6 +29,8 @@ class Provisioning:
         self.heartbeat_s = 60
         self.boot_reason = "PowerUp"
         self._reset_on_idle = False
+        self._report_rows = {}              # GetReport requestId -> entries, until NotifyReport
+        self.security_events = None         # SecurityEvents (set by the station)
 
     def _station(self, firmware_version):
         ctl = self.ctx.ctl
@@ -71,6 +73,8 @@ class Provisioning:
     def firmware_changed(self, version):
         """The controller came back with other firmware (an update): tell the CSMS with a
         BootNotification of reason FirmwareUpdate, as a station does after installing."""
+        if self.security_events is not None:
+            self.security_events.raise_event("FirmwareUpdated", f"controller firmware now {version}")
         if not self.ctx.connected.is_set():
             self.boot_reason = "FirmwareUpdate"   # sent with the next connection's boot
             return
@@ -84,13 +88,28 @@ class Provisioning:
 
     # ------------------------------------------------------------------ device model
 
-    def readonly_vars(self):
-        return {("OCPPCommCtrlr", "HeartbeatInterval"): self.heartbeat_s,
-                ("SampledDataCtrlr", "TxUpdatedInterval"): int(self.transactions.meter_interval_s),
-                ("ChargingStation", "Model"): MODEL,
-                ("ChargingStation", "VendorName"): VENDOR,
-                ("ChargingStation", "FirmwareVersion"): self.ctx.ctl.fw or "unknown",
-                ("ChargingStation", "AvailabilityState"): self.availability.current_status()}
+    async def _controller_values(self):
+        """The controller's settings (component V2GController); {} while it is away."""
+        try:
+            res = await self.ctx.ctl.command("config_get", {})
+        except hl.LinkError as e:
+            log.warning("%s: config_get failed: %s", self.ctx.id, e)
+            return {}
+        return res.data.get("values", {}) if res.ok else {}
+
+    async def _entries(self, with_controller=True):
+        """Every variable as a reportData entry: the controller's settings, then the standard ones."""
+        dm = self.ctx.device_model
+        values = await self._controller_values() if with_controller else {}
+        return V.report_entries(values, {}) + [dm.report_entry(v) for _, v in sorted(
+            dm.vars.items(), key=lambda kv: tuple(x or "" for x in kv[0]))]
+
+    async def _send_report(self, request_id, entries):
+        chunk = ITEMS_PER_MESSAGE
+        for i in range(0, max(len(entries), 1), chunk):
+            await self.ctx.call("NotifyReport", {
+                "requestId": request_id, "generatedAt": prof.iso(utcnow()), "seqNo": i // chunk,
+                "tbc": i + chunk < len(entries), "reportData": entries[i:i + chunk]})
 
     @on("GetBaseReport")
     def on_get_base_report(self, request_id, report_base, **_):
@@ -98,66 +117,126 @@ class Provisioning:
 
     @after("GetBaseReport")
     async def after_get_base_report(self, result, request_id, report_base, **_):
-        values = {}
-        if report_base != "SummaryInventory":
-            try:
-                res = await self.ctx.ctl.command("config_get", {})
-                values = res.data.get("values", {}) if res.ok else {}
-            except hl.LinkError as e:
-                log.warning("%s: config_get for the report failed: %s", self.ctx.id, e)
-        entries = V.report_entries(values, self.readonly_vars())
-        chunk = REPORT_CHUNK
-        for i in range(0, len(entries), chunk):
-            await self.ctx.call("NotifyReport", {
-                "requestId": request_id, "generatedAt": prof.iso(utcnow()), "seqNo": i // chunk,
-                "tbc": i + chunk < len(entries), "reportData": entries[i:i + chunk]})
+        entries = await self._entries(report_base != "SummaryInventory")
+        if report_base == "ConfigurationInventory":
+            # B07: what the operator can set, and nothing else
+            entries = [e for e in entries if e["variableAttribute"][0]["mutability"] != "ReadOnly"]
+        elif report_base == "SummaryInventory":
+            entries = [e for e in entries if e["component"]["name"] == "ChargingStation"]
+        await self._send_report(request_id, entries)
+
+    @on("GetReport")
+    async def on_get_report(self, request_id, component_variable=None, component_criteria=None, **_):
+        if component_variable and len(component_variable) > ITEMS_PER_MESSAGE:
+            return {"status": "Rejected", "statusInfo": status_info(
+                "TooManyElements", f"componentVariable: {len(component_variable)} entries, "
+                f"ItemsPerMessage[GetReport] is {ITEMS_PER_MESSAGE}")}
+        entries = self._select(await self._entries(), component_variable, component_criteria)
+        self._report_rows[request_id] = entries
+        return {"status": "Accepted" if entries else "EmptyResultSet"}
+
+    @after("GetReport")
+    async def after_get_report(self, result, request_id, **_):
+        entries = self._report_rows.pop(request_id, [])
+        if result.get("status") == "Accepted":
+            await self._send_report(request_id, entries)
+
+    @staticmethod
+    def _select(entries, component_variable, component_criteria):
+        """B08: the entries named by componentVariable (a component alone: all its variables)
+        that meet componentCriteria. Every component of this station is Active, Available and
+        Enabled and has no Problem."""
+        if component_criteria and not set(component_criteria) & {"Active", "Available", "Enabled"}:
+            return []
+        if not component_variable:
+            return entries
+        out = []
+        for e in entries:
+            for cv in component_variable:
+                c, var = cv["component"], cv.get("variable")
+                if c["name"] != e["component"]["name"] or c.get("instance") not in (None, e["component"].get("instance")):
+                    continue
+                if var is not None and (var["name"] != e["variable"]["name"]
+                                        or var.get("instance") not in (None, e["variable"].get("instance"))):
+                    continue
+                out.append(e)
+                break
+        return out
 
     @on("GetVariables")
     async def on_get_variables(self, get_variable_data, **_):
+        dm = self.ctx.device_model
         values = None
         out = []
-        for item in get_variable_data:
+        for i, item in enumerate(get_variable_data):
             comp, var = item["component"], item["variable"]
-            r = {"component": {"name": comp["name"]}, "variable": {"name": var["name"]}}
             atype = item.get("attribute_type", "Actual")
-            if atype != "Actual":
-                out.append({**r, "attributeStatus": "NotSupportedAttributeType", "attributeType": atype})
+            # B06.FR.02/.11: the answer names the attribute type asked for (Actual when none was)
+            r = {"component": _echo(comp), "variable": _echo(var), "attributeType": atype}
+            if i >= ITEMS_PER_MESSAGE:
+                # TC_B_08_CS: what is beyond ItemsPerMessage[GetVariables] is Rejected, not read
+                out.append({**r, "attributeStatus": "Rejected", "attributeStatusInfo": status_info(
+                    "TooManyElements", f"ItemsPerMessage[GetVariables] is {ITEMS_PER_MESSAGE}")})
                 continue
-            ro = self.readonly_vars()
-            if comp["name"] == V.COMPONENT:
+            if comp["name"] == V.COMPONENT and not comp.get("instance") and not var.get("instance"):
                 if values is None:
-                    res = await self.ctx.ctl.command("config_get", {})
-                    values = res.data.get("values", {}) if res.ok else {}
-                if var["name"] in values:
-                    out.append({**r, "attributeStatus": "Accepted",
-                                "attributeValue": V.to_text(values[var["name"]])})
-                else:
+                    values = await self._controller_values()
+                if var["name"] not in values:
                     out.append({**r, "attributeStatus": "UnknownVariable"})
-            elif (comp["name"], var["name"]) in ro:
-                out.append({**r, "attributeStatus": "Accepted",
-                            "attributeValue": V.to_text(ro[(comp["name"], var["name"])])})
-            elif any(c == comp["name"] for c, _ in ro):
-                out.append({**r, "attributeStatus": "UnknownVariable"})
+                elif atype != "Actual":
+                    out.append({**r, "attributeStatus": "NotSupportedAttributeType"})
+                else:
+                    out.append({**r, "attributeStatus": "Accepted",
+                                "attributeValue": V.to_text(values[var["name"]])[:2500]})
+                continue
+            status, v = dm.find(comp["name"], var["name"], var.get("instance"))
+            if comp.get("instance") and v is not None:
+                status, v = "UnknownComponent", None
+            if v is None:
+                out.append({**r, "attributeStatus": status})
+            elif atype != "Actual":
+                out.append({**r, "attributeStatus": "NotSupportedAttributeType"})
+            elif v.mutability == "WriteOnly":
+                out.append({**r, "attributeStatus": "Rejected", "attributeStatusInfo": status_info("WriteOnly")})
             else:
-                out.append({**r, "attributeStatus": "UnknownComponent"})
+                out.append({**r, "attributeStatus": "Accepted", "attributeValue": dm.text(v)[:2500]})
         return {"getVariableResult": out}
 
     @on("SetVariables")
     async def on_set_variables(self, set_variable_data, **_):
-        ctl = self.ctx.ctl
-        res = await ctl.command("config_get", {})
-        values = res.data.get("values", {}) if res.ok else {}
+        ctl, dm = self.ctx.ctl, self.ctx.device_model
+        values = None
         out = []
-        for item in set_variable_data:
+        for i, item in enumerate(set_variable_data):
             comp, var = item["component"], item["variable"]
-            r = {"component": {"name": comp["name"]}, "variable": {"name": var["name"]},
+            r = {"component": _echo(comp), "variable": _echo(var),
                  "attributeType": item.get("attribute_type", "Actual")}
-            if comp["name"] != V.COMPONENT:
-                known = any(c == comp["name"] for c, _ in self.readonly_vars())
-                status = "Rejected" if known else "UnknownComponent"
-                out.append({**r, "attributeStatus": status, **(
-                    {"attributeStatusInfo": status_info("ReadOnly")} if known else {})})
+            if i >= ITEMS_PER_MESSAGE:
+                # as GetVariables: beyond ItemsPerMessage[SetVariables] is Rejected and not set
+                out.append({**r, "attributeStatus": "Rejected", "attributeStatusInfo": status_info(
+                    "TooManyElements", f"ItemsPerMessage[SetVariables] is {ITEMS_PER_MESSAGE}")})
                 continue
+            if comp["name"] != V.COMPONENT or comp.get("instance") or var.get("instance"):
+                status, v = dm.find(comp["name"], var["name"], var.get("instance"))
+                if comp.get("instance") and v is not None:
+                    status, v = "UnknownComponent", None
+                if v is None:
+                    out.append({**r, "attributeStatus": status})
+                    continue
+                if r["attributeType"] != "Actual":
+                    out.append({**r, "attributeStatus": "NotSupportedAttributeType"})
+                    continue
+                status, why = dm.set_text(v, item["attribute_value"])
+                if status == "Accepted":
+                    out.append({**r, "attributeStatus": "Accepted"})
+                    self._setting_changed(v.component, v.name, item["attribute_value"])
+                else:
+                    reason = "ReadOnly" if why == "ReadOnly" else "InvalidValue"
+                    out.append({**r, "attributeStatus": "Rejected", "attributeStatusInfo": status_info(reason, why)})
+                    self.ctx.event("V2G-400", f"SetVariables {comp['name']}.{var['name']}: {why}")
+                continue
+            if values is None:
+                values = await self._controller_values()
             if var["name"] not in values:
                 out.append({**r, "attributeStatus": "UnknownVariable"})
                 continue
@@ -175,12 +254,19 @@ class Provisioning:
             if cres.ok:
                 values[var["name"]] = v
                 out.append({**r, "attributeStatus": "Accepted"})
+                self._setting_changed(V.COMPONENT, var["name"], item["attribute_value"])
             else:
                 self.ctx.event(cres.code or "V2G-400", f"SetVariables {var['name']}={v!r} refused: "
                                f"{cres.msg}")
                 out.append({**r, "attributeStatus": "Rejected",
                             "attributeStatusInfo": status_info("InvalidValue", cres.msg)})
         return {"setVariableResult": out}
+
+    def _setting_changed(self, component, name, value):
+        self.ctx.event("INFO", f"setting {component}.{name} changed by the CSMS")
+        if self.security_events is not None and component == "SecurityCtrlr":
+            self.security_events.raise_event("ReconfigurationOfSecurityParameters",
+                                             f"{component}.{name} set by the CSMS")
 
     # ------------------------------------------------------------------ Reset
 
@@ -199,6 +285,8 @@ class Provisioning:
             return
         ctl = self.ctx.ctl
         self.ctx.event("INFO", f"Reset ({type}) asked by the CSMS: session stopped, reconnecting")
+        if self.security_events is not None:
+            self.security_events.raise_event("ResetOrReboot", f"Reset {type} asked by the CSMS")
         try:
             await ctl.command("stop", {})
         except hl.LinkError as e:
@@ -226,3 +314,14 @@ class Provisioning:
     def on_data_transfer(self, vendor_id, **_):
         return {"status": "Rejected", "statusInfo": status_info(
             "NoVendorExtensions", f"this station implements no DataTransfer extensions (vendorId {vendor_id})")}
+
+
+def _echo(d):
+    """A component or variable as the request named it (name, instance, evse) for the answer."""
+    out = {"name": d["name"]}
+    if d.get("instance"):
+        out["instance"] = d["instance"]
+    if d.get("evse"):
+        out["evse"] = {"id": d["evse"]["id"], **({"connectorId": d["evse"]["connector_id"]}
+                                                 if d["evse"].get("connector_id") is not None else {})}
+    return out

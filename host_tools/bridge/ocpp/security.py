@@ -1,8 +1,10 @@
 """A Security: the station's identity and its security profile towards the CSMS."""
 
+import asyncio
 import base64
 import re
 import ssl
+from datetime import datetime, timezone
 
 # the OCPP identity: what may appear in the CSMS URL and in file names under the state dir
 STATION_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,48}$")
@@ -57,3 +59,49 @@ class Security:
     def upload_schemes(self):
         """The URL schemes a log upload may use: plain http only up to profile 1."""
         return ("https",) if self.profile >= 2 else ("http", "https")
+
+
+class SecurityEvents:
+    """A Security: SecurityEventNotification (A04). An event raised while the CSMS is away
+    waits in a bounded list and goes out once the next boot was accepted, oldest first
+    (A04.FR.02: critical events are queued while offline)."""
+
+    MAX_WAITING = 100
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.waiting = []
+        self.sent = 0
+        self._lock = None
+
+    def raise_event(self, kind, tech_info=None):
+        """kind: a security event of Part 2 Appendix 1 (e.g. InvalidFirmwareSignature)."""
+        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        ev = {"type": kind, "timestamp": now}
+        if tech_info:
+            ev["techInfo"] = str(tech_info)[:255]
+        self.ctx.event("INFO", f"security event {kind}" + (f": {tech_info}" if tech_info else ""))
+        if len(self.waiting) >= self.MAX_WAITING:
+            self.waiting.pop(0)
+        self.waiting.append(ev)
+        self.flush()
+
+    def flush(self):
+        """Send what waits, when connected (called after each accepted boot too)."""
+        if self.ctx.connected.is_set() and self.waiting:
+            asyncio.ensure_future(self._deliver_once())
+
+    async def _deliver_once(self):
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:    # one sender: an event goes out once
+            await self._deliver()
+
+    async def _deliver(self):
+        while self.waiting and self.ctx.connected.is_set():
+            ev = self.waiting[0]
+            if await self.ctx.call("SecurityEventNotification", ev) is None:
+                return    # not delivered: stays for the next session
+            if self.waiting and self.waiting[0] is ev:
+                self.waiting.pop(0)
+                self.sent += 1

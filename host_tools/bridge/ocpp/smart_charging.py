@@ -14,6 +14,7 @@ from host_tools import link as hl
 from host_tools.bridge import profiles as prof
 from host_tools.bridge.ocpp.connection import on
 from host_tools.bridge.ocpp.context import status_info, utcnow
+from host_tools.bridge.ocpp.device_model import PERIODS_PER_SCHEDULE, PROFILE_ENTRIES, PROFILE_STACK_LEVEL
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,10 @@ class SmartCharging:
         if purpose == "ChargingStationMaxProfile" and evse_id != 0:
             return {"status": "Rejected", "statusInfo": status_info(
                 "InvalidProfile", "ChargingStationMaxProfile needs evseId 0")}
+        why = self._beyond_station(charging_profile)
+        if why is not None:
+            self.ctx.event("V2G-400", f"charging profile {charging_profile.get('id')} rejected: {why[1]}")
+            return {"status": "Rejected", "statusInfo": status_info(*why)}
         try:
             # parsed and checked in full before anything changes: a bad profile is never stored
             store = self.profiles.with_profile(charging_profile, utcnow(), self.ctx.version or "2.0.1")
@@ -88,6 +93,22 @@ class SmartCharging:
                            f"by the controller: {msg}")
             return {"status": "Rejected", "statusInfo": status_info("InvalidValue", msg)}
         return {"status": "Accepted"}
+
+    def _beyond_station(self, cp):
+        """(reason, why) when a profile asks more than the station advertises
+        (SmartChargingCtrlr.PeriodsPerSchedule, ProfileStackLevel, Entries), else None."""
+        for i, sched in enumerate(cp.get("charging_schedule") or []):
+            n = len(sched.get("charging_schedule_period") or [])
+            if n > PERIODS_PER_SCHEDULE:
+                return ("InvalidSchedule", f"chargingProfile.chargingSchedule[{i}].chargingSchedulePeriod: {n} "
+                        f"periods, SmartChargingCtrlr.PeriodsPerSchedule is {PERIODS_PER_SCHEDULE}")
+        if cp.get("stack_level", 0) > PROFILE_STACK_LEVEL:
+            return ("InvalidStackLevel", f"chargingProfile.stackLevel: {cp.get('stack_level')} is above "
+                    f"SmartChargingCtrlr.ProfileStackLevel {PROFILE_STACK_LEVEL}")
+        if cp.get("id") not in self.profiles.profiles and len(self.profiles.profiles) >= PROFILE_ENTRIES:
+            return ("TooManyProfiles", f"{len(self.profiles.profiles)} profiles installed, "
+                    f"SmartChargingCtrlr.Entries[ChargingProfiles] is {PROFILE_ENTRIES}")
+        return None
 
     @on("ClearChargingProfile")
     async def on_clear_charging_profile(self, charging_profile_id=None, charging_profile_criteria=None, **_):
@@ -163,4 +184,20 @@ class SmartCharging:
                 out["limit"] = cap
         if "limit" not in out and version == "2.0.1":
             out["limit"] = conv(ctl.max_charge_a, "A", phases)
+        # the controller never goes beyond its own ceilings (MAX_CHARGE_AMPS, MAX_DISCHARGE_AMPS):
+        # the schedule says what it will do, not what was asked
+        top = conv(getattr(ctl, "max_charge_a", None), "A", phases)
+        bottom = conv(getattr(ctl, "max_discharge_a", None), "A", phases)
+        for key in ("limit", "limitL2", "limitL3", "setpoint", "setpointL2", "setpointL3"):
+            v = out.get(key)
+            if v is None:
+                continue
+            if top is not None and v > top:
+                out[key] = top
+            if bottom is not None and v < -bottom:
+                out[key] = -bottom
+        for key in ("dischargeLimit", "dischargeLimitL2", "dischargeLimitL3"):
+            v = out.get(key)
+            if v is not None and bottom is not None and abs(v) > bottom:
+                out[key] = -bottom if v < 0 else bottom
         return out

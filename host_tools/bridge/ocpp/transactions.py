@@ -44,8 +44,8 @@ def charging_state(s):
     return "EVConnected"
 
 
-def meter_value(s, context="Sample.Periodic"):
-    """One MeterValueType from a controller sample."""
+def meter_value(s, context="Sample.Periodic", measurands=None):
+    """One MeterValueType from a controller sample (only `measurands`, when given)."""
     def sv(value, measurand, unit=None, location=None):
         d = {"value": round(value, 3), "measurand": measurand, "context": context}
         if unit:
@@ -64,6 +64,8 @@ def meter_value(s, context="Sample.Periodic"):
             sv(s.get("mv", 0) / 1000, "Voltage", "V")]
     if s.get("soc_pm", -1) >= 0 and s.get("cp") in PLUGGED:
         vals.append(sv(s["soc_pm"] / 10, "SoC", "Percent", "EV"))
+    if measurands is not None:
+        vals = [v for v in vals if v["measurand"] in measurands]
     return {"timestamp": prof.iso(utcnow()), "sampledValue": vals}
 
 
@@ -127,10 +129,20 @@ class Transactions:
         self.ctx.event("V2G-400", f"TransactionEvent seqNo {payload.get('seqNo')} refused by the "
                        f"CSMS ({why}): moved to {self.dead_letter.name}/{n:012d}.json")
 
+    def _attempts(self):
+        """(MessageAttempts, MessageAttemptInterval s) for TransactionEvent (E13)."""
+        dm = self.ctx.device_model
+        return (int(dm.typed("OCPPCommCtrlr", "MessageAttempts", "TransactionEvent")),
+                float(dm.typed("OCPPCommCtrlr", "MessageAttemptInterval", "TransactionEvent")))
+
     async def queue_sender(self):
         """Drain the offline queue in order. Nothing here ends the loop: a permanent refusal
-        moves the message to the dead-letter directory, anything else keeps it and retries."""
+        moves the message to the dead-letter directory at once; a refusal the CSMS may get
+        over (or no answer on a link that stays up) is tried MessageAttempts times in all,
+        MessageAttemptInterval x attempt apart (E13), then set aside too; a lost connection
+        keeps it for the next session, where it counts again from one."""
         retry = self.queue_retry
+        attempts = {}        # queue file number -> tries that got a refusal or no answer
         while True:
             await self._kick.wait()
             self._kick.clear()
@@ -146,18 +158,28 @@ class Transactions:
                     await cp.call_raw("TransactionEvent", payload)
                 except asyncio.CancelledError:
                     raise
-                except CallRefused as e:
-                    if e.code in PERMANENT_ERRORS:
+                except (CallRefused, asyncio.TimeoutError) as e:
+                    if isinstance(e, CallRefused) and e.code in PERMANENT_ERRORS:
                         self._set_aside(n, payload, str(e))
                         retry.reset()
                         continue
-                    wait = min(retry.next(), QUEUE_RETRY_MAX_S)
+                    if isinstance(e, asyncio.TimeoutError) and (cp is not self.ctx.cp or not self.ctx.connected.is_set()):
+                        break   # the session went while we waited: sent again after reconnect
+                    what = str(e) if isinstance(e, CallRefused) else "no answer"
+                    most, interval = self._attempts()
+                    tries = attempts[n] = attempts.get(n, 0) + 1
+                    if tries >= most:
+                        attempts.pop(n, None)
+                        self._set_aside(n, payload, f"{what}; {tries} attempts (MessageAttempts {most})")
+                        continue
+                    wait = interval * tries
                     self.ctx.event("V2G-400", f"TransactionEvent seqNo {payload.get('seqNo')} "
-                                   f"refused ({e}); kept, retry in {wait:g} s")
+                                   f"refused ({what}); kept, attempt {tries + 1} of {most} in {wait:g} s")
                     await asyncio.sleep(wait)
                     continue
-                except (asyncio.TimeoutError, websockets.exceptions.ConnectionClosed) as e:
+                except (websockets.exceptions.ConnectionClosed, ConnectionError) as e:
                     log.info("%s: TransactionEvent not delivered: %r", self.ctx.id, e)
+                    attempts.pop(n, None)
                     break   # stays queued; sent again after reconnect
                 except OCPPError as e:
                     # our payload or the CSMS's answer failed the schema: the same message
@@ -173,6 +195,7 @@ class Transactions:
                     await asyncio.sleep(wait)
                     continue
                 retry.reset()
+                attempts.pop(n, None)
                 self.queue.pop(n)
                 self.ctx.count("tx_events_sent")
 
@@ -192,9 +215,14 @@ class Transactions:
         if id_token:
             p["idToken"] = id_token
         if meter and s:
-            p["meterValue"] = [meter_value(s, "Transaction.Begin" if event_type == "Started" else
-                                           "Transaction.End" if event_type == "Ended" else
-                                           "Sample.Periodic")]
+            # J02: each event carries the measurands its SampledDataCtrlr variable names
+            which = {"Started": "TxStartedMeasurands", "Ended": "TxEndedMeasurands"}.get(
+                event_type, "TxUpdatedMeasurands")
+            names = str(self.ctx.device_model.typed("SampledDataCtrlr", which) or "").split(",")
+            mv = meter_value(s, "Transaction.Begin" if event_type == "Started" else
+                             "Transaction.End" if event_type == "Ended" else "Sample.Periodic", names)
+            if mv["sampledValue"]:
+                p["meterValue"] = [mv]
         self._save_tx()
         self._enqueue(p)
 
@@ -211,7 +239,10 @@ class Transactions:
         if not self.tx.get("id"):
             return
         tx_id = self.tx["id"]
-        self.tx_event("Ended", trigger, s, stoppedReason=reason)
+        # the energy transfer is over whatever the last sample said: the EV is still plugged
+        # (a stop or a reset) or gone (E06: Idle)
+        state = "EVConnected" if (s or {}).get("cp") in PLUGGED else "Idle"
+        self.tx_event("Ended", trigger, s, stoppedReason=reason, chargingState=state)
         self.tx = {}
         self._save_tx()
         for fn in self.ended:
@@ -281,3 +312,14 @@ class Transactions:
         self.end_transaction(self.ctx.ctl.sample, "RemoteStop", "Remote")
         self.blocked_until_unplug = True
         return {"status": "Accepted"}
+
+    # ------------------------------------------------------------------ E14
+
+    @on("GetTransactionStatus")
+    def on_get_transaction_status(self, transaction_id=None, **_):
+        """E14: are messages of this (or any) transaction still waiting to go, and is it running."""
+        waiting = self.queue.items()
+        if transaction_id is None:
+            return {"messagesInQueue": bool(waiting)}
+        mine = [m for m in waiting if (m.get("transactionInfo") or {}).get("transactionId") == transaction_id]
+        return {"ongoingIndicator": self.tx.get("id") == transaction_id, "messagesInQueue": bool(mine)}
