@@ -153,6 +153,10 @@ class Ocpp16Station:
         finally:
             ctx.connected.clear()
             ctx.cp = None
-            for t in side + [reader]:
+            # a CALL in flight on this socket would wait its whole response timeout for an answer
+            # that cannot come: the sender stops here (its message stays queued) and the next
+            # session starts it again
+            sender = self.tasks.pop("queue sender", None)
+            for t in side + [reader] + ([sender] if sender else []):
                 t.cancel()
-            await asyncio.gather(*side, reader, return_exceptions=True)
+            await asyncio.gather(*side, reader, *([sender] if sender else []), return_exceptions=True)
