@@ -51,6 +51,9 @@ class CP16(CP16Base):
         if msg.message_type_id == MessageType.Call:
             self.csms.check(self.id, MessageType.Call, msg.action, msg.payload)
             self.csms._record(self.id, msg.action, msg.payload)
+            if msg.action in self.csms.hold:        # received, never answered (once)
+                self.csms.hold.discard(msg.action)
+                return None
         return await super().route_message(raw_msg)
 
     @on("BootNotification")
@@ -117,6 +120,7 @@ class Csms16(Csms):
         self.next_tx_id = 1000
         self.schema_failures = []
         self.picked = {}            # station -> subprotocol of its last connection
+        self.hold = set()           # actions to leave unanswered, once each
 
     def check(self, station, kind, action, payload):
         for p in schema_problems(kind, action, payload):

@@ -530,6 +530,23 @@ def test_offline_queue_StartTransaction_MeterValues_StopTransaction_replayed_acr
     rig.run(steps)
 
 
+def test_offline_queue_a_StopTransaction_unanswered_when_the_link_drops_goes_out_again_at_once(rig):
+    """The answer to a CALL on a socket that closed cannot come: the message is sent again on the
+    next session, not after the response timeout (30 s) of the dead one."""
+    def steps():
+        rig.sample(cp="B")
+        rig.csms.wait_for("StartTransaction")
+        rig.csms.hold.add("StopTransaction")
+        m = rig.csms.mark()
+        rig.sample(cp="A")
+        rig.csms.wait_for("StopTransaction", after=m)          # received, never answered
+        m = rig.csms.mark()
+        rig.csms.drop(STATION)
+        again = rig.csms.wait_for("StopTransaction", after=m, timeout=10)
+        assert again["reason"] == "EVDisconnected"
+    rig.run(steps)
+
+
 def test_WebSocketPingInterval_keepalive_closes_a_dead_connection():
     """The 1.6 key drives the ping; a pong that never comes closes the socket."""
     class DeadWs:
