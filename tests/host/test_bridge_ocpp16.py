@@ -10,11 +10,13 @@ case was not checked against the tool's list."""
 
 import asyncio
 import http.server
+import ssl
 import threading
 import time
 from datetime import datetime, timezone
 
 import pytest
+from bridge_helpers import make_ca, make_leaf
 from ocpp16_csms import Csms16
 
 from host_tools.bridge import service
@@ -83,12 +85,12 @@ class Controller:
 
 
 class Rig:
-    def __init__(self, tmp, versions=("ocpp1.6",), max_version="2.1", **csms_kw):
+    def __init__(self, tmp, versions=("ocpp1.6",), max_version="2.1", security=None, **csms_kw):
         self.csms = Csms16(versions=versions, heartbeat_s=1, **csms_kw).start()
         self.ctl = Controller()
         self.log = Log()
         self.tmp = tmp
-        sec = Security(1, password=csms_kw["password"]) if csms_kw.get("password") else None
+        sec = security or (Security(1, password=csms_kw["password"]) if csms_kw.get("password") else None)
         self.st = NegotiatedStation(STATION, self.csms.url, self.ctl, tmp / "ocpp", self.log,
                                     max_version=max_version, security=sec, meter_interval_s=60,
                                     backoff=Backoff(0.2, 0.1, 2))
@@ -494,6 +496,36 @@ def test_security_profile_1_basic_auth_and_SecurityProfile_key(tmp_path):
         def steps():
             got = r.req("GetConfiguration", {"key": ["SecurityProfile"]})
             assert got["configurationKey"][0]["value"] == "1"
+        r.run(steps)
+        assert r.csms.auth_failures == 0
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("profile", [2, 3])
+def test_security_profiles_2_and_3_over_wss(tmp_path, profile):
+    """2: wss + Basic Auth against the CSMS's own CA; 3: wss + client certificate (the connect
+    call is the 2.x station's, shared: the same Security object, now with 1.6 picked)."""
+    ca_key, ca_cert, ca = make_ca(tmp_path)
+    srv = make_leaf(tmp_path, ca_key, ca_cert, "csms")
+    cli = make_leaf(tmp_path, ca_key, ca_cert, "station", server=False)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*srv)
+    if profile == 3:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(str(ca))
+        sec, pw = Security(3, ca_file=str(ca), cert_file=str(cli[0]), key_file=str(cli[1])), None
+    else:
+        pw = "0123456789abcdef"
+        sec = Security(2, password=pw, ca_file=str(ca))
+    r = Rig(tmp_path, security=sec, ssl=ctx, password=pw)
+    try:
+        def steps():
+            assert r.csms.url.startswith("wss://") and r.csms.picked[STATION] == "ocpp1.6"
+            got = r.req("GetConfiguration", {"key": ["SecurityProfile"]})
+            assert got["configurationKey"][0]["value"] == str(profile)
+            # profiles 2 and 3 upload diagnostics over https only
+            assert r.req("GetDiagnostics", {"location": "http://127.0.0.1:9/up"}) == {}
         r.run(steps)
         assert r.csms.auth_failures == 0
     finally:
