@@ -218,6 +218,33 @@ def test_BootNotification_pending_is_asked_again(tmp_path):
         r.close()
 
 
+def test_BootNotification_loop_stops_when_cancelled_as_the_answer_arrives(tmp_path):
+    """asyncio.wait_for (Python < 3.12) drops a cancel that comes with the answer; the boot
+    loop must still stop, or the bridge never shuts down while a CSMS keeps it Pending."""
+    st = NegotiatedStation(STATION, "ws://127.0.0.1:9/ocpp", Controller(), tmp_path, Log()).v16
+    calls = []
+
+    class Cp:
+        async def call_raw(self, action, payload):
+            calls.append(action)
+            asyncio.current_task().cancel()
+            try:
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:   # what wait_for does when the answer is already there
+                pass
+            return {"status": "Pending", "interval": 1, "currentTime": "2026-01-01T00:00:00Z"}
+
+    async def go():
+        st.ctx.cp = Cp()
+        task = asyncio.ensure_future(st.provisioning.boot())
+        done, _ = await asyncio.wait([task], timeout=3)
+        if not done:
+            task.cancel()
+        return task
+    task = asyncio.run(go())
+    assert task.cancelled() and calls == ["BootNotification"]
+
+
 def test_StartTransaction_MeterValues_StopTransaction_on_plug_and_unplug(rig):
     """OCTT TC_003_CS (regular charging session, plug in first) — the id as we remember it."""
     def steps():

@@ -23,7 +23,8 @@ import logging
 from host_tools.bridge.ocpp.context import StationContext
 from host_tools.bridge.ocpp16.availability import Availability
 from host_tools.bridge.ocpp16.configuration import Configuration
-from host_tools.bridge.ocpp16.connection import SUBPROTOCOL, VERSION, Connection, keepalive, routes_of
+from host_tools.bridge.ocpp16.connection import (SUBPROTOCOL, VERSION, Connection, keepalive, routes_of,
+                                                 stop_if_cancelled)
 from host_tools.bridge.ocpp16.diagnostics import Diagnostics
 from host_tools.bridge.ocpp16.firmware import Firmware
 from host_tools.bridge.ocpp16.provisioning import Provisioning
@@ -137,16 +138,18 @@ class Ocpp16Station:
             await self.provisioning.boot()
             if on_booted is not None:
                 on_booted()
+            # the controller is charge-only before the session counts as connected
+            await self.smart_charging.charge_only()
             ctx.event("INFO", f"connected with OCPP 1.6, heartbeat {self.configuration['HeartbeatInterval']} s")
             ctx.connected.set()
             self.supervise()
             await self.availability.send_status(force=True)
-            await self.smart_charging.charge_only()
             self.transactions.kick()
             side = [asyncio.ensure_future(self.provisioning.heartbeats()),
                     asyncio.ensure_future(keepalive(ws, lambda: self.configuration["WebSocketPingInterval"],
                                                     lambda why: ctx.event("INFO", f"CSMS link dead: {why}"))),
                     asyncio.ensure_future(self._end_session.wait())]
+            stop_if_cancelled()     # a cancel dropped by a CALL above (see connection.stop_if_cancelled)
             done, _ = await asyncio.wait([reader, side[-1]], return_when=asyncio.FIRST_COMPLETED)
             if reader in done and reader.exception():
                 raise reader.exception()

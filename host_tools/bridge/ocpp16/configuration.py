@@ -111,7 +111,10 @@ class Configuration:
         return self.values[key]
 
     def set(self, key, value):
-        """Set a station key (already parsed) and keep it across restarts."""
+        """Set a station key (already parsed) and keep it across restarts. An unchanged value
+        writes nothing (every boot sets HeartbeatInterval; a site boots 1,000 stations at once)."""
+        if self.values.get(key) == value and type(self.values.get(key)) is type(value):
+            return
         self.values[key] = value
         write_json_atomic(self._file, {k: v for k, v in self.values.items() if KEYS[k][1] is not None})
 

@@ -20,7 +20,7 @@ from ocpp.messages import MessageType, get_validator
 from host_tools.bridge.ocpp.connection import CallRefused, Connection, OCPPError, after, on, routes_of
 
 __all__ = ["SUBPROTOCOL", "VERSION", "CallRefused", "Connection", "OCPPError", "after", "keepalive", "on",
-           "plain_numbers", "routes_of", "schema_errors"]
+           "plain_numbers", "routes_of", "schema_errors", "stop_if_cancelled"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,18 @@ def plain_numbers(obj):
     if isinstance(obj, decimal.Decimal):
         return int(obj) if obj == obj.to_integral_value() and "." not in str(obj) else float(obj)
     return obj
+
+
+def stop_if_cancelled():
+    """Raise CancelledError when this task was cancelled while it waited for a CSMS answer.
+
+    `Connection.call_raw` waits with asyncio.wait_for, which before Python 3.12 returns the
+    answer and drops the cancel when both arrive together (CPython gh-86296); a loop that
+    then only sleeps and calls again would never stop (a bridge that does not shut down).
+    The loops here call this after each answer."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
 
 
 def schema_errors(action, payload, answer=False):
@@ -61,6 +73,7 @@ async def keepalive(ws, interval_s, on_dead):
         try:
             pong = await ws.ping()
             await asyncio.wait_for(pong, every)
+            stop_if_cancelled()
         except asyncio.TimeoutError:
             on_dead(f"no pong within {every:g} s (WebSocketPingInterval)")
             await ws.close(code=1011, reason="keep-alive timeout")

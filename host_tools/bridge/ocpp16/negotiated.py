@@ -54,7 +54,9 @@ class NegotiatedStation:
 
     def _switch(self, to16):
         self.speaks16 = to16
-        write_json_atomic(self._file, {"version": VERSION if to16 else self.v2.version})
+        # fsynced off the loop: a site gateway's stations all switch as they first connect
+        asyncio.get_running_loop().run_in_executor(None, write_json_atomic, self._file,
+                                                   {"version": VERSION if to16 else self.v2.version})
         self.v16.ctx.event("INFO", "the CSMS speaks OCPP " + (VERSION if to16 else str(self.v2.version)))
         if not to16:
             # the 1.6 charge-only limit goes; the 2.x profiles (if any) take over

@@ -10,7 +10,7 @@ import logging
 
 from host_tools import link as hl
 from host_tools.bridge.ocpp.context import MODEL, VENDOR
-from host_tools.bridge.ocpp16.connection import after, on
+from host_tools.bridge.ocpp16.connection import after, on, stop_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class Provisioning:
         await self.ctx.ctl.wait_ready(10.0)   # the BootNotification carries the controller's firmware version
         while True:
             answer = await self.ctx.cp.call_raw("BootNotification", self.boot_payload())
+            stop_if_cancelled()
             self.boot_status = answer["status"]
             interval = answer.get("interval", 0)
             if answer["status"] == "Accepted":
@@ -53,6 +54,7 @@ class Provisioning:
         while True:
             await asyncio.sleep(self.config["HeartbeatInterval"])
             await self.ctx.call("Heartbeat", {})
+            stop_if_cancelled()
 
     @on("Reset")
     def on_reset(self, type, **_):  # noqa: A002 - the OCPP field name

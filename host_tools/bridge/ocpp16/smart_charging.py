@@ -9,6 +9,7 @@ so the controller stays charge-only while the CSMS speaks 1.6 (the app's status 
 
 import asyncio
 import logging
+import random
 from datetime import timedelta
 
 from host_tools import link as hl
@@ -113,10 +114,13 @@ class SmartCharging:
 
     async def ticker(self):
         """Once a second: the limits of the profiles in force (they change with time), and
-        again until the controller has them."""
+        again until the controller has them. With no profile and the charge-only plan taken
+        there is nothing to do; the first wait is random so that a site's tickers (all started
+        as the gateway connects) do not all run in the same instant."""
+        await asyncio.sleep(random.random())
         while True:
             await asyncio.sleep(1.0)
-            if self.ctx.ctl.sample is None and self.plan is None:
+            if not self.profiles.profiles and self.plan is not None:
                 continue
             try:
                 await self.apply_profiles()

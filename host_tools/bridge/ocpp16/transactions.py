@@ -24,7 +24,7 @@ from host_tools import link as hl
 from host_tools.bridge import profiles as prof
 from host_tools.bridge.backoff import Backoff
 from host_tools.bridge.ocpp.context import utcnow
-from host_tools.bridge.ocpp16.connection import CallRefused, OCPPError, after, on
+from host_tools.bridge.ocpp16.connection import CallRefused, OCPPError, after, on, stop_if_cancelled
 from host_tools.bridge.queue import DiskQueue, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,7 @@ class Transactions:
                 n, item = head
                 try:
                     await self._deliver(item)
+                    stop_if_cancelled()
                 except asyncio.CancelledError:
                     raise
                 except LookupError as e:
