@@ -16,6 +16,9 @@ Set-up, all on loopback:
 - paced run: profiles sent round-robin at a fixed rate (latency p50/p99); the goal
   row (p99 < 100 ms at 1,000 controllers) holds at this load, 100 profiles/s;
   burst run: one profile to every station at once (messages per second, p99), no goal.
+- OCPP 1.6J beside 2.0.1: the same paced run at 1,000 controllers with a CSMS that speaks
+  only 1.6 (`--ocpp 1.6`, SetChargingProfile with a TxDefaultProfile), one row each for p50
+  and p99 next to the 2.0.1 rows.
 
 Left out: MQTT (no broker, no app channel), TLS towards the CSMS (ws://, profile 0),
 the MicroPython VM and its serial link, and the controllers' telemetry traffic, which
@@ -33,8 +36,10 @@ import time
 from pathlib import Path
 
 import websockets
-from ocpp import v201
+from ocpp import v16, v201
 from ocpp.routing import on
+from ocpp.v16 import call as call16
+from ocpp.v16 import call_result as result16
 from ocpp.v201 import call, call_result
 
 from host_tools import vm
@@ -115,8 +120,30 @@ class _CP(v201.ChargePoint):
         return call_result.SecurityEventNotification()
 
 
+class _CP16(v16.ChargePoint):
+    @on("BootNotification")
+    def boot(self, **kw):
+        return result16.BootNotification(current_time=_now(), interval=300, status="Accepted")
+
+    @on("Heartbeat")
+    def hb(self, **kw):
+        return result16.Heartbeat(current_time=_now())
+
+    @on("StatusNotification")
+    def status(self, **kw):
+        return result16.StatusNotification()
+
+
 def _now():
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _profile16(pid, amps):
+    return call16.SetChargingProfile(connector_id=1, cs_charging_profiles={
+        "charging_profile_id": pid, "stack_level": 0, "charging_profile_purpose": "TxDefaultProfile",
+        "charging_profile_kind": "Relative",
+        "charging_schedule": {"charging_rate_unit": "A",
+                              "charging_schedule_period": [{"start_period": 0, "limit": amps}]}})
 
 
 def _profile(pid, amps):
@@ -132,7 +159,7 @@ def _pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-async def _run(n, rate, duration_s, workdir):
+async def _run(n, rate, duration_s, workdir, version="2.0.1"):
     arrivals = {}
     ctls = [FakeController(i, arrivals) for i in range(n)]
     for c in ctls:
@@ -140,14 +167,14 @@ async def _run(n, rate, duration_s, workdir):
     stations = {}
 
     async def handler(ws):
-        cp = _CP(ws.request.path.rsplit("/", 1)[-1], ws, response_timeout=60)
+        cp = (_CP16 if version == "1.6" else _CP)(ws.request.path.rsplit("/", 1)[-1], ws, response_timeout=60)
         stations[cp.id] = cp
         try:
             await cp.start()
         except websockets.exceptions.ConnectionClosed:
             pass
 
-    server = await websockets.serve(handler, "127.0.0.1", 0, subprotocols=["ocpp2.0.1"], ping_interval=None,
+    server = await websockets.serve(handler, "127.0.0.1", 0, subprotocols=["ocpp" + version], ping_interval=None,
                                     max_queue=None)
     url = "ws://127.0.0.1:{}/ocpp".format(server.sockets[0].getsockname()[1])
     site = workdir / "site.json"
@@ -156,7 +183,7 @@ async def _run(n, rate, duration_s, workdir):
     cfg.mkdir(mode=0o750, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "host_tools.commands.bridge", "--site", str(site), "--csms", url,
                              "--config-dir", str(cfg), "--log-dir", str(workdir / "log"),
-                             "--state-dir", str(workdir / "state"), "--ocpp", "2.0.1",
+                             "--state-dir", str(workdir / "state"), "--ocpp", version,
                              "--retry-backoff", "0.5,2,2"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=open(workdir / "bridge.stderr", "w"))
     try:
@@ -175,7 +202,7 @@ async def _run(n, rate, duration_s, workdir):
             before = len(arrivals.get(st, []))
             ctl.waiter = asyncio.get_running_loop().create_future()
             t0 = time.monotonic()
-            await stations[st].call(_profile(1, amps))
+            await stations[st].call((_profile16 if version == "1.6" else _profile)(1, amps))
             # the frame usually arrived before the answer; wait for it if not
             if len(arrivals.get(st, [])) <= before:
                 try:
@@ -216,11 +243,11 @@ async def _run(n, rate, duration_s, workdir):
             c.server.close()
 
 
-def measure(n, rate, duration_s=10.0):
+def measure(n, rate, duration_s=10.0, version="2.0.1"):
     work = Path(tempfile.mkdtemp(prefix="v2g-bridge-bench-"))
     try:
         _raise_fd_limit(8 * n + 256)
-        return asyncio.run(_run(n, rate, duration_s, work))
+        return asyncio.run(_run(n, rate, duration_s, work, version))
     finally:
         err = (work / "bridge.stderr")
         if err.exists() and err.stat().st_size:
@@ -308,7 +335,19 @@ def rows():
                     round(r["burst_rate"]), "msg/s", "informational", None))
         out.append((f"burst: SetChargingProfile -> link frame p99, {n} controllers all at once",
                     round(r["burst_p99"], 1), "ms", "informational (no goal)", None))
+        if n == 1000:
+            out += rows_16(n, rate)
     return out + reconnect_rows()
+
+
+def rows_16(n=1000, rate=100):
+    """OCPP 1.6J next to the 2.0.1 rows: same gateway, same load, a 1.6-only CSMS."""
+    r = measure(n, rate, version="1.6")
+    tag = f"OCPP 1.6J, {n} fake controllers, paced {rate} profiles/s round-robin"
+    return [(f"SetChargingProfile -> link frame p50, {tag}", round(_pct(r["lat"], 50), 1), "ms", "", None),
+            (f"SetChargingProfile -> link frame p99, {tag}", round(_pct(r["lat"], 99), 1), "ms",
+             f"< {GOAL_P99_MS:g} ms at {rate}/s paced, none lost (as 2.0.1)",
+             _pct(r["lat"], 99) < GOAL_P99_MS and r["lost"] == 0)]
 
 
 if __name__ == "__main__":

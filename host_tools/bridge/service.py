@@ -27,7 +27,8 @@ from host_tools.bridge.alink import AsyncLink
 from host_tools.bridge.auth import AuthError, TokenVerifier
 from host_tools.bridge.backoff import Backoff
 from host_tools.bridge.local_link import LocalLink
-from host_tools.bridge.ocpp import OcppStation, Security, check_station_id
+from host_tools.bridge.ocpp import Security, check_station_id
+from host_tools.bridge.ocpp16.negotiated import NegotiatedStation
 from host_tools.bridge.queue import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,16 @@ def will_status(station):
             "limits": None, "gateway": None}
 
 
-def v2g_reason(status, online, plugged):
-    """(available, reason) for the app from the controller's status."""
+# the CSMS's OCPP version rules discharge out whatever the controller could do
+V2G_OCPP16 = "V2G-302 the CSMS speaks OCPP 1.6: discharge needs 2.0.1 or later"
+
+
+def v2g_reason(status, online, plugged, ocpp_version=None):
+    """(available, reason) for the app from the controller's status (and the CSMS's version)."""
     if not online:
         return False, "controller offline"
+    if ocpp_version == "1.6":
+        return False, V2G_OCPP16
     errs = status.get("errors", [])
     if status.get("heartbeat_lost") or "V2G-101" in errs:
         return False, "V2G-101 host heartbeat lost: charge-only until the host is back and a fresh command"
@@ -178,7 +185,7 @@ class StationBridge:
         self._results_file = self.state_dir / "app_results.json"
         self.results = read_json(self._results_file, {}) or {}
         self._cmd_lock = asyncio.Lock()
-        self.ocpp = OcppStation(station_id, csms_url, self, self.state_dir / "ocpp", clog,
+        self.ocpp = NegotiatedStation(station_id, csms_url, self, self.state_dir / "ocpp", clog,
                                 max_version=max_version, security=security, backoff=backoff,
                                 meter_interval_s=meter_interval_s, handshake_timeout_s=handshake_timeout_s,
                                 allow_file_updates=allow_file_updates)
@@ -410,7 +417,7 @@ class StationBridge:
     def status_doc(self):
         s = self.sample or {}
         plugged = s.get("cp") in ("B", "C", "D")
-        ok, reason = v2g_reason(self.status, self.online, plugged)
+        ok, reason = v2g_reason(self.status, self.online, plugged, self.ocpp.version)
         if self.bridge_down:
             ok, reason = False, BRIDGE_OFFLINE
         st = self.status

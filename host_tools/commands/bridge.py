@@ -27,8 +27,9 @@ BACKOFF_MAX_S = 3600.0
 @click.option("--site", "site_file", type=click.Path(exists=True, dir_okay=False),
               help="Serve many controllers: a JSON list of {\"station_id\": ..., \"link\": ...}.")
 @click.option("--mqtt", "mqtt_url", metavar="URL", help="MQTT 5 broker for the app: mqtt://HOST:1883 or mqtts://HOST:8883.")
-@click.option("--ocpp", "max_version", type=click.Choice(["2.0.1", "2.1"]), default="2.1", show_default=True,
-              help="Highest OCPP version offered; 2.0.1 is always offered too.")
+@click.option("--ocpp", "max_version", type=click.Choice(["1.6", "2.0.1", "2.1"]), default="2.1", show_default=True,
+              help="Highest OCPP version offered; the lower ones down to 1.6 are offered too and the CSMS "
+                   "picks (1.6: 1.6 only, charging only).")
 @click.option("--security-profile", type=click.IntRange(0, 3), default=None,
               help="OCPP security profile (1 ws+Basic, 2 wss+Basic, 3 wss+client cert; 0 none, testing only). "
                    "Default: guessed from the URL and the files in the config directory.")
@@ -59,7 +60,7 @@ BACKOFF_MAX_S = 3600.0
 def cli(link_url, csms_url, station_id, site_file, mqtt_url, max_version, security_profile, config_dir,
         log_dir, state_dir, meter_interval, tel_batch, retry_backoff, handshake_timeout, allow_file_updates,
         gateway_id, local_link, verbose):
-    """Bridge a controller (or a site's controllers) to a CSMS over OCPP 2.0.1/2.1 and to the app over MQTT 5.
+    """Bridge a controller (or a site's controllers) to a CSMS over OCPP 1.6J/2.0.1/2.1 and to the app over MQTT 5.
 
     Runs until SIGTERM or Ctrl-C. Events go to central_system.log in the log directory.
     """

@@ -1,6 +1,7 @@
-"""The bridge's layout: the `ocpp` package is used in one module only, through its public
-names, and no part of the bridge reaches into another object's private attributes; and
-what that module adds to the package (CALLs handled beside our own, CALLERRORs named)."""
+"""The bridge's layout: the `ocpp` package is used in one module per OCPP station (2.x:
+ocpp/connection.py, 1.6: ocpp16/connection.py) only, through its public names, and no part
+of the bridge reaches into another object's private attributes; and what that module adds
+to the package (CALLs handled beside our own, CALLERRORs named)."""
 
 import ast
 import asyncio
@@ -17,6 +18,8 @@ from host_tools.bridge.ocpp.connection import CallRefused, Connection, on, route
 ROOT = Path(__file__).resolve().parents[2]
 BRIDGE = ROOT / "host_tools" / "bridge"
 CONNECTION = BRIDGE / "ocpp" / "connection.py"
+CONNECTION16 = BRIDGE / "ocpp16" / "connection.py"
+CONNECTIONS = (CONNECTION, CONNECTION16)
 
 
 def _package_privates():
@@ -48,7 +51,7 @@ def ocpp_uses(path):
         for mod in mods:
             if mod.split(".")[0] != "ocpp":
                 continue
-            if path != CONNECTION:
+            if path not in CONNECTIONS:
                 out.append(f"{path.name}:{node.lineno}: imports {mod} (only connection.py may)")
             if any(part.startswith("_") for part in mod.split(".")) or \
                     any(n.startswith("_") for n in names):
@@ -72,15 +75,42 @@ def _modules():
 
 
 def test_only_connection_uses_the_ocpp_package_and_only_its_public_names():
-    assert CONNECTION in _modules()
+    assert CONNECTION in _modules() and CONNECTION16 in _modules()
     problems = [p for m in _modules() for p in ocpp_uses(m)]
     assert problems == []
 
 
 def test_the_station_blocks_and_the_service_keep_to_public_attributes():
-    mods = sorted((BRIDGE / "ocpp").glob("*.py")) + [BRIDGE / "service.py"]
+    mods = sorted((BRIDGE / "ocpp").glob("*.py")) + sorted((BRIDGE / "ocpp16").glob("*.py")) + \
+        [BRIDGE / "service.py"]
     problems = [p for m in mods for p in private_reaches(m)]
     assert problems == []
+
+
+def shared_connection_imports(path):
+    """An ocpp16 module other than its connection.py importing the 2.x connection layer."""
+    tree = ast.parse(path.read_text(), str(path))
+    return [f"{path.name}:{n.lineno}: imports {n.module} (1.6 blocks use ocpp16.connection)"
+            for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "host_tools.bridge.ocpp.connection"
+            and path != CONNECTION16]
+
+
+def test_the_16_blocks_reach_ocpp_j_through_their_one_connection_module(tmp_path):
+    mods = sorted((BRIDGE / "ocpp16").glob("*.py"))
+    assert [p for m in mods for p in shared_connection_imports(m)] == []
+    bad = tmp_path / "bad.py"
+    bad.write_text("from host_tools.bridge.ocpp.connection import on\n")
+    assert shared_connection_imports(bad) == ["bad.py:1: imports host_tools.bridge.ocpp.connection "
+                                              "(1.6 blocks use ocpp16.connection)"]
+
+
+def test_every_16_csms_request_has_one_handler_in_one_block(tmp_path):
+    from host_tools.bridge.ocpp16.negotiated import NegotiatedStation
+    st = NegotiatedStation("CS1", "ws://127.0.0.1:9/ocpp", None, tmp_path, None).v16
+    assert sorted(st.routes) == [
+        "ChangeAvailability", "ChangeConfiguration", "ClearChargingProfile", "DataTransfer",
+        "GetCompositeSchedule", "GetConfiguration", "GetDiagnostics", "RemoteStartTransaction",
+        "RemoteStopTransaction", "Reset", "SetChargingProfile", "SignedUpdateFirmware", "TriggerMessage"]
 
 
 def test_the_checks_see_what_they_look_for(tmp_path):

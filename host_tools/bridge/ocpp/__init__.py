@@ -52,12 +52,16 @@ MAX_BACKOFF_S = 3600        # the longest reconnect wait the RetryBackOff* varia
 class OcppStation:
     def __init__(self, station_id, url, ctl, state_dir, clog, *, max_version="2.1",
                  security=None, backoff=None, meter_interval_s=60.0, response_timeout=30.0,
-                 handshake_timeout_s=HANDSHAKE_TIMEOUT_S, allow_file_updates=False):
+                 handshake_timeout_s=HANDSHAKE_TIMEOUT_S, allow_file_updates=False, v16=None):
         self.id = check_station_id(station_id)
         self.url = url.rstrip("/") + "/" + urllib.parse.quote(station_id, safe="")
         security = security or Security(0)
         security.check(url)
-        self.subprotocols = ["ocpp2.1", "ocpp2.0.1"] if max_version == "2.1" else ["ocpp2.0.1"]
+        # v16(ws, booted): the OCPP 1.6 station (host_tools.bridge.ocpp16), offered last; it
+        # runs its session on the socket when the CSMS picks ocpp1.6 (`--ocpp 1.6`: only it)
+        self.v16 = v16
+        self.subprotocols = {"2.1": ["ocpp2.1", "ocpp2.0.1"], "2.0.1": ["ocpp2.0.1"]}.get(max_version, []) \
+            + (["ocpp1.6"] if v16 is not None else [])
         self.backoff = backoff or Backoff()
         self.response_timeout = response_timeout
         self.handshake_timeout_s = handshake_timeout_s
@@ -250,6 +254,9 @@ class OcppStation:
                 self.security_events.raise_event("FailedToAuthenticateAtCsms", f"HTTP {status} from the CSMS")
             raise
         async with ws:
+            if ws.subprotocol == "ocpp1.6" and self.v16 is not None:
+                await self.v16(ws, self.backoff.reset)
+                return
             ctx.version = VERSIONS.get(ws.subprotocol)
             if ctx.version is None:
                 ctx.event("V2G-400", f"CSMS accepted no OCPP version we offer ({', '.join(self.subprotocols)})")
