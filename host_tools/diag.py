@@ -11,11 +11,9 @@ zero, and this host's own link counters. A section the firmware does not report 
 NOT_REPORTED rather than guessed.
 """
 
-import importlib.util
-import sys
 import time
 
-from host_tools import flash, vm
+from host_tools import flash
 from host_tools.link import LinkClient, LinkError, LinkTimeout
 
 NOT_REPORTED = "not reported by this firmware yet"
@@ -27,12 +25,8 @@ class DiagError(RuntimeError):
 
 
 def _errors_module():
-    if str(vm.SHIMS) not in sys.path:
-        sys.path.append(str(vm.SHIMS))       # micropython.const for the firmware module
-    spec = importlib.util.spec_from_file_location("v2g_firmware_errors", vm.FIRMWARE / "core" / "errors.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from core import errors      # the controller's own code table
+    return errors
 
 
 def error_text(code):

@@ -214,7 +214,11 @@ def generate(msgs: list[Msg] | None = None) -> str:
     a("byte arithmetic, no allocation once the objects exist.")
     a('"""')
     a("")
-    a("from micropython import const")
+    a("try:")
+    a("    from micropython import const")
+    a("except ImportError:  # CPython (host tools, tests): const() is the value")
+    a("    def const(x):")
+    a("        return x")
     a("")
     for m in msgs:
         a(f"{m.const}_ID = const(0x{m.id:03X})")

@@ -30,7 +30,11 @@ arriving for COOLING_FEEDBACK_S with no gap longer than RECOVER_GAP_MS. A pump t
 restored clears it; a flow switch that still flickers does not. The command then follows
 the current and temperature again.
 """
-from micropython import const
+try:
+    from micropython import const
+except ImportError:  # CPython (host tools, tests): const() is the value
+    def const(x):
+        return x
 
 RUN_ON_MS = const(30000)        # the pump keeps running this long after the need has gone
 RECOVER_GAP_MS = const(500)     # longest silence that still counts as "feedback keeps arriving"
