@@ -20,7 +20,7 @@ except ImportError:  # CPython (host tools, tests): const() is the value
 from core import can_msgs as M
 from core import ticks
 
-_NEVER = 0x3FFFFFFF
+_NEVER = ticks.NEVER
 _MAX_RX_PER_STEP = 32          # frames drained per step; the rest wait for the next one
 _CP = {'A': M.CP_STATE_A, 'B': M.CP_STATE_B, 'C': M.CP_STATE_C, 'D': M.CP_STATE_D,
        'E': M.CP_STATE_E, 'F': M.CP_STATE_F}

@@ -10,6 +10,8 @@ except ImportError:  # CPython (host tools, tests): const() is the value
     def const(x):
         return x
 
+from core import ticks
+
 VCU_POWER_REQUEST_ID = const(0x600)
 BMS_STATUS_ID = const(0x601)
 BMS_LIMITS_ID = const(0x602)
@@ -712,11 +714,10 @@ class CanRx:
         so a BMS silent for days cannot look fresh after the wrap."""
         t = self.last_ms[i]
         if t < 0:
-            return 0x3FFFFFFF
-        d = (now_ms - t) & 0x3FFFFFFF
-        if d > 0x20000000:
+            return ticks.NEVER
+        d = ticks.age(now_ms, t)
+        if d == ticks.NEVER:
             self.last_ms[i] = -1
-            return 0x3FFFFFFF
         return d
 
 

@@ -36,6 +36,7 @@ from core.cooling import Cooling, EV_CLEARED, EV_DERATED, EV_TRIPPED
 from core.eventlog import EventLog
 from core.journal import Journal
 from core.thermal import Derate
+from core.ticks import age as _age   # beyond 2**29 ms an age is not believable: NEVER
 
 CONTROL_PERIOD_MS = const(50)
 
@@ -63,7 +64,6 @@ RAMP_MA_PER_S = const(10000)        # setpoint-driven current increases at most 
 DROOP_WAKE_MA = const(1000)         # a droop response this large wakes an EV holding at target
 DEFAULT_CABLE_MA = const(13000)     # PP unknown: smallest IEC 62196 cable rating
 _MAX_DT_MS = const(1000)
-_TICKS_MASK = const(0x3FFFFFFF)     # ages computed modulo 2**30, like time.ticks_diff
 _LIMIT_MAX_A = const(1000)
 
 # pilot fault kinds
@@ -94,10 +94,6 @@ _FRESH_OPS = ('soc_target', 'limit', 'start', 'charge_only')
 
 def _clamp(v, lo, hi):
     return lo if v < lo else hi if v > hi else v
-
-
-def _age(now, then):
-    return (now - then) & _TICKS_MASK
 
 
 def _dec(v, div, unit):

@@ -24,6 +24,9 @@ except ImportError:  # CPython (host tools, tests): const() is the value
     def const(x):
         return x
 
+from core import ticks
+from core.ticks import diff as ticks_diff  # noqa: F401  (a - b for ticks, across the wrap)
+
 FUNC_READ_INPUT = const(0x04)
 EXC_FLAG = const(0x80)
 
@@ -45,9 +48,7 @@ WAIT_REPLY = const(3)
 
 MAX_REGS = const(125)  # Modbus limit for function 0x04 (reply PDU <= 253 bytes)
 RX_SIZE = const(256)  # largest RTU frame
-TICKS_PERIOD = const(0x40000000)  # MicroPython ticks wrap here
-_TICKS_HALF = const(0x20000000)
-_TICKS_MASK = const(0x3FFFFFFF)
+TICKS_PERIOD = ticks.PERIOD  # MicroPython ticks wrap here
 
 # Largest magnitude returned by f32_milli (the MicroPython small-int limit).
 MILLI_MAX = const(0x3FFFFFFF)
@@ -78,11 +79,6 @@ def crc16(buf, n, start=0):
     for i in range(start, start + n):
         crc = (crc >> 8) ^ t[(crc ^ buf[i]) & 0xFF]
     return crc
-
-
-def ticks_diff(a, b):
-    """a - b for MicroPython ticks values (wrap at 2**30)."""
-    return ((a - b + _TICKS_HALF) & _TICKS_MASK) - _TICKS_HALF
 
 
 def build_read_input(buf, unit, addr, count):
