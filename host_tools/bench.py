@@ -20,9 +20,11 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.can_msgs import checksum  # byte 7 of the 0x600-series frames: the controller's rule
 from host_tools import scenario as simsc
+from host_tools import tree
 
-DBC = Path(__file__).resolve().parents[1] / "firmware" / "can" / "v2g.dbc"
+DBC = tree.FIRMWARE / "can" / "v2g.dbc"
 VERSION = 1
 SAMPLE_S = 0.1
 MAX_DURATION_S = 3600
@@ -363,11 +365,6 @@ def nominal_hz(profile):
             if profile.endswith(suffix):
                 return hz
     raise BenchError("the controller's GRID_PROFILE {!r} names no nominal frequency (_50HZ or _60HZ)".format(profile))
-
-
-def checksum(d, can_id):
-    s = (can_id & 0xFF) + (can_id >> 8) + sum(d[:7])
-    return (s & 0xFF) ^ 0xFF
 
 
 # ------------------------------------------------------------------ results

@@ -15,11 +15,9 @@ section the firmware does not report is shown as NOT_REPORTED rather than guesse
 """
 
 import html
-import importlib.util
-import sys
 import time
 
-from host_tools import flash, vm
+from host_tools import flash
 from host_tools.link import LinkClient, LinkError, LinkTimeout, PortInUse
 
 NOT_REPORTED = "not reported by this firmware yet"
@@ -31,12 +29,8 @@ class DiagError(RuntimeError):
 
 
 def _errors_module():
-    if str(vm.SHIMS) not in sys.path:
-        sys.path.append(str(vm.SHIMS))       # micropython.const for the firmware module
-    spec = importlib.util.spec_from_file_location("v2g_firmware_errors", vm.FIRMWARE / "core" / "errors.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from core import errors      # the controller's own code table
+    return errors
 
 
 def error_text(code):
@@ -249,6 +243,7 @@ def collect(url, timeout=3.0):
                      "contactor": d.get("contactor")},
         "config": config,
         "config_notes": notes,
+        "config_file": {"state": d.get("config_file"), "refused_because": d.get("config_problem")},
         "limits": {"charge_ma": limits.get("charge_ma"), "charge_source": limits.get("charge_src"),
                    "discharge_ma": limits.get("discharge_ma"),
                    "discharge_source": limits.get("discharge_src")},
@@ -308,8 +303,9 @@ def _kv(d, indent="  "):
     return out
 
 
-def _age(ms):
-    if not isinstance(ms, int) or ms >= 1 << 29:
+def _age_text(ms):
+    # the controller reports ages beyond 2**29 ms (core/ticks.py age()) as never read
+    if not isinstance(ms, int) or ms > 1 << 29:
         return "never read"
     return "{} ms old".format(ms)
 
@@ -335,9 +331,9 @@ def measurement_rows(m):
         return [("measurements", str(m), "")]
     g, b, ev, p, c = (m.get(k, {}) for k in ("grid", "bms", "evse", "pilot", "contactor"))
     src = "meter" if g.get("source") == "meter" else "board"
-    gage = "{} ({}{})".format(_age(g.get("age_ms")), src, "" if g.get("ok", True) else ", reading not valid")
+    gage = "{} ({}{})".format(_age_text(g.get("age_ms")), src, "" if g.get("ok", True) else ", reading not valid")
     mw = g.get("mw_total", 0) or 0
-    bage = _age(b.get("age_ms")) + " (BMS)"
+    bage = _age_text(b.get("age_ms")) + " (BMS)"
     soc = b.get("soc_pm")
     return [
         ("grid voltage", _phases(g.get("mv", [0]), "V", 1000), gage),
@@ -353,14 +349,14 @@ def measurement_rows(m):
         ("battery temperature", "{:.1f} C".format((b.get("temp_dc") or 0) / 10), bage),
         ("EV allows", "charge {}  discharge {}".format(_amps(b.get("max_charge_ma")),
                                                       _amps(b.get("max_discharge_ma"))), bage),
-        ("EVSE temperature", "{:.1f} C".format((ev.get("temp_dc") or 0) / 10), _age(ev.get("age_ms"))),
-        ("cable (PP)", "{} A".format(ev.get("pp_a")), _age(ev.get("age_ms"))),
+        ("EVSE temperature", "{:.1f} C".format((ev.get("temp_dc") or 0) / 10), _age_text(ev.get("age_ms"))),
+        ("cable (PP)", "{} A".format(ev.get("pp_a")), _age_text(ev.get("age_ms"))),
         ("pilot", "state {}  {}  high {:.1f} V  low {:.1f} V".format(
             p.get("state"), _duty(p.get("duty_pm")), (p.get("high_mv") or 0) / 1000,
-            (p.get("low_mv") or 0) / 1000), _age(p.get("age_ms"))),
+            (p.get("low_mv") or 0) / 1000), _age_text(p.get("age_ms"))),
         ("contactor", "commanded {}  feedback {}".format("closed" if c.get("command") else "open",
                                                          "closed" if c.get("feedback") else "open"),
-         _age(c.get("age_ms"))),
+         _age_text(c.get("age_ms"))),
         ("current request", _amps(m.get("request_ma")), "this control step"),
     ]
 
@@ -384,6 +380,9 @@ def render(r):
         note = "" if c["source"] == "default" or c["value"] != c["default"] else "  (= default)"
         out.append("  {:<27} {:<22} {}{}".format(c["key"], str(c["value"]), c["source"], note))
     out += ["  note: " + n for n in r.get("config_notes", [])]
+    refused = (r.get("config_file") or {}).get("refused_because")
+    if refused:
+        out += ["  settings file REFUSED at boot: " + refused]
     lim = r["limits"]
     out += ["", "[limits]",
             "  charge     {:>8}  set by {}".format(_amps(lim["charge_ma"]), lim["charge_source"]),

@@ -106,7 +106,6 @@ def config_limits(board_info):
 def config_module():
     """firmware/core/config.py: the very rules the controller applies, imported as the
     firmware's own core.config (once), so that Config.notes() finds core.grid beside it."""
-    vm.firmware_sys_path()
     from core import config as fw_config
     return fw_config
 

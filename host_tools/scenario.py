@@ -13,7 +13,6 @@ import math
 import tomllib
 from pathlib import Path
 
-from host_tools import vm
 
 VERSION = 1
 VMS = ("micropython", "cpython")
@@ -88,7 +87,6 @@ class ScenarioError(ValueError):
 
 
 def _type_problem(key, value, spec):
-    vm.firmware_sys_path()
     from core.checks import type_problem   # the same words as the virtual board's plant port
     return type_problem(key, value, spec)
 
@@ -108,7 +106,6 @@ def _check_table(file, name, table, specs):
 def _check_config(file, table):
     if not isinstance(table, dict):
         raise ScenarioError(file, "[config]", "must be a table")
-    vm.firmware_sys_path()
     from core import config as fwconfig
 
     try:

@@ -339,7 +339,7 @@ class VirtualBoard:
         if self.heap:
             cmd += ["--heap", str(self.heap)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+                                     stderr=subprocess.PIPE, preexec_fn=_die_with_parent, env=vm.node_env())
         threading.Thread(target=self._pass_stderr, args=(self.proc.stderr,), daemon=True).start()
         os.set_blocking(self.proc.stdout.fileno(), False)
         self.boots += 1

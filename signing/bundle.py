@@ -18,7 +18,11 @@ The protected header holds alg (1: -7 ES256 or -8 EdDSA) and kid (4: 8 bytes); t
 unprotected header is empty. An ES256 signature is raw r||s (64 bytes), as COSE says.
 
 `verify()` checks in a fixed order and raises BundleError naming the first failure.
-The controller's checker (firmware/core/cose.py, manifest.py) applies the same rules.
+The manifest's format, limits and field rules have one home, the controller's
+firmware/core/manifest.py: this module imports them (as `core`, see host_tools/tree.py)
+and checks every manifest it builds or reads with core.manifest.decode. What is the
+host's own: cbor2 and `cryptography` for encoding and signatures, board names, the
+readable form of a manifest.
 """
 
 import hashlib
@@ -34,27 +38,30 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
+import host_tools  # noqa: F401  (makes `core` the firmware's core package)
+from core import cose as core_cose
+from core import manifest as core_manifest
 from signing import keys
 
-MAGIC = b"V2GB"
-HEADER_LEN = 8
-FORMAT_VERSION = 1
-COSE_SIGN1_TAG = 18
+MAGIC = core_manifest.MAGIC
+HEADER_LEN = core_manifest.HEADER_LEN
+FORMAT_VERSION = core_manifest.FORMAT_VERSION
+COSE_SIGN1_TAG = core_cose.COSE_SIGN1_TAG
 
-# Limits, shared with firmware/core/manifest.py (a test checks they agree).
-MAX_COSE_LEN = 8192
-MAX_COMPONENTS = 64
-MAX_NAME_LEN = 64
-MAX_VERSION_LEN = 32
-MAX_U32 = 0xFFFFFFFF
+# Limits: the controller's.
+MAX_COSE_LEN = core_cose.MAX_COSE_LEN
+MAX_COMPONENTS = core_manifest.MAX_COMPONENTS
+MAX_NAME_LEN = core_manifest.MAX_NAME_LEN
+MAX_VERSION_LEN = core_manifest.MAX_VERSION_LEN
+MAX_U32 = core_manifest.MAX_U32
 # Deepest nesting in a COSE_Sign1 or a manifest (tag/array/map levels), as on the controller.
-MAX_DEPTH = 4
+MAX_DEPTH = core_cose.MAX_DEPTH
 # Default capacity of one firmware slot; the installer passes the real one.
-MAX_TOTAL_SIZE = 512 * 1024
+MAX_TOTAL_SIZE = core_manifest.MAX_TOTAL_SIZE
 
 # Manifest map keys.
-K_FORMAT, K_SEQ, K_SECCNT, K_VENDOR, K_BOARD, K_VERSION, K_COMPONENTS = 1, 2, 3, 4, 5, 6, 7
-MANIFEST_KEYS = (K_FORMAT, K_SEQ, K_SECCNT, K_VENDOR, K_BOARD, K_VERSION, K_COMPONENTS)
+K_FORMAT, K_SEQ, K_SECCNT, K_VENDOR, K_BOARD, K_VERSION, K_COMPONENTS = core_manifest._KEYS
+MANIFEST_KEYS = core_manifest._KEYS
 # COSE header labels (RFC 9052 section 3.1).
 H_ALG, H_KID = 1, 4
 
@@ -66,7 +73,6 @@ VENDOR_ID = uuid.uuid5(PROJECT_NAMESPACE, "vendor:v2g-controller")
 KNOWN_BOARDS = ("sim", "pyboard")
 
 _BOARD_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
 
 class BundleError(ValueError):
@@ -87,55 +93,15 @@ def board_class_id(board):
     return uuid.uuid5(PROJECT_NAMESPACE, board)
 
 
-def check_component_name(name):
-    """Raise ValueError unless name is a relative path the installer may write."""
-    if not isinstance(name, str) or not 1 <= len(name.encode()) <= MAX_NAME_LEN:
-        raise ValueError("component name {!r}: 1-{} bytes".format(name, MAX_NAME_LEN))
-    if not _NAME_RE.match(name) or any(part in (".", "..") for part in name.split("/")):
-        raise ValueError("component name {!r}: relative path of A-Z a-z 0-9 . _ - and /, no . or .."
-                         .format(name))
-
-
-def check_version(version):
-    if (not isinstance(version, str) or not 1 <= len(version) <= MAX_VERSION_LEN
-            or any(not 0x20 <= ord(c) <= 0x7E for c in version)):
-        raise ValueError("version {!r}: 1-{} printable ASCII characters".format(version, MAX_VERSION_LEN))
-
-
-def _u32(value, what, low):
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_U32:
-        raise ValueError("{} {!r}: an integer {} .. {}".format(what, value, low, MAX_U32))
-    return value
-
-
 # ------------------------------------------------------------------ signing
 
 def build_manifest(components, seq, version, board, security_counter=0, vendor_id=VENDOR_ID):
-    """The manifest map (integer keys) for components: a list of (name, bytes)."""
-    _u32(seq, "sequence", 1)
-    _u32(security_counter, "security counter", 0)
-    check_version(version)
-    if not 1 <= len(components) <= MAX_COMPONENTS:
-        raise ValueError("{} components: 1-{} allowed".format(len(components), MAX_COMPONENTS))
-    seen = set()
-    entries = []
-    total = 0
-    for name, data in components:
-        check_component_name(name)
-        if name in seen:
-            raise ValueError("component name {!r} given twice".format(name))
-        seen.add(name)
-        total += len(data)
-        entries.append([name, len(data), hashlib.sha256(data).digest()])
-    for name in seen:   # the controller refuses "lib" with "lib/x.py": one name, file and folder
-        parts = name.split("/")
-        for k in range(1, len(parts)):
-            if "/".join(parts[:k]) in seen:
-                raise ValueError("component {!r} is a file, but {!r} needs a folder of that name".format(
-                    "/".join(parts[:k]), name))
-    if total > MAX_TOTAL_SIZE:
-        raise ValueError("components total {} bytes, above the slot size {}".format(total, MAX_TOTAL_SIZE))
-    return {
+    """The manifest map (integer keys) for components: a list of (name, bytes).
+
+    Raises ValueError, in the controller's words, for anything it would refuse."""
+    entries = [[name, len(data), hashlib.sha256(data).digest()] for name, data in components]
+    total = sum(e[1] for e in entries)
+    manifest = {
         K_FORMAT: FORMAT_VERSION,
         K_SEQ: seq,
         K_SECCNT: security_counter,
@@ -144,6 +110,15 @@ def build_manifest(components, seq, version, board, security_counter=0, vendor_i
         K_VERSION: version,
         K_COMPONENTS: entries,
     }
+    try:
+        core_manifest.decode(_dumps(manifest))
+    except (cbor2.CBOREncodeError, TypeError) as e:
+        raise ValueError("manifest: cannot encode it ({})".format(e)) from None
+    except core_manifest.UpdateError as e:
+        raise ValueError(e.msg) from None
+    if total > MAX_TOTAL_SIZE:
+        raise ValueError("components total {} bytes, above the slot size {}".format(total, MAX_TOTAL_SIZE))
+    return manifest
 
 
 def _dumps(obj):
@@ -296,69 +271,30 @@ def open_sign1(cose, pubkey):
     return payload
 
 
-def _manifest_fail(msg):
-    raise BundleError("manifest", msg)
-
-
-def _is_uint(v, low=0):
-    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= MAX_U32
-
-
 def decode_manifest(payload):
-    """Decode and check a manifest payload; return it as a readable dict."""
-    m = _strict_loads(payload, "manifest")
-    if not isinstance(m, Mapping):
-        _manifest_fail("not a map")
-    missing = [k for k in MANIFEST_KEYS if k not in m]
-    if missing:
-        _manifest_fail("missing keys {}".format(missing))
-    unknown = [k for k in m if k not in MANIFEST_KEYS]
-    if unknown:
-        _manifest_fail("unknown keys {}".format(unknown))
-    if m[K_FORMAT] != FORMAT_VERSION or isinstance(m[K_FORMAT], bool):
-        _manifest_fail("format version {!r}, this tool reads {}".format(m[K_FORMAT], FORMAT_VERSION))
-    if not _is_uint(m[K_SEQ], 1):
-        _manifest_fail("sequence {!r}: an integer 1 .. {}".format(m[K_SEQ], MAX_U32))
-    if not _is_uint(m[K_SECCNT]):
-        _manifest_fail("security counter {!r}: an integer 0 .. {}".format(m[K_SECCNT], MAX_U32))
-    for k, what in ((K_VENDOR, "vendor id"), (K_BOARD, "board class id")):
-        if not isinstance(m[k], bytes) or len(m[k]) != 16:
-            _manifest_fail("{}: 16-byte string expected".format(what))
+    """Check a manifest payload with the controller's rules; return it as a readable dict."""
     try:
-        check_version(m[K_VERSION])
-    except ValueError as e:
-        _manifest_fail(str(e))
-    comps = m[K_COMPONENTS]
-    if not isinstance(comps, (list, tuple)) or not 1 <= len(comps) <= MAX_COMPONENTS:
-        _manifest_fail("components: a list of 1-{} entries".format(MAX_COMPONENTS))
+        man = core_manifest.decode(payload)
+    except core_manifest.UpdateError as e:
+        rest = e.msg[len("manifest: "):] if e.msg.startswith("manifest: ") else e.msg
+        if rest.startswith("cbor: "):
+            raise BundleError("cbor", "manifest: " + rest[len("cbor: "):]) from None
+        raise BundleError("manifest", rest) from None
     out = []
-    seen = set()
-    offset = 0
-    for i, c in enumerate(comps):
-        if (not isinstance(c, (list, tuple)) or len(c) != 3 or not isinstance(c[0], str)
-                or not _is_uint(c[1]) or not isinstance(c[2], bytes) or len(c[2]) != 32):
-            _manifest_fail("component {}: [name, size, 32-byte sha256] expected".format(i))
-        try:
-            check_component_name(c[0])
-        except ValueError as e:
-            _manifest_fail(str(e))
-        if c[0] in seen:
-            _manifest_fail("component name {!r} twice".format(c[0]))
-        seen.add(c[0])
-        out.append({"name": c[0], "offset": offset, "size": c[1], "sha256": c[2].hex()})
-        offset += c[1]
-    board_id = uuid.UUID(bytes=m[K_BOARD])
+    for c in man.components:
+        out.append({"name": c.name, "offset": c.offset, "size": c.size, "sha256": c.sha256.hex()})
+    board_id = uuid.UUID(bytes=man.board_class)
     board = next((b for b in KNOWN_BOARDS if board_class_id(b) == board_id), None)
     return {
-        "format": m[K_FORMAT],
-        "sequence": m[K_SEQ],
-        "security_counter": m[K_SECCNT],
-        "vendor_id": str(uuid.UUID(bytes=m[K_VENDOR])),
+        "format": FORMAT_VERSION,
+        "sequence": man.seq,
+        "security_counter": man.security_counter,
+        "vendor_id": str(uuid.UUID(bytes=man.vendor_id)),
         "board_class_id": str(board_id),
         "board": board,
-        "version": m[K_VERSION],
+        "version": man.version,
         "components": out,
-        "total_size": offset,
+        "total_size": man.total_size,
     }
 
 

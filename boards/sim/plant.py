@@ -35,7 +35,7 @@ drops out for `open_s`, 2 s by default, then closes for FLICKER_CLOSED_MS, over 
 
 try:
     from micropython import const
-except ImportError:  # plain CPython without the test shims
+except ImportError:  # CPython (host tools, tests): const() is the value
     def const(x):
         return x
 

@@ -28,7 +28,7 @@ so the shell can say it in the event.
 """
 from core import meter_map, modbus, ticks
 
-_MAX_INT = 0x3FFFFFFF
+_MAX_INT = ticks.NEVER
 
 
 def reply_timeout_ms(poll_ms):

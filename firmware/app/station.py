@@ -7,6 +7,12 @@ this module only carries data and keeps what must survive a reset in storage.
 
 import json
 
+try:
+    from micropython import const
+except ImportError:  # CPython (host tools, tests): const() is the value
+    def const(x):
+        return x
+
 from core import config as config_mod
 from core import errors
 from core import link as L
@@ -24,13 +30,12 @@ from app.buses import Buses
 
 FW_VERSION = '0.1.0'
 CONFIG_FILE = 'v2g_vars.json'
-TEL_PERIOD_MS = 1000     # one telemetry sample a second ...
-TEL_BATCH = 1            # ... sent in batches of this many (the host may raise both)
+_TEL_PERIOD_MS = const(1000)    # one telemetry sample a second ...
+_TEL_BATCH = const(1)           # ... sent in batches of this many (the host may raise both)
 TEL_BATCH_MAX = 3        # a sample is ~240 B of CBOR: 3 leave room in a 1 kB frame for error codes
-SAVE_EVERY_MS = 1000     # event log flush period; the journal is saved before each answer
-SHELL_OPS = ('diag', 'events', 'telemetry', 'hello', 'measurements')   # served here, not by the core
+_SAVE_EVERY_MS = const(1000)    # event log flush period; the journal is saved before each answer
 READ_OPS = ('diag', 'events', 'hello', 'measurements', 'fota_report', 'fota_status')
-EVENTS_PAGE_BYTES = 700  # an events answer stays inside one 1 kB frame
+_EVENTS_PAGE_BYTES = const(700) # an events answer stays inside one 1 kB frame
 # Host link work per control step. 115200 baud brings 576 bytes per 50 ms step: a step reads
 # at most twice that (a late step catches up), and handles at most 4 frames (the host's fota
 # window), so a flood of small messages costs a step no more than 4 commands.
@@ -77,6 +82,7 @@ def _boot_count(body):
     return n
 
 
+_CFG_PROBLEM_MAX = const(300)   # characters of a refused settings file's reason in diag
 SAFETY_FILE = 'controller.json'   # the weld latch and the fallback: first claim on the flash
 
 
@@ -101,6 +107,9 @@ class Station:
         self.hal = hal
         self.cfg, cfg_problem, self.cfg_file_keys = load_config(hal.BOARD_LIMITS)
         self.cfg_file_state = 'refused' if cfg_problem else ('in use' if self.cfg_file_keys else 'none')
+        # the whole reason for diagnostics (bounded to leave the answer within one frame); the
+        # event log's text of it is shorter still
+        self.cfg_problem = cfg_problem[:_CFG_PROBLEM_MAX] if cfg_problem else None
         self.ctl = Controller(self.cfg, grid=GridProtection.from_config(self.cfg))
         self.inputs = Inputs()
         self.buses = Buses(hal, self.cfg)   # the meter on RS-485 and the BMS on CAN, if the board has them
@@ -121,11 +130,11 @@ class Station:
         self.rx_buf = bytearray(self.link_step_bytes) if hasattr(hal, 'link_readinto') else None
         self.take_msg = self.take         # bound once: the link hands each message to it
         self.hb_dropped = 0      # host heartbeats dropped while the board plays a heartbeat loss
-        self.tel_period_ms = TEL_PERIOD_MS
-        self.tel_batch = TEL_BATCH
+        self.tel_period_ms = _TEL_PERIOD_MS
+        self.tel_batch = _TEL_BATCH
         self.tel = TelBatch(L.MAX_FRAME - 4, TEL_BATCH_MAX)
         self.next_tel_ms = now_ms
-        self.next_save_ms = ticks.add(now_ms, SAVE_EVERY_MS)
+        self.next_save_ms = ticks.add(now_ms, _SAVE_EVERY_MS)
         if cfg_problem:
             self.ctl.log.append(now_ms, 'V2G-400', True,
                                 'settings file refused: ' + cfg_problem)
@@ -163,7 +172,7 @@ class Station:
             self.sample(now_ms, out)
         self.save_state()
         if ticks.due(now_ms, self.next_save_ms):
-            self.next_save_ms = ticks.add(now_ms, SAVE_EVERY_MS)
+            self.next_save_ms = ticks.add(now_ms, _SAVE_EVERY_MS)
             self.save_events()
             if self.storage_failing:
                 self.retry_writes()
@@ -459,7 +468,7 @@ class Station:
         while i < len(entries):
             t, code, on, text, boot = entries[i]
             size += len(text) + 28    # CBOR of one entry: the text plus a few small items
-            if page and size > EVENTS_PAGE_BYTES:
+            if page and size > _EVENTS_PAGE_BYTES:
                 break
             page.append([t, code, on, text, boot])
             i += 1
@@ -542,7 +551,7 @@ class Station:
             # keys the settings file in force sets (the others are defaults); none when the
             # file was refused at boot and the defaults run
             'cfg_hash': self.cfg.config_hash(), 'config_file_keys': sorted(self.cfg_file_keys),
-            'config_file': self.cfg_file_state,
+            'config_file': self.cfg_file_state, 'config_problem': self.cfg_problem,
             'mode': out.mode, 'cp_state': out.cp_state, 'contactor': out.contactor,
             'limits': {'charge_ma': out.limit_charge_ma, 'charge_src': out.limit_charge_src,
                        'discharge_ma': out.limit_discharge_ma, 'discharge_src': out.limit_discharge_src},

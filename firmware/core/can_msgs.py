@@ -4,7 +4,13 @@ Source: firmware/can/v2g.dbc; generator: host_tools/gen_can.py. Pure: ints only,
 byte arithmetic, no allocation once the objects exist.
 """
 
-from micropython import const
+try:
+    from micropython import const
+except ImportError:  # CPython (host tools, tests): const() is the value
+    def const(x):
+        return x
+
+from core import ticks
 
 VCU_POWER_REQUEST_ID = const(0x600)
 BMS_STATUS_ID = const(0x601)
@@ -708,11 +714,10 @@ class CanRx:
         so a BMS silent for days cannot look fresh after the wrap."""
         t = self.last_ms[i]
         if t < 0:
-            return 0x3FFFFFFF
-        d = (now_ms - t) & 0x3FFFFFFF
-        if d > 0x20000000:
+            return ticks.NEVER
+        d = ticks.age(now_ms, t)
+        if d == ticks.NEVER:
             self.last_ms[i] = -1
-            return 0x3FFFFFFF
         return d
 
 

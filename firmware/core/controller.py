@@ -21,7 +21,11 @@ Every failure path names its safe state (_SAFE_* below) in the event message.
 """
 import json
 
-from micropython import const
+try:
+    from micropython import const
+except ImportError:  # CPython (host tools, tests): const() is the value
+    def const(x):
+        return x
 
 from core import config as _config
 from core import decfrac
@@ -33,6 +37,7 @@ from core.cooling import Cooling, EV_CLEARED, EV_DERATED, EV_TRIPPED
 from core.eventlog import EventLog
 from core.journal import Journal
 from core.thermal import Derate
+from core.ticks import age as _age   # beyond 2**29 ms an age is not believable: NEVER
 
 CONTROL_PERIOD_MS = const(50)
 
@@ -60,7 +65,6 @@ _RAMP_MA_PER_S = const(10000)        # setpoint-driven current increases at most
 _DROOP_WAKE_MA = const(1000)         # a droop response this large wakes an EV holding at target
 _DEFAULT_CABLE_MA = const(13000)     # PP unknown: smallest IEC 62196 cable rating
 _MAX_DT_MS = const(1000)
-_TICKS_MASK = const(0x3FFFFFFF)     # ages computed modulo 2**30, like time.ticks_diff
 _LIMIT_MAX_A = const(1000)
 
 # pilot fault kinds
@@ -94,10 +98,6 @@ _FRESH_OPS = ('soc_target', 'limit', 'start', 'charge_only')
 
 def _clamp(v, lo, hi):
     return lo if v < lo else hi if v > hi else v
-
-
-def _age(now, then):
-    return (now - then) & _TICKS_MASK
 
 
 def _dec(v, div, unit):

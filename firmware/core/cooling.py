@@ -30,12 +30,17 @@ arriving for COOLING_FEEDBACK_S with no gap longer than _RECOVER_GAP_MS. A pump 
 restored clears it; a flow switch that still flickers does not. The command then follows
 the current and temperature again.
 """
-from micropython import const
+try:
+    from micropython import const
+except ImportError:  # CPython (host tools, tests): const() is the value
+    def const(x):
+        return x
+
+from core.ticks import age as _age
 
 RUN_ON_MS = const(30000)        # the pump keeps running this long after the need has gone
 _RECOVER_GAP_MS = const(500)     # longest silence that still counts as "feedback keeps arriving"
 NO_LIMIT = const(1000000)       # as core.limits.NO_LIMIT
-_TICKS_MASK = const(0x3FFFFFFF)
 
 OFF = const(0)
 STARTING = const(1)
@@ -50,10 +55,6 @@ _EV_NONE = const(0)
 EV_DERATED = const(1)     # V2G-013 raised, derate
 EV_TRIPPED = const(2)     # V2G-013 raised, hard fault
 EV_CLEARED = const(3)     # V2G-013 cleared: the loop works again
-
-
-def _age(now, then):
-    return (now - then) & _TICKS_MASK
 
 
 class Cooling:

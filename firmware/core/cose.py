@@ -8,11 +8,15 @@ V2G-601. alg is only trusted from the protected header, because the unprotected
 header is not covered by the signature.
 """
 
-from micropython import const
+try:
+    from micropython import const
+except ImportError:  # CPython (host tools, tests): const() is the value
+    def const(x):
+        return x
 
 from core import cbor
 
-_COSE_SIGN1_TAG = const(18)
+COSE_SIGN1_TAG = const(18)
 _H_ALG = const(1)
 _H_KID = const(4)
 _ALG_ES256 = const(-7)
@@ -47,7 +51,7 @@ def parse_sign1(data):
     if len(data) > MAX_COSE_LEN:
         _fail("cose", "{} bytes, above {}".format(len(data), MAX_COSE_LEN))
     obj = _loads(data, "COSE_Sign1")
-    if not isinstance(obj, cbor.Tag) or obj.tag != _COSE_SIGN1_TAG:
+    if not isinstance(obj, cbor.Tag) or obj.tag != COSE_SIGN1_TAG:
         _fail("cose", "not a tagged COSE_Sign1 (CBOR tag 18)")
     v = obj.value
     if not isinstance(v, list) or len(v) != 4:

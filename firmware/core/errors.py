@@ -4,7 +4,11 @@ Each code is one bit of an int mask so the control step can carry the set of
 active codes without allocating. Bit numbers are fixed: telemetry and logs
 decode a mask with CODES.
 """
-from micropython import const
+try:
+    from micropython import const
+except ImportError:  # CPython (host tools, tests): const() is the value
+    def const(x):
+        return x
 
 E009 = const(1 << 0)   # thermal limit (EVSE or battery)
 E010 = const(1 << 1)   # control pilot fault (E, F, diode, unknown level)

@@ -9,7 +9,11 @@ below. A stage is "outside" when the measurement is strictly beyond its
 threshold (above for OV/OF, below for UV/UF). Order matters: when several stages
 complete on the same sample, the first one listed names the trip.
 """
-from micropython import const
+try:
+    from micropython import const
+except ImportError:  # CPython (host tools, tests): const() is the value
+    def const(x):
+        return x
 
 OV = const(0)   # over-voltage (per-mille of nominal)
 UV = const(1)   # under-voltage (per-mille of nominal)

@@ -24,9 +24,13 @@ change. The SDM630's total power is the sum of its three phase powers (the
 meter's own total lies outside every short block).
 """
 
-from micropython import const
+try:
+    from micropython import const
+except ImportError:  # CPython (host tools, tests): const() is the value
+    def const(x):
+        return x
 
-from core import modbus
+from core import modbus, ticks
 
 SDM630 = const(1)
 SDM120 = const(2)
@@ -153,11 +157,10 @@ class MeterReading:
         ticks came round again): the reading is then dropped for good, so a meter
         that went quiet cannot look fresh after the wrap."""
         if not self.valid:
-            return 0x3FFFFFFF
-        d = (now_ms - self.t_ms) & 0x3FFFFFFF
-        if d > 0x20000000:
+            return ticks.NEVER
+        d = ticks.age(now_ms, self.t_ms)
+        if d == ticks.NEVER:
             self.valid = False
-            return 0x3FFFFFFF
         return d
 
     def copy_from(self, other):

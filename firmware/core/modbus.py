@@ -18,7 +18,13 @@ stats counter raised; the meter reader then keeps its last reading ageing, and
 the controller's METER_STALE_S rule (V2G-120) forbids discharge.
 """
 
-from micropython import const
+try:
+    from micropython import const
+except ImportError:  # CPython (host tools, tests): const() is the value
+    def const(x):
+        return x
+
+from core.ticks import diff as ticks_diff  # noqa: F401  (a - b for ticks, across the wrap)
 
 _FUNC_READ_INPUT = const(0x04)
 _EXC_FLAG = const(0x80)
@@ -41,9 +47,6 @@ _WAIT_REPLY = const(3)
 
 MAX_REGS = const(125)  # Modbus limit for function 0x04 (reply PDU <= 253 bytes)
 _RX_SIZE = const(256)  # largest RTU frame
-_TICKS_PERIOD = const(0x40000000)  # MicroPython ticks wrap here
-_TICKS_HALF = const(0x20000000)
-_TICKS_MASK = const(0x3FFFFFFF)
 
 # Largest magnitude returned by f32_milli (the MicroPython small-int limit).
 MILLI_MAX = const(0x3FFFFFFF)
@@ -97,11 +100,6 @@ def crc16(buf, n, start=0):
         k = ((crc ^ buf[i]) & 0xFF) << 1
         crc = (crc >> 8) ^ t[k] ^ (t[k + 1] << 8)
     return crc
-
-
-def ticks_diff(a, b):
-    """a - b for MicroPython ticks values (wrap at 2**30)."""
-    return ((a - b + _TICKS_HALF) & _TICKS_MASK) - _TICKS_HALF
 
 
 def build_read_input(buf, unit, addr, count):

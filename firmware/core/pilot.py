@@ -6,7 +6,11 @@ rounds down.
 """
 from array import array
 
-from micropython import const
+try:
+    from micropython import const
+except ImportError:  # CPython (host tools, tests): const() is the value
+    def const(x):
+        return x
 
 PWM_OFF = const(1000)      # steady +12 V: no PWM, no offer (state A/B "not ready")
 PWM_STATE_F = const(0)     # steady -12 V: EVSE not available / fault

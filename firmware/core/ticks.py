@@ -3,11 +3,18 @@
 difference across the wrap is off by 2**30, which would stall a loop for days or make a
 silent meter look fresh. Small ints only: nothing here allocates on the board.
 """
-from micropython import const
+try:
+    from micropython import const
+except ImportError:  # CPython (host tools, tests): const() is the value
+    def const(x):
+        return x
 
 PERIOD = const(1 << 30)
 _MASK = const((1 << 30) - 1)
 _HALF = const(1 << 29)
+# The age of a stamp that is not believable: never set, from the future, or so old the
+# clock may have come round. Larger than any timeout, and still a small int.
+NEVER = const((1 << 30) - 1)
 
 
 def add(t, delta):
@@ -18,6 +25,15 @@ def add(t, delta):
 def diff(a, b):
     """a - b as a signed number of ms, correct across the wrap (|a - b| < 2**29)."""
     return ((a - b + _HALF) & _MASK) - _HALF
+
+
+def age(now, then):
+    """ms from then to now (then <= now), or NEVER beyond 2**29: a stamp that far
+    back cannot be told from one in the future, nor from one a whole wrap ago."""
+    d = (now - then) & _MASK
+    if d > _HALF:
+        return NEVER
+    return d
 
 
 def due(now, t):

@@ -16,12 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-FIRMWARE = ROOT / "firmware"
-BOARDS = ROOT / "boards"
-SHIMS = ROOT / "tests" / "shims"
+from host_tools import tree
+
+ROOT = tree.ROOT            # the folder holding firmware/ and boards/ (checkout, or the installed copy)
+FIRMWARE = tree.FIRMWARE
+BOARDS = tree.BOARDS
 MPVM = Path(__file__).with_name("mpvm.mjs")
-VM_PACKAGE = ROOT / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
+VM_PACKAGE_NAME = "@micropython/micropython-webassembly-pyscript"
+NODE_MODULES_ENV = "V2G_NODE_MODULES"
 
 
 class VmMissing(RuntimeError):
@@ -32,13 +34,40 @@ class VmError(RuntimeError):
     """Code inside the VM raised; the message is its traceback."""
 
 
+def node_modules():
+    """The node_modules folder that holds the MicroPython VM package.
+
+    $V2G_NODE_MODULES when set (an installed v2g: the package is not part of the wheel),
+    else the checkout's own node_modules. Raises VmMissing saying how to get one."""
+    given = os.environ.get(NODE_MODULES_ENV)
+    if given:
+        where = Path(given).expanduser().resolve()
+        if not (where / VM_PACKAGE_NAME).is_dir():
+            raise VmMissing("{}={} holds no {} (install it there with: npm install {})".format(
+                NODE_MODULES_ENV, given, VM_PACKAGE_NAME, VM_PACKAGE_NAME))
+        return where
+    if tree.CHECKOUT is not None and (tree.CHECKOUT / "node_modules" / VM_PACKAGE_NAME).is_dir():
+        return tree.CHECKOUT / "node_modules"
+    if tree.CHECKOUT is not None:
+        raise VmMissing("the MicroPython VM package is not installed (run: npm ci   in {})".format(
+            tree.CHECKOUT))
+    raise VmMissing("the MicroPython VM package is not installed: run `npm install {}` in a folder "
+                    "and set {} to its node_modules".format(VM_PACKAGE_NAME, NODE_MODULES_ENV))
+
+
 def node_binary():
     node = shutil.which("node")
     if not node:
         raise VmMissing("Node.js is not installed (install it with: apt-get install nodejs npm)")
-    if not VM_PACKAGE.exists():
-        raise VmMissing("the MicroPython VM package is not installed (run: npm ci   in {})".format(ROOT))
+    node_modules()
     return node
+
+
+def node_env():
+    """Environment for `node mpvm.mjs`: tells it where the VM package is."""
+    env = dict(os.environ)
+    env[NODE_MODULES_ENV] = str(node_modules())
+    return env
 
 
 def firmware_mounts(board="sim", extra=()):
@@ -66,7 +95,7 @@ def run_micropython(code, mounts=None, paths=("/flash",), timeout=None, heap=Non
     """Run code in the MicroPython VM; return its stdout as text. Raises VmError on an exception."""
     mounts = firmware_mounts() if mounts is None else mounts
     proc = subprocess.run(vm_command(code, mounts, paths, heap=heap), capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=node_env())
     if proc.returncode != 0:
         raise VmError(tidy_stderr(proc.stderr) or "MicroPython VM exited with {}".format(proc.returncode))
     return proc.stdout
@@ -82,7 +111,7 @@ def stream_micropython(code, mounts=None, paths=("/flash",), heap=None):
     """Start code in the VM and return the Popen; read its stdout line by line."""
     mounts = firmware_mounts() if mounts is None else mounts
     return subprocess.Popen(vm_command(code, mounts, paths, heap=heap), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, bufsize=1)
+                            stderr=subprocess.PIPE, text=True, bufsize=1, env=node_env())
 
 
 def known_boards():
@@ -91,10 +120,11 @@ def known_boards():
 
 
 def firmware_sys_path(board="sim"):
-    """Make `import core...`, `import app...` and `import board` work under CPython."""
-    for p in (str(SHIMS), str(FIRMWARE)):
-        if p not in sys.path:
-            sys.path.insert(0, p)
+    """Run the whole firmware under CPython: make `import app...` and `import board` work
+    as on the controller (`import core` works in any host process, see host_tools/tree.py)."""
+    p = str(FIRMWARE)
+    if p not in sys.path:
+        sys.path.insert(0, p)
     if "board" not in sys.modules:
         board_dir = BOARDS / board
         init = board_dir / "__init__.py"
@@ -106,10 +136,3 @@ def firmware_sys_path(board="sim"):
             sys.modules["board"] = module
             if init.exists():
                 spec.loader.exec_module(module)
-
-
-def env_with_firmware_path(board="sim"):
-    """Environment for a CPython subprocess that imports the firmware (no `board` mapping)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(SHIMS), str(FIRMWARE), env.get("PYTHONPATH", "")])
-    return env

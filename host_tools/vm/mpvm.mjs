@@ -16,7 +16,11 @@ import path from "node:path";
 import { createRequire } from "node:module";
 import { FlashLog } from "./flashlog.mjs";
 
-const require = createRequire(import.meta.url);
+// V2G_NODE_MODULES (set by host_tools/vm) names the node_modules folder with the VM package:
+// an installed v2g has none beside this file.
+const require = createRequire(process.env.V2G_NODE_MODULES
+  ? path.join(path.dirname(path.resolve(process.env.V2G_NODE_MODULES)), "mpvm-resolve.js")
+  : import.meta.url);
 
 function usage(msg) {
   if (msg) process.stderr.write(`mpvm: ${msg}\n`);

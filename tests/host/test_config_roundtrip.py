@@ -2,18 +2,13 @@
 same value and the same settings hash, under CPython (doubles) and with single-precision
 arithmetic as on the STM32 boards (emulated: every float result rounded to 32 bits)."""
 import json
-import os
 import struct
-import sys
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if os.path.join(_ROOT, 'firmware') not in sys.path:
-    sys.path.insert(0, os.path.join(_ROOT, 'firmware'))
-
-from core import config as C  # noqa: E402
+import host_tools  # noqa: F401  (makes `core` the firmware's core package)
+from core import config as C
 
 PROFILE = settings(max_examples=400, deadline=None, derandomize=True, database=None)
 NUM_KEYS = sorted(k for k in C.SCALE if C.SCHEMA[k][0] == C.NUM)

@@ -5,22 +5,15 @@ gaps and time steps drive Controller.step; a small obedient plant closes the
 loop (the contactor follows its command one step later, the vehicle draws the
 request of the previous step). After every step the safety rules must hold.
 """
-import os
-import sys
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-for _p in (os.path.join(_ROOT, 'firmware'), os.path.join(_ROOT, 'tests', 'shims')):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
-from core import config  # noqa: E402
-from core import limits as L  # noqa: E402
-from core import pilot as P  # noqa: E402
-from core import setpoint as S  # noqa: E402
-from core.controller import DIODE_SAMPLES, OPS, Controller, Inputs  # noqa: E402
+import host_tools  # noqa: F401  (makes `core` the firmware's core package)
+from core import config
+from core import limits as L
+from core import pilot as P
+from core import setpoint as S
+from core.controller import DIODE_SAMPLES, OPS, Controller, Inputs
 
 EXAMPLES = 300
 PROFILE = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,

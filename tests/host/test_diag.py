@@ -312,4 +312,7 @@ def test_a_broken_settings_file_is_reported_whole(tmp_path):
     finally:
         b.stop()
     ev = next(e for e in r["events"] if e["code"] == "V2G-400")
-    assert "settings file refused" in ev["msg"] and "..." not in ev["msg"], ev["msg"]
+    assert "settings file refused" in ev["msg"], ev["msg"]
+    # the event's text is bounded; the report carries the reason whole
+    why = r["config_file"]["refused_because"]
+    assert r["config_file"]["state"] == "refused" and "..." not in why and "MAX_CHARGE_AMPS" in why, why

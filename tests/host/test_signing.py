@@ -670,3 +670,15 @@ def test_signer_refuses_a_file_and_a_folder_of_one_name():
     with pytest.raises(ValueError, match="'lib' is a file, but 'lib/x.py' needs a folder"):
         bundle.build_manifest([("lib/x.py", b"1"), ("lib", b"2")], 1, "1.0", "sim")
     assert bundle.build_manifest([("lib/x.py", b"1"), ("libs", b"2")], 1, "1.0", "sim")
+
+
+def test_host_verifier_applies_the_controllers_manifest_rules(key, fw_key):
+    # a signed manifest the controller refuses ("lib" a file, "lib/x.py" needs a folder "lib"):
+    # the host's verifier refuses it too, in the controller's words
+    man = bundle.build_manifest([("lib", b"2")], SEQ, "2.1.0", "sim", SC)
+    man[bundle.K_COMPONENTS] = [["lib/x.py", 1, hashlib.sha256(b"1").digest()],
+                                ["lib", 1, hashlib.sha256(b"2").digest()]]
+    data = bundle.assemble(bundle.sign_payload(key, cbor2.dumps(man, canonical=True)), b"12")
+    e = host_fails(data, key, "manifest")
+    assert "'lib' is a file, but 'lib/x.py' needs a folder" in str(e)
+    fw_fails(data, fw_key, "manifest")

@@ -213,7 +213,8 @@ def test_sigterm_exits_zero_after_saving(tmp_path):
 def test_missing_vm_package_is_named_with_the_install_command(tmp_path, monkeypatch):
     from host_tools import vm
     from host_tools.vboard import VirtualBoard
-    monkeypatch.setattr(vm, "VM_PACKAGE", tmp_path / "no-such-package")
+    monkeypatch.setattr(vm, "VM_PACKAGE_NAME", "@micropython/no-such-package")
+    monkeypatch.delenv(vm.NODE_MODULES_ENV, raising=False)
     with pytest.raises(vm.VmMissing) as e:
         VirtualBoard(tmp_path / "s").check()
     assert "MicroPython VM package is not installed" in str(e.value) and "npm ci" in str(e.value)
