@@ -45,3 +45,13 @@ LINK_BAUD = const(115200)
 TEMP_ADC = 'X11'
 
 WDT_TIMEOUT_MS = const(2000)
+
+# Cooling loop: pump (or fan) relay driver on Y11 (high = run), tachometer or flow switch on
+# Y12 (open collector, pulled up; counted on falling edges), as on the pyboard carrier.
+COOLING_OUT = 'Y11'
+COOLING_TACH = 'Y12'
+
+# Status LED: the PYBD's RGB LED (pyb.LED 1 red, 2 green, 3 blue). status_led colour -> the
+# LEDs lit, bit i = pyb.LED(i + 1): green, blue, amber (red + green), red, cyan (green + blue)
+LED_COUNT = const(3)
+LED_BITS = b'\x02\x04\x03\x01\x06'

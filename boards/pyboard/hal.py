@@ -82,7 +82,7 @@ EVSE_SENSOR_FAULT_DC = int(config_mod.SCHEMA['EVSE_TEMP_LIMIT_C'][2] * 10)
 
 _COUNT_MASK = const(0x3FFFFFFF)
 # status_led colour -> the LEDs lit, bit i = pyb.LED(i + 1): green, blue, amber, red, cyan
-_LED_BITS = b'\x02\x08\x04\x01\x0a'
+_LED_BITS = getattr(pins, 'LED_BITS', b'\x02\x08\x04\x01\x0a')   # a board's own LEDs: its pins.py
 
 _RESET_NAMES = {
     machine.PWRON_RESET: 'power_on', machine.HARD_RESET: 'hard_reset',
