@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from host_tools.api import idempotency
 from host_tools.api.auth import Forbidden, Principal, Unauthorized
-from host_tools.api.troubleshoot import explain
+from host_tools.api.troubleshoot import explain, v2g_text
 
 WEB = Path(__file__).with_name("web")
 STATION_RE = r"^[A-Za-z0-9._:-]{1,48}$"
@@ -141,6 +141,7 @@ def create_app(settings, verifier, broker, store, signer):
             online, v2g = False, {"available": False, "reason": "gateway offline"}
         elif doc and not online and v2g.get("available"):
             v2g = {"available": False, "reason": "no news from the station since " + _iso(last_seen)}
+        v2g["text"] = v2g_text(v2g.get("available"), v2g.get("reason"))
         w = s.get("w")
         ma = s.get("ma")
         errors = doc.get("errors") if doc else s.get("errors", [])

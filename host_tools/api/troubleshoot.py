@@ -31,3 +31,32 @@ TABLE = {
 def explain(code):
     meaning, action = TABLE.get(code, ("station error", "Call service if it stays."))
     return {"code": code, "meaning": meaning, "action": action}
+
+
+# the bridge's reasons (host_tools/bridge/service.py v2g_reason) in the driver's words
+_REASONS = (
+    ("charge-only asked", "charge-only"),
+    ("V2G-301", "battery at or below your reserve"),
+    ("no vehicle connected", "no vehicle plugged in"),
+    ("controller offline", "station offline"),
+    ("bridge offline", "station offline"),
+    ("gateway offline", "station offline"),
+    ("no news from the station", "station offline"),
+    ("station never seen", "station not connected yet"),
+    ("V2G-101", "the station lost its gateway (charge-only for safety)"),
+    ("session stopped", "charging stopped by the operator"),
+)
+
+
+def v2g_text(available, reason):
+    """'V2G available' or 'V2G unavailable: <why, plainly>'."""
+    if available:
+        return "V2G available"
+    r = reason or ""
+    for key, plain in _REASONS:
+        if r.startswith(key):
+            return f"V2G unavailable: {plain}"
+    code = r.split(" ", 1)[0]
+    if code in TABLE:
+        return f"V2G unavailable: {TABLE[code][0]}"
+    return f"V2G unavailable: {r}" if r else "V2G unavailable"

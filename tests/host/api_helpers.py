@@ -53,8 +53,8 @@ class OidcProvider:
 
 
 class ApiProc:
-    def __init__(self, tmp, mqtt_url, issuer, config_dir, *extra, store=None, client_id="v2g-app"):
-        self.port = free_port()
+    def __init__(self, tmp, mqtt_url, issuer, config_dir, *extra, store=None, client_id="v2g-app", port=None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         tmp = Path(tmp)
         self.store = store or tmp / "api.db"

@@ -136,7 +136,8 @@ def test_a_driver_sees_only_the_stations_assigned_to_them(rig):
     assert s == 200 and [x["station"] for x in doc["stations"]] == ["CS-A1"]
     s, doc, _ = call(url(rig, "/stations/CS-A1"), token=rig["tok"]["driver-1"])
     assert s == 200
-    assert doc["soc_pct"] == 55.0 and doc["floor_pct"] == 20.0 and doc["v2g"] == {"available": True, "reason": None}
+    assert doc["soc_pct"] == 55.0 and doc["floor_pct"] == 20.0 and doc["v2g"]["available"] is True
+    assert doc["v2g"]["text"] == "V2G available"
     assert doc["online"] is True and doc["pilot"] == "C" and doc["last_seen"]
     for path in ("", "/sessions", "/telemetry", "/events"):
         s, doc, _ = call(url(rig, "/stations/CS-A2" + path), token=rig["tok"]["driver-1"])

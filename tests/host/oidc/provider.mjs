@@ -60,7 +60,7 @@ const provider = new Provider(issuer, {
     const accountId = ctx.oidc.session.accountId;
     const grant = new ctx.oidc.provider.Grant({ clientId: ctx.oidc.client.clientId, accountId });
     const allowed = (cfg.users?.[accountId]?.scope || 'v2g:read v2g:control').split(' ');
-    grant.addOIDCScope('openid');
+    grant.addOIDCScope(['openid', ...allowed].join(' '));
     grant.addResourceScope(cfg.audience, allowed.join(' '));
     await grant.save();
     return grant;
