@@ -116,3 +116,17 @@ def call(url, method="GET", body=None, token=None, key=None, headers=None):
         except ValueError:
             doc = raw.decode(errors="replace")
         return e.code, doc, e.headers
+
+
+def api_acl_block(user):
+    """The shipped ACL's block for `v2g api`, for another worker's account."""
+    lines, on = [], False
+    for line in (ROOT / "deploy" / "mosquitto" / "v2g.acl").read_text().splitlines():
+        if line == "user v2g-api":
+            on = True
+        elif on and not line.startswith("topic "):
+            break
+        if on:
+            lines.append(line.replace("user v2g-api", f"user {user}"))
+    assert lines, "the shipped ACL lost its v2g-api block"
+    return "\n" + "\n".join(lines) + "\n"

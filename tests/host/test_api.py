@@ -13,7 +13,7 @@ import uuid
 import jwt
 import paho.mqtt.client as mqtt
 import pytest
-from api_helpers import AUDIENCE, ApiProc, OidcProvider, call
+from api_helpers import AUDIENCE, ApiProc, OidcProvider, api_acl_block, call
 from bridge_helpers import Broker, make_ca, stop_all, wait_until
 from cryptography.hazmat.primitives.asymmetric import ec
 from paho.mqtt.enums import CallbackAPIVersion
@@ -23,7 +23,7 @@ from paho.mqtt.properties import Properties
 from host_tools.bridge.auth import AuthError, TokenVerifier
 
 SECRET = "gateway-app-secret-0123456789abcdef"
-USERS = {"v2g-bridge": "bridge-pw", "v2g-api": "api-pw"}
+USERS = {"v2g-bridge": "bridge-pw", "v2g-api": "api-pw", "v2g-api-2": "api2-pw"}
 PW = "client-secret-0123456789-0123456789"
 CLIENTS = [
     {"client_id": "driver-1", "client_secret": PW, "scope": "v2g:read v2g:control", "stations": ["CS-A1"]},
@@ -66,6 +66,10 @@ class FakeBridge:
         self.c.publish(f"v2g/{st}/telemetry", json.dumps({"station": st, "ts": ts,
                                                            "samples": samples}), qos=1).wait_for_publish(5)
 
+    def event(self, st, ts, code, on, msg):
+        self.c.publish(f"v2g/{st}/events", json.dumps({"station": st, "ts": ts, "t_ms": 1, "code": code, "on": on,
+                                                        "msg": msg}), qos=1).wait_for_publish(5)
+
     def _on(self, cl, ud, m):
         st = m.topic.split("/")[1]
         cmd = json.loads(m.payload)
@@ -104,7 +108,7 @@ def rig(tmp_path_factory):
     (cfg / "mqtt_ca.pem").write_bytes(ca_path.read_bytes())
     started = []
     try:
-        broker = Broker(tmp / "broker", ca_key, ca_cert, ca_path, USERS)
+        broker = Broker(tmp / "broker", ca_key, ca_cert, ca_path, USERS, acl_extra=api_acl_block("v2g-api-2"))
         started.append(broker.stop)
         oidc = OidcProvider(tmp, clients=CLIENTS)
         started.append(oidc.stop)
@@ -399,3 +403,63 @@ def test_openapi_and_docs_are_served(rig):
     s, doc, _ = call(rig["api"].url + "/openapi.json")
     assert s == 200 and "/api/v1/stations/{sid}/soc-target" in doc["paths"]
     assert AUDIENCE
+
+
+# ---------------------------------------------------------------- history feed
+
+def _samples(n, t0_ms=0, cp="C"):
+    return [{"t_ms": t0_ms + 1000 * i, "cp": cp, "mode": "charging", "soc_pm": 500, "w": 3000, "ma": 13000,
+             "mv": 230000, "mhz": 50000, "e_in_wh": 10 + i, "e_out_wh": 0, "dis_cap_wh": 5000, "errors": []}
+            for i in range(n)]
+
+
+def _count(rig, tok, st, t_from, t_to):
+    q = "/stations/{}/telemetry?points=1&from={}&to={}".format(
+        st, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_from / 1000)),
+        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_to / 1000)))
+    return sum(p["samples"] for p in call(url(rig, q), token=tok)[1]["points"])
+
+
+def test_nothing_published_while_the_api_restarts_is_lost(rig):
+    b, tok = rig["bridge"], rig["tok"]["driver-2"]
+    api = rig["api"]
+    api.stop()                              # a clean stop: the broker keeps its session (QoS 1)
+    base = (int(time.time()) - 300) * 1000
+    b.telemetry("CS-A2", _samples(5), ts=base + 4000)
+    b.event("CS-A2", base + 2000, "V2G-507", True, "waiting to enter service")
+    rig["api"] = ApiProc(rig["tmp"], api.args[api.args.index("--mqtt") + 1], rig["oidc"].issuer, rig["cfg"],
+                         "--command-timeout", "3", store=api.store)
+    wait_until(lambda: _count(rig, tok, "CS-A2", base, base + 10_000) == 5, 10, "the samples sent while it was down")
+    ev = call(url(rig, "/stations/CS-A2/events"), token=tok)[1]["events"]
+    assert [(e["code"], e["on"], e["meaning"]) for e in ev] == [
+        ("V2G-507", True, "waiting for the grid to be stable before starting")]
+
+
+def test_two_api_workers_split_the_history_feed_and_store_each_sample_once(rig):
+    b, tok = rig["bridge"], rig["tok"]["driver-2"]
+    api = rig["api"]
+    cfg2 = rig["tmp"] / "etc2"                 # the second worker's own account
+    cfg2.mkdir(mode=0o750, exist_ok=True)
+    for f in ("app_jwt.secret", "mqtt_ca.pem"):
+        (cfg2 / f).write_bytes((rig["cfg"] / f).read_bytes())
+    (cfg2 / "mqtt_password").write_text(USERS["v2g-api-2"])
+    for f in ("app_jwt.secret", "mqtt_password"):
+        (cfg2 / f).chmod(0o600)
+    second = ApiProc(rig["tmp"], f"mqtts://v2g-api-2@127.0.0.1:{rig['broker'].port}", rig["oidc"].issuer,
+                     cfg2, store=api.store)
+    try:
+        before = [call(a.url + "/healthz")[1]["counters"]["samples"] for a in (api, second)]
+        base = (int(time.time()) - 600) * 1000
+        for i in range(40):
+            b.telemetry("CS-A2", _samples(2, t0_ms=2000 * i), ts=base + 2000 * i + 1000)
+        wait_until(lambda: _count(rig, tok, "CS-A2", base, base + 100_000) == 80, 15, "80 samples stored")
+        after = [call(a.url + "/healthz")[1]["counters"]["samples"] for a in (api, second)]
+        got = [a - b_ for a, b_ in zip(after, before)]
+        assert sum(got) == 80 and min(got) > 0, got            # each batch to one worker, both got some
+        # either worker answers for the other's share
+        assert call(second.url + "/api/v1/stations/CS-A2/telemetry?points=1&from={}&to={}".format(
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(base / 1000)),
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(base / 1000 + 100))), token=tok)[1]["points"][0][
+            "samples"] == 80
+    finally:
+        second.stop()
