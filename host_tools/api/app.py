@@ -108,12 +108,15 @@ def create_app(settings, verifier, broker, store, signer):
         detail = "; ".join(f"{f['field']}: {f['msg']}" for f in fields)
         return JSONResponse(error_body("V2G-400", detail, fields=fields), status_code=422)
 
-    def principal(authorization: Optional[str] = Header(None)) -> Principal:
+    async def principal(authorization: Optional[str] = Header(None)) -> Principal:
         token = None
         if authorization and authorization[:7].lower() == "bearer ":
             token = authorization[7:].strip()
-        try:
-            return verifier.verify(token)
+        p = verifier.cached(token)
+        if p is not None:
+            return p
+        try:   # off the event loop: an unknown kid fetches the provider's keys
+            return await asyncio.to_thread(verifier.verify, token)
         except Unauthorized as e:
             raise ApiError(401, "V2G-401", str(e)) from e
 
@@ -168,7 +171,7 @@ def create_app(settings, verifier, broker, store, signer):
         }
 
     @app.get("/api/v1/stations", tags=["stations"], summary="The stations this user may act on")
-    def list_stations(p: Principal = Depends(principal)):
+    async def list_stations(p: Principal = Depends(principal)):
         allow(p, "v2g:read")
         ids = sorted(set(broker.status) | p.stations) if p.admin else sorted(p.stations)
         out = []
@@ -178,7 +181,7 @@ def create_app(settings, verifier, broker, store, signer):
         return {"stations": out, "user": p.sub}
 
     @app.get("/api/v1/stations/{sid}", tags=["stations"], summary="One station's status")
-    def get_station(sid: str = Station, p: Principal = Depends(principal)):
+    async def get_station(sid: str = Station, p: Principal = Depends(principal)):
         allow(p, "v2g:read", sid)
         return station_doc(sid)
 
@@ -263,7 +266,7 @@ def create_app(settings, verifier, broker, store, signer):
 
     async def send(sid, p, op, args, txn, extra_state):
         payload = {"txn": txn, "token": signer.token(p.sub, sid), "op": op, "args": args}
-        res = await broker.command(sid, payload, f"{broker.client._client_id.decode()}|{txn}".encode(),
+        res = await broker.command(sid, payload, f"{broker.client_id}|{txn}".encode(),
                                    settings.command_timeout_s)
         if res is None:
             return 504, error_body("V2G-110", "the station did not answer in time; the same Idempotency-Key "

@@ -126,8 +126,23 @@ class Verifier:
         self.stations_claim = stations_claim
         self.leeway_s = leeway_s
         self.jwks = jwks or Jwks(issuer, ca_file=ca_file)
+        self._seen = {}           # token -> Principal: a signature is checked once per token
+
+    CACHE_MAX = 20000
+
+    def cached(self, token):
+        """The Principal of a token verified before and not yet expired, else None."""
+        p = self._seen.get(token) if token else None
+        if p is not None and p.exp is not None and time.time() > p.exp + self.leeway_s:
+            self._seen.pop(token, None)
+            return None
+        return p
 
     def verify(self, token) -> Principal:
+        p = self.cached(token)
+        return p if p is not None else self._verify(token)
+
+    def _verify(self, token) -> Principal:
         if not token:
             raise Unauthorized("no access token (Authorization: Bearer ...)")
         try:
@@ -154,4 +169,8 @@ class Verifier:
             raise Unauthorized("token signature does not verify") from e
         except (jwt.PyJWTError, ValueError, TypeError) as e:
             raise Unauthorized(f"token refused: {type(e).__name__}: {e}") from e
-        return Principal(claims, self.stations_claim)
+        p = Principal(claims, self.stations_claim)
+        if len(self._seen) >= self.CACHE_MAX:
+            self._seen.clear()
+        self._seen[token] = p
+        return p

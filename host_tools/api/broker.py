@@ -8,7 +8,7 @@ Subscriptions (QoS 1, a persistent session: clean start off, session expiry
                                              (matched by MQTT 5 CorrelationData)
     $share/<group>/v2g/+/telemetry           the workers split the history feed: each
     $share/<group>/v2g/+/events              batch is stored by one of them
-    v2g/<station>/telemetry                  only while a live stream of that station is open
+    v2g/<station>/telemetry, .../events      only while a live stream of that station is open
                                              on this worker (subscription id LIVE_SUB)
 
 A message carries the MQTT 5 subscription identifiers that matched it, which tells a history
@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import ssl
 import threading
 import time
@@ -62,6 +63,7 @@ class BrokerLink:
         # the broker makes the user name the client id (use_username_as_clientid): one account
         # per worker; a stable id keeps the persistent session across restarts
         cid = client_id or (self.user or f"v2g-api-{os.getpid()}")
+        self.client_id = cid
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
         if self.user:
             c.username_pw_set(self.user, urllib.parse.unquote(u.password) if u.password else password)
@@ -100,6 +102,7 @@ class BrokerLink:
         if reason_code.is_failure:
             log.error("MQTT broker %s:%s refused the connection: %s", self.host, self.port, reason_code)
             return
+        no_delay(client)
         self._sub("v2g/+/status", STATE_SUB)
         self._sub("v2g/_gateway/+/status", STATE_SUB)
         self._sub("v2g/+/cmd/result", STATE_SUB)
@@ -108,7 +111,7 @@ class BrokerLink:
         with self._lock:
             live = list(self.live)
         for st in live:
-            self._sub(f"v2g/{st}/telemetry", LIVE_SUB)
+            self._sub_live(st)
         self.offline_since = None
         self.connected.set()
 
@@ -163,10 +166,12 @@ class BrokerLink:
                 self._to_live(station, {"type": "telemetry", "ts": ts, "samples": samples})
         elif leaf == "events" and isinstance(doc, dict):
             ts = doc.get("ts") if isinstance(doc.get("ts"), int) else now
-            self.counters["events"] += 1
-            self.store.add_event(station, ts, doc)
-            self._to_live(station, {"type": "event", "event": {"t": ts, "code": doc.get("code"),
-                                                               "on": doc.get("on"), "msg": doc.get("msg")}})
+            if HISTORY_SUB in ids or not ids:
+                self.counters["events"] += 1
+                self.store.add_event(station, ts, doc)
+            if LIVE_SUB in ids or (not ids and station in self.live):
+                self._to_live(station, {"type": "event", "event": {"t": ts, "code": doc.get("code"),
+                                                                   "on": doc.get("on"), "msg": doc.get("msg")}})
 
     def _to_live(self, station, item):
         with self._lock:
@@ -182,7 +187,7 @@ class BrokerLink:
             first = station not in self.live
             self.live.setdefault(station, set()).add(q)
         if first and self.connected.is_set():
-            self._sub(f"v2g/{station}/telemetry", LIVE_SUB)
+            self._sub_live(station)
         return q
 
     def unwatch(self, station, q):
@@ -195,7 +200,11 @@ class BrokerLink:
             if last:
                 del self.live[station]
         if last:
-            self.client.unsubscribe(f"v2g/{station}/telemetry")
+            self.client.unsubscribe([f"v2g/{station}/telemetry", f"v2g/{station}/events"])
+
+    def _sub_live(self, station):
+        self._sub(f"v2g/{station}/telemetry", LIVE_SUB)
+        self._sub(f"v2g/{station}/events", LIVE_SUB)
 
     # -- commands (asyncio side)
 
@@ -225,6 +234,17 @@ class BrokerLink:
         if g is not None and g[0].get("online") is False:
             return g
         return None
+
+
+def no_delay(client):
+    """Small packets out at once: with Nagle's algorithm a command waits for the ACK of the one
+    before it, which the far end delays (40 ms on Linux) when the link is quiet."""
+    sock = client.socket()
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
 
 
 def _settle(fut, doc):

@@ -70,4 +70,5 @@ def cli(listen, mqtt_url, issuer, audience, store_url, config_dir, client_id, st
                         idem_ttl_s=idempotency_ttl)
     app = create_app(settings, verifier, broker, store, signer)
     click.echo(f"v2g api: http://{host}:{port}/ (docs /docs, OpenAPI /openapi.json)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # phones keep a connection between reads: 5 s (uvicorn's default) closes it under their feet
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_keep_alive=75)
