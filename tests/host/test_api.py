@@ -424,13 +424,19 @@ def test_nothing_published_while_the_api_restarts_is_lost(rig):
     b, tok = rig["bridge"], rig["tok"]["driver-2"]
     api = rig["api"]
     api.stop()                              # a clean stop: the broker keeps its session (QoS 1)
-    base = (int(time.time()) - 300) * 1000
-    b.telemetry("CS-A2", _samples(5), ts=base + 4000)
-    b.event("CS-A2", base + 2000, "V2G-507", True, "waiting to enter service")
+    base = (int(time.time()) - 3000) * 1000
+    b.event("CS-A2", base - 2000, "V2G-507", True, "waiting to enter service")
+    # more messages than the broker's default queue (1,000) holds for a client that is away
+    for i in range(1500):
+        b.c.publish("v2g/CS-A2/telemetry", json.dumps({"station": "CS-A2", "ts": base + 1000 * i,
+                                                       "samples": _samples(1, t0_ms=1000 * i)}), qos=1)
+    b.telemetry("CS-A2", _samples(1, t0_ms=1_500_000), ts=base + 1_500_000)      # waits for all before it
     rig["api"] = ApiProc(rig["tmp"], api.args[api.args.index("--mqtt") + 1], rig["oidc"].issuer, rig["cfg"],
                          "--command-timeout", "3", store=api.store)
-    wait_until(lambda: _count(rig, tok, "CS-A2", base, base + 10_000) == 5, 10, "the samples sent while it was down")
-    ev = call(url(rig, "/stations/CS-A2/events"), token=tok)[1]["events"]
+    wait_until(lambda: _count(rig, tok, "CS-A2", base, base + 1_600_000) == 1501, 20,
+               "the samples sent while it was down")
+    ev = call(url(rig, f"/stations/CS-A2/events?to={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(base / 1000))}"),
+              token=tok)[1]["events"]
     assert [(e["code"], e["on"], e["meaning"]) for e in ev] == [
         ("V2G-507", True, "waiting for the grid to be stable before starting")]
 
