@@ -8,6 +8,7 @@ controller's result. Every POST is idempotent through its Idempotency-Key header
 
 import asyncio
 import json
+import logging
 import re
 import time
 from datetime import datetime, timezone
@@ -24,6 +25,7 @@ from host_tools.api import idempotency
 from host_tools.api.auth import Forbidden, Principal, Unauthorized
 from host_tools.api.troubleshoot import explain, v2g_text
 
+log = logging.getLogger(__name__)
 WEB = Path(__file__).with_name("web")
 STATION_RE = r"^[A-Za-z0-9._:-]{1,48}$"
 STALE_MS = 30_000        # a station whose status and samples are older than this is shown offline
@@ -88,9 +90,20 @@ def create_app(settings, verifier, broker, store, signer):
     @app.on_event("startup")
     async def _start():
         broker.start(asyncio.get_running_loop())
+        app.state.purger = asyncio.create_task(purge_keys())
+
+    async def purge_keys():
+        """Idempotency keys older than their time go, once an hour (and at start)."""
+        while True:
+            try:
+                await asyncio.to_thread(store.purge, int(time.time() * 1000) - int(settings.idem_ttl_s * 1000))
+            except Exception as e:   # noqa: BLE001 - a busy store is tried again next hour
+                log.warning("idempotency keys not purged: %s", e)
+            await asyncio.sleep(3600)
 
     @app.on_event("shutdown")
     async def _stop():
+        app.state.purger.cancel()
         broker.stop()
 
     @app.exception_handler(ApiError)

@@ -151,6 +151,23 @@ def test_a_driver_sees_only_the_stations_assigned_to_them(rig):
     assert s == 200 and {"CS-A1", "CS-A2"} <= {x["station"] for x in doc["stations"]}
 
 
+def test_errors_and_the_reason_v2g_is_unavailable_come_in_plain_words(rig):
+    b, tok = rig["bridge"], rig["tok"]["driver-1"]
+    b.status("CS-A1", errors=["V2G-120"], v2g={"available": False, "reason": "V2G-120 meter stale"})
+    try:
+        st = wait_until(lambda: (lambda d: d if d["errors"] else None)(
+            call(url(rig, "/stations/CS-A1"), token=tok)[1]), 10, "the error")
+        assert st["errors"] == [{"code": "V2G-120", "meaning": "the energy meter does not answer: no discharge",
+                                 "action": "Call service if it stays."}]
+        assert st["v2g"]["text"] == "V2G unavailable: the energy meter does not answer: no discharge"
+        b.status("CS-A1", soc_pct=21.0, v2g={"available": False,
+                                             "reason": "V2G-301 SoC at or below the floor + V2G_AVAILABLE_MARGIN"})
+        wait_until(lambda: call(url(rig, "/stations/CS-A1"), token=tok)[1]["v2g"]["text"]
+                   == "V2G unavailable: battery at or below your reserve", 10, "V2G-301 in plain words")
+    finally:
+        b.status("CS-A1")
+
+
 def test_telemetry_is_stored_downsampled_and_sessions_are_made_from_it(rig):
     b = rig["bridge"]
     samples = [{"t_ms": 1000 * i, "cp": "C" if i < 8 else "A", "mode": "discharging", "soc_pm": 600 - i,
