@@ -29,13 +29,15 @@ $(NPMSTAMP): package.json package-lock.json | sysdeps
 	touch $@
 
 # The driver's app's browser libraries, copied from node_modules (pinned in package-lock.json)
-# into the folder `v2g api` serves: nothing is fetched from a CDN when the app runs.
+# into the folder `v2g api` serves (the API's interactive docs too): nothing is fetched from a
+# CDN when the app runs.
 WEBV := host_tools/api/web/vendor
 web: $(WEBV)/.installed
 $(WEBV)/.installed: $(NPMSTAMP)
-	rm -rf $(WEBV) && mkdir -p $(WEBV)/fetch-event-source
+	rm -rf $(WEBV) && mkdir -p $(WEBV)/fetch-event-source $(WEBV)/swagger-ui
 	cp node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css node_modules/uplot/LICENSE $(WEBV)/
 	cp node_modules/@microsoft/fetch-event-source/lib/esm/*.js node_modules/@microsoft/fetch-event-source/LICENSE $(WEBV)/fetch-event-source/
+	cp node_modules/swagger-ui-dist/swagger-ui-bundle.js node_modules/swagger-ui-dist/swagger-ui.css node_modules/swagger-ui-dist/LICENSE $(WEBV)/swagger-ui/
 	touch $@
 
 lint: venv

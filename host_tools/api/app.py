@@ -17,6 +17,8 @@ from typing import Optional
 
 from fastapi import Depends, FastAPI, Header, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -80,7 +82,7 @@ class Settings:
 
 
 def create_app(settings, verifier, broker, store, signer):
-    app = FastAPI(title="v2g api", version="1",
+    app = FastAPI(title="v2g api", version="1", docs_url=None, redoc_url=None,
                   description="The driver's app backend: station status, SoC target, reserve margin, charge-only, "
                               "history and a live stream. OAuth 2.0 bearer tokens; POSTs need an Idempotency-Key.")
     keys = idempotency.Keys(store, ttl_s=settings.idem_ttl_s,
@@ -121,10 +123,11 @@ def create_app(settings, verifier, broker, store, signer):
         detail = "; ".join(f"{f['field']}: {f['msg']}" for f in fields)
         return JSONResponse(error_body("V2G-400", detail, fields=fields), status_code=422)
 
-    async def principal(authorization: Optional[str] = Header(None)) -> Principal:
-        token = None
-        if authorization and authorization[:7].lower() == "bearer ":
-            token = authorization[7:].strip()
+    bearer = HTTPBearer(auto_error=False, bearerFormat="JWT",
+                        description="an access token (JWT) of the operator's OAuth 2.0 provider")
+
+    async def principal(cred: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> Principal:
+        token = cred.credentials.strip() if cred else None
         p = verifier.cached(token)
         if p is not None:
             return p
@@ -326,6 +329,14 @@ def create_app(settings, verifier, broker, store, signer):
     def config():
         return {"issuer": settings.issuer, "client_id": settings.client_id, "audience": settings.audience,
                 "scope": settings.app_scopes}
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        # Swagger UI from the vendored copy (make web), never from a CDN
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="v2g api",
+                                   swagger_js_url="/vendor/swagger-ui/swagger-ui-bundle.js",
+                                   swagger_css_url="/vendor/swagger-ui/swagger-ui.css",
+                                   swagger_favicon_url="/icon.svg")
 
     @app.get("/healthz", include_in_schema=False)
     def health():

@@ -221,6 +221,20 @@ def test_an_expired_token_leads_back_to_login(rig):
         ctx.close()
 
 
+def test_the_interactive_api_docs_are_served_without_a_cdn(rig):
+    ctx = rig["browser"].new_context(viewport=DESKTOP)
+    page = ctx.new_page()
+    outside = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(rig["api"].url) else None)
+    try:
+        page.goto(rig["api"].url + "/docs")
+        page.get_by_text("/api/v1/stations/{sid}/soc-target").first.wait_for(timeout=20000)
+        assert outside == []
+        page.screenshot(path=str(SHOTS / "09-api-docs-desktop.png"), full_page=False)
+    finally:
+        ctx.close()
+
+
 def test_the_network_and_the_station_going_offline_are_shown_with_the_time(rig):
     ctx, page = rig["alice"]
     ctx.set_offline(True)                                   # the phone loses its network
