@@ -195,10 +195,12 @@ def test_telemetry_is_stored_downsampled_and_sessions_are_made_from_it(rig):
 
 
 @pytest.mark.parametrize("query, field", [
-    ("points=0", "points"), ("points=x", "points"), ("points=999999", "points"), ("from=yesterday", "from"),
-    ("from=2026-12-05T10:00:00Z&to=2026-12-05T09:00:00Z", "from")])
-def test_bad_telemetry_queries_name_the_field(rig, query, field):
-    s, doc, _ = call(url(rig, "/stations/CS-A1/telemetry?" + query), token=rig["tok"]["driver-1"])
+    ("telemetry?points=0", "points"), ("telemetry?points=x", "points"), ("telemetry?points=999999", "points"),
+    ("telemetry?from=yesterday", "from"), ("telemetry?from=2026-12-05T10:00:00Z&to=2026-12-05T09:00:00Z", "from"),
+    ("telemetry?to=soon", "to"), ("sessions?limit=0", "limit"), ("sessions?limit=many", "limit"),
+    ("events?limit=1001", "limit"), ("events?from=x", "from")])
+def test_bad_history_queries_name_the_field(rig, query, field):
+    s, doc, _ = call(url(rig, "/stations/CS-A1/" + query), token=rig["tok"]["driver-1"])
     assert (s, doc["code"]) == (422, "V2G-400") and doc["fields"][0]["field"] == field, doc
 
 
