@@ -5,9 +5,9 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 NPMSTAMP:= node_modules/.installed
 
-.PHONY: test sysdeps venv npm lint sim perf mpy clean
+.PHONY: test sysdeps venv npm web lint sim perf mpy clean
 
-test: sysdeps venv npm lint mpy
+test: sysdeps venv npm web lint mpy
 	$(VPY) -m pytest -q tests
 
 venv: $(STAMP)
@@ -28,6 +28,18 @@ $(NPMSTAMP): package.json package-lock.json | sysdeps
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The driver's app's browser libraries, copied from node_modules (pinned in package-lock.json)
+# into the folder `v2g api` serves (the API's interactive docs too): nothing is fetched from a
+# CDN when the app runs.
+WEBV := host_tools/api/web/vendor
+web: $(WEBV)/.installed
+$(WEBV)/.installed: $(NPMSTAMP)
+	rm -rf $(WEBV) && mkdir -p $(WEBV)/fetch-event-source $(WEBV)/swagger-ui
+	cp node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css node_modules/uplot/LICENSE $(WEBV)/
+	cp node_modules/@microsoft/fetch-event-source/lib/esm/*.js node_modules/@microsoft/fetch-event-source/LICENSE $(WEBV)/fetch-event-source/
+	cp node_modules/swagger-ui-dist/swagger-ui-bundle.js node_modules/swagger-ui-dist/swagger-ui.css node_modules/swagger-ui-dist/LICENSE $(WEBV)/swagger-ui/
+	touch $@
+
 lint: venv
 	$(VENV)/bin/ruff check .
 
@@ -45,8 +57,8 @@ sim: venv npm
 	  echo "live station: firmware on the MicroPython VM, SDM630 meter on Modbus RTU; Ctrl-C stops it"; \
 	  $(VENV)/bin/v2g vboard --state build/sim/board --meter sdm630; fi
 
-perf: venv npm
+perf: venv npm web
 	$(VPY) -m bench
 
 clean:
-	rm -rf $(VENV) node_modules build
+	rm -rf $(VENV) node_modules build $(WEBV)

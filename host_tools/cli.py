@@ -14,6 +14,7 @@ COMMANDS = {
     "flash": ("host_tools.commands.flash", "Provision a controller over its REPL: compile, copy what changed, settings, key, reset, verify."),
     "image": ("host_tools.commands.image", "Build a factory image: MicroPython .hex + littlefs with the firmware, settings and key."),
     "bridge": ("host_tools.commands.bridge", "Bridge the controller to an OCPP CSMS and the app over MQTT 5."),
+    "api": ("host_tools.commands.api", "The driver's app and its REST API (OAuth 2.0) over the stations' MQTT channel."),
     "console": ("host_tools.commands.console", "Interactive diagnostic console over the host link."),
     "diag": ("host_tools.commands.diag", "Diagnostic report for the auditor (also v2g-diag --all)."),
     "sim": ("host_tools.commands.sim", "Simulate a whole station from a scenario (firmware on the MicroPython VM)."),

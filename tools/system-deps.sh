@@ -13,6 +13,10 @@ command -v npm >/dev/null || need+=(npm)
 { command -v mosquitto || [ -x "$MOSQUITTO_SBIN" ]; } >/dev/null || need+=(mosquitto)
 # mosquitto_passwd comes with the broker
 { command -v mosquitto_passwd >/dev/null || [[ " ${need[*]-} " == *" mosquitto "* ]]; } || need+=(mosquitto)
+# the driver's app is tested in a real browser: Debian's Chromium, driven by Playwright
+# (Playwright's own browser download cannot be used); installed without recommends
+CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+{ command -v chromium || [ -x "$CHROMIUM" ]; } >/dev/null || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 hint="sudo apt-get install ${need[*]}"
 fail() {
@@ -31,5 +35,5 @@ fi
 command -v apt-get >/dev/null || fail "Cannot install them: no apt-get here (not Debian or Ubuntu)."
 echo "system-deps: installing ${need[*]}"
 ${as[@]+"${as[@]}"} apt-get update -qq || fail "apt-get update failed (see above)."
-${as[@]+"${as[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
+${as[@]+"${as[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
   || fail "apt-get install failed (see above)."

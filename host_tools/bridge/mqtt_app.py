@@ -21,6 +21,7 @@ with call_soon_threadsafe and every decision is taken there.
 import asyncio
 import json
 import logging
+import socket
 import ssl
 import urllib.parse
 
@@ -100,6 +101,14 @@ class MqttApp:
                 self.clog.event("-", "V2G-401", f"MQTT broker {self.host}:{self.port} refused the login: "
                                 f"{reason_code}")
             return
+        # a command result out at once: with Nagle's algorithm it waits for the delayed ACK
+        # (40 ms) of the packet before it on a quiet link
+        sock = client.socket()
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         if self.clog is not None:
             self.clog.event("-", "INFO", f"MQTT broker {self.host}:{self.port} connected, client id asked "
                             f"for: {self.client_id}")

@@ -401,7 +401,10 @@ class StationBridge:
             self.ocpp.on_sample(s, now)
             self._samples.append(s)
         if self.mqtt is not None and len(self._samples) >= self.tel_batch:
-            self.mqtt.publish(self.id, "telemetry", {"station": self.id, "samples": self._samples})
+            # QoS 1 and the publishing time (ms since the epoch): the API's history keeps every
+            # batch across its own restarts (persistent session) and dates each sample by it
+            self.mqtt.publish(self.id, "telemetry", {"station": self.id, "ts": int(time.time() * 1000),
+                                                     "samples": self._samples}, qos=1)
             self._samples = []
         elif self.mqtt is None:
             self._samples = []
@@ -411,7 +414,8 @@ class StationBridge:
         for e in msg["events"]:
             self.clog.event(self.id, e["code"], ("raised: " if e["on"] else "cleared: ") + e["msg"])
             if self.mqtt is not None:
-                self.mqtt.publish(self.id, "events", {"station": self.id, **e}, qos=1)
+                self.mqtt.publish(self.id, "events", {"station": self.id, "ts": int(time.time() * 1000), **e},
+                                  qos=1)
         asyncio.ensure_future(self.refresh_status())
 
     def status_doc(self):

@@ -104,8 +104,9 @@ class Broker:
     """Mosquitto with the shipped configuration and ACL; only the port, file paths, the
     persistence store and the app users' stations are changed for a test run on loopback."""
 
-    def __init__(self, tmp, ca_key, ca_cert, ca_path, users, apps=None):
-        """users: name -> password; apps: app user -> the station it may reach."""
+    def __init__(self, tmp, ca_key, ca_cert, ca_path, users, apps=None, acl_extra=""):
+        """users: name -> password; apps: app user -> the station it may reach; acl_extra:
+        more ACL blocks (e.g. a second API worker's account)."""
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -117,7 +118,7 @@ class Broker:
                             user, pw], check=True, capture_output=True)
         os.chmod(passwd, 0o600)
         acl = tmp / "v2g.acl"
-        self.acl_text = acl_for(apps or {})
+        self.acl_text = acl_for(apps or {}) + acl_extra
         acl.write_text(self.acl_text)
         os.chmod(acl, 0o600)
         conf = []

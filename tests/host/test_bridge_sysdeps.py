@@ -33,11 +33,11 @@ def sandbox(tmp_path):
     os.symlink(shutil.which("env"), bin_ / "env")
     _stub(bin_, "apt-get", f'echo "apt-get $*" >> {calls}')
 
-    def run(present=("node", "npm", "mosquitto", "mosquitto_passwd"), uid=0, sudo=None, apt_fails=False,
+    def run(present=("node", "npm", "mosquitto", "mosquitto_passwd", "chromium"), uid=0, sudo=None, apt_fails=False,
             ensurepip=True):
         # python3 stands for the interpreter make uses: `-c 'import ensurepip'` works or not
         _stub(bin_, "python3", "exit 0" if ensurepip else "exit 1")
-        for name in ("node", "npm", "mosquitto", "mosquitto_passwd", "sudo", "id"):
+        for name in ("node", "npm", "mosquitto", "mosquitto_passwd", "chromium", "sudo", "id"):
             (bin_ / name).unlink(missing_ok=True)
         for name in present:
             _stub(bin_, name, "exit 0")
@@ -49,7 +49,8 @@ def sandbox(tmp_path):
             _stub(bin_, "sudo", 'echo "sudo: a password is required" >&2; exit 1')
         if apt_fails:
             _stub(bin_, "apt-get", f'echo "apt-get $*" >> {calls}; echo "E: no network" >&2; exit 100')
-        env = {"PATH": str(bin_), "MOSQUITTO_SBIN": str(tmp_path / "no-such-mosquitto")}
+        env = {"PATH": str(bin_), "MOSQUITTO_SBIN": str(tmp_path / "no-such-mosquitto"),
+               "CHROMIUM": str(tmp_path / "no-such-chromium")}
         t0 = time.monotonic()
         p = subprocess.run([BASH, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=30)
         return p, calls.read_text().splitlines(), time.monotonic() - t0
@@ -76,21 +77,21 @@ def test_nothing_to_do_when_everything_is_present(sandbox):
 
 
 def test_root_installs_what_is_missing(sandbox):
-    p, calls, _ = sandbox(present=("node", "npm"))
+    p, calls, _ = sandbox(present=("node", "npm", "chromium"))
     assert p.returncode == 0, p.stderr
-    assert calls == ["apt-get update -qq", "apt-get install -y -qq mosquitto"]
+    assert calls == ["apt-get update -qq", "apt-get install -y -qq --no-install-recommends mosquitto"]
 
 
 def test_not_root_uses_sudo_without_a_password(sandbox):
-    p, calls, _ = sandbox(present=("mosquitto", "mosquitto_passwd"), uid=1000, sudo="nopasswd")
+    p, calls, _ = sandbox(present=("mosquitto", "mosquitto_passwd", "chromium"), uid=1000, sudo="nopasswd")
     assert p.returncode == 0, p.stderr
-    assert "apt-get install -y -qq nodejs npm" in calls
+    assert "apt-get install -y -qq --no-install-recommends nodejs npm" in calls
     assert any(c.startswith("sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install") for c in calls)
 
 
 @pytest.mark.parametrize("sudo", [None, "password"])
 def test_not_root_without_usable_sudo_says_what_to_run(sandbox, sudo):
-    p, calls, _ = sandbox(present=("node", "npm"), uid=1000, sudo=sudo)
+    p, calls, _ = sandbox(present=("node", "npm", "chromium"), uid=1000, sudo=sudo)
     assert p.returncode == 1 and not [c for c in calls if "apt-get" in c]
     assert "missing system packages: mosquitto." in p.stderr
     assert "not root, and sudo is absent or needs a password" in p.stderr
@@ -98,7 +99,7 @@ def test_not_root_without_usable_sudo_says_what_to_run(sandbox, sudo):
 
 
 def test_a_failed_install_is_named(sandbox):
-    p, calls, _ = sandbox(present=("node", "npm"), apt_fails=True)
+    p, calls, _ = sandbox(present=("node", "npm", "chromium"), apt_fails=True)
     assert p.returncode == 1
     assert "apt-get update failed" in p.stderr and "sudo apt-get install mosquitto" in p.stderr
 
@@ -106,4 +107,10 @@ def test_a_failed_install_is_named(sandbox):
 def test_a_python_without_venv_support_gets_python3_venv(sandbox):
     p, calls, _ = sandbox(ensurepip=False)
     assert p.returncode == 0, p.stderr
-    assert calls == ["apt-get update -qq", "apt-get install -y -qq python3-venv"]
+    assert calls == ["apt-get update -qq", "apt-get install -y -qq --no-install-recommends python3-venv"]
+
+
+def test_the_browser_for_the_app_tests_is_debians_chromium_without_recommends(sandbox):
+    p, calls, _ = sandbox(present=("node", "npm", "mosquitto", "mosquitto_passwd"))
+    assert p.returncode == 0, p.stderr
+    assert calls == ["apt-get update -qq", "apt-get install -y -qq --no-install-recommends chromium"]
