@@ -149,7 +149,10 @@ class Secc:
         self.record("worker", **msg)
         if t == "ready":
             self.clog.event(None, f"SECC up on {self.iface} port {self.port} ({'TLS 1.3' if self.tls else 'no TLS'}); "
-                            f"EXI codec started in {msg.get('codec_ms')} ms")
+                            f"EXI codec started in {msg.get('codec_ms')} ms, warmed up in {msg.get('warm_ms')} ms")
+            if self.port < 49152:
+                self.clog.event(None, f"SECC port {self.port} is below the dynamic range 49152-65535 that "
+                                "ISO 15118 names for it: a strict vehicle may refuse it")
             self.ready.set()
             await self.push()
         elif t == "state":
@@ -185,7 +188,8 @@ class Secc:
         snap = snapshot(self.st, self.tel, self.seq)
         self.writer.write(proto.dumps(snap))
         self.record("evse", seq=self.seq, chg_a=snap["chg_a"], dis_a=snap["dis_a"], req_a=snap["req_a"],
-                    min_soc=snap["min_soc"], target_soc=snap["target_soc"], stop=snap["stop"])
+                    min_soc=snap["min_soc"], target_soc=snap["target_soc"], stop=snap["stop"], src=snap["src"],
+                    soc=snap["soc"], mode=snap["mode"])
 
     # -- the controller
     async def poll_loop(self):

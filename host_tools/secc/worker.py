@@ -44,7 +44,7 @@ from iso15118.shared.messages.datatypes import (  # noqa: E402
     PVEVSEPresentCurrent,
     PVEVSEPresentVoltage,
 )
-from iso15118.shared.messages.enums import AuthEnum, ControlMode, Protocol, ServiceV20  # noqa: E402
+from iso15118.shared.messages.enums import AuthEnum, Protocol, ServiceV20  # noqa: E402
 from iso15118.shared.messages.iso15118_20.ac import (  # noqa: E402
     ACChargeParameterDiscoveryResParams,
     BPTACChargeParameterDiscoveryResParams,
@@ -64,6 +64,7 @@ from iso15118.shared.messages.iso15118_20.dc import (  # noqa: E402
     BPTDCChargeParameterDiscoveryResParams,
     DCChargeParameterDiscoveryResParams,
 )
+from iso15118.shared.messages import sdp  # noqa: E402
 from iso15118.shared.settings import SettingKey, shared_settings  # noqa: E402
 
 log = logging.getLogger("v2g.secc")
@@ -91,8 +92,11 @@ class Gateway:
         self.gone = asyncio.Event()
         self._writer = None
 
+    async def connect(self):
+        self._reader, self._writer = await asyncio.open_connection(sock=self.sock)
+
     async def run(self):
-        reader, self._writer = await asyncio.open_connection(sock=self.sock)
+        reader = self._reader
         while True:
             line = await reader.readline()
             if not line:
@@ -303,7 +307,8 @@ class GatewayEVSEController(SimEVSEController):
     async def get_cp_state(self):
         from iso15118.shared.messages.enums import CpState
         cp = self._ev().get("cp")
-        return {"B": CpState.B2, "C": CpState.C2, "D": CpState.D2}.get(cp, CpState.A)
+        return {"A": CpState.A2, "B": CpState.B2, "C": CpState.C2, "D": CpState.D2,
+                "E": CpState.E, "F": CpState.F}.get(cp, CpState.UNKNOWN)
 
     async def set_present_protocol_state(self, state):
         name = type(state).__name__
@@ -329,7 +334,11 @@ class TimedCodec(ExificientEXICodec):
         self._t_req = None
         self._req = None
 
+    warming = False
+
     def decode(self, stream, namespace):
+        if self.warming:
+            return super().decode(stream, namespace)
         self._t_req = time.perf_counter()
         out = super().decode(stream, namespace)
         try:
@@ -340,12 +349,34 @@ class TimedCodec(ExificientEXICodec):
 
     def encode(self, message, namespace):
         out = super().encode(message, namespace)
-        if self._t_req is not None:
+        if self._t_req is not None and not self.warming:
             ms = (time.perf_counter() - self._t_req) * 1000
             self.gw.send({"t": "pair", "req": self._req, "ms": round(ms, 2),
                           "seq": self.gw.evse.get("seq", 0)})
             self._t_req = None
         return out
+
+
+def warm_up(codec, rounds=3):
+    """Encode and decode a SessionSetup pair a few times before the first vehicle: the JVM
+    loads and compiles the codec's grammar on first use (about 2 s on two busy cores), which
+    alone would overrun the vehicle's 2 s SessionSetup timeout. Returns the ms it took."""
+    from iso15118.shared.exi_codec import EXI
+    from iso15118.shared.messages.enums import Namespace
+    from iso15118.shared.messages.iso15118_20.common_messages import SessionSetupReq, SessionSetupRes
+    from iso15118.shared.messages.iso15118_20.common_types import MessageHeader, ResponseCode
+
+    t0 = time.perf_counter()
+    exi = EXI()
+    exi.set_exi_codec(codec)
+    for _ in range(rounds):
+        req = SessionSetupReq(header=MessageHeader(session_id="00" * 8, timestamp=time.time()),
+                              evcc_id="WARMUP0000000000")
+        exi.from_exi(exi.to_exi(req, Namespace.ISO_V20_COMMON_MSG), Namespace.ISO_V20_COMMON_MSG)
+        res = SessionSetupRes(header=MessageHeader(session_id="AB" * 8, timestamp=time.time()),
+                              response_code=ResponseCode.OK, evse_id="WARMUP")
+        exi.from_exi(exi.to_exi(res, Namespace.ISO_V20_COMMON_MSG), Namespace.ISO_V20_COMMON_MSG)
+    return (time.perf_counter() - t0) * 1000
 
 
 # ------------------------------------------------------------------ TLS and the TCP server
@@ -415,9 +446,13 @@ def make_server_class(gw, port, ctx):
 async def main(args):
     sock = socket.socket(fileno=args.fd)
     gw = Gateway(sock)
+    await gw.connect()
     gw_task = asyncio.create_task(gw.run())
-    await asyncio.sleep(0)
     ctx = tls_context(args.pki) if args.tls else None
+    # The package only announces ports of the dynamic range (49152-65535, as ISO 15118 names it);
+    # the field's deployments use 8081, so the configured port is announced whatever it is
+    # (the gateway warns below 49152: a strict vehicle may refuse it).
+    sdp.MIN_TCP_PORT = min(sdp.MIN_TCP_PORT, args.port)
     csh.TCPServer = make_server_class(gw, args.port, ctx)
 
     shared_settings.update({
@@ -439,11 +474,14 @@ async def main(args):
     config.standby_allowed = False
 
     codec = TimedCodec(gw)
+    codec.warming = True
+    warm_ms = warm_up(codec)
+    codec.warming = False
     evse = GatewayEVSEController(gw, args.evse_id)
     await evse.set_status(ServiceStatus.STARTING)
     handler = SECCHandler(exi_codec=codec, evse_controller=evse, config=config)
     secc_task = asyncio.create_task(handler.start(args.iface))
-    gw.send({"t": "ready", "codec_ms": round(codec.startup_ms, 1)})
+    gw.send({"t": "ready", "codec_ms": round(codec.startup_ms, 1), "warm_ms": round(warm_ms, 1)})
     done, _ = await asyncio.wait({gw_task, secc_task}, return_when=asyncio.FIRST_COMPLETED)
     for t in done:
         if t is secc_task and t.exception() is not None:
