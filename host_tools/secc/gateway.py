@@ -61,7 +61,8 @@ def snapshot(st: dict, tel: dict, seq: int) -> dict:
     target = st.get("target_pm", -1)
     floor = st.get("floor_pm", -1)
     mv = tel.get("mv")
-    min_soc = round(floor / 10) if floor is not None and floor >= 0 else None
+    # MinimumSOC is a whole percent: rounded up, so the vehicle's minimum is never below the floor
+    min_soc = -(-floor // 10) if floor is not None and floor >= 0 else None
     target_soc = round(target / 10) if target is not None and target >= 0 else None
     if target_soc is not None and min_soc is not None and target_soc < min_soc:
         target_soc = min_soc          # discharge stops at the floor: the vehicle's target says so

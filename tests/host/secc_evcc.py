@@ -139,7 +139,7 @@ class Vehicle(SimEVController):
 
 def patch_loop_recording():
     """Record the SECC's charge loop answers as the vehicle decoded them."""
-    for name in ("DCChargeLoop", "ACChargeLoop"):
+    for name in ("DCChargeLoop", "ACChargeLoop", "ScheduleExchange"):
         cls = getattr(ev20, name)
         orig = cls.process_message
 
@@ -151,7 +151,9 @@ def patch_loop_recording():
                     res = v
             if res is None and type(message).__name__.endswith("ChargeLoopRes"):
                 res = message
-            if res is not None:
+            if _name == "ScheduleExchange" and type(message).__name__ == "ScheduleExchangeRes":
+                record(kind="schedule_res", msg=json.loads(message.json(exclude_none=True)))
+            elif res is not None:
                 record(kind="loop_res", msg=json.loads(res.json(exclude_none=True)))
             return await _orig(self, message, message_exi)
 
