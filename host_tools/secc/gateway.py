@@ -139,7 +139,7 @@ class Secc:
                     await self.on_worker(msg)
             self.ready.clear()
             code = await asyncio.to_thread(self.proc.wait)
-            self.clog.event("V2G-150", f"SECC process ended (exit {code}): ISO 15118 unavailable; restarting it")
+            self.clog.event(None, f"SECC process ended (exit {code}): ISO 15118 unavailable; restarting it")
             self.record("worker_died", code=code)
             if self.phase in (self.WAIT, self.SESSION):
                 await self.fail("SECC process died")
