@@ -415,20 +415,38 @@ def make_server_class(gw, port, ctx):
             sock.bind(self.full_ipv6_address)
             self.is_tls_enabled = want_tls
 
-            async def accept(reader, writer):
+            loop = asyncio.get_running_loop()
+
+            async def serve(transport):
+                # The connection is held (reading paused since connection_made), so no byte of
+                # the vehicle's ClientHello is read before the TLS layer is in place.
+                peer = transport.get_extra_info("peername")
+                reader = asyncio.StreamReader()
+                proto = asyncio.StreamReaderProtocol(reader)
                 if want_tls:
-                    peer = writer.get_extra_info("peername")
                     try:
-                        await asyncio.wait_for(writer.start_tls(ctx), HANDSHAKE_S)
+                        transport = await asyncio.wait_for(
+                            loop.start_tls(transport, proto, ctx, server_side=True), HANDSHAKE_S)
                     except (asyncio.TimeoutError, ssl.SSLError, OSError, ConnectionError) as e:
                         why = "timed out after {} s".format(HANDSHAKE_S) if isinstance(
                             e, asyncio.TimeoutError) else "{}: {}".format(type(e).__name__, e)
                         gw.send({"t": "handshake_failed", "peer": str(peer and peer[0]), "why": why})
-                        writer.close()
+                        transport.close()
                         return
+                else:
+                    transport.set_protocol(proto)
+                proto.connection_made(transport)
+                if not want_tls:
+                    transport.resume_reading()
+                writer = asyncio.StreamWriter(transport, proto, reader, loop)
                 await self(reader, writer)
 
-            self.server = await asyncio.start_server(accept, sock=sock)
+            class Held(asyncio.Protocol):
+                def connection_made(self, transport):
+                    transport.pause_reading()
+                    loop.create_task(serve(transport))
+
+            self.server = await loop.create_server(Held, sock=sock)
             log.info("%s server on [%s%%%s]:%d", "TLS" if want_tls else "TCP",
                      self.ipv6_address_host, self.iface, self.port)
             ready_event.set()
