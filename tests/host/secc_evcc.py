@@ -183,7 +183,7 @@ def relax_charge_loop_timeout(seconds):
     about for other reasons. `make perf` (bench/secc.py) keeps 0.5 s and counts the overruns."""
     from enum import Enum
 
-    members = {m.name: m.value for m in ev20.Timeouts}
+    members = {name: m.value for name, m in ev20.Timeouts.__members__.items()}   # aliases too
     members["AC_CHARGE_LOOP_REQ"] = members["DC_CHARGE_LOOP_REQ"] = seconds
     ev20.Timeouts = Enum("Timeouts", members, type=float)
 
