@@ -5,9 +5,9 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 NPMSTAMP:= node_modules/.installed
 
-.PHONY: test sysdeps venv npm web lint sim perf mpy clean
+.PHONY: test sysdeps venv venv-15118 npm web lint sim perf mpy clean
 
-test: sysdeps venv npm web lint mpy
+test: sysdeps venv venv-15118 npm web lint mpy
 	$(VPY) -m pytest -q tests
 
 venv: $(STAMP)
@@ -16,6 +16,17 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r requirements-dev.txt
 	$(VPY) -m pip install -q --no-deps -e .
+	touch $@
+
+# The ISO 15118 SECC runs in its own venv (its pins clash with ours): `v2g secc` starts
+# .venv-15118/bin/python on host_tools/secc/worker.py. Its EXI codec needs a JRE (sysdeps).
+VENV15  := .venv-15118
+STAMP15 := $(VENV15)/.installed
+venv-15118: $(STAMP15)
+$(STAMP15): requirements-15118.txt
+	$(PY) -m venv $(VENV15)
+	$(VENV15)/bin/python -m pip install -q --upgrade pip
+	$(VENV15)/bin/python -m pip install -q --no-deps -r requirements-15118.txt
 	touch $@
 
 # System packages (Node.js, Mosquitto for the bridge tests): checked on every run, which costs
@@ -57,8 +68,8 @@ sim: venv npm
 	  echo "live station: firmware on the MicroPython VM, SDM630 meter on Modbus RTU; Ctrl-C stops it"; \
 	  $(VENV)/bin/v2g vboard --state build/sim/board --meter sdm630; fi
 
-perf: venv npm web
+perf: venv venv-15118 npm web
 	$(VPY) -m bench
 
 clean:
-	rm -rf $(VENV) node_modules build $(WEBV)
+	rm -rf $(VENV) $(VENV15) node_modules build $(WEBV)

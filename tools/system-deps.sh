@@ -9,6 +9,8 @@ need=()
 # `python3 -m venv` needs ensurepip, which Debian ships apart in python3-venv
 "${PYTHON:-python3}" -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v node >/dev/null || need+=(nodejs)
+# the ISO 15118 SECC's EXI codec is a Java jar (py4j)
+command -v java >/dev/null || need+=(default-jre-headless)
 command -v npm >/dev/null || need+=(npm)
 { command -v mosquitto || [ -x "$MOSQUITTO_SBIN" ]; } >/dev/null || need+=(mosquitto)
 # mosquitto_passwd comes with the broker

@@ -51,6 +51,7 @@ _SAFE_NO_DISCHARGE = const('discharge forbidden, charging continues at the pilot
 _SAFE_DERATED = const('current derated, stopped at the limit')
 _SAFE_COOLING_TRIP = const('contactor open, session ended, no transfer until the cooling loop works again')
 _SAFE_COOLING_DERATE = const('both directions derated to COOLING_UNCOOLED_AMPS until the cooling loop works again')
+_SAFE_BASIC_CHARGING = const('back to basic charging (nominal pilot duty), charge only, until the vehicle is unplugged')
 
 _PILOT_DEBOUNCE_SAMPLES = const(3)   # 150 ms before a change towards energy counts
 DIODE_SAMPLES = const(2)            # consecutive low-side readings without the diode
@@ -90,8 +91,15 @@ _MODE_LOG = ('mode idle', 'mode connected', 'mode charging', 'mode discharging',
 _PILOT_LOG = ('pilot state A', 'pilot state B', 'pilot state C', 'pilot state D', 'pilot state E',
               'pilot state F', 'pilot state F')   # UNKNOWN is reported as F
 OPS = ('soc_target', 'limit', 'start', 'stop', 'charge_only', 'clear_fault',
-       'config_get', 'config_set', 'status')
+       'config_get', 'config_set', 'status', 'hlc')
 _READ_OPS = ('config_get', 'status')
+# Not journaled and not stored: `hlc` is repeated every second by the gateway while an ISO 15118
+# session runs (a keep-alive), is idempotent, and a reset ends the session anyway.
+_VOLATILE_OPS = ('hlc',)
+# The gateway repeats `hlc` every second; without one for this long the high-level session
+# counts as failed (the SECC died or hangs): V2G-150, nominal duty, charge only.
+HLC_TIMEOUT_MS = const(5000)
+_HLC_REASON_MAX = const(120)
 _NO_EVENTS = ()
 _FRESH_OPS = ('soc_target', 'limit', 'start', 'charge_only')
 
@@ -204,6 +212,11 @@ class Controller:
         self.fallback = False          # charge-only until heartbeat back + fresh command
         self.cmd_charge_only = False   # charge-only asked by the host
         self.stopped = False           # session stopped by the host
+        # ISO 15118 high-level communication, run by the gateway's SECC (docs/secc.md)
+        self.hlc = False               # a session is being set up or runs: pilot at 5 %
+        self._hlc_last = 0             # time of the last `hlc` keep-alive
+        self.hlc_soc_pm = -1           # SoC the vehicle reported over HLC, -1 unknown
+        self.hlc_failed = False        # failed or timed out on this plug-in (V2G-150)
         self.damaged = []              # stored files found damaged (V2G-020) until an operator clears
         # pilot fault
         self._pf = _PF_NONE
@@ -372,6 +385,18 @@ class Controller:
             self._raise(now_ms, E.E101, 'no host heartbeat for {} (HEARTBEAT_TIMEOUT_S {}): {}'.format(
                 _s(hb_age), _s(cfg.heartbeat_timeout_ms), _SAFE_CHARGE_ONLY))
 
+        # ---- high-level communication (ISO 15118): the SECC's keep-alive, unplugging ends it
+        if self.hlc:
+            if st == P.A:
+                self.hlc = False
+                self.hlc_soc_pm = -1
+            elif _age(now_ms, self._hlc_last) > HLC_TIMEOUT_MS:
+                self._hlc_fail(now_ms, 'no keep-alive from the SECC for {} (HLC timeout {})'.format(
+                    _s(_age(now_ms, self._hlc_last)), _s(HLC_TIMEOUT_MS)))
+        if self.hlc_failed and st == P.A:
+            self.hlc_failed = False
+            self._clear(now_ms, E.E150, 'vehicle unplugged: high-level communication may start again')
+
         # ---- meter and BMS freshness
         # Without a fresh reading there is no discharge at once; the error code itself waits
         # until the meter (since boot) or the BMS (since plug-in) has had its full timeout,
@@ -418,10 +443,15 @@ class Controller:
             self._cooling_event(now_ms, cev)
 
         # ---- setpoint direction
+        # The BMS frame on CAN wins over the SoC the vehicle reports over HLC: it is the
+        # battery's own reading, ten times a second; HLC's fills in only without it.
         soc_known = bms_fresh
         soc = inp.bms_soc_pm
+        if not bms_fresh and self.hlc and self.hlc_soc_pm >= 0:
+            soc_known = True
+            soc = self.hlc_soc_pm
         sp = self.setpoint
-        charge_only = self.fallback or self.cmd_charge_only
+        charge_only = self.fallback or self.cmd_charge_only or self.hlc_failed
         direction = sp.update(soc_known, soc, charge_only)
         unavailable = soc_known and connected and sp.wants_discharge and not sp.available
         if unavailable:
@@ -474,7 +504,7 @@ class Controller:
         lim.set_discharge(L.METER, 0 if meter_stale else L.NO_LIMIT)
         lim.set_discharge(L.FLOOR, 0 if (soc_known and (soc <= sp.floor_pm or not sp.available))
                           else L.NO_LIMIT)
-        lim.set_discharge(L.CHARGE_ONLY, 0 if self.cmd_charge_only else L.NO_LIMIT)
+        lim.set_discharge(L.CHARGE_ONLY, 0 if (self.cmd_charge_only or self.hlc_failed) else L.NO_LIMIT)
         lim.set_both(L.COOLING, cl.limit_ma, cl.limit_ma)
         faulted = pfault or self.weld or vent_fault or cl.tripped
         if faulted or self.grid_trip:
@@ -577,6 +607,11 @@ class Controller:
             o.pwm_pm = P.PWM_STATE_F if self._pf_phase == _PH_HOLD else P.PWM_OFF
         elif self.weld or st == P.A or self.stopped:
             o.pwm_pm = P.PWM_OFF
+        elif self.hlc:
+            o.pwm_pm = P.PWM_DIGITAL   # ISO 15118: the SECC negotiates, within these limits
+        elif self.hlc_failed:
+            # basic charging (IEC 61851-1 Annex A): the nominal offer, never 5 % again
+            o.pwm_pm = P.duty_for_ma(lc) if direction == S.CHARGE else P.PWM_OFF
         elif direction == S.CHARGE and not self._droop_flow:
             o.pwm_pm = P.duty_for_ma(lc)   # PWM_OFF below MIN_OFFER_MA
         else:
@@ -768,7 +803,7 @@ class Controller:
             res = _refuse('op: unknown operation {} (allowed: {})'.format(_show(op), ', '.join(OPS)))
         else:
             res = getattr(self, '_op_' + op)(now_ms, args)
-        if op not in _READ_OPS:
+        if op not in _READ_OPS and op not in _VOLATILE_OPS:
             self.journal.put(txn, res)
             if res[0]:
                 self.state_dirty = True
@@ -865,6 +900,46 @@ class Controller:
             return _refuse('on: must be true or false, got {}'.format(_show(on)))
         self.cmd_charge_only = on
         return (True, None, 'charge-only ' + ('on' if on else 'off'), {'on': on})
+
+    def _op_hlc(self, now, args):
+        # The gateway's SECC: on = a session is wanted or runs (pilot 5 %), repeated every
+        # second as a keep-alive, with the SoC the vehicle reported; off = it ended, `failed`
+        # saying why when it did not end normally.
+        bad = _unknown_args(args, ('on', 'soc_pct', 'failed'))
+        if bad:
+            return bad
+        on = args.get('on')
+        if on is not True and on is not False:
+            return _refuse('on: must be true or false, got {}'.format(_show(on)))
+        soc = args.get('soc_pct')
+        if soc is not None and (not _is_num(soc) or soc < 0 or soc > 100):
+            return _refuse('soc_pct: {} is not a number from 0 to 100 or null'.format(_show(soc)))
+        failed = args.get('failed')
+        if failed is not None and (not isinstance(failed, str) or not failed or len(failed) > _HLC_REASON_MAX):
+            return _refuse('failed: must be text of 1 to {} characters, got {}'.format(_HLC_REASON_MAX, _show(failed)))
+        if on and failed is not None:
+            return _refuse('failed: only with on false')
+        if on:
+            if self.hlc_failed:
+                return (False, 'V2G-150', 'high-level communication failed on this plug-in: ' + _SAFE_BASIC_CHARGING, {})
+            if not (self.pilot.state == P.B or self.pilot.state == P.C or self.pilot.state == P.D):
+                return _refuse('on: no vehicle plugged in (pilot {})'.format(self.out.cp_state))
+            self.hlc = True
+            self._hlc_last = now
+            self.hlc_soc_pm = -1 if soc is None else int(soc * 10 + 0.5)
+            return (True, None, 'high-level communication on', {'on': True, 'timeout_ms': HLC_TIMEOUT_MS})
+        was = self.hlc
+        self.hlc = False
+        self.hlc_soc_pm = -1
+        if failed is not None and not self.hlc_failed:
+            self._hlc_fail(now, failed)
+        return (True, None, 'high-level communication off' + ('' if was else ' (was off)'), {'on': False})
+
+    def _hlc_fail(self, now, why):
+        self.hlc = False
+        self.hlc_soc_pm = -1
+        self.hlc_failed = True
+        self._raise(now, E.E150, '{}: {}'.format(why, _SAFE_BASIC_CHARGING))
 
     def _op_clear_fault(self, now, args):
         # the operator's acknowledgement of what latches: the contactor fault and the report
@@ -1024,7 +1099,9 @@ class Controller:
             'limit_discharge_src': o.limit_discharge_src, 'errors': E.active(o.errors),
             'soc_pm': o.soc_pm, 'target_pm': o.target_pm, 'floor_pm': o.floor_pm,
             'v2g_available': o.v2g_available, 'discharge_capacity_wh': o.discharge_capacity_wh,
-            'heartbeat_lost': self.hb_lost, 'charge_only': self.fallback or self.cmd_charge_only,
+            'heartbeat_lost': self.hb_lost,
+            'charge_only': self.fallback or self.cmd_charge_only or self.hlc_failed,
+            'hlc': self.hlc, 'hlc_failed': self.hlc_failed,
             'stopped': self.stopped, 'contactor_fault': self.weld, 'cfg_hash': self.cfg.config_hash(),
             'cooling': o.cooling_state,
         }

@@ -34,13 +34,14 @@ E013 = const(1 << 20)  # cooling fault: commanded, no feedback
 E020 = const(1 << 21)  # stored state damaged (a file read at boot)
 E021 = const(1 << 22)  # storage full or a write failed
 E604 = const(1 << 23)  # the confirmed firmware failed to start: fell back
+E150 = const(1 << 24)  # high-level communication (ISO 15118) failed or timed out
 
 # index = bit number
 CODES = (
     'V2G-009', 'V2G-010', 'V2G-011', 'V2G-012', 'V2G-101', 'V2G-110', 'V2G-120',
     'V2G-130', 'V2G-140', 'V2G-301', 'V2G-400', 'V2G-401', 'V2G-503', 'V2G-504',
     'V2G-505', 'V2G-506', 'V2G-507', 'V2G-601', 'V2G-602', 'V2G-603',
-    'V2G-013', 'V2G-020', 'V2G-021', 'V2G-604',
+    'V2G-013', 'V2G-020', 'V2G-021', 'V2G-604', 'V2G-150',
 )
 
 TEXT = (
@@ -68,9 +69,12 @@ TEXT = (
     'stored state damaged',
     'storage full or write failed',
     'confirmed firmware failed to start',
+    'high-level communication failed',
 )
 
-ALL = const((1 << 24) - 1)   # 24 bits: the width of the CAN frame's Errors signal
+# 24 bits: the width of the CAN frame's Errors signal; V2G-150 (bit 24) is not on CAN, it is in
+# telemetry and the event log (the gateway that runs the ISO 15118 session knows it anyway)
+ALL = const((1 << 24) - 1)
 
 
 def code(bit):
