@@ -35,31 +35,6 @@ def _toward_zero(ma):
     return -((-ma) - (-ma) % _STEP_MA)
 
 
-# The controller's names are looked up in the codec's name tables: no dicts made at import
-# (0.4 kB of heap), and nothing allocated per frame.
-def _index(names, name, missing):
-    for i in range(len(names)):
-        if names[i] == name:
-            return i
-    return missing
-
-
-def _src(name):
-    v = _index(M.LIMIT_CHARGE_SRC_NAMES, name, -1)
-    if v >= 0:
-        return v
-    # Controller sources the DBC has no name for: the closest DBC value.
-    if name == 'heartbeat' or name == 'charge_only':
-        return M.LIMIT_CHARGE_SRC_HOST
-    if name == 'can':
-        return M.LIMIT_CHARGE_SRC_BMS
-    if name == 'floor':
-        return M.LIMIT_CHARGE_SRC_SETPOINT
-    if name == 'fault':
-        return M.LIMIT_CHARGE_SRC_STATION
-    return M.LIMIT_CHARGE_SRC_NONE
-
-
 class CanTask:
     def __init__(self, port, cfg):
         self.port = port
@@ -128,7 +103,7 @@ class CanTask:
         o = tx.vcu_power_request
         r = out.request_ma
         o.req_current_ma = _toward_zero(r)
-        if out.mode == 'fault':
+        if out.mode_i == M.MODE_FAULT:
             o.req_mode = M.REQ_MODE_STOP
         elif r > 0:
             o.req_mode = M.REQ_MODE_CHARGE
@@ -139,8 +114,11 @@ class CanTask:
         o.contactor_closed = 1 if inputs.contactor_closed else 0
         self._send(M.VCU_POWER_REQUEST_ID, tx.frame_vcu_power_request(d))
         s = tx.evse_status
-        s.cp_state = _index(M.CP_STATE_NAMES, out.cp_state, M.CP_STATE_F)
-        s.mode = _index(M.MODE_NAMES, out.mode, M.MODE_FAULT)
+        # The controller's own numbers go out as they are: the DBC's CpState and Mode values
+        # are its pilot letters and modes, its limit sources are core/limits.py's plus one
+        # (0 = none); tests/host/test_can_dbc.py holds the two to each other.
+        s.cp_state = out.cp_i
+        s.mode = out.mode_i
         s.contactor = 1 if out.contactor else 0
         s.pwm_duty_pm = out.pwm_pm
         s.errors = out.errors & 0xFFFFFF
@@ -148,8 +126,8 @@ class CanTask:
         el = tx.evse_limits
         el.limit_charge_ma = _toward_zero(out.limit_charge_ma)
         el.limit_discharge_ma = _toward_zero(out.limit_discharge_ma)
-        el.limit_charge_src = _src(out.limit_charge_src)
-        el.limit_discharge_src = _src(out.limit_discharge_src)
+        el.limit_charge_src = M.LIMIT_CHARGE_SRC_STATION + out.charge_src_i
+        el.limit_discharge_src = M.LIMIT_CHARGE_SRC_STATION + out.discharge_src_i
         el.meter_current_ma = inputs.meter_ma
         self._send(M.EVSE_LIMITS_ID, tx.frame_evse_limits(d))
 

@@ -20,6 +20,7 @@ from core import meter_map as M
 from core import status_led
 from core import ticks
 from core.telemetry import TelBatch
+from core.controller import OPS as CORE_OPS
 from core.controller import Controller, Inputs
 from core.grid import GridProtection
 
@@ -34,6 +35,13 @@ _TEL_PERIOD_MS = const(1000)    # one telemetry sample a second ...
 _TEL_BATCH = const(1)           # ... sent in batches of this many (the host may raise both)
 TEL_BATCH_MAX = 3        # a sample is ~240 B of CBOR: 3 leave room in a 1 kB frame for error codes
 _SAVE_EVERY_MS = const(1000)    # event log flush period; the journal is saved before each answer
+# Every host-link operation and who serves it; run_command looks an operation up here and
+# nowhere else (tuples of names: no table on the heap):
+#   core.controller.OPS  the core, Controller._op_<name>: answered once per txn (journal)
+#   SHELL_OPS            the station, Station._op_<name>(args, now_ms)
+#   app.update.OPS       the updater, Updater.command
+# An operation in none of them is refused in one place (V2G-400), naming them all.
+SHELL_OPS = ('diag', 'events', 'telemetry', 'hello', 'measurements')
 READ_OPS = ('diag', 'events', 'hello', 'measurements', 'fota_report', 'fota_status')
 _EVENTS_PAGE_BYTES = const(700) # an events answer stays inside one 1 kB frame
 # Host link work per control step. 115200 baud brings 576 bytes per 50 ms step: a step reads
@@ -392,14 +400,8 @@ class Station:
             if prev is not None:
                 return prev
             return self.refuse(now_ms, op, 'V2G-110', '{}: its time to live was spent before it arrived'.format(op))
-        downloading = self.update.dl is not None
         res = self.shell_command(op, args, now_ms)
         if res is not None:
-            # the core logs its own refusals; these are the shell's, less those that changed
-            # nothing worth an audit line: a read, or the chunks still in flight after an
-            # update was refused (its refusal is in the log already)
-            if not res[0] and op not in READ_OPS and not (op == 'fota_chunk' and not downloading):
-                self.ctl.log_refusal(now_ms, op, res[1], res[2])
             return res
         txn = msg['txn']
         prev = self.ctl.journal.get(txn) if isinstance(txn, str) else None
@@ -419,24 +421,38 @@ class Station:
         return result
 
     def shell_command(self, op, args, now_ms):
-        """The commands served here rather than by the core; None for the core's."""
-        if op == 'diag':
-            return True, None, 'diagnostics', self.diagnostics(now_ms)
-        if op == 'events':
-            return self.events_page(args.get('start', 0))
-        if op == 'telemetry':
-            return self.set_telemetry(args)
-        if op == 'hello':
-            self.send_hello()
-            return True, None, 'hello sent', {}
-        if op == 'measurements':
-            return True, None, 'measurements', self.measurements(now_ms)
-        if op.startswith('fota_'):
+        """The answer of an operation the core does not serve: the station's own, the
+        updater's, or the refusal of one nobody serves; None for the core's."""
+        if op in SHELL_OPS:
+            res = getattr(self, '_op_' + op)(args, now_ms)
+            downloading = False
+        elif op in update_mod.OPS:
+            downloading = self.update.dl is not None
             res = self.update.command(op, args, now_ms)
             if res[0] and op == 'fota_finish':
                 self.save_events()    # the install note goes to flash before the reset
-            return res
-        return None
+        elif op in CORE_OPS:
+            return None
+        else:
+            return self.refuse(now_ms, op, 'V2G-400', 'op: unknown operation {} (allowed: {})'.format(
+                config_mod.show(op),
+                ', '.join(CORE_OPS + SHELL_OPS + update_mod.OPS)))
+        # the core logs its own refusals; these are the shell's, less those that changed
+        # nothing worth an audit line: a read, or the chunks still in flight after an
+        # update was refused (its refusal is in the log already)
+        if not res[0] and op not in READ_OPS and not (op == 'fota_chunk' and not downloading):
+            self.ctl.log_refusal(now_ms, op, res[1], res[2])
+        return res
+
+    def _op_diag(self, args, now_ms):
+        return True, None, 'diagnostics', self.diagnostics(now_ms)
+
+    def _op_hello(self, args, now_ms):
+        self.send_hello()
+        return True, None, 'hello sent', {}
+
+    def _op_measurements(self, args, now_ms):
+        return True, None, 'measurements', self.measurements(now_ms)
 
     def save_config(self, changes):
         """Write the settings file with only the keys someone set: those the file already
@@ -458,9 +474,10 @@ class Station:
             self.cfg_file_keys = set(k for k in keys if vals[k] is not None)
             self.cfg_file_state = 'in use'
 
-    def events_page(self, start):
+    def _op_events(self, args, now_ms):
         """The event log from index `start` (0 = oldest kept), as many entries as fit one
         frame; `next` is where the following page starts, None at the end."""
+        start = args.get('start', 0)
         entries = self.ctl.log.rows()
         if not isinstance(start, int) or start < 0:
             return False, 'V2G-400', 'start: must be an index >= 0', {}
@@ -475,7 +492,7 @@ class Station:
         return True, None, 'event log', {'events': page, 'total': len(entries),
                                          'next': i if i < len(entries) else None}
 
-    def set_telemetry(self, args):
+    def _op_telemetry(self, args, now_ms):
         period = args.get('period_ms', self.tel_period_ms)
         batch = args.get('batch', self.tel_batch)
         if not isinstance(period, int) or not 100 <= period <= 60000:

@@ -62,6 +62,8 @@ READ_BLOCK = 1024                # re-hash block size on resume
 SPACE_MARGIN_BLOCKS = 16
 
 V2G_400 = 'V2G-400'
+# The host-link operations served here (app/station.py dispatches them by this tuple)
+OPS = ('fota_begin', 'fota_chunk', 'fota_finish', 'fota_abort', 'fota_confirm', 'fota_status', 'fota_report')
 
 
 class _Frozen(Exception):
@@ -271,7 +273,8 @@ class Updater:
     # -- host commands --------------------------------------------------------------------
 
     def command(self, op, args, now_ms):
-        """(ok, code, msg, data) for a fota_* op. Never raises for bad input."""
+        """(ok, code, msg, data) for one of OPS (the station sends no other). Never raises
+        for bad input."""
         if op == 'fota_report':   # diagnostics: read only, answered even mid-session
             return True, None, 'update slots', self.report()
         if self.frozen:
@@ -289,11 +292,10 @@ class Updater:
                 return self._download_path().run(self, op, args, now_ms)
             if op == 'fota_abort':
                 return self.abort('aborted by the host')
-            if op == 'fota_confirm':
-                if not self.on_trial:
-                    return False, V2G_400, 'fota_confirm: no update on trial', {}
-                return self.confirm(now_ms)
-            return False, V2G_400, 'op: unknown update command {!r}'.format(op), {}
+            # fota_confirm
+            if not self.on_trial:
+                return False, V2G_400, 'fota_confirm: no update on trial', {}
+            return self.confirm(now_ms)
         except _Frozen:
             return False, V2G_400, 'installer halted by fault injection', {}
         except OSError:

@@ -69,19 +69,22 @@ MODE_NAMES = (
     "fault",
 )
 
-LIMIT_CHARGE_SRC_NONE = const(0)
+_LIMIT_CHARGE_SRC_NONE = const(0)
 LIMIT_CHARGE_SRC_STATION = const(1)
 _LIMIT_CHARGE_SRC_CABLE = const(2)
 LIMIT_CHARGE_SRC_BMS = const(3)
 _LIMIT_CHARGE_SRC_THERMAL = const(4)
 _LIMIT_CHARGE_SRC_GRID = const(5)
 _LIMIT_CHARGE_SRC_CSMS = const(6)
-LIMIT_CHARGE_SRC_SETPOINT = const(7)
-_LIMIT_CHARGE_SRC_PILOT = const(8)
-LIMIT_CHARGE_SRC_HOST = const(9)
-_LIMIT_CHARGE_SRC_METER = const(10)
-_LIMIT_CHARGE_SRC_CONFIG = const(11)
-_LIMIT_CHARGE_SRC_COOLING = const(12)
+_LIMIT_CHARGE_SRC_SETPOINT = const(7)
+_LIMIT_CHARGE_SRC_HEARTBEAT = const(8)
+_LIMIT_CHARGE_SRC_METER = const(9)
+_LIMIT_CHARGE_SRC_CAN = const(10)
+_LIMIT_CHARGE_SRC_FLOOR = const(11)
+_LIMIT_CHARGE_SRC_CHARGE_ONLY = const(12)
+_LIMIT_CHARGE_SRC_FAULT = const(13)
+_LIMIT_CHARGE_SRC_PILOT = const(14)
+_LIMIT_CHARGE_SRC_COOLING = const(15)
 LIMIT_CHARGE_SRC_NAMES = (
     "none",
     "station",
@@ -91,10 +94,13 @@ LIMIT_CHARGE_SRC_NAMES = (
     "grid",
     "csms",
     "setpoint",
-    "pilot",
-    "host",
+    "heartbeat",
     "meter",
-    "config",
+    "can",
+    "floor",
+    "charge_only",
+    "fault",
+    "pilot",
     "cooling",
 )
 
@@ -106,11 +112,14 @@ _LIMIT_DISCHARGE_SRC_THERMAL = const(4)
 _LIMIT_DISCHARGE_SRC_GRID = const(5)
 LIMIT_DISCHARGE_SRC_CSMS = const(6)
 _LIMIT_DISCHARGE_SRC_SETPOINT = const(7)
-_LIMIT_DISCHARGE_SRC_PILOT = const(8)
-_LIMIT_DISCHARGE_SRC_HOST = const(9)
-_LIMIT_DISCHARGE_SRC_METER = const(10)
-_LIMIT_DISCHARGE_SRC_CONFIG = const(11)
-_LIMIT_DISCHARGE_SRC_COOLING = const(12)
+_LIMIT_DISCHARGE_SRC_HEARTBEAT = const(8)
+_LIMIT_DISCHARGE_SRC_METER = const(9)
+_LIMIT_DISCHARGE_SRC_CAN = const(10)
+_LIMIT_DISCHARGE_SRC_FLOOR = const(11)
+_LIMIT_DISCHARGE_SRC_CHARGE_ONLY = const(12)
+_LIMIT_DISCHARGE_SRC_FAULT = const(13)
+_LIMIT_DISCHARGE_SRC_PILOT = const(14)
+_LIMIT_DISCHARGE_SRC_COOLING = const(15)
 _LIMIT_DISCHARGE_SRC_NAMES = const((
     "none",
     "station",
@@ -120,10 +129,13 @@ _LIMIT_DISCHARGE_SRC_NAMES = const((
     "grid",
     "csms",
     "setpoint",
-    "pilot",
-    "host",
+    "heartbeat",
     "meter",
-    "config",
+    "can",
+    "floor",
+    "charge_only",
+    "fault",
+    "pilot",
     "cooling",
 ))
 

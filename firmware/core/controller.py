@@ -170,6 +170,13 @@ class Outputs:
         self.limit_discharge_src = 'station'
         self.mode = 'idle'
         self.cp_state = 'A'
+        # the same as numbers, for the HAL and the CAN frames: the controller's own indices
+        # (MODES, pilot LETTERS with UNKNOWN as F, limits.SOURCES); the names above are for
+        # telemetry and status only
+        self.mode_i = 0
+        self.cp_i = 0
+        self.charge_src_i = L.STATION
+        self.discharge_src_i = L.STATION
         self.errors = 0
         # additions beyond the fixed interface (status / telemetry)
         self.soc_pm = -1                # -1 = unknown (no BMS)
@@ -631,10 +638,12 @@ class Controller:
         else:
             mi = _M_PAUSED
         o.mode = MODES[mi]
+        o.mode_i = mi
         o.cp_state = P.LETTERS[st] if st != P.UNKNOWN else 'F'
         # every state change goes to the event log (constant texts: nothing allocated); the
         # state of the first step after boot is the starting point, not a change
         sl = st if st != P.UNKNOWN else P.F
+        o.cp_i = sl
         if sl != self._st_log:
             if self._st_log >= 0:
                 self.log.append(now_ms, None, True, _PILOT_LOG[sl])
@@ -647,6 +656,8 @@ class Controller:
         o.limit_discharge_ma = ld
         o.limit_charge_src = L.SOURCES[lim.charge_src]
         o.limit_discharge_src = L.SOURCES[lim.discharge_src]
+        o.charge_src_i = lim.charge_src
+        o.discharge_src_i = lim.discharge_src
         o.errors = self.errors | self.grid_errors
         o.soc_pm = soc if soc_known else -1
         o.target_pm = sp.target_pm

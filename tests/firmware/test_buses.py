@@ -87,6 +87,7 @@ class Rig:
         self.extra_can = []       # records the test injects
         self.msgs = []
         self.seq = 0
+        self.hb = True            # the host's heartbeat every second
 
     def plant(self, **ev):
         self.ports.inbox['plant'] += (json.dumps(ev) + '\n').encode()
@@ -114,7 +115,7 @@ class Rig:
     def run(self, ms):
         end = self.now + ms
         while self.now < end:
-            if self.now % 1000 == 0:
+            if self.now % 1000 == 0 and self.hb:
                 self.seq += 1
                 self.send(L.hb(self.seq, self.now))
             self.st.tick(self.now)
@@ -425,6 +426,7 @@ def test_requests_and_limits_go_out_cut_toward_zero_never_above_the_decision():
         errors = 0
         limit_charge_src = 'station'
         limit_discharge_src = 'grid'
+        mode_i, cp_i, charge_src_i, discharge_src_i = 3, 2, 0, 4   # the same as numbers
 
     class Inp:
         contactor_closed = True
@@ -517,14 +519,15 @@ def test_meter_task_step_allocates_nothing_in_steady_state():
     assert inputs.meter_ok and inputs.meter_mv == 230000 and inputs.meter_mhz == 50000
 
 
-def test_can_frames_carry_the_dbc_value_of_each_controller_name_without_allocating():
-    # mode, pilot state and limit sources go out as the DBC's values: names the DBC has
-    # by index, the controller's own sources by their closest DBC value, anything else as
-    # fault / F / none; looked up without a dict and without allocating
+def test_can_frames_carry_the_controllers_own_numbers_without_allocating():
+    # mode, pilot state and limit sources go out as the controller's own numbers: every one
+    # has its DBC value of the same name (a heartbeat limit is "heartbeat" on the bus, a
+    # fault "fault"; no closest value stands in), and nothing is looked up or allocated
     import micropython
 
     from app import canbus
     from core import limits
+    from core import pilot
     from core.controller import MODES
 
     class Port:
@@ -547,24 +550,23 @@ def test_can_frames_carry_the_dbc_value_of_each_controller_name_without_allocati
         pwm_pm = 0
         errors = 0
         request_ma = limit_charge_ma = limit_discharge_ma = 0
+        mode_i = cp_i = charge_src_i = discharge_src_i = 0
 
     class Inp:
         contactor_closed = False
         meter_ma = 0
 
-    alias = {'heartbeat': 'host', 'can': 'bms', 'floor': 'setpoint', 'charge_only': 'host',
-             'fault': 'station', 'no such source': 'none'}
-    modes, cps, srcs = MODES + ('no such mode',), 'ABCDEFZ', limits.SOURCES + ('no such source',)
-    n = max(len(modes), len(cps), len(srcs))
-    cases = [(modes[i % len(modes)], cps[i % len(cps)], srcs[i % len(srcs)]) for i in range(n)]
+    n = max(len(MODES), pilot.F + 1, limits.N_SOURCES)
     port, out, inp = Port(), Out(), Inp()
     task = canbus.CanTask(port, config.Config(config.defaults()))
-    st, el = M.EvseStatus(), M.EvseLimits()
-    out.mode, out.cp_state, out.limit_charge_src, out.limit_discharge_src = 'idle', 'A', 'none', 'none'
+    st, el, vr = M.EvseStatus(), M.EvseLimits(), M.VcuPowerRequest()
     task.transmit(0, out, inp)            # once to warm up
     now = 0
-    for mode, cp, src in cases:
-        out.mode, out.cp_state, out.limit_charge_src, out.limit_discharge_src = mode, cp, src, src
+    seen = set()
+    for i in range(n):
+        mode, cp, src = i % len(MODES), i % (pilot.F + 1), i % limits.N_SOURCES
+        back = limits.N_SOURCES - 1 - src
+        out.mode_i, out.cp_i, out.charge_src_i, out.discharge_src_i = mode, cp, src, back
         now += 100                        # the frames' period
         micropython.heap_lock()
         try:
@@ -572,9 +574,34 @@ def test_can_frames_carry_the_dbc_value_of_each_controller_name_without_allocati
         finally:
             micropython.heap_unlock()
         assert M.unpack_evse_status(port.frames[M.EVSE_STATUS_ID], st)
-        assert M.MODE_NAMES[st.mode] == (mode if mode in MODES else 'fault'), mode
-        assert M.CP_STATE_NAMES[st.cp_state] == (cp if cp in 'ABCDEF' else 'F'), cp
+        assert M.MODE_NAMES[st.mode] == MODES[mode], mode
+        assert M.CP_STATE_NAMES[st.cp_state] == pilot.LETTERS[cp], cp
         assert M.unpack_evse_limits(port.frames[M.EVSE_LIMITS_ID], el)
-        want = src if src in M.LIMIT_CHARGE_SRC_NAMES else alias[src]
-        assert M.LIMIT_CHARGE_SRC_NAMES[el.limit_charge_src] == want, src
-        assert el.limit_discharge_src == el.limit_charge_src
+        assert M.LIMIT_CHARGE_SRC_NAMES[el.limit_charge_src] == limits.SOURCES[src], src
+        assert M.LIMIT_CHARGE_SRC_NAMES[el.limit_discharge_src] == limits.SOURCES[back], back
+        assert M.unpack_vcu_power_request(port.frames[M.VCU_POWER_REQUEST_ID], vr)
+        assert (vr.req_mode == M.REQ_MODE_STOP) == (MODES[mode] == 'fault'), mode
+        seen.add(el.limit_charge_src)
+    # every source has a value of its own: none shares one with another
+    assert len(seen) == limits.N_SOURCES
+
+
+@in_dir(WORK)
+def test_can_frames_name_the_limit_sources_the_controller_names():
+    # end to end: what the CAN frames say is what the controller says, also for the sources
+    # the DBC had no value of its own for (a lost host heartbeat went out as "host")
+    rig = Rig()
+    rig.plant(do='plug')
+    rig.run(1500)
+    rig.hb = False
+    rig.run(12000)                        # past HEARTBEAT_TIMEOUT_S: discharge forbidden
+    out = rig.st.ctl.out
+    assert 'V2G-101' in [e['code'] for m in rig.msgs if m['t'] == 'evt' for e in m['events']]
+    st, el = M.EvseStatus(), M.EvseLimits()
+    last = [f[1] for f in rig.ctl_frames if f[0] == M.EVSE_LIMITS_ID][-1]
+    assert M.unpack_evse_limits(last, el)
+    assert M.LIMIT_CHARGE_SRC_NAMES[el.limit_discharge_src] == out.limit_discharge_src == 'heartbeat'
+    assert M.LIMIT_CHARGE_SRC_NAMES[el.limit_charge_src] == out.limit_charge_src
+    last = [f[1] for f in rig.ctl_frames if f[0] == M.EVSE_STATUS_ID][-1]
+    assert M.unpack_evse_status(last, st)
+    assert M.MODE_NAMES[st.mode] == out.mode and M.CP_STATE_NAMES[st.cp_state] == out.cp_state

@@ -4,7 +4,9 @@ from fwtest import raises
 
 from core import config
 from core import errors as E
-from core.controller import CONTROL_PERIOD_MS, DIODE_SAMPLES, Controller, Inputs
+from core import limits as L
+from core import pilot as P
+from core.controller import CONTROL_PERIOD_MS, DIODE_SAMPLES, MODES, Controller, Inputs
 
 A_MV = 12000
 B_MV = 9000
@@ -53,6 +55,10 @@ class Rig:
             if self.hb:
                 c.heartbeat(self.t)
             o = c.step(self.t, i)
+            # the numbers the HAL and CAN take are the names telemetry shows, every step
+            assert MODES[o.mode_i] == o.mode and P.LETTERS[o.cp_i] == o.cp_state
+            assert L.SOURCES[o.charge_src_i] == o.limit_charge_src
+            assert L.SOURCES[o.discharge_src_i] == o.limit_discharge_src
             if self.welded:
                 i.contactor_closed = True
             elif self.feedback_follows:

@@ -938,3 +938,44 @@ def test_a_repeated_config_set_answers_and_writes_nothing():
     assert 'v2g_vars.json' not in os.listdir('.') and written == []
     d = _diag(rig, 'd-1')
     assert d['config_file'] == 'none' and d['config_file_keys'] == []
+
+
+def test_every_host_link_operation_has_one_server_with_a_handler():
+    # one table: the core's, the shell's and the updater's names, none served twice, each
+    # with its handler; the reads are operations that exist
+    from app import update
+    from core import controller
+
+    core, shell, upd = controller.OPS, station_mod.SHELL_OPS, update.OPS
+    every = core + shell + upd
+    assert len(set(every)) == len(every) == 21, every
+    for op in core:
+        assert callable(getattr(controller.Controller, '_op_' + op)), op
+    for op in shell:
+        assert callable(getattr(station_mod.Station, '_op_' + op)), op
+    assert all(op.startswith('fota_') for op in upd)
+    assert set(station_mod.READ_OPS) <= set(every)
+
+
+@in_dir(WORK)
+def test_an_operation_nobody_serves_is_refused_once_naming_every_operation():
+    # the core's unknown names and the updater's (fota_*) take the same refusal: V2G-400,
+    # every operation the link has named, one audit line, nothing changed
+    rig = Rig()
+    rig.run(100)
+    rig.received()
+    state = (rig.st.ctl.stopped, rig.st.ctl.csms_charge_ma, rig.st.update.dl)
+    logged = len(rig.st.ctl.log.entries())
+    rig.send(L.cmd('u-1', 'teleport', {}))
+    rig.send(L.cmd('u-2', 'fota_rewind', {}))
+    rig.run(100)
+    res = [m for m in rig.received() if m['t'] == 'res']
+    assert [r['txn'] for r in res] == ['u-1', 'u-2']
+    for r, op in zip(res, ('teleport', 'fota_rewind')):
+        assert not r['ok'] and r['code'] == 'V2G-400', r
+        assert r['msg'].startswith("op: unknown operation '" + op + "' (allowed: "), r
+        for name in ('soc_target', 'status', 'diag', 'measurements', 'fota_begin', 'fota_report'):
+            assert name in r['msg'], (name, r)
+    new = rig.st.ctl.log.entries()[logged:]
+    assert [e[3].split(':')[0] for e in new if e[1] == 'V2G-400'] == ['refused teleport', 'refused fota_rewind']
+    assert (rig.st.ctl.stopped, rig.st.ctl.csms_charge_ma, rig.st.update.dl) == state

@@ -36,6 +36,29 @@ def test_generated_codec_is_up_to_date():
     assert gen_can.main(["--check"]) == 0
 
 
+def test_dbc_value_tables_are_the_controllers_own_numbers():
+    # the firmware sends the controller's indices unmapped (app/canbus.py): the DBC names
+    # each one as the controller does, every limit source included, so a logger decoding
+    # with the DBC reads what the controller's telemetry says
+    from core import limits, pilot
+    from core.controller import MODES
+
+    sigs = {(m.frame_id, s.name): s for m in DB.messages for s in m.signals}
+    mode = sigs[(0x610, "Mode")].choices
+    assert [str(mode[v]) for v in sorted(mode)] == list(MODES) and sorted(mode) == list(range(len(MODES)))
+    cp = sigs[(0x610, "CpState")].choices
+    assert [str(cp[v]) for v in sorted(cp)] == list(pilot.LETTERS[:pilot.F + 1])
+    assert sorted(cp) == list(range(pilot.F + 1))
+    for name in ("LimitChargeSrc", "LimitDischargeSrc"):
+        src = sigs[(0x611, name)].choices
+        assert sorted(src) == list(range(limits.N_SOURCES + 1)), name
+        assert str(src[0]) == "none"
+        assert [str(src[i + 1]) for i in range(limits.N_SOURCES)] == list(limits.SOURCES), name
+        assert limits.N_SOURCES + 1 <= 1 << sigs[(0x611, name)].length
+    assert cm.LIMIT_CHARGE_SRC_STATION == limits.STATION + 1
+    assert cm.MODE_FAULT == MODES.index("fault")
+
+
 def test_every_dbc_message_has_a_codec_and_id():
     for msg in DB.messages:
         m, cls, pack, unpack = _codec(msg.name)
