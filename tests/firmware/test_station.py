@@ -948,7 +948,7 @@ def test_every_host_link_operation_has_one_server_with_a_handler():
 
     core, shell, upd = controller.OPS, station_mod.SHELL_OPS, update.OPS
     every = core + shell + upd
-    assert len(set(every)) == len(every) == 21, every
+    assert len(set(every)) == len(every) == 22, every
     for op in core:
         assert callable(getattr(controller.Controller, '_op_' + op)), op
     for op in shell:
