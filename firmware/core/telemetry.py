@@ -24,6 +24,7 @@ _HEAD = b"\xa3\x61t\x63tel\x61v\x01\x67samples"
 _FIELDS_MAX = const(40)
 _TEXT_MAX = const(48)     # distinct strings kept encoded (modes, pilot states, limit sources)
 _ERRORS = const(1)        # field kind: an error mask sent as its codes
+_CODE_STRIDE = const(8)   # an error code's CBOR text: head byte + up to 7 characters
 
 
 class TelBatch:
@@ -43,7 +44,15 @@ class TelBatch:
         self.have = bytearray(_FIELDS_MAX)  # put since begin()
         self.order = bytearray(_FIELDS_MAX)  # field numbers in key order
         self.text = {}                     # str -> its CBOR
-        self.codes = [cbor.dumps(c) for c in errors.CODES]
+        # every error code's CBOR text in one buffer, _CODE_STRIDE bytes each (24 bytes
+        # objects and their list would take four times the RAM)
+        self.codes = bytearray(_CODE_STRIDE * len(errors.CODES))
+        for i in range(len(errors.CODES)):
+            raw = cbor.dumps(errors.CODES[i])
+            if len(raw) > _CODE_STRIDE:
+                raise ValueError('telemetry: error code {} longer than {} bytes'.format(
+                    errors.CODES[i], _CODE_STRIDE - 1))
+            _put(self.codes, i * _CODE_STRIDE, raw)
 
     # -- one sample ---------------------------------------------------------------------
 
@@ -145,16 +154,22 @@ class TelBatch:
 
     def _errors(self, b, at, mask, room):
         codes = self.codes
+        n = len(codes) // _CODE_STRIDE
         k = 0
-        for i in range(len(codes)):
+        for i in range(n):
             if mask & (1 << i):
                 k += 1
         at = _head(b, at, 0x80, k)
-        for i in range(len(codes)):
+        for i in range(n):
             if mask & (1 << i):
-                if at + len(codes[i]) > room:
+                c = i * _CODE_STRIDE
+                end = c + 1 + (codes[c] & 0x1F)   # the text's head holds its length
+                if at + end - c > room:
                     return -1
-                at = _put(b, at, codes[i])
+                while c < end:
+                    b[at] = codes[c]
+                    at += 1
+                    c += 1
         return at
 
 
