@@ -38,7 +38,10 @@ class TelBatch:
         self.count = 0                     # samples in the batch
         self.n = 0                         # fields learnt
         self.index = {}                    # key -> field number
-        self.keys = []                     # encoded key, by field number
+        # the learnt keys' CBOR texts one after another in one buffer (field i's from
+        # key_at[i] to key_at[i + 1]): a bytes object each would take three times the RAM
+        self.keys = bytearray()
+        self.key_at = [0] * (_FIELDS_MAX + 1)
         self.kind = bytearray(_FIELDS_MAX)
         self.vals = [None] * _FIELDS_MAX
         self.have = bytearray(_FIELDS_MAX)  # put since begin()
@@ -102,11 +105,13 @@ class TelBatch:
             raise ValueError('telemetry: more than {} fields'.format(_FIELDS_MAX))
         i = self.n
         self.index[key] = i
-        self.keys.append(cbor.dumps(key))
+        self.keys.extend(cbor.dumps(key))
+        self.key_at[i + 1] = len(self.keys)
         self.kind[i] = kind
         self.n = i + 1
         keys = self.keys
-        for j, f in enumerate(sorted(range(self.n), key=lambda f: keys[f])):
+        at = self.key_at
+        for j, f in enumerate(sorted(range(self.n), key=lambda f: bytes(keys[at[f]:at[f + 1]]))):
             self.order[j] = f
         return i
 
@@ -121,10 +126,15 @@ class TelBatch:
             i = self.order[j]
             if not self.have[i]:
                 continue
-            key = self.keys[i]
-            if at + len(key) + 9 > room:
+            k = self.key_at[i]
+            end = self.key_at[i + 1]
+            if at + end - k + 9 > room:
                 return -1
-            at = _put(b, at, key)
+            keys = self.keys
+            while k < end:
+                b[at] = keys[k]
+                at += 1
+                k += 1
             v = self.vals[i]
             if self.kind[i] == _ERRORS:
                 at = self._errors(b, at, v, room)
