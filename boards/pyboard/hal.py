@@ -331,7 +331,6 @@ class Hal:
         self.can = PybCan(pins.CAN_BUS)
         # host link
         self.link = machine.UART(pins.LINK_UART, pins.LINK_BAUD, timeout=0, rxbuf=LINK_BUF)
-        self.link_buf = bytearray(LINK_BUF)
         # The watchdog cannot be stopped once started, so it is started only when no USB host
         # (a maintenance laptop on the REPL) is attached at boot; otherwise `v2g flash`, which
         # stops the application, would be cut short by a watchdog reset. A slot on trial is
@@ -509,7 +508,8 @@ class Hal:
         len() and slicing, and Link.feed scans it at C speed), or None. The read buffer is as
         large as the UART's ring, so one read can empty it; the rest of a longer wait stays
         in the ring for the next step. Only the bytes waiting are asked for (a longer read
-        would wait for more): one allocation, of their size."""
+        would wait for more): one allocation, of their size. The station reads with
+        link_readinto into its own buffer, so the HAL keeps no 6 kB buffer for this."""
         k = self.link.any()
         if not k:
             return None
@@ -517,10 +517,11 @@ class Hal:
             k = max_n
         if k > LINK_BUF:
             k = LINK_BUF
-        n = self.link.readinto(self.link_buf, k)
+        buf = bytearray(k)
+        n = self.link.readinto(buf, k)
         if not n:
             return None
-        return self.link_buf[:n]
+        return buf if n == k else buf[:n]
 
     def link_write(self, data):
         self.link.write(data)

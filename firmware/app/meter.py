@@ -39,13 +39,11 @@ def reply_timeout_ms(poll_ms):
     return 100 if t < 100 else (500 if t > 500 else t)
 
 
-_RESULT_NAMES = {
-    modbus.ERR_TIMEOUT: 'timeout (no reply)',
-    modbus.ERR_CRC: 'CRC error',
-    modbus.ERR_WRONG_UNIT: 'reply from the wrong unit',
-    modbus.ERR_BAD_LENGTH: 'bad length (truncated or over-long reply)',
-    modbus.ERR_BAD_FUNCTION: 'unexpected function code',
-}
+# a failed transaction's words, by its result code (ERR_TIMEOUT..ERR_BAD_FUNCTION = -1..-6;
+# -5, ERR_EXCEPTION, carries the meter's own code): a constant tuple, where a dict made at
+# import would be RAM even frozen
+_RESULT_NAMES = ('timeout (no reply)', 'CRC error', 'reply from the wrong unit',
+                 'bad length (truncated or over-long reply)', None, 'unexpected function code')
 
 
 class MeterTask:
@@ -179,7 +177,9 @@ class MeterTask:
         elif c == 1:
             why = 'invalid value (NaN or infinity)'
         else:
-            why = _RESULT_NAMES.get(c, 'error {}'.format(c))
+            why = _RESULT_NAMES[-1 - c] if -len(_RESULT_NAMES) <= c < 0 else None
+            if why is None:
+                why = 'error {}'.format(c)
         return 'meter unit {}: {}, {} failed transaction(s) in a row'.format(
             self.cfg.meter_address, why, self.fail_streak)
 

@@ -74,12 +74,14 @@ def load_config(board_limits):
 # The station's own files in state/, each kept as two sealed copies (app/storage.py), and
 # what losing every copy of one means; the controller's goes first at boot (see Station).
 STATE_FILES = ('controller.json', 'journal.json', 'events.json', 'boot.json')
-LOST = {   # short: an event's text is bounded (core/eventlog.py), and this goes first
-    'controller.json': 'weld latch and charge-only assumed until an operator clears them',
-    'journal.json': 'journal starts empty: a command repeated from before this boot is applied again',
-    'events.json': 'the event log starts empty',
-    'boot.json': 'the boot count goes on from the event log',
-}
+# by STATE_FILES' order (a tuple: a dict made at import is RAM even frozen). Short: an
+# event's text is bounded (core/eventlog.py), and this goes first
+LOST = (
+    'weld latch and charge-only assumed until an operator clears them',
+    'journal starts empty: a command repeated from before this boot is applied again',
+    'the event log starts empty',
+    'the boot count goes on from the event log',
+)
 
 
 def _boot_count(body):
@@ -330,7 +332,7 @@ class Station:
             if lost and name == 'controller.json':
                 ctl.assume_conservative(now_ms, storage.state_path(name) + ' unreadable')
             ctl.report_damage(now_ms, storage.state_path(name), 'stored state damaged: {}; {}'.format(
-                (LOST[name] if lost else 'the other copy is used'), what))
+                (LOST[STATE_FILES.index(name)] if lost else 'the other copy is used'), what))
         # written back at once, the controller's first: a damaged copy is whole again, a reset
         # from here on finds the conservative state rather than the damage, and from the first
         # boot on every file exists, so a missing one means a lost one

@@ -11,6 +11,8 @@ Pure module: only json and hashlib, no I/O.
 """
 import json
 
+from core import grid_profiles
+
 try:
     import hashlib
 except ImportError:  # pragma: no cover - every supported interpreter has it
@@ -26,65 +28,60 @@ ENUM = 'enum'    # one of a list of strings
 CHOICE = 'choice'  # one of a list of integers
 OPTNUM = 'optnum'  # a number, or null for "the grid profile's own value"
 
-# key: (kind, low-or-choices, high, default, unit)
+# key: (kind, low-or-choices, high, default, unit, scale)
+# scale: steps per unit of a decimal key (NUM, OPTNUM), the resolution the control step works
+# in (mA, per-mille SoC, dC, ms, mHz, mV); 0 for the others. A value is taken only on a step,
+# so what is written is its exact decimal text and reads back as the same value on a double
+# or a single-precision board. In the rows, not a dict of its own: a dict made at import is
+# RAM even when the module is frozen.
 SCHEMA = {
-    'version': (CHOICE, (1,), None, 1, ''),
-    'MAX_CHARGE_AMPS': (NUM, 6, 80, 32, 'A'),
-    'MAX_DISCHARGE_AMPS': (NUM, 0, 80, 32, 'A'),
-    'MIN_SOC_THRESHOLD': (NUM, 0, 100, 20, '%'),
-    'RESERVE_MARGIN': (NUM, 0, 100, 20, '%'),
-    'V2G_AVAILABLE_MARGIN': (NUM, 0, 50, 10, '%'),
-    'HEARTBEAT_TIMEOUT_S': (NUM, 1, 300, 10, 's'),
-    'PHASES': (CHOICE, (1, 3), None, 1, ''),
-    'NOMINAL_VOLTAGE_V': (NUM, 100, 480, 240, 'V'),
+    'version': (CHOICE, (1,), None, 1, '', 0),
+    'MAX_CHARGE_AMPS': (NUM, 6, 80, 32, 'A', 1000),
+    'MAX_DISCHARGE_AMPS': (NUM, 0, 80, 32, 'A', 1000),
+    'MIN_SOC_THRESHOLD': (NUM, 0, 100, 20, '%', 10),
+    'RESERVE_MARGIN': (NUM, 0, 100, 20, '%', 10),
+    'V2G_AVAILABLE_MARGIN': (NUM, 0, 50, 10, '%', 10),
+    'HEARTBEAT_TIMEOUT_S': (NUM, 1, 300, 10, 's', 1000),
+    'PHASES': (CHOICE, (1, 3), None, 1, '', 0),
+    'NOMINAL_VOLTAGE_V': (NUM, 100, 480, 240, 'V', 1000),
     'GRID_PROFILE': (ENUM, ('IEEE1547_CAT_I_60HZ', 'IEEE1547_CAT_II_60HZ',
                             'IEEE1547_CAT_III_60HZ', 'EN50549_50HZ'), None,
-                     'IEEE1547_CAT_II_60HZ', ''),
-    'FREQ_DROOP_ENABLED': (BOOL, None, None, True, ''),
-    'FREQ_DEADBAND_HZ': (NUM, 0.017, 1.0, 0.036, 'Hz'),
-    'FREQ_DROOP_PCT': (NUM, 2, 12, 5, '%'),
-    'FREQ_RESPONSE_S': (NUM, 0.2, 10, 0.5, 's'),
-    'EVSE_TEMP_DERATE_C': (NUM, 30, 90, 65, 'C'),
-    'EVSE_TEMP_LIMIT_C': (NUM, 35, 100, 75, 'C'),
-    'BATTERY_TEMP_DERATE_C': (NUM, 20, 60, 45, 'C'),
-    'BATTERY_TEMP_LIMIT_C': (NUM, 25, 70, 55, 'C'),
-    'THERMAL_HYSTERESIS_C': (NUM, 1, 20, 5, 'C'),
-    'VENTILATION_AVAILABLE': (BOOL, None, None, False, ''),
-    'METER_MODEL': (ENUM, ('SDM630', 'SDM120'), None, 'SDM630', ''),
-    'METER_ADDRESS': (INT, 1, 247, 1, ''),
-    'METER_BAUD': (CHOICE, (2400, 4800, 9600, 19200, 38400), None, 9600, 'baud'),
-    'METER_POLL_MS': (INT, 100, 10000, 500, 'ms'),
-    'METER_STALE_S': (NUM, 1, 60, 3, 's'),
-    'CAN_BITRATE': (CHOICE, (125000, 250000, 500000, 1000000), None, 500000, 'bit/s'),
-    'CAN_TIMEOUT_MS': (INT, 100, 10000, 1000, 'ms'),
-    'HOST_LATENCY_WARN_MS': (INT, 10, 5000, 100, 'ms'),
-    'COOLING_ON_AMPS': (NUM, 0, 80, 16, 'A'),
-    'COOLING_ON_TEMP_C': (NUM, 20, 90, 50, 'C'),
-    'COOLING_FEEDBACK_S': (NUM, 1, 30, 5, 's'),
-    'COOLING_UNCOOLED_AMPS': (NUM, 0, 80, 16, 'A'),
+                     'IEEE1547_CAT_II_60HZ', '', 0),
+    'FREQ_DROOP_ENABLED': (BOOL, None, None, True, '', 0),
+    'FREQ_DEADBAND_HZ': (NUM, 0.017, 1.0, 0.036, 'Hz', 1000),
+    'FREQ_DROOP_PCT': (NUM, 2, 12, 5, '%', 1000),
+    'FREQ_RESPONSE_S': (NUM, 0.2, 10, 0.5, 's', 1000),
+    'EVSE_TEMP_DERATE_C': (NUM, 30, 90, 65, 'C', 10),
+    'EVSE_TEMP_LIMIT_C': (NUM, 35, 100, 75, 'C', 10),
+    'BATTERY_TEMP_DERATE_C': (NUM, 20, 60, 45, 'C', 10),
+    'BATTERY_TEMP_LIMIT_C': (NUM, 25, 70, 55, 'C', 10),
+    'THERMAL_HYSTERESIS_C': (NUM, 1, 20, 5, 'C', 10),
+    'VENTILATION_AVAILABLE': (BOOL, None, None, False, '', 0),
+    'METER_MODEL': (ENUM, ('SDM630', 'SDM120'), None, 'SDM630', '', 0),
+    'METER_ADDRESS': (INT, 1, 247, 1, '', 0),
+    'METER_BAUD': (CHOICE, (2400, 4800, 9600, 19200, 38400), None, 9600, 'baud', 0),
+    'METER_POLL_MS': (INT, 100, 10000, 500, 'ms', 0),
+    'METER_STALE_S': (NUM, 1, 60, 3, 's', 1000),
+    'CAN_BITRATE': (CHOICE, (125000, 250000, 500000, 1000000), None, 500000, 'bit/s', 0),
+    'CAN_TIMEOUT_MS': (INT, 100, 10000, 1000, 'ms', 0),
+    'HOST_LATENCY_WARN_MS': (INT, 10, 5000, 100, 'ms', 0),
+    'COOLING_ON_AMPS': (NUM, 0, 80, 16, 'A', 1000),
+    'COOLING_ON_TEMP_C': (NUM, 20, 90, 50, 'C', 10),
+    'COOLING_FEEDBACK_S': (NUM, 1, 30, 5, 's', 1000),
+    'COOLING_UNCOOLED_AMPS': (NUM, 0, 80, 16, 'A', 1000),
     # Additions to the spec's table: the grid profile's enter-service delay and ramp, for
     # commissioning and tests. null keeps the standard's value (IEEE 1547: 300 s and 300 s).
-    'GRID_ENTER_SERVICE_DELAY_S': (OPTNUM, 0, 600, None, 's'),
-    'GRID_RAMP_S': (OPTNUM, 0, 1000, None, 's'),
+    'GRID_ENTER_SERVICE_DELAY_S': (OPTNUM, 0, 600, None, 's', 1000),
+    'GRID_RAMP_S': (OPTNUM, 0, 1000, None, 's', 1000),
 }
 
 KEYS = tuple(sorted(SCHEMA))
 
-# Steps per unit of each decimal key: the resolution the control step works in (mA, per-mille
-# SoC, dC, ms, mHz, mV). A value is taken only on a step, so what is written is its exact
-# decimal text and reads back as the same value on a double or a single-precision board.
-SCALE = {
-    'MAX_CHARGE_AMPS': 1000, 'MAX_DISCHARGE_AMPS': 1000,
-    'MIN_SOC_THRESHOLD': 10, 'RESERVE_MARGIN': 10, 'V2G_AVAILABLE_MARGIN': 10,
-    'HEARTBEAT_TIMEOUT_S': 1000, 'NOMINAL_VOLTAGE_V': 1000,
-    'FREQ_DEADBAND_HZ': 1000, 'FREQ_DROOP_PCT': 1000, 'FREQ_RESPONSE_S': 1000,
-    'EVSE_TEMP_DERATE_C': 10, 'EVSE_TEMP_LIMIT_C': 10, 'BATTERY_TEMP_DERATE_C': 10,
-    'BATTERY_TEMP_LIMIT_C': 10, 'THERMAL_HYSTERESIS_C': 10,
-    'METER_STALE_S': 1000,
-    'GRID_ENTER_SERVICE_DELAY_S': 1000, 'GRID_RAMP_S': 1000,
-    'COOLING_ON_AMPS': 1000, 'COOLING_ON_TEMP_C': 10, 'COOLING_FEEDBACK_S': 1000,
-    'COOLING_UNCOOLED_AMPS': 1000,
-}
+
+def scale(key, default=None):
+    """Steps per unit of a decimal setting; default for any other key."""
+    row = SCHEMA.get(key)
+    return row[5] if row is not None and row[5] else default
 
 
 def _epsilon():
@@ -98,14 +95,6 @@ def _epsilon():
 # step is that step as far as this interpreter can tell; the margin covers parse and product
 # rounding
 _STEP_TOL = _epsilon() * 16
-
-# nominal grid frequency by profile, mHz
-PROFILE_NOMINAL_MHZ = {
-    'IEEE1547_CAT_I_60HZ': 60000,
-    'IEEE1547_CAT_II_60HZ': 60000,
-    'IEEE1547_CAT_III_60HZ': 60000,
-    'EN50549_50HZ': 50000,
-}
 
 # board keys that are not settings
 BOARD_DISCHARGE_SEPARATE = 'discharge_rated_separately'
@@ -192,7 +181,7 @@ def _range_text(kind, lo, hi, unit):
 
 
 def _bounds(key, board):
-    kind, lo, hi, default, unit = SCHEMA[key]
+    kind, lo, hi, default, unit, _ = SCHEMA[key]
     if board and key in board and kind in (INT, NUM, OPTNUM):
         blo, bhi = board[key]
         if blo > lo:
@@ -240,9 +229,10 @@ def _check_one(key, value, board):
         return 'wrong type {}: allowed number {}'.format(_tname(value), rng)
     if value < lo or value > hi:
         return 'value {} out of range: allowed {}'.format(_fmt(value), rng)
-    if key in SCALE and isinstance(value, float) and not steps(value, SCALE[key])[1]:
+    sc = scale(key)
+    if sc and isinstance(value, float) and not steps(value, sc)[1]:
         return 'value {} is finer than the {}{} step of this setting'.format(
-            show(value), dec_text(1, SCALE[key]), (' ' + unit) if unit else '')
+            show(value), dec_text(1, sc), (' ' + unit) if unit else '')
     return None
 
 
@@ -299,8 +289,8 @@ def check(changes, current=None, board=None):
         v = changes[key]
         if SCHEMA[key][0] in (INT, CHOICE) and isinstance(v, float):
             v = int(v)
-        elif key in SCALE and isinstance(v, float):
-            v = on_step(steps(v, SCALE[key])[0], SCALE[key])   # 0.30000000000000004 is 0.3
+        elif scale(key) and isinstance(v, float):
+            v = on_step(steps(v, scale(key))[0], scale(key))   # 0.30000000000000004 is 0.3
         vals[key] = v
     _cross(vals, board, changes, errors)
     if errors:
@@ -471,7 +461,7 @@ def on_step(n, scale):
 def _milli(values, key):
     """A decimal setting in its control units (mA, dC, ms, ...): its whole number of steps."""
     v = values[key]
-    return None if v is None else steps(v, SCALE[key])[0]
+    return None if v is None else steps(v, scale(key))[0]
 
 
 class Config:
@@ -491,7 +481,8 @@ class Config:
         self.phases = v['PHASES']
         self.nominal_mv = _milli(v, 'NOMINAL_VOLTAGE_V')
         self.grid_profile = v['GRID_PROFILE']
-        self.nominal_mhz = PROFILE_NOMINAL_MHZ[v['GRID_PROFILE']]
+        # the profile's own table (made for this and let go: no dict kept at import)
+        self.nominal_mhz = grid_profiles.profile(v['GRID_PROFILE'])['nominal_mhz']
         self.droop_enabled = v['FREQ_DROOP_ENABLED']
         self.deadband_mhz = _milli(v, 'FREQ_DEADBAND_HZ')
         self.droop_mpct = _milli(v, 'FREQ_DROOP_PCT')   # 0.001 % units
@@ -555,8 +546,9 @@ class Config:
 def _num_text(key, v):
     # identical text on CPython (doubles) and single-precision boards: a decimal key is written
     # as its whole number of steps, so the text is exact and parses back to the same step
-    if key in SCALE:
-        return dec_text(steps(v, SCALE[key])[0], SCALE[key])
+    sc = scale(key)
+    if sc:
+        return dec_text(steps(v, sc)[0], sc)
     if isinstance(v, float):
         if v == int(v):
             return str(int(v))

@@ -3,7 +3,7 @@ refused at boot"). Imported only then: a station whose file reads never loads it
 """
 import json
 
-from core.config import (ConfigError, SCALE, _bounds, _fmt, _separate, _text_of, check, defaults,
+from core.config import (ConfigError, scale, _bounds, _fmt, _separate, _text_of, check, defaults,
                          finite, members, on_step, steps, validate)
 
 # Safety limits a refused settings file may still tighten (docs/settings.md, "A file refused
@@ -51,7 +51,7 @@ def refused_file(raw, board=None):
             if v is True or v is False or not isinstance(v, (int, float)) or not finite(v) \
                     or v < lo or v > hi:
                 continue
-            v = _stricter_step(v, SCALE[key], higher)
+            v = _stricter_step(v, scale(key), higher)
             if (v > vals[key]) if higher else (v < vals[key]):
                 vals[key] = v
     if not readable:

@@ -1178,7 +1178,7 @@ def _steps_arg(v, scale):
 def _link_value(key, v):
     """A setting as config_get sends it: a decimal key as its exact steps (an int when
     whole, else a decimal fraction), never a float."""
-    scale = _config.SCALE.get(key)
+    scale = _config.scale(key)
     if scale is None or v is None or v is True or v is False or not isinstance(v, (int, float)):
         return v
     return decfrac.of_steps(_config.steps(v, scale)[0], scale)
@@ -1192,7 +1192,7 @@ def _config_changes(args):
     for k in args:
         v = args[k]
         if decfrac.is_fraction(v):
-            scale = _config.SCALE.get(k, 1) if isinstance(k, str) else 1
+            scale = _config.scale(k, 1) if isinstance(k, str) else 1
             got = decfrac.steps(v, scale)
             if got is None:
                 errs.append((k, 'not a number: {}'.format(_show(v))))

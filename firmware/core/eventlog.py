@@ -29,7 +29,7 @@ class EventLog:
         self.size = size
         self._t = [0] * size
         self._code = [''] * size
-        self._on = [False] * size
+        self._on = bytearray(size)     # 1 = raised (a list of bools: four times the RAM)
         self._msg = [''] * size
         self._boot = [0] * size
         self.boot = 0       # boot count stamped on new entries (0 = unknown)
@@ -53,7 +53,7 @@ class EventLog:
         i = self._head
         self._t[i] = t_ms
         self._code[i] = code
-        self._on[i] = on
+        self._on[i] = 1 if on else 0
         self._msg[i] = msg
         self._boot[i] = self.boot if boot < 0 else boot
         i += 1
@@ -103,7 +103,7 @@ class EventLog:
             start += self.size
         for k in range(self._count):
             i = (start + k) % self.size
-            out.append((self._t[i], self._code[i], self._on[i], self._msg[i], self._boot[i]))
+            out.append((self._t[i], self._code[i], self._on[i] == 1, self._msg[i], self._boot[i]))
         return out
 
     def dump(self):

@@ -167,10 +167,12 @@ class Link:
         self._rxn = 0
         self._dropping = False  # frame overflowed: discard up to the next 0x00
         self.fed_to = 0         # where the last feed() stopped
-        self._dec = bytearray(enc_max)  # decoded frame (may exceed max_frame by a little: checked)
+        # the decoded frame (may exceed max_frame by a little: checked), and the CBOR + CRC of
+        # the frame being sent: one buffer, as a received frame is read into objects before
+        # anything is sent and a send is over when it returns (1 kB of RAM less)
+        self._dec = bytearray(enc_max)
         self._decv = memoryview(self._dec)
-        self._txp = bytearray(max_frame)  # CBOR + CRC of the frame being sent
-        self._txpv = memoryview(self._txp)
+        self._txp = self._dec
         # leading 0x00 (first frame only) + COBS + delimiter
         self._txf = bytearray(enc_max + 2)
         self._txfv = memoryview(self._txf)

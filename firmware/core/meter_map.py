@@ -108,15 +108,14 @@ MAP_SDM120 = (
     (F_MHZ, REG_FREQ), (F_IMPORT_WH, REG_IMPORT_KWH), (F_EXPORT_WH, REG_EXPORT_KWH),
 )
 
-MODEL_NAMES = {"SDM630": SDM630, "SDM120": SDM120}
-
-
 def model_from_name(name):
-    """Config value METER_MODEL -> model id; ValueError naming the value."""
-    m = MODEL_NAMES.get(name)
-    if m is None:
-        raise ValueError("METER_MODEL must be SDM630 or SDM120, not {!r}".format(name))
-    return m
+    """Config value METER_MODEL -> model id; ValueError naming the value. (Compared, not
+    looked up in a dict: a dict made at import is RAM even frozen.)"""
+    if name == "SDM630":
+        return SDM630
+    if name == "SDM120":
+        return SDM120
+    raise ValueError("METER_MODEL must be SDM630 or SDM120, not {!r}".format(name))
 
 
 def _plan(blocks, fmap):

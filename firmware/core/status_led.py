@@ -41,12 +41,18 @@ SHAPES = ('solid', 'blink', 'breathe')
 
 _ON_LEVEL = const(500)     # per-mille brightness from which an on/off LED is lit
 
-# Per pattern: colour, shape, period and on-time (blink), the times in 10 ms. Kept as bytes:
-# indexing them never allocates, also in a frozen image (docs/status-led.md).
-COLOR = bytes((_GREEN, _GREEN, _GREEN, _BLUE, _AMBER, RED, _CYAN, _AMBER))
-SHAPE = bytes((_SOLID, _BLINK, _BREATHE, _BREATHE, _SOLID, _BLINK, _BLINK, _BLINK))
-PERIOD_10MS = bytes((100, 200, 200, 200, 100, 25, 100, 50))
-ON_10MS = bytes((100, 100, 0, 0, 100, 13, 50, 15))
+# Per pattern (idle, connected, charging, discharging, charge_only, fault, update, link):
+# colour, shape, period and on-time (blink), the times in 10 ms. bytes literals: a constant
+# stays in flash when frozen (bytes((...)) would be built in RAM at import), and indexing
+# one never allocates (docs/status-led.md).
+#   COLOR        green green green blue amber red cyan amber    (_GREEN.._CYAN: 0..4)
+#   SHAPE        solid blink breathe breathe solid blink blink blink   (0..2)
+#   PERIOD_10MS  100 200 200 200 100 25 100 50
+#   ON_10MS      100 100 0 0 100 13 50 15
+COLOR = b'\x00\x00\x00\x01\x02\x03\x04\x02'
+SHAPE = b'\x00\x01\x02\x02\x00\x01\x01\x01'
+PERIOD_10MS = b'\x64\xc8\xc8\xc8\x64\x19\x64\x32'
+ON_10MS = b'\x64\x64\x00\x00\x64\x0d\x32\x0f'
 
 _LINK_CODES = E.E101 | E.E110
 

@@ -24,6 +24,7 @@ _HEAD = b"\xa3\x61t\x63tel\x61v\x01\x67samples"
 _FIELDS_MAX = const(40)
 _TEXT_MAX = const(48)     # distinct strings kept encoded (modes, pilot states, limit sources)
 _ERRORS = const(1)        # field kind: an error mask sent as its codes
+_CODE_STRIDE = const(8)   # an error code's CBOR text: head byte + up to 7 characters
 
 
 class TelBatch:
@@ -37,13 +38,24 @@ class TelBatch:
         self.count = 0                     # samples in the batch
         self.n = 0                         # fields learnt
         self.index = {}                    # key -> field number
-        self.keys = []                     # encoded key, by field number
+        # the learnt keys' CBOR texts one after another in one buffer (field i's from
+        # key_at[i] to key_at[i + 1]): a bytes object each would take three times the RAM
+        self.keys = bytearray()
+        self.key_at = [0] * (_FIELDS_MAX + 1)
         self.kind = bytearray(_FIELDS_MAX)
         self.vals = [None] * _FIELDS_MAX
         self.have = bytearray(_FIELDS_MAX)  # put since begin()
         self.order = bytearray(_FIELDS_MAX)  # field numbers in key order
         self.text = {}                     # str -> its CBOR
-        self.codes = [cbor.dumps(c) for c in errors.CODES]
+        # every error code's CBOR text in one buffer, _CODE_STRIDE bytes each (24 bytes
+        # objects and their list would take four times the RAM)
+        self.codes = bytearray(_CODE_STRIDE * len(errors.CODES))
+        for i in range(len(errors.CODES)):
+            raw = cbor.dumps(errors.CODES[i])
+            if len(raw) > _CODE_STRIDE:
+                raise ValueError('telemetry: error code {} longer than {} bytes'.format(
+                    errors.CODES[i], _CODE_STRIDE - 1))
+            _put(self.codes, i * _CODE_STRIDE, raw)
 
     # -- one sample ---------------------------------------------------------------------
 
@@ -93,11 +105,13 @@ class TelBatch:
             raise ValueError('telemetry: more than {} fields'.format(_FIELDS_MAX))
         i = self.n
         self.index[key] = i
-        self.keys.append(cbor.dumps(key))
+        self.keys.extend(cbor.dumps(key))
+        self.key_at[i + 1] = len(self.keys)
         self.kind[i] = kind
         self.n = i + 1
         keys = self.keys
-        for j, f in enumerate(sorted(range(self.n), key=lambda f: keys[f])):
+        at = self.key_at
+        for j, f in enumerate(sorted(range(self.n), key=lambda f: bytes(keys[at[f]:at[f + 1]]))):
             self.order[j] = f
         return i
 
@@ -112,10 +126,15 @@ class TelBatch:
             i = self.order[j]
             if not self.have[i]:
                 continue
-            key = self.keys[i]
-            if at + len(key) + 9 > room:
+            k = self.key_at[i]
+            end = self.key_at[i + 1]
+            if at + end - k + 9 > room:
                 return -1
-            at = _put(b, at, key)
+            keys = self.keys
+            while k < end:
+                b[at] = keys[k]
+                at += 1
+                k += 1
             v = self.vals[i]
             if self.kind[i] == _ERRORS:
                 at = self._errors(b, at, v, room)
@@ -145,16 +164,22 @@ class TelBatch:
 
     def _errors(self, b, at, mask, room):
         codes = self.codes
+        n = len(codes) // _CODE_STRIDE
         k = 0
-        for i in range(len(codes)):
+        for i in range(n):
             if mask & (1 << i):
                 k += 1
         at = _head(b, at, 0x80, k)
-        for i in range(len(codes)):
+        for i in range(n):
             if mask & (1 << i):
-                if at + len(codes[i]) > room:
+                c = i * _CODE_STRIDE
+                end = c + 1 + (codes[c] & 0x1F)   # the text's head holds its length
+                if at + end - c > room:
                     return -1
-                at = _put(b, at, codes[i])
+                while c < end:
+                    b[at] = codes[c]
+                    at += 1
+                    c += 1
         return at
 
 

@@ -40,7 +40,7 @@ def test_milli_units():
 
 def test_every_numeric_range_edge():
     for key in C.KEYS:
-        kind, lo, hi, default, unit = C.SCHEMA[key]
+        kind, lo, hi, default, unit, _ = C.SCHEMA[key]
         if kind not in (C.INT, C.NUM):
             continue
         below = lo - (1 if kind == C.INT else 0.001)
@@ -260,8 +260,8 @@ def test_a_value_finer_than_its_step_is_refused_naming_the_key():
 
 
 def _numeric_samples(key):
-    kind, lo, hi, default, unit = C.SCHEMA[key]
-    scale = C.SCALE[key]
+    kind, lo, hi, default, unit, _ = C.SCHEMA[key]
+    scale = C.scale(key)
     lo_n, hi_n = C.steps(lo, scale)[0], C.steps(hi, scale)[0]
     span = hi_n - lo_n
     picks = [lo_n, hi_n, lo_n + 1, hi_n - 1]
@@ -276,8 +276,8 @@ def _numeric_samples(key):
 
 
 def test_every_accepted_value_is_written_as_json_that_reads_back_the_same():
-    for key in sorted(C.SCALE):
-        scale = C.SCALE[key]
+    for key in sorted(k for k in C.KEYS if C.scale(k)):
+        scale = C.scale(key)
         for n in _numeric_samples(key):
             text = C.dec_text(n, scale)
             v = json.loads(text)      # the value as a host sends it
@@ -445,3 +445,15 @@ def test_a_file_that_is_not_json_turns_discharge_off_and_keeps_what_it_can():
         cfg, problem = _boot_with(text)
         assert cfg.max_discharge_ma == 0 and cfg.floor_pm == 200, text
         assert 'discharge off' in problem, text
+
+
+def test_every_decimal_setting_has_its_step_in_its_row():
+    # the scale lives in SCHEMA's rows (no dict of its own in RAM): a power of ten for the
+    # decimal kinds, none for the others
+    for key in C.KEYS:
+        kind, sc = C.SCHEMA[key][0], C.SCHEMA[key][5]
+        if kind in (C.NUM, C.OPTNUM):
+            assert sc in (10, 100, 1000) and C.scale(key) == sc, key
+        else:
+            assert sc == 0 and C.scale(key) is None and C.scale(key, 1) == 1, key
+    assert C.scale('NO_SUCH_KEY') is None and C.scale('FREQ_DEADBAND_HZ') == 1000

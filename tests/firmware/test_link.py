@@ -249,3 +249,35 @@ def test_the_heartbeat_echo_written_in_place_is_the_echo_send_makes():
         b.send(link.hback(link.hb(seq, ms)))
         assert wire[-2] == wire[-1]
     assert wire[0] == bytes.fromhex("21a4617465686261636b617601637365710167686f73745f6d731903e847c3114a00")
+
+
+def test_answers_sent_from_the_sink_leave_the_frames_still_to_come_intact():
+    # the station answers each command from inside feed(): the answer's send reuses the
+    # buffer a frame is decoded into, so the frames after it in the same read must not suffer
+    wire = []
+    st = link.Link(lambda b: wire.append(bytes(b)))
+    got = []
+
+    def sink(msg):
+        got.append(dict(msg))
+        st.send(link.res("r{}".format(len(got)), True, None, "x" * 300, {"n": len(got)}))
+    cmds = [link.cmd("c{}".format(i), "status", {"pad": "y" * (100 * i)}) for i in range(4)]
+    frames = b"".join(_frame(c) for c in cmds)
+    frames += _frame(link.hb(3, 1000)) + _frame(link.cmd("c9", "diag"))
+    assert st.feed(frames, sink=sink) == ()
+    assert [m["t"] for m in got] == ["cmd"] * 4 + ["hb", "cmd"]
+    assert got[:4] == cmds and got[4] == link.hb(3, 1000)
+    host = link.Link(lambda b: None)
+    answers = host.feed(b"".join(wire))
+    assert [a["data"]["n"] for a in answers] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_link_keeps_three_frame_buffers_not_four():
+    # received COBS, the decoded frame / the frame being sent (shared), the COBS being sent
+    lk = link.Link(lambda b: None)
+    held = {}
+    for v in lk.__dict__.values():
+        if isinstance(v, bytearray):
+            held[id(v)] = len(v)
+    enc = cobs.max_encoded_len(link.MAX_FRAME)
+    assert sum(held.values()) <= 3 * enc + 2, sorted(held.values())

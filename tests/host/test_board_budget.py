@@ -114,3 +114,34 @@ def test_constant_tuples_cost_what_the_loader_allocates(tmp_path):
     a = (st["a"][0] - st["a"][1]) - (st["b"][0] - st["b"][1])
     # plus the module object and its globals (bench/heap.py measures about 90 B)
     assert model["a"] > 300 * mpyheap.BLOCK and 0 <= a - model["a"] <= 256, (a, model["a"])
+
+
+PARTS = heap._PRELUDE + r'''
+from core.telemetry import TelBatch
+from core import link, errors
+b = await heap('before')
+lk = link.Link(lambda b: None)
+a = await heap('link')
+print('PART link', a - b)
+tb = TelBatch(link.MAX_FRAME - 4, 3)
+tb.begin()
+for k in {keys!r}:
+    tb.put(k, 1)
+tb.put_errors('errors', errors.E010)
+tb.end()
+print('PART tel', await heap('tel') - a)
+'''
+
+
+def test_the_link_and_the_telemetry_batch_keep_little_beyond_their_frame_buffers():
+    # the station's telemetry fields, as Station.sample puts them
+    keys = ("t_ms", "cp", "mode", "contactor", "pwm_pm", "ma", "mv", "mhz", "w", "soc_pm", "evse_dc",
+            "bat_dc", "lim_chg_ma", "lim_chg_src", "lim_dis_ma", "lim_dis_src", "req_ma", "e_in_wh",
+            "e_out_wh", "dis_cap_wh", "cool", "led")
+    out = vm.run_micropython(PARTS.format(keys=keys), timeout=120)
+    got = {ln.split()[1]: int(ln.split()[2]) for ln in out.splitlines() if ln.startswith("PART ")}
+    # the link: received COBS, the decoded / outgoing frame (one buffer), outgoing COBS (about
+    # 1,040 B each), its counters and the two fast-path maps
+    assert got["link"] <= 3_900, got
+    # the batch: its 1 kB frame, the learnt keys' CBOR in one buffer, the error codes' in another
+    assert got["tel"] <= 2_600, got

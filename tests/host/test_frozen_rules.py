@@ -18,7 +18,10 @@ The rules, checked on every .py under firmware/ and boards/ with `ast`:
    with float('inf') (a call at run time, never a constant);
 2. no module-level constant tuple of ints in the modules on the control step's path
    (HOT_PATH): tables there are `bytes`, `array` or `const()` scalars. Module-level tuples
-   read only at start-up or when settings change are listed in ALLOWED with the reason.
+   read only at start-up or when settings change are listed in ALLOWED with the reason;
+3. no module-level `bytes(...)` of a literal tuple or list, anywhere: the call builds the
+   table in RAM at import, where a bytes literal stays in flash frozen (core/status_led.py's
+   tables were built this way: 128 B of RAM).
 """
 
 import ast
@@ -155,6 +158,20 @@ def tuple_problems(path, rel):
     return out
 
 
+def built_bytes_problems(path, rel):
+    tree = ast.parse(path.read_text(), str(path))
+    out = []
+    for stmt in tree.body:
+        if not isinstance(stmt, (ast.Assign, ast.AnnAssign)) or stmt.value is None:
+            continue
+        for node in ast.walk(stmt.value):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "bytes"
+                    and len(node.args) == 1 and isinstance(node.args[0], (ast.Tuple, ast.List))):
+                out.append("{}:{}: module-level {} is built in RAM at import (write a bytes "
+                           "literal)".format(rel, node.lineno, ast.unparse(node)[:60]))
+    return out
+
+
 def test_no_inf_or_nan_constants():
     problems = []
     for path in firmware_sources():
@@ -167,6 +184,26 @@ def test_no_constant_int_tuples_on_the_hot_path():
     for path in firmware_sources():
         problems += tuple_problems(path, path.relative_to(ROOT).as_posix())
     assert problems == []
+
+
+def test_no_bytes_table_built_at_import():
+    problems = []
+    for path in firmware_sources():
+        problems += built_bytes_problems(path, path.relative_to(ROOT).as_posix())
+    assert problems == []
+
+
+@pytest.mark.parametrize("src,bad", [
+    ("T = bytes((1, 2))\n", True),
+    ("from micropython import const\nA = const(1)\nT = bytes([A, 2])\n", True),
+    ("T = b'\\x01\\x02'\n", False),
+    ("T = bytes(16)\n", False),               # a size, not a table
+    ("def f():\n    return bytes((1, 2))\n", False),
+])
+def test_the_built_bytes_rule_sees(tmp_path, src, bad):
+    p = tmp_path / "m.py"
+    p.write_text(src)
+    assert bool(built_bytes_problems(p, "m.py")) is bad
 
 
 @pytest.mark.parametrize("src,bad", [

@@ -749,7 +749,9 @@ def test_link_buffer_holds_a_window_of_the_largest_frames():
     assert len(frame) <= mod.LINK_FRAME_WIRE
     assert W.uarts[2].cap == mod.LINK_BUF >= mod.LINK_WINDOW_FRAMES * mod.LINK_FRAME_WIRE
     assert mod.LINK_BUF >= 5 * 1024
-    assert len(hal.link_buf) == mod.LINK_BUF
+    # the station reads the link into its own buffer (link_readinto): the HAL keeps no
+    # buffer of the ring's size beside it (6 kB of the pyboard's heap)
+    assert not [k for k, v in hal.__dict__.items() if isinstance(v, bytearray) and len(v) >= 1024]
 
 
 def test_link_keeps_up_with_a_window_at_the_line_rate():
