@@ -123,7 +123,11 @@ class PgStore(Store):
         self._local = threading.local()
         self._all = []
         self._lock = threading.Lock()
-        self._db()
+        try:
+            self._db()
+        except psycopg.OperationalError as e:
+            raise ValueError(f"--store {_no_password(url)!r}: the coordinator does not answer "
+                             f"({str(e).splitlines()[0]})") from None
 
     def _db(self):
         db = getattr(self._local, "db", None)
