@@ -100,6 +100,8 @@ class Worker:
                               urllib.parse.unquote(u.password) if u.password else None)
         c.on_connect = self._on_connect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+        self.subscribed = 0
         c.reconnect_delay_set(1, 10)
         self.client = c
         self.session_expiry_s = session_expiry_s
@@ -120,7 +122,7 @@ class Worker:
         self.bucket_shard = {b: s for s, _, b in layout}
         self.shard_dsn = {s: d for s, d, _ in layout}
         self.buckets = {}
-        self._stations_at = time.monotonic()
+        self.unknown = {}         # station -> monotonic time the coordinator said "not registered"
 
     def bucket_of(self, station):
         b = self.buckets.get(station)
@@ -131,16 +133,27 @@ class Worker:
         return b
 
     def known(self, station):
+        """Registered in the fleet? Asked of the coordinator the first time; an unknown name is
+        asked again at most every 5 s (a station registered meanwhile is taken at once after)."""
         if station in self.stations:
             return True
-        if time.monotonic() - self._stations_at > 5:     # newly registered stations, at most every 5 s
-            self._stations_at = time.monotonic()
-            try:
-                with connect(self.store_url) as coord:
-                    self.stations = {r[0] for r in coord.execute("SELECT station FROM stations")}
-            except psycopg.Error as e:
-                log.warning("station list not refreshed: %s", e)
-        return station in self.stations
+        asked = self.unknown.get(station)
+        if asked is not None and time.monotonic() - asked < 5:
+            return False
+        try:
+            with connect(self.store_url) as coord:
+                found = coord.execute("SELECT 1 FROM stations WHERE station = %s", (station,)).fetchone()
+        except psycopg.Error as e:
+            log.warning("station %s not looked up: %s", station, e)
+            found = None
+        if found:
+            self.stations.add(station)
+            self.unknown.pop(station, None)
+            return True
+        if len(self.unknown) > 10000:       # a flood of made-up names must not grow memory
+            self.unknown.clear()
+        self.unknown[station] = time.monotonic()
+        return False
 
     # -- MQTT side (paho's network thread)
 
@@ -168,6 +181,12 @@ class Worker:
                  flags.session_present)
         for leaf in ("telemetry", "events"):
             client.subscribe(f"$share/{self.group}/v2g/+/{leaf}", options=SubscribeOptions(qos=1))
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        if all(not rc.is_failure for rc in reason_codes):
+            self.subscribed += 1
+        else:
+            log.error("the broker refused a subscription: %s", reason_codes)
 
     def _on_message(self, client, userdata, msg):
         try:
@@ -318,7 +337,7 @@ class Worker:
         self.counters["batches"] += 1
 
     def snapshot(self):
-        return {"worker": self.client_id, "at": now_ms(), **self.counters,
+        return {"worker": self.client_id, "at": now_ms(), "subscribed": self.subscribed >= 2, **self.counters,
                 "held": sum(len(v) for v in self.held.values()), "queued": self.q.qsize(),
                 "shards_down": sorted(self.shard_down), "lag_p50_ms": self.lag.pct(50),
                 "lag_p99_ms": self.lag.pct(99), "lag_max_ms": self.lag.pct(100)}
