@@ -99,7 +99,7 @@ def _preload_day(fleet, store, stations, day_start):
         with pg.connect(dsn) as sh:
             sh.execute("SET session_replication_role = replica")
             sh.execute(f"INSERT INTO samples_b{b} (station, t, cp, soc_pm, w, e_in_wh, e_out_wh, doc) "
-                       "SELECT %s, %s + i * 1000, 'C', 500 + i % 400, -(i % 7000), 0, i / 3, '{}' "
+                       "SELECT %s, %s + i * 1000, 'C', 500 + i %% 400, -(i %% 7000), 0, i / 3, '{}' "
                        "FROM generate_series(0, 86399) i ON CONFLICT DO NOTHING", (st, day_start))
             sh.execute(f"ANALYZE samples_b{b}")
 
