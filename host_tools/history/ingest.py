@@ -46,6 +46,12 @@ COUNTERS = ("messages", "samples_in", "samples_new", "events_in", "events_new", 
             "bad_shape", "unknown_station", "future", "too_old", "write_errors", "held_max")
 
 
+BUCKETS_SQL = ("SELECT s.station, b FROM stations s, generate_series(0, %s - 1) b "
+               "WHERE satisfies_hash_partition('samples'::regclass, %s, b, s.station)")
+BUCKET_SQL = ("SELECT b FROM generate_series(0, %s - 1) b "
+              "WHERE satisfies_hash_partition('samples'::regclass, %s, b, %s::text)")
+
+
 class Item:
     __slots__ = ("mid", "kind", "station", "bucket", "rows", "ts", "got")
 
@@ -110,25 +116,28 @@ class Worker:
     # -- fleet layout from the coordinator
 
     def _load_fleet(self):
-        with connect(self.store_url) as coord, coord.cursor() as cur:
-            self.settings = settings_of(cur)
-            layout = _layout(cur)
-            cur.execute("SELECT station FROM stations")
-            self.stations = {r[0] for r in cur.fetchall()}
-            # the coordinator's own hash partitioning decides each station's bucket
-            self._bucket_sql = ("SELECT b FROM generate_series(0, %s - 1) b "
-                                "WHERE satisfies_hash_partition('samples'::regclass, %s, b, %s::text)")
+        self.coord = connect(self.store_url)      # used from paho's thread only
+        cur = self.coord.cursor()
+        self.settings = settings_of(cur)
+        layout = _layout(cur)
         self.modulus = len(layout)
         self.bucket_shard = {b: s for s, _, b in layout}
         self.shard_dsn = {s: d for s, d, _ in layout}
-        self.buckets = {}
+        # every registered station's bucket at once, by the coordinator's own hash partitioning
+        cur.execute(BUCKETS_SQL, (self.modulus, self.modulus))
+        self.buckets = dict(cur.fetchall())
+        self.stations = set(self.buckets)
         self.unknown = {}         # station -> monotonic time the coordinator said "not registered"
+
+    def _coord(self):
+        if self.coord.closed or self.coord.broken:
+            self.coord = connect(self.store_url)
+        return self.coord
 
     def bucket_of(self, station):
         b = self.buckets.get(station)
         if b is None:
-            with connect(self.store_url) as coord:
-                b = coord.execute(self._bucket_sql, (self.modulus, self.modulus, station)).fetchone()[0]
+            b = self._coord().execute(BUCKET_SQL, (self.modulus, self.modulus, station)).fetchone()[0]
             self.buckets[station] = b
         return b
 
@@ -141,8 +150,7 @@ class Worker:
         if asked is not None and time.monotonic() - asked < 5:
             return False
         try:
-            with connect(self.store_url) as coord:
-                found = coord.execute("SELECT 1 FROM stations WHERE station = %s", (station,)).fetchone()
+            found = self._coord().execute("SELECT 1 FROM stations WHERE station = %s", (station,)).fetchone()
         except psycopg.Error as e:
             log.warning("station %s not looked up: %s", station, e)
             found = None

@@ -1,9 +1,10 @@
 """The history store on PostgreSQL: the API's `Store` interface over a sharded fleet.
 
 The store URL names the coordinator (postgresql://user@host:port/db); the shards behind it are
-found in its `shards` table. One-station reads and the API's writes go through the coordinator,
-whose hash partitions are postgres_fdw foreign tables: PostgreSQL prunes them to the one shard
-that holds the station and pushes the query (filter, GROUP BY, ORDER BY/LIMIT) down to it.
+found in its `shards` table. The API's writes go through the coordinator, whose hash partitions
+are postgres_fdw foreign tables: PostgreSQL routes each row to the one shard that holds the
+station. One-station reads go straight to that shard (the coordinator names the bucket once per
+station): the whole query runs next to the data, with no planner guess about pushing it down.
 Fleet-wide aggregates scan every shard at once (async foreign scans, partition-wise
 aggregation). The ingest workers (ingest.py) write to the shards directly.
 """
@@ -124,10 +125,33 @@ class PgStore(Store):
         self._all = []
         self._lock = threading.Lock()
         try:
-            self._db()
+            db = self._db()
         except psycopg.OperationalError as e:
             raise ValueError(f"--store {_no_password(url)!r}: the coordinator does not answer "
                              f"({str(e).splitlines()[0]})") from None
+        layout = _layout(db.cursor())
+        self.modulus = len(layout)
+        self.bucket_dsn = {b: dsn for _s, dsn, b in layout}
+        self._buckets = {}
+
+    def _station(self, station):
+        """(connection to the station's shard, its bucket): one-station reads go straight there,
+        where the whole query (filter, GROUP BY, LIMIT) runs next to the data."""
+        b = self._buckets.get(station)
+        if b is None:
+            b = self._db().execute("SELECT b FROM generate_series(0, %s - 1) b WHERE satisfies_hash_partition("
+                                   "'samples'::regclass, %s, b, %s::text)",
+                                   (self.modulus, self.modulus, station)).fetchone()[0]
+            self._buckets[station] = b
+        shards = getattr(self._local, "shards", None)
+        if shards is None:
+            shards = self._local.shards = {}
+        db = shards.get(b)
+        if db is None or db.closed or db.broken:
+            db = shards[b] = connect(self.bucket_dsn[b])
+            with self._lock:
+                self._all.append(db)
+        return db, b
 
     def _db(self):
         db = getattr(self._local, "db", None)
@@ -153,18 +177,21 @@ class PgStore(Store):
         return new
 
     def latest_sample(self, station):
-        row = self._db().execute("SELECT t, doc FROM samples WHERE station = %s ORDER BY t DESC LIMIT 1",
-                                 (station,)).fetchone()
+        db, b = self._station(station)
+        row = db.execute(f"SELECT t, doc FROM samples_b{b} WHERE station = %s ORDER BY t DESC LIMIT 1",
+                         (station,)).fetchone()
         return None if row is None else (row[0], json.loads(row[1]))
 
     def telemetry(self, station, t_from, t_to, points):
         span = max(1, t_to - t_from)
         width = max(1, -(-span // max(1, points)))
         q = ("SELECT (t - %(f)s) / %(w)s AS b, min(t), avg(soc_pm), avg(w), min(w), max(w), avg(ma), avg(mv), "
-             "avg(mhz), max(e_in_wh), max(e_out_wh), avg(dis_cap_wh), count(*) FROM samples "
+             "avg(mhz), max(e_in_wh), max(e_out_wh), avg(dis_cap_wh), count(*) FROM samples_b{b} "
              "WHERE station = %(s)s AND t >= %(f)s AND t < %(t)s GROUP BY 1 ORDER BY 1")
         out = []
-        for _b, t, soc, w, wmin, wmax, ma, mv, mhz, e_in, e_out, cap, n in self._db().execute(
+        db, bucket = self._station(station)
+        q = q.replace("{b}", str(bucket))
+        for _b, t, soc, w, wmin, wmax, ma, mv, mhz, e_in, e_out, cap, n in db.execute(
                 q, {"f": t_from, "w": width, "s": station, "t": t_to}):
             soc = None if soc is None else float(soc)
             out.append({"t": t, "soc_pct": None if soc is None or soc < 0 else round(soc / 10, 1),
@@ -179,14 +206,16 @@ class PgStore(Store):
         return cur.rowcount == 1
 
     def events(self, station, t_from, t_to, limit):
-        rows = self._db().execute('SELECT t, code, "on", msg FROM events WHERE station = %s AND t >= %s AND t < %s '
-                                  "ORDER BY t DESC LIMIT %s", (station, t_from, t_to, limit)).fetchall()
+        db, b = self._station(station)
+        rows = db.execute(f'SELECT t, code, "on", msg FROM events_b{b} WHERE station = %s AND t >= %s AND t < %s '
+                          "ORDER BY t DESC LIMIT %s", (station, t_from, t_to, limit)).fetchall()
         return [{"t": t, "code": c, "on": bool(o), "msg": m} for t, c, o, m in rows]
 
     def sessions(self, station, limit):
-        rows = self._db().execute("SELECT start, last, ended, e_in0, e_out0, e_in1, e_out1, soc0, soc1, soc_min, "
-                                  "peak_dis_w FROM sessions WHERE station = %s ORDER BY start DESC LIMIT %s",
-                                  (station, limit)).fetchall()
+        db, b = self._station(station)
+        rows = db.execute("SELECT start, last, ended, e_in0, e_out0, e_in1, e_out1, soc0, soc1, soc_min, "
+                          f"peak_dis_w FROM sessions_b{b} WHERE station = %s ORDER BY start DESC LIMIT %s",
+                          (station, limit)).fetchall()
         return [session_doc(r) for r in rows]
 
     # -- idempotency keys: on the coordinator (small, not per station)
@@ -253,8 +282,9 @@ class PgStore(Store):
         return [{"hour": h * 3600000, "discharged_wh": d, "stations": n} for h, d, n in rows]
 
     def export_sessions(self, station):
-        rows = self._db().execute("SELECT start, last, ended, e_in0, e_out0, e_in1, e_out1, soc0, soc1, soc_min, "
-                                  "peak_dis_w FROM sessions WHERE station = %s ORDER BY start", (station,)).fetchall()
+        db, b = self._station(station)
+        rows = db.execute("SELECT start, last, ended, e_in0, e_out0, e_in1, e_out1, soc0, soc1, soc_min, "
+                          f"peak_dis_w FROM sessions_b{b} WHERE station = %s ORDER BY start", (station,)).fetchall()
         return [session_doc(r) for r in rows]
 
     def stats(self):
