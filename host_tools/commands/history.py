@@ -125,3 +125,26 @@ def export(store_url, station):
     w.writeheader()
     for r in rows:
         w.writerow(r)
+
+
+@cli.command(name="prepare-shard")
+@click.option("--store", "store_url", required=True, help=STORE_HELP)
+@click.option("--shard", "shard_url", required=True, metavar="URL", help="The new shard instance.")
+@click.option("--bucket", "buckets", type=click.IntRange(0, 1023), multiple=True, required=True,
+              help="A bucket that will move there (repeat).")
+def prepare_shard(store_url, shard_url, buckets):
+    """Make empty bucket tables (day partitions, session trigger) on a new shard, before the
+    buckets' rows are copied there (docs/fleet.md, adding a shard)."""
+    from host_tools.history import pg
+    from host_tools.history import schema as S
+    with pg.connect(_pg(store_url)) as coord:
+        st = pg.settings_of(coord.cursor())
+        have = {b for _s, _d, b in pg._layout(coord.cursor())}
+    bad = sorted(set(buckets) - have)
+    if bad:
+        raise click.ClickException(f"bucket(s) {bad} not in this fleet (it has 0..{len(have) - 1})")
+    with pg.connect(shard_url) as sh, sh.cursor() as cur:
+        for b in buckets:
+            S.shard_bucket_ddl(cur, b)
+            S.shard_days(cur, b, S.day_of(pg.now_ms()), st["retention_days"], st["premake_days"])
+    click.echo(f"bucket tables ready on the new shard: {', '.join(map(str, buckets))}")

@@ -87,6 +87,8 @@ def migrate(coord_dsn, shard_dsns=(), buckets=None, settings=None, log=print):
                     fn(coord, list(shard_dsns), buckets, settings, log)
                     cur.execute("INSERT INTO schema_version (version, name) VALUES (%s, %s)", (version, name))
                     have = version
+            if have >= 1:
+                attach(coord)
             if settings and have >= 1:
                 for k, v in settings.items():
                     cur.execute("UPDATE fleet SET value = %s WHERE key = %s", (str(v), k))
@@ -94,6 +96,20 @@ def migrate(coord_dsn, shard_dsns=(), buckets=None, settings=None, log=print):
             return have
         finally:
             cur.execute("SELECT pg_advisory_unlock(7220)")
+
+
+def attach(coord):
+    """Every shard's foreign server and every bucket's foreign tables, as `shards` and `buckets`
+    say (made where missing; a server whose address changed is re-pointed). Run by each
+    migrate: after a bucket moved or a shard's address changed."""
+    with coord.cursor() as cur:
+        cur.execute("SELECT count(*) FROM buckets")
+        modulus = cur.fetchone()[0]
+        layout = _layout(cur)
+        for shard, dsn in sorted({(s, d) for s, d, _ in layout}):
+            S.coord_server(cur, shard, dsn)
+        for shard, _dsn, bucket in layout:
+            S.coord_attach(cur, bucket, modulus, shard)
 
 
 def settings_of(cur):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from history_helpers import IngestProc, LocalFleet, PlainBroker, Publisher, have_postgres, v2g
+from history_helpers import PG_BIN, IngestProc, LocalFleet, LocalPg, PlainBroker, Publisher, have_postgres, v2g
 
 pytestmark = pytest.mark.skipif(not have_postgres(), reason="PostgreSQL 15 not installed (tools/system-deps.sh)")
 
@@ -331,3 +331,47 @@ def test_register_names_a_bad_line(fleet, tmp_path):
     p = subprocess.run(v2g("history", "register", "--store", fleet.dsn, str(f)), capture_output=True, text=True)
     assert p.returncode == 1 and "line 3" in p.stderr and "station,region" in p.stderr
 
+
+
+def test_adding_a_shard_by_moving_a_bucket(root):
+    """docs/fleet.md's steps, as an operator runs them: a 1-shard fleet with 2 buckets gets a
+    second shard; bucket 1 moves there with its rows and sessions."""
+    f = LocalFleet(root / "grow", shards=1, buckets=2)
+    new = LocalPg(root / "grow", "shard1").init().start()
+    try:
+        s = pg.PgStore(f.dsn)
+        names = [f"GROW-{i}" for i in range(20)]
+        s.register([(n, "zone-a") for n in names])
+        now = pg.now_ms()
+        for n in names:
+            s.add_samples(n, now, [{"t_ms": 0, "cp": "C", "e_out_wh": 1}, {"t_ms": 1000, "cp": "C", "e_out_wh": 5}])
+        moved = [n for n in names if s._station(n)[1] == 1]
+        assert moved
+        p = subprocess.run(v2g("history", "prepare-shard", "--store", f.dsn, "--shard", new.dsn, "--bucket", "1"),
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        dump = subprocess.run([str(PG_BIN / "pg_dump"), "-a", "--disable-triggers", "-t", "samples_b1_*",
+                               "-t", "events_b1_*", "-t", "sessions_b1", f.shards[0].dsn],
+                              capture_output=True, check=True, timeout=60).stdout
+        subprocess.run([str(PG_BIN / "psql"), "-q", "-v", "ON_ERROR_STOP=1", new.dsn], input=dump,
+                       capture_output=True, check=True, timeout=60)
+        with pg.connect(f.dsn) as coord, coord.transaction():
+            coord.execute("INSERT INTO shards (id, dsn) VALUES (1, %s)", (new.dsn,))
+            coord.execute("UPDATE buckets SET shard = 1 WHERE bucket = 1")
+            coord.execute("DROP FOREIGN TABLE samples_p1, events_p1, sessions_p1")
+        p = subprocess.run(v2g("history", "migrate", "--store", f.dsn), capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        with pg.connect(f.shards[0].dsn) as old:
+            old.execute("DROP TABLE samples_b1, events_b1, sessions_b1")
+        s.close()
+        s = pg.PgStore(f.dsn)                       # restarted: reads the new bucket map
+        for n in names:
+            assert [r["samples"] for r in s.telemetry(n, now - 5000, now + 1, 1)] == [2], n
+            assert [x["energy_out_wh"] for x in s.sessions(n, 5)] == [4], n
+        assert sum(r["stations"] for r in s.discharge_by_hour(now - 3_600_000, now + 1)) == 20
+        with pg.connect(new.dsn) as db:
+            assert db.execute("SELECT count(DISTINCT station) FROM samples_b1").fetchone()[0] == len(moved)
+        s.close()
+    finally:
+        new.stop("immediate")
+        f.close()
