@@ -16,6 +16,7 @@ COMMANDS = {
     "bridge": ("host_tools.commands.bridge", "Bridge the controller to an OCPP CSMS and the app over MQTT 5."),
     "api": ("host_tools.commands.api", "The driver's app and its REST API (OAuth 2.0) over the stations' MQTT channel."),
     "secc": ("host_tools.commands.secc", "ISO 15118-20 for one EVSE (bidirectional, TLS), the controller deciding every limit."),
+    "history": ("host_tools.commands.history", "The fleet's history store on PostgreSQL, sharded by station: migrate, ingest, stats, export."),
     "console": ("host_tools.commands.console", "Interactive diagnostic console over the host link."),
     "diag": ("host_tools.commands.diag", "Diagnostic report for the auditor (also v2g-diag --all)."),
     "sim": ("host_tools.commands.sim", "Simulate a whole station from a scenario (firmware on the MicroPython VM)."),

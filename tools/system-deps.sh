@@ -15,6 +15,12 @@ command -v npm >/dev/null || need+=(npm)
 { command -v mosquitto || [ -x "$MOSQUITTO_SBIN" ]; } >/dev/null || need+=(mosquitto)
 # mosquitto_passwd comes with the broker
 { command -v mosquitto_passwd >/dev/null || [[ " ${need[*]-} " == *" mosquitto "* ]]; } || need+=(mosquitto)
+# the fleet's history store: PostgreSQL 15 with postgres_fdw (contrib); the tests start their
+# own instances with initdb/pg_ctl in temporary directories (nothing is set up by hand)
+PG_BIN=${V2G_PG_BIN:-/usr/lib/postgresql/15/bin}
+PG_SHARE=${V2G_PG_SHARE:-/usr/share/postgresql/15}
+[ -x "$PG_BIN/initdb" ] || need+=(postgresql-15)
+[ -f "$PG_SHARE/extension/postgres_fdw.control" ] || need+=(postgresql-contrib)
 # the driver's app is tested in a real browser: Debian's Chromium, driven by Playwright
 # (Playwright's own browser download cannot be used); installed without recommends
 CHROMIUM=${CHROMIUM:-/usr/bin/chromium}

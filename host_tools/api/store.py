@@ -275,11 +275,15 @@ def _pct(pm):
 
 
 def open_store(url):
-    """A store from `--store`: sqlite:///path/to/file.db (the default engine), or a bare path."""
+    """A store from `--store`: sqlite:///path/to/file.db (the default engine), a bare path, or
+    postgresql://user@host:port/db (the fleet's sharded store, host_tools/history)."""
     u = urllib.parse.urlsplit(url)
     if u.scheme in ("", "sqlite"):
         path = (u.netloc + u.path) if u.scheme else url
         if not path:
             raise ValueError(f"--store {url!r}: no file named (sqlite:///var/lib/v2g/api.db)")
         return SqliteStore(path)
-    raise ValueError(f"--store {url!r}: unknown engine {u.scheme!r} (this build has sqlite)")
+    if u.scheme in ("postgresql", "postgres"):
+        from host_tools.history.pg import PgStore   # psycopg loads only for a fleet store
+        return PgStore(url)
+    raise ValueError(f"--store {url!r}: unknown engine {u.scheme!r} (sqlite:///PATH or postgresql://HOST/DB)")

@@ -24,7 +24,7 @@ def _hostport(s):
 @click.option("--issuer", required=True, metavar="URL", help="OAuth 2.0 / OpenID Connect provider (its issuer URL).")
 @click.option("--audience", required=True, metavar="AUD", help="The `aud` access tokens must carry for this API.")
 @click.option("--store", "store_url", default="sqlite:///var/lib/v2g/api.db", show_default=True, metavar="URL",
-              help="History store: sqlite:///PATH (WAL).")
+              help="History store: sqlite:///PATH (WAL, one machine) or postgresql://USER@HOST:PORT/DB (the fleet's sharded store, see v2g history).")
 @click.option("--config-dir", default="/etc/v2g", show_default=True, type=click.Path(file_okay=False),
               help="Keys: app_jwt_key.pem or app_jwt.secret (command tokens), mqtt_password, mqtt_ca.pem, "
                    "oidc_ca.pem.")

@@ -28,8 +28,10 @@ def test_bad_start_up_input_is_named(tmp_path):
     assert p.returncode == 2 and "app_jwt_key.pem" in p.stderr
     (cfg / "app_jwt.secret").write_text("s" * 32)
     (cfg / "app_jwt.secret").chmod(0o600)
-    p = run(*base(cfg, **{"--store": "postgresql://db/v2g"}))
-    assert p.returncode == 2 and "unknown engine 'postgresql'" in p.stderr
+    p = run(*base(cfg, **{"--store": "mysql://db/v2g"}))
+    assert p.returncode == 2 and "unknown engine 'mysql'" in p.stderr
+    p = run(*base(cfg, **{"--store": "postgresql://v2g@127.0.0.1:1/v2g"}))   # nothing listens on port 1
+    assert p.returncode == 2 and "coordinator does not answer" in p.stderr
     p = run(*base(cfg, **{"--mqtt": "http://broker", "--store": f"sqlite:///{tmp_path}/h.db"}))
     assert p.returncode == 2 and "mqtt:// or mqtts://" in p.stderr
     (cfg / "app_jwt.secret").chmod(0o644)                 # a secret others can read

@@ -60,5 +60,14 @@ def test_idempotency_records_expire_and_abandoned_reservations_are_taken_over(st
 
 def test_store_urls(tmp_path):
     assert isinstance(open_store(f"sqlite:///{tmp_path}/a.db"), SqliteStore)
-    with pytest.raises(ValueError, match="unknown engine 'postgresql'"):
-        open_store("postgresql://db/v2g")
+    with pytest.raises(ValueError, match="unknown engine 'mysql'"):
+        open_store("mysql://db/v2g")
+    with pytest.raises(ValueError, match="coordinator does not answer"):   # the fleet store, nothing there
+        open_store(f"postgresql://v2g@127.0.0.1:{_closed_port()}/v2g")
+
+
+def _closed_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

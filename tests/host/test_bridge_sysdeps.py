@@ -34,7 +34,15 @@ def sandbox(tmp_path):
     _stub(bin_, "apt-get", f'echo "apt-get $*" >> {calls}')
 
     def run(present=("node", "npm", "mosquitto", "mosquitto_passwd", "chromium"), uid=0, sudo=None, apt_fails=False,
-            ensurepip=True):
+            ensurepip=True, postgres=True):
+        # PostgreSQL 15 and its contrib (postgres_fdw) are found by path, not on PATH
+        pg_bin, pg_share = tmp_path / "pg" / "bin", tmp_path / "pg" / "share"
+        shutil.rmtree(tmp_path / "pg", ignore_errors=True)
+        if postgres:
+            (pg_share / "extension").mkdir(parents=True)
+            (pg_share / "extension" / "postgres_fdw.control").write_text("")
+            pg_bin.mkdir(parents=True)
+            _stub(pg_bin, "initdb", "exit 0")
         # python3 stands for the interpreter make uses: `-c 'import ensurepip'` works or not
         _stub(bin_, "python3", "exit 0" if ensurepip else "exit 1")
         for name in ("node", "npm", "mosquitto", "mosquitto_passwd", "chromium", "sudo", "id"):
@@ -50,7 +58,8 @@ def sandbox(tmp_path):
         if apt_fails:
             _stub(bin_, "apt-get", f'echo "apt-get $*" >> {calls}; echo "E: no network" >&2; exit 100')
         env = {"PATH": str(bin_), "MOSQUITTO_SBIN": str(tmp_path / "no-such-mosquitto"),
-               "CHROMIUM": str(tmp_path / "no-such-chromium")}
+               "CHROMIUM": str(tmp_path / "no-such-chromium"), "V2G_PG_BIN": str(pg_bin),
+               "V2G_PG_SHARE": str(pg_share)}
         t0 = time.monotonic()
         p = subprocess.run([BASH, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=30)
         return p, calls.read_text().splitlines(), time.monotonic() - t0
@@ -114,3 +123,10 @@ def test_the_browser_for_the_app_tests_is_debians_chromium_without_recommends(sa
     p, calls, _ = sandbox(present=("node", "npm", "mosquitto", "mosquitto_passwd"))
     assert p.returncode == 0, p.stderr
     assert calls == ["apt-get update -qq", "apt-get install -y -qq --no-install-recommends chromium"]
+
+
+def test_the_fleet_store_tests_get_postgresql_15_with_contrib(sandbox):
+    p, calls, _ = sandbox(postgres=False)
+    assert p.returncode == 0, p.stderr
+    assert calls == ["apt-get update -qq",
+                     "apt-get install -y -qq --no-install-recommends postgresql-15 postgresql-contrib"]

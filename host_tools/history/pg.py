@@ -1,0 +1,367 @@
+"""The history store on PostgreSQL: the API's `Store` interface over a sharded fleet.
+
+The store URL names the coordinator (postgresql://user@host:port/db); the shards behind it are
+found in its `shards` table. The API's writes go through the coordinator, whose hash partitions
+are postgres_fdw foreign tables: PostgreSQL routes each row to the one shard that holds the
+station. One-station reads go straight to that shard (the coordinator names the bucket once per
+station): the whole query runs next to the data, with no planner guess about pushing it down.
+Fleet-wide aggregates scan every shard at once (async foreign scans, partition-wise
+aggregation). The ingest workers (ingest.py) write to the shards directly.
+"""
+
+import json
+import threading
+import time
+
+import psycopg
+
+from host_tools.api.store import Store, _diff, _pct, _r, now_ms
+from host_tools.history import schema as S
+
+SESSION_GUCS = ("SET enable_partitionwise_aggregate = on; SET enable_partitionwise_join = on; "
+                "SET enable_async_append = on")
+
+
+def connect(dsn, **kw):
+    return psycopg.connect(dsn, autocommit=True, connect_timeout=5, **kw)
+
+
+# ---------------------------------------------------------------- migrations
+
+def _v1(coord, shard_dsns, buckets, settings, log):
+    with coord.cursor() as cur:
+        for stmt in S.COORD_V1.strip().split(";\n"):
+            if stmt.strip():
+                cur.execute(stmt)
+        cur.execute("SELECT count(*) FROM shards")
+        if cur.fetchone()[0] == 0:
+            if not shard_dsns:
+                raise ValueError("a new fleet needs its shards: --shard postgresql://... (one per shard)")
+            for i, dsn in enumerate(shard_dsns):
+                cur.execute("INSERT INTO shards (id, dsn) VALUES (%s, %s)", (i, dsn))
+            n = buckets or len(shard_dsns)
+            if n < len(shard_dsns):
+                raise ValueError(f"--buckets {n}: fewer buckets than shards ({len(shard_dsns)})")
+            for b in range(n):
+                cur.execute("INSERT INTO buckets VALUES (%s, %s)", (b, b % len(shard_dsns)))
+        for k, v in {**S.DEFAULTS, **settings}.items():
+            cur.execute("INSERT INTO fleet VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value "
+                        "WHERE %s", (k, str(v), k in settings))
+        cur.execute("SELECT count(*) FROM buckets")
+        modulus = cur.fetchone()[0]
+        for shard, dsn, bucket in _layout(cur):
+            with connect(dsn) as sh, sh.cursor() as sc:
+                S.shard_bucket_ddl(sc, bucket)
+            S.coord_server(cur, shard, dsn)
+        S.coord_parents(cur)
+        for shard, _dsn, bucket in _layout(cur):
+            S.coord_attach(cur, bucket, modulus, shard)
+        log(f"fleet: {len(set(s for s, _, _ in _layout(cur)))} shards, {modulus} buckets")
+
+
+MIGRATIONS = [
+    (1, "fleet: stations, shards, buckets; samples, events, sessions hash-partitioned by station onto "
+        "the shards (postgres_fdw), daily range partitions on each shard", _v1),
+]
+
+
+def _layout(cur):
+    cur.execute("SELECT s.id, s.dsn, b.bucket FROM buckets b JOIN shards s ON s.id = b.shard ORDER BY b.bucket")
+    return cur.fetchall()
+
+
+def migrate(coord_dsn, shard_dsns=(), buckets=None, settings=None, log=print):
+    """Apply every migration not yet applied (one advisory lock: two at once wait), then the
+    day-partition upkeep. Returns the schema version."""
+    settings = dict(settings or {})
+    with connect(coord_dsn) as coord, coord.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(7220)")
+        try:
+            cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, name text NOT NULL, "
+                        "applied timestamptz NOT NULL DEFAULT now())")
+            cur.execute("SELECT coalesce(max(version), 0) FROM schema_version")
+            have = cur.fetchone()[0]
+            for version, name, fn in MIGRATIONS:
+                if version > have:
+                    log(f"migration {version}: {name}")
+                    fn(coord, list(shard_dsns), buckets, settings, log)
+                    cur.execute("INSERT INTO schema_version (version, name) VALUES (%s, %s)", (version, name))
+                    have = version
+            if have >= 1:
+                attach(coord)
+            if settings and have >= 1:
+                for k, v in settings.items():
+                    cur.execute("UPDATE fleet SET value = %s WHERE key = %s", (str(v), k))
+            maintain(coord, log=log)
+            return have
+        finally:
+            cur.execute("SELECT pg_advisory_unlock(7220)")
+
+
+def attach(coord):
+    """Every shard's foreign server and every bucket's foreign tables, as `shards` and `buckets`
+    say (made where missing; a server whose address changed is re-pointed). Run by each
+    migrate: after a bucket moved or a shard's address changed."""
+    with coord.cursor() as cur:
+        cur.execute("SELECT count(*) FROM buckets")
+        modulus = cur.fetchone()[0]
+        layout = _layout(cur)
+        for shard, dsn in sorted({(s, d) for s, d, _ in layout}):
+            S.coord_server(cur, shard, dsn)
+        for shard, _dsn, bucket in layout:
+            S.coord_attach(cur, bucket, modulus, shard)
+
+
+def settings_of(cur):
+    cur.execute("SELECT key, value FROM fleet")
+    return {k: int(v) for k, v in cur.fetchall()}
+
+
+def maintain(coord, today=None, log=print):
+    """Day partitions on every shard: made ahead, dropped past retention (schema.py's rule)."""
+    with coord.cursor() as cur:
+        st = settings_of(cur)
+        layout = _layout(cur)
+    today = today or S.day_of(now_ms())
+    made = dropped = 0
+    for _shard, dsn, bucket in layout:
+        with connect(dsn) as sh, sh.cursor() as sc:
+            m, d = S.shard_days(sc, bucket, today, st["retention_days"], st["premake_days"])
+            made, dropped = made + len(m), dropped + len(d)
+    log(f"partitions: {made} made, {dropped} dropped (retention {st['retention_days']} days)")
+    return made, dropped
+
+
+# ---------------------------------------------------------------- the store
+
+class PgStore(Store):
+    def __init__(self, url):
+        self.url = url
+        self._local = threading.local()
+        self._all = []
+        self._lock = threading.Lock()
+        try:
+            db = self._db()
+        except psycopg.OperationalError as e:
+            raise ValueError(f"--store {_no_password(url)!r}: the coordinator does not answer "
+                             f"({str(e).splitlines()[0]})") from None
+        layout = _layout(db.cursor())
+        self.modulus = len(layout)
+        self.bucket_dsn = {b: dsn for _s, dsn, b in layout}
+        self._buckets = {}
+
+    def _station(self, station):
+        """(connection to the station's shard, its bucket): one-station reads go straight there,
+        where the whole query (filter, GROUP BY, LIMIT) runs next to the data."""
+        b = self._buckets.get(station)
+        if b is None:
+            b = self._db().execute("SELECT b FROM generate_series(0, %s - 1) b WHERE satisfies_hash_partition("
+                                   "'samples'::regclass, %s, b, %s::text)",
+                                   (self.modulus, self.modulus, station)).fetchone()[0]
+            self._buckets[station] = b
+        shards = getattr(self._local, "shards", None)
+        if shards is None:
+            shards = self._local.shards = {}
+        db = shards.get(b)
+        if db is None or db.closed or db.broken:
+            db = shards[b] = connect(self.bucket_dsn[b])
+            with self._lock:
+                self._all.append(db)
+        return db, b
+
+    def _db(self):
+        db = getattr(self._local, "db", None)
+        if db is None or db.closed:
+            db = connect(self.url)
+            db.execute(SESSION_GUCS)
+            self._local.db = db
+            with self._lock:
+                self._all.append(db)
+        return db
+
+    def add_samples(self, station, ts_ms, samples):
+        if not samples:
+            return 0
+        rows = sample_rows(station, ts_ms, samples)
+        db = self._db()
+        with db.transaction(), db.cursor() as cur:
+            new = 0
+            for r in rows:   # in time order: the shard's session trigger sees them as they happened
+                cur.execute("INSERT INTO samples VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+                            "ON CONFLICT DO NOTHING", r)
+                new += max(0, cur.rowcount)
+        return new
+
+    def latest_sample(self, station):
+        db, b = self._station(station)
+        row = db.execute(f"SELECT t, doc FROM samples_b{b} WHERE station = %s ORDER BY t DESC LIMIT 1",
+                         (station,)).fetchone()
+        return None if row is None else (row[0], json.loads(row[1]))
+
+    def telemetry(self, station, t_from, t_to, points):
+        span = max(1, t_to - t_from)
+        width = max(1, -(-span // max(1, points)))
+        q = ("SELECT (t - %(f)s) / %(w)s AS b, min(t), avg(soc_pm), avg(w), min(w), max(w), avg(ma), avg(mv), "
+             "avg(mhz), max(e_in_wh), max(e_out_wh), avg(dis_cap_wh), count(*) FROM samples_b{b} "
+             "WHERE station = %(s)s AND t >= %(f)s AND t < %(t)s GROUP BY 1 ORDER BY 1")
+        out = []
+        db, bucket = self._station(station)
+        q = q.replace("{b}", str(bucket))
+        for _b, t, soc, w, wmin, wmax, ma, mv, mhz, e_in, e_out, cap, n in db.execute(
+                q, {"f": t_from, "w": width, "s": station, "t": t_to}):
+            soc = None if soc is None else float(soc)
+            out.append({"t": t, "soc_pct": None if soc is None or soc < 0 else round(soc / 10, 1),
+                        "w": _r(_f(w)), "w_min": wmin, "w_max": wmax, "a": _r(_f(ma), 1000), "v": _r(_f(mv), 1000),
+                        "hz": _r(_f(mhz), 1000), "e_in_wh": e_in, "e_out_wh": e_out,
+                        "discharge_capacity_wh": _r(_f(cap)), "samples": n})
+        return out
+
+    def add_event(self, station, ts_ms, event):
+        cur = self._db().execute("INSERT INTO events VALUES (%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+                                 event_row(station, ts_ms, event))
+        return cur.rowcount == 1
+
+    def events(self, station, t_from, t_to, limit):
+        db, b = self._station(station)
+        rows = db.execute(f'SELECT t, code, "on", msg FROM events_b{b} WHERE station = %s AND t >= %s AND t < %s '
+                          "ORDER BY t DESC LIMIT %s", (station, t_from, t_to, limit)).fetchall()
+        return [{"t": t, "code": c, "on": bool(o), "msg": m} for t, c, o, m in rows]
+
+    def sessions(self, station, limit):
+        db, b = self._station(station)
+        rows = db.execute("SELECT start, last, ended, e_in0, e_out0, e_in1, e_out1, soc0, soc1, soc_min, "
+                          f"peak_dis_w FROM sessions_b{b} WHERE station = %s ORDER BY start DESC LIMIT %s",
+                          (station, limit)).fetchall()
+        return [session_doc(r) for r in rows]
+
+    # -- idempotency keys: on the coordinator (small, not per station)
+
+    def idem_begin(self, scope, key, fingerprint, ttl_ms, stale_pending_ms):
+        db = self._db()
+        now = now_ms()
+        with db.transaction(), db.cursor() as cur:
+            cur.execute("INSERT INTO idem VALUES (%s,%s,%s,'pending',NULL,NULL,%s) ON CONFLICT DO NOTHING",
+                        (scope, key, fingerprint, now))
+            if cur.rowcount == 1:
+                return ("new", None)
+            cur.execute("SELECT fp, state, status, body, created FROM idem WHERE scope=%s AND key=%s FOR UPDATE",
+                        (scope, key))
+            fp, state, status, body, created = cur.fetchone()
+            if created < now - ttl_ms or (state == "pending" and created < now - stale_pending_ms):
+                cur.execute("UPDATE idem SET fp=%s, state='pending', status=NULL, body=NULL, created=%s "
+                            "WHERE scope=%s AND key=%s", (fingerprint, now, scope, key))
+                return ("new", None)
+            if fp != fingerprint:
+                return ("mismatch", None)
+            if state == "pending":
+                return ("pending", None)
+            return ("done", (status, json.loads(body)))
+
+    def idem_finish(self, scope, key, status, body):
+        self._db().execute("UPDATE idem SET state='done', status=%s, body=%s WHERE scope=%s AND key=%s",
+                           (status, json.dumps(body, separators=(",", ":")), scope, key))
+
+    def idem_forget(self, scope, key):
+        self._db().execute("DELETE FROM idem WHERE scope=%s AND key=%s", (scope, key))
+
+    def purge(self, idem_before_ms):
+        self._db().execute("DELETE FROM idem WHERE created < %s", (idem_before_ms,))
+
+    def close(self):
+        with self._lock:
+            for db in self._all:
+                try:
+                    db.close()
+                except psycopg.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+    # -- fleet operations (not part of the API's interface)
+
+    def register(self, stations):
+        """stations: iterable of (station id, region)."""
+        with self._db().cursor() as cur:
+            cur.executemany("INSERT INTO stations VALUES (%s, %s) ON CONFLICT (station) DO UPDATE SET "
+                            "region = EXCLUDED.region", list(stations))
+
+    def discharge_by_hour(self, t_from, t_to, region=None):
+        """Energy discharged (Wh, from the meters' export registers) per UTC hour across the
+        fleet: per station and hour on each shard in parallel, summed here."""
+        q = ("SELECT h, sum(d)::bigint, count(*) FROM (SELECT station, t / 3600000 AS h, "
+             "max(e_out_wh) - min(e_out_wh) AS d FROM samples WHERE t >= %(f)s AND t < %(t)s "
+             "GROUP BY station, h) per_station {where} GROUP BY h ORDER BY h")
+        where = ""
+        if region:
+            where = "WHERE station IN (SELECT station FROM stations WHERE region = %(r)s)"
+        rows = self._db().execute(q.format(where=where), {"f": t_from, "t": t_to, "r": region}).fetchall()
+        return [{"hour": h * 3600000, "discharged_wh": d, "stations": n} for h, d, n in rows]
+
+    def export_sessions(self, station):
+        db, b = self._station(station)
+        rows = db.execute("SELECT start, last, ended, e_in0, e_out0, e_in1, e_out1, soc0, soc1, soc_min, "
+                          f"peak_dis_w FROM sessions_b{b} WHERE station = %s ORDER BY start", (station,)).fetchall()
+        return [session_doc(r) for r in rows]
+
+    def stats(self):
+        """Rows per shard and bucket, newest sample and its age."""
+        db = self._db()
+        layout = _layout(db.cursor())
+        now = now_ms()
+        out = []
+        for shard, dsn, bucket in layout:
+            row = {"shard": shard, "bucket": bucket, "dsn": _no_password(dsn)}
+            try:
+                with connect(dsn) as sh:
+                    n, newest = sh.execute(f"SELECT count(*), max(t) FROM samples_b{bucket}").fetchone()
+                    ev = sh.execute(f"SELECT count(*) FROM events_b{bucket}").fetchone()[0]
+                    se = sh.execute(f"SELECT count(*) FROM sessions_b{bucket}").fetchone()[0]
+                row.update(samples=n, events=ev, sessions=se, newest=newest,
+                           lag_ms=None if newest is None else now - newest, up=True)
+            except psycopg.OperationalError as e:
+                row.update(up=False, error=str(e).splitlines()[0])
+            out.append(row)
+        return out
+
+
+def _f(v):
+    return None if v is None else float(v)
+
+
+def _no_password(dsn):
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    info.pop("password", None)
+    return psycopg.conninfo.make_conninfo(**info)
+
+
+def sample_rows(station, ts_ms, samples):
+    """Rows of one telemetry batch: the batch's wall time is the bridge's `ts`; each sample is
+    placed `t_ms` before the last one (the same rule as the SQLite store)."""
+    last = samples[-1].get("t_ms", 0)
+    rows = []
+    for s in samples:
+        t = ts_ms - (last - s.get("t_ms", last))
+        rows.append((station, t, s.get("t_ms"), s.get("cp"), s.get("mode"), s.get("soc_pm"), s.get("w"),
+                     s.get("ma"), s.get("mv"), s.get("mhz"), s.get("e_in_wh"), s.get("e_out_wh"),
+                     s.get("dis_cap_wh"), json.dumps(s, separators=(",", ":"))))
+    return rows
+
+
+def event_row(station, ts_ms, event):
+    return (station, ts_ms, str(event.get("code")), bool(event.get("on")), str(event.get("msg", ""))[:500])
+
+
+def session_doc(r):
+    start, last, ended, ei0, eo0, ei1, eo1, s0, s1, smin, peak = r
+    return {"start": start, "end": ended, "last_seen": last, "energy_in_wh": _diff(ei1, ei0),
+            "energy_out_wh": _diff(eo1, eo0), "soc_start_pct": _pct(s0), "soc_end_pct": _pct(s1),
+            "soc_min_pct": _pct(smin), "peak_discharge_w": peak or 0}
+
+
+def wait_for(pred, timeout=30, step=0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return False
