@@ -129,7 +129,6 @@ class Station:
         # a board that reads the link into a buffer of ours (readinto) costs no heap a step
         self.rx_buf = bytearray(self.link_step_bytes) if hasattr(hal, 'link_readinto') else None
         self.take_msg = self.take         # bound once: the link hands each message to it
-        self.hb_dropped = 0      # host heartbeats dropped while the board plays a heartbeat loss
         self.tel_period_ms = _TEL_PERIOD_MS
         self.tel_batch = _TEL_BATCH
         self.tel = TelBatch(L.MAX_FRAME - 4, TEL_BATCH_MAX)
@@ -349,9 +348,6 @@ class Station:
     def on_message(self, msg, now_ms):
         t = msg['t']
         if t == 'hb':
-            if getattr(self.hal, 'heartbeat_lost', False):
-                self.hb_dropped += 1    # as if it never arrived: no echo either
-                return
             self.ctl.heartbeat(now_ms)
             self.link.send_hback(msg)
         elif t == 'rtt':
@@ -542,8 +538,6 @@ class Station:
         out = self.ctl.out
         link = dict(self.link.stats)
         link['hb_timeouts'] = self.ctl.hb_timeouts   # host heartbeats missed (V2G-101) since boot
-        if self.hb_dropped:
-            link['hb_dropped'] = self.hb_dropped     # dropped by a simulated heartbeat loss
         return {
             'fw': self.update.version(), 'board': self.hal.BOARD_NAME, 'boot_count': self.boot_count,
             'reset_cause': self.reset_cause, 'uptime_ms': now_ms,
