@@ -50,6 +50,7 @@ HOST_EVENTS = {
 }
 HB_LOST_FILE = 'sim_hb_lost'   # the simulated host stays quiet across a controller reset
 RESET_FILE = 'sim_reset'       # why the board reset, left for the next boot (a real MCU's RCC flags)
+POWER_CUT_FILE = 'fota_fault.json'   # a power cut during an update (board/power_cut.py)
 
 
 def host_event_problem(do, args):
@@ -375,6 +376,10 @@ class Hal:
         # a reset this board asked for leaves its cause; none is a power-up (or a VM restart
         # from outside: the virtual board's power cut)
         self._reset_cause = _take_reset_cause()
+        # the power-cut tests of updates: the board's flash dies at a named step (board/power_cut.py)
+        if storage.exists(POWER_CUT_FILE):
+            from board import power_cut
+            power_cut.arm()
         self.port_buffers = hasattr(self.ports, 'readinto')   # BufferPorts: nothing allocates
 
     # -- time, watchdog, reset ------------------------------------------------------------
@@ -638,7 +643,8 @@ class Hal:
             op, cmd = 'limit', {'charge_a': args['charge_a'], 'discharge_a': args['discharge_a']}
         else:
             op, cmd = 'config_set', dict(args)
-        ok, code, msg, data = st.host_command(now_ms, txn, op, cmd)
+        # the station's own command path, as for a command off the link: journal, event log
+        ok, code, msg, data = st.on_command({'txn': txn, 'op': op, 'args': cmd}, now_ms)
         reply = {'ok': ok, 'do': do, 'op': op, 'txn': txn, 'code': code}
         reply['msg' if ok else 'error'] = msg
         if data:

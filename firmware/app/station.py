@@ -141,7 +141,7 @@ class Station:
         self.update = Updater(hal.BOARD_NAME, log=self.ctl.log, now_ms=now_ms, hal=hal, ctl=self.ctl,
                               fw_version=FW_VERSION,
                               slot_size=getattr(hal, 'UPDATE_SLOT_BYTES', update_mod.SLOT_SIZE))
-        if hasattr(hal, 'attach_station'):   # the virtual board's plant port also plays the host
+        if hasattr(hal, 'attach_station'):   # the status LED shows an update in progress
             hal.attach_station(self)
         self.send_hello()
 
@@ -369,11 +369,6 @@ class Station:
                 msg.get('op'), type(e).__name__), {}
             self.ctl.log_refusal(now_ms, msg.get('op'), res[1], res[2])
             return res
-
-    def host_command(self, now_ms, txn, op, args):
-        """A host command that did not come over the link (the virtual board's plant port
-        plays the host): the same path, journal and event log; (ok, code, msg, data)."""
-        return self.on_command({'txn': txn, 'op': op, 'args': args}, now_ms)
 
     def refuse(self, now_ms, op, code, text):
         # a refusal by the shell itself goes to the event log like the core's own

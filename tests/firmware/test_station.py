@@ -931,7 +931,8 @@ def test_a_repeated_config_set_answers_and_writes_nothing():
         real(path, data)
     storage.write_atomic = spy
     try:
-        again = rig.st.host_command(rig.now, 'c-1', 'config_set', {'MAX_CHARGE_AMPS': 16, 'MAX_DISCHARGE_AMPS': 16})
+        again = rig.st.on_command({'txn': 'c-1', 'op': 'config_set',
+                                  'args': {'MAX_CHARGE_AMPS': 16, 'MAX_DISCHARGE_AMPS': 16}}, rig.now)
     finally:
         storage.write_atomic = real
     assert again[0] is True and again[2] == first['msg']
