@@ -101,34 +101,36 @@ def stage(name, res=None):
 def bid(data):
     return hashlib.sha256(data[:8 + int.from_bytes(data[4:8], 'big')]).digest()[:16]
 st = S.Station(H.Hal(ports=H.MemoryPorts(), clock=lambda: 0), 0)
+def cmd(txn, op, args):   # a host command, through the station's command path
+    return st.on_command({{'txn': txn, 'op': op, 'args': args}}, 0)
 {pause}
 stage('boot')
 def push(data, upto):
     off, r = 0, None
     while off < upto:
-        r = st.host_command(0, 'c%d' % off, 'fota_chunk', {{'off': off, 'data': data[off:off + 1000]}})
+        r = cmd('c%d' % off, 'fota_chunk', {{'off': off, 'data': data[off:off + 1000]}})
         if not r[0]:
             return r
         off = r[3]['next']
     return r
-r = st.host_command(0, 'b1', 'fota_begin', {{'size': len(bad), 'id': bid(bad)}})
+r = cmd('b1', 'fota_begin', {{'size': len(bad), 'id': bid(bad)}})
 r = push(bad, len(bad))
 {pause}
 stage('refused', r)
-r = st.host_command(0, 'b2', 'fota_begin', {{'size': len(good), 'id': bid(good)}})
+r = cmd('b2', 'fota_begin', {{'size': len(good), 'id': bid(good)}})
 r = push(good, len(good) // 2)
 {pause}
 stage('download', r)
-off = st.host_command(0, 's', 'fota_status', {{}})[3]['dl']['next']
+off = cmd('s', 'fota_status', {{}})[3]['dl']['next']
 while off < len(good):
-    r = st.host_command(0, 'd%d' % off, 'fota_chunk', {{'off': off, 'data': good[off:off + 1000]}})
+    r = cmd('d%d' % off, 'fota_chunk', {{'off': off, 'data': good[off:off + 1000]}})
     off = r[3]['next']
-r = st.host_command(0, 'f', 'fota_finish', {{'reboot': False}})
+r = cmd('f', 'fota_finish', {{'reboot': False}})
 {pause}
 stage('installed', r)
-r = st.host_command(0, 'b3', 'fota_begin', {{'size': len(good), 'id': bid(good)}})
-st.host_command(0, 'c0', 'fota_chunk', {{'off': 0, 'data': good[:1000]}})
-r = st.host_command(0, 'a', 'fota_abort', {{}})
+r = cmd('b3', 'fota_begin', {{'size': len(good), 'id': bid(good)}})
+cmd('c0', 'fota_chunk', {{'off': 0, 'data': good[:1000]}})
+r = cmd('a', 'fota_abort', {{}})
 {pause}
 stage('aborted', r)
 print('UPDATE', json.dumps(out))
@@ -139,6 +141,8 @@ import gc, json, asyncio
 from board import hal as H
 from app import station as S
 st = S.Station(H.Hal(ports=H.MemoryPorts(), clock=lambda: 0), 0)
+def cmd(txn, op, args):   # a host command, through the station's command path
+    return st.on_command({{'txn': txn, 'op': op, 'args': args}}, 0)
 from board import scenario_run
 summary = []
 def keep(line):

@@ -498,6 +498,11 @@ class Board:
 
     def hashes(self):
         out = self.exec(_HASH_SCRIPT.format(keep=repr(KEEP_DIRS)))
+        # Entered without Ctrl-C (the controller left running), the raw REPL's "OK" can reach
+        # the output ahead of the first line; left there, it hid the first file from the diff
+        # (an empty app/__init__.py was never replaced by its .mpy)
+        if out.startswith("OK"):
+            out = out[2:]
         found = {}
         for line in out.splitlines():
             parts = line.strip().split(" ")

@@ -50,6 +50,7 @@ HOST_EVENTS = {
 }
 HB_LOST_FILE = 'sim_hb_lost'   # the simulated host stays quiet across a controller reset
 RESET_FILE = 'sim_reset'       # why the board reset, left for the next boot (a real MCU's RCC flags)
+POWER_CUT_FILE = 'fota_fault.json'   # a power cut during an update (board/power_cut.py)
 
 
 def host_event_problem(do, args):
@@ -360,7 +361,13 @@ class Hal:
         self.next_meter_sim_ms = None
         self.station = None          # the station the plant port plays the host for
         self.host_txns = 0           # txns made up for host events that carry none
+        # a heartbeat loss played on the plant port: the host's heartbeat frames are taken
+        # off the link before the station reads it (hb_filter decodes them), the rest is
+        # handed on from hb_held
         self.heartbeat_lost = storage.exists(HB_LOST_FILE)
+        self.hb_dropped = 0
+        self.hb_filter = None
+        self.hb_held = b''
         # the status LED the board would show (core/status_led.py): pattern and brightness
         self.led = status_led.IDLE
         self.led_level = 0
@@ -369,6 +376,10 @@ class Hal:
         # a reset this board asked for leaves its cause; none is a power-up (or a VM restart
         # from outside: the virtual board's power cut)
         self._reset_cause = _take_reset_cause()
+        # the power-cut tests of updates: the board's flash dies at a named step (board/power_cut.py)
+        if storage.exists(POWER_CUT_FILE):
+            from board import power_cut
+            power_cut.arm()
         self.port_buffers = hasattr(self.ports, 'readinto')   # BufferPorts: nothing allocates
 
     # -- time, watchdog, reset ------------------------------------------------------------
@@ -458,8 +469,10 @@ class Hal:
         elif self.rs485.overruns:
             out['rs485_port'] = {'overruns': self.rs485.overruns}
         lost = self.ports.dropped('link')
-        if lost:
+        if lost or self.hb_dropped:
             out['link_port'] = {'overruns': lost}
+            if self.hb_dropped:
+                out['link_port']['hb_dropped'] = self.hb_dropped   # a played heartbeat loss
         if self.can is None:
             out['can'] = 'plant model'
         else:
@@ -477,16 +490,48 @@ class Hal:
         """At most max_n bytes of what the host sent, or None. The port holds what waits as
         the board's UART ring does: up to LINK_RX_CAP bytes; bytes arriving with it full are
         lost (bus_stats: link_port overruns), as on the board."""
+        if self.heartbeat_lost or self.hb_held:
+            return self._quiet_host_read(max_n)
         return self.ports.read('link', max_n, LINK_RX_CAP)
+
+    def _quiet_host_read(self, max_n):
+        """The link while the board plays a heartbeat loss: the host's frames go through,
+        less its heartbeats (counted in hb_dropped), as if the host had stopped sending them."""
+        data = self.ports.read('link', 0, LINK_RX_CAP)
+        if data and self.heartbeat_lost:
+            if self.hb_filter is None:
+                from core import link as L
+                self.hb_filter = L.Link(self._hb_pass)
+            self.hb_filter.feed(data, -1, 0, 0, self._hb_take)
+        elif data:
+            self.hb_held += data
+        held = self.hb_held
+        if not held:
+            return None
+        out, self.hb_held = held[:max_n], held[max_n:]
+        return out
+
+    def _hb_take(self, msg):
+        if msg.get('t') == 'hb':
+            self.hb_dropped += 1    # as if it never arrived: no echo either
+            return
+        from core import link as L
+        self.hb_held += L.encode_frame(msg)
+
+    def _hb_pass(self, data):
+        pass   # the filter only reads
 
     def link_write(self, data):
         self.ports.write('link', data)
 
     def link_readinto(self, buf, max_n):
         """As link_read, into buf (the station's): the number of bytes, 0 when none."""
-        if self.port_buffers:
+        if self.heartbeat_lost or self.hb_held:
+            data = self._quiet_host_read(max_n)
+        elif self.port_buffers:
             return self.ports.readinto('link', buf, max_n, LINK_RX_CAP)
-        data = self.ports.read('link', max_n, LINK_RX_CAP)
+        else:
+            data = self.ports.read('link', max_n, LINK_RX_CAP)
         if not data:
             return 0
         n = len(data)
@@ -575,6 +620,8 @@ class Hal:
         if do == 'heartbeat_loss' or do == 'heartbeat_restore':
             lost = do == 'heartbeat_loss'
             self.heartbeat_lost = lost
+            if not lost:
+                self.hb_filter = None   # a frame cut in two by the restore is lost with it
             _mark(HB_LOST_FILE, lost)
             if lost:
                 msg = ('host heartbeats arriving on the link are dropped: charge only (V2G-101) '
@@ -582,7 +629,7 @@ class Hal:
             else:
                 msg = ('host heartbeats on the link are taken again; after a V2G-101 discharge '
                        'also needs a fresh command')
-            return {'ok': True, 'do': do, 'msg': msg, 'hb_dropped': st.hb_dropped}
+            return {'ok': True, 'do': do, 'msg': msg, 'hb_dropped': self.hb_dropped}
         txn = args.get('txn') if do != 'config' else None   # config's keys are all settings
         if txn is None:
             # unique across resets: the journal outlives them
@@ -596,7 +643,8 @@ class Hal:
             op, cmd = 'limit', {'charge_a': args['charge_a'], 'discharge_a': args['discharge_a']}
         else:
             op, cmd = 'config_set', dict(args)
-        ok, code, msg, data = st.host_command(now_ms, txn, op, cmd)
+        # the station's own command path, as for a command off the link: journal, event log
+        ok, code, msg, data = st.on_command({'txn': txn, 'op': op, 'args': cmd}, now_ms)
         reply = {'ok': ok, 'do': do, 'op': op, 'txn': txn, 'code': code}
         reply['msg' if ok else 'error'] = msg
         if data:

@@ -263,10 +263,6 @@ def _take_body(u, d, mv):
             d.close()
             d.f = _create(u.slot_dir(d.slot) + '/' + c.name, 'ab' if pos > c.offset else 'wb', c.name)
             d.f_index = i
-        if u.fault == 'write' and d.next + take > d.head_len + d.man.total_size // 2:
-            d.f.write(part[:take // 2])   # half a chunk on flash, never acknowledged
-            d.close()
-            u._freeze()
         d.f.write(part)
         d.f.flush()    # an acknowledged offset is on flash: resume never goes back past it
         d.next += take
@@ -311,7 +307,7 @@ def finish(u, args, now_ms):
     st['trial_ms'] = trial_s * 1000
     st['healthy_ms'] = healthy_s * 1000
     st['dl'] = None
-    u._save_step('state')
+    u._save()
     u.dl = None
     U._rmtree(u.slot_dir(d.slot) + '.head')
     reboot = args.get('reboot', True) is not False

@@ -139,7 +139,6 @@ class Station:
         # a board that reads the link into a buffer of ours (readinto) costs no heap a step
         self.rx_buf = bytearray(self.link_step_bytes) if hasattr(hal, 'link_readinto') else None
         self.take_msg = self.take         # bound once: the link hands each message to it
-        self.hb_dropped = 0      # host heartbeats dropped while the board plays a heartbeat loss
         self.tel_period_ms = _TEL_PERIOD_MS
         self.tel_batch = _TEL_BATCH
         self.tel = TelBatch(L.MAX_FRAME - 4, TEL_BATCH_MAX)
@@ -152,7 +151,7 @@ class Station:
         self.update = Updater(hal.BOARD_NAME, log=self.ctl.log, now_ms=now_ms, hal=hal, ctl=self.ctl,
                               fw_version=FW_VERSION,
                               slot_size=getattr(hal, 'UPDATE_SLOT_BYTES', update_mod.SLOT_SIZE))
-        if hasattr(hal, 'attach_station'):   # the virtual board's plant port also plays the host
+        if hasattr(hal, 'attach_station'):   # the status LED shows an update in progress
             hal.attach_station(self)
         self.send_hello()
 
@@ -359,9 +358,6 @@ class Station:
     def on_message(self, msg, now_ms):
         t = msg['t']
         if t == 'hb':
-            if getattr(self.hal, 'heartbeat_lost', False):
-                self.hb_dropped += 1    # as if it never arrived: no echo either
-                return
             self.ctl.heartbeat(now_ms)
             self.link.send_hback(msg)
         elif t == 'rtt':
@@ -383,11 +379,6 @@ class Station:
                 msg.get('op'), type(e).__name__), {}
             self.ctl.log_refusal(now_ms, msg.get('op'), res[1], res[2])
             return res
-
-    def host_command(self, now_ms, txn, op, args):
-        """A host command that did not come over the link (the virtual board's plant port
-        plays the host): the same path, journal and event log; (ok, code, msg, data)."""
-        return self.on_command({'txn': txn, 'op': op, 'args': args}, now_ms)
 
     def refuse(self, now_ms, op, code, text):
         # a refusal by the shell itself goes to the event log like the core's own
@@ -561,8 +552,6 @@ class Station:
         out = self.ctl.out
         link = dict(self.link.stats)
         link['hb_timeouts'] = self.ctl.hb_timeouts   # host heartbeats missed (V2G-101) since boot
-        if self.hb_dropped:
-            link['hb_dropped'] = self.hb_dropped     # dropped by a simulated heartbeat loss
         return {
             'fw': self.update.version(), 'board': self.hal.BOARD_NAME, 'boot_count': self.boot_count,
             'reset_cause': self.reset_cause, 'uptime_ms': now_ms,

@@ -46,7 +46,6 @@ STATE_FILE = 'update.json'
 BACKUP_FILE = 'update.json.bak'
 SLOTS = ('a', 'b')
 KEY_FILES = ('update_key.bin', 'update_key.pem')   # raw 65-byte point, or SPKI PEM
-FAULT_FILE = 'fota_fault.json'   # test-only fault injection (docs/updates.md)
 SLOT_SIZE = 512 * 1024           # bytes of components one slot may hold
 MAX_CHUNK = 1000                 # data bytes in one fota_chunk (a frame holds 1024)
 DEFAULT_TRIES = 3                # trial boots before boot.py reverts
@@ -64,10 +63,6 @@ SPACE_MARGIN_BLOCKS = 16
 V2G_400 = 'V2G-400'
 # The host-link operations served here (app/station.py dispatches them by this tuple)
 OPS = ('fota_begin', 'fota_chunk', 'fota_finish', 'fota_abort', 'fota_confirm', 'fota_status', 'fota_report')
-
-
-class _Frozen(Exception):
-    """Raised by the fault-injection hook: the installer stops making progress."""
 
 
 def _is_dir(path):
@@ -162,7 +157,6 @@ class Updater:
         self.dl = None            # install.Download in progress
         self._before = None       # sys.modules before the download path was loaded
         self.reset_at = None      # reset requested (after finish, or a failed trial)
-        self.frozen = False       # fault injection: stop making progress
         self.link_frames = -1
         self.link_ms = None
         self.state_lost = False
@@ -170,7 +164,6 @@ class Updater:
         for k, v in default_state().items():
             if k not in self.st:
                 self.st[k] = v
-        self.fault = self._read_fault()
         rev = self.st.get('reverted')
         if rev:
             # boot.py reverted a slot that failed its trial: report it once
@@ -187,11 +180,6 @@ class Updater:
                     fs.get('slot'), fs.get('version'), fs.get('reason'), fs.get('fallback')))
             fs['reported'] = True
             self._save()
-        if self.on_trial and self.fault == 'trial':
-            try:
-                self._freeze()   # the trial never confirms: a power cut during the trial
-            except _Frozen:
-                pass
 
     # -- paths and state ------------------------------------------------------------------
 
@@ -225,29 +213,6 @@ class Updater:
         storage.write_atomic(self.path(STATE_FILE), data)
         storage.write_atomic(self.path(BACKUP_FILE), data)
 
-    def _save_step(self, step):
-        """Write the state; with a fault for `step`, write the temporary file and stop there
-        (what a power cut between the write and the rename leaves)."""
-        if self.fault == step:
-            with open(self.path(STATE_FILE) + '.tmp', 'wb') as f:
-                f.write(json.dumps(self.st).encode())
-            self._freeze()
-        self._save()
-
-    def _read_fault(self):
-        f = storage.read_json(self.path(FAULT_FILE), None)
-        return f.get('step') if isinstance(f, dict) else None
-
-    def _freeze(self):
-        # one-shot: the file goes first, so the boot after the power cut runs normally
-        try:
-            os.remove(self.path(FAULT_FILE))
-        except OSError:
-            pass
-        self.fault = None
-        self.frozen = True
-        raise _Frozen()
-
     @property
     def on_trial(self):
         p = self.st['pending']
@@ -277,8 +242,6 @@ class Updater:
         for bad input."""
         if op == 'fota_report':   # diagnostics: read only, answered even mid-session
             return True, None, 'update slots', self.report()
-        if self.frozen:
-            return False, V2G_400, 'installer halted by fault injection', {}
         if op not in ('fota_status', 'fota_abort') and self._energy_flows():
             # key load, signature and resume re-hash hold the control step for a while
             return False, V2G_400, '{}: not while the contactor is closed'.format(op), {}
@@ -296,8 +259,6 @@ class Updater:
             if not self.on_trial:
                 return False, V2G_400, 'fota_confirm: no update on trial', {}
             return self.confirm(now_ms)
-        except _Frozen:
-            return False, V2G_400, 'installer halted by fault injection', {}
         except OSError:
             # filesystem full or failing: nothing is marked pending; the slot is left as is
             # named by the step, not by str(e): that is a bare errno number on some ports
@@ -391,7 +352,7 @@ class Updater:
         st['pending'] = None
         st['trial'] = False
         st['tries'] = 0
-        self._save_step('confirm')
+        self._save()
         self._note(now_ms, 'update {} confirmed in slot {} (sequence {})'.format(meta['version'], s, st['seq']))
         return True, None, 'slot {} ({}) confirmed'.format(s, meta['version']), {
             'slot': s, 'version': meta['version'], 'seq': st['seq'], 'sec': st['sec']}
@@ -406,8 +367,6 @@ class Updater:
     def tick(self, now_ms, link_frames):
         """Called by the station each step while `busy`: the trial's health check, a
         requested reset, and the stall timeout of a download."""
-        if self.frozen:
-            return
         if self.reset_at is not None:
             if not self._energy_flows():   # never reset with the contactor closed
                 self.reset_at = None
@@ -420,10 +379,7 @@ class Updater:
             up = ticks.diff(now_ms, self.boot_ms)
             alive = self.link_ms is not None and ticks.diff(now_ms, self.link_ms) <= LINK_ALIVE_MS
             if up >= self.st['healthy_ms'] and alive and link_frames > 0:
-                try:
-                    self.confirm(now_ms)
-                except _Frozen:
-                    pass
+                self.confirm(now_ms)
             elif up > self.st['trial_ms']:
                 # failed health check: reset; boot.py counts the try and reverts after the last
                 if self.log is not None:

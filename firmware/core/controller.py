@@ -240,7 +240,7 @@ class Controller:
         # host limits (CSMS)
         self.csms_charge_ma = L.NO_LIMIT
         self.csms_discharge_ma = L.NO_LIMIT
-        # grid slot (filled by the grid module or set_grid)
+        # grid slot (filled by the grid module each step)
         self.grid_charge_ma = L.NO_LIMIT
         self.grid_discharge_ma = L.NO_LIMIT
         self.grid_droop_ma = 0
@@ -300,14 +300,6 @@ class Controller:
                 rtt_ms, warn))
         elif rtt_ms <= warn and (self.errors & E.E110):
             self._clear(now_ms, E.E110, 'host link round trip {} ms back within {} ms'.format(rtt_ms, warn))
-
-    def set_grid(self, charge_ma, discharge_ma, droop_ma=0, err_mask=0, trip=False):
-        """Fill the grid slot: caps in mA, droop offset (+ = more charge), active grid codes."""
-        self.grid_charge_ma = charge_ma
-        self.grid_discharge_ma = discharge_ma
-        self.grid_droop_ma = droop_ma
-        self.grid_errors = err_mask
-        self.grid_trip = trip
 
     def apply_config(self, cfg):
         old = self.cfg

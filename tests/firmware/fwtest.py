@@ -61,3 +61,21 @@ def in_dir(path):
                 os.chdir(here)
         return wrapped
     return wrap
+
+
+class FixedGrid:
+    """Stands in for core.grid.GridProtection in controller tests: the grid slot the
+    controller reads each step (caps in mA, droop offset: + = more charge, the active
+    grid code and whether it trips), set by the test. Set it on a Controller's `grid`."""
+
+    def __init__(self, charge_ma, discharge_ma, droop_ma=0, trip_code=0):
+        self.allow_charge_ma = charge_ma
+        self.allow_discharge_ma = discharge_ma
+        self.droop_ma = droop_ma
+        self.trip_code = trip_code
+
+    def step(self, now_ms, mv, mhz, ok):
+        pass
+
+    def pending(self):
+        return False

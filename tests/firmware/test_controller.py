@@ -1,6 +1,6 @@
 """Scenarios through Controller.step with hand-built inputs (one step = 50 ms)."""
 import micropython
-from fwtest import raises
+from fwtest import FixedGrid, raises
 
 from core import config
 from core import errors as E
@@ -462,11 +462,11 @@ def test_a_grid_cap_below_the_pilot_minimum_is_named_grid_not_pilot():
     # the enter-service ramp starts below 6 A: no offer, and the status says the grid holds it
     r = Rig()
     r.charging()
-    r.c.set_grid(3000, 0)
+    r.c.grid = FixedGrid(3000, 0)
     o = r.step()
     assert o.limit_charge_ma == 0 and o.limit_charge_src == 'grid'
     assert o.limit_discharge_ma == 0 and o.limit_discharge_src == 'grid'
-    r.c.set_grid(12000, 12000)
+    r.c.grid = FixedGrid(12000, 12000)
     o = r.step()
     assert o.limit_charge_ma == 12000 and o.limit_charge_src == 'grid'
 
@@ -556,17 +556,19 @@ def test_config_set_refusal_keeps_settings():
 def test_grid_slot():
     r = Rig()
     r.charging()
-    r.c.set_grid(20000, 8000, 0, E.E505)
+    r.c.grid = FixedGrid(20000, 8000)
     o = r.step()
     assert o.limit_charge_ma == 20000 and o.limit_charge_src == 'grid' and o.request_ma == 20000
-    assert 'V2G-505' in r.codes()
     r.cmd('g1', 'soc_target', {'soc_pct': 40})
     r.until(lambda o: o.request_ma == -8000)
-    r.c.set_grid(1000000, 1000000, 3000, 0)    # over-frequency: droop takes 3 A more
+    r.c.grid = FixedGrid(1000000, 1000000, 3000, 0)    # over-frequency: droop takes 3 A more
     r.until(lambda o: o.request_ma == -32000 + 3000)
-    r.c.set_grid(0, 0, 0, E.E503, True)
+    r.c.grid = FixedGrid(0, 0, 0, E.E505)     # a grid code is a trip: its code is shown
     o = r.step()
-    assert not o.contactor and o.request_ma == 0
+    assert 'V2G-505' in r.codes() and not o.contactor and o.request_ma == 0
+    r.c.grid = FixedGrid(0, 0, 0, E.E503)
+    o = r.step()
+    assert not o.contactor and o.request_ma == 0 and 'V2G-503' in r.codes()
 
 
 def test_status_and_events_drained():
@@ -799,7 +801,7 @@ def test_pop_events_every_tick_allocates_nothing():
 
 def _droop_rig(droop_ma):
     r = Rig(soc_pm=500)
-    r.c.set_grid(200000, 200000, droop_ma=droop_ma)
+    r.c.grid = FixedGrid(200000, 200000, droop_ma=droop_ma)
     return r
 
 
@@ -809,7 +811,7 @@ def test_droop_never_reverses_charge_only_target_into_discharge():
     r = _droop_rig(0)
     assert r.cmd('m1', 'soc_target', {'soc_pct': 90, 'mode': 'charge'})[0]
     r.charging()
-    r.c.set_grid(200000, 200000, droop_ma=-60000)
+    r.c.grid = FixedGrid(200000, 200000, droop_ma=-60000)
     for _ in range(100):
         o = r.step()
         assert o.request_ma >= 0, o.request_ma
@@ -824,7 +826,7 @@ def test_droop_never_reverses_charge_only_fallback_into_discharge():
     r = _droop_rig(0)
     assert r.cmd('c1', 'charge_only', {'on': True})[0]
     r.charging()
-    r.c.set_grid(200000, 200000, droop_ma=-60000)
+    r.c.grid = FixedGrid(200000, 200000, droop_ma=-60000)
     for _ in range(100):
         assert r.step().request_ma >= 0
     assert r.o.request_ma == 0
@@ -834,7 +836,7 @@ def test_droop_may_reverse_in_auto_mode():
     r = _droop_rig(0)
     assert r.cmd('a1', 'soc_target', {'soc_pct': 90})[0]
     r.charging()
-    r.c.set_grid(200000, 200000, droop_ma=-60000)
+    r.c.grid = FixedGrid(200000, 200000, droop_ma=-60000)
     r.step(100)
     assert r.o.request_ma < 0 and r.o.contactor
 

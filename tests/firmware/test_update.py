@@ -763,20 +763,30 @@ def test_second_update_goes_to_the_other_slot():
     assert storage.exists(root + 'slots/a/main.py') and state(root)['active'] == 'a'
 
 
-# -- fault injection (used by the power-cut tests on the virtual board) -------------------------
+# -- power cuts played by the simulated board's flash (board/power_cut.py; the virtual
+# board's power-cut tests use it) -----------------------------------------------------------
 
-def test_fault_at_state_update_leaves_the_old_state():
+def _armed(root, step):
+    from board import power_cut
+    with open(root + 'fota_fault.json', 'w') as f:
+        f.write('{"step": "%s"}' % step)
+    return power_cut.arm(root)
+
+
+def test_power_cut_at_the_state_update_leaves_the_old_state():
+    from board import power_cut
     root = scratch()
     data = bundle()
-    before = read(root + 'update.json') if storage.exists(root + 'update.json') else None
-    with open(root + 'fota_fault.json', 'w') as f:
-        f.write('{"step": "state"}')
     u = make(root)
     u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
     push(u, data)
     before = read(root + 'update.json')              # written when the head claimed the slot
-    r = u.command('fota_finish', {'reboot': False}, 0)
-    assert not r[0] and u.frozen
+    cut = _armed(root, 'state')
+    try:
+        r = u.command('fota_finish', {'reboot': False}, 0)
+        assert not r[0] and cut.dead and r[1] == 'V2G-601'
+    finally:
+        power_cut.disarm()
     assert read(root + 'update.json') == before and storage.exists(root + 'update.json.tmp')
     assert not storage.exists(root + 'fota_fault.json')
     assert boot.choose(root) == 'factory'
@@ -784,6 +794,44 @@ def test_fault_at_state_update_leaves_the_old_state():
     assert u.command('fota_status', {}, 0)[3]['dl']['next'] == len(data)
     assert u.command('fota_finish', {'reboot': False}, 0)[0]
     assert boot.choose(root) == 'a'
+
+
+def test_power_cut_while_writing_leaves_half_a_chunk_unacknowledged():
+    from board import power_cut
+    root = scratch()
+    data = bundle()
+    u = make(root)
+    u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+    cut = _armed(root, 'write')
+    off, r = 0, None
+    try:
+        while off < len(data):
+            try:
+                r = u.command('fota_chunk', {'off': off, 'data': data[off:off + 100]}, 0)
+            except OSError:   # the abort's own write fails too: the station answers V2G-400
+                r = (False, 'V2G-400', 'raised', {})
+            if not r[0]:
+                break
+            off = r[3]['next']
+        assert not r[0] and cut.dead and 0 < off < len(data)
+    finally:
+        power_cut.disarm()
+    assert not storage.exists(root + 'fota_fault.json')
+    u = make(root)                                     # after the reset: resumes where it was
+    st = u.command('fota_status', {}, 0)[3]
+    assert off < st['dl']['next'] < off + 100          # the half chunk on flash counts
+    push(u, data, start=st['dl']['next'])
+    assert u.command('fota_finish', {'reboot': False}, 0)[0]
+    assert boot.choose(root) == 'a'
+
+
+def test_an_unarmed_board_keeps_its_flash():
+    from board import power_cut
+    root = scratch()
+    assert power_cut.arm(root) is None               # no fault file: nothing changes
+    with open(root + 'fota_fault.json', 'w') as f:
+        f.write('{"step": "melt"}')
+    assert power_cut.arm(root) is None               # not a step the board knows
 
 
 def test_key_from_pem():

@@ -298,3 +298,20 @@ def test_a_reflash_with_nothing_changed_writes_nothing_and_leaves_the_controller
     with LinkClient(blank.endpoints["link"], heartbeat_s=None) as lk:
         assert lk.hello(timeout=5)["boot_count"] == boots                 # no reset
         assert lk.command("diag").data["uptime_ms"] > up                  # the same run, still stepping
+
+
+# What only tests and the simulated board use: a board must not carry it (the simulated
+# board plays heartbeat loss and update power cuts itself, boards/sim/).
+TEST_HOOKS = ("fota_fault", "fault injection", "_Frozen", "power_cut", "hb_dropped", "heartbeat_loss",
+              "sim_hb_lost", "set_grid", "host_command", "scenario_run")
+
+
+@pytest.mark.parametrize("board", ["pyboard", "pybd_sf6"])
+def test_the_files_a_board_gets_carry_no_test_hook(board):
+    files = F.firmware_files(board)
+    assert any(dest == "app/update.py" for _, dest in files)      # the installer is among them
+    found = []
+    for src, dest in files:
+        text = src.read_text()
+        found += ["{}: {}".format(dest, hook) for hook in TEST_HOOKS if hook in text]
+    assert found == []

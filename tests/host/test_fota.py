@@ -4,8 +4,9 @@ refusals, trial failures and power cuts.
 The board runs in-process (host_tools.vboard.VirtualBoard) so that a test can cut its power
 (kill the VM; the board then boots again, as after a watchdog reset). Its files are the
 state folder, mirrored from the VM about every 0.3 s. To cut the power at a precise step,
-the firmware is made to stop at that step (fota_fault.json, read by app/update.py, one-shot)
-and the power is cut once the mirror has caught up with the files as they stand there.
+the simulated board's flash dies at that step (fota_fault.json, read by boards/sim/power_cut.py
+at boot, one-shot) and the power is cut once the mirror has caught up with the files as they
+stand there.
 
 The bundles are signed here (signing/) from the working tree's firmware (core/, app/,
 board/ = boards/sim) with a changed version string; the new firmware runs from the slot.
