@@ -34,7 +34,7 @@ def sandbox(tmp_path):
     _stub(bin_, "apt-get", f'echo "apt-get $*" >> {calls}')
 
     def run(present=("node", "npm", "mosquitto", "mosquitto_passwd", "chromium"), uid=0, sudo=None, apt_fails=False,
-            ensurepip=True, postgres=True):
+            ensurepip=True, postgres=True, java=True):
         # PostgreSQL 15 and its contrib (postgres_fdw) are found by path, not on PATH
         pg_bin, pg_share = tmp_path / "pg" / "bin", tmp_path / "pg" / "share"
         shutil.rmtree(tmp_path / "pg", ignore_errors=True)
@@ -45,10 +45,12 @@ def sandbox(tmp_path):
             _stub(pg_bin, "initdb", "exit 0")
         # python3 stands for the interpreter make uses: `-c 'import ensurepip'` works or not
         _stub(bin_, "python3", "exit 0" if ensurepip else "exit 1")
-        for name in ("node", "npm", "mosquitto", "mosquitto_passwd", "chromium", "sudo", "id"):
+        for name in ("node", "npm", "mosquitto", "mosquitto_passwd", "chromium", "java", "sudo", "id"):
             (bin_ / name).unlink(missing_ok=True)
         for name in present:
             _stub(bin_, name, "exit 0")
+        if java:     # the JRE the ISO 15118 codec needs; its own test asks for it missing
+            _stub(bin_, "java", "exit 0")
         _stub(bin_, "id", f"echo {uid}")
         if sudo == "nopasswd":
             _stub(bin_, "sudo", f'echo "sudo $*" >> {calls}; [ "$1" = -n ] && shift; '
@@ -130,3 +132,10 @@ def test_the_fleet_store_tests_get_postgresql_15_with_contrib(sandbox):
     assert p.returncode == 0, p.stderr
     assert calls == ["apt-get update -qq",
                      "apt-get install -y -qq --no-install-recommends postgresql-15 postgresql-contrib"]
+
+
+def test_the_iso15118_codec_gets_a_headless_jre(sandbox):
+    p, calls, _ = sandbox(java=False)
+    assert p.returncode == 0, p.stderr
+    assert calls == ["apt-get update -qq",
+                     "apt-get install -y -qq --no-install-recommends default-jre-headless"]
