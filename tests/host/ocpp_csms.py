@@ -76,7 +76,8 @@ class _Handlers:
     @on("BootNotification")
     def on_boot(self, **kw):
         self._rec("BootNotification", kw)
-        status = self.csms.boot_status.pop(0) if self.csms.boot_status else "Accepted"
+        bs = self.csms.boot_status       # a queue of answers, or one answer for every boot (1.6 CSMS)
+        status = bs if isinstance(bs, str) else (bs.pop(0) if bs else "Accepted")
         return self._call_result.BootNotification(current_time=_now(), interval=self.csms.heartbeat_s,
                                                   status=status)
 
