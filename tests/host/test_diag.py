@@ -203,14 +203,18 @@ def test_events_of_this_boot_carry_the_host_clock(charging):
 
 
 def test_a_refused_read_leaves_no_event_and_a_refused_change_one(charging):
+    # the refusals alone are counted: the board has no host, so V2G-101 and its mode change
+    # may join the log meanwhile on a slow machine
+    def refusals(evs):
+        return [e for e in evs if e[1] == "V2G-400"]
     with LinkClient(charging.endpoints["link"], heartbeat_s=None) as lk:
-        n = len(D.fetch_events(lk))
+        n = len(refusals(D.fetch_events(lk)))
         r = lk.command("config_get", {"keys": ["MAX_CHARGE_AMPZ"]})
         assert not r.ok and r.code == "V2G-400"
-        assert len(D.fetch_events(lk)) == n
+        assert len(refusals(D.fetch_events(lk))) == n
         assert not lk.command("config_set", {"<b>X</b>": 1}).ok
-        evs = D.fetch_events(lk)
-    assert len(evs) == n + 1 and evs[-1][1] == "V2G-400" and "refused config_set" in evs[-1][3]
+        ref = refusals(D.fetch_events(lk))
+    assert len(ref) == n + 1 and "refused config_set" in ref[-1][3]
 
 
 class _Html(html.parser.HTMLParser):
