@@ -30,7 +30,7 @@ def cli(port, commands, timeout):
         raise click.ClickException(str(e)) from e
     try:
         # a controller that does not answer hello is told apart here, not at the first command
-        con.link.hello(timeout=min(timeout, 3.0))
+        con.link.hello(timeout=timeout)
     except LinkError as e:
         tail = con.link.rx_tail
         con.close()

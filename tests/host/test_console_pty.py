@@ -38,7 +38,12 @@ class Terminal:
 
     def expect(self, pattern, timeout=20):
         while True:
-            i = self.child.expect([pattern, r"\x1b\[6n"], timeout=timeout)
+            try:
+                i = self.child.expect([pattern, r"\x1b\[6n"], timeout=timeout)
+            except (pexpect.EOF, pexpect.TIMEOUT) as e:
+                # say what the console printed, not pexpect's state dump
+                raise AssertionError("console: no {!r} within {} s; it printed: {!r}".format(
+                    pattern, timeout, self.child.before)) from e
             if i == 0:
                 return self.child.match
             self.child.send("\x1b[30;1R")
@@ -50,7 +55,8 @@ class Terminal:
 @pytest.fixture
 def console(board, tmp_path):
     env = dict(os.environ, TERM="xterm", HOME=str(tmp_path))
-    child = pexpect.spawn(V2G, ["console", "--port", board.endpoints["link"]], env=env,
+    # --timeout 10: a busy machine can keep the board's first answer past the 3 s default
+    child = pexpect.spawn(V2G, ["console", "--port", board.endpoints["link"], "--timeout", "10"], env=env,
                           dimensions=(30, 140), timeout=20, encoding="utf-8", codec_errors="replace")
     term = Terminal(child)
     term.expect("v2g>")
