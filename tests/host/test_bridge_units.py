@@ -324,14 +324,14 @@ def _drain(st, script, n_msgs, until):
             st.transactions.queue.put({"seqNo": i})
         st.ctx.cp = _FakeCp(script)
         st.connected.set()
-        st.supervise()
+        st.loops.supervise()
         st.transactions.kick()
         for _ in range(300):
             await asyncio.sleep(0.01)
             if until(st):
                 break
-        alive = not st.tasks["queue sender"].done()
-        await st.stop_tasks()
+        alive = not st.loops.tasks["queue sender"].done()
+        await st.loops.stop()
         return alive
     return asyncio.run(go())
 
@@ -402,16 +402,17 @@ def test_heartbeats_outlive_a_schema_error_and_a_dead_loop_is_restarted(tmp_path
         assert not hb.done()
         hb.cancel()
         # a loop that ends anyway is restarted by the supervisor
-        st.supervise()
-        st.tasks["profile ticker"].cancel()
-        st.tasks["profile ticker"] = asyncio.ensure_future(asyncio.sleep(0))
-        st.tasks["profile ticker"].add_done_callback(st.loop_ended)
+        loops = st.loops
+        loops.supervise()
+        loops.tasks["profile ticker"].cancel()
+        loops.tasks["profile ticker"] = asyncio.ensure_future(asyncio.sleep(0))
+        loops.tasks["profile ticker"].add_done_callback(loops.loop_ended)
         await asyncio.sleep(0.01)
-        st.supervise()
-        restarted = not st.tasks["profile ticker"].done()
-        await st.stop_tasks()
+        loops.supervise()
+        restarted = not loops.tasks["profile ticker"].done()
+        await loops.stop()
         return restarted
-    import host_tools.bridge.ocpp as os_mod
+    import host_tools.bridge.offline as os_mod
     os_mod.LOOP_RESTART_S, old = 0.0, os_mod.LOOP_RESTART_S
     try:
         assert asyncio.run(go())

@@ -28,6 +28,7 @@ import websockets
 import websockets.exceptions
 
 from host_tools.bridge.backoff import Backoff
+from host_tools.bridge.offline import Loops
 from host_tools.bridge.ocpp.availability import Availability
 from host_tools.bridge.ocpp.connection import VERSIONS, Connection, keepalive, routes_of
 from host_tools.bridge.ocpp.context import MODEL, VENDOR, StationContext, utcnow
@@ -44,7 +45,6 @@ __all__ = ["OcppStation", "Security", "check_station_id"]
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 10.0
-LOOP_RESTART_S = 1.0
 PONG_TIMEOUT_MAX_S = 10.0   # a pong later than min(WebSocketPingInterval, this) means a dead link
 MAX_BACKOFF_S = 3600        # the longest reconnect wait the RetryBackOff* variables may make
 
@@ -84,11 +84,11 @@ class OcppStation:
         # applied, then a Reset that waited for the transaction runs (and sees it)
         t.ended += [sc.transaction_ended, a.transaction_ended, p.transaction_ended]
         self.routes = routes_of(p, a, t, sc, f, d)
+        self.loops = Loops(ctx, (("queue sender", t.queue_sender), ("profile ticker", sc.ticker)),
+                           after_start=t.kick)     # a restarted sender looks at the queue at once
 
         self._reconnect = asyncio.Event()
         self._ping_changed = asyncio.Event()
-        self.tasks = {}
-        self._stopping = False
         self.dead_links = 0          # sessions ended by the keepalive
         self.dead_link_at = None     # loop time of the last one (bench)
 
@@ -182,39 +182,11 @@ class OcppStation:
 
     # ------------------------------------------------------------------ background loops
 
-    def supervise(self):
-        """(Re)start the background loops; one that ended for any reason is logged and restarted."""
-        for name, fn in (("queue sender", self.transactions.queue_sender),
-                         ("profile ticker", self.smart_charging.ticker)):
-            t = self.tasks.get(name)
-            if t is not None and not t.done():
-                continue
-            if t is not None:
-                why = "ended" if t.cancelled() or t.exception() is None else repr(t.exception())
-                self.ctx.event("V2G-400", f"{name} stopped ({why}), restarted")
-            t = self.tasks[name] = asyncio.ensure_future(fn())
-            t.add_done_callback(self.loop_ended)
-        if len(self.transactions.queue):
-            self.transactions.kick()   # a restarted sender looks at the queue at once
-
-    def loop_ended(self, task):
-        if self._stopping or task.cancelled():
-            return
-        asyncio.get_running_loop().call_later(LOOP_RESTART_S, self.supervise)
-
-    async def stop_tasks(self):
-        self._stopping = True
-        tasks = [t for t in self.tasks.values() if not t.done()]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self.tasks.clear()
-
     # ------------------------------------------------------------------ the CSMS session
 
     async def run(self):
         self.security_events.raise_event("StartupOfTheDevice", "the charging station gateway started")
-        self.supervise()
+        self.loops.supervise()
         try:
             while True:
                 try:
@@ -225,7 +197,7 @@ class OcppStation:
                     log.info("%s: CSMS session ended: %s", self.id, e)
                 self.ctx.connected.clear()
                 self.ctx.cp = None
-                self.supervise()
+                self.loops.supervise()
                 if self._reconnect.is_set():
                     self._reconnect.clear()
                     continue
@@ -233,7 +205,7 @@ class OcppStation:
                 self.ctx.event("INFO", f"CSMS unreachable, retrying in {wait:.1f} s")
                 await asyncio.sleep(wait)
         finally:
-            await self.stop_tasks()
+            await self.loops.stop()
 
     async def _session(self):
         ctx, security = self.ctx, self.ctx.security
@@ -277,7 +249,7 @@ class OcppStation:
                 await self.availability.send_status(force=True)
                 self.transactions.kick()
                 self.security_events.flush()
-                self.supervise()
+                self.loops.supervise()
                 hb = asyncio.ensure_future(self.provisioning.heartbeats())
                 rc = asyncio.ensure_future(self._reconnect.wait())
                 try:

@@ -16,22 +16,13 @@ import uuid
 import websockets.exceptions
 
 from host_tools.bridge import profiles as prof
-from host_tools.bridge.backoff import Backoff
 from host_tools.bridge.ocpp.availability import PLUGGED
 from host_tools.bridge.ocpp.connection import CallRefused, OCPPError, on, snake_to_camel_case
 from host_tools.bridge.ocpp.context import EVSE, status_info, utcnow
-from host_tools.bridge.queue import DiskQueue, read_json, write_json_atomic
+from host_tools.bridge.offline import PERMANENT_ERRORS, OfflineQueue
+from host_tools.bridge.queue import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-# CALLERROR codes that say the message itself is wrong: sending it again cannot succeed
-PERMANENT_ERRORS = frozenset(("FormatViolation", "FormationViolation", "PropertyConstraintViolation",
-                              "OccurrenceConstraintViolation", "OccurenceConstraintViolation",
-                              "TypeConstraintViolation", "ProtocolError", "NotImplemented", "NotSupported"))
-QUEUE_RETRY_MAX_S = 60.0
-# errors.md has no numbered code for a lost queued message; the log names it so it can be found
-QUEUE_FULL_CODE = "ERR_V2G_TX_QUEUE_FULL"
-
 
 def charging_state(s):
     mode, cp = s.get("mode"), s.get("cp")
@@ -69,21 +60,17 @@ def meter_value(s, context="Sample.Periodic", measurands=None):
     return {"timestamp": prof.iso(utcnow()), "sampledValue": vals}
 
 
-class Transactions:
+class Transactions(OfflineQueue):
     def __init__(self, ctx, state_dir, availability, meter_interval_s=60.0):
-        self.ctx = ctx
+        self._open_queue(ctx, state_dir)
         self.availability = availability
         self.meter_interval_s = meter_interval_s
-        self.queue = DiskQueue(state_dir / "tx_queue", on_drop=self._queue_dropped)
-        self.dead_letter = state_dir / "tx_queue" / "dead"
         self._tx_file = state_dir / "transaction.json"
         self.tx = read_json(self._tx_file, {}) or {}     # id, seq, start, remote_start_id, state
         self.remote_start_id = None
         self.remote_id_token = None     # idToken of a RequestStartTransaction waiting for the cable
         self.blocked_until_unplug = False
         self.ended = []                 # fn(tx_id) called when a transaction ends; may return an awaitable
-        self.queue_retry = Backoff(1.0, 0.0, 6)    # waits after a transient refusal (capped at 60 s)
-        self._kick = asyncio.Event()
         self._last_meter = 0.0
 
     @property
@@ -97,9 +84,9 @@ class Transactions:
 
     # ------------------------------------------------------------------ offline queue
 
-    def kick(self):
-        """Have the sender look at the queue now."""
-        self._kick.set()
+    def _describe(self, payload):
+        return "TransactionEvent {} seqNo {} of {}".format(
+            payload.get("eventType"), payload.get("seqNo"), (payload.get("transactionInfo") or {}).get("transactionId"))
 
     def _enqueue(self, payload):
         payload = dict(payload)
@@ -108,26 +95,6 @@ class Transactions:
             self.ctx.count("tx_events_offline")
         self.queue.put(payload)
         self._kick.set()
-
-    def _queue_dropped(self, n, payload):
-        """The offline queue was full and its oldest TransactionEvent went: billing data is
-        lost, so this is an error line (and a counter in the diagnostic report)."""
-        dropped = self.ctx.count("tx_events_dropped")
-        p = payload or {}
-        what = "unreadable message" if payload is None else "TransactionEvent {} seqNo {} of {}".format(
-            p.get("eventType"), p.get("seqNo"), (p.get("transactionInfo") or {}).get("transactionId"))
-        self.ctx.event(QUEUE_FULL_CODE, f"offline queue full ({self.queue.max_items} messages): "
-                       f"oldest dropped: {what} (queue file {n:012d}); {dropped} dropped so far")
-
-    def _set_aside(self, n, payload, why):
-        """Set a message the CSMS can never accept aside in tx_queue/dead/ (kept for billing,
-        never deleted) so the messages behind it go out."""
-        self.dead_letter.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.dead_letter / "{:012d}.json".format(n), {"reason": why, "payload": payload})
-        self.queue.pop(n)
-        self.ctx.count("tx_events_dead")
-        self.ctx.event("V2G-400", f"TransactionEvent seqNo {payload.get('seqNo')} refused by the "
-                       f"CSMS ({why}): moved to {self.dead_letter.name}/{n:012d}.json")
 
     def _attempts(self):
         """(MessageAttempts, MessageAttemptInterval s) for TransactionEvent (E13)."""
@@ -144,8 +111,7 @@ class Transactions:
         retry = self.queue_retry
         attempts = {}        # queue file number -> tries that got a refusal or no answer
         while True:
-            await self._kick.wait()
-            self._kick.clear()
+            await self._kicked()
             while self.ctx.connected.is_set():
                 head = self.queue.peek()
                 if head is None:
@@ -189,10 +155,7 @@ class Transactions:
                     continue
                 except Exception as e:   # noqa: BLE001 - a bug must not stop the queue for good
                     log.exception("%s: queue sender", self.ctx.id)
-                    wait = min(retry.next(), QUEUE_RETRY_MAX_S)
-                    self.ctx.event("V2G-400", f"TransactionEvent seqNo {payload.get('seqNo')} "
-                                   f"not sent ({type(e).__name__}: {e}); kept, retry in {wait:g} s")
-                    await asyncio.sleep(wait)
+                    await self._retry_later(payload, f"{type(e).__name__}: {e}")
                     continue
                 retry.reset()
                 attempts.pop(n, None)

@@ -21,6 +21,7 @@ import asyncio
 import logging
 
 from host_tools.bridge.ocpp.context import StationContext
+from host_tools.bridge.offline import Loops
 from host_tools.bridge.ocpp16.availability import Availability
 from host_tools.bridge.ocpp16.configuration import Configuration
 from host_tools.bridge.ocpp16.connection import (SUBPROTOCOL, VERSION, Connection, keepalive, routes_of,
@@ -35,8 +36,6 @@ from host_tools.bridge.ocpp16.transactions import Transactions
 __all__ = ["NO_DISCHARGE", "NO_DISCHARGE_WHY", "SUBPROTOCOL", "VERSION", "Ocpp16Station"]
 
 log = logging.getLogger(__name__)
-
-LOOP_RESTART_S = 1.0
 
 
 class Ocpp16Station:
@@ -60,9 +59,9 @@ class Ocpp16Station:
         t.started.append(sc.transaction_started)
         t.ended += [sc.transaction_ended, a.transaction_ended]
         self.routes = routes_of(c, p, a, t, sc, f, d)
+        self.loops = Loops(ctx, (("queue sender", t.queue_sender), ("profile ticker", sc.ticker)),
+                           after_start=t.kick)     # a restarted sender looks at the queue at once
         self._end_session = asyncio.Event()
-        self.tasks = {}
-        self._stopping = False
 
     # ------------------------------------------------------------------ for the service
 
@@ -93,36 +92,6 @@ class Ocpp16Station:
     def reconnect(self):
         self._end_session.set()
 
-    # ------------------------------------------------------------------ background loops
-
-    def supervise(self):
-        for name, fn in (("queue sender", self.transactions.queue_sender),
-                         ("profile ticker", self.smart_charging.ticker)):
-            t = self.tasks.get(name)
-            if t is not None and not t.done():
-                continue
-            if t is not None:
-                why = "ended" if t.cancelled() or t.exception() is None else repr(t.exception())
-                self.ctx.event("V2G-400", f"{name} stopped ({why}), restarted")
-            t = self.tasks[name] = asyncio.ensure_future(fn())
-            t.add_done_callback(self._loop_ended)
-        if len(self.transactions.queue):
-            self.transactions.kick()
-
-    def _loop_ended(self, task):
-        if self._stopping or task.cancelled():
-            return
-        asyncio.get_running_loop().call_later(LOOP_RESTART_S, self.supervise)
-
-    async def stop_tasks(self):
-        self._stopping = True
-        tasks = [t for t in self.tasks.values() if not t.done()]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self.tasks.clear()
-        self._stopping = False
-
     # ------------------------------------------------------------------ the CSMS session
 
     async def session(self, ws, on_booted=None):
@@ -142,7 +111,7 @@ class Ocpp16Station:
             await self.smart_charging.charge_only()
             ctx.event("INFO", f"connected with OCPP 1.6, heartbeat {self.configuration['HeartbeatInterval']} s")
             ctx.connected.set()
-            self.supervise()
+            self.loops.supervise()
             await self.availability.send_status(force=True)
             self.transactions.kick()
             side = [asyncio.ensure_future(self.provisioning.heartbeats()),
@@ -159,7 +128,7 @@ class Ocpp16Station:
             # a CALL in flight on this socket would wait its whole response timeout for an answer
             # that cannot come: the sender stops here (its message stays queued) and the next
             # session starts it again
-            sender = self.tasks.pop("queue sender", None)
+            sender = self.loops.tasks.pop("queue sender", None)
             for t in side + [reader] + ([sender] if sender else []):
                 t.cancel()
             await asyncio.gather(*side, reader, *([sender] if sender else []), return_exceptions=True)

@@ -108,4 +108,4 @@ class NegotiatedStation:
         try:
             await self.v2.run()
         finally:
-            await self.v16.stop_tasks()
+            await self.v16.loops.stop()

@@ -22,19 +22,14 @@ import websockets.exceptions
 
 from host_tools import link as hl
 from host_tools.bridge import profiles as prof
-from host_tools.bridge.backoff import Backoff
 from host_tools.bridge.ocpp.context import utcnow
 from host_tools.bridge.ocpp16.connection import CallRefused, OCPPError, after, on, stop_if_cancelled
-from host_tools.bridge.queue import DiskQueue, read_json, write_json_atomic
+from host_tools.bridge.offline import PERMANENT_ERRORS, OfflineQueue
+from host_tools.bridge.queue import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 PLUGGED = ("B", "C", "D")
-PERMANENT_ERRORS = frozenset(("FormationViolation", "FormatViolation", "PropertyConstraintViolation",
-                              "OccurenceConstraintViolation", "OccurrenceConstraintViolation",
-                              "TypeConstraintViolation", "ProtocolError", "NotImplemented", "NotSupported"))
-QUEUE_RETRY_MAX_S = 60.0
-QUEUE_FULL_CODE = "ERR_V2G_TX_QUEUE_FULL"
 
 
 def charging_status(s):
@@ -72,13 +67,11 @@ def meter_value(s, measurands, context, when=None):
     return {"timestamp": prof.iso(when or utcnow()), "sampledValue": sampled_values(s or {}, measurands, context)}
 
 
-class Transactions:
+class Transactions(OfflineQueue):
     def __init__(self, ctx, state_dir, config):
-        self.ctx = ctx
+        self._open_queue(ctx, state_dir)
         self.config = config
         self.availability = None
-        self.queue = DiskQueue(state_dir / "tx_queue", on_drop=self._queue_dropped)
-        self.dead_letter = state_dir / "tx_queue" / "dead"
         self._tx_file = state_dir / "transaction.json"
         self._ids_file = state_dir / "transaction_ids.json"
         self.tx = read_json(self._tx_file, {}) or {}       # local, id, id_tag, start, meter_start, begin
@@ -88,9 +81,7 @@ class Transactions:
         self.blocked_until_unplug = False
         self.ended = []                 # fn(local key) called when a transaction ends
         self.started = []               # fn(local key, remote profile) called when one starts
-        self.queue_retry = Backoff(1.0, 0.0, 6)
         self.clock = utcnow             # wall clock (clock-aligned meter values); tests set it
-        self._kick = asyncio.Event()
         self._last_meter = 0.0
         self._aligned_slot = None
 
@@ -110,28 +101,17 @@ class Transactions:
 
     # ------------------------------------------------------------------ offline queue
 
-    def kick(self):
-        self._kick.set()
+    def _describe(self, item):
+        return f"{item.get('action')} of transaction {item.get('local')}"
+
+    def _dead_record(self, item):
+        return item
 
     def _enqueue(self, action, payload, local=None):
         if not self.ctx.connected.is_set():
             self.ctx.count("tx_events_offline")
         self.queue.put({"action": action, "local": local, "payload": payload})
         self._kick.set()
-
-    def _queue_dropped(self, n, item):
-        dropped = self.ctx.count("tx_events_dropped")
-        what = "unreadable message" if item is None else f"{item.get('action')} of transaction {item.get('local')}"
-        self.ctx.event(QUEUE_FULL_CODE, f"offline queue full ({self.queue.max_items} messages): oldest dropped: "
-                       f"{what} (queue file {n:012d}); {dropped} dropped so far")
-
-    def _set_aside(self, n, item, why):
-        self.dead_letter.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.dead_letter / f"{n:012d}.json", {"reason": why, **item})
-        self.queue.pop(n)
-        self.ctx.count("tx_events_dead")
-        self.ctx.event("V2G-400", f"{item.get('action')} of transaction {item.get('local')} refused by the "
-                       f"CSMS ({why}): moved to {self.dead_letter.name}/{n:012d}.json")
 
     def _with_tx_id(self, item):
         """The payload to send, with the CSMS transactionId of its transaction filled in."""
@@ -161,8 +141,7 @@ class Transactions:
         else keeps it and retries."""
         retry = self.queue_retry
         while True:
-            await self._kick.wait()
-            self._kick.clear()
+            await self._kicked()
             while self.ctx.connected.is_set() and self.ctx.cp is not None:
                 head = self.queue.peek()
                 if head is None:
@@ -181,9 +160,7 @@ class Transactions:
                         self._set_aside(n, item, str(e))
                         retry.reset()
                         continue
-                    wait = min(retry.next(), QUEUE_RETRY_MAX_S)
-                    self.ctx.event("V2G-400", f"{item['action']} refused ({e}); kept, retry in {wait:g} s")
-                    await asyncio.sleep(wait)
+                    await self._retry_later(item, f"refused: {e}")
                     continue
                 except (asyncio.TimeoutError, websockets.exceptions.ConnectionClosed) as e:
                     log.info("%s: %s not delivered: %r", self.ctx.id, item["action"], e)
@@ -194,10 +171,7 @@ class Transactions:
                     continue
                 except Exception as e:  # noqa: BLE001 - a bug must not stop the queue for good
                     log.exception("%s: queue sender", self.ctx.id)
-                    wait = min(retry.next(), QUEUE_RETRY_MAX_S)
-                    self.ctx.event("V2G-400", f"{item['action']} not sent ({type(e).__name__}: {e}); "
-                                   f"kept, retry in {wait:g} s")
-                    await asyncio.sleep(wait)
+                    await self._retry_later(item, f"{type(e).__name__}: {e}")
                     continue
                 retry.reset()
                 self.queue.pop(n)
