@@ -3,9 +3,10 @@ heap one ES256 verification allocates.
 
 Measured in the MicroPython VM (Node + WebAssembly). The VM's integers have 16-bit digits
 like the STM32F405 build's, so the bytes a verify allocates are the board's: gc.mem_alloc()
-before and after one verify with nothing collected in between (the VM frees garbage only
-when Python yields to its host loop). Goal: 64 kB or less, so that a verify does not run
-the collector several times over a 96 kB heap.
+before and after one verify with the collector disabled in between (gc.disable(); what C
+frees itself, such as pow()'s temporaries, is not counted). Goal: 64 kB or less, so that a
+verify does not run the collector several times over a 96 kB heap; not met, and
+VERIFY_HEAP_BUDGET is the ceiling the tests hold the design to (docs/signed-updates.md).
 
 Time. The VM x 15 rule (VM against board on plain bytecode, pystone) misses big-integer
 code, which allocates: the wNAF verifier this module replaced took about 50 million
@@ -223,10 +224,14 @@ data = bytes.fromhex(d['bundle'])
 
 
 def heap(fn):
+    # the collector held off: mem_alloc's growth is what fn allocated and did not free itself
     gc.collect()
+    gc.disable()
     before = gc.mem_alloc()
     fn()
-    return gc.mem_alloc() - before   # nothing is freed until the VM yields to its host
+    used = gc.mem_alloc() - before
+    gc.enable()
+    return used
 
 
 def best(fn, rounds, per):
@@ -265,6 +270,37 @@ print('RESULT', json.dumps({{'key': t_key, 'open': t_open, 'verify': t_new, 'ver
                             'heap': h_new, 'heap_old': h_old, 'heap_key': h_key, 'ok': ok,
                             'all': t_all, 'size': len(data)}}))
 """
+
+
+# What one verify may allocate at most (VM, 16-bit digits as on the board), checked by
+# tests/host/test_p256_budget.py. A ceiling on the design as it is, not the goal: HEAP_GOAL
+# needs field arithmetic outside heap integers (docs/signed-updates.md).
+VERIFY_HEAP_BUDGET = 193000
+
+_HEAP_CODE = """
+import gc, hashlib, json
+from core import p256
+for pt, msg, sig in json.loads({vectors!r}):
+    key = p256.PublicKey(bytes.fromhex(pt))
+    digest = hashlib.sha256(bytes.fromhex(msg)).digest()
+    sig = bytes.fromhex(sig)
+    key.verify_digest(digest, sig)
+    gc.collect()
+    gc.disable()          # nothing collected meanwhile: the growth is what the verify allocated
+    before = gc.mem_alloc()
+    ok = key.verify_digest(digest, sig)
+    used = gc.mem_alloc() - before
+    gc.enable()
+    print('HEAP', json.dumps([ok, used]))
+"""
+
+
+def verify_heaps(vectors):
+    """[(verdict, bytes allocated)] of one ES256 verify per (point hex, message bytes,
+    r||s hex), in the MicroPython VM."""
+    vec = json.dumps([[pt, msg.hex(), sig] for pt, msg, sig in vectors])
+    out = vm.run_micropython(_HEAP_CODE.format(vectors=vec), mounts=vm.firmware_mounts("sim"), timeout=300)
+    return [tuple(json.loads(ln[len("HEAP "):])) for ln in out.splitlines() if ln.startswith("HEAP ")]
 
 
 def measure():
@@ -306,6 +342,8 @@ def rows():
         ("ES256 verify VM time, comb / wNAF", round(ratio, 2), "x", "<= 0.5 x", ratio <= 0.5),
         ("heap allocated per ES256 verify (VM, 16-bit digits as on the board)", r["heap"], "B",
          "<= {} B".format(HEAP_GOAL), r["heap"] <= HEAP_GOAL),
+        ("heap allocated per ES256 verify, this design's ceiling (tests/host/test_p256_budget.py)",
+         r["heap"], "B", "<= {} B".format(VERIFY_HEAP_BUDGET), r["heap"] <= VERIFY_HEAP_BUDGET),
         ("heap allocated per verify, previous wNAF verifier", r["heap_old"], "B", None, None),
         ("ES256 verify, STM32F405 estimate (0.30 s emulated wNAF x {:.2f})".format(scale),
          round(board_s, 3), "s", "< {} s".format(GOAL_S), board_s < GOAL_S),

@@ -246,11 +246,62 @@ class Plan:
     config_notes: list = field(default_factory=list)   # what the settings cannot do as they read
     romfs: bytes = None               # the ROMFS image of the modules, on a board with a ROM partition
     rom: dict = None                  # board.json "romfs": partition number, size, ...
+    frozen: tuple = ()                # top-level names the board's image holds frozen (--frozen): not copied
+    notes: list = field(default_factory=list)   # what the board needs for this plan (its image)
+    installs: str = ""                # what goes where, in one line
+
+    def modules(self):
+        """The compiled modules the plan copies to the filesystem."""
+        return sorted(p for p in self.files if p.endswith(".mpy"))
 
 
-def prepare(board, config=None, pubkey=None, config_text=None):
-    """Build the plan on the host; raises FlashError before anything is sent."""
+def frozen_names(board):
+    """Top-level names (packages, modules) the freeze manifests put into a board's image:
+    firmware/manifest.py and, if the board has one, boards/<board>/manifest.py. Read by
+    running them against stand-ins for the manifest functions (no MicroPython tree needed)."""
+    names = []
+
+    def package(name, files=None, base_path=".", opt=None):
+        names.append(name.split("/")[0].split(".")[0])
+
+    def module(name, base_path=".", opt=None):
+        names.append(name)
+
+    def ignore(*args, **kwargs):
+        pass
+
+    for path in (vm.FIRMWARE / "manifest.py", vm.BOARDS / board / "manifest.py"):
+        if path.is_file():
+            env = {"package": package, "module": module, "include": ignore, "require": ignore,
+                   "freeze": ignore, "options": ignore, "metadata": ignore}
+            try:
+                exec(compile(path.read_text(), str(path), "exec"), env)
+            except Exception as e:   # noqa: BLE001  (a manifest we cannot read is named, not guessed)
+                raise FlashError("cannot read the freeze manifest {}: {}".format(path, e)) from None
+    return tuple(dict.fromkeys(names))
+
+
+def frozen_build(board, info):
+    """How the board's MicroPython is built with the firmware frozen in (board.json
+    "micropython": "build"), for the messages."""
+    return (info.get("micropython") or {}).get("build") or \
+        "a MicroPython build with FROZEN_MANIFEST={}".format(vm.FIRMWARE / "manifest.py")
+
+
+def prepare(board, config=None, pubkey=None, config_text=None, frozen=False):
+    """Build the plan on the host; raises FlashError before anything is sent.
+
+    frozen: the board runs an image with the firmware frozen in (frozen_names()); those
+    modules are not copied, and copies of them on the filesystem are removed (MicroPython
+    looks in the current folder before .frozen and would load them into RAM again)."""
     info = load_board(board)
+    wants_frozen = bool((info.get("micropython") or {}).get("frozen"))
+    if frozen and info.get("romfs"):
+        raise FlashError("--frozen: board {} runs its modules from a ROMFS partition, which v2g flash "
+                         "writes; there is nothing frozen to skip".format(board))
+    if frozen and not wants_frozen:
+        raise FlashError("--frozen: board {} has no MicroPython build with the firmware frozen in "
+                         "(boards/{}/board.json \"micropython\": \"frozen\")".format(board, board))
     files = {}
     config_keys = []
     notes = []
@@ -273,11 +324,40 @@ def prepare(board, config=None, pubkey=None, config_text=None):
             raise FlashError("the ROMFS image ({:,} B) does not fit the board's {:,} B partition".format(
                 len(image), int_of(rom["size"])))
         compiled = {p: d for p, d in compiled.items() if p in SOURCE_ONLY}
+    skipped = ()
+    if frozen:
+        skipped = frozen_names(board)
+        compiled = {p: d for p, d in compiled.items()
+                    if p in SOURCE_ONLY or p.split("/", 1)[0] not in skipped}
     files.update(compiled)
     managed = sorted({p.name for p in vm.FIRMWARE.iterdir() if p.is_dir() and p.name != "__pycache__"}
                      | set(SOURCE_ONLY) | set(BUILD_ONLY) | {BOARD_PKG})
-    return Plan(board, info["mpy_arch"], firmware_version(), files, tuple(managed), config_keys, notes,
-                romfs=image, rom=rom)
+    plan = Plan(board, info["mpy_arch"], firmware_version(), files, tuple(managed), config_keys, notes,
+                romfs=image, rom=rom, frozen=skipped)
+    plan.installs, plan.notes = _what_goes_where(plan, info, wants_frozen)
+    return plan
+
+
+def _what_goes_where(plan, info, wants_frozen):
+    mods = plan.modules()
+    where = sorted({p.split("/", 1)[0] + "/" if "/" in p else p for p in mods})
+    src = sorted(p for p in plan.files if p in SOURCE_ONLY)
+    if plan.romfs is not None:
+        installs = "installs: the compiled modules in the ROMFS image ({:,} B, run in place), {} on the " \
+                   "filesystem".format(len(plan.romfs), ", ".join(src))
+    else:
+        installs = "installs: {} compiled module(s) on the filesystem ({}), {}".format(
+            len(mods), ", ".join(where) or "none", ", ".join(src))
+    out = []
+    if plan.frozen:
+        out.append("expects frozen in the board's image: {} (not copied; copies of them on the board are "
+                   "removed). The image: {}".format(", ".join(n + "/" for n in plan.frozen if n not in SOURCE_ONLY),
+                                                    frozen_build(plan.board, info)))
+    elif wants_frozen:
+        out.append("board {} needs the firmware frozen into its MicroPython image: from the filesystem "
+                   "the modules are loaded into RAM and do not fit its heap (docs/board-budget.md). Build "
+                   "the image with {}, then flash with --frozen".format(plan.board, frozen_build(plan.board, info)))
+    return installs, out
 
 
 def sha(data):
@@ -328,7 +408,15 @@ def diff(plan, on_board, rom_on_board=None):
 
 
 def compare(board, plan):
-    """diff() of the plan against what the board holds (its files and its ROMFS partition)."""
+    """diff() of the plan against what the board holds (its files and its ROMFS partition).
+    A --frozen plan is refused first when the board's image lacks a package it skips."""
+    if plan.frozen:
+        packages = [n for n in plan.frozen if not n.endswith(".py")]
+        missing = [n for n in packages if n not in board.frozen_packages(packages)]
+        if missing:
+            raise FlashError("--frozen: the board's MicroPython image has no frozen {} (nothing was "
+                             "written). Build it with {}".format(
+                                 ", ".join(missing), frozen_build(plan.board, load_board(plan.board))))
     rom = board.rom_sha(plan.rom["partition"], len(plan.romfs)) if plan.romfs is not None else None
     return diff(plan, board.hashes(), rom)
 
@@ -380,6 +468,32 @@ else:
 """
 ROM_CHUNK = 2048                 # image bytes per exec when writing the partition
 ROM_ERASE_STEP = 32768           # bytes erased per call, as mpremote does (one call stays short)
+
+
+# Runs on the controller: which of {names} import from the image's frozen modules alone.
+# Whatever of ours is imported (a running controller's) is set aside and put back after.
+_FROZEN_SCRIPT = """
+import sys
+_v2g_n = {names!r}
+_v2g_k = [m for m in sys.modules if m.split('.')[0] in _v2g_n]
+_v2g_s = [(m, sys.modules.pop(m)) for m in _v2g_k]
+_v2g_p = sys.path[:]
+sys.path[:] = ['.frozen']
+_v2g_r = []
+for _v2g_x in _v2g_n:
+    try:
+        __import__(_v2g_x)
+        _v2g_r.append(_v2g_x)
+    except ImportError:
+        pass
+    if _v2g_x in sys.modules:
+        del sys.modules[_v2g_x]
+sys.path[:] = _v2g_p
+for _v2g_m, _v2g_o in _v2g_s:
+    sys.modules[_v2g_m] = _v2g_o
+print('V2G-FROZEN', ' '.join(_v2g_r) or '-')
+del _v2g_n, _v2g_k, _v2g_s, _v2g_p, _v2g_r, _v2g_x
+"""
 
 
 # Typed at the friendly prompt after the reset: the version the running station reports
@@ -495,6 +609,14 @@ class Board:
             return self.t.exec(code).decode(errors="replace")
         except TransportError as e:
             raise FlashError("on the board: {}".format(str(e).strip() or e.__class__.__name__)) from None
+
+    def frozen_packages(self, names):
+        """The packages among names the board's image holds frozen."""
+        out = self.exec(_FROZEN_SCRIPT.format(names=tuple(names)))
+        m = re.search(r"V2G-FROZEN ([^\r\n]*)", out)
+        if not m:
+            raise FlashError("the board did not say which modules it holds frozen: " + out.strip())
+        return [] if m.group(1).strip() == "-" else m.group(1).split()
 
     def hashes(self):
         out = self.exec(_HASH_SCRIPT.format(keep=repr(KEEP_DIRS)))

@@ -23,6 +23,11 @@ reopens the port at once.
   the transmission-complete flag (the last stop bit left the wire), so DE is dropped right
   after it and `tx_done()` is always True. The transceiver's receiver is disabled while
   DE is up (/RE tied to DE on the carrier), so our own request never echoes back.
+  `rx_idle_us()` says when a reply ended, from the UART's receive-idle interrupt
+  (`UART.IRQ_RXIDLE`, MicroPython >= 1.24): a hard handler stores ticks_us() and the
+  position in the byte stream it followed, so the meter task may send its next request in
+  the step that read a reply (docs/field-buses.md). A firmware without IRQ_RXIDLE gets no
+  `rx_idle_us` and the meter task counts the Modbus silence from its own reads.
 - `hal.can`: pyb.CAN 2, normal mode, one filter bank accepting every id into FIFO 0 (the
   codec filters); recv reuses one list (MicroPython >= 1.20 layout: id, extended, remote,
   filter, data).
@@ -138,6 +143,14 @@ def _views(buf, cache, n):
     return v
 
 
+# The receive-idle record the UART's hard IRQ handler shares with readinto (array slots:
+# the handler may not allocate): when the interrupt came, the stream position of the last
+# byte before it, and the bytes readinto has returned (positions wrap at 2**30).
+_IDLE_TICKS = const(0)
+_IDLE_AT = const(1)
+_IDLE_READ = const(2)
+
+
 class PybRs485:
     """The RS-485 port on a UART and a driver-enable pin (interface: docs/field-buses.md)."""
 
@@ -147,9 +160,17 @@ class PybRs485:
         self.uart = None
         self.baud = None
         self.open_error = ''
+        self.idle_error = ''
         self.write_errors = 0
         self._tx_src = None
         self._tx_views = {}
+        self._idle = array('i', [0, -1, 0])
+        self._on_idle_cb = None
+        if hasattr(machine.UART, 'IRQ_RXIDLE'):
+            self._on_idle_cb = self._on_idle   # bound once: a hard handler may not allocate
+        else:
+            # this firmware cannot tell when a reply ended: no rx_idle_us for the meter task
+            self.rx_idle_us = None
 
     def open(self, baud):
         self.de.value(0)
@@ -165,6 +186,32 @@ class PybRs485:
             self.uart = None
             self.baud = None
             self.open_error = 'baud {}: {}'.format(baud, e)
+            return
+        self._idle[_IDLE_AT] = -1           # nothing heard at this speed yet
+        if self._on_idle_cb is not None:
+            try:
+                self.uart.irq(handler=self._on_idle_cb, trigger=machine.UART.IRQ_RXIDLE, hard=True)
+                self.idle_error = ''
+            except (OSError, ValueError, TypeError) as e:
+                # the port works; rx_idle_us stays None and the meter task counts from its reads
+                self.idle_error = 'receive-idle interrupt: {}'.format(e)
+
+    def _on_idle(self, uart):
+        # hard IRQ: slots only. The STM32F4 also raises it after a first character; the
+        # position makes that harmless (readinto must have returned exactly up to it).
+        s = self._idle
+        s[_IDLE_TICKS] = time.ticks_us()
+        s[_IDLE_AT] = (s[_IDLE_READ] + uart.any()) & _COUNT_MASK
+
+    def rx_idle_us(self):
+        """ticks_us() of the receive-idle interrupt that followed the last byte readinto
+        returned, or None when none has (more may still be arriving). The idle flag rises a
+        character after the stop bit, so this is up to a character late, never early: the
+        Modbus silence counted from it is never short."""
+        s = self._idle
+        if s[_IDLE_AT] != s[_IDLE_READ]:
+            return None
+        return s[_IDLE_TICKS]
 
     def write(self, buf, n):
         if self.uart is None:
@@ -194,8 +241,11 @@ class PybRs485:
         if k > len(buf):
             k = len(buf)
         # ask for exactly what is waiting: a longer read would wait timeout_char for more
-        n = u.readinto(buf, k)
-        return n or 0
+        n = u.readinto(buf, k) or 0
+        if n:
+            s = self._idle
+            s[_IDLE_READ] = (s[_IDLE_READ] + n) & _COUNT_MASK
+        return n
 
     def stats(self):
         out = {}
@@ -203,6 +253,8 @@ class PybRs485:
             out['open_error'] = self.open_error
         if self.write_errors:
             out['write_errors'] = self.write_errors
+        if self.idle_error:
+            out['idle_error'] = self.idle_error
         return out
 
 

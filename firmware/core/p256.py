@@ -19,7 +19,8 @@ as much as what it computes. Hence:
   instead of about 17 KiB as integers;
 - points are Jacobian with the a = -3 doubling; squares go through
   pow(x, 2, p), which frees its product itself and leaves only the result;
-  differences feeding a square or a product are left unreduced;
+  differences feeding a square or a product are left unreduced; a negative
+  table entry keeps its y and flips the signs of r and y3 instead;
 - the final x-coordinate check multiplies r by Z^2 instead of inverting Z.
 The hot loop keeps X, Y, Z in locals and inlines the formulas: a function
 call and a tuple per step would cost more than the arithmetic.
@@ -493,32 +494,38 @@ def _comb2(u1, u2, qtab):
                 tab = tq
                 v = cq[m]
             t += 1
-            if v & 0x80:
-                o = (v & 0x7F) << 6
-                ax = int.from_bytes(tab[o:o + 32], "big")
-                ay = int.from_bytes(tab[o + 32:o + 64], "big")
-            else:
-                o = (~v & 0x7F) << 6
-                ax = int.from_bytes(tab[o:o + 32], "big")
-                ay = p - int.from_bytes(tab[o + 32:o + 64], "big")
+            # a clear top sign selects the negative of entry ~v: its y is
+            # negated through the formulas (r and y3 change sign), not as p - y
+            neg = not v & 0x80
+            if neg:
+                v = ~v
+            o = (v & 0x7F) << 6
+            ax = int.from_bytes(tab[o:o + 32], "big")
+            ay = int.from_bytes(tab[o + 32:o + 64], "big")
             if z == 0:
                 x = ax
-                y = ay
+                y = p - ay if neg else ay
                 z = 1
                 continue
             # inlined _jadd_affine (rare cases delegated); h and r unreduced
             zz = pow(z, 2, p)
             h = ax * zz % p - x
-            r = ay * zz * z % p - y
+            if neg:
+                r = ay * zz * z % p + y   # -r
+            else:
+                r = ay * zz * z % p - y
             if h == 0:
-                x, y, z = _jadd_affine(x, y, z, ax, ay)
+                x, y, z = _jadd_affine(x, y, z, ax, p - ay if neg else ay)
                 continue
             hh = pow(h, 2, p)
             hhh = h * hh % p
-            v = x * hh % p
+            u = x * hh % p
             z = z * h % p
-            x = (pow(r, 2, p) - hhh - (v << 1)) % p
-            y = (r * (v - x) - y * hhh) % p
+            x = (pow(r, 2, p) - hhh - u - u) % p
+            if neg:
+                y = (r * (x - u) - y * hhh) % p
+            else:
+                y = (r * (u - x) - y * hhh) % p
         m -= 1
     return x, y, z
 

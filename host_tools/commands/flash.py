@@ -20,7 +20,11 @@ from host_tools.commands._checks import FiniteFloatRange, check_port
               help="The controller's host-link port: after the reset, confirm its version by hello.")
 @click.option("--boot-wait", type=FiniteFloatRange(1, 120), default=10.0, show_default=True,
               help="Seconds to watch the boot after the reset.")
-def cli(port, board, config, pubkey, dry_run, link_url, boot_wait):
+@click.option("--frozen", is_flag=True,
+              help="The board runs a MicroPython image with the firmware frozen in (pyboard: "
+                   "FROZEN_MANIFEST=firmware/manifest.py): copy only what the image lacks, remove "
+                   "copies of the frozen modules.")
+def cli(port, board, config, pubkey, dry_run, link_url, boot_wait, frozen):
     """Compile the firmware for BOARD, copy what changed, install the settings and the
     update key, reset the board and confirm the version it runs.
 
@@ -32,7 +36,7 @@ def cli(port, board, config, pubkey, dry_run, link_url, boot_wait):
         raise click.UsageError("--link confirms the version after the reset, and --dry-run does not reset: "
                                "give one of them")
     try:
-        plan = F.prepare(board, config=config, pubkey=pubkey)
+        plan = F.prepare(board, config=config, pubkey=pubkey, frozen=frozen)
     except F.FlashError as e:
         raise click.ClickException(str(e)) from e
     # the files first (a bad settings file is named even with no board attached), then the ports
@@ -40,11 +44,15 @@ def cli(port, board, config, pubkey, dry_run, link_url, boot_wait):
     check_port(link_url, "--link")
     for note in plan.config_notes:
         click.echo("note: " + note, err=True)
+    for line in plan.notes:
+        click.echo(line, err=True)
     try:
         # the board is read without stopping a controller where the REPL is free: a dry run
         # or a reflash with nothing changed leaves it running; flash() stops it before a write
         with F.Board(port, interrupt=False) as b:
             changes = F.compare(b, plan)            # asked once; flash() works from it
+            if dry_run or not changes.empty:
+                click.echo(plan.installs, err=True)
             if dry_run:
                 report = F.flash(b, plan, dry_run=True, changes=changes, wait_s=boot_wait)
             else:

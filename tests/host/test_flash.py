@@ -92,6 +92,7 @@ def test_dry_run_lists_and_changes_nothing(tree, blank):
     res = run("--port", blank.repl, "--board", "sim", "--dry-run")
     assert res.exit_code == 0, res.output
     assert "would copy core/limits.mpy (changed" in res.output
+    assert F.prepare("sim").installs in res.output          # what goes where, said before the list
     assert "dry run: nothing written" in res.output
     assert on_board(blank) == before
 
@@ -315,3 +316,47 @@ def test_the_files_a_board_gets_carry_no_test_hook(board):
         text = src.read_text()
         found += ["{}: {}".format(dest, hook) for hook in TEST_HOOKS if hook in text]
     assert found == []
+
+
+# -- a board whose image holds the firmware frozen (pyboard) -------------------------------------
+
+def test_pyboard_plan_says_what_it_installs_and_how_its_frozen_image_is_built():
+    whole = F.prepare("pyboard")
+    assert "core/controller.mpy" in whole.files and not whole.frozen
+    assert whole.installs == "installs: {} compiled module(s) on the filesystem (app/, board/, core/), " \
+        "boot.py, main.py".format(len(whole.modules()))
+    said = "\n".join(whole.notes)
+    assert "make -C ports/stm32 BOARD=PYBV11" in said and "FROZEN_MANIFEST=" in said
+    assert "flash with --frozen" in said
+    frozen = F.prepare("pyboard", frozen=True)
+    # what firmware/manifest.py freezes is not copied; the HAL (not in it) and what MicroPython
+    # runs by name are
+    assert {"core", "app"} <= set(frozen.frozen)
+    assert not any(p.startswith(("core/", "app/")) for p in frozen.files)
+    assert "board/hal.mpy" in frozen.files and "main.py" in frozen.files and "boot.py" in frozen.files
+    assert frozen.installs.startswith("installs: 3 compiled module(s) on the filesystem (board/)")
+    said = "\n".join(frozen.notes)
+    assert "expects frozen in the board's image: core/, app/" in said and "FROZEN_MANIFEST=" in said
+    # copies of frozen modules left on the board are removed: from /flash they would load into RAM
+    board_has = {"core/controller.mpy": "0" * 64, "app/station.mpy": "0" * 64, "state/log.bin": "0" * 64,
+                 "main.py": hashlib.sha256(frozen.files["main.py"]).hexdigest()}
+    changes = F.diff(frozen, board_has)
+    assert changes.remove[:2] == ["app/station.mpy", "core/controller.mpy"]
+    assert "main.py" in changes.unchanged and "state/log.bin" not in changes.remove
+
+
+def test_frozen_is_refused_where_nothing_is_frozen():
+    with pytest.raises(F.FlashError, match="sim has no MicroPython build with the firmware frozen in"):
+        F.prepare("sim", frozen=True)
+    with pytest.raises(F.FlashError, match="pybd_sf6 runs its modules from a ROMFS partition"):
+        F.prepare("pybd_sf6", frozen=True)
+
+
+def test_frozen_flash_onto_an_image_without_them_writes_nothing(blank):
+    # the virtual board's MicroPython has no frozen modules: the board is asked before a write
+    before = on_board(blank)
+    res = CliRunner().invoke(cli, ["--port", blank.repl, "--board", "pyboard", "--frozen"])
+    assert res.exit_code != 0
+    assert "--frozen: the board's MicroPython image has no frozen core, app (nothing was written)" in res.output
+    assert "FROZEN_MANIFEST=" in res.output
+    assert on_board(blank) == before

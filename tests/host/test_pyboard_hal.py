@@ -138,17 +138,26 @@ class FakeADC:
             buf[i] = W.cp[0] if i < len(buf) // 2 else W.cp[1]
 
 
-class FakeUART:
+class FakeUARTNoIdle:
+    """A UART of a MicroPython without UART.IRQ_RXIDLE (before 1.24)."""
+
     def __init__(self, uid, baud=None, **kw):
         self.uid = uid
         self.baud = baud
         self.rx = bytearray()
         self.sent = []
+        self.sent_us = []
         self.de_at_write = []
         self.answer = None        # function(request bytes) -> reply bytes
         self.inits = 0
         self.cap = kw.get('rxbuf')  # the ring buffer: bytes past it are lost, as on STM32
         self.dropped = 0
+        self.irq_args = None
+        # timed: a reply arrives byte by byte after the request (deliver()), with the
+        # receive-idle interrupt one character after its last byte and, as on the STM32F4,
+        # one after its first byte as well; untimed: at once, without interrupts
+        self.timed = False
+        self.coming = []          # (end of byte us, byte or None: the idle interrupt)
         W.uarts[uid] = self
         W.ev('uart', uid)
 
@@ -158,15 +167,47 @@ class FakeUART:
         self.baud = baud
         self.inits += 1
 
+    def char_us(self):
+        return 10000000 // self.baud
+
     def write(self, data, n=None):
         # a MicroPython stream's write(buf, max_len): the first n bytes
         b = bytes(data) if n is None else bytes(data[:n])
         self.sent.append(b)
+        self.sent_us.append(W.now_us)
         de = W.pins.get('Y3')
         self.de_at_write.append(de.v if de is not None else None)
         if self.answer is not None:
-            self.rx += self.answer(b)
+            reply = self.answer(b)
+            if not self.timed:
+                self.rx += reply
+            elif reply:
+                # after the request, the t3.5 silence (4 characters) and 5 ms of the meter's own
+                self.schedule(reply, W.now_us + (len(b) + 4) * self.char_us() + 5000)
         return len(b)
+
+    def schedule(self, data, start_us):
+        """data on the wire from start_us, one character time per byte."""
+        c = self.char_us()
+        t = start_us
+        for i in range(len(data)):
+            t += c
+            self.coming.append((t, data[i]))
+            if i == 0:
+                self.coming.append((t, None))     # the STM32F4's interrupt after a first byte
+        self.coming.append((t + c, None))         # the idle flag: one character of quiet line
+
+    def deliver(self):
+        """Bytes and interrupts due by W.now_us, in their order."""
+        now = W.now_us
+        while self.coming and self.coming[0][0] <= now:
+            t, b = self.coming.pop(0)
+            if b is not None:
+                self.arrive(bytes([b]))
+            elif self.irq_args is not None:
+                W.now_us = t              # the handler reads ticks_us() when it runs
+                self.irq_args[0](self)
+                W.now_us = now
 
     def arrive(self, data):
         """Bytes off the wire into the ring buffer; what does not fit is lost (overrun)."""
@@ -186,6 +227,16 @@ class FakeUART:
         buf[:n] = self.rx[:n]
         self.rx = self.rx[n:]
         return n
+
+
+class FakeUART(FakeUARTNoIdle):
+    IRQ_RXIDLE = 0x1000
+    irq_fails = False
+
+    def irq(self, handler=None, trigger=0, hard=False):
+        if FakeUART.irq_fails:
+            raise ValueError('trigger not supported')
+        self.irq_args = (handler, trigger, hard)
 
 
 class FakeCAN:
@@ -306,13 +357,14 @@ def _exec(name, extra=None):
     return d
 
 
-def load_hal():
+def load_hal(uart=FakeUART):
     """A fresh fake board and the pyboard HAL module loaded against it (a namespace)."""
     global W
     W = World()
     saved = {}
     for k in ('machine', 'pyb', 'board'):
         saved[k] = sys.modules.get(k)
+    FakeMachine.UART = uart
     sys.modules['machine'] = FakeMachine
     sys.modules['pyb'] = FakePyb
     try:
@@ -554,6 +606,58 @@ def test_rs485_open_failure_is_reported_not_raised():
     assert 'baud 12345' in hal.bus_stats()['rs485_port']['open_error']
 
 
+def test_rs485_rx_idle_from_the_receive_idle_interrupt():
+    mod, hal = new_hal()
+    port = hal.rs485
+    port.open(9600)
+    u = W.uarts[6]
+    handler, trigger, hard = u.irq_args
+    assert trigger == FakeUART.IRQ_RXIDLE and hard is True       # a hard handler: stamped on time
+    c = u.char_us()
+    rx = bytearray(32)
+    assert port.rx_idle_us() is None                             # nothing heard yet
+    start = 1000000
+    u.schedule(bytes(range(1, 10)), start)                       # 9 bytes, the last ends at start + 9c
+    W.now_us = start + 3 * c + 10
+    u.deliver()                                                  # 3 bytes in, the line still busy
+    assert port.readinto(rx) == 3 and port.rx_idle_us() is None
+    W.now_us = start + 10 * c + 10
+    u.deliver()                                                  # the rest, then the idle interrupt
+    assert port.readinto(rx) == 6 and rx[:6] == bytes(range(4, 10))
+    assert port.rx_idle_us() == start + 10 * c                   # a character after the last stop bit
+    assert port.readinto(rx) == 0 and port.rx_idle_us() == start + 10 * c
+    # bytes after it: until an idle interrupt follows them, the old time is not theirs
+    later = start + 100000
+    u.schedule(b'\x01\x02\x03', later)
+    W.now_us = later + 2 * c
+    u.deliver()
+    assert port.readinto(rx) == 2 and port.rx_idle_us() is None
+    W.now_us = later + 4 * c
+    u.deliver()
+    assert port.readinto(rx) == 1 and port.rx_idle_us() == later + 4 * c
+    # a reopened port (new baud) has heard nothing at its new speed
+    port.open(19200)
+    assert port.rx_idle_us() is None and u.irq_args[1] == FakeUART.IRQ_RXIDLE
+
+
+def test_rs485_without_receive_idle_interrupt_offers_no_rx_idle():
+    mod = load_hal(uart=FakeUARTNoIdle)
+    hal = mod.Hal()
+    assert getattr(hal.rs485, 'rx_idle_us', None) is None       # the meter task counts from its reads
+    hal.rs485.open(9600)
+    assert W.uarts[6].baud == 9600 and 'rs485_port' not in hal.bus_stats()
+    FakeUART.irq_fails = True                                    # a port that refuses the trigger
+    try:
+        mod, hal = new_hal()
+        hal.rs485.open(9600)
+    finally:
+        FakeUART.irq_fails = False
+    u = W.uarts[6]
+    u.rx += b'\x01\x02'
+    assert hal.rs485.readinto(bytearray(8)) == 2 and hal.rs485.rx_idle_us() is None
+    assert 'receive-idle interrupt' in hal.bus_stats()['rs485_port']['idle_error']
+
+
 # -- CAN port --------------------------------------------------------------------------------
 
 def test_can_port():
@@ -710,6 +814,39 @@ def test_meter_and_bms_through_the_station_tasks():
     stats = hal.bus_stats()
     stats.update(buses.stats(now))
     assert stats['meter']['snap_ok'] >= 1 and stats['can']['rx_ok'] >= 20
+
+
+def test_meter_reads_one_block_per_step_on_the_receive_idle_time():
+    """On a line with real timing (9600 baud: a 6-register read holds it 43 ms), the reply's
+    end from the idle interrupt lets the next request leave in the step that read the reply:
+    V, f and the snapshot's blocks one per 50 ms step, as core/meter_map.py's cycle and the
+    grid protection's sense time assume."""
+    from app.meter import MeterTask
+    from core import meter_map
+    mod, hal = new_hal()
+    meter = Sdm630()
+    for r in (0, 2, 4):
+        meter.put(r, 231.0)
+    meter.put(6, 12.0)
+    meter.put(0x46, 49.9)
+    cfg = settings(METER_POLL_MS=500)
+    task = MeterTask(hal.rs485, cfg, hal.ticks_us)
+    u = W.uarts[6]
+    u.answer = meter.answer
+    u.timed = True
+    assert task.reader.blocks == meter_map.BLOCKS_SDM630          # the short blocks: one step each
+    inp = Inputs()
+    steps = 40
+    for step in range(steps):
+        W.now_us = 1000000 + step * 50000
+        u.deliver()
+        task.step(W.now_us // 1000, inp, cfg)
+    gaps = [b - a for a, b in zip(u.sent_us, u.sent_us[1:])]
+    assert gaps and max(gaps) == 50000, gaps                      # a request every step
+    assert len(u.sent) >= steps - 1
+    assert task.master.stats.ok >= steps - 2 and task.master.stats.timeouts == 0
+    assert task.reader.snapshots_ok >= 3
+    assert inp.meter_ok and inp.meter_mv == 231000 and inp.meter_mhz == 49900 and inp.meter_ma == 12000
 
 
 # -- host link ---------------------------------------------------------------------------------
