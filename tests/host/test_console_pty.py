@@ -61,8 +61,19 @@ def console(board, tmp_path):
     term = Terminal(child)
     term.expect("v2g>")
     yield term
-    child.sendcontrol("d")
-    child.expect(pexpect.EOF, timeout=20)
+    quit_console(child)
+
+
+def quit_console(child):
+    """Ctrl-D at the prompt ends the console. A key typed while a command still prints is
+    dropped when prompt_toolkit takes the terminal back (raw mode flushes pending input), so
+    Ctrl-D is sent again until the console ends; the port lock goes with the process."""
+    for _ in range(6):
+        child.sendcontrol("d")
+        if child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=5) == 0:
+            return
+    child.terminate(force=True)
+    raise AssertionError("console did not end on Ctrl-D within 30 s")
 
 
 def test_the_status_bar_shows_the_state_without_a_command(console):

@@ -167,7 +167,8 @@ def test_the_update_history_is_in_the_event_log_and_a_refusal_is_one_event(board
     bad[20] ^= 1                        # the key id: refused at the head, with chunks in flight
     with pytest.raises(fota.FotaError):
         fota.push(board.link, bytes(bad), window=8, **FAST)
-    evs = [diag.event_dict(e) for e in diag.fetch_events(board.link)[n:]]
+    # the update's own events: a busy machine may add a link-latency event (V2G-110) meanwhile
+    evs = [e for e in map(diag.event_dict, diag.fetch_events(board.link)[n:]) if e.get("code") != "V2G-110"]
     assert [e["code"] for e in evs] == ["V2G-601"], evs
     assert diag.event_kind(evs[0]) == "update"
     fota.push(board.link, new_bundle, **FAST)
