@@ -175,9 +175,9 @@ def test_one_station_reads_its_shard_fleet_aggregates_read_all_in_parallel(store
 def test_migrate_is_versioned_and_one_command(fleet):
     p = subprocess.run(v2g("history", "migrate", "--store", fleet.dsn), capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    assert "schema version 1" in p.stdout and "migration 1" not in p.stdout     # already applied: nothing again
+    assert "schema version 2" in p.stdout and "migration" not in p.stdout     # already applied: nothing again
     with pg.connect(fleet.dsn) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,), (2,)]
     p = subprocess.run(v2g("history", "migrate", "--store", "mysql://x/y"), capture_output=True, text=True)
     assert p.returncode == 2 and "postgresql://" in p.stderr
 
@@ -194,7 +194,7 @@ def test_retention_drops_days_past_the_rule(root):
             today = pg.S.day_of(now)
             assert pg.maintain(coord, today=today, log=lambda m: None) == (0, 0)
             made, dropped = pg.maintain(coord, today=today + pg.S.datetime.timedelta(days=1), log=lambda m: None)
-        assert (made, dropped) == (2, 2)          # one day each of samples and events, both ways
+        assert (made, dropped) == (3, 3)          # one day each of samples, events and minutes, both ways
         assert [r["t"] for r in s.telemetry("RET-1", now - 3 * 86_400_000, now + 1, 10)] == [now]
         s.close()
     finally:
