@@ -246,8 +246,23 @@ class SqliteStore(Store):
 # (the SQLite store here, the fleet's PostgreSQL store in host_tools/history): rows in, documents out
 
 
-# one encoder for every sample's `doc` (json.dumps with options builds an encoder per call)
-_DOC = json.JSONEncoder(separators=(",", ":")).encode
+def _doc_encoder():
+    """json.dumps(o, separators=(",", ":")) for every sample's `doc`, without building an encoder
+    per call: CPython's C encoder made once (a third of the cost), else one JSONEncoder."""
+    enc = json.JSONEncoder(separators=(",", ":"))
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is not None:
+        try:
+            it = make(None, enc.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+            probe = {"t_ms": 1, "cp": "C", "w": -7.5, "é": [None, True, float("nan")]}
+            if "".join(it(probe, 0)) == enc.encode(probe):
+                return lambda o: "".join(it(o, 0))
+        except TypeError:            # another signature in another Python
+            pass
+    return enc.encode
+
+
+_DOC = _doc_encoder()
 
 
 def sample_rows(station, ts_ms, samples):

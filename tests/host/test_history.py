@@ -4,6 +4,7 @@ processes. The instances start once for the module; each test uses its own stati
 
 import csv
 import io
+import os
 import shutil
 import subprocess
 import tempfile
@@ -17,7 +18,7 @@ from history_helpers import PG_BIN, IngestProc, LocalFleet, LocalPg, PlainBroker
 pytestmark = pytest.mark.skipif(not have_postgres(), reason="PostgreSQL 15 not installed (tools/system-deps.sh)")
 
 pg = pytest.importorskip("host_tools.history.pg")
-from host_tools.api.store import SqliteStore  # noqa: E402
+from host_tools.api.store import SqliteStore, sample_rows, telemetry_point  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -375,3 +376,129 @@ def test_adding_a_shard_by_moving_a_bucket(root):
     finally:
         new.stop("immediate")
         f.close()
+
+
+# ---------------------------------------------------------------- rollup, sessions, worker cost
+
+
+def _rows_read(plan, prefix):
+    """Rows an EXPLAIN ANALYZE (JSON) plan read from the tables named prefix*."""
+    n = 0
+    if plan.get("Relation Name", "").startswith(prefix):
+        n += plan["Actual Rows"] * plan.get("Actual Loops", 1)
+    for sub in plan.get("Plans", []):
+        n += _rows_read(sub, prefix)
+    return n
+
+
+def test_a_long_span_downsampled_reads_the_minute_rollup_and_answers_as_the_samples(store, fleet):
+    st = register(store, "ROL-", 1)[0]
+    b, shard = bucket_shard(store, st)
+    day = pg.S.day_ms(pg.S.day_of(pg.now_ms())) - 86_400_000          # yesterday, inside retention
+    ins = (f"INSERT INTO samples_b{b} (station, t, cp, soc_pm, w, ma, mv, mhz, e_in_wh, e_out_wh, dis_cap_wh, doc) "
+           "SELECT %(s)s, %(d)s + i * 1000, 'C', 500 + i %% 400, (i %% 7000) - 3500, i %% 1000, "
+           "CASE WHEN i %% 13 = 0 THEN NULL ELSE 230000 + i %% 7 END, 50000, i / 5, i / 3, 30000, '{}' "
+           "FROM generate_series(%(a)s::int, %(z)s::int) i ON CONFLICT DO NOTHING")
+    with pg.connect(fleet.shards[shard].dsn) as db:
+        # three inserts, split inside minutes; the third is a redelivery: it must change nothing
+        for a, z in ((0, 9_999), (10_000, 21_599), (5_000, 14_999)):
+            db.execute(ins, {"s": st, "d": day, "a": a, "z": z})
+        f, t = day + 1_234, day + 6 * 3_600_000 - 777                   # neither end on a minute
+        q, args = pg.PgStore.telemetry_query(st, b, f, t, 50)
+        raw = db.execute(f"SELECT (t - %(base)s) / %(w)s, min(t), avg(soc_pm), avg(w), min(w), max(w), avg(ma), "
+                         "avg(mv), avg(mhz), max(e_in_wh), max(e_out_wh), avg(dis_cap_wh), count(*) "
+                         f"FROM samples_b{b} WHERE station = %(s)s AND t >= %(f)s AND t < %(t)s GROUP BY 1 ORDER BY 1",
+                         args).fetchall()
+        want = [telemetry_point(r[1:]) for r in raw]
+        plan = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + q, args).fetchone()[0][0]["Plan"]
+    got = store.telemetry(st, f, t, 50)
+    assert got == want and 0 < len(got) <= 50 and sum(p["samples"] for p in got) == 21_600 - 2
+    assert args["w"] % 60_000 == 0                    # whole minutes per point
+    # the samples read are the two partial minutes at the ends; the rest is the rollup's rows
+    assert _rows_read(plan, f"samples_b{b}") < 120 and 300 < _rows_read(plan, f"minutes_b{b}") <= 360
+    # a short span still reads the samples themselves, in the SQLite store's slices
+    assert store.telemetry(st, day, day + 10_000, 5) == [telemetry_point((day + 2000 * k, *_avg_pair(k)))
+                                                           for k in range(5)]
+
+
+def _avg_pair(k):
+    """The short-span expectation above: samples 2k and 2k+1 of the ROL- station."""
+    i = (2 * k, 2 * k + 1)
+    mv = [None if x % 13 == 0 else 230000 + x % 7 for x in i]
+    mvs = [v for v in mv if v is not None]
+    return (sum(500 + x for x in i) / 2, sum(x - 3500 for x in i) / 2, 2 * k - 3500, 2 * k + 1 - 3500,
+            sum(i) / 2, sum(mvs) / len(mvs), 50000, (2 * k + 1) // 5, (2 * k + 1) // 3, 30000, 2)
+
+
+def test_sessions_from_many_rows_per_insert_match_the_sqlite_store(fleet, store, tmp_path):
+    """The workers insert thousands of rows per statement; the sessions trigger walks each
+    station's new rows in time order: the same sessions as the SQLite store's row-by-row rule,
+    with plug-out and plug-in inside one insert, a late batch, a redelivered one, SoC unknown."""
+    from host_tools.history.ingest import Item, Worker
+    lite = SqliteStore(tmp_path / "s.db")
+    names = register(store, "SES-", 4)
+    w = Worker(fleet.dsn, "mqtt://127.0.0.1:1")       # not started: its write path only
+    t0 = pg.now_ms() - 600_000
+    pattern = "AABCCCCDDCAAAAABBCCCCCAACCAAAABCCCCCAAAB"
+
+    def batch(k, st_i):
+        samples = [{"t_ms": (k * 5 + j) * 1000, "cp": pattern[(k * 5 + j + 3 * st_i) % 40],
+                    "soc_pm": -1 if j == 2 else 600 - k * 5 - j, "w": -1000 * ((k + j + st_i) % 9),
+                    "e_in_wh": k * 5 + j, "e_out_wh": 2 * (k * 5 + j)} for j in range(5)]
+        return t0 + (k * 5 + 4) * 1000, samples
+
+    def write(ks):
+        items = {}
+        for k in ks:
+            for i, st in enumerate(names):
+                ts, samples = batch(k, i)
+                lite.add_samples(st, ts, samples)
+                it = Item(None, 0, "s", st, w.bucket_of(st), sample_rows(st, ts, samples), ts)
+                items.setdefault(w.bucket_shard[it.bucket], []).append(it)
+        for shard, its in items.items():
+            w._write_shard(shard, its)
+        assert w.counters["write_errors"] == 0
+    write(range(4))                                   # 20 rows per station in one insert
+    write([5])
+    write([4])                                        # late: its rows are older than the session's last
+    write([5])                                        # redelivered
+    write([6, 7])
+    for st in names:
+        got, want = store.sessions(st, 50), lite.sessions(st, 50)
+        assert got == want and len(want) >= 3, (st, got, want)
+    lite.close()
+    w.coord.close()
+    for db in w.shard_conns.values():
+        db.close()
+
+
+def _cpu_s(pid):
+    v = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(v[11]) + int(v[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_worker_spends_little_cpu_per_message(fleet, store, root):
+    """10,000 stations send 2,000 messages a second: what one message costs a worker's core
+    decides how many workers a fleet needs. With paho-mqtt's client (a read per packet part,
+    a write per PUBACK, MQTT 5 properties made into objects) and json.dumps per sample a
+    message cost some 400 us here; the worker's own connection and encoder take it well under."""
+    d = root / "cpu"
+    d.mkdir()
+    broker = PlainBroker(d, "broker").start()
+    w = IngestProc(d, fleet.dsn, broker.url, "wc0").wait_subscribed()
+    pub = Publisher(broker.url)
+    try:
+        stations = register(store, "CPU-", 400)
+        pub.batch(stations[0], pg.now_ms() - 300_000, 0).wait_for_publish(10)     # first write: connections made
+        assert pg.wait_for(lambda: w.stats().get("samples_new", 0) >= 5, 30)
+        cpu0 = _cpu_s(w.proc.pid)
+        want = publish_burst(pub, stations, 10, pg.now_ms() - 250_000)          # 4,000 messages
+        ok, got = wait_rows(fleet, "CPU-", want + 5, 120)
+        assert ok, got
+        per_msg_us = (_cpu_s(w.proc.pid) - cpu0) / (want // 5) * 1e6
+        print(f"worker CPU per message: {per_msg_us:.0f} us")
+        assert per_msg_us < 200, f"{per_msg_us:.0f} us of worker CPU per message"
+    finally:
+        pub.close()
+        w.stop()
+        broker.stop()
