@@ -26,6 +26,7 @@ import logging
 import os
 import queue
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -80,9 +81,15 @@ class Worker:
                  receive_max=2000, batch_rows=5000, batch_wait_s=0.2, stats_file=None):
         self.store_url = store_url
         u = urllib.parse.urlsplit(mqtt_url)
-        if u.scheme != "mqtt":
-            raise ValueError(f"--mqtt must be mqtt://host:port, got {mqtt_url!r}")
-        self.host, self.port = u.hostname or "localhost", u.port or 1883
+        if u.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"--mqtt must be mqtt://host:port or mqtts://user:password@host:8883[?cafile=CA.pem], "
+                             f"got {mqtt_url!r}")
+        tls = None
+        if u.scheme == "mqtts":           # the shipped broker (deploy/mosquitto/v2g.conf): TLS 1.3 only
+            cafile = urllib.parse.parse_qs(u.query).get("cafile", [None])[0]
+            tls = ssl.create_default_context(cafile=cafile)
+            tls.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.host, self.port = u.hostname or "localhost", u.port or (8883 if tls else 1883)
         self.client_id = client_id or f"v2g-history-{socket.gethostname()}-{os.getpid()}"
         self.group = group
         self.batch_rows, self.batch_wait_s = batch_rows, batch_wait_s
@@ -104,7 +111,7 @@ class Worker:
             on_message=self._on_message, on_subscribed=self._on_subscribed, session_expiry_s=session_expiry_s,
             receive_max=receive_max, keepalive=30,
             username=urllib.parse.unquote(u.username) if u.username else None,
-            password=urllib.parse.unquote(u.password) if u.password else None)
+            password=urllib.parse.unquote(u.password) if u.password else None, tls=tls)
 
     # -- fleet layout from the coordinator
 

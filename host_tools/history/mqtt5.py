@@ -16,7 +16,9 @@ acknowledged instead.
 """
 
 import logging
+import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -84,14 +86,20 @@ class Subscriber:
     PUBLISH (mid None at QoS 0); on_subscribed(ok, reason_codes) after each SUBACK."""
 
     def __init__(self, host, port, client_id, filters, *, on_message, on_subscribed=None, session_expiry_s=86400,
-                 receive_max=2000, keepalive=30, username=None, password=None):
+                 receive_max=2000, keepalive=30, username=None, password=None, tls=None):
+        """tls: an ssl.SSLContext to speak MQTT over TLS (the shipped broker's 8883), or None."""
         self.host, self.port, self.client_id, self.filters = host, port, client_id, list(filters)
         self.on_message, self.on_subscribed = on_message, on_subscribed
         self.session_expiry_s, self.receive_max, self.keepalive = session_expiry_s, receive_max, keepalive
-        self.username, self.password = username, password
+        self.username, self.password, self.tls = username, password, tls
         self.gen = 0                  # connection generation; 0: none yet
         self.sock = None
-        self._send_lock = threading.Lock()
+        # every read and write is on the connection's thread (a TLS socket is not to be read and
+        # written from two threads at once): ack() queues its PUBACKs and wakes that thread
+        self._out, self._out_lock = [], threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._stop = threading.Event()
         self._last_send = 0.0
         self.thread = None
@@ -102,36 +110,31 @@ class Subscriber:
 
     def stop(self):
         self._stop.set()
-        s = self.sock
-        if s is not None:
-            try:
-                self._send(b"\xe0\x00", s)        # DISCONNECT, normal: the session stays at the broker
-            except OSError:
-                pass
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self._wake()
         if self.thread is not None:
             self.thread.join(10)
 
     def ack(self, mids, gen):
-        """PUBACK the messages received on connection `gen`, in one write; nothing if that
-        connection is gone (the broker sends them again on the next one)."""
-        s = self.sock
-        if gen != self.gen or s is None or not mids:
+        """PUBACK the messages received on connection `gen` (sent at once by the connection's
+        thread, all in one write); nothing if that connection is gone: the broker sends them
+        again on the next one."""
+        if gen != self.gen or self.sock is None or not mids:
             return False
+        data = b"".join(b"\x40\x02" + struct.pack("!H", m) for m in mids)
+        with self._out_lock:
+            self._out.append((gen, data))
+        self._wake()
+        return True
+
+    def _wake(self):
         try:
-            self._send(b"".join(b"\x40\x02" + struct.pack("!H", m) for m in mids), s)
-            return True
-        except OSError as e:
-            log.warning("acknowledgements not sent (%s): the broker will send those messages again", e)
-            return False
+            self._wake_w.send(b"x")
+        except OSError:
+            pass                       # a wake-up is already pending
 
     def _send(self, data, s):
-        with self._send_lock:
-            s.sendall(data)
-            self._last_send = time.monotonic()
+        s.sendall(data)
+        self._last_send = time.monotonic()
 
     # -- the connection's thread
 
@@ -156,22 +159,40 @@ class Subscriber:
     def _session(self):
         s = socket.create_connection((self.host, self.port), timeout=10)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            s = self.tls.wrap_socket(s, server_hostname=self.host)
         self.sock = s
         self._send(connect_packet(self.client_id, self.keepalive, self.session_expiry_s, self.receive_max,
                                   self.username, self.password), s)
-        s.settimeout(1.0)
         buf = bytearray()
         last_in = time.monotonic()
         connected = False
-        while not self._stop.is_set():
-            try:
-                chunk = s.recv(262144)
-                if not chunk:
-                    raise ConnectionError("the broker closed the connection")
-                buf += chunk
-                last_in = time.monotonic()
-            except socket.timeout:
-                pass
+        while True:
+            pending = self.tls is not None and s.pending()
+            ready = select.select([s, self._wake_r], [], [], 0 if pending else 1.0)[0]
+            if self._wake_r in ready:
+                try:
+                    self._wake_r.recv(4096)
+                except BlockingIOError:
+                    pass
+            with self._out_lock:
+                out, self._out = self._out, []
+            data = b"".join(d for gen, d in out if gen == self.gen)
+            if data:
+                self._send(data, s)
+            if self._stop.is_set():
+                self._send(b"\xe0\x00", s)       # DISCONNECT, normal: the session stays at the broker
+                return
+            if pending or s in ready:
+                try:
+                    chunk = s.recv(262144)
+                except (socket.timeout, ssl.SSLWantReadError):
+                    chunk = None
+                if chunk is not None:
+                    if not chunk:
+                        raise ConnectionError("the broker closed the connection")
+                    buf += chunk
+                    last_in = time.monotonic()
             now = time.monotonic()
             if now - last_in > 1.5 * self.keepalive:
                 raise ConnectionError(f"nothing from the broker for {now - last_in:.0f} s")

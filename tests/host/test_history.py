@@ -4,10 +4,13 @@ processes. The instances start once for the module; each test uses its own stati
 
 import csv
 import io
+import json
 import os
 import shutil
+import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +22,7 @@ pytestmark = pytest.mark.skipif(not have_postgres(), reason="PostgreSQL 15 not i
 
 pg = pytest.importorskip("host_tools.history.pg")
 from host_tools.api.store import SqliteStore, sample_rows, telemetry_point  # noqa: E402
+from host_tools.history.mqtt5 import Subscriber  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -500,5 +504,66 @@ def test_a_worker_spends_little_cpu_per_message(fleet, store, root):
         assert per_msg_us < 200, f"{per_msg_us:.0f} us of worker CPU per message"
     finally:
         pub.close()
+        w.stop()
+        broker.stop()
+
+
+def _tls_client(port, ca, user, pw):
+    import ssl
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=user, protocol=mqtt.MQTTv5)
+    c.tls_set_context(ssl.create_default_context(cafile=str(ca)))
+    c.username_pw_set(user, pw)
+    c.connect("localhost", port)
+    c.loop_start()
+    return c
+
+
+def test_the_history_account_reads_its_feed_over_tls_and_publishes_nothing(fleet, store, root):
+    """The shipped broker set-up (deploy/mosquitto/v2g.conf and v2g.acl: TLS 1.3, passwords):
+    a worker on the v2g-history-1 account takes the stations' telemetry through its shared
+    subscription and stores it; the account cannot read a station's commands nor publish."""
+    from bridge_helpers import Broker, make_ca
+    d = root / "acl"
+    d.mkdir()
+    ca_key, ca_cert, ca_path = make_ca(d)
+    broker = Broker(d / "broker", ca_key, ca_cert, ca_path, {"v2g-history-1": "h-pw", "v2g-bridge": "b-pw"})
+    st = register(store, "ACL-", 1)[0]
+    w = IngestProc(d, fleet.dsn, f"mqtts://v2g-history-1:h-pw@localhost:{broker.port}?cafile={ca_path}", "wacl")
+    bridge = _tls_client(broker.port, ca_path, "v2g-bridge", "b-pw")
+    try:
+        w.wait_subscribed()
+        doc = {"ts": pg.now_ms(), "samples": [{"t_ms": 0, "cp": "A"}, {"t_ms": 1000, "cp": "C"}]}
+        bridge.publish(f"v2g/{st}/telemetry", json.dumps(doc), qos=1).wait_for_publish(10)
+        assert wait_rows(fleet, "ACL-", 2, 30)[1] == (2, 2), w.log_text()[-2000:]
+        w.stop()                                 # its account is one connection: now the probe's
+        got, subscribed = [], threading.Event()
+        probe = Subscriber("localhost", broker.port, "v2g-history-1", ["v2g/+/cmd", "v2g/+/telemetry"],
+                           on_message=lambda mid, qos, topic, payload, gen: got.append(topic),
+                           on_subscribed=lambda ok, codes: subscribed.set(), session_expiry_s=0,
+                           username="v2g-history-1", password="h-pw",
+                           tls=ssl.create_default_context(cafile=str(ca_path)))
+        probe.start()
+        assert subscribed.wait(10)
+        seen = []
+        bridge.subscribe("v2g/+/cmd", qos=1)
+        bridge.on_message = lambda c, u, m: seen.append(m.payload)
+        bridge.publish(f"v2g/{st}/cmd", b"bridge", qos=1).wait_for_publish(10)
+        bridge.publish(f"v2g/{st}/telemetry", json.dumps(doc), qos=1).wait_for_publish(10)
+        assert pg.wait_for(lambda: f"v2g/{st}/telemetry" in got and seen == [b"bridge"], 10), (got, seen)
+        assert f"v2g/{st}/cmd" not in got                # published before the telemetry: refused to it
+        probe.stop()
+        hist = _tls_client(broker.port, ca_path, "v2g-history-1", "h-pw")
+        hist.publish(f"v2g/{st}/cmd", b"history", qos=1).wait_for_publish(10)
+        hist.loop_stop()
+        hist.disconnect()
+        bridge.publish(f"v2g/{st}/cmd", b"after", qos=1).wait_for_publish(10)
+        assert pg.wait_for(lambda: seen[-1:] == [b"after"], 10), seen
+        assert b"history" not in seen                    # its publish was dropped by the ACL
+    finally:
+        bridge.loop_stop()
+        bridge.disconnect()
         w.stop()
         broker.stop()
