@@ -1,12 +1,12 @@
 """The history store on PostgreSQL: the API's `Store` interface over a sharded fleet.
 
 The store URL names the coordinator (postgresql://user@host:port/db); the shards behind it are
-found in its `shards` table. The API's writes go through the coordinator, whose hash partitions
-are postgres_fdw foreign tables: PostgreSQL routes each row to the one shard that holds the
-station. One-station reads go straight to that shard (the coordinator names the bucket once per
-station): the whole query runs next to the data, with no planner guess about pushing it down.
-Fleet-wide aggregates scan every shard at once (async foreign scans, partition-wise
-aggregation). The ingest workers (ingest.py) write to the shards directly.
+found in its `shards` table. One-station writes and reads go straight to the station's shard
+(the coordinator names the bucket once per station): a batch is one INSERT there, and a query
+runs whole next to the data, with no planner guess about pushing it down. Fleet-wide
+aggregates go through the coordinator, whose hash partitions are postgres_fdw foreign tables,
+and scan every shard at once (async foreign scans, partition-wise aggregation). The ingest
+workers (ingest.py) write to the shards directly too.
 """
 
 import json
@@ -195,14 +195,12 @@ class PgStore(Store):
         if not samples:
             return 0
         rows = sample_rows(station, ts_ms, samples)
-        db = self._db()
-        with db.transaction(), db.cursor() as cur:
-            new = 0
-            for r in rows:   # in time order: the shard's session trigger sees them as they happened
-                cur.execute("INSERT INTO samples VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
-                            "ON CONFLICT DO NOTHING", r)
-                new += max(0, cur.rowcount)
-        return new
+        db, b = self._station(station)
+        # one statement on the station's shard: its trigger walks the new rows in time order
+        ph = "(" + ",".join(["%s"] * len(S.SAMPLE_COLS)) + ")"
+        cur = db.execute(f"INSERT INTO samples_b{b} VALUES {','.join([ph] * len(rows))} ON CONFLICT DO NOTHING",
+                         [v for r in rows for v in r])
+        return max(0, cur.rowcount)
 
     def latest_sample(self, station):
         db, b = self._station(station)
@@ -255,8 +253,9 @@ class PgStore(Store):
         return q, {"base": base, "w": width, "s": station, "f": t_from, "t": t_to, "lo": lo, "hi": hi}
 
     def add_event(self, station, ts_ms, event):
-        cur = self._db().execute("INSERT INTO events VALUES (%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
-                                 event_row(station, ts_ms, event))
+        db, b = self._station(station)
+        cur = db.execute(f"INSERT INTO events_b{b} VALUES (%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+                         event_row(station, ts_ms, event))
         return cur.rowcount == 1
 
     def events(self, station, t_from, t_to, limit):
