@@ -356,7 +356,7 @@ def test_adding_a_shard_by_moving_a_bucket(root):
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr
         dump = subprocess.run([str(PG_BIN / "pg_dump"), "-a", "--disable-triggers", "-t", "samples_b1_*",
-                               "-t", "events_b1_*", "-t", "sessions_b1", f.shards[0].dsn],
+                               "-t", "events_b1_*", "-t", "minutes_b1_*", "-t", "sessions_b1", f.shards[0].dsn],
                               capture_output=True, check=True, timeout=60).stdout
         subprocess.run([str(PG_BIN / "psql"), "-q", "-v", "ON_ERROR_STOP=1", new.dsn], input=dump,
                        capture_output=True, check=True, timeout=60)
@@ -367,11 +367,13 @@ def test_adding_a_shard_by_moving_a_bucket(root):
         p = subprocess.run(v2g("history", "migrate", "--store", f.dsn), capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr
         with pg.connect(f.shards[0].dsn) as old:
-            old.execute("DROP TABLE samples_b1, events_b1, sessions_b1")
+            old.execute("DROP TABLE samples_b1, events_b1, minutes_b1, sessions_b1")
         s.close()
         s = pg.PgStore(f.dsn)                       # restarted: reads the new bucket map
         for n in names:
             assert [r["samples"] for r in s.telemetry(n, now - 5000, now + 1, 1)] == [2], n
+            # the rollup moved with the bucket: a long span still sees both samples
+            assert sum(r["samples"] for r in s.telemetry(n, now - 3_600_000, now + 3_600_000, 10)) == 2, n
             assert [x["energy_out_wh"] for x in s.sessions(n, 5)] == [4], n
         assert sum(r["stations"] for r in s.discharge_by_hour(now - 3_600_000, now + 1)) == 20
         with pg.connect(new.dsn) as db:
