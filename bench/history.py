@@ -347,6 +347,8 @@ def rows():
          round(100_000 * per_k["workers"] / 1e6, 1), "cores", "extrapolated, not measured", None),
         ("  extrapolation: shard cores for 100,000 stations x 1 sample/s, at the measured shard CPU per sample",
          round(100_000 * per_k["shards"] / 1e6, 1), "cores", "extrapolated, not measured", None),
+        ("  extrapolation: broker cores for 100,000 stations (20,000 messages/s in and out; Mosquitto uses one)",
+         round(100_000 * per_k["broker"] / 1e6, 1), "cores", "extrapolated, not measured", None),
     ]
     return out
 

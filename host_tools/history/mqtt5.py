@@ -144,10 +144,11 @@ class Subscriber:
             try:
                 self._session()
                 delay = 1
-            except (OSError, ValueError) as e:
+            except Exception as e:   # noqa: BLE001 - a broken packet too: drop the connection, make it again
                 if self._stop.is_set():
                     break
-                log.warning("broker %s:%s: %s; connecting again in %d s", self.host, self.port, e, delay)
+                log.warning("broker %s:%s: %s; connecting again in %d s", self.host, self.port,
+                            e if isinstance(e, (OSError, ValueError)) else repr(e), delay)
             finally:
                 s, self.sock = self.sock, None
                 if s is not None:

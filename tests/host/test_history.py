@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -568,4 +569,45 @@ def test_the_history_account_reads_its_feed_over_tls_and_publishes_nothing(fleet
         bridge.loop_stop()
         bridge.disconnect()
         w.stop()
+        broker.stop()
+
+
+def test_the_workers_connection_acknowledges_only_on_the_connection_a_message_came_on(root):
+    """A connection lost with messages unacknowledged: the broker sends them again on the next
+    one; an acknowledgement meant for the old connection is not sent (its packet id may name
+    another message now), the new copy's is, and then nothing comes again."""
+    d = root / "conn"
+    d.mkdir()
+    broker = PlainBroker(d, "broker").start()
+    got, subscribed = [], threading.Event()
+    sub = Subscriber("127.0.0.1", broker.port, "conn-test", ["$share/g/v2g/+/telemetry"],
+                     on_message=lambda mid, qos, topic, payload, gen: got.append((mid, payload, gen)),
+                     on_subscribed=lambda ok, codes: subscribed.set())
+    pub = Publisher(broker.url)
+    sub.start()
+    try:
+        assert subscribed.wait(10)
+        pub.raw("v2g/C-1/telemetry", b"one").wait_for_publish(10)
+        assert pg.wait_for(lambda: len(got) == 1, 10)
+        (mid, payload, gen), = got
+        subscribed.clear()
+        sub.sock.shutdown(socket.SHUT_RDWR)           # the connection drops, "one" unacknowledged
+        assert subscribed.wait(15) and pg.wait_for(lambda: len(got) == 2, 10), got
+        mid2, payload2, gen2 = got[1]
+        assert payload2 == b"one" and gen2 == gen + 1
+        assert sub.ack([mid], gen) is False            # the old connection's: not sent
+        assert sub.ack([mid2], gen2) is True
+        pub.raw("v2g/C-1/telemetry", b"two").wait_for_publish(10)
+        assert pg.wait_for(lambda: len(got) == 3, 10)
+        subscribed.clear()
+        sub.sock.shutdown(socket.SHUT_RDWR)           # "two" unacknowledged, "one" acknowledged
+        assert subscribed.wait(15) and pg.wait_for(lambda: len(got) == 4, 10), got
+        assert got[3][1] == b"two"                    # "one" is not sent again
+        sub.ack([got[3][0]], got[3][2])
+        pub.raw("v2g/C-1/telemetry", b"three").wait_for_publish(10)
+        assert pg.wait_for(lambda: len(got) == 5, 10)
+        assert [p for _m, p, _g in got] == [b"one", b"one", b"two", b"two", b"three"]
+    finally:
+        sub.stop()
+        pub.close()
         broker.stop()
