@@ -240,11 +240,12 @@ class PgStore(Store):
                "max(e_in_wh) AS e_in_max, max(e_out_wh) AS e_out_max, count(dis_cap_wh) AS cap_n, "
                f"coalesce(sum(dis_cap_wh), 0) AS cap_s FROM samples_b{bucket} WHERE station = %(s)s AND "
                "t >= {a} AND t < {b} GROUP BY 1")
-        q = ("SELECT (m - %(base)s) / %(w)s AS b, min(t0), sum(soc_s)::numeric / nullif(sum(soc_n), 0), "
-             "sum(w_s)::numeric / nullif(sum(w_n), 0), min(w_min), max(w_max), "
-             "sum(ma_s)::numeric / nullif(sum(ma_n), 0), sum(mv_s)::numeric / nullif(sum(mv_n), 0), "
-             "sum(mhz_s)::numeric / nullif(sum(mhz_n), 0), max(e_in_max), max(e_out_max), "
-             "sum(cap_s)::numeric / nullif(sum(cap_n), 0), sum(n)::bigint FROM ("
+        # the means in float8: integer sums below 2**53 divide to the same double as float(avg())
+        q = ("SELECT (m - %(base)s) / %(w)s AS b, min(t0), sum(soc_s)::float8 / nullif(sum(soc_n), 0), "
+             "sum(w_s)::float8 / nullif(sum(w_n), 0), min(w_min), max(w_max), "
+             "sum(ma_s)::float8 / nullif(sum(ma_n), 0), sum(mv_s)::float8 / nullif(sum(mv_n), 0), "
+             "sum(mhz_s)::float8 / nullif(sum(mhz_n), 0), max(e_in_max), max(e_out_max), "
+             "sum(cap_s)::float8 / nullif(sum(cap_n), 0), sum(n)::bigint FROM ("
              "SELECT m, t0, n, soc_n, soc_s, w_n, w_s, w_min, w_max, ma_n, ma_s, mv_n, mv_s, mhz_n, mhz_s, "
              f"e_in_max, e_out_max, cap_n, cap_s FROM minutes_b{bucket} "
              "WHERE station = %(s)s AND m >= %(lo)s AND m < %(hi)s "
