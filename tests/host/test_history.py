@@ -207,6 +207,33 @@ def test_retention_drops_days_past_the_rule(root):
         f.close()
 
 
+def test_migration_2_builds_the_rollup_of_the_rows_already_stored(root):
+    """A fleet on schema version 1 (row trigger, no rollup) with rows stored: `migrate` adds the
+    rollup, fills it from those rows, and the new trigger keeps it from then on."""
+    f = LocalFleet(root / "upgrade", shards=1, buckets=1)
+    try:
+        now = pg.now_ms()
+        with pg.connect(f.shards[0].dsn) as sh:         # back to what version 1 left on a shard
+            sh.execute("DROP TRIGGER samples_new ON samples_b0")
+            sh.execute("DROP FUNCTION samples_new_b0()")
+            sh.execute("DROP TABLE minutes_b0")
+            sh.execute("INSERT INTO samples_b0 (station, t, cp, w, doc) SELECT 'UP-1', %s - i * 1000, 'C', i, '{}' "
+                       "FROM generate_series(0, 599) i", (now - 60_000,))
+        with pg.connect(f.dsn) as coord:
+            coord.execute("DELETE FROM schema_version WHERE version = 2")
+        p = subprocess.run(v2g("history", "migrate", "--store", f.dsn), capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert "migration 2" in p.stdout and "schema version 2" in p.stdout
+        s = pg.PgStore(f.dsn)
+        s.register([("UP-1", "zone-a")])
+        s.add_samples("UP-1", now, [{"t_ms": 0, "cp": "C", "w": 5}])
+        pts = s.telemetry("UP-1", now - 3_600_000, now + 60_000, 10)      # whole minutes: the rollup
+        assert sum(p["samples"] for p in pts) == 601 and max(p["w_max"] for p in pts) == 599
+        s.close()
+    finally:
+        f.close()
+
+
 # ---------------------------------------------------------------- ingest
 
 
