@@ -8,10 +8,13 @@ BATCH_S samples (QoS 1, `ts` = the publishing wall time, as the bridge does).
 - query latency while that ingest runs: one station's day of telemetry (86,400 samples,
   loaded beforehand) downsampled to 500 points, p99; the fleet-wide hourly discharge over that
   day (every shard at once).
+- CPU of each kind of process (workers, shards, coordinator, broker; from /proc) over the timed
+  part of the sustained run, per 1,000 samples, and the 100,000-station extrapolation from it
+  (cores of each kind at 100,000 samples/s; stated as extrapolated).
 - scaling: the same backlog (queued at the broker, workers stopped) drained by 2 workers into 1
-  shard and into 3 shards: the ratio, and the 100,000-station extrapolation it implies. On one
-  2-core machine the shards share the cores with the workers, so the ratio shows where the
-  bottleneck is here, not what a shard per machine gives.
+  shard and into 3 shards, and the ratio. On one 2-core machine the shards share the cores with
+  the workers, so the ratio shows where the bottleneck is here, not what a shard per machine
+  gives.
 
 Everything shares this machine's 2 cores (4 PostgreSQL instances, the broker, the workers and
 the load generator), so the figures are a floor for a deployment with a machine per shard.
