@@ -253,10 +253,11 @@ def coord_parents(cur):
     cur.execute(f"CREATE TABLE IF NOT EXISTS samples ({SAMPLES_DDL}) PARTITION BY HASH (station)")
     cur.execute(f"CREATE TABLE IF NOT EXISTS events ({EVENTS_DDL}) PARTITION BY HASH (station)")
     cur.execute(f"CREATE TABLE IF NOT EXISTS sessions ({SESSIONS_DDL}) PARTITION BY HASH (station)")
+    cur.execute(f"CREATE TABLE IF NOT EXISTS minutes ({MINUTES_DDL}) PARTITION BY HASH (station)")
 
 
 def coord_attach(cur, bucket, modulus, shard):
-    for tbl in ("samples", "events", "sessions"):
+    for tbl in ("samples", "events", "sessions", "minutes"):
         name = f"{tbl}_p{bucket}"
         cur.execute("SELECT to_regclass(%s)", (name,))
         if cur.fetchone()[0] is None:

@@ -178,6 +178,28 @@ def test_one_station_reads_its_shard_fleet_aggregates_read_all_in_parallel(store
     assert plan.count("Async Foreign Scan") == 6 and plan.count("Aggregate on") == 6
 
 
+def test_fleet_wide_discharge_on_whole_minutes_reads_the_rollup_and_answers_as_the_samples(store, fleet):
+    names = register(store, "FWD-", 12)
+    now = pg.now_ms()
+    for i, st in enumerate(names):
+        store.add_samples(st, now - 120_000, [{"t_ms": k * 1000, "cp": "C", "e_out_wh": 100 * i + 3 * k}
+                                              for k in range(0, 100, 7)])
+    h = now // 3_600_000 * 3_600_000
+    f, t = h - 26 * 3_600_000, h + 3_600_000                      # whole hours: the rollup
+    db = store._db()
+    want = db.execute("SELECT h, sum(d)::bigint, count(*) FROM (SELECT station, t / 3600000 AS h, "
+                      "max(e_out_wh) - min(e_out_wh) AS d FROM samples WHERE t >= %s AND t < %s "
+                      "GROUP BY station, h) x GROUP BY h ORDER BY h", (f, t)).fetchall()
+    got = store.discharge_by_hour(f, t)
+    assert [(r["hour"] // 3_600_000, r["discharged_wh"], r["stations"]) for r in got] == want
+    assert sum(r["stations"] for r in got) >= 12
+    plan = "\n".join(r[0] for r in db.execute(
+        "EXPLAIN VERBOSE SELECT station, m / 3600000 AS h, max(e_out_max) - min(e_out_min) FROM minutes "
+        "WHERE m >= 0 GROUP BY station, h"))
+    assert plan.count("Async Foreign Scan") == 6 and "minutes_b" in plan       # each shard at once
+    assert store.discharge_by_hour(f + 1, t)[-1] == got[-1]                    # off a minute: the samples
+
+
 def test_migrate_is_versioned_and_one_command(fleet):
     p = subprocess.run(v2g("history", "migrate", "--store", fleet.dsn), capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
@@ -284,6 +306,7 @@ def test_shard_stopped_waits_and_is_written_when_back_others_unaffected(zone_a, 
     down = 1
     on_down = [s for s in stations if bucket_shard(store, s)[1] == down]
     assert 0 < len(on_down) < len(stations)
+    assert store.latest_sample(on_down[0]) is None          # the store's connection to that shard is made
     fleet.shards[down].stop("immediate")
     try:
         t0 = time.monotonic()
@@ -302,6 +325,8 @@ def test_shard_stopped_waits_and_is_written_when_back_others_unaffected(zone_a, 
     assert ok and got == (want, want)
     drained = time.monotonic() - t_back
     assert pg.wait_for(lambda: sum(w.stats().get("held", 1) for w in workers) == 0, 10)
+    # the API's store answers at once: its dropped connection is made again, not an error
+    assert store.latest_sample(on_down[0])[1]["cp"] == "C"
     print(f"shard stop: {up_rows[0]}/{want} rows while shard {down} was down "
           f"({time.monotonic() - t0:.1f} s), {held} messages held, all {got[0]} written {drained:.1f} s after it came back")
 
@@ -315,6 +340,9 @@ def test_broker_restart_loses_nothing(zone_a, store, fleet):
     ok, got = wait_rows(fleet, "BRK-", want, 60)
     assert ok and got == (want, want)
     assert all(w.proc.poll() is None for w in workers)
+    # the zone's publisher is back too before the next test publishes (the workers may drain
+    # the queue sooner than paho's client reconnects)
+    assert pg.wait_for(pub.c.is_connected, 20)
 
 
 def test_two_zones_one_lost_the_other_goes_on(zone_a, store, fleet, root):
