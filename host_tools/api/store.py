@@ -123,13 +123,7 @@ class SqliteStore(Store):
     def add_samples(self, station, ts_ms, samples):
         if not samples:
             return 0
-        last = samples[-1].get("t_ms", 0)
-        rows = []
-        for s in samples:
-            t = ts_ms - (last - s.get("t_ms", last))
-            rows.append((station, t, s.get("t_ms"), s.get("cp"), s.get("mode"), s.get("soc_pm"), s.get("w"),
-                         s.get("ma"), s.get("mv"), s.get("mhz"), s.get("e_in_wh"), s.get("e_out_wh"),
-                         s.get("dis_cap_wh"), json.dumps(s, separators=(",", ":"))))
+        rows = sample_rows(station, ts_ms, samples)
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -168,19 +162,11 @@ class SqliteStore(Store):
         return None if row is None else (row[0], json.loads(row[1]))
 
     def telemetry(self, station, t_from, t_to, points):
-        span = max(1, t_to - t_from)
-        width = max(1, -(-span // max(1, points)))
         q = ("SELECT (t - ?) / ? AS b, MIN(t), AVG(soc_pm), AVG(w), MIN(w), MAX(w), AVG(ma), AVG(mv), AVG(mhz), "
              "MAX(e_in_wh), MAX(e_out_wh), AVG(dis_cap_wh), COUNT(*) FROM samples "
              "WHERE station=? AND t>=? AND t<? GROUP BY b ORDER BY b")
-        out = []
-        for _b, t, soc, w, wmin, wmax, ma, mv, mhz, e_in, e_out, cap, n in self._db().execute(
-                q, (t_from, width, station, t_from, t_to)):
-            out.append({"t": t, "soc_pct": None if soc is None or soc < 0 else round(soc / 10, 1),
-                        "w": _r(w), "w_min": wmin, "w_max": wmax, "a": _r(ma, 1000), "v": _r(mv, 1000),
-                        "hz": _r(mhz, 1000), "e_in_wh": e_in, "e_out_wh": e_out,
-                        "discharge_capacity_wh": _r(cap), "samples": n})
-        return out
+        rows = self._db().execute(q, (t_from, slice_ms(t_from, t_to, points), station, t_from, t_to))
+        return [telemetry_point(r[1:]) for r in rows]
 
     # -- events
 
@@ -202,13 +188,7 @@ class SqliteStore(Store):
         rows = self._db().execute("SELECT start, last, ended, e_in0, e_out0, e_in1, e_out1, soc0, soc1, soc_min, "
                                   "peak_dis_w FROM sessions WHERE station=? ORDER BY start DESC LIMIT ?",
                                   (station, limit)).fetchall()
-        out = []
-        for start, last, ended, ei0, eo0, ei1, eo1, s0, s1, smin, peak in rows:
-            out.append({"start": start, "end": ended, "last_seen": last,
-                        "energy_in_wh": _diff(ei1, ei0), "energy_out_wh": _diff(eo1, eo0),
-                        "soc_start_pct": _pct(s0), "soc_end_pct": _pct(s1), "soc_min_pct": _pct(smin),
-                        "peak_discharge_w": peak or 0})
-        return out
+        return [session_doc(r) for r in rows]
 
     # -- idempotency keys
 
@@ -260,6 +240,72 @@ class SqliteStore(Store):
                     pass
             self._all.clear()
         self._local = threading.local()
+
+
+# ---------------------------------------------------------------- shared by every engine
+# (the SQLite store here, the fleet's PostgreSQL store in host_tools/history): rows in, documents out
+
+
+def _doc_encoder():
+    """json.dumps(o, separators=(",", ":")) for every sample's `doc`, without building an encoder
+    per call: CPython's C encoder made once (a third of the cost), else one JSONEncoder."""
+    enc = json.JSONEncoder(separators=(",", ":"))
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is not None:
+        try:
+            it = make(None, enc.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+            probe = {"t_ms": 1, "cp": "C", "w": -7.5, "é": [None, True, float("nan")]}
+            if "".join(it(probe, 0)) == enc.encode(probe):
+                return lambda o: "".join(it(o, 0))
+        except TypeError:            # another signature in another Python
+            pass
+    return enc.encode
+
+
+_DOC = _doc_encoder()
+
+
+def sample_rows(station, ts_ms, samples):
+    """Rows of one telemetry batch, columns in SCHEMA's order: the batch's wall time is the
+    bridge's `ts`; each sample is placed `t_ms` before the last one of its batch."""
+    last = samples[-1].get("t_ms", 0)
+    rows = []
+    for s in samples:
+        t = ts_ms - (last - s.get("t_ms", last))
+        rows.append((station, t, s.get("t_ms"), s.get("cp"), s.get("mode"), s.get("soc_pm"), s.get("w"),
+                     s.get("ma"), s.get("mv"), s.get("mhz"), s.get("e_in_wh"), s.get("e_out_wh"),
+                     s.get("dis_cap_wh"), _DOC(s)))
+    return rows
+
+
+def slice_ms(t_from, t_to, points):
+    """Width of each downsampled point: `points` equal slices of [t_from, t_to), at least 1 ms."""
+    return max(1, -(-max(1, t_to - t_from) // max(1, points)))
+
+
+def telemetry_point(r):
+    """One downsampled point from (first t, avg soc_pm, avg w, min w, max w, avg ma, avg mv,
+    avg mhz, max e_in_wh, max e_out_wh, avg dis_cap_wh, samples). Averages may come as
+    Decimal (PostgreSQL's avg of integers): they are taken as float."""
+    t, soc, w, wmin, wmax, ma, mv, mhz, e_in, e_out, cap, n = r
+    soc = _f(soc)
+    return {"t": t, "soc_pct": None if soc is None or soc < 0 else round(soc / 10, 1),
+            "w": _r(_f(w)), "w_min": wmin, "w_max": wmax, "a": _r(_f(ma), 1000), "v": _r(_f(mv), 1000),
+            "hz": _r(_f(mhz), 1000), "e_in_wh": e_in, "e_out_wh": e_out,
+            "discharge_capacity_wh": _r(_f(cap)), "samples": n}
+
+
+def session_doc(r):
+    """A session's document from (start, last, ended, e_in0, e_out0, e_in1, e_out1, soc0,
+    soc1, soc_min, peak_dis_w)."""
+    start, last, ended, ei0, eo0, ei1, eo1, s0, s1, smin, peak = r
+    return {"start": start, "end": ended, "last_seen": last, "energy_in_wh": _diff(ei1, ei0),
+            "energy_out_wh": _diff(eo1, eo0), "soc_start_pct": _pct(s0), "soc_end_pct": _pct(s1),
+            "soc_min_pct": _pct(smin), "peak_discharge_w": peak or 0}
+
+
+def _f(v):
+    return None if v is None else float(v)
 
 
 def _r(v, div=1):

@@ -26,19 +26,17 @@ import logging
 import os
 import queue
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
 
-import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from host_tools.api.store import sample_rows
 from host_tools.history import schema as S
-from host_tools.history.pg import _layout, connect, event_row, now_ms, sample_rows, settings_of
+from host_tools.history.mqtt5 import Subscriber
+from host_tools.history.pg import _layout, connect, event_row, now_ms, settings_of
 
 log = logging.getLogger("v2g.history.ingest")
 
@@ -53,11 +51,11 @@ BUCKET_SQL = ("SELECT b FROM generate_series(0, %s - 1) b "
 
 
 class Item:
-    __slots__ = ("mid", "kind", "station", "bucket", "rows", "ts", "got")
+    __slots__ = ("mid", "gen", "kind", "station", "bucket", "rows", "ts")
 
-    def __init__(self, mid, kind, station, bucket, rows, ts):
-        self.mid, self.kind, self.station, self.bucket, self.rows, self.ts = mid, kind, station, bucket, rows, ts
-        self.got = now_ms()
+    def __init__(self, mid, gen, kind, station, bucket, rows, ts):
+        self.mid, self.gen, self.kind, self.station, self.bucket, self.rows, self.ts = \
+            mid, gen, kind, station, bucket, rows, ts
 
 
 class Lag:
@@ -83,9 +81,15 @@ class Worker:
                  receive_max=2000, batch_rows=5000, batch_wait_s=0.2, stats_file=None):
         self.store_url = store_url
         u = urllib.parse.urlsplit(mqtt_url)
-        if u.scheme != "mqtt":
-            raise ValueError(f"--mqtt must be mqtt://host:port, got {mqtt_url!r}")
-        self.host, self.port = u.hostname or "localhost", u.port or 1883
+        if u.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"--mqtt must be mqtt://host:port or mqtts://user:password@host:8883[?cafile=CA.pem], "
+                             f"got {mqtt_url!r}")
+        tls = None
+        if u.scheme == "mqtts":           # the shipped broker (deploy/mosquitto/v2g.conf): TLS 1.3 only
+            cafile = urllib.parse.parse_qs(u.query).get("cafile", [None])[0]
+            tls = ssl.create_default_context(cafile=cafile)
+            tls.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.host, self.port = u.hostname or "localhost", u.port or (8883 if tls else 1883)
         self.client_id = client_id or f"v2g-history-{socket.gethostname()}-{os.getpid()}"
         self.group = group
         self.batch_rows, self.batch_wait_s = batch_rows, batch_wait_s
@@ -98,25 +102,21 @@ class Worker:
         self.shard_down = {}      # shard -> wall ms it stopped answering
         self._tried = {}          # shard -> wall ms of the last write attempt
         self.stop_ev = threading.Event()
+        self._window = (0, 0)     # (valid until wall ms, oldest sample time taken): moves at each UTC day
         self._load_fleet()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5,
-                        manual_ack=True)
-        if u.username:
-            c.username_pw_set(urllib.parse.unquote(u.username),
-                              urllib.parse.unquote(u.password) if u.password else None)
-        c.on_connect = self._on_connect
-        c.on_message = self._on_message
-        c.on_subscribe = self._on_subscribe
-        self.subscribed = 0
-        c.reconnect_delay_set(1, 10)
-        self.client = c
-        self.session_expiry_s = session_expiry_s
-        self.receive_max = receive_max
+        self.subscribed = False
+        self.client = Subscriber(
+            self.host, self.port, self.client_id,
+            [f"$share/{group}/v2g/+/{leaf}" for leaf in ("telemetry", "events")],
+            on_message=self._on_message, on_subscribed=self._on_subscribed, session_expiry_s=session_expiry_s,
+            receive_max=receive_max, keepalive=30,
+            username=urllib.parse.unquote(u.username) if u.username else None,
+            password=urllib.parse.unquote(u.password) if u.password else None, tls=tls)
 
     # -- fleet layout from the coordinator
 
     def _load_fleet(self):
-        self.coord = connect(self.store_url)      # used from paho's thread only
+        self.coord = connect(self.store_url)      # used from the MQTT connection's thread only
         cur = self.coord.cursor()
         self.settings = settings_of(cur)
         layout = _layout(cur)
@@ -163,49 +163,33 @@ class Worker:
         self.unknown[station] = time.monotonic()
         return False
 
-    # -- MQTT side (paho's network thread)
+    # -- MQTT side (the connection's thread, host_tools/history/mqtt5.py)
 
     def start(self):
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.session_expiry_s
-        props.ReceiveMaximum = self.receive_max
-        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=props)
-        self.client.loop_start()
+        self.client.start()
         self.writer = threading.Thread(target=self._write_loop, name="history-writer", daemon=True)
         self.writer.start()
 
     def stop(self):
         self.stop_ev.set()
         self.writer.join(10)
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.client.stop()
         self._dump_stats()
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties):
-        if reason_code.is_failure:
-            log.error("broker %s:%s refused the connection: %s", self.host, self.port, reason_code)
-            return
-        log.info("connected to %s:%s as %s (session present: %s)", self.host, self.port, self.client_id,
-                 flags.session_present)
-        for leaf in ("telemetry", "events"):
-            client.subscribe(f"$share/{self.group}/v2g/+/{leaf}", options=SubscribeOptions(qos=1))
+    def _on_subscribed(self, ok, codes):
+        self.subscribed = ok
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
-        if all(not rc.is_failure for rc in reason_codes):
-            self.subscribed += 1
-        else:
-            log.error("the broker refused a subscription: %s", reason_codes)
-
-    def _on_message(self, client, userdata, msg):
+    def _on_message(self, mid, qos, topic, payload, gen):
         try:
-            item = self._parse(msg)
+            item = self._parse(mid, gen, topic, payload)
         except Exception:   # noqa: BLE001 - one bad message must not stop the network thread
-            log.exception("message on %s not handled", msg.topic)
+            log.exception("message on %s not handled", topic)
             item = None
             self.counters["bad_shape"] += 1
         self.counters["messages"] += 1
         if item is None:
-            client.ack(msg.mid, msg.qos)
+            if mid is not None:
+                self.client.ack((mid,), gen)
         else:
             self.q.put(item)
 
@@ -213,44 +197,52 @@ class Worker:
         self.counters[what] += 1
         log.warning("dropped a message on %s: %s", topic, why)
 
-    def _parse(self, msg):
-        parts = msg.topic.split("/")
+    def _oldest_ok(self, now):
+        until, oldest = self._window
+        if now >= until:
+            day = S.day_ms(S.day_of(now))
+            oldest = day - self.settings["retention_days"] * S.DAY_MS
+            self._window = (day + S.DAY_MS, oldest)
+        return oldest
+
+    def _parse(self, mid, gen, topic, payload):
+        parts = topic.split("/")
         if len(parts) != 3 or parts[0] != "v2g" or parts[2] not in ("telemetry", "events"):
-            return self._bad("bad_shape", msg.topic, "not a station's telemetry or events topic")
+            return self._bad("bad_shape", topic, "not a station's telemetry or events topic")
         station, leaf = parts[1], parts[2]
         try:
-            doc = json.loads(msg.payload)
+            doc = json.loads(payload)
         except ValueError:
-            return self._bad("bad_json", msg.topic, "not JSON")
+            return self._bad("bad_json", topic, "not JSON")
         if not isinstance(doc, dict) or not isinstance(doc.get("ts"), int):
-            return self._bad("bad_shape", msg.topic, "not an object with an integer `ts`")
+            return self._bad("bad_shape", topic, "not an object with an integer `ts`")
         if not self.known(station):
-            return self._bad("unknown_station", msg.topic, f"station {station!r} is not registered in the fleet")
+            return self._bad("unknown_station", topic, f"station {station!r} is not registered in the fleet")
         now = now_ms()
         newest_ok = now + self.settings["max_future_s"] * 1000
-        oldest_ok = S.day_ms(S.day_of(now)) - self.settings["retention_days"] * S.DAY_MS
+        oldest_ok = self._oldest_ok(now)
         ts = doc["ts"]
         if leaf == "telemetry":
             samples = doc.get("samples")
             if not isinstance(samples, list) or not all(isinstance(s, dict) and isinstance(s.get("t_ms", 0), int)
                                                         for s in samples):
-                return self._bad("bad_shape", msg.topic, "`samples` is not a list of samples with integer `t_ms`")
+                return self._bad("bad_shape", topic, "`samples` is not a list of samples with integer `t_ms`")
             rows = sample_rows(station, ts, samples) if samples else []
             self.counters["samples_in"] += len(rows)
             if any(r[1] > newest_ok for r in rows):
-                return self._bad("future", msg.topic, f"a sample time is more than {self.settings['max_future_s']} s "
+                return self._bad("future", topic, f"a sample time is more than {self.settings['max_future_s']} s "
                                                       "ahead of this worker's clock")
             if any(r[1] < oldest_ok for r in rows):
-                return self._bad("too_old", msg.topic, "a sample time is before the retention window")
+                return self._bad("too_old", topic, "a sample time is before the retention window")
             if not rows:
                 return None
-            return Item(msg.mid, "s", station, self.bucket_of(station), rows, ts)
+            return Item(mid, gen, "s", station, self.bucket_of(station), rows, ts)
         if ts > newest_ok:
-            return self._bad("future", msg.topic, "the event time is in the future")
+            return self._bad("future", topic, "the event time is in the future")
         if ts < oldest_ok:
-            return self._bad("too_old", msg.topic, "the event time is before the retention window")
+            return self._bad("too_old", topic, "the event time is before the retention window")
         self.counters["events_in"] += 1
-        return Item(msg.mid, "e", station, self.bucket_of(station), [event_row(station, ts, doc)], ts)
+        return Item(mid, gen, "e", station, self.bucket_of(station), [event_row(station, ts, doc)], ts)
 
     # -- writer thread
 
@@ -337,15 +329,19 @@ class Worker:
         if self.shard_down.pop(shard, None) is not None:
             log.warning("shard %s answers again: %d held messages written", shard, len(items))
         done = now_ms()
+        by_gen = {}
         for it in items:
-            self.client.ack(it.mid, 1)
+            if it.mid is not None:
+                by_gen.setdefault(it.gen, []).append(it.mid)
             self.lag.add(done - it.ts)
+        for gen, mids in by_gen.items():
+            self.client.ack(mids, gen)
         self.counters["samples_new"] += new_s
         self.counters["events_new"] += new_e
         self.counters["batches"] += 1
 
     def snapshot(self):
-        return {"worker": self.client_id, "at": now_ms(), "subscribed": self.subscribed >= 2, **self.counters,
+        return {"worker": self.client_id, "at": now_ms(), "subscribed": self.subscribed, **self.counters,
                 "held": sum(len(v) for v in self.held.values()), "queued": self.q.qsize(),
                 "shards_down": sorted(self.shard_down), "lag_p50_ms": self.lag.pct(50),
                 "lag_p99_ms": self.lag.pct(99), "lag_max_ms": self.lag.pct(100)}

@@ -1,12 +1,12 @@
 """The history store on PostgreSQL: the API's `Store` interface over a sharded fleet.
 
 The store URL names the coordinator (postgresql://user@host:port/db); the shards behind it are
-found in its `shards` table. The API's writes go through the coordinator, whose hash partitions
-are postgres_fdw foreign tables: PostgreSQL routes each row to the one shard that holds the
-station. One-station reads go straight to that shard (the coordinator names the bucket once per
-station): the whole query runs next to the data, with no planner guess about pushing it down.
-Fleet-wide aggregates scan every shard at once (async foreign scans, partition-wise
-aggregation). The ingest workers (ingest.py) write to the shards directly.
+found in its `shards` table. One-station writes and reads go straight to the station's shard
+(the coordinator names the bucket once per station): a batch is one INSERT there, and a query
+runs whole next to the data, with no planner guess about pushing it down. Fleet-wide
+aggregates go through the coordinator, whose hash partitions are postgres_fdw foreign tables,
+and scan every shard at once (async foreign scans, partition-wise aggregation). The ingest
+workers (ingest.py) write to the shards directly too.
 """
 
 import json
@@ -15,7 +15,7 @@ import time
 
 import psycopg
 
-from host_tools.api.store import Store, _diff, _pct, _r, now_ms
+from host_tools.api.store import Store, now_ms, sample_rows, session_doc, slice_ms, telemetry_point
 from host_tools.history import schema as S
 
 SESSION_GUCS = ("SET enable_partitionwise_aggregate = on; SET enable_partitionwise_join = on; "
@@ -59,9 +59,22 @@ def _v1(coord, shard_dsns, buckets, settings, log):
         log(f"fleet: {len(set(s for s, _, _ in _layout(cur)))} shards, {modulus} buckets")
 
 
+def _v2(coord, shard_dsns, buckets, settings, log):
+    with coord.cursor() as cur:
+        st = settings_of(cur)
+        for _shard, dsn, bucket in _layout(cur):
+            with connect(dsn) as sh, sh.transaction(), sh.cursor() as sc:
+                S.samples_triggers(sc, bucket)
+                S.shard_days(sc, bucket, S.day_of(now_ms()), st["retention_days"], st["premake_days"])
+                S.rollup_minutes(sc, bucket)
+        S.coord_parents(cur)          # `minutes` on the coordinator; attach() makes its foreign tables
+
+
 MIGRATIONS = [
     (1, "fleet: stations, shards, buckets; samples, events, sessions hash-partitioned by station onto "
         "the shards (postgres_fdw), daily range partitions on each shard", _v1),
+    (2, "per-minute rollup of the samples (minutes_b<k>, day partitions), kept with the sessions by one "
+        "statement trigger per insert", _v2),
 ]
 
 
@@ -169,9 +182,22 @@ class PgStore(Store):
                 self._all.append(db)
         return db, b
 
+    def _on_shard(self, station, statement):
+        """Run statement(bucket) -> (SQL, parameters) on the station's shard. A connection the
+        shard dropped (restarted, or its standby promoted) is made again and the statement run
+        once more: each is a read or an insert the keys make idempotent."""
+        db, b = self._station(station)
+        try:
+            return db.execute(*statement(b))
+        except psycopg.OperationalError:
+            if not (db.closed or db.broken):
+                raise
+            db, b = self._station(station)
+            return db.execute(*statement(b))
+
     def _db(self):
         db = getattr(self._local, "db", None)
-        if db is None or db.closed:
+        if db is None or db.closed or db.broken:
             db = connect(self.url)
             db.execute(SESSION_GUCS)
             self._local.db = db
@@ -183,55 +209,77 @@ class PgStore(Store):
         if not samples:
             return 0
         rows = sample_rows(station, ts_ms, samples)
-        db = self._db()
-        with db.transaction(), db.cursor() as cur:
-            new = 0
-            for r in rows:   # in time order: the shard's session trigger sees them as they happened
-                cur.execute("INSERT INTO samples VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
-                            "ON CONFLICT DO NOTHING", r)
-                new += max(0, cur.rowcount)
-        return new
+        # one statement on the station's shard: its trigger walks the new rows in time order
+        ph = "(" + ",".join(["%s"] * len(S.SAMPLE_COLS)) + ")"
+        cur = self._on_shard(station, lambda b: (
+            f"INSERT INTO samples_b{b} VALUES {','.join([ph] * len(rows))} ON CONFLICT DO NOTHING",
+            [v for r in rows for v in r]))
+        return max(0, cur.rowcount)
 
     def latest_sample(self, station):
-        db, b = self._station(station)
-        row = db.execute(f"SELECT t, doc FROM samples_b{b} WHERE station = %s ORDER BY t DESC LIMIT 1",
-                         (station,)).fetchone()
+        row = self._on_shard(station, lambda b: (
+            f"SELECT t, doc FROM samples_b{b} WHERE station = %s ORDER BY t DESC LIMIT 1", (station,))).fetchone()
         return None if row is None else (row[0], json.loads(row[1]))
 
     def telemetry(self, station, t_from, t_to, points):
-        span = max(1, t_to - t_from)
-        width = max(1, -(-span // max(1, points)))
-        q = ("SELECT (t - %(f)s) / %(w)s AS b, min(t), avg(soc_pm), avg(w), min(w), max(w), avg(ma), avg(mv), "
-             "avg(mhz), max(e_in_wh), max(e_out_wh), avg(dis_cap_wh), count(*) FROM samples_b{b} "
-             "WHERE station = %(s)s AND t >= %(f)s AND t < %(t)s GROUP BY 1 ORDER BY 1")
-        out = []
-        db, bucket = self._station(station)
-        q = q.replace("{b}", str(bucket))
-        for _b, t, soc, w, wmin, wmax, ma, mv, mhz, e_in, e_out, cap, n in db.execute(
-                q, {"f": t_from, "w": width, "s": station, "t": t_to}):
-            soc = None if soc is None else float(soc)
-            out.append({"t": t, "soc_pct": None if soc is None or soc < 0 else round(soc / 10, 1),
-                        "w": _r(_f(w)), "w_min": wmin, "w_max": wmax, "a": _r(_f(ma), 1000), "v": _r(_f(mv), 1000),
-                        "hz": _r(_f(mhz), 1000), "e_in_wh": e_in, "e_out_wh": e_out,
-                        "discharge_capacity_wh": _r(_f(cap)), "samples": n})
-        return out
+        cur = self._on_shard(station, lambda b: self.telemetry_query(station, b, t_from, t_to, points))
+        return [telemetry_point(r[1:]) for r in cur]
+
+    @staticmethod
+    def telemetry_query(station, bucket, t_from, t_to, points):
+        """(SQL, parameters) of one station's downsampled telemetry, run on its shard.
+
+        Where a point covers less than a minute: the samples themselves, in `points` equal
+        slices from t_from (the SQLite store's rule). Where it covers a minute or more: slices
+        of whole UTC minutes counted from t_from's minute, as few as give at most `points`;
+        the whole minutes inside [t_from, t_to) come from the per-minute rollup, the partial
+        minutes at either end from the samples. A day at 1 Hz to 500 points reads 1,440 rollup
+        rows and at most two minutes of samples instead of 86,400 samples."""
+        M = S.MINUTE_MS
+        width = slice_ms(t_from, t_to, points)
+        lo, hi = -(-t_from // M) * M, t_to // M * M          # the whole minutes: [lo, hi)
+        if width < M or hi <= lo:
+            return (f"SELECT (t - %(f)s) / %(w)s AS b, min(t), avg(soc_pm), avg(w), min(w), max(w), avg(ma), "
+                    "avg(mv), avg(mhz), max(e_in_wh), max(e_out_wh), avg(dis_cap_wh), count(*) "
+                    f"FROM samples_b{bucket} WHERE station = %(s)s AND t >= %(f)s AND t < %(t)s "
+                    "GROUP BY 1 ORDER BY 1", {"f": t_from, "w": width, "s": station, "t": t_to})
+        base = t_from // M * M
+        width = -(-slice_ms(base, t_to, points) // M) * M
+        raw = ("SELECT t - t %% 60000 AS m, min(t) AS t0, count(*) AS n, count(soc_pm) AS soc_n, "
+               "coalesce(sum(soc_pm), 0) AS soc_s, count(w) AS w_n, coalesce(sum(w), 0) AS w_s, min(w) AS w_min, "
+               "max(w) AS w_max, count(ma) AS ma_n, coalesce(sum(ma), 0) AS ma_s, count(mv) AS mv_n, "
+               "coalesce(sum(mv), 0) AS mv_s, count(mhz) AS mhz_n, coalesce(sum(mhz), 0) AS mhz_s, "
+               "max(e_in_wh) AS e_in_max, max(e_out_wh) AS e_out_max, count(dis_cap_wh) AS cap_n, "
+               f"coalesce(sum(dis_cap_wh), 0) AS cap_s FROM samples_b{bucket} WHERE station = %(s)s AND "
+               "t >= {a} AND t < {b} GROUP BY 1")
+        # the means in float8: integer sums below 2**53 divide to the same double as float(avg())
+        q = ("SELECT (m - %(base)s) / %(w)s AS b, min(t0), sum(soc_s)::float8 / nullif(sum(soc_n), 0), "
+             "sum(w_s)::float8 / nullif(sum(w_n), 0), min(w_min), max(w_max), "
+             "sum(ma_s)::float8 / nullif(sum(ma_n), 0), sum(mv_s)::float8 / nullif(sum(mv_n), 0), "
+             "sum(mhz_s)::float8 / nullif(sum(mhz_n), 0), max(e_in_max), max(e_out_max), "
+             "sum(cap_s)::float8 / nullif(sum(cap_n), 0), sum(n)::bigint FROM ("
+             "SELECT m, t0, n, soc_n, soc_s, w_n, w_s, w_min, w_max, ma_n, ma_s, mv_n, mv_s, mhz_n, mhz_s, "
+             f"e_in_max, e_out_max, cap_n, cap_s FROM minutes_b{bucket} "
+             "WHERE station = %(s)s AND m >= %(lo)s AND m < %(hi)s "
+             "UNION ALL " + raw.format(a="%(f)s", b="%(lo)s") + " UNION ALL " + raw.format(a="%(hi)s", b="%(t)s") +
+             ") x GROUP BY 1 ORDER BY 1")
+        return q, {"base": base, "w": width, "s": station, "f": t_from, "t": t_to, "lo": lo, "hi": hi}
 
     def add_event(self, station, ts_ms, event):
-        cur = self._db().execute("INSERT INTO events VALUES (%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
-                                 event_row(station, ts_ms, event))
+        cur = self._on_shard(station, lambda b: (f"INSERT INTO events_b{b} VALUES (%s,%s,%s,%s,%s) "
+                                                 "ON CONFLICT DO NOTHING", event_row(station, ts_ms, event)))
         return cur.rowcount == 1
 
     def events(self, station, t_from, t_to, limit):
-        db, b = self._station(station)
-        rows = db.execute(f'SELECT t, code, "on", msg FROM events_b{b} WHERE station = %s AND t >= %s AND t < %s '
-                          "ORDER BY t DESC LIMIT %s", (station, t_from, t_to, limit)).fetchall()
+        rows = self._on_shard(station, lambda b: (
+            f'SELECT t, code, "on", msg FROM events_b{b} WHERE station = %s AND t >= %s AND t < %s '
+            "ORDER BY t DESC LIMIT %s", (station, t_from, t_to, limit))).fetchall()
         return [{"t": t, "code": c, "on": bool(o), "msg": m} for t, c, o, m in rows]
 
     def sessions(self, station, limit):
-        db, b = self._station(station)
-        rows = db.execute("SELECT start, last, ended, e_in0, e_out0, e_in1, e_out1, soc0, soc1, soc_min, "
-                          f"peak_dis_w FROM sessions_b{b} WHERE station = %s ORDER BY start DESC LIMIT %s",
-                          (station, limit)).fetchall()
+        rows = self._on_shard(station, lambda b: (
+            "SELECT start, last, ended, e_in0, e_out0, e_in1, e_out1, soc0, soc1, soc_min, "
+            f"peak_dis_w FROM sessions_b{b} WHERE station = %s ORDER BY start DESC LIMIT %s", (station, limit))).fetchall()
         return [session_doc(r) for r in rows]
 
     # -- idempotency keys: on the coordinator (small, not per station)
@@ -287,20 +335,26 @@ class PgStore(Store):
 
     def discharge_by_hour(self, t_from, t_to, region=None):
         """Energy discharged (Wh, from the meters' export registers) per UTC hour across the
-        fleet: per station and hour on each shard in parallel, summed here."""
-        q = ("SELECT h, sum(d)::bigint, count(*) FROM (SELECT station, t / 3600000 AS h, "
-             "max(e_out_wh) - min(e_out_wh) AS d FROM samples WHERE t >= %(f)s AND t < %(t)s "
-             "GROUP BY station, h) per_station {where} GROUP BY h ORDER BY h")
+        fleet: per station and hour on each shard in parallel, summed here. From the per-minute
+        rollup (60 times fewer rows) when both ends are on whole minutes, as a dashboard asks;
+        else from the samples. Both give the same: the hour's highest register less its lowest."""
+        if t_from % S.MINUTE_MS == 0 and t_to % S.MINUTE_MS == 0:
+            inner = ("SELECT station, m / 3600000 AS h, max(e_out_max) - min(e_out_min) AS d FROM minutes "
+                     "WHERE m >= %(f)s AND m < %(t)s GROUP BY station, h")
+        else:
+            inner = ("SELECT station, t / 3600000 AS h, max(e_out_wh) - min(e_out_wh) AS d FROM samples "
+                     "WHERE t >= %(f)s AND t < %(t)s GROUP BY station, h")
         where = ""
         if region:
             where = "WHERE station IN (SELECT station FROM stations WHERE region = %(r)s)"
-        rows = self._db().execute(q.format(where=where), {"f": t_from, "t": t_to, "r": region}).fetchall()
+        q = f"SELECT h, sum(d)::bigint, count(*) FROM ({inner}) per_station {where} GROUP BY h ORDER BY h"
+        rows = self._db().execute(q, {"f": t_from, "t": t_to, "r": region}).fetchall()
         return [{"hour": h * 3600000, "discharged_wh": d, "stations": n} for h, d, n in rows]
 
     def export_sessions(self, station):
-        db, b = self._station(station)
-        rows = db.execute("SELECT start, last, ended, e_in0, e_out0, e_in1, e_out1, soc0, soc1, soc_min, "
-                          f"peak_dis_w FROM sessions_b{b} WHERE station = %s ORDER BY start", (station,)).fetchall()
+        rows = self._on_shard(station, lambda b: (
+            "SELECT start, last, ended, e_in0, e_out0, e_in1, e_out1, soc0, soc1, soc_min, "
+            f"peak_dis_w FROM sessions_b{b} WHERE station = %s ORDER BY start", (station,))).fetchall()
         return [session_doc(r) for r in rows]
 
     def stats(self):
@@ -324,38 +378,14 @@ class PgStore(Store):
         return out
 
 
-def _f(v):
-    return None if v is None else float(v)
-
-
 def _no_password(dsn):
     info = psycopg.conninfo.conninfo_to_dict(dsn)
     info.pop("password", None)
     return psycopg.conninfo.make_conninfo(**info)
 
 
-def sample_rows(station, ts_ms, samples):
-    """Rows of one telemetry batch: the batch's wall time is the bridge's `ts`; each sample is
-    placed `t_ms` before the last one (the same rule as the SQLite store)."""
-    last = samples[-1].get("t_ms", 0)
-    rows = []
-    for s in samples:
-        t = ts_ms - (last - s.get("t_ms", last))
-        rows.append((station, t, s.get("t_ms"), s.get("cp"), s.get("mode"), s.get("soc_pm"), s.get("w"),
-                     s.get("ma"), s.get("mv"), s.get("mhz"), s.get("e_in_wh"), s.get("e_out_wh"),
-                     s.get("dis_cap_wh"), json.dumps(s, separators=(",", ":"))))
-    return rows
-
-
 def event_row(station, ts_ms, event):
     return (station, ts_ms, str(event.get("code")), bool(event.get("on")), str(event.get("msg", ""))[:500])
-
-
-def session_doc(r):
-    start, last, ended, ei0, eo0, ei1, eo1, s0, s1, smin, peak = r
-    return {"start": start, "end": ended, "last_seen": last, "energy_in_wh": _diff(ei1, ei0),
-            "energy_out_wh": _diff(eo1, eo0), "soc_start_pct": _pct(s0), "soc_end_pct": _pct(s1),
-            "soc_min_pct": _pct(smin), "peak_discharge_w": peak or 0}
 
 
 def wait_for(pred, timeout=30, step=0.05):
