@@ -33,6 +33,9 @@ async def control_loop(hal):
 
 
 async def _run(hal, next_ms):
+    # the board's clock: ticks and sleeps on one time base (a board whose clock is not the
+    # MCU's own, the simulated board in simulated time, brings its own sleep)
+    sleep_ms = getattr(hal, 'sleep_ms', None) or asyncio.sleep_ms
     while not hal.stop_requested():
         now = hal.ticks_ms()
         if ticks.due(now, next_ms):
@@ -48,7 +51,7 @@ async def _run(hal, next_ms):
             if ticks.diff(now, next_ms) > 10 * CONTROL_PERIOD_MS:
                 next_ms = now   # we fell far behind (debugger, flash write): do not burst
         wait = ticks.diff(next_ms, hal.ticks_ms())
-        await asyncio.sleep_ms(wait if wait > 0 else 0)
+        await sleep_ms(wait if wait > 0 else 0)
 
 
 def start():
