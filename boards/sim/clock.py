@@ -22,6 +22,7 @@ class _Sleep:
 
     def __init__(self):
         self.pending = False
+        self.done = StopIteration()   # raised each time, never made again (as asyncio's sleep)
 
     def __iter__(self):       # MicroPython: await is `yield from`
         return self
@@ -32,7 +33,8 @@ class _Sleep:
         if self.pending:
             self.pending = False
             return None       # to the driver: the shell sleeps
-        raise StopIteration
+        self.done.__traceback__ = None
+        raise self.done
 
 
 class SimClock:
@@ -42,6 +44,9 @@ class SimClock:
         self._sleep = _Sleep()
 
     def __call__(self):
+        return self.now_ms
+
+    def ticks_ms(self):
         return self.now_ms
 
     def sleep_ms(self, ms):

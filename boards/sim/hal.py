@@ -355,7 +355,9 @@ class Hal:
         self.clock = clock
         if hasattr(clock, 'sleep_ms'):
             self.sleep_ms = clock.sleep_ms     # app/run.py sleeps on the board's clock
+            self.ticks_ms = clock.ticks_ms     # bound once: read twice a step
         self.in_service = in_service
+        self.crash = None
         self.last_ms = None
         self.outputs = None
         self.plant_buf = b''
@@ -396,6 +398,7 @@ class Hal:
             from board import power_cut
             power_cut.arm()
         self.port_buffers = hasattr(self.ports, 'readinto')   # BufferPorts: nothing allocates
+        self.stop_requested = self.ports.stop_requested      # bound once: asked every step
 
     # -- time, watchdog, reset ------------------------------------------------------------
 
@@ -433,6 +436,7 @@ class Hal:
         return self.ports.stop_requested()
 
     def log_exception(self, e):
+        self.crash = e      # what stopped the control loop, for whoever runs the board
         sys.print_exception(e) if hasattr(sys, 'print_exception') else print(repr(e))
 
     # -- the plant stands in for the hardware ---------------------------------------------

@@ -54,6 +54,7 @@ from board.clock import SimClock
 
 HEARTBEAT_MS = 1000       # the simulated host's heartbeat period
 TICK_MAX_MS = 1000        # a tick record at least this often
+TEL_PERIOD_MS = 60000     # the simulated host's telemetry period (the station's slowest)
 CHUNK_MS = 10000          # simulated time between pauses (heap sample, event loop) in the VM
 
 _mem_alloc = getattr(gc, 'mem_alloc', None)
@@ -280,6 +281,10 @@ class Run:
                               in_service=self.boots == 1 and self.in_service)
         self.hal.last_ms = now
         self.shell = shell.control_loop(self.hal)
+        # The host's view is the link's results and events: it asks for telemetry at the
+        # station's slowest pace (a sample a minute, batched) rather than every second
+        self.host.send(link.cmd('sim-tel-%d' % self.boots, 'telemetry',
+                                {'period_ms': TEL_PERIOD_MS, 'batch': station_mod.TEL_BATCH_MAX}))
         self._mode = None
         self._cp = None
         self.emit.event(now, 'sim', None, 'controller boot #%d' % self.boots,
@@ -293,9 +298,6 @@ class Run:
             return False
         return True
 
-    def station(self):
-        return shell.station
-
     def _reboot(self, now):
         """The reset button: the board marks the cause and its control loop ends at its next
         turn (the event log to flash), then it boots again. The reset takes less than a
@@ -303,8 +305,8 @@ class Run:
         first step sets them (the old loop's safe state does not reach the plant)."""
         self.hal.outputs = None
         self.hal.plant_event(b'{"do": "reboot"}', now)
-        while self._resume():
-            pass
+        if self._resume():
+            raise RuntimeError('the control loop went on after the reset at {} ms'.format(now))
         self.host.receive(now)
         self.host.unanswered(now)
         self._boot(now)
@@ -424,7 +426,7 @@ class Run:
             host.poll(now)
             # the shell wakes at now: one control step, then it sleeps until the next
             if not self._resume():
-                raise RuntimeError('the control loop ended at {} ms'.format(now))
+                raise RuntimeError('the control loop ended at {} ms: {!r}'.format(now, self.hal.crash))
             if clock.wake_ms != now + period:
                 raise RuntimeError('the control loop slept until {} ms at {} ms'.format(clock.wake_ms, now))
             st = shell.station
