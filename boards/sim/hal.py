@@ -369,6 +369,9 @@ class Hal:
             self.rs485 = rs485
         else:
             self.rs485 = SimRs485(self.ports) if self.modes['meter'] == 'modbus' else None
+        # the plant's values go out on the plant port for a meter simulator at the other end
+        # of the RS-485 port; a port object given here is its own meter (the wire model)
+        self.feeds_meter_sim = rs485 is None and self.rs485 is not None
         # Without a meter port the plant fills the meter Inputs itself: a reading answers at
         # once, so a grid step shows no later than the reading that follows it (core/grid.py
         # sense_ms 0). With one, the meter task's sampling says (the station's default).
@@ -451,7 +454,7 @@ class Hal:
         self.plant.fill_inputs(inputs, now_ms)
         if self.ev_bms is not None:
             self.ev_bms.frames(self.plant, now_ms, self._vehicle_frame)
-        if self.rs485 is not None and (self.next_meter_sim_ms is None or now_ms - self.next_meter_sim_ms >= 0):
+        if self.feeds_meter_sim and (self.next_meter_sim_ms is None or now_ms - self.next_meter_sim_ms >= 0):
             self.next_meter_sim_ms = now_ms + METER_SIM_MS
             self.ports.write('plant', self.meter_sim_line())
 

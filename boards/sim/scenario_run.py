@@ -190,10 +190,14 @@ def _wipe(path):
             os.rmdir(p)
 
 
+_flashes = [0]
+
+
 def _scratch_flash():
     """An empty folder for the board's flash: in memory on the VM, a temporary one here."""
     if sys.implementation.name == 'micropython':
-        path = '/tmp/v2g_sim_flash'
+        _flashes[0] += 1        # one folder per run: two runs in one VM keep theirs apart
+        path = '/tmp/v2g_sim_flash_%d' % _flashes[0]
         try:
             os.mkdir('/tmp')
         except OSError:
@@ -246,6 +250,7 @@ class Run:
                                   unit=cfg.meter_address)
         self.hal = None
         self.shell = None
+        self.station = None
         self.boots = 0
         self.soc_start_pm = self.plant.soc_pm()
         self.battery_start_mwh = self.plant.energy_mwh
@@ -281,6 +286,7 @@ class Run:
                               in_service=self.boots == 1 and self.in_service)
         self.hal.last_ms = now
         self.shell = shell.control_loop(self.hal)
+        self.station = None
         # The host's view is the link's results and events: it asks for telemetry at the
         # station's slowest pace (a sample a minute, batched) rather than every second
         self.host.send(link.cmd('sim-tel-%d' % self.boots, 'telemetry',
@@ -429,7 +435,11 @@ class Run:
                 raise RuntimeError('the control loop ended at {} ms: {!r}'.format(now, self.hal.crash))
             if clock.wake_ms != now + period:
                 raise RuntimeError('the control loop slept until {} ms at {} ms'.format(clock.wake_ms, now))
-            st = shell.station
+            st = self.station
+            if st is None:
+                # the station this boot's loop just made (app/run.py keeps the running one;
+                # taken here, so two runs in one interpreter keep theirs apart)
+                st = self.station = shell.station
             out = st.ctl.out
             host.receive(now)
             self._changes(now, out)

@@ -1027,3 +1027,28 @@ def test_a_board_that_knows_the_grid_in_service_skips_the_enter_service_wait():
     rig = Rig()
     rig.run(100)
     assert rig.st.ctl.out.errors and rig.st.ctl.out.contactor is False
+
+
+@in_dir(WORK)
+def test_a_meter_port_given_to_the_board_gets_no_meter_simulator_feed():
+    # the wire model is its own meter: nothing for an external meter simulator piles up on
+    # the plant port (it is read by nobody in a scenario run)
+    from board.meter_wire import MeterWire
+    from board.plant import Plant
+    wipe(WORK)
+    now = [0]
+    plant = Plant()
+    ports = sim_hal.MemoryPorts()
+    wire = MeterWire(plant, lambda: now[0] * 1000)
+    st = station_mod.Station(sim_hal.Hal(ports=ports, plant=plant, clock=lambda: now[0], rs485=wire), 0)
+    for t in range(0, 2000, CONTROL_PERIOD_MS):
+        now[0] = t
+        st.tick(t)
+    assert st.buses.meter is not None and st.buses.meter.reader.reading.valid
+    assert ports.outbox['plant'] == b''
+    # an RS-485 port to a meter simulator beyond the board still gets the plant's values
+    wipe(WORK)
+    ports = sim_hal.MemoryPorts()
+    st = station_mod.Station(sim_hal.Hal(ports=ports, clock=lambda: 0, buses={'meter': 'modbus'}), 0)
+    st.tick(0)
+    assert b'meter_sim' in ports.outbox['plant']

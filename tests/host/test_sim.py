@@ -478,3 +478,30 @@ def test_the_grid_is_in_service_when_a_scenario_starts_unless_it_says_otherwise(
         assert waiting[0]["t_ms"] == 0 and waiting[0]["on"] is True
         assert [e["t_ms"] for e in waiting if e["on"] is False] == [5000]
         assert charging and charging[0] >= 5000
+
+
+def test_two_runs_in_one_interpreter_keep_their_stations_apart():
+    from board import scenario_run
+
+    def timeline(runs_scen, interleave):
+        outs = [[] for _ in runs_scen]
+        runs = []
+        for scen, lines in zip(runs_scen, outs):
+            runs.append(scenario_run.Run(scen, out=lines.append))
+            if not interleave:
+                while runs[-1].advance(5000):
+                    pass
+                runs[-1].finish()
+        if interleave:
+            going = list(runs)
+            while going:
+                going = [r for r in going if r.advance(5000)]
+            for r in runs:
+                r.finish()
+        return outs
+
+    a = _shell_scenario([{"t_s": 4, "do": "limit", "charge_a": 10, "discharge_a": 0}], duration_s=12)
+    b = _shell_scenario([{"t_s": 3, "do": "reboot"}], duration_s=12, config={"MAX_CHARGE_AMPS": 20, "MAX_DISCHARGE_AMPS": 20})
+    alone = timeline([a, b], False)
+    together = timeline([a, b], True)
+    assert together == alone
