@@ -33,6 +33,9 @@ GRID_KEYS = {
     "voltage_v": ("num", 50, 600),
     "frequency_hz": ("num", 40, 70),
 }
+# [grid] only: whether the station is in service on the grid when the run starts (true,
+# the default) or boots as after a power-up and waits GRID_ENTER_SERVICE_DELAY_S first
+START_KEYS = dict(GRID_KEYS, in_service=("bool", None, None))
 TEMP = ("num", -40, 150)
 KIND_CP = ("short", "diode", "open")
 KIND_METER = ("timeout", "crc", "exception")
@@ -199,7 +202,7 @@ def validate(data, file="<scenario>"):
     ev = data.get("ev", {})
     _check_table(file, "ev", ev, EV_KEYS)
     grid = data.get("grid", {})
-    _check_table(file, "grid", grid, GRID_KEYS)
+    _check_table(file, "grid", grid, START_KEYS)
     at = data.get("at", [])
     if not isinstance(at, list):
         raise ScenarioError(file, "[[at]]", "must be an array of tables ([[at]])")

@@ -2,9 +2,10 @@
 
 The scenario driver (boards/sim/scenario_run.py) runs inside the firmware's own
 interpreter: the MicroPython VM (Node + WebAssembly, the default, the one that says
-whether the firmware really is MicroPython) or CPython in this process. Both give the
-same timeline: JSON Lines of `tick`, `event` and a final `summary` (shared spec
-scenario.md).
+whether the firmware really is MicroPython) or CPython in this process. It runs the
+firmware's own shell (app/run.py stepping app/station.py) on the simulated board with a
+simulated clock. Both give the same timeline: JSON Lines of `tick`, `event` and a final
+`summary` (shared spec scenario.md).
 
     result = simulate(load("scenarios/demo.toml"), vm="micropython", on_record=show)
     # show(record, line): each parsed record and its text as the firmware printed it

@@ -345,17 +345,37 @@ class Hal:
     BOARD_NAME = BOARD_NAME
     BOARD_LIMITS = BOARD_LIMITS
 
-    def __init__(self, ports=None, plant=None, clock=None, buses=None):
+    def __init__(self, ports=None, plant=None, clock=None, buses=None, rs485=None, in_service=False):
+        """clock: a callable giving ticks_ms (None: the VM's time.ticks_ms); one with a
+        sleep_ms (board/clock.py SimClock) is also the shell's sleep, in simulated time.
+        rs485: the meter port object itself (board/meter_wire.py), for the scenario driver.
+        in_service: the grid was in service when this boot began (a scenario starts so)."""
         self.ports = ports or default_ports()
         self.plant = plant or Plant()
         self.clock = clock
+        if hasattr(clock, 'sleep_ms'):
+            self.sleep_ms = clock.sleep_ms     # app/run.py sleeps on the board's clock
+            self.ticks_ms = clock.ticks_ms     # bound once: read twice a step
+        self.in_service = in_service
+        self.crash = None
         self.last_ms = None
         self.outputs = None
         self.plant_buf = b''
         self.modes = load_modes(self.ports)
         if buses:
             self.modes.update(buses)
-        self.rs485 = SimRs485(self.ports) if self.modes['meter'] == 'modbus' else None
+        if rs485 is not None:
+            self.modes['meter'] = 'modbus'
+            self.rs485 = rs485
+        else:
+            self.rs485 = SimRs485(self.ports) if self.modes['meter'] == 'modbus' else None
+        # the plant's values go out on the plant port for a meter simulator at the other end
+        # of the RS-485 port; a port object given here is its own meter (the wire model)
+        self.feeds_meter_sim = rs485 is None and self.rs485 is not None
+        # Without a meter port the plant fills the meter Inputs itself: a reading answers at
+        # once, so a grid step shows no later than the reading that follows it (core/grid.py
+        # sense_ms 0). With one, the meter task's sampling says (the station's default).
+        self.meter_sense_ms = 0 if self.rs485 is None else None
         self.can = SimCan(self.ports) if self.modes['bms'] == 'can' else None
         self.ev_bms = PlantBms() if self.can is not None and self.modes['ev_can'] == 'plant' else None
         self.next_meter_sim_ms = None
@@ -381,6 +401,7 @@ class Hal:
             from board import power_cut
             power_cut.arm()
         self.port_buffers = hasattr(self.ports, 'readinto')   # BufferPorts: nothing allocates
+        self.stop_requested = self.ports.stop_requested      # bound once: asked every step
 
     # -- time, watchdog, reset ------------------------------------------------------------
 
@@ -402,6 +423,12 @@ class Hal:
     def reset_cause(self):
         return self._reset_cause
 
+    def grid_in_service_at_boot(self):
+        """True when this boot may skip the grid's enter-service wait: the scenario driver
+        starts a station already in service; the virtual board, as a board after a power-up,
+        waits."""
+        return self.in_service
+
     def reset(self):
         """Reset the board (the virtual board restarts its VM and runs boot.py, main.py)."""
         self.safe_state()
@@ -412,21 +439,31 @@ class Hal:
         return self.ports.stop_requested()
 
     def log_exception(self, e):
+        self.crash = e      # what stopped the control loop, for whoever runs the board
         sys.print_exception(e) if hasattr(sys, 'print_exception') else print(repr(e))
 
     # -- the plant stands in for the hardware ---------------------------------------------
 
     def read_inputs(self, inputs, now_ms):
         self.serve_plant_port(now_ms)
-        if self.last_ms is not None and self.outputs is not None:
-            self.plant.step(self.last_ms, now_ms - self.last_ms, self.outputs)
-        self.last_ms = now_ms
+        self.plant_to(now_ms)
+        st = self.station
+        if self.rs485 is None and st is not None:
+            # the plant's meter stands in for the meter task: it polls as the settings say
+            self.plant.meter_poll_ms = st.cfg.meter_poll_ms
         self.plant.fill_inputs(inputs, now_ms)
         if self.ev_bms is not None:
             self.ev_bms.frames(self.plant, now_ms, self._vehicle_frame)
-        if self.rs485 is not None and (self.next_meter_sim_ms is None or now_ms - self.next_meter_sim_ms >= 0):
+        if self.feeds_meter_sim and (self.next_meter_sim_ms is None or now_ms - self.next_meter_sim_ms >= 0):
             self.next_meter_sim_ms = now_ms + METER_SIM_MS
             self.ports.write('plant', self.meter_sim_line())
+
+    def plant_to(self, now_ms):
+        """The plant's physics up to now_ms under the outputs last applied (the scenario
+        driver calls it before it applies the events of now_ms, the step after)."""
+        if self.last_ms is not None and self.outputs is not None and now_ms != self.last_ms:
+            self.plant.step(self.last_ms, now_ms - self.last_ms, self.outputs)
+        self.last_ms = now_ms
 
     def _vehicle_frame(self, can_id, data, dlc):
         self.can.send(can_id, data, dlc, ORIGIN_VEHICLE)

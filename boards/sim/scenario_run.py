@@ -1,27 +1,33 @@
-"""Scenario driver: the controller and the plant in simulated time, timeline on stdout.
+"""Scenario driver: the real firmware shell on the simulated board, in simulated time.
 
 Runs inside the firmware's interpreter (the MicroPython VM or CPython):
 
     from board import scenario_run
     scenario_run.run(scenario)          # scenario: the dict host_tools/scenario.py produces
 
-Each control period (core.controller.CONTROL_PERIOD_MS) it applies the scenario events
-that are due, lets the simulated host send its heartbeat, fills the controller's inputs
-from the plant, steps the controller, then advances the plant under the outputs. Host
-commands (setpoint, limit, config) travel as host-link frames (core/link.py) when that
-module is present, so the run exercises the real codec. A reboot re-creates the
-controller and restores what the firmware shell (app/station.py) restores from flash: the
-journal, the event log, the controller state (Controller.state_dump: the contactor-fault
-latch, the heartbeat fallback, the SoC target, the CSMS limits, stop and charge-only) and
-the accepted settings, kept in `storage`, a dict standing in for the flash filesystem.
+The controller is the firmware's own shell: app/run.py's control loop stepping
+app/station.py on the simulated board (board/hal.py) with a simulated clock
+(board/clock.py). The shell sleeps on that clock; this driver is its event loop. Each
+control period (core.controller.CONTROL_PERIOD_MS) it
+  1. moves the plant's physics on to now under the outputs of the last step;
+  2. applies the scenario events that are due: plant events to the plant; host events
+     (setpoint, limit, config, heartbeat loss) as the host would, with frames on the link
+     the station serves; a reboot resets the board;
+  3. sends the simulated host's heartbeat (every second unless lost);
+  4. resumes the shell, which runs one control step and sleeps again;
+  5. reads what the station sent on the link (command results, controller events) and
+     writes the timeline.
+So the station's persistence (app/storage.py on the board's flash: a scratch folder), its
+command path, its meter task (with the wire model) and its host link are the firmware's.
 
 The meter: by default the plant fills the meter Inputs itself, a reading every
-METER_POLL_MS that answers at once. With `sc['meter_port'] = 'wire'` (set by the host's
-grid checks, not a scenario file key) the firmware's own meter task (app/meter.py)
-reads the plant's meter over the wire model of the meter port (board/meter_wire.py):
-Modbus RTU at METER_BAUD, every byte on the wire for its time, in simulated time; the
-grid protection then decides its trips as early as the meter task's sampling needs
-(core/grid.py sense_ms), as on a board.
+METER_POLL_MS that answers at once (the simulated board then tells the station's grid
+protection that a reading shows a grid step at once: sense 0). With
+`sc['meter_port'] = 'wire'` (set by the host's grid checks, not a scenario file key) the
+station's own meter task (app/meter.py) reads the plant's meter over the wire model of the
+meter port (board/meter_wire.py): Modbus RTU at METER_BAUD, every byte on the wire for its
+time, in simulated time; the grid protection then decides its trips as early as the meter
+task's sampling needs (core/grid.py sense_ms), as on a board.
 
 Output: one JSON object per line (shared spec scenario.md): `tick`, `event`, `summary`.
 Numbers are formatted from integers with fixed decimals so both interpreters print the
@@ -30,22 +36,25 @@ same text.
 
 import gc
 import json
+import os
+import sys
 
 from core import config as cfgmod
 from core import controller as ctlmod
 from core import errors
-from core import grid as gridmod
+from core import link
 from core import status_led
 
-from board import plant as plantmod
+from app import run as shell
+from app import station as station_mod
 
-try:
-    from core import link
-except ImportError:
-    link = None
+from board import hal as halmod
+from board import plant as plantmod
+from board.clock import SimClock
 
 HEARTBEAT_MS = 1000       # the simulated host's heartbeat period
 TICK_MAX_MS = 1000        # a tick record at least this often
+TEL_PERIOD_MS = 60000     # the simulated host's telemetry period (the station's slowest)
 CHUNK_MS = 10000          # simulated time between pauses (heap sample, event loop) in the VM
 
 _mem_alloc = getattr(gc, 'mem_alloc', None)
@@ -96,91 +105,152 @@ class _Emitter:
 
 
 class _Host:
-    """The simulated host: heartbeat every second unless lost, commands as link frames.
-
-    Both ends of the link are real core.link.Link objects joined by two byte buffers,
-    so every heartbeat, command and result goes through CBOR, CRC-32 and COBS.
-    """
+    """The simulated host at the other end of the station's link: a real core.link.Link
+    joined to the board's link port, so every heartbeat, command, result and event goes
+    through CBOR, CRC-32 and COBS as on the wire."""
 
     def __init__(self, run):
         self.run = run
+        self.ports = run.ports
         self.lost = False
         self.next_hb = 0
         self.seq = 0
         self.n_cmd = 0
-        self.via_link = link is not None
-        if self.via_link:
-            self.to_ctl = bytearray()
-            self.to_host = bytearray()
-            self.host_end = link.Link(self.to_ctl.extend)
-            self.ctl_end = link.Link(self.to_host.extend)
+        self.pending = {}          # txn -> op of a command sent and not yet answered
+        self.end = link.Link(self._to_station)
 
-    def _exchange(self, now, msg):
-        """Deliver msg to the controller; return the controller's answer (or None)."""
-        if not self.via_link:
-            return self._serve(now, msg, None)
-        if not self.host_end.send(msg):
-            raise ValueError('host link: ' + self.host_end.last_error)
-        wire = bytes(self.to_ctl)
-        self.to_ctl[:] = b''
-        for m in self.ctl_end.feed(wire):
-            self._serve(now, m, self.ctl_end)
-        wire = bytes(self.to_host)
-        self.to_host[:] = b''
-        answer = None
-        for m in self.host_end.feed(wire):
-            answer = m
-        return answer
+    def _to_station(self, buf):
+        self.ports.inbox['link'] += bytes(buf)
 
-    def _serve(self, now, msg, end):
-        """Controller side: what the firmware shell does with a received message."""
-        ctl = self.run.ctl
-        t = msg['t']
-        if t == 'hb':
-            ctl.heartbeat(now)
-            reply = link.hback(msg) if link is not None else None
-        elif t == 'cmd':
-            result = ctl.command(now, msg['txn'], msg['op'], msg.get('args'))
-            reply = {'v': 1, 't': 'res', 'txn': msg['txn'], 'ok': result[0], 'code': result[1],
-                     'msg': result[2] or '', 'data': result[3] or {}}
-        else:
-            reply = None
-        if end is not None and reply is not None:
-            end.send(reply)
-        return reply
+    def send(self, msg):
+        if not self.end.send(msg):
+            raise ValueError('host link: ' + self.end.last_error)
 
     def poll(self, now):
         if self.lost or now < self.next_hb:
             return
         self.next_hb = now + HEARTBEAT_MS
         self.seq += 1
-        self._exchange(now, {'v': 1, 't': 'hb', 'seq': self.seq, 'host_ms': now})
+        self.send(link.hb(self.seq, now))
 
-    def command(self, now, txn, op, args):
+    def command(self, txn, op, args):
         if txn is None:
             self.n_cmd += 1
             txn = 'sim-%d' % self.n_cmd
-        res = self._exchange(now, {'v': 1, 't': 'cmd', 'txn': txn, 'op': op, 'args': args})
-        if res is None or res.get('t') != 'res':
-            res = {'ok': False, 'code': None, 'msg': 'no answer on the host link'}
-        self.run.emit.event(now, 'host', res['code'], '%s %s: %s' % (
-            op, 'accepted' if res['ok'] else 'refused', res['msg']),
-            ', "txn": %s, "op": "%s", "ok": %s' % (jstr(txn), op, 'true' if res['ok'] else 'false'))
-        return res
+        self.pending[txn] = op
+        self.send(link.cmd(txn, op, args))
+
+    def receive(self, now):
+        """What the station sent since the last call: results and controller events to the
+        timeline, the rest (hello, heartbeat echoes, telemetry) read and left."""
+        data = self.ports.outbox['link']
+        if not data:
+            return
+        self.ports.outbox['link'] = b''
+        emit = self.run.emit
+        for m in self.end.feed(data):
+            t = m.get('t')
+            if t == 'evt':
+                for e in m['events']:
+                    on = e['on']
+                    # a cleared code is not another occurrence: only raises are counted
+                    emit.event(e['t_ms'], 'controller', e['code'], e['msg'],
+                               ', "on": %s' % ('true' if on else 'false'), on)
+            elif t == 'res':
+                txn = m['txn']
+                op = self.pending.pop(txn, None)
+                if op is None:
+                    continue
+                ok = m['ok']
+                emit.event(now, 'host', m['code'], '%s %s: %s' % (
+                    op, 'accepted' if ok else 'refused', m['msg']),
+                    ', "txn": %s, "op": "%s", "ok": %s' % (jstr(txn), op, 'true' if ok else 'false'))
+
+    def unanswered(self, now):
+        """Commands the station never answered (it was reset first): said in the timeline."""
+        for txn in sorted(self.pending):
+            op = self.pending[txn]
+            self.run.emit.event(now, 'host', None, '%s refused: no answer on the host link' % op,
+                                ', "txn": %s, "op": "%s", "ok": false' % (jstr(txn), op))
+        self.pending = {}
+
+
+def _wipe(path):
+    try:
+        names = os.listdir(path)
+    except OSError:
+        os.mkdir(path)
+        return
+    for n in names:
+        p = path + '/' + n
+        try:
+            os.remove(p)
+        except OSError:
+            _wipe(p)
+            os.rmdir(p)
+
+
+_flashes = [0]
+
+
+def _scratch_flash():
+    """An empty folder for the board's flash: in memory on the VM, a temporary one here."""
+    if sys.implementation.name == 'micropython':
+        _flashes[0] += 1        # one folder per run: two runs in one VM keep theirs apart
+        path = '/tmp/v2g_sim_flash_%d' % _flashes[0]
+        try:
+            os.mkdir('/tmp')
+        except OSError:
+            pass
+        _wipe(path)
+        return path, False
+    import tempfile
+    return tempfile.mkdtemp(prefix='v2g-sim-flash-'), True
+
+
+class _InFlash:
+    """The board's flash as the current folder while the firmware runs (it writes its files
+    relative to it, as on a board); the caller's folder again afterwards."""
+
+    def __init__(self, path):
+        self.path = path
+        self.here = None
+
+    def __enter__(self):
+        self.here = os.getcwd()
+        os.chdir(self.path)
+
+    def __exit__(self, *exc):
+        os.chdir(self.here)
 
 
 class Run:
-    def __init__(self, sc, out=print):
+    def __init__(self, sc, out=print, flash=None):
         self.sc = sc
         self.emit = _Emitter(out)
         self.period = ctlmod.CONTROL_PERIOD_MS
-        # the flash filesystem: what survives a reboot
-        self.storage = {'config': dict(sc.get('config') or {})}
-        self.cfg = cfgmod.validate(self.storage['config'])
-        self.plant = plantmod.Plant(ev=sc.get('ev'), grid=sc.get('grid'), config=self.cfg.values)
-        self.inputs = ctlmod.Inputs()
+        if flash is None:
+            flash, self._own_flash = _scratch_flash()
+        else:
+            self._own_flash = False
+        self.flash = flash
+        self.in_flash = _InFlash(flash)
+        config = dict(sc.get('config') or {})
+        grid = dict(sc.get('grid') or {})
+        self.in_service = grid.pop('in_service', True)
+        cfg = cfgmod.validate(config)
+        self.plant = plantmod.Plant(ev=sc.get('ev'), grid=grid, config=cfg.values)
+        self.clock = SimClock(0)
+        self.ports = halmod.MemoryPorts()
         self.host = _Host(self)
-        self.ctl = None
+        self.wire = None
+        if sc.get('meter_port', 'plant') == 'wire':
+            from board.meter_wire import MeterWire
+            self.wire = MeterWire(self.plant, self._clock_us, model=cfg.meter_model,
+                                  unit=cfg.meter_address)
+        self.hal = None
+        self.shell = None
+        self.station = None
         self.boots = 0
         self.soc_start_pm = self.plant.soc_pm()
         self.battery_start_mwh = self.plant.energy_mwh
@@ -192,66 +262,60 @@ class Run:
         self.heap_peak = None
         self.heap_start = None
         self.events = sc.get('events') or []
-        self.wire = None
-        self.meter = None
-        if sc.get('meter_port', 'plant') == 'wire':
-            from app.meter import MeterTask
-            from board.meter_wire import MeterWire
-            self.wire = MeterWire(self.plant, self._clock_us, model=self.cfg.meter_model,
-                                  unit=self.cfg.meter_address)
-            self.meter = MeterTask(self.wire, self.cfg, self._ticks_us)
         self._k = 0
         self.now = 0
-        self._boot(0)
+        with self.in_flash:
+            if config:
+                # the settings file on the board's flash, as `v2g flash` writes it
+                with open(station_mod.CONFIG_FILE, 'w') as f:
+                    f.write(cfgmod.canonical(config))
+            self._boot(0)
 
     def _clock_us(self):
-        return self.now * 1000
+        return self.clock.now_ms * 1000
 
-    def _ticks_us(self):
-        return (self.now * 1000) & 0x3FFFFFFF
-
-    # ------------------------------------------------------------ controller life
+    # ------------------------------------------------------------ the board
     def _boot(self, now):
+        """Power the board up: a new HAL on the same plant, ports and flash, and the shell's
+        control loop from the start (app/station.py loads what the flash keeps)."""
         self.boots += 1
-        # The scenario starts with a station already in service on the grid; after a reboot
-        # the controller cannot know how long it was off, so it waits to re-enter service.
-        # the plant's own meter: the trip rule counts from its first reading (docs/grid.md)
-        kw = {} if self.meter is not None else {'sense_ms': 0}
-        g = gridmod.GridProtection.from_config(self.cfg, step_ms=self.period,
-                                               start_in_service=self.boots == 1, **kw)
-        self.ctl = ctlmod.Controller(self.cfg, g)
-        # persisted state comes back in the order app/station.py loads it from flash:
-        # journal, event log, then the controller state (its latches raise their codes again)
-        for name in ('journal', 'eventlog'):
-            obj = self._persisted(name)
-            blob = self.storage.get(name)
-            if obj is not None and blob is not None:
-                obj.load(blob)
-        self.ctl.log.boot = self.boots
-        blob = self.storage.get('controller')
-        if blob is not None:
-            self.ctl.state_load(now, blob)
+        self.ports.stop = False
+        # the scenario starts with a station already in service on the grid; after a reset
+        # the controller cannot know how long it was off, so it waits to re-enter service
+        self.hal = halmod.Hal(ports=self.ports, plant=self.plant, clock=self.clock, rs485=self.wire,
+                              in_service=self.boots == 1 and self.in_service)
+        self.hal.last_ms = now
+        self.shell = shell.control_loop(self.hal)
+        self.station = None
+        # The host's view is the link's results and events: it asks for telemetry at the
+        # station's slowest pace (a sample a minute, batched) rather than every second
+        self.host.send(link.cmd('sim-tel-%d' % self.boots, 'telemetry',
+                                {'period_ms': TEL_PERIOD_MS, 'batch': station_mod.TEL_BATCH_MAX}))
         self._mode = None
         self._cp = None
         self.emit.event(now, 'sim', None, 'controller boot #%d' % self.boots,
                         ', "boot": %d' % self.boots)
 
-    def _persisted(self, name):
-        """The controller's journal or event log object (whatever the attribute is named)."""
-        names = ('journal', 'txn_journal') if name == 'journal' else ('eventlog', 'log', 'events_log', 'event_log')
-        for a in names:
-            obj = getattr(self.ctl, a, None)
-            if obj is not None and hasattr(obj, 'dump') and hasattr(obj, 'load'):
-                return obj
-        return None
+    def _resume(self):
+        """Let the shell run until it sleeps (one control step at the clock's time)."""
+        try:
+            self.shell.send(None)
+        except StopIteration:
+            return False
+        return True
 
-    def _persist(self):
-        for name in ('journal', 'eventlog'):
-            obj = self._persisted(name)
-            if obj is not None and getattr(obj, 'dirty', True):
-                self.storage[name] = obj.dump()
-        if self.ctl.state_dirty:
-            self.storage['controller'] = self.ctl.state_dump()
+    def _reboot(self, now):
+        """The reset button: the board marks the cause and its control loop ends at its next
+        turn (the event log to flash), then it boots again. The reset takes less than a
+        control step: the plant keeps what the outputs last set until the new controller's
+        first step sets them (the old loop's safe state does not reach the plant)."""
+        self.hal.outputs = None
+        self.hal.plant_event(b'{"do": "reboot"}', now)
+        if self._resume():
+            raise RuntimeError('the control loop went on after the reset at {} ms'.format(now))
+        self.host.receive(now)
+        self.host.unanswered(now)
+        self._boot(now)
 
     # ------------------------------------------------------------ scenario events
     def apply(self, now, do, args):
@@ -260,40 +324,23 @@ class Run:
             a = {'soc_pct': args['soc_target_pct']}
             if 'mode' in args:
                 a['mode'] = args['mode']
-            self.host.command(now, args['txn'], 'soc_target', a)
+            self.host.command(args['txn'], 'soc_target', a)
         elif do == 'limit':
-            self.host.command(now, args.get('txn'), 'limit',
+            self.host.command(args.get('txn'), 'limit',
                               {'charge_a': args['charge_a'], 'discharge_a': args['discharge_a']})
         elif do == 'config':
-            res = self.host.command(now, None, 'config_set', dict(args))
-            if res['ok']:
-                self._config_accepted(args)
+            self.host.command(None, 'config_set', dict(args))
         elif do == 'heartbeat_loss':
             self.host.lost = True
         elif do == 'heartbeat_restore':
             self.host.lost = False
             self.host.next_hb = now
         elif do == 'reboot':
-            self._persist()
-            self._boot(now)
+            self._reboot(now)
         else:
             self.plant.apply_event(do, args, now)
 
-    def _config_accepted(self, changes):
-        merged = dict(self.storage['config'])
-        for k in changes:
-            merged[k] = changes[k]
-        self.cfg = cfgmod.validate(merged)
-        self.storage['config'] = merged
-        self.plant.meter_poll_ms = self.cfg.meter_poll_ms
-
     # ------------------------------------------------------------ timeline
-    def _events(self):
-        for t_ms, code, on, msg in self.ctl.pop_events():
-            # a cleared code is not another occurrence: only raises are counted
-            self.emit.event(t_ms, 'controller', code, msg,
-                            ', "on": %s' % ('true' if on else 'false'), on)
-
     def _changes(self, now, out):
         if out.mode != self._mode:
             if self._mode is not None:
@@ -306,23 +353,23 @@ class Run:
                                 ', "cp_state": "%s"' % out.cp_state)
             self._cp = out.cp_state
 
-    def _v2g_available(self, out):
+    def _v2g_available(self, ctl, out):
         v = getattr(out, 'v2g_available', None)
         if v is None:
-            sp = getattr(self.ctl, 'setpoint', None)
+            sp = getattr(ctl, 'setpoint', None)
             v = bool(getattr(sp, 'available', False))
         return bool(v) and not (out.errors & errors.E301)
 
-    def tick(self, now, out):
+    def tick(self, now, ctl, out):
         p = self.plant
         vals = self._last
         new = (out.cp_state, out.pwm_pm, p.contactor_closed, rdiv(p.ev_ma, 100),
                rdiv(out.limit_charge_ma, 100), rdiv(out.limit_discharge_ma, 100),
                out.limit_charge_src, out.limit_discharge_src, p.soc_pm(), out.mode,
-               self._v2g_available(out), rdiv(p.grid_mv, 100), p.grid_mhz,
+               self._v2g_available(ctl, out), rdiv(p.grid_mv, 100), p.grid_mhz,
                p.evse_temp_dc, p.battery_temp_dc, out.errors, rdiv(out.request_ma, 100),
                out.discharge_capacity_wh, out.cooling_state,
-               status_led.select(out.mode, out.errors, False),   # no update runs in a scenario
+               self.hal.led,       # the status LED the board shows
                p.pump_running())
         changed = now - self._last_tick_ms >= TICK_MAX_MS
         for i in range(len(new)):
@@ -362,39 +409,53 @@ class Run:
     # ------------------------------------------------------------ main loop
     def advance(self, span_ms):
         """Simulate up to span_ms more (whole control periods); False once the run is over."""
+        with self.in_flash:
+            return self._advance(span_ms)
+
+    def _advance(self, span_ms):
         events = self.events
         n = len(events)
         k = self._k
         duration = self.sc['duration_ms']
         period = self.period
-        plant = self.plant
-        inp = self.inputs
+        clock = self.clock
         host = self.host
         now = self.now
         stop = now + span_ms
         while now <= duration and now < stop:
+            clock.now_ms = now
+            self.hal.plant_to(now)
             while k < n and events[k]['t_ms'] <= now:
                 ev = events[k]
                 self.apply(now, ev['do'], ev.get('args') or {})
                 k += 1
             host.poll(now)
-            plant.fill_inputs(inp, now)
-            if self.meter is not None:
-                self.now = now                  # the wire model's clock
-                self.meter.step(now, inp, self.cfg)
-            out = self.ctl.step(now, inp)
-            self._events()
+            # the shell wakes at now: one control step, then it sleeps until the next
+            if not self._resume():
+                raise RuntimeError('the control loop ended at {} ms: {!r}'.format(now, self.hal.crash))
+            if clock.wake_ms != now + period:
+                raise RuntimeError('the control loop slept until {} ms at {} ms'.format(clock.wake_ms, now))
+            st = self.station
+            if st is None:
+                # the station this boot's loop just made (app/run.py keeps the running one;
+                # taken here, so two runs in one interpreter keep theirs apart)
+                st = self.station = shell.station
+            out = st.ctl.out
+            host.receive(now)
             self._changes(now, out)
-            self.tick(now, out)
-            plant.step(now, period, out)
-            self._persist()
+            self.tick(now, st.ctl, out)
             now += period
         self._k = k
         self.now = now
         return now <= duration
 
     def finish(self):
+        # the plant runs out the last step under its outputs, as in every step before it
+        self.hal.plant_to(self.now)
         self.summary(self.now - self.period)
+        if self._own_flash:
+            import shutil
+            shutil.rmtree(self.flash, ignore_errors=True)
 
     def summary(self, now):
         p = self.plant
@@ -404,14 +465,14 @@ class Run:
             '{"t_ms": %d, "kind": "summary", "duration_ms": %d, "steps": %d, "boots": %d, '
             '"energy_in_wh": %s, "energy_out_wh": %s, "soc_start_pct": %s, "soc_pct": %s, '
             '"battery_delta_wh": %s, "errors": {%s}, "heap_peak_bytes": %s, "heap_start_bytes": %s, '
-            '"via_link": %s, "lines": %d}' % (
+            '"via_link": true, "lines": %d}' % (
                 now, self.sc['duration_ms'], now // self.period + 1, self.boots,
                 dec(p.import_mwh, 3), dec(p.export_mwh, 3), dec(self.soc_start_pm, 1), dec(p.soc_pm(), 1),
                 dec(p.energy_mwh - self.battery_start_mwh, 3),
                 ', '.join('"%s": %d' % (c, counts[c]) for c in codes),
                 'null' if self.heap_peak is None else str(self.heap_peak),
                 'null' if self.heap_start is None else str(self.heap_start),
-                'true' if self.host.via_link else 'false', self.emit.lines + 1))
+                self.emit.lines + 1))
 
 
 def _describe(do, args):

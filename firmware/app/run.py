@@ -18,21 +18,26 @@ station = None   # the running station, for the REPL and diagnostics
 async def control_loop(hal):
     global station
     now = hal.ticks_ms()
-    station = Station(hal, now)
+    st = station = Station(hal, now)
     next_ms = now
     try:
-        await _run(hal, next_ms)
+        await _run(hal, st, next_ms)
     finally:
         # whatever ends the loop (Ctrl-C from a flasher, a bug) leaves the outputs safe,
         # then keeps what the event log knows about why
         hal.safe_state()
         try:
-            station.save_events()
+            st.save_events()
         except Exception:  # noqa: BLE001
             pass
 
 
-async def _run(hal, next_ms):
+async def _run(hal, station, next_ms):
+    # the loop steps its own station (the module's `station` is for the REPL and tools): two
+    # loops in one interpreter, as the simulator may run, never step each other's
+    # the board's clock: ticks and sleeps on one time base (a board whose clock is not the
+    # MCU's own, the simulated board in simulated time, brings its own sleep)
+    sleep_ms = getattr(hal, 'sleep_ms', None) or asyncio.sleep_ms
     while not hal.stop_requested():
         now = hal.ticks_ms()
         if ticks.due(now, next_ms):
@@ -48,7 +53,7 @@ async def _run(hal, next_ms):
             if ticks.diff(now, next_ms) > 10 * CONTROL_PERIOD_MS:
                 next_ms = now   # we fell far behind (debugger, flash write): do not burst
         wait = ticks.diff(next_ms, hal.ticks_ms())
-        await asyncio.sleep_ms(wait if wait > 0 else 0)
+        await sleep_ms(wait if wait > 0 else 0)
 
 
 def start():

@@ -1,7 +1,7 @@
 """The station: one control step wired to the board and to the host link.
 
-Nothing clever lives here. Each tick reads the HAL into the preallocated Inputs, steps the
-pure core, writes the Outputs back to the HAL, then serves the host link. The core decides;
+Nothing clever lives here. Each tick serves the host link, reads the HAL into the
+preallocated Inputs, steps the pure core, then writes the Outputs back to the HAL. The core decides;
 this module only carries data and keeps what must survive a reset in storage.
 """
 
@@ -112,6 +112,22 @@ def _write(path, blob_fn, seq=None):
         return e
 
 
+def _grid_facts(hal, buses):
+    """What the board knows that the grid protection needs beyond the settings: how late a
+    grid step may show in the readings when the meter values do not come from the meter
+    task (the board's own measurement), and whether the grid was in service when this boot
+    began (skipping the enter-service wait). A board that says nothing gets the safe
+    defaults: the meter task's sampling, and the wait."""
+    kw = {}
+    sense = getattr(hal, 'meter_sense_ms', None)
+    if buses.meter is None and sense is not None:
+        kw['sense_ms'] = sense
+    in_service = getattr(hal, 'grid_in_service_at_boot', None)
+    if in_service is not None and in_service():
+        kw['start_in_service'] = True
+    return kw
+
+
 class Station:
     def __init__(self, hal, now_ms):
         self.hal = hal
@@ -120,9 +136,9 @@ class Station:
         # the whole reason for diagnostics (bounded to leave the answer within one frame); the
         # event log's text of it is shorter still
         self.cfg_problem = cfg_problem[:_CFG_PROBLEM_MAX] if cfg_problem else None
-        self.ctl = Controller(self.cfg, grid=GridProtection.from_config(self.cfg))
-        self.inputs = Inputs()
         self.buses = Buses(hal, self.cfg)   # the meter on RS-485 and the BMS on CAN, if the board has them
+        self.ctl = Controller(self.cfg, grid=GridProtection.from_config(self.cfg, **_grid_facts(hal, self.buses)))
+        self.inputs = Inputs()
         self.storage_errors = 0
         self.storage_error = ''
         self.storage_failing = {}   # file -> (path, content fn, sealed) of a failed write (V2G-021)
@@ -159,13 +175,16 @@ class Station:
 
     def tick(self, now_ms):
         self.now_ms = now_ms
+        # The host first: a heartbeat or command that arrived by now is in force in this
+        # step's outputs, so an answer never says "accepted" a step before its effect, and
+        # reading the inputs, stepping and writing the outputs stay back to back.
+        self.serve_link(now_ms)
         self.hal.read_inputs(self.inputs, now_ms)
         self.buses.read(now_ms, self.inputs, self.cfg)
         out = self.ctl.step(now_ms, self.inputs)
         self.hal.apply(out, now_ms)
         self.buses.write(now_ms, out, self.inputs)
         self.hal.feed_watchdog()
-        self.serve_link(now_ms)
         evs = self.ctl.pop_events()
         if evs:
             self.buses.name_failures(evs, self.ctl.log)

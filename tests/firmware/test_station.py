@@ -980,3 +980,75 @@ def test_an_operation_nobody_serves_is_refused_once_naming_every_operation():
     new = rig.st.ctl.log.entries()[logged:]
     assert [e[3].split(':')[0] for e in new if e[1] == 'V2G-400'] == ['refused teleport', 'refused fota_rewind']
     assert (rig.st.ctl.stopped, rig.st.ctl.csms_charge_ma, rig.st.update.dl) == state
+
+
+@in_dir(WORK)
+def test_a_command_is_in_force_in_the_outputs_of_the_step_that_answers_it():
+    # the link is served before the control step: the step that says "accepted" already
+    # acts on it (a scenario's t_s is when the command takes effect)
+    rig = Rig(settings=QUICK_GRID)
+    rig.plant(do='plug')
+    rig.plant(do='ev_ready')
+    rig.run(6000)
+    assert rig.st.ctl.out.limit_charge_ma == 32000
+    rig.received()
+    rig.send(L.cmd('lim-1', 'limit', {'charge_a': 10, 'discharge_a': 0}))
+    out = rig.st.tick(rig.now)
+    res = [m for m in rig.received() if m['t'] == 'res']
+    assert res and res[0]['ok'] is True
+    assert out.limit_charge_ma == 10000 and out.limit_charge_src == 'csms'
+
+
+@in_dir(WORK)
+def test_the_board_says_how_late_its_own_meter_readings_show_the_grid():
+    # the simulated board's plant answers a reading at once (sense 0); with the meter on
+    # RS-485 the meter task's sampling counts (core/grid.py meter_sense_ms)
+    from core.grid import meter_sense_ms
+    rig = Rig()
+    assert rig.st.buses.meter is None and rig.st.ctl.grid.sense_ms == 0
+    wipe(WORK)
+    hal = sim_hal.Hal(ports=sim_hal.MemoryPorts(), clock=lambda: 0, buses={'meter': 'modbus'})
+    st = station_mod.Station(hal, 0)
+    assert st.buses.meter is not None
+    assert st.ctl.grid.sense_ms == meter_sense_ms(st.cfg) > 0
+
+
+@in_dir(WORK)
+def test_a_board_that_knows_the_grid_in_service_skips_the_enter_service_wait():
+    wipe(WORK)
+    ports = sim_hal.MemoryPorts()
+    st = station_mod.Station(sim_hal.Hal(ports=ports, clock=lambda: 0, in_service=True), 0)
+    ports.inbox['plant'] += b'{"do": "plug"}\n{"do": "ev_ready"}\n'
+    for t in range(0, 3000, CONTROL_PERIOD_MS):
+        ports.inbox['link'] += L.encode_frame(L.hb(t // 50 + 1, t)) if t % 1000 == 0 else b''
+        out = st.tick(t)
+    assert out.contactor is True and not out.errors
+    # the default (the virtual board after a power-up): the wait (test_waits_to_enter_service_by_default)
+    rig = Rig()
+    rig.run(100)
+    assert rig.st.ctl.out.errors and rig.st.ctl.out.contactor is False
+
+
+@in_dir(WORK)
+def test_a_meter_port_given_to_the_board_gets_no_meter_simulator_feed():
+    # the wire model is its own meter: nothing for an external meter simulator piles up on
+    # the plant port (it is read by nobody in a scenario run)
+    from board.meter_wire import MeterWire
+    from board.plant import Plant
+    wipe(WORK)
+    now = [0]
+    plant = Plant()
+    ports = sim_hal.MemoryPorts()
+    wire = MeterWire(plant, lambda: now[0] * 1000)
+    st = station_mod.Station(sim_hal.Hal(ports=ports, plant=plant, clock=lambda: now[0], rs485=wire), 0)
+    for t in range(0, 2000, CONTROL_PERIOD_MS):
+        now[0] = t
+        st.tick(t)
+    assert st.buses.meter is not None and st.buses.meter.reader.reading.valid
+    assert ports.outbox['plant'] == b''
+    # an RS-485 port to a meter simulator beyond the board still gets the plant's values
+    wipe(WORK)
+    ports = sim_hal.MemoryPorts()
+    st = station_mod.Station(sim_hal.Hal(ports=ports, clock=lambda: 0, buses={'meter': 'modbus'}), 0)
+    st.tick(0)
+    assert b'meter_sim' in ports.outbox['plant']

@@ -65,6 +65,8 @@ def _doc(**over):
     ({"t_s": 1, "do": "limit", "charge_a": -1, "discharge_a": 5}, "charge_a = -1 is out of range"),
     ({"t_s": 1, "do": "grid", "voltage_v": "high"}, "voltage_v must be a number"),
     ({"t_s": 1, "do": "grid"}, "grid needs voltage_v and/or frequency_hz"),
+    # where the run starts only: the grid cannot be put in service by an event
+    ({"t_s": 1, "do": "grid", "in_service": False}, "unknown key 'in_service'"),
     ({"t_s": 1, "do": "grid_ramp", "frequency_hz": 50.5}, "missing key 'over_s'"),
     ({"t_s": 1, "do": "meter_fault"}, "missing key 'kind'"),
     ({"t_s": 1, "do": "meter_fault", "kind": "smoke"}, "kind = 'smoke' is not one of timeout, crc, exception"),
@@ -91,6 +93,7 @@ def test_bad_event_in_memory(event, problem):
     (_doc(ev={"soc_pct": 120}), "[ev]", "soc_pct = 120 is out of range"),
     (_doc(ev={"v2g_capable": "yes"}), "[ev]", "v2g_capable must be true or false"),
     (_doc(grid={"frequency_hz": 80}), "[grid]", "frequency_hz = 80 is out of range"),
+    (_doc(grid={"in_service": "yes"}), "[grid]", "in_service must be true or false"),
     (_doc(config={"EVSE_TEMP_DERATE_C": 80}), "[config]", "EVSE_TEMP_DERATE_C: must be below EVSE_TEMP_LIMIT_C"),
     (_doc(config={"NO_SUCH": 1}), "[config]", "NO_SUCH: unknown key"),
     (_doc(config={"GRID_PROFILE": 5}), "[config]", "GRID_PROFILE: wrong type int"),

@@ -424,3 +424,84 @@ def test_a_reader_that_stops_early_is_not_a_firmware_failure():
     assert proc.wait(120) == 0, err
     assert all(line.startswith(b"{") for line in first)
     assert "simulation failed" not in err and "BrokenPipe" not in err and "Traceback" not in err, err
+
+
+# ---------------------------------------------------------------- the real shell
+
+def _shell_scenario(events, duration_s=20, grid=None, config=None):
+    doc = {"version": 1, "duration_s": duration_s, "vm": "cpython",
+           "config": dict({"GRID_ENTER_SERVICE_DELAY_S": 5, "GRID_RAMP_S": 0}, **(config or {})),
+           "ev": {"capacity_kwh": 10.0, "soc_pct": 60.0},
+           "at": [{"t_s": 1, "do": "plug"}, {"t_s": 2, "do": "ev_ready"}] + events}
+    if grid is not None:
+        doc["grid"] = grid
+    return sc.validate(doc, "shell-mem.toml")
+
+
+def test_the_station_keeps_its_files_on_the_simulated_flash(tmp_path):
+    """The scenario runs app/station.py itself: its settings file, its sealed state files
+    and its boot count are on the board's flash (a folder), written by app/storage.py."""
+    from board import scenario_run
+
+    scen = _shell_scenario([{"t_s": 4, "do": "limit", "charge_a": 10, "discharge_a": 0, "txn": "l-1"},
+                            {"t_s": 5, "do": "config", "MAX_CHARGE_AMPS": 16, "MAX_DISCHARGE_AMPS": 16},
+                            {"t_s": 8, "do": "reboot"}], duration_s=10)
+    lines = []
+    run = scenario_run.Run(scen, out=lines.append, flash=str(tmp_path))
+    while run.advance(10000):
+        pass
+    run.finish()
+    settings = json.loads((tmp_path / "v2g_vars.json").read_text())
+    assert settings["MAX_CHARGE_AMPS"] == 16 and settings["GRID_ENTER_SERVICE_DELAY_S"] == 5
+    state = {p.name for p in (tmp_path / "state").iterdir()}
+    assert {"controller.json", "journal.json", "events.json", "boot.json"} <= state
+    assert "l-1" in (tmp_path / "state" / "journal.json").read_text()
+    assert (tmp_path / "state" / "boot.json").read_text().startswith('{"count": 2}')
+    recs = [json.loads(x) for x in lines]
+    host = [r for r in recs if r["kind"] == "event" and r["src"] == "host"]
+    assert [(r["op"], r["ok"], r["t_ms"]) for r in host] == [("limit", True, 4000), ("config_set", True, 5000)]
+    # the limit is in force in the step that answered it (t_s is when it happens)
+    tick = [r for r in recs if r["kind"] == "tick" and r["t_ms"] == 4000][0]
+    assert tick["limit_charge_a"] == 10.0 and tick["limit_charge_src"] == "csms"
+    assert recs[-1]["boots"] == 2
+
+
+@pytest.mark.parametrize("in_service", [None, False])
+def test_the_grid_is_in_service_when_a_scenario_starts_unless_it_says_otherwise(in_service):
+    grid = None if in_service is None else {"in_service": in_service}
+    r = sim.simulate(_shell_scenario([], grid=grid), vm="cpython")
+    waiting = [e for e in r.events() if e["code"] == "V2G-507"]
+    charging = [t["t_ms"] for t in r.ticks() if t["amps"] > 1]
+    if in_service is None:
+        assert not waiting and charging and charging[0] <= 3000
+    else:
+        assert waiting[0]["t_ms"] == 0 and waiting[0]["on"] is True
+        assert [e["t_ms"] for e in waiting if e["on"] is False] == [5000]
+        assert charging and charging[0] >= 5000
+
+
+def test_two_runs_in_one_interpreter_keep_their_stations_apart():
+    from board import scenario_run
+
+    def timeline(runs_scen, interleave):
+        outs = [[] for _ in runs_scen]
+        runs = []
+        for scen, lines in zip(runs_scen, outs):
+            runs.append(scenario_run.Run(scen, out=lines.append))
+            if not interleave:
+                while runs[-1].advance(5000):
+                    pass
+                runs[-1].finish()
+        if interleave:
+            going = list(runs)
+            while going:
+                going = [r for r in going if r.advance(5000)]
+            for r in runs:
+                r.finish()
+        return outs
+
+    a = _shell_scenario([{"t_s": 4, "do": "limit", "charge_a": 10, "discharge_a": 0}], duration_s=12)
+    b = _shell_scenario([{"t_s": 3, "do": "reboot"}], duration_s=12, config={"MAX_CHARGE_AMPS": 20, "MAX_DISCHARGE_AMPS": 20})
+    alone = timeline([a, b], False)
+    together = timeline([a, b], True)
+    assert together == alone
