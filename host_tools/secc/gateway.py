@@ -151,6 +151,9 @@ class Secc:
         if t == "ready":
             self.clog.event(None, f"SECC up on {self.iface} port {self.port} ({'TLS 1.3' if self.tls else 'no TLS'}); "
                             f"EXI codec started in {msg.get('codec_ms')} ms, warmed up in {msg.get('warm_ms')} ms")
+            if msg.get("codec_fallback"):
+                self.clog.event(None, "EXI codec: the package's stock one, slower per message, because "
+                                f"{msg['codec_fallback']}")
             if self.port < 49152:
                 self.clog.event(None, f"SECC port {self.port} is below the dynamic range 49152-65535 that "
                                 "ISO 15118 names for it: a strict vehicle may refuse it")

@@ -1,7 +1,7 @@
 """The SECC process: ISO 15118-20 for one EVSE, run in the ISO 15118 venv (.venv-15118).
 
 Started by `v2g secc` (host_tools/secc/gateway.py), never by hand. Imports only the `iso15118`
-package, the standard library and proto.py beside it. It decides nothing about power: every
+package, the standard library, proto.py and fast_exi.py beside it. It decides nothing about power: every
 EVSE limit it sends is the controller's present limit, as the gateway last reported it
 (proto.py, "evse"), and the vehicle's reports go back to the gateway.
 
@@ -25,6 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import proto  # noqa: E402  (this folder; the worker is run as a file, not from the package)
+from fast_exi import FastEXICodec  # noqa: E402
 
 from iso15118.secc import SECCHandler  # noqa: E402
 from iso15118.secc import comm_session_handler as csh  # noqa: E402
@@ -38,7 +39,6 @@ from iso15118.secc.controller.interface import ServiceStatus  # noqa: E402
 from iso15118.secc.controller.simulator import SimEVSEController  # noqa: E402
 from iso15118.secc.secc_settings import Config  # noqa: E402
 from iso15118.secc.transport import tcp_server as tcp  # noqa: E402
-from iso15118.shared.exificient_exi_codec import ExificientEXICodec  # noqa: E402
 from iso15118.shared.messages.datatypes import (  # noqa: E402
     PVEVSEMaxCurrentLimit,
     PVEVSEPresentCurrent,
@@ -323,8 +323,8 @@ class GatewayEVSEController(SimEVSEController):
 
 # ------------------------------------------------------------------ codec timing
 
-class TimedCodec(ExificientEXICodec):
-    """The package's EXI codec, timing each request/response pair the SECC handles."""
+class TimedCodec(FastEXICodec):
+    """The EXI codec (fast_exi.py), timing each request/response pair the SECC handles."""
 
     def __init__(self, gw):
         t0 = time.perf_counter()
@@ -499,7 +499,8 @@ async def main(args):
     await evse.set_status(ServiceStatus.STARTING)
     handler = SECCHandler(exi_codec=codec, evse_controller=evse, config=config)
     secc_task = asyncio.create_task(handler.start(args.iface))
-    gw.send({"t": "ready", "codec_ms": round(codec.startup_ms, 1), "warm_ms": round(warm_ms, 1)})
+    gw.send({"t": "ready", "codec_ms": round(codec.startup_ms, 1), "warm_ms": round(warm_ms, 1),
+             "codec_fallback": codec.fallback})
     done, _ = await asyncio.wait({gw_task, secc_task}, return_when=asyncio.FIRST_COMPLETED)
     for t in done:
         if t is secc_task and t.exception() is not None:

@@ -25,13 +25,16 @@ from iso15118.evcc import Config, EVCCHandler
 from iso15118.evcc.controller.simulator import SimEVController
 from iso15118.evcc.evcc_config import EVCCConfig
 from iso15118.evcc.states import iso15118_20_states as ev20
-from iso15118.shared.exificient_exi_codec import ExificientEXICodec
 from iso15118.shared.messages.enums import ControlMode, ServiceV20
 from iso15118.shared.messages.iso15118_20.common_messages import SelectedEnergyService
 from iso15118.shared.messages.iso15118_20.common_types import RationalNumber
 from iso15118.shared.messages.iso15118_20.dc import BPTDynamicDCChargeLoopReqParams
 from iso15118.shared.messages import sdp
 from iso15118.shared.settings import SettingKey, shared_settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "host_tools" / "secc"))
+from fast_exi import FastEXICodec  # noqa: E402  (the SECC's codec: a real vehicle's is not slow)
+from worker import warm_up  # noqa: E402  (the same warm-up as the SECC's: a real vehicle's codec is warm)
 
 sdp.MIN_TCP_PORT = 1024   # the station's SECC listens on 8081, below the dynamic range
 
@@ -61,7 +64,7 @@ class Plant:
         return json.loads(buf)["state"]["soc_pm"] / 10
 
 
-class TimedCodec(ExificientEXICodec):
+class TimedCodec(FastEXICodec):
     """Round trip per message pair as the vehicle sees it: encode(req) .. decode(res)."""
 
     t = None
@@ -204,8 +207,6 @@ async def main(args):
     cfg.load_raw_values()
     patch_loop_recording()
     codec = TimedCodec()
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "host_tools" / "secc"))
-    from worker import warm_up   # the same warm-up as the SECC's: a real vehicle's codec is warm
     TimedCodec.t = None
     warm_up(codec)
     TimedCodec.t = None
