@@ -193,7 +193,7 @@ class Secc:
         self.writer.write(proto.dumps(snap))
         self.record("evse", seq=self.seq, chg_a=snap["chg_a"], dis_a=snap["dis_a"], req_a=snap["req_a"],
                     min_soc=snap["min_soc"], target_soc=snap["target_soc"], stop=snap["stop"], src=snap["src"],
-                    soc=snap["soc"], mode=snap["mode"])
+                    soc=snap["soc"], mode=snap["mode"], cp=snap["cp"])
 
     # -- the controller
     async def poll_loop(self):

@@ -501,10 +501,27 @@ async def main(args):
     secc_task = asyncio.create_task(handler.start(args.iface))
     gw.send({"t": "ready", "codec_ms": round(codec.startup_ms, 1), "warm_ms": round(warm_ms, 1),
              "codec_fallback": codec.fallback})
-    done, _ = await asyncio.wait({gw_task, secc_task}, return_when=asyncio.FIRST_COMPLETED)
+    codec_task = asyncio.create_task(codec_gone(codec))
+    done, _ = await asyncio.wait({gw_task, secc_task, codec_task}, return_when=asyncio.FIRST_COMPLETED)
     for t in done:
         if t is secc_task and t.exception() is not None:
             raise t.exception()
+        if t is codec_task:
+            # every later session would fail on its first message: end, and `v2g secc` starts
+            # a new worker (and codec) for the next plug-in
+            log.error("the EXI codec (JVM) ended with exit %s: the SECC process ends", t.result())
+            sys.exit(3)
+
+
+async def codec_gone(codec, poll_s=0.5):
+    """Waits until the codec's JVM ends; its exit code. Polled: a thread blocked in wait()
+    would keep this process alive after the gateway is gone."""
+    proc = getattr(codec.gateway, "java_process", None)
+    if proc is None:
+        await asyncio.Event().wait()
+    while proc.poll() is None:
+        await asyncio.sleep(poll_s)
+    return proc.returncode
 
 
 def cli(argv=None):

@@ -129,6 +129,9 @@ class Vehicle(SimEVController):
         self.loops += 1
         if self.loops > self.args.loops:
             return False
+        if self.args.stop_file and Path(self.args.stop_file).exists():
+            record(kind="stop_file")
+            return False
         soc = self.plant.soc_pct()
         if self.args.stop_at_soc is not None and soc <= self.args.stop_at_soc:
             record(kind="stop_at_soc", soc=soc)
@@ -161,6 +164,24 @@ def patch_loop_recording():
             return await _orig(self, message, message_exi)
 
         cls.process_message = process_message
+
+
+def patch_prompt_stop():
+    """The vehicle closes the TCP connection as soon as its session ends: the package's stop
+    waits 2 s, then 3 s more, which only a real data link's tear-down needs (the SECC keeps
+    its own waits). A successful session's process then ends at once."""
+    from iso15118.evcc.comm_session_handler import EVCCCommunicationSession
+
+    async def stop(self, reason):
+        record(kind="stopped", reason=reason)
+        try:
+            await self.ev_controller.enable_charging(False)
+            self.writer.close()
+            await self.writer.wait_closed()
+        except (OSError, asyncio.TimeoutError):
+            pass
+
+    EVCCCommunicationSession.stop = stop
 
 
 def patch_tls(root):
@@ -206,6 +227,7 @@ async def main(args):
                         "sdpRetryCycles": args.sdp_retries})
     cfg.load_raw_values()
     patch_loop_recording()
+    patch_prompt_stop()
     codec = TimedCodec()
     TimedCodec.t = None
     warm_up(codec)
@@ -232,6 +254,7 @@ if __name__ == "__main__":
     p.add_argument("--ask-discharge-w", type=float, default=100000)
     p.add_argument("--sdp-retries", type=int, default=5)
     p.add_argument("--loop-timeout", type=float, default=None)
+    p.add_argument("--stop-file", default=None, help="end the session (SessionStop) once this file exists")
     a = p.parse_args()
     OUT = open(a.out, "a")
     _ = Config, ControlMode   # noqa
