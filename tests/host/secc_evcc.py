@@ -16,6 +16,7 @@ Changes to the stock simulator:
 import argparse
 import asyncio
 import json
+import os
 import socket
 import sys
 import time
@@ -212,7 +213,50 @@ def relax_charge_loop_timeout(seconds):
     ev20.Timeouts = Enum("Timeouts", members, type=float)
 
 
-async def main(args):
+def parser():
+    p = argparse.ArgumentParser()
+    p.add_argument("--iface", required=True)
+    p.add_argument("--service", default="DC_BPT")
+    p.add_argument("--mode", default="dynamic")
+    p.add_argument("--plant", required=True)
+    p.add_argument("--out", required=False)
+    p.add_argument("--tls", action="store_true")
+    p.add_argument("--pki", default="")
+    p.add_argument("--root", default="", help="the V2G root the vehicle trusts (TLS)")
+    p.add_argument("--loops", type=int, default=20)
+    p.add_argument("--loop-s", type=float, default=0.2)
+    p.add_argument("--stop-at-soc", type=float, default=None)
+    p.add_argument("--ask-discharge-w", type=float, default=100000)
+    p.add_argument("--sdp-retries", type=int, default=5)
+    p.add_argument("--loop-timeout", type=float, default=None)
+    p.add_argument("--stop-file", default=None, help="end the session (SessionStop) once this file exists")
+    p.add_argument("--args-from", default=None,
+                   help="start the codec now, then wait for this file: a JSON list of the session's "
+                        "further arguments (a vehicle made ready while the previous test ends)")
+    return p
+
+
+def session_args(argv):
+    """The arguments, with those of --args-from once that file is there."""
+    a = parser().parse_args(argv)
+    if a.args_from:
+        while not os.path.exists(a.args_from):
+            time.sleep(0.02)
+        with open(a.args_from) as f:
+            a = parser().parse_args(argv + json.load(f))
+    return a
+
+
+async def main(argv):
+    global OUT
+    shared_settings.update({SettingKey.MESSAGE_LOG_JSON: False, SettingKey.MESSAGE_LOG_EXI: False})
+    codec = TimedCodec()
+    TimedCodec.t = None
+    warm_up(codec)
+    TimedCodec.t = None
+    TimedCodec.warming = False
+    args = await asyncio.to_thread(session_args, argv)
+    OUT = open(args.out, "a")
     if args.loop_timeout:
         relax_charge_loop_timeout(args.loop_timeout)
     if args.tls:
@@ -228,35 +272,12 @@ async def main(args):
     cfg.load_raw_values()
     patch_loop_recording()
     patch_prompt_stop()
-    codec = TimedCodec()
-    TimedCodec.t = None
-    warm_up(codec)
-    TimedCodec.t = None
-    TimedCodec.warming = False
     record(kind="start")
     await EVCCHandler(evcc_config=cfg, iface=args.iface, exi_codec=codec,
                       ev_controller=Vehicle(cfg, args)).start()
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--iface", required=True)
-    p.add_argument("--service", default="DC_BPT")
-    p.add_argument("--mode", default="dynamic")
-    p.add_argument("--plant", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--tls", action="store_true")
-    p.add_argument("--pki", default="")
-    p.add_argument("--root", default="", help="the V2G root the vehicle trusts (TLS)")
-    p.add_argument("--loops", type=int, default=20)
-    p.add_argument("--loop-s", type=float, default=0.2)
-    p.add_argument("--stop-at-soc", type=float, default=None)
-    p.add_argument("--ask-discharge-w", type=float, default=100000)
-    p.add_argument("--sdp-retries", type=int, default=5)
-    p.add_argument("--loop-timeout", type=float, default=None)
-    p.add_argument("--stop-file", default=None, help="end the session (SessionStop) once this file exists")
-    a = p.parse_args()
-    OUT = open(a.out, "a")
     _ = Config, ControlMode   # noqa
-    asyncio.run(main(a))
+    asyncio.run(main(sys.argv[1:]))
     sys.exit(0)

@@ -192,6 +192,8 @@ class Station:
         self.relay = None
         self.secc = None
         self.secc_key = None
+        self.spare = None        # a vehicle process with its codec up, waiting for its session
+        self.spares = 0
         self.log_dir = self.tmp / "log"
         try:
             self.board = RunningBoard(self.tmp / "board")
@@ -268,7 +270,28 @@ class Station:
             return kinds and kinds[-1]["kind"] == "worker"
         wait_for(ready, 90, "the SECC worker never became ready")
 
+    def spawn_vehicle(self):
+        """A test vehicle whose JVM starts now and waits for its session's arguments: made
+        while a test settles, it is ready when the next test wants it."""
+        self.spares += 1
+        args_file = self.tmp / "vehicle-{}.args".format(self.spares)
+        log = self.tmp / "vehicle-{}.log".format(self.spares)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns.ev_ns, str(PY15), str(EVCC), "--iface", self.ns.ev_if,
+             "--plant", self.relay.path, "--args-from", str(args_file)],
+            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+        return proc, args_file, log
+
+    def take_vehicle(self):
+        if self.spare is not None and self.spare[0].poll() is None:
+            v, self.spare = self.spare, None
+            return v
+        return self.spawn_vehicle()
+
     def close(self):
+        if self.spare is not None and self.spare[0].poll() is None:
+            self.spare[0].kill()
+            self.spare[0].wait(10)
         self.stop_secc()
         if self.relay is not None:
             self.relay.srv.close()
@@ -315,6 +338,7 @@ class Rig:
         self.clog = Tail(self.log_dir / "central_system.log")
         self.evcc = None
         self.evcc_out = self.tmp / "evcc.jsonl"
+        self.evcc_log = self.tmp / "evcc.log"
 
     @property
     def secc(self):
@@ -334,11 +358,11 @@ class Rig:
             extra = extra + ("--loop-timeout", str(loop_timeout))
         self.evcc_out = self.tmp / out
         self.evcc_stop = self.tmp / (out + ".stop")
-        self.evcc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns.ev_ns, str(PY15), str(EVCC), "--iface", self.ns.ev_if,
-             "--plant", self.station.relay.path, "--out", str(self.evcc_out),
-             "--stop-file", str(self.evcc_stop), *extra],
-            stdout=open(self.tmp / "evcc.log", "ab"), stderr=subprocess.STDOUT)
+        self.evcc, args_file, self.evcc_log = self.station.take_vehicle()
+        tmp = args_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(["--out", str(self.evcc_out), "--stop-file", str(self.evcc_stop),
+                                   *extra]))
+        os.rename(tmp, args_file)    # whole, or not there
 
     def events(self):
         return self.log.read()
@@ -364,7 +388,7 @@ class Rig:
                 return got
             if self.evcc is not None and self.evcc.poll() is not None:
                 raise AssertionError("the vehicle ended (exit {}) with {} of {} records; log: {}".format(
-                    self.evcc.returncode, len(got), n, (self.tmp / "evcc.log").read_text()[-3000:]))
+                    self.evcc.returncode, len(got), n, self.evcc_log.read_text()[-3000:]))
             return None
         return wait_for(hits, timeout, lambda: "the vehicle's records: {}".format(self.evcc_records()[-3:]))
 
@@ -375,7 +399,7 @@ class Rig:
             self.evcc.kill()
             self.evcc.wait(10)
             raise AssertionError("the EVCC did not finish in {} s; log: {}".format(
-                timeout, (self.tmp / "evcc.log").read_text()[-3000:])) from None
+                timeout, self.evcc_log.read_text()[-3000:])) from None
 
     def finish_evcc(self, timeout=5):
         """The vehicle ends its session as a driver would (SessionStop), then its process."""
@@ -405,6 +429,8 @@ class Rig:
         from core import config as C
 
         self.finish_evcc()
+        if self.station.spare is None:
+            self.station.spare = self.station.spawn_vehicle()    # its JVM starts while we wait
         r = self.station.relay
         if self.station.secc_alive():
             # the SECC reports a session's end 2 s after it (its data link tear-down): wait

@@ -66,9 +66,12 @@ def loops_after(rig, t0, n=1, pred=lambda m: True, timeout=60):
     return [unwrap(e["msg"]) for e in recs]
 
 
-def plug_and_set(rig, config=None, setpoint=None, limit=None):
+def plug_and_set(rig, config=None, setpoint=None, limit=None, **secc):
+    """`v2g secc` with these options (before the plug-in: a restart after it would stop the
+    keep-alives of a session the controller already counts as wanted), then plug in."""
     r = rig.relay
     rig.wait_controller()
+    rig.start_secc(**secc)
     if config:
         res = r.do(do="config", **config)
         assert res["ok"], res
@@ -87,7 +90,6 @@ def test_dc_bpt_dynamic_vehicle_asking_more_is_held_to_max_discharge_amps(rig):
     and what flows. The app's target and the floor are its TargetSOC / MinimumSOC."""
     r = plug_and_set(rig, config={"MAX_DISCHARGE_AMPS": 6},
                      setpoint={"soc_target_pct": 10, "mode": "discharge"})
-    rig.start_secc()
     rig.start_evcc("--service", "DC_BPT", "--mode", "dynamic", "--loops", "15",
                    "--ask-discharge-w", "100000")
     assert rig.wait_evcc(120) == 0
@@ -118,7 +120,6 @@ def test_dc_bpt_dynamic_discharges_to_minimum_soc_and_stops_there(rig):
     r = plug_and_set(rig, config={"MIN_SOC_THRESHOLD": floor_pm / 10, "RESERVE_MARGIN": 0,
                                   "V2G_AVAILABLE_MARGIN": 0},
                      setpoint={"soc_target_pct": soc / 10, "mode": "auto"})
-    rig.start_secc()
     rig.start_evcc("--service", "DC_BPT", "--mode", "dynamic", "--loops", "600", "--loop-s", "0.2")
     loops_after(rig, 0, 3, timeout=60)
     e_out = r.do(do="state")["state"]["e_out_wh"]
@@ -148,7 +149,6 @@ def test_ac_bpt_dynamic_discharge_setpoint_reaches_the_vehicle(rig):
     EVSETargetActivePower of AC_BPT Dynamic: negative, at the controller's current."""
     plug_and_set(rig, setpoint={"soc_target_pct": 10, "mode": "discharge"},
                  limit={"charge_a": 32, "discharge_a": 8})
-    rig.start_secc()
     rig.start_evcc("--service", "AC_BPT", "--mode", "dynamic", "--loops", "12")
     assert rig.wait_evcc(120) == 0
     res = loop_res(rig)
@@ -173,7 +173,6 @@ def test_ac_charge_only_vehicle_gets_the_ac_service_and_the_controllers_charge_p
     app's discharge wish does not reach it."""
     plug_and_set(rig, setpoint={"soc_target_pct": 90, "mode": "charge"},
                  limit={"charge_a": 10, "discharge_a": 8})
-    rig.start_secc()
     rig.start_evcc("--service", "AC", "--mode", "dynamic", "--loops", "12")
     assert rig.wait_evcc(120) == 0
     assert selected(rig) == ("AC", "dynamic")
@@ -190,7 +189,6 @@ def test_dc_charge_only_vehicle_gets_the_dc_service_and_the_controllers_charge_l
     EVSEMaximumChargeCurrent is the controller's limit, and a CSMS change reaches it."""
     r = plug_and_set(rig, setpoint={"soc_target_pct": 90, "mode": "charge"},
                      limit={"charge_a": 12, "discharge_a": 8})
-    rig.start_secc()
     rig.start_evcc("--service", "DC", "--mode", "dynamic", "--loops", "400", "--loop-s", "0.2")
     before = loops_after(rig, 0, 3)
     assert selected(rig) == ("DC", "dynamic")
@@ -208,7 +206,6 @@ def test_scheduled_mode_follows_the_controller_and_a_limit_change(rig):
     CSMS limit change is in the next answers. Also times that change (limit -> response)."""
     r = plug_and_set(rig, setpoint={"soc_target_pct": 10, "mode": "discharge"},
                      limit={"charge_a": 32, "discharge_a": 10})
-    rig.start_secc()
     rig.start_evcc("--service", "DC_BPT", "--mode", "scheduled", "--loops", "400", "--loop-s", "0.2")
     loops_after(rig, 0, 5)
     t0 = time.time()
@@ -234,7 +231,6 @@ def test_scheduled_ac_bpt_schedule_and_loop_follow_the_controller(rig):
     and a CSMS limit change reaches the loop."""
     r = plug_and_set(rig, setpoint={"soc_target_pct": 10, "mode": "discharge"},
                      limit={"charge_a": 16, "discharge_a": 8})
-    rig.start_secc()
     rig.start_evcc("--service", "AC_BPT", "--mode", "scheduled", "--loops", "400", "--loop-s", "0.2")
     first = loops_after(rig, 0, 3)
     assert selected(rig) == ("AC_BPT", "scheduled")
@@ -256,7 +252,6 @@ def test_scheduled_ac_bpt_schedule_and_loop_follow_the_controller(rig):
 def test_heartbeat_loss_during_hlc_goes_charge_only(rig):
     r = plug_and_set(rig, config={"HEARTBEAT_TIMEOUT_S": 2},
                      setpoint={"soc_target_pct": 10, "mode": "discharge"})
-    rig.start_secc()
     rig.start_evcc("--service", "DC_BPT", "--mode", "dynamic", "--loops", "400", "--loop-s", "0.2")
     loops_after(rig, 0, 1, lambda m: rational(m["evse_max_discharge_current"]) > 0)
     t0 = time.time()
@@ -276,8 +271,7 @@ def test_heartbeat_loss_during_hlc_goes_charge_only(rig):
 def test_tls_wrong_root_is_err_v2g_handshake_timeout_right_root_charges(rig, tmp_path):
     pki = make_pki(tmp_path / "pki")
     other = make_pki(tmp_path / "other", root_cn="Some Other V2G Root")
-    plug_and_set(rig, setpoint={"soc_target_pct": 10, "mode": "discharge"})
-    rig.start_secc(tls=True, config_dir=pki)
+    plug_and_set(rig, setpoint={"soc_target_pct": 10, "mode": "discharge"}, tls=True, config_dir=pki)
     rig.start_evcc("--service", "DC_BPT", "--mode", "dynamic", "--tls", "--root",
                    str(other / "v2g_root.pem"), "--sdp-retries", "1", out="evcc-wrong.jsonl")
     wait_for(lambda: "ERR_V2G_HANDSHAKE_TIMEOUT" in rig.central_log(), 60, rig.central_log)
@@ -296,7 +290,6 @@ def test_tls_wrong_root_is_err_v2g_handshake_timeout_right_root_charges(rig, tmp
 
 def test_secc_killed_mid_session_controller_goes_back_to_basic_charging(rig):
     plug_and_set(rig, setpoint={"soc_target_pct": 10, "mode": "discharge"})
-    rig.start_secc()
     rig.start_evcc("--service", "DC_BPT", "--mode", "dynamic", "--loops", "400", "--loop-s", "0.2")
     loops_after(rig, 0, 3)
     os.kill(rig.secc.pid, signal.SIGKILL)
@@ -324,7 +317,6 @@ def wait_status(rig, pred, timeout):
 
 def test_codec_killed_mid_session_is_v2g_150_basic_charging(rig):
     plug_and_set(rig, setpoint={"soc_target_pct": 10, "mode": "discharge"})
-    rig.start_secc()
     rig.start_evcc("--service", "DC_BPT", "--mode", "dynamic", "--loops", "400", "--loop-s", "0.2")
     loops_after(rig, 0, 3)
     worker = children(rig.secc.pid)
@@ -349,7 +341,6 @@ def test_vehicle_silent_mid_loop_is_v2g_150_basic_charging(rig):
     -20; SEQUENCE_TIMEOUT_S in these tests) ends the session, and the controller goes back to
     basic charging."""
     plug_and_set(rig, setpoint={"soc_target_pct": 10, "mode": "discharge"})
-    rig.start_secc()
     rig.start_evcc("--service", "DC_BPT", "--mode", "dynamic", "--loops", "400", "--loop-s", "0.2")
     loops_after(rig, 0, 3)
     evcc = [p for p in children(rig.evcc.pid)] + [rig.evcc.pid]
