@@ -176,7 +176,7 @@ def wait_for(pred, timeout, what, poll=0.05):
 
 
 # the SECC's sequence timeout in these tests (ISO 15118-20: 60 s; secc_site/sitecustomize.py)
-SEQUENCE_TIMEOUT_S = 8
+SEQUENCE_TIMEOUT_S = 5
 
 
 class Station:
