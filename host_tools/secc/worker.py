@@ -128,6 +128,7 @@ class GatewayEVSEController(SimEVSEController):
         self.gw = gw
         self.evse_id = evse_id
         self._last_state = None
+        self._early_ends = 0      # sessions whose end was reported at SessionStopRes
 
     # -- what the controller allows, in the package's units (W, A, V)
     def _ev(self):
@@ -315,9 +316,19 @@ class GatewayEVSEController(SimEVSEController):
         if name != self._last_state:
             self._last_state = name
             self.gw.send({"t": "state", "state": name})
+        if name == "SessionStop":
+            # called once SessionStopRes is sent: the session is over for the controller now.
+            # The package reports it (session_ended) only after its 2 s data-link wait, which
+            # would leave the pilot at 5 % that long, and let the end of this session land on
+            # a vehicle plugged in meanwhile.
+            self._early_ends += 1
+            self.gw.send({"t": "ended", "ok": True, "state": name, "reason": "SessionStopRes sent"})
 
     async def session_ended(self, current_state: str, reason: str):
         ok = "SessionStop" in str(current_state) or "EV requested to terminate" in str(reason)
+        if ok and self._early_ends > 0:
+            self._early_ends -= 1       # reported at SessionStopRes already
+            return
         self.gw.send({"t": "ended", "ok": ok, "state": str(current_state), "reason": str(reason)})
 
 

@@ -172,3 +172,26 @@ print(json.dumps({"fallback": fast.fallback, "same": fw == sw, "n": len(fw),
     # one context per (direction, schema): the common messages and DC, however many messages
     assert out["fast_contexts"] == 4, out
     assert out["stock_contexts"] > 4 * 3, out        # a new one for (nearly) every message
+
+
+def test_session_end_reaches_the_gateway_when_session_stop_res_is_sent_once():
+    """A session that ends with SessionStop is over for the controller when SessionStopRes is
+    sent, not after the package's 2 s data-link wait: the gateway hears it then, once; a
+    session that fails is still reported when the package ends it."""
+    out = run15("""
+gw = FakeGateway()
+c = worker.GatewayEVSEController(gw, "X")
+class SessionStop: pass
+class DCChargeLoop: pass
+asyncio.run(c.set_present_protocol_state(DCChargeLoop()))
+asyncio.run(c.set_present_protocol_state(SessionStop()))
+at_res = [m for m in gw.sent if m["t"] == "ended"]
+asyncio.run(c.session_ended("SessionStop", "Communication session terminated"))
+after = [m for m in gw.sent if m["t"] == "ended"]
+asyncio.run(c.session_ended("DCChargeLoop", "TCP peer closed connection"))
+failed = [m for m in gw.sent if m["t"] == "ended"][len(after):]
+print(json.dumps({"at_res": at_res, "after": len(after), "failed": failed}))
+""")
+    assert [m["ok"] for m in out["at_res"]] == [True]
+    assert out["after"] == 1                      # not reported a second time
+    assert [m["ok"] for m in out["failed"]] == [False]
