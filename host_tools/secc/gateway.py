@@ -131,7 +131,11 @@ class Secc:
         while True:
             reader = await self.start_worker()
             while True:
-                line = await reader.readline()
+                try:
+                    line = await reader.readline()
+                except (ConnectionError, OSError):
+                    # a worker that ends with our last snapshot unread resets the socket
+                    line = b""
                 if not line:
                     break
                 msg = proto.loads(line)

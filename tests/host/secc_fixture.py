@@ -270,9 +270,16 @@ class Station:
             return kinds and kinds[-1]["kind"] == "worker"
         wait_for(ready, 90, "the SECC worker never became ready")
 
+    def pki(self):
+        """The station's test PKI (tests/host/v2g_pki.py), made on first use."""
+        if getattr(self, "_pki", None) is None:
+            from v2g_pki import make
+            self._pki = make(self.tmp / "pki")
+        return self._pki
+
     def spawn_vehicle(self):
         """A test vehicle whose JVM starts now and waits for its session's arguments: made
-        while a test settles, it is ready when the next test wants it."""
+        while a test runs, it is ready when the next test wants it."""
         self.spares += 1
         args_file = self.tmp / "vehicle-{}.args".format(self.spares)
         log = self.tmp / "vehicle-{}.log".format(self.spares)
@@ -359,6 +366,9 @@ class Rig:
         self.evcc_out = self.tmp / out
         self.evcc_stop = self.tmp / (out + ".stop")
         self.evcc, args_file, self.evcc_log = self.station.take_vehicle()
+        if self.station.spare is None:
+            # the next vehicle's JVM starts while this one drives: ready when it is wanted
+            self.station.spare = self.station.spawn_vehicle()
         tmp = args_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(["--out", str(self.evcc_out), "--stop-file", str(self.evcc_stop),
                                    *extra]))

@@ -274,8 +274,8 @@ def test_heartbeat_loss_during_hlc_goes_charge_only(rig):
     r.do(do="heartbeat_restore")
 
 
-def test_tls_wrong_root_is_err_v2g_handshake_timeout_right_root_charges(rig, tmp_path):
-    pki = make_pki(tmp_path / "pki")
+def test_tls_wrong_root_is_err_v2g_handshake_timeout_right_root_charges(rig, station, tmp_path):
+    pki = station.pki()
     other = make_pki(tmp_path / "other", root_cn="Some Other V2G Root")
     plug_and_set(rig, setpoint={"soc_target_pct": 10, "mode": "discharge"}, tls=True, config_dir=pki)
     rig.start_evcc("--service", "DC_BPT", "--mode", "dynamic", "--tls", "--root",
@@ -294,9 +294,12 @@ def test_tls_wrong_root_is_err_v2g_handshake_timeout_right_root_charges(rig, tmp
     assert "TLS 1.3" in rig.central_log()
 
 
-def test_secc_killed_mid_session_controller_goes_back_to_basic_charging(rig):
-    plug_and_set(rig, setpoint={"soc_target_pct": 10, "mode": "discharge"})
-    rig.start_evcc("--service", "DC_BPT", "--mode", "dynamic", "--loops", "400", "--loop-s", "0.2")
+def test_secc_killed_mid_session_controller_goes_back_to_basic_charging(rig, station):
+    # over TLS: the SECC the TLS test left running serves (a restart costs a JVM start)
+    pki = station.pki()
+    plug_and_set(rig, setpoint={"soc_target_pct": 10, "mode": "discharge"}, tls=True, config_dir=pki)
+    rig.start_evcc("--service", "DC_BPT", "--mode", "dynamic", "--loops", "400", "--loop-s", "0.2",
+                   "--tls", "--root", str(pki / "v2g_root.pem"))
     loops_after(rig, 0, 3)
     os.kill(rig.secc.pid, signal.SIGKILL)
     rig.secc.wait(10)
