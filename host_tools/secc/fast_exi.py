@@ -80,8 +80,16 @@ class FastEXICodec(ExificientEXICodec):
             super().__init__()
             return
         from py4j.java_gateway import JavaGateway
+        from py4j.protocol import Py4JError
 
         logging.getLogger("py4j").setLevel(logging.CRITICAL)
         self.gateway = JavaGateway.launch_gateway(
             classpath=os.pathsep.join([JAR_FILE_PATH, classes]), die_on_exit=True, javaopts=JAVA_OPTS)
-        self.exi_codec = self.gateway.jvm.v2g.exi.CachedContextCodec()
+        try:
+            self.exi_codec = self.gateway.jvm.v2g.exi.CachedContextCodec()
+        except Py4JError as e:
+            # e.g. a jar whose private names moved: the stock codec still works
+            self.gateway.shutdown()
+            self.fallback = "the kept-context codec does not load: {}".format(str(e).splitlines()[0][:200])
+            log.warning("EXI codec: the stock one: %s", self.fallback)
+            super().__init__()

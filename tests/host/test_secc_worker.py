@@ -195,3 +195,16 @@ print(json.dumps({"at_res": at_res, "after": len(after), "failed": failed}))
     assert [m["ok"] for m in out["at_res"]] == [True]
     assert out["after"] == 1                      # not reported a second time
     assert [m["ok"] for m in out["failed"]] == [False]
+
+
+def test_fast_codec_falls_back_to_the_stock_one_and_says_why():
+    """No compilable source (a wheel without host_tools/secc/java/, a JRE without its compiler
+    module): the stock codec runs, slower, and `fallback` names why for the gateway's log."""
+    out = run_codec("""
+fast_exi.SOURCE = "/nonexistent/CachedContextCodec.java"
+codec = fast_exi.FastEXICodec()
+wire, _ = run(codec, 1)
+print(json.dumps({"fallback": codec.fallback, "n": len(wire)}))
+""")
+    assert out["fallback"] and "CachedContextCodec.java" in out["fallback"]
+    assert out["n"] == 6
