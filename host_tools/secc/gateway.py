@@ -131,7 +131,11 @@ class Secc:
         while True:
             reader = await self.start_worker()
             while True:
-                line = await reader.readline()
+                try:
+                    line = await reader.readline()
+                except (ConnectionError, OSError):
+                    # a worker that ends with our last snapshot unread resets the socket
+                    line = b""
                 if not line:
                     break
                 msg = proto.loads(line)
@@ -151,6 +155,9 @@ class Secc:
         if t == "ready":
             self.clog.event(None, f"SECC up on {self.iface} port {self.port} ({'TLS 1.3' if self.tls else 'no TLS'}); "
                             f"EXI codec started in {msg.get('codec_ms')} ms, warmed up in {msg.get('warm_ms')} ms")
+            if msg.get("codec_fallback"):
+                self.clog.event(None, "EXI codec: the package's stock one, slower per message, because "
+                                f"{msg['codec_fallback']}")
             if self.port < 49152:
                 self.clog.event(None, f"SECC port {self.port} is below the dynamic range 49152-65535 that "
                                 "ISO 15118 names for it: a strict vehicle may refuse it")
@@ -190,7 +197,7 @@ class Secc:
         self.writer.write(proto.dumps(snap))
         self.record("evse", seq=self.seq, chg_a=snap["chg_a"], dis_a=snap["dis_a"], req_a=snap["req_a"],
                     min_soc=snap["min_soc"], target_soc=snap["target_soc"], stop=snap["stop"], src=snap["src"],
-                    soc=snap["soc"], mode=snap["mode"])
+                    soc=snap["soc"], mode=snap["mode"], cp=snap["cp"])
 
     # -- the controller
     async def poll_loop(self):

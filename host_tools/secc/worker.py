@@ -1,7 +1,7 @@
 """The SECC process: ISO 15118-20 for one EVSE, run in the ISO 15118 venv (.venv-15118).
 
 Started by `v2g secc` (host_tools/secc/gateway.py), never by hand. Imports only the `iso15118`
-package, the standard library and proto.py beside it. It decides nothing about power: every
+package, the standard library, proto.py and fast_exi.py beside it. It decides nothing about power: every
 EVSE limit it sends is the controller's present limit, as the gateway last reported it
 (proto.py, "evse"), and the vehicle's reports go back to the gateway.
 
@@ -25,6 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import proto  # noqa: E402  (this folder; the worker is run as a file, not from the package)
+from fast_exi import FastEXICodec  # noqa: E402
 
 from iso15118.secc import SECCHandler  # noqa: E402
 from iso15118.secc import comm_session_handler as csh  # noqa: E402
@@ -38,7 +39,6 @@ from iso15118.secc.controller.interface import ServiceStatus  # noqa: E402
 from iso15118.secc.controller.simulator import SimEVSEController  # noqa: E402
 from iso15118.secc.secc_settings import Config  # noqa: E402
 from iso15118.secc.transport import tcp_server as tcp  # noqa: E402
-from iso15118.shared.exificient_exi_codec import ExificientEXICodec  # noqa: E402
 from iso15118.shared.messages.datatypes import (  # noqa: E402
     PVEVSEMaxCurrentLimit,
     PVEVSEPresentCurrent,
@@ -128,6 +128,7 @@ class GatewayEVSEController(SimEVSEController):
         self.gw = gw
         self.evse_id = evse_id
         self._last_state = None
+        self._early_ends = 0      # sessions whose end was reported at SessionStopRes
 
     # -- what the controller allows, in the package's units (W, A, V)
     def _ev(self):
@@ -315,16 +316,26 @@ class GatewayEVSEController(SimEVSEController):
         if name != self._last_state:
             self._last_state = name
             self.gw.send({"t": "state", "state": name})
+        if name == "SessionStop":
+            # called once SessionStopRes is sent: the session is over for the controller now.
+            # The package reports it (session_ended) only after its 2 s data-link wait, which
+            # would leave the pilot at 5 % that long, and let the end of this session land on
+            # a vehicle plugged in meanwhile.
+            self._early_ends += 1
+            self.gw.send({"t": "ended", "ok": True, "state": name, "reason": "SessionStopRes sent"})
 
     async def session_ended(self, current_state: str, reason: str):
         ok = "SessionStop" in str(current_state) or "EV requested to terminate" in str(reason)
+        if ok and self._early_ends > 0:
+            self._early_ends -= 1       # reported at SessionStopRes already
+            return
         self.gw.send({"t": "ended", "ok": ok, "state": str(current_state), "reason": str(reason)})
 
 
 # ------------------------------------------------------------------ codec timing
 
-class TimedCodec(ExificientEXICodec):
-    """The package's EXI codec, timing each request/response pair the SECC handles."""
+class TimedCodec(FastEXICodec):
+    """The EXI codec (fast_exi.py), timing each request/response pair the SECC handles."""
 
     def __init__(self, gw):
         t0 = time.perf_counter()
@@ -499,11 +510,29 @@ async def main(args):
     await evse.set_status(ServiceStatus.STARTING)
     handler = SECCHandler(exi_codec=codec, evse_controller=evse, config=config)
     secc_task = asyncio.create_task(handler.start(args.iface))
-    gw.send({"t": "ready", "codec_ms": round(codec.startup_ms, 1), "warm_ms": round(warm_ms, 1)})
-    done, _ = await asyncio.wait({gw_task, secc_task}, return_when=asyncio.FIRST_COMPLETED)
+    gw.send({"t": "ready", "codec_ms": round(codec.startup_ms, 1), "warm_ms": round(warm_ms, 1),
+             "codec_fallback": codec.fallback})
+    codec_task = asyncio.create_task(codec_gone(codec))
+    done, _ = await asyncio.wait({gw_task, secc_task, codec_task}, return_when=asyncio.FIRST_COMPLETED)
     for t in done:
         if t is secc_task and t.exception() is not None:
             raise t.exception()
+        if t is codec_task:
+            # every later session would fail on its first message: end, and `v2g secc` starts
+            # a new worker (and codec) for the next plug-in
+            log.error("the EXI codec (JVM) ended with exit %s: the SECC process ends", t.result())
+            sys.exit(3)
+
+
+async def codec_gone(codec, poll_s=0.5):
+    """Waits until the codec's JVM ends; its exit code. Polled: a thread blocked in wait()
+    would keep this process alive after the gateway is gone."""
+    proc = getattr(codec.gateway, "java_process", None)
+    if proc is None:
+        await asyncio.Event().wait()
+    while proc.poll() is None:
+        await asyncio.sleep(poll_s)
+    return proc.returncode
 
 
 def cli(argv=None):

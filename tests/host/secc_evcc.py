@@ -16,6 +16,7 @@ Changes to the stock simulator:
 import argparse
 import asyncio
 import json
+import os
 import socket
 import sys
 import time
@@ -25,13 +26,16 @@ from iso15118.evcc import Config, EVCCHandler
 from iso15118.evcc.controller.simulator import SimEVController
 from iso15118.evcc.evcc_config import EVCCConfig
 from iso15118.evcc.states import iso15118_20_states as ev20
-from iso15118.shared.exificient_exi_codec import ExificientEXICodec
 from iso15118.shared.messages.enums import ControlMode, ServiceV20
 from iso15118.shared.messages.iso15118_20.common_messages import SelectedEnergyService
 from iso15118.shared.messages.iso15118_20.common_types import RationalNumber
 from iso15118.shared.messages.iso15118_20.dc import BPTDynamicDCChargeLoopReqParams
 from iso15118.shared.messages import sdp
 from iso15118.shared.settings import SettingKey, shared_settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "host_tools" / "secc"))
+from fast_exi import FastEXICodec  # noqa: E402  (the SECC's codec: a real vehicle's is not slow)
+from worker import warm_up  # noqa: E402  (the same warm-up as the SECC's: a real vehicle's codec is warm)
 
 sdp.MIN_TCP_PORT = 1024   # the station's SECC listens on 8081, below the dynamic range
 
@@ -61,7 +65,7 @@ class Plant:
         return json.loads(buf)["state"]["soc_pm"] / 10
 
 
-class TimedCodec(ExificientEXICodec):
+class TimedCodec(FastEXICodec):
     """Round trip per message pair as the vehicle sees it: encode(req) .. decode(res)."""
 
     t = None
@@ -126,6 +130,9 @@ class Vehicle(SimEVController):
         self.loops += 1
         if self.loops > self.args.loops:
             return False
+        if self.args.stop_file and Path(self.args.stop_file).exists():
+            record(kind="stop_file")
+            return False
         soc = self.plant.soc_pct()
         if self.args.stop_at_soc is not None and soc <= self.args.stop_at_soc:
             record(kind="stop_at_soc", soc=soc)
@@ -160,6 +167,24 @@ def patch_loop_recording():
         cls.process_message = process_message
 
 
+def patch_prompt_stop():
+    """The vehicle closes the TCP connection as soon as its session ends: the package's stop
+    waits 2 s, then 3 s more, which only a real data link's tear-down needs (the SECC keeps
+    its own waits). A successful session's process then ends at once."""
+    from iso15118.evcc.comm_session_handler import EVCCCommunicationSession
+
+    async def stop(self, reason):
+        record(kind="stopped", reason=reason)
+        try:
+            await self.ev_controller.enable_charging(False)
+            self.writer.close()
+            await self.writer.wait_closed()
+        except (OSError, asyncio.TimeoutError):
+            pass
+
+    EVCCCommunicationSession.stop = stop
+
+
 def patch_tls(root):
     """The vehicle's TLS: 1.3 only, trusting the V2G root in `root` (the package's own client
     context reads its test PKI's fixed paths)."""
@@ -188,7 +213,50 @@ def relax_charge_loop_timeout(seconds):
     ev20.Timeouts = Enum("Timeouts", members, type=float)
 
 
-async def main(args):
+def parser():
+    p = argparse.ArgumentParser()
+    p.add_argument("--iface", required=True)
+    p.add_argument("--service", default="DC_BPT")
+    p.add_argument("--mode", default="dynamic")
+    p.add_argument("--plant", required=True)
+    p.add_argument("--out", required=False)
+    p.add_argument("--tls", action="store_true")
+    p.add_argument("--pki", default="")
+    p.add_argument("--root", default="", help="the V2G root the vehicle trusts (TLS)")
+    p.add_argument("--loops", type=int, default=20)
+    p.add_argument("--loop-s", type=float, default=0.2)
+    p.add_argument("--stop-at-soc", type=float, default=None)
+    p.add_argument("--ask-discharge-w", type=float, default=100000)
+    p.add_argument("--sdp-retries", type=int, default=5)
+    p.add_argument("--loop-timeout", type=float, default=None)
+    p.add_argument("--stop-file", default=None, help="end the session (SessionStop) once this file exists")
+    p.add_argument("--args-from", default=None,
+                   help="start the codec now, then wait for this file: a JSON list of the session's "
+                        "further arguments (a vehicle made ready while the previous test ends)")
+    return p
+
+
+def session_args(argv):
+    """The arguments, with those of --args-from once that file is there."""
+    a = parser().parse_args(argv)
+    if a.args_from:
+        while not os.path.exists(a.args_from):
+            time.sleep(0.02)
+        with open(a.args_from) as f:
+            a = parser().parse_args(argv + json.load(f))
+    return a
+
+
+async def main(argv):
+    global OUT
+    shared_settings.update({SettingKey.MESSAGE_LOG_JSON: False, SettingKey.MESSAGE_LOG_EXI: False})
+    codec = TimedCodec()
+    TimedCodec.t = None
+    warm_up(codec)
+    TimedCodec.t = None
+    TimedCodec.warming = False
+    args = await asyncio.to_thread(session_args, argv)
+    OUT = open(args.out, "a")
     if args.loop_timeout:
         relax_charge_loop_timeout(args.loop_timeout)
     if args.tls:
@@ -203,36 +271,13 @@ async def main(args):
                         "sdpRetryCycles": args.sdp_retries})
     cfg.load_raw_values()
     patch_loop_recording()
-    codec = TimedCodec()
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "host_tools" / "secc"))
-    from worker import warm_up   # the same warm-up as the SECC's: a real vehicle's codec is warm
-    TimedCodec.t = None
-    warm_up(codec)
-    TimedCodec.t = None
-    TimedCodec.warming = False
+    patch_prompt_stop()
     record(kind="start")
     await EVCCHandler(evcc_config=cfg, iface=args.iface, exi_codec=codec,
                       ev_controller=Vehicle(cfg, args)).start()
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--iface", required=True)
-    p.add_argument("--service", default="DC_BPT")
-    p.add_argument("--mode", default="dynamic")
-    p.add_argument("--plant", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--tls", action="store_true")
-    p.add_argument("--pki", default="")
-    p.add_argument("--root", default="", help="the V2G root the vehicle trusts (TLS)")
-    p.add_argument("--loops", type=int, default=20)
-    p.add_argument("--loop-s", type=float, default=0.2)
-    p.add_argument("--stop-at-soc", type=float, default=None)
-    p.add_argument("--ask-discharge-w", type=float, default=100000)
-    p.add_argument("--sdp-retries", type=int, default=5)
-    p.add_argument("--loop-timeout", type=float, default=None)
-    a = p.parse_args()
-    OUT = open(a.out, "a")
     _ = Config, ControlMode   # noqa
-    asyncio.run(main(a))
+    asyncio.run(main(sys.argv[1:]))
     sys.exit(0)

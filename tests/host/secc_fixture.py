@@ -9,6 +9,7 @@ moved into its namespaces at once; both namespaces are deleted at the end.
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from vboard_fixture import V2G, PlantPort, RunningBoard
 ROOT = Path(__file__).resolve().parents[2]
 PY15 = ROOT / ".venv-15118" / "bin" / "python"
 EVCC = Path(__file__).with_name("secc_evcc.py")
+SITE = Path(__file__).with_name("secc_site")
 
 
 def can_run():
@@ -41,11 +43,23 @@ def sh(*argv):
 
 
 class Netns:
+    """Two namespaces joined by a veth pair, named after `tag` (the pid, or a runner's worker
+    id), so parallel runs never share or delete each other's."""
+
     def __init__(self, tag):
         self.secc_ns, self.ev_ns = "v2gs-" + tag, "v2ge-" + tag
         self.secc_if, self.ev_if = "vs" + tag, "ve" + tag
 
     def up(self):
+        self.down()     # a run of this pid that was killed before its clean-up
+        try:
+            self._up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def _up(self):
         sh("ip", "netns", "add", self.secc_ns)
         sh("ip", "netns", "add", self.ev_ns)
         sh("ip", "link", "add", self.secc_if, "type", "veth", "peer", "name", self.ev_if)
@@ -63,11 +77,12 @@ class Netns:
                 if "fe80::" in out and "tentative" not in out:
                     break
                 time.sleep(0.05)
-        return self
 
     def down(self):
+        # deleting a namespace deletes the veth end in it, and with it its peer
         for ns in (self.secc_ns, self.ev_ns):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.secc_if], capture_output=True)
 
 
 class PlantRelay(threading.Thread):
@@ -118,16 +133,76 @@ def jsonl(path):
     return out
 
 
-class Rig:
+class Tail:
+    """A JSON-lines file read from a given offset on: one test's part of a shared log."""
+
+    def __init__(self, path, from_start=False):
+        self.path = Path(path)
+        self.offset = 0 if from_start or not self.path.exists() else self.path.stat().st_size
+
+    def read(self):
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        out = []
+        for line in data.decode(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def text(self):
+        if not self.path.exists():
+            return ""
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            return f.read().decode(errors="replace")
+
+
+def wait_for(pred, timeout, what, poll=0.05):
+    """Until pred() is true (its value is returned); AssertionError naming `what` after
+    `timeout` s. A short poll of a file the other process appends to: no fixed sleep."""
+    end = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > end:
+            raise AssertionError("not within {} s: {}".format(timeout, what() if callable(what) else what))
+        time.sleep(poll)
+
+
+# the SECC's sequence timeout in these tests (ISO 15118-20: 60 s; secc_site/sitecustomize.py)
+SEQUENCE_TIMEOUT_S = 5
+
+
+class Station:
+    """What the SECC tests of one module share: the namespace pair, the virtual board with its
+    plant relay, and `v2g secc` (restarted only when a test killed it or needs other
+    options). Each test gets a Rig on it, which puts the station back as it found it."""
+
     def __init__(self, tmp, tag):
         self.tmp = Path(tmp)
+        self.tmp.mkdir(parents=True, exist_ok=True)
         self.ns = Netns(tag).up()
-        self.board = RunningBoard(self.tmp / "board")
-        self.relay = PlantRelay(PlantPort(self.board.endpoints["plant"]), self.tmp / "plant.sock")
-        self.relay.start()
-        self.log_dir = self.tmp / "log"
+        self.board = None
+        self.relay = None
         self.secc = None
-        self.evcc = None
+        self.secc_key = None
+        self.spare = None        # a vehicle process with its codec up, waiting for its session
+        self.spares = 0
+        self.log_dir = self.tmp / "log"
+        try:
+            self.board = RunningBoard(self.tmp / "board")
+            self.relay = PlantRelay(PlantPort(self.board.endpoints["plant"]), self.tmp / "plant.sock")
+            self.relay.start()
+            self.wait_controller()
+        except BaseException:
+            self.close()
+            raise
 
     def wait_controller(self, timeout=60):
         """Until the firmware runs and takes host events (the VM boots in a few seconds)."""
@@ -142,14 +217,146 @@ class Rig:
             time.sleep(0.2)
         raise AssertionError("the controller never started: {}".format(res))
 
-    def start_secc(self, *extra, tls=False, config_dir=None):
-        args = ["ip", "netns", "exec", self.ns.secc_ns, V2G, "secc", "--iface", self.ns.secc_if,
-                "--link", self.board.endpoints["link"], "--log-dir", str(self.log_dir),
-                "--port", "8081", "--tls" if tls else "--no-tls", *extra]
-        if config_dir:
-            args += ["--config-dir", str(config_dir)]
-        self.secc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.wait_events(lambda e: e.get("kind") == "worker" and e.get("t") == "ready", 60)
+    def events(self):
+        return jsonl(self.log_dir / "secc_events.jsonl")
+
+    def secc_alive(self):
+        return self.secc is not None and self.secc.poll() is None
+
+    def stop_secc(self):
+        p, self.secc = self.secc, None
+        if p is None:
+            return
+        kids = children(p.pid)       # the worker: it ends when the gateway's socket closes
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+        for k in kids:
+            try:
+                for _ in range(100):
+                    os.kill(k, 0)
+                    time.sleep(0.05)
+                os.kill(k, signal.SIGKILL)     # still there after 5 s: not to hold the port
+            except ProcessLookupError:
+                pass
+
+    def ensure_secc(self, tls=False, config_dir=None):
+        """`v2g secc` running with these options and its worker ready (started, or restarted
+        after a test killed it, its codec, or wanted other options)."""
+        key = (tls, str(config_dir) if config_dir else None)
+        if not self.secc_alive() or self.secc_key != key:
+            self.stop_secc()
+            args = ["ip", "netns", "exec", self.ns.secc_ns, V2G, "secc", "--iface", self.ns.secc_if,
+                    "--link", self.board.endpoints["link"], "--log-dir", str(self.log_dir),
+                    "--port", "8081", "--tls" if tls else "--no-tls"]
+            if config_dir:
+                args += ["--config-dir", str(config_dir)]
+            env = dict(os.environ, V2G_TEST_SECC_SEQUENCE_TIMEOUT_S=str(SEQUENCE_TIMEOUT_S),
+                       PYTHONPATH=os.pathsep.join(filter(None, [str(SITE), os.environ.get("PYTHONPATH")])))
+            self.secc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(self.tmp / "secc.err", "ab"),
+                                         env=env)
+            self.secc_key = key
+            self.secc_events = Tail(self.log_dir / "secc_events.jsonl")
+
+        def ready():
+            if not self.secc_alive():
+                raise AssertionError("v2g secc ended: " + (self.tmp / "secc.err").read_text()[-3000:])
+            kinds = [e for e in self.secc_events.read()
+                     if e.get("kind") == "worker_died" or (e.get("kind") == "worker" and e.get("t") == "ready")]
+            return kinds and kinds[-1]["kind"] == "worker"
+        wait_for(ready, 90, "the SECC worker never became ready")
+
+    def pki(self):
+        """The station's test PKI (tests/host/v2g_pki.py), made on first use."""
+        if getattr(self, "_pki", None) is None:
+            from v2g_pki import make
+            self._pki = make(self.tmp / "pki")
+        return self._pki
+
+    def spawn_vehicle(self):
+        """A test vehicle whose JVM starts now and waits for its session's arguments: made
+        while a test runs, it is ready when the next test wants it."""
+        self.spares += 1
+        args_file = self.tmp / "vehicle-{}.args".format(self.spares)
+        log = self.tmp / "vehicle-{}.log".format(self.spares)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns.ev_ns, str(PY15), str(EVCC), "--iface", self.ns.ev_if,
+             "--plant", self.relay.path, "--args-from", str(args_file)],
+            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+        return proc, args_file, log
+
+    def take_vehicle(self):
+        if self.spare is not None and self.spare[0].poll() is None:
+            v, self.spare = self.spare, None
+            return v
+        return self.spawn_vehicle()
+
+    def close(self):
+        if self.spare is not None and self.spare[0].poll() is None:
+            self.spare[0].kill()
+            self.spare[0].wait(10)
+        self.stop_secc()
+        if self.relay is not None:
+            self.relay.srv.close()
+        if self.board is not None:
+            self.board.stop()
+        self.ns.down()
+
+
+class TxnRelay:
+    """The plant relay as one test sees it: its txns made unique on the shared controller
+    (the journal answers a repeated txn from memory, applying nothing) and the settings it
+    changes noted, to be put back afterwards."""
+
+    def __init__(self, relay, n):
+        self.relay = relay
+        self.n = n
+        self.config_keys = set()
+
+    def do(self, **event):
+        if "txn" in event:
+            event["txn"] = "{}-{}".format(event["txn"], self.n)
+        if event.get("do") == "config":
+            self.config_keys.update(k for k in event if k != "do")
+        return self.relay.do(**event)
+
+
+class Rig:
+    """One test on a Station: `v2g secc` (shared), the test vehicle (its own process), and this
+    test's part of the SECC's logs. Standalone (station=None: the bench) it has a station of
+    its own."""
+
+    count = 0
+
+    def __init__(self, tmp, tag=None, station=None):
+        self.own = station is None
+        self.tmp = Path(tmp)
+        self.station = station or Station(self.tmp / "station", tag)
+        Rig.count += 1
+        self.ns = self.station.ns
+        self.board = self.station.board
+        self.relay = TxnRelay(self.station.relay, Rig.count)
+        self.log_dir = self.station.log_dir
+        self.log = Tail(self.log_dir / "secc_events.jsonl")
+        self.clog = Tail(self.log_dir / "central_system.log")
+        self.evcc = None
+        self.evcc_out = self.tmp / "evcc.jsonl"
+        self.evcc_log = self.tmp / "evcc.log"
+
+    @property
+    def secc(self):
+        return self.station.secc
+
+    def wait_controller(self, timeout=60):
+        wait_for(lambda: self.station.relay.do(do="heartbeat_restore").get("ok"), timeout,
+                 "the controller takes no host events")
+
+    def start_secc(self, tls=False, config_dir=None):
+        self.station.ensure_secc(tls=tls, config_dir=config_dir)
 
     def start_evcc(self, *extra, out="evcc.jsonl", loop_timeout=2.5):
         """The test vehicle; `loop_timeout` relaxes its 0.5 s charge loop deadline (None keeps
@@ -157,30 +364,43 @@ class Rig:
         if loop_timeout:
             extra = extra + ("--loop-timeout", str(loop_timeout))
         self.evcc_out = self.tmp / out
-        self.evcc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns.ev_ns, str(PY15), str(EVCC), "--iface", self.ns.ev_if,
-             "--plant", self.relay.path, "--out", str(self.evcc_out), *extra],
-            stdout=open(self.tmp / "evcc.log", "ab"), stderr=subprocess.STDOUT)
+        self.evcc_stop = self.tmp / (out + ".stop")
+        self.evcc, args_file, self.evcc_log = self.station.take_vehicle()
+        if self.station.spare is None:
+            # the next vehicle's JVM starts while this one drives: ready when it is wanted
+            self.station.spare = self.station.spawn_vehicle()
+        tmp = args_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(["--out", str(self.evcc_out), "--stop-file", str(self.evcc_stop),
+                                   *extra]))
+        os.rename(tmp, args_file)    # whole, or not there
 
     def events(self):
-        return jsonl(self.log_dir / "secc_events.jsonl")
+        return self.log.read()
 
     def evcc_records(self):
         return jsonl(self.evcc_out)
 
     def central_log(self):
-        p = self.log_dir / "central_system.log"
-        return p.read_text() if p.exists() else ""
+        return self.clog.text()
 
     def wait_events(self, pred, timeout):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if any(pred(e) for e in self.events()):
-                return
-            if self.secc is not None and self.secc.poll() is not None:
-                raise AssertionError("v2g secc ended: " + self.secc.stderr.read())
-            time.sleep(0.2)
-        raise AssertionError("no such SECC event within {} s; last: {}".format(timeout, self.events()[-5:]))
+        def hit():
+            if self.station.secc is not None and self.station.secc.poll() is not None:
+                raise AssertionError("v2g secc ended: " + (self.station.tmp / "secc.err").read_text()[-3000:])
+            return any(pred(e) for e in self.events())
+        wait_for(hit, timeout, lambda: "no such SECC event; last: {}".format(self.events()[-5:]))
+
+    def wait_records(self, pred, timeout, n=1):
+        """Until the vehicle has recorded `n` records that pred() takes; they are returned."""
+        def hits():
+            got = [e for e in self.evcc_records() if pred(e)]
+            if len(got) >= n:
+                return got
+            if self.evcc is not None and self.evcc.poll() is not None:
+                raise AssertionError("the vehicle ended (exit {}) with {} of {} records; log: {}".format(
+                    self.evcc.returncode, len(got), n, self.evcc_log.read_text()[-3000:]))
+            return None
+        return wait_for(hits, timeout, lambda: "the vehicle's records: {}".format(self.evcc_records()[-3:]))
 
     def wait_evcc(self, timeout):
         try:
@@ -189,19 +409,78 @@ class Rig:
             self.evcc.kill()
             self.evcc.wait(10)
             raise AssertionError("the EVCC did not finish in {} s; log: {}".format(
-                timeout, (self.tmp / "evcc.log").read_text()[-3000:])) from None
+                timeout, self.evcc_log.read_text()[-3000:])) from None
+
+    def finish_evcc(self, timeout=5):
+        """The vehicle ends its session as a driver would (SessionStop), then its process."""
+        if self.evcc is None or self.evcc.poll() is not None:
+            return
+        self.evcc_stop.touch()
+        try:
+            self.evcc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop_evcc()
+
+    def stop_evcc(self):
+        p = self.evcc
+        if p is not None and p.poll() is None:
+            for q in children(p.pid):
+                try:
+                    os.kill(q, signal.SIGCONT)   # a test may have stopped it
+                except ProcessLookupError:
+                    pass
+            p.kill()
+            p.wait(10)
+
+    def settle(self):
+        """The station as the next test expects it: the vehicle gone and unplugged, the SECC's
+        session (if one started) ended, the settings this test changed back at their
+        defaults, no binding CSMS limit, the host heartbeat taken, no HLC failure left."""
+        from core import config as C
+
+        self.finish_evcc()
+        if self.station.spare is None:
+            self.station.spare = self.station.spawn_vehicle()    # its JVM starts while we wait
+        r = self.station.relay
+        if self.station.secc_alive():
+            # the SECC reports a session's end 2 s after it (its data link tear-down): wait
+            # for it while still plugged in, so that the unplug below clears what it causes
+            def ended():
+                ends = [e.get("t") for e in self.events() if e.get("kind") == "worker"
+                        and e.get("t") in ("state", "ended", "ready")]
+                return not ends or ends[-1] in ("ended", "ready")
+            try:
+                wait_for(ended, 15, "the SECC's session never ended")
+            except AssertionError:
+                self.station.stop_secc()     # a stuck session must not leak into the next test
+        assert r.do(do="unplug")["ok"]
+        defaults = {k: C.SCHEMA[k][3] for k in self.relay.config_keys if k in C.SCHEMA}
+        if defaults:
+            res = r.do(do="config", **defaults)
+            assert res["ok"], res
+        # the plant port cannot clear a CSMS limit (null); 80 A is above any station's own
+        assert r.do(do="limit", charge_a=80, discharge_a=80, txn="settle-{}".format(self.relay.n))["ok"]
+        assert r.do(do="heartbeat_restore")["ok"]
+        if self.station.secc_alive():
+            def idle():
+                evse = [e for e in self.station.events() if e["kind"] == "evse"]
+                return evse and evse[-1].get("cp") == "A" and not evse[-1]["stop"]
+            wait_for(idle, 15, lambda: "the station is not idle: {}".format(self.station.events()[-3:]))
 
     def close(self):
-        for p in (self.evcc, self.secc):
-            if p is not None and p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        self.relay.srv.close()
-        self.board.stop()
-        self.ns.down()
+        try:
+            if self.own:
+                self.stop_evcc()
+            else:
+                self.settle()
+        finally:
+            if self.own:
+                self.station.close()
+
+
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
 
 
 def python():

@@ -92,3 +92,119 @@ for proto in (Protocol.ISO_15118_20_DC, Protocol.ISO_15118_20_AC):
 print(json.dumps(res))
 """)
     assert out == {"ISO_15118_20_DC": [6, 2], "ISO_15118_20_AC": [5, 1]}
+
+
+CODEC_PRELUDE = """
+import json, sys, time
+sys.path.insert(0, {secc!r})
+from iso15118.shared.settings import SettingKey, shared_settings
+shared_settings.update({{SettingKey.MESSAGE_LOG_JSON: False, SettingKey.MESSAGE_LOG_EXI: False}})
+from iso15118.shared.exificient_exi_codec import ExificientEXICodec
+from iso15118.shared.exi_codec import EXI
+from iso15118.shared.messages.enums import Namespace
+from iso15118.shared.messages.iso15118_20.common_messages import SessionSetupReq, SessionSetupRes
+from iso15118.shared.messages.iso15118_20.common_types import MessageHeader, RationalNumber, ResponseCode
+from iso15118.shared.messages.iso15118_20.dc import BPTDynamicDCChargeLoopRes, DCChargeLoopRes
+import fast_exi
+
+def rn(x):
+    return RationalNumber.get_rational_repr(x)
+
+hdr = MessageHeader(session_id="AB" * 8, timestamp=1700000000)
+MESSAGES = [
+    (SessionSetupReq(header=hdr, evcc_id="WMIV1234567890ABCDEX"), Namespace.ISO_V20_COMMON_MSG),
+    (SessionSetupRes(header=hdr, response_code=ResponseCode.OK, evse_id="DE*V2G*E1"), Namespace.ISO_V20_COMMON_MSG),
+    (DCChargeLoopRes(header=hdr, response_code=ResponseCode.OK, evse_present_current=rn(-10),
+                     evse_present_voltage=rn(400), evse_power_limit_achieved=False,
+                     evse_current_limit_achieved=True, evse_voltage_limit_achieved=False,
+                     bpt_dynamic_dc_charge_loop_res=BPTDynamicDCChargeLoopRes(
+                         evse_maximum_charge_power=rn(6400), evse_minimum_charge_power=rn(0),
+                         evse_maximum_charge_current=rn(16), evse_maximum_voltage=rn(500),
+                         evse_min_voltage=rn(0), evse_max_discharge_power=rn(4000),
+                         evse_min_discharge_power=rn(0), evse_max_discharge_current=rn(10),
+                         min_soc=20, target_soc=40)), Namespace.ISO_V20_DC),
+]
+
+def context(codec):
+    # the JAXB context the Java codec last used (a private field of its base class)
+    jc = codec.exi_codec
+    f = jc.getClass().getSuperclass().getDeclaredField("jaxbContext")
+    f.setAccessible(True)
+    return codec.gateway.jvm.System.identityHashCode(f.get(jc))
+
+def run(codec, rounds):
+    exi = EXI()
+    exi.set_exi_codec(codec)
+    wire, contexts = [], set()
+    for _ in range(rounds):
+        for msg, ns in MESSAGES:
+            b = exi.to_exi(msg, ns)
+            wire.append(b.hex())
+            contexts.add(("enc", ns, context(codec)))
+            back = exi.from_exi(b, ns)
+            contexts.add(("dec", ns, context(codec)))
+            wire.append(back.json(exclude_none=True) if hasattr(back, "json") else str(back))
+    return wire, contexts
+"""
+
+
+def run_codec(body):
+    code = CODEC_PRELUDE.format(secc=str(ROOT / "host_tools" / "secc")) + body
+    p = subprocess.run([str(PY15), "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_fast_codec_keeps_its_jaxb_contexts_and_encodes_as_the_stock_one():
+    """The SECC's codec (fast_exi.py) builds one JAXB context per schema and keeps it; the
+    package's stock codec builds one per message, most of its time per message. Both put the
+    same bytes on the wire and read the same messages back."""
+    out = run_codec("""
+fast = fast_exi.FastEXICodec()
+stock = ExificientEXICodec()
+fw, fc = run(fast, 4)
+sw, sc = run(stock, 4)
+print(json.dumps({"fallback": fast.fallback, "same": fw == sw, "n": len(fw),
+                  "fast_contexts": len(fc), "stock_contexts": len(sc)}))
+""")
+    assert out["fallback"] is None
+    assert out["same"] and out["n"] == 4 * 3 * 2
+    # one context per (direction, schema): the common messages and DC, however many messages
+    assert out["fast_contexts"] == 4, out
+    assert out["stock_contexts"] > 4 * 3, out        # a new one for (nearly) every message
+
+
+def test_session_end_reaches_the_gateway_when_session_stop_res_is_sent_once():
+    """A session that ends with SessionStop is over for the controller when SessionStopRes is
+    sent, not after the package's 2 s data-link wait: the gateway hears it then, once; a
+    session that fails is still reported when the package ends it."""
+    out = run15("""
+gw = FakeGateway()
+c = worker.GatewayEVSEController(gw, "X")
+class SessionStop: pass
+class DCChargeLoop: pass
+asyncio.run(c.set_present_protocol_state(DCChargeLoop()))
+asyncio.run(c.set_present_protocol_state(SessionStop()))
+at_res = [m for m in gw.sent if m["t"] == "ended"]
+asyncio.run(c.session_ended("SessionStop", "Communication session terminated"))
+after = [m for m in gw.sent if m["t"] == "ended"]
+asyncio.run(c.session_ended("DCChargeLoop", "TCP peer closed connection"))
+failed = [m for m in gw.sent if m["t"] == "ended"][len(after):]
+print(json.dumps({"at_res": at_res, "after": len(after), "failed": failed}))
+""")
+    assert [m["ok"] for m in out["at_res"]] == [True]
+    assert out["after"] == 1                      # not reported a second time
+    assert [m["ok"] for m in out["failed"]] == [False]
+
+
+def test_fast_codec_falls_back_to_the_stock_one_and_says_why():
+    """No compilable source (a wheel without host_tools/secc/java/, a JRE without its compiler
+    module): the stock codec runs, slower, and `fallback` names why for the gateway's log."""
+    out = run_codec("""
+fast_exi.SOURCE = "/nonexistent/CachedContextCodec.java"
+codec = fast_exi.FastEXICodec()
+wire, _ = run(codec, 1)
+print(json.dumps({"fallback": codec.fallback, "n": len(wire)}))
+""")
+    assert out["fallback"] and "CachedContextCodec.java" in out["fallback"]
+    assert out["n"] == 6
