@@ -85,6 +85,16 @@ ORIGIN_VEHICLE = 1
 EXT_FLAG = 0x80000000
 _RX_CAP = 4096              # bytes a port holds before dropping (a UART's overrun)
 LINK_RX_CAP = 6144          # the host link's receive ring, as the pyboard's (LINK_BUF)
+KEEP_PLANT_MS = 500         # the plant's state to the board host this often (see keep_plant)
+
+_live = None                # the Hal whose plant the board host keeps (save_plant)
+
+
+def save_plant():
+    """The plant's state to the board host now: the virtual board calls this as the VM
+    resets, so the next boot finds the plant exactly as it was."""
+    if _live is not None:
+        _live.keep_plant()
 
 
 def load_modes(ports):
@@ -244,6 +254,14 @@ class HostioPorts:
     def reset(self):
         self.io.reset()
 
+    # The plant is the world outside the controller: the board host (host_tools/vboard.py)
+    # keeps its state while the VM, the controller, resets.
+    def keep_plant(self, text):
+        self.io.keep_plant(text)
+
+    def kept_plant(self):
+        return self.io.kept_plant()
+
 
 class MemoryPorts:
     """In-memory ports for tests: `inbox[name]` is what the host sent, `outbox[name]` what
@@ -356,6 +374,15 @@ class Hal:
         if hasattr(clock, 'sleep_ms'):
             self.sleep_ms = clock.sleep_ms     # app/run.py sleeps on the board's clock
             self.ticks_ms = clock.ticks_ms     # bound once: read twice a step
+        # A board host that keeps the plant (the virtual board) hands back the plant as the
+        # last boot left it: the EV, its battery and the grid do not notice a controller reset.
+        # A plant of our own starts its grid at the settings' nominal voltage and frequency
+        # (attach_station), and so does a kept one whose grid no plant port event has set: the
+        # installer's settings describe the grid the station is on.
+        self.keeps_plant = plant is None and hasattr(self.ports, 'keep_plant')
+        self.plant_restored = self.keeps_plant and self._restore_plant()
+        self.grid_to_nominal = plant is None and not self.plant.grid_from_events
+        self.next_keep_ms = None
         self.in_service = in_service
         self.crash = None
         self.last_ms = None
@@ -402,6 +429,28 @@ class Hal:
             power_cut.arm()
         self.port_buffers = hasattr(self.ports, 'readinto')   # BufferPorts: nothing allocates
         self.stop_requested = self.ports.stop_requested      # bound once: asked every step
+        if self.keeps_plant:
+            global _live
+            _live = self
+
+    # -- the plant across a controller reset ----------------------------------------------
+
+    def _restore_plant(self):
+        text = self.ports.kept_plant()
+        if not text:
+            return False
+        try:
+            self.plant.restore(json.loads(text), self.ticks_ms())
+        except (ValueError, TypeError) as e:
+            # a kept state this firmware cannot read: a fresh plant, and the reason on the REPL
+            print('sim: plant state not restored: {}'.format(e))
+            return False
+        return True
+
+    def keep_plant(self):
+        """Hand the plant's state to the board host, which keeps it across resets."""
+        if self.keeps_plant:
+            self.ports.keep_plant(json.dumps(self.plant.snapshot()))
 
     # -- time, watchdog, reset ------------------------------------------------------------
 
@@ -433,6 +482,7 @@ class Hal:
         """Reset the board (the virtual board restarts its VM and runs boot.py, main.py)."""
         self.safe_state()
         _mark_reset('soft_reset')
+        self.keep_plant()
         self.ports.reset()
 
     def stop_requested(self):
@@ -457,6 +507,10 @@ class Hal:
         if self.feeds_meter_sim and (self.next_meter_sim_ms is None or now_ms - self.next_meter_sim_ms >= 0):
             self.next_meter_sim_ms = now_ms + METER_SIM_MS
             self.ports.write('plant', self.meter_sim_line())
+        if self.keeps_plant and (self.next_keep_ms is None or now_ms - self.next_keep_ms >= 0):
+            # often enough that a power cut (no reset hook runs) loses at most this much
+            self.next_keep_ms = now_ms + KEEP_PLANT_MS
+            self.keep_plant()
 
     def plant_to(self, now_ms):
         """The plant's physics up to now_ms under the outputs last applied (the scenario
@@ -642,6 +696,13 @@ class Hal:
 
     def attach_station(self, station):
         self.station = station
+        if self.grid_to_nominal:
+            # the grid the station is set up for: the settings' nominal voltage and the
+            # GRID_PROFILE's nominal frequency (a scenario's plant says its own grid)
+            self.grid_to_nominal = False
+            p = self.plant
+            p.grid_mv = p.meter_mv = station.cfg.nominal_mv
+            p.grid_mhz = p.meter_mhz = station.cfg.nominal_mhz
 
     def host_event(self, do, args, now_ms):
         """A host-side scenario event, with the meaning `v2g sim` gives it (scenario_run.py):
