@@ -77,11 +77,9 @@ function copyIn(FS, hostPath, vmPath) {
     for (const name of fs.readdirSync(hostPath)) {
       // a .vboard-tmp is a mirror write cut by a power cut: never on the board's flash
       if (name.startsWith(".") || name === "__pycache__" || name.endsWith(".vboard-tmp")) continue;
-      // the board's endpoint links (STATE/repl -> /dev/pts/N, host_tools/vboard.py) and any
-      // link to nothing are the host's, not files on the board's flash
-      let kind;
-      try { kind = fs.statSync(path.join(hostPath, name)); } catch (e) { continue; }
-      if (!kind.isFile() && !kind.isDirectory()) continue;
+      // the board's port links (STATE/repl.pty -> /dev/pts/N, host_tools/vboard.py) are the
+      // host's, not files on the board's flash
+      if (name.endsWith(".pty") && fs.lstatSync(path.join(hostPath, name)).isSymbolicLink()) continue;
       copyIn(FS, path.join(hostPath, name), vmPath + "/" + name);
     }
   } else {
