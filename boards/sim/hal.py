@@ -237,6 +237,8 @@ class HostioPorts:
 
     def __init__(self, hostio):
         self.io = hostio
+        # the virtual board's host keeps the plant; `mpvm.mjs run` (the simulator) does not
+        self.keeps_plant = hasattr(hostio, 'keep_plant')
 
     def read(self, name, max_n=0, cap=0):
         data = self.io.read(name, max_n, cap)
@@ -379,7 +381,7 @@ class Hal:
         # A plant of our own starts its grid at the settings' nominal voltage and frequency
         # (attach_station), and so does a kept one whose grid no plant port event has set: the
         # installer's settings describe the grid the station is on.
-        self.keeps_plant = plant is None and hasattr(self.ports, 'keep_plant')
+        self.keeps_plant = plant is None and getattr(self.ports, 'keeps_plant', False)
         self.plant_restored = self.keeps_plant and self._restore_plant()
         self.grid_to_nominal = plant is None and not self.plant.grid_from_events
         self.next_keep_ms = None

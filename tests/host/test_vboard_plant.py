@@ -16,6 +16,8 @@ from core.controller import CONTROL_PERIOD_MS, Outputs  # noqa: E402
 class KeepingPorts(sim_hal.MemoryPorts):
     """In-memory ports whose host keeps the plant, as the virtual board's host does."""
 
+    keeps_plant = True
+
     def __init__(self, kept=None):
         sim_hal.MemoryPorts.__init__(self)
         self.kept = kept
