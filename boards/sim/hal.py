@@ -15,6 +15,11 @@ Two ways for meter and BMS data to reach the controller (`buses=`, or the file
   values then leave on the plant port as `{"meter_sim": [...]}` lines (see METER_SIM_MS)
   for the board's meter simulator.
 
+On the virtual board the plant outlives the controller: its state goes to the board host
+(hostio.keep_plant, every KEEP_PLANT_MS and from save_plant() as the VM resets) and the next
+boot's Hal takes it back (hostio.kept_plant), so a reset leaves the EV, the battery and the
+grid as they were. The plant still steps here, inside the control step.
+
 CAN port records on the `can` channel, both ways: 14 bytes, [origin u8][id u32 LE: bit 31
 set for a 29-bit id][dlc u8][8 data bytes]; origin 0 = the controller (or, inbound, the
 bus), 1 = the plant's vehicle.

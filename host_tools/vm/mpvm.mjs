@@ -10,7 +10,9 @@
 // terminals). stdin/stdout carry frames [channel u8][length u32 LE][payload]; channel 0 is JSON
 // control, 1 the REPL, 2.. the board's other ports (see CHANNELS). The board's files live in
 // /flash and are mirrored to DIR in the order they were written (flashlog.mjs), so they survive
-// a restart, and a power cut, like a real flash filesystem.
+// a restart, and a power cut, like a real flash filesystem. The simulated plant's state goes
+// to the host as control frames {"op": "plant", "state": JSON} and comes back to the next
+// boot in the environment (V2G_VBOARD_PLANT): the world does not reset with the controller.
 import fs from "node:fs";
 import path from "node:path";
 import { createRequire } from "node:module";
