@@ -16,6 +16,16 @@ in-process CAN bus, which also carries the controller's frames and, unless `ev_c
 RTU meter on the `rs485` pseudo-terminal; "sdm630"/"sdm120" attach the meter simulator
 there and feed it the plant's values. The wiring reaches the simulated board as the file
 `sim_board.json` on its flash (boards/sim/hal.py).
+
+The plant (EV, battery, grid, meter, wiring) is the world around the controller, so it lives
+on through the controller's resets: the simulated board hands its plant's state here (a
+control frame {"op": "plant"} every KEEP_PLANT_MS and as the VM resets) and the next VM
+starts from it (V2G_VBOARD_PLANT). The plant's physics still run inside the VM, in the
+control step, as boards/sim/hal.py steps it.
+
+The ports are this process's pseudo-terminals, so their names do not change when the VM
+restarts; the state folder holds a link per port (STATE/repl.pty, link.pty, plant.pty,
+rs485.pty, can.pty) to it, a name that does not change from one `v2g vboard` to the next.
 """
 
 import collections
@@ -47,6 +57,9 @@ CAN_RECORD = 14            # [origin][id u32 LE, bit 31 = 29-bit id][dlc][8 data
 ORIGIN_VEHICLE = 1
 EXT_FLAG = 0x80000000
 METER_SIM_MARK = b'{"meter_sim"'
+ENDPOINT_LINKS = ("repl", "link", "plant", "rs485", "can")
+LINK_SUFFIX = ".pty"     # STATE/plant.pty: no clash with the firmware's own names (can/)
+PLANT_ENV = "V2G_VBOARD_PLANT"
 
 
 def can_record(frame: CanFrame) -> bytes:
@@ -164,6 +177,10 @@ class VirtualBoard:
         self._client = None
         self._thread = None
         self._port_hooks = {}
+        self.plant_state = None      # the plant as the VM last handed it over (JSON text)
+        self.plant_handovers = 0
+        self._links = {}
+        self._held_for_reset = False
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -218,6 +235,7 @@ class VirtualBoard:
             if name != "can":
                 self.ptys[name] = Pty()
         self._start_buses()
+        self._link_endpoints()
         self._spawn(raw=False)
         self._thread = threading.Thread(target=self._relay, name="vboard-relay", daemon=True)
         self._thread.start()
@@ -241,6 +259,34 @@ class VirtualBoard:
         if self.meter in ("sdm630", "sdm120"):
             from host_tools.metersim import MeterSim
             self.metersim = MeterSim(self.ptys["rs485"].path, model=self.meter.upper()).start()
+
+    def _link_endpoints(self):
+        """STATE/<port>.pty -> the port's pseudo-terminal, put in place atomically."""
+        eps = self.endpoints()
+        for name in ENDPOINT_LINKS:
+            if name not in eps:
+                continue
+            link = self.state_dir / (name + LINK_SUFFIX)
+            if link.exists() and not link.is_symlink():
+                continue   # a file of the board's own by that name: never replaced
+            tmp = self.state_dir / (".{}.link-tmp".format(name))
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
+            os.symlink(eps[name], tmp)
+            os.replace(tmp, link)
+            self._links[name] = eps[name]
+
+    def _unlink_endpoints(self):
+        for name, target in self._links.items():
+            link = self.state_dir / (name + LINK_SUFFIX)
+            try:
+                if link.is_symlink() and os.readlink(link) == target:
+                    link.unlink()
+            except OSError:
+                pass
+        self._links = {}
 
     def _can_to_firmware(self, frame):
         if frame.remote:
@@ -291,6 +337,9 @@ class VirtualBoard:
             if self._is_reboot(line):
                 with self._lock:
                     self._send(CH_CONTROL, b'{"op": "reset"}')
+                    # what the ports bring from now on is for the next boot: the VM going
+                    # away would drop it unread
+                    self._held_for_reset = True
                 self.ptys["plant"].write(b'{"ok": true, "do": "reboot"}\n')
             else:
                 out += line + b"\n"
@@ -338,11 +387,15 @@ class VirtualBoard:
             cmd.append("--raw-repl")
         if self.heap:
             cmd += ["--heap", str(self.heap)]
+        env = vm.node_env()
+        if self.plant_state is not None:
+            env[PLANT_ENV] = self.plant_state   # the plant as the last boot left it
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, preexec_fn=_die_with_parent, env=vm.node_env())
+                                     stderr=subprocess.PIPE, preexec_fn=_die_with_parent, env=env)
         threading.Thread(target=self._pass_stderr, args=(self.proc.stderr,), daemon=True).start()
         os.set_blocking(self.proc.stdout.fileno(), False)
         self.boots += 1
+        self._held_for_reset = False
         for ch, data in self._pending_in:
             self._send(ch, data)
         self._pending_in = []
@@ -350,6 +403,9 @@ class VirtualBoard:
     # -- the relay ---------------------------------------------------------------------------
 
     def _send(self, ch, data):
+        if self._held_for_reset and ch != CH_CONTROL:
+            self._pending_in.append((ch, data))
+            return
         try:
             self.proc.stdin.write(struct.pack("<BI", ch, len(data)) + data)
             self.proc.stdin.flush()
@@ -463,6 +519,9 @@ class VirtualBoard:
                     self.ready.set()
                 elif msg["op"] == "soft_reset":
                     self._restart_raw = bool(msg.get("raw"))
+                elif msg["op"] == "plant" and isinstance(msg.get("state"), str):
+                    self.plant_state = msg["state"]
+                    self.plant_handovers += 1
             elif ch in self._port_hooks:
                 self._port_hooks[ch](payload)
             else:
@@ -550,6 +609,7 @@ class VirtualBoard:
             self.metersim.stop()
         if self.slcan is not None:
             self.slcan.close()
+        self._unlink_endpoints()
         for p in self.ptys.values():
             p.close()
         if self._listener is not None:

@@ -15,6 +15,11 @@ Two ways for meter and BMS data to reach the controller (`buses=`, or the file
   values then leave on the plant port as `{"meter_sim": [...]}` lines (see METER_SIM_MS)
   for the board's meter simulator.
 
+On the virtual board the plant outlives the controller: its state goes to the board host
+(hostio.keep_plant, every KEEP_PLANT_MS and from save_plant() as the VM resets) and the next
+boot's Hal takes it back (hostio.kept_plant), so a reset leaves the EV, the battery and the
+grid as they were. The plant still steps here, inside the control step.
+
 CAN port records on the `can` channel, both ways: 14 bytes, [origin u8][id u32 LE: bit 31
 set for a 29-bit id][dlc u8][8 data bytes]; origin 0 = the controller (or, inbound, the
 bus), 1 = the plant's vehicle.
@@ -85,6 +90,16 @@ ORIGIN_VEHICLE = 1
 EXT_FLAG = 0x80000000
 _RX_CAP = 4096              # bytes a port holds before dropping (a UART's overrun)
 LINK_RX_CAP = 6144          # the host link's receive ring, as the pyboard's (LINK_BUF)
+KEEP_PLANT_MS = 500         # the plant's state to the board host this often (see keep_plant)
+
+_live = None                # the Hal whose plant the board host keeps (save_plant)
+
+
+def save_plant():
+    """The plant's state to the board host now: the virtual board calls this as the VM
+    resets, so the next boot finds the plant exactly as it was."""
+    if _live is not None:
+        _live.keep_plant()
 
 
 def load_modes(ports):
@@ -227,6 +242,8 @@ class HostioPorts:
 
     def __init__(self, hostio):
         self.io = hostio
+        # the virtual board's host keeps the plant; `mpvm.mjs run` (the simulator) does not
+        self.keeps_plant = hasattr(hostio, 'keep_plant')
 
     def read(self, name, max_n=0, cap=0):
         data = self.io.read(name, max_n, cap)
@@ -243,6 +260,14 @@ class HostioPorts:
 
     def reset(self):
         self.io.reset()
+
+    # The plant is the world outside the controller: the board host (host_tools/vboard.py)
+    # keeps its state while the VM, the controller, resets.
+    def keep_plant(self, text):
+        self.io.keep_plant(text)
+
+    def kept_plant(self):
+        return self.io.kept_plant()
 
 
 class MemoryPorts:
@@ -356,6 +381,15 @@ class Hal:
         if hasattr(clock, 'sleep_ms'):
             self.sleep_ms = clock.sleep_ms     # app/run.py sleeps on the board's clock
             self.ticks_ms = clock.ticks_ms     # bound once: read twice a step
+        # A board host that keeps the plant (the virtual board) hands back the plant as the
+        # last boot left it: the EV, its battery and the grid do not notice a controller reset.
+        # A plant of our own starts its grid at the settings' nominal voltage and frequency
+        # (attach_station), and so does a kept one whose grid no plant port event has set: the
+        # installer's settings describe the grid the station is on.
+        self.keeps_plant = plant is None and getattr(self.ports, 'keeps_plant', False)
+        self.plant_restored = self.keeps_plant and self._restore_plant()
+        self.grid_to_nominal = plant is None and not self.plant.grid_from_events
+        self.next_keep_ms = None
         self.in_service = in_service
         self.crash = None
         self.last_ms = None
@@ -402,6 +436,28 @@ class Hal:
             power_cut.arm()
         self.port_buffers = hasattr(self.ports, 'readinto')   # BufferPorts: nothing allocates
         self.stop_requested = self.ports.stop_requested      # bound once: asked every step
+        if self.keeps_plant:
+            global _live
+            _live = self
+
+    # -- the plant across a controller reset ----------------------------------------------
+
+    def _restore_plant(self):
+        text = self.ports.kept_plant()
+        if not text:
+            return False
+        try:
+            self.plant.restore(json.loads(text), self.ticks_ms())
+        except (ValueError, TypeError) as e:
+            # a kept state this firmware cannot read: a fresh plant, and the reason on the REPL
+            print('sim: plant state not restored: {}'.format(e))
+            return False
+        return True
+
+    def keep_plant(self):
+        """Hand the plant's state to the board host, which keeps it across resets."""
+        if self.keeps_plant:
+            self.ports.keep_plant(json.dumps(self.plant.snapshot()))
 
     # -- time, watchdog, reset ------------------------------------------------------------
 
@@ -433,6 +489,7 @@ class Hal:
         """Reset the board (the virtual board restarts its VM and runs boot.py, main.py)."""
         self.safe_state()
         _mark_reset('soft_reset')
+        self.keep_plant()
         self.ports.reset()
 
     def stop_requested(self):
@@ -457,6 +514,10 @@ class Hal:
         if self.feeds_meter_sim and (self.next_meter_sim_ms is None or now_ms - self.next_meter_sim_ms >= 0):
             self.next_meter_sim_ms = now_ms + METER_SIM_MS
             self.ports.write('plant', self.meter_sim_line())
+        if self.keeps_plant and (self.next_keep_ms is None or now_ms - self.next_keep_ms >= 0):
+            # often enough that a power cut (no reset hook runs) loses at most this much
+            self.next_keep_ms = now_ms + KEEP_PLANT_MS
+            self.keep_plant()
 
     def plant_to(self, now_ms):
         """The plant's physics up to now_ms under the outputs last applied (the scenario
@@ -642,6 +703,13 @@ class Hal:
 
     def attach_station(self, station):
         self.station = station
+        if self.grid_to_nominal:
+            # the grid the station is set up for: the settings' nominal voltage and the
+            # GRID_PROFILE's nominal frequency (a scenario's plant says its own grid)
+            self.grid_to_nominal = False
+            p = self.plant
+            p.grid_mv = p.meter_mv = station.cfg.nominal_mv
+            p.grid_mhz = p.meter_mhz = station.cfg.nominal_mhz
 
     def host_event(self, do, args, now_ms):
         """A host-side scenario event, with the meaning `v2g sim` gives it (scenario_run.py):

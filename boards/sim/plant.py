@@ -172,6 +172,17 @@ PLANT_EVENTS = ('plug', 'unplug', 'ev_ready', 'ev_pause', 'ev_ventilation', 'cp_
                 'cooling_restore')
 
 
+# What a plant snapshot keeps (Plant.snapshot): the EV, its battery, the grid, the station's
+# temperatures and the faults and settings the plant port set; everything a controller reset
+# leaves physically as it was.
+SNAPSHOT_VERSION = const(1)
+KEPT = ('capacity_wh', 'energy_mwh', 'energy_mj', 'ev_max_charge_ma', 'ev_max_discharge_ma',
+        'v2g_capable', 'battery_temp_dc', 'cable_a', 'grid_mv', 'grid_mhz', 'evse_temp_dc',
+        'grid_from_events', 'held_dc', 'rise_mdc', 'rise_rem', 'cooling_fault', 'flicker_open_ms', 'meter_poll_ms',
+        'plugged', 's2', 'vent', 'cp_fault', 'meter_fault', 'can_lost', 'contactor_fault',
+        'import_mwh', 'import_mj', 'export_mwh', 'export_mj')
+
+
 class _Ramp:
     """A linear change of one grid quantity, in integer milli-units."""
 
@@ -230,6 +241,9 @@ class Plant:
         self.grid_mhz = scaled(grid.get('frequency_hz', nominal_hz), 1000)
         self.v_ramp = _Ramp()
         self.f_ramp = _Ramp()
+        # a grid or grid_ramp event set the grid: it then stays as set across resets; until
+        # then the virtual board's grid follows the settings' nominal (boards/sim/hal.py)
+        self.grid_from_events = 'voltage_v' in grid or 'frequency_hz' in grid
         # --- station ---
         self.evse_temp_dc = scaled(ev.get('evse_temp_c', 25.0), 10) if 'evse_temp_c' in ev else 250
         self.held_dc = self.evse_temp_dc   # what the working cooling loop holds the stage at
@@ -336,6 +350,7 @@ class Plant:
                 lo, hi = RANGES['frequency_hz']
                 self.grid_mhz = _num(args, 'frequency_hz', lo, hi, 1000)
                 self.f_ramp.active = False
+            self.grid_from_events = True
         elif do == 'grid_ramp':
             _check(args, ('voltage_v', 'frequency_hz', 'over_s'))
             lo, hi = RANGES['over_s']
@@ -348,6 +363,7 @@ class Plant:
             if 'frequency_hz' in args:
                 lo, hi = RANGES['frequency_hz']
                 self.f_ramp.set(self.grid_mhz, _num(args, 'frequency_hz', lo, hi, 1000), now_ms, dur)
+            self.grid_from_events = True
         elif do == 'battery_temp':
             _check(args, ('c',))
             lo, hi = RANGES['c']
@@ -611,6 +627,63 @@ class Plant:
         inp.bms_max_charge_ma = self.bms_charge_ma()
         inp.bms_max_discharge_ma = self.bms_discharge_ma()
         inp.bms_capacity_wh = self.capacity_wh
+
+    # ---------------------------------------------------------------- across a controller reset
+    def snapshot(self):
+        """The plant's own state as plain values, for the board to keep while the controller
+        resets (hal.py keep_plant): times are kept relative to the plant's clock, since the
+        next boot's clock starts elsewhere. The controller's outputs (pilot, request, contactor
+        and pump commands) are not part of it: a reset drops them."""
+        now = self.now_ms
+        snap = {'v': SNAPSHOT_VERSION}
+        for k in KEPT:
+            snap[k] = getattr(self, k)
+        snap['cooling_fault_age'] = now - self.cooling_fault_ms
+        for name in ('v_ramp', 'f_ramp'):
+            r = getattr(self, name)
+            snap[name] = [r.start, r.target, now - r.t0, r.dur] if r.active else None
+        return snap
+
+    def restore(self, snap, now_ms):
+        """Take a snapshot back at now_ms (the new boot's clock). ValueError names what is
+        wrong with it; the plant is then unchanged."""
+        if not isinstance(snap, dict) or snap.get('v') != SNAPSHOT_VERSION:
+            raise ValueError('not a plant snapshot of version {}'.format(SNAPSHOT_VERSION))
+        vals = {}
+        for k in KEPT:
+            if k not in snap:
+                raise ValueError('plant snapshot without {!r}'.format(k))
+            v, fresh = snap[k], getattr(self, k)
+            if not (type(v) is type(fresh) or (fresh is None and (v is None or isinstance(v, str)))):
+                raise ValueError('plant snapshot: {} = {!r}'.format(k, v))
+            vals[k] = v
+        ramps = {}
+        for name in ('v_ramp', 'f_ramp'):
+            r = snap.get(name)
+            if r is not None and (not isinstance(r, list) or len(r) != 4):
+                raise ValueError('plant snapshot: {} = {!r}'.format(name, r))
+            ramps[name] = r
+        age = snap.get('cooling_fault_age', 0)
+        if not isinstance(age, int):
+            raise ValueError('plant snapshot: cooling_fault_age = {!r}'.format(age))
+        for k in vals:
+            setattr(self, k, vals[k])
+        for name in ramps:
+            r = ramps[name]
+            ramp = getattr(self, name)
+            if r is None:
+                ramp.active = False
+            else:
+                ramp.set(r[0], r[1], now_ms - r[2], r[3])
+        self.cooling_fault_ms = now_ms - age
+        # a welded contactor stays closed through the reset; any other opens with its drive
+        self.contactor_closed = self.contactor_fault == 'welded'
+        self.contactor_cmd = False
+        self.ev_ma = 0
+        # the meter and the BMS report afresh from the first step on
+        self.meter_mv = self.grid_mv
+        self.meter_mhz = self.grid_mhz
+        self.now_ms = now_ms
 
     # ---------------------------------------------------------------- reporting
     def energy_in_mwh(self):

@@ -67,7 +67,9 @@ def cli(state_dir, board, blank, repl_port, meter, ev_can, can_bitrate):
                  "host link:  v2g console --port {}   (or v2g diag --all --port ...)".format(endpoints["link"]),
                  "plant:      JSON Lines events, e.g. {{\"do\": \"plug\"}} > {}".format(endpoints["plant"]),
                  "CAN:        python-can interface=slcan channel={}".format(endpoints["can"]),
-                 "RS-485:     {}".format(endpoints["rs485"])):
+                 "RS-485:     {}".format(endpoints["rs485"]),
+                 "the same ports, by names that stay: {}/{{repl,link,plant,rs485,can}}.pty".format(
+                     endpoints["state"])):
         print("vboard: " + hint, file=sys.stderr, flush=True)
     while not done.wait(0.5):
         pass

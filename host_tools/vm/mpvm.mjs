@@ -10,7 +10,9 @@
 // terminals). stdin/stdout carry frames [channel u8][length u32 LE][payload]; channel 0 is JSON
 // control, 1 the REPL, 2.. the board's other ports (see CHANNELS). The board's files live in
 // /flash and are mirrored to DIR in the order they were written (flashlog.mjs), so they survive
-// a restart, and a power cut, like a real flash filesystem.
+// a restart, and a power cut, like a real flash filesystem. The simulated plant's state goes
+// to the host as control frames {"op": "plant", "state": JSON} and comes back to the next
+// boot in the environment (V2G_VBOARD_PLANT): the world does not reset with the controller.
 import fs from "node:fs";
 import path from "node:path";
 import { createRequire } from "node:module";
@@ -77,6 +79,9 @@ function copyIn(FS, hostPath, vmPath) {
     for (const name of fs.readdirSync(hostPath)) {
       // a .vboard-tmp is a mirror write cut by a power cut: never on the board's flash
       if (name.startsWith(".") || name === "__pycache__" || name.endsWith(".vboard-tmp")) continue;
+      // the board's port links (STATE/repl.pty -> /dev/pts/N, host_tools/vboard.py) are the
+      // host's, not files on the board's flash
+      if (name.endsWith(".pty") && fs.lstatSync(path.join(hostPath, name)).isSymbolicLink()) continue;
       copyIn(FS, path.join(hostPath, name), vmPath + "/" + name);
     }
   } else {
@@ -181,6 +186,9 @@ async function boardMode(args) {
   // Byte queues between the host's ports and the firmware (read by boards/sim HAL via hostio).
   const rx = {}; const txPending = []; const dropped = {};
   let interrupted = false;
+  // The plant's state as the board host kept it across the last reset (V2G_VBOARD_PLANT, set
+  // by host_tools/vboard.py), then as this boot's HAL last handed it over.
+  let plantKept = process.env.V2G_VBOARD_PLANT || null;
   for (const name of Object.keys(CHANNELS)) { rx[name] = []; dropped[name] = 0; }
   mp.registerJsModule("hostio", {
     // Bytes waiting on a port, as a Uint8Array (bytes() in Python), or null when none.
@@ -207,6 +215,9 @@ async function boardMode(args) {
     interrupted: () => interrupted,
     // A reset asked by the firmware or the plant port ("reboot"): like pressing RST.
     reset: () => { setTimeout(() => { inRaw = false; softReset(); }, 0); },
+    // The plant lives on through a reset of the controller: its state goes to the host.
+    keep_plant: (text) => { plantKept = String(text); control({ op: "plant", state: plantKept }); },
+    kept_plant: () => plantKept,
   });
   mp.runPython("import sys, os\nos.chdir('/flash')\nsys.path[:] = ['', '/flash', '/flash/lib', '.frozen']");
 
@@ -303,7 +314,11 @@ async function boardMode(args) {
     return r !== 0 && softReset();
   };
   const softReset = () => {
-    // The host side restarts the VM process; the files go to the state folder first.
+    // The host side restarts the VM process; the plant's state and the files go to it first.
+    try {
+      mp.runPython("import sys\n_h = sys.modules.get('board.hal')\n" +
+                   "if _h is not None and hasattr(_h, 'save_plant'): _h.save_plant()\ndel _h");
+    } catch (e) { /* firmware without it: the host keeps the state last handed over */ }
     while (txPending.length) { const [ch, b] = txPending.shift(); sendFrame(ch, b); }
     save();
     control({ op: "soft_reset", raw: inRaw });
