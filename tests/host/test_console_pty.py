@@ -61,8 +61,15 @@ def console(board, tmp_path):
     term = Terminal(child)
     term.expect("v2g>")
     yield term
-    child.sendcontrol("d")
-    child.expect(pexpect.EOF, timeout=20)
+    try:
+        # Ctrl-D ends the console at its prompt, where the terminal is raw (no echo). Sent
+        # while a command's output is still being printed (cooked mode), the terminal's line
+        # discipline takes it as an end of file and the console never sees it.
+        child.waitnoecho(20)
+        child.sendcontrol("d")
+        term.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)     # never leave a console holding the port for the next test
 
 
 def test_the_status_bar_shows_the_state_without_a_command(console):
