@@ -279,7 +279,9 @@ def _hang(data):
 def test_crashing_or_hanging_trial_reverts(board, key, patch):
     bad = sb.sign(key, firmware_tree("0.2.0", patch), 5, "0.2.0", "sim", 1)
     fota.transfer(board.link, bad)
-    fota.finish(board.link, tries=2, **FAST)
+    # a health check longer than the 3 s each trial boot gets here: on a busy machine the
+    # hanging build's 40 steps take longer than 2 s, and with FAST's 2 s it confirmed first
+    fota.finish(board.link, tries=2, healthy_s=10, trial_s=20)
     # two trial boots that never start the station: the watchdog (a power cut here) resets
     for _ in range(2):
         time.sleep(3)
