@@ -7,8 +7,19 @@ NPMSTAMP:= node_modules/.installed
 
 .PHONY: test sysdeps venv venv-15118 npm web lint sim perf mpy clean
 
+# The tests run in parallel workers: most wait on boards, brokers and sessions, not the CPU
+# (a whole run used about half of one core with two workers), so three on two cores.
+# --dist loadfile keeps each test module on one worker: module-scoped rigs (board, broker,
+# CSMS), tests that run in file order and a firmware module's single MicroPython VM run stay
+# whole; the longest modules go first (tests/conftest.py). Tests marked `serial` time the
+# code under test in real time: they run afterwards, alone. Both runs always run; the target
+# fails if either failed.
+PYTEST_WORKERS ?= 3
 test: sysdeps venv venv-15118 npm web lint mpy
-	$(VPY) -m pytest -q tests
+	rc=0; \
+	$(VPY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not serial" tests || rc=$$?; \
+	$(VPY) -m pytest -q -m serial tests || rc=$$?; \
+	exit $$rc
 
 venv: $(STAMP)
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml

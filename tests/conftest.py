@@ -131,8 +131,29 @@ class FirmwareTestFailure(Exception):
     pass
 
 
+# The modules that take minutes (real-time sessions, updates, bench runs, simulations). In a
+# parallel run (`make test`: pytest-xdist, one module per worker, modules handed out in
+# collection order with --no-loadscope-reorder) they go first, so that no worker is left
+# running one of them alone at the end. Only the order changes; a plain run keeps file order.
+LONG_MODULES = ("test_secc.py", "test_fota.py", "test_bench.py", "test_flash.py", "test_grid_sim.py",
+                "test_bridge_ocpp.py", "test_board_budget.py", "test_history.py", "test_sim.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not hasattr(config, "workerinput"):
+        return
+
+    def rank(item):
+        name = item.path.name
+        return LONG_MODULES.index(name) if name in LONG_MODULES else len(LONG_MODULES)
+    items.sort(key=rank)        # stable: the tests of a module keep their order
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cpython: firmware test run under CPython")
     config.addinivalue_line("markers", "micropython: firmware test run in the MicroPython VM")
+    config.addinivalue_line("markers", "serial: a test that times the code under test in real time, "
+                            "so it must not share the CPU with other tests; `make test` runs these "
+                            "after the parallel run, one at a time")
     if str(FIRMWARE_TESTS) not in sys.path:
         sys.path.insert(0, str(FIRMWARE_TESTS))

@@ -20,9 +20,18 @@ def approx(a, b, tol):
 
 def scratch(name):
     """A scratch folder path under /tmp, one per interpreter (both have /tmp; the VM's is
-    in memory)."""
+    in memory). Under CPython one per process too, removed when it ends: test runs side by
+    side (parallel workers, other checkouts) must not wipe each other's files."""
     import sys
-    return '/tmp/v2g_{}_test_{}'.format(name, sys.implementation.name)
+    path = '/tmp/v2g_{}_test_{}'.format(name, sys.implementation.name)
+    if sys.implementation.name != 'cpython':
+        return path
+    import atexit
+    import os
+    import shutil
+    path += '_{}'.format(os.getpid())
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def wipe(path):

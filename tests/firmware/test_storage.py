@@ -1,12 +1,11 @@
 """Atomic storage, on both interpreters (each runs in its own scratch folder)."""
 import os
-import sys
 
 from app import storage
-from fwtest import raises
+from fwtest import raises, scratch
 
-# Both interpreters have /tmp (the VM's is in memory); one folder per interpreter.
-TMP = '/tmp/v2g_storage_test_' + sys.implementation.name
+# Both interpreters have /tmp (the VM's is in memory); one folder per interpreter (and process).
+TMP = scratch('storage')
 
 
 def _fresh():

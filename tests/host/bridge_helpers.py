@@ -217,7 +217,7 @@ class Plant:
         self.f.close()
 
 
-def wait_until(fn, timeout=15, what="condition"):
+def wait_until(fn, timeout=45, what="condition"):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         v = fn()

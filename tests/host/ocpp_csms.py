@@ -287,7 +287,7 @@ class Csms:
             time.sleep(0.05)
         raise AssertionError("station {} did not connect within {} s".format(station, timeout))
 
-    def wait_for(self, action, match=None, timeout=15, after=0):
+    def wait_for(self, action, match=None, timeout=45, after=0):
         """The first (station, action, payload) with index >= after that matches."""
         end = time.monotonic() + timeout
         with self._cond:

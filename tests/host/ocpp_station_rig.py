@@ -176,7 +176,7 @@ class Rig:
         self.call_soon(self.st.on_sample, self.ctl.sample, time.monotonic())
 
     @staticmethod
-    def wait(fn, timeout=15, what="condition"):
+    def wait(fn, timeout=45, what="condition"):
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             v = fn()

@@ -33,7 +33,10 @@ def test_five_bench_scenarios_ship():
         assert sc["expects"] and sc["events"]
 
 
-@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+# meter_faults times the meter's failures against METER_STALE_S: on a CPU shared with other
+# tests the stale reading can be reported before the failure is named, so it runs alone
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.serial) if p.stem == "meter_faults" else p
+                                  for p in SCENARIOS], ids=[p.stem for p in SCENARIOS])
 def test_scenario_passes_on_the_virtual_board(board, path, tmp_path):
     sc = bench.load(path)
     result = bench.Bench(sc, board.endpoints["link"], can_interface="slcan", can_channel=board.endpoints["can"],

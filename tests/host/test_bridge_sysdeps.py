@@ -81,6 +81,7 @@ def test_make_test_checks_system_packages_every_time_before_anything_else():
     assert "./tools/system-deps.sh" in out
 
 
+@pytest.mark.serial      # times the check (< 2 s)
 def test_nothing_to_do_when_everything_is_present(sandbox):
     p, calls, took = sandbox(uid=1000)
     assert (p.returncode, p.stdout, p.stderr, calls) == (0, "", "", [])

@@ -61,19 +61,15 @@ def console(board, tmp_path):
     term = Terminal(child)
     term.expect("v2g>")
     yield term
-    quit_console(child)
-
-
-def quit_console(child):
-    """Ctrl-D at the prompt ends the console. A key typed while a command still prints is
-    dropped when prompt_toolkit takes the terminal back (raw mode flushes pending input), so
-    Ctrl-D is sent again until the console ends; the port lock goes with the process."""
-    for _ in range(6):
+    try:
+        # Ctrl-D ends the console at its prompt, where the terminal is raw (no echo). Sent
+        # while a command's output is still being printed (cooked mode), the terminal's line
+        # discipline takes it as an end of file and the console never sees it.
+        child.waitnoecho(20)
         child.sendcontrol("d")
-        if child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=5) == 0:
-            return
-    child.terminate(force=True)
-    raise AssertionError("console did not end on Ctrl-D within 30 s")
+        term.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)     # never leave a console holding the port for the next test
 
 
 def test_the_status_bar_shows_the_state_without_a_command(console):

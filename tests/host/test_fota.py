@@ -8,8 +8,12 @@ the simulated board's flash dies at that step (fota_fault.json, read by boards/s
 at boot, one-shot) and the power is cut once the mirror has caught up with the files as they
 stand there.
 
-The bundles are signed here (signing/) from the working tree's firmware (core/, app/,
-board/ = boards/sim) with a changed version string; the new firmware runs from the slot.
+The bundles are signed here (signing/) from the working tree's firmware with a changed
+version string; the new firmware runs from the slot. Most carry only the app package, the
+one that changes (app/station.py holds the version): the slot's app/ shadows the factory's,
+core/ and board/ come from the factory tree (docs/updates.md). The board takes about one
+1 kB chunk a control step, so the whole tree (core/, app/, board/ = boards/sim: 0.5 MB)
+takes half a minute to send; one test sends it.
 """
 
 import json
@@ -26,12 +30,25 @@ from signing import keys
 OLD = "0.1.0"          # app/station.py FW_VERSION: the factory firmware
 MIRROR_S = 0.9         # > 2 mirror periods of the VM's file mirror
 FAST = {"healthy_s": 2, "trial_s": 20}
+WHOLE = ("core", "app", "board")
+APP = ("app",)
 
-def firmware_tree(version, station_patch=None):
-    """The firmware as bundle components: (name, bytes) for core/, app/, board/."""
+
+def wait_until(fn, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not fn():
+        assert time.monotonic() < deadline, "{} not within {} s".format(what, timeout)
+        time.sleep(0.1)
+
+
+def firmware_tree(version, station_patch=None, packages=APP):
+    """The firmware as bundle components: (name, bytes) for the packages named (of core/,
+    app/, board/)."""
     out = []
     for src, dst in ((vm.FIRMWARE / "core", "core"), (vm.FIRMWARE / "app", "app"),
                      (vm.BOARDS / "sim", "board")):
+        if dst not in packages:
+            continue
         for p in sorted(src.glob("*.py")):
             data = p.read_bytes()
             if dst == "app" and p.name == "station.py":
@@ -50,6 +67,11 @@ def key():
 @pytest.fixture(scope="module")
 def new_bundle(key):
     return sb.sign(key, firmware_tree("0.2.0"), 5, "0.2.0", "sim", 1)
+
+
+@pytest.fixture(scope="module")
+def whole_bundle(key):
+    return sb.sign(key, firmware_tree("0.2.0", packages=WHOLE), 5, "0.2.0", "sim", 1)
 
 
 class Board:
@@ -142,22 +164,26 @@ def confirmed_new(b, version="0.2.0"):
 
 # -- the update itself ------------------------------------------------------------------------
 
-def test_push_reboot_trial_confirm_and_report(board, key, new_bundle):
+def test_push_reboot_trial_confirm_and_report(board, key, whole_bundle):
     assert board.fw() == OLD
     seen = []
-    rep = fota.push(board.link, new_bundle, progress=lambda d, t: seen.append(d), **FAST)
-    assert rep.size == len(new_bundle) and rep.resumed_from == 0 and seen[-1] == len(new_bundle)
+    rep = fota.push(board.link, whole_bundle, progress=lambda d, t: seen.append(d), **FAST)
+    assert rep.size == len(whole_bundle) and rep.resumed_from == 0 and seen[-1] == len(whole_bundle)
     assert rep.slot == "a" and rep.version == "0.2.0"
     assert rep.running["running"] == "a" and rep.running["active"] == "a"
     assert rep.running["version"] == "0.2.0" and board.fw() == "0.2.0"
     st = board.update_state()
     assert st["seq"] == 5 and st["sec"] == 1 and st["pending"] is None   # counters raised
     assert board.link.command("diag", {}).data["fw"] == "0.2.0"
-    # the next update goes to the other slot; the running one stays
+    # the next update goes to the other slot; the running one stays. It carries the app
+    # package alone: core/ and board/ come from the factory tree
     b2 = sb.sign(key, firmware_tree("0.3.0"), 6, "0.3.0", "sim", 1)
     rep = fota.push(board.link, b2, **FAST)
     assert rep.slot == "b" and board.fw() == "0.3.0"
     assert (board.state / "slots" / "a" / "app" / "station.py").exists()
+    assert (board.state / "slots" / "a" / "core" / "controller.py").exists()
+    assert (board.state / "slots" / "b" / "app" / "station.py").exists()
+    assert not (board.state / "slots" / "b" / "core").exists()
 
 
 def test_the_update_history_is_in_the_event_log_and_a_refusal_is_one_event(board, key, new_bundle):
@@ -167,8 +193,9 @@ def test_the_update_history_is_in_the_event_log_and_a_refusal_is_one_event(board
     bad[20] ^= 1                        # the key id: refused at the head, with chunks in flight
     with pytest.raises(fota.FotaError):
         fota.push(board.link, bytes(bad), window=8, **FAST)
-    # the update's own events: a busy machine may add a link-latency event (V2G-110) meanwhile
-    evs = [e for e in map(diag.event_dict, diag.fetch_events(board.link)[n:]) if e.get("code") != "V2G-110"]
+    # V2G-110 (a slow host link round trip) comes and goes with the host machine's load
+    evs = [diag.event_dict(e) for e in diag.fetch_events(board.link)[n:]]
+    evs = [e for e in evs if e["code"] != "V2G-110"]
     assert [e["code"] for e in evs] == ["V2G-601"], evs
     assert diag.event_kind(evs[0]) == "update"
     fota.push(board.link, new_bundle, **FAST)
@@ -210,7 +237,7 @@ def test_every_refusal_leaves_the_running_firmware(board, key, new_bundle):
 
 
 def test_endless_stream_refused(board, new_bundle):
-    fota.transfer(board.link, new_bundle, window=8)
+    fota.transfer(board.link, new_bundle)
     r = board.link.command("fota_chunk", {"off": len(new_bundle), "data": b"\0" * 500})
     assert not r.ok and r.code == "V2G-601" and r.msg.startswith("trailing")
     st = board.status()
@@ -251,8 +278,10 @@ def _hang(data):
 @pytest.mark.parametrize("patch", [_crash, _hang], ids=["crash", "hang"])
 def test_crashing_or_hanging_trial_reverts(board, key, patch):
     bad = sb.sign(key, firmware_tree("0.2.0", patch), 5, "0.2.0", "sim", 1)
-    fota.transfer(board.link, bad, window=8)
-    fota.finish(board.link, tries=2, **FAST)
+    fota.transfer(board.link, bad)
+    # a health check longer than the 3 s each trial boot gets here: on a busy machine the
+    # hanging build's 40 steps take longer than 2 s, and with FAST's 2 s it confirmed first
+    fota.finish(board.link, tries=2, healthy_s=10, trial_s=20)
     # two trial boots that never start the station: the watchdog (a power cut here) resets
     for _ in range(2):
         time.sleep(3)
@@ -275,7 +304,7 @@ def test_trial_failing_at_import_reverts_by_itself(board, key):
     # exists: main.py's guard resets the board (no power cut from the test), boot.py counts
     # each try and reverts after the second
     bad = sb.sign(key, firmware_tree("0.2.0", _import_crash), 5, "0.2.0", "sim", 1)
-    fota.transfer(board.link, bad, window=8)
+    fota.transfer(board.link, bad)
     n = len(board.hellos)
     fota.finish(board.link, tries=2, **FAST)
     hello = board.hello(60, after=n)
@@ -287,13 +316,15 @@ def test_trial_failing_at_import_reverts_by_itself(board, key):
 
 
 def test_failed_health_check_reverts(board, new_bundle):
-    fota.transfer(board.link, new_bundle, window=8)
+    fota.transfer(board.link, new_bundle)
     n = len(board.hellos)
+    boots = board.vb.boots
     fota.finish(board.link, tries=1, trial_s=5, healthy_s=2)
     board.link.close()                 # no host: the trial never sees a healthy link
-    time.sleep(9)                      # boot + 5 s trial + reset + boot (reverted)
+    # the trial boot, then (5 s on) the reset into the reverted firmware: the second boot
+    wait_until(lambda: board.vb.boots >= boots + 2, 60, "the reset after the failed trial")
     board.link = LinkClient(board.eps["link"], heartbeat_s=0.5).open()
-    assert board.fw() == OLD
+    assert board.hello(30)["fw"] == OLD
     st = board.status()
     assert st["running"] == "factory" and st["pending"] is None
     assert board.events().count("V2G-603") >= 1
@@ -334,6 +365,8 @@ def test_damaged_confirmed_slot_falls_back_to_the_factory_firmware(board, new_bu
 # -- power cuts: the board boots the old or the new firmware, never neither -----------------
 
 def test_power_cut_during_transfer(board, new_bundle):
+    # 8 chunks in flight overrun the board's 4 kB receive buffer: the lost ones are sent again
+    # from the last acknowledged offset
     fota.transfer(board.link, new_bundle, window=8, stop_at=len(new_bundle) // 2)
     assert board.cut_power()["fw"] == OLD
     dl = board.status()["dl"]
@@ -346,7 +379,7 @@ def test_power_cut_during_transfer(board, new_bundle):
 def test_power_cut_during_write(make_board, new_bundle):
     b = make_board("write")
     with pytest.raises(fota.FotaError):
-        fota.transfer(b.link, new_bundle, window=8, timeout=2, max_timeouts=1)
+        fota.transfer(b.link, new_bundle, timeout=2, max_timeouts=1)
     b.wait_fault_hit()
     assert b.cut_power()["fw"] == OLD
     rep = fota.push(b.link, new_bundle, **FAST)
@@ -356,7 +389,7 @@ def test_power_cut_during_write(make_board, new_bundle):
 
 def test_power_cut_during_state_update(make_board, new_bundle):
     b = make_board("state")
-    fota.transfer(b.link, new_bundle, window=8)
+    fota.transfer(b.link, new_bundle)
     with pytest.raises(fota.FotaError):
         fota.finish(b.link, **FAST)
     b.wait_fault_hit()
@@ -371,7 +404,7 @@ def test_power_cut_during_state_update(make_board, new_bundle):
 
 def test_power_cut_during_trial_boot(make_board, new_bundle):
     b = make_board("trial")
-    fota.transfer(b.link, new_bundle, window=8)
+    fota.transfer(b.link, new_bundle)
     n = len(b.hellos)
     fota.finish(b.link, **FAST)
     assert b.hello(40, after=n)["fw"] == "0.2.0"       # on trial, not confirming
@@ -384,7 +417,7 @@ def test_power_cut_during_trial_boot(make_board, new_bundle):
 
 def test_power_cut_during_confirmation(make_board, new_bundle):
     b = make_board("confirm")
-    fota.transfer(b.link, new_bundle, window=8)
+    fota.transfer(b.link, new_bundle)
     n = len(b.hellos)
     fota.finish(b.link, **FAST)
     assert b.hello(40, after=n)["fw"] == "0.2.0"
@@ -398,7 +431,7 @@ def test_power_cut_during_confirmation(make_board, new_bundle):
 
 def test_no_slot_files_survive_as_running_after_cut_in_transfer_files(board, new_bundle):
     # a cut with a half-written slot: boot.py must not pick the incomplete slot
-    fota.transfer(board.link, new_bundle, window=8, stop_at=len(new_bundle) - 2000)
+    fota.transfer(board.link, new_bundle, stop_at=len(new_bundle) - 2000)
     assert board.cut_power()["fw"] == OLD
     assert board.status()["running"] == "factory"
     assert Path(board.state / "slots" / "a").is_dir()
@@ -420,7 +453,7 @@ def test_bridge_updater_reports_firmware_status(board, key, new_bundle, tmp_path
         alink = AsyncLink(board.eps["link"], heartbeat_s=0.5)
         await alink.open()
         try:
-            update = fota.bridge_updater(alink, window=8, **FAST)
+            update = fota.bridge_updater(alink, **FAST)
             seen = {}
             for name, path in (("forged", forged), ("missing", tmp_path / "none.v2gb"), ("good", good)):
                 seen[name] = []

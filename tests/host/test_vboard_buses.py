@@ -38,7 +38,7 @@ class Host:
     def plant(self, **ev):
         self.plant_port.write((json.dumps(ev) + "\n").encode())
 
-    def wait(self, what, timeout=8.0):
+    def wait(self, what, timeout=30.0):
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             got = what()
@@ -82,6 +82,9 @@ def test_meter_readings_reach_telemetry_and_follow_the_plant(meter_board):
     assert "meter" not in [e["code"] for e in h.evs if e["code"] == "V2G-120" and e["t_ms"] > 1000]
 
 
+# the meter's answers must come within the firmware's Modbus reply timeout: on a CPU shared
+# with other tests a corrupted answer arrives late and counts as a timeout instead
+@pytest.mark.serial
 @pytest.mark.parametrize("kind,words,counter", [("timeout", "timeout", "timeouts"),
                                                 ("crc", "CRC", "crc_errors"),
                                                 ("exception", "exception code 04", "exceptions")])
