@@ -14,6 +14,8 @@ except ImportError:  # CPython (host tools, tests): const() is the value
     def const(x):
         return x
 
+import hashlib
+
 from core import cbor
 
 COSE_SIGN1_TAG = const(18)
@@ -82,6 +84,16 @@ def verify_sign1(data, key):
 
     Raises CoseError. The signature is checked last, after the cheap checks, but
     the payload is returned only when it verifies."""
+    out = []
+    for _ in verify_sign1_steps(data, key, out, False):
+        pass
+    return out[0]
+
+
+def verify_sign1_steps(data, key, out, sliced=True):
+    """verify_sign1 in slices (p256.SLICE_OPS point operations at most): a generator that
+    appends the payload to out once the signature verifies, and raises CoseError. The
+    structure, alg and kid are checked at the first slice, before any curve arithmetic."""
     protected, hdr, payload, signature = parse_sign1(data)
     if _H_ALG not in hdr:
         _fail("alg", "no alg in the protected header")
@@ -97,9 +109,13 @@ def verify_sign1(data, key):
         _fail("kid", "unknown key id {} (installed key is {})".format(_hex(kid), _hex(key.kid)))
     if len(signature) != 64:
         _fail("signature", "{} bytes, 64 expected".format(len(signature)))
-    if not key.verify(sig_structure(protected, payload), signature):
+    digest = hashlib.sha256(sig_structure(protected, payload)).digest()
+    ok = []
+    yield 0
+    yield from key.verify_steps(digest, signature, ok, sliced)
+    if not ok[0]:
         _fail("signature", "does not verify with key {}".format(_hex(kid)))
-    return payload
+    out.append(payload)
 
 
 def _hex(b):

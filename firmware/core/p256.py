@@ -314,6 +314,36 @@ def _inv(x, m):
     return pow(x, m - 2, m)
 
 
+# Slices. A whole key load or verify holds the interpreter for 0.1-0.9 s on the board, longer
+# than a grid-protection clearing time, so both also exist as generators that stop after at
+# most SLICE_OPS point operations (a doubling, a mixed addition, or one point of a batch
+# conversion to affine) and yield how many they did; the caller runs a control step between
+# two slices. pow() runs in C and cannot be stopped, so an inversion is split by exponent
+# bits instead: INV_BITS per slice.
+SLICE_OPS = 8
+INV_BITS = 32
+
+
+def run(steps):
+    """Drive a sliced computation to its end without stopping (host tools, tests)."""
+    for _ in steps:
+        pass
+
+
+def _inv_steps(x, m, out):
+    # x^(m-2) mod m as INV_BITS-bit windows of the exponent from the top:
+    # r <- r^(2^INV_BITS) * x^window; one window per slice.
+    e = m - 2
+    mask = (1 << INV_BITS) - 1
+    sh = 256 - INV_BITS
+    r = 1
+    while sh >= 0:
+        r = pow(r, 1 << INV_BITS, m) * pow(x, (e >> sh) & mask, m) % m
+        sh -= INV_BITS
+        yield 1
+    out.append(r)
+
+
 def on_curve(x, y):
     """True when (x, y) is an affine point of P-256 (not the point at infinity)."""
     if not (0 <= x < P and 0 <= y < P):
@@ -362,13 +392,21 @@ def _to_affine(x, y, z):
 
 def _batch_affine(pts, out):
     """Append the affine x, y (32 bytes each) of Jacobian points [x, y, z, ...]
-    to the bytearray out, with one inversion for all (Montgomery's trick)."""
+    to the bytearray out, with one inversion for all (Montgomery's trick).
+    A generator: yields the points it handled since the last slice."""
     p = P
     n = len(pts) // 3
     acc = [1] * (n + 1)          # acc[i] = z0 * ... * z(i-1)
+    k = 0
     for i in range(n):
         acc[i + 1] = acc[i] * pts[3 * i + 2] % p
-    inv = _inv(acc[n], p)        # 1 / (z0 * ... * z(n-1))
+        k += 1
+        if k == SLICE_OPS:
+            yield k
+            k = 0
+    box = []
+    yield from _inv_steps(acc[n], p, box)
+    inv = box[0]                 # 1 / (z0 * ... * z(n-1))
     xs = [0] * (2 * n)
     for i in range(n - 1, -1, -1):
         zi = inv * acc[i] % p    # 1 / z(i)
@@ -376,12 +414,18 @@ def _batch_affine(pts, out):
         zi2 = zi * zi % p
         xs[2 * i] = pts[3 * i] * zi2 % p
         xs[2 * i + 1] = pts[3 * i + 1] * zi2 % p * zi % p
+        k += 1
+        if k == SLICE_OPS:
+            yield k
+            k = 0
     for v in xs:
         out.extend(v.to_bytes(32, "big"))
+    yield k
 
 
-def comb_table(x, y):
-    """Comb table of the affine point A = (x, y): ENTRIES points as bytes x || y.
+def comb_table_steps(x, y, out):
+    """Comb table of the affine point A = (x, y): ENTRIES points as bytes x || y,
+    appended to the bytearray out. A generator of slices (see SLICE_OPS).
 
     Entry i is sum over teeth j of s_j * 2**(SPACING*j) * A, with s_7 = +1 and
     s_j = +1 where bit j of i is set, -1 where it is clear (j < 7). A pattern
@@ -391,30 +435,37 @@ def comb_table(x, y):
     # B_j = 2**(32 j) A and 2 B_j, from one chain of doublings
     chain = []
     jx, jy, jz = x, y, 1
+    k = 0
     for j in range(TEETH):
         chain.extend((jx, jy, jz))
-        jx, jy, jz = _jdouble(jx, jy, jz)
-        chain.extend((jx, jy, jz))
-        if j < TEETH - 1:
-            for _ in range(SPACING - 1):
-                jx, jy, jz = _jdouble(jx, jy, jz)
+        n = 1 if j == TEETH - 1 else SPACING
+        for t in range(n):
+            jx, jy, jz = _jdouble(jx, jy, jz)
+            if t == 0:
+                chain.extend((jx, jy, jz))
+            k += 1
+            if k == SLICE_OPS:
+                yield k
+                k = 0
     if jz == 0:
         raise ValueError("public key: small-order point")
     base = bytearray()
-    _batch_affine(chain, base)
-    bx = [int.from_bytes(base[64 * k:64 * k + 32], "big") for k in range(2 * TEETH)]
-    by = [int.from_bytes(base[64 * k + 32:64 * k + 64], "big") for k in range(2 * TEETH)]
+    yield from _batch_affine(chain, base)
+    bx = [int.from_bytes(base[64 * i:64 * i + 32], "big") for i in range(2 * TEETH)]
+    by = [int.from_bytes(base[64 * i + 32:64 * i + 64], "big") for i in range(2 * TEETH)]
     # Walk the sign patterns in Gray-code order: each step flips one tooth j,
     # which adds or subtracts 2 B_j. Start from all signs negative: B_7 - sum B_j.
     sx, sy, sz = bx[2 * (TEETH - 1)], by[2 * (TEETH - 1)], 1
+    k = 0
     for j in range(TEETH - 1):
         sx, sy, sz = _jadd_affine(sx, sy, sz, bx[2 * j], p - by[2 * j])
+        k += 1
     pts = [0] * (3 * ENTRIES)
     pts[0], pts[1], pts[2] = sx, sy, sz
     pattern = 0
-    for k in range(1, ENTRIES):
+    for i in range(1, ENTRIES):
         j = 0
-        while not (k >> j) & 1:
+        while not (i >> j) & 1:
             j += 1
         ax, ay = bx[2 * j + 1], by[2 * j + 1]
         if (pattern >> j) & 1:
@@ -424,8 +475,19 @@ def comb_table(x, y):
         if sz == 0:
             raise ValueError("public key: small-order point")
         pts[3 * pattern], pts[3 * pattern + 1], pts[3 * pattern + 2] = sx, sy, sz
+        k += 1
+        if k == SLICE_OPS:
+            yield k
+            k = 0
+    if k:
+        yield k
+    yield from _batch_affine(pts, out)
+
+
+def comb_table(x, y):
+    """comb_table_steps in one go: the table as a bytearray."""
     out = bytearray()
-    _batch_affine(pts, out)
+    run(comb_table_steps(x, y, out))
     return out
 
 
@@ -465,9 +527,11 @@ def _columns(k):
     return c.to_bytes(32, "little")
 
 
-def _comb2(u1, u2, qtab):
-    """Jacobian (X, Y, Z) of u1*G + u2*Q; Z == 0 means the point at infinity."""
+def _comb2_steps(u1, u2, qtab, out):
+    """Append the Jacobian X, Y, Z of u1*G + u2*Q to out (Z == 0: the point at
+    infinity). A generator of slices (see SLICE_OPS)."""
     p = P
+    k = 0
     cg = _columns(u1)
     cq = _columns(u2)
     tg = memoryview(_G_COMB)
@@ -485,6 +549,7 @@ def _comb2(u1, u2, qtab):
             z = (y + y) * z % p
             x = (pow(al, 2, p) - (bt << 3)) % p
             y = (al * ((bt << 2) - x) - (pow(g, 2, p) << 3)) % p
+            k += 1
         t = 0
         while t < 2:
             if t == 0:
@@ -514,6 +579,7 @@ def _comb2(u1, u2, qtab):
                 r = ay * zz * z % p + y   # -r
             else:
                 r = ay * zz * z % p - y
+            k += 1
             if h == 0:
                 x, y, z = _jadd_affine(x, y, z, ax, p - ay if neg else ay)
                 continue
@@ -527,48 +593,97 @@ def _comb2(u1, u2, qtab):
             else:
                 y = (r * (u - x) - y * hhh) % p
         m -= 1
-    return x, y, z
+        if k >= SLICE_OPS - 2:   # the next column is a doubling and two additions
+            yield k
+            k = 0
+    out.append(x)
+    out.append(y)
+    out.append(z)
+    yield k
+
+
+def _comb2(u1, u2, qtab):
+    """Jacobian (X, Y, Z) of u1*G + u2*Q in one go."""
+    out = []
+    run(_comb2_steps(u1, u2, qtab, out))
+    return out[0], out[1], out[2]
+
+
+def parse_point(point):
+    """(x, y) of a 65-byte uncompressed point 04||X||Y on P-256; ValueError naming why not."""
+    if len(point) != 65 or point[0] != 4:
+        raise ValueError("public key: need 65-byte uncompressed point 04||X||Y")
+    x = int.from_bytes(point[1:33], "big")
+    y = int.from_bytes(point[33:65], "big")
+    if not on_curve(x, y):
+        raise ValueError("public key: point not on P-256")
+    return x, y
+
+
+def load_steps(point, out):
+    """PublicKey(point) in slices: a generator that appends the key to out at its end.
+    A bad point raises ValueError at the first slice, before any table work."""
+    x, y = parse_point(point)
+    yield 0
+    tab = bytearray()
+    yield from comb_table_steps(x, y, tab)
+    out.append(PublicKey(point, tab))
 
 
 class PublicKey:
     """A P-256 public key loaded once (at boot) and used for many verifications."""
 
-    def __init__(self, point):
-        """point: 65 bytes, 0x04 || X || Y (uncompressed SEC 1 encoding)."""
-        if len(point) != 65 or point[0] != 4:
-            raise ValueError("public key: need 65-byte uncompressed point 04||X||Y")
-        x = int.from_bytes(point[1:33], "big")
-        y = int.from_bytes(point[33:65], "big")
-        if not on_curve(x, y):
-            raise ValueError("public key: point not on P-256")
+    def __init__(self, point, _tab=None):
+        """point: 65 bytes, 0x04 || X || Y (uncompressed SEC 1 encoding). _tab: the
+        comb table load_steps built for this very point; built here when None."""
+        x, y = parse_point(point)
         self.x = x
         self.y = y
         self.point = bytes(point)
         self.kid = hashlib.sha256(SPKI_PREFIX + self.point).digest()[:8]
         # P-256 has prime order and cofactor 1, so any on-curve point other
         # than infinity is a valid key; the table is the per-key precomputation.
-        self._tab = comb_table(x, y)
+        self._tab = comb_table(x, y) if _tab is None else _tab
 
     def verify_digest(self, digest, sig):
         """True when sig (raw r||s, 64 bytes) signs the 32-byte SHA-256 digest."""
+        out = []
+        run(self.verify_steps(digest, sig, out, False))
+        return out[0]
+
+    def verify_steps(self, digest, sig, out, sliced=True):
+        """verify_digest in slices: a generator that appends the verdict to out at its end.
+        sliced=False runs the inversion as one pow() (fewer allocations, one long slice)."""
         if len(sig) != 64 or len(digest) != 32:
-            return False
+            out.append(False)
+            return
         r = int.from_bytes(sig[:32], "big")
         s = int.from_bytes(sig[32:], "big")
         if not (0 < r < N and 0 < s < N):
-            return False
+            out.append(False)
+            return
         e = int.from_bytes(digest, "big")  # 256-bit hash: no truncation for P-256
-        w = _inv(s, N)
+        if sliced:
+            box = []
+            yield from _inv_steps(s, N, box)
+            w = box[0]
+        else:
+            w = _inv(s, N)
         u1 = e * w % N
         u2 = r * w % N
-        x, _, z = _comb2(u1, u2, self._tab)
+        box = []
+        yield from _comb2_steps(u1, u2, self._tab, box)
+        x = box[0]
+        z = box[2]
         if z == 0:
-            return False  # R is the point at infinity
+            out.append(False)  # R is the point at infinity
+            return
         # x(R) mod n == r  <=>  X == r' * Z^2 (mod p) for r' in {r, r + n} below p
         zz = z * z % P
         if x == r * zz % P:
-            return True
-        return r + N < P and x == (r + N) * zz % P
+            out.append(True)
+        else:
+            out.append(r + N < P and x == (r + N) * zz % P)
 
     def verify(self, msg, sig):
         """True when sig (raw r||s) is an ES256 signature of msg."""
