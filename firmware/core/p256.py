@@ -391,9 +391,10 @@ def _to_affine(x, y, z):
 
 
 def _batch_affine(pts, out):
-    """Append the affine x, y (32 bytes each) of Jacobian points [x, y, z, ...]
-    to the bytearray out, with one inversion for all (Montgomery's trick).
-    A generator: yields the points it handled since the last slice."""
+    """Write the affine x, y (32 bytes each) of Jacobian points [x, y, z, ...]
+    into the bytearray out (64 bytes a point, sized by the caller), with one
+    inversion for all (Montgomery's trick). A generator: yields the points it
+    handled since the last slice."""
     p = P
     n = len(pts) // 3
     acc = [1] * (n + 1)          # acc[i] = z0 * ... * z(i-1)
@@ -407,25 +408,24 @@ def _batch_affine(pts, out):
     box = []
     yield from _inv_steps(acc[n], p, box)
     inv = box[0]                 # 1 / (z0 * ... * z(n-1))
-    xs = [0] * (2 * n)
     for i in range(n - 1, -1, -1):
         zi = inv * acc[i] % p    # 1 / z(i)
         inv = inv * pts[3 * i + 2] % p
         zi2 = zi * zi % p
-        xs[2 * i] = pts[3 * i] * zi2 % p
-        xs[2 * i + 1] = pts[3 * i + 1] * zi2 % p * zi % p
+        j = 64 * i
+        out[j:j + 32] = (pts[3 * i] * zi2 % p).to_bytes(32, "big")
+        out[j + 32:j + 64] = (pts[3 * i + 1] * zi2 % p * zi % p).to_bytes(32, "big")
         k += 1
         if k == SLICE_OPS:
             yield k
             k = 0
-    for v in xs:
-        out.extend(v.to_bytes(32, "big"))
-    yield k
+    if k:
+        yield k
 
 
 def comb_table_steps(x, y, out):
     """Comb table of the affine point A = (x, y): ENTRIES points as bytes x || y,
-    appended to the bytearray out. A generator of slices (see SLICE_OPS).
+    a bytearray appended to the list out. A generator of slices (see SLICE_OPS).
 
     Entry i is sum over teeth j of s_j * 2**(SPACING*j) * A, with s_7 = +1 and
     s_j = +1 where bit j of i is set, -1 where it is clear (j < 7). A pattern
@@ -449,18 +449,22 @@ def comb_table_steps(x, y, out):
                 k = 0
     if jz == 0:
         raise ValueError("public key: small-order point")
-    base = bytearray()
+    if k:
+        yield k
+    base = bytearray(64 * 2 * TEETH)
     yield from _batch_affine(chain, base)
     bx = [int.from_bytes(base[64 * i:64 * i + 32], "big") for i in range(2 * TEETH)]
     by = [int.from_bytes(base[64 * i + 32:64 * i + 64], "big") for i in range(2 * TEETH)]
     # Walk the sign patterns in Gray-code order: each step flips one tooth j,
     # which adds or subtracts 2 B_j. Start from all signs negative: B_7 - sum B_j.
+    tab = bytearray(64 * ENTRIES)   # the table's own 8 KiB, written in place
+    pts = [0] * (3 * ENTRIES)
+    yield 0                         # the allocations: a slice of their own
     sx, sy, sz = bx[2 * (TEETH - 1)], by[2 * (TEETH - 1)], 1
     k = 0
     for j in range(TEETH - 1):
         sx, sy, sz = _jadd_affine(sx, sy, sz, bx[2 * j], p - by[2 * j])
         k += 1
-    pts = [0] * (3 * ENTRIES)
     pts[0], pts[1], pts[2] = sx, sy, sz
     pattern = 0
     for i in range(1, ENTRIES):
@@ -481,14 +485,15 @@ def comb_table_steps(x, y, out):
             k = 0
     if k:
         yield k
-    yield from _batch_affine(pts, out)
+    yield from _batch_affine(pts, tab)
+    out.append(tab)
 
 
 def comb_table(x, y):
     """comb_table_steps in one go: the table as a bytearray."""
-    out = bytearray()
+    out = []
     run(comb_table_steps(x, y, out))
-    return out
+    return out[0]
 
 
 # Delta swaps (shift, mask) that move bit 32 j + m of a 256-bit word to bit
@@ -534,6 +539,7 @@ def _comb2_steps(u1, u2, qtab, out):
     k = 0
     cg = _columns(u1)
     cq = _columns(u2)
+    yield 0                  # the recodings: a slice of their own
     tg = memoryview(_G_COMB)
     tq = memoryview(qtab)
     x = y = 1
@@ -620,14 +626,19 @@ def parse_point(point):
     return x, y
 
 
+def key_id(point):
+    """COSE kid of the key: sha256 of its SubjectPublicKeyInfo DER, first 8 bytes."""
+    return hashlib.sha256(SPKI_PREFIX + bytes(point)).digest()[:8]
+
+
 def load_steps(point, out):
     """PublicKey(point) in slices: a generator that appends the key to out at its end.
     A bad point raises ValueError at the first slice, before any table work."""
     x, y = parse_point(point)
     yield 0
-    tab = bytearray()
+    tab = []
     yield from comb_table_steps(x, y, tab)
-    out.append(PublicKey(point, tab))
+    out.append(PublicKey(point, tab[0]))
 
 
 class PublicKey:
@@ -640,7 +651,7 @@ class PublicKey:
         self.x = x
         self.y = y
         self.point = bytes(point)
-        self.kid = hashlib.sha256(SPKI_PREFIX + self.point).digest()[:8]
+        self.kid = key_id(self.point)
         # P-256 has prime order and cofactor 1, so any on-curve point other
         # than infinity is a valid key; the table is the per-key precomputation.
         self._tab = comb_table(x, y) if _tab is None else _tab
