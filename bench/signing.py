@@ -26,6 +26,8 @@ from pathlib import Path
 from host_tools import vm
 from signing import bundle, keys
 
+SLICE_OPS = 8    # firmware/core/p256.py SLICE_OPS (read by the firmware, not imported here)
+
 BOARD_FACTOR = 15          # VM x 15: plain bytecode only (pystone)
 OLD_BOARD_INSTRUCTIONS = 50e6   # wNAF verify on the emulated Cortex-M4F
 BOARD_HZ = 168e6
@@ -33,6 +35,8 @@ GOAL_S = 0.5
 HEAP_GOAL = 64 * 1024
 ROUNDS = 5                 # alternating rounds; the fastest of each counts (shared machine)
 PER_ROUND = 10
+SLICE_RUNS = 40            # runs of the sliced key load and verify whose slice times are summed
+SLICE_GOAL_S = 0.020       # longest uninterrupted slice on the board (a protection stage is 0.1 s)
 
 # The verifier firmware/core/p256.py had before the comb: Shamir's trick over width-6 (G)
 # and width-5 (key) NAF digits, 256 doublings. Written to the VM as p256_wnaf.py.
@@ -263,12 +267,44 @@ t_open = best(lambda: manifest.open_manifest(cose_bytes, key), {rounds}, 2)
 h_new = heap(lambda: key.verify_digest(digest, sig))
 h_old = heap(lambda: old.verify_digest(digest, sig))
 h_key = heap(lambda: p256.PublicKey(point))
+# the sliced forms: heap per slice (collector held off; deterministic) and VM time per
+# slice, summed over SLICE_RUNS runs (ticks_ms has 1 ms steps; a slice is well under it,
+# and the sum over runs with an unrelated phase is an unbiased estimate)
+def slices(make):
+    heaps = []
+    g = make()
+    while True:
+        gc.collect()
+        gc.disable()
+        b = gc.mem_alloc()
+        try:
+            k = next(g)
+        except StopIteration:
+            gc.enable()
+            break
+        heaps.append([k, gc.mem_alloc() - b])
+        gc.enable()
+    us = [0] * len(heaps)
+    for _ in range({slice_runs}):
+        g = make()
+        i = 0
+        t = time.ticks_ms()
+        for _k in g:
+            t2 = time.ticks_ms()
+            us[i] += time.ticks_diff(t2, t) * 1000
+            i += 1
+            t = time.ticks_ms()
+    return [[h[0], h[1], u / {slice_runs} / 1000] for h, u in zip(heaps, us)]
+x, y = p256.parse_point(point)
+s_key = slices(lambda: p256.comb_table_steps(x, y, []))
+s_ver = slices(lambda: key.verify_steps(digest, sig, []))
+h_sliced = heap(lambda: p256.run(key.verify_steps(digest, sig, [])))
 t0 = time.ticks_ms()
 man2 = manifest.verify_bundle(data, key, manifest.BOARD_CLASS['sim'], 0, 0)
 t_all = time.ticks_diff(time.ticks_ms(), t0)
 print('RESULT', json.dumps({{'key': t_key, 'open': t_open, 'verify': t_new, 'verify_old': t_old,
                             'heap': h_new, 'heap_old': h_old, 'heap_key': h_key, 'ok': ok,
-                            'all': t_all, 'size': len(data)}}))
+                            'all': t_all, 'size': len(data), 's_key': s_key, 's_ver': s_ver, 'heap_sliced': h_sliced}}))
 """
 
 
@@ -312,7 +348,8 @@ def measure():
                                                     "bundle": data.hex()}))
         Path(tmp, "p256_wnaf.py").write_text(WNAF_SOURCE)
         mounts = vm.firmware_mounts("sim", extra=[(Path(tmp), "/bench")])
-        out = vm.run_micropython(_VM_CODE.format(rounds=ROUNDS, per=PER_ROUND), mounts=mounts, timeout=600)
+        out = vm.run_micropython(_VM_CODE.format(rounds=ROUNDS, per=PER_ROUND, slice_runs=SLICE_RUNS),
+                                 mounts=mounts, timeout=600)
     line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
     res = json.loads(line[len("RESULT "):])
     if not res["ok"]:
@@ -326,6 +363,17 @@ def board_estimate(r):
     larger of the time and heap ratios against that verify measured in the same run."""
     scale = max(r["verify"] / r["verify_old"], r["heap"] / float(r["heap_old"]))
     return OLD_BOARD_INSTRUCTIONS / BOARD_HZ * scale, scale
+
+
+def slice_estimate(r, sl):
+    """(board seconds of the longest slice, its index, VM ms of the whole) for the slices sl
+    ([point operations, heap bytes, VM ms]), each scaled as board_estimate does."""
+    worst = (0.0, -1)
+    for i, (_k, heap, ms) in enumerate(sl):
+        s, _ = board_estimate({"verify": ms, "heap": heap, "verify_old": r["verify_old"],
+                               "heap_old": r["heap_old"]})
+        worst = max(worst, (s, i))
+    return worst[0], worst[1], sum(x[2] for x in sl)
 
 
 def rows():
@@ -355,7 +403,22 @@ def rows():
          round(key_s, 3), "s", None, None),
         ("heap allocated by a public key load (VM; table kept: 8 KiB)", r["heap_key"], "B", None, None),
         ("whole {} kB bundle incl. digests, VM".format(r["size"] // 1024), r["all"], "ms", None, None),
-    ]
+    ] + slice_rows(r)
+
+
+def slice_rows(r):
+    out = []
+    for name, sl in (("key load", r["s_key"]), ("ES256 verify", r["s_ver"])):
+        s, i, vm_ms = slice_estimate(r, sl)
+        out += [
+            ("{}: slices of at most {} point operations, one per control step".format(name, SLICE_OPS),
+             len(sl), "slices", None, None),
+            ("{}: most heap one slice allocates (VM)".format(name), max(x[1] for x in sl), "B", None, None),
+            ("{}: all slices, VM (sum of per-slice times)".format(name), round(vm_ms, 2), "ms", None, None),
+            ("{}: longest slice, STM32F405 estimate (slice {})".format(name, i), round(s * 1000, 1), "ms",
+             "<= {:g} ms".format(SLICE_GOAL_S * 1000), s <= SLICE_GOAL_S),
+        ]
+    return out
 
 
 if __name__ == "__main__":

@@ -84,20 +84,20 @@ def verify_sign1(data, key):
 
     Raises CoseError. The signature is checked last, after the cheap checks, but
     the payload is returned only when it verifies."""
-    out = []
-    for _ in verify_sign1_steps(data, key, out, False):
-        pass
-    return out[0]
+    payload, digest, signature = check_sign1(data, key.kid)
+    if not key.verify_digest(digest, signature):
+        signature_failed(key)
+    return payload
 
 
-def verify_sign1_steps(data, key, out, sliced=True):
+def verify_sign1_steps(data, key, out):
     """verify_sign1 in slices (p256.SLICE_OPS point operations at most): a generator that
     appends the payload to out once the signature verifies, and raises CoseError. The
     structure, alg and kid are checked at the first slice, before any curve arithmetic."""
     payload, digest, signature = check_sign1(data, key.kid)
     ok = []
     yield 0
-    yield from key.verify_steps(digest, signature, ok, sliced)
+    yield from key.verify_steps(digest, signature, ok)
     if not ok[0]:
         signature_failed(key)
     out.append(payload)

@@ -626,6 +626,29 @@ def parse_point(point):
     return x, y
 
 
+def _parse_sig(digest, sig):
+    """(r, s, e) of a signature with 0 < r, s < n over a 32-byte digest, else None
+    (verify_digest has these lines inline: a tuple less per verify)."""
+    if len(sig) != 64 or len(digest) != 32:
+        return None
+    r = int.from_bytes(sig[:32], "big")
+    s = int.from_bytes(sig[32:], "big")
+    if not (0 < r < N and 0 < s < N):
+        return None
+    return r, s, int.from_bytes(digest, "big")  # 256-bit hash: no truncation for P-256
+
+
+def _x_is_r(x, z, r):
+    """x(R) mod n == r for R = (x, _, z) Jacobian, without inverting z."""
+    if z == 0:
+        return False  # R is the point at infinity
+    # x(R) mod n == r  <=>  X == r' * Z^2 (mod p) for r' in {r, r + n} below p
+    zz = pow(z, 2, P)   # keeps only the result: 112 B less than z * z % P
+    if x == r * zz % P:
+        return True
+    return r + N < P and x == (r + N) * zz % P
+
+
 def key_id(point):
     """COSE kid of the key: sha256 of its SubjectPublicKeyInfo DER, first 8 bytes."""
     return hashlib.sha256(SPKI_PREFIX + bytes(point)).digest()[:8]
@@ -658,43 +681,30 @@ class PublicKey:
 
     def verify_digest(self, digest, sig):
         """True when sig (raw r||s, 64 bytes) signs the 32-byte SHA-256 digest."""
-        out = []
-        run(self.verify_steps(digest, sig, out, False))
-        return out[0]
-
-    def verify_steps(self, digest, sig, out, sliced=True):
-        """verify_digest in slices: a generator that appends the verdict to out at its end.
-        sliced=False runs the inversion as one pow() (fewer allocations, one long slice)."""
         if len(sig) != 64 or len(digest) != 32:
-            out.append(False)
-            return
+            return False
         r = int.from_bytes(sig[:32], "big")
         s = int.from_bytes(sig[32:], "big")
         if not (0 < r < N and 0 < s < N):
+            return False
+        e = int.from_bytes(digest, "big")  # 256-bit hash: no truncation for P-256
+        w = _inv(s, N)
+        x, _, z = _comb2(e * w % N, r * w % N, self._tab)
+        return _x_is_r(x, z, r)
+
+    def verify_steps(self, digest, sig, out):
+        """verify_digest in slices: a generator that appends the verdict to out at its end."""
+        t = _parse_sig(digest, sig)
+        if t is None:
             out.append(False)
             return
-        e = int.from_bytes(digest, "big")  # 256-bit hash: no truncation for P-256
-        if sliced:
-            box = []
-            yield from _inv_steps(s, N, box)
-            w = box[0]
-        else:
-            w = _inv(s, N)
-        u1 = e * w % N
-        u2 = r * w % N
+        r, s, e = t
         box = []
-        yield from _comb2_steps(u1, u2, self._tab, box)
-        x = box[0]
-        z = box[2]
-        if z == 0:
-            out.append(False)  # R is the point at infinity
-            return
-        # x(R) mod n == r  <=>  X == r' * Z^2 (mod p) for r' in {r, r + n} below p
-        zz = z * z % P
-        if x == r * zz % P:
-            out.append(True)
-        else:
-            out.append(r + N < P and x == (r + N) * zz % P)
+        yield from _inv_steps(s, N, box)
+        w = box[0]
+        box = []
+        yield from _comb2_steps(e * w % N, r * w % N, self._tab, box)
+        out.append(_x_is_r(box[0], box[2], r))
 
     def verify(self, msg, sig):
         """True when sig (raw r||s) is an ES256 signature of msg."""
