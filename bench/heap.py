@@ -110,7 +110,7 @@ def push(data, upto):
     while off < upto:
         n += 1
         r = cmd('c%d_%d' % (off, n), 'fota_chunk', {{'off': off, 'data': data[off:off + 1000]}})
-        if not r[0] and r[2].startswith('verifying'):
+        if r[0] and r[2].startswith('verifying'):
             # the head is checked one slice per control step: step until it is done
             while st.update.dl is not None and st.update.dl.job is not None:
                 st.tick(0)

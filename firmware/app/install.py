@@ -208,8 +208,9 @@ def chunk(u, off, data, now_ms):
         return True, None, 'already have it', {'next': d.next}   # a re-sent chunk
     if d.job is not None and d.head_len and len(d.head) == d.head_len:
         # the head is complete and being checked between control steps: nothing past it
-        # is taken before its signature holds
-        return False, U.V2G_400, 'verifying the bundle signature: resend from offset {}'.format(
+        # is taken before its signature holds. Answered as held, not refused: a refusal
+        # would go to the event log (and flash) once per chunk the host has in flight.
+        return True, None, 'verifying the bundle signature: resend from offset {}'.format(
             d.next), {'next': d.next}
     if off > d.next:
         return False, U.V2G_400, 'off: gap, expected offset {}'.format(d.next), {'next': d.next}

@@ -82,7 +82,7 @@ def send(u, off, data, now=0):
     """fota_chunk; while the head is being checked (answer 'verifying ...'), the station's
     steps (u.tick) run the check's slices and the chunk is sent again."""
     r = u.command('fota_chunk', {'off': off, 'data': data}, now)
-    while not r[0] and r[2].startswith('verifying'):
+    while r[0] and r[2].startswith('verifying'):
         u.tick(now, 0)
         r = u.command('fota_chunk', {'off': off, 'data': data}, now)
     d = u.dl

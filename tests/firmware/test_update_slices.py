@@ -98,7 +98,7 @@ def _station_steps(u, data, size=150):
         if _mem is not None:
             used = _mem() - before
             worst_heap = used if worst_heap is None or used > worst_heap else worst_heap
-        assert r[0] or r[2].startswith('verifying'), r
+        assert r[0], r
         if off >= n and r[3]['next'] == n:
             waiting += 1      # a step that ran while the head's signature was checked
         off = r[3]['next']
@@ -130,7 +130,8 @@ def test_the_chunk_completing_the_head_returns_before_the_signature_is_checked()
     assert r[0] and r[3]['next'] == n      # the head held; the body bytes are sent again
     assert u.dl.man is None
     r = u.command('fota_chunk', {'off': n, 'data': data[n:n + 50]}, 0)
-    assert not r[0] and r[1] == 'V2G-400' and r[3]['next'] == n and r[2].startswith('verifying')
+    # held, not refused (no event per chunk in flight): the host resends from next
+    assert r[0] and r[3]['next'] == n and r[2].startswith('verifying'), r
     ticks = 0
     while u.dl.job is not None:
         u.tick(0, 0)
