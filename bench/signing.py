@@ -26,7 +26,7 @@ from pathlib import Path
 from host_tools import vm
 from signing import bundle, keys
 
-SLICE_OPS = 8    # firmware/core/p256.py SLICE_OPS (read by the firmware, not imported here)
+SLICE_OPS = 6    # firmware/core/p256.py SLICE_OPS (read by the firmware, not imported here)
 
 BOARD_FACTOR = 15          # VM x 15: plain bytecode only (pystone)
 OLD_BOARD_INSTRUCTIONS = 50e6   # wNAF verify on the emulated Cortex-M4F

@@ -320,7 +320,7 @@ def _inv(x, m):
 # conversion to affine) and yield how many they did; the caller runs a control step between
 # two slices. pow() runs in C and cannot be stopped, so an inversion is split by exponent
 # bits instead: INV_BITS per slice.
-SLICE_OPS = 8
+SLICE_OPS = 6
 INV_BITS = 32
 
 
@@ -402,9 +402,12 @@ def _batch_affine(pts, out):
     for i in range(n):
         acc[i + 1] = acc[i] * pts[3 * i + 2] % p
         k += 1
-        if k == SLICE_OPS:
+        if k >= SLICE_OPS:
             yield k
             k = 0
+    if k:
+        yield k
+        k = 0
     box = []
     yield from _inv_steps(acc[n], p, box)
     inv = box[0]                 # 1 / (z0 * ... * z(n-1))
@@ -416,7 +419,7 @@ def _batch_affine(pts, out):
         out[j:j + 32] = (pts[3 * i] * zi2 % p).to_bytes(32, "big")
         out[j + 32:j + 64] = (pts[3 * i + 1] * zi2 % p * zi % p).to_bytes(32, "big")
         k += 1
-        if k == SLICE_OPS:
+        if k >= SLICE_OPS:
             yield k
             k = 0
     if k:
@@ -444,7 +447,7 @@ def comb_table_steps(x, y, out):
             if t == 0:
                 chain.extend((jx, jy, jz))
             k += 1
-            if k == SLICE_OPS:
+            if k >= SLICE_OPS:
                 yield k
                 k = 0
     if jz == 0:
@@ -465,6 +468,9 @@ def comb_table_steps(x, y, out):
     for j in range(TEETH - 1):
         sx, sy, sz = _jadd_affine(sx, sy, sz, bx[2 * j], p - by[2 * j])
         k += 1
+        if k >= SLICE_OPS:
+            yield k
+            k = 0
     pts[0], pts[1], pts[2] = sx, sy, sz
     pattern = 0
     for i in range(1, ENTRIES):
@@ -480,7 +486,7 @@ def comb_table_steps(x, y, out):
             raise ValueError("public key: small-order point")
         pts[3 * pattern], pts[3 * pattern + 1], pts[3 * pattern + 2] = sx, sy, sz
         k += 1
-        if k == SLICE_OPS:
+        if k >= SLICE_OPS:
             yield k
             k = 0
     if k:

@@ -111,12 +111,12 @@ def test_control_steps_keep_running_while_an_update_head_is_checked():
     data = _b(BUNDLE_OK)
     u = make(root, ctl=_Ctl())
     waiting, heap = _station_steps(u, data)
-    # the verify alone is 25 slices of at most 8 point operations, one per step
+    # the verify alone is 25 slices of at most 6 point operations, one per step
     assert waiting >= 12, waiting
     if heap is not None:
-        # a step's update work stays within one slice: 8 point operations leave about
-        # 17 kB, where one verify leaves 193 kB and a key load about 900 kB
-        assert heap <= 24000, heap
+        # a step's update work stays within one slice: 6 point operations leave about
+        # 13 kB, where one verify leaves 193 kB and a key load about 900 kB
+        assert heap <= 20000, heap
     assert u.report()['pending'] == 'a'
 
 
