@@ -103,6 +103,7 @@ class Download:
         self.slice_ops = 0       # point operations of the job's last slice
         self.kid = None          # the update key's id, known before its table is built
         self.checked = None      # (payload, digest, signature) of a head that passed the cheap checks
+        self.hold = False        # chunks past the head are held (not refused) while it is checked
 
     def close(self):
         if self.f is not None:
@@ -206,12 +207,19 @@ def chunk(u, off, data, now_ms):
     end = off + len(data)
     if end <= d.next:
         return True, None, 'already have it', {'next': d.next}   # a re-sent chunk
-    if d.job is not None and d.head_len and len(d.head) == d.head_len:
+    if d.hold:
         # the head is complete and being checked between control steps: nothing past it
         # is taken before its signature holds. Answered as held, not refused: a refusal
         # would go to the event log (and flash) once per chunk the host has in flight.
-        return True, None, 'verifying the bundle signature: resend from offset {}'.format(
-            d.next), {'next': d.next}
+        # After the check the host's chunks still in flight are held the same way, until
+        # it sends from `next` again.
+        if d.job is not None:
+            return True, None, 'verifying the bundle signature: resend from offset {}'.format(
+                d.next), {'next': d.next}
+        if off > d.next:
+            return True, None, 'the bundle signature holds: resend from offset {}'.format(
+                d.next), {'next': d.next}
+        d.hold = False
     if off > d.next:
         return False, U.V2G_400, 'off: gap, expected offset {}'.format(d.next), {'next': d.next}
     if end > d.size:
@@ -247,6 +255,7 @@ def _take_head(u, d, mv):
             # structure, alg and kid now (cheap: a bad head is refused by this chunk's
             # answer); the signature's arithmetic in the job's slices
             d.checked = _check_head(d, bytes(d.head))
+            d.hold = True
     return mv
 
 

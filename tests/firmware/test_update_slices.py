@@ -155,3 +155,27 @@ def test_a_bad_signature_found_between_steps_is_refused_on_the_next_chunk():
     assert not r[0] and r[1] == 'V2G-601' and r[2].startswith('signature'), r
     assert u.report()['pending'] is None and u.st['dl'] is None
     assert any(it[1] == 'V2G-601' for it in u.log.items)
+
+
+def test_chunks_in_flight_past_a_checked_head_are_held_not_refused():
+    # a refusal is an event (and a flash write) per chunk: the host's chunks sent on while
+    # the head was checked are answered with `next` until it sends from there again
+    root = scratch(KEY_A)
+    data = _b(BUNDLE_OK)
+    log = []
+    u = make(root)
+    u.log.items = log
+    u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+    n = 8 + int.from_bytes(data[4:8], 'big')
+    assert u.command('fota_chunk', {'off': 0, 'data': data[:n]}, 0)[3]['next'] == n
+    r = u.command('fota_chunk', {'off': n + 100, 'data': data[n + 100:n + 200]}, 0)
+    assert r[0] and r[3]['next'] == n and r[2].startswith('verifying'), r
+    while u.dl.job is not None:
+        u.tick(0, 0)
+    r = u.command('fota_chunk', {'off': n + 200, 'data': data[n + 200:n + 300]}, 0)
+    assert r[0] and r[3]['next'] == n and 'resend from offset {}'.format(n) in r[2], r
+    r = u.command('fota_chunk', {'off': n, 'data': data[n:n + 100]}, 0)
+    assert r[0] and r[3]['next'] == n + 100, r
+    r = u.command('fota_chunk', {'off': n + 300, 'data': data[n + 300:n + 400]}, 0)
+    assert not r[0] and r[1] == 'V2G-400' and 'gap' in r[2], r     # a gap again, as ever
+    assert log == []
