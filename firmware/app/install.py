@@ -285,7 +285,7 @@ def _head_job(u, d, point):
     """The key's table (when not loaded yet) while the head arrives, then the head's check:
     a generator that step() advances by one slice of at most p256.SLICE_OPS point
     operations per control step, so the station's control and protection keep their period
-    while an update starts. Generators are nested at most three deep (job, verify, comb):
+    while an update starts. Generators are nested at most four deep (job, table, batch, inverse):
     each level resumed costs C stack."""
     from core import p256
     if u.key is None:
