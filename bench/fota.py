@@ -65,6 +65,8 @@ u.command('fota_begin', {'size': len(data), 'id': hashlib.sha256(data[:n]).diges
 off = 0
 while off < n:   # the head, with the signature check: not timed
     off = u.command('fota_chunk', {'off': off, 'data': data[off:off + 960]}, 0)[3]['next']
+while u.dl.job is not None:   # the key load and the signature, one slice per control step
+    u.tick(0, 0)
 frames = []
 while off < len(data):
     frames.append(L.encode_frame(L.cmd('b%d' % off, 'fota_chunk', {'off': off, 'data': data[off:off + 960]})))

@@ -106,9 +106,15 @@ def cmd(txn, op, args):   # a host command, through the station's command path
 {pause}
 stage('boot')
 def push(data, upto):
-    off, r = 0, None
+    off, r, n = 0, None, 0
     while off < upto:
-        r = cmd('c%d' % off, 'fota_chunk', {{'off': off, 'data': data[off:off + 1000]}})
+        n += 1
+        r = cmd('c%d_%d' % (off, n), 'fota_chunk', {{'off': off, 'data': data[off:off + 1000]}})
+        if r[0] and r[2].startswith('verifying'):
+            # the head is checked one slice per control step: step until it is done
+            while st.update.dl is not None and st.update.dl.job is not None:
+                st.tick(0)
+            continue
         if not r[0]:
             return r
         off = r[3]['next']

@@ -57,8 +57,9 @@ def _blocks(n, block):
     return (n + block - 1) // block * block
 
 
-def load_key(root=''):
-    """The trusted update key (p256.PublicKey), or None when none is installed."""
+def read_key_point(root=''):
+    """The trusted update key's 65-byte point, or None when none is installed. ValueError
+    names what is wrong with a key file."""
     from core import p256
     raw = storage.read_bytes(root + U.KEY_FILES[0])
     if raw is None:
@@ -71,7 +72,15 @@ def load_key(root=''):
         if der[:len(p256.SPKI_PREFIX)] != p256.SPKI_PREFIX:
             raise ValueError('update key: not a P-256 public key')
         raw = der[len(p256.SPKI_PREFIX):]
-    return p256.PublicKey(raw)
+    p256.parse_point(raw)
+    return raw
+
+
+def load_key(root=''):
+    """The trusted update key (p256.PublicKey), or None when none is installed."""
+    from core import p256
+    raw = read_key_point(root)
+    return None if raw is None else p256.PublicKey(raw)
 
 
 class Download:
@@ -90,6 +99,11 @@ class Download:
         self.f_index = -1
         self.last_ms = 0
         self.suspended = False   # RAM state dropped; rebuilt from flash on the next chunk
+        self.job = None          # the key load and head check, one slice per control step
+        self.slice_ops = 0       # point operations of the job's last slice
+        self.kid = None          # the update key's id, known before its table is built
+        self.checked = None      # (payload, digest, signature) of a head that passed the cheap checks
+        self.hold = False        # chunks past the head are held (not refused) while it is checked
 
     def close(self):
         if self.f is not None:
@@ -113,7 +127,9 @@ def begin(u, size, bid, now_ms):
         raise manifest.UpdateError('V2G-602', 'state: {} and {} are unreadable while update slots '
                                    'exist, so the stored sequence and security counter are '
                                    'unknown; re-provision the controller'.format(U.STATE_FILE, U.BACKUP_FILE))
-    _ensure_key(u)
+    point = None
+    if u.key is None:
+        point = _key_point(u)
     u._drop_download()
     slot = u.inactive_slot()
     # the bundle as announced must fit; the manifest's exact need is checked once it is
@@ -121,7 +137,14 @@ def begin(u, size, bid, now_ms):
     _check_space(u, slot, size, 'bundle of {} bytes'.format(size))
     u.dl = Download(slot, size, bid)
     u.dl.last_ms = now_ms
+    u.dl.kid = u.key.kid if u.key is not None else p256_key_id(point)
+    u.dl.job = _head_job(u, u.dl, point)
     return True, None, 'receiving into slot {}'.format(slot), {'slot': slot, 'next': 0}
+
+
+def p256_key_id(point):
+    from core import p256
+    return p256.key_id(point)
 
 
 def _check_space(u, slot, need, what):
@@ -184,6 +207,19 @@ def chunk(u, off, data, now_ms):
     end = off + len(data)
     if end <= d.next:
         return True, None, 'already have it', {'next': d.next}   # a re-sent chunk
+    if d.hold:
+        # the head is complete and being checked between control steps: nothing past it
+        # is taken before its signature holds. Answered as held, not refused: a refusal
+        # would go to the event log (and flash) once per chunk the host has in flight.
+        # After the check the host's chunks still in flight are held the same way, until
+        # it sends from `next` again.
+        if d.job is not None:
+            return True, None, 'verifying the bundle signature: resend from offset {}'.format(
+                d.next), {'next': d.next}
+        if off > d.next:
+            return True, None, 'the bundle signature holds: resend from offset {}'.format(
+                d.next), {'next': d.next}
+        d.hold = False
     if off > d.next:
         return False, U.V2G_400, 'off: gap, expected offset {}'.format(d.next), {'next': d.next}
     if end > d.size:
@@ -191,7 +227,7 @@ def chunk(u, off, data, now_ms):
     mv = memoryview(data)[d.next - off:]
     if d.man is None:
         mv = _take_head(u, d, mv)
-    if len(mv):
+    if len(mv) and d.man is not None:   # body bytes wait for the head's check: sent again
         _take_body(u, d, mv)
     return True, None, 'ok', {'next': d.next}
 
@@ -212,30 +248,114 @@ def _take_head(u, d, mv):
     d.next += min(need, len(mv))
     mv = mv[need:]
     if len(d.head) == d.head_len:
-        _open_head(u, d, bytes(d.head))
-        _claim_slot(u, d)
-        storage.write_atomic(u.slot_dir(d.slot) + '.head', d.head)
-        d.head = bytearray()
+        if d.job is None:
+            _open_head(u, d, bytes(d.head))
+            _head_verified(u, d)
+        else:
+            # structure, alg and kid now (cheap: a bad head is refused by this chunk's
+            # answer); the signature's arithmetic in the job's slices
+            d.checked = _check_head(d, bytes(d.head))
+            d.hold = True
     return mv
+
+
+def _head_verified(u, d):
+    _claim_slot(u, d)
+    storage.write_atomic(u.slot_dir(d.slot) + '.head', d.head)
+    d.head = bytearray()
+
+
+def _key_point(u):
+    try:
+        point = read_key_point(u.root)
+    except ValueError as e:
+        raise manifest.UpdateError('V2G-601', 'key: {}'.format(e)) from None
+    if point is None:
+        raise manifest.UpdateError('V2G-601', 'key: no update key installed ({})'.format(U.KEY_FILES[0]))
+    return point
 
 
 def _ensure_key(u):
     if u.key is None:
-        try:
-            u.key = load_key(u.root)
-        except ValueError as e:
-            raise manifest.UpdateError('V2G-601', 'key: {}'.format(e)) from None
-        if u.key is None:
-            raise manifest.UpdateError('V2G-601', 'key: no update key installed ({})'.format(U.KEY_FILES[0]))
+        from core import p256
+        u.key = p256.PublicKey(_key_point(u))
+
+
+def _head_job(u, d, point):
+    """The key's table (when not loaded yet) while the head arrives, then the head's check:
+    a generator that step() advances by one slice of at most p256.SLICE_OPS point
+    operations per control step, so the station's control and protection keep their period
+    while an update starts. Generators are nested at most four deep (job, table, batch, inverse):
+    each level resumed costs C stack."""
+    from core import p256
+    if u.key is None:
+        x, y = p256.parse_point(point)
+        tab = []
+        yield from p256.comb_table_steps(x, y, tab)
+        u.key = p256.PublicKey(point, tab[0])
+    while d.checked is None:
+        yield 0     # waiting for the head's chunks
+    payload, digest, sig = d.checked
+    ok = []
+    yield from u.key.verify_steps(digest, sig, ok)
+    _accept_head(u, d, bytes(d.head), payload, ok[0])
+    yield 0     # then the flash writes of claiming the slot, in their own step
+    _head_verified(u, d)
+
+
+def step(u, now_ms):
+    """One slice of the download's job (called by the station's step through Updater.tick);
+    d.slice_ops is the work it did. A refusal drops the download; the next fota_chunk
+    answers with it."""
+    d = u.dl
+    if d is None or d.job is None:
+        return
+    if d.head_len and len(d.head) == d.head_len:
+        d.last_ms = now_ms      # checking what arrived: not a stall
+    try:
+        d.slice_ops = next(d.job)
+        return
+    except StopIteration:
+        d.job = None
+        return
+    except manifest.UpdateError as e:
+        code, msg = e.code, e.msg
+    except OSError:
+        code, msg = 'V2G-601', 'filesystem error while staging the verified head: the filesystem ' \
+            'refused a write or read (full or failing)'
+    d.job = None
+    u.refusal = (code, msg)
+    if u.log is not None:
+        u.log.append(now_ms, code, True, 'refused fota_chunk: ' + msg)
+    u.abort(msg)
 
 
 def _open_head(u, d, head):
-    import hashlib
+    """The head's check in one go (a download resumed from flash)."""
     _ensure_key(u)
+    d.kid = u.key.kid
+    payload, digest, sig = _check_head(d, head)
+    _accept_head(u, d, head, payload, u.key.verify_digest(digest, sig))
+
+
+def _check_head(d, head):
+    import hashlib
     if hashlib.sha256(head).digest()[:16] != d.id:
         raise manifest.UpdateError('V2G-601', 'header: does not match the announced bundle id')
     n = manifest.parse_header(head)
-    man = manifest.open_manifest(head[manifest.HEADER_LEN:manifest.HEADER_LEN + n], u.key)
+    try:
+        return manifest.cose.check_sign1(head[manifest.HEADER_LEN:manifest.HEADER_LEN + n], d.kid)
+    except manifest.cose.CoseError as e:
+        raise manifest.UpdateError('V2G-601', str(e)) from None
+
+
+def _accept_head(u, d, head, payload, verified):
+    if not verified:
+        try:
+            manifest.cose.signature_failed(u.key)
+        except manifest.cose.CoseError as e:
+            raise manifest.UpdateError('V2G-601', str(e)) from None
+    man = manifest.decode(payload)
     manifest.check(man, manifest.board_class_id(u.board), u.st['seq'], u.st['sec'], u.slot_size)
     if d.size != len(head) + man.total_size:
         what = 'truncated' if d.size < len(head) + man.total_size else 'trailing'

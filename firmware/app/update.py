@@ -155,6 +155,7 @@ class Updater:
         self.boot_ms = now_ms
         self.key = None           # the update key (p256.PublicKey) while a download runs
         self.dl = None            # install.Download in progress
+        self.refusal = None       # (code, msg) of a head refused between commands
         self._before = None       # sys.modules before the download path was loaded
         self.reset_at = None      # reset requested (after finish, or a failed trial)
         self.link_frames = -1
@@ -251,7 +252,12 @@ class Updater:
                 if self._energy_flows() or not ((d is None or d.suspended) and isinstance(self.st['dl'], dict)):
                     return True, None, 'update status', self.report()
                 return self._download_path().run(self, op, args, now_ms)   # resumes the download
+            if op == 'fota_chunk' and self.dl is None and self.refusal is not None:
+                code, msg = self.refusal    # the head's check failed between two chunks
+                self.refusal = None
+                return False, code, msg, {}
             if op in ('fota_begin', 'fota_chunk', 'fota_finish'):
+                self.refusal = None
                 return self._download_path().run(self, op, args, now_ms)
             if op == 'fota_abort':
                 return self.abort('aborted by the host')
@@ -389,6 +395,13 @@ class Updater:
                 self.reset_at = now_ms
             return
         d = self.dl
+        if d is not None and d.job is not None:
+            # the key load and the head's signature, one bounded slice per step
+            self._download_path().step(self, now_ms)
+            d = self.dl
+            if d is None and self.st['dl'] is None:
+                self._release()
+                return
         if d is not None and not d.suspended and ticks.diff(now_ms, d.last_ms) > STALL_MS:
             if d.man is None:
                 # the head never reached flash: the download starts again from offset 0

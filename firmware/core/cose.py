@@ -14,6 +14,8 @@ except ImportError:  # CPython (host tools, tests): const() is the value
     def const(x):
         return x
 
+import hashlib
+
 from core import cbor
 
 COSE_SIGN1_TAG = const(18)
@@ -82,6 +84,34 @@ def verify_sign1(data, key):
 
     Raises CoseError. The signature is checked last, after the cheap checks, but
     the payload is returned only when it verifies."""
+    payload, digest, signature = check_sign1(data, key.kid)
+    if not key.verify_digest(digest, signature):
+        signature_failed(key)
+    return payload
+
+
+def verify_sign1_steps(data, key, out):
+    """verify_sign1 in slices (p256.SLICE_OPS point operations at most): a generator that
+    appends the payload to out once the signature verifies, and raises CoseError. The
+    structure, alg and kid are checked at the first slice, before any curve arithmetic."""
+    payload, digest, signature = check_sign1(data, key.kid)
+    ok = []
+    yield 0
+    yield from key.verify_steps(digest, signature, ok)
+    if not ok[0]:
+        signature_failed(key)
+    out.append(payload)
+
+
+def signature_failed(key):
+    """Raise the CoseError of a signature that does not verify with key."""
+    _fail("signature", "does not verify with key {}".format(_hex(key.kid)))
+
+
+def check_sign1(data, key_id):
+    """Every check of verify_sign1 but the signature's arithmetic, for the key whose id is
+    key_id (8 bytes): (payload, SHA-256 of the Sig_structure, signature) for
+    key.verify_steps. Raises CoseError."""
     protected, hdr, payload, signature = parse_sign1(data)
     if _H_ALG not in hdr:
         _fail("alg", "no alg in the protected header")
@@ -93,13 +123,11 @@ def verify_sign1(data, key):
     kid = hdr.get(_H_KID)
     if type(kid) is not bytes:
         _fail("kid", "no kid (byte string) in the protected header")
-    if kid != key.kid:
-        _fail("kid", "unknown key id {} (installed key is {})".format(_hex(kid), _hex(key.kid)))
+    if kid != key_id:
+        _fail("kid", "unknown key id {} (installed key is {})".format(_hex(kid), _hex(key_id)))
     if len(signature) != 64:
         _fail("signature", "{} bytes, 64 expected".format(len(signature)))
-    if not key.verify(sig_structure(protected, payload), signature):
-        _fail("signature", "does not verify with key {}".format(_hex(kid)))
-    return payload
+    return payload, hashlib.sha256(sig_structure(protected, payload)).digest(), signature
 
 
 def _hex(b):

@@ -314,6 +314,36 @@ def _inv(x, m):
     return pow(x, m - 2, m)
 
 
+# Slices. A whole key load or verify holds the interpreter for 0.1-0.9 s on the board, longer
+# than a grid-protection clearing time, so both also exist as generators that stop after at
+# most SLICE_OPS point operations (a doubling, a mixed addition, or one point of a batch
+# conversion to affine) and yield how many they did; the caller runs a control step between
+# two slices. pow() runs in C and cannot be stopped, so an inversion is split by exponent
+# bits instead: INV_BITS per slice.
+SLICE_OPS = 6
+INV_BITS = 32
+
+
+def run(steps):
+    """Drive a sliced computation to its end without stopping (host tools, tests)."""
+    for _ in steps:
+        pass
+
+
+def _inv_steps(x, m, out):
+    # x^(m-2) mod m as INV_BITS-bit windows of the exponent from the top:
+    # r <- r^(2^INV_BITS) * x^window; one window per slice.
+    e = m - 2
+    mask = (1 << INV_BITS) - 1
+    sh = 256 - INV_BITS
+    r = 1
+    while sh >= 0:
+        r = pow(r, 1 << INV_BITS, m) * pow(x, (e >> sh) & mask, m) % m
+        sh -= INV_BITS
+        yield 1
+    out.append(r)
+
+
 def on_curve(x, y):
     """True when (x, y) is an affine point of P-256 (not the point at infinity)."""
     if not (0 <= x < P and 0 <= y < P):
@@ -361,27 +391,44 @@ def _to_affine(x, y, z):
 
 
 def _batch_affine(pts, out):
-    """Append the affine x, y (32 bytes each) of Jacobian points [x, y, z, ...]
-    to the bytearray out, with one inversion for all (Montgomery's trick)."""
+    """Write the affine x, y (32 bytes each) of Jacobian points [x, y, z, ...]
+    into the bytearray out (64 bytes a point, sized by the caller), with one
+    inversion for all (Montgomery's trick). A generator: yields the points it
+    handled since the last slice."""
     p = P
     n = len(pts) // 3
     acc = [1] * (n + 1)          # acc[i] = z0 * ... * z(i-1)
+    k = 0
     for i in range(n):
         acc[i + 1] = acc[i] * pts[3 * i + 2] % p
-    inv = _inv(acc[n], p)        # 1 / (z0 * ... * z(n-1))
-    xs = [0] * (2 * n)
+        k += 1
+        if k >= SLICE_OPS:
+            yield k
+            k = 0
+    if k:
+        yield k
+        k = 0
+    box = []
+    yield from _inv_steps(acc[n], p, box)
+    inv = box[0]                 # 1 / (z0 * ... * z(n-1))
     for i in range(n - 1, -1, -1):
         zi = inv * acc[i] % p    # 1 / z(i)
         inv = inv * pts[3 * i + 2] % p
         zi2 = zi * zi % p
-        xs[2 * i] = pts[3 * i] * zi2 % p
-        xs[2 * i + 1] = pts[3 * i + 1] * zi2 % p * zi % p
-    for v in xs:
-        out.extend(v.to_bytes(32, "big"))
+        j = 64 * i
+        out[j:j + 32] = (pts[3 * i] * zi2 % p).to_bytes(32, "big")
+        out[j + 32:j + 64] = (pts[3 * i + 1] * zi2 % p * zi % p).to_bytes(32, "big")
+        k += 1
+        if k >= SLICE_OPS:
+            yield k
+            k = 0
+    if k:
+        yield k
 
 
-def comb_table(x, y):
-    """Comb table of the affine point A = (x, y): ENTRIES points as bytes x || y.
+def comb_table_steps(x, y, out):
+    """Comb table of the affine point A = (x, y): ENTRIES points as bytes x || y,
+    a bytearray appended to the list out. A generator of slices (see SLICE_OPS).
 
     Entry i is sum over teeth j of s_j * 2**(SPACING*j) * A, with s_7 = +1 and
     s_j = +1 where bit j of i is set, -1 where it is clear (j < 7). A pattern
@@ -391,30 +438,44 @@ def comb_table(x, y):
     # B_j = 2**(32 j) A and 2 B_j, from one chain of doublings
     chain = []
     jx, jy, jz = x, y, 1
+    k = 0
     for j in range(TEETH):
         chain.extend((jx, jy, jz))
-        jx, jy, jz = _jdouble(jx, jy, jz)
-        chain.extend((jx, jy, jz))
-        if j < TEETH - 1:
-            for _ in range(SPACING - 1):
-                jx, jy, jz = _jdouble(jx, jy, jz)
+        n = 1 if j == TEETH - 1 else SPACING
+        for t in range(n):
+            jx, jy, jz = _jdouble(jx, jy, jz)
+            if t == 0:
+                chain.extend((jx, jy, jz))
+            k += 1
+            if k >= SLICE_OPS:
+                yield k
+                k = 0
     if jz == 0:
         raise ValueError("public key: small-order point")
-    base = bytearray()
-    _batch_affine(chain, base)
-    bx = [int.from_bytes(base[64 * k:64 * k + 32], "big") for k in range(2 * TEETH)]
-    by = [int.from_bytes(base[64 * k + 32:64 * k + 64], "big") for k in range(2 * TEETH)]
+    if k:
+        yield k
+    base = bytearray(64 * 2 * TEETH)
+    yield from _batch_affine(chain, base)
+    bx = [int.from_bytes(base[64 * i:64 * i + 32], "big") for i in range(2 * TEETH)]
+    by = [int.from_bytes(base[64 * i + 32:64 * i + 64], "big") for i in range(2 * TEETH)]
     # Walk the sign patterns in Gray-code order: each step flips one tooth j,
     # which adds or subtracts 2 B_j. Start from all signs negative: B_7 - sum B_j.
+    tab = bytearray(64 * ENTRIES)   # the table's own 8 KiB, written in place
+    pts = [0] * (3 * ENTRIES)
+    yield 0                         # the allocations: a slice of their own
     sx, sy, sz = bx[2 * (TEETH - 1)], by[2 * (TEETH - 1)], 1
+    k = 0
     for j in range(TEETH - 1):
         sx, sy, sz = _jadd_affine(sx, sy, sz, bx[2 * j], p - by[2 * j])
-    pts = [0] * (3 * ENTRIES)
+        k += 1
+        if k >= SLICE_OPS:
+            yield k
+            k = 0
     pts[0], pts[1], pts[2] = sx, sy, sz
     pattern = 0
-    for k in range(1, ENTRIES):
+    for i in range(1, ENTRIES):
         j = 0
-        while not (k >> j) & 1:
+        while not (i >> j) & 1:
             j += 1
         ax, ay = bx[2 * j + 1], by[2 * j + 1]
         if (pattern >> j) & 1:
@@ -424,9 +485,21 @@ def comb_table(x, y):
         if sz == 0:
             raise ValueError("public key: small-order point")
         pts[3 * pattern], pts[3 * pattern + 1], pts[3 * pattern + 2] = sx, sy, sz
-    out = bytearray()
-    _batch_affine(pts, out)
-    return out
+        k += 1
+        if k >= SLICE_OPS:
+            yield k
+            k = 0
+    if k:
+        yield k
+    yield from _batch_affine(pts, tab)
+    out.append(tab)
+
+
+def comb_table(x, y):
+    """comb_table_steps in one go: the table as a bytearray."""
+    out = []
+    run(comb_table_steps(x, y, out))
+    return out[0]
 
 
 # Delta swaps (shift, mask) that move bit 32 j + m of a 256-bit word to bit
@@ -465,11 +538,14 @@ def _columns(k):
     return c.to_bytes(32, "little")
 
 
-def _comb2(u1, u2, qtab):
-    """Jacobian (X, Y, Z) of u1*G + u2*Q; Z == 0 means the point at infinity."""
+def _comb2_steps(u1, u2, qtab, out):
+    """Append the Jacobian X, Y, Z of u1*G + u2*Q to out (Z == 0: the point at
+    infinity). A generator of slices (see SLICE_OPS)."""
     p = P
+    k = 0
     cg = _columns(u1)
     cq = _columns(u2)
+    yield 0                  # the recodings: a slice of their own
     tg = memoryview(_G_COMB)
     tq = memoryview(qtab)
     x = y = 1
@@ -485,6 +561,7 @@ def _comb2(u1, u2, qtab):
             z = (y + y) * z % p
             x = (pow(al, 2, p) - (bt << 3)) % p
             y = (al * ((bt << 2) - x) - (pow(g, 2, p) << 3)) % p
+            k += 1
         t = 0
         while t < 2:
             if t == 0:
@@ -514,6 +591,7 @@ def _comb2(u1, u2, qtab):
                 r = ay * zz * z % p + y   # -r
             else:
                 r = ay * zz * z % p - y
+            k += 1
             if h == 0:
                 x, y, z = _jadd_affine(x, y, z, ax, p - ay if neg else ay)
                 continue
@@ -527,27 +605,85 @@ def _comb2(u1, u2, qtab):
             else:
                 y = (r * (u - x) - y * hhh) % p
         m -= 1
-    return x, y, z
+        if k >= SLICE_OPS - 2:   # the next column is a doubling and two additions
+            yield k
+            k = 0
+    out.append(x)
+    out.append(y)
+    out.append(z)
+    yield k
+
+
+def _comb2(u1, u2, qtab):
+    """Jacobian (X, Y, Z) of u1*G + u2*Q in one go."""
+    out = []
+    run(_comb2_steps(u1, u2, qtab, out))
+    return out[0], out[1], out[2]
+
+
+def parse_point(point):
+    """(x, y) of a 65-byte uncompressed point 04||X||Y on P-256; ValueError naming why not."""
+    if len(point) != 65 or point[0] != 4:
+        raise ValueError("public key: need 65-byte uncompressed point 04||X||Y")
+    x = int.from_bytes(point[1:33], "big")
+    y = int.from_bytes(point[33:65], "big")
+    if not on_curve(x, y):
+        raise ValueError("public key: point not on P-256")
+    return x, y
+
+
+def _parse_sig(digest, sig):
+    """(r, s, e) of a signature with 0 < r, s < n over a 32-byte digest, else None
+    (verify_digest has these lines inline: a tuple less per verify)."""
+    if len(sig) != 64 or len(digest) != 32:
+        return None
+    r = int.from_bytes(sig[:32], "big")
+    s = int.from_bytes(sig[32:], "big")
+    if not (0 < r < N and 0 < s < N):
+        return None
+    return r, s, int.from_bytes(digest, "big")  # 256-bit hash: no truncation for P-256
+
+
+def _x_is_r(x, z, r):
+    """x(R) mod n == r for R = (x, _, z) Jacobian, without inverting z."""
+    if z == 0:
+        return False  # R is the point at infinity
+    # x(R) mod n == r  <=>  X == r' * Z^2 (mod p) for r' in {r, r + n} below p
+    zz = pow(z, 2, P)   # keeps only the result: 112 B less than z * z % P
+    if x == r * zz % P:
+        return True
+    return r + N < P and x == (r + N) * zz % P
+
+
+def key_id(point):
+    """COSE kid of the key: sha256 of its SubjectPublicKeyInfo DER, first 8 bytes."""
+    return hashlib.sha256(SPKI_PREFIX + bytes(point)).digest()[:8]
+
+
+def load_steps(point, out):
+    """PublicKey(point) in slices: a generator that appends the key to out at its end.
+    A bad point raises ValueError at the first slice, before any table work."""
+    x, y = parse_point(point)
+    yield 0
+    tab = []
+    yield from comb_table_steps(x, y, tab)
+    out.append(PublicKey(point, tab[0]))
 
 
 class PublicKey:
     """A P-256 public key loaded once (at boot) and used for many verifications."""
 
-    def __init__(self, point):
-        """point: 65 bytes, 0x04 || X || Y (uncompressed SEC 1 encoding)."""
-        if len(point) != 65 or point[0] != 4:
-            raise ValueError("public key: need 65-byte uncompressed point 04||X||Y")
-        x = int.from_bytes(point[1:33], "big")
-        y = int.from_bytes(point[33:65], "big")
-        if not on_curve(x, y):
-            raise ValueError("public key: point not on P-256")
+    def __init__(self, point, _tab=None):
+        """point: 65 bytes, 0x04 || X || Y (uncompressed SEC 1 encoding). _tab: the
+        comb table load_steps built for this very point; built here when None."""
+        x, y = parse_point(point)
         self.x = x
         self.y = y
         self.point = bytes(point)
-        self.kid = hashlib.sha256(SPKI_PREFIX + self.point).digest()[:8]
+        self.kid = key_id(self.point)
         # P-256 has prime order and cofactor 1, so any on-curve point other
         # than infinity is a valid key; the table is the per-key precomputation.
-        self._tab = comb_table(x, y)
+        self._tab = comb_table(x, y) if _tab is None else _tab
 
     def verify_digest(self, digest, sig):
         """True when sig (raw r||s, 64 bytes) signs the 32-byte SHA-256 digest."""
@@ -559,16 +695,22 @@ class PublicKey:
             return False
         e = int.from_bytes(digest, "big")  # 256-bit hash: no truncation for P-256
         w = _inv(s, N)
-        u1 = e * w % N
-        u2 = r * w % N
-        x, _, z = _comb2(u1, u2, self._tab)
-        if z == 0:
-            return False  # R is the point at infinity
-        # x(R) mod n == r  <=>  X == r' * Z^2 (mod p) for r' in {r, r + n} below p
-        zz = z * z % P
-        if x == r * zz % P:
-            return True
-        return r + N < P and x == (r + N) * zz % P
+        x, _, z = _comb2(e * w % N, r * w % N, self._tab)
+        return _x_is_r(x, z, r)
+
+    def verify_steps(self, digest, sig, out):
+        """verify_digest in slices: a generator that appends the verdict to out at its end."""
+        t = _parse_sig(digest, sig)
+        if t is None:
+            out.append(False)
+            return
+        r, s, e = t
+        box = []
+        yield from _inv_steps(s, N, box)
+        w = box[0]
+        box = []
+        yield from _comb2_steps(e * w % N, r * w % N, self._tab, box)
+        out.append(_x_is_r(box[0], box[2], r))
 
     def verify(self, msg, sig):
         """True when sig (raw r||s) is an ES256 signature of msg."""

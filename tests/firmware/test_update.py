@@ -78,12 +78,29 @@ def make(root, running='factory', board='sim', **kw):
     return update.Updater(board, root=root, running=running, log=kw.pop('log', Log()), **kw)
 
 
+def send(u, off, data, now=0):
+    """fota_chunk; while the head is being checked (answer 'verifying ...'), the station's
+    steps (u.tick) run the check's slices and the chunk is sent again."""
+    r = u.command('fota_chunk', {'off': off, 'data': data}, now)
+    while r[0] and r[2].startswith('verifying'):
+        u.tick(now, 0)
+        r = u.command('fota_chunk', {'off': off, 'data': data}, now)
+    d = u.dl
+    if r[0] and d is not None and d.job is not None and d.head_len and len(d.head) == d.head_len:
+        while u.dl is not None and u.dl.job is not None:
+            u.tick(now, 0)
+        # the host's next chunk: the rest of this one, or the head's refusal
+        return send(u, r[3]['next'], data[r[3]['next'] - off:], now) if u.dl is None or \
+            r[3]['next'] < off + len(data) else r
+    return r
+
+
 def push(u, data, size=100, start=0, now=0):
     """Send data[start:] in chunks; returns the last result."""
     r = None
     off = start
     while off < len(data):
-        r = u.command('fota_chunk', {'off': off, 'data': data[off:off + size]}, now)
+        r = send(u, off, data[off:off + size], now)
         assert r[0], r
         off = r[3]['next']
     return r
@@ -139,7 +156,7 @@ def test_a_file_where_a_folder_goes_is_named_by_what_was_being_done():
     push(u, data[:head + 13])                       # the head and main.py
     with open(root + 'slots/a/lib', 'wb') as f:     # where lib/blob.bin's folder goes
         f.write(b'x')
-    r = u.command('fota_chunk', {'off': head + 13, 'data': data[head + 13:head + 113]}, 0)
+    r = send(u, head + 13, data[head + 13:head + 113], 0)
     assert not r[0] and r[1] == 'V2G-601', r
     assert 'lib/blob.bin' in r[2] and 'slots/a/lib' in r[2] and 'a file is in the way' in r[2], r
     assert 'rrno' not in r[2] and not r[2].rstrip().split(' ')[-1].isdigit(), r
@@ -151,13 +168,13 @@ def test_resent_overlapping_and_gapped_chunks():
     data = bundle()
     u = make(root)
     u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
-    r = u.command('fota_chunk', {'off': 0, 'data': data[:400]}, 0)
+    r = send(u, 0, data[:400], 0)
     assert r[3]['next'] == 400
-    r = u.command('fota_chunk', {'off': 0, 'data': data[:400]}, 0)     # re-sent: no effect
+    r = send(u, 0, data[:400], 0)     # re-sent: no effect
     assert r[0] and r[3]['next'] == 400
-    r = u.command('fota_chunk', {'off': 300, 'data': data[300:700]}, 0)  # overlap: tail taken
+    r = send(u, 300, data[300:700], 0)  # overlap: tail taken
     assert r[0] and r[3]['next'] == 700
-    r = u.command('fota_chunk', {'off': 800, 'data': data[800:900]}, 0)  # gap: refused
+    r = send(u, 800, data[800:900], 0)  # gap: refused
     assert not r[0] and r[1] == 'V2G-400' and r[3]['next'] == 700
     push(u, data, 333, 700)
     assert u.command('fota_finish', {'reboot': False}, 0)[0]
@@ -205,7 +222,7 @@ def test_resume_with_a_corrupted_staged_file_fails_on_digest():
 def push_expect_fail(u, data):
     off = u.command('fota_status', {}, 0)[3]['dl']['next']
     while off < len(data):
-        r = u.command('fota_chunk', {'off': off, 'data': data[off:off + 100]}, 0)
+        r = send(u, off, data[off:off + 100], 0)
         if not r[0]:
             return r
         off = r[3]['next']
@@ -217,7 +234,7 @@ def test_stalled_download_is_suspended_then_resumed():
     data = bundle()
     u = make(root)
     u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
-    u.command('fota_chunk', {'off': 0, 'data': data[:500]}, 0)
+    send(u, 0, data[:500], 0)
     assert u.busy
     u.tick(update.STALL_MS + 1, 0)
     assert u.dl.suspended and u.dl.f is None and u.dl.body is None
@@ -239,7 +256,7 @@ def _refused(root, u, code, what):
             return r
         off = 0
         while off < len(data):
-            r = u.command('fota_chunk', {'off': off, 'data': data[off:off + 150]}, 0)
+            r = send(u, off, data[off:off + 150], 0)
             if not r[0]:
                 return r
             off = r[3]['next']
@@ -291,7 +308,7 @@ def test_bad_signature_and_bad_digest_refused():
         assert r[0]
         off, r = 0, None
         while off < len(bad):
-            r = u.command('fota_chunk', {'off': off, 'data': bytes(bad[off:off + 100])}, 0)
+            r = send(u, off, bytes(bad[off:off + 100]), 0)
             if not r[0]:
                 break
             off = r[3]['next']
@@ -305,7 +322,7 @@ def test_head_not_matching_the_announced_id_refused():
     data = bundle()
     u = make(root)
     u.command('fota_begin', {'size': len(data), 'id': b'\x00' * 16}, 0)
-    r = u.command('fota_chunk', {'off': 0, 'data': data[:900]}, 0)
+    r = send(u, 0, data[:900], 0)
     assert not r[0] and r[1] == 'V2G-601' and r[2].startswith('header'), r
 
 
@@ -319,17 +336,17 @@ def test_oversize_and_endless_streams_refused():
     # announced size larger than the manifest's: refused once the manifest is read
     r = u.command('fota_begin', {'size': len(data) + 1000, 'id': bid(data)}, 0)
     assert r[0]
-    r = u.command('fota_chunk', {'off': 0, 'data': data[:600]}, 0)
+    r = send(u, 0, data[:600], 0)
     assert not r[0] and r[2].startswith('trailing'), r
     # an endless stream: bytes past the announced size are refused and the download dropped
     u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
     push(u, data, 200)
-    r = u.command('fota_chunk', {'off': len(data), 'data': b'\x00' * 100}, 0)
+    r = send(u, len(data), b'\x00' * 100, 0)
     assert not r[0] and r[1] == 'V2G-601' and r[2].startswith('trailing'), r
     assert state(root)['pending'] is None and u.dl is None
     # chunk and argument limits
     u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
-    r = u.command('fota_chunk', {'off': 0, 'data': b'\x00' * (update.MAX_CHUNK + 1)}, 0)
+    r = send(u, 0, b'\x00' * (update.MAX_CHUNK + 1), 0)
     assert not r[0] and r[1] == 'V2G-400' and r[2].startswith('data'), r
     for args in ({'size': 'x', 'id': bid(data)}, {'size': 100}, {}):
         r = u.command('fota_begin', args, 0)
@@ -359,7 +376,7 @@ def _send_all(u, data):
         return r
     off = 0
     while off < len(data):
-        r = u.command('fota_chunk', {'off': off, 'data': bytes(data[off:off + 150])}, 0)
+        r = send(u, off, bytes(data[off:off + 150]), 0)
         if not r[0]:
             return r
         off = r[3]['next']
@@ -385,7 +402,7 @@ def test_failing_bundle_leaves_a_staged_pending_slot_alone():
     install(root)
     u = make(root)
     assert u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)[0]
-    u.command('fota_chunk', {'off': 0, 'data': data[:n - 1]}, 0)
+    send(u, 0, data[:n - 1], 0)
     assert state(root)['pending'] == 'a'               # head not complete: nothing claimed
     assert u.command('fota_abort', {}, 0)[0]
     assert state(root)['pending'] == 'a' and _slot_files(root)[2] == data[n + 13:]
@@ -758,7 +775,7 @@ def test_second_update_goes_to_the_other_slot():
     u = make(root, running='a')
     r = u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
     assert r[0] and r[3]['slot'] == 'b'
-    r = u.command('fota_chunk', {'off': 0, 'data': data[:900]}, 0)
+    r = send(u, 0, data[:900], 0)
     assert not r[0] and r[1] == 'V2G-602'              # sequence 7 is installed now
     assert storage.exists(root + 'slots/a/main.py') and state(root)['active'] == 'a'
 
@@ -807,7 +824,7 @@ def test_power_cut_while_writing_leaves_half_a_chunk_unacknowledged():
     try:
         while off < len(data):
             try:
-                r = u.command('fota_chunk', {'off': off, 'data': data[off:off + 100]}, 0)
+                r = send(u, off, data[off:off + 100], 0)
             except OSError:   # the abort's own write fails too: the station answers V2G-400
                 r = (False, 'V2G-400', 'raised', {})
             if not r[0]:
