@@ -174,6 +174,11 @@ def _mpy_cross_version():
     return (proc.stdout + proc.stderr).strip()
 
 
+def host_only(board_info):
+    """Files of a board folder that the host runs (board.json `host_only`), never installed."""
+    return tuple((board_info.get("host_only") or {}).get("files", ()))
+
+
 def firmware_files(board):
     """(source path, path on the board) for every file that goes onto the controller. A board
     whose board.json names a `hal_base` (pybd_sf6: pyboard) also carries that board's HAL
@@ -183,13 +188,15 @@ def firmware_files(board):
         rel = src.relative_to(vm.FIRMWARE).as_posix()
         if "__pycache__" not in src.parts and rel not in BUILD_ONLY:
             pairs.append((src, rel))
-    base = load_board(board).get("hal_base")
+    info = load_board(board)
+    base = info.get("hal_base")
     for folder, prefix in [(board, BOARD_PKG + "/")] + ([(base, BOARD_PKG + "/" + base + "/")] if base else []):
         bdir = vm.BOARDS / folder
         for src in sorted(bdir.rglob("*.py")):
             rel = src.relative_to(bdir).as_posix()
-            # the base board's pin map stays behind: its HAL reads this board's (board.pins)
-            skip = BUILD_ONLY + (("pins.py",) if folder != board else ())
+            # the base board's pin map stays behind: its HAL reads this board's (board.pins);
+            # what only the host runs from the board folder (v2g sim's driver) stays too
+            skip = BUILD_ONLY + host_only(info) + (("pins.py",) if folder != board else ())
             if "__pycache__" not in src.parts and rel not in skip:
                 pairs.append((src, prefix + rel))
     return pairs

@@ -33,6 +33,10 @@ HEADER_LEN = 8
 MAX_COSE_LEN = 8192
 CTL_MAX_CHUNK = 1000  # firmware/app/update.py MAX_CHUNK
 DEFAULT_WINDOW = 4
+# While the controller checks a bundle's head it answers "ok" without moving `next` (it works
+# on the signature between its control steps, docs/signed-updates.md): the sender then waits
+# this long and sends one chunk to ask again, instead of filling the window with held chunks.
+HELD_WAIT_S = 0.25
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,7 @@ class PushReport:
     wire_bytes: int = 0          # frame bytes written for the chunks (CBOR, CRC, COBS, 0x00)
     frames: int = 0
     go_backs: int = 0            # times the window went back to the acknowledged offset
+    held_waits: int = 0          # waits while the controller checked the head's signature
     transfer_s: float = 0.0
     slot: str | None = None
     version: str | None = None   # the bundle's version
@@ -152,13 +157,14 @@ def transfer(client: LinkClient, bundle: bytes, *, window: int = DEFAULT_WINDOW,
     inflight: dict[str, int] = {}   # txn -> offset
     acked = nxt = start
     timeouts = 0
+    held = False                    # the controller holds what follows the head: one chunk at a time
     end = size if stop_at is None else min(size, stop_at)
     t0 = time.monotonic()
     if progress:
         progress(acked, size)
     try:
         while acked < end:
-            while nxt < end and len(inflight) < window:
+            while nxt < end and len(inflight) < (1 if held else window):
                 data = bundle[nxt:nxt + step]
                 txn = new_txn()
                 msg = {"v": VERSION, "t": "cmd", "txn": txn, "op": "fota_chunk",
@@ -191,12 +197,15 @@ def transfer(client: LinkClient, bundle: bytes, *, window: int = DEFAULT_WINDOW,
                 nxt = acked
                 continue
             timeouts = 0
+            held = False
             for txn, res in got.items():
-                if inflight.pop(txn, None) is None:
+                off = inflight.pop(txn, None)
+                if off is None:
                     continue
                 nx = res["data"].get("next")
                 if res["ok"]:
                     acked = max(acked, nx)
+                    held = held or nx < off + min(step, size - off)
                 elif res["code"] == "V2G-400" and isinstance(nx, int):
                     # a gap: a chunk before this one was lost; resend from what the controller has
                     acked = max(acked, nx)
@@ -207,6 +216,13 @@ def transfer(client: LinkClient, bundle: bytes, *, window: int = DEFAULT_WINDOW,
                     break
                 else:
                     raise FotaError("refused at offset {}: {}".format(acked, res["msg"]), res["code"])
+            if held:
+                # the rest of the window is held too: ask again from `next` after a pause
+                win.forget(inflight)
+                inflight.clear()
+                nxt = acked
+                rep.held_waits += 1
+                time.sleep(HELD_WAIT_S)
             if progress:
                 progress(acked, size)
     finally:
