@@ -17,6 +17,7 @@ section the firmware does not report is shown as NOT_REPORTED rather than guesse
 import html
 import time
 
+from core import ticks
 from host_tools import flash
 from host_tools.link import LinkClient, LinkError, LinkTimeout, PortInUse
 
@@ -160,15 +161,14 @@ def event_what(e):
     return "{:<15}".format(event_kind(e))
 
 
-_WRAP = 1 << 30    # the controller's ms ticks wrap here
-
-
 def wall_clock(read_at, uptime_ms, boot, t_ms, this_boot):
     """Host time (seconds since the epoch) of an event of the running boot, None for one of
     an earlier boot: t_ms restarts at each boot and the controller keeps no clock across."""
     if boot != this_boot or not isinstance(t_ms, int) or not isinstance(uptime_ms, int):
         return None
-    return read_at - ((uptime_ms - t_ms) % _WRAP) / 1000
+    # signed, on the controller's wrapping ticks: an event raised after the uptime was read
+    # (the log is fetched after it) is a few ms in the future, not a whole wrap (12.4 days) back
+    return read_at - ticks.diff(uptime_ms, t_ms) / 1000
 
 
 def _iso(t):

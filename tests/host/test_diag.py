@@ -202,6 +202,17 @@ def test_events_of_this_boot_carry_the_host_clock(charging):
     assert r["events"][0]["wall_clock"][:19] in text
 
 
+def test_an_event_raised_after_the_uptime_was_read_is_not_a_wrap_in_the_past():
+    """diag reads the uptime, then the log: an event raised in between has t_ms past the
+    uptime it is dated against. It is a few ms ahead, not 2**30 ms (12.4 days) back."""
+    read_at = 1_800_000_000.0
+    assert D.wall_clock(read_at, 10_427, 1, 10_500, 1) == read_at + 0.073
+    assert D.wall_clock(read_at, 10_427, 1, 9_427, 1) == read_at - 1.0
+    # across the controller's tick wrap: an event 1 s before a wrap, read 0.5 s after it
+    assert D.wall_clock(read_at, 500, 1, (1 << 30) - 500, 1) == read_at - 1.0
+    assert D.wall_clock(read_at, 500, 0, 400, 1) is None      # an earlier boot has no clock
+
+
 def test_a_refused_read_leaves_no_event_and_a_refused_change_one(charging):
     # the refusals alone are counted: the board has no host, so V2G-101 and its mode change
     # may join the log meanwhile on a slow machine
