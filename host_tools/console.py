@@ -5,7 +5,7 @@ An interactive prompt over the controller's host link (pyserial underneath host_
     status                      mode, pilot, contactor, limits, errors
     tel [N]                     live telemetry, one row per sample as it arrives: N samples
                                 (default 5); Ctrl-C stops and keeps the rows shown
-    events                      the controller's event log
+    events [N]                  the controller's event log (the newest N, all by default)
     watch [SECONDS]             live events as they are raised and cleared, for SECONDS
                                 (default 10); Ctrl-C stops and keeps what was shown
     config get [KEY ...]        settings (all, or the keys named)
@@ -96,7 +96,7 @@ def _number(cmd, args, default, lo, hi, kind=int):
 
 
 # commands that take no arguments: a stray word is refused, not silently ignored
-NO_ARGS = ("status", "events", "meter", "clear", "clear_fault", "update", "diag", "start", "stop",
+NO_ARGS = ("status", "meter", "clear", "clear_fault", "update", "diag", "start", "stop",
            "reconnect")
 STOPPED = "(stopped by Ctrl-C)"
 
@@ -301,9 +301,12 @@ class Console:
         return got
 
     def do_events(self, args):
+        n = _number("events", args, 0, 1, 1000, int) if args else None
         evs = [diag.event_dict(e) for e in diag.fetch_events(self.link)]
         if not evs:
             return "event log empty"
+        if n is not None:
+            evs = evs[-n:]
         return "\n".join("boot {:>3}  t={:>10} ms  {}  {}".format(
             "-" if e["boot"] is None else e["boot"], e["t_ms"], diag.event_what(e), e["msg"]) for e in evs)
 

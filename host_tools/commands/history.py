@@ -70,7 +70,8 @@ def register(store_url, csv_file):
 
 @cli.command()
 @click.option("--store", "store_url", required=True, help=STORE_HELP)
-@click.option("--mqtt", "mqtt_url", required=True, help="This zone's broker: mqtt://[USER:PASS@]HOST:PORT.")
+@click.option("--mqtt", "mqtt_url", required=True, help="This zone's broker: mqtt://[USER:PASS@]HOST:PORT, or over TLS "
+              "mqtts://USER:PASS@HOST:8883[?cafile=CA.pem] (the shipped broker).")
 @click.option("--id", "client_id", default=None, help="MQTT client id; keep it stable across restarts "
               "(the persistent session holds this worker's share while it is away).")
 @click.option("--group", default="v2g-history", show_default=True, help="Shared-subscription group.")

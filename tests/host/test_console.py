@@ -196,3 +196,12 @@ def test_events_name_state_changes_as_state(board):
     with C.Console(board.endpoints["link"]) as con:
         out = con.run_line("events")
     assert "state            pilot state B" in out and "None" not in out
+
+
+def test_events_takes_how_many_of_the_newest_to_show(board):
+    with C.Console(board.endpoints["link"]) as con:
+        every = con.run_line("events").splitlines()
+        newest = con.run_line("events 2").splitlines()
+        with pytest.raises(C.ConsoleError, match="events: 'x' is not a whole number"):
+            con.run_line("events x")
+    assert len(every) > 2 and newest == every[-2:]
