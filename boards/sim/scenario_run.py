@@ -20,11 +20,13 @@ control period (core.controller.CONTROL_PERIOD_MS) it
 So the station's persistence (app/storage.py on the board's flash: a scratch folder), its
 command path, its meter task (with the wire model) and its host link are the firmware's.
 
-The meter: by default the plant fills the meter Inputs itself, a reading every
-METER_POLL_MS that answers at once (the simulated board then tells the station's grid
-protection that a reading shows a grid step at once: sense 0). With
-`sc['meter_port'] = 'wire'` (set by the host's grid checks, not a scenario file key) the
-station's own meter task (app/meter.py) reads the plant's meter over the wire model of the
+The buses: a scenario with `can_loss`/`can_restore` events runs the station's CAN task
+(app/canbus.py) on the plant's BMS frames, carried each step by `_can_bus`. Without them
+the plant fills the BMS Inputs itself. The meter: by default the plant fills the meter
+Inputs itself, a reading every METER_POLL_MS that answers at once (the simulated board
+then tells the station's grid protection that a reading shows a grid step at once:
+sense 0). With `meter_fault`/`meter_restore` events, or `sc['meter_port'] = 'wire'` (set
+by the host's grid checks, not a scenario file key), the station's own meter task (app/meter.py) reads the plant's meter over the wire model of the
 meter port (board/meter_wire.py): Modbus RTU at METER_BAUD, every byte on the wire for its
 time, in simulated time; the grid protection then decides its trips as early as the meter
 task's sampling needs (core/grid.py sense_ms), as on a board.
@@ -55,6 +57,8 @@ from board.clock import SimClock
 HEARTBEAT_MS = 1000       # the simulated host's heartbeat period
 TICK_MAX_MS = 1000        # a tick record at least this often
 TEL_PERIOD_MS = 60000     # the simulated host's telemetry period (the station's slowest)
+_METER_EVENTS = set(('meter_fault', 'meter_restore'))
+_CAN_EVENTS = set(('can_loss', 'can_restore'))
 CHUNK_MS = 10000          # simulated time between pauses (heap sample, event loop) in the VM
 
 _mem_alloc = getattr(gc, 'mem_alloc', None)
@@ -244,7 +248,13 @@ class Run:
         self.ports = halmod.MemoryPorts()
         self.host = _Host(self)
         self.wire = None
-        if sc.get('meter_port', 'plant') == 'wire':
+        # A scenario that plays with a bus runs the station's own task for it: meter faults
+        # become Modbus replies that time out, fail their CRC or carry an exception code, read
+        # by app/meter.py over the wire model; a CAN loss silences the plant's BMS frames,
+        # which app/canbus.py decodes. Otherwise the plant fills those Inputs itself (faster).
+        played = set(e.get('do') for e in (sc.get('events') or []))
+        self.buses = {'bms': 'can', 'ev_can': 'plant'} if played & _CAN_EVENTS else None
+        if sc.get('meter_port', 'plant') == 'wire' or played & _METER_EVENTS:
             from board.meter_wire import MeterWire
             self.wire = MeterWire(self.plant, self._clock_us, model=cfg.meter_model,
                                   unit=cfg.meter_address)
@@ -283,6 +293,7 @@ class Run:
         # the scenario starts with a station already in service on the grid; after a reset
         # the controller cannot know how long it was off, so it waits to re-enter service
         self.hal = halmod.Hal(ports=self.ports, plant=self.plant, clock=self.clock, rs485=self.wire,
+                              buses=self.buses,
                               in_service=self.boots == 1 and self.in_service)
         self.hal.last_ms = now
         self.shell = shell.control_loop(self.hal)
@@ -430,6 +441,8 @@ class Run:
                 self.apply(now, ev['do'], ev.get('args') or {})
                 k += 1
             host.poll(now)
+            if self.buses is not None:
+                self._can_bus()
             # the shell wakes at now: one control step, then it sleeps until the next
             if not self._resume():
                 raise RuntimeError('the control loop ended at {} ms: {!r}'.format(now, self.hal.crash))
@@ -448,6 +461,23 @@ class Run:
         self._k = k
         self.now = now
         return now <= duration
+
+    def _can_bus(self):
+        """The CAN bus between the plant's vehicle and the controller: what the vehicle sent
+        in the last step reaches the controller's port in this one (origin 0: from the
+        bus); the controller's own frames go out to nobody."""
+        ports = self.ports
+        out = ports.outbox['can']
+        if not out:
+            return
+        ports.outbox['can'] = b''
+        rec = halmod.CAN_RECORD
+        got = bytearray()
+        for i in range(0, len(out) - rec + 1, rec):
+            if out[i] == halmod.ORIGIN_VEHICLE:
+                got += b'\x00' + out[i + 1:i + rec]
+        if got:
+            ports.inbox['can'] += bytes(got)
 
     def finish(self):
         # the plant runs out the last step under its outputs, as in every step before it

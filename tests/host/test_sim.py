@@ -505,3 +505,36 @@ def test_two_runs_in_one_interpreter_keep_their_stations_apart():
     alone = timeline([a, b], False)
     together = timeline([a, b], True)
     assert together == alone
+
+
+def test_a_scenario_that_plays_with_the_buses_runs_the_stations_own_meter_and_can_tasks():
+    """Meter faults become Modbus replies the station's meter task reads over the wire model,
+    a CAN loss silences the BMS frames its CAN task decodes; a scenario without such events
+    keeps the plant filling those inputs."""
+    from board import scenario_run
+
+    scen = _shell_scenario([{"t_s": 4, "do": "meter_fault", "kind": "exception"},
+                            {"t_s": 9, "do": "meter_restore"},
+                            {"t_s": 10, "do": "can_loss"}, {"t_s": 12, "do": "can_restore"}],
+                           duration_s=14)
+    lines = []
+    run = scenario_run.Run(scen, out=lines.append)
+    while run.advance(10000):
+        pass
+    st = run.station
+    assert st.buses.meter is not None and st.buses.can is not None
+    meter, can = st.buses.meter.stats(), st.buses.can.report(run.now)
+    assert meter["frames_ok"] > 100 and meter["exceptions"] == {"04": meter["exceptions"]["04"]}
+    assert can["rx_ok"] > 50
+    run.finish()
+    evs = [json.loads(x) for x in lines]
+    evs = [e for e in evs if e["kind"] == "event" and e.get("code") in ("V2G-120", "V2G-130")]
+    assert [(e["code"], e["on"]) for e in evs] == [("V2G-120", True), ("V2G-120", False),
+                                                  ("V2G-130", True), ("V2G-130", False)]
+    assert "meter unit 1: exception code 04" in evs[0]["msg"]
+    assert evs[2]["t_ms"] == 11000          # CAN_TIMEOUT_MS after the last frame before the loss
+
+    plain = scenario_run.Run(_shell_scenario([], duration_s=2), out=[].append)
+    while plain.advance(10000):
+        pass
+    assert plain.station.buses.meter is None and plain.station.buses.can is None
