@@ -82,7 +82,7 @@ def will_status(station):
     return {"station": station, "online": False, "csms": False, "ocpp": None, "fw": None, "mode": None,
             "cp": None, "soc_pct": None, "power_w": None, "errors": [],
             "v2g": {"available": False, "reason": BRIDGE_OFFLINE},
-            "target_pct": None, "floor_pct": None, "charge_only": None, "stopped": None, "operative": None,
+            "target_pct": None, "floor_pct": None, "charge_only": None, "departure": None, "stopped": None, "operative": None,
             "limits": None, "gateway": None}
 
 
