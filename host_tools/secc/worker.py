@@ -251,7 +251,8 @@ class GatewayEVSEController(SimEVSEController):
         res = await super().get_scheduled_se_params(selected_energy_service, schedule_exchange_req)
         chg_a, dis_a, v = self._limits()
         now = int(time.time())
-        bpt = selected_energy_service in (ServiceV20.AC_BPT, ServiceV20.DC_BPT)
+        service = getattr(selected_energy_service, "service", selected_energy_service)
+        bpt = service in (ServiceV20.AC_BPT, ServiceV20.DC_BPT)
         for tup in res.schedule_tuples:
             if not bpt:
                 # the package's schedule has a discharging part whatever the service: a vehicle
