@@ -38,6 +38,7 @@ from core.eventlog import EventLog
 from core.journal import Journal
 from core.thermal import Derate
 from core.ticks import age as _age   # beyond 2**29 ms an age is not believable: NEVER
+from core.ticks import NEVER as _NEVER
 
 CONTROL_PERIOD_MS = const(50)
 
@@ -450,7 +451,10 @@ class Controller:
             soc_known = True
             soc = self.hlc_soc_pm
         sp = self.setpoint
-        sp.expire_departure(now_ms)
+        if sp.departure_set and _age(now_ms, sp.departure_at) != _NEVER:
+            # the driver's departure has passed: dropped now, before the wrapping tick clock
+            # could make it look ahead again (inline: a call here costs the start-up heap)
+            sp.departure_set = False
         charge_only = self.fallback or self.cmd_charge_only or self.hlc_failed
         direction = sp.update(soc_known, soc, charge_only)
         unavailable = soc_known and connected and sp.wants_discharge and not sp.available

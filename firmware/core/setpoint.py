@@ -52,7 +52,7 @@ class Setpoint:
         self.available = False
         self.wants_discharge = False
         self.departure_set = False      # a departure is known ...
-        self.departure_at = 0           # ... at this tick time, ms
+        self.departure_at = 0           # ... at this tick time, ms (the control step drops it once passed)
 
     def configure(self, floor_pm, margin_pm):
         self.floor_pm = floor_pm
@@ -73,13 +73,6 @@ class Setpoint:
             return
         self.departure_at = ticks.add(now, seconds * 1000)
         self.departure_set = True
-
-    def expire_departure(self, now):
-        """Drop a departure that has passed, before the wrapping tick clock could make it look
-        ahead again; called every step. ticks.age, not ticks.due: its sum can pass the
-        small-int range of a 32-bit board and allocate."""
-        if self.departure_set and ticks.age(now, self.departure_at) != ticks.NEVER:
-            self.departure_set = False
 
     def departure_left_s(self, now):
         """Whole seconds until the departure (rounded up, at least 1), None without one."""

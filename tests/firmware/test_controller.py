@@ -1128,16 +1128,21 @@ def test_a_departure_that_passes_is_dropped_and_the_step_stays_allocation_free()
 def test_a_departure_across_the_tick_wrap():
     from core import setpoint as S
     from core import ticks
-    sp = S.Setpoint(200, 100)
-    now = ticks.PERIOD - 500
-    sp.set_departure(now, 2)                      # deadline 1500 ms after the wrap
-    assert sp.departure_left_s(now) == 2
-    assert sp.departure_left_s(ticks.add(now, 600)) == 2
-    sp.expire_departure(ticks.add(now, 1999))
-    assert sp.departure_left_s(ticks.add(now, 1999)) == 1
-    sp.expire_departure(ticks.add(now, 2000))
-    assert sp.departure_left_s(ticks.add(now, 2000)) is None
-    # six days ahead, the furthest taken, reads six days ahead (not in the past)
-    sp.set_departure(now, S.DEPARTURE_MAX_S)
-    sp.expire_departure(now)
-    assert sp.departure_left_s(now) == S.DEPARTURE_MAX_S
+    r = Rig()
+
+    def steps(n):          # the board's clock: wrapping at 2**30 ms
+        for _ in range(n):
+            r.t = ticks.add(r.t, CONTROL_PERIOD_MS)
+            r.c.heartbeat(r.t)
+            r.c.step(r.t, r.i)
+    r.t = ticks.PERIOD - 1000
+    steps(1)
+    assert r.cmd('w1', 'soc_target', {'soc_pct': 80, 'departure_s': 2})[0]   # due 1050 ms past the wrap
+    steps(20)
+    assert r.t < 1000 and r.c.status()['departure_s'] == 1
+    steps(20)
+    assert r.c.status()['departure_s'] is None and not r.c.setpoint.departure_set
+    # the furthest taken, six days, reads six days ahead (not passed) on the wrapped clock
+    assert r.cmd('w2', 'soc_target', {'soc_pct': 80, 'departure_s': S.DEPARTURE_MAX_S})[0]
+    steps(1)
+    assert r.c.status()['departure_s'] == S.DEPARTURE_MAX_S and r.c.setpoint.departure_set
