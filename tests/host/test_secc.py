@@ -280,6 +280,29 @@ def test_scheduled_dc_charge_only_schedule_and_loop_follow_the_controller(rig):
     assert min(e["req_a"] for e in evse_events(rig)) >= 0      # charge only: nothing flowed out
 
 
+def test_scheduled_ac_charge_only_vehicle_gets_the_controllers_charge_power(rig):
+    """An AC vehicle without BPT in Scheduled mode takes the charge-only AC service: one
+    charging entry at the controller's present power and no discharging schedule; the loop's
+    EVSETargetActivePower is the controller's charge current x the voltage, never negative."""
+    plug_and_set(rig, setpoint={"soc_target_pct": 90, "mode": "charge"},
+                 limit={"charge_a": 10, "discharge_a": 8})
+    rig.start_evcc("--service", "AC", "--mode", "scheduled", "--loops", "12")
+    assert rig.wait_evcc(120) == 0
+    assert selected(rig) == ("AC", "scheduled")
+    sched = [e["msg"] for e in rig.evcc_records() if e["kind"] == "schedule_res"]
+    assert sched, "no ScheduleExchangeRes"
+    tup = sched[-1]["scheduled_params"]["schedule_tuples"][0]
+    assert "discharging_schedule" not in tup, tup
+    entries = tup["charging_schedule"]["power_schedule"]["schedule_entry_list"]["entries"]
+    assert len(entries) == 1 and 10 * 200 <= rational(entries[0]["power"]) <= 10 * 250, entries
+    res = loop_res(rig)
+    assert len(res) >= 10, rig.evcc_records()[-3:]
+    targets = [rational(m["evse_target_active_power"]) for m in res if "evse_target_active_power" in m]
+    assert targets and max(targets) > 10 * 200 and all(0 <= t <= 10 * 250 for t in targets), targets
+    assert not any("evse_max_discharge_power" in m for m in res)     # no BPT fields
+    assert min(e["req_a"] for e in evse_events(rig)) >= 0 and max(e["req_a"] for e in evse_events(rig)) == 10
+
+
 def test_heartbeat_loss_during_hlc_goes_charge_only(rig):
     r = plug_and_set(rig, config={"HEARTBEAT_TIMEOUT_S": 2},
                      setpoint={"soc_target_pct": 10, "mode": "discharge"})
