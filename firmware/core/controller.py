@@ -38,6 +38,7 @@ from core.eventlog import EventLog
 from core.journal import Journal
 from core.thermal import Derate
 from core.ticks import age as _age   # beyond 2**29 ms an age is not believable: NEVER
+from core.ticks import NEVER as _NEVER
 
 CONTROL_PERIOD_MS = const(50)
 
@@ -450,6 +451,10 @@ class Controller:
             soc_known = True
             soc = self.hlc_soc_pm
         sp = self.setpoint
+        if sp.departure_set and _age(now_ms, sp.departure_at) != _NEVER:
+            # the driver's departure has passed: dropped now, before the wrapping tick clock
+            # could make it look ahead again (inline: a call here costs the start-up heap)
+            sp.departure_set = False
         charge_only = self.fallback or self.cmd_charge_only or self.hlc_failed
         direction = sp.update(soc_known, soc, charge_only)
         unavailable = soc_known and connected and sp.wants_discharge and not sp.available
@@ -820,9 +825,13 @@ class Controller:
         return res
 
     def _op_soc_target(self, now, args):
-        bad = _unknown_args(args, ('soc_pct', 'mode'))
+        bad = _unknown_args(args, ('soc_pct', 'mode', 'departure_s'))
         if bad:
             return bad
+        dep = args.get('departure_s')
+        bad = _departure_problem(dep)
+        if bad:
+            return _refuse(bad)
         if 'soc_pct' not in args:
             return _refuse('soc_pct: missing (0 to 100 %)')
         v = args['soc_pct']
@@ -844,12 +853,17 @@ class Controller:
                 return (False, 'V2G-301', 'V2G unavailable: SoC {} below floor {} + margin {}; target {} refused'
                         .format(_pct(soc), _pct(sp.floor_pm), _pct(sp.margin_pm), _pct(t)), {})
         sp.set_target(t, mode)
+        # a target without a departure clears the one before: the driver's latest word holds
+        sp.set_departure(now, dep)
         msg = 'target {} ({})'.format(_pct(t), S.MODE_NAMES[mode])
         if t < sp.floor_pm:
             msg += '; discharge stops at the floor {}'.format(_pct(sp.floor_pm))
+        if dep is not None:
+            msg += '; departure in {} s'.format(dep)
         # integers in per-mille: no float crosses the link (a single-precision board's 62.5 is
         # exact, but its floor 20.1 would not be)
-        return (True, None, msg, {'target_pm': t, 'mode': S.MODE_NAMES[mode], 'floor_pm': sp.floor_pm})
+        return (True, None, msg, {'target_pm': t, 'mode': S.MODE_NAMES[mode], 'floor_pm': sp.floor_pm,
+                                  'departure_s': dep})
 
     def _op_limit(self, now, args):
         bad = _unknown_args(args, ('charge_a', 'discharge_a'))
@@ -1107,11 +1121,27 @@ class Controller:
             'hlc': self.hlc, 'hlc_failed': self.hlc_failed,
             'stopped': self.stopped, 'contactor_fault': self.weld, 'cfg_hash': self.cfg.config_hash(),
             'cooling': o.cooling_state,
+            # seconds to the driver's departure (null: none, or passed), as of the last step
+            'departure_s': self.setpoint.departure_left_s(self._t_last),
         }
 
 
 def _refuse(msg):
     return (False, 'V2G-400', msg, {})
+
+
+def _departure_problem(v):
+    """Why departure_s (whole seconds from now, the host's conversion of the driver's time)
+    cannot be taken; None when it can, or is absent."""
+    if v is None:
+        return None
+    if not isinstance(v, int) or v is True or v is False:
+        return 'departure_s: {} is not a whole number of seconds from now'.format(_show(v))
+    if v < 1:
+        return 'departure_s: {} s: the departure has passed (it must be at least 1 s ahead)'.format(v)
+    if v > S.DEPARTURE_MAX_S:
+        return 'departure_s: {} s is more than 6 days ({} s) ahead'.format(v, S.DEPARTURE_MAX_S)
+    return None
 
 
 def _unknown_args(args, allowed):

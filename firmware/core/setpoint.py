@@ -6,12 +6,18 @@ V2G_AVAILABLE_MARGIN above the floor; once it stopped at the floor it stays
 unavailable until SoC is back above floor + margin (no short-cycling). Around
 the target a band of BAND_PM holds the direction so the station does not flip
 between charge and discharge.
+
+The driver's departure goes with the target: the host sends it as seconds from now (the
+controller has no wall clock) and it is kept as a deadline on the tick clock. The decision
+logic does not use it yet; it is reported (status `departure_s`) for the ISO 15118 vehicle.
 """
 try:
     from micropython import const
 except ImportError:  # CPython (host tools, tests): const() is the value
     def const(x):
         return x
+
+from core import ticks
 
 HOLD = const(0)
 CHARGE = const(1)
@@ -24,6 +30,9 @@ MODE_NAMES = ('auto', 'charge', 'discharge')
 
 _NO_TARGET = const(-1)
 _BAND_PM = const(10)   # 1 % SoC each side of the target
+# The furthest departure taken: 6 days. A tick deadline is read correctly only up to half
+# the 2**30 ms tick period ahead (6.2 days, core/ticks.py); further than that is refused.
+DEPARTURE_MAX_S = const(518400)
 
 
 def mode_index(name):
@@ -42,6 +51,8 @@ class Setpoint:
         self.direction = CHARGE
         self.available = False
         self.wants_discharge = False
+        self.departure_set = False      # a departure is known ...
+        self.departure_at = 0           # ... at this tick time, ms (the control step drops it once passed)
 
     def configure(self, floor_pm, margin_pm):
         self.floor_pm = floor_pm
@@ -54,6 +65,23 @@ class Setpoint:
     def clear_target(self):
         self.target_pm = _NO_TARGET
         self.mode = _MODE_AUTO
+
+    def set_departure(self, now, seconds):
+        """Departure in `seconds` (1..DEPARTURE_MAX_S) from now; None clears it."""
+        if seconds is None:
+            self.departure_set = False
+            return
+        self.departure_at = ticks.add(now, seconds * 1000)
+        self.departure_set = True
+
+    def departure_left_s(self, now):
+        """Whole seconds until the departure (rounded up, at least 1), None without one."""
+        if not self.departure_set:
+            return None
+        left = ticks.diff(self.departure_at, now)
+        if left <= 0:
+            return None
+        return (left + 999) // 1000
 
     def start_threshold_pm(self):
         return self.floor_pm + self.margin_pm

@@ -169,7 +169,9 @@ def create_app(settings, verifier, broker, store, signer):
             "offline_since": None if online else _iso(last_seen),
             "mode": doc.get("mode", s.get("mode")), "pilot": doc.get("cp", s.get("cp")),
             "soc_pct": doc.get("soc_pct"), "floor_pct": doc.get("floor_pct"), "target_pct": doc.get("target_pct"),
-            "departure": departures.get(sid),
+            # the station's word (what its controller holds) when it reports one; else the
+            # time the driver gave with the last target through this API
+            "departure": doc["departure"] if "departure" in doc else departures.get(sid),
             "charge_only": doc.get("charge_only"),
             "v2g": v2g,
             "discharge_capacity_wh": s.get("dis_cap_wh"),
@@ -308,10 +310,15 @@ def create_app(settings, verifier, broker, store, signer):
     async def soc_target(request: Request, body: SocTarget, sid: str = Station,
                          idem_key: Optional[str] = IdemKey, p: Principal = Depends(principal)):
         dep = body.departure.astimezone(timezone.utc).isoformat() if body.departure else None
+        args = {"soc_pct": body.soc_pct}
+        if dep is not None:
+            # absolute, as the driver gave it: the bridge makes it seconds from now as it sends
+            # it to the controller, which has no wall clock (and refuses one passed or > 6 days)
+            args["departure"] = dep
 
         def remember():
             departures[sid] = dep
-        return await run_command(request, sid, p, "soc_target", {"soc_pct": body.soc_pct}, idem_key, remember)
+        return await run_command(request, sid, p, "soc_target", args, idem_key, remember)
 
     @app.post("/api/v1/stations/{sid}/reserve-margin", tags=["commands"], summary="Set the reserve margin")
     async def reserve_margin(request: Request, body: ReserveMargin, sid: str = Station,

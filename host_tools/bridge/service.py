@@ -18,7 +18,7 @@ import socket
 import time
 import urllib.parse
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from host_tools import link as hl
@@ -26,6 +26,7 @@ from host_tools.bridge import config as cfgdir
 from host_tools.bridge.alink import AsyncLink
 from host_tools.bridge.auth import AuthError, TokenVerifier
 from host_tools.bridge.backoff import Backoff
+from host_tools.bridge import departure
 from host_tools.bridge.local_link import LocalLink
 from host_tools.bridge.ocpp import Security, check_station_id
 from host_tools.bridge.ocpp16.negotiated import NegotiatedStation
@@ -81,7 +82,7 @@ def will_status(station):
     return {"station": station, "online": False, "csms": False, "ocpp": None, "fw": None, "mode": None,
             "cp": None, "soc_pct": None, "power_w": None, "errors": [],
             "v2g": {"available": False, "reason": BRIDGE_OFFLINE},
-            "target_pct": None, "floor_pct": None, "charge_only": None, "stopped": None, "operative": None,
+            "target_pct": None, "floor_pct": None, "charge_only": None, "departure": None, "stopped": None, "operative": None,
             "limits": None, "gateway": None}
 
 
@@ -269,7 +270,7 @@ class StationBridge:
                 elif direction == "charge":
                     r = await self.command("soc_target", {"soc_pct": 100, "mode": "charge"})
                 elif direction is None and self._forced is not None:
-                    r = await self.command("soc_target", self.app_target or {"soc_pct": 100, "mode": "charge"})
+                    r = await self.command("soc_target", self._app_target_args())
                 else:
                     r = res
                 if not r.ok:
@@ -277,6 +278,16 @@ class StationBridge:
                 self._forced = direction
             self.clog.event(self.id, "INFO", f"CSMS plan applied: {plan}")
             return True, res.msg
+
+    def _app_target_args(self):
+        """The app's last target as the controller takes it now; a departure that has passed
+        meanwhile is left out (the target alone comes back)."""
+        t = self.app_target or {"soc_pct": 100, "mode": "charge"}
+        try:
+            return departure.controller_args(t)
+        except ValueError as e:
+            self.clog.event(self.id, "INFO", f"app target restored without its departure: {e}")
+            return departure.controller_args({k: v for k, v in t.items() if k != "departure"})
 
     async def diagnostic_report(self):
         """The controller's diagnostics and event log plus the bridge's view; a part the
@@ -433,12 +444,28 @@ class StationBridge:
                 "target_pct": (st.get("target_pm") / 10) if st.get("target_pm", -1) >= 0 else None,
                 "floor_pct": (st.get("floor_pm") / 10) if st.get("floor_pm") is not None else None,
                 "charge_only": st.get("charge_only"),
+                "departure": self._departure(st),
                 "stopped": st.get("stopped"),          # the controller's own word: session stopped
                 "operative": self.ocpp.available,      # OCPP ChangeAvailability
                 "limits": {"charge_a": s.get("lim_chg_ma", 0) / 1000, "charge_src": s.get("lim_chg_src"),
                            "discharge_a": s.get("lim_dis_ma", 0) / 1000,
                            "discharge_src": s.get("lim_dis_src")},
                 "gateway": self.gateway}
+
+    def _departure(self, st):
+        """The departure the controller holds (ISO 8601, UTC), null without one: the driver's
+        own time when it is the app's, else now + the controller's seconds."""
+        left = st.get("departure_s")
+        if not isinstance(left, int) or isinstance(left, bool) or left <= 0:
+            return None
+        dep = (self.app_target or {}).get("departure")
+        if dep is not None:
+            try:
+                return departure.parse(dep).astimezone(timezone.utc).isoformat()
+            except ValueError:
+                pass
+        t = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=left)
+        return t.isoformat()
 
     def republish_status(self):
         """Publish the status even if unchanged (the broker's retained copy may be a Will's)."""
@@ -518,7 +545,11 @@ class StationBridge:
         if not isinstance(args, dict):
             return self._result(txn, False, "V2G-400", "args: must be an object"), True
         if op == "soc_target":
-            cmd = ("soc_target", {k: v for k, v in args.items()})
+            try:
+                # the departure as seconds from now, worked out as it is sent (no clock there)
+                cmd = ("soc_target", departure.controller_args(args))
+            except ValueError as e:
+                return self._result(txn, False, "V2G-400", str(e)), True
         elif op == "reserve_margin":
             if set(args) != {"pct"}:
                 return self._result(txn, False, "V2G-400", "args: reserve_margin takes exactly {pct}"), True
@@ -539,7 +570,7 @@ class StationBridge:
         except hl.LinkError as e:
             return self._result(txn, False, "V2G-110", f"controller unreachable, try again: {e}"), False
         if r.ok and op == "soc_target":
-            self.app_target = cmd[1]
+            self.app_target = dict(args)       # the driver's own time, converted again when re-sent
             write_json_atomic(self.state_dir / "app_target.json", self.app_target)
         return self._result(txn, r.ok, r.code, r.msg, r.data), True
 

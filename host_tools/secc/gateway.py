@@ -66,6 +66,11 @@ def snapshot(st: dict, tel: dict, seq: int) -> dict:
     target_soc = round(target / 10) if target is not None and target >= 0 else None
     if target_soc is not None and min_soc is not None and target_soc < min_soc:
         target_soc = min_soc          # discharge stops at the floor: the vehicle's target says so
+    # the driver's departure as the controller counts it down (whole seconds, null: none); a
+    # new snapshot goes to the worker as it changes, so the vehicle's DepartureTime is its
+    # count to within a status poll and the worker's answer
+    dep = st.get("departure_s")
+    departure_s = dep if isinstance(dep, int) and not isinstance(dep, bool) and dep > 0 else None
     return {
         "t": "evse", "seq": seq,
         "chg_a": max(0, st.get("limit_charge_ma", 0)) / 1000,
@@ -74,7 +79,7 @@ def snapshot(st: dict, tel: dict, seq: int) -> dict:
         "volts": (mv / 1000) if mv else 230.0,
         "amps": tel.get("ma", st.get("request_ma", 0)) / 1000,
         "soc": soc / 10 if soc is not None and soc >= 0 else None,
-        "target_soc": target_soc, "min_soc": min_soc, "departure_s": None,
+        "target_soc": target_soc, "min_soc": min_soc, "departure_s": departure_s,
         "cp": st.get("cp_state"), "contactor": st.get("contactor"), "mode": st.get("mode"),
         "stop": bool(st.get("stopped") or st.get("hlc_failed") or st.get("mode") == "fault"),
         "limited": bool(st.get("limit_charge_src") not in (None, "station", "cable")),
@@ -196,7 +201,8 @@ class Secc:
         snap = snapshot(self.st, self.tel, self.seq)
         self.writer.write(proto.dumps(snap))
         self.record("evse", seq=self.seq, chg_a=snap["chg_a"], dis_a=snap["dis_a"], req_a=snap["req_a"],
-                    min_soc=snap["min_soc"], target_soc=snap["target_soc"], stop=snap["stop"], src=snap["src"],
+                    min_soc=snap["min_soc"], target_soc=snap["target_soc"], departure_s=snap["departure_s"],
+                    stop=snap["stop"], src=snap["src"],
                     soc=snap["soc"], mode=snap["mode"], cp=snap["cp"])
 
     # -- the controller

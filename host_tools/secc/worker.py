@@ -251,7 +251,13 @@ class GatewayEVSEController(SimEVSEController):
         res = await super().get_scheduled_se_params(selected_energy_service, schedule_exchange_req)
         chg_a, dis_a, v = self._limits()
         now = int(time.time())
+        service = getattr(selected_energy_service, "service", selected_energy_service)
+        bpt = service in (ServiceV20.AC_BPT, ServiceV20.DC_BPT)
         for tup in res.schedule_tuples:
+            if not bpt:
+                # the package's schedule has a discharging part whatever the service: a vehicle
+                # without BPT is offered no discharge, not even a schedule of it
+                tup.discharging_schedule = None
             ps = tup.charging_schedule.power_schedule
             ps.time_anchor = now
             ps.available_energy = None

@@ -1053,3 +1053,96 @@ def test_state_change_texts_are_constants_naming_each_mode_and_pilot_state():
     from core import controller as ctl
     assert ctl._MODE_LOG == tuple('mode ' + m for m in ctl.MODES)
     assert ctl._PILOT_LOG == tuple('pilot state ' + x for x in 'ABCDEFF')
+
+
+# ---------------------------------------------------------------- the driver's departure
+
+def test_a_departure_with_the_target_is_kept_as_a_deadline_and_reported_counting_down():
+    r = Rig()
+    r.charging()
+    ok, code, msg, data = r.cmd('d1', 'soc_target', {'soc_pct': 80, 'departure_s': 3600})
+    assert ok and data['departure_s'] == 3600 and 'departure in 3600 s' in msg
+    assert r.c.status()['departure_s'] == 3600
+    r.step(20)                                    # one second later
+    assert r.c.status()['departure_s'] == 3599
+    r.step(1)                                     # 50 ms more: rounded up, still 3599 s
+    assert r.c.status()['departure_s'] == 3599
+    assert r.c.setpoint.target_pm == 800
+
+
+def test_a_departure_passed_or_beyond_six_days_is_refused_naming_it_and_changes_nothing():
+    from core import setpoint as S
+    r = Rig()
+    r.charging()
+    assert r.cmd('d1', 'soc_target', {'soc_pct': 80, 'departure_s': 600})[0]
+    for n, (dep, why) in enumerate(((0, 'passed'), (-30, 'passed'), (S.DEPARTURE_MAX_S + 1, 'more than 6 days'),
+                                    ('17:30', 'whole number'), (90.5, 'whole number'), (True, 'whole number'))):
+        ok, code, msg, _ = r.cmd('dx{}'.format(n), 'soc_target', {'soc_pct': 30, 'departure_s': dep})
+        assert not ok and code == 'V2G-400' and msg.startswith('departure_s') and why in msg, msg
+    assert r.c.setpoint.target_pm == 800 and r.c.status()['departure_s'] == 600
+    ok, _, _, data = r.cmd('d2', 'soc_target', {'soc_pct': 80, 'departure_s': S.DEPARTURE_MAX_S})
+    assert ok and r.c.status()['departure_s'] == S.DEPARTURE_MAX_S
+
+
+def test_a_target_without_a_departure_clears_it():
+    r = Rig()
+    r.charging()
+    assert r.cmd('d1', 'soc_target', {'soc_pct': 80, 'departure_s': 600})[0]
+    ok, _, _, data = r.cmd('d2', 'soc_target', {'soc_pct': 70})
+    assert ok and data['departure_s'] is None and r.c.status()['departure_s'] is None
+    assert r.cmd('d3', 'soc_target', {'soc_pct': 70, 'departure_s': 600})[0]
+    assert r.cmd('d4', 'soc_target', {'soc_pct': 70, 'departure_s': None})[0]
+    assert r.c.status()['departure_s'] is None
+
+
+def test_a_repeated_departure_txn_gets_the_first_answer_and_changes_nothing():
+    r = Rig()
+    r.charging()
+    first = r.cmd('d1', 'soc_target', {'soc_pct': 80, 'departure_s': 600})
+    r.step(40)
+    assert r.cmd('d1', 'soc_target', {'soc_pct': 80, 'departure_s': 600}) == first
+    assert r.c.status()['departure_s'] == 598          # not restarted by the repeat
+    assert r.cmd('d2', 'soc_target', {'soc_pct': 80})[0]
+    assert r.cmd('d1', 'soc_target', {'soc_pct': 80, 'departure_s': 600}) == first
+    assert r.c.status()['departure_s'] is None         # nor brought back
+    bad = r.cmd('d3', 'soc_target', {'soc_pct': 80, 'departure_s': 0})
+    assert r.cmd('d3', 'soc_target', {'soc_pct': 80, 'departure_s': 0}) == bad
+
+
+def test_a_departure_that_passes_is_dropped_and_the_step_stays_allocation_free():
+    r = Rig()
+    r.charging()
+    assert r.cmd('d1', 'soc_target', {'soc_pct': 80, 'departure_s': 2})[0]
+    r.events()
+    micropython.heap_lock()
+    try:
+        r.step(39)                                # a departure set: still nothing allocated
+    finally:
+        micropython.heap_unlock()
+    assert r.c.status()['departure_s'] == 1
+    r.step(1)
+    assert r.c.status()['departure_s'] is None and not r.c.setpoint.departure_set
+    assert r.c.setpoint.target_pm == 800          # the target stays
+
+
+def test_a_departure_across_the_tick_wrap():
+    from core import setpoint as S
+    from core import ticks
+    r = Rig()
+
+    def steps(n):          # the board's clock: wrapping at 2**30 ms
+        for _ in range(n):
+            r.t = ticks.add(r.t, CONTROL_PERIOD_MS)
+            r.c.heartbeat(r.t)
+            r.c.step(r.t, r.i)
+    r.t = ticks.PERIOD - 1000
+    steps(1)
+    assert r.cmd('w1', 'soc_target', {'soc_pct': 80, 'departure_s': 2})[0]   # due 1050 ms past the wrap
+    steps(20)
+    assert r.t < 1000 and r.c.status()['departure_s'] == 1
+    steps(20)
+    assert r.c.status()['departure_s'] is None and not r.c.setpoint.departure_set
+    # the furthest taken, six days, reads six days ahead (not passed) on the wrapped clock
+    assert r.cmd('w2', 'soc_target', {'soc_pct': 80, 'departure_s': S.DEPARTURE_MAX_S})[0]
+    steps(1)
+    assert r.c.status()['departure_s'] == S.DEPARTURE_MAX_S and r.c.setpoint.departure_set

@@ -244,14 +244,15 @@ class Station:
             except ProcessLookupError:
                 pass
 
-    def ensure_secc(self, tls=False, config_dir=None):
+    def ensure_secc(self, tls=False, config_dir=None, link=None):
         """`v2g secc` running with these options and its worker ready (started, or restarted
-        after a test killed it, its codec, or wanted other options)."""
-        key = (tls, str(config_dir) if config_dir else None)
+        after a test killed it, its codec, or wanted other options). `link`: another way to
+        the board's link than its own port (a LinkTap's)."""
+        key = (tls, str(config_dir) if config_dir else None, link)
         if not self.secc_alive() or self.secc_key != key:
             self.stop_secc()
             args = ["ip", "netns", "exec", self.ns.secc_ns, V2G, "secc", "--iface", self.ns.secc_if,
-                    "--link", self.board.endpoints["link"], "--log-dir", str(self.log_dir),
+                    "--link", link or self.board.endpoints["link"], "--log-dir", str(self.log_dir),
                     "--port", "8081", "--tls" if tls else "--no-tls"]
             if config_dir:
                 args += ["--config-dir", str(config_dir)]
@@ -307,6 +308,84 @@ class Station:
         self.ns.down()
 
 
+class LinkTap:
+    """`v2g secc`'s link to the board through the test, so that the test can put a host command
+    the plant port has no word for (the bridge's soc_target with a departure) on the same line.
+    `v2g secc` opens `url`, a pseudo-terminal; its frames go to the board whole, the test's
+    own between them, and everything the board sends goes back to it (the result of a test
+    command too: its link client counts it as late and ignores it)."""
+
+    def __init__(self, board_url):
+        import serial
+        import tty
+
+        from host_tools.link import PortLock
+        self.board_lock = PortLock(board_url).acquire()      # as a link client would hold it
+        self.board = serial.serial_for_url(board_url, baudrate=115200, timeout=0.05)
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)          # no echo before `v2g secc` opens it
+        os.set_blocking(self.master, False)
+        self.url = os.ttyname(self.slave)
+        self.write_lock = threading.Lock()
+        self.waiting = {}               # txn -> [threading.Event, result]
+        self.running = True
+        self.threads = [threading.Thread(target=f, daemon=True) for f in (self._up, self._down)]
+        for t in self.threads:
+            t.start()
+
+    def _up(self):
+        import select
+        buf = b""
+        while self.running:
+            if not select.select([self.master], [], [], 0.1)[0]:
+                continue
+            try:
+                buf += os.read(self.master, 4096)
+            except (BlockingIOError, OSError):
+                time.sleep(0.05)
+                continue
+            *frames, buf = buf.split(b"\x00")
+            for f in frames:
+                with self.write_lock:
+                    self.board.write(f + b"\x00")
+
+    def _down(self):
+        from host_tools.link import Deframer
+        de = Deframer()
+        while self.running:
+            data = self.board.read(4096)
+            if not data:
+                continue
+            try:
+                os.write(self.master, data)
+            except (BlockingIOError, OSError):
+                pass                   # no one reads the line now: its bytes are lost, as on a wire
+            for msg in de.feed(data):
+                w = self.waiting.get(msg.get("txn")) if msg.get("t") == "res" else None
+                if w is not None:
+                    w[1] = msg
+                    w[0].set()
+
+    def command(self, op, args, txn, timeout=5.0):
+        """One host command on the line; its result (the `res` message)."""
+        from host_tools.link import VERSION, encode_frame
+        w = self.waiting[txn] = [threading.Event(), None]
+        frame = encode_frame({"v": VERSION, "t": "cmd", "txn": txn, "op": op, "args": args})
+        with self.write_lock:
+            self.board.write(b"\x00" + frame)
+        assert w[0].wait(timeout), "no result for {} {}".format(op, txn)
+        return self.waiting.pop(txn)[1]
+
+    def close(self):
+        self.running = False
+        for t in self.threads:
+            t.join(5)
+        self.board.close()
+        self.board_lock.release()
+        os.close(self.master)
+        os.close(self.slave)
+
+
 class TxnRelay:
     """The plant relay as one test sees it: its txns made unique on the shared controller
     (the journal answers a repeated txn from memory, applying nothing) and the settings it
@@ -355,8 +434,8 @@ class Rig:
         wait_for(lambda: self.station.relay.do(do="heartbeat_restore").get("ok"), timeout,
                  "the controller takes no host events")
 
-    def start_secc(self, tls=False, config_dir=None):
-        self.station.ensure_secc(tls=tls, config_dir=config_dir)
+    def start_secc(self, tls=False, config_dir=None, link=None):
+        self.station.ensure_secc(tls=tls, config_dir=config_dir, link=link)
 
     def start_evcc(self, *extra, out="evcc.jsonl", loop_timeout=2.5):
         """The test vehicle; `loop_timeout` relaxes its 0.5 s charge loop deadline (None keeps

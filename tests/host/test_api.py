@@ -275,7 +275,8 @@ def test_a_command_reaches_the_station_with_a_command_token_and_the_key_as_its_t
                      {"soc_pct": 40, "departure": "2026-12-05T17:30:00+01:00"}, token=rig["tok"]["driver-1"], key=k)
     assert s == 200 and doc["ok"] and doc["op"] == "soc_target" and h["Idempotency-Key"] == k
     st, cmd, claims = b.cmds[-1]
-    assert (st, cmd["op"], cmd["args"]) == ("CS-A1", "soc_target", {"soc_pct": 40.0})
+    assert (st, cmd["op"], cmd["args"]) == ("CS-A1", "soc_target",
+                                           {"soc_pct": 40.0, "departure": "2026-12-05T16:30:00+00:00"})
     assert cmd["txn"] == doc["txn"] and len(cmd["txn"]) <= 40
     assert claims["sub"] == "driver-1" and claims["aud"] == "CS-A1" and claims["exp"] - time.time() <= 61
     st = call(url(rig, "/stations/CS-A1"), token=rig["tok"]["driver-1"])[1]

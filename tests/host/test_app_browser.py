@@ -7,6 +7,7 @@ build/test-artifacts/app/."""
 
 import re
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,9 @@ def test_a_soc_target_below_the_present_soc_starts_discharge_and_a_double_tap_se
     soc = float(page.text_content("#soc").split()[0])
     before = len(app_commands(rig, "soc_target"))
     page.locator("#t-range").fill(str(int(soc) - 20))
+    # the driver leaves in three hours (the browser's local time, whole minutes)
+    leave = (datetime.now().astimezone() + timedelta(hours=3)).replace(second=0, microsecond=0)
+    page.locator("#t-dep").fill(leave.strftime("%Y-%m-%dT%H:%M"))
     page.locator("#t-send").dblclick()                          # a double tap
     page.locator("#t-send").click(force=True, no_wait_after=True)   # and a third, on the disabled button
     assert "pending" in page.get_attribute("#t-res", "class") or "Done" in page.text_content("#t-res")
@@ -154,6 +158,15 @@ def test_a_soc_target_below_the_present_soc_starts_discharge_and_a_double_tap_se
     time.sleep(1)
     assert len(app_commands(rig, "soc_target")) == before + 1     # one command for the whole double tap
     assert page.text_content("#target") == f"{int(soc) - 20} %"
+    # the controller took the departure as seconds from the bridge's send (its own answer in
+    # the bridge's log), and the station's status shows it back from the controller's count
+    secs = int(re.findall(r"app command soc_target txn \S+ by \S+: .*departure in (\d+) s", rig["bridge"].log_text())[-1])
+    assert 3 * 3600 - 120 <= secs <= 3 * 3600
+    tok = page.evaluate("sessionStorage.getItem('token')")
+    want = leave.astimezone(timezone.utc).isoformat()
+    wait_until(lambda: call(rig["api"].url + f"/api/v1/stations/{STATION}", token=tok)[1]["departure"] == want,
+               20, "the controller's departure in the station's status")
+    page.wait_for_function("document.querySelector('#mode').textContent.includes('departure')", timeout=20000)
     shot(page, "02-discharging")
 
 

@@ -787,3 +787,54 @@ def test_cli_refuses_nan_timings_a_malformed_site_and_a_link_that_is_no_port(tmp
     afile.write_text("")
     r = CliRunner().invoke(cli, base + ["--link", str(afile), "--station-id", "A"])
     assert r.exit_code != 0 and "regular file, not a serial port" in r.output
+
+
+def test_the_app_departure_goes_to_the_controller_as_seconds_from_now_and_a_bad_one_sends_nothing(tmp_path):
+    from host_tools.bridge.service import StationBridge
+    from host_tools.link import CommandResult
+    b = StationBridge("CS1", "/dev/null", "ws://127.0.0.1:9/ocpp", clog=_Log(), state_dir=tmp_path / "st",
+                      verifier=TokenVerifier("s" * 32, "HS256", "CS1"))
+    tok = jwt.encode({"exp": int(time.time()) + 60, "aud": "CS1", "sub": "driver"}, "s" * 32, algorithm="HS256")
+    sent = []
+
+    async def command(op, args, txn=None):
+        if op == "status":          # the refresh after each app command: left as the test set it
+            return CommandResult(txn, False, "V2G-110", "not now", {})
+        sent.append((op, dict(args)))
+        return CommandResult(txn, True, None, "ok", {"target_pm": 800, "departure_s": args.get("departure_s")})
+    b.command = command
+    b.online = True
+
+    def app(txn, args):
+        return asyncio.run(b.app_command(json.dumps({"txn": txn, "token": tok, "op": "soc_target", "args": args})))
+
+    now = datetime.now(timezone.utc)
+    in_2h = (now + timedelta(hours=2)).astimezone(timezone(timedelta(hours=1))).isoformat()
+    try:
+        assert app("d-1", {"soc_pct": 80, "departure": in_2h})["ok"]
+        op, args = sent[-1]
+        assert op == "soc_target" and set(args) == {"soc_pct", "departure_s"}
+        assert 7200 - 5 <= args["departure_s"] <= 7200 and isinstance(args["departure_s"], int)
+        assert b.app_target == {"soc_pct": 80, "departure": in_2h}          # the driver's time is kept
+        assert b.status_doc()["departure"] is None                          # the controller's word decides
+        b.status = {"departure_s": 7190}
+        assert b.status_doc()["departure"] == datetime.fromisoformat(in_2h).astimezone(timezone.utc).isoformat()
+        n = len(sent)
+        for txn, dep, why in (("d-2", (now - timedelta(minutes=1)).isoformat(), "has passed"),
+                              ("d-3", (now + timedelta(days=7)).isoformat(), "more than 6 days ahead"),
+                              ("d-4", "2026-12-05T17:30:00", "no time zone"),
+                              ("d-5", "half past five", "not an ISO 8601 time"),
+                              ("d-6", 1733420000, "not a time")):
+            res = app(txn, {"soc_pct": 50, "departure": dep})
+            assert not res["ok"] and res["code"] == "V2G-400" and res["msg"].startswith("departure") \
+                and why in res["msg"], res
+            assert app(txn, {"soc_pct": 50, "departure": dep}) == res        # same txn, same answer
+        assert len(sent) == n and b.app_target["departure"] == in_2h        # nothing sent, nothing changed
+        assert app("d-7", {"soc_pct": 70})["ok"] and sent[-1][1] == {"soc_pct": 70}   # none: cleared
+        # a target brought back after a CSMS plan: converted then; a departure passed meanwhile is left out
+        b.app_target = {"soc_pct": 60, "departure": (now + timedelta(hours=1)).isoformat()}
+        assert 3600 - 5 <= b._app_target_args()["departure_s"] <= 3600
+        b.app_target = {"soc_pct": 60, "departure": (now - timedelta(hours=1)).isoformat()}
+        assert b._app_target_args() == {"soc_pct": 60} and "has passed" in b.clog.text()
+    finally:
+        b.close()

@@ -6,7 +6,7 @@ import signal
 import time
 
 import pytest
-from secc_fixture import SEQUENCE_TIMEOUT_S, Rig, Station, can_run, children, wait_for
+from secc_fixture import SEQUENCE_TIMEOUT_S, LinkTap, Rig, Station, can_run, children, wait_for
 from v2g_pki import make as make_pki
 
 from host_tools.link import LinkClient, LinkError
@@ -255,6 +255,54 @@ def test_scheduled_ac_bpt_schedule_and_loop_follow_the_controller(rig):
     rig.finish_evcc()
 
 
+def test_scheduled_dc_charge_only_schedule_and_loop_follow_the_controller(rig):
+    """A DC vehicle without BPT in Scheduled mode takes the charge-only DC service: its
+    ScheduleExchangeRes has one charging entry at the controller's present limit and no
+    discharging schedule, every loop answer's EVSEMaximumChargeCurrent is the controller's
+    limit, a CSMS change reaches the loop, and nothing flows out."""
+    r = plug_and_set(rig, setpoint={"soc_target_pct": 90, "mode": "charge"},
+                     limit={"charge_a": 12, "discharge_a": 8})
+    rig.start_evcc("--service", "DC", "--mode", "scheduled", "--loops", "400", "--loop-s", "0.2")
+    before = loops_after(rig, 0, 3)
+    assert selected(rig) == ("DC", "scheduled")
+    sched = [e["msg"] for e in rig.evcc_records() if e["kind"] == "schedule_res"]
+    assert sched, "no ScheduleExchangeRes"
+    tup = sched[-1]["scheduled_params"]["schedule_tuples"][0]
+    assert "discharging_schedule" not in tup, tup
+    entries = tup["charging_schedule"]["power_schedule"]["schedule_entry_list"]["entries"]
+    assert len(entries) == 1 and 12 * 200 <= rational(entries[0]["power"]) <= 12 * 250, entries
+    assert all(rational(m["evse_maximum_charge_current"]) == 12 for m in before[1:]), before
+    assert not any("evse_max_discharge_current" in m for m in before)   # no BPT fields
+    t0 = time.time()
+    assert r.do(do="limit", charge_a=7, discharge_a=8, txn="t-lim2")["ok"]
+    loops_after(rig, t0, 1, lambda m: rational(m["evse_maximum_charge_current"]) == 7, timeout=10)
+    rig.finish_evcc()
+    assert min(e["req_a"] for e in evse_events(rig)) >= 0      # charge only: nothing flowed out
+
+
+def test_scheduled_ac_charge_only_vehicle_gets_the_controllers_charge_power(rig):
+    """An AC vehicle without BPT in Scheduled mode takes the charge-only AC service: one
+    charging entry at the controller's present power and no discharging schedule; the loop's
+    EVSETargetActivePower is the controller's charge current x the voltage, never negative."""
+    plug_and_set(rig, setpoint={"soc_target_pct": 90, "mode": "charge"},
+                 limit={"charge_a": 10, "discharge_a": 8})
+    rig.start_evcc("--service", "AC", "--mode", "scheduled", "--loops", "12")
+    assert rig.wait_evcc(120) == 0
+    assert selected(rig) == ("AC", "scheduled")
+    sched = [e["msg"] for e in rig.evcc_records() if e["kind"] == "schedule_res"]
+    assert sched, "no ScheduleExchangeRes"
+    tup = sched[-1]["scheduled_params"]["schedule_tuples"][0]
+    assert "discharging_schedule" not in tup, tup
+    entries = tup["charging_schedule"]["power_schedule"]["schedule_entry_list"]["entries"]
+    assert len(entries) == 1 and 10 * 200 <= rational(entries[0]["power"]) <= 10 * 250, entries
+    res = loop_res(rig)
+    assert len(res) >= 10, rig.evcc_records()[-3:]
+    targets = [rational(m["evse_target_active_power"]) for m in res if "evse_target_active_power" in m]
+    assert targets and max(targets) > 10 * 200 and all(0 <= t <= 10 * 250 for t in targets), targets
+    assert not any("evse_max_discharge_power" in m for m in res)     # no BPT fields
+    assert min(e["req_a"] for e in evse_events(rig)) >= 0 and max(e["req_a"] for e in evse_events(rig)) == 10
+
+
 def test_heartbeat_loss_during_hlc_goes_charge_only(rig):
     r = plug_and_set(rig, config={"HEARTBEAT_TIMEOUT_S": 2},
                      setpoint={"soc_target_pct": 10, "mode": "discharge"})
@@ -362,3 +410,39 @@ def test_vehicle_silent_mid_loop_is_v2g_150_basic_charging(rig):
         rig.stop_evcc()
     assert time.time() - t0 >= SEQUENCE_TIMEOUT_S - 1     # the SECC's timeout, not another end
     assert "V2G-150" in rig.central_log()
+
+
+def test_dynamic_vehicle_gets_the_drivers_departure_as_the_controller_counts_it(rig, station):
+    """The app's departure, as the bridge sends it (seconds from now in soc_target), is the
+    vehicle's DepartureTime in Dynamic mode: in the ScheduleExchangeRes and in every charge
+    loop answer, the controller's own count (its status) going down with the clock; a new
+    target without a departure takes it away."""
+    station.stop_secc()             # the board's link goes through the test's tap from here
+    tap = LinkTap(station.board.endpoints["link"])
+    try:
+        r = plug_and_set(rig, setpoint={"soc_target_pct": 90, "mode": "charge"}, link=tap.url)
+        res = tap.command("soc_target", {"soc_pct": 90, "mode": "charge", "departure_s": 7200},
+                          "t-dep-{}".format(rig.relay.n))
+        assert res["ok"] and res["data"]["departure_s"] == 7200, res
+        t_set = time.time()
+        rig.wait_events(lambda e: e["kind"] == "evse" and e.get("departure_s"), 10)
+        rig.start_evcc("--service", "DC_BPT", "--mode", "dynamic", "--loops", "400", "--loop-s", "0.2")
+        first = loops_after(rig, 0, 3)
+        sched = [e for e in rig.evcc_records() if e["kind"] == "schedule_res"]
+        assert sched, "no ScheduleExchangeRes"
+        dep = sched[-1]["msg"]["dynamic_params"]["departure_time"]
+        # the count at the ScheduleExchangeRes: 7200 s less the time since, to within a few
+        # seconds (a status poll, rounding up, the vehicle's decoding, the board's clock)
+        assert abs(dep - (7200 - (sched[-1]["wall"] - t_set))) <= 3, (dep, sched[-1]["wall"] - t_set)
+        loop_deps = [m["departure_time"] for m in first]
+        assert all(0 < d <= dep for d in loop_deps) and loop_deps == sorted(loop_deps, reverse=True), loop_deps
+        # the worker's figure is the controller's status, as the gateway logged it
+        counts = {e["departure_s"] for e in evse_events(rig) if e.get("departure_s")}
+        assert set(loop_deps) <= counts, (loop_deps, sorted(counts)[:5])
+        t0 = time.time()
+        assert r.do(do="setpoint", soc_target_pct=90, mode="charge", txn="t-sp2")["ok"]
+        loops_after(rig, t0, 2, lambda m: "departure_time" not in m, timeout=10)
+        rig.finish_evcc()
+    finally:
+        station.stop_secc()         # the next test's `v2g secc` takes the board's own port again
+        tap.close()

@@ -47,3 +47,12 @@ def test_a_worker_that_resets_its_socket_is_restarted(tmp_path, monkeypatch):
     assert asyncio.run(run()) == "restarted"
     assert len(starts) == 2
     assert "SECC process ended (exit 3)" in (tmp_path / gateway.LOG_NAME).read_text()
+
+
+def test_the_controllers_departure_count_is_the_workers_departure_s():
+    st = {"soc_pm": 500, "target_pm": 800, "floor_pm": 200, "departure_s": 3599}
+    snap = gateway.snapshot(st, {}, 1)
+    assert snap["departure_s"] == 3599 and snap["target_soc"] == 80 and snap["min_soc"] == 20
+    for none in (None, 0, True, "3599"):       # none held, or not a count of seconds
+        assert gateway.snapshot(dict(st, departure_s=none), {}, 1)["departure_s"] is None
+    assert gateway.snapshot({k: v for k, v in st.items() if k != "departure_s"}, {}, 1)["departure_s"] is None

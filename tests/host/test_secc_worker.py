@@ -94,6 +94,27 @@ print(json.dumps(res))
     assert out == {"ISO_15118_20_DC": [6, 2], "ISO_15118_20_AC": [5, 1]}
 
 
+def test_scheduled_schedule_has_a_discharging_part_for_bpt_only_and_dynamic_carries_the_departure():
+    out = run15("""
+from iso15118.shared.messages.iso15118_20.common_messages import SelectedEnergyService
+gw = FakeGateway(departure_s=3599)
+c = worker.GatewayEVSEController(gw, "X")
+res = {}
+for svc in (ServiceV20.DC, ServiceV20.DC_BPT, ServiceV20.AC, ServiceV20.AC_BPT):
+    sel = SelectedEnergyService(service=svc, is_free=False, parameter_set=None)
+    p = asyncio.run(c.get_scheduled_se_params(sel, None))
+    res[svc.name] = [t.discharging_schedule is not None for t in p.schedule_tuples]
+d = asyncio.run(c.get_dynamic_se_params(None, None))
+c._refresh()
+l = asyncio.run(c.get_dc_charge_loop_params_v20(ControlMode.DYNAMIC, ServiceV20.DC_BPT))
+res["dynamic"] = [d.departure_time, d.target_soc, d.min_soc, l.departure_time]
+print(json.dumps(res))
+""")
+    assert not any(out["DC"]) and not any(out["AC"]), out       # no discharge offered without BPT
+    assert out["DC_BPT"] and all(out["DC_BPT"]) and all(out["AC_BPT"]), out
+    assert out["dynamic"] == [3599, 40, 20, 3599]
+
+
 CODEC_PRELUDE = """
 import json, sys, time
 sys.path.insert(0, {secc!r})
