@@ -1,7 +1,8 @@
 """The meter task: polls the RS-485 energy meter through the HAL and fills the Inputs.
 
-Called from the station tick (`step`), so it runs in the same time base as the control
-step (simulated time in `v2g sim`, ticks on a board). The pure Modbus master and meter
+Called from the station tick (`step`) and, at 38400 baud, between ticks (`io`, when
+`next_io_ms()` says), in the same time base as the control step (simulated time in
+`v2g sim`, ticks on a board). The pure Modbus master and meter
 reader (core/modbus.py, core/meter_map.py) decide what a frame and a reading are; this
 task only pumps bytes between them and `hal.rs485`:
 

@@ -4,19 +4,20 @@ Both meters: function 0x04 (input registers), each value an IEEE-754 float32
 in two registers, high word first. Addresses are the on-wire (0-based) ones.
 
 Grid protection needs voltage and frequency often; the current and the energy
-counters only every METER_POLL_MS. One control step (50 ms) carries at most one
-transaction (the shell moves bytes once per step), so the snapshot is cut into
-short blocks that each fit a step at 9600 baud, and the reader runs them in a
-cycle of three slots, one transaction each:
+counters only every METER_POLL_MS. The master carries one transaction at a time, so
+the snapshot is cut into short blocks (each fits a 50 ms control step at 9600 baud)
+and the reader runs them in a cycle of three slots, one transaction each:
 
     V   the block holding the voltages        (0x0000, every cycle)
     f   the block holding frequency + energy  (0x0046, every cycle)
     X   the next other block of a snapshot    (current, power, PF; skipped when
                                                no snapshot is under way)
 
-so voltage and frequency are at most three steps old, and a snapshot (its V and
-f blocks come from the cycle anyway) takes three cycles. V and f lie 70
-registers apart on both meters, too far for one short read. sense_ms() gives the
+At 38400 baud the shell moves the bytes between control steps too (app/meter.py io,
+between_steps()): a read takes about 20 ms and the cycle about 60 ms. Slower, a read
+takes a control step or more, so voltage and frequency are at most three steps old. A
+snapshot (its V and f blocks come from the cycle anyway) takes three cycles. V and f
+lie 70 registers apart on both meters, too far for one short read. sense_ms() gives the
 resulting worst time from a grid step to the control step that sees it; the
 grid protection decides its trips that much earlier (core/grid.py). The blocks
 are data (BLOCKS_*): a meter that disagrees needs a table change, not a code
