@@ -1,13 +1,16 @@
 """Grid response measured end to end in the simulator (firmware controller + plant).
 
-At the default settings (METER_POLL_MS 500, SDM630 at METER_BAUD 9600) the firmware's own
+At the default settings (METER_POLL_MS 500, SDM630 at METER_BAUD 38400) the firmware's own
 meter task reads the plant's meter over the wire model of the meter port
-(boards/sim/meter_wire.py): every byte takes its time at 9600 baud 8N1, the meter answers
-t3.5 + 5 ms after a request. Measured from the grid step, worst over the step's phase:
+(boards/sim/meter_wire.py): every byte takes its time at 38400 baud 8N1, the meter answers
+t3.5 + 5 ms after a request, and the shell moves the port's bytes between control steps.
+Measured from the grid step, worst over the step's phase:
 - frequency step -> the controller's first changed current request (`request_a`), goal
   500 ms end to end (the field manual), target 300 ms;
-- per profile, the worst trip time minus clearing time over all its stages, the trip being
-  the control step that opens the contactor and asks for no current; goal <= 0.
+- per profile, its fastest stages' latest trip beside their clearing time (EN 50549's
+  0.1 s, IEEE 1547's 0.16 s), and the worst trip time minus clearing time over all its
+  stages, the trip being the control step that opens the contactor and asks for no
+  current; goal <= 0.
 Then, with the plant's own meter (a reading every METER_POLL_MS, no wire): the controller's
 share of the frequency response, and per profile the firmware's trip rule at METER_POLL_MS
 100 (every gridcheck case: threshold edges, ride-through).
@@ -27,12 +30,20 @@ def rows():
     out = []
     for profile, tag in TAGS.items():
         w = gc.wire_latency_worst(profile)
-        out.append(("freq. step -> new current request, worst, defaults, meter task on the 9600-baud wire "
+        out.append(("freq. step -> new current request, worst, defaults, meter task on the 38400-baud wire "
                     "model ({})".format(tag), w["total_ms"], "ms (sim)",
                     "<= {} ms (target {} ms)".format(LATENCY_GOAL_MS, LATENCY_TARGET_MS),
-                    w["total_ms"] <= LATENCY_GOAL_MS))
+                    w["total_ms"] <= LATENCY_TARGET_MS))
     for profile in gc.PROFILE_ORDER:
         results = gc.wire_matrix(profiles=(profile,))
+        fastest = min(r["stage"].clearing_ms for r in results)
+        fast = [r for r in results if r["stage"].clearing_ms == fastest]
+        done = [r["worst_ms"] for r in fast if r["worst_ms"] is not None]
+        out.append(("{}: {} stages ({}), latest trip from the grid step, defaults on the wire model".format(
+                        profile, gc._ms(fastest), ", ".join(r["stage"].name for r in fast)),
+                    max(done) if len(done) == len(fast) else None, "ms (sim)",
+                    "<= {} (the clearing time)".format(gc._ms(fastest)),
+                    len(done) == len(fast) and max(done) <= fastest and not any(r["problems"] for r in fast)))
         worst, which = None, ""
         for r in results:
             if r["worst_ms"] is None:

@@ -544,17 +544,22 @@ def latency_worst(profile, poll_ms=DEFAULT_POLL_MS, vm_name="cpython"):
 
 # ------------------------------------------------------------------ the defaults on the meter port's wire
 
-# At the default settings (METER_POLL_MS 500, SDM630 at METER_BAUD 9600) the firmware's own
+# At the default settings (METER_POLL_MS 500, SDM630 at METER_BAUD 38400) the firmware's own
 # meter task reads the plant's meter over the wire model of the meter port
-# (boards/sim/meter_wire.py): each byte takes its time at 9600 baud, the meter answers
-# after t3.5 + 5 ms, and the grid protection decides as early as that sampling needs.
-# Clearing is counted from the grid step to the control step that opens the contactor and
-# asks for no current (the plant's current is zero from that step on).
+# (boards/sim/meter_wire.py): each byte takes its time at 38400 baud, the meter answers
+# after t3.5 + 5 ms, the shell moves the port's bytes between control steps as on a board,
+# and the grid protection decides as early as that sampling needs. Clearing is counted
+# from the grid step to the control step that opens the contactor and asks for no current
+# (the plant's current is zero from that step on).
 
 def wire_phases(stage):
-    """Grid-step phases (ms after T_STEP_MS) to try: two snapshot periods for the fast
-    stages, two voltage/frequency cycles for the long ones (their runs are long)."""
-    return range(0, 2 * DEFAULT_POLL_MS if stage.clearing_ms < 1000 else 6 * STEP_MS, STEP_MS)
+    """Grid-step phases (ms after T_STEP_MS) to try: every step of two snapshot periods for
+    the fast stages; for the long ones (their runs are long) the first three steps after
+    each of two snapshot requests (snapshots are asked every 500 ms from t = 0), where the
+    snapshot's further blocks stretch the voltage and frequency cycle: the worst phases."""
+    if stage.clearing_ms < 1000:
+        return range(0, 2 * DEFAULT_POLL_MS, STEP_MS)
+    return [p + k * STEP_MS for p in (0, DEFAULT_POLL_MS) for k in range(3)]
 
 
 def wire_trip_run(stage, phase_ms, hold_ms=None, vm_name="cpython"):

@@ -3,7 +3,7 @@
 Built on pymodbus' simulator datastore (SimDevice/SimData); it runs its own asyncio
 loop in a thread so the plant model (or a test) can push new values at any time:
 
-    sim = MeterSim("/dev/pts/7", model="SDM630", unit=1, baud=9600)
+    sim = MeterSim("/dev/pts/7", model="SDM630", unit=1, baud=38400)
     sim.start()
     sim.update(v1=230.0, i1=16.0, p1=3680.0, hz=50.0, import_kwh=12.5)
     sim.fault = "crc"            # None, "timeout", "crc" or "exception"
@@ -15,6 +15,8 @@ Like a real meter and unlike pymodbus' default, it stays silent for other unit i
 high word first, in the meters' own units (V, A, W, Hz, kWh).
 
 Run alone: python -m host_tools.metersim --port /dev/pts/N [--model SDM120] [--unit 1]
+[--baud 9600]. The baud defaults to the firmware's METER_BAUD default (38400): a meter
+simulator on a real serial adapter must run at the controller's METER_BAUD.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusSerialServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+DEFAULT_BAUD = 38400  # the firmware's METER_BAUD default (firmware/core/config.py)
 N_REGS = 0x50  # 0x0000..0x004F: every value either model exposes for a snapshot
 
 # Input register address of each value (Eastron's 3xxxx numbering minus 30001).
@@ -49,7 +52,7 @@ FAULTS = (None, "timeout", "crc", "exception")
 
 
 class MeterSim:
-    def __init__(self, port: str, model: str = "SDM630", unit: int = 1, baud: int = 9600):
+    def __init__(self, port: str, model: str = "SDM630", unit: int = 1, baud: int = DEFAULT_BAUD):
         if model not in MODELS:
             raise ValueError(f"model must be one of {sorted(MODELS)}, not {model!r}")
         if not 1 <= unit <= 247:
@@ -208,7 +211,7 @@ class PacedLine:
     `line.spans` records (request start, last reply byte) per request, host clock.
     """
 
-    def __init__(self, baud: int = 9600, bits_per_char: int = 10):
+    def __init__(self, baud: int = DEFAULT_BAUD, bits_per_char: int = 10):
         if not 1200 <= baud <= 115200:
             raise ValueError(f"baud must be 1200..115200, not {baud}")
         if bits_per_char not in (10, 11):
@@ -378,7 +381,8 @@ def main(argv=None) -> int:
     ap.add_argument("--port", required=True, help="serial port or pseudo-terminal, e.g. /dev/pts/7")
     ap.add_argument("--model", default="SDM630", choices=sorted(MODELS))
     ap.add_argument("--unit", type=int, default=1)
-    ap.add_argument("--baud", type=int, default=9600)
+    ap.add_argument("--baud", type=int, default=DEFAULT_BAUD,
+                    help="line speed, the controller's METER_BAUD (default %(default)s)")
     args = ap.parse_args(argv)
     with MeterSim(args.port, args.model, args.unit, args.baud):
         print(f"{args.model} unit {args.unit} answering on {args.port} at {args.baud} baud; Ctrl-C stops")

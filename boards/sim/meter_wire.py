@@ -40,6 +40,7 @@ class MeterWire:
         self.char_us = 0
         self.t35_us = 0
         self.free_us = 0               # the wire is busy until then
+        self.tx_end_us = 0             # our last request's last byte is through then
         self.rx = []                   # (arrival us, byte) on their way to the controller
         self.idle_us = None            # end of the last byte handed to the controller
         self.requests = 0
@@ -58,6 +59,7 @@ class MeterWire:
         start = now if now > self.free_us else self.free_us
         end = start + n * self.char_us
         self.free_us = end
+        self.tx_end_us = end
         reply = self.answer(bytes(buf[:n]))
         self.spans.append([start, None])
         if reply:
@@ -71,7 +73,9 @@ class MeterWire:
             del self.spans[0]
 
     def tx_done(self):
-        return True     # as on the board: write() hands over a request the wire model has placed
+        # a UART that sends in the background: done once the last byte is through (the
+        # simulated clock cannot move inside write() as a board's blocking write does)
+        return self.clock_us() >= self.tx_end_us
 
     def readinto(self, buf):
         now = self.clock_us()

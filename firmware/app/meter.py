@@ -1,7 +1,8 @@
 """The meter task: polls the RS-485 energy meter through the HAL and fills the Inputs.
 
-Called from the station tick (`step`), so it runs in the same time base as the control
-step (simulated time in `v2g sim`, ticks on a board). The pure Modbus master and meter
+Called from the station tick (`step`) and, at 38400 baud, between ticks (`io`, when
+`next_io_ms()` says), in the same time base as the control step (simulated time in
+`v2g sim`, ticks on a board). The pure Modbus master and meter
 reader (core/modbus.py, core/meter_map.py) decide what a frame and a reading are; this
 task only pumps bytes between them and `hal.rs485`:
 
@@ -11,24 +12,30 @@ task only pumps bytes between them and `hal.rs485`:
     rs485.readinto(buf)       bytes received since the last call, copied into buf; returns n
     rs485.rx_idle_us()        optional: ticks_us when the last byte read had left the wire
 
-Timing: bytes move only when the shell calls step(), once per control step (50 ms), so
-a step carries at most one transaction. The reader's cycle (core/meter_map.py) reads
-voltage, frequency and one further block of a snapshot in turn, each short enough to
-be answered within the step it was sent in; a snapshot is asked for every
-METER_POLL_MS. A reply read in a step lets the next request leave in the same step
-when the port says when the reply ended (rx_idle_us) and the t3.5 silence has passed;
-without that the master must count the silence from the read, and every transaction
-takes two steps: the reader then takes the snapshot's further values in one longer
-read (meter_map.BLOCKS_*_TWO_STEP) so snapshots keep coming every cycle. The trip
-timing (core/grid.py sense_ms) assumes the port tells.
+Timing: the reader's cycle (core/meter_map.py) reads voltage, frequency and one further
+block of a snapshot in turn; a snapshot is asked for every METER_POLL_MS. Where it shows
+a grid step sooner (meter_map.between_steps: at 38400 baud), bytes move between control
+steps too: the shell's loop sleeps until the earlier of the next control step and
+next_io_ms() (the silence before a request ends, the request has left the wire, the
+reply is due within the meter's allowance) and calls io() then, so a transaction follows
+the last as soon as the line allows and several fit one step. The control step itself
+never waits for the meter. At 19200 baud and below bytes move once per control step
+(step()), a transaction per step: a reply read in a step lets the next request leave in
+the same step when the port says when the reply ended (rx_idle_us) and the t3.5 silence
+has passed; without that the master must count the silence from the read, and every
+transaction takes two steps: the reader then takes the snapshot's further values in one
+longer read (meter_map.BLOCKS_*_TWO_STEP) so snapshots keep coming every cycle. The trip
+timing (core/grid.py sense_ms) assumes the port tells, or the pump between steps.
 
 A failed transaction leaves the last reading ageing; the controller raises V2G-120 after
 METER_STALE_S. `failure()` names why the readings stopped (timeout, CRC, exception code...)
 so the shell can say it in the event.
 """
 from core import meter_map, modbus, ticks
+from core.controller import CONTROL_PERIOD_MS
 
 _MAX_INT = ticks.NEVER
+_LATE_LOOK_MS = 2       # a reply later than the meter's allowance is looked for this often
 
 
 def reply_timeout_ms(poll_ms):
@@ -70,8 +77,13 @@ class MeterTask:
         self.master = modbus.ModbusMaster(cfg.meter_baud, reply_timeout_ms(cfg.meter_poll_ms))
         self.rx_idle_us = getattr(self.port, 'rx_idle_us', None)   # bound once: no allocation per step
         model = meter_map.model_from_name(cfg.meter_model)
+        # bytes between control steps where that shows a grid step sooner (the grid
+        # protection's sense_ms assumes the same)
+        self.between = meter_map.between_steps(model, cfg.meter_baud, CONTROL_PERIOD_MS)
+        self.reply_us = meter_map.METER_REPLY_MS * 1000
         self.reader = meter_map.MeterReader(self.master, model, cfg.meter_address,
-                                            meter_map.blocks_of(model, self.rx_idle_us is not None))
+                                            meter_map.blocks_of(model, self.rx_idle_us is not None
+                                                                or self.between))
         self.port.open(cfg.meter_baud)
         self.pending_sent = False
         self.next_poll_ms = None
@@ -91,6 +103,28 @@ class MeterTask:
         if not rd.busy() and rd.next(now_ms):
             self.pump(now_ms)           # leaves now if the line has been quiet for t3.5
         self.fill(inputs, now_ms)
+
+    def io(self, now_ms):
+        """Between control steps, when next_io_ms() said: the byte pump, and the cycle's next
+        request as soon as the line is free. The snapshot's schedule and the Inputs stay the
+        control step's (step)."""
+        self.pump(now_ms)
+        if not self.reader.busy() and self.reader.next(now_ms):
+            self.pump(now_ms)
+
+    def next_io_ms(self, now_ms):
+        """When the line next needs io() (ticks_ms, at least 1 ms on), or None: bytes move
+        only with the control step at this line speed, or nothing is in hand."""
+        if not self.between:
+            return None
+        w = self.master.wait_us(self.ticks_us(), self.reply_us)
+        if w is None:
+            return None
+        if w <= 0:
+            return ticks.add(now_ms, _LATE_LOOK_MS)     # due and not done: a late reply
+        # the shell sleeps whole ms counted from ticks_ms, which lags ticks_us by up to
+        # 1 ms: one ms more, so the pump never looks early
+        return ticks.add(now_ms, w // 1000 + 1)
 
     def pump(self, now_ms):
         """One pass of the byte pump: send, note the end of sending, receive, judge."""

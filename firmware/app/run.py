@@ -40,19 +40,26 @@ async def _run(hal, station, next_ms):
     sleep_ms = getattr(hal, 'sleep_ms', None) or asyncio.sleep_ms
     while not hal.stop_requested():
         now = hal.ticks_ms()
-        if ticks.due(now, next_ms):
-            try:
+        try:
+            if ticks.due(now, next_ms):
                 station.tick(now)
-            except Exception as e:  # noqa: BLE001
-                # A bug in the step: outputs to the safe state (contactor open, pilot at
-                # state F, no discharge request, in the finally above) and stop feeding the
-                # watchdog, which resets the board into a clean start.
-                hal.log_exception(e)
-                break
-            next_ms = ticks.add(next_ms, CONTROL_PERIOD_MS)
-            if ticks.diff(now, next_ms) > 10 * CONTROL_PERIOD_MS:
-                next_ms = now   # we fell far behind (debugger, flash write): do not burst
-        wait = ticks.diff(next_ms, hal.ticks_ms())
+                next_ms = ticks.add(next_ms, CONTROL_PERIOD_MS)
+                if ticks.diff(now, next_ms) > 10 * CONTROL_PERIOD_MS:
+                    next_ms = now   # we fell far behind (debugger, flash write): do not burst
+            else:
+                station.io(now)     # between steps: the meter port's bytes, nothing else
+            # asleep until the next step, or sooner when the meter port needs its bytes moved
+            wake = next_ms
+            io_ms = station.next_io_ms(hal.ticks_ms())
+            if io_ms is not None and ticks.diff(io_ms, wake) < 0:
+                wake = io_ms
+        except Exception as e:  # noqa: BLE001
+            # A bug in the step or the meter's pump: outputs to the safe state (contactor open, pilot at
+            # state F, no discharge request, in the finally above) and stop feeding the
+            # watchdog, which resets the board into a clean start.
+            hal.log_exception(e)
+            break
+        wait = ticks.diff(wake, hal.ticks_ms())
         await sleep_ms(wait if wait > 0 else 0)
 
 

@@ -206,6 +206,19 @@ class Station:
                 self.retry_writes()
         return out
 
+    # -- the meter's bytes between control steps (app/run.py, app/meter.py) ------------------
+
+    def next_io_ms(self, now_ms):
+        """When the meter port next needs io() (ticks_ms), or None: nothing before the step."""
+        m = self.buses.meter
+        return None if m is None else m.next_io_ms(now_ms)
+
+    def io(self, now_ms):
+        """The meter's byte pump between control steps; never the control step itself."""
+        m = self.buses.meter
+        if m is not None:
+            m.io(now_ms)
+
     # -- host link intake: a bounded share of every step -------------------------------------
 
     def serve_link(self, now_ms):

@@ -120,7 +120,7 @@ def _dec(v):
 
 
 def settings_notes(profile_name, meter_poll_ms, deadband_mhz, droop_mpct, step_ms=50,
-                   meter_model='SDM630', meter_baud=9600):
+                   meter_model='SDM630', meter_baud=38400):
     """Settings that are valid but do less than they read, as text ([] when none).
 
     Not refusals (the settings are taken); the controller reports them beside its status.
@@ -132,7 +132,7 @@ def settings_notes(profile_name, meter_poll_ms, deadband_mhz, droop_mpct, step_m
     out = []
     model = meter_map.model_from_name(meter_model)
     sense = meter_map.sense_ms(model, meter_baud, step_ms)
-    v, f, x, cycle = meter_map.cycle_steps(model, meter_baud, step_ms)
+    every = meter_map.read_every_ms(model, meter_baud, step_ms)
     seen = []
     for stage in p['stages']:
         clr = stage[2]
@@ -143,14 +143,15 @@ def settings_notes(profile_name, meter_poll_ms, deadband_mhz, droop_mpct, step_m
         if worst > clr:
             out.append('METER_BAUD {} ({}): voltage and frequency are read at least every {} ms and a grid step '
                        'shows up to {} ms later, so the {} ms stages of {} can trip {} ms after the '
-                       'grid step'.format(meter_baud, meter_model, cycle * step_ms, sense, clr,
+                       'grid step'.format(meter_baud, meter_model, every, sense, clr,
                                           profile_name, worst))
         elif trip_decision_ms(clr, step_ms, sense) == 0:
             out.append('the {} ms stages of {} trip on the first reading outside their threshold '
                        '(at most {} ms after the grid step): an excursion a voltage or frequency '
                        'read catches trips however short'.format(clr, profile_name, worst))
     blocks = meter_map.blocks_of(model)
-    snap = (len(blocks) - (1 if v else 0) - (1 if f else 0)) * cycle * step_ms
+    others = len(blocks) - 1 - (1 if meter_map.cycle_steps(model, meter_baud, step_ms)[1] else 0)
+    snap = others * every
     if meter_poll_ms < snap:
         out.append('METER_POLL_MS {}: a snapshot of current and energy takes {} ms ({}, METER_BAUD {}), '
                    'so one follows the other every {} ms'.format(meter_poll_ms, snap, meter_model,

@@ -4,19 +4,20 @@ Both meters: function 0x04 (input registers), each value an IEEE-754 float32
 in two registers, high word first. Addresses are the on-wire (0-based) ones.
 
 Grid protection needs voltage and frequency often; the current and the energy
-counters only every METER_POLL_MS. One control step (50 ms) carries at most one
-transaction (the shell moves bytes once per step), so the snapshot is cut into
-short blocks that each fit a step at 9600 baud, and the reader runs them in a
-cycle of three slots, one transaction each:
+counters only every METER_POLL_MS. The master carries one transaction at a time, so
+the snapshot is cut into short blocks (each fits a 50 ms control step at 9600 baud)
+and the reader runs them in a cycle of three slots, one transaction each:
 
     V   the block holding the voltages        (0x0000, every cycle)
     f   the block holding frequency + energy  (0x0046, every cycle)
     X   the next other block of a snapshot    (current, power, PF; skipped when
                                                no snapshot is under way)
 
-so voltage and frequency are at most three steps old, and a snapshot (its V and
-f blocks come from the cycle anyway) takes three cycles. V and f lie 70
-registers apart on both meters, too far for one short read. sense_ms() gives the
+At 38400 baud the shell moves the bytes between control steps too (app/meter.py io,
+between_steps()): a read takes about 20 ms and the cycle about 60 ms. Slower, a read
+takes a control step or more, so voltage and frequency are at most three steps old. A
+snapshot (its V and f blocks come from the cycle anyway) takes three cycles. V and f
+lie 70 registers apart on both meters, too far for one short read. sense_ms() gives the
 resulting worst time from a grid step to the control step that sees it; the
 grid protection decides its trips that much earlier (core/grid.py). The blocks
 are data (BLOCKS_*): a meter that disagrees needs a table change, not a code
@@ -70,6 +71,9 @@ BLOCKS_SDM120_TWO_STEP = ((0x0000, 2), (0x0046, 6), (0x0006, 26))
 # request, that the cycle allows for (Eastron publishes none; our assumption). A slower
 # meter stretches the cycle: MeterReader.slow counts the transactions that overran.
 METER_REPLY_MS = const(10)
+# How late the pump may look at the line after the moment it waited for: the shell sleeps
+# in whole milliseconds (app/meter.py next_io_ms).
+PUMP_WAKE_US = const(1000)
 
 # Field ids of MeterReading and the register that fills each.
 F_MV1 = const(0)
@@ -188,16 +192,16 @@ def blocks_of(model, rx_time=True):
 
 
 def slot_steps(count, baud, step_ms):
-    """Control steps one read of `count` registers holds the line for: request, reply,
-    the t3.5 silences and METER_REPLY_MS, rounded up to whole steps (the shell moves
-    bytes once per step)."""
+    """Control steps one read of `count` registers holds the line for when the shell moves
+    bytes once per step: request, reply, the t3.5 silences and METER_REPLY_MS, rounded up
+    to whole steps."""
     us = modbus.ModbusMaster(baud, 100).wire_time_us(count) + METER_REPLY_MS * 1000
     return -(-us // (step_ms * 1000))
 
 
 def cycle_steps(model, baud, step_ms, blocks=None):
-    """(V slot, f slot, longest X slot, whole cycle) in control steps; the f slot is 0
-    when one block holds both."""
+    """(V slot, f slot, longest X slot, whole cycle) in control steps, one transaction per
+    step; the f slot is 0 when one block holds both."""
     blocks = blocks_of(model) if blocks is None else blocks
     vb = _holding(blocks, REG_V_L1)
     fb = _holding(blocks, REG_FREQ)
@@ -211,15 +215,77 @@ def cycle_steps(model, baud, step_ms, blocks=None):
     return v, f, x, v + f + x
 
 
-def sense_ms(model, baud, step_ms, blocks=None):
-    """Worst time from a grid step (on a control step) to the control step that first
-    uses a reading showing it, for voltage and for frequency alike: the step lands just
-    after its block was read and waits a whole cycle for the next read, then that
-    read's own steps. A step between two control steps adds up to one step less the
-    request's time on the wire (docs/grid.md)."""
+def pump_slot_us(count, baud):
+    """Microseconds one read of `count` registers holds the line when the shell pumps the
+    bytes between control steps (app/meter.py io): request, reply, both t3.5 silences,
+    METER_REPLY_MS, and PUMP_WAKE_US for each of the pump's three looks at the line (the
+    request's end, the reply's due time, the silence after it), which fall on whole
+    milliseconds."""
+    return (modbus.ModbusMaster(baud, 100).wire_time_us(count) + METER_REPLY_MS * 1000
+            + 3 * PUMP_WAKE_US)
+
+
+def cycle_us(model, baud, blocks=None):
+    """(V slot, f slot, longest X slot, whole cycle) in microseconds, pumped between
+    control steps; the f slot is 0 when one block holds both."""
+    blocks = blocks_of(model) if blocks is None else blocks
+    vb = _holding(blocks, REG_V_L1)
+    fb = _holding(blocks, REG_FREQ)
+    v = pump_slot_us(blocks[vb][1], baud)
+    f = pump_slot_us(blocks[fb][1], baud) if fb != vb else 0
+    x = 0
+    for i in range(len(blocks)):
+        if i != vb and i != fb:
+            n = pump_slot_us(blocks[i][1], baud)
+            x = n if n > x else x
+    return v, f, x, v + f + x
+
+
+def _sense_steps(model, baud, step_ms, blocks):
+    # one transaction per step: the step lands just after its block's request (on a
+    # step), the next read of that block leaves a cycle later and is used a read later
     v, f, _x, cycle = cycle_steps(model, baud, step_ms, blocks)
     q = v if v > f else f
     return (cycle + q - 1) * step_ms
+
+
+def _sense_pumped(model, baud, step_ms, blocks):
+    # pumped: the step lands just after its block's request (any time before it), the
+    # next read of that block leaves a cycle later, its reply is in a read's time later,
+    # and the first control step after that uses it
+    v, f, _x, cycle = cycle_us(model, baud, blocks)
+    q = v if v > f else f
+    step_us = step_ms * 1000
+    return -(-(cycle + q) // step_us) * step_ms
+
+
+def between_steps(model, baud, step_ms, blocks=None):
+    """True when pumping the meter's bytes between control steps shows a grid step sooner
+    than one transaction per step: at 38400 baud (100 ms against 150 ms for the SDM630).
+    At 19200 baud and below it does not: a transaction there takes most of a step or more,
+    and a request sent on the step a grid step lands on already sees it."""
+    blocks = blocks_of(model) if blocks is None else blocks
+    return _sense_pumped(model, baud, step_ms, blocks) < _sense_steps(model, baud, step_ms, blocks)
+
+
+def sense_ms(model, baud, step_ms, blocks=None):
+    """Worst time from a grid step (on a control step) to the control step that first
+    uses a reading showing it, for voltage and for frequency alike, with the meter task
+    pumping between steps where that is sooner (between_steps). A step between two
+    control steps adds up to one step (docs/grid.md)."""
+    blocks = blocks_of(model) if blocks is None else blocks
+    a = _sense_steps(model, baud, step_ms, blocks)
+    b = _sense_pumped(model, baud, step_ms, blocks)
+    return b if b < a else a
+
+
+def read_every_ms(model, baud, step_ms, blocks=None):
+    """The longest time between two reads of the voltage (or of the frequency): the cycle,
+    pumped or one transaction per step as the meter task runs it."""
+    blocks = blocks_of(model) if blocks is None else blocks
+    if between_steps(model, baud, step_ms, blocks):
+        return -(-cycle_us(model, baud, blocks)[3] // 1000)
+    return cycle_steps(model, baud, step_ms, blocks)[3] * step_ms
 
 
 class MeterReader:

@@ -258,6 +258,7 @@ class ModbusMaster:
         self.expect_n = 0
         self.exc_code = 0
         self.last_result = OK
+        self.t_tx = 0  # when tx_ready() handed the request over
         self.t_sent = 0
         self.t_last_rx = 0
         self.t_quiet = 0  # last bus activity (our tx end or any rx byte)
@@ -282,6 +283,7 @@ class ModbusMaster:
         if self.heard and ticks_diff(now_us, self.t_quiet) < self.t35_us:
             return 0
         self.state = _SENT
+        self.t_tx = now_us
         self.rx_n = 0
         return 8
 
@@ -372,6 +374,26 @@ class ModbusMaster:
         self.state = IDLE
         self.last_result = r
         return r
+
+    def wait_us(self, now_us, reply_us):
+        """Microseconds from now_us until the transaction in hand next needs the shell, for
+        a shell that moves bytes whenever they are due (app/meter.py): the t3.5 silence
+        before a queued request ends, the request leaves the wire, the reply is complete
+        if the meter answers within reply_us beyond t3.5 (or its rest arrives). 0 or less:
+        due now (a reply that is late, looked for again by the shell); None: nothing in
+        hand."""
+        s = self.state
+        if s == _PENDING:
+            return self.t35_us - ticks_diff(now_us, self.t_quiet) if self.heard else 0
+        if s == _SENT:
+            return 8 * self.char_us - ticks_diff(now_us, self.t_tx)
+        if s == _WAIT_REPLY:
+            n = self.rx_n
+            if n:
+                return (self.expect_n - n) * self.char_us - ticks_diff(now_us, self.t_last_rx)
+            return (self.t35_us + reply_us + self.expect_n * self.char_us
+                    - ticks_diff(now_us, self.t_sent))
+        return None
 
     def abort(self):
         """Drop any transaction (safe state IDLE); the next request waits t3.5."""

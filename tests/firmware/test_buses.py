@@ -340,45 +340,56 @@ class PacedPort:
         return n
 
 
-def paced_cycle(knows_rx_end=True, latency_us=5000, until_ms=3000):
-    """MeterTask at the control period on a 9600-baud line at the defaults: (the steps, in
-    ms, at which a request left per block start address, snapshot completion times, steps
-    at which the Inputs' voltage changed)."""
+def paced_cycle(knows_rx_end=True, latency_us=5000, until_ms=3000, baud=9600, pump=True):
+    """MeterTask on a line paced to `baud`, driven as app/run.py's loop drives the station: a
+    control step every CONTROL_PERIOD_MS and, between steps, io() whenever next_io_ms() asks
+    (pump False: steps only). Returns (the times, in ms, at which a request left per block
+    start address, snapshot completion times, the times the loop woke between steps)."""
     from app.meter import MeterTask
     from core import config
     from core.controller import Inputs
 
-    cfg = config.validate({})
-    assert cfg.meter_baud == 9600 and cfg.meter_model == 'SDM630' and cfg.meter_poll_ms == 500
+    cfg = config.validate({'METER_BAUD': baud})
+    assert cfg.meter_model == 'SDM630' and cfg.meter_poll_ms == 500
     clock = [0]
     meter = Meter()
-    port = PacedPort(meter, clock, latency_us=latency_us, knows_rx_end=knows_rx_end)
+    port = PacedPort(meter, clock, baud=baud, latency_us=latency_us, knows_rx_end=knows_rx_end)
     task = MeterTask(port, cfg, lambda: clock[0] & 0x3FFFFFFF)
     inputs = Inputs()
     sent = {}
     snaps = []
-    now = 1000
+    wakes = []
+    now = next_step = 1000
     while now < until_ms:
         clock[0] = now * 1000
         k = len(port.requests)
         seq = task.reader.reading.seq
-        task.step(now, inputs, cfg)
+        if now == next_step:
+            task.step(now, inputs, cfg)
+            next_step += CONTROL_PERIOD_MS
+        else:
+            task.io(now)
+            wakes.append(now)
         for _t, addr, _count in port.requests[k:]:
             sent.setdefault(addr, []).append(now)
         if task.reader.reading.seq != seq:
             snaps.append(now)
-        now += CONTROL_PERIOD_MS
+        io = task.next_io_ms(now) if pump else None
+        assert io is None or io > now
+        now = io if io is not None and io < next_step else next_step
     assert inputs.meter_ok and inputs.meter_mv == 230000 and inputs.meter_mhz == 50000
     assert not task.master.stats.timeouts and not task.reader.snapshots_failed
-    return sent, snaps
+    return sent, snaps, wakes
 
 
 def _gaps(times):
     return [b - a for a, b in zip(times, times[1:])]
 
 
-def test_voltage_and_frequency_are_read_every_third_step_at_the_defaults():
-    sent, snaps = paced_cycle()
+def test_at_9600_baud_voltage_and_frequency_are_read_every_third_step():
+    sent, snaps, wakes = paced_cycle(baud=9600)
+    # no bytes between steps at this speed (it would show a grid step later, not sooner)
+    assert wakes == []
     # one request per step, every step: V, f, then a further block of the snapshot
     steps = sorted(t for ts in sent.values() for t in ts)
     assert _gaps(steps) == [CONTROL_PERIOD_MS] * (len(steps) - 1)
@@ -389,19 +400,59 @@ def test_voltage_and_frequency_are_read_every_third_step_at_the_defaults():
     assert len(sent[0x0006]) == len(sent[0x000C]) == len(sent[0x001E]) == len(snaps)
 
 
+def test_at_the_default_38400_baud_the_bytes_move_between_steps():
+    from core import meter_map
+    sent, snaps, wakes = paced_cycle(baud=38400)
+    steps = sorted(t for ts in sent.values() for t in ts)
+    # a request as soon as the line allows: at most 20 ms a transaction (request 2.1 ms,
+    # t3.5, the meter's 10 ms allowance, a 6-register reply 4.4 ms, each look at the line
+    # on the next whole ms; sooner when a control step finds the reply first), two or three
+    # in every control step
+    assert max(_gaps(steps)) == 20, sorted(set(_gaps(steps)))
+    for t in range(1000, 2950, CONTROL_PERIOD_MS):
+        assert 2 <= len([x for x in steps if t <= x < t + CONTROL_PERIOD_MS]) <= 3, t
+    # V and f at least every 60 ms (V, f, X), sooner between snapshots (V, f)
+    assert max(_gaps(sent[0x0000])) == 60 and max(_gaps(sent[0x0046])) == 60
+    assert min(_gaps(sent[0x0000])) < 40
+    # within what the grid protection allows for: a cycle and a read (meter_map.cycle_us)
+    v, _f, _x, cycle = meter_map.cycle_us(meter_map.SDM630, 38400)
+    assert 60 + 20 <= (cycle + v) // 1000 == 92
+    assert len(snaps) >= 3 and all(450 <= g <= 550 for g in _gaps(snaps)), snaps
+    assert len(sent[0x0006]) == len(sent[0x000C]) == len(sent[0x001E]) == len(snaps)
+    # the same line moved only with the control steps: a request per step, V every 150 ms
+    sent, _snaps, wakes = paced_cycle(baud=38400, pump=False)
+    assert wakes == [] and max(_gaps(sent[0x0000])) == 150
+
+
 def test_without_the_receive_time_every_transaction_takes_two_steps():
     # t3.5 counted from the read: the next request leaves a step later; the snapshot's
     # further values then come in one read of three steps (I .. PF), a snapshot per cycle
-    sent, snaps = paced_cycle(knows_rx_end=False)
+    sent, snaps, _wakes = paced_cycle(knows_rx_end=False, baud=9600)
     assert set(sent) == {0x0000, 0x0046, 0x0006}
     assert max(_gaps(sent[0x0000])) == 350 and max(_gaps(sent[0x0046])) == 350
     assert len(snaps) >= 3 and all(450 <= g <= 550 for g in _gaps(snaps)), snaps
 
 
+def test_pumped_without_the_receive_time_the_silence_costs_one_look_more():
+    # between steps the silence counted from the read is only t3.5 more (to the next whole
+    # ms): the short blocks stay, at most 22 ms a transaction, still within the allowance
+    sent, snaps, _wakes = paced_cycle(knows_rx_end=False, baud=38400)
+    assert set(sent) == {0x0000, 0x0046, 0x0006, 0x000C, 0x001E}
+    steps = sorted(t for ts in sent.values() for t in ts)
+    assert max(_gaps(steps)) == 22, sorted(set(_gaps(steps)))
+    assert max(_gaps(sent[0x0000])) == 66 and len(snaps) >= 3
+
+
 def test_a_slow_meter_stretches_the_cycle_but_keeps_t35():
     # 25 ms latency: the reply ends after the next step, which must wait for it
-    sent, snaps = paced_cycle(latency_us=25000)
+    sent, snaps, _wakes = paced_cycle(latency_us=25000, baud=9600)
     assert max(_gaps(sent[0x0000])) == 300 and snaps
+    # pumped: once the reply is later than the allowance it is looked for every 2 ms, and
+    # the next request still waits t3.5 after it: 2.1 + 25 + 4.4 ms, to the next look, + t3.5
+    sent, snaps, _wakes = paced_cycle(latency_us=25000, baud=38400)
+    steps = sorted(t for ts in sent.values() for t in ts)
+    assert max(_gaps(steps)) == 34, sorted(set(_gaps(steps)))
+    assert snaps
 
 
 def test_requests_and_limits_go_out_cut_toward_zero_never_above_the_decision():
@@ -455,8 +506,9 @@ class StillPort:
     """An RS-485 port that allocates nothing: replies built beforehand, one per block,
     available from the step after the request, its end reported as a UART would."""
 
-    def __init__(self, meter, clock, blocks):
+    def __init__(self, meter, clock, blocks, delay_us=40000):
         self.clock = clock
+        self.delay_us = delay_us
         self.replies = {}
         for start, count in blocks:
             req = bytearray(8)
@@ -471,7 +523,7 @@ class StillPort:
 
     def write(self, buf, n):
         self.reply = self.replies.get((buf[2] << 8) | buf[3])
-        self.due = self.clock[0] + 40000
+        self.due = self.clock[0] + self.delay_us
 
     def tx_done(self):
         return True
@@ -517,6 +569,53 @@ def test_meter_task_step_allocates_nothing_in_steady_state():
         micropython.heap_unlock()
     assert task.reader.reading.seq >= seq + 5 and task.fail_streak == 0
     assert inputs.meter_ok and inputs.meter_mv == 230000 and inputs.meter_mhz == 50000
+
+
+def test_meter_pump_between_steps_allocates_nothing_in_steady_state():
+    # the shell's loop at 38400 baud: a control step every 50 ms and, between steps, the
+    # pump whenever next_io_ms() asks; neither allocates
+    import micropython
+    from app.meter import MeterTask
+    from core import config, meter_map
+    from core.controller import Inputs
+
+    cfg = config.validate({'METER_BAUD': 38400})
+    clock = [0]
+    port = StillPort(Meter(), clock, meter_map.BLOCKS_SDM630, delay_us=12000)
+    task = MeterTask(port, cfg, lambda: clock[0])
+    inputs = Inputs()
+    state = [0, 0, 0]      # now, next step, looks between steps
+    _shell_loop(task, clock, inputs, cfg, state, 2000)   # warm up: first snapshot, every path once
+    seq = task.reader.reading.seq
+    looks = state[2]
+    ok = task.master.stats.ok
+    micropython.heap_lock()
+    try:
+        _shell_loop(task, clock, inputs, cfg, state, 5000)    # 3 s: six snapshots
+    finally:
+        micropython.heap_unlock()
+    assert task.reader.reading.seq >= seq + 5 and task.fail_streak == 0
+    # more than a read per step, most of them between steps
+    assert task.master.stats.ok - ok > 3000 // 50 and state[2] - looks > 3000 // 50
+    assert inputs.meter_ok and inputs.meter_mv == 230000 and inputs.meter_mhz == 50000
+
+
+def _shell_loop(task, clock, inputs, cfg, state, until):
+    # app/run.py's loop for the meter task alone (a plain function: calling a closure with
+    # this many names allocates on MicroPython)
+    now, next_step = state[0], state[1]
+    while now < until:
+        clock[0] = now * 1000
+        if now == next_step:
+            task.step(now, inputs, cfg)
+            next_step += 50
+        else:
+            task.io(now)
+            state[2] += 1
+        io = task.next_io_ms(now)
+        now = io if io is not None and io < next_step else next_step
+    state[0] = now
+    state[1] = next_step
 
 
 def test_can_frames_carry_the_controllers_own_numbers_without_allocating():

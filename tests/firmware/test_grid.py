@@ -558,7 +558,9 @@ def test_stages_are_decided_as_early_as_the_sensing_delay_needs():
 
 def test_from_config_takes_the_meter_tasks_sensing_delay():
     from core import config
-    assert GridProtection.from_config(config.validate({})).sense_ms == 150
+    # the default 38400 baud: pumped between control steps, a grid step shows within 100 ms
+    assert GridProtection.from_config(config.validate({})).sense_ms == 100
+    assert GridProtection.from_config(config.validate({'METER_BAUD': 9600})).sense_ms == 150
     assert GridProtection.from_config(config.validate({'METER_BAUD': 2400})).sense_ms == 550
     # given explicitly (a meter that is not the meter task's), it stays through a reconfigure
     g = GridProtection.from_config(config.validate({}), sense_ms=0)
@@ -582,14 +584,19 @@ def test_values_in_force_clamp_to_the_profile():
 
 
 def test_settings_notes_name_the_sampling_bound_and_the_clamped_values():
-    # the defaults on IEEE: a grid step shows within 150 ms, so the 160 ms stages are
-    # decided on the first reading outside and met; nothing else
-    notes = settings_notes('IEEE1547_CAT_II_60HZ', 500, 36, 5000)
+    # the defaults (38400 baud) on IEEE: a grid step shows within 100 ms, so the 160 ms stages
+    # are decided a step after the first reading outside and met: nothing to say
+    assert settings_notes('IEEE1547_CAT_II_60HZ', 500, 36, 5000) == []
+    # at 9600 baud a grid step shows within 150 ms: decided on the first reading, and met
+    notes = settings_notes('IEEE1547_CAT_II_60HZ', 500, 36, 5000, meter_baud=9600)
     assert notes == ['the 160 ms stages of IEEE1547_CAT_II_60HZ trip on the first reading outside their '
                      'threshold (at most 150 ms after the grid step): an excursion a voltage or frequency '
                      'read catches trips however short'], notes
     # METER_POLL_MS sets the snapshot only: no trip note changes with it
     notes = settings_notes('IEEE1547_CAT_II_60HZ', 100, 36, 5000)
+    assert notes == ['METER_POLL_MS 100: a snapshot of current and energy takes 210 ms (SDM630, METER_BAUD '
+                     '38400), so one follows the other every 210 ms'], notes
+    notes = settings_notes('IEEE1547_CAT_II_60HZ', 100, 36, 5000, meter_baud=9600)
     assert len(notes) == 2 and 'a snapshot of current and energy takes 450 ms' in notes[1], notes
     # a slower line: every read two steps, a step may show 350 ms late
     notes = settings_notes('IEEE1547_CAT_III_60HZ', 500, 36, 5000, meter_baud=4800)
@@ -597,11 +604,19 @@ def test_settings_notes_name_the_sampling_bound_and_the_clamped_values():
     assert 'the 160 ms stages of IEEE1547_CAT_III_60HZ can trip 350 ms after the grid step' in notes[0]
     # the long stages are decided early enough; the snapshot needs longer than the poll
     assert len(notes) == 2 and 'a snapshot of current and energy takes 900 ms' in notes[1], notes
-    # EN 50549's 100 ms stages cannot be met at 9600 baud: named, with the worst case
+    # EN 50549's 100 ms stages at the default 38400 baud: met, decided on the first reading
     notes = settings_notes('EN50549_50HZ', 500, 36, 5000)
     assert len(notes) == 2, notes
-    assert 'the 100 ms stages of EN50549_50HZ can trip 150 ms after the grid step' in notes[0]
+    assert notes[0] == ('the 100 ms stages of EN50549_50HZ trip on the first reading outside their threshold '
+                        '(at most 100 ms after the grid step): an excursion a voltage or frequency read '
+                        'catches trips however short'), notes
     assert notes[1] == 'FREQ_DEADBAND_HZ 0.036 is outside the 0.2-0.5 Hz of EN50549_50HZ: 0.2 Hz in force'
+    # ... and not at 19200 or 9600 baud: named, with the worst case
+    for baud in (19200, 9600):
+        notes = settings_notes('EN50549_50HZ', 500, 36, 5000, meter_baud=baud)
+        assert notes[0] == ('METER_BAUD {} (SDM630): voltage and frequency are read at least every 150 ms '
+                            'and a grid step shows up to 150 ms later, so the 100 ms stages of EN50549_50HZ '
+                            'can trip 150 ms after the grid step'.format(baud)), notes
     notes = settings_notes('IEEE1547_CAT_I_60HZ', 500, 1000, 10000)
     assert notes[-1] == 'FREQ_DROOP_PCT 10 is outside the 3-5 % of IEEE1547_CAT_I_60HZ: 5 % in force'
     assert not any('DEADBAND' in n for n in notes)

@@ -87,6 +87,28 @@ def test_short_blocks_cover_the_map_and_each_fits_a_control_step():
     assert mm.cycle_steps(mm.SDM630, 4800, 50) == (2, 2, 2, 6) and mm.sense_ms(mm.SDM630, 4800, 50) == 350
 
 
+def test_at_38400_baud_the_bytes_move_between_steps_and_a_grid_step_shows_within_100_ms():
+    # a 6-register read pumped between steps: 10.0 ms on the wire with both t3.5, the
+    # meter's 10 ms, up to 1 ms for each of three looks at the line
+    assert mm.pump_slot_us(6, 38400) == 10025 + 10000 + 3000
+    for model in (mm.SDM630, mm.SDM120):
+        v, f, x, cycle = mm.cycle_us(model, 38400)
+        assert cycle == v + f + x and cycle + max(v, f) <= 100000
+        assert mm.between_steps(model, 38400, 50)
+        # the step lands just after a V read: the next one leaves a cycle later and is used
+        # at the first control step after its reply
+        assert mm.sense_ms(model, 38400, 50) == 100
+    assert mm.cycle_us(mm.SDM630, 38400) == (23025, 23025, 23025, 69075)
+    assert mm.read_every_ms(mm.SDM630, 38400, 50) == 70
+    # at 19200 baud and below a transaction per step is as soon or sooner: no pump
+    for baud, sense in ((19200, 150), (9600, 150), (4800, 350), (2400, 550)):
+        assert not mm.between_steps(mm.SDM630, baud, 50), baud
+        assert mm.sense_ms(mm.SDM630, baud, 50) == sense, baud
+        assert mm.read_every_ms(mm.SDM630, baud, 50) == mm.cycle_steps(mm.SDM630, baud, 50)[3] * 50
+    # (pumped, 9600 baud would show a step 200 ms late, 19200 150 ms)
+    assert mm._sense_pumped(mm.SDM630, 9600, 50, mm.BLOCKS_SDM630) == 200
+
+
 def test_the_reader_polls_from_a_block_table_of_its_own():
     # each poll reads the block table; frozen into an image, the module's constant tuple of
     # ints would be heap integers there (tests/host/test_frozen_rules.py)

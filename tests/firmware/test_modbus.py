@@ -123,6 +123,31 @@ def test_float_decode_milli():
     assert modbus.f32_milli(b"\x00\x00" + _f32(2.5), 2) == 2500
 
 
+def test_wait_us_says_when_a_transaction_next_needs_the_shell():
+    m = modbus.ModbusMaster(38400, 200)
+    assert m.wait_us(0, 10000) is None                   # nothing in hand
+    assert m.request(1, 0, 6)
+    assert m.wait_us(5000, 10000) == 0                   # never heard: may leave at once
+    assert m.tx_ready(5000) == 8
+    # handed to the UART: the request's 8 characters still on the wire
+    assert m.wait_us(5000, 10000) == 8 * 261 and m.wait_us(6000, 10000) == 8 * 261 - 1000
+    m.sent(7088)
+    # the reply of 17 bytes, due after t3.5 and the meter's allowance
+    assert m.wait_us(7088, 10000) == 1750 + 10000 + 17 * 261
+    assert m.wait_us(30000, 10000) < 0                   # late: the shell looks again
+    reply = bytearray([1, 4, 12] + [0] * 12)
+    c = modbus.crc16(reply, len(reply))
+    reply += bytes([c & 0xFF, c >> 8])
+    m.feed(reply, 10, 15000)
+    assert m.wait_us(15000, 10000) == 7 * 261            # the rest of the frame
+    m.feed(reply[10:], 7, 17000, 16900)
+    assert m.poll(17000) == modbus.OK and m.wait_us(17000, 10000) is None
+    assert m.request(1, 0x46, 6)
+    # the next request waits for t3.5 after the reply's end
+    assert m.wait_us(17000, 10000) == 1750 - 100 and m.tx_ready(17000) == 0
+    assert m.tx_ready(16900 + 1750) == 8
+
+
 def test_timing_from_baud():
     m = modbus.ModbusMaster(9600, 200)
     assert m.char_us == 1042  # 10 bits at 9600 baud, rounded up

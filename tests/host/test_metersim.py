@@ -178,3 +178,12 @@ def test_meter_task_at_its_control_step_over_the_paced_line():
         gaps = sorted(fieldbus._gaps(sent[start]))
         assert gaps[len(gaps) // 2] <= 150 and gaps[0] >= 95, gaps
     assert len(snaps) >= 2
+
+
+def test_the_simulators_speak_the_controllers_default_speed():
+    # a meter simulator on a real serial adapter must run at METER_BAUD: by default, the
+    # firmware's default
+    from core import config
+    from host_tools import metersim
+    assert metersim.DEFAULT_BAUD == config.validate({}).meter_baud == 38400
+    assert MeterSim("/dev/null").baud == metersim.DEFAULT_BAUD

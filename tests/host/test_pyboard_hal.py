@@ -774,7 +774,7 @@ def test_meter_and_bms_through_the_station_tasks():
     cfg = settings(METER_POLL_MS=200, CAN_BITRATE=500000)
     buses = Buses(hal, cfg)
     W.uarts[6].answer = meter.answer
-    assert W.uarts[6].baud == 9600 and W.can.inits[0][1] == 500000
+    assert W.uarts[6].baud == 38400 and W.can.inits[0][1] == 500000     # METER_BAUD's default
     inp = Inputs()
     out = Outputs()
     counter = 0
@@ -829,12 +829,13 @@ def test_meter_reads_one_block_per_step_on_the_receive_idle_time():
         meter.put(r, 231.0)
     meter.put(6, 12.0)
     meter.put(0x46, 49.9)
-    cfg = settings(METER_POLL_MS=500)
+    cfg = settings(METER_POLL_MS=500, METER_BAUD=9600)
     task = MeterTask(hal.rs485, cfg, hal.ticks_us)
     u = W.uarts[6]
     u.answer = meter.answer
     u.timed = True
     assert task.reader.blocks == meter_map.BLOCKS_SDM630          # the short blocks: one step each
+    assert task.next_io_ms(0) is None                             # bytes move with the steps only
     inp = Inputs()
     steps = 40
     for step in range(steps):
@@ -845,6 +846,48 @@ def test_meter_reads_one_block_per_step_on_the_receive_idle_time():
     assert gaps and max(gaps) == 50000, gaps                      # a request every step
     assert len(u.sent) >= steps - 1
     assert task.master.stats.ok >= steps - 2 and task.master.stats.timeouts == 0
+    assert task.reader.snapshots_ok >= 3
+    assert inp.meter_ok and inp.meter_mv == 231000 and inp.meter_mhz == 49900 and inp.meter_ma == 12000
+
+
+def test_meter_pumped_between_steps_at_38400_on_the_receive_idle_time():
+    """At the default 38400 baud the shell's loop also wakes at the meter task's I/O moments
+    between control steps (app/run.py): with the reply's end from the idle interrupt, the
+    next request leaves as soon as the line allows, two or three per 50 ms step."""
+    from app.meter import MeterTask
+    mod, hal = new_hal()
+    meter = Sdm630()
+    for r in (0, 2, 4):
+        meter.put(r, 231.0)
+    meter.put(6, 12.0)
+    meter.put(0x46, 49.9)
+    cfg = settings(METER_POLL_MS=500)
+    assert cfg.meter_baud == 38400
+    task = MeterTask(hal.rs485, cfg, hal.ticks_us)
+    u = W.uarts[6]
+    u.answer = meter.answer
+    u.timed = True
+    inp = Inputs()
+    now = next_step = 1000
+    looks = 0
+    while now < 3000:
+        W.now_us = now * 1000
+        u.deliver()
+        if now == next_step:
+            task.step(now, inp, cfg)
+            next_step += 50
+        else:
+            task.io(now)
+            looks += 1
+        io = task.next_io_ms(now)
+        assert io is None or io > now
+        now = io if io is not None and io < next_step else next_step
+    gaps = [b - a for a, b in zip(u.sent_us, u.sent_us[1:])]
+    assert max(gaps) <= 20000, gaps                               # a request at least every 20 ms
+    assert len(u.sent) >= 2000 // 20 - 1 and looks >= 2000 // 50
+    v_at = [t for t, req in zip(u.sent_us, u.sent) if req[2:4] == b'\x00\x00']
+    assert max(b - a for a, b in zip(v_at, v_at[1:])) <= 60000    # V at least every 60 ms
+    assert task.master.stats.timeouts == 0 and task.master.stats.ok >= len(u.sent) - 1
     assert task.reader.snapshots_ok >= 3
     assert inp.meter_ok and inp.meter_mv == 231000 and inp.meter_mhz == 49900 and inp.meter_ma == 12000
 
