@@ -172,6 +172,13 @@ def _check_expect(file, i, ex, duration):
             "event_on": ex.get("event_on", True), "event_msg": ex.get("event_msg")}
 
 
+def _controller_baud(sc):
+    """The speed the controller's meter task talks at: the scenario's METER_BAUD, else the
+    settings' default (the bench's meter must answer at the same speed)."""
+    from core import config as cfgmod
+    return sc["config"].get("METER_BAUD", cfgmod.SCHEMA["METER_BAUD"][3])
+
+
 def validate(data, file="<bench scenario>"):
     if not isinstance(data, dict):
         raise _bad(file, "file", "must be a TOML table")
@@ -658,7 +665,7 @@ class Bench:
                 m = sc["meter"]
                 try:
                     metersim = MeterSim(self.meter_port, model=m.get("model", "SDM630"), unit=m.get("unit", 1),
-                                        baud=m.get("baud", 9600)).start()
+                                        baud=m.get("baud", _controller_baud(sc))).start()
                 except (RuntimeError, ValueError, OSError) as e:
                     raise BenchError("--meter-port {}: {}".format(self.meter_port, e)) from None
             if self.plant_port:

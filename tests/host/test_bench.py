@@ -188,3 +188,11 @@ def test_vehicle_sends_at_the_dbc_cycle_times(tmp_path):
     silent.write_text(text.replace('BA_ "GenMsgCycleTime" BO_ 1539 1000;\n', ''))
     with pytest.raises(bench.BenchError, match="BMS_Info no GenMsgCycleTime"):
         bench.Vehicle(cantools.database.load_file(str(silent)), _Bus(), {}, 240.0)
+
+
+def test_the_benchs_meter_answers_at_the_controllers_meter_speed():
+    sc = bench.load(ROOT / "scenarios" / "bench" / "meter_faults.toml")
+    sc["config"].pop("METER_BAUD", None)
+    assert bench._controller_baud(sc) == 38400           # the settings' default
+    sc["config"]["METER_BAUD"] = 9600
+    assert bench._controller_baud(sc) == 9600
