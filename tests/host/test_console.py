@@ -200,8 +200,12 @@ def test_events_name_state_changes_as_state(board):
 
 def test_events_takes_how_many_of_the_newest_to_show(board):
     with C.Console(board.endpoints["link"]) as con:
-        every = con.run_line("events").splitlines()
         newest = con.run_line("events 2").splitlines()
+        every = con.run_line("events").splitlines()
         with pytest.raises(C.ConsoleError, match="events: 'x' is not a whole number"):
             con.run_line("events x")
-    assert len(every) > 2 and newest == every[-2:]
+    # the log may have grown between the two reads (a busy host raises V2G-110): the two
+    # newest of the first read follow each other in the second
+    assert len(newest) == 2 and len(every) > 2
+    i = every.index(newest[0])
+    assert every[i:i + 2] == newest
