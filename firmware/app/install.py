@@ -13,6 +13,11 @@ from app import storage
 from app import update as U
 
 MAX_CHUNK = U.MAX_CHUNK
+# The update key's comb tables, kept between updates: building them takes about 200 control
+# steps, reading them one. Sealed by a digest over the key's point (core/p256.py): a damaged
+# or foreign file is rebuilt and rewritten, never used.
+KEY_TABLE_FILE = 'update_key.tab'
+TABLE_WRITE = 4096      # bytes of the cache written per control step
 
 
 def run(u, op, args, now_ms):
@@ -278,7 +283,52 @@ def _key_point(u):
 def _ensure_key(u):
     if u.key is None:
         from core import p256
-        u.key = p256.PublicKey(_key_point(u))
+        point = _key_point(u)
+        tab = _cached_table(u, point)
+        u.key = p256.PublicKey(point, tab)
+        if tab is None:
+            for _ in _save_table(u, point, u.key._tab):
+                pass
+
+
+def _cached_table(u, point):
+    """The key's tables from KEY_TABLE_FILE when it holds them whole for this key, else
+    None. Read into one buffer of the expected size: no copy, no growing reads."""
+    from core import p256
+    path = u.root + KEY_TABLE_FILE
+    if U._file_size(path) != p256.CACHE_LEN:
+        return None
+    buf = bytearray(p256.CACHE_LEN)
+    n = 0
+    try:
+        with open(path, 'rb') as f:
+            while n < len(buf):
+                got = f.readinto(memoryview(buf)[n:])
+                if not got:
+                    break
+                n += got
+    except OSError:
+        return None
+    if n != len(buf):
+        return None
+    return p256.cached_table(point, buf)
+
+
+def _save_table(u, point, tab):
+    """Write the key's tables to KEY_TABLE_FILE, TABLE_WRITE bytes per slice. A file that
+    cannot be written (full or failing) costs only a rebuild at the next update; one cut
+    short by a reset fails its digest."""
+    from core import p256
+    path = u.root + KEY_TABLE_FILE
+    try:
+        with open(path, 'wb') as f:
+            f.write(p256.cache_head(point, tab))
+            mv = memoryview(tab)
+            for i in range(0, len(mv), TABLE_WRITE):
+                yield 0
+                f.write(mv[i:i + TABLE_WRITE])
+    except OSError:
+        return
 
 
 def _head_job(u, d, point):
@@ -289,10 +339,14 @@ def _head_job(u, d, point):
     each level resumed costs C stack."""
     from core import p256
     if u.key is None:
-        x, y = p256.parse_point(point)
-        tab = []
-        yield from p256.comb_table_steps(x, y, tab)
-        u.key = p256.PublicKey(point, tab[0])
+        tab = _cached_table(u, point)
+        if tab is None:
+            x, y = p256.parse_point(point)
+            out = []
+            yield from p256.comb_table_steps(x, y, out)
+            tab = out[0]
+            yield from _save_table(u, point, tab)
+        u.key = p256.PublicKey(point, tab)
     while d.checked is None:
         yield 0     # waiting for the head's chunks
     payload, digest, sig = d.checked

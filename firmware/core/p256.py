@@ -933,6 +933,40 @@ def key_id(point):
     return hashlib.sha256(SPKI_PREFIX + bytes(point)).digest()[:8]
 
 
+# A key's tables kept in a file between updates (app/install.py): CACHE_MAGIC (which
+# names the layout, so a firmware with other tables rebuilds), then sha256 over the
+# magic, the key's point and the tables, then the tables. A file that is short, long,
+# of another layout, for another key or damaged anywhere fails the digest and is
+# rebuilt, never used.
+CACHE_MAGIC = b"P256\x01\x08\x02\x10"   # format 1, TEETH, TABLES, SPACING
+CACHE_HEAD_LEN = len(CACHE_MAGIC) + 32
+CACHE_LEN = CACHE_HEAD_LEN + KEY_TABLE_LEN
+
+
+def _cache_digest(point, tab):
+    h = hashlib.sha256(CACHE_MAGIC)
+    h.update(bytes(point))
+    h.update(tab)
+    return h.digest()
+
+
+def cache_head(point, tab):
+    """The bytes a cache file of the tables tab of the key point starts with."""
+    return CACHE_MAGIC + _cache_digest(point, tab)
+
+
+def cached_table(point, data):
+    """The tables in data (a cache file's whole content), or None unless data is a
+    whole cache of this layout made for this very point."""
+    if data is None or len(data) != CACHE_LEN or data[:len(CACHE_MAGIC)] != CACHE_MAGIC:
+        return None
+    mv = memoryview(data)
+    tab = mv[CACHE_HEAD_LEN:]
+    if _cache_digest(point, tab) != bytes(mv[len(CACHE_MAGIC):CACHE_HEAD_LEN]):
+        return None
+    return tab
+
+
 def load_steps(point, out):
     """PublicKey(point) in slices: a generator that appends the key to out at its end.
     A bad point raises ValueError at the first slice, before any table work."""
@@ -948,7 +982,8 @@ class PublicKey:
 
     def __init__(self, point, _tab=None):
         """point: 65 bytes, 0x04 || X || Y (uncompressed SEC 1 encoding). _tab: the
-        comb table load_steps built for this very point; built here when None."""
+        comb tables comb_table_steps built, or cached_table found, for this very
+        point; built here when None."""
         x, y = parse_point(point)
         self.x = x
         self.y = y

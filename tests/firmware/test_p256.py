@@ -297,3 +297,21 @@ def test_point_addition_edge_cases():
     assert p256._jadd_affine(1, 1, 0, x, y) == (x, y, 1)
     assert _same(p256._jadd_affine(x, y, 1, x, y), p256._jdouble(x, y, 1))
     assert p256._jdouble(1, 1, 0)[2] == 0
+
+
+def test_a_table_cache_is_taken_only_whole_and_for_its_own_key():
+    assert p256.CACHE_MAGIC[4:] == bytes((1, p256.TEETH, p256.TABLES, p256.SPACING))
+    key = _key(1)
+    tab = bytes(key._tab)
+    data = p256.cache_head(key.point, tab) + tab
+    assert len(data) == p256.CACHE_LEN
+    assert bytes(p256.cached_table(key.point, data)) == tab
+    other = _key(2).point
+    assert p256.cached_table(other, data) is None                     # another key
+    for i in (0, 5, p256.CACHE_HEAD_LEN - 1, p256.CACHE_HEAD_LEN, len(data) - 1):
+        bad = bytearray(data)
+        bad[i] ^= 0x10
+        assert p256.cached_table(key.point, bytes(bad)) is None, i    # any byte damaged
+    assert p256.cached_table(key.point, data[:-1]) is None            # short
+    assert p256.cached_table(key.point, data + b"\0") is None         # long
+    assert p256.cached_table(key.point, None) is None

@@ -8,7 +8,7 @@ update's head is checked.
 """
 import hashlib
 
-from test_cose import BUNDLE_OK, KEY_A, _b
+from test_cose import BUNDLE_OK, KEY_A, KEY_B, _b
 from test_p256 import VECTORS, _h
 from test_update import bid, make, scratch
 
@@ -180,3 +180,64 @@ def test_chunks_in_flight_past_a_checked_head_are_held_not_refused():
     r = u.command('fota_chunk', {'off': n + 300, 'data': data[n + 300:n + 400]}, 0)
     assert not r[0] and r[1] == 'V2G-400' and 'gap' in r[2], r     # a gap again, as ever
     assert log == []
+
+
+def _head_job_steps(root, data):
+    """Control steps the download's job takes from fota_begin to the head's verdict, the
+    whole head sent at once; the update then runs to its end. Returns (steps, pending)."""
+    u = make(root)
+    u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+    n = 8 + int.from_bytes(data[4:8], 'big')
+    assert u.command('fota_chunk', {'off': 0, 'data': data[:n]}, 0)[0]
+    steps = 0
+    while u.dl is not None and u.dl.job is not None:
+        u.tick(0, 0)
+        steps += 1
+    off = n
+    while u.dl is not None and off < len(data):
+        r = u.command('fota_chunk', {'off': off, 'data': data[off:off + 400]}, 0)
+        assert r[0], r
+        off = r[3]['next']
+    if u.dl is not None:
+        assert u.command('fota_finish', {'reboot': False}, 0)[0]
+    return steps, u.report()['pending']
+
+
+def _read(path):
+    with open(path, 'rb') as f:
+        return f.read()
+
+
+def test_the_key_tables_are_kept_between_updates_and_a_damaged_copy_is_rebuilt():
+    from app import install
+    data = _b(BUNDLE_OK)
+    root = scratch(KEY_A)
+    cache = root + install.KEY_TABLE_FILE
+    built, pending = _head_job_steps(root, data)
+    assert pending == 'a'
+    assert built > 150, built          # the tables: about 190 slices
+    good = _read(cache)
+    assert len(good) == p256.CACHE_LEN
+
+    # the next update (a fresh controller with that file) reads them in one step
+    root2 = scratch(KEY_A)
+    with open(root2 + install.KEY_TABLE_FILE, 'wb') as f:
+        f.write(good)
+    kept, pending = _head_job_steps(root2, data)
+    assert pending == 'a'
+    assert kept < 30 and built - kept > 150, (built, kept)
+
+    # one byte changed anywhere, a short file, or another key's tables: rebuilt, rewritten
+    other = p256.PublicKey(_b(KEY_B))
+    foreign = p256.cache_head(other.point, other._tab) + bytes(other._tab)
+    for bad in (good[:100] + bytes([good[100] ^ 1]) + good[101:],
+                good[:-1] + bytes([good[-1] ^ 0x80]),
+                good[:len(good) // 2],
+                foreign):
+        root3 = scratch(KEY_A)
+        with open(root3 + install.KEY_TABLE_FILE, 'wb') as f:
+            f.write(bad)
+        steps, pending = _head_job_steps(root3, data)
+        assert pending == 'a'
+        assert steps > 150, steps
+        assert _read(root3 + install.KEY_TABLE_FILE) == good
