@@ -284,37 +284,43 @@ def _ensure_key(u):
     if u.key is None:
         from core import p256
         point = _key_point(u)
-        tab = _cached_table(u, point)
-        u.key = p256.PublicKey(point, tab)
-        if tab is None:
-            for _ in _save_table(u, point, u.key._tab):
-                pass
+        out = []
+        p256.run(_cached_table(u, point, out))
+        u.key = p256.PublicKey(point, out[0] if out else None)
+        if not out:
+            p256.run(_save_table(u, point, u.key._tab))
 
 
-def _cached_table(u, point):
-    """The key's tables from KEY_TABLE_FILE when it holds them whole for this key, else
-    None. Read into one buffer of the expected size: no copy, no growing reads."""
+def _cached_table(u, point, out):
+    """Append the key's tables from KEY_TABLE_FILE to out when it holds them whole for
+    this key; nothing when it is missing, damaged or another key's. A generator: one
+    table (an 8 KiB buffer, read in place) per slice."""
     from core import p256
     path = u.root + KEY_TABLE_FILE
     if U._file_size(path) != p256.CACHE_LEN:
-        return None
-    buf = bytearray(p256.CACHE_LEN)
-    n = 0
+        return
+    tabs = []
     try:
         with open(path, 'rb') as f:
-            while n < len(buf):
-                got = f.readinto(memoryview(buf)[n:])
-                if not got:
-                    break
-                n += got
+            head = f.read(p256.CACHE_HEAD_LEN)
+            for _ in range(p256.TABLES):
+                yield 0
+                t = bytearray(p256.TABLE_LEN)
+                mv = memoryview(t)
+                n = 0
+                while n < len(t):
+                    got = f.readinto(mv[n:])
+                    if not got:
+                        return
+                    n += got
+                tabs.append(t)
     except OSError:
-        return None
-    if n != len(buf):
-        return None
-    return p256.cached_table(point, buf)
+        return
+    if p256.cache_holds(point, head, tabs):
+        out.append(tabs)
 
 
-def _save_table(u, point, tab):
+def _save_table(u, point, tabs):
     """Write the key's tables to KEY_TABLE_FILE, TABLE_WRITE bytes per slice. A file that
     cannot be written (full or failing) costs only a rebuild at the next update; one cut
     short by a reset fails its digest."""
@@ -322,11 +328,12 @@ def _save_table(u, point, tab):
     path = u.root + KEY_TABLE_FILE
     try:
         with open(path, 'wb') as f:
-            f.write(p256.cache_head(point, tab))
-            mv = memoryview(tab)
-            for i in range(0, len(mv), TABLE_WRITE):
-                yield 0
-                f.write(mv[i:i + TABLE_WRITE])
+            f.write(p256.cache_head(point, tabs))
+            for t in tabs:
+                mv = memoryview(t)
+                for i in range(0, len(mv), TABLE_WRITE):
+                    yield 0
+                    f.write(mv[i:i + TABLE_WRITE])
     except OSError:
         return
 
@@ -339,14 +346,13 @@ def _head_job(u, d, point):
     each level resumed costs C stack."""
     from core import p256
     if u.key is None:
-        tab = _cached_table(u, point)
-        if tab is None:
+        out = []
+        yield from _cached_table(u, point, out)
+        if not out:
             x, y = p256.parse_point(point)
-            out = []
             yield from p256.comb_table_steps(x, y, out)
-            tab = out[0]
-            yield from _save_table(u, point, tab)
-        u.key = p256.PublicKey(point, tab)
+            yield from _save_table(u, point, out[0])
+        u.key = p256.PublicKey(point, out[0])
     while d.checked is None:
         yield 0     # waiting for the head's chunks
     payload, digest, sig = d.checked

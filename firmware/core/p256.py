@@ -686,8 +686,8 @@ def _batch_affine(pts, out, at=0):
 
 
 def comb_table_steps(x, y, out):
-    """Comb tables of the affine point A = (x, y): TABLES tables of ENTRIES points
-    as bytes x || y, one bytearray appended to the list out. A generator of
+    """Comb tables of the affine point A = (x, y): a list of TABLES bytearrays of
+    ENTRIES points as bytes x || y, appended to the list out. A generator of
     slices (see SLICE_OPS).
 
     Entry i of table t is sum over teeth j of s_j * 2**(SPACING*(TEETH*t + j)) * A,
@@ -719,9 +719,11 @@ def comb_table_steps(x, y, out):
     base = bytearray(64 * 2 * teeth)
     yield from _batch_affine(chain, base)
     chain = None
-    tab = bytearray(KEY_TABLE_LEN)  # the tables' own bytes, written in place
-    yield 0                         # the allocation: a slice of its own
+    tabs = []
     for t in range(TABLES):
+        tab = bytearray(TABLE_LEN)  # the table's own 8 KiB, written in place
+        tabs.append(tab)
+        yield 0                     # the allocation: a slice of its own
         b0 = 2 * TEETH * t
         bx = [int.from_bytes(base[64 * i:64 * i + 32], "big") for i in range(b0, b0 + 2 * TEETH)]
         by = [int.from_bytes(base[64 * i + 32:64 * i + 64], "big") for i in range(b0, b0 + 2 * TEETH)]
@@ -756,13 +758,13 @@ def comb_table_steps(x, y, out):
                 k = 0
         if k:
             yield k
-        yield from _batch_affine(pts, tab, TABLE_LEN * t)
+        yield from _batch_affine(pts, tab)
         pts = None
-    out.append(tab)
+    out.append(tabs)
 
 
 def comb_table(x, y):
-    """comb_table_steps in one go: the table as a bytearray."""
+    """comb_table_steps in one go: the list of tables."""
     out = []
     run(comb_table_steps(x, y, out))
     return out[0]
@@ -815,8 +817,9 @@ def _comb2_steps(u1, u2, qtab, out):
     cg = _columns(u1)
     cq = _columns(u2)
     yield 0                  # the recodings: a slice of their own
-    tg = memoryview(_G_COMB)
-    tq = memoryview(qtab)
+    g = memoryview(_G_COMB)
+    tg = [g[TABLE_LEN * t:TABLE_LEN * (t + 1)] for t in range(TABLES)]
+    tq = [memoryview(b) for b in qtab]
     x = y = 1
     z = 0
     m = SPACING - 1
@@ -836,19 +839,20 @@ def _comb2_steps(u1, u2, qtab, out):
         i = 0
         while i < 2 * TABLES:
             # the column's byte of each table, G and Q in turn
-            j = TABLES * m + (i >> 1)
+            t = i >> 1
+            j = TABLES * m + t
             if i & 1:
-                tab = tq
+                tab = tq[t]
                 v = cq[j]
             else:
-                tab = tg
+                tab = tg[t]
                 v = cg[j]
             # a clear top sign selects the negative of entry ~v: its y is
             # negated through the formulas (r and y3 change sign), not as p - y
             neg = not v & 0x80
             if neg:
                 v = ~v
-            o = (i >> 1) * TABLE_LEN + ((v & 0x7F) << 6)
+            o = (v & 0x7F) << 6
             i += 1
             ax = int.from_bytes(tab[o:o + 32], "big")
             ay = int.from_bytes(tab[o + 32:o + 64], "big")
@@ -935,36 +939,29 @@ def key_id(point):
 
 # A key's tables kept in a file between updates (app/install.py): CACHE_MAGIC (which
 # names the layout, so a firmware with other tables rebuilds), then sha256 over the
-# magic, the key's point and the tables, then the tables. A file that is short, long,
-# of another layout, for another key or damaged anywhere fails the digest and is
-# rebuilt, never used.
+# magic, the key's point and the tables, then the tables one after the other. A file
+# that is short, long, of another layout, for another key or damaged anywhere fails
+# the digest and is rebuilt, never used.
 CACHE_MAGIC = b"P256\x01\x08\x02\x10"   # format 1, TEETH, TABLES, SPACING
 CACHE_HEAD_LEN = len(CACHE_MAGIC) + 32
 CACHE_LEN = CACHE_HEAD_LEN + KEY_TABLE_LEN
 
 
-def _cache_digest(point, tab):
+def cache_head(point, tabs):
+    """The bytes a cache file of the tables tabs of the key point starts with."""
     h = hashlib.sha256(CACHE_MAGIC)
     h.update(bytes(point))
-    h.update(tab)
-    return h.digest()
+    for t in tabs:
+        h.update(t)
+    return CACHE_MAGIC + h.digest()
 
 
-def cache_head(point, tab):
-    """The bytes a cache file of the tables tab of the key point starts with."""
-    return CACHE_MAGIC + _cache_digest(point, tab)
-
-
-def cached_table(point, data):
-    """The tables in data (a cache file's whole content), or None unless data is a
-    whole cache of this layout made for this very point."""
-    if data is None or len(data) != CACHE_LEN or data[:len(CACHE_MAGIC)] != CACHE_MAGIC:
-        return None
-    mv = memoryview(data)
-    tab = mv[CACHE_HEAD_LEN:]
-    if _cache_digest(point, tab) != bytes(mv[len(CACHE_MAGIC):CACHE_HEAD_LEN]):
-        return None
-    return tab
+def cache_holds(point, head, tabs):
+    """True when head (a cache file's first CACHE_HEAD_LEN bytes) seals exactly the
+    tables tabs (TABLES buffers of TABLE_LEN bytes) of the key point."""
+    if len(tabs) != TABLES or any(len(t) != TABLE_LEN for t in tabs):
+        return False
+    return bytes(head) == cache_head(point, tabs)
 
 
 def load_steps(point, out):

@@ -180,6 +180,9 @@ def _pattern_scalar(pattern, t=0):
 
 
 def _table_entry(tab, t, i):
+    # entry i of table t: tab is the G constant (tables one after the other) or a key's list
+    if isinstance(tab, list):
+        return _entry(tab[t], i)
     return _entry(memoryview(tab)[p256.TABLE_LEN * t:], i)
 
 
@@ -187,7 +190,7 @@ def test_g_comb_table_holds_the_pattern_multiples_of_g():
     tab = p256._G_COMB
     assert p256.TEETH * p256.TABLES * p256.SPACING == 256
     assert len(tab) == 64 * p256.ENTRIES * p256.TABLES == p256.KEY_TABLE_LEN
-    assert bytes(p256.comb_table(p256.GX, p256.GY)) == bytes(tab)
+    assert b"".join(p256.comb_table(p256.GX, p256.GY)) == bytes(tab)
     for t in range(p256.TABLES):
         for i in range(p256.ENTRIES):
             assert p256.on_curve(*_table_entry(tab, t, i))
@@ -200,7 +203,7 @@ def test_g_comb_table_holds_the_pattern_multiples_of_g():
 
 def test_key_comb_table_holds_the_pattern_multiples_of_the_key():
     key = _key(1)
-    assert len(key._tab) == p256.KEY_TABLE_LEN
+    assert [len(t) for t in key._tab] == [p256.TABLE_LEN] * p256.TABLES
     for t in range(p256.TABLES):
         for i in (0, 0x3C, p256.ENTRIES - 1):
             k = _pattern_scalar(0x80 | i, t) % p256.N
@@ -301,17 +304,21 @@ def test_point_addition_edge_cases():
 
 def test_a_table_cache_is_taken_only_whole_and_for_its_own_key():
     assert p256.CACHE_MAGIC[4:] == bytes((1, p256.TEETH, p256.TABLES, p256.SPACING))
+    assert p256.CACHE_LEN == p256.CACHE_HEAD_LEN + p256.TABLES * p256.TABLE_LEN
     key = _key(1)
-    tab = bytes(key._tab)
-    data = p256.cache_head(key.point, tab) + tab
-    assert len(data) == p256.CACHE_LEN
-    assert bytes(p256.cached_table(key.point, data)) == tab
-    other = _key(2).point
-    assert p256.cached_table(other, data) is None                     # another key
-    for i in (0, 5, p256.CACHE_HEAD_LEN - 1, p256.CACHE_HEAD_LEN, len(data) - 1):
-        bad = bytearray(data)
+    tabs = [bytes(t) for t in key._tab]
+    head = p256.cache_head(key.point, tabs)
+    assert len(head) == p256.CACHE_HEAD_LEN
+    assert p256.cache_holds(key.point, head, tabs)
+    assert not p256.cache_holds(_key(2).point, head, tabs)            # another key
+    for i in (0, 5, p256.CACHE_HEAD_LEN - 1):
+        bad = bytearray(head)
         bad[i] ^= 0x10
-        assert p256.cached_table(key.point, bytes(bad)) is None, i    # any byte damaged
-    assert p256.cached_table(key.point, data[:-1]) is None            # short
-    assert p256.cached_table(key.point, data + b"\0") is None         # long
-    assert p256.cached_table(key.point, None) is None
+        assert not p256.cache_holds(key.point, bytes(bad), tabs), i   # the head damaged
+    for t in range(p256.TABLES):
+        for i in (0, 1000, p256.TABLE_LEN - 1):
+            bad = [bytearray(x) for x in tabs]
+            bad[t][i] ^= 0x01
+            assert not p256.cache_holds(key.point, head, bad), (t, i)  # a table damaged
+    assert not p256.cache_holds(key.point, head, tabs[:1])              # a table missing
+    assert not p256.cache_holds(key.point, head, [tabs[0], tabs[1][:-1]])

@@ -38,9 +38,10 @@ def test_key_load_runs_in_slices_of_at_most_slice_ops():
     # 241 doublings, 32 + 32 + 2 x (128 + 128) affine points, 2 x (7 + 127) additions,
     # 3 x 8 inverse windows
     assert sum(ks) == 241 + 576 + 268 + 24
+    assert ks.count(0) >= p256.TABLES     # each table's allocation in a slice of its own
     assert len(ks) >= (241 + 576 + 268) // p256.SLICE_OPS
     key = out[0]
-    assert bytes(key._tab) == bytes(p256.comb_table(key.x, key.y))
+    assert [bytes(t) for t in key._tab] == [bytes(t) for t in p256.comb_table(key.x, key.y)]
 
 
 def test_verify_runs_in_slices_of_at_most_slice_ops():
@@ -225,11 +226,11 @@ def test_the_key_tables_are_kept_between_updates_and_a_damaged_copy_is_rebuilt()
         f.write(good)
     kept, pending = _head_job_steps(root2, data)
     assert pending == 'a'
-    assert kept < 30 and built - kept > 150, (built, kept)
+    assert kept < 40 and built - kept > 150, (built, kept)   # the verify: about 26
 
     # one byte changed anywhere, a short file, or another key's tables: rebuilt, rewritten
     other = p256.PublicKey(_b(KEY_B))
-    foreign = p256.cache_head(other.point, other._tab) + bytes(other._tab)
+    foreign = p256.cache_head(other.point, other._tab) + b"".join(other._tab)
     for bad in (good[:100] + bytes([good[100] ^ 1]) + good[101:],
                 good[:-1] + bytes([good[-1] ^ 0x80]),
                 good[:len(good) // 2],

@@ -1,7 +1,8 @@
 """What one ES256 verification (firmware core/p256.py) allocates, measured in the MicroPython
 VM, whose integers have the board's 16-bit digits: gc.mem_alloc() before and after one
 verify with the collector held off (bench/signing.py). Each verify must stay within
-bench.signing.VERIFY_HEAP_BUDGET; docs/signed-updates.md says why the 64 kB goal is not met."""
+bench.signing.VERIFY_HEAP_BUDGET; docs/signed-updates.md says why the 64 kB goal is not met
+and what bounds a verify from below."""
 
 import pytest
 from test_p256 import VECTORS   # tests/firmware: fixed vectors made with OpenSSL
