@@ -723,11 +723,11 @@ def comb_table_steps(x, y, out):
     for t in range(TABLES):
         tab = bytearray(TABLE_LEN)  # the table's own 8 KiB, written in place
         tabs.append(tab)
-        yield 0                     # the allocation: a slice of its own
         b0 = 2 * TEETH * t
         bx = [int.from_bytes(base[64 * i:64 * i + 32], "big") for i in range(b0, b0 + 2 * TEETH)]
         by = [int.from_bytes(base[64 * i + 32:64 * i + 64], "big") for i in range(b0, b0 + 2 * TEETH)]
         pts = [0] * (3 * ENTRIES)
+        yield 0                     # the allocations: a slice of their own
         # Walk the sign patterns in Gray-code order: each step flips one tooth j,
         # which adds or subtracts 2 B_j. Start from all signs negative: B_7 - sum B_j.
         sx, sy, sz = bx[2 * (TEETH - 1)], by[2 * (TEETH - 1)], 1
