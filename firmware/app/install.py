@@ -7,15 +7,19 @@ fota_finish, or on a fota_status that resumes a recorded download, and drops it 
 no download is left. Each function takes the Updater `u`, which owns the state (u.st) and
 the download in progress (u.dl); the filesystem helpers stay in app/update.py.
 """
+import os
+
 from core import manifest
 
 from app import storage
 from app import update as U
 
 MAX_CHUNK = U.MAX_CHUNK
-# The update key's comb tables, kept between updates: building them takes about 200 control
-# steps, reading them one. Sealed by a digest over the key's point (core/p256.py): a damaged
-# or foreign file is rebuilt and rewritten, never used.
+# The update key's comb tables, two per base, kept between updates (24 KiB): building them
+# takes about 360 control steps, reading them three. Sealed by a digest over the key's point
+# (core/p256.py): a damaged or foreign file is rebuilt and rewritten, never used. Where the
+# filesystem has no room for it beside the bundle, the key gets one table per base, built at
+# every update (128 steps) as before, and a verify does twice the doublings.
 KEY_TABLE_FILE = 'update_key.tab'
 TABLE_WRITE = 4096      # bytes of the cache written per control step
 
@@ -283,12 +287,37 @@ def _key_point(u):
 def _ensure_key(u):
     if u.key is None:
         from core import p256
-        point = _key_point(u)
-        out = []
-        p256.run(_cached_table(u, point, out))
-        u.key = p256.PublicKey(point, out[0] if out else None)
-        if not out:
-            p256.run(_save_table(u, point, u.key._tab))
+        p256.run(_key_steps(u, _key_point(u)))
+
+
+def _key_steps(u, point):
+    """Load the update key into u.key: its tables from KEY_TABLE_FILE, else built (and
+    kept when the filesystem has room). A generator of slices: the first lines of
+    _head_job, which has them written out (see there)."""
+    from core import p256
+    out = []
+    yield from _cached_table(u, point, out)
+    if not out:
+        keep = _room_for_tables(u)
+        x, y = p256.parse_point(point)
+        yield from p256.comb_table_steps(x, y, out, 2 if keep else 1)
+        if keep:
+            yield from p256.comb_table_steps(p256.GX, p256.GY, out, 2, 1)
+            out[0].append(out[1][0])
+            yield from _save_table(u, point, out[0])
+    u.key = p256.PublicKey(point, out[0])
+
+
+def _room_for_tables(u):
+    """True when KEY_TABLE_FILE fits beside the bundle being received and the margin."""
+    from core import p256
+    sp = U.fs_space(u.root)
+    if sp is None:
+        return True     # no statvfs: a write that fails is removed again
+    block, free = sp
+    free += max(0, U._file_size(u.root + KEY_TABLE_FILE))
+    need = u.dl.size if u.dl is not None else 0
+    return free >= p256.CACHE_LEN + need + (U.SPACE_MARGIN_BLOCKS + 1) * block
 
 
 def _cached_table(u, point, out):
@@ -303,7 +332,7 @@ def _cached_table(u, point, out):
     try:
         with open(path, 'rb') as f:
             head = f.read(p256.CACHE_HEAD_LEN)
-            for _ in range(p256.TABLES):
+            for _ in range(p256.CACHE_TABLES):
                 yield 0
                 t = bytearray(p256.TABLE_LEN)
                 mv = memoryview(t)
@@ -335,23 +364,31 @@ def _save_table(u, point, tabs):
                     yield 0
                     f.write(mv[i:i + TABLE_WRITE])
     except OSError:
-        return
+        try:
+            os.remove(path)     # a part written must not take the bundle's space
+        except OSError:
+            pass
 
 
 def _head_job(u, d, point):
-    """The key's table (when not loaded yet) while the head arrives, then the head's check:
+    """The key's tables (when not loaded yet) while the head arrives, then the head's check:
     a generator that step() advances by one slice of at most p256.SLICE_OPS point
     operations per control step, so the station's control and protection keep their period
     while an update starts. Generators are nested at most four deep (job, table, batch, inverse):
     each level resumed costs C stack."""
-    from core import p256
     if u.key is None:
+        # _key_steps, written out: a delegation would make five generators to resume
+        from core import p256
         out = []
         yield from _cached_table(u, point, out)
         if not out:
+            keep = _room_for_tables(u)
             x, y = p256.parse_point(point)
-            yield from p256.comb_table_steps(x, y, out)
-            yield from _save_table(u, point, out[0])
+            yield from p256.comb_table_steps(x, y, out, 2 if keep else 1)
+            if keep:
+                yield from p256.comb_table_steps(p256.GX, p256.GY, out, 2, 1)
+                out[0].append(out[1][0])
+                yield from _save_table(u, point, out[0])
         u.key = p256.PublicKey(point, out[0])
     while d.checked is None:
         yield 0     # waiting for the head's chunks

@@ -35,13 +35,18 @@ def test_key_load_runs_in_slices_of_at_most_slice_ops():
     out = []
     ks = _slices(p256.load_steps(pt, out))
     assert max(ks) <= p256.SLICE_OPS
-    # 241 doublings, 32 + 32 + 2 x (128 + 128) affine points, 2 x (7 + 127) additions,
-    # 3 x 8 inverse windows
-    assert sum(ks) == 241 + 576 + 268 + 24
-    assert ks.count(0) >= p256.TABLES     # each table's allocation in a slice of its own
-    assert len(ks) >= (241 + 576 + 268) // p256.SLICE_OPS
+    # the key's two tables: 241 doublings, 32 + 32 + 2 x (128 + 128) affine points,
+    # 2 x (7 + 127) additions, 3 x 8 inverse windows; G's second table: 241 doublings,
+    # 32 + 32 + 128 + 128 affine points, 7 + 127 additions, 2 x 8 windows
+    assert sum(ks) == (241 + 576 + 268 + 24) + (241 + 320 + 134 + 16)
+    assert ks.count(0) >= 3     # each table's allocation in a slice of its own
+    assert len(ks) >= (241 + 576 + 268 + 241 + 320 + 134) // p256.SLICE_OPS
     key = out[0]
-    assert [bytes(t) for t in key._tab] == [bytes(t) for t in p256.comb_table(key.x, key.y)]
+    assert [bytes(t) for t in key._tab] == [bytes(t) for t in p256.PublicKey(pt)._tab]
+    # one table per base: 225 doublings, 16 + 16 + 128 + 128 points, 134 additions, 2 x 8
+    ks = _slices(p256.load_steps(pt, out, 1))
+    assert max(ks) <= p256.SLICE_OPS
+    assert sum(ks) == 225 + 288 + 134 + 16
 
 
 def test_verify_runs_in_slices_of_at_most_slice_ops():
@@ -55,6 +60,10 @@ def test_verify_runs_in_slices_of_at_most_slice_ops():
         assert max(ks) <= p256.SLICE_OPS
         assert sum(ks) >= 15 + 63 + 8   # doublings, additions, inverse windows
         assert len(ks) >= (15 + 63) // p256.SLICE_OPS
+        out = []
+        ks = _slices(p256.PublicKey(_h(pt), halves=1).verify_steps(digest, s, out))
+        assert out == [want] and max(ks) <= p256.SLICE_OPS
+        assert sum(ks) >= 31 + 63 + 8
 
 
 def test_a_bad_key_point_is_refused_before_any_slice_of_work():
@@ -216,7 +225,7 @@ def test_the_key_tables_are_kept_between_updates_and_a_damaged_copy_is_rebuilt()
     cache = root + install.KEY_TABLE_FILE
     built, pending = _head_job_steps(root, data)
     assert pending == 'a'
-    assert built > 150, built          # the tables: about 190 slices
+    assert built > 300, built          # the tables: about 360 slices
     good = _read(cache)
     assert len(good) == p256.CACHE_LEN
 
@@ -226,7 +235,7 @@ def test_the_key_tables_are_kept_between_updates_and_a_damaged_copy_is_rebuilt()
         f.write(good)
     kept, pending = _head_job_steps(root2, data)
     assert pending == 'a'
-    assert kept < 40 and built - kept > 150, (built, kept)   # the verify: about 26
+    assert kept < 40 and built - kept > 300, (built, kept)   # the verify: about 26
 
     # one byte changed anywhere, a short file, or another key's tables: rebuilt, rewritten
     other = p256.PublicKey(_b(KEY_B))
@@ -240,5 +249,21 @@ def test_the_key_tables_are_kept_between_updates_and_a_damaged_copy_is_rebuilt()
             f.write(bad)
         steps, pending = _head_job_steps(root3, data)
         assert pending == 'a'
-        assert steps > 150, steps
+        assert steps > 300, steps
         assert _read(root3 + install.KEY_TABLE_FILE) == good
+
+
+def test_without_room_for_the_kept_tables_the_key_gets_one_table_per_base():
+    from app import install
+    data = _b(BUNDLE_OK)
+    saved = update.fs_space
+    try:
+        # room for the bundle and the margin, not for the tables' 24 KiB beside it
+        update.fs_space = lambda path: (512, len(data) + (update.SPACE_MARGIN_BLOCKS + 8) * 512)
+        root = scratch(KEY_A)
+        steps, pending = _head_job_steps(root, data)
+    finally:
+        update.fs_space = saved
+    assert pending == 'a'
+    assert not update.storage.exists(root + install.KEY_TABLE_FILE)
+    assert 120 < steps < 200, steps    # 128 slices of tables, 26 of verify, as before
