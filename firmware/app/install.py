@@ -287,25 +287,7 @@ def _key_point(u):
 def _ensure_key(u):
     if u.key is None:
         from core import p256
-        p256.run(_key_steps(u, _key_point(u)))
-
-
-def _key_steps(u, point):
-    """Load the update key into u.key: its tables from KEY_TABLE_FILE, else built (and
-    kept when the filesystem has room). A generator of slices: the first lines of
-    _head_job, which has them written out (see there)."""
-    from core import p256
-    out = []
-    yield from _cached_table(u, point, out)
-    if not out:
-        keep = _room_for_tables(u)
-        x, y = p256.parse_point(point)
-        yield from p256.comb_table_steps(x, y, out, 2 if keep else 1)
-        if keep:
-            yield from p256.comb_table_steps(p256.GX, p256.GY, out, 2, 1)
-            out[0].append(out[1][0])
-            yield from _save_table(u, point, out[0])
-    u.key = p256.PublicKey(point, out[0])
+        p256.run(_head_job(u, None, _key_point(u)))
 
 
 def _room_for_tables(u):
@@ -315,9 +297,16 @@ def _room_for_tables(u):
     if sp is None:
         return True     # no statvfs: a write that fails is removed again
     block, free = sp
-    free += max(0, U._file_size(u.root + KEY_TABLE_FILE))
+    old = U._file_size(u.root + KEY_TABLE_FILE)
     need = u.dl.size if u.dl is not None else 0
-    return free >= p256.CACHE_LEN + need + (U.SPACE_MARGIN_BLOCKS + 1) * block
+    if free + max(0, old) >= p256.CACHE_LEN + need + (U.SPACE_MARGIN_BLOCKS + 1) * block:
+        return True
+    if old >= 0:
+        try:
+            os.remove(u.root + KEY_TABLE_FILE)   # not this key's tables: only in the way
+        except OSError:
+            pass
+    return False
 
 
 def _cached_table(u, point, out):
@@ -375,9 +364,12 @@ def _head_job(u, d, point):
     a generator that step() advances by one slice of at most p256.SLICE_OPS point
     operations per control step, so the station's control and protection keep their period
     while an update starts. Generators are nested at most four deep (job, table, batch, inverse):
-    each level resumed costs C stack."""
+    each level resumed costs C stack. With d None: the key alone (_ensure_key).
+
+    The tables come from KEY_TABLE_FILE when it holds them for this key; else two per base
+    are built and kept there when the filesystem has room for them, one per base otherwise
+    (p256.key_tables_steps written out here: one generator level less)."""
     if u.key is None:
-        # _key_steps, written out: a delegation would make five generators to resume
         from core import p256
         out = []
         yield from _cached_table(u, point, out)
@@ -390,6 +382,8 @@ def _head_job(u, d, point):
                 out[0].append(out[1][0])
                 yield from _save_table(u, point, out[0])
         u.key = p256.PublicKey(point, out[0])
+    if d is None:
+        return
     while d.checked is None:
         yield 0     # waiting for the head's chunks
     payload, digest, sig = d.checked

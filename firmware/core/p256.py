@@ -392,11 +392,11 @@ def _to_affine(x, y, z):
     return x * zi2 % P, y * zi2 * zi % P
 
 
-def _batch_affine(pts, out, at=0):
+def _batch_affine(pts, out):
     """Write the affine x, y (32 bytes each) of Jacobian points [x, y, z, ...]
-    into the bytearray out from offset at (64 bytes a point, sized by the caller),
-    with one inversion for all (Montgomery's trick). A generator: yields the
-    points it handled since the last slice."""
+    into the bytearray out (64 bytes a point, sized by the caller), with one
+    inversion for all (Montgomery's trick). A generator: yields the points it
+    handled since the last slice."""
     p = P
     n = len(pts) // 3
     acc = [1] * (n + 1)          # acc[i] = z0 * ... * z(i-1)
@@ -417,7 +417,7 @@ def _batch_affine(pts, out, at=0):
         zi = inv * acc[i] % p    # 1 / z(i)
         inv = inv * pts[3 * i + 2] % p
         zi2 = zi * zi % p
-        j = at + 64 * i
+        j = 64 * i
         out[j:j + 32] = (pts[3 * i] * zi2 % p).to_bytes(32, "big")
         out[j + 32:j + 64] = (pts[3 * i + 1] * zi2 % p * zi % p).to_bytes(32, "big")
         k += 1
@@ -550,7 +550,6 @@ _TRANSPOSE = (
     (64, 0x00000000000000000000000000000000FFFFFFFFFFFFFFFF0000000000000000),   # 7 6
 )
 _ONES = (1 << 256) - 1
-_HALF3 = 3 * (P + 1) // 2 % P  # 3/2 mod p: the scaled doubling's slope factor
 _ZERO_H = (0, P, 2 * P, 3 * P)  # h == 0 mod p for -p < h < 4p
 
 
@@ -582,7 +581,6 @@ def _comb2_steps(u1, u2, tabs, out):
     With two tables per base, column m + HALF of a recoding is looked up in the
     table of 2**HALF times the base alongside column m: 16 columns, 15 doublings."""
     p = P
-    c = _HALF3
     zero_h = _ZERO_H
     k = 0
     cg = _columns(u1)
@@ -606,7 +604,8 @@ def _comb2_steps(u1, u2, tabs, out):
             d = pow(z, 2, p)
             g = pow(y, 2, p)
             b = x * g % p
-            a = (x - d) * (x + d) * c % p
+            a = 3 * (x - d) * (x + d) % p
+            a = (a + p if a & 1 else a) >> 1      # halved mod p: cheaper than a 768-bit product
             z = y * z % p
             x = pow(a, 2, p) - b - b
             y = (a * (b - x) - pow(g, 2, p)) % p

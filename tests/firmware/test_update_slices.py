@@ -261,6 +261,8 @@ def test_without_room_for_the_kept_tables_the_key_gets_one_table_per_base():
         # room for the bundle and the margin, not for the tables' 24 KiB beside it
         update.fs_space = lambda path: (512, len(data) + (update.SPACE_MARGIN_BLOCKS + 8) * 512)
         root = scratch(KEY_A)
+        with open(root + install.KEY_TABLE_FILE, 'wb') as f:
+            f.write(b'another key, another layout')     # in the way: removed, not kept
         steps, pending = _head_job_steps(root, data)
     finally:
         update.fs_space = saved
