@@ -5,22 +5,24 @@ MicroPython (no pow(x, -1, m), no int.bit_length) and CPython alike, so
 inverses use Fermat's little theorem and scalars are recoded from bytes.
 
 On the board every 256-bit intermediate is a fresh heap object (16-bit
-bignum digits; 64 bytes for a reduced value, 176 for a product and its
+bignum digits; 48-64 bytes for a reduced value, 176 for a product and its
 reduction), so a verify costs what it allocates (collections of a small heap)
 as much as what it computes. Hence:
 - u1*G + u2*Q is a signed comb: both scalars are recoded into 32 columns of
   8 sign bits (teeth 32 bits apart), and each column selects one point from
-  a 128-entry table per base. The two combs share their doublings, so a
-  verify is 31 doublings and 64 additions (a wNAF pass needs 256 and ~80);
-- the table for G is a constant (bytes in flash on a frozen build); the one
-  for the vendor key is built once when the key is loaded, both affine, so
-  every addition is the cheaper mixed (Jacobian + affine) addition. Entries
-  are stored as bytes and decoded on use: 8 KiB of RAM for the key's table
-  instead of about 17 KiB as integers;
-- points are Jacobian with the a = -3 doubling; squares go through
-  pow(x, 2, p), which frees its product itself and leaves only the result;
-  differences feeding a square or a product are left unreduced; a negative
-  table entry keeps its y and flips the signs of r and y3 instead;
+  a 128-entry table per base. The two combs share their doublings: 31
+  doublings and 64 additions. With a second table per base, of 2**16 times
+  the base, columns m and m + 16 are added together: 15 doublings;
+- G's first table is a constant (bytes in flash on a frozen build); the
+  key's tables and G's second are built once per key (key_tables_steps) and
+  kept by the installer in a file sealed by cache_head. All are affine, so
+  every addition is the cheaper mixed (Jacobian + affine) addition, and kept
+  as bytes, decoded on use;
+- points are Jacobian; the doubling is scaled by 1/2 so that no factors of 4
+  and 8 remain; squares go through pow(x, 2, p), which frees its product
+  itself and leaves only the result; X is left unreduced between point
+  operations, and so are differences feeding a square or a product; a
+  negative table entry keeps its y and flips the signs of r and y3 instead;
 - the final x-coordinate check multiplies r by Z^2 instead of inverting Z.
 The hot loop keeps X, Y, Z in locals and inlines the formulas: a function
 call and a tuple per step would cost more than the arithmetic.
@@ -599,8 +601,9 @@ def _comb2_steps(u1, u2, tabs, out):
     while m >= 0:
         if z:
             # inlined doubling, scaled by 1/2 (Jacobian (X, Y, Z) ~ (X/4, Y/8, Z/2)) so
-            # that Z3 = Y Z and no shifts: with b = X Y^2 and a = 3/2 (X - Z^2)(X + Z^2),
-            # X3 = a^2 - 2 b, Y3 = a (b - X3) - Y^4. X3 is left unreduced: -2p < X3 < p
+            # that Z3 = Y Z and the factors 4 and 8 go: with b = X Y^2 and
+            # a = 3/2 (X - Z^2)(X + Z^2), X3 = a^2 - 2 b, Y3 = a (b - X3) - Y^4.
+            # X3 is left unreduced: -2p < X3 < p
             d = pow(z, 2, p)
             g = pow(y, 2, p)
             b = x * g % p
