@@ -7,12 +7,21 @@ fota_finish, or on a fota_status that resumes a recorded download, and drops it 
 no download is left. Each function takes the Updater `u`, which owns the state (u.st) and
 the download in progress (u.dl); the filesystem helpers stay in app/update.py.
 """
+import os
+
 from core import manifest
 
 from app import storage
 from app import update as U
 
 MAX_CHUNK = U.MAX_CHUNK
+# The update key's comb tables, two per base, kept between updates (24 KiB): building them
+# takes about 360 control steps, reading them three. Sealed by a digest over the key's point
+# (core/p256.py): a damaged or foreign file is rebuilt and rewritten, never used. Where the
+# filesystem has no room for it beside the bundle, the key gets one table per base, built at
+# every update (128 steps) as before, and a verify does twice the doublings.
+KEY_TABLE_FILE = 'update_key.tab'
+TABLE_WRITE = 4096      # bytes of the cache written per control step
 
 
 def run(u, op, args, now_ms):
@@ -278,21 +287,103 @@ def _key_point(u):
 def _ensure_key(u):
     if u.key is None:
         from core import p256
-        u.key = p256.PublicKey(_key_point(u))
+        p256.run(_head_job(u, None, _key_point(u)))
+
+
+def _room_for_tables(u):
+    """True when KEY_TABLE_FILE fits beside the bundle being received and the margin."""
+    from core import p256
+    sp = U.fs_space(u.root)
+    if sp is None:
+        return True     # no statvfs: a write that fails is removed again
+    block, free = sp
+    old = U._file_size(u.root + KEY_TABLE_FILE)
+    need = u.dl.size if u.dl is not None else 0
+    if free + max(0, old) >= p256.CACHE_LEN + need + (U.SPACE_MARGIN_BLOCKS + 1) * block:
+        return True
+    if old >= 0:
+        try:
+            os.remove(u.root + KEY_TABLE_FILE)   # not this key's tables: only in the way
+        except OSError:
+            pass
+    return False
+
+
+def _cached_table(u, point, out):
+    """Append the key's tables from KEY_TABLE_FILE to out when it holds them whole for
+    this key; nothing when it is missing, damaged or another key's. A generator: one
+    table (an 8 KiB buffer, read in place) per slice."""
+    from core import p256
+    path = u.root + KEY_TABLE_FILE
+    if U._file_size(path) != p256.CACHE_LEN:
+        return
+    tabs = []
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(p256.CACHE_HEAD_LEN)
+            for _ in range(p256.CACHE_TABLES):
+                yield 0
+                t = bytearray(p256.TABLE_LEN)
+                mv = memoryview(t)
+                n = 0
+                while n < len(t):
+                    got = f.readinto(mv[n:])
+                    if not got:
+                        return
+                    n += got
+                tabs.append(t)
+    except OSError:
+        return
+    if p256.cache_holds(point, head, tabs):
+        out.append(tabs)
+
+
+def _save_table(u, point, tabs):
+    """Write the key's tables to KEY_TABLE_FILE, TABLE_WRITE bytes per slice. A file that
+    cannot be written (full or failing) costs only a rebuild at the next update; one cut
+    short by a reset fails its digest."""
+    from core import p256
+    path = u.root + KEY_TABLE_FILE
+    try:
+        with open(path, 'wb') as f:
+            f.write(p256.cache_head(point, tabs))
+            for t in tabs:
+                mv = memoryview(t)
+                for i in range(0, len(mv), TABLE_WRITE):
+                    yield 0
+                    f.write(mv[i:i + TABLE_WRITE])
+    except OSError:
+        try:
+            os.remove(path)     # a part written must not take the bundle's space
+        except OSError:
+            pass
 
 
 def _head_job(u, d, point):
-    """The key's table (when not loaded yet) while the head arrives, then the head's check:
+    """The key's tables (when not loaded yet) while the head arrives, then the head's check:
     a generator that step() advances by one slice of at most p256.SLICE_OPS point
     operations per control step, so the station's control and protection keep their period
     while an update starts. Generators are nested at most four deep (job, table, batch, inverse):
-    each level resumed costs C stack."""
-    from core import p256
+    each level resumed costs C stack. With d None: the key alone (_ensure_key).
+
+    The tables come from KEY_TABLE_FILE when it holds them for this key; else two per base
+    are built and kept there when the filesystem has room for them, one per base otherwise
+    (p256.key_tables_steps written out here: one generator level less)."""
     if u.key is None:
-        x, y = p256.parse_point(point)
-        tab = []
-        yield from p256.comb_table_steps(x, y, tab)
-        u.key = p256.PublicKey(point, tab[0])
+        from core import p256
+        out = []
+        yield from _cached_table(u, point, out)
+        if not out:
+            keep = _room_for_tables(u)
+            x, y = p256.parse_point(point)
+            yield from p256.comb_table_steps(x, y, out, 2 if keep else 1)
+            if keep:
+                yield from p256.comb_table_steps(p256.GX, p256.GY, out, 2, 1)
+                out[0].append(out[1][0])
+                yield from _save_table(u, point, out[0])
+        u.key = p256.PublicKey(point, out[0])
+    if d is None:
+        return
     while d.checked is None:
         yield 0     # waiting for the head's chunks
     payload, digest, sig = d.checked

@@ -5,22 +5,24 @@ MicroPython (no pow(x, -1, m), no int.bit_length) and CPython alike, so
 inverses use Fermat's little theorem and scalars are recoded from bytes.
 
 On the board every 256-bit intermediate is a fresh heap object (16-bit
-bignum digits; 64 bytes for a reduced value, 176 for a product and its
+bignum digits; 48-64 bytes for a reduced value, 176 for a product and its
 reduction), so a verify costs what it allocates (collections of a small heap)
 as much as what it computes. Hence:
 - u1*G + u2*Q is a signed comb: both scalars are recoded into 32 columns of
   8 sign bits (teeth 32 bits apart), and each column selects one point from
-  a 128-entry table per base. The two combs share their doublings, so a
-  verify is 31 doublings and 64 additions (a wNAF pass needs 256 and ~80);
-- the table for G is a constant (bytes in flash on a frozen build); the one
-  for the vendor key is built once when the key is loaded, both affine, so
-  every addition is the cheaper mixed (Jacobian + affine) addition. Entries
-  are stored as bytes and decoded on use: 8 KiB of RAM for the key's table
-  instead of about 17 KiB as integers;
-- points are Jacobian with the a = -3 doubling; squares go through
-  pow(x, 2, p), which frees its product itself and leaves only the result;
-  differences feeding a square or a product are left unreduced; a negative
-  table entry keeps its y and flips the signs of r and y3 instead;
+  a 128-entry table per base. The two combs share their doublings: 31
+  doublings and 64 additions. With a second table per base, of 2**16 times
+  the base, columns m and m + 16 are added together: 15 doublings;
+- G's first table is a constant (bytes in flash on a frozen build); the
+  key's tables and G's second are built once per key (key_tables_steps) and
+  kept by the installer in a file sealed by cache_head. All are affine, so
+  every addition is the cheaper mixed (Jacobian + affine) addition, and kept
+  as bytes, decoded on use;
+- points are Jacobian; the doubling is scaled by 1/2 so that no factors of 4
+  and 8 remain; squares go through pow(x, 2, p), which frees its product
+  itself and leaves only the result; X is left unreduced between point
+  operations, and so are differences feeding a square or a product; a
+  negative table entry keeps its y and flips the signs of r and y3 instead;
 - the final x-coordinate check multiplies r by Z^2 instead of inverting Z.
 The hot loop keeps X, Y, Z in locals and inlines the formulas: a function
 call and a tuple per step would cost more than the arithmetic.
@@ -40,9 +42,11 @@ GY = 0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5
 # sha256(prefix + point)[:8], the same value the host computes from the PEM.
 SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
 
-TEETH = 8     # comb teeth: one table entry per pattern of 8 signs
-SPACING = 32  # bits between teeth; TEETH * SPACING = 256
+TEETH = 8      # comb teeth: one table entry per pattern of 8 signs
+SPACING = 32   # bits between teeth; TEETH * SPACING = 256
 ENTRIES = 1 << (TEETH - 1)  # patterns with the top tooth positive; the rest are negatives
+TABLE_LEN = 64 * ENTRIES    # bytes of one table
+HALF = SPACING // 2         # a second table per base is the first's times 2**HALF
 
 # Comb table of G (see comb_table): 128 affine points, x || y, 64 bytes each.
 # Checked against comb_table(GX, GY) and the plain double-and-add in
@@ -426,22 +430,28 @@ def _batch_affine(pts, out):
         yield k
 
 
-def comb_table_steps(x, y, out):
-    """Comb table of the affine point A = (x, y): ENTRIES points as bytes x || y,
-    a bytearray appended to the list out. A generator of slices (see SLICE_OPS).
+def comb_table_steps(x, y, out, halves=1, first=0):
+    """Comb tables of the affine point A = (x, y): a list of bytearrays of ENTRIES
+    points as bytes x || y, table h for the base 2**(HALF h) A, h from first to
+    halves - 1 (halves: 1 or 2), appended to the list out. A generator of slices
+    (see SLICE_OPS).
 
-    Entry i is sum over teeth j of s_j * 2**(SPACING*j) * A, with s_7 = +1 and
-    s_j = +1 where bit j of i is set, -1 where it is clear (j < 7). A pattern
-    with the top sign negative is the negative of entry (~pattern & 127).
+    Entry i of the table of a base B is sum over teeth j of s_j * 2**(SPACING j) * B,
+    with s_7 = +1 and s_j = +1 where bit j of i is set, -1 where it is clear
+    (j < 7). A pattern with the top sign negative is the negative of entry
+    (~pattern & 127).
     """
     p = P
-    # B_j = 2**(32 j) A and 2 B_j, from one chain of doublings
+    step = SPACING // halves
+    teeth = TEETH * halves
+    # C_k = 2**(step k) A and 2 C_k, from one chain of doublings; tooth j of
+    # table h is C_(halves j + h)
     chain = []
     jx, jy, jz = x, y, 1
     k = 0
-    for j in range(TEETH):
+    for j in range(teeth):
         chain.extend((jx, jy, jz))
-        n = 1 if j == TEETH - 1 else SPACING
+        n = 1 if j == teeth - 1 else step
         for t in range(n):
             jx, jy, jz = _jdouble(jx, jy, jz)
             if t == 0:
@@ -454,51 +464,76 @@ def comb_table_steps(x, y, out):
         raise ValueError("public key: small-order point")
     if k:
         yield k
-    base = bytearray(64 * 2 * TEETH)
+    base = bytearray(64 * 2 * teeth)
     yield from _batch_affine(chain, base)
-    bx = [int.from_bytes(base[64 * i:64 * i + 32], "big") for i in range(2 * TEETH)]
-    by = [int.from_bytes(base[64 * i + 32:64 * i + 64], "big") for i in range(2 * TEETH)]
-    # Walk the sign patterns in Gray-code order: each step flips one tooth j,
-    # which adds or subtracts 2 B_j. Start from all signs negative: B_7 - sum B_j.
-    tab = bytearray(64 * ENTRIES)   # the table's own 8 KiB, written in place
-    pts = [0] * (3 * ENTRIES)
-    yield 0                         # the allocations: a slice of their own
-    sx, sy, sz = bx[2 * (TEETH - 1)], by[2 * (TEETH - 1)], 1
-    k = 0
-    for j in range(TEETH - 1):
-        sx, sy, sz = _jadd_affine(sx, sy, sz, bx[2 * j], p - by[2 * j])
-        k += 1
-        if k >= SLICE_OPS:
+    chain = None
+    tabs = []
+    for h in range(first, halves):
+        tab = bytearray(TABLE_LEN)  # the table's own 8 KiB, written in place
+        tabs.append(tab)
+        bx = [0] * (2 * TEETH)
+        by = [0] * (2 * TEETH)
+        for j in range(TEETH):
+            for d in (0, 1):        # C and 2 C
+                o = 64 * (2 * (halves * j + h) + d)
+                bx[2 * j + d] = int.from_bytes(base[o:o + 32], "big")
+                by[2 * j + d] = int.from_bytes(base[o + 32:o + 64], "big")
+        pts = [0] * (3 * ENTRIES)
+        yield 0                     # the allocations: a slice of their own
+        # Walk the sign patterns in Gray-code order: each step flips one tooth j,
+        # which adds or subtracts 2 B_j. Start from all signs negative: B_7 - sum B_j.
+        sx, sy, sz = bx[2 * (TEETH - 1)], by[2 * (TEETH - 1)], 1
+        k = 0
+        for j in range(TEETH - 1):
+            sx, sy, sz = _jadd_affine(sx, sy, sz, bx[2 * j], p - by[2 * j])
+            k += 1
+            if k >= SLICE_OPS:
+                yield k
+                k = 0
+        pts[0], pts[1], pts[2] = sx, sy, sz
+        pattern = 0
+        for i in range(1, ENTRIES):
+            j = 0
+            while not (i >> j) & 1:
+                j += 1
+            ax, ay = bx[2 * j + 1], by[2 * j + 1]
+            if (pattern >> j) & 1:
+                ay = p - ay
+            pattern ^= 1 << j
+            sx, sy, sz = _jadd_affine(sx, sy, sz, ax, ay)
+            if sz == 0:
+                raise ValueError("public key: small-order point")
+            pts[3 * pattern], pts[3 * pattern + 1], pts[3 * pattern + 2] = sx, sy, sz
+            k += 1
+            if k >= SLICE_OPS:
+                yield k
+                k = 0
+        if k:
             yield k
-            k = 0
-    pts[0], pts[1], pts[2] = sx, sy, sz
-    pattern = 0
-    for i in range(1, ENTRIES):
-        j = 0
-        while not (i >> j) & 1:
-            j += 1
-        ax, ay = bx[2 * j + 1], by[2 * j + 1]
-        if (pattern >> j) & 1:
-            ay = p - ay
-        pattern ^= 1 << j
-        sx, sy, sz = _jadd_affine(sx, sy, sz, ax, ay)
-        if sz == 0:
-            raise ValueError("public key: small-order point")
-        pts[3 * pattern], pts[3 * pattern + 1], pts[3 * pattern + 2] = sx, sy, sz
-        k += 1
-        if k >= SLICE_OPS:
-            yield k
-            k = 0
-    if k:
-        yield k
-    yield from _batch_affine(pts, tab)
-    out.append(tab)
+        yield from _batch_affine(pts, tab)
+        pts = None
+    out.append(tabs)
 
 
-def comb_table(x, y):
-    """comb_table_steps in one go: the table as a bytearray."""
+def key_tables_steps(x, y, out, halves=2):
+    """The tables a verify with the key A = (x, y) uses, appended to out as one list:
+    [A's] with halves=1; [A's, 2**HALF A's, 2**HALF G's] with halves=2, where a
+    verify needs half the doublings (16 columns of 4 additions instead of 32 of 2).
+    G's first table is the constant _G_COMB; its second is built here with the key's
+    because a frozen build has no flash to spare for it (8 KiB more of .mpy). A
+    generator of slices (see SLICE_OPS)."""
+    tabs = []
+    yield from comb_table_steps(x, y, tabs, halves)
+    if halves == 2:
+        yield from comb_table_steps(GX, GY, tabs, 2, 1)
+        tabs[0].append(tabs[1][0])
+    out.append(tabs[0])
+
+
+def comb_table(x, y, halves=1):
+    """comb_table_steps in one go: the list of tables."""
     out = []
-    run(comb_table_steps(x, y, out))
+    run(comb_table_steps(x, y, out, halves))
     return out[0]
 
 
@@ -517,6 +552,7 @@ _TRANSPOSE = (
     (64, 0x00000000000000000000000000000000FFFFFFFFFFFFFFFF0000000000000000),   # 7 6
 )
 _ONES = (1 << 256) - 1
+_ZERO_H = (0, P, 2 * P, 3 * P)  # h == 0 mod p for -p < h < 4p
 
 
 def _columns(k):
@@ -538,45 +574,63 @@ def _columns(k):
     return c.to_bytes(32, "little")
 
 
-def _comb2_steps(u1, u2, qtab, out):
+def _comb2_steps(u1, u2, tabs, out):
     """Append the Jacobian X, Y, Z of u1*G + u2*Q to out (Z == 0: the point at
-    infinity). A generator of slices (see SLICE_OPS)."""
+    infinity); tabs: the key's tables (key_tables_steps). A generator of slices
+    (see SLICE_OPS): with one table per base, two columns (a doubling and two
+    additions each) per slice; with two, one column (a doubling, 4 additions).
+
+    With two tables per base, column m + HALF of a recoding is looked up in the
+    table of 2**HALF times the base alongside column m: 16 columns, 15 doublings."""
     p = P
+    zero_h = _ZERO_H
     k = 0
     cg = _columns(u1)
     cq = _columns(u2)
     yield 0                  # the recodings: a slice of their own
-    tg = memoryview(_G_COMB)
-    tq = memoryview(qtab)
+    halves = 2 if len(tabs) == 3 else 1
+    tg = [memoryview(_G_COMB)]
+    tq = [memoryview(tabs[0])]
+    if halves == 2:
+        tg.append(memoryview(tabs[2]))
+        tq.append(memoryview(tabs[1]))
+    cols = SPACING // halves
     x = y = 1
     z = 0
-    m = SPACING - 1
+    m = cols - 1
     while m >= 0:
         if z:
-            # inlined _jdouble; squares via pow keep only the result
+            # inlined doubling, scaled by 1/2 (Jacobian (X, Y, Z) ~ (X/4, Y/8, Z/2)) so
+            # that Z3 = Y Z and the factors 4 and 8 go: with b = X Y^2 and
+            # a = 3/2 (X - Z^2)(X + Z^2), X3 = a^2 - 2 b, Y3 = a (b - X3) - Y^4.
+            # X3 is left unreduced: -2p < X3 < p
             d = pow(z, 2, p)
             g = pow(y, 2, p)
-            bt = x * g % p
-            al = 3 * (x - d) * (x + d) % p
-            z = (y + y) * z % p
-            x = (pow(al, 2, p) - (bt << 3)) % p
-            y = (al * ((bt << 2) - x) - (pow(g, 2, p) << 3)) % p
+            b = x * g % p
+            a = 3 * (x - d) * (x + d) % p
+            a = (a + p if a & 1 else a) >> 1      # halved mod p: cheaper than a 768-bit product
+            z = y * z % p
+            x = pow(a, 2, p) - b - b
+            y = (a * (b - x) - pow(g, 2, p)) % p
             k += 1
-        t = 0
-        while t < 2:
-            if t == 0:
-                tab = tg
-                v = cg[m]
+        i = 0
+        while i < 2 * halves:
+            # G and Q in turn, column m in the first tables, m + HALF in the second
+            t = i >> 1
+            j = m + cols * t
+            if i & 1:
+                tab = tq[t]
+                v = cq[j]
             else:
-                tab = tq
-                v = cq[m]
-            t += 1
+                tab = tg[t]
+                v = cg[j]
             # a clear top sign selects the negative of entry ~v: its y is
             # negated through the formulas (r and y3 change sign), not as p - y
             neg = not v & 0x80
             if neg:
                 v = ~v
             o = (v & 0x7F) << 6
+            i += 1
             ax = int.from_bytes(tab[o:o + 32], "big")
             ay = int.from_bytes(tab[o + 32:o + 64], "big")
             if z == 0:
@@ -584,40 +638,40 @@ def _comb2_steps(u1, u2, qtab, out):
                 y = p - ay if neg else ay
                 z = 1
                 continue
-            # inlined _jadd_affine (rare cases delegated); h and r unreduced
+            # inlined _jadd_affine (rare cases delegated); h, r and X3 unreduced
             zz = pow(z, 2, p)
-            h = ax * zz % p - x
+            h = ax * zz % p - x       # -p < h < 4p, as -3p < X < p
             if neg:
                 r = ay * zz * z % p + y   # -r
             else:
                 r = ay * zz * z % p - y
             k += 1
-            if h == 0:
+            if h in zero_h:           # h == 0 mod p: equal or opposite points
                 x, y, z = _jadd_affine(x, y, z, ax, p - ay if neg else ay)
                 continue
             hh = pow(h, 2, p)
             hhh = h * hh % p
             u = x * hh % p
             z = z * h % p
-            x = (pow(r, 2, p) - hhh - u - u) % p
+            x = pow(r, 2, p) - hhh - u - u    # -3p < X3 < p
             if neg:
                 y = (r * (x - u) - y * hhh) % p
             else:
                 y = (r * (u - x) - y * hhh) % p
         m -= 1
-        if k >= SLICE_OPS - 2:   # the next column is a doubling and two additions
+        if k > SLICE_OPS - 1 - 2 * halves:   # the next column: a doubling, 2 halves additions
             yield k
             k = 0
-    out.append(x)
+    out.append(x % p)
     out.append(y)
     out.append(z)
     yield k
 
 
-def _comb2(u1, u2, qtab):
+def _comb2(u1, u2, tabs):
     """Jacobian (X, Y, Z) of u1*G + u2*Q in one go."""
     out = []
-    run(_comb2_steps(u1, u2, qtab, out))
+    run(_comb2_steps(u1, u2, tabs, out))
     return out[0], out[1], out[2]
 
 
@@ -660,22 +714,52 @@ def key_id(point):
     return hashlib.sha256(SPKI_PREFIX + bytes(point)).digest()[:8]
 
 
-def load_steps(point, out):
-    """PublicKey(point) in slices: a generator that appends the key to out at its end.
-    A bad point raises ValueError at the first slice, before any table work."""
+# A key's tables (two per base: key_tables_steps) kept in a file between updates
+# (app/install.py): CACHE_MAGIC (which names the layout, so a firmware with other
+# tables rebuilds), then sha256 over the magic, the key's point and the tables, then
+# the three tables. A file that is short, long, of another layout, for another key
+# or damaged anywhere fails the digest and is rebuilt, never used.
+CACHE_MAGIC = b"P256\x01\x08\x20\x10"   # format 1, TEETH, SPACING, HALF
+CACHE_TABLES = 3
+CACHE_HEAD_LEN = len(CACHE_MAGIC) + 32
+CACHE_LEN = CACHE_HEAD_LEN + CACHE_TABLES * TABLE_LEN
+
+
+def cache_head(point, tabs):
+    """The bytes a cache file of the tables tabs of the key point starts with."""
+    h = hashlib.sha256(CACHE_MAGIC)
+    h.update(bytes(point))
+    for t in tabs:
+        h.update(t)
+    return CACHE_MAGIC + h.digest()
+
+
+def cache_holds(point, head, tabs):
+    """True when head (a cache file's first CACHE_HEAD_LEN bytes) seals exactly the
+    tables tabs (CACHE_TABLES buffers of TABLE_LEN bytes) of the key point."""
+    if len(tabs) != CACHE_TABLES or any(len(t) != TABLE_LEN for t in tabs):
+        return False
+    return bytes(head) == cache_head(point, tabs)
+
+
+def load_steps(point, out, halves=2):
+    """PublicKey(point, halves) in slices: a generator that appends the key to out at
+    its end. A bad point raises ValueError at the first slice, before any table work."""
     x, y = parse_point(point)
     yield 0
     tab = []
-    yield from comb_table_steps(x, y, tab)
+    yield from key_tables_steps(x, y, tab, halves)
     out.append(PublicKey(point, tab[0]))
 
 
 class PublicKey:
     """A P-256 public key loaded once (at boot) and used for many verifications."""
 
-    def __init__(self, point, _tab=None):
+    def __init__(self, point, _tab=None, halves=2):
         """point: 65 bytes, 0x04 || X || Y (uncompressed SEC 1 encoding). _tab: the
-        comb table load_steps built for this very point; built here when None."""
+        tables key_tables_steps built, or a cache held (cache_holds), for this very
+        point; built here when None, with halves tables per base (see
+        key_tables_steps)."""
         x, y = parse_point(point)
         self.x = x
         self.y = y
@@ -683,7 +767,11 @@ class PublicKey:
         self.kid = key_id(self.point)
         # P-256 has prime order and cofactor 1, so any on-curve point other
         # than infinity is a valid key; the table is the per-key precomputation.
-        self._tab = comb_table(x, y) if _tab is None else _tab
+        if _tab is None:
+            out = []
+            run(key_tables_steps(x, y, out, halves))
+            _tab = out[0]
+        self._tab = _tab
 
     def verify_digest(self, digest, sig):
         """True when sig (raw r||s, 64 bytes) signs the 32-byte SHA-256 digest."""

@@ -170,19 +170,20 @@ def _entry(tab, i):
             int.from_bytes(tab[64 * i + 32:64 * i + 64], "big"))
 
 
-def _pattern_scalar(pattern):
-    # the multiple of the base that a column pattern stands for: tooth j adds +-2**(32 j)
+def _pattern_scalar(pattern, shift=0):
+    # the multiple of the base that a column pattern stands for: tooth j adds
+    # +-2**(32 j + shift); shift 16 for a second table (of 2**16 times the base)
     k = 0
     for j in range(p256.TEETH):
-        k += (1 if (pattern >> j) & 1 else -1) << (p256.SPACING * j)
+        k += (1 if (pattern >> j) & 1 else -1) << (p256.SPACING * j + shift)
     return k
 
 
 def test_g_comb_table_holds_the_pattern_multiples_of_g():
     tab = p256._G_COMB
-    assert p256.TEETH * p256.SPACING == 256
-    assert len(tab) == 64 * p256.ENTRIES
-    assert bytes(p256.comb_table(p256.GX, p256.GY)) == bytes(tab)
+    assert p256.TEETH * p256.SPACING == 256 and p256.HALF * 2 == p256.SPACING
+    assert len(tab) == p256.TABLE_LEN == 64 * p256.ENTRIES
+    assert [bytes(t) for t in p256.comb_table(p256.GX, p256.GY)] == [bytes(tab)]
     for i in range(p256.ENTRIES):
         assert p256.on_curve(*_entry(tab, i))
     # independent of comb_table: plain double-and-add for a few entries
@@ -191,12 +192,19 @@ def test_g_comb_table_holds_the_pattern_multiples_of_g():
         assert p256._to_affine(*_mul(k, p256.GX, p256.GY)) == _entry(tab, i)
 
 
-def test_key_comb_table_holds_the_pattern_multiples_of_the_key():
+def test_key_comb_tables_hold_the_pattern_multiples_of_the_key_and_g():
     key = _key(1)
-    assert len(key._tab) == 64 * p256.ENTRIES
-    for i in (0, 0x3C, p256.ENTRIES - 1):
-        k = _pattern_scalar(0x80 | i) % p256.N
-        assert p256._to_affine(*_mul(k, key.x, key.y)) == _entry(key._tab, i)
+    g = (p256.GX, p256.GY)
+    q = (key.x, key.y)
+    # two tables per base: the key's, 2**16 times the key's, 2**16 times G's
+    assert [len(t) for t in key._tab] == [p256.TABLE_LEN] * 3
+    for tab, base, shift in ((key._tab[0], q, 0), (key._tab[1], q, 16), (key._tab[2], g, 16)):
+        for i in (0, 0x3C, p256.ENTRIES - 1):
+            k = _pattern_scalar(0x80 | i, shift) % p256.N
+            assert p256._to_affine(*_mul(k, base[0], base[1])) == _entry(tab, i), shift
+    # one table per base: the key's alone, the same bytes
+    one = p256.PublicKey(key.point, halves=1)
+    assert [bytes(t) for t in one._tab] == [bytes(key._tab[0])]
 
 
 def test_comb_columns_rebuild_the_scalar():
@@ -214,26 +222,56 @@ def test_comb_columns_rebuild_the_scalar():
 
 
 def test_comb_matches_reference_including_special_cases():
-    key = _key(4)  # Q = G: equal and opposite points meet inside the loop
     g = (p256.GX, p256.GY)
     n = p256.N
-    for u1, u2 in ((1, 1), (2, 2), (1, n - 1), (5, n - 5), (3, 7), (12345, 678910),
-                   (n - 1, n - 1), (0, 1), (0, n - 1), (0xDEADBEEF << 200, 0xC0FFEE << 180),
-                   (1 << 255, n - (1 << 255))):
-        got = p256._comb2(u1, u2, key._tab)
-        want = _mul((u1 + u2) % n, g[0], g[1])
-        assert _same(got, want)
-    other = _key(1)
-    for u1, u2 in ((7, 9), (n - 2, 3), (0, 5)):
-        got = p256._comb2(u1, u2, other._tab)
-        a = _mul(u1, g[0], g[1])
-        ax, ay = p256._to_affine(*_mul(u2, other.x, other.y))
-        assert _same(got, p256._jadd_affine(a[0], a[1], a[2], ax, ay))
+    for halves in (1, 2):
+        key = p256.PublicKey(_h(VECTORS[4][0]), halves=halves)  # Q = G: equal and opposite points
+        for u1, u2 in ((1, 1), (2, 2), (1, n - 1), (5, n - 5), (3, 7), (12345, 678910),
+                       (n - 1, n - 1), (0, 1), (0, n - 1), (0xDEADBEEF << 200, 0xC0FFEE << 180),
+                       (1 << 255, n - (1 << 255))):
+            got = p256._comb2(u1, u2, key._tab)
+            want = _mul((u1 + u2) % n, g[0], g[1])
+            assert _same(got, want), (halves, u1, u2)
+        other = p256.PublicKey(_h(VECTORS[1][0]), halves=halves)
+        for u1, u2 in ((7, 9), (n - 2, 3), (0, 5)):
+            got = p256._comb2(u1, u2, other._tab)
+            a = _mul(u1, g[0], g[1])
+            ax, ay = p256._to_affine(*_mul(u2, other.x, other.y))
+            assert _same(got, p256._jadd_affine(a[0], a[1], a[2], ax, ay)), (halves, u1, u2)
+
+
+def test_comb_meets_an_equal_point_while_x_is_unreduced():
+    # The loop leaves X unreduced (-3p < X < p), so an addition of an equal point sees
+    # h = 0, p, 2p or 3p. Keys Q = lam G are made for which the sum of the first two
+    # additions (G, then Q) equals the next point added: G's second table in the same
+    # column (two tables per base), or G's next column after a doubling (one table).
+    n = p256.N
+    for halves in (1, 2):
+        for i in range(4):
+            seed = hashlib.sha256(b"equal point %d" % i).digest()
+            u1 = int.from_bytes(seed[:16], "big") | 1
+            u2 = int.from_bytes(seed[16:], "big") << 100 | 1
+            cg = p256._columns(u1)
+            cq = p256._columns(u2)
+            ea = _pattern_scalar(cg[31 // halves])
+            eb = _pattern_scalar(cq[31 // halves])
+            if halves == 2:
+                ec = _pattern_scalar(cg[31], 16)       # the same column, G's second table
+            else:
+                ec = _pattern_scalar(cg[30]) * pow(2, n - 2, n)   # 2 (ea + lam eb) = ec
+            lam = (ec - ea) * pow(eb, n - 2, n) % n
+            qx, qy = p256._to_affine(*_mul(lam, p256.GX, p256.GY))
+            key = p256.PublicKey(b"\x04" + qx.to_bytes(32, "big") + qy.to_bytes(32, "big"),
+                                 halves=halves)
+            got = p256._comb2(u1, u2, key._tab)
+            want = _mul((u1 + u2 * lam) % n, p256.GX, p256.GY)
+            assert _same(got, want), (halves, i)
 
 
 # Heap a verify may allocate in the MicroPython VM, where integers have the board's 16-bit
-# digits. The wNAF verifier this replaces allocated about 714 kB; this one about 194 kB.
-VERIFY_HEAP_BUDGET = 200 * 1024
+# digits. The wNAF verifier this replaces allocated about 714 kB, the one-table comb 193 kB;
+# this one about 160 kB (bench.signing.VERIFY_HEAP_BUDGET is the tight bound).
+VERIFY_HEAP_BUDGET = 170 * 1024
 
 
 def test_verify_allocates_within_budget():
@@ -261,3 +299,26 @@ def test_point_addition_edge_cases():
     assert p256._jadd_affine(1, 1, 0, x, y) == (x, y, 1)
     assert _same(p256._jadd_affine(x, y, 1, x, y), p256._jdouble(x, y, 1))
     assert p256._jdouble(1, 1, 0)[2] == 0
+
+
+def test_a_table_cache_is_taken_only_whole_and_for_its_own_key():
+    assert p256.CACHE_MAGIC[4:] == bytes((1, p256.TEETH, p256.SPACING, p256.HALF))
+    assert p256.CACHE_LEN == p256.CACHE_HEAD_LEN + 3 * p256.TABLE_LEN
+    key = _key(1)
+    tabs = [bytes(t) for t in key._tab]
+    head = p256.cache_head(key.point, tabs)
+    assert len(head) == p256.CACHE_HEAD_LEN
+    assert p256.cache_holds(key.point, head, tabs)
+    assert not p256.cache_holds(_key(2).point, head, tabs)            # another key
+    for i in (0, 5, p256.CACHE_HEAD_LEN - 1):
+        bad = bytearray(head)
+        bad[i] ^= 0x10
+        assert not p256.cache_holds(key.point, bytes(bad), tabs), i   # the head damaged
+    for t in range(3):
+        for i in (0, 1000, p256.TABLE_LEN - 1):
+            bad = [bytearray(x) for x in tabs]
+            bad[t][i] ^= 0x01
+            assert not p256.cache_holds(key.point, head, bad), (t, i)  # a table damaged
+    assert not p256.cache_holds(key.point, head, tabs[:2])              # a table missing
+    assert not p256.cache_holds(key.point, head, [tabs[0], tabs[1], tabs[2][:-1]])
+    assert not p256.cache_holds(key.point, head, tabs[:1])              # one table per base

@@ -8,7 +8,7 @@ update's head is checked.
 """
 import hashlib
 
-from test_cose import BUNDLE_OK, KEY_A, _b
+from test_cose import BUNDLE_OK, KEY_A, KEY_B, _b
 from test_p256 import VECTORS, _h
 from test_update import bid, make, scratch
 
@@ -35,11 +35,18 @@ def test_key_load_runs_in_slices_of_at_most_slice_ops():
     out = []
     ks = _slices(p256.load_steps(pt, out))
     assert max(ks) <= p256.SLICE_OPS
-    # 225 doublings, 16 + 16 + 128 + 128 affine points, 7 + 127 additions, 2 x 8 windows
-    assert sum(ks) == 225 + 288 + 134 + 16
-    assert len(ks) >= (225 + 288 + 134) // p256.SLICE_OPS
+    # the key's two tables: 241 doublings, 32 + 32 + 2 x (128 + 128) affine points,
+    # 2 x (7 + 127) additions, 3 x 8 inverse windows; G's second table: 241 doublings,
+    # 32 + 32 + 128 + 128 affine points, 7 + 127 additions, 2 x 8 windows
+    assert sum(ks) == (241 + 576 + 268 + 24) + (241 + 320 + 134 + 16)
+    assert ks.count(0) >= 3     # each table's allocation in a slice of its own
+    assert len(ks) >= (241 + 576 + 268 + 241 + 320 + 134) // p256.SLICE_OPS
     key = out[0]
-    assert bytes(key._tab) == bytes(p256.comb_table(key.x, key.y))
+    assert [bytes(t) for t in key._tab] == [bytes(t) for t in p256.PublicKey(pt)._tab]
+    # one table per base: 225 doublings, 16 + 16 + 128 + 128 points, 134 additions, 2 x 8
+    ks = _slices(p256.load_steps(pt, out, 1))
+    assert max(ks) <= p256.SLICE_OPS
+    assert sum(ks) == 225 + 288 + 134 + 16
 
 
 def test_verify_runs_in_slices_of_at_most_slice_ops():
@@ -51,8 +58,12 @@ def test_verify_runs_in_slices_of_at_most_slice_ops():
         ks = _slices(key.verify_steps(digest, s, out))
         assert out == [want]
         assert max(ks) <= p256.SLICE_OPS
-        assert sum(ks) >= 31 + 63 + 8   # doublings, additions, inverse windows
-        assert len(ks) >= (31 + 63) // p256.SLICE_OPS
+        assert sum(ks) >= 15 + 63 + 8   # doublings, additions, inverse windows
+        assert len(ks) >= (15 + 63) // p256.SLICE_OPS
+        out = []
+        ks = _slices(p256.PublicKey(_h(pt), halves=1).verify_steps(digest, s, out))
+        assert out == [want] and max(ks) <= p256.SLICE_OPS
+        assert sum(ks) >= 31 + 63 + 8
 
 
 def test_a_bad_key_point_is_refused_before_any_slice_of_work():
@@ -179,3 +190,82 @@ def test_chunks_in_flight_past_a_checked_head_are_held_not_refused():
     r = u.command('fota_chunk', {'off': n + 300, 'data': data[n + 300:n + 400]}, 0)
     assert not r[0] and r[1] == 'V2G-400' and 'gap' in r[2], r     # a gap again, as ever
     assert log == []
+
+
+def _head_job_steps(root, data):
+    """Control steps the download's job takes from fota_begin to the head's verdict, the
+    whole head sent at once; the update then runs to its end. Returns (steps, pending)."""
+    u = make(root)
+    u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+    n = 8 + int.from_bytes(data[4:8], 'big')
+    assert u.command('fota_chunk', {'off': 0, 'data': data[:n]}, 0)[0]
+    steps = 0
+    while u.dl is not None and u.dl.job is not None:
+        u.tick(0, 0)
+        steps += 1
+    off = n
+    while u.dl is not None and off < len(data):
+        r = u.command('fota_chunk', {'off': off, 'data': data[off:off + 400]}, 0)
+        assert r[0], r
+        off = r[3]['next']
+    if u.dl is not None:
+        assert u.command('fota_finish', {'reboot': False}, 0)[0]
+    return steps, u.report()['pending']
+
+
+def _read(path):
+    with open(path, 'rb') as f:
+        return f.read()
+
+
+def test_the_key_tables_are_kept_between_updates_and_a_damaged_copy_is_rebuilt():
+    from app import install
+    data = _b(BUNDLE_OK)
+    root = scratch(KEY_A)
+    cache = root + install.KEY_TABLE_FILE
+    built, pending = _head_job_steps(root, data)
+    assert pending == 'a'
+    assert built > 300, built          # the tables: about 360 slices
+    good = _read(cache)
+    assert len(good) == p256.CACHE_LEN
+
+    # the next update (a fresh controller with that file) reads them in one step
+    root2 = scratch(KEY_A)
+    with open(root2 + install.KEY_TABLE_FILE, 'wb') as f:
+        f.write(good)
+    kept, pending = _head_job_steps(root2, data)
+    assert pending == 'a'
+    assert kept < 40 and built - kept > 300, (built, kept)   # the verify: about 26
+
+    # one byte changed anywhere, a short file, or another key's tables: rebuilt, rewritten
+    other = p256.PublicKey(_b(KEY_B))
+    foreign = p256.cache_head(other.point, other._tab) + b"".join(other._tab)
+    for bad in (good[:100] + bytes([good[100] ^ 1]) + good[101:],
+                good[:-1] + bytes([good[-1] ^ 0x80]),
+                good[:len(good) // 2],
+                foreign):
+        root3 = scratch(KEY_A)
+        with open(root3 + install.KEY_TABLE_FILE, 'wb') as f:
+            f.write(bad)
+        steps, pending = _head_job_steps(root3, data)
+        assert pending == 'a'
+        assert steps > 300, steps
+        assert _read(root3 + install.KEY_TABLE_FILE) == good
+
+
+def test_without_room_for_the_kept_tables_the_key_gets_one_table_per_base():
+    from app import install
+    data = _b(BUNDLE_OK)
+    saved = update.fs_space
+    try:
+        # room for the bundle and the margin, not for the tables' 24 KiB beside it
+        update.fs_space = lambda path: (512, len(data) + (update.SPACE_MARGIN_BLOCKS + 8) * 512)
+        root = scratch(KEY_A)
+        with open(root + install.KEY_TABLE_FILE, 'wb') as f:
+            f.write(b'another key, another layout')     # in the way: removed, not kept
+        steps, pending = _head_job_steps(root, data)
+    finally:
+        update.fs_space = saved
+    assert pending == 'a'
+    assert not update.storage.exists(root + install.KEY_TABLE_FILE)
+    assert 120 < steps < 200, steps    # 128 slices of tables, 26 of verify, as before
