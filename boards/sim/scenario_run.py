@@ -64,14 +64,14 @@ def dec(n, places):
     """Integer n in units of 10**-places as fixed-decimal text: dec(-318, 1) -> '-31.8'."""
     if places == 0:
         return str(n)
-    neg = n < 0
-    if neg:
-        n = -n
-    s = str(n)
-    if len(s) <= places:
-        s = '0' * (places - len(s) + 1) + s
-    s = s[:-places] + '.' + s[-places:]
-    return '-' + s if neg else s
+    if n < 0:
+        return '-' + _DEC[places] % (-n // _SCALE[places], -n % _SCALE[places])
+    return _DEC[places] % (n // _SCALE[places], n % _SCALE[places])
+
+
+# dec()'s formats and scales by places: one % format, no string surgery, for every field
+_DEC = (None, '%d.%01d', '%d.%02d', '%d.%03d')
+_SCALE = (1, 10, 100, 1000)
 
 
 def rdiv(n, d):
@@ -85,17 +85,39 @@ def jstr(s):
     return 'null' if s is None else json.dumps(s)
 
 
+def _stdout_writer():
+    """Writes text to standard output: in the VM through its host in one call (hostio.emit,
+    `mpvm.mjs run`), where print() goes through the VM's stdout line by line."""
+    try:
+        import hostio
+        return hostio.emit
+    except (ImportError, AttributeError):
+        return print
+
+
 class _Emitter:
-    """Writes timeline lines and counts the error codes they carry."""
+    """Writes timeline lines and counts the error codes they carry. out: called with each
+    line; None: the lines go to standard output, gathered and written a chunk of simulated
+    time at a time (flush()), one write for tens of lines."""
 
     def __init__(self, out):
         self.out = out
+        self.held = [] if out is None else None
+        self.write = _stdout_writer() if out is None else None
         self.counts = {}
         self.lines = 0
 
     def line(self, text):
         self.lines += 1
-        self.out(text)
+        if self.held is None:
+            self.out(text)
+        else:
+            self.held.append(text)
+
+    def flush(self):
+        if self.held:
+            self.write('\n'.join(self.held))
+            self.held = []
 
     def event(self, t_ms, src, code, msg, extra='', count=True):
         if code and count:
@@ -225,7 +247,7 @@ class _InFlash:
 
 
 class Run:
-    def __init__(self, sc, out=print, flash=None):
+    def __init__(self, sc, out=None, flash=None):
         self.sc = sc
         self.emit = _Emitter(out)
         self.period = ctlmod.CONTROL_PERIOD_MS
@@ -256,6 +278,7 @@ class Run:
         self.battery_start_mwh = self.plant.energy_mwh
         # last tick values, compared as ints/strings at the written precision
         self._last = [None] * 21
+        self._raw = None             # what they were made of at the last step (tick())
         self._last_tick_ms = -TICK_MAX_MS
         self._mode = None
         self._cp = None
@@ -354,14 +377,22 @@ class Run:
             self._cp = out.cp_state
 
     def _v2g_available(self, ctl, out):
-        v = getattr(out, 'v2g_available', None)
-        if v is None:
-            sp = getattr(ctl, 'setpoint', None)
-            v = bool(getattr(sp, 'available', False))
-        return bool(v) and not (out.errors & errors.E301)
+        return bool(out.v2g_available) and not (out.errors & errors.E301)
 
     def tick(self, now, ctl, out):
         p = self.plant
+        # Most steps change nothing a tick shows. What its fields are made of, as read
+        # (before rounding), equal to what the last step read: no field changed, and the
+        # fields need not be made (one tuple, compared in one go).
+        raw = (out.cp_state, out.pwm_pm, p.contactor_closed, p.ev_ma, out.limit_charge_ma,
+               out.limit_discharge_ma, out.limit_charge_src, out.limit_discharge_src,
+               p.energy_mwh // p.capacity_wh, out.mode, out.v2g_available, p.grid_mv, p.grid_mhz,
+               p.evse_temp_dc, p.battery_temp_dc, out.errors, out.request_ma,
+               out.discharge_capacity_wh, out.cooling_state, self.hal.led, p.pump_cmd,
+               p.cooling_fault)
+        if raw == self._raw and now - self._last_tick_ms < TICK_MAX_MS:
+            return
+        self._raw = raw
         vals = self._last
         new = (out.cp_state, out.pwm_pm, p.contactor_closed, rdiv(p.ev_ma, 100),
                rdiv(out.limit_charge_ma, 100), rdiv(out.limit_discharge_ma, 100),
@@ -409,8 +440,11 @@ class Run:
     # ------------------------------------------------------------ main loop
     def advance(self, span_ms):
         """Simulate up to span_ms more (whole control periods); False once the run is over."""
-        with self.in_flash:
-            return self._advance(span_ms)
+        try:
+            with self.in_flash:
+                return self._advance(span_ms)
+        finally:
+            self.emit.flush()     # what this chunk wrote, even when the firmware raised
 
     def _advance(self, span_ms):
         events = self.events
@@ -453,6 +487,7 @@ class Run:
         # the plant runs out the last step under its outputs, as in every step before it
         self.hal.plant_to(self.now)
         self.summary(self.now - self.period)
+        self.emit.flush()
         if self._own_flash:
             import shutil
             shutil.rmtree(self.flash, ignore_errors=True)
@@ -488,8 +523,9 @@ def _describe(do, args):
     return do + ' ' + ' '.join(parts)
 
 
-def run(sc, out=print):
-    """Simulate scenario sc (already validated), writing timeline lines through out()."""
+def run(sc, out=None):
+    """Simulate scenario sc (already validated), writing timeline lines through out(line), or
+    without out to standard output (see _Emitter)."""
     r = Run(sc, out)
     while r.advance(CHUNK_MS):
         r.sample_heap()
@@ -497,7 +533,7 @@ def run(sc, out=print):
     return r
 
 
-async def run_async(sc, out=print):
+async def run_async(sc, out=None):
     """As run(), yielding to the event loop between chunks.
 
     In the WebAssembly VM a collection only frees memory once Python has returned to
