@@ -141,6 +141,57 @@ print(json.dumps({'base': base, 'soc': soc, 'amps': amps, 'resident': resident, 
 """
 
 
+# What the real shell costs: the bench hour twice in one VM session, minute by minute in
+# turn (the same load on both), once as `v2g sim` runs it (app/run.py's control loop asleep on
+# the board's clock, stepping app/station.py) and once with the driver stepping the station
+# itself (a Station made and ticked as run.py would, no loop, no sleep). The two timelines
+# must be the same line for line; the ratio of the times is what the shell costs.
+SHELL_CODE = """
+import json, time, asyncio
+from board import scenario_run as sr
+from app.station import Station
+
+class Direct(sr.Run):
+    def _resume(self):
+        hal = self.hal
+        if hal.stop_requested():
+            hal.safe_state()
+            self.station.save_events()
+            return False
+        now = self.clock.now_ms
+        if self.station is None:
+            self.station = Station(hal, now)
+        self.station.tick(now)
+        self.clock.wake_ms = now + self.period
+        return True
+
+sc = json.loads({scenario!r})
+lines = {{'shell': [], 'direct': []}}
+runs = {{'shell': sr.Run(sc, out=lines['shell'].append), 'direct': Direct(sc, out=lines['direct'].append)}}
+us = {{'shell': 0, 'direct': 0}}
+more = True
+while more:
+    for name in ('shell', 'direct'):
+        await asyncio.sleep(0)
+        t0 = time.ticks_us()
+        more = runs[name].advance(60000)
+        us[name] += time.ticks_diff(time.ticks_us(), t0)
+for name in runs:
+    runs[name].finish()
+print(json.dumps({{'us_shell': us['shell'], 'us_direct': us['direct'],
+                  'same': lines['shell'] == lines['direct'], 'lines': len(lines['shell'])}}))
+"""
+
+
+def shell_figures():
+    out = vm.run_micropython(SHELL_CODE.format(scenario=json.dumps(hour_scenario(), sort_keys=True)),
+                             mounts=vm.firmware_mounts("sim"), timeout=600)
+    for line in out.splitlines():
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError("no shell figures from the VM: {}".format(out[-300:]))
+
+
 def heap_figures():
     out = vm.run_micropython(HEAP_CODE, mounts=vm.firmware_mounts("sim"), timeout=300)
     for line in out.splitlines():

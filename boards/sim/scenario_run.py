@@ -381,18 +381,29 @@ class Run:
 
     def tick(self, now, ctl, out):
         p = self.plant
-        # Most steps change nothing a tick shows. What its fields are made of, as read
-        # (before rounding), equal to what the last step read: no field changed, and the
-        # fields need not be made (one tuple, compared in one go).
-        raw = (out.cp_state, out.pwm_pm, p.contactor_closed, p.ev_ma, out.limit_charge_ma,
-               out.limit_discharge_ma, out.limit_charge_src, out.limit_discharge_src,
-               p.energy_mwh // p.capacity_wh, out.mode, out.v2g_available, p.grid_mv, p.grid_mhz,
-               p.evse_temp_dc, p.battery_temp_dc, out.errors, out.request_ma,
-               out.discharge_capacity_wh, out.cooling_state, self.hal.led, p.pump_cmd,
-               p.cooling_fault)
-        if raw == self._raw and now - self._last_tick_ms < TICK_MAX_MS:
+        # Most steps change nothing a tick shows: what its fields are made of (before
+        # rounding) the same as at the last step means the same fields, and they need not be
+        # made. Compared in place: a tuple every step would be an allocation every step,
+        # which the VM's collector makes dear.
+        r = self._raw
+        if (now - self._last_tick_ms < TICK_MAX_MS and r is not None
+                and r[0] == out.cp_state and r[1] == out.pwm_pm and r[2] == p.contactor_closed
+                and r[3] == p.ev_ma and r[4] == out.limit_charge_ma
+                and r[5] == out.limit_discharge_ma and r[6] == out.limit_charge_src
+                and r[7] == out.limit_discharge_src and r[8] == p.energy_mwh // p.capacity_wh
+                and r[9] == out.mode and r[10] == out.v2g_available and r[11] == p.grid_mv
+                and r[12] == p.grid_mhz and r[13] == p.evse_temp_dc
+                and r[14] == p.battery_temp_dc and r[15] == out.errors
+                and r[16] == out.request_ma and r[17] == out.discharge_capacity_wh
+                and r[18] == out.cooling_state and r[19] == self.hal.led
+                and r[20] == p.pump_cmd and r[21] == p.cooling_fault):
             return
-        self._raw = raw
+        self._raw = (out.cp_state, out.pwm_pm, p.contactor_closed, p.ev_ma, out.limit_charge_ma,
+                     out.limit_discharge_ma, out.limit_charge_src, out.limit_discharge_src,
+                     p.energy_mwh // p.capacity_wh, out.mode, out.v2g_available, p.grid_mv,
+                     p.grid_mhz, p.evse_temp_dc, p.battery_temp_dc, out.errors, out.request_ma,
+                     out.discharge_capacity_wh, out.cooling_state, self.hal.led, p.pump_cmd,
+                     p.cooling_fault)
         vals = self._last
         new = (out.cp_state, out.pwm_pm, p.contactor_closed, rdiv(p.ev_ma, 100),
                rdiv(out.limit_charge_ma, 100), rdiv(out.limit_discharge_ma, 100),
@@ -454,8 +465,11 @@ class Run:
         period = self.period
         clock = self.clock
         host = self.host
+        sent = self.ports.outbox
         now = self.now
         stop = now + span_ms
+        # the checks in front of poll(), receive() and _changes() are theirs, made here: most
+        # steps have nothing for them, and a call costs the VM more than the check
         while now <= duration and now < stop:
             clock.now_ms = now
             self.hal.plant_to(now)
@@ -463,7 +477,8 @@ class Run:
                 ev = events[k]
                 self.apply(now, ev['do'], ev.get('args') or {})
                 k += 1
-            host.poll(now)
+            if now >= host.next_hb and not host.lost:
+                host.poll(now)
             # the shell wakes at now: one control step, then it sleeps until the next
             if not self._resume():
                 raise RuntimeError('the control loop ended at {} ms: {!r}'.format(now, self.hal.crash))
@@ -475,8 +490,10 @@ class Run:
                 # taken here, so two runs in one interpreter keep theirs apart)
                 st = self.station = shell.station
             out = st.ctl.out
-            host.receive(now)
-            self._changes(now, out)
+            if sent['link']:
+                host.receive(now)
+            if out.mode != self._mode or out.cp_state != self._cp:
+                self._changes(now, out)
             self.tick(now, st.ctl, out)
             now += period
         self._k = k
@@ -533,6 +550,40 @@ def run(sc, out=None):
     return r
 
 
+def _next_turn(resolve, reject):
+    import js
+    js.setImmediate(resolve)
+
+
+def _pause():
+    """An awaitable that hands control to the host's event loop for one turn. In the VM
+    under Node, a promise settled by setImmediate: the loop writes what is queued on
+    standard output, and a collection can free memory, in tens of microseconds, where
+    asyncio.sleep(0) waits for a timer (a millisecond or more; a run pauses 360 times an
+    hour). Elsewhere asyncio.sleep(0)."""
+    try:
+        import js
+        if getattr(js, 'setImmediate', None) is not None:
+            return js.Promise.new(_next_turn)
+    except ImportError:
+        pass
+    import asyncio
+    return asyncio.sleep(0)
+
+
+async def _written():
+    """Wait until the VM's host has written all of standard output: it ends the process as
+    soon as the code returns, and what is still queued then (a reader slower than the
+    run) would be lost."""
+    try:
+        import js
+        stdout = js.process.stdout
+    except (ImportError, AttributeError):
+        return
+    while stdout.writableLength:
+        await _pause()
+
+
 async def run_async(sc, out=None):
     """As run(), yielding to the event loop between chunks.
 
@@ -540,12 +591,12 @@ async def run_async(sc, out=None):
     the host's event loop, so the live-heap samples (and the VM's memory use over a
     long run) need these pauses.
     """
-    import asyncio
     r = Run(sc, out)
     while r.advance(CHUNK_MS):
-        await asyncio.sleep(0)
+        await _pause()
         r.sample_heap()
-    await asyncio.sleep(0)
+    await _pause()
     r.sample_heap()
     r.finish()
+    await _written()
     return r
