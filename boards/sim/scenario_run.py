@@ -580,8 +580,9 @@ async def _written():
         stdout = js.process.stdout
     except (ImportError, AttributeError):
         return
+    import asyncio
     while stdout.writableLength:
-        await _pause()
+        await asyncio.sleep_ms(5)     # the reader's pace: idle, not a busy turn of the loop
 
 
 async def run_async(sc, out=None):
