@@ -14,6 +14,10 @@ on the MicroPython VM.
     clock.now_ms = clock.wake_ms
     shell.send(None)          # ... the next control step
 """
+import sys
+
+_MICROPYTHON = sys.implementation.name == 'micropython'
+_ONES = 64        # sleeps per list of the MicroPython sleep (see SimClock.sleep_ms)
 
 
 class _Sleep:
@@ -41,7 +45,10 @@ class SimClock:
     def __init__(self, now_ms=0):
         self.now_ms = now_ms
         self.wake_ms = now_ms
+        self._slept_at = None
         self._sleep = _Sleep()
+        self._ones = None
+        self._it = None
 
     def __call__(self):
         return self.now_ms
@@ -50,7 +57,29 @@ class SimClock:
         return self.now_ms
 
     def sleep_ms(self, ms):
-        self.wake_ms = self.now_ms + (ms if ms > 0 else 0)
-        s = self._sleep
-        s.pending = True
-        return s
+        now = self.now_ms
+        if now == self._slept_at:
+            # one sleep per wake: a second one at the same time never gave the driver control
+            raise RuntimeError('sim clock: a sleep at {} ms did not hand control back'.format(now))
+        self._slept_at = now
+        self.wake_ms = now + (ms if ms > 0 else 0)
+        if not _MICROPYTHON:
+            s = self._sleep
+            s.pending = True
+            return s
+        # On MicroPython `await x` is `yield from iter(x)`, and ending it with a raised
+        # StopIteration (as _Sleep does) costs the VM more than a whole plant step. A list
+        # iterator is resumed natively: it yields the list's next item, and stops, without
+        # raising, once it has caught up with the list; it does not stay stopped when the
+        # list grows. So each sleep adds one item: the await yields once to the driver and
+        # ends when the driver resumes it. Every _ONES sleeps the list is emptied and a new
+        # iterator starts over it (the only allocation).
+        ones = self._ones
+        if ones is None or len(ones) >= _ONES:
+            if ones is None:
+                ones = self._ones = []
+            else:
+                del ones[:]
+            self._it = iter(ones)
+        ones.append(None)
+        return self._it

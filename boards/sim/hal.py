@@ -424,7 +424,7 @@ class Hal:
         self.hb_held = b''
         # the status LED the board would show (core/status_led.py): pattern and brightness
         self.led = status_led.IDLE
-        self.led_level = 0
+        self.led_ms = None           # the control step that last set it (led_level)
 
 
         # a reset this board asked for leaves its cause; none is a power-up (or a VM restart
@@ -435,6 +435,9 @@ class Hal:
             from board import power_cut
             power_cut.arm()
         self.port_buffers = hasattr(self.ports, 'readinto')   # BufferPorts: nothing allocates
+        # in-memory ports (the scenario driver's, tests'): an empty queue is seen without a
+        # call, as most control steps find both the link and the plant port empty
+        self._inbox = getattr(self.ports, 'inbox', None)
         self.stop_requested = self.ports.stop_requested      # bound once: asked every step
         if self.keeps_plant:
             global _live
@@ -502,8 +505,10 @@ class Hal:
     # -- the plant stands in for the hardware ---------------------------------------------
 
     def read_inputs(self, inputs, now_ms):
-        self.serve_plant_port(now_ms)
-        self.plant_to(now_ms)
+        if self._inbox is None or self._inbox['plant']:
+            self.serve_plant_port(now_ms)
+        if now_ms != self.last_ms:
+            self.plant_to(now_ms)     # the scenario driver has moved it on to now already
         st = self.station
         if self.rs485 is None and st is not None:
             # the plant's meter stands in for the meter task: it polls as the settings say
@@ -543,7 +548,15 @@ class Hal:
         self.outputs = outputs
         st = self.station
         self.led = status_led.select(outputs.mode, outputs.errors, st is not None and st.update.busy)
-        self.led_level = status_led.level(self.led, now_ms)
+        self.led_ms = now_ms      # its brightness then: led_level
+
+    @property
+    def led_level(self):
+        """The status LED's brightness as the last control step set it (per-mille): worked
+        out when asked, not in every step; dark before the first step."""
+        if self.led_ms is None:
+            return 0
+        return status_led.level(self.led, self.led_ms)
 
     def safe_state(self):
         """Contactor open, pilot to state F, no discharge request."""
@@ -628,6 +641,8 @@ class Hal:
             data = self._quiet_host_read(max_n)
         elif self.port_buffers:
             return self.ports.readinto('link', buf, max_n, LINK_RX_CAP)
+        elif self._inbox is not None and not self._inbox['link']:
+            return 0
         else:
             data = self.ports.read('link', max_n, LINK_RX_CAP)
         if not data:

@@ -395,7 +395,9 @@ class Plant:
 
     def bms_charge_ma(self):
         """BMS charge allowance: full up to 90 % SoC, tapering linearly to 0 at 100 %."""
-        soc = self.soc_pm()
+        return self._charge_allow(self.energy_mwh // self.capacity_wh)
+
+    def _charge_allow(self, soc):
         if soc >= 1000:
             return 0
         if soc <= 900:
@@ -404,9 +406,11 @@ class Plant:
 
     def bms_discharge_ma(self):
         """BMS discharge allowance: full above 10 % SoC, tapering to 0 at 2 %."""
+        return self._discharge_allow(self.energy_mwh // self.capacity_wh)
+
+    def _discharge_allow(self, soc):
         if not self.v2g_capable:
             return 0
-        soc = self.soc_pm()
         if soc <= 20:
             return 0
         if soc >= 100:
@@ -442,7 +446,9 @@ class Plant:
         return CP_B
 
     def cp_low_mv(self):
-        hi = self.cp_high_mv()
+        return self._cp_low(self.cp_high_mv())
+
+    def _cp_low(self, hi):
         if hi == 0:
             return 0
         if self.plugged and self.cp_fault == 'diode' and hi > 0:
@@ -464,10 +470,10 @@ class Plant:
             t = req
             if offered > 0 and t > offered:
                 t = offered
-            lim = self.bms_charge_ma()
+            lim = self._charge_allow(self.energy_mwh // self.capacity_wh)
             return t if t < lim else lim
         if req < 0:
-            lim = self.bms_discharge_ma()
+            lim = self._discharge_allow(self.energy_mwh // self.capacity_wh)
             t = -req
             if offered > 0 and t > offered:
                 t = offered
@@ -480,17 +486,25 @@ class Plant:
         self.pwm_pm = outputs.pwm_pm
         if not self.can_lost:
             self.request_ma = outputs.request_ma
-        self._contactor(now_ms, outputs.contactor)
+        # the contactor (_contactor(), written out: this runs every control step)
+        cmd = outputs.contactor
+        if cmd != self.contactor_cmd:
+            self.contactor_cmd = cmd
+            self.contactor_change_ms = now_ms
+        if self.contactor_fault is None:
+            self.contactor_closed = cmd
+        else:
+            self._contactor(now_ms, cmd)
         end = now_ms + dt_ms
         if self.v_ramp.active:
             self.grid_mv = self.v_ramp.value(end)
         if self.f_ramp.active:
             self.grid_mhz = self.f_ramp.value(end)
         # EV current: first-order lag towards the target, zero with the contacts apart
-        target = self.ev_target_ma() if self.contactor_closed else 0
         if not self.contactor_closed:
             self.ev_ma = 0
         else:
+            target = self.ev_target_ma()
             diff = target - self.ev_ma
             mag = diff if diff > 0 else -diff
             d = mag * dt_ms // EV_TAU_MS
@@ -500,7 +514,8 @@ class Plant:
                 self.ev_ma += d
             else:
                 self.ev_ma -= d
-        self._energy(dt_ms)
+        if self.ev_ma:
+            self._energy(dt_ms)
         self._cooling(now_ms, dt_ms, getattr(outputs, 'cooling', False))
         self.now_ms = end
 
@@ -523,25 +538,28 @@ class Plant:
 
     def _cooling(self, now_ms, dt_ms, cmd):
         self.pump_cmd = cmd
-        running = self.pump_running()
+        running = cmd and self.cooling_fault != 'pump'      # pump_running()
         if running and not self.pump_ran:
             self.pump_on_ms = now_ms       # started, or restored after a pump fault: spins up
         self.pump_ran = running
-        if self.flowing(now_ms):
+        if running and now_ms - self.pump_on_ms >= PUMP_SPINUP_MS:   # flowing(now_ms)
             target = 0
             tau = TAU_FLOW_MS
         else:
-            da = self.ev_ma // 100 if self.ev_ma >= 0 else -self.ev_ma // 100   # 0.1 A
+            ma = self.ev_ma
+            da = ma // 100 if ma >= 0 else -ma // 100   # 0.1 A
             # UNCOOLED_RISE_MDC_AT_16A * (da / 160)^2, reduced (15000 / 25600 = 75 / 128) so
             # that 80 A stays a small int
             target = da * da * 75 // 128
             tau = TAU_STILL_MS
         # first order, integrated exactly in integers: the remainder carries to the next step
-        num = (target - self.rise_mdc) * dt_ms + self.rise_rem
+        rise = self.rise_mdc
+        num = (target - rise) * dt_ms + self.rise_rem
         d = num // tau
         self.rise_rem = num - d * tau
-        self.rise_mdc += d
-        self.evse_temp_dc = self.held_dc + self.rise_mdc // 100
+        rise += d
+        self.rise_mdc = rise
+        self.evse_temp_dc = self.held_dc + rise // 100
 
     def _contactor(self, now_ms, cmd):
         if cmd != self.contactor_cmd:
@@ -557,40 +575,49 @@ class Plant:
             self.contactor_closed = cmd
 
     def _energy(self, dt_ms):
+        # every step with current: the sums in locals, each attribute read and written once
         ma = self.ev_ma
         if ma == 0:
             return
         # power in mW without large intermediates: (0.1 V) * mA / 10
         p_mw = (self.grid_mv // 100) * (ma if ma > 0 else -ma) // 10
         mj = (p_mw // 1000) * dt_ms + ((p_mw % 1000) * dt_ms) // 1000  # W*ms + mW*ms/1000 = mJ
+        e = self.energy_mj
         if ma > 0:
-            self.energy_mj += mj
-            self.import_mj += mj
-            if self.import_mj >= MJ_PER_MWH:
-                self.import_mwh += self.import_mj // MJ_PER_MWH
-                self.import_mj %= MJ_PER_MWH
+            e += mj
+            m = self.import_mj + mj
+            if m >= MJ_PER_MWH:
+                self.import_mwh += m // MJ_PER_MWH
+                m %= MJ_PER_MWH
+            self.import_mj = m
         else:
-            self.energy_mj -= mj
-            self.export_mj += mj
-            if self.export_mj >= MJ_PER_MWH:
-                self.export_mwh += self.export_mj // MJ_PER_MWH
-                self.export_mj %= MJ_PER_MWH
-        if self.energy_mj >= MJ_PER_MWH or self.energy_mj <= -MJ_PER_MWH:
-            q = self.energy_mj // MJ_PER_MWH if self.energy_mj > 0 else -((-self.energy_mj) // MJ_PER_MWH)
-            self.energy_mwh += q
-            self.energy_mj -= q * MJ_PER_MWH
+            e -= mj
+            m = self.export_mj + mj
+            if m >= MJ_PER_MWH:
+                self.export_mwh += m // MJ_PER_MWH
+                m %= MJ_PER_MWH
+            self.export_mj = m
+        mwh = self.energy_mwh
+        if e >= MJ_PER_MWH or e <= -MJ_PER_MWH:
+            q = e // MJ_PER_MWH if e > 0 else -((-e) // MJ_PER_MWH)
+            mwh += q
+            e -= q * MJ_PER_MWH
+        self.energy_mj = e
         full = self.capacity_wh * MWH_PER_WH
-        if self.energy_mwh > full:
-            self.energy_mwh = full
-        elif self.energy_mwh < 0:
-            self.energy_mwh = 0
+        if mwh > full:
+            mwh = full
+        elif mwh < 0:
+            mwh = 0
+        self.energy_mwh = mwh
 
     # ---------------------------------------------------------------- sensors
     def fill_inputs(self, inp, now_ms):
         """Write what the controller's sensors read at now_ms into its Inputs object."""
-        inp.cp_high_mv = self.cp_high_mv()
-        inp.cp_low_mv = self.cp_low_mv()
-        inp.pp_limit_a = self.cable_a if self.plugged else 0
+        hi = self.cp_high_mv()
+        inp.cp_high_mv = hi
+        inp.cp_low_mv = self._cp_low(hi)
+        plugged = self.plugged
+        inp.pp_limit_a = self.cable_a if plugged else 0
         inp.contactor_closed = self.contactor_closed
         # meter: polled every meter_poll_ms; a faulted poll leaves the last reading to age
         if now_ms >= self.meter_next_ms:
@@ -604,28 +631,27 @@ class Plant:
             else:
                 self.meter_valid = False
         inp.meter_ok = self.meter_valid
-        inp.meter_age_ms = now_ms - self.meter_read_ms
+        age = now_ms - self.meter_read_ms
+        inp.meter_age_ms = age if age <= NEVER else NEVER
         inp.meter_ma = self.meter_ma
         inp.meter_mv = self.meter_mv
         inp.meter_mhz = self.meter_mhz
         inp.evse_temp_dc = self.evse_temp_dc
-        if self.flow_switch(now_ms):
+        if self.pump_ran and self.flow_switch(now_ms):   # no flow without the pump (flowing())
             inp.cooling_count = (inp.cooling_count + 1) & _COUNT_MASK
         # BMS status frames every BMS_PERIOD_MS while the bus works and an EV is connected
-        if self.plugged and not self.can_lost and now_ms >= self.bms_next_ms:
+        if not plugged:
+            self.bms_frame_ms = -NEVER
+        elif not self.can_lost and now_ms >= self.bms_next_ms:
             self.bms_next_ms = now_ms + BMS_PERIOD_MS
             self.bms_frame_ms = now_ms
-        if not self.plugged:
-            self.bms_frame_ms = -NEVER
-        inp.bms_age_ms = now_ms - self.bms_frame_ms
-        if inp.bms_age_ms > NEVER:
-            inp.bms_age_ms = NEVER
-        if inp.meter_age_ms > NEVER:
-            inp.meter_age_ms = NEVER
-        inp.bms_soc_pm = self.soc_pm()
+        age = now_ms - self.bms_frame_ms
+        inp.bms_age_ms = age if age <= NEVER else NEVER
+        soc = self.energy_mwh // self.capacity_wh
+        inp.bms_soc_pm = soc
         inp.bms_temp_dc = self.battery_temp_dc
-        inp.bms_max_charge_ma = self.bms_charge_ma()
-        inp.bms_max_discharge_ma = self.bms_discharge_ma()
+        inp.bms_max_charge_ma = self._charge_allow(soc)
+        inp.bms_max_discharge_ma = self._discharge_allow(soc)
         inp.bms_capacity_wh = self.capacity_wh
 
     # ---------------------------------------------------------------- across a controller reset

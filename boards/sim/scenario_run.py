@@ -70,14 +70,14 @@ def dec(n, places):
     """Integer n in units of 10**-places as fixed-decimal text: dec(-318, 1) -> '-31.8'."""
     if places == 0:
         return str(n)
-    neg = n < 0
-    if neg:
-        n = -n
-    s = str(n)
-    if len(s) <= places:
-        s = '0' * (places - len(s) + 1) + s
-    s = s[:-places] + '.' + s[-places:]
-    return '-' + s if neg else s
+    if n < 0:
+        return '-' + _DEC[places] % (-n // _SCALE[places], -n % _SCALE[places])
+    return _DEC[places] % (n // _SCALE[places], n % _SCALE[places])
+
+
+# dec()'s formats and scales by places: one % format, no string surgery, for every field
+_DEC = (None, '%d.%01d', '%d.%02d', '%d.%03d')
+_SCALE = (1, 10, 100, 1000)
 
 
 def rdiv(n, d):
@@ -91,17 +91,39 @@ def jstr(s):
     return 'null' if s is None else json.dumps(s)
 
 
+def _stdout_writer():
+    """Writes text to standard output: in the VM through its host in one call (hostio.emit,
+    `mpvm.mjs run`), where print() goes through the VM's stdout line by line."""
+    try:
+        import hostio
+        return hostio.emit
+    except (ImportError, AttributeError):
+        return print
+
+
 class _Emitter:
-    """Writes timeline lines and counts the error codes they carry."""
+    """Writes timeline lines and counts the error codes they carry. out: called with each
+    line; None: the lines go to standard output, gathered and written a chunk of simulated
+    time at a time (flush()), one write for tens of lines."""
 
     def __init__(self, out):
         self.out = out
+        self.held = [] if out is None else None
+        self.write = _stdout_writer() if out is None else None
         self.counts = {}
         self.lines = 0
 
     def line(self, text):
         self.lines += 1
-        self.out(text)
+        if self.held is None:
+            self.out(text)
+        else:
+            self.held.append(text)
+
+    def flush(self):
+        if self.held:
+            self.write('\n'.join(self.held))
+            self.held = []
 
     def event(self, t_ms, src, code, msg, extra='', count=True):
         if code and count:
@@ -231,7 +253,7 @@ class _InFlash:
 
 
 class Run:
-    def __init__(self, sc, out=print, flash=None):
+    def __init__(self, sc, out=None, flash=None):
         self.sc = sc
         self.emit = _Emitter(out)
         self.period = ctlmod.CONTROL_PERIOD_MS
@@ -268,6 +290,7 @@ class Run:
         self.battery_start_mwh = self.plant.energy_mwh
         # last tick values, compared as ints/strings at the written precision
         self._last = [None] * 21
+        self._raw = None             # what they were made of at the last step (tick())
         self._last_tick_ms = -TICK_MAX_MS
         self._mode = None
         self._cp = None
@@ -367,14 +390,33 @@ class Run:
             self._cp = out.cp_state
 
     def _v2g_available(self, ctl, out):
-        v = getattr(out, 'v2g_available', None)
-        if v is None:
-            sp = getattr(ctl, 'setpoint', None)
-            v = bool(getattr(sp, 'available', False))
-        return bool(v) and not (out.errors & errors.E301)
+        return bool(out.v2g_available) and not (out.errors & errors.E301)
 
     def tick(self, now, ctl, out):
         p = self.plant
+        # Most steps change nothing a tick shows: what its fields are made of (before
+        # rounding) the same as at the last step means the same fields, and they need not be
+        # made. Compared in place: a tuple every step would be an allocation every step,
+        # which the VM's collector makes dear.
+        r = self._raw
+        if (now - self._last_tick_ms < TICK_MAX_MS and r is not None
+                and r[0] == out.cp_state and r[1] == out.pwm_pm and r[2] == p.contactor_closed
+                and r[3] == p.ev_ma and r[4] == out.limit_charge_ma
+                and r[5] == out.limit_discharge_ma and r[6] == out.limit_charge_src
+                and r[7] == out.limit_discharge_src and r[8] == p.energy_mwh // p.capacity_wh
+                and r[9] == out.mode and r[10] == out.v2g_available and r[11] == p.grid_mv
+                and r[12] == p.grid_mhz and r[13] == p.evse_temp_dc
+                and r[14] == p.battery_temp_dc and r[15] == out.errors
+                and r[16] == out.request_ma and r[17] == out.discharge_capacity_wh
+                and r[18] == out.cooling_state and r[19] == self.hal.led
+                and r[20] == p.pump_cmd and r[21] == p.cooling_fault):
+            return
+        self._raw = (out.cp_state, out.pwm_pm, p.contactor_closed, p.ev_ma, out.limit_charge_ma,
+                     out.limit_discharge_ma, out.limit_charge_src, out.limit_discharge_src,
+                     p.energy_mwh // p.capacity_wh, out.mode, out.v2g_available, p.grid_mv,
+                     p.grid_mhz, p.evse_temp_dc, p.battery_temp_dc, out.errors, out.request_ma,
+                     out.discharge_capacity_wh, out.cooling_state, self.hal.led, p.pump_cmd,
+                     p.cooling_fault)
         vals = self._last
         new = (out.cp_state, out.pwm_pm, p.contactor_closed, rdiv(p.ev_ma, 100),
                rdiv(out.limit_charge_ma, 100), rdiv(out.limit_discharge_ma, 100),
@@ -422,8 +464,11 @@ class Run:
     # ------------------------------------------------------------ main loop
     def advance(self, span_ms):
         """Simulate up to span_ms more (whole control periods); False once the run is over."""
-        with self.in_flash:
-            return self._advance(span_ms)
+        try:
+            with self.in_flash:
+                return self._advance(span_ms)
+        finally:
+            self.emit.flush()     # what this chunk wrote, even when the firmware raised
 
     def _advance(self, span_ms):
         events = self.events
@@ -433,8 +478,11 @@ class Run:
         period = self.period
         clock = self.clock
         host = self.host
+        sent = self.ports.outbox
         now = self.now
         stop = now + span_ms
+        # the checks in front of poll(), receive() and _changes() are theirs, made here: most
+        # steps have nothing for them, and a call costs the VM more than the check
         while now <= duration and now < stop:
             clock.now_ms = now
             self.hal.plant_to(now)
@@ -442,7 +490,8 @@ class Run:
                 ev = events[k]
                 self.apply(now, ev['do'], ev.get('args') or {})
                 k += 1
-            host.poll(now)
+            if now >= host.next_hb and not host.lost:
+                host.poll(now)
             if self.buses is not None:
                 self._can_bus()
             # the shell wakes at now: one control step, then it sleeps until the next
@@ -464,8 +513,10 @@ class Run:
                 # taken here, so two runs in one interpreter keep theirs apart)
                 st = self.station = shell.station
             out = st.ctl.out
-            host.receive(now)
-            self._changes(now, out)
+            if sent['link']:
+                host.receive(now)
+            if out.mode != self._mode or out.cp_state != self._cp:
+                self._changes(now, out)
             self.tick(now, st.ctl, out)
             now += period
         self._k = k
@@ -493,6 +544,7 @@ class Run:
         # the plant runs out the last step under its outputs, as in every step before it
         self.hal.plant_to(self.now)
         self.summary(self.now - self.period)
+        self.emit.flush()
         if self._own_flash:
             import shutil
             shutil.rmtree(self.flash, ignore_errors=True)
@@ -528,8 +580,9 @@ def _describe(do, args):
     return do + ' ' + ' '.join(parts)
 
 
-def run(sc, out=print):
-    """Simulate scenario sc (already validated), writing timeline lines through out()."""
+def run(sc, out=None):
+    """Simulate scenario sc (already validated), writing timeline lines through out(line), or
+    without out to standard output (see _Emitter)."""
     r = Run(sc, out)
     while r.advance(CHUNK_MS):
         r.sample_heap()
@@ -537,19 +590,54 @@ def run(sc, out=print):
     return r
 
 
-async def run_async(sc, out=print):
+def _next_turn(resolve, reject):
+    import js
+    js.setImmediate(resolve)
+
+
+def _pause():
+    """An awaitable that hands control to the host's event loop for one turn. In the VM
+    under Node, a promise settled by setImmediate: the loop writes what is queued on
+    standard output, and a collection can free memory, in tens of microseconds, where
+    asyncio.sleep(0) waits for a timer (a millisecond or more; a run pauses 360 times an
+    hour). Elsewhere asyncio.sleep(0)."""
+    try:
+        import js
+        if getattr(js, 'setImmediate', None) is not None:
+            return js.Promise.new(_next_turn)
+    except ImportError:
+        pass
+    import asyncio
+    return asyncio.sleep(0)
+
+
+async def _written():
+    """Wait until the VM's host has written all of standard output: it ends the process as
+    soon as the code returns, and what is still queued then (a reader slower than the
+    run) would be lost."""
+    try:
+        import js
+        stdout = js.process.stdout
+    except (ImportError, AttributeError):
+        return
+    import asyncio
+    while stdout.writableLength:
+        await asyncio.sleep_ms(5)     # the reader's pace: idle, not a busy turn of the loop
+
+
+async def run_async(sc, out=None):
     """As run(), yielding to the event loop between chunks.
 
     In the WebAssembly VM a collection only frees memory once Python has returned to
     the host's event loop, so the live-heap samples (and the VM's memory use over a
     long run) need these pauses.
     """
-    import asyncio
     r = Run(sc, out)
     while r.advance(CHUNK_MS):
-        await asyncio.sleep(0)
+        await _pause()
         r.sample_heap()
-    await asyncio.sleep(0)
+    await _pause()
     r.sample_heap()
     r.finish()
+    await _written()
     return r

@@ -538,3 +538,81 @@ def test_a_scenario_that_plays_with_the_buses_runs_the_stations_own_meter_and_ca
     while plain.advance(10000):
         pass
     assert plain.station.buses.meter is None and plain.station.buses.can is None
+
+
+# ---------------------------------------------------------------- speed without changing the timeline
+
+def _burst_scenario():
+    """A minute whose grid ramps change a tick field almost every step: a timeline of
+    ~180 kB, more than a pipe holds, made in about a second."""
+    doc = {"version": 1, "duration_s": 60, "config": {"GRID_PROFILE": "EN50549_50HZ", "NOMINAL_VOLTAGE_V": 230},
+           "at": [{"t_s": 0, "do": "grid_ramp", "voltage_v": 250, "frequency_hz": 50.4, "over_s": 60}]}
+    return sc.validate(doc, "burst-mem.toml")
+
+
+def test_a_reader_behind_the_run_still_gets_the_whole_timeline(monkeypatch):
+    """The VM's host ends its process as soon as the run returns: output still queued for
+    a reader that has fallen behind (a busy machine, a slow pipe) was lost with it, summary
+    and all. The run now waits until its output is written."""
+    import time
+
+    procs = []
+    start = sim.vmmod.stream_micropython
+
+    def stream(*args, **kw):
+        procs.append(start(*args, **kw))
+        return procs[-1]
+
+    monkeypatch.setattr(sim.vmmod, "stream_micropython", stream)
+    held = []
+
+    def reader(rec, line):
+        if not held:
+            # the reader stalls at the first record while the run goes on: until the VM
+            # process ends (what it did, output queued or not) or a few seconds have passed
+            held.append(line)
+            deadline = time.monotonic() + 4
+            while procs[0].poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    scen = _burst_scenario()
+    r = sim.simulate(scen, vm="micropython", on_record=reader)
+    assert r.summary is not None and not r.other_lines
+    assert r.raw[:-1] == sim.simulate(scen, vm="cpython").raw[:-1]   # the summary's heap is the VM's
+
+
+def test_ticks_are_the_same_when_every_step_makes_its_fields():
+    """The driver skips making a tick's fields when nothing they are made of changed; a
+    driver that makes and compares them every step writes the same timeline."""
+    from board import scenario_run
+
+    class EveryStep(scenario_run.Run):
+        def tick(self, now, ctl, out):
+            self._raw = None
+            scenario_run.Run.tick(self, now, ctl, out)
+
+    for scen in (sc.load(ROOT / "scenarios" / "cooling_flicker.toml"), _burst_scenario(),
+                 sc.load(ROOT / "scenarios" / "reboot.toml")):
+        texts = []
+        for cls in (scenario_run.Run, EveryStep):
+            lines = []
+            run = cls(scen, out=lines.append)
+            while run.advance(10000):
+                pass
+            run.finish()
+            texts.append(lines)
+        assert texts[0] == texts[1]
+        assert sum(1 for x in texts[0] if '"kind": "tick"' in x) > 100
+
+
+def test_a_sleep_that_never_handed_control_back_is_an_error():
+    """The simulated clock's sleep yields to the driver once per wake; a second sleep at the
+    same simulated time means the first never did (the shell would spin for ever)."""
+    from board.clock import SimClock
+
+    clock = SimClock(1000)
+    clock.sleep_ms(50)
+    clock.now_ms = 1050
+    clock.sleep_ms(50)
+    with pytest.raises(RuntimeError, match="did not hand control back"):
+        clock.sleep_ms(50)
