@@ -36,6 +36,11 @@ GRID_KEYS = {
 # [grid] only: whether the station is in service on the grid when the run starts (true,
 # the default) or boots as after a power-up and waits GRID_ENTER_SERVICE_DELAY_S first
 START_KEYS = dict(GRID_KEYS, in_service=("bool", None, None))
+# [buses]: which of the station's bus tasks the run puts to work. "plant" (the default): the
+# plant fills the meter and BMS inputs itself; "wire": the station's meter task reads the
+# plant's meter in Modbus RTU over a wire model of the RS-485 port; "can": its CAN task
+# decodes the plant's BMS frames. Slower, and what meter and CAN faults really meet.
+BUS_KEYS = {"meter": (("plant", "wire"), None, None), "bms": (("plant", "can"), None, None)}
 TEMP = ("num", -40, 150)
 KIND_CP = ("short", "diode", "open")
 KIND_METER = ("timeout", "crc", "exception")
@@ -176,7 +181,7 @@ def validate(data, file="<scenario>"):
     """The normalised scenario from a parsed TOML document; ScenarioError on the first problem."""
     if not isinstance(data, dict):
         raise ScenarioError(file, "file", "must be a TOML document")
-    allowed = ("version", "duration_s", "vm", "config", "ev", "grid", "at", "title", "description")
+    allowed = ("version", "duration_s", "vm", "config", "ev", "grid", "buses", "at", "title", "description")
     for key in data:
         if key not in allowed:
             raise ScenarioError(file, "top level", "unknown key {!r} (allowed: {})".format(key, ", ".join(allowed)))
@@ -203,6 +208,8 @@ def validate(data, file="<scenario>"):
     _check_table(file, "ev", ev, EV_KEYS)
     grid = data.get("grid", {})
     _check_table(file, "grid", grid, START_KEYS)
+    buses = data.get("buses", {})
+    _check_table(file, "buses", buses, BUS_KEYS)
     at = data.get("at", [])
     if not isinstance(at, list):
         raise ScenarioError(file, "[[at]]", "must be an array of tables ([[at]])")
@@ -221,6 +228,7 @@ def validate(data, file="<scenario>"):
         "config": dict(config),
         "ev": dict(ev),
         "grid": dict(grid),
+        "buses": dict(buses),
         "events": events,
     }
 

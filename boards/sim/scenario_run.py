@@ -22,13 +22,13 @@ control period (core.controller.CONTROL_PERIOD_MS) it
 So the station's persistence (app/storage.py on the board's flash: a scratch folder), its
 command path, its meter task (with the wire model) and its host link are the firmware's.
 
-The buses: a scenario with `can_loss`/`can_restore` events runs the station's CAN task
-(app/canbus.py) on the plant's BMS frames, carried each step by `_can_bus`. Without them
-the plant fills the BMS Inputs itself. The meter: by default the plant fills the meter
-Inputs itself, a reading every METER_POLL_MS that answers at once (the simulated board
-then tells the station's grid protection that a reading shows a grid step at once:
-sense 0). With `meter_fault`/`meter_restore` events, or `sc['meter_port'] = 'wire'` (set
-by the host's grid checks, not a scenario file key), the station's own meter task (app/meter.py) reads the plant's meter over the wire model of the
+The buses: a scenario's `[buses] bms = "can"` runs the station's CAN task (app/canbus.py)
+on the plant's BMS frames, carried each step by `_can_bus`; otherwise the plant fills the
+BMS Inputs itself. The meter: by default the plant fills the meter Inputs itself, a
+reading every METER_POLL_MS that answers at once (the simulated board then tells the
+station's grid protection that a reading shows a grid step at once: sense 0). With
+`[buses] meter = "wire"`, or `sc['meter_port'] = 'wire'` (set by the host's grid checks),
+the station's own meter task (app/meter.py) reads the plant's meter over the wire model of the
 meter port (board/meter_wire.py): Modbus RTU at METER_BAUD, every byte on the wire for its
 time, in simulated time; the grid protection then decides its trips as early as the meter
 task's sampling needs (core/grid.py sense_ms), as on a board.
@@ -59,8 +59,6 @@ from board.clock import SimClock
 HEARTBEAT_MS = 1000       # the simulated host's heartbeat period
 TICK_MAX_MS = 1000        # a tick record at least this often
 TEL_PERIOD_MS = 60000     # the simulated host's telemetry period (the station's slowest)
-_METER_EVENTS = set(('meter_fault', 'meter_restore'))
-_CAN_EVENTS = set(('can_loss', 'can_restore'))
 CHUNK_MS = 10000          # simulated time between pauses (heap sample, event loop) in the VM
 
 _mem_alloc = getattr(gc, 'mem_alloc', None)
@@ -272,13 +270,13 @@ class Run:
         self.ports = halmod.MemoryPorts()
         self.host = _Host(self)
         self.wire = None
-        # A scenario that plays with a bus runs the station's own task for it: meter faults
-        # become Modbus replies that time out, fail their CRC or carry an exception code, read
-        # by app/meter.py over the wire model; a CAN loss silences the plant's BMS frames,
-        # which app/canbus.py decodes. Otherwise the plant fills those Inputs itself (faster).
-        played = set(e.get('do') for e in (sc.get('events') or []))
-        self.buses = {'bms': 'can', 'ev_can': 'plant'} if played & _CAN_EVENTS else None
-        if sc.get('meter_port', 'plant') == 'wire' or played & _METER_EVENTS:
+        # A scenario's [buses] put the station's own bus tasks to work: meter faults become
+        # Modbus replies that time out, fail their CRC or carry an exception code, read by
+        # app/meter.py over the wire model; a CAN loss silences the plant's BMS frames, which
+        # app/canbus.py decodes. Otherwise the plant fills those Inputs itself (faster).
+        buses = sc.get('buses') or {}
+        self.buses = {'bms': 'can', 'ev_can': 'plant'} if buses.get('bms') == 'can' else None
+        if sc.get('meter_port', 'plant') == 'wire' or buses.get('meter') == 'wire':
             from board.meter_wire import MeterWire
             self.wire = MeterWire(self.plant, self._clock_us, model=cfg.meter_model,
                                   unit=cfg.meter_address)

@@ -163,3 +163,17 @@ def test_live_view_prints_brackets_in_event_messages_as_text():
     view({"kind": "event", "t_ms": 1000, "src": "host", "code": "V2G-400",
           "msg": "config_set refused: [config] MAX_CHARGE_AMPS [/] [bold]"})
     assert "config_set refused: [config] MAX_CHARGE_AMPS [/] [bold]" in buf.getvalue()
+
+
+@pytest.mark.parametrize("buses, problem", [
+    ({"meter": "modbus"}, "[buses]"),
+    ({"bms": True}, "[buses]"),
+    ({"canbus": "can"}, "unknown key 'canbus'"),
+])
+def test_buses_takes_the_known_tasks_only(buses, problem):
+    doc = {"version": 1, "duration_s": 5, "buses": buses}
+    with pytest.raises(sc.ScenarioError) as e:
+        sc.validate(doc, "b.toml")
+    assert problem in str(e.value)
+    assert sc.validate({"version": 1, "duration_s": 5, "buses": {"meter": "wire", "bms": "can"}},
+                       "b.toml")["buses"] == {"meter": "wire", "bms": "can"}

@@ -428,8 +428,8 @@ def test_a_reader_that_stops_early_is_not_a_firmware_failure():
 
 # ---------------------------------------------------------------- the real shell
 
-def _shell_scenario(events, duration_s=20, grid=None, config=None):
-    doc = {"version": 1, "duration_s": duration_s, "vm": "cpython",
+def _shell_scenario(events, duration_s=20, grid=None, config=None, buses=None):
+    doc = {"version": 1, "duration_s": duration_s, "vm": "cpython", "buses": buses or {},
            "config": dict({"GRID_ENTER_SERVICE_DELAY_S": 5, "GRID_RAMP_S": 0}, **(config or {})),
            "ev": {"capacity_kwh": 10.0, "soc_pct": 60.0},
            "at": [{"t_s": 1, "do": "plug"}, {"t_s": 2, "do": "ev_ready"}] + events}
@@ -507,16 +507,16 @@ def test_two_runs_in_one_interpreter_keep_their_stations_apart():
     assert together == alone
 
 
-def test_a_scenario_that_plays_with_the_buses_runs_the_stations_own_meter_and_can_tasks():
-    """Meter faults become Modbus replies the station's meter task reads over the wire model,
-    a CAN loss silences the BMS frames its CAN task decodes; a scenario without such events
-    keeps the plant filling those inputs."""
+def test_a_scenario_with_buses_runs_the_stations_own_meter_and_can_tasks():
+    """[buses]: meter faults become Modbus replies the station's meter task reads over the
+    wire model, a CAN loss silences the BMS frames its CAN task decodes; without it the plant
+    fills those inputs."""
     from board import scenario_run
 
     scen = _shell_scenario([{"t_s": 4, "do": "meter_fault", "kind": "exception"},
                             {"t_s": 9, "do": "meter_restore"},
                             {"t_s": 10, "do": "can_loss"}, {"t_s": 12, "do": "can_restore"}],
-                           duration_s=14)
+                           duration_s=14, buses={"meter": "wire", "bms": "can"})
     lines = []
     run = scenario_run.Run(scen, out=lines.append)
     while run.advance(10000):
@@ -534,7 +534,7 @@ def test_a_scenario_that_plays_with_the_buses_runs_the_stations_own_meter_and_ca
     assert "meter unit 1: exception code 04" in evs[0]["msg"]
     assert evs[2]["t_ms"] == 11000          # CAN_TIMEOUT_MS after the last frame before the loss
 
-    plain = scenario_run.Run(_shell_scenario([], duration_s=2), out=[].append)
+    plain = scenario_run.Run(_shell_scenario([{"t_s": 2.5, "do": "can_loss"}], duration_s=3), out=[].append)
     while plain.advance(10000):
         pass
     assert plain.station.buses.meter is None and plain.station.buses.can is None
