@@ -11,6 +11,11 @@ SLOTS = ('a', 'b')
 # pyboard HAL takes the running watchdog over at its own timeout (2 s) and feeds it.
 TRIAL_WDT_MS = 8000
 ON_TRIAL = False      # set by choose(): the chosen slot runs on trial
+# On a build with two ROMFS partitions (pybd_sf6, docs/updates.md "Two ROM partitions") the
+# slots are partitions, not folders: the factory image and slot a in partition 0, slot b in 1.
+ROM_PART = {'factory': 0, 'a': 0, 'b': 1}
+ROM_HEADER = b'\xd2\xcd\x31'
+ROM_MOUNT = '/rom'
 
 
 def _is_dir(path):
@@ -66,9 +71,35 @@ def _exists(path):   # boot.py runs before app/ is importable: its own copy
         return False
 
 
-def choose(root=''):
+def rom_ab():
+    """True when the build has two ROMFS partitions: then a slot is a partition."""
+    try:
+        import vfs
+        n = vfs.rom_ioctl(1)
+    except Exception:  # noqa: BLE001 - no vfs, no rom_ioctl: slots are folders
+        return False
+    return type(n) is int and n >= 2
+
+
+def _rom_holds_image(k):
+    try:
+        import vfs
+        return bytes(vfs.rom_ioctl(2, k)[:3]) == ROM_HEADER
+    except Exception:  # noqa: BLE001 - no such partition
+        return False
+
+
+def _present(root, slot, rom):
+    if rom:
+        return _rom_holds_image(ROM_PART[slot])
+    return _is_dir(root + 'slots/' + slot)
+
+
+def choose(root='', rom=False):
     """The tree to run: 'a', 'b' or 'factory'. A pending slot runs on trial, its try counted
-    on flash before any of its code runs; with no tries left it is reverted."""
+    on flash before any of its code runs; with no tries left it is reverted. With `rom` the
+    slots are ROMFS partitions (ROM_PART) and a slot is there when its partition starts with
+    a ROMFS header."""
     global ON_TRIAL
     ON_TRIAL = False
     st = read_state(root)
@@ -78,7 +109,7 @@ def choose(root=''):
     pending = st.get('pending')
     if pending in SLOTS:
         tries = st.get('tries')
-        if type(tries) is int and tries > 0 and _is_dir(root + 'slots/' + pending):
+        if type(tries) is int and tries > 0 and _present(root, pending, rom):
             st['tries'] = tries - 1
             st['trial'] = True
             _write(root, st)
@@ -91,12 +122,12 @@ def choose(root=''):
         st['trial'] = False
         st['tries'] = 0
         _write(root, st)
-    if active in SLOTS and _is_dir(root + 'slots/' + active):
-        return active
+    if active in SLOTS and (rom or _present(root, active, rom)):
+        return active     # a partition that does not mount: mount_rom falls back (V2G-604)
     return 'factory'
 
 
-def fail_start(slot, reason, root=''):
+def fail_start(slot, reason, root='', rom=False):
     """The confirmed slot `slot` failed to start (main.py): record it (`failed_start`, reported
     as V2G-604 by app/update.py at the next start) and make the fallback active, so the next
     boot runs that. The fallback is the other slot if it was confirmed once and its security
@@ -120,7 +151,7 @@ def fail_start(slot, reason, root=''):
     fallback = 'factory'
     if (isinstance(ometa, dict) and ometa.get('confirmed') is True and st.get('pending') != other
             and type(ometa.get('sec')) is int and type(sec) is int and ometa['sec'] >= sec
-            and _is_dir(root + 'slots/' + other)):
+            and _present(root, other, rom)):
         fallback = other
     st['active'] = fallback
     st['failed_start'] = {'slot': slot, 'version': meta.get('version', '?'), 'reason': reason,
@@ -144,11 +175,70 @@ def start_trial_watchdog():
     return wdt(timeout=TRIAL_WDT_MS)
 
 
+def _mount(k):
+    import vfs
+    try:
+        vfs.umount(ROM_MOUNT)
+    except OSError:
+        pass        # nothing mounted there (partition 0 held no image at start-up)
+    vfs.mount(vfs.VfsRom(vfs.rom_ioctl(2, k)), ROM_MOUNT)
+    if ROM_MOUNT not in sys.path:
+        sys.path.insert(0, ROM_MOUNT)
+
+
+def _note_rom(k):
+    # The partition at /rom, for app/update.py: it must never erase or write that one
+    import __main__
+    __main__.V2G_ROM_PART = k
+
+
+def mount_rom(slot, root=''):
+    """Mount the chosen slot's partition at /rom in place of the one MicroPython mounted at
+    start-up (partition 0). One that does not mount is handled as a slot that fails to start:
+    on trial it is reverted (V2G-603 at the next start), confirmed it is replaced by its
+    fallback (boot.fail_start, V2G-604). Returns the slot that runs."""
+    global ON_TRIAL
+    k = ROM_PART[slot]
+    try:
+        if k == 0:
+            if not _rom_holds_image(0):     # MicroPython mounted it at start-up, if it could
+                raise OSError(19)
+        else:
+            _mount(k)
+        _note_rom(k)
+        return slot
+    except Exception as e:  # noqa: BLE001 - a damaged image: the other partition, if any
+        reason = 'partition {} does not mount: {}: {}'.format(k, type(e).__name__, e)[:80]
+    st = read_state(root)
+    if ON_TRIAL and st is not None:
+        meta = (st.get('slots') or {}).get(slot) or {}
+        st['reverted'] = 'slot {} ({}) failed its trial boot ({}); running {} again'.format(
+            slot, meta.get('version', '?'), reason, st.get('active'))
+        st['pending'] = None
+        st['trial'] = False
+        st['tries'] = 0
+        _write(root, st)
+        ON_TRIAL = False
+        slot = st.get('active') if st.get('active') in SLOTS else 'factory'
+    else:
+        slot = fail_start(slot, reason, root, rom=True) or 'factory'
+    k2 = ROM_PART.get(slot, 0)
+    if k2 == k:
+        k2 = 0          # nothing else to run: partition 0 as MicroPython mounted it
+    if k2 != 0 or k != 0:
+        _mount(k2)
+    _note_rom(k2)
+    return slot
+
+
 if __name__ == '__main__':
     TRIAL_WDT = None   # read by the pyboard HAL through __main__ (boot.py's namespace)
     try:
-        _slot = choose()
-        if _slot != 'factory':
+        _rom = rom_ab()
+        _slot = choose(rom=_rom)
+        if _rom:
+            mount_rom(_slot)
+        elif _slot != 'factory':
             sys.path.insert(0, 'slots/' + _slot)
         if ON_TRIAL:
             TRIAL_WDT = start_trial_watchdog()
