@@ -682,7 +682,7 @@ def _rom_take(u, d, mv):
         _rom_write(r, r.wrote, memoryview(r.carry)[:unit])
         r.wrote += r.nc
         r.nc = 0
-    if r.wrote - r.recorded >= ROM_RECORD:
+    if r.wrote - r.recorded >= ROM_RECORD or d.next == d.size:
         _rom_record(u, d)
 
 
