@@ -75,9 +75,12 @@ def rom_ab():
     """True when the build has two ROMFS partitions: then a slot is a partition."""
     try:
         import vfs
-        n = vfs.rom_ioctl(1)
-    except Exception:  # noqa: BLE001 - no vfs, no rom_ioctl: slots are folders
+    except ImportError:
         return False
+    f = getattr(vfs, 'rom_ioctl', None)     # no ROMFS in this build: slots are folders
+    if f is None:
+        return False
+    n = f(1)
     return type(n) is int and n >= 2
 
 

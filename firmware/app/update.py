@@ -143,9 +143,12 @@ def rom_ab():
     """True on a build with two ROMFS partitions (as boot.rom_ab)."""
     try:
         import vfs
-        n = vfs.rom_ioctl(1)
-    except Exception:  # noqa: BLE001 - no vfs or no rom_ioctl: slots are folders
+    except ImportError:
         return False
+    f = getattr(vfs, 'rom_ioctl', None)     # no ROMFS in this build: slots are folders
+    if f is None:
+        return False
+    n = f(1)
     return type(n) is int and n >= 2
 
 
@@ -369,6 +372,8 @@ class Updater:
                'seq': st['seq'], 'sec': st['sec']}
         if self.state_lost:
             out['state'] = 'unreadable'
+        if self.rom:
+            out['rom_part'] = self.rom_part   # the ROMFS partition running now
         fs = st.get('failed_start')
         if isinstance(fs, dict):
             out['failed_start'] = {'slot': fs.get('slot'), 'version': fs.get('version'),
