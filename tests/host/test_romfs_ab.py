@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from host_tools import flash as F
 from host_tools import fota, mpy_check, romfs, vboard, vm
-from host_tools.link import LinkClient
+from host_tools.link import LinkClient, LinkTimeout
 from signing import bundle as sb
 from signing import keys
 
@@ -174,6 +174,14 @@ def partitions_written(log):
     return {k for _, k, _, _ in log}
 
 
+def in_partition_1(b, version):
+    """The image of `version` is in partition 1, and partition 0 took no erase or write."""
+    time.sleep(MIRROR_S)
+    new = image(version)
+    assert b.partition(1)[:len(new)] == new
+    assert partitions_written(b.rom_log()) == {1}
+
+
 def confirmed(b, version):
     st = fota.wait_trial_end(b.link, 60)
     assert st["version"] == version and st["pending"] is None and st["running"] == st["active"], st
@@ -270,6 +278,7 @@ def test_an_image_that_does_not_read_back_is_refused_at_finish(make_board, key):
 def test_a_trial_that_never_confirms_reverts_to_the_previous_partition(make_board, key):
     b = make_board()
     fota.transfer(b.link, rom_bundle(key, "0.2.0", 5))
+    in_partition_1(b, "0.2.0")
     boots = b.vb.boots
     fota.finish(b.link, tries=1, trial_s=5, healthy_s=2)
     b.link.close()                 # no host: the trial never sees a healthy link
@@ -278,7 +287,12 @@ def test_a_trial_that_never_confirms_reverts_to_the_previous_partition(make_boar
     assert b.hello(30)["fw"] == OLD
     st = b.status()
     assert st["running"] == "factory" and st["pending"] is None and st["seq"] == 0
-    assert "V2G-603" in b.events()
+    assert st["rom_part"] == 0
+    from host_tools import diag
+    v603 = [e[3] for e in diag.fetch_events(b.link) if e[1] == "V2G-603"]
+    # the image in partition 1 ran its trial (as slot b) and gave up; boot.py reverted it
+    assert any("trial of slot b" in t for t in v603) and any("slot b (0.2.0) failed its trial" in t
+                                                             for t in v603), v603
 
 
 def _import_crash(data):
@@ -292,6 +306,9 @@ def test_an_image_raising_at_import_reverts_after_its_tries(make_board, key):
     fota.transfer(b.link, rom_bundle(key, "0.2.0", 5, station_patch=_import_crash))
     fota.finish(b.link, tries=1, **FAST)
     wait_until(lambda: b.update_state().get("trial") is True, 30, "the trial boot")
+    time.sleep(2)
+    with pytest.raises(LinkTimeout):    # the image's app never started: nothing answers
+        b.link.hello(2.0)
     n = len(b.hellos)
     b.vb.power_cut()               # the trial watchdog's reset
     assert b.hello(40, after=n)["fw"] == OLD
@@ -349,7 +366,8 @@ def test_power_cut_just_before_pending_is_written(make_board, key):
     assert b.cut_power()["fw"] == OLD
     rep = fota.push(b.link, data, **FAST)
     assert rep.resumed_from == len(data)         # every byte was recorded on the partition
-    confirmed(b, "0.2.0")
+    assert confirmed(b, "0.2.0")["rom_part"] == 1
+    in_partition_1(b, "0.2.0")
 
 
 # -- boot.py's choice ---------------------------------------------------------------------------
