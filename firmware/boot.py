@@ -11,11 +11,8 @@ SLOTS = ('a', 'b')
 # pyboard HAL takes the running watchdog over at its own timeout (2 s) and feeds it.
 TRIAL_WDT_MS = 8000
 ON_TRIAL = False      # set by choose(): the chosen slot runs on trial
-# On a build with two ROMFS partitions (pybd_sf6, docs/updates.md "Two ROM partitions") the
-# slots are partitions, not folders: the factory image and slot a in partition 0, slot b in 1.
+# With two ROMFS partitions the slots are partitions (docs/updates.md, "Two ROM partitions")
 ROM_PART = {'factory': 0, 'a': 0, 'b': 1}
-ROM_HEADER = b'\xd2\xcd\x31'
-ROM_MOUNT = '/rom'
 
 
 def _is_dir(path):
@@ -72,37 +69,26 @@ def _exists(path):   # boot.py runs before app/ is importable: its own copy
 
 
 def rom_ab():
-    """True when the build has two ROMFS partitions: then a slot is a partition."""
+    """True when the build has two ROMFS partitions."""
     try:
         import vfs
     except ImportError:
         return False
-    f = getattr(vfs, 'rom_ioctl', None)     # no ROMFS in this build: slots are folders
-    if f is None:
-        return False
-    n = f(1)
-    return type(n) is int and n >= 2
-
-
-def _rom_holds_image(k):
-    try:
-        import vfs
-        return bytes(vfs.rom_ioctl(2, k)[:3]) == ROM_HEADER
-    except Exception:  # noqa: BLE001 - no such partition
-        return False
+    f = getattr(vfs, 'rom_ioctl', None)
+    return f is not None and f(1) >= 2
 
 
 def _present(root, slot, rom):
-    if rom:
-        return _rom_holds_image(ROM_PART[slot])
+    if rom:     # the partition starts with a ROMFS header
+        import vfs
+        return bytes(vfs.rom_ioctl(2, ROM_PART[slot])[:3]) == b'\xd2\xcd\x31'
     return _is_dir(root + 'slots/' + slot)
 
 
 def choose(root='', rom=False):
     """The tree to run: 'a', 'b' or 'factory'. A pending slot runs on trial, its try counted
-    on flash before any of its code runs; with no tries left it is reverted. With `rom` the
-    slots are ROMFS partitions (ROM_PART) and a slot is there when its partition starts with
-    a ROMFS header."""
+    on flash before any of its code runs; with no tries left it is reverted. `rom`: the
+    slots are partitions."""
     global ON_TRIAL
     ON_TRIAL = False
     st = read_state(root)
@@ -118,16 +104,21 @@ def choose(root='', rom=False):
             _write(root, st)
             ON_TRIAL = True
             return pending
-        meta = (st.get('slots') or {}).get(pending) or {}
-        st['reverted'] = 'slot {} ({}) failed its trial boot; running {} again'.format(
-            pending, meta.get('version', '?'), active)
-        st['pending'] = None
-        st['trial'] = False
-        st['tries'] = 0
-        _write(root, st)
+        _revert(root, st, '')
     if active in SLOTS and (rom or _present(root, active, rom)):
         return active     # a partition that does not mount: mount_rom falls back (V2G-604)
     return 'factory'
+
+
+def _revert(root, st, why):
+    pending = st['pending']
+    meta = (st.get('slots') or {}).get(pending) or {}
+    st['reverted'] = 'slot {} ({}) failed its trial boot{}; running {} again'.format(
+        pending, meta.get('version', '?'), why, st.get('active'))
+    st['pending'] = None
+    st['trial'] = False
+    st['tries'] = 0
+    _write(root, st)
 
 
 def fail_start(slot, reason, root='', rom=False):
@@ -181,56 +172,40 @@ def start_trial_watchdog():
 def _mount(k):
     import vfs
     try:
-        vfs.umount(ROM_MOUNT)
+        vfs.umount('/rom')
     except OSError:
-        pass        # nothing mounted there (partition 0 held no image at start-up)
-    vfs.mount(vfs.VfsRom(vfs.rom_ioctl(2, k)), ROM_MOUNT)
-    if ROM_MOUNT not in sys.path:
-        sys.path.insert(0, ROM_MOUNT)
-
-
-def _note_rom(k):
-    # The partition at /rom, for app/update.py: it must never erase or write that one
-    import __main__
-    __main__.V2G_ROM_PART = k
+        pass
+    vfs.mount(vfs.VfsRom(vfs.rom_ioctl(2, k)), '/rom')
+    if '/rom' not in sys.path:
+        sys.path.insert(0, '/rom')
 
 
 def mount_rom(slot, root=''):
-    """Mount the chosen slot's partition at /rom in place of the one MicroPython mounted at
-    start-up (partition 0). One that does not mount is handled as a slot that fails to start:
-    on trial it is reverted (V2G-603 at the next start), confirmed it is replaced by its
-    fallback (boot.fail_start, V2G-604). Returns the slot that runs."""
+    """Mount the slot's partition at /rom (MicroPython mounted partition 0 there) and leave
+    its number in __main__ for app/update.py, which never writes that one. One that does not
+    mount fails like a slot: reverted on trial (V2G-603), else its fallback (V2G-604)."""
     global ON_TRIAL
     k = ROM_PART[slot]
     try:
-        if k == 0:
-            if not _rom_holds_image(0):     # MicroPython mounted it at start-up, if it could
-                raise OSError(19)
-        else:
+        if k or not _present(root, slot, True):
             _mount(k)
-        _note_rom(k)
-        return slot
     except Exception as e:  # noqa: BLE001 - a damaged image: the other partition, if any
         reason = 'partition {} does not mount: {}: {}'.format(k, type(e).__name__, e)[:80]
-    st = read_state(root)
-    if ON_TRIAL and st is not None:
-        meta = (st.get('slots') or {}).get(slot) or {}
-        st['reverted'] = 'slot {} ({}) failed its trial boot ({}); running {} again'.format(
-            slot, meta.get('version', '?'), reason, st.get('active'))
-        st['pending'] = None
-        st['trial'] = False
-        st['tries'] = 0
-        _write(root, st)
-        ON_TRIAL = False
-        slot = st.get('active') if st.get('active') in SLOTS else 'factory'
-    else:
-        slot = fail_start(slot, reason, root, rom=True) or 'factory'
-    k2 = ROM_PART.get(slot, 0)
-    if k2 == k:
-        k2 = 0          # nothing else to run: partition 0 as MicroPython mounted it
-    if k2 != 0 or k != 0:
-        _mount(k2)
-    _note_rom(k2)
+        st = read_state(root)
+        if ON_TRIAL and st is not None:
+            _revert(root, st, ' (' + reason + ')')
+            ON_TRIAL = False
+            slot = st['active'] if st.get('active') in SLOTS else 'factory'
+        else:
+            slot = fail_start(slot, reason, root, True) or 'factory'
+        k2 = ROM_PART.get(slot, 0)
+        k = 0 if k2 == k else k2
+        try:
+            _mount(k)       # /rom may have been unmounted for the one that failed
+        except Exception:  # noqa: BLE001 - nothing left that mounts
+            pass
+    import __main__
+    __main__.V2G_ROM_PART = k
     return slot
 
 

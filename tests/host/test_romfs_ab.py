@@ -50,6 +50,9 @@ def image(version=OLD, station_patch=None):
         info = F.load_board("sim")
         _BASE["modules"] = {p: d for p, d in F.compile_tree("sim", info["mpy_arch"]).items()
                             if p not in F.SOURCE_ONLY}
+        # the sim board lists no two partitions, so v2g flash would leave this module off
+        _BASE["modules"]["app/install_rom.mpy"] = _compile(vm.FIRMWARE / "app" / "install_rom.py",
+                                                           "app/install_rom.py")
     modules = dict(_BASE["modules"])
     if version != OLD or station_patch:
         src = (vm.FIRMWARE / "app" / "station.py").read_bytes()
@@ -59,10 +62,15 @@ def image(version=OLD, station_patch=None):
         tmp = vm.ROOT / "build" / "romfs_ab"
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "station.py").write_bytes(src)
-        subprocess.run([mpy_check.mpy_cross(), "-march=armv7emsp", "-s", "app/station.py",
-                        "-o", str(tmp / "station.mpy"), str(tmp / "station.py")], check=True)
-        modules["app/station.mpy"] = (tmp / "station.mpy").read_bytes()
+        modules["app/station.mpy"] = _compile(tmp / "station.py", "app/station.py")
     return romfs.build(modules)
+
+
+def _compile(src, name):
+    out = vm.ROOT / "build" / "romfs_ab" / (name.replace("/", "_") + ".mpy")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([mpy_check.mpy_cross(), "-march=armv7emsp", "-s", name, "-o", str(out), str(src)], check=True)
+    return out.read_bytes()
 
 
 @pytest.fixture(scope="module")
