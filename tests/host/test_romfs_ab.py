@@ -428,3 +428,11 @@ def test_v2g_sign_builds_a_romfs_bundle_for_a_board_with_two_partitions(tmp_path
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(cli, ["--help"])
     assert "--romfs" in res.output and "pybd_sf6" in res.output
+
+
+def test_v2g_image_refuses_a_base_with_data_in_the_second_partition(tmp_path):
+    from host_tools import image as I
+    from test_romfs import base_hex
+    base_hex(tmp_path / "bad.hex", extra=[(0x90100100, b"\x01" * 16)])
+    with pytest.raises(I.ImageError, match=r"0x90100100-0x9010010F inside the ROMFS partition 0x90100000"):
+        I.build("pybd_sf6", tmp_path / "bad.hex", tmp_path / "f.hex")
