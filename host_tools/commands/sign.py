@@ -79,7 +79,8 @@ def component_name(path, root):
                    "firmware from two ROMFS partitions (board.json romfs.partitions, e.g. pybd_sf6; the "
                    "controller writes it into the partition not running). The default for such a board. "
                    "Without FILE the image is built from the working tree's firmware as `v2g flash` "
-                   "builds it; with one FILE, that file is the image.")
+                   "builds it; with one FILE, that file is the image. --no-romfs signs FILE... for slot "
+                   "folders (a PYBD on MicroPython's stock build, which has one partition).")
 @click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 def cli(key_path, passphrase_file, seq, version, board, security_counter, root, out, hex_address, hex_out,
         as_romfs, files):
