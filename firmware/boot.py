@@ -11,6 +11,8 @@ SLOTS = ('a', 'b')
 # pyboard HAL takes the running watchdog over at its own timeout (2 s) and feeds it.
 TRIAL_WDT_MS = 8000
 ON_TRIAL = False      # set by choose(): the chosen slot runs on trial
+# With two ROMFS partitions the slots are partitions (docs/updates.md, "Two ROM partitions")
+ROM_PART = {'factory': 0, 'a': 0, 'b': 1}
 
 
 def _is_dir(path):
@@ -66,9 +68,27 @@ def _exists(path):   # boot.py runs before app/ is importable: its own copy
         return False
 
 
-def choose(root=''):
+def rom_ab():
+    """True when the build has two ROMFS partitions."""
+    try:
+        import vfs
+    except ImportError:
+        return False
+    f = getattr(vfs, 'rom_ioctl', None)
+    return f is not None and f(1) >= 2
+
+
+def _present(root, slot, rom):
+    if rom:     # the partition starts with a ROMFS header
+        import vfs
+        return bytes(vfs.rom_ioctl(2, ROM_PART[slot])[:3]) == b'\xd2\xcd\x31'
+    return _is_dir(root + 'slots/' + slot)
+
+
+def choose(root='', rom=False):
     """The tree to run: 'a', 'b' or 'factory'. A pending slot runs on trial, its try counted
-    on flash before any of its code runs; with no tries left it is reverted."""
+    on flash before any of its code runs; with no tries left it is reverted. `rom`: the
+    slots are partitions."""
     global ON_TRIAL
     ON_TRIAL = False
     st = read_state(root)
@@ -78,25 +98,30 @@ def choose(root=''):
     pending = st.get('pending')
     if pending in SLOTS:
         tries = st.get('tries')
-        if type(tries) is int and tries > 0 and _is_dir(root + 'slots/' + pending):
+        if type(tries) is int and tries > 0 and _present(root, pending, rom):
             st['tries'] = tries - 1
             st['trial'] = True
             _write(root, st)
             ON_TRIAL = True
             return pending
-        meta = (st.get('slots') or {}).get(pending) or {}
-        st['reverted'] = 'slot {} ({}) failed its trial boot; running {} again'.format(
-            pending, meta.get('version', '?'), active)
-        st['pending'] = None
-        st['trial'] = False
-        st['tries'] = 0
-        _write(root, st)
-    if active in SLOTS and _is_dir(root + 'slots/' + active):
-        return active
+        _revert(root, st, '')
+    if active in SLOTS and (rom or _present(root, active, rom)):
+        return active     # a partition that does not mount: mount_rom falls back (V2G-604)
     return 'factory'
 
 
-def fail_start(slot, reason, root=''):
+def _revert(root, st, why):
+    pending = st['pending']
+    meta = (st.get('slots') or {}).get(pending) or {}
+    st['reverted'] = 'slot {} ({}) failed its trial boot{}; running {} again'.format(
+        pending, meta.get('version', '?'), why, st.get('active'))
+    st['pending'] = None
+    st['trial'] = False
+    st['tries'] = 0
+    _write(root, st)
+
+
+def fail_start(slot, reason, root='', rom=False):
     """The confirmed slot `slot` failed to start (main.py): record it (`failed_start`, reported
     as V2G-604 by app/update.py at the next start) and make the fallback active, so the next
     boot runs that. The fallback is the other slot if it was confirmed once and its security
@@ -120,7 +145,7 @@ def fail_start(slot, reason, root=''):
     fallback = 'factory'
     if (isinstance(ometa, dict) and ometa.get('confirmed') is True and st.get('pending') != other
             and type(ometa.get('sec')) is int and type(sec) is int and ometa['sec'] >= sec
-            and _is_dir(root + 'slots/' + other)):
+            and _present(root, other, rom)):
         fallback = other
     st['active'] = fallback
     st['failed_start'] = {'slot': slot, 'version': meta.get('version', '?'), 'reason': reason,
@@ -144,11 +169,54 @@ def start_trial_watchdog():
     return wdt(timeout=TRIAL_WDT_MS)
 
 
+def _mount(k):
+    import vfs
+    try:
+        vfs.umount('/rom')
+    except OSError:
+        pass
+    vfs.mount(vfs.VfsRom(vfs.rom_ioctl(2, k)), '/rom')
+    if '/rom' not in sys.path:
+        sys.path.insert(0, '/rom')
+
+
+def mount_rom(slot, root=''):
+    """Mount the slot's partition at /rom (MicroPython mounted partition 0 there) and leave
+    its number in __main__ for app/update.py, which never writes that one. One that does not
+    mount fails like a slot: reverted on trial (V2G-603), else its fallback (V2G-604)."""
+    global ON_TRIAL
+    k = ROM_PART[slot]
+    try:
+        if k or not _present(root, slot, True):
+            _mount(k)
+    except Exception as e:  # noqa: BLE001 - a damaged image: the other partition, if any
+        reason = 'partition {} does not mount: {}: {}'.format(k, type(e).__name__, e)[:80]
+        st = read_state(root)
+        if ON_TRIAL and st is not None:
+            _revert(root, st, ' (' + reason + ')')
+            ON_TRIAL = False
+            slot = st['active'] if st.get('active') in SLOTS else 'factory'
+        else:
+            slot = fail_start(slot, reason, root, True) or 'factory'
+        k2 = ROM_PART.get(slot, 0)
+        k = 0 if k2 == k else k2
+        try:
+            _mount(k)       # /rom may have been unmounted for the one that failed
+        except Exception:  # noqa: BLE001 - nothing left that mounts
+            pass
+    import __main__
+    __main__.V2G_ROM_PART = k
+    return slot
+
+
 if __name__ == '__main__':
     TRIAL_WDT = None   # read by the pyboard HAL through __main__ (boot.py's namespace)
     try:
-        _slot = choose()
-        if _slot != 'factory':
+        _rom = rom_ab()
+        _slot = choose(rom=_rom)
+        if _rom:
+            mount_rom(_slot)
+        elif _slot != 'factory':
             sys.path.insert(0, 'slots/' + _slot)
         if ON_TRIAL:
             TRIAL_WDT = start_trial_watchdog()

@@ -59,6 +59,7 @@ BOARD_PKG = "board"             # boards/<BOARD>/* lands in /board (package `boa
 KEEP_DIRS = ("state",)          # the controller's own files: never compared, never removed
 SOURCE_ONLY = ("main.py", "boot.py")
 BUILD_ONLY = ("manifest.py",)   # freeze manifests for a MicroPython build, not modules
+ROM_AB_ONLY = ("app/install_rom.py",)   # only boards with two ROMFS partitions (board.json) carry it
 CHUNK = 2048                    # raw bytes per exec when writing a file
 
 
@@ -184,11 +185,13 @@ def firmware_files(board):
     whose board.json names a `hal_base` (pybd_sf6: pyboard) also carries that board's HAL
     package as board/<hal_base>/, which its own hal.py builds on."""
     pairs = []
+    info = load_board(board)
+    # the installer's ROMFS-partition path runs only on a build with two partitions
+    rom_only = () if len((info.get("romfs") or {}).get("partitions") or ()) >= 2 else ROM_AB_ONLY
     for src in sorted(vm.FIRMWARE.rglob("*.py")):
         rel = src.relative_to(vm.FIRMWARE).as_posix()
-        if "__pycache__" not in src.parts and rel not in BUILD_ONLY:
+        if "__pycache__" not in src.parts and rel not in BUILD_ONLY + rom_only:
             pairs.append((src, rel))
-    info = load_board(board)
     base = info.get("hal_base")
     for folder, prefix in [(board, BOARD_PKG + "/")] + ([(base, BOARD_PKG + "/" + base + "/")] if base else []):
         bdir = vm.BOARDS / folder

@@ -120,6 +120,14 @@ def _rom_region(info):
     return start, start + flash.int_of(rom["size"])
 
 
+def _rom_regions(info):
+    """Every ROMFS partition (romfs.partitions on a board with two), else the one."""
+    parts = info["romfs"].get("partitions") or []
+    if not parts:
+        return [_rom_region(info)]
+    return [(flash.int_of(p["start"]), flash.int_of(p["start"]) + flash.int_of(p["size"])) for p in parts]
+
+
 def _read_base(base_hex):
     try:
         base = IntelHex(str(base_hex))
@@ -144,11 +152,14 @@ def build_romfs(board, info, base_hex, out_hex, config=None, pubkey=None):
     flash_lo = flash.int_of(fl["start"])
     flash_hi = flash_lo + flash.int_of(fl["size"])
     problems = []
+    regions = _rom_regions(info)
     for a, b in base.segments():
-        if max(a, lo) < min(b, hi):
+        inside = [(rlo, rhi) for rlo, rhi in regions if max(a, rlo) < min(b, rhi)]
+        for rlo, rhi in inside:
+            # the update's partition too: an image there would be taken for a staged update
             problems.append("base image has data at {} inside the ROMFS partition {}".format(
-                _span(max(a, lo), min(b, hi)), _span(lo, hi)))
-        elif a < flash_lo or b > flash_hi:
+                _span(max(a, rlo), min(b, rhi)), _span(rlo, rhi)))
+        if not inside and (a < flash_lo or b > flash_hi):
             problems.append("base image has data at {} outside the flash {}".format(
                 _span(a, b), _span(flash_lo, flash_hi)))
     if problems:

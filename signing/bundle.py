@@ -161,6 +161,24 @@ def sign(key, components, seq, version, board, security_counter=0, vendor_id=VEN
     return assemble(cose, b"".join(data for _, data in components))
 
 
+# A bundle for a board whose firmware runs from two ROMFS partitions (pybd_sf6): one component,
+# the ROMFS image, written by the controller into the partition that is not running.
+ROMFS_COMPONENT = "romfs.img"
+ROMFS_HEADER = b"\xd2\xcd\x31"
+
+
+def sign_romfs(key, image, seq, version, board, security_counter=0, partition_size=None):
+    """A bundle holding the ROMFS image `image` as its one component, romfs.img. ValueError
+    when it is not a ROMFS image or does not fit the board's partition."""
+    image = bytes(image)
+    if image[:3] != ROMFS_HEADER:
+        raise ValueError("{}: not a ROMFS image (no d2cd31 header)".format(ROMFS_COMPONENT))
+    if partition_size is not None and len(image) > partition_size:
+        raise ValueError("{} of {:,} B does not fit the board's {:,} B ROMFS partition".format(
+            ROMFS_COMPONENT, len(image), partition_size))
+    return sign(key, [(ROMFS_COMPONENT, image)], seq, version, board, security_counter)
+
+
 # ------------------------------------------------------------------ checking
 
 def _strict_loads(data, what):

@@ -113,6 +113,7 @@ class Download:
         self.kid = None          # the update key's id, known before its table is built
         self.checked = None      # (payload, digest, signature) of a head that passed the cheap checks
         self.hold = False        # chunks past the head are held (not refused) while it is checked
+        self.rom = None          # RomWrite when the slot is a ROMFS partition
 
     def close(self):
         if self.f is not None:
@@ -140,10 +141,12 @@ def begin(u, size, bid, now_ms):
     if u.key is None:
         point = _key_point(u)
     u._drop_download()
+    if u.rom:
+        _rom().ready(u)
     slot = u.inactive_slot()
     # the bundle as announced must fit; the manifest's exact need is checked once it is
     # verified, and nothing in the slot is touched before that
-    _check_space(u, slot, size, 'bundle of {} bytes'.format(size))
+    _check_space(u, slot, size if not u.rom else 0, 'bundle of {} bytes'.format(size))
     u.dl = Download(slot, size, bid)
     u.dl.last_ms = now_ms
     u.dl.kid = u.key.kid if u.key is not None else p256_key_id(point)
@@ -216,6 +219,11 @@ def chunk(u, off, data, now_ms):
     end = off + len(data)
     if end <= d.next:
         return True, None, 'already have it', {'next': d.next}   # a re-sent chunk
+    if d.rom is not None and d.rom.erasing:
+        # the inactive partition is being erased, a block per control step: held like the
+        # head's check, the host asks again from `next`
+        return True, None, 'erasing ROMFS partition {}: resend from offset {}'.format(
+            d.rom.part, d.next), {'next': d.next}
     if d.hold:
         # the head is complete and being checked between control steps: nothing past it
         # is taken before its signature holds. Answered as held, not refused: a refusal
@@ -269,7 +277,13 @@ def _take_head(u, d, mv):
 
 
 def _head_verified(u, d):
-    _claim_slot(u, d)
+    if u.rom:
+        _rom().claim(u, d)
+    else:
+        if U.ROM_IMAGE in [c.name for c in d.man.components]:
+            raise manifest.UpdateError('V2G-601', 'romfs: this controller has no second ROMFS '
+                                       'partition for {}'.format(U.ROM_IMAGE))
+        _claim_slot(u, d)
     storage.write_atomic(u.slot_dir(d.slot) + '.head', d.head)
     d.head = bytearray()
 
@@ -458,6 +472,9 @@ def _accept_head(u, d, head, payload, verified):
 
 
 def _take_body(u, d, mv):
+    if d.rom is not None:
+        _rom().take(u, d, mv)
+        return
     comps = d.man.components
     while len(mv):
         pos = d.next - d.head_len
@@ -509,6 +526,8 @@ def finish(u, args, now_ms):
         raise manifest.UpdateError('V2G-601', 'truncated: {} of {} bytes received'.format(d.next, d.size))
     d.body.finish()
     d.close()
+    if d.rom is not None:
+        _rom().verify(u, d)
     man = d.man
     st = u.st
     st['slots'][d.slot] = {'version': man.version, 'seq': man.seq, 'sec': man.security_counter}
@@ -560,6 +579,9 @@ def resume_if_needed(u, now_ms):
         u.abort('staged header no longer valid')
         return
     d.next = d.head_len
+    if u.rom:
+        _rom().resume(u, d, info)
+        return
     buf = bytearray(U.READ_BLOCK)
     for c in d.man.components:
         if c.size == 0:
@@ -588,3 +610,15 @@ def resume_if_needed(u, now_ms):
 
 def _hex(b):
     return ''.join('{:02x}'.format(x) for x in b)
+
+
+
+def _rom():
+    """app/install_rom.py: the download path for a slot that is a ROMFS partition. Only a
+    board with two partitions carries it (v2g flash leaves it off the others)."""
+    from app import install_rom
+    return install_rom
+
+
+def rom_erase_step(u, now_ms):
+    _rom().erase_step(u, now_ms)

@@ -132,6 +132,42 @@ def default_state():
             'reverted': None, 'failed_start': None}
 
 
+# Two ROMFS partitions (docs/updates.md "Two ROM partitions"): the slots are partitions, the
+# factory image and slot a in partition 0, slot b in partition 1; boot.py mounts the chosen
+# one at /rom and leaves its number in __main__ (V2G_ROM_PART).
+ROM_PART = {'factory': 0, 'a': 0, 'b': 1}
+ROM_IMAGE = 'romfs.img'          # the one component of a bundle for a partition
+
+
+def rom_ab():
+    """True on a build with two ROMFS partitions (as boot.rom_ab)."""
+    try:
+        import vfs
+    except ImportError:
+        return False
+    f = getattr(vfs, 'rom_ioctl', None)     # no ROMFS in this build: slots are folders
+    if f is None:
+        return False
+    n = f(1)
+    return type(n) is int and n >= 2
+
+
+def rom_running_part():
+    """The partition boot.py mounted at /rom, or None when it did not say."""
+    try:
+        import __main__
+        k = getattr(__main__, 'V2G_ROM_PART', None)
+    except ImportError:
+        return None
+    return k if k in (0, 1) else None
+
+
+def rom_size():
+    """Bytes of the smaller ROMFS partition: what one image may take."""
+    import vfs
+    return min(len(vfs.rom_ioctl(2, 0)), len(vfs.rom_ioctl(2, 1)))
+
+
 def running_slot():
     """The slot boot.py put in front of sys.path, or 'factory'."""
     first = sys.path[0] if sys.path else ''
@@ -165,6 +201,10 @@ class Updater:
         for k, v in default_state().items():
             if k not in self.st:
                 self.st[k] = v
+        self.rom = rom_ab()       # slots are ROMFS partitions
+        self.rom_part = None      # the partition running now (never erased or written)
+        if self.rom:
+            self._rom_setup(running)
         rev = self.st.get('reverted')
         if rev:
             # boot.py reverted a slot that failed its trial: report it once
@@ -181,6 +221,23 @@ class Updater:
                     fs.get('slot'), fs.get('version'), fs.get('reason'), fs.get('fallback')))
             fs['reported'] = True
             self._save()
+
+    def _rom_setup(self, running):
+        """Slots are partitions: the running one is the one boot.py mounted, named from the
+        state as boot.py chose it (a trial's pending slot, else the active one). An image may
+        take a whole partition."""
+        self.rom_part = rom_running_part()
+        self.slot_size = rom_size()
+        if running is None:
+            st = self.st
+            if st['pending'] in SLOTS and st['trial'] and ROM_PART[st['pending']] == self.rom_part:
+                self.running = st['pending']
+            elif st['active'] in SLOTS and ROM_PART[st['active']] == self.rom_part:
+                self.running = st['active']
+            elif self.rom_part == 1:
+                self.running = 'b'
+            else:
+                self.running = 'factory'
 
     # -- paths and state ------------------------------------------------------------------
 
@@ -233,6 +290,9 @@ class Updater:
         return self.factory_version
 
     def inactive_slot(self):
+        if self.rom:
+            # the partition not mounted at /rom; the factory image is partition 0
+            return 'a' if self.rom_part == 1 else 'b'
         r = self.running if self.running in SLOTS else self.st['active']
         return 'b' if r == 'a' else 'a'
 
@@ -312,6 +372,8 @@ class Updater:
                'seq': st['seq'], 'sec': st['sec']}
         if self.state_lost:
             out['state'] = 'unreadable'
+        if self.rom:
+            out['rom_part'] = self.rom_part   # the ROMFS partition running now
         fs = st.get('failed_start')
         if isinstance(fs, dict):
             out['failed_start'] = {'slot': fs.get('slot'), 'version': fs.get('version'),
@@ -402,7 +464,18 @@ class Updater:
             if d is None and self.st['dl'] is None:
                 self._release()
                 return
+        if d is not None and d.rom is not None and d.rom.erasing and not d.suspended:
+            # the inactive ROMFS partition, one erase block per step; never with energy flowing
+            if not self._energy_flows():
+                self._download_path().rom_erase_step(self, now_ms)
+                if self.dl is None and self.st['dl'] is None:
+                    self._release()
+            return
         if d is not None and not d.suspended and ticks.diff(now_ms, d.last_ms) > STALL_MS:
+            if d.rom is not None:
+                # a partition being written holds no file and no head in RAM: nothing to
+                # release, and its hash state cannot be rebuilt past the recorded progress
+                return
             if d.man is None:
                 # the head never reached flash: the download starts again from offset 0
                 d.head = bytearray()

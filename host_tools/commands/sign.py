@@ -23,6 +23,15 @@ def update_partition(board):
         return None
 
 
+def romfs_partitions(board):
+    """The board's ROMFS partitions from board.json ("romfs": "partitions"), [] without."""
+    try:
+        rom = flash.load_board(board).get("romfs") or {}
+    except flash.FlashError:
+        return []
+    return [(flash.int_of(p["start"]), flash.int_of(p["size"])) for p in rom.get("partitions") or []]
+
+
 def _address(_ctx, _param, value):
     if value is None:
         return None
@@ -65,15 +74,37 @@ def component_name(path, root):
 @click.option("--hex-out", type=click.Path(dir_okay=False), default=None,
               help="Intel HEX file to write; without --hex-address it is placed at the board's update "
                    "partition (board.json).")
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-def cli(key_path, passphrase_file, seq, version, board, security_counter, root, out, hex_address, hex_out, files):
+@click.option("--romfs/--no-romfs", "as_romfs", default=None,
+              help="Sign a ROMFS image as the one component romfs.img, for a board that runs its "
+                   "firmware from two ROMFS partitions (board.json romfs.partitions, e.g. pybd_sf6; the "
+                   "controller writes it into the partition not running). The default for such a board. "
+                   "Without FILE the image is built from the working tree's firmware as `v2g flash` "
+                   "builds it; with one FILE, that file is the image. --no-romfs signs FILE... for slot "
+                   "folders (a PYBD on MicroPython's stock build, which has one partition).")
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+def cli(key_path, passphrase_file, seq, version, board, security_counter, root, out, hex_address, hex_out,
+        as_romfs, files):
     """Sign FILE... into one update bundle for BOARD.
 
     The bundle is a COSE_Sign1 (ES256 or EdDSA, by the key) over a manifest of the
     components (name, size, SHA-256), sequence, security counter, vendor and board
     class, followed by the component bytes in the order given. See
     docs/signed-updates.md for the layout.
+
+    For a board with two ROMFS partitions (pybd_sf6) the bundle holds one ROMFS image
+    instead (--romfs, the default there): FILE is that image, or none to build it.
     """
+    parts = romfs_partitions(board)
+    if as_romfs is None:
+        as_romfs = len(parts) >= 2
+    if as_romfs and len(parts) < 2:
+        raise click.UsageError("--romfs: board {} lists no two ROMFS partitions in board.json "
+                               "(romfs.partitions)".format(board))
+    if as_romfs and len(files) > 1:
+        raise click.UsageError("--romfs takes one FILE (the ROMFS image) or none (built from the "
+                               "firmware tree), not {}".format(len(files)))
+    if not as_romfs and not files:
+        raise click.UsageError("Missing argument 'FILES...'.")
     part = update_partition(board)
     if hex_out is not None and hex_address is None:
         if part is None:
@@ -92,9 +123,20 @@ def cli(key_path, passphrase_file, seq, version, board, security_counter, root, 
         key = keys.load_private(key_path, read_passphrase(passphrase_file))
     except keys.KeyFileError as e:
         raise click.ClickException(str(e)) from None
-    components = [(component_name(f, root), Path(f).read_bytes()) for f in files]
+    if as_romfs:
+        try:
+            image = Path(files[0]).read_bytes() if files else flash.prepare(board).romfs
+        except flash.FlashError as e:
+            raise click.ClickException(str(e)) from None
+        components = [(bundle.ROMFS_COMPONENT, image)]
+    else:
+        components = [(component_name(f, root), Path(f).read_bytes()) for f in files]
     try:
-        data = bundle.sign(key, components, seq, version, board, security_counter)
+        if as_romfs:
+            data = bundle.sign_romfs(key, image, seq, version, board, security_counter,
+                                     min(size for _, size in parts))
+        else:
+            data = bundle.sign(key, components, seq, version, board, security_counter)
         hex_text = bundle.to_intelhex(data, hex_address) if hex_out else None
     except ValueError as e:
         raise click.ClickException(str(e)) from None
