@@ -211,6 +211,18 @@ class GatewayEVSEController(SimEVSEController):
         # before the controller offers energy; the controller's `stop` ends it.
         return True
 
+    # -- the vehicle's values: refused when out of range
+    async def send_charging_command(self, ev_target_voltage=None, ev_target_current=None, *a, **kw):
+        # The package calls this with each DC_ChargeLoopReq (PreChargeReq too) after storing the
+        # vehicle's values, and ends the session with FAILED when it raises. Its message models
+        # check only the schema's ranges (a short, a byte): a negative maximum passes them.
+        why = ev_value_out_of_range(self.ev_data_context.session_limits.dc_limits,
+                                    {"EVTargetVoltage": ev_target_voltage, "EVTargetCurrent": ev_target_current})
+        if why:
+            self.gw.send({"t": "ev_refused", "why": why})
+            raise ValueError("the vehicle's " + why)
+        return await super().send_charging_command(ev_target_voltage, ev_target_current, *a, **kw)
+
     # -- charge parameter discovery: the controller's limits as rated limits
     async def get_dc_charge_params_v20(self, energy_service):
         chg_a, dis_a, v = self._limits()
@@ -336,6 +348,24 @@ class GatewayEVSEController(SimEVSEController):
             self._early_ends -= 1       # reported at SessionStopRes already
             return
         self.gw.send({"t": "ended", "ok": ok, "state": str(current_state), "reason": str(reason)})
+
+
+# the vehicle's DC charge loop limits (the package's names) and their -20 names
+EV_DC_LIMITS = (("max_charge_power", "EVMaximumChargePower"), ("min_charge_power", "EVMinimumChargePower"),
+                ("max_charge_current", "EVMaximumChargeCurrent"), ("max_voltage", "EVMaximumVoltage"),
+                ("min_voltage", "EVMinimumVoltage"), ("max_discharge_power", "EVMaximumDischargePower"),
+                ("min_discharge_power", "EVMinimumDischargePower"),
+                ("max_discharge_current", "EVMaximumDischargeCurrent"))
+
+
+def ev_value_out_of_range(dc_limits, targets):
+    """Why the vehicle's charge loop values cannot be taken (one named, with its value), or
+    None. -20 gives magnitudes here (discharge has its own fields): none is below zero."""
+    values = [(name, getattr(dc_limits, key, None)) for key, name in EV_DC_LIMITS]
+    for name, x in values + sorted(targets.items()):
+        if x is not None and x < 0:
+            return "{} {:g} is below zero".format(name, x)
+    return None
 
 
 # ------------------------------------------------------------------ codec timing

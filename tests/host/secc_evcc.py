@@ -9,6 +9,8 @@ Changes to the stock simulator:
 - its SoC is the virtual board's plant battery (asked over the test's plant relay socket), so
   the HLC vehicle and the simulated battery are one car;
 - asks for `--ask-discharge-w` of discharge (BPT), to show it gets no more than the SECC allows;
+- with `--bad-value`, spoils one DC_ChargeLoopReq (the `--bad-at`th) on its way to the codec,
+  past the vehicle's own message models, to see what the SECC does with a value out of range;
 - records every charge loop answer (the SECC's limits, targets, min/target SoC) and each
   request/response round trip in `--out` (JSON lines).
 """
@@ -70,9 +72,17 @@ class TimedCodec(FastEXICodec):
 
     t = None
 
+    bad = None          # --bad-value: which value to spoil (BAD_VALUES)
+    bad_at = 3          # in this DC_ChargeLoopReq of the session
+    loop_reqs = 0
+
     def encode(self, message, namespace):
         TimedCodec.t = time.perf_counter()
         TimedCodec.name = next(iter(json.loads(message)), "?")
+        if TimedCodec.name == "DC_ChargeLoopReq" and not TimedCodec.warming:
+            TimedCodec.loop_reqs += 1
+            if TimedCodec.bad and TimedCodec.loop_reqs == TimedCodec.bad_at:
+                message = spoil(message, TimedCodec.bad)
         return super().encode(message, namespace)
 
     warming = True
@@ -83,6 +93,29 @@ class TimedCodec(FastEXICodec):
             record(kind="pair", req=TimedCodec.name, ms=(time.perf_counter() - TimedCodec.t) * 1000)
             TimedCodec.t = None
         return out
+
+
+def _set_present_soc_120(req):
+    # PresentSOC is a percentage (0..100); 120 still fits the schema's byte
+    req.setdefault("DisplayParameters", {"ChargingComplete": False})["PresentSOC"] = 120
+
+
+def _set_negative_max_current(req):
+    # a maximum charge current below zero: no range of the schema's short forbids it
+    params = next(v for k, v in req.items() if k.endswith("CLReqControlMode"))
+    params["EVMaximumChargeCurrent"] = {"Exponent": 0, "Value": -10}
+
+
+BAD_VALUES = {"present_soc_120": _set_present_soc_120, "negative_max_current": _set_negative_max_current}
+
+
+def spoil(message, bad):
+    """The DC_ChargeLoopReq's JSON with one value out of range, as the codec will encode it."""
+    msg = json.loads(message)
+    req = msg["DC_ChargeLoopReq"]
+    BAD_VALUES[bad](req)
+    record(kind="bad_value", bad=bad, req=req)
+    return json.dumps(msg)
 
 
 class Vehicle(SimEVController):
@@ -161,7 +194,9 @@ def patch_loop_recording():
             if _name == "ScheduleExchange" and type(message).__name__ == "ScheduleExchangeRes":
                 record(kind="schedule_res", msg=json.loads(message.json(exclude_none=True)))
             elif res is not None:
-                record(kind="loop_res", msg=json.loads(res.json(exclude_none=True)))
+                code = getattr(message, "response_code", None)
+                record(kind="loop_res", msg=json.loads(res.json(exclude_none=True)),
+                       code=getattr(code, "value", code))
             return await _orig(self, message, message_exi)
 
         cls.process_message = process_message
@@ -229,6 +264,9 @@ def parser():
     p.add_argument("--ask-discharge-w", type=float, default=100000)
     p.add_argument("--sdp-retries", type=int, default=5)
     p.add_argument("--loop-timeout", type=float, default=None)
+    p.add_argument("--bad-value", choices=sorted(BAD_VALUES), default=None,
+                   help="send one DC_ChargeLoopReq with this value out of range")
+    p.add_argument("--bad-at", type=int, default=3, help="in this DC_ChargeLoopReq of the session")
     p.add_argument("--stop-file", default=None, help="end the session (SessionStop) once this file exists")
     p.add_argument("--args-from", default=None,
                    help="start the codec now, then wait for this file: a JSON list of the session's "
@@ -257,6 +295,7 @@ async def main(argv):
     TimedCodec.warming = False
     args = await asyncio.to_thread(session_args, argv)
     OUT = open(args.out, "a")
+    TimedCodec.bad, TimedCodec.bad_at = args.bad_value, args.bad_at
     if args.loop_timeout:
         relax_charge_loop_timeout(args.loop_timeout)
     if args.tls:

@@ -412,6 +412,93 @@ def test_vehicle_silent_mid_loop_is_v2g_150_basic_charging(rig):
     assert "V2G-150" in rig.central_log()
 
 
+def replug_and_charge(rig):
+    """After a failed session: the vehicle unplugged (the controller's charge-only state lasts
+    until then), plugged in again with the app asking for charge, and a normal session with
+    `v2g secc` still up charges."""
+    r = rig.relay
+    t0 = time.time()
+    assert r.do(do="unplug")["ok"]
+    wait_status(rig, lambda e: e["wall"] > t0 and e["cp"] == "A" and not e["stop"], 15)
+    assert r.do(do="setpoint", soc_target_pct=90, mode="charge", txn="t-sp-next")["ok"]
+    t1 = time.time()
+    assert r.do(do="plug")["ok"] and r.do(do="ev_ready")["ok"]
+    rig.start_evcc("--service", "DC_BPT", "--mode", "dynamic", "--loops", "5", out="evcc-next.jsonl")
+    assert rig.wait_evcc(120) == 0
+    res = [e for e in rig.evcc_records() if e["kind"] == "loop_res"]
+    assert len(res) >= 5 and all(e["code"] == "OK" for e in res), res
+    wait_status(rig, lambda e: e["wall"] > t1 and e["req_a"] > 0 and not e["stop"], 10)
+
+
+def hlc_failed_charge_only(rig, t0, timeout):
+    """The controller's named safe state after a failed session: the session stopped, no
+    discharge, charge only (its status, as `v2g secc` logs it), V2G-150 in the central log."""
+    wait_status(rig, lambda e: e["wall"] > t0 and e["stop"] and e["dis_a"] == 0
+                and e["mode"] == "charge_only", timeout)
+    wait_for(lambda: "V2G-150" in rig.central_log(), 10, rig.central_log)
+    assert "back to basic charging, charge only" in rig.central_log()
+
+
+@pytest.mark.parametrize("bad", ["present_soc_120", "negative_max_current"])
+def test_out_of_range_value_from_the_vehicle_is_refused_v2g_150_next_session_charges(rig, bad):
+    """The vehicle's third DC_ChargeLoopReq carries a value out of range: a PresentSOC of 120 %
+    (the package's message model refuses it) or a negative EVMaximumChargeCurrent (the
+    schema's short allows it; the SECC's own check refuses it). The session ends with FAILED,
+    nothing past the controller's limits was offered or flowed, the controller is back to
+    basic charging, and `v2g secc` serves the next plug-in."""
+    plug_and_set(rig, setpoint={"soc_target_pct": 10, "mode": "discharge"},
+                 limit={"charge_a": 16, "discharge_a": 8})
+    t0 = time.time()
+    rig.start_evcc("--service", "DC_BPT", "--mode", "dynamic", "--loops", "400", "--loop-s", "0.2",
+                   "--bad-value", bad, "--bad-at", "3")
+    sent = rig.wait_records(lambda e: e["kind"] == "bad_value", 90)[0]
+    hlc_failed_charge_only(rig, t0, 30)
+    stopped = rig.wait_records(lambda e: e["kind"] == "stopped", 20)[0]
+    rig.stop_evcc()
+    res = [e for e in rig.evcc_records() if e["kind"] == "loop_res"]
+    assert all(e["wall"] < sent["wall"] or e["code"].startswith("FAILED")
+               for e in res), res      # no charge loop answered after the bad value
+    good = [unwrap(e["msg"]) for e in res if e["code"] == "OK"]
+    assert len(good) == 2, res         # the two before it
+    assert all(rational(m["evse_maximum_charge_current"]) <= 16 and rational(m["evse_max_discharge_current"]) <= 8
+               for m in good), good
+    flows = [e["req_a"] for e in evse_events(rig) if e["wall"] > t0]
+    assert max(flows) <= 16 and min(flows) >= -8, flows
+    if bad == "negative_max_current":
+        assert any(e.get("t") == "ev_refused" and "EVMaximumChargeCurrent -10 is below zero" in e["why"]
+                   for e in rig.events()), rig.events()[-5:]
+    print("the vehicle's session end:", stopped["reason"])
+    replug_and_charge(rig)
+
+
+def test_secc_answer_later_than_the_charge_loop_timeout_is_v2g_150_next_session_charges(rig):
+    """The SECC's charge loop answer comes after the vehicle's -20 deadline (the worker paused
+    past it): the vehicle ends the session, the SECC sees it gone, the controller is back to
+    basic charging, and the same worker serves the next plug-in."""
+    plug_and_set(rig, setpoint={"soc_target_pct": 10, "mode": "discharge"})
+    # the vehicle's charge loop deadline 1 s (-20's 0.5 s, with margin for a busy machine's
+    # codec tail before the pause)
+    rig.start_evcc("--service", "DC_BPT", "--mode", "dynamic", "--loops", "400", "--loop-s", "0.2",
+                   loop_timeout=1.0)
+    loops_after(rig, 0, 3)
+    worker = children(rig.secc.pid)
+    assert worker, "no SECC worker"
+    t0 = time.time()
+    for p in worker:
+        os.kill(p, signal.SIGSTOP)
+    try:
+        stopped = rig.wait_records(lambda e: e["kind"] == "stopped", 30)[0]
+    finally:
+        for p in worker:
+            os.kill(p, signal.SIGCONT)
+    assert "imeout" in stopped["reason"], stopped      # the vehicle's deadline ended it
+    assert stopped["wall"] - t0 >= 1.0 - 0.3, stopped    # the deadline, not earlier
+    hlc_failed_charge_only(rig, t0, 30)
+    rig.stop_evcc()
+    assert worker == children(rig.secc.pid)      # the same worker serves on
+    replug_and_charge(rig)
+
+
 def test_dynamic_vehicle_gets_the_drivers_departure_as_the_controller_counts_it(rig, station):
     """The app's departure, as the bridge sends it (seconds from now in soc_target), is the
     vehicle's DepartureTime in Dynamic mode: in the ScheduleExchangeRes and in every charge
