@@ -11,7 +11,9 @@ What it changes in the package, and why:
 - the TLS context: TLS 1.3 only (ISO 15118-20), the SECC chain and key from `--pki`,
   the vehicle's certificate checked against `oem_root.pem` when that file is there;
 - the EVSE controller: the package's simulator with the controller's limits in place of its
-  constants, and the session's events reported.
+  constants, and the session's events reported;
+- the vehicle's DC charge loop values checked before each answer: a negative limit or target
+  (in the schema's range, so the package takes it) ends the session with FAILED.
 """
 
 import argparse

@@ -491,8 +491,9 @@ def test_secc_answer_later_than_the_charge_loop_timeout_is_v2g_150_next_session_
     finally:
         for p in worker:
             os.kill(p, signal.SIGCONT)
-    assert "imeout" in stopped["reason"], stopped      # the vehicle's deadline ended it
-    assert stopped["wall"] - t0 >= 1.0 - 0.3, stopped    # the deadline, not earlier
+    # the vehicle's charge loop deadline ended it (the package names the deadline by the
+    # first of its equal values, AC_ or DC_CHARGE_LOOP_REQ)
+    assert "TimeoutError" in stopped["reason"] and "CHARGE_LOOP_REQ" in stopped["reason"], stopped
     hlc_failed_charge_only(rig, t0, 30)
     rig.stop_evcc()
     assert worker == children(rig.secc.pid)      # the same worker serves on
