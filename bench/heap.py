@@ -206,7 +206,7 @@ while off < size:
     await step(phase(), st.tick, 0)
     while u.dl is not None and u.dl.job is not None and u.dl.checked is not None:
         await step(phase(), st.tick, 0)
-tabs = sum(len(t) for t in u.key._tab)
+tabs = [len(t) for t in u.key._tab if isinstance(t, (bytes, bytearray))]   # held in RAM
 r = await step('finish', cmd, 'f', 'fota_finish', {{'reboot': False}})
 assert r[0], r
 f.close()
@@ -466,7 +466,7 @@ def update_peak(trees, cached=True, m=None, components=64):
     recs = [(r[0], frozen(r[1], r[3]), frozen(r[2], r[3] | r[4])) for r in res["recs"]]
     top = max(recs, key=lambda r: r[2])
     modules = st["modules"][0] - st["after"][0] - sum(share)
-    tables = res["tables"] + 3 * BLOCK_OBJ
+    tables = sum(res["tables"]) + len(res["tables"]) * BLOCK_OBJ
     rest_f = rest - m["loader"]
     verify = [r[2] - r[1] for r in recs if r[0] == "verify"]
     built = [r[2] - r[1] for r in recs if r[0] == "tables"]
