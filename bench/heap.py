@@ -459,15 +459,18 @@ def update_peak(trees, cached=True, m=None, components=64):
     empty = st["empty"][0]
     rest = st["rest"][0] - empty
 
+    # the station at rest as measure() has it (this run's longer script grows the qstr pool
+    # before "empty", which moves about 1.4 kB of pool out of the window), plus what the
+    # update adds in this run, less the update modules' loader share
     def frozen(n, mods):
-        return n - empty - m["loader"] - sum(v for i, v in enumerate(share) if mods >> i & 1)
+        return m["frozen"] + n - st["rest"][0] - sum(v for i, v in enumerate(share) if mods >> i & 1)
     # (label, live before, most at once, modules loaded before, after): frozen estimate; a
     # module loaded or dropped during the step counts as loaded for its "most at once"
     recs = [(r[0], frozen(r[1], r[3]), frozen(r[2], r[3] | r[4])) for r in res["recs"]]
     top = max(recs, key=lambda r: r[2])
     modules = st["modules"][0] - st["after"][0] - sum(share)
     tables = sum(res["tables"]) + len(res["tables"]) * BLOCK_OBJ
-    rest_f = rest - m["loader"]
+    rest_f = m["frozen"]
     verify = [r[2] - r[1] for r in recs if r[0] == "verify"]
     built = [r[2] - r[1] for r in recs if r[0] == "tables"]
     return {
