@@ -16,12 +16,14 @@ from app import update as U
 
 MAX_CHUNK = U.MAX_CHUNK
 # The update key's comb tables, two per base, kept between updates (24 KiB): building them
-# takes about 360 control steps, reading them three. Sealed by a digest over the key's point
+# takes about 360 control steps, reading them three; only the key's first is then held in
+# RAM, the second two are read from the file entry by entry. Sealed by a digest over the key's point
 # (core/p256.py): a damaged or foreign file is rebuilt and rewritten, never used. Where the
 # filesystem has no room for it beside the bundle, the key gets one table per base, built at
 # every update (128 steps) as before, and a verify does twice the doublings.
 KEY_TABLE_FILE = 'update_key.tab'
 TABLE_WRITE = 4096      # bytes of the cache written per control step
+TABLE_READ = 1024       # the buffer the kept second tables are checked through
 
 
 def run(u, op, args, now_ms):
@@ -325,31 +327,47 @@ def _room_for_tables(u):
 
 def _cached_table(u, point, out):
     """Append the key's tables from KEY_TABLE_FILE to out when it holds them whole for
-    this key; nothing when it is missing, damaged or another key's. A generator: one
-    table (an 8 KiB buffer, read in place) per slice."""
+    this key; nothing when it is missing, damaged or another key's. A generator: one table
+    per slice. The key's first table is read into RAM (8 KiB); the key's second and G's
+    second stay in the file, checked here through a TABLE_READ buffer and read entry by
+    entry when a verify looks them up (p256.FileTable): 16 KiB less while an update runs."""
     from core import p256
     path = u.root + KEY_TABLE_FILE
     if U._file_size(path) != p256.CACHE_LEN:
         return
-    tabs = []
+    h = p256.cache_digest(point)
+    first = bytearray(p256.TABLE_LEN)
     try:
         with open(path, 'rb') as f:
             head = f.read(p256.CACHE_HEAD_LEN)
-            for _ in range(p256.CACHE_TABLES):
+            yield 0
+            if not _fill(f, memoryview(first)):
+                return
+            h.update(first)
+            buf = bytearray(TABLE_READ)
+            mv = memoryview(buf)
+            for _ in range(1, p256.CACHE_TABLES):
                 yield 0
-                t = bytearray(p256.TABLE_LEN)
-                mv = memoryview(t)
-                n = 0
-                while n < len(t):
-                    got = f.readinto(mv[n:])
-                    if not got:
+                for _ in range(p256.TABLE_LEN // TABLE_READ):
+                    if not _fill(f, mv):
                         return
-                    n += got
-                tabs.append(t)
+                    h.update(buf)
     except OSError:
         return
-    if p256.cache_holds(point, head, tabs):
-        out.append(tabs)
+    if bytes(head) == p256.CACHE_MAGIC + h.digest():
+        out.append([first] + [p256.FileTable(path, p256.cache_table_offset(i))
+                              for i in range(1, p256.CACHE_TABLES)])
+
+
+def _fill(f, mv):
+    """Read f into all of mv; False when the file ends first."""
+    n = 0
+    while n < len(mv):
+        got = f.readinto(mv[n:])
+        if not got:
+            return False
+        n += got
+    return True
 
 
 def _save_table(u, point, tabs):

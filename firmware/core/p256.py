@@ -15,7 +15,9 @@ as much as what it computes. Hence:
   the base, columns m and m + 16 are added together: 15 doublings;
 - G's first table is a constant (bytes in flash on a frozen build); the
   key's tables and G's second are built once per key (key_tables_steps) and
-  kept by the installer in a file sealed by cache_head. All are affine, so
+  kept by the installer in a file sealed by cache_head; from there the key's
+  first is read into RAM and the two second tables are read entry by entry as a
+  verify looks them up (FileTable: 64 bytes, not 16 KiB). All are affine, so
   every addition is the cheaper mixed (Jacobian + affine) addition, and kept
   as bytes, decoded on use;
 - points are Jacobian; the doubling is scaled by 1/2 so that no factors of 4
@@ -592,8 +594,8 @@ def _comb2_steps(u1, u2, tabs, out):
     tg = [memoryview(_G_COMB)]
     tq = [memoryview(tabs[0])]
     if halves == 2:
-        tg.append(memoryview(tabs[2]))
-        tq.append(memoryview(tabs[1]))
+        tg.append(_view(tabs[2]))
+        tq.append(_view(tabs[1]))
     cols = SPACING // halves
     x = y = 1
     z = 0
@@ -631,6 +633,9 @@ def _comb2_steps(u1, u2, tabs, out):
                 v = ~v
             o = (v & 0x7F) << 6
             i += 1
+            if type(tab) is FileTable:
+                tab = tab.entry(o)
+                o = 0
             ax = int.from_bytes(tab[o:o + 32], "big")
             ay = int.from_bytes(tab[o + 32:o + 64], "big")
             if z == 0:
@@ -666,6 +671,31 @@ def _comb2_steps(u1, u2, tabs, out):
     out.append(y)
     out.append(z)
     yield k
+
+
+def _view(t):
+    return t if type(t) is FileTable else memoryview(t)
+
+
+class FileTable:
+    """A table that stays in a file (the kept tables' file, see CACHE_MAGIC): an entry is
+    read when a verify looks it up, 64 bytes into a buffer of its own, instead of the
+    table's 8 KiB being held in RAM. The file is opened per entry, so nothing stays open
+    between updates; a short read (the file cut or removed since it was checked) raises
+    OSError rather than feeding the verify a stale entry."""
+
+    def __init__(self, path, offset):
+        self.path = path
+        self.offset = offset
+        self.buf = bytearray(64)
+
+    def entry(self, o):
+        """A memoryview of the 64 bytes x || y of the entry at byte o of the table."""
+        with open(self.path, 'rb') as f:
+            f.seek(self.offset + o)
+            if f.readinto(self.buf) != 64:
+                raise OSError(5, 'kept tables: short read')
+        return memoryview(self.buf)
 
 
 def _comb2(u1, u2, tabs):
@@ -725,10 +755,22 @@ CACHE_HEAD_LEN = len(CACHE_MAGIC) + 32
 CACHE_LEN = CACHE_HEAD_LEN + CACHE_TABLES * TABLE_LEN
 
 
-def cache_head(point, tabs):
-    """The bytes a cache file of the tables tabs of the key point starts with."""
+def cache_digest(point):
+    """The sha256 a cache file's head ends with, begun: the magic and the key's point are in;
+    the tables' bytes go in next, in order (a reader may feed them a block at a time)."""
     h = hashlib.sha256(CACHE_MAGIC)
     h.update(bytes(point))
+    return h
+
+
+def cache_table_offset(i):
+    """Byte offset of table i in a cache file."""
+    return CACHE_HEAD_LEN + i * TABLE_LEN
+
+
+def cache_head(point, tabs):
+    """The bytes a cache file of the tables tabs of the key point starts with."""
+    h = cache_digest(point)
     for t in tabs:
         h.update(t)
     return CACHE_MAGIC + h.digest()
@@ -758,7 +800,7 @@ class PublicKey:
     def __init__(self, point, _tab=None, halves=2):
         """point: 65 bytes, 0x04 || X || Y (uncompressed SEC 1 encoding). _tab: the
         tables key_tables_steps built, or a cache held (cache_holds), for this very
-        point; built here when None, with halves tables per base (see
+        point, the second two as bytes or as FileTables of a checked cache file; built here when None, with halves tables per base (see
         key_tables_steps)."""
         x, y = parse_point(point)
         self.x = x

@@ -322,3 +322,44 @@ def test_a_table_cache_is_taken_only_whole_and_for_its_own_key():
     assert not p256.cache_holds(key.point, head, tabs[:2])              # a table missing
     assert not p256.cache_holds(key.point, head, [tabs[0], tabs[1], tabs[2][:-1]])
     assert not p256.cache_holds(key.point, head, tabs[:1])              # one table per base
+
+
+def _tmp_path(name):
+    try:
+        import tempfile
+        return tempfile.gettempdir() + '/' + name
+    except ImportError:   # MicroPython: the VM's in-memory filesystem
+        return '/tmp/' + name
+
+
+def test_second_tables_read_from_the_kept_file_verify_as_held_ones():
+    # the key's second table and G's second read entry by entry from a cache file give
+    # the verdicts the tables in RAM give; the file cut since: an error, not a verdict
+    import os
+    pt, msg, sig = VECTORS[3]
+    key = _key(3)
+    path = _tmp_path('p256_filetable_{}.tab'.format(os.getpid() if hasattr(os, 'getpid') else 0))
+    with open(path, 'wb') as f:
+        f.write(p256.cache_head(key.point, key._tab) + b"".join(key._tab))
+    try:
+        tabs = [key._tab[0]] + [p256.FileTable(path, p256.cache_table_offset(i)) for i in (1, 2)]
+        assert p256.cache_table_offset(2) + p256.TABLE_LEN == p256.CACHE_LEN
+        for i in (1, 2):
+            o = p256.cache_table_offset(i) - p256.CACHE_HEAD_LEN
+            assert bytes(tabs[i].entry(64 * 77)) == bytes(key._tab[i][64 * 77:64 * 78])
+            assert o == i * p256.TABLE_LEN
+        filed = p256.PublicKey(key.point, tabs)
+        digest = hashlib.sha256(msg).digest()
+        assert filed.verify_digest(digest, _h(sig))
+        assert not filed.verify_digest(digest, _h(sig)[:63] + bytes([_h(sig)[63] ^ 1]))
+        for u1, u2 in ((1, 1), (p256.N - 1, 12345), (0x1234567 << 200, p256.N - 2)):
+            assert _same(p256._comb2(u1, u2, tabs), p256._comb2(u1, u2, key._tab)), (u1, u2)
+        with open(path, 'wb') as f:
+            f.write(p256.cache_head(key.point, key._tab) + b"".join(key._tab)[:p256.TABLE_LEN + 100])
+        try:
+            filed.verify_digest(digest, _h(sig))
+            raise AssertionError('a cut file must not give a verdict')
+        except OSError:
+            pass
+    finally:
+        os.remove(path)

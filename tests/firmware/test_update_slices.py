@@ -253,6 +253,30 @@ def test_the_key_tables_are_kept_between_updates_and_a_damaged_copy_is_rebuilt()
         assert _read(root3 + install.KEY_TABLE_FILE) == good
 
 
+def test_from_the_kept_file_only_the_keys_first_table_is_held_in_ram():
+    # the key's second table and G's second stay in update_key.tab: a verify reads their
+    # entries from there (16 KiB less while an update runs) and passes the same head
+    from app import install
+    data = _b(BUNDLE_OK)
+    root = scratch(KEY_A)
+    _head_job_steps(root, data)
+    good = _read(root + install.KEY_TABLE_FILE)
+    root2 = scratch(KEY_A)
+    with open(root2 + install.KEY_TABLE_FILE, 'wb') as f:
+        f.write(good)
+    u = make(root2)
+    u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+    n = 8 + int.from_bytes(data[4:8], 'big')
+    assert u.command('fota_chunk', {'off': 0, 'data': data[:n]}, 0)[0]
+    while u.dl is not None and u.dl.job is not None:
+        u.tick(0, 0)
+    assert u.dl is not None and u.dl.man is not None      # the head verified
+    tabs = u.key._tab
+    assert bytes(tabs[0]) == good[p256.CACHE_HEAD_LEN:p256.CACHE_HEAD_LEN + p256.TABLE_LEN]
+    assert [type(t) for t in tabs[1:]] == [p256.FileTable, p256.FileTable]
+    assert [t.offset for t in tabs[1:]] == [p256.cache_table_offset(1), p256.cache_table_offset(2)]
+
+
 def test_without_room_for_the_kept_tables_the_key_gets_one_table_per_base():
     from app import install
     data = _b(BUNDLE_OK)

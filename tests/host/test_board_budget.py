@@ -43,6 +43,16 @@ def test_runtime_objects_within_the_frozen_and_romfs_budgets(trees):
     assert 0 < m["frozen"] < m["romfs"] < m["heap"]
 
 
+def test_peak_heap_while_an_update_runs_leaves_the_board_its_margin(trees):
+    # a whole update (begin, head, the key's tables from update_key.tab, the verify in
+    # slices, body, finish), the station running beside it: the most live at once, frozen
+    # estimate, stays below the pyboard's 96 KiB by the margin docs/board-budget.md gives
+    p = heap.update_peak(trees, cached=True, components=1)
+    assert p["verify_slices"] > 10 and p["tables"] > 0, p
+    assert 0 < p["rest"] < p["settled"] < p["peak"] < p["peak_mpy"], p
+    assert p["peak"] <= heap.UPDATE_PEAK_GOAL, {k: v for k, v in p.items() if k != "recs"}
+
+
 def test_mpy_form_plays_an_hour_of_the_demo_within_256_kib(trees):
     d = heap.demo_peak(trees)
     assert d["start"] and d["peak"] <= heap.MPY_HEAP, d
