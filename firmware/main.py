@@ -18,8 +18,7 @@ def _state(root):
     return {}
 
 
-def rom_part():
-    """The partition boot.mount_rom mounted at /rom; None: the slots are folders."""
+def rom_part():     # the partition boot.mount_rom put at /rom; None: slots are folders
     import __main__
     return getattr(__main__, 'V2G_ROM_PART', None)
 
@@ -28,7 +27,7 @@ def _runs(s):   # boot.py put slot s first in sys.path, or its partition at /rom
     k = rom_part()
     if k is None:
         return len(sys.path) > 0 and sys.path[0].endswith('slots/' + s)
-    return k == ('a', 'b').index(s)     # boot.ROM_PART
+    return k == ('a', 'b').index(s)     # as boot.ROM_PART
 
 
 def on_trial(root=''):
@@ -89,11 +88,12 @@ def fall_back(slot, e, root=''):
 
 
 def run(start=None, root='', reset_fn=None):
-    """Import and start the application. Slot code on trial that fails to import or to start
-    counts as a failed trial: reset at once (the outputs are still in their reset state,
-    no HAL exists yet). The confirmed slot failing the same way is replaced by its fallback
-    (V2G-604), then the same reset. The factory tree failing has nothing to fall back to: the
-    error stands at the REPL, the outputs in their reset state (safe), and no reset loop."""
+    """Import and start the application. Slot code (a folder or a ROM partition) on trial that
+    fails to import or to start counts as a failed trial: reset at once (the outputs are
+    still in their reset state, no HAL exists yet). The confirmed slot failing the same way
+    is replaced by its fallback (V2G-604), then the same reset. The factory tree failing has
+    nothing to fall back to: the error stands at the REPL, the outputs in their reset state
+    (safe), and no reset loop."""
     try:
         if start is None:
             import app.run
