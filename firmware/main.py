@@ -5,19 +5,36 @@ import sys
 STATE = 'update.json'
 
 
-def on_trial(root=''):
-    """True when boot.py put a pending slot on trial in front of sys.path."""
+def _state(root):
     import json
     for name in (STATE, STATE + '.bak'):    # the backup copy app/update.py keeps
         try:
             with open(root + name) as f:
                 st = json.loads(f.read())
-            p = st.get('pending')
-            return (st.get('trial') is True and p in ('a', 'b') and len(sys.path) > 0
-                    and sys.path[0].endswith('slots/' + p))
-        except Exception:  # noqa: BLE001 - unreadable: the other copy, else not a trial
+            if isinstance(st, dict):
+                return st
+        except Exception:  # noqa: BLE001 - unreadable: the other copy, else none
             pass
-    return False
+    return {}
+
+
+def rom_part():     # the partition boot.mount_rom put at /rom; None: slots are folders
+    import __main__
+    return getattr(__main__, 'V2G_ROM_PART', None)
+
+
+def _runs(s):   # boot.py put slot s first in sys.path, or its partition at /rom
+    k = rom_part()
+    if k is None:
+        return len(sys.path) > 0 and sys.path[0].endswith('slots/' + s)
+    return k == ('a', 'b').index(s)     # as boot.ROM_PART
+
+
+def on_trial(root=''):
+    """True when boot.py put a pending slot on trial."""
+    st = _state(root)
+    p = st.get('pending')
+    return st.get('trial') is True and p in ('a', 'b') and _runs(p)
 
 
 def reset():
@@ -43,11 +60,11 @@ def _log(e, root):
         print(repr(e))
 
 
-def running_slot():
-    """'a' or 'b' when boot.py put that slot in front of sys.path, else None (factory)."""
-    first = sys.path[0] if sys.path else ''
+def running_slot(root=''):
+    """'a' or 'b' when boot.py put that slot first, else None (factory). Partition 0 holds
+    slot a or the factory image: the active one."""
     for s in ('a', 'b'):
-        if first.endswith('slots/' + s):
+        if _runs(s) and (rom_part() is None or _state(root).get('active') == s):
             return s
     return None
 
@@ -58,21 +75,25 @@ def fall_back(slot, e, root=''):
     # The slot leaves sys.path and every module loaded from it leaves sys.modules, so that
     # `boot` below is the root's (a bundle may carry a boot.py of its own) and nothing of
     # the slot stays cached in this interpreter.
-    path = sys.path.pop(0)
+    rom = rom_part() is not None
+    path = '/rom' if rom else sys.path[0]
+    if path in sys.path:
+        sys.path.remove(path)
     for name in list(sys.modules):
         if path in (getattr(sys.modules[name], '__file__', None) or ''):
             del sys.modules[name]
     import boot
     reason = '{}: {}'.format(type(e).__name__, e)
-    return boot.fail_start(slot, reason[:80], root)
+    return boot.fail_start(slot, reason[:80], root, rom)
 
 
 def run(start=None, root='', reset_fn=None):
-    """Import and start the application. Slot code on trial that fails to import or to start
-    counts as a failed trial: reset at once (the outputs are still in their reset state,
-    no HAL exists yet). The confirmed slot failing the same way is replaced by its fallback
-    (V2G-604), then the same reset. The factory tree failing has nothing to fall back to: the
-    error stands at the REPL, the outputs in their reset state (safe), and no reset loop."""
+    """Import and start the application. Slot code (a folder or a ROM partition) on trial that
+    fails to import or to start counts as a failed trial: reset at once (the outputs are
+    still in their reset state, no HAL exists yet). The confirmed slot failing the same way
+    is replaced by its fallback (V2G-604), then the same reset. The factory tree failing has
+    nothing to fall back to: the error stands at the REPL, the outputs in their reset state
+    (safe), and no reset loop."""
     try:
         if start is None:
             import app.run
@@ -82,7 +103,7 @@ def run(start=None, root='', reset_fn=None):
         if on_trial(root):
             print('slot on trial failed to start; resetting')
         else:
-            slot = running_slot()
+            slot = running_slot(root)
             if slot is None:
                 raise
             try:

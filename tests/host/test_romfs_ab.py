@@ -21,8 +21,8 @@ import pytest
 from click.testing import CliRunner
 
 from host_tools import flash as F
-from host_tools import fota, mpy_check, romfs, vboard, vm
-from host_tools.link import LinkClient, LinkTimeout
+from host_tools import diag, fota, mpy_check, romfs, vboard, vm
+from host_tools.link import LinkClient
 from signing import bundle as sb
 from signing import keys
 
@@ -157,7 +157,6 @@ class RomBoard:
         wait_until(lambda: not path.exists(), timeout, "the fault step")
 
     def events(self):
-        from host_tools import diag
         return [e[1] for e in diag.fetch_events(self.link)]
 
     def close(self):
@@ -296,7 +295,6 @@ def test_a_trial_that_never_confirms_reverts_to_the_previous_partition(make_boar
     st = b.status()
     assert st["running"] == "factory" and st["pending"] is None and st["seq"] == 0
     assert st["rom_part"] == 0
-    from host_tools import diag
     v603 = [e[3] for e in diag.fetch_events(b.link) if e[1] == "V2G-603"]
     # the image in partition 1 ran its trial (as slot b) and gave up; boot.py reverted it
     assert any("trial of slot b" in t for t in v603) and any("slot b (0.2.0) failed its trial" in t
@@ -307,22 +305,75 @@ def _import_crash(data):
     return data + b"\nraise RuntimeError('image broken at import')\n"
 
 
-def test_an_image_raising_at_import_reverts_after_its_tries(make_board, key):
-    # main.py's guard does not know partitions: on a PYBD the trial watchdog boot.py starts
-    # resets the board; the VM has none, so the test resets it as the watchdog would
+def test_an_image_raising_at_import_on_trial_is_reset_at_once_and_reverted(make_board, key):
+    # main.py's guard knows the partition at /rom as a slot: a failed trial, reset at once (as
+    # a slot folder on trial), not by the trial watchdog (which the VM does not have)
     b = make_board()
     fota.transfer(b.link, rom_bundle(key, "0.2.0", 5, station_patch=_import_crash))
+    boots, n = b.vb.boots, len(b.hellos)
     fota.finish(b.link, tries=1, **FAST)
-    wait_until(lambda: b.update_state().get("trial") is True, 30, "the trial boot")
-    time.sleep(2)
-    with pytest.raises(LinkTimeout):    # the image's app never started: nothing answers
-        b.link.hello(2.0)
-    n = len(b.hellos)
-    b.vb.power_cut()               # the trial watchdog's reset
     assert b.hello(40, after=n)["fw"] == OLD
+    # the reset into the trial, main.py's reset after the import failed, nothing else
+    assert b.vb.boots == boots + 2
     st = b.status()
-    assert st["running"] == "factory" and st["pending"] is None
-    assert "V2G-603" in b.events()
+    assert st["running"] == "factory" and st["pending"] is None and st["rom_part"] == 0
+    v603 = [e[3] for e in diag.fetch_events(b.link) if e[1] == "V2G-603"]
+    assert len(v603) == 1 and "slot b (0.2.0) failed its trial" in v603[0], v603
+    time.sleep(MIRROR_S)
+    assert "image broken at import" in (b.state / "state" / "last_exception.txt").read_text()
+
+
+def _crash_with_flag(data):
+    # raises at import once the file `break_import` is on the board's filesystem
+    return data + (b"\nimport os as _os\ntry:\n    _os.stat('break_import')\nexcept OSError:\n    pass\n"
+                   b"else:\n    raise RuntimeError('image broken at import')\n")
+
+
+def restart_with(b, name):
+    """Stop the board, put the file `name` on its filesystem, start it again."""
+    time.sleep(MIRROR_S)
+    b.link.close()
+    b.vb.stop()
+    (b.state / name).write_text("1")
+    b.vb = vboard.VirtualBoard(b.state)
+    b.eps = b.vb.start()
+    b.link = LinkClient(b.eps["link"], heartbeat_s=0.5).open()
+
+
+def test_a_confirmed_image_raising_at_import_falls_back_to_the_other_partition(make_board, key):
+    b = make_board()
+    fota.push(b.link, rom_bundle(key, "0.2.0", 5), **FAST)
+    confirmed(b, "0.2.0")
+    fota.push(b.link, rom_bundle(key, "0.3.0", 6, station_patch=_crash_with_flag), **FAST)
+    assert confirmed(b, "0.3.0")["running"] == "a"                 # partition 0
+    restart_with(b, "break_import")
+    boots = b.vb.boots
+    # partition 0 raises at import: main.py records it and resets into partition 1
+    assert b.hello(40)["fw"] == "0.2.0"
+    assert b.vb.boots == boots + 1
+    st = b.status()
+    assert st["running"] == "b" and st["active"] == "b" and st["rom_part"] == 1 and st["seq"] == 6, st
+    assert st["failed_start"] == {"slot": "a", "version": "0.3.0",
+                                  "reason": "RuntimeError: image broken at import"}, st
+    v604 = [e[3] for e in diag.fetch_events(b.link) if e[1] == "V2G-604"]
+    assert v604 == ["slot a (0.3.0) failed to start: RuntimeError: image broken at import; running b"]
+
+
+def test_a_confirmed_image_raising_at_import_falls_back_to_the_factory_image(make_board, key):
+    b = make_board()
+    fota.push(b.link, rom_bundle(key, "0.2.0", 5, station_patch=_crash_with_flag), **FAST)
+    assert confirmed(b, "0.2.0")["running"] == "b"
+    restart_with(b, "break_import")
+    boots = b.vb.boots
+    assert b.hello(40)["fw"] == OLD
+    assert b.vb.boots == boots + 1
+    st = b.status()
+    assert st["running"] == "factory" and st["active"] == "factory" and st["rom_part"] == 0, st
+    assert st["failed_start"]["slot"] == "b" and st["failed_start"]["reason"].startswith("RuntimeError")
+    assert b.events().count("V2G-604") == 1
+    # the controller runs: the fallback answers commands and the next update goes to partition 1
+    fota.push(b.link, rom_bundle(key, "0.3.0", 6), **FAST)
+    assert confirmed(b, "0.3.0")["running"] == "b"
 
 
 # -- power cuts ------------------------------------------------------------------------------
