@@ -51,7 +51,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from host_tools import mpy_check, romfs, vm
+from host_tools import mpy_check, romfs, slim, vm
 
 CONFIG_FILE = "v2g_vars.json"
 KEY_FILE = "update_key.bin"     # 65 bytes: the uncompressed P-256 point 04||X||Y
@@ -217,7 +217,7 @@ def compile_tree(board, arch, jobs=8):
     for src, dest in firmware_files(board):
         data = src.read_bytes()
         if dest in SOURCE_ONLY:
-            out[dest] = data
+            out[dest] = slim.slim(data)     # run from source: comments cost the board's flash
             continue
         key = hashlib.sha256(b"\0".join([data, dest.encode(), arch.encode(), version.encode()])).hexdigest()
         target = dest[:-3] + ".mpy"

