@@ -446,6 +446,10 @@ def step(u, now_ms):
     except OSError:
         code, msg = 'V2G-601', 'filesystem error while staging the verified head: the filesystem ' \
             'refused a write or read (full or failing)'
+    except MemoryError:
+        # the board's heap ran out in the check (e.g. a key's tables built on a small heap):
+        # a refusal that releases the download, never an exception out of the control step
+        code, msg = 'V2G-601', 'not enough RAM to check the update on this board; nothing installed'
     d.job = None
     u.refusal = (code, msg)
     if u.log is not None:

@@ -293,3 +293,26 @@ def test_without_room_for_the_kept_tables_the_key_gets_one_table_per_base():
     assert pending == 'a'
     assert not update.storage.exists(root + install.KEY_TABLE_FILE)
     assert 120 < steps < 200, steps    # 128 slices of tables, 26 of verify, as before
+
+
+def test_a_heap_that_runs_out_in_the_check_is_a_refusal_not_a_crash():
+    # the board's fixed heap may run out while a head is checked (a key's tables built on
+    # 96 KiB): the control step goes on, the download is dropped and named
+    root = scratch(KEY_A)
+    data = _b(BUNDLE_OK)
+    n = 8 + int.from_bytes(data[4:8], 'big')
+    u = make(root)
+    u.command('fota_begin', {'size': len(data), 'id': bid(data)}, 0)
+    assert u.command('fota_chunk', {'off': 0, 'data': data[:n]}, 0)[0]
+
+    def exhausted():
+        yield 1
+        raise MemoryError('memory allocation failed, allocating 8192 bytes')
+    u.dl.job = exhausted()
+    for _ in range(3):
+        u.tick(0, 0)                # no exception reaches the step
+    assert u.dl is None
+    r = u.command('fota_chunk', {'off': n, 'data': data[n:n + 50]}, 0)
+    assert not r[0] and r[1] == 'V2G-601' and 'not enough RAM' in r[2], r
+    assert u.report()['pending'] is None and u.st['dl'] is None
+    assert any(it[1] == 'V2G-601' for it in u.log.items)
