@@ -55,6 +55,7 @@ from host_tools import mpy_check, romfs, slim, vm
 
 CONFIG_FILE = "v2g_vars.json"
 KEY_FILE = "update_key.bin"     # 65 bytes: the uncompressed P-256 point 04||X||Y
+KEY_TABLE_FILE = "update_key.tab"   # the key's comb tables as app/install.py keeps them
 BOARD_PKG = "board"             # boards/<BOARD>/* lands in /board (package `board`)
 KEEP_DIRS = ("state",)          # the controller's own files: never compared, never removed
 SOURCE_ONLY = ("main.py", "boot.py")
@@ -298,6 +299,17 @@ def frozen_build(board, info):
         "a MicroPython build with FROZEN_MANIFEST={}".format(vm.FIRMWARE / "manifest.py")
 
 
+def key_tables(point):
+    """The update key's comb tables as the controller keeps them in KEY_TABLE_FILE (sealed by
+    a digest over the key's point and the tables), computed here with the firmware's own
+    core.p256."""
+    from core import p256
+    x, y = p256.parse_point(point)
+    out = []
+    p256.run(p256.key_tables_steps(x, y, out, 2))
+    return p256.cache_head(point, out[0]) + b"".join(bytes(t) for t in out[0])
+
+
 def prepare(board, config=None, pubkey=None, config_text=None, frozen=False):
     """Build the plan on the host; raises FlashError before anything is sent.
 
@@ -322,6 +334,10 @@ def prepare(board, config=None, pubkey=None, config_text=None, frozen=False):
         notes = config_notes(json.loads(data), info)
     if pubkey is not None:
         files[KEY_FILE] = read_pubkey(pubkey)
+        if frozen:
+            # a board on a small heap cannot build them itself (docs/board-budget.md, "The
+            # peak while an update runs"); its filesystem, with the firmware frozen, has room
+            files[KEY_TABLE_FILE] = key_tables(files[KEY_FILE])
     compiled = compile_tree(board, info["mpy_arch"])
     image = None
     rom = info.get("romfs")
@@ -388,7 +404,7 @@ class Changes:
 
 # The installer's state (update.json, its .bak copy and their .tmp files) and fault injection.
 UPDATE_STATE = ("update.json", "update.json.tmp", "update.json.bak", "update.json.bak.tmp", "fota_fault.json")
-SETTINGS_FILES = (CONFIG_FILE, KEY_FILE)     # not firmware: changing them keeps an update
+SETTINGS_FILES = (CONFIG_FILE, KEY_FILE, KEY_TABLE_FILE)     # not firmware: changing them keeps an update
 
 
 def diff(plan, on_board, rom_on_board=None):

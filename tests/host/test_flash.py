@@ -360,3 +360,32 @@ def test_frozen_flash_onto_an_image_without_them_writes_nothing(blank):
     assert "--frozen: the board's MicroPython image has no frozen core, app (nothing was written)" in res.output
     assert "FROZEN_MANIFEST=" in res.output
     assert on_board(blank) == before
+
+
+def test_a_frozen_board_gets_the_update_keys_tables_built_on_the_host(tmp_path):
+    """A pyboard cannot build the key's comb tables on its 96 KiB heap (the first update of a
+    key peaks at about 158 kB): `v2g flash --frozen` writes them beside the key, sealed as the
+    controller keeps them, so its first update loads them like any later one."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    from core import p256
+    from signing import keys
+
+    _, pub, key = keys.write_keypair(tmp_path / "fota.pem")
+    point = keys.device_public_key(key)
+    plan = F.prepare("pyboard", pubkey=str(pub), frozen=True)
+    tab = plan.files[F.KEY_TABLE_FILE]
+    assert len(tab) == p256.CACHE_LEN and plan.files[F.KEY_FILE] == point
+    tabs = [bytearray(tab[p256.cache_table_offset(i):p256.cache_table_offset(i) + p256.TABLE_LEN])
+            for i in range(p256.CACHE_TABLES)]
+    assert p256.cache_holds(point, tab[:p256.CACHE_HEAD_LEN], tabs)
+    # the tables verify what the key signs, and refuse what it did not
+    msg = b"update manifest"
+    r, s = decode_dss_signature(key.sign(msg, ec.ECDSA(hashes.SHA256())))
+    sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    pk = p256.PublicKey(point, tabs)
+    assert pk.verify(msg, sig) and not pk.verify(msg + b"!", sig)
+    # where the modules are on the filesystem, the file would not fit beside them: not written
+    assert F.KEY_TABLE_FILE not in F.prepare("pyboard", pubkey=str(pub)).files
