@@ -350,7 +350,6 @@ class GridProtection:
         self._band_v_hi = v_hi
         self._band_f_lo = f_lo
         self._band_f_hi = f_hi
-        self._allow_full = False       # the ratings may have changed: _set_allow(1000) again
         self._mean_thr = nominal_mv * p['ov_mean_pm'] // 1000
         self._es_v_lo = nominal_mv * p['es_v_pm'][0] // 1000
         self._es_v_hi = nominal_mv * p['es_v_pm'][1] // 1000
@@ -445,7 +444,9 @@ class GridProtection:
                 st = IN_SERVICE
             else:
                 self._set_allow(self._ramp_el * 1000 // self.ramp_ms)
-        if st == IN_SERVICE and not self._allow_full:
+        # full current at the ratings in force (nearly every step): already set, no call
+        if st == IN_SERVICE and (self.allow_pm != 1000 or self.allow_charge_ma != self.rated_charge_ma
+                                 or self.allow_discharge_ma != self.rated_discharge_ma):
             self._set_allow(1000)
         self.state = st
 
@@ -526,7 +527,6 @@ class GridProtection:
 
     def _set_allow(self, pm):
         self.allow_pm = pm
-        self._allow_full = pm == 1000
         self.allow_charge_ma = self.rated_charge_ma * pm // 1000
         self.allow_discharge_ma = self.rated_discharge_ma * pm // 1000
         self.allow_ma = self.allow_charge_ma if self.allow_charge_ma > self.allow_discharge_ma \

@@ -427,6 +427,17 @@ def test_configure_keeps_state_and_clamps_to_profile_ranges():
     assert g.allow_charge_ma == 16000 and g.allow_discharge_ma == 8000
 
 
+def test_one_new_rating_in_service_takes_effect_on_the_next_step():
+    # in service the full allowance is set again only when a rating changed: each one counts
+    g = in_service('IEEE1547_CAT_I_60HZ', rated_charge_ma=32000, rated_discharge_ma=32000)
+    t = 0
+    for charge, discharge in ((32000, 10000), (20000, 10000), (20000, 0), (0, 0)):
+        g.configure('IEEE1547_CAT_I_60HZ', NOM_MV, True, 36, 5000, 500, charge, discharge)
+        t = run(g, t, NOM_MV, 60000, 1)
+        assert (g.allow_charge_ma, g.allow_discharge_ma) == (charge, discharge)
+        assert g.allow_ma == max(charge, discharge) and g.allow_pm == 1000
+
+
 def test_from_config_uses_the_settings():
     from core import config
     cfg = config.validate({'GRID_PROFILE': 'EN50549_50HZ', 'NOMINAL_VOLTAGE_V': 230,
