@@ -476,20 +476,29 @@ class Controller:
             self._clear(now_ms, E.E012, 'EV left state D')
 
         # ---- limits
-        lim.set_both(L.STATION, cfg.max_charge_ma, cfg.max_discharge_ma)
+        # Each source's slot is written here directly, not through Limits.set_*(): some 16
+        # method calls a step were a large share of the step's cost in the VM.
+        ch = lim.charge
+        dis = lim.discharge
+        no_limit = L.NO_LIMIT
+        ch[L.STATION] = cfg.max_charge_ma
+        dis[L.STATION] = cfg.max_discharge_ma
         pp = inp.pp_limit_a
         cable = pp * 1000 if pp > 0 else _DEFAULT_CABLE_MA
-        lim.set_both(L.CABLE, cable, cable)
+        ch[L.CABLE] = cable
+        dis[L.CABLE] = cable
         if bms_fresh:
-            lim.set_both(L.BMS, inp.bms_max_charge_ma, inp.bms_max_discharge_ma)
-            lim.set_discharge(L.CAN, L.NO_LIMIT)
+            ch[L.BMS] = inp.bms_max_charge_ma
+            dis[L.BMS] = inp.bms_max_discharge_ma
+            dis[L.CAN] = no_limit
         else:
-            lim.set_both(L.BMS, L.NO_LIMIT, L.NO_LIMIT)
-            lim.set_discharge(L.CAN, 0)
+            ch[L.BMS] = no_limit
+            dis[L.BMS] = no_limit
+            dis[L.CAN] = 0
         et = self.evse_thermal
         bt = self.batt_thermal
-        tc = L.NO_LIMIT
-        td = L.NO_LIMIT
+        tc = no_limit
+        td = no_limit
         if et.factor < 1000:
             tc = et.apply(cfg.max_charge_ma)
             td = et.apply(cfg.max_discharge_ma)
@@ -497,24 +506,25 @@ class Controller:
             x = bt.apply(cfg.max_discharge_ma)
             if x < td:
                 td = x
-        lim.set_both(L.THERMAL, tc, td)
-        lim.set_both(L.GRID, self.grid_charge_ma, self.grid_discharge_ma)
-        lim.set_both(L.CSMS, self.csms_charge_ma, self.csms_discharge_ma)
-        if self.stopped:
-            lim.set_both(L.SETPOINT, 0, 0)
-        else:
-            lim.clear(L.SETPOINT)
-        lim.set_discharge(L.HEARTBEAT, 0 if self.fallback else L.NO_LIMIT)
-        lim.set_discharge(L.METER, 0 if meter_stale else L.NO_LIMIT)
-        lim.set_discharge(L.FLOOR, 0 if (soc_known and (soc <= sp.floor_pm or not sp.available))
-                          else L.NO_LIMIT)
-        lim.set_discharge(L.CHARGE_ONLY, 0 if (self.cmd_charge_only or self.hlc_failed) else L.NO_LIMIT)
-        lim.set_both(L.COOLING, cl.limit_ma, cl.limit_ma)
+        ch[L.THERMAL] = tc
+        dis[L.THERMAL] = td
+        ch[L.GRID] = self.grid_charge_ma
+        dis[L.GRID] = self.grid_discharge_ma
+        ch[L.CSMS] = self.csms_charge_ma
+        dis[L.CSMS] = self.csms_discharge_ma
+        stop_ma = 0 if self.stopped else no_limit
+        ch[L.SETPOINT] = stop_ma
+        dis[L.SETPOINT] = stop_ma
+        dis[L.HEARTBEAT] = 0 if self.fallback else no_limit
+        dis[L.METER] = 0 if meter_stale else no_limit
+        dis[L.FLOOR] = 0 if (soc_known and (soc <= sp.floor_pm or not sp.available)) else no_limit
+        dis[L.CHARGE_ONLY] = 0 if (self.cmd_charge_only or self.hlc_failed) else no_limit
+        ch[L.COOLING] = cl.limit_ma
+        dis[L.COOLING] = cl.limit_ma
         faulted = pfault or self.weld or vent_fault or cl.tripped
-        if faulted or self.grid_trip:
-            lim.set_both(L.FAULT, 0, 0)
-        else:
-            lim.clear(L.FAULT)
+        fault_ma = 0 if (faulted or self.grid_trip) else no_limit
+        ch[L.FAULT] = fault_ma
+        dis[L.FAULT] = fault_ma
         lim.resolve()
         if lim.charge_ma < P.MIN_OFFER_MA:
             # the pilot cannot offer less than 6 A: no offer, still named after the source that

@@ -223,6 +223,7 @@ class GridProtection:
         self._s_thr = [0] * 8
         self._s_clr = [0] * 8
         self._s_el = [-1] * 8          # ms since the first outside sample, -1 = inside
+        self._s_run = False            # some stage's timer runs (an entry of _s_el >= 0)
         self._decay = [0] * _DECAY_BITS
         self._ring = [0] * MEAN_BLOCKS
         self._ev_t = [0] * _EV_CAP
@@ -328,6 +329,27 @@ class GridProtection:
             self._s_clr[i] = clr
             if changed_profile:
                 self._s_el[i] = -1
+        if changed_profile:
+            self._s_run = False
+        # the band inside every stage's threshold: while no stage timer runs, a reading in it
+        # leaves every stage as it is, and step() does not run them
+        v_lo = f_lo = -_ELAPSED_CAP
+        v_hi = f_hi = _ELAPSED_CAP
+        for i in range(self._stage_n):
+            kind = self._s_kind[i]
+            thr = self._s_thr[i]
+            if kind == OV:
+                v_hi = thr if thr < v_hi else v_hi
+            elif kind == UV:
+                v_lo = thr if thr > v_lo else v_lo
+            elif kind == OF:
+                f_hi = thr if thr < f_hi else f_hi
+            else:
+                f_lo = thr if thr > f_lo else f_lo
+        self._band_v_lo = v_lo
+        self._band_v_hi = v_hi
+        self._band_f_lo = f_lo
+        self._band_f_hi = f_hi
         self._mean_thr = nominal_mv * p['ov_mean_pm'] // 1000
         self._es_v_lo = nominal_mv * p['es_v_pm'][0] // 1000
         self._es_v_hi = nominal_mv * p['es_v_pm'][1] // 1000
@@ -367,11 +389,21 @@ class GridProtection:
             self._good_mv = grid_mv      # for the trip message when a reading then fails
             self._good_mhz = grid_mhz
             if self._mean_thr:
-                mean_over = self._mean_add(dt, grid_mv)
+                # the block is summed here, without a call; _mean_add() closes a full one
+                self._blk_sum += grid_mv
+                self._blk_n += 1
+                self._blk_el += dt
+                if self._blk_el >= MEAN_BLOCK_MS or self._blk_n >= 1000:
+                    mean_over = self._mean_add()
 
         st = self.state
         if st == RAMP or st == IN_SERVICE:
-            bit = self._stages(dt, grid_mv, grid_mhz, meter_ok)
+            bit = 0
+            # no stage timer running and the reading inside every threshold (nearly every
+            # step): the stages would all stay inside, so they are not run
+            if self._s_run or (meter_ok and not (self._band_v_lo <= grid_mv <= self._band_v_hi
+                                                 and self._band_f_lo <= grid_mhz <= self._band_f_hi)):
+                bit = self._stages(dt, grid_mv, grid_mhz, meter_ok)
             if bit == 0 and mean_over:
                 bit = errors.E503
                 self.trip_value = self._mean_last
@@ -379,8 +411,9 @@ class GridProtection:
             if bit:
                 self._trip(now_ms, bit)
                 st = TRIPPED
-        # the 10-minute mean must be back under its limit too
-        inside = meter_ok and self._inside_window(grid_mv, grid_mhz) and self._mean_ok()
+        # the 10-minute mean must be back under its limit too; needed only while out of service
+        inside = ((st == TRIPPED or st == WAITING) and meter_ok and self._inside_window(grid_mv, grid_mhz)
+                  and self._mean_ok())
         if st == TRIPPED and inside:
             self._event(now_ms, self.trip_bit, False, 0, 0)
             self.trip_bit = 0
@@ -400,6 +433,7 @@ class GridProtection:
                     self._ramp_el = 0
                     for i in range(self._stage_n):
                         self._s_el[i] = -1
+                    self._s_run = False
                     st = RAMP
                     dt = 0   # the ramp starts at this sample
             else:
@@ -410,14 +444,22 @@ class GridProtection:
                 st = IN_SERVICE
             else:
                 self._set_allow(self._ramp_el * 1000 // self.ramp_ms)
-        if st == IN_SERVICE:
+        # full current at the ratings in force (nearly every step): already set, no call
+        if st == IN_SERVICE and (self.allow_pm != 1000 or self.allow_charge_ma != self.rated_charge_ma
+                                 or self.allow_discharge_ma != self.rated_discharge_ma):
             self._set_allow(1000)
         self.state = st
 
         if (st == RAMP or st == IN_SERVICE) and self.droop_enabled:
             if meter_ok:
-                self._target = self._droop_target(grid_mhz)
-            self._filter(dt)
+                # inside the deadband (nearly every step) the target is 0 without the call
+                dev = grid_mhz - self.nominal_mhz
+                db = self.deadband_mhz
+                self._target = 0 if -db <= dev <= db else self._droop_target(grid_mhz)
+            if self._yq == self._target << 4:
+                self._y = self._target   # settled on the target: what _filter() would give
+            else:
+                self._filter(dt)
         else:
             self._target = 0
             self._y = 0
@@ -432,6 +474,7 @@ class GridProtection:
     def _stages(self, dt, mv, mhz, meter_ok):
         """Run the stage timers; the bit of the first stage that trips, else 0."""
         hit = 0
+        run = False
         early = self.step_ms + self.sense_ms
         for i in range(self._stage_n):
             el = self._s_el[i]
@@ -455,6 +498,7 @@ class GridProtection:
             else:
                 el = self._add(el, dt)   # no reading: a running excursion keeps counting
             self._s_el[i] = el
+            run = True
             # trip on the last sample at or before the clearing time counted from the
             # grid step (which the readings may show sense_ms late): the next sample,
             # one step later, could already be past it
@@ -462,6 +506,7 @@ class GridProtection:
                 hit = _CODE_OF_KIND[self._s_kind[i]]
                 self.trip_value = self._good_mhz if self._s_kind[i] >= OF else self._good_mv
                 self._trip_ms = el
+        self._s_run = run
         return hit
 
     def _trip(self, now_ms, bit):
@@ -474,6 +519,7 @@ class GridProtection:
         self._yq = 0
         for i in range(self._stage_n):
             self._s_el[i] = -1
+        self._s_run = False
         self._event(now_ms, bit, True, self.trip_value, self._trip_ms)
 
     def _inside_window(self, mv, mhz):
@@ -541,13 +587,9 @@ class GridProtection:
         self._mean_last = 0
         self._mean_over = False
 
-    def _mean_add(self, dt, mv):
-        """Feed the 10-minute mean; True when a block just closed with the mean too high."""
-        self._blk_sum += mv
-        self._blk_n += 1
-        self._blk_el += dt
-        if self._blk_el < MEAN_BLOCK_MS and self._blk_n < 1000:
-            return False
+    def _mean_add(self):
+        """Close the full block (step() sums it) into the 10-minute mean; True when the mean
+        is too high."""
         b = self._blk_sum // self._blk_n
         i = self._ring_i
         self._ring_sum += b - self._ring[i]

@@ -144,6 +144,56 @@ def test_meter_failure_keeps_running_excursion_and_starts_none():
     assert g.state == IN_SERVICE
 
 
+class _EveryStepStages(GridProtection):
+    """Runs the trip stages on every step, as before step() learned to skip them while no
+    timer runs and the reading is inside every threshold: a timer always counts as running
+    and the band inside every threshold is empty."""
+    _s_run = property(lambda self: True, lambda self, v: None)
+
+    def configure(self, *args, **kw):
+        GridProtection.configure(self, *args, **kw)
+        self._band_v_lo = 1
+        self._band_v_hi = 0
+
+
+def test_skipping_the_stages_inside_every_threshold_changes_nothing():
+    # readings on, one past and well past each threshold, nominal ones and failed meter
+    # reads, each held for a few steps in a fixed pseudo-random order: every trip, its
+    # value and time the same
+    for profile, stages in EXPECTED.items():
+        nom_f = nominal_mhz(profile)
+        values = [(NOM_MV, nom_f, True), (0, 0, False)]
+        for what, thr, _ in stages:
+            out, on = excursion(what, thr, nom_f)
+            for v in (out, on, out + (out - on) * 50):
+                mv, mhz = sample(what, v, profile)
+                values.append((mv, mhz, True))
+        a = in_service(profile, droop_enabled=False)
+        b = _EveryStepStages(profile, NOM_MV, start_in_service=True, droop_enabled=False,
+                             enter_service_delay_ms=0, ramp_ms=0)
+        b.step(0, NOM_MV, nom_f, True)
+        b.pop_events()
+        t = 0
+        x = 12345
+        trips = 0
+        hold = 0
+        for _ in range(4000):
+            if hold == 0:      # the next reading, held for 1 to 8 steps
+                x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+                mv, mhz, ok = values[(x >> 8) % len(values)]
+                hold = 1 + (x >> 4) % 8
+            hold -= 1
+            t += STEP
+            a.step(t, mv, mhz, ok)
+            b.step(t, mv, mhz, ok)
+            assert (a.state, a.trip_code, a.trip_value, a.allow_ma) == \
+                (b.state, b.trip_code, b.trip_value, b.allow_ma), (profile, t)
+            ea = a.pop_events()
+            assert ea == b.pop_events(), (profile, t)
+            trips += len([e for e in ea if e[2] and e[1] != 'V2G-507'])
+        assert trips > 5, (profile, trips)      # the sequence did reach the stages
+
+
 def test_boot_waits_for_enter_service_with_default_delay():
     g = GridProtection('IEEE1547_CAT_II_60HZ', NOM_MV, droop_enabled=False)
     assert g.state == WAITING and g.trip_code == errors.E507 and g.allow_ma == 0
@@ -375,6 +425,17 @@ def test_configure_keeps_state_and_clamps_to_profile_ranges():
     assert g.state == IN_SERVICE and g.droop_mpct == 4000
     run(g, 0, NOM_MV, 60000, 1)
     assert g.allow_charge_ma == 16000 and g.allow_discharge_ma == 8000
+
+
+def test_one_new_rating_in_service_takes_effect_on_the_next_step():
+    # in service the full allowance is set again only when a rating changed: each one counts
+    g = in_service('IEEE1547_CAT_I_60HZ', rated_charge_ma=32000, rated_discharge_ma=32000)
+    t = 0
+    for charge, discharge in ((32000, 10000), (20000, 10000), (20000, 0), (0, 0)):
+        g.configure('IEEE1547_CAT_I_60HZ', NOM_MV, True, 36, 5000, 500, charge, discharge)
+        t = run(g, t, NOM_MV, 60000, 1)
+        assert (g.allow_charge_ma, g.allow_discharge_ma) == (charge, discharge)
+        assert g.allow_ma == max(charge, discharge) and g.allow_pm == 1000
 
 
 def test_from_config_uses_the_settings():
