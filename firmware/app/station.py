@@ -195,6 +195,8 @@ class Station:
                     break
         if self.update.busy:   # trial health check, requested reset, stalled download
             self.update.tick(now_ms, self.link.stats['frames_ok'])
+            if self.update.reset_at is not None:
+                self.save_events()   # why the updater resets goes to flash before the reset
         if ticks.due(now_ms, self.next_tel_ms):
             self.next_tel_ms = ticks.add(now_ms, self.tel_period_ms)
             self.sample(now_ms, out)

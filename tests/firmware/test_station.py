@@ -1052,3 +1052,32 @@ def test_a_meter_port_given_to_the_board_gets_no_meter_simulator_feed():
     st = station_mod.Station(sim_hal.Hal(ports=ports, clock=lambda: 0, buses={'meter': 'modbus'}), 0)
     st.tick(0)
     assert b'meter_sim' in ports.outbox['plant']
+
+
+@in_dir(WORK)
+def test_a_failed_trial_is_on_flash_before_its_reset():
+    # the slot on trial never hears from the host: the updater logs why, then resets; the
+    # next boot must still have that line, however the reset falls against the log's saves
+    import sys
+
+    import boot
+    from test_cose import KEY_A, _b
+    from test_update import install
+    wipe(WORK)
+    with open('update_key.bin', 'wb') as f:
+        f.write(_b(KEY_A))
+    install('')
+    assert boot.choose('') == 'a'
+    sys.path.insert(0, 'slots/a')       # as boot.py leaves it for a slot it runs
+    try:
+        rig = Rig(fresh=False)
+    finally:
+        sys.path.pop(0)
+    assert rig.st.update.on_trial
+    while not rig.ports.stop:           # the sim HAL's reset
+        rig.st.tick(rig.now)
+        rig.now += CONTROL_PERIOD_MS
+        assert rig.now < 200000, 'no reset after the trial time'
+    again = Rig(fresh=False)
+    rows = [r for r in again.st.ctl.log.rows() if r[1] == 'V2G-603']
+    assert rows and 'trial of slot a: no healthy host link' in rows[0][3], rows
