@@ -310,6 +310,22 @@ def key_tables(point):
     return p256.cache_head(point, out[0]) + b"".join(bytes(t) for t in out[0])
 
 
+def key_files(point, tables=True):
+    """The files that give a board its update key: the point, and (tables) the key's comb
+    tables, so that its first update loads them instead of building them on its heap (on a
+    96 KiB board it cannot: docs/board-budget.md, "The peak while an update runs")."""
+    files = {KEY_FILE: point}
+    if tables:
+        files[KEY_TABLE_FILE] = key_tables(point)
+    return files
+
+
+def _room_for_key_tables(info):
+    # a littlefs in the MCU's own flash holds the firmware's modules too and has no room for
+    # 24.6 kB more (a frozen image frees it); an external flash or the virtual board's folder has
+    return (info.get("filesystem") or {}).get("kind") != "littlefs2"
+
+
 def prepare(board, config=None, pubkey=None, config_text=None, frozen=False):
     """Build the plan on the host; raises FlashError before anything is sent.
 
@@ -333,11 +349,7 @@ def prepare(board, config=None, pubkey=None, config_text=None, frozen=False):
         config_keys = sorted(json.loads(data))
         notes = config_notes(json.loads(data), info)
     if pubkey is not None:
-        files[KEY_FILE] = read_pubkey(pubkey)
-        if frozen:
-            # a board on a small heap cannot build them itself (docs/board-budget.md, "The
-            # peak while an update runs"); its filesystem, with the firmware frozen, has room
-            files[KEY_TABLE_FILE] = key_tables(files[KEY_FILE])
+        files.update(key_files(read_pubkey(pubkey), tables=frozen or _room_for_key_tables(info)))
     compiled = compile_tree(board, info["mpy_arch"])
     image = None
     rom = info.get("romfs")

@@ -22,7 +22,7 @@ import pytest
 from bridge_helpers import BridgeProc, stop_all, wait_until
 from ocpp.v21 import call
 from ocpp_csms import Csms
-from test_fota import firmware_tree
+from test_fota import firmware_tree, give_key
 from vboard_fixture import V2G
 
 from host_tools import fota, vboard
@@ -263,7 +263,7 @@ def rig(tmp_path_factory):
     key = keys.generate()
     state = tmp / "board"
     vboard.provision(state)
-    (state / "update_key.bin").write_bytes(keys.device_public_key(key))
+    give_key(state, key)
     cfg = tmp / "etc"
     cfg.mkdir(mode=0o750)
     started = []

@@ -452,13 +452,15 @@ def test_reset(rig):
 def test_update_firmware_pushes_a_signed_bundle_and_reports_each_status(rig):
     """OCPP UpdateFirmware -> the bridge fetches the bundle, pushes it over the host link,
     the controller verifies, installs, boots it on trial and confirms it."""
+    from host_tools import flash
     from signing import bundle as sb
     from signing import keys
     from test_fota import firmware_tree
     board, csms, plant, tmp = rig["board"], rig["csms"], rig["plant"], rig["tmp"]
     key = keys.generate()
-    (tmp / "update_key.bin").write_bytes(keys.device_public_key(key))
-    board.mpremote("fs", "cp", str(tmp / "update_key.bin"), ":update_key.bin")
+    for name, data in flash.key_files(keys.device_public_key(key)).items():
+        (tmp / name).write_bytes(data)          # as `v2g flash --pubkey` gives a virtual board
+        board.mpremote("fs", "cp", str(tmp / name), ":" + name)
     plant.do("reboot")                    # mpremote stopped the controller; start it again
     time.sleep(3)
     bundle = tmp / "fw-0.2.0.v2gb"

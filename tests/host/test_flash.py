@@ -389,3 +389,6 @@ def test_a_frozen_board_gets_the_update_keys_tables_built_on_the_host(tmp_path):
     assert pk.verify(msg, sig) and not pk.verify(msg + b"!", sig)
     # where the modules are on the filesystem, the file would not fit beside them: not written
     assert F.KEY_TABLE_FILE not in F.prepare("pyboard", pubkey=str(pub)).files
+    # an external flash or the virtual board's folder has room: the tables go with the key
+    for board in ("pybd_sf6", "sim"):
+        assert F.prepare(board, pubkey=str(pub)).files[F.KEY_TABLE_FILE] == tab

@@ -95,10 +95,18 @@ def whole_bundle(key, tmp_path_factory):
     return sb.sign(key, tree, 5, "0.2.0", "sim", 1)
 
 
+def give_key(state, key, tables=True):
+    """The update key as `v2g flash --pubkey` lays it on a virtual board: with its comb tables,
+    so the first update does not build them (350 control steps); tables=False: the board
+    builds them itself."""
+    for name, data in flash.key_files(keys.device_public_key(key), tables).items():
+        (state / name).write_bytes(data)
+
+
 class Board:
-    def __init__(self, state, key, fault=None):
+    def __init__(self, state, key, fault=None, tables=True):
         vboard.provision(state)
-        (state / "update_key.bin").write_bytes(keys.device_public_key(key))
+        give_key(state, key, tables)
         if fault:
             (state / "fota_fault.json").write_text(json.dumps({"step": fault}))
         self.state = state
@@ -167,8 +175,8 @@ def board(tmp_path, key):
 def make_board(tmp_path, key):
     made = []
 
-    def make(fault=None):
-        b = Board(tmp_path / "state{}".format(len(made)), key, fault)
+    def make(fault=None, tables=True):
+        b = Board(tmp_path / "state{}".format(len(made)), key, fault, tables)
         made.append(b)
         return b
     yield make
@@ -185,8 +193,9 @@ def confirmed_new(b, version="0.2.0"):
 
 # -- the update itself ------------------------------------------------------------------------
 
-def test_push_reboot_trial_confirm_and_report(board, key, whole_bundle):
-    assert board.fw() == OLD
+def test_push_reboot_trial_confirm_and_report(make_board, key, whole_bundle):
+    board = make_board(tables=False)      # the key alone: the board builds its tables
+    assert board.fw() == OLD and not (board.state / flash.KEY_TABLE_FILE).exists()
     seen = []
     rep = fota.push(board.link, whole_bundle, progress=lambda d, t: seen.append(d), **FAST)
     assert rep.size == len(whole_bundle) and rep.resumed_from == 0 and seen[-1] == len(whole_bundle)
@@ -201,6 +210,9 @@ def test_push_reboot_trial_confirm_and_report(board, key, whole_bundle):
     st = board.update_state()
     assert st["seq"] == 5 and st["sec"] == 1 and st["pending"] is None   # counters raised
     assert board.link.command("diag", {}).data["fw"] == "0.2.0"
+    # the tables the board built and kept are those the host computes for `v2g flash`
+    tab = (board.state / flash.KEY_TABLE_FILE).read_bytes()
+    assert tab == flash.key_tables(keys.device_public_key(key))
     # the next update goes to the other slot; the running one stays. It carries the app
     # package alone: core/ and board/ come from the factory tree
     b2 = sb.sign(key, firmware_tree("0.3.0"), 6, "0.3.0", "sim", 1)

@@ -26,6 +26,7 @@ from host_tools.link import LinkClient
 from signing import bundle as sb
 from signing import keys
 
+from test_fota import give_key
 from test_romfs import HERE, read_romfs
 
 ROM_SIZE = 0x40000          # fake_romfs_boot.py's partition size
@@ -95,7 +96,7 @@ class RomBoard:
         (state / "boot.py").write_text("exec(open('state/fake_rom.py').read())\n" +
                                        (vm.FIRMWARE / "boot.py").read_text())
         shutil.copy(vm.FIRMWARE / "main.py", state / "main.py")
-        (state / "update_key.bin").write_bytes(keys.device_public_key(key))
+        give_key(state, key)
         if fault:
             (state / "fota_fault.json").write_text(json.dumps({"step": fault}))
         if rom_fault:
