@@ -85,6 +85,42 @@ def _present(root, slot, rom):
     return _is_dir(root + 'slots/' + slot)
 
 
+def damage(root, slot):
+    """None when every file the installer listed for the slot (slots/<slot>.sums: a line of
+    sha256, size and name per component) is there whole, else what is not. Checked before
+    any of the slot's code runs: a damaged module may not even raise (a truncated .mpy
+    hangs MicroPython's loader)."""
+    import binascii
+    import hashlib
+    base = root + 'slots/' + slot
+    try:
+        sums = open(base + '.sums')
+    except OSError:
+        return 'no file list ' + base + '.sums'
+    buf = bytearray(512)
+    with sums:
+        for line in sums:
+            part = line.split(None, 2)
+            if len(part) != 3:
+                return 'file list ' + base + '.sums damaged'
+            name = part[2].strip()
+            h = hashlib.sha256()
+            n = 0
+            try:
+                with open(base + '/' + name, 'rb') as f:
+                    while True:
+                        k = f.readinto(buf)
+                        if not k:
+                            break
+                        h.update(memoryview(buf)[:k])
+                        n += k
+            except OSError:
+                return name + ' missing'
+            if str(n) != part[1] or binascii.hexlify(h.digest()).decode() != part[0]:
+                return name + ' damaged'
+    return None
+
+
 def choose(root='', rom=False):
     """The tree to run: 'a', 'b' or 'factory'. A pending slot runs on trial, its try counted
     on flash before any of its code runs; with no tries left it is reverted. `rom`: the
@@ -98,15 +134,26 @@ def choose(root='', rom=False):
     pending = st.get('pending')
     if pending in SLOTS:
         tries = st.get('tries')
+        why = ''
         if type(tries) is int and tries > 0 and _present(root, pending, rom):
-            st['tries'] = tries - 1
-            st['trial'] = True
-            _write(root, st)
-            ON_TRIAL = True
-            return pending
-        _revert(root, st, '')
-    if active in SLOTS and (rom or _present(root, active, rom)):
-        return active     # a partition that does not mount: mount_rom falls back (V2G-604)
+            bad = None if rom else damage(root, pending)
+            if bad is None:
+                st['tries'] = tries - 1
+                st['trial'] = True
+                _write(root, st)
+                ON_TRIAL = True
+                return pending
+            why = ' (' + bad + ')'
+        _revert(root, st, why)
+    # a confirmed slot found damaged fails its start here, as it would at import (V2G-604),
+    # and its fallback is checked the same way; a partition that does not mount: mount_rom
+    for _ in SLOTS:
+        if active not in SLOTS or not (rom or _present(root, active, rom)):
+            break
+        bad = None if rom else damage(root, active)
+        if bad is None:
+            return active
+        active = fail_start(active, bad[:80], root)
     return 'factory'
 
 

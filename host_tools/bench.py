@@ -476,10 +476,12 @@ def _cond_ok(key, want, have):
 
 
 def _sample_ok(ex, s):
+    errs = s.get("errors")
     for k, want in ex["conds"].items():
         if not _cond_ok(k, want, s.get(k)):
-            return False, "{} = {!r}, wanted {!r}".format(k, s.get(k), want)
-    errs = s.get("errors")
+            # the errors active then say why (a mode of "fault" names the code that latched it)
+            return False, "{} = {!r}, wanted {!r}{}".format(
+                k, s.get(k), want, " (errors {})".format(errs) if errs else "")
     for c in ex["errors_include"]:
         if errs is None or c not in errs:
             return False, "{} not active (errors {})".format(c, errs)

@@ -181,6 +181,8 @@ class VirtualBoard:
         self.plant_handovers = 0
         self._links = {}
         self._held_for_reset = False
+        self._saves = 0              # mirrors of the files the VM confirmed ("saved")
+        self._saved = threading.Condition()
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -519,6 +521,10 @@ class VirtualBoard:
                     self.ready.set()
                 elif msg["op"] == "soft_reset":
                     self._restart_raw = bool(msg.get("raw"))
+                elif msg["op"] == "saved":
+                    with self._saved:
+                        self._saves += 1
+                        self._saved.notify_all()
                 elif msg["op"] == "plant" and isinstance(msg.get("state"), str):
                     self.plant_state = msg["state"]
                     self.plant_handovers += 1
@@ -583,6 +589,16 @@ class VirtualBoard:
         with self._lock:
             self._spawn(raw=raw)
         return True
+
+    def sync(self, timeout=30):
+        """Mirror the board's files to the state folder now, and return once they are there
+        (the VM mirrors them every 300 ms by itself; this waits on the mirror, not a clock)."""
+        with self._saved:
+            n = self._saves
+            with self._lock:
+                self._send(CH_CONTROL, b'{"op": "save"}')
+            if not self._saved.wait_for(lambda: self._saves > n, timeout):
+                raise BoardError("the board did not mirror its files within {} s".format(timeout))
 
     # -- lifetime ----------------------------------------------------------------------------
 

@@ -131,12 +131,13 @@ class FirmwareTestFailure(Exception):
     pass
 
 
-# The modules that take minutes (real-time sessions, updates, bench runs, simulations). In a
-# parallel run (`make test`: pytest-xdist, one module per worker, modules handed out in
-# collection order with --no-loadscope-reorder) they go first, so that no worker is left
-# running one of them alone at the end. Only the order changes; a plain run keeps file order.
-LONG_MODULES = ("test_secc.py", "test_fota.py", "test_bench.py", "test_flash.py", "test_grid_sim.py",
-                "test_bridge_ocpp.py", "test_board_budget.py", "test_history.py", "test_sim.py")
+# The modules that take minutes (real-time sessions, updates, bench runs, simulations), longest
+# first as measured in a whole run. In a parallel run (`make test`: pytest-xdist, one module per
+# worker, modules handed out in collection order with --no-loadscope-reorder) they go first, so
+# that no worker is left running one of them alone at the end. Only the order changes; a plain run keeps file order.
+LONG_MODULES = ("test_fota.py", "test_romfs_ab.py", "test_secc.py", "test_grid_sim.py", "test_bench.py",
+                "test_flash.py", "test_bridge_ocpp.py", "test_sim.py", "test_vboard_station.py",
+                "test_history.py", "test_board_budget.py", "test_bridge_local_link.py")
 
 
 def pytest_collection_modifyitems(config, items):

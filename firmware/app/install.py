@@ -64,6 +64,20 @@ def _create(name, mode, what):
             what, name, _in_the_way(name))) from None
 
 
+def _write_sums(path, comps):
+    """The slot's file list for boot.py's check at every boot (boot.damage): sha256, size and
+    name of each component, a line each. Written before the slot is marked pending: a cut
+    here leaves a slot that never runs."""
+    import binascii
+    try:
+        with open(path, 'w') as f:
+            for c in comps:
+                f.write('{} {} {}\n'.format(binascii.hexlify(c.sha256).decode(), c.size, c.name))
+    except OSError:
+        raise manifest.UpdateError('V2G-601', 'writing the file list {}: {}'.format(
+            path, _in_the_way(path))) from None
+
+
 def _blocks(n, block):
     return (n + block - 1) // block * block
 
@@ -550,6 +564,8 @@ def finish(u, args, now_ms):
     d.close()
     if d.rom is not None:
         _rom().verify(u, d)
+    else:
+        _write_sums(u.slot_dir(d.slot) + '.sums', d.man.components)
     man = d.man
     st = u.st
     st['slots'][d.slot] = {'version': man.version, 'seq': man.seq, 'sec': man.security_counter}

@@ -653,9 +653,46 @@ def test_confirmed_slot_failing_to_start_falls_back_to_factory():
     assert resets == ['a']
 
 
+def test_a_slot_damaged_on_flash_is_caught_before_any_of_its_code_runs():
+    # flash damage after the install: a truncated module may hang the import instead of
+    # raising (MicroPython's .mpy loader), so boot.py checks the installer's file list first
+    import binascii
+    root = scratch()
+    install(root)
+    lines = read(root + 'slots/a.sums').decode().splitlines()
+    body = read(root + 'slots/a/lib/blob.bin')
+    digest = binascii.hexlify(hashlib.sha256(body).digest()).decode()
+    assert '{} {} lib/blob.bin'.format(digest, len(body)) in lines and len(lines) == 3
+    # pending: the damaged slot is reverted without a try, naming the file
+    with open(root + 'slots/a/lib/blob.bin', 'wb') as f:
+        f.write(body[:100])
+    assert boot.choose(root) == 'factory' and not boot.ON_TRIAL
+    st = state(root)
+    assert st['pending'] is None and st['tries'] == 0 and 'lib/blob.bin damaged' in st['reverted'], st
+    # confirmed: a failed start (V2G-604), the factory tree from this boot on
+    root = scratch()
+    install(root)
+    assert boot.choose(root) == 'a'
+    make(root, running='a').confirm(0)
+    os.remove(root + 'slots/a/main.py')
+    assert boot.choose(root) == 'factory'
+    st = state(root)
+    assert st['active'] == 'factory' and st['failed_start']['reason'] == 'main.py missing', st
+    log = Log()
+    make(root, running='factory', log=log)
+    assert [e[1] for e in log.items] == ['V2G-604'] and 'main.py missing' in log.items[0][3]
+    # a slot without its file list is not run either
+    root = scratch()
+    install(root)
+    os.remove(root + 'slots/a.sums')
+    assert boot.choose(root) == 'factory' and 'no file list' in state(root)['reverted']
+
+
 def _two_slots(root, active, sec=2, a_sec=2, b_sec=2):
     for s in update.SLOTS:
         update._makedirs(root + 'slots/' + s)
+        with open(root + 'slots/' + s + '.sums', 'w'):
+            pass        # an empty file list: nothing to check
     st = update.default_state()
     st.update({'active': active, 'seq': 9, 'sec': sec, 'slots': {
         'a': {'version': '1.4.0', 'seq': 7, 'sec': a_sec, 'confirmed': True},

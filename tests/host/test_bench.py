@@ -199,3 +199,15 @@ def test_the_benchs_meter_answers_at_the_controllers_meter_speed():
     assert bench._controller_baud(sc) == 38400           # the settings' default
     sc["config"]["METER_BAUD"] = 9600
     assert bench._controller_baud(sc) == 9600
+
+
+def test_a_mode_never_met_names_the_errors_active_then():
+    # a check wanting "discharging" that saw "fault" says which code latched it
+    ex = {"name": "discharge resumes", "after_s": 1.0, "until_s": 3.0, "hold": "once",
+          "conds": {"mode": "discharging"}, "errors_include": [], "errors_exclude": [],
+          "event": None, "event_on": True, "event_msg": None}
+    samples = [{"t": 2.0, "mode": "fault", "errors": ["V2G-301"]}]
+    check = bench.evaluate(ex, samples, [])
+    assert not check.ok and "mode = 'fault', wanted 'discharging' (errors ['V2G-301'])" in check.detail
+    samples[0]["errors"] = []
+    assert bench.evaluate(ex, samples, []).detail.endswith("wanted 'discharging'")

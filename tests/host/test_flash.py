@@ -182,6 +182,7 @@ def test_new_factory_firmware_removes_an_installed_update(tree, blank):
     assert run("--port", blank.repl, "--board", "sim").exit_code == 0
     blank.mpremote("exec", "import os\nos.mkdir('slots'); os.mkdir('slots/a')\n"
                    "open('slots/a/x.py','w').write('X = 1')\n"
+                   "open('slots/a.sums','w').write('')\n"
                    "open('update.json','w').write('{\"active\": \"a\"}')")
     unchanged = run("--port", blank.repl, "--board", "sim")
     assert unchanged.exit_code == 0 and "update.json" in on_board(blank)   # nothing new: kept
@@ -217,6 +218,7 @@ def test_settings_or_key_alone_keep_an_installed_update(tmp_path, tree, blank):
     assert run("--port", blank.repl, "--board", "sim").exit_code == 0
     blank.mpremote("exec", "import os\nos.mkdir('slots'); os.mkdir('slots/a')\n"
                    "open('slots/a/x.py','w').write('X = 1')\n"
+                   "open('slots/a.sums','w').write('')\n"
                    "open('update.json','w').write('{\"active\": \"a\"}')")
     cfg = tmp_path / "site.json"
     cfg.write_text(json.dumps({"MAX_CHARGE_AMPS": 16, "MAX_DISCHARGE_AMPS": 10}))

@@ -26,12 +26,11 @@ from host_tools.link import LinkClient
 from signing import bundle as sb
 from signing import keys
 
-from test_fota import give_key
+from test_fota import Board, give_key
 from test_romfs import HERE, read_romfs
 
 ROM_SIZE = 0x40000          # fake_romfs_boot.py's partition size
 OLD = "0.1.0"
-MIRROR_S = 0.9              # > 2 periods of the VM's file mirror
 FAST = {"healthy_s": 2, "trial_s": 20}
 
 
@@ -83,10 +82,15 @@ def rom_bundle(key, version, seq, sec=1, board="sim", station_patch=None):
     return sb.sign_romfs(key, image(version, station_patch), seq, version, board, sec, ROM_SIZE)
 
 
-class RomBoard:
+class RomBoard(Board):
     """A virtual board with two ROM partitions, the factory image in partition 0."""
 
     def __init__(self, state, key, fault=None, rom_fault=None):
+        self.rom_fault = rom_fault
+        Board.__init__(self, state, key, fault)
+
+    def lay_files(self, key, tables):
+        state = self.state
         (state / "state").mkdir(parents=True)
         fake = (HERE / "fake_romfs_boot.py").read_text()
         assert "_V2G_ROM_PARTS = 1\n" in fake
@@ -96,42 +100,9 @@ class RomBoard:
         (state / "boot.py").write_text("exec(open('state/fake_rom.py').read())\n" +
                                        (vm.FIRMWARE / "boot.py").read_text())
         shutil.copy(vm.FIRMWARE / "main.py", state / "main.py")
-        give_key(state, key)
-        if fault:
-            (state / "fota_fault.json").write_text(json.dumps({"step": fault}))
-        if rom_fault:
-            (state / "state" / "fake_rom_fault.json").write_text(json.dumps(rom_fault))
-        self.state = state
-        self.vb = vboard.VirtualBoard(state)
-        self.eps = self.vb.start()
-        self.hellos = []
-        self.link = LinkClient(self.eps["link"], heartbeat_s=0.5)
-        self.link.subscribe("hello", lambda m: self.hellos.append(m) if "fw" in m else None)
-        self.link.open()
-        self.hello(30)
-
-    def hello(self, timeout=30, after=None):
-        n = len(self.hellos) if after is None else after
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(self.hellos) > n:
-                return self.hellos[-1]
-            if after is None:
-                try:
-                    return self.link.hello(1.0)
-                except Exception:  # noqa: BLE001 - still booting
-                    pass
-            time.sleep(0.1)
-        raise AssertionError("the board did not boot: no hello within {} s".format(timeout))
-
-    def fw(self):
-        return self.link.hello(3.0)["fw"]
-
-    def status(self):
-        return fota.status(self.link)
-
-    def update_state(self):
-        return json.loads((self.state / "update.json").read_text())
+        give_key(state, key, tables)
+        if self.rom_fault:
+            (state / "state" / "fake_rom_fault.json").write_text(json.dumps(self.rom_fault))
 
     def rom_log(self):
         """[(op, partition, offset, n)] of every erase and write the partitions took."""
@@ -148,21 +119,8 @@ class RomBoard:
     def partition(self, k):
         return (self.state / "state" / "fake_rom{}.bin".format(k)).read_bytes()
 
-    def cut_power(self):
-        time.sleep(MIRROR_S)
-        n = len(self.hellos)
-        self.vb.power_cut()
-        return self.hello(40, after=n)
-
     def wait_gone(self, path, timeout=30):
         wait_until(lambda: not path.exists(), timeout, "the fault step")
-
-    def events(self):
-        return [e[1] for e in diag.fetch_events(self.link)]
-
-    def close(self):
-        self.link.close()
-        self.vb.stop()
 
 
 @pytest.fixture
@@ -184,7 +142,7 @@ def partitions_written(log):
 
 def in_partition_1(b, version):
     """The image of `version` is in partition 1, and partition 0 took no erase or write."""
-    time.sleep(MIRROR_S)
+    b.vb.sync()
     new = image(version)
     assert b.partition(1)[:len(new)] == new
     assert partitions_written(b.rom_log()) == {1}
@@ -214,7 +172,7 @@ def test_v2g_fota_writes_the_inactive_partition_boots_it_on_trial_and_confirms(m
     b.link = LinkClient(b.eps["link"], heartbeat_s=0.5).open()
     st = confirmed(b, "0.2.0")
     assert st["running"] == "b" and st["seq"] == 5 and st["sec"] == 1
-    time.sleep(MIRROR_S)
+    b.vb.sync()
     assert b.partition(1)[:len(new)] == new                      # partition 1 holds the image
     assert read_romfs(b.partition(1))["app/station.mpy"] == read_romfs(new)["app/station.mpy"]
     log = b.rom_log()
@@ -227,7 +185,7 @@ def test_v2g_fota_writes_the_inactive_partition_boots_it_on_trial_and_confirms(m
     assert rep.slot == "a"
     st = confirmed(b, "0.3.0")
     assert st["running"] == "a" and st["seq"] == 6
-    time.sleep(MIRROR_S)
+    b.vb.sync()
     assert partitions_written(b.rom_log()[n:]) == {0}
     assert b.partition(1)[:len(new)] == new                      # untouched
 
@@ -239,7 +197,7 @@ def test_another_board_or_an_older_counter_is_refused_before_a_byte_is_written(m
     assert e.value.code == "V2G-601" and "board" in str(e.value)
     fota.push(b.link, rom_bundle(key, "0.2.0", 5, sec=2), **FAST)
     confirmed(b, "0.2.0")
-    time.sleep(MIRROR_S)
+    b.vb.sync()
     n = len(b.rom_log())
     assert n > 0 and partitions_written(b.rom_log()) == {1}
     with pytest.raises(fota.FotaError) as e:
@@ -249,7 +207,7 @@ def test_another_board_or_an_older_counter_is_refused_before_a_byte_is_written(m
     with pytest.raises(fota.FotaError) as e:
         fota.push(b.link, sb.sign(key, [("app/x.py", b"X = 1\n")], 9, "0.3.0", "sim", 2), **FAST)
     assert e.value.code == "V2G-601" and "romfs.img" in str(e.value)
-    time.sleep(MIRROR_S)
+    b.vb.sync()
     assert len(b.rom_log()) == n                                  # not one erase or write
     st = b.status()
     assert st["running"] == "b" and st["pending"] is None and st["seq"] == 5 and st["sec"] == 2
@@ -265,7 +223,7 @@ def test_an_image_damaged_in_transit_is_refused_and_nothing_switches(make_board,
     st = b.status()
     assert st["pending"] is None and st["running"] == "factory" and "dl" not in st
     assert b.cut_power()["fw"] == OLD
-    time.sleep(MIRROR_S)
+    b.vb.sync()
     assert partitions_written(b.rom_log()) == {1}
 
 
@@ -320,7 +278,7 @@ def test_an_image_raising_at_import_on_trial_is_reset_at_once_and_reverted(make_
     assert st["running"] == "factory" and st["pending"] is None and st["rom_part"] == 0
     v603 = [e[3] for e in diag.fetch_events(b.link) if e[1] == "V2G-603"]
     assert len(v603) == 1 and "slot b (0.2.0) failed its trial" in v603[0], v603
-    time.sleep(MIRROR_S)
+    b.vb.sync()
     assert "image broken at import" in (b.state / "state" / "last_exception.txt").read_text()
 
 
@@ -332,7 +290,7 @@ def _crash_with_flag(data):
 
 def restart_with(b, name):
     """Stop the board, put the file `name` on its filesystem, start it again."""
-    time.sleep(MIRROR_S)
+    b.vb.sync()
     b.link.close()
     b.vb.stop()
     (b.state / name).write_text("1")
@@ -391,7 +349,7 @@ def test_power_cut_during_erase_boots_the_running_partition_and_resumes(make_boa
     rep = fota.push(b.link, data, **FAST)
     assert rep.resumed_from == head
     confirmed(b, "0.2.0")
-    time.sleep(MIRROR_S)
+    b.vb.sync()
     assert partitions_written(b.rom_log()) == {1}
 
 
@@ -408,7 +366,7 @@ def test_power_cut_during_write_resumes_from_the_recorded_length(make_board, key
     rep = fota.push(b.link, data, **FAST)
     assert rep.resumed_from == dl["next"]
     confirmed(b, "0.2.0")
-    time.sleep(MIRROR_S)
+    b.vb.sync()
     new = image("0.2.0")
     assert b.partition(1)[:len(new)] == new
     assert partitions_written(b.rom_log()) == {1}
@@ -421,7 +379,7 @@ def test_power_cut_just_before_pending_is_written(make_board, key):
     with pytest.raises(fota.FotaError):
         fota.finish(b.link, **FAST)
     b.wait_gone(b.state / "fota_fault.json")
-    time.sleep(MIRROR_S)
+    b.vb.sync()
     assert b.update_state()["pending"] is None
     assert b.cut_power()["fw"] == OLD
     rep = fota.push(b.link, data, **FAST)
@@ -436,7 +394,7 @@ def test_a_confirmed_partition_that_does_not_mount_falls_back_with_v2g_604(make_
     b = make_board()
     fota.push(b.link, rom_bundle(key, "0.2.0", 5), **FAST)
     confirmed(b, "0.2.0")
-    time.sleep(MIRROR_S)
+    b.vb.sync()
     b.link.close()
     b.vb.stop()
     # flash damage: the image in partition 1 loses its header; then the board starts again

@@ -30,10 +30,21 @@ def test_comments_and_docstrings_go_and_every_line_stays_in_its_place():
     assert "why" not in out and "comment line" not in out and "docstring" not in out
     assert 's = "# not a comment"' in out            # a # inside a string is kept
     lines = out.splitlines()
-    assert lines[8] == "    return x + 1"               # line 9 is still line 9
+    assert lines[8] == " return x + 1"                  # line 9 is still line 9, one space in
     ns = {}
     exec(compile(out, "slim", "exec"), ns)
     assert ns["f"](1) == 2 and ns["g"]() is None and ns["s"] == "# not a comment"
+
+
+def test_indents_shrink_to_a_space_a_block_and_strings_keep_theirs():
+    src = (b'def h(a):\n    if a:\n        t = (1,\n             2)\n'
+           b'        return """x\n    kept as written"""\n    return [\n        a]\n')
+    out = slim(src).decode()
+    assert out == ('def h(a):\n if a:\n  t = (1,\n   2)\n'
+                   '  return """x\n    kept as written"""\n return [\n  a]\n')
+    ns = {}
+    exec(compile(out, "slim", "exec"), ns)
+    assert ns["h"](1) == "x\n    kept as written" and ns["h"](0) == [0]
 
 
 @pytest.mark.parametrize("name", ["boot.py", "main.py"])
