@@ -41,6 +41,7 @@ import json
 import os
 import queue
 import shlex
+import signal
 import time
 from decimal import Decimal
 
@@ -431,6 +432,14 @@ class Console:
             self.url, h.get("fw"), h.get("board"), h.get("boot_count"), h.get("reset_cause"))
 
 
+def hear_ctrl_c():
+    """Ctrl-C stops a stream at the prompt. A console started by a script or a supervisor
+    can inherit SIGINT ignored (a shell without job control ignores it in background jobs,
+    and the ignoring is passed on to the programs they start): at a terminal, hear it."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def interactive(console, out):
     """The prompt: read a line, run it, print the result or the error; Ctrl-D/quit ends.
     prompt_toolkit draws the status line at the bottom and redraws it as telemetry comes in;
@@ -438,6 +447,8 @@ def interactive(console, out):
     from prompt_toolkit import PromptSession
     from prompt_toolkit.completion import WordCompleter
     from prompt_toolkit.history import FileHistory
+
+    hear_ctrl_c()
 
     def show(row):
         print(row, file=out, flush=True)

@@ -3,6 +3,7 @@ tel and watch as they arrive, and Ctrl-C that stops a stream keeping what it sho
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -52,14 +53,24 @@ class Terminal:
         return getattr(self.child, name)
 
 
-@pytest.fixture
-def console(board, tmp_path):
+def start_console(board, tmp_path, preexec_fn=None):
     env = dict(os.environ, TERM="xterm", HOME=str(tmp_path))
     # --timeout 10: a busy machine can keep the board's first answer past the 3 s default
     child = pexpect.spawn(V2G, ["console", "--port", board.endpoints["link"], "--timeout", "10"], env=env,
-                          dimensions=(30, 140), timeout=20, encoding="utf-8", codec_errors="replace")
+                          dimensions=(30, 140), timeout=20, encoding="utf-8", codec_errors="replace",
+                          preexec_fn=preexec_fn)
     term = Terminal(child)
     term.expect("v2g>")
+    return term
+
+
+@pytest.fixture(params=["sigint as usual", "sigint ignored by whoever started it"])
+def console(board, tmp_path, request):
+    # A shell without job control (a script, a CI runner) starts its background jobs with
+    # SIGINT ignored, and what they start inherits that: Ctrl-C must stop a stream either way.
+    ignore = request.param != "sigint as usual"
+    term = start_console(board, tmp_path, (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore else None)
+    child = term.child
     yield term
     try:
         # Ctrl-D ends the console at its prompt, where the terminal is raw (no echo). Sent
