@@ -1,7 +1,8 @@
 """Arbitration of charge and discharge limits, each with the source that sets it.
 
-Every source has a fixed slot in two preallocated lists; resolve() takes the
-minimum of each list. The first source in SOURCES wins a tie, so the order puts
+Every source has a fixed slot in two preallocated lists, `charge` and `discharge`, which
+the controller writes directly each step (NO_LIMIT: the source does not limit); resolve()
+takes the minimum of each list. The first source in SOURCES wins a tie, so the order puts
 the physical ratings first and the protective overrides after them.
 """
 try:
@@ -41,20 +42,6 @@ class Limits:
         self.discharge_ma = 0
         self.charge_src = STATION
         self.discharge_src = STATION
-
-    def set_charge(self, src, ma):
-        self.charge[src] = ma
-
-    def set_discharge(self, src, ma):
-        self.discharge[src] = ma
-
-    def set_both(self, src, charge_ma, discharge_ma):
-        self.charge[src] = charge_ma
-        self.discharge[src] = discharge_ma
-
-    def clear(self, src):
-        self.charge[src] = NO_LIMIT
-        self.discharge[src] = NO_LIMIT
 
     def resolve(self):
         """Take the minimum of each direction; negative values count as 0."""

@@ -3,11 +3,17 @@ import micropython
 from core import limits as L
 
 
+def put(lim, src, charge_ma, discharge_ma):
+    # the slots as the controller writes them each step
+    lim.charge[src] = charge_ma
+    lim.discharge[src] = discharge_ma
+
+
 def test_minimum_and_source():
     lim = L.Limits()
-    lim.set_both(L.STATION, 32000, 32000)
-    lim.set_both(L.CABLE, 20000, 20000)
-    lim.set_both(L.BMS, 25000, 10000)
+    put(lim, L.STATION, 32000, 32000)
+    put(lim, L.CABLE, 20000, 20000)
+    put(lim, L.BMS, 25000, 10000)
     lim.resolve()
     assert lim.charge_ma == 20000 and lim.charge_name() == 'cable'
     assert lim.discharge_ma == 10000 and lim.discharge_name() == 'bms'
@@ -15,15 +21,15 @@ def test_minimum_and_source():
 
 def test_tie_goes_to_first_source():
     lim = L.Limits()
-    lim.set_both(L.STATION, 16000, 16000)
-    lim.set_both(L.CSMS, 16000, 16000)
+    put(lim, L.STATION, 16000, 16000)
+    put(lim, L.CSMS, 16000, 16000)
     lim.resolve()
     assert lim.charge_name() == 'station'
 
 
 def test_unset_sources_do_not_limit():
     lim = L.Limits()
-    lim.set_both(L.STATION, 32000, 0)
+    put(lim, L.STATION, 32000, 0)
     lim.resolve()
     assert lim.charge_ma == 32000
     assert lim.discharge_ma == 0 and lim.discharge_name() == 'station'
@@ -31,19 +37,19 @@ def test_unset_sources_do_not_limit():
 
 def test_negative_counts_as_zero_and_clear():
     lim = L.Limits()
-    lim.set_both(L.STATION, 32000, 32000)
-    lim.set_discharge(L.GRID, -500)
+    put(lim, L.STATION, 32000, 32000)
+    lim.discharge[L.GRID] = -500
     lim.resolve()
     assert lim.discharge_ma == 0 and lim.discharge_name() == 'grid'
-    lim.clear(L.GRID)
+    put(lim, L.GRID, L.NO_LIMIT, L.NO_LIMIT)
     lim.resolve()
     assert lim.discharge_ma == 32000
 
 
 def test_safety_override_names():
     lim = L.Limits()
-    lim.set_both(L.STATION, 32000, 32000)
-    lim.set_discharge(L.HEARTBEAT, 0)
+    put(lim, L.STATION, 32000, 32000)
+    lim.discharge[L.HEARTBEAT] = 0
     lim.resolve()
     assert lim.discharge_ma == 0 and lim.discharge_name() == 'heartbeat'
     assert lim.charge_ma == 32000
@@ -51,8 +57,8 @@ def test_safety_override_names():
 
 def test_force_charge_pilot():
     lim = L.Limits()
-    lim.set_both(L.STATION, 32000, 32000)
-    lim.set_charge(L.CSMS, 3000)
+    put(lim, L.STATION, 32000, 32000)
+    lim.charge[L.CSMS] = 3000
     lim.resolve()
     assert lim.charge_name() == 'csms'
     lim.force_charge(L.PILOT, 0)
@@ -73,8 +79,9 @@ def test_resolve_allocates_nothing():
     micropython.heap_lock()
     try:
         for i in range(200):
-            lim.set_both(L.STATION, 32000, 30000 - i)
-            lim.set_charge(L.BMS, 20000 + i)
+            lim.charge[L.STATION] = 32000
+            lim.discharge[L.STATION] = 30000 - i
+            lim.charge[L.BMS] = 20000 + i
             lim.resolve()
     finally:
         micropython.heap_unlock()
