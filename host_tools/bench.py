@@ -583,7 +583,7 @@ class Bench:
     def _on_tel(self, msg):
         for s in msg.get("samples", []):
             upd = {"mode": s.get("mode"), "cp": s.get("cp"), "contactor": s.get("contactor"),
-                   "amps": _a(s.get("ma")), "soc_pct": _div(s.get("soc_pm"), 10),
+                   "amps": _a(s.get("ma")), "soc_pct": _soc_pct(s.get("soc_pm")),
                    "limit_charge_a": _a(s.get("lim_chg_ma")), "limit_discharge_a": _a(s.get("lim_dis_ma")),
                    "limit_charge_src": s.get("lim_chg_src"), "limit_discharge_src": s.get("lim_dis_src"),
                    "request_a": _a(s.get("req_ma")), "grid_v": _a(s.get("mv")), "grid_hz": _a(s.get("mhz")),
@@ -860,3 +860,8 @@ def _a(milli):
 
 def _div(x, d):
     return None if x is None else x / d
+
+
+def _soc_pct(soc_pm):
+    """Telemetry's SoC in %, None while the controller does not know it (-1)."""
+    return None if soc_pm is None or soc_pm < 0 else soc_pm / 10

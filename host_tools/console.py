@@ -106,10 +106,16 @@ def _fmt_ma(ma):
     return "{:.1f} A".format(ma / 1000) if isinstance(ma, int) else str(ma)
 
 
+def _soc_text(s):
+    """The sample's SoC in %, "-" while the controller does not know it (soc_pm -1)."""
+    soc = s.get("soc_pm", -1)
+    return "{:.1f}".format(soc / 10) if isinstance(soc, int) and soc >= 0 else "-"
+
+
 def _tel_row(s):
-    return "{:>9} {:2} {:<11} {:>8} {:>8} {:>7.1f} {:>6.1f} {:>8} {}".format(
+    return "{:>9} {:2} {:<11} {:>8} {:>8} {:>7.1f} {:>6} {:>8} {}".format(
         s.get("t_ms"), s.get("cp"), s.get("mode"), _fmt_ma(s.get("ma", 0)),
-        _fmt_ma(s.get("lim_chg_ma", 0)), s.get("mv", 0) / 1000, s.get("soc_pm", 0) / 10,
+        _fmt_ma(s.get("lim_chg_ma", 0)), s.get("mv", 0) / 1000, _soc_text(s),
         _fmt_ma(s.get("req_ma", 0)), ",".join(s.get("errors", [])) or "-")
 
 
@@ -121,10 +127,10 @@ def status_line(s):
     """The one-line state for the prompt's bottom bar, from the latest telemetry sample."""
     if not s:
         return "waiting for telemetry ..."
-    soc = s.get("soc_pm", -1)
+    soc = _soc_text(s)
     return "{}  pilot {}  contactor {}  {}  SoC {}  errors: {}".format(
         s.get("mode"), s.get("cp"), "closed" if s.get("contactor") else "open", _fmt_ma(s.get("ma", 0)),
-        "{:.1f} %".format(soc / 10) if isinstance(soc, int) and soc >= 0 else "-",
+        soc + " %" if soc != "-" else soc,
         ",".join(s.get("errors", [])) or "none")
 
 
@@ -357,8 +363,8 @@ class Console:
         n = _number("can", args, 3, 1, 100)
         rows = ["{:>9} {:>6} {:>7} {:>9}".format("t_ms", "soc%", "bat C", "request")]
         for s in self._samples(n):
-            rows.append("{:>9} {:>6.1f} {:>7.1f} {:>9}".format(
-                s.get("t_ms"), s.get("soc_pm", 0) / 10, s.get("bat_dc", 0) / 10, _fmt_ma(s.get("req_ma", 0))))
+            rows.append("{:>9} {:>6} {:>7.1f} {:>9}".format(
+                s.get("t_ms"), _soc_text(s), s.get("bat_dc", 0) / 10, _fmt_ma(s.get("req_ma", 0))))
         stats = self.cmd("diag").data.get("buses", {}).get("can", diag.NOT_REPORTED)
         rows.append("CAN frames: {}".format(json.dumps(diag.with_zeros(stats, diag.CAN_COUNTERS))))
         return "\n".join(rows)

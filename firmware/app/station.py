@@ -551,7 +551,7 @@ class Station:
         s.put('mv', inp.meter_mv)
         s.put('mhz', inp.meter_mhz)
         s.put('w', (inp.meter_mv // 100) * inp.meter_ma // 10000)
-        s.put('soc_pm', inp.bms_soc_pm)
+        s.put('soc_pm', out.soc_pm)     # the controller's: -1 until the BMS or the vehicle tells
         s.put('evse_dc', inp.evse_temp_dc)
         s.put('bat_dc', inp.bms_temp_dc)
         s.put('lim_chg_ma', out.limit_charge_ma)

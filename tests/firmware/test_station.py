@@ -110,6 +110,11 @@ def test_settings_file_with_bad_value_runs_defaults_and_logs_why():
 @in_dir(WORK)
 def test_plug_charge_and_telemetry():
     rig = Rig(settings=QUICK_GRID)
+    rig.run(1000)
+    # nothing plugged: no SoC is known, and telemetry says so rather than a stale or zero one
+    # (the app showed "0 %" beside "V2G available" on the first sample after the plug)
+    unplugged = [s for m in rig.received() if m['t'] == 'tel' for s in m['samples']]
+    assert unplugged and all(s['soc_pm'] == -1 for s in unplugged), unplugged
     rig.plant(do='plug')
     rig.run(1000)
     rig.plant(do='ev_ready')

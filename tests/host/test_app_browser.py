@@ -143,7 +143,10 @@ def test_a_soc_target_below_the_present_soc_starts_discharge_and_a_double_tap_se
     plant.do("plug")
     plant.do("ev_ready")
     page.wait_for_function("document.querySelector('#v2g').textContent === 'V2G available'", timeout=40000)
+    # the SoC comes with the next telemetry sample, which may follow the status by a second
+    page.wait_for_function("/^[0-9]/.test(document.querySelector('#soc').textContent)", timeout=20000)
     soc = float(page.text_content("#soc").split()[0])
+    assert soc > 30, soc
     before = len(app_commands(rig, "soc_target"))
     page.locator("#t-range").fill(str(int(soc) - 20))
     # the driver leaves in three hours (the browser's local time, whole minutes)
