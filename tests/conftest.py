@@ -154,7 +154,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "cpython: firmware test run under CPython")
     config.addinivalue_line("markers", "micropython: firmware test run in the MicroPython VM")
     config.addinivalue_line("markers", "serial: a test that times the code under test in real time, "
-                            "so it must not share the CPU with other tests; `make test` runs these "
-                            "after the parallel run, one at a time")
+                            "so it must have the CPU when it asks for it; `make test` runs these one "
+                            "at a time beside the parallel run, which yields the CPU to them (nice 10)")
     if str(FIRMWARE_TESTS) not in sys.path:
         sys.path.insert(0, str(FIRMWARE_TESTS))
