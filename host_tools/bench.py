@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.can_msgs import checksum  # byte 7 of the 0x600-series frames: the controller's rule
+from core import grid_profiles
 from host_tools import scenario as simsc
 from host_tools import tree
 
@@ -366,12 +367,12 @@ class Vehicle:
 
 
 def nominal_hz(profile):
-    """The nominal frequency of a GRID_PROFILE: its name ends in _50HZ or _60HZ."""
-    if isinstance(profile, str):
-        for suffix, hz in (("_50HZ", 50.0), ("_60HZ", 60.0)):
-            if profile.endswith(suffix):
-                return hz
-    raise BenchError("the controller's GRID_PROFILE {!r} names no nominal frequency (_50HZ or _60HZ)".format(profile))
+    """The nominal frequency of a GRID_PROFILE, as the controller's own profile table has it."""
+    p = grid_profiles.profile(profile) if isinstance(profile, str) else None
+    if p is None:
+        raise BenchError("the controller's GRID_PROFILE {!r} is none the firmware knows ({})".format(
+            profile, ", ".join(grid_profiles.NAMES)))
+    return p["nominal_mhz"] / 1000
 
 
 # ------------------------------------------------------------------ results

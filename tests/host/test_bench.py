@@ -148,10 +148,13 @@ def test_bench_plays_the_meter_on_the_rs485_port(tmp_path):
         b.stop()
 
 
-def test_nominal_frequency_comes_from_the_profile_name():
+def test_nominal_frequency_comes_from_the_controllers_profile_table():
+    from core import grid_profiles
+    for name in grid_profiles.NAMES:
+        assert bench.nominal_hz(name) * 1000 == grid_profiles.profile(name)["nominal_mhz"]
     assert bench.nominal_hz("EN50549_50HZ") == 50.0 and bench.nominal_hz("IEEE1547_CAT_II_60HZ") == 60.0
-    for bad in ("IEEE1547", None, 60):
-        with pytest.raises(bench.BenchError, match="names no nominal frequency"):
+    for bad in ("IEEE1547", "MADE_UP_50HZ", None, 60):
+        with pytest.raises(bench.BenchError, match="is none the firmware knows"):
             bench.nominal_hz(bad)
 
 
