@@ -39,6 +39,9 @@ except ImportError:  # CPython (host tools, tests): const() is the value
     def const(x):
         return x
 
+from core import config as config_mod
+from core import grid_profiles
+
 EV_TAU_MS = const(300)         # EV current controller time constant
 EV_SETTLE_MA = const(100)      # within this of its target the EV current counts as settled
 CONTACTOR_MS = const(30)       # contactor closing/opening time, feedback follows after it
@@ -67,12 +70,6 @@ TAU_STILL_MS = const(240000)      # coolant standing: the stage heats and cools 
 TAU_FLOW_MS = const(60000)        # coolant flowing carries the rise away faster
 _COUNT_MASK = const(0x3FFFFFFF)
 
-_NOMINAL_HZ = {
-    'EN50549_50HZ': 50,
-    'IEEE1547_CAT_I_60HZ': 60,
-    'IEEE1547_CAT_II_60HZ': 60,
-    'IEEE1547_CAT_III_60HZ': 60,
-}
 
 
 def scaled(x, scale):
@@ -235,10 +232,13 @@ class Plant:
         self.battery_temp_dc = scaled(ev.get('battery_temp_c', 25.0), 10)
         self.cable_a = int(ev.get('cable_a', 32))
         # --- grid ---
-        nominal_v = config.get('NOMINAL_VOLTAGE_V', 240)
-        nominal_hz = _NOMINAL_HZ.get(config.get('GRID_PROFILE', 'IEEE1547_CAT_II_60HZ'), 60)
+        # the grid the settings expect, from the settings' own schema and profile table
+        nominal_v = config.get('NOMINAL_VOLTAGE_V', config_mod.SCHEMA['NOMINAL_VOLTAGE_V'][3])
+        profile = grid_profiles.profile(config.get('GRID_PROFILE', config_mod.SCHEMA['GRID_PROFILE'][3]))
+        if profile is None:
+            raise ValueError('GRID_PROFILE must be one of ' + ', '.join(grid_profiles.NAMES))
         self.grid_mv = scaled(grid.get('voltage_v', nominal_v), 1000)
-        self.grid_mhz = scaled(grid.get('frequency_hz', nominal_hz), 1000)
+        self.grid_mhz = scaled(grid['frequency_hz'], 1000) if 'frequency_hz' in grid else profile['nominal_mhz']
         self.v_ramp = _Ramp()
         self.f_ramp = _Ramp()
         # a grid or grid_ramp event set the grid: it then stays as set across resets; until
