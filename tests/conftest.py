@@ -155,6 +155,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "micropython: firmware test run in the MicroPython VM")
     config.addinivalue_line("markers", "serial: a test that times the code under test in real time, "
                             "so it must have the CPU when it asks for it; `make test` runs these one "
-                            "at a time beside the parallel run, which yields the CPU to them (nice 10)")
+                            "at a time, beside the parallel run at a higher priority where it may "
+                            "(nice -10), else after it")
     if str(FIRMWARE_TESTS) not in sys.path:
         sys.path.insert(0, str(FIRMWARE_TESTS))
