@@ -43,11 +43,13 @@ def block_time_ms(count=mm.BLOCKS_SDM630[0][1], baud=BAUD):
     return modbus.ModbusMaster(baud, 200).wire_time_us(count) / 1000.0
 
 
-def paced_cycle(seconds=4.0, model="SDM630"):
+def paced_cycle(seconds=4.0, model="SDM630", in_steps=False):
     """MeterTask stepped every CONTROL_PERIOD_MS on a 9600-baud paced line, real time.
 
     Returns ({block start: [step times its request left, ms]}, [snapshot completion times, ms])
-    after a one-second warm-up.
+    after a one-second warm-up; in_steps: the steps' numbers instead of their times (what the
+    task decided, free of the host's lateness: a step that comes late is followed by one that
+    catches up, which would make a gap in ms look shorter than the task made it).
     """
     from app.meter import MeterTask
     from core import config
@@ -64,17 +66,20 @@ def paced_cycle(seconds=4.0, model="SDM630"):
             sent, snaps = {}, []
             period = CONTROL_PERIOD_MS / 1000.0
             t_start = t_next = time.monotonic()
+            step = 0
             while time.monotonic() - t_start < seconds + 1.0:
                 now_ms = (time.monotonic_ns() // 1_000_000) & 0x3FFFFFFF
+                step += 1
+                stamp = step if in_steps else now_ms
                 tx = task.tx_bytes
                 seq = task.reader.reading.seq
                 task.step(now_ms, inputs, cfg)
                 warm = time.monotonic() - t_start >= 1.0
                 if warm and task.tx_bytes != tx:
                     m = task.master
-                    sent.setdefault((m.tx[2] << 8) | m.tx[3], []).append(now_ms)
+                    sent.setdefault((m.tx[2] << 8) | m.tx[3], []).append(stamp)
                 if warm and task.reader.reading.seq != seq:
-                    snaps.append(now_ms)
+                    snaps.append(stamp)
                 t_next += period
                 time.sleep(max(0.0, t_next - time.monotonic()))
             if inputs.meter_mv != 230000 or inputs.meter_mhz != 50000:
