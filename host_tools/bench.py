@@ -23,6 +23,7 @@ from pathlib import Path
 from core.can_msgs import checksum  # byte 7 of the 0x600-series frames: the controller's rule
 from core import grid_profiles
 from host_tools import scenario as simsc
+from host_tools.link import soc_pct
 from host_tools import tree
 
 DBC = tree.FIRMWARE / "can" / "v2g.dbc"
@@ -584,7 +585,7 @@ class Bench:
     def _on_tel(self, msg):
         for s in msg.get("samples", []):
             upd = {"mode": s.get("mode"), "cp": s.get("cp"), "contactor": s.get("contactor"),
-                   "amps": _a(s.get("ma")), "soc_pct": _soc_pct(s.get("soc_pm")),
+                   "amps": _a(s.get("ma")), "soc_pct": soc_pct(s),
                    "limit_charge_a": _a(s.get("lim_chg_ma")), "limit_discharge_a": _a(s.get("lim_dis_ma")),
                    "limit_charge_src": s.get("lim_chg_src"), "limit_discharge_src": s.get("lim_dis_src"),
                    "request_a": _a(s.get("req_ma")), "grid_v": _a(s.get("mv")), "grid_hz": _a(s.get("mhz")),
@@ -861,8 +862,3 @@ def _a(milli):
 
 def _div(x, d):
     return None if x is None else x / d
-
-
-def _soc_pct(soc_pm):
-    """Telemetry's SoC in %, None while the controller does not know it (-1)."""
-    return None if soc_pm is None or soc_pm < 0 else soc_pm / 10

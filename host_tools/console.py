@@ -46,7 +46,7 @@ import time
 from decimal import Decimal
 
 from host_tools import diag
-from host_tools.link import LinkClient, LinkError, new_txn
+from host_tools.link import LinkClient, LinkError, new_txn, soc_pct
 
 HISTORY = os.path.join(os.path.expanduser("~"), ".v2g_console_history")
 HELP = __doc__.split("\n\n")[2]
@@ -107,9 +107,9 @@ def _fmt_ma(ma):
 
 
 def _soc_text(s):
-    """The sample's SoC in %, "-" while the controller does not know it (soc_pm -1)."""
-    soc = s.get("soc_pm", -1)
-    return "{:.1f}".format(soc / 10) if isinstance(soc, int) and soc >= 0 else "-"
+    """The sample's SoC in %, "-" while the controller knows none."""
+    soc = soc_pct(s)
+    return "-" if soc is None else "{:.1f}".format(soc)
 
 
 def _tel_row(s):

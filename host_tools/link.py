@@ -262,6 +262,12 @@ class CommandResult:
         return self.ok
 
 
+def soc_pct(sample: dict) -> float | None:
+    """A telemetry sample's SoC in %, None while the controller knows none (`soc_pm` -1)."""
+    v = sample.get("soc_pm")
+    return v / 10 if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+
 def new_txn() -> str:
     """A transaction id unique enough for the controller's applied-txn memory."""
     return "h" + os.urandom(6).hex()

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from host_tools.api import idempotency
 from host_tools.api.auth import Forbidden, Principal, Unauthorized
 from host_tools.api.troubleshoot import explain, v2g_text
+from host_tools.link import soc_pct
 
 log = logging.getLogger(__name__)
 WEB = Path(__file__).with_name("web")
@@ -260,7 +261,7 @@ def create_app(settings, verifier, broker, store, signer):
                         continue
                     if item["type"] == "telemetry":
                         pts = [{"t": _iso(item["ts"] - (item["samples"][-1].get("t_ms", 0) - x.get("t_ms", 0))),
-                                "w": x.get("w"), "soc_pct": _soc(x), "mode": x.get("mode"), "cp": x.get("cp")}
+                                "w": x.get("w"), "soc_pct": soc_pct(x), "mode": x.get("mode"), "cp": x.get("cp")}
                                for x in item["samples"]]
                         yield _sse("telemetry", {"points": pts})
                     elif item["type"] == "status":
@@ -360,11 +361,6 @@ def create_app(settings, verifier, broker, store, signer):
 
 def _sse(event, data):
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-
-def _soc(s):
-    v = s.get("soc_pm")
-    return v / 10 if isinstance(v, int) and v >= 0 else None
 
 
 def _ms(dt):

@@ -438,7 +438,7 @@ class StationBridge:
         st = self.status
         return {"station": self.id, "online": self.online, "csms": self.ocpp.connected.is_set(),
                 "ocpp": self.ocpp.version, "fw": self.fw, "mode": s.get("mode"), "cp": s.get("cp"),
-                "soc_pct": (s["soc_pm"] / 10) if plugged and s.get("soc_pm", -1) >= 0 else None,
+                "soc_pct": hl.soc_pct(s) if plugged else None,
                 "power_w": s.get("w"), "errors": s.get("errors", []),
                 "v2g": {"available": ok, "reason": reason},
                 "target_pct": (st.get("target_pm") / 10) if st.get("target_pm", -1) >= 0 else None,

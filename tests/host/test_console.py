@@ -209,3 +209,15 @@ def test_events_takes_how_many_of_the_newest_to_show(board):
     assert len(newest) == 2 and len(every) > 2
     i = every.index(newest[0])
     assert every[i:i + 2] == newest
+
+
+def test_an_unknown_soc_is_shown_as_unknown_never_as_a_number():
+    # telemetry's soc_pm is -1 while the controller knows no SoC (nothing plugged, no BMS
+    # frame yet): every view says so instead of showing 0 % or -0.1 %
+    from host_tools.link import soc_pct
+    assert soc_pct({"soc_pm": -1}) is None and soc_pct({}) is None and soc_pct({"soc_pm": True}) is None
+    assert soc_pct({"soc_pm": 0}) == 0.0 and soc_pct({"soc_pm": 455}) == 45.5
+    unknown = {"t_ms": 1, "cp": "A", "mode": "idle", "soc_pm": -1}
+    assert "SoC - " in C.status_line(unknown) and "-0.1" not in C._tel_row(unknown)
+    assert C._tel_row(unknown).split()[8] == "-"           # the soc% column
+    assert "SoC 45.5 %" in C.status_line({"mode": "charging", "soc_pm": 455})

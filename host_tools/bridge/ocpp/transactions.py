@@ -16,6 +16,7 @@ import uuid
 import websockets.exceptions
 
 from host_tools.bridge import profiles as prof
+from host_tools.link import soc_pct
 from host_tools.bridge.ocpp.availability import PLUGGED
 from host_tools.bridge.ocpp.connection import CallRefused, OCPPError, on, snake_to_camel_case
 from host_tools.bridge.ocpp.context import EVSE, status_info, utcnow
@@ -53,8 +54,9 @@ def meter_value(s, context="Sample.Periodic", measurands=None):
             sv(max(ma, 0) / 1000, "Current.Import", "A"),
             sv(max(-ma, 0) / 1000, "Current.Export", "A"),
             sv(s.get("mv", 0) / 1000, "Voltage", "V")]
-    if s.get("soc_pm", -1) >= 0 and s.get("cp") in PLUGGED:
-        vals.append(sv(s["soc_pm"] / 10, "SoC", "Percent", "EV"))
+    soc = soc_pct(s)
+    if soc is not None and s.get("cp") in PLUGGED:
+        vals.append(sv(soc, "SoC", "Percent", "EV"))
     if measurands is not None:
         vals = [v for v in vals if v["measurand"] in measurands]
     return {"timestamp": prof.iso(utcnow()), "sampledValue": vals}

@@ -50,8 +50,9 @@ def sampled_values(s, measurands, context):
              "Power.Active.Import": (max(w, 0), "W"), "Power.Active.Export": (max(-w, 0), "W"),
              "Current.Import": (max(ma, 0) / 1000, "A"), "Current.Export": (max(-ma, 0) / 1000, "A"),
              "Voltage": (s.get("mv", 0) / 1000, "V")}
-    if s.get("soc_pm", -1) >= 0 and s.get("cp") in PLUGGED:
-        table["SoC"] = (s["soc_pm"] / 10, "Percent")
+    soc = hl.soc_pct(s)
+    if soc is not None and s.get("cp") in PLUGGED:
+        table["SoC"] = (soc, "Percent")
     out = []
     for m in measurands.split(","):
         if m in table:
